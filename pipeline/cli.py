@@ -1,0 +1,74 @@
+"""The ``nuclei`` command line: one subcommand per stage, dispatched to its module.
+
+Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules are
+imported only when their command runs, so that ``nuclei score`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline import __version__
+from pipeline.errors import NucleiError
+
+#: command → (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "segment": ("pipeline.segment", "segment, count and measure nuclei in your own images"),
+    "submit": ("pipeline.submit", "write a Kaggle submission for a test folder"),
+    "score": ("pipeline.score", "score a submission against a solution (DSB2018 metric)"),
+    "prepare": ("pipeline.prepare", "stage: Kaggle layout -> label maps, index, folds"),
+    "targets": ("pipeline.targets", "stage: label maps -> 3-class targets and weight maps"),
+    "train": ("pipeline.train", "stage: train the U-Net"),
+    "predict": ("pipeline.inference", "stage: probability maps for the validation fold"),
+    "postprocess": ("pipeline.watershed", "stage: marker-controlled watershed -> instance labels"),
+    "tune": ("pipeline.tune", "grid-search post-processing thresholds on the validation fold"),
+    "evaluate": ("pipeline.evaluate", "stage: competition metric and companions on the validation fold"),
+}
+
+
+def _command_from_argv(argv: list[str]) -> str | None:
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, import just that command's module to add its arguments."""
+    parser = argparse.ArgumentParser(prog="nuclei", description="Nucleus instance segmentation (DSB2018 recipe).")
+    parser.add_argument("--version", action="version", version=f"nuclei {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``nuclei``; returns the exit status (0 ok, 1 failure, 2 usage error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_from_argv(argv)
+    try:
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+        return int(args._main(args) or 0)
+    except NucleiError as exc:
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nuclei: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

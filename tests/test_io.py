@@ -1,0 +1,202 @@
+"""Reading images and Kaggle folders; atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pipeline.errors import NucleiError
+from pipeline.io import (
+    atomic_path,
+    iter_kaggle_root,
+    list_images,
+    masks_to_labels,
+    normalize_image,
+    read_image,
+    read_image_planes,
+    read_kaggle_sample,
+    read_labels,
+    write_labels,
+)
+
+from .conftest import disc
+
+RNG = np.random.default_rng(0)
+GREY8 = RNG.integers(0, 256, (20, 30), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "name, array, expected",
+    [
+        ("grey8.png", GREY8, np.repeat(GREY8[..., None] / 255.0, 3, -1)),
+        ("rgb8.png", np.dstack([GREY8, GREY8 // 2, 255 - GREY8]), np.dstack([GREY8, GREY8 // 2, 255 - GREY8]) / 255.0),
+        ("rgba8.png", np.dstack([GREY8, GREY8, GREY8, np.full_like(GREY8, 7)]), np.repeat(GREY8[..., None] / 255.0, 3, -1)),
+        ("grey16.png", GREY8.astype(np.uint16) * 257, np.repeat(GREY8[..., None] / 255.0, 3, -1)),
+    ],
+)
+def test_read_png_variants(tmp_path, name, array, expected):
+    path = tmp_path / name
+    Image.fromarray(array).save(path)
+    image = read_image(path)
+    assert image.dtype == np.float32 and image.shape == (20, 30, 3)
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+def test_read_tiff_16bit_and_float(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", GREY8.astype(np.uint16) * 10)
+    np.testing.assert_allclose(read_image(tmp_path / "a.tif")[..., 0], GREY8.astype(np.uint16) * 10 / 65535.0, rtol=1e-6)
+    data = GREY8.astype(np.float32) * 3.0 - 5.0  # outside [0, 1]: min-max scaled
+    tifffile.imwrite(tmp_path / "f.tif", data)
+    image = read_image(tmp_path / "f.tif")
+    assert image.min() == 0.0 and image.max() == pytest.approx(1.0)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.dstack([GREY8] * 3))
+    assert read_image(tmp_path / "rgb.tif").shape == (20, 30, 3)
+
+
+def test_read_jpeg(tmp_path):
+    Image.fromarray(np.dstack([GREY8] * 3)).save(tmp_path / "a.jpg", quality=95)
+    image = read_image(tmp_path / "a.jpg")
+    assert image.shape == (20, 30, 3) and abs(image.mean() - GREY8.mean() / 255) < 0.02
+
+
+def test_multipage_tiff(tmp_path):
+    stack = RNG.integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    planes = read_image_planes(tmp_path / "stack.tif")
+    assert len(planes) == 3 and planes[1].shape == (16, 16, 3)
+    np.testing.assert_allclose(planes[2][..., 0], stack[2] / 255.0, atol=1e-6)
+    with pytest.raises(NucleiError, match="multi-page TIFF with 3 planes"):
+        read_image(tmp_path / "stack.tif")
+    rgb = RNG.integers(0, 255, (16, 16, 3), dtype=np.uint8)  # one RGB page is one image
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    assert len(read_image_planes(tmp_path / "rgb.tif")) == 1
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("notes.png", b"this is not an image", "not an image file"),
+        ("empty.png", b"", "not an image file"),
+        ("bad.tif", b"II*\x00garbage", "not a readable TIFF"),
+    ],
+)
+def test_unreadable_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(NucleiError, match=message) as info:
+        read_image(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_png_and_missing(tmp_path):
+    Image.fromarray(RNG.integers(0, 256, (200, 200), dtype=np.uint8)).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(NucleiError, match="cut.png: unreadable or truncated"):
+        read_image(tmp_path / "cut.png")
+    with pytest.raises(NucleiError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_nan_float_image(tmp_path):
+    data = np.ones((8, 8), np.float32)
+    data[2, 2] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", data)
+    with pytest.raises(NucleiError, match="NaN"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_normalize_dim_16bit_matches_8bit():
+    base = RNG.random((64, 64)).astype(np.float32)
+    dim16 = np.round(base * 600 + 100) / 65535.0  # a dim 16-bit image: 100..700 of 65535
+    bright8 = np.round(base * 255) / 255.0
+    a = normalize_image(np.dstack([dim16] * 3))
+    b = normalize_image(np.dstack([bright8] * 3))
+    assert a.dtype == np.float32 and a.min() == 0.0 and a.max() == 1.0
+    assert np.abs(a - b).mean() < 0.01
+    assert not normalize_image(np.full((4, 4, 3), 0.3, np.float32)).any()
+
+
+def test_masks_to_labels_overlap_and_holes():
+    big = disc((40, 40), (20, 20), 12)
+    big[18:22, 18:22] = False  # a hole
+    small = disc((40, 40), (20, 31), 5)  # overlaps the big one
+    labels = masks_to_labels([big, small])
+    assert labels.dtype == np.int32 and labels.max() == 2
+    assert (labels == 2).sum() == small.sum()  # the smaller nucleus keeps the overlap
+    assert labels[20, 20] == 1  # hole filled
+    # deterministic: same masks, same result; order of equal-size ties is by input order
+    a = disc((20, 20), (10, 8), 4)
+    b = disc((20, 20), (10, 12), 4)
+    tie = masks_to_labels([a, b])
+    assert tie[10, 10] == 1 and np.array_equal(tie, masks_to_labels([a, b]))
+    assert masks_to_labels([np.zeros((5, 5), bool), a[:5, :5] | True]).max() == 1
+
+
+def _kaggle_sample(root, sample_id, image, masks):
+    (root / sample_id / "images").mkdir(parents=True)
+    Image.fromarray(image).save(root / sample_id / "images" / f"{sample_id}.png")
+    (root / sample_id / "masks").mkdir()
+    for k, m in enumerate(masks):
+        Image.fromarray((m * 255).astype(np.uint8)).save(root / sample_id / "masks" / f"m{k}.png")
+
+
+def test_read_kaggle_sample_and_errors(tmp_path, capsys):
+    image = np.dstack([GREY8] * 3 + [np.full_like(GREY8, 255)])  # RGBA like Kaggle
+    _kaggle_sample(tmp_path, "good", image, [disc((20, 30), (10, 10), 4), disc((20, 30), (10, 20), 4)])
+    _kaggle_sample(tmp_path, "wrongsize", image, [disc((21, 30), (10, 10), 4)])
+    _kaggle_sample(tmp_path, "nomasks", image, [])
+    rgb, labels = read_kaggle_sample(tmp_path / "good")
+    assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3) and np.array_equal(rgb[..., 0], GREY8)
+    assert labels.max() == 2
+    with pytest.raises(NucleiError, match=r"m0.png: mask size 30x21 differs from image size 30x20"):
+        read_kaggle_sample(tmp_path / "wrongsize")
+    with pytest.raises(NucleiError, match="nomasks/masks: no mask files"):
+        read_kaggle_sample(tmp_path / "nomasks")
+    seen = [i for i, _, _ in iter_kaggle_root(tmp_path, on_error="warn")]
+    assert seen == ["good"]
+    err = capsys.readouterr().err
+    assert "skipped" in err and "wrongsize" in err and "nomasks" in err
+
+
+def test_read_sample_dataset(sample_root):
+    sample = sorted(sample_root.iterdir())[0]
+    image, labels = read_kaggle_sample(sample)
+    assert labels.max() == len(list((sample / "masks").glob("*.png")))
+    assert image.shape[:2] == labels.shape
+
+
+def test_list_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ["b.png", "a.TIF", "notes.txt", ".hidden.png", "sub/c.jpg"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images([tmp_path])] == ["a.TIF", "b.png"]
+    assert [p.name for p in list_images([tmp_path], recursive=True)] == ["a.TIF", "b.png", "c.jpg"]
+    assert [p.name for p in list_images([tmp_path / "notes.txt", tmp_path / "b.png", tmp_path])] == [
+        "notes.txt", "b.png", "a.TIF"]
+    with pytest.raises(NucleiError, match="no such file or folder"):
+        list_images([tmp_path / "nope"])
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out" / "x.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and len(list(target.parent.iterdir())) == 1
+
+
+def test_label_tiff_round_trip(tmp_path):
+    labels = RNG.integers(0, 3000, (33, 17)).astype(np.int32)
+    write_labels(tmp_path / "l.tif", labels)
+    assert tifffile.imread(tmp_path / "l.tif").dtype == np.uint16
+    np.testing.assert_array_equal(read_labels(tmp_path / "l.tif"), labels)
+    with pytest.raises(NucleiError, match="uint16"):
+        write_labels(tmp_path / "big.tif", np.full((2, 2), 70000))
+    assert not (tmp_path / "big.tif").exists()

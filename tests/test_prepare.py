@@ -1,0 +1,46 @@
+"""The prepare stage: labels, index, image types and stratified folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.cli import main
+from pipeline.io import load_npz
+from pipeline.prepare import classify_image, stratified_folds
+
+
+def test_stratified_folds_balance_groups():
+    groups = ["a"] * 23 + ["b"] * 7 + ["c"] * 3
+    ids = [f"id{i:02d}" for i in range(len(groups))]
+    folds = stratified_folds(ids, groups, k=5, seed=0)
+    assert np.bincount(folds, minlength=5).max() - np.bincount(folds, minlength=5).min() <= 1
+    for g in "abc":
+        counts = np.bincount(folds[np.array(groups) == g], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    assert np.array_equal(folds, stratified_folds(ids, groups, k=5, seed=0))
+
+
+def test_classify_image():
+    dark = np.zeros((256, 256, 3), np.uint8)
+    dark[::7, ::7] = 200
+    assert classify_image(dark) == "fluo-small"
+    assert classify_image(np.zeros((520, 696, 3), np.uint8)) == "fluo-large"
+    assert classify_image(np.full((64, 64, 3), 220, np.uint8)) == "brightfield"
+    he = np.zeros((64, 64, 3), np.uint8)
+    he[...] = (200, 120, 210)
+    assert classify_image(he) == "histology"
+
+
+def test_prepare_stage_on_sample(tmp_path, sample_root):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"seed: 0\ndata:\n  root: {sample_root}\n  prepared: {tmp_path / 'prep'}\n  folds: 5\n  workers: 1\n")
+    assert main(["prepare", "--params", str(params)]) == 0
+    index = pd.read_csv(tmp_path / "prep" / "index.csv")
+    assert len(index) == 20 and set(index.fold) == set(range(5))
+    assert set(index.image_type) == {"fluo-small", "fluo-large", "brightfield", "histology"}
+    row = index.iloc[0]
+    arrays = load_npz(tmp_path / "prep" / f"{row.id}.npz")
+    assert arrays["image"].dtype == np.uint8 and arrays["labels"].dtype == np.int32
+    assert arrays["labels"].max() == row.n_nuclei == len(list((sample_root / row.id / "masks").glob("*.png")))
+    assert index.n_nuclei.max() >= 100
