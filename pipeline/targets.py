@@ -1,0 +1,320 @@
+"""Training targets from instance labels, and the ``targets`` stage (``nuclei targets``).
+
+- :func:`border_mask`: pixels near a contact between two different nuclei;
+- :func:`softmax_target`: 3 classes, 0 = mask − border, 1 = border, 2 = background;
+- :func:`sigmoid_target`: 2 channels (mask, border);
+- :func:`make_targets`: all of them plus the weight map (:mod:`pipeline.weights`), sharing one
+  nearest-two-nuclei computation; used by the stage and usable on the fly.
+
+The stage reads ``data/prepared/index.csv`` and ``data/prepared/<id>.npz`` (``labels``) and
+writes ``<out>/<id>.npz`` with ``classes`` uint8, ``mask`` uint8, ``border`` uint8 and
+``weights`` float16, in parallel over images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import load_params, section
+from pipeline.errors import NucleiError
+from pipeline.io import load_npz, progress, save_npz
+from pipeline.weights import class_weights, nearest_two, separation_margin, separation_weights
+
+__all__ = [
+    "nucleus_radii",
+    "border_mask",
+    "softmax_target",
+    "sigmoid_target",
+    "make_targets",
+    "add_arguments",
+    "main",
+]
+
+#: Keyword arguments of :func:`make_targets`, with their defaults (also the keys of the
+#: ``targets`` section of params.yaml that the stage passes on).
+TARGET_DEFAULTS = {
+    "w0": 10.0,
+    "sigma": 5.0,
+    "border_radius_min": 1,
+    "border_radius_max": 4,
+    "border_scale": 0.1,
+    "class_weight_max": 10.0,
+}
+
+
+def nucleus_radii(
+    labels: np.ndarray, radius_min: int = 1, radius_max: int = 4, scale: float = 0.1
+) -> np.ndarray:
+    """Border radius of every nucleus, adapted to its size.
+
+    ``r_k = clip(round(scale * D_k), radius_min, radius_max)`` with ``D_k = sqrt(4 A_k / pi)``
+    the equivalent diameter (px) of nucleus ``k`` of area ``A_k`` (px²). With the defaults a
+    nucleus of diameter < 15 px gets 1 px, 15–25 px gets 2 px, ..., >= 35 px gets 4 px.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+    radius_min, radius_max : int
+        Bounds of the radius, px.
+    scale : float
+        Radius per px of equivalent diameter.
+
+    Returns
+    -------
+    radii : (max_label + 1,) ndarray of int32
+        ``radii[k]`` for label ``k``; ``radii[0] = 0`` (background).
+    """
+    area = np.bincount(np.asarray(labels).ravel(), minlength=1)
+    radii = np.clip(np.floor(scale * np.sqrt(4.0 * area / np.pi) + 0.5), radius_min, radius_max).astype(
+        np.int32
+    )
+    radii[0] = 0
+    return radii
+
+
+def border_mask(
+    labels: np.ndarray,
+    radius_min: int = 1,
+    radius_max: int = 4,
+    scale: float = 0.1,
+    *,
+    nearest=None,
+) -> np.ndarray:
+    """Pixels near a contact between two different nuclei.
+
+    A pixel is border when its closed disk of radius ``r(x)`` contains pixels of at least two
+    distinct nuclei, i.e. when its distance ``d2`` to the second-nearest nucleus (its own
+    nucleus counts as the nearest, at distance 0) is at most ``r(x)``. The radius adapts to the
+    nuclei involved (see :func:`nucleus_radii`):
+
+    - inside nucleus ``k``: ``r(x) = r_k``, so the border reaches ``r_k`` px into each of two
+      touching nuclei (thin in small nuclei, wider in large ones);
+    - on background: ``r(x) = r_a + r_b`` for the two nearest nuclei ``a, b``, so a background
+      gap of up to ``r_a + r_b`` px between them is entirely border (and continues into nucleus
+      ``a`` for ``r_a - gap`` px when the gap is narrower than ``r_a``); a gap narrower than
+      ``2 (r_a + r_b)`` px has border in its middle.
+
+    An isolated nucleus (no other within ``2 * radius_max`` px) has no border. Computed with
+    one distance transform per nucleus confined to its bounding box grown by
+    ``2 * radius_max`` px (:func:`pipeline.weights.nearest_two`); exact.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+    radius_min, radius_max : int
+        Bounds of the per-nucleus radius, px.
+    scale : float
+        Radius per px of nucleus equivalent diameter.
+    nearest : tuple, optional
+        Output of :func:`pipeline.weights.nearest_two` for ``labels`` with a margin of at
+        least ``2 * radius_max``.
+
+    Returns
+    -------
+    border : (H, W) ndarray of bool
+    """
+    labels = np.asarray(labels)
+    if nearest is None:
+        nearest = nearest_two(labels, 2 * radius_max)
+    _, d2, l1, l2 = nearest
+    radii = nucleus_radii(labels, radius_min, radius_max, scale)
+    radius = np.where(labels > 0, radii[labels], radii[l1] + radii[l2])
+    return d2 <= radius
+
+
+def softmax_target(
+    labels: np.ndarray, radius_min: int = 1, radius_max: int = 4, scale: float = 0.1, *, border=None
+) -> np.ndarray:
+    """3-class target: 0 = mask − border, 1 = border, 2 = background.
+
+    Border pixels on background are class 1 too, so the three classes partition the image.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+    radius_min, radius_max, scale
+        Border parameters (see :func:`border_mask`).
+    border : (H, W) ndarray of bool, optional
+        A precomputed :func:`border_mask`.
+
+    Returns
+    -------
+    classes : (H, W) ndarray of uint8, values in {0, 1, 2}
+    """
+    labels = np.asarray(labels)
+    if border is None:
+        border = border_mask(labels, radius_min, radius_max, scale)
+    classes = np.where(labels > 0, np.uint8(0), np.uint8(2))
+    classes[border] = 1
+    return classes
+
+
+def sigmoid_target(
+    labels: np.ndarray, radius_min: int = 1, radius_max: int = 4, scale: float = 0.1, *, border=None
+) -> np.ndarray:
+    """2-channel target (mask, border).
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+    radius_min, radius_max, scale
+        Border parameters (see :func:`border_mask`).
+    border : (H, W) ndarray of bool, optional
+        A precomputed :func:`border_mask`.
+
+    Returns
+    -------
+    target : (2, H, W) ndarray of float32, values in {0, 1}
+    """
+    labels = np.asarray(labels)
+    if border is None:
+        border = border_mask(labels, radius_min, radius_max, scale)
+    return np.stack([labels > 0, border]).astype(np.float32)
+
+
+def make_targets(
+    labels: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    border_radius_min: int = 1,
+    border_radius_max: int = 4,
+    border_scale: float = 0.1,
+    class_weight_max: float = 10.0,
+) -> dict[str, np.ndarray]:
+    """All training targets of one image (what the ``targets`` stage stores).
+
+    The nearest/second-nearest nucleus distances are computed once, with the larger of the
+    margins the border and the separation term need, and shared.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Instance labels, 0 = background.
+    w0, sigma : float
+        Separation term amplitude and decay length (px), see :mod:`pipeline.weights`.
+    border_radius_min, border_radius_max, border_scale
+        Border parameters, see :func:`border_mask`.
+    class_weight_max : float
+        Clip of :func:`pipeline.weights.class_weights`.
+
+    Returns
+    -------
+    targets : dict
+        ``classes`` uint8 (H, W) (0 = mask − border, 1 = border, 2 = background),
+        ``mask`` uint8 (H, W) 0/1, ``border`` uint8 (H, W) 0/1, ``weights`` float32 (H, W)
+        (class weight + separation term).
+    """
+    labels = np.asarray(labels)
+    margin = max(separation_margin(sigma), 2 * int(border_radius_max))
+    nearest = nearest_two(labels, margin)
+    border = border_mask(labels, border_radius_min, border_radius_max, border_scale, nearest=nearest)
+    weights = class_weights(labels, class_weight_max)
+    weights += separation_weights(labels, w0, sigma, nearest=nearest)
+    return {
+        "classes": softmax_target(labels, border=border),
+        "mask": (labels > 0).astype(np.uint8),
+        "border": border.astype(np.uint8),
+        "weights": weights,
+    }
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nuclei targets``."""
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: targets.workers)")
+
+
+def target_kwargs(section: dict, path) -> dict:
+    """The :func:`make_targets` arguments from the ``targets`` section of ``path``, checked.
+
+    Missing keys take the defaults of :data:`TARGET_DEFAULTS`; bad values raise
+    :class:`~pipeline.errors.NucleiError` naming ``path`` and the key.
+    """
+    kwargs = {}
+    for key, default in TARGET_DEFAULTS.items():
+        value = section.get(key, default)
+        try:
+            value = type(default)(value)
+        except (TypeError, ValueError):
+            raise NucleiError(f"{path}: targets.{key} must be a number, got {value!r}") from None
+        kwargs[key] = value
+    if not kwargs["sigma"] > 0 or kwargs["w0"] < 0:
+        raise NucleiError(f"{path}: targets.sigma must be > 0 and targets.w0 >= 0")
+    if not 0 <= kwargs["border_radius_min"] <= kwargs["border_radius_max"]:
+        raise NucleiError(f"{path}: need 0 <= targets.border_radius_min <= targets.border_radius_max")
+    if kwargs["class_weight_max"] < 1:
+        raise NucleiError(f"{path}: targets.class_weight_max must be >= 1")
+    return kwargs
+
+
+def process_one(src: Path, dst: Path, kwargs: dict) -> None:
+    """Read ``labels`` from the prepared ``src`` .npz, write the targets to ``dst`` atomically."""
+    data = load_npz(src)
+    labels = data.get("labels")
+    if labels is None or labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise NucleiError(f"{src}: no 2-D integer array 'labels'")
+    if labels.size and labels.min() < 0:
+        raise NucleiError(f"{src}: negative labels")
+    targets = make_targets(labels, **kwargs)
+    targets["weights"] = targets["weights"].astype(np.float16)
+    save_npz(dst, **targets)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the ``targets`` stage; returns the exit status."""
+    import pandas as pd
+
+    params = load_params(args.params)
+    cfg = section(params, "targets", args.params)
+    kwargs = target_kwargs(cfg, args.params)
+    prepared = Path(section(params, "data", args.params).get("prepared", "data/prepared"))
+    out = Path(cfg.get("out", "data/targets"))
+    workers = args.workers if args.workers is not None else int(cfg.get("workers", 1))
+    workers = max(1, min(workers, os.cpu_count() or 1))
+
+    index_path = prepared / "index.csv"
+    try:
+        index = pd.read_csv(index_path, dtype={"id": str})
+        ids = index["id"].tolist()
+    except FileNotFoundError:
+        raise NucleiError(f"{index_path}: no such file (run `nuclei prepare` first)") from None
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise NucleiError(f"{index_path}: not a prepared index ({exc})") from None
+    if {"height", "width"} <= set(index.columns):  # largest first: the workers finish together
+        ids = (
+            index.assign(px=index["height"] * index["width"])
+            .sort_values("px", ascending=False, kind="stable")["id"]
+            .tolist()
+        )
+    jobs = [(prepared / f"{i}.npz", out / f"{i}.npz") for i in ids]
+    missing = [str(src) for src, _ in jobs if not src.is_file()]
+    if missing:
+        raise NucleiError(f"{missing[0]}: no such file ({len(missing)} prepared images missing)")
+
+    out.mkdir(parents=True, exist_ok=True)
+    if workers == 1:
+        for src, dst in progress(jobs, desc="targets"):
+            process_one(src, dst, kwargs)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(process_one, src, dst, kwargs) for src, dst in jobs]
+            try:
+                for future in progress(as_completed(futures), desc="targets", total=len(futures)):
+                    future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    print(f"targets: {len(jobs)} images -> {out}")
+    return 0
