@@ -1,0 +1,144 @@
+"""Augmentation: image and targets stay aligned, seeding is deterministic, switches work."""
+
+import numpy as np
+import pytest
+
+from pipeline.augment import build_augmentation, sample_seed
+from pipeline.errors import NucleiError
+
+GEOMETRIC = {
+    "crop": 128,
+    "flips": True,
+    "rot90": True,
+    "scale": [0.7, 1.4],
+    "elastic": 1.0,
+    "brightness_contrast": False,
+    "gamma": False,
+    "color_to_gray": False,
+    "invert": False,
+}
+ALL = {**GEOMETRIC, "brightness_contrast": True, "gamma": True, "color_to_gray": True, "invert": True}
+
+
+def disc_sample(h=150, w=170, center=(50, 110), radius=25):
+    """A bright disc (image) with its targets: classes 0 core / 1 ring / 2 background."""
+    yy, xx = np.mgrid[:h, :w]
+    dist = np.hypot(yy - center[0], xx - center[1])
+    mask = (dist <= radius).astype(np.uint8)
+    border = ((dist <= radius) & (dist > radius - 3)).astype(np.uint8)
+    classes = np.where(mask == 0, 2, border).astype(np.uint8)
+    image = np.repeat((0.1 + 0.8 * mask)[..., None], 3, axis=-1).astype(np.float32)
+    weights = (1.0 + 4.0 * mask).astype(np.float32)
+    return image, classes, mask, border, weights
+
+
+def test_disc_moves_with_its_mask():
+    aug = build_augmentation(GEOMETRIC, train=True)
+    sample = disc_sample()
+    moved = 0
+    for seed in range(20):
+        image, classes, mask, border, weights = aug(*sample, seed=seed)
+        assert image.shape == (128, 128, 3) and image.dtype == np.float32
+        assert classes.shape == mask.shape == border.shape == weights.shape == (128, 128)
+        assert classes.dtype == mask.dtype == border.dtype == np.uint8 and weights.dtype == np.float32
+        # targets stay consistent with each other (nearest interpolation keeps labels)
+        assert np.array_equal(mask, (classes < 2).astype(np.uint8))
+        assert np.array_equal(border, (classes == 1).astype(np.uint8))
+        assert np.array_equal(weights, np.where(mask == 1, 5.0, 1.0).astype(np.float32))
+        # the bright pixels of the image are the pixels of the mask
+        bright = image[..., 0] > 0.5
+        union = (bright | (mask == 1)).sum()
+        if union:
+            iou = (bright & (mask == 1)).sum() / union
+            assert iou > 0.95, (seed, iou)
+            moved += 1
+    assert moved >= 5  # the crop contained (part of) the disc in several draws
+
+
+def test_flip_alone_is_exact():
+    cfg = {"flips": 1.0}  # both flips always: a 180° rotation, no crop
+    image, classes, mask, border, weights = disc_sample()
+    out = build_augmentation(cfg, train=True)(image, classes, mask, border, weights, seed=0)
+    assert np.array_equal(out[0], image[::-1, ::-1])
+    assert np.array_equal(out[2], mask[::-1, ::-1])
+    assert np.array_equal(out[4], weights[::-1, ::-1])
+
+
+def test_same_seed_same_output_and_seeds_differ():
+    aug = build_augmentation(ALL, train=True)
+    sample = disc_sample()
+    first = aug(*sample, seed=7)
+    aug(*sample, seed=8)
+    again = aug(*sample, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    other = build_augmentation(ALL, train=True, seed=7)(*sample)  # construction seed = call seed
+    assert all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    outputs = {aug(*sample, seed=s)[0].tobytes() for s in range(5)}
+    assert len(outputs) == 5
+
+
+def test_transforms_draw_independently():
+    # albumentations' Compose(seed=...) seeds every transform alike, so both flips would fire
+    # together; the shared generator gives all four flip combinations.
+    image = np.arange(12, dtype=np.float32).reshape(3, 4, 1).repeat(3, -1) / 12
+    zeros = np.zeros((3, 4), np.uint8)
+    aug = build_augmentation({"flips": True}, train=True)
+    corners = {
+        aug(image, zeros, zeros, zeros, zeros.astype(np.float32), seed=s)[0][0, 0, 0] for s in range(40)
+    }
+    assert len(corners) == 4
+
+
+def test_small_images_are_reflect_padded_to_the_crop():
+    image, classes, mask, border, weights = disc_sample(40, 30, center=(20, 15), radius=8)
+    out = build_augmentation({"crop": 64}, train=True)(image, classes, mask, border, weights, seed=1)
+    assert out[0].shape == (64, 64, 3) and out[1].shape == (64, 64)
+    assert 1 < out[2].sum() / mask.sum() < 4  # mirrored copies of the disc, with their masks
+    assert np.array_equal(out[2], (out[0][..., 0] > 0.5).astype(np.uint8))
+
+
+def test_photometric_transforms_leave_targets_alone():
+    cfg = {"brightness_contrast": 1.0, "gamma": 1.0, "color_to_gray": 1.0}
+    sample = disc_sample()
+    out = build_augmentation(cfg, train=True)(*sample, seed=3)
+    assert not np.array_equal(out[0], sample[0])
+    assert out[0].min() >= 0 and out[0].max() <= 1
+    for got, want in zip(out[1:], sample[1:], strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_invert():
+    sample = disc_sample()
+    out = build_augmentation({"invert": 1.0}, train=True)(*sample, seed=0)
+    assert np.allclose(out[0], 1 - sample[0])
+
+
+def test_validation_is_identity():
+    sample = disc_sample()
+    out = build_augmentation(ALL, train=False)(*sample)
+    assert all(a is b for a, b in zip(out, sample, strict=True))
+
+
+def test_sample_seed_is_stable_and_distinct():
+    assert sample_seed(0, 1, 2) == sample_seed(0, 1, 2)
+    assert len({sample_seed(0, e, i) for e in range(3) for i in range(50)}) == 150
+
+
+def test_bad_configuration():
+    with pytest.raises(NucleiError, match="augment.invert"):
+        build_augmentation({"invert": 2.0}, train=True)
+    with pytest.raises(NucleiError, match="augment.flips"):
+        build_augmentation({"flips": "often"}, train=True)
+    with pytest.raises(NucleiError, match="augment.scale"):
+        build_augmentation({"scale": [1.2, 0.8]}, train=True)
+
+
+def test_elastic_deforms_smoothly():
+    yy, xx = np.mgrid[:96, :96].astype(np.float32) / 96
+    image = np.dstack([yy, xx, np.zeros_like(xx)])
+    zeros = np.zeros((96, 96), np.uint8)
+    out = build_augmentation({"elastic": 1.0}, train=True)(
+        image, zeros, zeros, zeros, zeros.astype(np.float32), seed=0
+    )
+    shift = np.hypot(*(96 * (out[0][..., :2] - image[..., :2])).transpose(2, 0, 1))[8:-8, 8:-8]
+    assert 0.5 < shift.mean() < 5 and shift.max() < 15  # a few pixels, not a scramble

@@ -1,0 +1,202 @@
+"""Model factory, stride padding, and the model directory (save / load / validation)."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.errors import NucleiError
+from pipeline.models import (
+    build_model,
+    count_parameters,
+    load_model_dir,
+    logits_to_probs,
+    model_stride,
+    pad_to_stride,
+    save_model_dir,
+)
+
+torch.set_num_threads(1)
+TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "transpose"}
+SMP = {"arch": "smp", "head": "softmax", "encoder": "resnet18", "encoder_weights": None}
+
+
+@pytest.mark.parametrize("upsampling", ["transpose", "bilinear", "nearest"])
+@pytest.mark.parametrize("head, channels", [("softmax", 3), ("sigmoid", 2)])
+def test_unet_output_shape_for_odd_sizes(upsampling, head, channels):
+    cfg = {**TINY, "head": head, "upsampling": upsampling}
+    model = build_model(cfg)
+    assert model_stride(cfg) == 4
+    x = torch.rand(2, 3, 37, 21)
+    padded, crop = pad_to_stride(x, model_stride(cfg))
+    assert padded.shape == (2, 3, 40, 24)
+    logits = model(padded)
+    assert logits.shape == (2, channels, 40, 24)
+    assert logits[crop].shape == (2, channels, 37, 21)
+
+
+@pytest.mark.parametrize("head, channels", [("softmax", 3), ("sigmoid", 2)])
+def test_smp_output_shape(head, channels):
+    cfg = {**SMP, "head": head}
+    model = build_model(cfg).eval()
+    assert model_stride(cfg) == 32
+    x = torch.rand(1, 3, 45, 33)
+    padded, crop = pad_to_stride(x, 32)
+    with torch.no_grad():
+        assert model(padded)[crop].shape == (1, channels, 45, 33)
+
+
+def test_pad_to_stride_mirrors_and_crop_undoes():
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(1, 2, 5, 3)
+    padded, crop = pad_to_stride(x, 4)
+    assert padded.shape == (1, 2, 8, 4)
+    assert torch.equal(padded[crop], x)
+    # top pad of 1 reflects row 1 (not row 0): reflect, not symmetric or zeros
+    assert torch.equal(padded[..., 0, :3], x[..., 1, :])
+    # already a multiple: unchanged; pads wider than the image and 1-pixel axes work
+    same, crop = pad_to_stride(x[..., :4, :], 2)
+    assert same.shape == (1, 2, 4, 4) and torch.equal(same[crop], x[..., :4, :])
+    big, crop = pad_to_stride(torch.rand(3, 2, 1), 32)
+    assert big.shape == (3, 32, 32) and big[crop].shape == (3, 2, 1)
+    assert torch.isfinite(big).all()
+
+
+def test_logits_to_probs():
+    logits = torch.randn(2, 3, 4, 4)
+    probs = logits_to_probs(logits, "softmax")
+    assert torch.allclose(probs.sum(1), torch.ones(2, 4, 4))
+    sig = logits_to_probs(logits[:, :2], "sigmoid")
+    assert torch.equal(sig, torch.sigmoid(logits[:, :2]))
+    with pytest.raises(ValueError):
+        logits_to_probs(logits, "sigmoid")
+
+
+def test_factory_rejects_bad_choices():
+    for key, value in [("arch", "fcn"), ("head", "linear"), ("upsampling", "pixelshuffle")]:
+        with pytest.raises(NucleiError, match=f"model.{key}"):
+            build_model({**TINY, key: value})
+    with pytest.raises(NucleiError, match="model.encoder"):
+        build_model({**SMP, "encoder": "no-such-encoder"})
+
+
+def test_same_seed_same_weights_and_parameter_count():
+    torch.manual_seed(0)
+    a = build_model(TINY)
+    torch.manual_seed(0)
+    b = build_model(TINY)
+    assert all(
+        torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+    wider = build_model({**TINY, "width": 8})
+    assert count_parameters(a) == sum(p.numel() for p in a.parameters())
+    assert 3.5 < count_parameters(wider) / count_parameters(a) < 4.1  # conv weights scale as width²
+
+
+def test_local_encoder_weights(tmp_path):
+    torch.manual_seed(1)
+    source = build_model(SMP)
+    file = tmp_path / "resnet18_encoder.pt"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in source.encoder.state_dict().items()}}, file)
+    model = build_model({**SMP, "encoder_weights": str(file)})
+    for k, v in source.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[k], v), k
+    with pytest.raises(NucleiError, match="missing.pt: encoder weights file not found"):
+        build_model({**SMP, "encoder_weights": str(tmp_path / "missing.pt")})
+    partial = dict(source.encoder.state_dict())
+    partial.pop("conv1.weight")
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(
+        NucleiError, match=r"partial.pt: encoder weights do not fit.*missing keys: conv1.weight"
+    ):
+        build_model({**SMP, "encoder_weights": str(tmp_path / "partial.pt")})
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(NucleiError, match="junk.pt: corrupt or truncated"):
+        build_model({**SMP, "encoder_weights": str(tmp_path / "junk.pt")})
+
+
+def trained_tiny(head="softmax"):
+    """A tiny U-Net with non-trivial batch-norm statistics, in eval mode."""
+    torch.manual_seed(2)
+    model = build_model({**TINY, "head": head})
+    with torch.no_grad():
+        model(torch.rand(4, 3, 16, 16) * 3)  # updates running statistics in train mode
+    return model.eval()
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_save_load_round_trip(tmp_path, half):
+    model = trained_tiny()
+    model.down[0][1].running_var[0] = 1e6  # beyond float16: must stay float32
+    training = {"epochs": 1, "data": tmp_path, "score": np.float64(0.25), "size": (256, 256)}
+    config = {"model": TINY, "postprocess": {"marker_threshold": 0.5}, "training": training}
+    save_model_dir(tmp_path / "m", model, config, half=half)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.yaml", "weights.pt"]
+    loaded, cfg = load_model_dir(tmp_path / "m")
+    assert not loaded.training
+    assert cfg["format_version"] == 1 and cfg["model"]["depth"] == 2
+    assert cfg["postprocess"] == {"marker_threshold": 0.5}
+    assert cfg["training"] == {"epochs": 1, "data": str(tmp_path), "score": 0.25, "size": [256, 256]}
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        expected, got = model(x), loaded(x)
+    if half:
+        assert torch.allclose(expected, got, atol=2e-2)
+    else:
+        assert torch.equal(expected, got)
+
+
+def test_save_unwraps_wrappers_and_clears_encoder_weights(tmp_path):
+    class Wrapper(torch.nn.Module):  # like DistributedDataParallel: the model under .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = trained_tiny()
+    save_model_dir(tmp_path, Wrapper(model), {"model": {**TINY, "encoder_weights": "/x.pt"}}, half=False)
+    loaded, cfg = load_model_dir(tmp_path)
+    assert cfg["model"]["encoder_weights"] is None
+    assert torch.equal(loaded.head.weight, model.head.weight)
+
+
+def test_load_rejects_damaged_directories(tmp_path):
+    model_dir = tmp_path / "m"
+    with pytest.raises(NucleiError, match="model directory not found"):
+        load_model_dir(model_dir)
+    save_model_dir(model_dir, trained_tiny(), {"model": TINY})
+    weights, config_file = model_dir / "weights.pt", model_dir / "config.yaml"
+    good_weights, good_config = weights.read_bytes(), config_file.read_text()
+
+    weights.write_bytes(good_weights[: len(good_weights) // 2])  # truncated
+    with pytest.raises(NucleiError, match=r"weights.pt: .*(checksum|truncated)"):
+        load_model_dir(model_dir)
+    config = yaml.safe_load(good_config)
+    del config["weights_sha256"]  # without a checksum torch.load itself must fail cleanly
+    config_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(NucleiError, match="weights.pt: corrupt or truncated weights file"):
+        load_model_dir(model_dir)
+
+    weights.write_bytes(good_weights)
+    config_file.write_text(yaml.safe_dump({**config, "model": {**TINY, "width": 8}}))
+    with pytest.raises(NucleiError, match="weights.pt: weights do not fit the model; wrong shapes"):
+        load_model_dir(model_dir)
+    config_file.write_text(yaml.safe_dump({**config, "model": {**TINY, "depth": 3}}))
+    with pytest.raises(NucleiError, match="weights.pt: weights do not fit the model; missing keys"):
+        load_model_dir(model_dir)
+
+    config_file.write_text(yaml.safe_dump({**config, "format_version": 99}))
+    with pytest.raises(NucleiError, match="config.yaml: format_version 99 is not supported"):
+        load_model_dir(model_dir)
+    config_file.write_text(yaml.safe_dump({"format_version": 1}))
+    with pytest.raises(NucleiError, match="config.yaml: no 'model' section"):
+        load_model_dir(model_dir)
+    config_file.write_text("model: [unclosed")
+    with pytest.raises(NucleiError, match="config.yaml: unreadable"):
+        load_model_dir(model_dir)
+    config_file.unlink()
+    with pytest.raises(NucleiError, match="config.yaml: missing"):
+        load_model_dir(model_dir)
+    config_file.write_text(good_config)
+    weights.unlink()
+    with pytest.raises(NucleiError, match="weights.pt: missing"):
+        load_model_dir(model_dir)
