@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except NucleiError as exc:
         print(f"nuclei: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("nuclei: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -89,6 +90,7 @@ def _read_tiff_planes(path: Path) -> list[np.ndarray]:
     """
     import tifffile
 
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # our one-line error says it all
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]

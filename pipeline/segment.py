@@ -1,0 +1,517 @@
+"""``nuclei segment``: count and measure nuclei in a biologist's own images.
+
+For every input image (PNG, TIFF, JPEG, BMP; 8/16-bit or float; grey, RGB or RGBA) the command
+writes, under ``OUTDIR``:
+
+- ``labels/<name>.tif``: uint16 instance labels (0 = background), a label layer in napari/Fiji;
+- ``overlays/<name>.png``: the normalised image with each nucleus outlined in its own colour;
+
+and for the whole run ``nuclei.csv`` (one row per nucleus), ``counts.csv`` (one row per image,
+failures included) and ``report.html``. ``<name>`` is the file's stem; each plane of a
+multi-page TIFF is an image of its own, ``<stem>_p<k>`` (k = 0, 1, ...). Images larger than
+``segment.block_size`` are segmented block by block with overlapping margins, so memory stays
+bounded whatever the image size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from skimage.measure import regionprops_table
+from skimage.segmentation import relabel_sequential
+
+from pipeline.config import ROOT, load_params
+from pipeline.errors import NucleiError
+from pipeline.io import (
+    IMAGE_SUFFIXES,
+    list_images,
+    progress,
+    read_image_planes,
+    write_csv,
+    write_labels,
+    write_png,
+    write_text,
+)
+from pipeline.measure import measure_nuclei, measurement_columns
+from pipeline.overlay import display_uint8, draw_outlines, encode_png, thumbnail
+from pipeline.report import render_report
+
+#: Defaults of the ``segment`` section of params.yaml (used for keys it does not set).
+DEFAULTS: dict[str, Any] = {
+    "model": "models/default",
+    "device": "auto",
+    "tta": "none",
+    "tile_size": 512,
+    "overlap": 64,
+    "batch_size": 4,
+    "block_size": 2048,
+    "block_margin": 128,
+    "thumbnail": 320,
+}
+#: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
+COUNT_COLUMNS = (
+    "image", "source", "plane", "height", "width", "count",
+    "median_area_px", "median_area_um2", "status", "error",
+)  # fmt: skip
+#: Smallest image side accepted, in pixels.
+MIN_SIDE = 8
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def iter_blocks(
+    shape: tuple[int, int], block_size: int, margin: int
+) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
+    """Cover an image with overlapping blocks.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image height and width, in pixels.
+    block_size : int
+        Largest block side, margins included, in pixels.
+    margin : int
+        Context added on each side of a block's core, in pixels (``block_size > 2 * margin``).
+
+    Yields
+    ------
+    outer : (slice, slice)
+        The block to segment, in image coordinates.
+    core : (slice, slice)
+        Its core, relative to ``outer``. The cores tile the image exactly once.
+    """
+    step = block_size - 2 * margin
+    if step <= 0:
+        raise ValueError(f"block_size {block_size} must exceed twice the margin {margin}")
+    for r0 in range(0, shape[0], step):
+        for c0 in range(0, shape[1], step):
+            r1, c1 = min(r0 + step, shape[0]), min(c0 + step, shape[1])
+            o_r0, o_c0 = max(r0 - margin, 0), max(c0 - margin, 0)
+            o_r1, o_c1 = min(r1 + margin, shape[0]), min(c1 + margin, shape[1])
+            outer = (slice(o_r0, o_r1), slice(o_c0, o_c1))
+            core = (slice(r0 - o_r0, r1 - o_r0), slice(c0 - o_c0, c1 - o_c0))
+            yield outer, core
+
+
+def label_nuclei(
+    image: np.ndarray,
+    predictor,
+    head: str,
+    thresholds: dict[str, Any],
+    block_size: int = 2048,
+    margin: int = 128,
+) -> np.ndarray:
+    """Segment the nuclei of one normalised image.
+
+    An image whose sides fit in ``block_size`` is predicted and post-processed whole. A larger
+    one is cut by :func:`iter_blocks`; each block (core + margin of context) is segmented on
+    its own and keeps the nuclei whose centroid lies in its core, so that every nucleus comes
+    from the one block that sees it whole (when it is smaller than the margin). Peak memory is
+    that of one block plus the int32 label image.
+
+    Parameters
+    ----------
+    image : (H, W, 3) float32 array
+        Normalised by :func:`pipeline.io.normalize_image`.
+    predictor : pipeline.inference.Predictor
+        ``predictor.predict(image) -> (C, H, W)`` float32 probabilities.
+    head : {'softmax', 'sigmoid'}
+        The model's head.
+    thresholds : dict
+        Keyword arguments of :func:`pipeline.watershed.postprocess`.
+    block_size, margin : int
+        Block side and context margin, in pixels.
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+        0 = background, 1..N = nuclei.
+    """
+    from pipeline.watershed import postprocess, remove_small
+
+    height, width = image.shape[:2]
+    if max(height, width) <= block_size:
+        return postprocess(predictor.predict(image), head, **thresholds)
+    labels = np.zeros((height, width), np.int32)
+    n_labels = 0
+    for outer, core in iter_blocks((height, width), block_size, margin):
+        block = postprocess(predictor.predict(image[outer]), head, **thresholds)
+        props = regionprops_table(block, properties=("label", "centroid"))
+        rows, cols = props["centroid-0"], props["centroid-1"]
+        keep = props["label"][
+            (rows >= core[0].start) & (rows < core[0].stop)
+            & (cols >= core[1].start) & (cols < core[1].stop)
+        ]  # fmt: skip
+        lut = np.zeros(block.max() + 1, np.int32)
+        lut[keep] = np.arange(n_labels + 1, n_labels + 1 + keep.size, dtype=np.int32)
+        block = lut[block]
+        target = labels[outer]
+        free = (block > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
+        target[free] = block[free]
+        n_labels += keep.size
+    labels = remove_small(labels, thresholds.get("min_size", 0))
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+@dataclass
+class Settings:
+    """Everything :func:`segment_images` needs besides the inputs (from params.yaml + flags)."""
+
+    model_dir: Path
+    device: str = "auto"
+    pixel_size: float | None = None
+    tta: str = "none"
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+    block_size: int = 2048
+    block_margin: int = 128
+    thumbnail: int = 320
+
+    @classmethod
+    def from_params(
+        cls, params: dict[str, Any] | None = None, source: str | Path = "params.yaml", **overrides: Any
+    ) -> Settings:
+        """Build from the ``segment`` section of params.yaml; ``None`` overrides are ignored.
+
+        Raises
+        ------
+        NucleiError
+            Unknown keys or values out of range, naming ``source``.
+        """
+        section = (params or {}).get("segment") or {}
+        unknown = sorted(set(section) - set(DEFAULTS))
+        if unknown:
+            raise NucleiError(f"{source}: unknown key(s) in section 'segment': {', '.join(unknown)}")
+        cfg = {**DEFAULTS, **section}
+        model = Path(cfg.pop("model"))
+        if not model.is_absolute():  # params.yaml paths are relative to the repository
+            model = ROOT / model
+        cfg.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(model_dir=Path(cfg.pop("model_dir", model)), **cfg)
+        for key in ("tile_size", "overlap", "batch_size", "block_size", "block_margin", "thumbnail"):
+            value = getattr(settings, key)
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (0 if key == "overlap" else 1)
+            ):
+                raise NucleiError(f"{source}: segment.{key} must be a positive whole number, got {value!r}")
+        if settings.block_size <= 2 * settings.block_margin:
+            raise NucleiError(f"{source}: segment.block_size must exceed twice segment.block_margin")
+        if settings.tta not in ("none", "flips", "d4"):
+            raise NucleiError(f"{source}: segment.tta must be none, flips or d4, got {settings.tta!r}")
+        if settings.pixel_size is not None and not (
+            math.isfinite(settings.pixel_size) and settings.pixel_size > 0
+        ):
+            raise NucleiError(f"--pixel-size must be a positive number of µm, got {settings.pixel_size}")
+        return settings
+
+
+@dataclass
+class _Run:
+    """What a batch accumulates: rows of counts.csv, measurement tables, thumbnails."""
+
+    counts: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+
+    def unique_name(self, name: str) -> str:
+        """``name``, or ``name-2``, ``name-3``, ... when two inputs share a stem."""
+        candidate, k = name, 1
+        while candidate in self.names:
+            k += 1
+            candidate = f"{name}-{k}"
+        self.names.add(candidate)
+        return candidate
+
+
+def _warn(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"nuclei: {message}", file=sys.stderr)
+
+
+def _segment_plane(
+    image: np.ndarray,
+    source: Path,
+    name: str,
+    outdir: Path,
+    predictor,
+    settings: Settings,
+    run: _Run,
+) -> dict[str, Any]:
+    """Segment, measure and write one plane; returns its counts.csv row fields."""
+    from pipeline.inference import normalize
+    from pipeline.watershed import thresholds
+
+    if min(image.shape[:2]) < MIN_SIDE:
+        raise NucleiError(
+            f"{source}: image of {image.shape[1]}x{image.shape[0]} px is too small to segment"
+            f" (at least {MIN_SIDE} px a side)"
+        )
+    grey = image.mean(axis=2, dtype=np.float32)  # intensities are measured on the image as read
+    image = normalize(image, predictor.config)  # robust percentiles, as the model was trained
+    labels = label_nuclei(
+        image,
+        predictor,
+        predictor.head,
+        thresholds(predictor.config.get("postprocess"), source=settings.model_dir / "config.yaml"),
+        settings.block_size,
+        settings.block_margin,
+    )
+    image = display_uint8(image)
+    write_labels(outdir / "labels" / f"{name}.tif", labels)
+    overlay = draw_outlines(image, labels)
+    del image
+    write_png(outdir / "overlays" / f"{name}.png", overlay)
+    run.thumbnails[name] = encode_png(thumbnail(overlay, settings.thumbnail))
+    del overlay
+    table = measure_nuclei(labels, grey, settings.pixel_size)
+    table.insert(0, "image", name)
+    run.tables.append(table)
+    row = {"count": len(table), "median_area_px": table["area_px"].median(), "status": "ok"}  # NaN if none
+    if settings.pixel_size is not None:
+        row["median_area_um2"] = table["area_um2"].median()
+    return row
+
+
+def segment_images(
+    inputs: list[str | Path],
+    outdir: str | Path,
+    model_dir: str | Path | None = None,
+    device: str | None = None,
+    pixel_size: float | None = None,
+    recursive: bool = False,
+    *,
+    params: dict[str, Any] | None = None,
+    params_path: str | Path = "params.yaml",
+    **settings: Any,
+) -> pd.DataFrame:
+    """Segment, count and measure the nuclei of a batch of images.
+
+    Parameters
+    ----------
+    inputs : list of str or Path
+        Image files and folders (their image files; sub-folders too when ``recursive``).
+    outdir : str or Path
+        Output folder (created; existing files of other images are kept).
+    model_dir : str or Path, optional
+        Model directory; default ``segment.model`` of params.yaml (the shipped model).
+    device : {'auto', 'cpu', 'cuda'}, optional
+        Default ``segment.device``.
+    pixel_size : float, optional
+        Pixel side in µm; adds µm columns.
+    recursive : bool
+        Look into sub-folders of folder inputs.
+    params : dict, optional
+        Parsed params.yaml (its ``segment`` section is used); default: built-in defaults.
+    params_path : str or Path
+        Where ``params`` came from, for error messages.
+    **settings
+        Overrides of other :class:`Settings` fields (``block_size``, ``tta``, ...).
+
+    Returns
+    -------
+    counts : pandas.DataFrame
+        The rows of ``counts.csv`` (``status`` is 'ok' or 'failed' with ``error``).
+
+    Raises
+    ------
+    NucleiError
+        Usage problems, before any image is processed: an input that does not exist, no image
+        files at all, an unusable model directory or device, an output folder that cannot be
+        created. Problems with single images are recorded in ``counts`` instead.
+    """
+    start = time.perf_counter()
+    cfg = Settings.from_params(
+        params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size, **settings
+    )
+    outdir = Path(outdir)
+    sources = _find_inputs(inputs, outdir, recursive)
+    predictor = _load(cfg)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NucleiError(f"{outdir}: cannot create the output folder ({exc.strerror or exc})") from None
+
+    run = _Run()
+    for source in progress(sources, desc="segment", unit="img"):
+        base = {"source": str(source), "plane": None, "height": None, "width": None}
+        try:
+            planes = read_image_planes(source)
+        except Exception as exc:  # one bad file never stops the batch
+            run.counts.append({**base, "image": run.unique_name(source.stem), **_failure(exc, source)})
+            _warn(f"error: {run.counts[-1]['error']}")
+            _remove_outputs(outdir, source.stem)
+            continue
+        for k in range(len(planes)):
+            name = run.unique_name(source.stem if len(planes) == 1 else f"{source.stem}_p{k}")
+            height, width = planes[k].shape[:2]
+            row = {**base, "image": name, "plane": k, "height": height, "width": width}
+            try:  # the plane is handed over, not kept here: its memory is freed once normalised
+                row.update(_segment_plane(_take(planes, k), source, name, outdir, predictor, cfg, run))
+            except Exception as exc:  # one bad image never stops the batch
+                row.update(_failure(exc, source))
+                _warn(f"error: {row['error']}")
+                _remove_outputs(outdir, name)
+            run.counts.append(row)
+
+    counts = (
+        pd.DataFrame(run.counts)
+        .reindex(columns=_count_columns(cfg.pixel_size))
+        .astype({"plane": "Int64", "height": "Int64", "width": "Int64", "count": "Int64"})
+    )
+    columns = ["image", *measurement_columns(cfg.pixel_size)]
+    nuclei = pd.concat(run.tables, ignore_index=True) if run.tables else pd.DataFrame(columns=columns)
+    write_csv(outdir / "nuclei.csv", nuclei[columns])
+    write_csv(outdir / "counts.csv", counts)
+    area = "area_um2" if cfg.pixel_size is not None else "area_px"
+    seconds = time.perf_counter() - start
+    info = {
+        "model": str(cfg.model_dir),
+        "device": str(getattr(predictor, "device", cfg.device)),
+        "time": f"{seconds:.1f} s",
+        "written": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    html = render_report(
+        counts, nuclei[area].to_numpy(float), run.thumbnails, pixel_size=cfg.pixel_size, info=info
+    )
+    write_text(outdir / "report.html", html)
+    return counts
+
+
+def _remove_outputs(outdir: Path, name: str) -> None:
+    """Delete the label image and overlay of ``name`` left by an earlier run (it failed now)."""
+    for stale in (outdir / "labels" / f"{name}.tif", outdir / "overlays" / f"{name}.png"):
+        stale.unlink(missing_ok=True)
+
+
+def _take(items: list, k: int):
+    """``items[k]``, leaving ``None`` in its place (so that the caller holds no reference)."""
+    item, items[k] = items[k], None
+    return item
+
+
+def _count_columns(pixel_size: float | None) -> list[str]:
+    return [c for c in COUNT_COLUMNS if pixel_size is not None or not c.endswith("_um2")]
+
+
+def _failure(exc: Exception, source: Path) -> dict[str, Any]:
+    """counts.csv fields of an image that failed: a one-line error naming the file."""
+    if isinstance(exc, NucleiError):
+        message = str(exc)
+    elif isinstance(exc, MemoryError):
+        message = f"{source}: out of memory (lower segment.block_size in params.yaml)"
+    else:  # a bug, or a library refusing this input: name it, keep the batch going
+        message = f"{source}: unexpected error ({type(exc).__name__}: {exc})"
+    return {"count": None, "status": "failed", "error": " ".join(message.split())}
+
+
+def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> list[Path]:
+    """The image files to process (the output folder's own files excluded)."""
+    files = list_images(inputs, recursive=recursive)
+    out = outdir.resolve()
+    files = [f for f in files if out not in f.resolve().parents]
+    if not files:
+        names = ", ".join(map(str, inputs))
+        raise NucleiError(f"{names}: no image files found ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _load(settings: Settings):
+    """Load the predictor (its ``config`` is the model directory's); usage errors as NucleiError."""
+    from pipeline.inference import load_predictor
+
+    if not settings.model_dir.is_dir():
+        raise NucleiError(
+            f"{settings.model_dir}: model directory not found (pass --model DIR or set segment.model "
+            "in params.yaml)"
+        )
+    return load_predictor(
+        settings.model_dir,
+        device=settings.device,
+        tta=settings.tta,
+        tile_size=settings.tile_size,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _pixel_size(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of µm, got {text!r}")
+    return value
+
+
+_EPILOG = """\
+writes OUTDIR/labels/<name>.tif (uint16 labels), OUTDIR/overlays/<name>.png, OUTDIR/nuclei.csv,
+OUTDIR/counts.csv and OUTDIR/report.html; <name> is the file name without its ending, and
+<stem>_p<k> for plane k of a multi-page TIFF. Other files in OUTDIR are kept.
+exit status: 0 every image segmented, 1 some images failed (see counts.csv), 2 usage error."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nuclei segment``."""
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    parser.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    parser.add_argument(
+        "--model", type=Path, metavar="DIR", help="model directory (default: the shipped model)"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (GPU if present)")
+    parser.add_argument(
+        "--pixel-size", type=_pixel_size, metavar="UM", help="pixel side in µm (adds µm columns)"
+    )
+    parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
+    parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``nuclei segment``; 0 = every image segmented, 1 = some failed, 2 = usage error."""
+    start = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        counts = segment_images(
+            args.inputs,
+            args.out,
+            args.model,
+            args.device,
+            args.pixel_size,
+            args.recursive,
+            params=params,
+            params_path=args.params or "params.yaml",
+        )
+    except NucleiError as exc:  # nothing was processed: a usage error
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 2
+    ok = counts["status"] == "ok"
+    n_failed = int((~ok).sum())
+    print(
+        f"{int(ok.sum())} images segmented, {int(counts.loc[ok, 'count'].sum())} nuclei, "
+        f"{n_failed} failed, {time.perf_counter() - start:.1f} s -> {args.out}/ "
+        "(counts.csv, nuclei.csv, report.html, labels/, overlays/)"
+    )
+    return 1 if n_failed else 0

@@ -1,0 +1,137 @@
+"""``report.html``: content, escaping, self-containment, and rendering in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.overlay import encode_png, thumbnail
+from pipeline.report import render_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _Cells(HTMLParser):
+    """Text of the cells of ``<table id="counts">``, row by row, and of ``#n-*`` figures."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.figures: dict[str, str] = {}
+        self._in_table = self._in_cell = False
+        self._figure: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id") == "counts":
+            self._in_table = True
+        elif self._in_table and tag == "tr":
+            self.rows.append([])
+        elif self._in_table and tag in ("td", "th"):
+            self._in_cell = True
+            self.rows[-1].append("")
+        elif (attrs.get("id") or "").startswith("n-"):
+            self._figure = attrs["id"]
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_table = False
+        elif tag in ("td", "th"):
+            self._in_cell = False
+        self._figure = None
+
+    def handle_data(self, data):
+        if self._in_cell:
+            self.rows[-1][-1] += data
+        elif self._figure:
+            self.figures[self._figure] = data
+
+
+def sample_report(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    counts = pd.DataFrame(
+        {
+            "image": ["alpha", "beta", "<gamma>"],
+            "source": ["in/alpha.png", "in/beta.tif", "in/<gamma>.png"],
+            "count": pd.array([17, 0, None], dtype="Int64"),
+            "median_area_px": [212.5, 0.0, np.nan],
+            "status": ["ok", "ok", "failed"],
+            "error": [None, None, "in/<gamma>.png: not an image file"],
+        }
+    )
+    rng = np.random.default_rng(0)
+    areas = rng.lognormal(5, 0.4, 17)
+    picture = np.zeros((300, 400, 3), np.uint8)
+    picture[100:200, 150:250] = (255, 127, 14)
+    thumbs = {name: encode_png(thumbnail(picture, 120)) for name in ("alpha", "beta")}
+    html = render_report(counts, areas, thumbs, info={"model": "models/default"})
+    path = tmp_path / "report.html"
+    path.write_text(html)
+    return path, counts
+
+
+def test_report_content(tmp_path):
+    path, _ = sample_report(tmp_path)
+    html = path.read_text()
+    cells = _Cells()
+    cells.feed(html)
+    assert cells.rows[0] == ["image", "count", "median_area_px", "status", "error"]
+    assert cells.rows[1] == ["alpha", "17", "212.5", "ok", ""]
+    assert cells.rows[3][:2] == ["<gamma>", ""] and cells.rows[3][3] == "failed"
+    assert cells.figures == {"n-images": "2", "n-nuclei": "17", "n-failed": "1"}
+    assert "<gamma>" not in html.replace("&lt;gamma&gt;", "")  # names are escaped
+    assert html.count('<tr class="failed">') == 1
+    assert "<svg" in html and "nucleus area (px)" in html
+    thumbs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(thumbs) == 2
+    assert Image.open(io.BytesIO(base64.b64decode(thumbs[0]))).size == (120, 90)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//|url\((?!#)|@import""", html)
+
+
+def test_report_without_nuclei_or_images(tmp_path):
+    counts = pd.DataFrame({"image": ["x"], "count": pd.array([None], "Int64"), "status": ["failed"]})
+    html = render_report(counts, np.array([]), {}, pixel_size=0.3)
+    assert "No nuclei found." in html and "No overlays." in html and "0.3 µm" in html
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
+    return subprocess.run(
+        [CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    path, counts = sample_report(tmp_path)
+    dom = _chromium(tmp_path, "--dump-dom", path.as_uri()).stdout
+    cells = _Cells()
+    cells.feed(dom)
+    shown = {row[0]: row[1] for row in cells.rows[1:]}
+    assert shown == {"alpha": "17", "beta": "0", "<gamma>": ""}
+    assert cells.figures["n-nuclei"] == "17"
+
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1000,1400", path.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (1400, 1000)
+    assert (pixels.sum(axis=2) < 200).mean() > 0.001  # dark text was drawn
+    orange = (abs(pixels - (255, 127, 14)).sum(axis=2) < 30).sum()
+    assert orange > 2 * 25 * 25  # both thumbnails (a 30 x 30 px orange square each) are shown

@@ -1,0 +1,391 @@
+"""``nuclei segment``: outputs, measurements, bad inputs, exit codes, block-wise large images.
+
+The model is a tiny plain U-Net (depth 2, width 4) whose weights are set so that it acts as a
+per-pixel threshold: P(mask − border) ≈ 1 where the normalised grey level is above 0.5, P(background)
+≈ 1 below. Synthetic images of bright disks on a dark background then have a known answer: one
+nucleus per disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+from skimage.draw import disk
+
+from pipeline.cli import main as cli_main
+from pipeline.measure import measure_nuclei, measurement_columns
+from pipeline.overlay import PALETTE, draw_outlines
+from pipeline.segment import COUNT_COLUMNS, iter_blocks, segment_images
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
+
+
+def _threshold_unet() -> torch.nn.Module:
+    """The tiny U-Net turned into a per-pixel grey-level threshold at 0.5 (see module doc)."""
+    from pipeline.models import build_model
+
+    model = build_model(TINY)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                module.weight.zero_()  # every convolution off; batch norms (eval) are identities
+                if module.bias is not None:
+                    module.bias.zero_()
+        first, last = model.down[0], model.dec[-1]
+        first[0].weight[0, :, 1, 1] = 1 / 3  # channel 0 = grey level (centre tap)
+        first[3].weight[0, 0, 1, 1] = 1.0
+        last[0].weight[0, 0, 1, 1] = 1.0  # the skip connection's channel 0 passes through
+        last[3].weight[0, 0, 1, 1] = 1.0
+        model.head.weight[:, 0, 0, 0] = torch.tensor([40.0, 0.0, -40.0])
+        model.head.bias[:] = torch.tensor([-20.0, -30.0, 20.0])
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A model directory holding the threshold U-Net (float16 weights, as shipped)."""
+    from pipeline.models import save_model_dir
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    config = {
+        "model": TINY,
+        "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
+        "normalization": {"low": 1.0, "high": 99.8},
+    }
+    save_model_dir(path, _threshold_unet(), config)
+    return path
+
+
+def disks(
+    shape=(96, 128), centres=((30, 30), (60, 90), (25, 100)), radius=7, value=200, bg=20, dtype=np.uint8
+):
+    """A grey image with bright disks; returns (image, true labels)."""
+    image = np.full(shape, bg, dtype=dtype)
+    labels = np.zeros(shape, np.int32)
+    for k, (r, c) in enumerate(centres, start=1):
+        rr, cc = disk((r, c), radius, shape=shape)
+        image[rr, cc] = value
+        labels[rr, cc] = k
+    return image, labels
+
+
+def grid_centres(shape, spacing, offset=20):
+    return [
+        (r, c) for r in range(offset, shape[0] - 10, spacing) for c in range(offset, shape[1] - 10, spacing)
+    ]
+
+
+def run_cli(*argv) -> int:
+    return cli_main(["segment", *map(str, argv)])
+
+
+def counts_of(outdir: Path) -> pd.DataFrame:
+    return pd.read_csv(outdir / "counts.csv", keep_default_na=False, na_values=[""]).set_index("image")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_outputs_counts_and_label_round_trip(tmp_path, model_dir, capsys):
+    image, truth = disks()
+    Image.fromarray(image).save(tmp_path / "cells.png")
+    out = tmp_path / "out"
+    assert run_cli(tmp_path / "cells.png", "-o", out, "--model", model_dir) == 0
+
+    labels = tifffile.imread(out / "labels" / "cells.tif")
+    assert labels.dtype == np.uint16 and labels.shape == truth.shape
+    assert labels.max() == 3
+    # each true disk is exactly one predicted nucleus covering (nearly) the same pixels
+    for k in range(1, 4):
+        values, n = np.unique(labels[truth == k], return_counts=True)
+        assert values.size == 1 and values[0] > 0
+        assert abs(int((labels == values[0]).sum()) - n[0]) <= 0.1 * n[0]
+
+    counts = counts_of(out)
+    assert list(counts.reset_index().columns) == [c for c in COUNT_COLUMNS if not c.endswith("um2")]
+    assert counts.loc["cells", "count"] == 3 and counts.loc["cells", "status"] == "ok"
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert list(nuclei.columns) == ["image", *measurement_columns()]
+    assert (nuclei["image"] == "cells").all() and sorted(nuclei["label"]) == [1, 2, 3]
+    # the table describes the label image on disk
+    areas = np.bincount(labels.ravel())[1:]
+    assert np.array_equal(nuclei.sort_values("label")["area_px"].to_numpy(), areas)
+    assert counts.loc["cells", "median_area_px"] == np.median(areas)
+
+    overlay = np.asarray(Image.open(out / "overlays" / "cells.png"))
+    assert overlay.shape == (*truth.shape, 3) and overlay.dtype == np.uint8
+    assert len({tuple(c) for c in overlay.reshape(-1, 3)} & {tuple(c) for c in PALETTE[:3]}) == 3
+
+    html = (out / "report.html").read_text()
+    assert "cells" in html and 'id="n-nuclei">3<' in html and "data:image/png;base64," in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//|url\((?!#)|@import""", html)  # nothing fetched
+    summary = capsys.readouterr().out
+    assert "1 images segmented, 3 nuclei, 0 failed" in summary
+
+
+def test_pixel_size_adds_micrometre_columns(tmp_path, model_dir):
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    assert (
+        run_cli(tmp_path / "a.png", "-o", tmp_path / "out", "--model", model_dir, "--pixel-size", "0.5") == 0
+    )
+    nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv")
+    assert list(nuclei.columns) == ["image", *measurement_columns(0.5)]
+    np.testing.assert_allclose(nuclei["area_um2"], nuclei["area_px"] * 0.25)
+    np.testing.assert_allclose(nuclei["equivalent_diameter_um"], nuclei["equivalent_diameter_px"] * 0.5)
+    counts = counts_of(tmp_path / "out")
+    assert counts.loc["a", "median_area_um2"] == pytest.approx(nuclei["area_um2"].median())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
+def test_bad_pixel_size_is_a_usage_error(tmp_path, model_dir, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(tmp_path, "-o", tmp_path / "out", "--model", model_dir, "--pixel-size", value)
+    assert exit_info.value.code == 2
+    assert "--pixel-size" in capsys.readouterr().err
+
+
+def test_image_without_nuclei(tmp_path, model_dir):
+    Image.fromarray(np.full((64, 80), 37, np.uint8)).save(tmp_path / "empty.png")
+    assert run_cli(tmp_path / "empty.png", "-o", tmp_path / "out", "--model", model_dir) == 0
+    labels = tifffile.imread(tmp_path / "out" / "labels" / "empty.tif")
+    assert labels.shape == (64, 80) and not labels.any()
+    counts = counts_of(tmp_path / "out")
+    assert counts.loc["empty", "count"] == 0 and counts.loc["empty", "status"] == "ok"
+    nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv")
+    assert len(nuclei) == 0 and list(nuclei.columns) == ["image", *measurement_columns()]
+    assert "No nuclei found" in (tmp_path / "out" / "report.html").read_text()
+
+
+# --------------------------------------------------------------------------- image kinds
+
+
+def write_image_kinds(folder: Path) -> dict[str, int]:
+    """One file per supported kind of image; returns the expected count per output name."""
+    folder.mkdir()
+    grey8, _ = disks()
+    expected = {}
+    # dim, low-contrast 16-bit fluorescence: disks at 1200 on 1000 of 65535
+    dim, _ = disks(value=1200, bg=1000, dtype=np.uint16)
+    tifffile.imwrite(folder / "dim16.tif", dim)
+    Image.fromarray(dim).save(folder / "dim16.png")
+    tifffile.imwrite(folder / "float.tif", dim.astype(np.float32) / 7.0)  # float, outside [0, 1]
+    rgba = np.dstack([grey8, grey8, grey8, np.full_like(grey8, 255)])
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    Image.fromarray(np.dstack([grey8 // 2, grey8, grey8 // 3])).save(folder / "rgb.jpg", quality=95)
+    tifffile.imwrite(folder / "single.tif", grey8[..., None])  # (H, W, 1)
+    expected.update(dict.fromkeys(["dim16", "dim16-2", "float", "rgba", "rgb", "single"], 3))
+    # multi-page TIFF: five planes with 0, 1, 2, 3, 3 disks -> <stem>_p0 .. <stem>_p4
+    n_disks = [0, 1, 2, 3, 3]
+    planes = [disks(centres=[(30, 30), (60, 90), (25, 100)][:n])[0] for n in n_disks]
+    tifffile.imwrite(folder / "stack.tif", np.stack(planes), photometric="minisblack")
+    expected.update({f"stack_p{k}": n for k, n in enumerate(n_disks)})
+    return expected
+
+
+def test_every_kind_of_image(tmp_path, model_dir):
+    expected = write_image_kinds(tmp_path / "in")
+    out = tmp_path / "out"
+    assert run_cli(tmp_path / "in", "-o", out, "--model", model_dir) == 0
+    counts = counts_of(out)
+    assert set(counts.index) == set(expected)
+    assert (counts["status"] == "ok").all()
+    assert counts["count"].to_dict() == expected
+    assert counts.loc["stack_p2", "plane"] == 2 and counts.loc["stack_p2", "source"].endswith("stack.tif")
+    for name in expected:
+        assert tifffile.imread(out / "labels" / f"{name}.tif").max() == expected[name]
+        assert (out / "overlays" / f"{name}.png").is_file()
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def write_bad_files(folder: Path) -> list[str]:
+    folder.mkdir(exist_ok=True)
+    good, _ = disks()
+    Image.fromarray(good).save(folder / "good.png")
+    data = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[60:90] = b"\x00" * 30  # bad chunk CRC / data inside the IDAT stream
+    (folder / "corrupt.png").write_bytes(bytes(corrupt))
+    (folder / "notes.png").write_text("this is not an image\n")
+    (folder / "zlib.tif").write_bytes(b"II*\x00" + zlib.compress(b"garbage") * 3)
+    (folder / "empty.jpg").write_bytes(b"")
+    Image.fromarray(good[:4, :4]).save(folder / "tiny.png")
+    (folder / "readme.txt").write_text("ignored: not an image suffix\n")
+    return ["corrupt", "empty", "notes", "tiny", "truncated", "zlib"]
+
+
+def test_bad_files_are_reported_and_the_batch_completes(tmp_path, model_dir, capsys):
+    bad = write_bad_files(tmp_path / "in")
+    out = tmp_path / "out"
+    assert run_cli(tmp_path / "in", "-o", out, "--model", model_dir) == 1
+    counts = counts_of(out)
+    assert set(counts.index) == {"good", *bad}
+    assert counts.loc["good", "status"] == "ok" and counts.loc["good", "count"] == 3
+    failed = counts.drop(index="good")
+    assert (failed["status"] == "failed").all() and failed["count"].isna().all()
+    for name, row in failed.iterrows():
+        assert Path(row["source"]).name in row["error"] and "\n" not in row["error"]
+        assert not (out / "labels" / f"{name}.tif").exists()
+    captured = capsys.readouterr()
+    assert all(f"{name}." in captured.err for name in bad)
+    assert "Traceback" not in captured.err
+    assert "1 images segmented, 3 nuclei, 6 failed" in captured.out
+    assert not list(out.rglob(".*tmp*"))  # no temporary files left behind
+
+
+def test_usage_errors_exit_2(tmp_path, model_dir, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli(tmp_path / "empty", "-o", tmp_path / "out", "--model", model_dir) == 2
+    assert "no image files found" in capsys.readouterr().err
+    assert run_cli(tmp_path / "missing.png", "-o", tmp_path / "out", "--model", model_dir) == 2
+    assert "missing.png" in capsys.readouterr().err
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    assert run_cli(tmp_path / "a.png", "-o", tmp_path / "out", "--model", tmp_path / "nomodel") == 2
+    assert "nomodel" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(tmp_path / "a.png")  # no -o
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_existing_outdir_is_updated_not_wiped(tmp_path, model_dir):
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image[:, ::-1].copy()).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    (out / "labels").mkdir(parents=True)
+    (out / "labels" / "a.tif").write_bytes(b"stale")
+    (out / "labels" / "other.tif").write_bytes(b"from another run")
+    (out / "my-notes.txt").write_text("keep me")
+    assert segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir).shape[0] == 2
+    assert tifffile.imread(out / "labels" / "a.tif").max() == 3  # replaced
+    assert (out / "labels" / "other.tif").read_bytes() == b"from another run"  # kept
+    assert (out / "my-notes.txt").read_text() == "keep me"
+    # the outputs inside OUTDIR are never read back as inputs, even recursively
+    counts = segment_images([tmp_path], out, model_dir, recursive=True)
+    assert sorted(counts["image"]) == ["a", "b"]
+    # an image that fails now loses the outputs an earlier run left for it
+    (tmp_path / "b.png").write_bytes(b"broken")
+    counts = segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir).set_index("image")
+    assert counts.loc["b", "status"] == "failed"
+    assert not (out / "labels" / "b.tif").exists() and not (out / "overlays" / "b.png").exists()
+    assert (out / "labels" / "a.tif").exists()
+
+
+def test_same_stem_twice_gets_distinct_names(tmp_path, model_dir):
+    image, _ = disks()
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(image).save(tmp_path / sub / "cells.png")
+    counts = segment_images([tmp_path / "x", tmp_path / "y"], tmp_path / "out", model_dir)
+    assert list(counts["image"]) == ["cells", "cells-2"]
+    assert (tmp_path / "out" / "labels" / "cells-2.tif").is_file()
+
+
+# --------------------------------------------------------------------------- large images
+
+
+def test_iter_blocks_cores_tile_the_image():
+    shape = (1000, 700)
+    cover = np.zeros(shape, int)
+    for outer, core in iter_blocks(shape, block_size=300, margin=50):
+        assert outer[0].stop - outer[0].start <= 300 and outer[1].stop - outer[1].start <= 300
+        cover[outer][core] += 1
+    assert (cover == 1).all()
+
+
+def test_large_image_in_blocks_matches_whole_image(tmp_path, model_dir):
+    shape = (620, 910)
+    centres = grid_centres(shape, spacing=37)
+    image, truth = disks(shape, centres, radius=9)
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, image)
+    whole = segment_images([path], tmp_path / "whole", model_dir, tile_size=256, overlap=32)
+    blocks = segment_images(
+        [path], tmp_path / "blocks", model_dir, tile_size=128, overlap=32, block_size=256, block_margin=40
+    )
+    assert whole.loc[0, "count"] == blocks.loc[0, "count"] == len(centres)
+    a = tifffile.imread(tmp_path / "whole" / "labels" / "big.tif")
+    b = tifffile.imread(tmp_path / "blocks" / "labels" / "big.tif")
+    assert np.array_equal(a > 0, b > 0)
+    # the same partition of the pixels into nuclei (labels may be numbered differently)
+    pairs = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
+    assert pairs.shape[1] == len(centres) == np.unique(pairs[0]).size == np.unique(pairs[1]).size
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_measure_nuclei_values():
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:13] = 1  # 4 x 10 rectangle
+    labels[10:15, 20:25] = 4  # 5 x 5 square
+    intensity = np.zeros((20, 30), np.float32)
+    intensity[labels == 1] = 0.5
+    intensity[labels == 4] = 0.2
+    table = measure_nuclei(labels, intensity, pixel_size=2.0).set_index("label")
+    assert table.loc[1, "area_px"] == 40 and table.loc[4, "area_px"] == 25
+    assert table.loc[1, "area_um2"] == 160.0
+    assert (table.loc[1, ["centroid_row", "centroid_col"]] == [3.5, 7.5]).all()
+    assert list(table.loc[4, ["bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col"]]) == [
+        10,
+        20,
+        15,
+        25,
+    ]
+    assert table.loc[1, "mean_intensity"] == pytest.approx(0.5)
+    assert table.loc[1, "integrated_intensity"] == pytest.approx(20.0)
+    assert table.loc[4, "eccentricity"] == pytest.approx(0.0) and table.loc[4, "solidity"] == 1.0
+    assert table.loc[4, "equivalent_diameter_px"] == pytest.approx(np.sqrt(4 * 25 / np.pi))
+
+
+def test_draw_outlines_colours_each_nucleus():
+    labels = np.zeros((12, 12), np.int32)
+    labels[1:5, 1:5] = 1
+    labels[6:11, 6:11] = 2
+    image = np.zeros((12, 12, 3), np.uint8)
+    overlay = draw_outlines(image, labels)
+    assert (overlay[1, 1] == PALETTE[0]).all() and (overlay[6, 8] == PALETTE[1]).all()
+    assert (overlay[3, 3] == 0).all() and (overlay[8, 8] == 0).all()  # insides untouched
+    assert not image.any()  # input unchanged
+
+
+def test_main_reads_params_section(tmp_path, model_dir, capsys):
+    """The ``segment`` section of params.yaml is used; flags override it."""
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"segment:\n  model: {model_dir}\n  thumbnail: 16\n")
+    from pipeline.segment import add_arguments, main
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--params", str(params)])
+    assert main(args) == 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    (thumb,) = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert max(Image.open(io.BytesIO(base64.b64decode(thumb))).size) == 16
+
+    params.write_text(f"segment:\n  model: {model_dir}\n  tumbnail: 16\n")
+    assert main(args) == 2
+    assert "tumbnail" in capsys.readouterr().err
+    params.write_text(f"segment:\n  model: {model_dir}\n  block_size: 100\n  block_margin: 50\n")
+    assert main(args) == 2
+    assert "block_size" in capsys.readouterr().err
