@@ -1,0 +1,153 @@
+"""``nuclei evaluate``: the competition metric and its companions on the validation fold.
+
+Compares the post-processed labels (``<postprocess.out>/<id>.tif``) with the prepared labels
+(``<data.prepared>/<id>.npz``) of the images of fold ``data.val_fold`` and writes, under
+``evaluate.out`` (default ``metrics/``):
+
+- ``metrics.json`` — DVC metrics: the data-set means (``dsb_score``, ``ap50``, ``f1_50``,
+  ``mean_matched_iou``, ``aji``, pixel Dice/IoU/accuracy, ``count_error``, ``p@t``), and the
+  same per image type under ``by_type``;
+- ``per_image.csv`` — one row per image;
+- ``plots/score_vs_threshold.csv`` — ``threshold, precision`` (mean P(t) over images);
+- ``plots/score_by_type.csv`` — ``image_type, dsb_score, n_images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import load_params, section
+from pipeline.errors import NucleiError
+
+
+def validation_index(params: dict, source: str | Path = "params.yaml") -> pd.DataFrame:
+    """Rows of ``<data.prepared>/index.csv`` in fold ``data.val_fold``.
+
+    Returns
+    -------
+    index : DataFrame
+        Columns of ``index.csv`` (``id``, ``height``, ``width``, ``image_type``, ``fold``, ...).
+
+    Raises
+    ------
+    NucleiError
+        Missing or unreadable index, or an empty validation fold.
+    """
+    data = section(params, "data", source)
+    path = Path(data["prepared"]) / "index.csv"
+    try:
+        index = pd.read_csv(path, dtype={"id": str})
+    except FileNotFoundError:
+        raise NucleiError(f"{path}: no such file (run `nuclei prepare` first)") from None
+    except (OSError, ValueError) as exc:
+        raise NucleiError(f"{path}: unreadable index ({exc})") from None
+    if not {"id", "fold"} <= set(index.columns):
+        raise NucleiError(f"{path}: needs the columns id and fold")
+    val = index[index["fold"] == int(data["val_fold"])].reset_index(drop=True)
+    if val.empty:
+        raise NucleiError(f"{path}: no image in validation fold {data['val_fold']}")
+    return val
+
+
+def per_image_metrics(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """:func:`pipeline.metrics.image_metrics` for ``(id, true labels, predicted labels)`` pairs.
+
+    Returns
+    -------
+    per_image : DataFrame
+        ``id`` then one column per metric, one row per pair.
+    """
+    from pipeline.metrics import image_metrics
+
+    return pd.DataFrame([{"id": image_id} | image_metrics(true, pred) for image_id, true, pred in pairs])
+
+
+def _finite(summary: dict[str, Any]) -> dict[str, Any]:
+    """NaN → None so that the JSON is standard (DVC reads it)."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
+
+
+def summarise(per_image: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Data-set summaries of a per-image table.
+
+    Parameters
+    ----------
+    per_image : DataFrame
+        From :func:`per_image_metrics`, optionally with an ``image_type`` column.
+
+    Returns
+    -------
+    metrics : dict
+        :func:`pipeline.metrics.aggregate` of all images, plus ``by_type`` (the same per image
+        type) when ``image_type`` is given; NaN written as None.
+    by_threshold : DataFrame
+        ``threshold, precision``: mean P(t) for t = 0.50 ... 0.95.
+    by_type : DataFrame
+        ``image_type, dsb_score, n_images`` (empty without ``image_type``).
+    """
+    from pipeline.metrics import PRECISION_KEYS, THRESHOLDS, aggregate
+
+    metrics = _finite(aggregate(per_image.drop(columns=["id"], errors="ignore")))
+    by_threshold = pd.DataFrame({
+        "threshold": np.round(THRESHOLDS, 2),
+        "precision": [float(per_image[k].mean()) for k in PRECISION_KEYS],
+    })
+    rows = []
+    if "image_type" in per_image.columns:
+        metrics["by_type"] = {}
+        for image_type, group in per_image.groupby("image_type", sort=True):
+            metrics["by_type"][image_type] = _finite(aggregate(group.drop(columns=["id", "image_type"])))
+            rows.append((image_type, float(group["dsb_score"].mean()), len(group)))
+    by_type = pd.DataFrame(rows, columns=["image_type", "dsb_score", "n_images"])
+    return metrics, by_threshold, by_type
+
+
+def read_pairs(params: dict, index: pd.DataFrame, labels_dir: str | Path
+               ) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield ``(id, prepared labels, labels_dir/<id>.tif)`` for the ids of ``index``."""
+    from pipeline.io import load_npz, progress, read_labels
+
+    prepared = Path(params["data"]["prepared"])
+    for image_id in progress(index["id"], desc="evaluate", total=len(index)):
+        pred_file = Path(labels_dir) / f"{image_id}.tif"
+        if not pred_file.is_file():
+            raise NucleiError(f"{pred_file}: no such file (run `nuclei postprocess` first)")
+        true = load_npz(prepared / f"{image_id}.npz")["labels"]
+        pred = read_labels(pred_file)
+        if pred.shape != true.shape:
+            raise NucleiError(f"{pred_file}: size {pred.shape} differs from the prepared labels {true.shape}")
+        yield image_id, true, pred
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nuclei evaluate``."""
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nuclei evaluate``: validation labels vs post-processed labels → ``metrics/``."""
+    from pipeline.io import write_csv, write_json
+
+    params = load_params(args.params)
+    index = validation_index(params, args.params)
+    labels_dir = section(params, "postprocess", args.params)["out"]
+    out = Path((params.get("evaluate") or {}).get("out", "metrics"))
+    per_image = per_image_metrics(read_pairs(params, index, labels_dir))
+    if "image_type" in index.columns:
+        per_image.insert(1, "image_type", index["image_type"].to_numpy())
+    metrics, by_threshold, by_type = summarise(per_image)
+    write_json(out / "metrics.json", metrics)
+    write_csv(out / "per_image.csv", per_image)
+    write_csv(out / "plots" / "score_vs_threshold.csv", by_threshold)
+    write_csv(out / "plots" / "score_by_type.csv", by_type)
+    for row in by_type.itertuples():
+        print(f"  {row.image_type:<12} {row.dsb_score:.4f} ({row.n_images} images)")
+    print(f"validation DSB2018 score {metrics['dsb_score']:.4f} ({metrics['n_images']} images)")
+    return 0

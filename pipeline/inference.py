@@ -1,0 +1,414 @@
+"""Probability maps from a trained network (the ``predict`` stage).
+
+:class:`Predictor` runs a segmentation network on images of any size:
+
+- an image that fits in one tile is mirror-padded (bottom/right) to a multiple of the network
+  stride and run whole;
+- a larger image is mirror-padded by ``overlap / 2`` on every side (context for the border
+  pixels, as in the U-Net paper) and cut into equal overlapping tiles; the tiles are blended
+  with a smooth partition-of-unity window that is zero within ``overlap / 4`` of a tile edge,
+  so that every output pixel comes from tile interiors (seamless tiling);
+- test-time augmentation ('flips': the 4 flips, 'd4': the 8 rotations/reflections) is applied
+  per tile, inverted on the probabilities and averaged;
+- tiles of the same shape are batched, across images too; mixed precision on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import load_params, section
+from pipeline.errors import NucleiError
+
+TTA_MODES = ("none", "flips", "d4")
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' (or None) → 'cuda' when available, else 'cpu'; other names unchanged."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise NucleiError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+    return str(device)
+
+
+def tta_transforms(mode: str) -> list[tuple[int, bool]]:
+    """Test-time augmentations as ``(quarter turns k, flip first)`` pairs.
+
+    'none' → identity; 'flips' → identity, left-right, up-down and both flips (k = 0 or 2);
+    'd4' → all 8 symmetries of the square.
+    """
+    if mode == "none":
+        return [(0, False)]
+    if mode == "flips":
+        return [(0, False), (0, True), (2, True), (2, False)]  # id, lr, ud (= rot180 ∘ lr), rot180
+    if mode == "d4":
+        return [(k, f) for f in (False, True) for k in range(4)]
+    raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+
+
+def _axis_tiles(length: int, tile: int, overlap: int, stride: int) -> tuple[int, int, int]:
+    """Tiling of one (already margin-padded) axis: ``(n tiles, tile length, padded length)``.
+
+    The tiles are as equal as possible, multiples of ``stride``, at most ``tile`` long, start
+    every ``tile length − overlap`` pixels and exactly cover ``padded length ≥ length``.
+    """
+    if length <= tile:
+        size = -(-length // stride) * stride
+        return 1, size, size
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = -(-(math.ceil((length - overlap) / n) + overlap) // stride) * stride
+    return n, size, n * (size - overlap) + overlap
+
+
+def _axis_window(size: int, overlap: int, first: bool, last: bool) -> np.ndarray:
+    """Blending weights (float32, ``size``) of one tile along one axis.
+
+    Towards a neighbouring tile the weight rises as sin² from 0 (over the outer quarter of the
+    overlap) to 1 (from the inner quarter of the overlap on). With tiles ``overlap`` apart
+    and at least ``2 * overlap`` long, the weights of neighbours sum to exactly 1; in general
+    the blended sum is divided by the summed weights.
+    """
+    x = (np.arange(size, dtype=np.float64) + 0.5 - overlap / 4) / (overlap / 2) if overlap else np.full(size, np.inf)
+    rise = np.sin(np.pi / 2 * np.clip(x, 0.0, 1.0)) ** 2
+    w = np.ones(size)
+    if not first:
+        w *= rise
+    if not last:
+        w *= rise[::-1]
+    return w.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one image is padded and tiled.
+
+    ``pad`` are the ``np.pad`` widths of the (H, W) axes; ``tile`` the tile shape; ``ys``, ``xs``
+    the tile origins in the padded frame; ``wy``, ``wx`` the blending windows per tile row and
+    column.
+    """
+
+    shape: tuple[int, int]
+    pad: tuple[tuple[int, int], tuple[int, int]]
+    tile: tuple[int, int]
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    wy: tuple[np.ndarray, ...]
+    wx: tuple[np.ndarray, ...]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return tuple(s + a + b for s, (a, b) in zip(self.shape, self.pad, strict=True))
+
+
+def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int, stride: int) -> TilePlan:
+    """Plan the padding and tiling of an image of ``shape`` (H, W).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image height and width in pixels.
+    tile_size : int
+        Largest tile side (a multiple of ``stride``).
+    overlap : int
+        Overlap of neighbouring tiles (a multiple of ``2 * stride``, < ``tile_size``).
+    stride : int
+        The network's stride.
+
+    Returns
+    -------
+    plan : TilePlan
+    """
+    h, w = shape
+    th, tw = -(-h // stride) * stride, -(-w // stride) * stride
+    if th <= tile_size and tw <= tile_size:  # whole image, mirrored at the bottom and right
+        return TilePlan(shape, ((0, th - h), (0, tw - w)), (th, tw), (0,), (0,),
+                        (np.ones(th, np.float32),), (np.ones(tw, np.float32),))
+    margin = overlap // 2
+    pads, tiles, origins, windows = [], [], [], []
+    for length in (h, w):
+        n, size, padded = _axis_tiles(length + 2 * margin, tile_size, overlap, stride)
+        pads.append((margin, padded - length - margin))
+        tiles.append(size)
+        origins.append(tuple(i * (size - overlap) for i in range(n)))
+        windows.append(tuple(_axis_window(size, overlap, i == 0, i == n - 1) for i in range(n)))
+    return TilePlan(shape, tuple(pads), tuple(tiles), origins[0], origins[1], windows[0], windows[1])
+
+
+class Predictor:
+    """Run a segmentation network on whole images of any size.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(B, 3, h, w)`` float32 to logits ``(B, C, h, w)`` for ``h, w`` multiples of the
+        stride (e.g. from :func:`pipeline.models.build_model`).
+    config : dict
+        A model directory config (with a ``model`` section) or the ``model`` section itself;
+        gives the ``head`` and the stride. Kept as the ``config`` attribute.
+    device : str
+        'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available).
+    tta : {'none', 'flips', 'd4'}
+        Test-time augmentation, averaged.
+    tile_size : int
+        Images whose padded sides fit are run whole; larger ones are tiled with tiles of at most
+        this side (rounded up to the stride).
+    overlap : int
+        Overlap of neighbouring tiles in pixels (rounded up to twice the stride); half of it is
+        mirrored context around a tiled image.
+    batch_size : int
+        Tiles per forward pass.
+    amp : bool
+        float16 autocast on CUDA (ignored on the CPU).
+    stride : int, optional
+        Override :func:`pipeline.models.model_stride` (for custom modules).
+    """
+
+    def __init__(self, model, config: dict, device: str = "cpu", tta: str = "none",
+                 tile_size: int = 512, overlap: int = 64, batch_size: int = 4, amp: bool = True,
+                 stride: int | None = None):
+        from pipeline.models import HEAD_CHANNELS, model_stride
+
+        self.config = config
+        model_cfg = config["model"] if isinstance(config.get("model"), dict) else config
+        self.head = model_cfg.get("head", "softmax")
+        self.channels = HEAD_CHANNELS[self.head]
+        self.stride = int(stride or model_stride(model_cfg))
+        self.transforms = tta_transforms(tta)
+        self.tta = tta
+        self.overlap = -(-int(overlap) // (2 * self.stride)) * 2 * self.stride
+        self.tile_size = max(-(-int(tile_size) // self.stride) * self.stride, self.overlap + self.stride)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.device = resolve_device(device)
+        self.amp = bool(amp) and self.device.startswith("cuda")
+        self.model = model.to(self.device).eval()
+
+    def plan(self, shape: tuple[int, int]) -> TilePlan:
+        """The :class:`TilePlan` for an image of ``shape`` (H, W)."""
+        return plan_tiles(tuple(shape), self.tile_size, self.overlap, self.stride)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one image.
+
+        Parameters
+        ----------
+        image : (H, W, 3) float32
+            Normalised to [0, 1] (:func:`pipeline.io.normalize_image`).
+
+        Returns
+        -------
+        probs : (C, H, W) float32
+            Softmax classes (mask − border, border, background) or sigmoid channels (mask,
+            border), in [0, 1].
+        """
+        return self.predict_many([image])[0]
+
+    def predict_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities for several images; tiles of equal shape share forward passes.
+
+        Parameters
+        ----------
+        images : sequence of (H, W, 3) float32
+            Any sizes.
+
+        Returns
+        -------
+        probs : list of (C, H, W) float32, one per image.
+        """
+        plans, padded, sums, weights = [], [], [], []
+        for image in images:
+            image = np.asarray(image, dtype=np.float32)
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+            plan = self.plan(image.shape[:2])
+            plans.append(plan)
+            padded.append(np.pad(image, (*plan.pad, (0, 0)), mode="reflect"))
+            sums.append(np.zeros((self.channels, *plan.padded_shape), np.float32))
+            weights.append(np.zeros(plan.padded_shape, np.float32))
+
+        jobs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        for k, plan in enumerate(plans):
+            for i in range(len(plan.ys)):
+                for j in range(len(plan.xs)):
+                    jobs.setdefault(plan.tile, []).append((k, i, j))
+        for (th, tw), tiles in jobs.items():
+            for start in range(0, len(tiles), self.batch_size):
+                chunk = tiles[start : start + self.batch_size]
+                batch = np.stack([
+                    padded[k][plans[k].ys[i] : plans[k].ys[i] + th, plans[k].xs[j] : plans[k].xs[j] + tw]
+                    for k, i, j in chunk
+                ])
+                probs = self.forward(batch.transpose(0, 3, 1, 2))
+                for p, (k, i, j) in zip(probs, chunk, strict=True):
+                    plan = plans[k]
+                    y, x = plan.ys[i], plan.xs[j]
+                    window = np.outer(plan.wy[i], plan.wx[j])
+                    sums[k][:, y : y + th, x : x + tw] += p * window
+                    weights[k][y : y + th, x : x + tw] += window
+        results = []
+        for total, weight, plan in zip(sums, weights, plans, strict=True):
+            (top, _), (left, _) = plan.pad
+            crop = (slice(top, top + plan.shape[0]), slice(left, left + plan.shape[1]))
+            results.append(total[:, crop[0], crop[1]] / weight[crop])
+        return results
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """TTA-averaged probabilities of a batch of tiles.
+
+        Parameters
+        ----------
+        batch : (B, 3, h, w) float32
+            ``h``, ``w`` multiples of the stride.
+
+        Returns
+        -------
+        probs : (B, C, h, w) float32
+        """
+        import torch
+
+        from pipeline.models import logits_to_probs
+
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        total = None
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            for k, flip in self.transforms:
+                t = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+                p = logits_to_probs(self.model(t).float(), self.head)
+                p = torch.rot90(p, -k, dims=(-2, -1))
+                p = p.flip(-1) if flip else p
+                total = p if total is None else total + p
+        return (total / len(self.transforms)).float().cpu().numpy()
+
+
+def normalize(image: np.ndarray, config: dict | None = None) -> np.ndarray:
+    """Normalise a float image in [0, 1] as the model was trained.
+
+    Parameters
+    ----------
+    image : (H, W, 3) float
+    config : dict, optional
+        A model directory config; its ``normalization`` section may give ``low`` / ``high``
+        percentiles (defaults of :func:`pipeline.io.normalize_image` otherwise).
+
+    Returns
+    -------
+    image : (H, W, 3) float32 in [0, 1]
+    """
+    from pipeline.io import normalize_image
+
+    norm = (config or {}).get("normalization") or {}
+    return normalize_image(image, **{k: float(norm[k]) for k in ("low", "high") if k in norm})
+
+
+def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any) -> Predictor:
+    """Load a model directory into a :class:`Predictor`.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        Folder with ``config.yaml`` and ``weights.pt`` (:func:`pipeline.models.save_model_dir`).
+    device : str
+        'auto', 'cpu', 'cuda', ...
+    **overrides
+        :class:`Predictor` keywords (``tta``, ``tile_size``, ``overlap``, ``batch_size``, ``amp``).
+
+    Returns
+    -------
+    predictor : Predictor
+        Its ``config`` attribute is the model directory config (``postprocess``,
+        ``normalization``, ...).
+    """
+    from pipeline.models import load_model_dir
+
+    device = resolve_device(device)
+    model, config = load_model_dir(model_dir, device)
+    return Predictor(model, config, device=device, **overrides)
+
+
+def predictor_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """:class:`Predictor` keywords from a ``predict`` section of params.yaml."""
+    keys = ("tta", "tile_size", "overlap", "batch_size", "amp")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def chunks_by_shape(items: Sequence[tuple[str, Callable[[], np.ndarray], tuple[int, int]]],
+                    size: int) -> list[list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]]:
+    """Group ``(id, loader, shape)`` items into lists of at most ``size`` with equal shapes."""
+    groups: dict[tuple[int, int], list] = {}
+    for item in items:
+        groups.setdefault(tuple(item[2]), []).append(item)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nuclei predict``."""
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: predict.device)")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header; (0, 0) when unreadable (reported on loading)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception:  # noqa: BLE001 - read_image reports the problem with the file name
+        return 0, 0
+
+
+def _prediction_inputs(params: dict, path: str) -> list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]:
+    """``(id, loader of the float image in [0, 1], (H, W))`` for the validation fold and the test root."""
+    from pipeline.evaluate import validation_index
+    from pipeline.io import load_npz, read_kaggle_sample
+
+    data = section(params, "data", path)
+    prepared = Path(data["prepared"])
+    val = validation_index(params, path)
+    items = [
+        (str(row.id), lambda f=prepared / f"{row.id}.npz": load_npz(f)["image"] / np.float32(255.0),
+         (int(row.height), int(row.width)))
+        for row in val.itertuples()
+    ]
+    if data.get("test_root"):
+        from pipeline.io import list_kaggle_ids
+
+        root = Path(data["test_root"])
+        for sample_id in list_kaggle_ids(root):
+            file = root / sample_id / "images" / f"{sample_id}.png"
+            items.append((sample_id, lambda d=root / sample_id: read_kaggle_sample(d, masks=False)[0] / np.float32(255.0),
+                          _image_size(file)))
+    return items
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nuclei predict``: validation fold (+ test root) → ``<predict.out>/<id>.npz``."""
+    from pipeline.io import progress, save_npz
+
+    params = load_params(args.params)
+    cfg = section(params, "predict", args.params)
+    predictor = load_predictor(cfg["model"], device=args.device or cfg.get("device", "auto"),
+                               **predictor_options(cfg))
+    items = _prediction_inputs(params, args.params)
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    bar = progress(None, desc="predict", total=len(items))
+    for chunk in chunks_by_shape(items, predictor.batch_size):
+        images = [normalize(load(), predictor.config) for _, load, _ in chunk]
+        for (image_id, _, _), probs in zip(chunk, predictor.predict_many(images), strict=True):
+            save_npz(out / f"{image_id}.npz", probs=probs.astype(np.float16), head=np.array(predictor.head))
+            bar.update(1)
+    bar.close()
+    print(f"predict: {len(items)} images on {predictor.device} (tta {predictor.tta}) -> {out}")
+    return 0

@@ -1,0 +1,183 @@
+"""``nuclei tune``: grid-search the post-processing thresholds on the validation fold.
+
+Every combination of marker threshold, mask threshold and flood relief is applied to the
+validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
+the DSB2018 score. The table (best first) and the best setting are printed; the best setting
+(the current one when nothing in the grid beats it) is written to
+``<evaluate.out>/tuned_postprocess.yaml`` and, with ``--write PARAMS``, into the ``postprocess``
+section of that parameters file (only the values of those keys change; comments, order and the
+rest of the file are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline.config import load_params, section
+from pipeline.errors import NucleiError
+
+GRID = {
+    "marker_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+    "mask_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "flood": ["probability", "distance"],
+}
+
+
+def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray]], grid: dict[str, list],
+                fixed: dict[str, Any]) -> pd.DataFrame:
+    """Mean DSB2018 score of every combination of ``grid``.
+
+    Parameters
+    ----------
+    samples : list of (probs (C, H, W) float32, head, true labels (H, W) int)
+    grid : dict
+        :func:`pipeline.watershed.postprocess` keyword → list of values to try.
+    fixed : dict
+        The other keywords, held fixed.
+
+    Returns
+    -------
+    table : DataFrame
+        One row per combination: the grid keys, ``dsb_score`` (mean over samples), sorted by
+        decreasing score (ties keep grid order).
+    """
+    from pipeline.io import progress
+    from pipeline.metrics import dsb_score
+    from pipeline.watershed import postprocess
+
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys)))
+    rows = []
+    for values in progress(combos, desc="tune", unit="setting"):
+        kwargs = fixed | dict(zip(keys, values, strict=True))
+        scores = [dsb_score(true, postprocess(probs, head, **kwargs)) for probs, head, true in samples]
+        rows.append(dict(zip(keys, values, strict=True)) | {"dsb_score": float(np.mean(scores))})
+    return pd.DataFrame(rows).sort_values("dsb_score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def update_section(text: str, name: str, values: dict[str, Any]) -> str:
+    """Replace the values of keys of a top-level YAML section, keeping everything else.
+
+    Each ``key: value  # comment`` line directly under ``name:`` keeps its indentation and
+    comment; keys not present are appended at the end of the section.
+
+    Parameters
+    ----------
+    text : str
+        The YAML file's text (block style, as params.yaml).
+    name : str
+        Top-level section.
+    values : dict
+        Scalars to set.
+
+    Returns
+    -------
+    text : str
+    """
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if re.match(rf"{re.escape(name)}:\s*(#.*)?$", line.rstrip("\n"))), None)
+    if start is None:
+        raise ValueError(f"no top-level section {name!r}")
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t#"):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # blank lines after the section stay after it
+    indent = "  "
+    remaining = dict(values)
+    for i in range(start + 1, end):
+        m = re.match(r"(\s+)([A-Za-z_][\w-]*)(:\s*)([^#\n]*?)(\s*#.*)?(\n?)$", lines[i])
+        if m is None:
+            continue
+        indent = m.group(1)
+        key = m.group(2)
+        if key in remaining:
+            value = yaml.safe_dump(remaining.pop(key), default_flow_style=True).strip().removesuffix("...").strip()
+            old = m.group(4)
+            comment = m.group(5) or ""
+            pad = " " * max(len(old) - len(value), 0) if comment else ""
+            lines[i] = f"{m.group(1)}{key}{m.group(3)}{value}{pad}{comment}{m.group(6)}"
+    added = [
+        f"{indent}{key}: {yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}\n"
+        for key, v in remaining.items()
+    ]
+    if added and end > 0 and not lines[end - 1].endswith("\n"):
+        lines[end - 1] += "\n"
+    return "".join(lines[:end] + added + lines[end:])
+
+
+def write_params(path: str | Path, values: dict[str, Any]) -> None:
+    """Set ``postprocess`` keys of a parameters file in place (atomically); checks the result."""
+    from pipeline.io import write_text
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+        new = update_section(text, "postprocess", values)
+    except (OSError, ValueError) as exc:
+        raise NucleiError(f"{path}: cannot update the postprocess section ({exc})") from None
+    parsed = yaml.safe_load(new)
+    if any(parsed["postprocess"].get(k) != v for k, v in values.items()):
+        raise NucleiError(f"{path}: postprocess section not in the expected `key: value` form; not changed")
+    write_text(path, new)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nuclei tune``."""
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    parser.add_argument("--marker", type=float, nargs="+", default=GRID["marker_threshold"],
+                        help="marker thresholds to try (default: %(default)s)")
+    parser.add_argument("--mask", type=float, nargs="+", default=GRID["mask_threshold"],
+                        help="mask thresholds to try (default: %(default)s)")
+    parser.add_argument("--flood", nargs="+", choices=("probability", "distance"), default=GRID["flood"],
+                        help="flood reliefs to try (default: both)")
+    parser.add_argument("--write", metavar="PARAMS", default=None,
+                        help="also set the best values in the postprocess section of this parameters file")
+    parser.add_argument("--top", type=int, default=10, help="rows of the table to print (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nuclei tune``: print the grid, write the best post-processing thresholds."""
+    from pipeline.evaluate import validation_index
+    from pipeline.io import load_npz, write_text
+    from pipeline.watershed import read_prediction, thresholds
+
+    params = load_params(args.params)
+    current = thresholds(section(params, "postprocess", args.params), args.params)
+    pred_dir = Path(section(params, "predict", args.params)["out"])
+    prepared = Path(params["data"]["prepared"])
+    samples = []
+    for image_id in validation_index(params, args.params)["id"]:
+        file = pred_dir / f"{image_id}.npz"
+        if not file.is_file():
+            raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
+        probs, head = read_prediction(file)
+        samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"]))
+    grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood}
+    fixed = {k: v for k, v in current.items() if k not in grid}
+    table = grid_search(samples, grid, fixed)
+    print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    best = {k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in table.iloc[0].items()}
+    score = best.pop("dsb_score")
+    current_score = float(grid_search(samples, {}, current)["dsb_score"].iloc[0])
+    if current_score >= score:  # no improvement: keep what is there
+        best, score = {k: current[k] for k in grid}, current_score
+        print("the current settings score as well as the best of the grid; keeping them")
+    print(f"best {best} -> validation DSB2018 score {score:.4f} (current settings {current_score:.4f}, "
+          f"{len(samples)} images)")
+    out = Path((params.get("evaluate") or {}).get("out", "metrics")) / "tuned_postprocess.yaml"
+    write_text(out, yaml.safe_dump({"postprocess": best, "dsb_score": score, "n_images": len(samples)},
+                                   sort_keys=False))
+    print(f"written to {out}")
+    if args.write:
+        write_params(args.write, best)
+        print(f"updated postprocess in {args.write}")
+    return 0

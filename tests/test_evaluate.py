@@ -1,0 +1,162 @@
+"""predict → postprocess → evaluate → tune stage commands on a synthetic prepared folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from scipy import ndimage as ndi
+
+from pipeline import evaluate, inference, tune, watershed
+from pipeline.io import load_npz, save_npz, write_png
+from pipeline.models import build_model, save_model_dir
+from pipeline.tune import update_section
+
+TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
+IDS = ["a", "b", "c", "d"]
+TYPES = ["fluo-small", "fluo-small", "histology", "fluo-small"]
+
+PARAMS = """\
+# test parameters
+data:
+  prepared: prepared
+  test_root: {test_root}
+  val_fold: 0
+
+predict:
+  model: model
+  out: predictions
+  device: cpu
+  tta: none
+  tile_size: 64
+  overlap: 16
+  batch_size: 2
+
+postprocess:
+  out: postprocessed
+  marker_threshold: 0.5                # on P(mask - border)
+  mask_threshold: 0.5                  # on P(mask)
+  min_marker_size: 4                   # px
+  min_size: 10                         # px
+  flood: probability                   # probability | distance
+
+evaluate:
+  out: metrics
+"""
+
+
+def labels_for(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((48, 80), np.int32)
+    for k in range(1, 5):
+        cy, cx = rng.integers(10, 38), rng.integers(10, 70)
+        yy, xx = np.mgrid[:48, :80]
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= 36) & (labels == 0)] = k
+    return labels
+
+
+def ideal_probs(labels: np.ndarray) -> np.ndarray:
+    """Softmax-head probabilities that the watershed turns back into ``labels`` (roughly)."""
+    fg = labels > 0
+    inner = ndi.binary_erosion(fg, iterations=1)
+    p0 = inner.astype(np.float32) * 0.9
+    p1 = (fg & ~inner).astype(np.float32) * 0.8
+    return np.stack([p0, p1, 1 - p0 - p1]).astype(np.float16)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for i, (image_id, image_type) in enumerate(zip(IDS, TYPES, strict=True)):
+        labels = labels_for(i)
+        image = np.where(labels[..., None] > 0, 200, 30).astype(np.uint8).repeat(3, axis=-1)
+        save_npz(f"prepared/{image_id}.npz", image=image, labels=labels)
+        rows.append({"id": image_id, "height": 48, "width": 80, "n_nuclei": int(labels.max()),
+                     "mean_area": 100.0, "image_type": image_type, "fold": 0 if image_id != "d" else 1})
+    pd.DataFrame(rows).to_csv("prepared/index.csv", index=False)
+    write_png("test/t1/images/t1.png", np.full((70, 90, 3), 128, np.uint8))
+    torch.manual_seed(0)
+    save_model_dir("model", build_model(TINY), {"model": TINY, "normalization": {"low": 1.0, "high": 99.8}})
+    (tmp_path / "params.yaml").write_text(PARAMS.format(test_root="test"))
+    return tmp_path
+
+
+def run(module, **kwargs) -> int:
+    return module.main(argparse.Namespace(params="params.yaml", **kwargs))
+
+
+def test_predict_writes_validation_and_test_predictions(workspace):
+    assert run(inference, device=None) == 0
+    files = sorted(p.stem for p in (workspace / "predictions").glob("*.npz"))
+    assert files == ["a", "b", "c", "t1"]  # fold 0 + test root; "d" is in fold 1
+    pred = load_npz(workspace / "predictions" / "t1.npz")
+    assert pred["probs"].dtype == np.float16 and pred["probs"].shape == (3, 70, 90)
+    assert str(pred["head"]) == "softmax"
+    np.testing.assert_allclose(pred["probs"].astype(np.float32).sum(0), 1.0, atol=3e-3)
+
+
+def write_ideal_predictions(workspace):
+    for i, image_id in enumerate(IDS[:3]):
+        save_npz(workspace / "predictions" / f"{image_id}.npz", probs=ideal_probs(labels_for(i)),
+                 head=np.array("softmax"))
+
+
+def test_evaluate_writes_metrics(workspace, capsys):
+    write_ideal_predictions(workspace)
+    assert run(watershed) == 0
+    assert run(evaluate) == 0
+    out = capsys.readouterr().out
+    assert "validation DSB2018 score" in out
+    metrics = json.loads((workspace / "metrics" / "metrics.json").read_text())
+    for key in ("dsb_score", "ap50", "f1_50", "mean_matched_iou", "aji", "pixel_dice", "pixel_iou",
+                "pixel_accuracy", "count_error"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["n_images"] == 3 and metrics["dsb_score"] > 0.5
+    assert set(metrics["by_type"]) == {"fluo-small", "histology"}
+    assert metrics["by_type"]["histology"]["n_images"] == 1
+    per_image = pd.read_csv(workspace / "metrics" / "per_image.csv")
+    assert per_image["id"].tolist() == IDS[:3] and "image_type" in per_image.columns
+    assert per_image["dsb_score"].mean() == pytest.approx(metrics["dsb_score"])
+    curve = pd.read_csv(workspace / "metrics" / "plots" / "score_vs_threshold.csv")
+    assert curve["threshold"].tolist() == pytest.approx(np.arange(0.5, 1.0, 0.05))
+    assert curve["precision"].is_monotonic_decreasing
+    by_type = pd.read_csv(workspace / "metrics" / "plots" / "score_by_type.csv")
+    assert by_type.columns.tolist() == ["image_type", "dsb_score", "n_images"]
+
+
+def test_evaluate_missing_labels_is_a_clear_error(workspace):
+    from pipeline.errors import NucleiError
+
+    with pytest.raises(NucleiError, match=r"postprocessed/a\.tif: no such file"):
+        run(evaluate)
+
+
+def test_tune_finds_and_writes_best(workspace, capsys):
+    write_ideal_predictions(workspace)
+    # the ideal maps have P(mask) = 0.8 on the rim: a mask threshold of 0.85 loses it
+    assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5) == 0
+    out = capsys.readouterr().out
+    assert "best" in out
+    best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
+    assert best["postprocess"]["marker_threshold"] == 0.5 and best["postprocess"]["mask_threshold"] == 0.5
+    text = (workspace / "params.yaml").read_text()
+    assert "# on P(mask - border)" in text and text.startswith("# test parameters")
+    assert yaml.safe_load(text)["postprocess"]["flood"] == "probability"
+
+
+def test_update_section_keeps_comments_and_other_sections():
+    text = PARAMS.format(test_root="null")
+    new = update_section(text, "postprocess", {"marker_threshold": 0.35, "flood": "distance", "extra": 3})
+    parsed, before = yaml.safe_load(new), yaml.safe_load(text)
+    assert parsed["postprocess"]["marker_threshold"] == 0.35
+    assert parsed["postprocess"]["flood"] == "distance" and parsed["postprocess"]["extra"] == 3
+    assert {k: v for k, v in parsed.items() if k != "postprocess"} == {
+        k: v for k, v in before.items() if k != "postprocess"}
+    assert "  marker_threshold: 0.35                # on P(mask - border)" in new
+    assert len(new.splitlines()) == len(text.splitlines()) + 1

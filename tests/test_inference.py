@@ -1,0 +1,129 @@
+"""Predictor: padding, seamless tiling, test-time augmentation, model directories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.inference import Predictor, load_predictor, plan_tiles, tta_transforms
+from pipeline.models import build_model, save_model_dir
+
+torch.set_num_threads(1)
+TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
+
+
+def tiny_unet(head: str = "softmax") -> tuple[nn.Module, dict]:
+    torch.manual_seed(0)
+    cfg = {**TINY, "head": head}
+    return build_model(cfg).eval(), cfg
+
+
+def local_net() -> nn.Module:
+    """Stride-1 fully convolutional net with a 5×5 receptive field."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+
+
+class SymmetricNet(nn.Module):
+    """Exactly D4-equivariant: a 3×3 conv whose kernel is invariant under rotations and flips."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        with torch.no_grad():
+            w = self.conv.weight
+            sym = sum(torch.rot90(w, k, (-2, -1)) + torch.rot90(w.flip(-1), k, (-2, -1)) for k in range(4))
+            w.copy_(sym / 8)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def image(shape, seed=0):
+    return np.random.default_rng(seed).random((*shape, 3), dtype=np.float32)
+
+
+def test_whole_image_shapes_and_probabilities():
+    model, cfg = tiny_unet()
+    probs = Predictor(model, cfg).predict(image((37, 50)))  # not a multiple of the stride
+    assert probs.shape == (3, 37, 50) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    model, cfg = tiny_unet("sigmoid")
+    probs = Predictor(model, cfg).predict(image((20, 20)))
+    assert probs.shape == (2, 20, 20) and probs.min() >= 0 and probs.max() <= 1
+
+
+def test_tiled_equals_whole_for_local_model():
+    net, img = local_net(), image((150, 130))
+    whole = Predictor(net, {"head": "softmax"}, stride=1, tile_size=512).predict(img)
+    tiled_predictor = Predictor(net, {"head": "softmax"}, stride=1, tile_size=48, overlap=16)
+    plan = tiled_predictor.plan(img.shape[:2])
+    assert len(plan.ys) > 2 and len(plan.xs) > 2
+    tiled = tiled_predictor.predict(img)
+    # identical except within the receptive field (2 px) of the image border, where the
+    # whole image sees zero padding and the tiles see mirrored context
+    np.testing.assert_allclose(tiled[:, 2:-2, 2:-2], whole[:, 2:-2, 2:-2], atol=1e-4)
+
+
+def test_tiled_equals_whole_for_strided_unet():
+    model, cfg = tiny_unet()
+    img = image((300, 280), seed=1)
+    whole = Predictor(model, cfg, tile_size=512).predict(img)
+    tiled = Predictor(model, cfg, tile_size=128, overlap=96).predict(img)
+    np.testing.assert_allclose(tiled[:, 40:-40, 40:-40], whole[:, 40:-40, 40:-40], atol=1e-4)
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", ["flips", "d4"])
+def test_tta_of_equivariant_model_changes_nothing(tta):
+    net, img = SymmetricNet(), image((40, 56))
+    plain = Predictor(net, {"head": "softmax"}, stride=1, tta="none").predict(img)
+    augmented = Predictor(net, {"head": "softmax"}, stride=1, tta=tta).predict(img)
+    np.testing.assert_allclose(augmented, plain, atol=1e-6)
+
+
+def test_tta_inverts_transforms():
+    """A non-equivariant model: every TTA branch is mapped back to the image frame, so a
+    model that outputs its input (pixel-wise) gives the same map with and without TTA."""
+
+    class Identity(nn.Module):
+        def forward(self, x):
+            return x * 5.0
+
+    img = image((24, 40))
+    for tta in ("flips", "d4"):
+        out = Predictor(Identity(), {"head": "softmax"}, stride=1, tta=tta).predict(img)
+        ref = Predictor(Identity(), {"head": "softmax"}, stride=1).predict(img)
+        np.testing.assert_allclose(out, ref, atol=1e-6)
+    assert len(tta_transforms("d4")) == 8 and len(tta_transforms("flips")) == 4
+
+
+def test_predict_many_batches_mixed_sizes():
+    model, cfg = tiny_unet()
+    images = [image((32, 32), 1), image((48, 40), 2), image((32, 32), 3)]
+    predictor = Predictor(model, cfg, batch_size=2)
+    many = predictor.predict_many(images)
+    for img, probs in zip(images, many, strict=True):
+        np.testing.assert_allclose(probs, predictor.predict(img), atol=1e-5)
+
+
+def test_plan_covers_image():
+    plan = plan_tiles((1040, 1388), tile_size=512, overlap=64, stride=16)
+    ph, pw = plan.padded_shape
+    th, tw = plan.tile
+    assert th <= 512 and tw <= 512 and th % 16 == 0 and tw % 16 == 0
+    assert plan.ys[-1] + th == ph and plan.xs[-1] + tw == pw
+    assert plan.pad[0][0] == 32 and plan.pad[0][0] + 1040 <= ph
+
+
+def test_load_predictor_from_model_dir(tmp_path):
+    model, cfg = tiny_unet()
+    save_model_dir(tmp_path / "m", model, {"model": cfg, "postprocess": {"min_size": 5}})
+    predictor = load_predictor(tmp_path / "m", device="auto", tta="flips")
+    assert predictor.device in ("cpu", "cuda") and predictor.config["postprocess"]["min_size"] == 5
+    probs = predictor.predict(image((30, 30)))
+    ref = Predictor(model, cfg, tta="flips").predict(image((30, 30)))
+    np.testing.assert_allclose(probs, ref, atol=2e-2)  # weights stored in float16

@@ -1,0 +1,145 @@
+"""Marker-controlled watershed on synthetic probability maps."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from pipeline.errors import NucleiError
+from pipeline.io import read_labels, save_npz
+from pipeline.watershed import fill_holes, main, postprocess, remove_small, thresholds
+
+SHAPE = (96, 128)
+
+
+def disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:
+    """bool (H, W) disc."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
+
+
+def touching_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two discs that touch (overlap by 4 px along x) and one isolated disc: bool masks."""
+    a = disc(SHAPE, (40, 40), 16)
+    b = disc(SHAPE, (40, 68), 16) & ~a
+    c = disc(SHAPE, (75, 105), 10)
+    return a, b, c
+
+
+def probs_for(objects: list[np.ndarray], head: str) -> np.ndarray:
+    """Ideal probabilities: border = 2-px band around contacts between different objects."""
+    mask = np.any(objects, axis=0)
+    grown = [ndi.binary_dilation(o, iterations=2) for o in objects]
+    border = (np.sum(grown, axis=0) >= 2).astype(np.float32)
+    mask = mask.astype(np.float32)
+    if head == "softmax":
+        p_border = border
+        p_inner = mask * (1 - border)
+        return np.stack([p_inner, p_border, 1 - p_inner - p_border]).astype(np.float32)
+    return np.stack([np.maximum(mask, border), border]).astype(np.float32)
+
+
+def match(labels: np.ndarray, obj: np.ndarray) -> tuple[int, float]:
+    """(label covering most of ``obj``, fraction of ``obj`` it covers)."""
+    values, counts = np.unique(labels[obj], return_counts=True)
+    best = np.argmax(counts)
+    return int(values[best]), counts[best] / obj.sum()
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("flood", ["probability", "distance"])
+def test_splits_touching_discs_and_keeps_isolated_whole(head, flood):
+    a, b, c = touching_scene()
+    labels = postprocess(probs_for([a, b, c], head), head, flood=flood)
+    assert labels.dtype == np.int32 and labels.shape == SHAPE
+    assert labels.max() == 3
+    la, fa = match(labels, a)
+    lb, fb = match(labels, b)
+    lc, fc = match(labels, c)
+    assert len({la, lb, lc}) == 3 and 0 not in {la, lb, lc}
+    assert fa > 0.9 and fb > 0.9
+    assert fc == 1.0 and (labels == lc).sum() == c.sum()  # isolated disc exactly, nothing more
+    assert np.array_equal(np.unique(labels), np.arange(4))  # sequential
+
+
+def test_output_objects_are_connected_and_disjoint():
+    rng = np.random.default_rng(0)
+    objects = []
+    for _ in range(12):
+        centre = rng.uniform(10, [SHAPE[0] - 10, SHAPE[1] - 10])
+        objects.append(disc(SHAPE, tuple(centre), rng.uniform(5, 12)))
+    probs = probs_for(objects, "softmax")
+    noise = rng.uniform(-0.2, 0.2, probs.shape).astype(np.float32)
+    labels = postprocess(np.clip(probs + noise, 0, 1), "softmax")
+    # a label image cannot overlap by construction; check each nucleus is one 8-connected piece
+    for value in range(1, labels.max() + 1):
+        assert ndi.label(labels == value, structure=np.ones((3, 3)))[1] == 1
+
+
+def test_small_objects_and_markers_dropped():
+    big = disc(SHAPE, (40, 40), 12)
+    small = disc(SHAPE, (80, 100), 1.5)  # 9 px < min_size 10
+    labels = postprocess(probs_for([big, small], "softmax"), "softmax", min_size=10)
+    assert labels.max() == 1 and not labels[small].any()
+    # with min_size 0 the small one survives as its own nucleus
+    assert postprocess(probs_for([big, small], "softmax"), "softmax", min_size=0).max() == 2
+
+
+def test_empty_map_gives_no_nuclei():
+    probs = np.zeros((2, *SHAPE), np.float32)
+    labels = postprocess(probs, "sigmoid")
+    assert labels.shape == SHAPE and labels.max() == 0
+
+
+def test_holes_filled_and_unmarked_foreground_kept():
+    ring = disc(SHAPE, (40, 40), 15) & ~disc(SHAPE, (40, 40), 3)
+    probs = probs_for([ring], "softmax")
+    labels = postprocess(probs, "softmax")
+    assert labels.max() == 1 and labels[40, 40] == 1
+    # no marker anywhere (marker threshold 1): the foreground component is still one nucleus
+    assert postprocess(probs, "softmax", marker_threshold=1.0).max() == 1
+
+
+def test_fill_holes_and_remove_small_helpers():
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:12, 2:12] = 1
+    labels[5:8, 5:8] = 0  # a hole of label 1
+    labels[2:12, 15:25] = 2
+    labels[6, 19] = 0  # a hole of label 2
+    labels[15, 28] = 3  # one pixel
+    filled = fill_holes(labels)
+    assert (filled[5:8, 5:8] == 1).all() and filled[6, 19] == 2
+    assert labels[6, 19] == 0  # input untouched
+    assert np.array_equal(np.unique(remove_small(filled, 2)), [0, 1, 2])  # label 3 gone, renumbered
+    # a gap enclosed by two nuclei together is no hole of either
+    shared = np.zeros((12, 12), np.int32)
+    shared[1:11, 1:6], shared[1:11, 6:11] = 1, 2
+    shared[4:7, 4:8] = 0
+    assert (fill_holes(shared)[4:7, 4:8] == 0).all()
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError):
+        postprocess(np.zeros((2, 8, 8), np.float32), "softmax")
+    with pytest.raises(ValueError):
+        postprocess(np.zeros((3, 8, 8), np.float32), "softmax", flood="magic")
+    with pytest.raises(NucleiError, match="params.yaml: postprocess.mask_threshold"):
+        thresholds({"mask_threshold": 2.0})
+    assert thresholds({"out": "x", "min_size": 3})["min_size"] == 3
+
+
+def test_postprocess_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b, c = touching_scene()
+    save_npz("pred/img1.npz", probs=probs_for([a, b, c], "softmax").astype(np.float16), head=np.array("softmax"))
+    (tmp_path / "params.yaml").write_text(
+        "predict: {out: pred}\n"
+        "postprocess: {out: post, marker_threshold: 0.5, mask_threshold: 0.5, min_marker_size: 4,"
+        " min_size: 10, flood: probability}\n"
+    )
+    assert main(argparse.Namespace(params="params.yaml")) == 0
+    labels = read_labels(tmp_path / "post" / "img1.tif")
+    assert labels.shape == SHAPE and labels.max() == 3
