@@ -1,0 +1,331 @@
+"""Torch datasets over the prepared images and their training targets.
+
+Training items are random crops drawn through the augmentation; validation items are whole
+images mirror-padded to the network stride, with the instance labels for scoring.
+
+Reproducibility does not depend on the number of data-loader workers: the sampler
+(:class:`EpochSampler`) hands out indices that encode the epoch, and every training item seeds
+the augmentation from ``(seed, epoch, index)``. Resuming at an epoch boundary therefore only
+needs the epoch number.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pipeline.augment import sample_seed
+from pipeline.errors import NucleiError
+from pipeline.io import load_npz, normalize_image
+
+#: Arrays of ``data/targets/<id>.npz`` used for training.
+TARGET_KEYS = ("classes", "mask", "border", "weights")
+#: Percentiles of :func:`pipeline.io.normalize_image` used for training (kept in model configs).
+NORMALIZATION = {"low": 1.0, "high": 99.8}
+#: Columns ``index.csv`` must have for training.
+INDEX_COLUMNS = ("id", "fold")
+
+
+def read_index(prepared: str | Path) -> pd.DataFrame:
+    """Read ``<prepared>/index.csv`` (written by ``nuclei prepare``).
+
+    Returns
+    -------
+    index : pandas.DataFrame
+        One row per image with at least ``id`` (str) and ``fold`` (int).
+
+    Raises
+    ------
+    NucleiError
+        Missing or unreadable file, missing columns, no rows.
+    """
+    path = Path(prepared) / "index.csv"
+    try:
+        index = pd.read_csv(path, dtype={"id": str})
+    except FileNotFoundError:
+        raise NucleiError(f"{path}: no such file (run `nuclei prepare` first)") from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise NucleiError(f"{path}: unreadable index ({exc})") from None
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise NucleiError(f"{path}: missing column(s) {', '.join(missing)}")
+    if index.empty:
+        raise NucleiError(f"{path}: no images listed")
+    return index
+
+
+def split_folds(
+    index: pd.DataFrame, val_fold: int, source: str | Path = "index.csv"
+) -> tuple[list[str], list[str]]:
+    """Split image ids into training (all other folds) and validation (``val_fold``).
+
+    Returns
+    -------
+    train_ids, val_ids : list of str, in index order
+
+    Raises
+    ------
+    NucleiError
+        Either part is empty (e.g. ``val_fold`` not among the folds).
+    """
+    is_val = index["fold"].to_numpy() == int(val_fold)
+    train_ids = index.loc[~is_val, "id"].tolist()
+    val_ids = index.loc[is_val, "id"].tolist()
+    folds = sorted(index["fold"].unique().tolist())
+    if not val_ids:
+        raise NucleiError(f"{source}: no image in validation fold {val_fold} (folds: {folds})")
+    if not train_ids:
+        raise NucleiError(f"{source}: no training image outside fold {val_fold}")
+    return train_ids, val_ids
+
+
+def load_item(prepared: str | Path, targets: str | Path | None, image_id: str) -> dict[str, np.ndarray]:
+    """Load one image with its labels and (when ``targets`` is given) its training targets.
+
+    Returns
+    -------
+    arrays : dict
+        ``image`` float32 (H, W, 3) normalised by :func:`pipeline.io.normalize_image`;
+        ``labels`` int32 (H, W); with targets also ``classes`` uint8, ``mask`` uint8,
+        ``border`` uint8 and ``weights`` float32, all (H, W).
+
+    Raises
+    ------
+    NucleiError
+        A missing or unreadable file, a missing array, or targets whose size differs from the
+        image.
+    """
+    path = Path(prepared) / f"{image_id}.npz"
+    prep = load_npz(path)
+    for key in ("image", "labels"):
+        if key not in prep:
+            raise NucleiError(f"{path}: no '{key}' array (re-run `nuclei prepare`)")
+    image = prep["image"]
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise NucleiError(f"{path}: image has shape {image.shape}, expected (H, W, 3)")
+    scale = 1.0 / np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+    out = {
+        "image": normalize_image(image.astype(np.float32) * np.float32(scale), **NORMALIZATION),
+        "labels": prep["labels"].astype(np.int32, copy=False),
+    }
+    if targets is None:
+        return out
+    tpath = Path(targets) / f"{image_id}.npz"
+    if not tpath.exists():
+        raise NucleiError(f"{tpath}: no such file (run `nuclei targets` first)")
+    tgt = load_npz(tpath)
+    for key in TARGET_KEYS:
+        if key not in tgt:
+            raise NucleiError(f"{tpath}: no '{key}' array (re-run `nuclei targets`)")
+        if tgt[key].shape != image.shape[:2]:
+            raise NucleiError(
+                f"{tpath}: '{key}' has shape {tgt[key].shape} but the image is {image.shape[:2]} "
+                "(re-run `nuclei targets`)"
+            )
+    out.update({k: tgt[k] for k in ("classes", "mask", "border")})
+    out["weights"] = tgt["weights"].astype(np.float32)
+    return out
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Mirror-pad the first two axes at the bottom and right up to multiples of ``multiple``.
+
+    Parameters
+    ----------
+    array : ndarray of shape (H, W, ...)
+    multiple : int
+
+    Returns
+    -------
+    padded : ndarray of shape (H', W', ...), ``H' = ceil(H / multiple) * multiple``; the
+        original occupies ``[:H, :W]``; reflection repeats when the pad exceeds the size.
+    """
+    h, w = array.shape[:2]
+    pad = [(0, -h % multiple), (0, -w % multiple)] + [(0, 0)] * (array.ndim - 2)
+    if not (pad[0][1] or pad[1][1]):
+        return array
+    return np.pad(array, pad, mode="reflect")
+
+
+def seed_transform(transform, seed: int) -> None:
+    """Seed an augmentation callable for one draw.
+
+    Uses its ``reseed`` method (:class:`pipeline.augment.Augmentation`) or ``set_random_seed``
+    (albumentations ``Compose``) when it has one, else seeds Python's and NumPy's global
+    generators (worker-local in data-loader workers).
+    """
+    setter = getattr(transform, "reseed", None) or getattr(transform, "set_random_seed", None)
+    if callable(setter):
+        setter(seed)
+    else:
+        random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002 - fallback for callables using the global state
+
+
+class NucleiDataset(Dataset):
+    """Images, targets and labels of a list of prepared images.
+
+    Parameters
+    ----------
+    ids : sequence of str
+        Image ids (``data/prepared/<id>.npz`` and ``data/targets/<id>.npz``).
+    prepared, targets : str or Path
+        The prepare and targets stage folders.
+    train : bool
+        Training items (augmented crops) or validation items (whole padded images).
+    transform : callable, optional
+        From :func:`pipeline.augment.build_augmentation`: ``(image, classes, mask, border,
+        weights) -> same``; for training it must return crops of one fixed size.
+    samples_per_epoch : int, optional
+        Training draws per epoch; draw ``i`` uses image ``ids[i % len(ids)]``, so images are
+        sampled evenly. Default: one per image.
+    stride : int
+        Validation images are mirror-padded at the bottom and right to multiples of this.
+    seed : int
+        Seeds the augmentation of every draw together with the sample index.
+    cache_mb : float
+        Keep loaded arrays in memory (per process, i.e. per data-loader worker) up to this
+        many megabytes; 0 disables the cache.
+
+    Notes
+    -----
+    ``dataset[i]`` accepts any ``i >= 0``: the item is ``i % len(dataset)`` and the whole
+    ``i`` seeds the augmentation, so :class:`EpochSampler` gives new crops every epoch.
+
+    Training items are dicts of tensors: ``image`` float32 (3, h, w), ``classes`` int64
+    (h, w), ``mask``, ``border``, ``weights`` float32 (h, w). Validation items add ``labels``
+    int32 (H, W) and ``index`` (int); their ``image`` is (3, H', W') padded to the stride while
+    the targets keep the original (H, W).
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        prepared: str | Path,
+        targets: str | Path,
+        train: bool = True,
+        transform=None,
+        samples_per_epoch: int | None = None,
+        stride: int = 1,
+        seed: int = 0,
+        cache_mb: float = 1024,
+    ):
+        if not ids:
+            raise ValueError("NucleiDataset needs at least one image id")
+        self.ids = list(ids)
+        self.prepared, self.targets = Path(prepared), Path(targets)
+        self.train, self.transform = train, transform
+        self.length = int(samples_per_epoch) if train and samples_per_epoch else len(self.ids)
+        self.stride, self.seed = int(stride), int(seed)
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._cached = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def arrays(self, image_id: str) -> dict[str, np.ndarray]:
+        """The arrays of :func:`load_item` for one id, from the in-memory cache when possible."""
+        arrays = self._cache.get(image_id)
+        if arrays is None:
+            arrays = load_item(self.prepared, self.targets, image_id)
+            size = sum(a.nbytes for a in arrays.values())
+            if self._cached + size <= self.cache_bytes:
+                self._cache[image_id] = arrays
+                self._cached += size
+        return arrays
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = int(index) % self.length
+        a = self.arrays(self.ids[item % len(self.ids)])
+        fields = (a["image"], a["classes"], a["mask"], a["border"], a["weights"])
+        if self.train and self.transform is not None:
+            seed_transform(self.transform, sample_seed(self.seed, index))
+            fields = self.transform(*fields)
+        image, classes, mask, border, weights = (np.ascontiguousarray(f) for f in fields)
+        if not self.train:
+            image = pad_to_multiple(image, self.stride)
+        out = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "classes": torch.from_numpy(classes.astype(np.int64)),
+            "mask": torch.from_numpy(mask.astype(np.float32)),
+            "border": torch.from_numpy(border.astype(np.float32)),
+            "weights": torch.from_numpy(weights.astype(np.float32)),
+        }
+        if not self.train:
+            out["labels"] = torch.from_numpy(a["labels"])
+            out["index"] = item
+        return out
+
+
+class EpochSampler(DistributedSampler):
+    """A :class:`~torch.utils.data.DistributedSampler` whose indices encode the epoch.
+
+    Yields ``epoch * len(dataset) + i`` for the shuffled (and, across ``num_replicas``
+    processes, sharded) positions ``i``; :class:`NucleiDataset` maps them back and seeds each
+    draw with them. Works without a process group for ``num_replicas=1``. Call
+    :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
+    ):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+
+    def __iter__(self):
+        offset = self.epoch * len(self.dataset)
+        return (offset + int(i) for i in super().__iter__())
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for data loaders: seed Python and NumPy from the worker's torch seed.
+
+    The torch seed of a worker derives from the loader's ``generator`` (seeded from params
+    ``seed``), so workers are reproducible; they also use one thread each so that several
+    workers do not oversubscribe the CPU.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - libraries in workers may use the global state
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)
+    except ImportError:  # pragma: no cover - OpenCV is a dependency of albumentations
+        pass
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler=None,
+    workers: int = 0,
+    pin_memory: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A data loader with the settings training uses.
+
+    Worker processes stay alive between epochs (``persistent_workers``) and keep their
+    in-memory cache; each is seeded by :func:`seed_worker` from a generator seeded with
+    ``seed``; pinned memory speeds up host-to-GPU copies.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=drop_last,
+    )

@@ -1,0 +1,238 @@
+"""Tests of the train stage: outputs, exact resume, determinism, DDP (tiny U-Net, CPU)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import pipeline.train as train_module
+from pipeline.cli import main as cli_main
+from pipeline.errors import NucleiError
+from pipeline.models import load_model_dir
+from pipeline.train import fit, load_checkpoint, train
+from tests.train_fixtures import tiny_params, write_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_prepared(root, n_images=6, size=48, folds=3)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def params_for(data_root: Path, out: Path, **train_cfg) -> dict:
+    params = tiny_params(data_root, **train_cfg)
+    params["train"]["out"] = str(out)
+    return params
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_one_epoch_writes_checkpoint_model_dir_and_metrics(data_root, tmp_path):
+    out = tmp_path / "run"
+    model_dir = train(params_for(data_root, out))
+    assert model_dir == out / "model"
+    model, config = load_model_dir(model_dir)
+    assert config["model"]["depth"] == 2 and config["postprocess"]["min_size"] == 4
+    assert config["normalization"] == {"low": 1.0, "high": 99.8}
+    training = config["training"]
+    assert training["epoch"] == 1 and training["params"]["train"]["epochs"] == 1
+    assert training["hardware"]["device"] == "cpu" and training["data"]["val_images"] == 2
+    assert 0.0 <= training["scores"]["val_dsb_score"] <= 1.0
+
+    ckpt = load_checkpoint(out / "last.ckpt")
+    assert ckpt["epoch"] == 1 and ckpt["epochs"] == 1
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "best_score"} <= ckpt.keys()
+    # the exported best model is the epoch-1 model (float16 in the model directory)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, ckpt["model"][key].float(), atol=2e-3, rtol=2e-3)
+
+    metrics = json.loads((out / "dvclive" / "metrics.json").read_text())
+    assert set(metrics["val"]) >= {"loss", "dsb_score", "best_dsb_score"} and "loss" in metrics["train"]
+    assert (out / "dvclive" / "plots" / "metrics" / "val" / "dsb_score.tsv").is_file()
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+@pytest.mark.parametrize("when", ["after the first checkpoint", "while writing the second checkpoint"])
+def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, monkeypatch, when):
+    reference, _ = fit(params_for(data_root, tmp_path / "a", epochs=2))
+
+    params = params_for(data_root, tmp_path / "b", epochs=2)
+    save = train_module.save_checkpoint
+    calls = []
+
+    def killed(path, state):
+        calls.append(path)
+        if when.startswith("after"):
+            save(path, state)
+            raise KeyboardInterrupt
+        if len(calls) == 2:  # epoch 2 was trained and logged, but its checkpoint is lost
+            raise KeyboardInterrupt
+        save(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(params)
+    assert load_checkpoint(tmp_path / "b" / "last.ckpt")["epoch"] == 1
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+
+    resumed, _ = fit(params, resume=True)
+    assert_same_weights(reference.state_dict(), resumed.state_dict())
+    assert load_checkpoint(tmp_path / "b" / "last.ckpt")["epoch"] == 2
+    # dvclive holds one row per epoch, however the run was interrupted
+    for run in ("a", "b"):
+        rows = (
+            (tmp_path / run / "dvclive" / "plots" / "metrics" / "val" / "loss.tsv").read_text().splitlines()
+        )
+        assert [line.split("\t")[0] for line in rows] == ["step", "0", "1"]
+    metrics = [json.loads((tmp_path / run / "dvclive" / "metrics.json").read_text()) for run in ("a", "b")]
+    assert metrics[0] == metrics[1]
+
+
+def test_same_seed_same_weights_whatever_the_workers(data_root, tmp_path):
+    a, _ = fit(params_for(data_root, tmp_path / "a", workers=0))
+    b, _ = fit(params_for(data_root, tmp_path / "b", workers=2))
+    assert_same_weights(a.state_dict(), b.state_dict())
+    params = params_for(data_root, tmp_path / "c")
+    params["seed"] = 1
+    c, _ = fit(params)
+    assert not torch.equal(a.state_dict()["head.weight"], c.state_dict()["head.weight"])
+
+
+def test_cli_overrides_and_resume_checks(data_root, tmp_path):
+    params = params_for(data_root, tmp_path / "unused", epochs=5)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    out = tmp_path / "cli"
+    argv = [
+        "train",
+        "--params",
+        str(path),
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--fold",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    assert cli_main(argv) == 0
+    config = yaml.safe_load((out / "model" / "config.yaml").read_text())
+    assert config["training"]["epochs"] == 1 and config["training"]["data"]["val_fold"] == 1
+    # resuming with a different schedule length is refused with a one-line error
+    params["train"].update(out=str(out), epochs=3)
+    with pytest.raises(NucleiError, match=r"last\.ckpt: written by a run with epochs = 1"):
+        train(params, resume=True)
+
+
+def test_bad_parameters_are_reported(data_root, tmp_path):
+    with pytest.raises(NucleiError, match="train.schedule"):
+        train(params_for(data_root, tmp_path, schedule="linear"))
+    with pytest.raises(NucleiError, match="train.batch_size"):
+        train(params_for(data_root, tmp_path, batch_size=0))
+    params = params_for(data_root, tmp_path)
+    params["data"]["val_fold"] = 9
+    with pytest.raises(NucleiError, match="no image in validation fold 9"):
+        train(params)
+    (tmp_path / "last.ckpt").write_bytes(b"truncated")
+    with pytest.raises(NucleiError, match=r"last\.ckpt: unreadable checkpoint"):
+        train(params_for(data_root, tmp_path), resume=True)
+
+
+def _ddp_rank(rank: int, world: int, port: int, params: dict, folder: str) -> None:
+    """One process of a DDP run, configured through the environment like torchrun does."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    model, _ = fit(params)
+    state = model.state_dict()
+    digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    Path(folder, f"rank{rank}.txt").write_text(digest)
+
+
+def test_distributed_two_cpu_processes_end_with_identical_weights(data_root, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = params_for(data_root, tmp_path / "out")
+    ctx = multiprocessing.get_context("fork")  # no re-import of torch: seconds, not half a minute
+    procs = [ctx.Process(target=_ddp_rank, args=(r, 2, port, params, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    digests = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert digests[0] == digests[1]
+    ckpt = load_checkpoint(tmp_path / "out" / "last.ckpt")
+    assert ckpt["processes"] == 2 and ckpt["steps_per_epoch"] == 2  # 8 samples / 2 ranks / batch 2
+    assert (tmp_path / "out" / "model" / "weights.pt").is_file()
+
+
+DDP_SCRIPT = """
+import hashlib, json, os, sys
+import torch
+torch.set_num_threads(1)
+from pipeline.train import fit
+params = json.loads(open(sys.argv[1]).read())
+model, _ = fit(params)
+state = model.state_dict()
+digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.txt"), "w").write(digest)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(data_root, tmp_path):
+    """The real launcher (slow: torchrun and both processes import torch afresh)."""
+    params = params_for(data_root, tmp_path / "out")
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(tmp_path / "ddp.py"),
+        str(tmp_path / "params.json"),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
+    assert load_checkpoint(tmp_path / "out" / "last.ckpt")["processes"] == 2
