@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "samples_per_epoch": None,
     "device": "auto",
     "cache_mb": 1024,
+    "val_every": 1,
 }
 SCHEDULES = ("onecycle", "cosine")
 
@@ -149,7 +150,7 @@ def train_config(params: dict, source: str | Path = "params.yaml") -> dict[str, 
     if not isinstance(section, dict):
         raise NucleiError(f"{source}: section 'train' must be a mapping")
     cfg = {**DEFAULTS, **section}
-    for key in ("epochs", "batch_size", "workers"):
+    for key in ("epochs", "batch_size", "workers", "val_every"):
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "workers" else 1):
             raise NucleiError(
@@ -697,26 +698,24 @@ class _Run:
         for epoch in range(start, epochs):
             train_loss = self._train_epoch(epoch)
             _average_buffers(self.model)
-            sums = validate(
-                self.model,
-                self.val_loader,
-                self.loss_fn,
-                self.head,
-                self.segment,
-                self.device,
-                self.amp_dtype,
-            )
-            loss_sum, score_sum, count = _all_reduce_sum(sums, self.device)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": loss_sum / count,
-                "val_dsb_score": score_sum / count,
-                "lr": self.scheduler.get_last_lr()[0],
-            }
-            improved = self.best_epoch < 0 or row["val_dsb_score"] > self.best_score
-            if improved:
-                self.best_score, self.best_epoch = row["val_dsb_score"], epoch + 1
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": float("nan"),
+                   "val_dsb_score": float("nan"), "lr": self.scheduler.get_last_lr()[0]}
+            improved = False
+            if (epoch + 1) % int(self.cfg["val_every"]) == 0 or epoch + 1 == epochs:
+                sums = validate(
+                    self.model,
+                    self.val_loader,
+                    self.loss_fn,
+                    self.head,
+                    self.segment,
+                    self.device,
+                    self.amp_dtype,
+                )
+                loss_sum, score_sum, count = _all_reduce_sum(sums, self.device)
+                row["val_loss"], row["val_dsb_score"] = loss_sum / count, score_sum / count
+                improved = self.best_epoch < 0 or row["val_dsb_score"] > self.best_score
+                if improved:
+                    self.best_score, self.best_epoch = row["val_dsb_score"], epoch + 1
             history.append(row)
             if self.rank == 0:  # log, export, then checkpoint: a resume redoes an unsaved epoch
                 self._log(live, epoch, row)
@@ -733,14 +732,16 @@ class _Run:
     def _log(self, live, epoch: int, row: dict) -> None:
         live.step = epoch
         live.log_metric("train/loss", row["train_loss"])
-        live.log_metric("val/loss", row["val_loss"])
-        live.log_metric("val/dsb_score", row["val_dsb_score"])
-        live.log_metric("val/best_dsb_score", self.best_score)
+        if not np.isnan(row["val_dsb_score"]):  # validated this epoch (see train.val_every)
+            live.log_metric("val/loss", row["val_loss"])
+            live.log_metric("val/dsb_score", row["val_dsb_score"])
+            live.log_metric("val/best_dsb_score", self.best_score)
         live.log_metric("lr", row["lr"])
         live.next_step()
         best = " (best)" if self.best_epoch == epoch + 1 else ""
-        print(
-            f"epoch {epoch + 1}/{self.cfg['epochs']}: train loss {row['train_loss']:.4f}, "
-            f"val loss {row['val_loss']:.4f}, DSB2018 score {row['val_dsb_score']:.4f}{best}",
-            flush=True,
+        val = (
+            f", val loss {row['val_loss']:.4f}, DSB2018 score {row['val_dsb_score']:.4f}{best}"
+            if not np.isnan(row["val_dsb_score"])
+            else ""
         )
+        print(f"epoch {epoch + 1}/{self.cfg['epochs']}: train loss {row['train_loss']:.4f}{val}", flush=True)

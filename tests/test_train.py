@@ -236,3 +236,14 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
     assert load_checkpoint(tmp_path / "out" / "last.ckpt")["processes"] == 2
+
+
+def test_val_every_validates_only_every_nth_and_last_epoch(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(params_for(data_root, out, epochs=3, val_every=2))
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(printed) == 3
+    assert "DSB2018 score" not in printed[0] and "DSB2018 score" in printed[1] and "DSB2018 score" in printed[2]
+    rows = (out / "dvclive" / "plots" / "metrics" / "val" / "dsb_score.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]  # dvclive steps of epochs 2 and 3
+    assert load_checkpoint(out / "last.ckpt")["epoch"] == 3
