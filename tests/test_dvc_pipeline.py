@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, SAMPLE_ROOT
+from .conftest import ROOT, SAMPLE_ROOT, SAMPLE_SOLUTION
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,7 @@ def project(tmp_path_factory) -> Path:
     params["train"].update(epochs=1, batch_size=2, samples_per_epoch=4, workers=0)
     params["augment"]["crop"] = 64
     params["predict"].update(tta="none", device="cpu")
+    params["submit"]["test_sets"] = {"sample": str(SAMPLE_ROOT)}  # train layout: masks are ignored
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(["init", "--no-scm", "-q"], root)
     _dvc(["repro"], root)
@@ -53,6 +54,14 @@ def test_repro_runs_every_stage(project):
     assert 0.0 <= metrics["dsb_score"] <= 1.0
     assert len(list((project / "data" / "postprocessed").glob("*.tif"))) == 4  # fold 0 of 20
     assert "dsb_score" in _dvc(["metrics", "show"], project)
+
+
+def test_submit_stage_writes_a_valid_submission(project):
+    from pipeline.cli import main
+
+    submission = project / "submissions" / "sample.csv"
+    assert submission.is_file()
+    assert main(["score", str(submission), str(SAMPLE_SOLUTION)]) == 0
 
 
 def test_rerun_does_no_work(project):
