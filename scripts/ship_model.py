@@ -1,0 +1,64 @@
+"""Copy a trained model directory into ``models/default`` with its tuned post-processing.
+
+    python scripts/ship_model.py --params PARAMS.yaml [-o models/default]
+
+Reads the trained model named by ``predict.model`` of the parameter file, replaces the
+``postprocess`` section of its config with the one of the parameter file (after
+``nuclei tune --write PARAMS.yaml``), records the validation figures of
+``<evaluate.out>/metrics.json`` when present, and writes the model directory with float16
+weights (``pipeline.models.save_model_dir``). When the exported model is the last epoch, the
+float32 weights of ``<train.out>/last.ckpt`` are the source, and the script prints the largest
+difference between float32 and float16 probabilities on a sample image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import ROOT, load_params  # noqa: E402
+from pipeline.inference import Predictor, normalize  # noqa: E402
+from pipeline.io import read_kaggle_sample  # noqa: E402
+from pipeline.models import load_model_dir, save_model_dir  # noqa: E402
+from pipeline.train import load_checkpoint  # noqa: E402
+from pipeline.watershed import thresholds  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True, help="parameters of the run (predict.model, postprocess, evaluate.out)")
+    parser.add_argument("-o", "--out", default=str(ROOT / "models" / "default"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    source = Path(params["predict"]["model"])
+    model, config = load_model_dir(source)
+    # the exported best model is float16 already; when it is also the last epoch, start from the
+    # float32 weights of the checkpoint so that the comparison below measures the float16 loss
+    ckpt_path = Path(params["train"]["out"]) / "last.ckpt"
+    if ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["epoch"] == config.get("training", {}).get("epoch"):
+            model.load_state_dict(ckpt["model"])
+    config["postprocess"] = thresholds(params["postprocess"], args.params)
+    metrics_file = Path(params["evaluate"]["out"]) / "metrics.json"
+    if metrics_file.is_file():
+        config.setdefault("training", {})["validation"] = json.loads(metrics_file.read_text())
+    save_model_dir(args.out, model, config, half=True)
+
+    shipped, _ = load_model_dir(args.out)
+    sample = sorted((ROOT / "data" / "sample" / "stage1_train").iterdir())[0]
+    image = normalize(read_kaggle_sample(sample, masks=False)[0] / np.float32(255.0), config)
+    a = Predictor(model, config).predict(image)
+    b = Predictor(shipped, config).predict(image)
+    print(f"shipped {source} -> {args.out}; float16 vs float32 probabilities: max |diff| {np.abs(a - b).max():.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
