@@ -51,11 +51,12 @@ def main() -> int:
     import pandas as pd
     import torch
 
+    from pipeline.config import load_params
     from pipeline.inference import load_predictor, normalize
     from pipeline.io import read_image, write_labels, write_png
     from pipeline.measure import measure_nuclei
     from pipeline.overlay import display_uint8, draw_outlines
-    from pipeline.segment import DEFAULTS, label_nuclei, segment_images
+    from pipeline.segment import Settings, label_nuclei, segment_images
     from pipeline.watershed import postprocess, thresholds
 
     torch.set_num_threads(args.threads)
@@ -71,9 +72,10 @@ def main() -> int:
     )
 
     t0 = time.perf_counter()
+    settings = Settings.from_params(load_params())  # the segment section of params.yaml
     predictor = load_predictor(
-        model_dir, device="cpu", tta=DEFAULTS["tta"], tile_size=DEFAULTS["tile_size"],
-        overlap=DEFAULTS["overlap"], batch_size=DEFAULTS["batch_size"],
+        model_dir, device="cpu", tta=settings.tta, tile_size=settings.tile_size,
+        overlap=settings.overlap, batch_size=settings.batch_size,
     )  # fmt: skip
     load_s = time.perf_counter() - t0
     config = predictor.config

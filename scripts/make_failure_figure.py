@@ -1,11 +1,12 @@
 """Picture of a model's worst validation images: image, true outlines, predicted outlines.
 
-    python scripts/make_failure_figure.py --params params.yaml -o models/default/failures.png [-n 4]
+    python scripts/make_failure_figure.py --params params.yaml -o models/default/failures.png [-n 4] [--per-type]
 
 Reads the per-image scores written by ``nuclei evaluate`` (``<evaluate.out>/per_image.csv``), the
 prepared images and labels (``data.prepared``) and the post-processed labels
 (``postprocess.out``) named by the parameter file, and draws the ``n`` images with the lowest
-DSB2018 score, one row each, with their image type and score.
+DSB2018 score (with ``--per-type``: the lowest of each image type), one row each, with their
+image type and score.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def main() -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-o", "--out", default="docs/failures.png")
     parser.add_argument("-n", type=int, default=4, help="number of images (default: 4)")
+    parser.add_argument("--per-type", action="store_true", help="the worst image of each image type")
     args = parser.parse_args()
     params = load_params(args.params)
     per_image = pd.read_csv(Path(params["evaluate"]["out"]) / "per_image.csv")
-    worst = per_image.sort_values("dsb_score").head(args.n)
+    worst = per_image.sort_values("dsb_score")
+    worst = (worst.groupby("image_type").head(1) if args.per_type else worst).head(args.n)
     fig, axes = plt.subplots(len(worst), 3, figsize=(12, 4 * len(worst)), squeeze=False)
-    for row_axes, (_, row) in zip(axes, worst.iterrows()):
+    for row_axes, (_, row) in zip(axes, worst.iterrows(), strict=True):
         arrays = load_npz(Path(params["data"]["prepared"]) / f"{row.id}.npz")
         pred = read_labels(Path(params["postprocess"]["out"]) / f"{row.id}.tif")
         panels = [
@@ -45,7 +48,7 @@ def main() -> int:
             (draw_outlines(arrays["image"], arrays["labels"]), f"truth: {int(row.n_true)} nuclei"),
             (draw_outlines(arrays["image"], pred), f"predicted: {int(row.n_pred)}, DSB2018 {row.dsb_score:.3f}"),
         ]
-        for ax, (picture, title) in zip(row_axes, panels):
+        for ax, (picture, title) in zip(row_axes, panels, strict=True):
             ax.imshow(picture)
             ax.set_title(title, fontsize=10)
             ax.axis("off")

@@ -41,22 +41,28 @@ def main() -> int:
     # the exported best model is float16 already; when it is also the last epoch, start from the
     # float32 weights of the checkpoint so that the comparison below measures the float16 loss
     ckpt_path = Path(params["train"]["out"]) / "last.ckpt"
+    from_float32 = False
     if ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["epoch"] == config.get("training", {}).get("epoch"):
             model.load_state_dict(ckpt["model"])
+            from_float32 = True
     config["postprocess"] = thresholds(params["postprocess"], args.params)
     metrics_file = Path(params["evaluate"]["out"]) / "metrics.json"
     if metrics_file.is_file():
         config.setdefault("training", {})["validation"] = json.loads(metrics_file.read_text())
     save_model_dir(args.out, model, config, half=True)
 
+    print(f"shipped {source} -> {args.out}")
+    if not from_float32:
+        print("the best epoch is not the last checkpoint's: its weights were float16 already")
+        return 0
     shipped, _ = load_model_dir(args.out)
     sample = sorted((ROOT / "data" / "sample" / "stage1_train").iterdir())[0]
     image = normalize(read_kaggle_sample(sample, masks=False)[0] / np.float32(255.0), config)
     a = Predictor(model, config).predict(image)
     b = Predictor(shipped, config).predict(image)
-    print(f"shipped {source} -> {args.out}; float16 vs float32 probabilities: max |diff| {np.abs(a - b).max():.2e}")
+    print(f"float16 vs float32 probabilities on {sample.name[:12]}: max |diff| {np.abs(a - b).max():.2e}")
     return 0
 
 
