@@ -14,6 +14,17 @@ from html import escape
 import numpy as np
 import pandas as pd
 
+#: Flags for viewing a report in headless Chromium with no network traffic and no GPU (add
+#: ``--user-data-dir=<a fresh folder>`` and the action: ``--dump-dom``, ``--screenshot=...``).
+HEADLESS_CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+)
+
 _CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }

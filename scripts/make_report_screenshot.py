@@ -33,6 +33,8 @@ def default_model() -> Path | None:
 
 def screenshot(html: Path, png: Path, width: int, height: int) -> None:
     """Render ``html`` with headless Chromium (no network, throw-away profile) into ``png``."""
+    from pipeline.report import HEADLESS_CHROMIUM_FLAGS
+
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium not found: apt-get install chromium")
@@ -40,12 +42,7 @@ def screenshot(html: Path, png: Path, width: int, height: int) -> None:
         subprocess.run(
             [
                 chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
+                *HEADLESS_CHROMIUM_FLAGS,
                 "--hide-scrollbars",
                 f"--user-data-dir={profile}",
                 f"--window-size={width},{height}",

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.overlay import encode_png, thumbnail
-from pipeline.report import render_report
+from pipeline.report import HEADLESS_CHROMIUM_FLAGS, render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -104,15 +104,7 @@ def test_report_without_nuclei_or_images(tmp_path):
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ]
+    flags = [*HEADLESS_CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]
     return subprocess.run(
         [CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path
     )
