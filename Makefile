@@ -21,7 +21,6 @@ test: install
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 	@$(BIN)/python -c "import json; m = json.load(open('metrics/metrics.json')); \
 	print(f\"validation DSB2018 score {m['dsb_score']:.4f} ({m['n_images']} validation images)\")"
 
