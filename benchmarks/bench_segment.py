@@ -28,13 +28,6 @@ SAMPLE = ROOT / "data" / "sample" / "stage1_train"
 BUDGET_S = 3.0
 
 
-def default_model() -> Path | None:
-    for candidate in (ROOT / "models" / "default", ROOT / "models" / "trained" / "model"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    return None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -55,12 +48,13 @@ def main() -> int:
     from pipeline.inference import load_predictor, normalize
     from pipeline.io import read_image, write_labels, write_png
     from pipeline.measure import measure_nuclei
+    from pipeline.models import available_model_dir
     from pipeline.overlay import display_uint8, draw_outlines
     from pipeline.segment import Settings, label_nuclei, segment_images
     from pipeline.watershed import postprocess, thresholds
 
     torch.set_num_threads(args.threads)
-    model_dir = args.model or default_model()
+    model_dir = args.model or available_model_dir()
     if model_dir is None:
         print(
             "no model: expected models/default/ or models/trained/model/ (or pass --model)", file=sys.stderr

@@ -23,41 +23,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pipeline.augment import sample_seed
 from pipeline.errors import NucleiError
 from pipeline.io import load_npz, normalize_image
+from pipeline.prepare import read_index  # noqa: F401  (part of this module's API)
 
 #: Arrays of ``data/targets/<id>.npz`` used for training.
 TARGET_KEYS = ("classes", "mask", "border", "weights")
 #: Percentiles of :func:`pipeline.io.normalize_image` used for training (kept in model configs).
 NORMALIZATION = {"low": 1.0, "high": 99.8}
 #: Columns ``index.csv`` must have for training.
-INDEX_COLUMNS = ("id", "fold")
-
-
-def read_index(prepared: str | Path) -> pd.DataFrame:
-    """Read ``<prepared>/index.csv`` (written by ``nuclei prepare``).
-
-    Returns
-    -------
-    index : pandas.DataFrame
-        One row per image with at least ``id`` (str) and ``fold`` (int).
-
-    Raises
-    ------
-    NucleiError
-        Missing or unreadable file, missing columns, no rows.
-    """
-    path = Path(prepared) / "index.csv"
-    try:
-        index = pd.read_csv(path, dtype={"id": str})
-    except FileNotFoundError:
-        raise NucleiError(f"{path}: no such file (run `nuclei prepare` first)") from None
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise NucleiError(f"{path}: unreadable index ({exc})") from None
-    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
-    if missing:
-        raise NucleiError(f"{path}: missing column(s) {', '.join(missing)}")
-    if index.empty:
-        raise NucleiError(f"{path}: no images listed")
-    return index
 
 
 def split_folds(

@@ -25,6 +25,7 @@ import pandas as pd
 
 from pipeline.config import load_params, section
 from pipeline.errors import NucleiError
+from pipeline.prepare import read_index
 
 
 def validation_index(params: dict, source: str | Path = "params.yaml") -> pd.DataFrame:
@@ -42,14 +43,7 @@ def validation_index(params: dict, source: str | Path = "params.yaml") -> pd.Dat
     """
     data = section(params, "data", source)
     path = Path(data["prepared"]) / "index.csv"
-    try:
-        index = pd.read_csv(path, dtype={"id": str})
-    except FileNotFoundError:
-        raise NucleiError(f"{path}: no such file (run `nuclei prepare` first)") from None
-    except (OSError, ValueError) as exc:
-        raise NucleiError(f"{path}: unreadable index ({exc})") from None
-    if not {"id", "fold"} <= set(index.columns):
-        raise NucleiError(f"{path}: needs the columns id and fold")
+    index = read_index(data["prepared"])
     val = index[index["fold"] == int(data["val_fold"])].reset_index(drop=True)
     if val.empty:
         raise NucleiError(f"{path}: no image in validation fold {data['val_fold']}")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from pipeline.config import ROOT
 from pipeline.errors import NucleiError
 from pipeline.io import atomic_path
 
@@ -309,6 +310,15 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def available_model_dir() -> Path | None:
+    """The shipped model ``models/default``, else the last ``nuclei train`` output
+    ``models/trained/model``; None when neither has a ``config.yaml``."""
+    for candidate in (ROOT / "models" / "default", ROOT / "models" / "trained" / "model"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    return None
 
 
 def save_model_dir(path: str | Path, model: nn.Module, config: dict, half: bool = True) -> Path:

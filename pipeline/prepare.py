@@ -21,6 +21,8 @@ from pipeline.io import list_kaggle_ids, progress, read_kaggle_sample, save_npz,
 
 #: The four image types of the DSB2018 data, used to stratify the folds.
 IMAGE_TYPES = ("fluo-small", "fluo-large", "brightfield", "histology")
+#: Columns every reader of ``index.csv`` relies on.
+INDEX_COLUMNS = ("id", "fold")
 
 
 def classify_image(image: np.ndarray) -> str:
@@ -117,6 +119,39 @@ def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, wo
     index = pd.DataFrame(rows).sort_values("id").reset_index(drop=True)
     index["fold"] = stratified_folds(index["id"].tolist(), index["image_type"].tolist(), folds, seed)
     write_csv(out / "index.csv", index)
+    return index
+
+
+def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS) -> pd.DataFrame:
+    """Read ``<prepared>/index.csv`` (written by :func:`prepare`).
+
+    Parameters
+    ----------
+    prepared : the prepared-data folder.
+    columns : the columns the caller needs (default ``id`` and ``fold``).
+
+    Returns
+    -------
+    index : pandas.DataFrame
+        One row per image with at least ``columns`` (``id`` as str).
+
+    Raises
+    ------
+    NucleiError
+        Missing or unreadable file, missing columns, no rows.
+    """
+    path = Path(prepared) / "index.csv"
+    try:
+        index = pd.read_csv(path, dtype={"id": str})
+    except FileNotFoundError:
+        raise NucleiError(f"{path}: no such file (run `nuclei prepare` first)") from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise NucleiError(f"{path}: unreadable index ({exc})") from None
+    missing = [c for c in columns if c not in index.columns]
+    if missing:
+        raise NucleiError(f"{path}: missing column(s) {', '.join(missing)}")
+    if index.empty:
+        raise NucleiError(f"{path}: no images listed")
     return index
 
 

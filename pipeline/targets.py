@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.config import load_params, section
 from pipeline.errors import NucleiError
 from pipeline.io import load_npz, progress, save_npz
+from pipeline.prepare import read_index
 from pipeline.weights import class_weights, nearest_two, separation_margin, separation_weights
 
 __all__ = [
@@ -274,8 +275,6 @@ def process_one(src: Path, dst: Path, kwargs: dict) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the ``targets`` stage; returns the exit status."""
-    import pandas as pd
-
     params = load_params(args.params)
     cfg = section(params, "targets", args.params)
     kwargs = target_kwargs(cfg, args.params)
@@ -284,14 +283,8 @@ def main(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else int(cfg.get("workers", 1))
     workers = max(1, min(workers, os.cpu_count() or 1))
 
-    index_path = prepared / "index.csv"
-    try:
-        index = pd.read_csv(index_path, dtype={"id": str})
-        ids = index["id"].tolist()
-    except FileNotFoundError:
-        raise NucleiError(f"{index_path}: no such file (run `nuclei prepare` first)") from None
-    except (KeyError, ValueError, pd.errors.ParserError) as exc:
-        raise NucleiError(f"{index_path}: not a prepared index ({exc})") from None
+    index = read_index(prepared, columns=("id",))  # folds do not matter here
+    ids = index["id"].tolist()
     if {"height", "width"} <= set(index.columns):  # largest first: the workers finish together
         ids = (
             index.assign(px=index["height"] * index["width"])

@@ -24,13 +24,6 @@ SAMPLE = ROOT / "data" / "sample" / "stage1_train"
 PICKS = ("4185b9369f", "958114e5f3", "e49fc2b4f1", "9bb6e39d5f", "76a372bfd3", "b214800de5")
 
 
-def default_model() -> Path | None:
-    for candidate in (ROOT / "models" / "default", ROOT / "models" / "trained" / "model"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    return None
-
-
 def screenshot(html: Path, png: Path, width: int, height: int) -> None:
     """Render ``html`` with headless Chromium (no network, throw-away profile) into ``png``."""
     from pipeline.report import HEADLESS_CHROMIUM_FLAGS
@@ -64,9 +57,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from pipeline.io import atomic_path
+    from pipeline.models import available_model_dir
     from pipeline.segment import segment_images
 
-    model = args.model or default_model()
+    model = args.model or available_model_dir()
     if model is None:
         print(
             "no model: expected models/default/ or models/trained/model/ (or pass --model)", file=sys.stderr
