@@ -63,11 +63,11 @@ def time_predict(predictor: Predictor, size: int, batch: int, repeat: int) -> fl
     predictor.predict_many(images[:1])  # warm-up (cuDNN autotuning, allocations)
     best = np.inf
     for _ in range(repeat):
-        if predictor.device.startswith("cuda"):
+        if predictor.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         predictor.predict_many(images)
-        if predictor.device.startswith("cuda"):
+        if predictor.device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return batch / best
@@ -124,21 +124,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path, what = model_dir(args.model, Path(tmp))
-        cpu = load_predictor(path, device="cpu", tta="none")
+        cpu32 = load_predictor(path, device="cpu", tta="none", precision="fp32")
+        cpu = load_predictor(path, device="cpu", tta="none", precision="auto")
         print(f"model: {what}; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"torch threads {args.threads}; torch {torch.__version__}")
+              f"torch threads {args.threads}; torch {torch.__version__}; automatic precision on this CPU: "
+              f"{cpu.precision} + channels_last")
         gpu = None
         if torch.cuda.is_available():
-            gpu = load_predictor(path, device="cuda", tta="none", amp=True, batch_size=args.batch)
-            print(f"GPU: {torch.cuda.get_device_name()}")
-        print(f"\n{'size':>9} {'CPU img/s':>10} {'GPU img/s':>10} {'GPU/CPU':>8} {'watershed ms':>13} {'nuclei':>7}")
+            gpu = load_predictor(path, device="cuda", tta="none", precision="auto", batch_size=args.batch)
+            print(f"GPU: {torch.cuda.get_device_name()} ({gpu.precision})")
+        print(f"\n{'size':>9} {'CPU fp32':>9} {'CPU auto':>9} {'auto/fp32':>9} {'GPU img/s':>10} {'GPU/CPU':>8} "
+              f"{'watershed ms':>13} {'nuclei':>7}")
         for size in SIZES:
+            fp32_rate = time_predict(cpu32, size, args.batch if size <= 256 else 1, args.repeat)
             cpu_rate = time_predict(cpu, size, args.batch if size <= 256 else 1, args.repeat)
             gpu_rate = time_predict(gpu, size, args.batch * (4 if size <= 256 else 1), args.repeat) if gpu else None
             ws_ms, n = time_watershed(size, args.repeat)
             gpu_text = f"{gpu_rate:10.1f} {gpu_rate / cpu_rate:7.1f}x" if gpu else f"{'-':>10} {'-':>8}"
-            print(f"{size:>4}x{size:<4} {cpu_rate:10.2f} {gpu_text} {ws_ms:13.1f} {n:7d}")
+            print(f"{size:>4}x{size:<4} {fp32_rate:9.2f} {cpu_rate:9.2f} {cpu_rate / fp32_rate:8.2f}x {gpu_text} "
+                  f"{ws_ms:13.1f} {n:7d}")
+        print(f"images/s; network time of one 1024x1024 image: fp32 {1 / fp32_rate:.3f} s, automatic "
+              f"{1 / cpu_rate:.3f} s = {fp32_rate / cpu_rate:.2f}x fp32")
         whole = load_predictor(path, device="cpu", tta="none", tile_size=1024)
+        cpu = load_predictor(path, device="cpu", tta="none", tile_size=512)
         tiled_rate = time_predict(cpu, 1024, 1, args.repeat)
         whole_rate = time_predict(whole, 1024, 1, args.repeat)
         print(f"\n1024x1024 on CPU: tiles of {cpu.tile_size} ({len(cpu.plan((1024, 1024)).ys) ** 2} tiles) "

@@ -5,8 +5,10 @@ Usage::
     python benchmarks/bench_segment.py [--model DIR] [--threads 2] [--repeats 3]
 
 1. Time per 1024×1024 image on the CPU (torch threads = ``--threads``), split into stages
-   (normalise, network, watershed, measure + overlay + write), median of ``--repeats`` runs on
-   the 1024×1024 images of the embedded sample, against the 3 s budget of SPEC section 6.
+   (read, normalise, nucleus-diameter estimate, network at the estimated scale, watershed,
+   measure + overlay + write), median of ``--repeats`` runs on the 1024×1024 images of the
+   embedded sample, against the 3 s budget of SPEC section 6; in fp32 and in the automatic
+   precision (bf16 + channels_last on a CPU with native bf16) side by side, with the ratio.
 2. The complete command (``segment_images``: model loading, reading, report) on the whole
    embedded sample, and its counting error: per image |predicted − true| / true count, true
    count = number of mask files.
@@ -45,13 +47,14 @@ def main() -> int:
     import torch
 
     from pipeline.config import load_params
-    from pipeline.inference import load_predictor, normalize
     from pipeline.io import read_image, write_labels, write_png
     from pipeline.measure import measure_nuclei
     from pipeline.models import available_model_dir
     from pipeline.overlay import display_uint8, draw_outlines
-    from pipeline.segment import Settings, label_nuclei, segment_images
-    from pipeline.watershed import postprocess, thresholds
+    from pipeline.scale import scale_factor
+    from pipeline.segment import Settings, segment_images
+    from pipeline.segmenter import Segmenter, confidence
+    from pipeline.watershed import postprocess_to_shape
 
     torch.set_num_threads(args.threads)
     model_dir = args.model or available_model_dir()
@@ -64,70 +67,68 @@ def main() -> int:
         f"model {model_dir}; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
         f"torch threads {torch.get_num_threads()}, torch {torch.__version__}"
     )
-
-    t0 = time.perf_counter()
     settings = Settings.from_params(load_params())  # the segment section of params.yaml
-    predictor = load_predictor(
-        model_dir, device="cpu", tta=settings.tta, tile_size=settings.tile_size,
-        overlap=settings.overlap, batch_size=settings.batch_size,
-    )  # fmt: skip
-    load_s = time.perf_counter() - t0
-    config = predictor.config
-    kwargs = thresholds(config.get("postprocess"))
-    print(f"model load {load_s:.2f} s (once per run); tta={predictor.tta}, tile {predictor.tile_size}")
-
-    # ---------------------------------------------------------------- 1. seconds per 1024×1024
     big = [
         d
         for d in sorted(SAMPLE.iterdir())
         if read_image(d / "images" / f"{d.name}.png").shape[:2] == (1024, 1024)
     ]
-    stages: dict[str, list[float]] = {
-        "read": [],
-        "normalise": [],
-        "network": [],
-        "watershed": [],
-        "measure+write": [],
-    }
-    totals = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            for sample in big:
-                t = [time.perf_counter()]
-                raw = read_image(sample / "images" / f"{sample.name}.png")
-                t.append(time.perf_counter())
-                image = normalize(raw, config)
-                t.append(time.perf_counter())
-                probs = predictor.predict(image)
-                t.append(time.perf_counter())
-                labels = postprocess(probs, predictor.head, **kwargs)
-                t.append(time.perf_counter())
-                measure_nuclei(labels, raw.mean(axis=2))
-                overlay = draw_outlines(display_uint8(image), labels)
-                write_labels(Path(tmp) / "l.tif", labels)
-                write_png(Path(tmp) / "o.png", overlay)
-                t.append(time.perf_counter())
-                for name, a, b in zip(stages, t, t[1:], strict=False):
-                    stages[name].append(b - a)
-                totals.append(t[-1] - t[0])
-        # the block-wise path (used above segment.block_size) on the same image, for comparison
-        image = normalize(read_image(big[0] / "images" / f"{big[0].name}.png"), config)
+
+    # ---------------------------------------------------------------- 1. seconds per 1024×1024
+    medians = {}
+    for precision in ("fp32", "auto"):
         t0 = time.perf_counter()
-        label_nuclei(image, predictor, predictor.head, kwargs, block_size=512, margin=64)
-        blockwise_s = time.perf_counter() - t0
-    median = statistics.median(totals)
-    print(f"\n1024x1024 image, {len(big)} images x {args.repeats} repeats, median seconds per stage:")
-    for name, values in stages.items():
-        print(f"  {name:14s} {statistics.median(values):6.3f} s")
-    print(
-        f"  {'total':14s} {median:6.3f} s  = {median / BUDGET_S:.2f} x the {BUDGET_S:.0f} s budget "
-        f"({'within' if median <= BUDGET_S else 'OVER'} budget)"
-    )
-    network_and_ws = statistics.median(stages["network"]) + statistics.median(stages["watershed"])
-    print(
-        f"  block-wise (512 px blocks, 64 px margins) network + watershed: {blockwise_s:.3f} s "
-        f"= {blockwise_s / network_and_ws:.2f} x whole-image"
-    )
+        segmenter = Segmenter.from_model_dir(
+            model_dir, device="cpu", tta=settings.tta, tile_size=settings.tile_size,
+            overlap=settings.overlap, batch_size=settings.batch_size, precision=precision,
+            block_size=settings.block_size, block_margin=settings.block_margin,
+        )  # fmt: skip
+        load_s = time.perf_counter() - t0
+        print(f"\nprecision {precision} -> {segmenter.predictor.precision} (channels_last); model load "
+              f"{load_s:.2f} s (once per run); tta={settings.tta}, tile {segmenter.predictor.tile_size}")
+        stages: dict[str, list[float]] = {
+            k: [] for k in ("read", "normalise", "diameter", "network", "watershed", "measure+write")
+        }
+        totals, scales = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(args.repeats):
+                for sample in big:
+                    t = [time.perf_counter()]
+                    raw = read_image(sample / "images" / f"{sample.name}.png")
+                    t.append(time.perf_counter())
+                    image = segmenter.normalize(raw)
+                    t.append(time.perf_counter())
+                    diameter = segmenter.estimate_diameter(image)
+                    scale = scale_factor(diameter, segmenter.diameter) if diameter and segmenter.diameter else 1.0
+                    t.append(time.perf_counter())
+                    probs = segmenter.predict_scaled(image, scale)
+                    t.append(time.perf_counter())
+                    labels = postprocess_to_shape(probs, segmenter.head, image.shape[:2], scale,
+                                                  **segmenter.thresholds)
+                    confidence(probs, segmenter.head)
+                    t.append(time.perf_counter())
+                    measure_nuclei(labels, raw.mean(axis=2))
+                    overlay = draw_outlines(display_uint8(image), labels)
+                    write_labels(Path(tmp) / "l.tif", labels)
+                    write_png(Path(tmp) / "o.png", overlay)
+                    t.append(time.perf_counter())
+                    for name, a, b in zip(stages, t, t[1:], strict=False):
+                        stages[name].append(b - a)
+                    totals.append(t[-1] - t[0])
+                    scales.append(scale)
+        median = statistics.median(totals)
+        medians[precision] = {k: statistics.median(v) for k, v in stages.items()} | {"total": median}
+        print(f"1024x1024 image, {len(big)} images x {args.repeats} repeats (scales picked: "
+              f"{', '.join(f'{s:.2f}' for s in sorted(set(scales)))}), median seconds per stage:")
+        for name, values in stages.items():
+            print(f"  {name:14s} {statistics.median(values):6.3f} s")
+        print(
+            f"  {'total':14s} {median:6.3f} s  = {median / BUDGET_S:.2f} x the {BUDGET_S:.0f} s budget "
+            f"({'within' if median <= BUDGET_S else 'OVER'} budget)"
+        )
+    fp32, auto = medians["fp32"], medians["auto"]
+    print(f"\nautomatic precision / fp32: network {auto['network'] / fp32['network']:.2f}x the time, "
+          f"whole image {auto['total'] / fp32['total']:.2f}x")
 
     # ---------------------------------------------------------------- 2. counting error
     images = [d / "images" / f"{d.name}.png" for d in sorted(SAMPLE.iterdir())]

@@ -1,11 +1,13 @@
 """Training throughput and data-loader starvation.
 
-Prints, per device, training images/s, step time and the fraction of step time spent waiting
-for the data loader (time blocked in ``next(loader)`` / wall time), with the model, loss,
-augmentation and loader settings of ``params.yaml`` (overridable). On CUDA it uses the mixed
-precision training uses (bf16 where supported, else fp16 + GradScaler) and reports the GPU
-utilisation sampled during the run. With ``--device auto`` it measures the CPU and, when CUDA
-is available, the GPU, and prints the GPU/CPU speed ratio.
+Prints, per device and precision, training images/s, step time and the fraction of step time
+spent waiting for the data loader (time blocked in ``next(loader)`` / wall time), with the model,
+loss, augmentation and loader settings of ``params.yaml`` (overridable). Every device is measured
+in fp32 and in the precision ``train.precision: auto`` picks (bf16 autocast + channels_last on a
+CPU with native bf16 and on GPUs), side by side in one run, with the ratio; on CUDA it also
+reports the GPU utilisation sampled during the run. ``--workers-sweep`` measures 0, 1 and 2
+data-loader workers in the automatic precision (how many workers the cores can spare). With
+``--device auto`` it measures the CPU and, when CUDA is available, the GPU.
 
 Data: ``--data prepared`` uses ``data/prepared`` + ``data/targets`` (the stage outputs),
 ``--data synthetic`` writes disc images to a temporary folder, ``auto`` (default) takes the
@@ -37,6 +39,7 @@ from pipeline.config import load_params  # noqa: E402
 from pipeline.dataset import EpochSampler, NucleiDataset, make_loader, read_index  # noqa: E402
 from pipeline.losses import build_loss  # noqa: E402
 from pipeline.models import build_model, count_parameters  # noqa: E402
+from pipeline.runtime import prepare_model, resolve_precision, set_threads  # noqa: E402
 from pipeline.train import train_step  # noqa: E402
 
 
@@ -50,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="default: train.workers")
     p.add_argument("--crop", type=int, default=None, help="default: augment.crop")
     p.add_argument("--data", choices=("auto", "prepared", "synthetic"), default="auto")
-    p.add_argument("--no-amp", action="store_true", help="float32 on the GPU too")
+    p.add_argument("--workers-sweep", action="store_true", help="also measure 0, 1, 2 loader workers")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     return p.parse_args()
 
@@ -111,13 +114,15 @@ class GpuSampler:
         return sum(self.values) / len(self.values) if self.values else None
 
 
-def measure(params: dict, args, device: torch.device, prepared: Path, targets: Path) -> dict:
+def measure(params: dict, args, device: torch.device, prepared: Path, targets: Path, precision: str,
+            workers: int | None = None) -> dict:
     train_cfg, model_cfg = params["train"], params["model"]
     cuda = device.type == "cuda"
     steps = args.steps or (50 if cuda else 8)
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     batch_size = args.batch_size or int(train_cfg.get("batch_size", 8))
-    workers = args.workers if args.workers is not None else int(train_cfg.get("workers", 2))
+    if workers is None:
+        workers = args.workers if args.workers is not None else int(train_cfg.get("workers", 2))
     augment = dict(params.get("augment") or {})
     if args.crop:
         augment["crop"] = args.crop
@@ -134,20 +139,16 @@ def measure(params: dict, args, device: torch.device, prepared: Path, targets: P
     )
     loader = make_loader(dataset, batch_size, EpochSampler(dataset), workers, pin_memory=cuda, drop_last=True)
     torch.manual_seed(0)
-    model = build_model(model_cfg).to(device)
-    net = model
+    model = net = prepare_model(build_model(model_cfg), device)
     if cuda:
-        model = net = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
         if args.compile:
             net = torch.compile(model)
     net.train()
     loss_fn = build_loss(params.get("loss") or {}, model_cfg.get("head", "softmax"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 1e-3)))
-    amp_dtype = None
-    if cuda and not args.no_amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    precision = resolve_precision(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def sync():
         if cuda:
@@ -155,7 +156,7 @@ def measure(params: dict, args, device: torch.device, prepared: Path, targets: P
 
     it = iter(loader)
     for _ in range(warmup):
-        train_step(net, next(it), loss_fn, optimizer, scaler, device, amp_dtype, cuda)
+        train_step(net, next(it), loss_fn, optimizer, scaler, device, precision)
     sync()
     wait = 0.0
     sampler = GpuSampler(device) if cuda else None
@@ -165,16 +166,14 @@ def measure(params: dict, args, device: torch.device, prepared: Path, targets: P
             t = time.perf_counter()
             batch = next(it)
             wait += time.perf_counter() - t
-            train_step(net, batch, loss_fn, optimizer, scaler, device, amp_dtype, cuda)
+            train_step(net, batch, loss_fn, optimizer, scaler, device, precision)
             sync()  # attribute GPU time to the step, not to the next wait
         total = time.perf_counter() - start
     crop = batch["image"].shape[-1]
     return {
         "device": str(device),
         "name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
-        "precision": {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[
-            amp_dtype
-        ],
+        "precision": precision,
         "batch": batch_size,
         "crop": crop,
         "workers": workers,
@@ -198,6 +197,7 @@ class _null:
 def main() -> int:
     args = parse_args()
     params = load_params(args.params)
+    set_threads()
     if args.device == "auto":
         devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available() else [])
     else:
@@ -223,22 +223,35 @@ def main() -> int:
         prepared, targets, what = data_folders(params, args.data, Path(tmp))
         print(f"data: {what}")
         for device in devices:
-            r = measure(params, args, device, prepared, targets)
-            results.append(r)
-            util = f", GPU utilisation {r['gpu_util']:.0f} %" if r["gpu_util"] is not None else ""
+            runs = [("fp32", None), ("auto", None)]
+            if args.workers_sweep:
+                runs += [("auto", w) for w in (0, 1, 2)]
+            for precision, workers in runs:
+                r = measure(params, args, device, prepared, targets, precision, workers)
+                results.append(r)
+                report(r)
+            fp32, auto = results[-len(runs)], results[-len(runs) + 1]
             print(
-                f"{r['device']:>7} ({r['name']}, {r['precision']}, batch {r['batch']} x {r['crop']}^2 px, "
-                f"{r['workers']} workers, {r['params_m']:.2f} M params): "
-                f"{r['images_per_s']:8.1f} images/s, {r['step_ms']:8.1f} ms/step, "
-                f"waiting for data {100 * r['wait_fraction']:5.1f} % of step time{util}"
+                f"{device}: {auto['precision']} + channels_last / fp32 training throughput: "
+                f"{auto['images_per_s'] / fp32['images_per_s']:.2f}x"
             )
-    if len(results) == 2:
-        cpu, gpu = results
-        print(
-            f"GPU / CPU training throughput: {gpu['images_per_s'] / cpu['images_per_s']:.1f}x "
-            f"(batch {gpu['batch']} on both)"
-        )
+    cpu = [r for r in results if r["device"] == "cpu"]
+    gpu = [r for r in results if r["device"] != "cpu"]
+    if cpu and gpu:
+        print(f"GPU / CPU training throughput (automatic precision): "
+              f"{gpu[1]['images_per_s'] / cpu[1]['images_per_s']:.1f}x")
     return 0
+
+
+def report(r: dict) -> None:
+    util = f", GPU utilisation {r['gpu_util']:.0f} %" if r["gpu_util"] is not None else ""
+    print(
+        f"{r['device']:>7} ({r['name']}, {r['precision']:>4}, batch {r['batch']} x {r['crop']}^2 px, "
+        f"{r['workers']} workers, {r['params_m']:.2f} M params): "
+        f"{r['images_per_s']:8.1f} images/s, {r['step_ms']:8.1f} ms/step, "
+        f"waiting for data {100 * r['wait_fraction']:5.1f} % of step time{util}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,34 @@ gaps between nuclei). Geometric transforms fill borders by reflection.
 Train pipeline (each step switchable in the ``augment`` section of ``params.yaml``; ``true``
 uses the default probability below, a number in [0, 1] sets it, ``false`` / 0 disables):
 
+Geometry (image and targets together):
+
 - ``crop`` (int or null): reflect-pad to ``crop`` if smaller, then a random ``crop × crop``
   window (p 1);
-- ``scale`` ([lo, hi] or null): isotropic zoom by a factor uniform in [lo, hi] (Affine, p 0.5);
+- ``scale`` ([lo, hi] or null): isotropic zoom by a factor uniform in [lo, hi] (Affine, p 1):
+  the jitter around the canonical nucleus diameter the training images were rescaled to;
 - ``flips``: horizontal and vertical flips, drawn independently (p 0.5 each);
 - ``rot90``: rotation by 0, 90, 180 or 270° (p 1);
 - ``elastic``: elastic deformation, ``elastic_alpha`` / ``elastic_sigma`` (p 0.3);
+
+Acquisition (the image only, on its raw values, in the order a microscope would do it; see
+:func:`acquisition_shift`):
+
+- ``blur``: Gaussian defocus, σ in [0.5, 2] px (p 0.2);
+- ``dim_saturate``: on a dark background, the whole crop dimmed to 5–40 % of its range and 1–3
+  nuclei (at most a third of them) made 5–40× brighter, clipped at 1 — dim nuclei beside
+  saturated ones (p 0.3);
+- ``stain``: on colour images, H&E stain jitter in HED space (``skimage.color.rgb2hed``): each
+  stain scaled by [0.7, 1.3] and shifted by ±0.03 (p 0.5);
+- ``noise``: Gaussian noise, σ in [0.005, 0.05] of the full range (p 0.3);
+- ``low_bits``: quantisation to 6–8 bits (p 0.3);
+- ``jpeg``: JPEG compression at quality 30–90 (p 0.2);
+
+then ``normalize`` (default true): the crop is normalised by
+:func:`pipeline.intensity.normalize_image`, exactly as the Segmenter normalises an image.
+
+Appearance (after normalisation):
+
 - ``brightness_contrast``: brightness ± 0.2, contrast ± 0.2 (p 0.5);
 - ``gamma``: gamma in [0.8, 1.2] (p 0.5);
 - ``color_to_gray``: colour → grey (ToGray) and grey → colour (random per-channel gain in
@@ -48,7 +70,7 @@ from pipeline.errors import NucleiError
 
 #: Default probability of each switchable transform when its key is ``true``.
 DEFAULT_P = {
-    "scale": 0.5,
+    "scale": 1.0,
     "flips": 0.5,
     "rot90": 1.0,
     "elastic": 0.3,
@@ -56,7 +78,15 @@ DEFAULT_P = {
     "gamma": 0.5,
     "color_to_gray": 0.2,
     "invert": 0.2,
+    "blur": 0.2,
+    "dim_saturate": 0.3,
+    "stain": 0.5,
+    "noise": 0.3,
+    "low_bits": 0.3,
+    "jpeg": 0.2,
 }
+#: The acquisition steps of :func:`acquisition_shift`, in the order they are applied.
+ACQUISITION = ("blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg")
 REFLECT = cv2.BORDER_REFLECT_101
 
 
@@ -81,8 +111,8 @@ def sample_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
-def _transforms(cfg: dict) -> list:
-    """The albumentations transforms of the train pipeline described in the module docstring."""
+def _geometric(cfg: dict) -> list:
+    """The albumentations transforms of image and targets (module docstring, "Geometry")."""
     t = []
     crop = cfg.get("crop")
     if crop:
@@ -109,6 +139,12 @@ def _transforms(cfg: dict) -> list:
         alpha = float(cfg.get("elastic_alpha", 200.0))
         sigma = float(cfg.get("elastic_sigma", 10.0))
         t.append(A.ElasticTransform(alpha=alpha, sigma=sigma, border_mode=REFLECT, p=p))
+    return t
+
+
+def _photometric(cfg: dict) -> list:
+    """The albumentations transforms of the normalised image (module docstring, "Appearance")."""
+    t = []
     if p := _probability(cfg, "brightness_contrast"):
         t.append(A.RandomBrightnessContrast(0.2, 0.2, p=p))
     if p := _probability(cfg, "gamma"):
@@ -123,8 +159,78 @@ def _transforms(cfg: dict) -> list:
     return t
 
 
+def _hed_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """H&E stain variation: scale and shift each stain in HED space (float32 RGB in [0, 1])."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(np.clip(image, 1e-6, 1.0))
+    hed = hed * rng.uniform(0.7, 1.3, 3) + rng.uniform(-0.03, 0.03, 3)
+    return hed2rgb(hed).astype(np.float32)
+
+
+def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                      p: dict[str, float]) -> np.ndarray:
+    """Simulate another microscope on raw intensities (module docstring, "Acquisition").
+
+    Parameters
+    ----------
+    image : (H, W, 3) float32 in [0, 1]
+        Raw (not yet normalised) intensities.
+    mask : (H, W) uint8
+        1 on nuclei (picks the nuclei made saturated by ``dim_saturate``).
+    rng : numpy Generator
+    p : dict
+        Probability of each step of :data:`ACQUISITION` (0 skips it).
+
+    Returns
+    -------
+    image : (H, W, 3) float32 in [0, 1]
+    """
+    image = np.asarray(image, dtype=np.float32)
+    dark_background = float(np.median(image)) < 0.5
+    colour = float(np.abs(image - image.mean(axis=-1, keepdims=True)).mean()) > 0.02
+    if rng.random() < p.get("blur", 0):
+        sigma = rng.uniform(0.5, 2.0)
+        image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=REFLECT)
+    if dark_background and rng.random() < p.get("dim_saturate", 0):
+        image = image * np.float32(rng.uniform(0.05, 0.4))
+        n, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
+        if n > 1:
+            k = min(int(rng.integers(1, 4)), max(1, (n - 1) // 3))  # a minority of the nuclei
+            chosen = rng.choice(np.arange(1, n), size=k, replace=False)
+            bright = np.isin(components, chosen)
+            image[bright] *= np.float32(rng.uniform(5.0, 40.0))
+        image = np.minimum(image, 1.0)
+    if colour and rng.random() < p.get("stain", 0):
+        image = _hed_jitter(image, rng)
+    if rng.random() < p.get("noise", 0):
+        image = image + rng.normal(0.0, rng.uniform(0.005, 0.05), image.shape).astype(np.float32)
+    image = np.clip(image, 0.0, 1.0)
+    if rng.random() < p.get("low_bits", 0):
+        levels = np.float32(2 ** int(rng.integers(6, 9)) - 1)
+        image = np.round(image * levels) / levels
+    if rng.random() < p.get("jpeg", 0):
+        quality = int(rng.integers(30, 91))
+        ok, buf = cv2.imencode(".jpg", np.round(image * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR).astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
 class Augmentation:
     """``callable(image, classes, mask, border, weights, seed=None) -> same tuple``.
+
+    Geometry (image and targets), then the acquisition shift and the normalisation (image only),
+    then appearance transforms (image only); see the module docstring.
+
+    Parameters
+    ----------
+    geometric, photometric : list of albumentations transforms
+    acquisition : dict
+        Probabilities of the :func:`acquisition_shift` steps (empty: none).
+    normalize : dict or None
+        Keywords of :func:`pipeline.intensity.normalize_image` for the crop; None: do not
+        normalise (the image is then expected normalised already).
+    seed : int, optional
 
     Parameters (of the call)
     ------------------------
@@ -143,32 +249,50 @@ class Augmentation:
     uint8 (h, w), weights float32 (h, w); ``(h, w) = (crop, crop)`` when cropping.
     """
 
-    def __init__(self, transforms: list, seed: int | None = None):
-        self.transforms = transforms
-        self.compose = A.Compose(transforms, p=1.0) if transforms else None
+    def __init__(self, geometric: list, photometric: list | None = None, acquisition: dict | None = None,
+                 normalize: dict | None = None, seed: int | None = None):
+        self.transforms = list(geometric) + list(photometric or [])
+        self.geometric = A.Compose(geometric, p=1.0) if geometric else None
+        self.photometric = A.Compose(photometric, p=1.0) if photometric else None
+        self.acquisition = {k: v for k, v in (acquisition or {}).items() if v}
+        self.normalize = normalize
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
-        """Seed one numpy and one python generator shared by all transforms."""
+        """Seed the generators shared by all transforms (one numpy and one python generator for
+        the albumentations steps, an independent numpy generator for the acquisition shift)."""
         self.seed = seed
-        if self.compose is not None:
-            self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        for k, compose in enumerate((self.geometric, self.photometric)):
+            if compose is not None:
+                sub = None if seed is None else sample_seed(seed, k)
+                compose.set_random_state(np.random.default_rng(sub), random.Random(sub))
+        self.rng = np.random.default_rng(None if seed is None else sample_seed(seed, 2))
 
     def __call__(self, image, classes, mask, border, weights, seed: int | None = None):
-        if self.compose is None:
-            return image, classes, mask, border, weights
         if seed is not None:
             self.reseed(seed)
-        targets = np.stack([classes, mask, border, weights], axis=-1).astype(np.float32)
-        out = self.compose(image=np.ascontiguousarray(image, dtype=np.float32), mask=targets)
-        t = out["mask"]
-        image = np.clip(out["image"], 0.0, 1.0, dtype=np.float32)
-        cls, msk, brd = (np.ascontiguousarray(t[..., i]).astype(np.uint8) for i in range(3))
-        return image, cls, msk, brd, np.ascontiguousarray(t[..., 3])
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if self.geometric is not None:
+            targets = np.stack([classes, mask, border, weights], axis=-1).astype(np.float32)
+            out = self.geometric(image=image, mask=targets)
+            t = out["mask"]
+            image = np.clip(out["image"], 0.0, 1.0, dtype=np.float32)
+            classes, mask, border = (np.ascontiguousarray(t[..., i]).astype(np.uint8) for i in range(3))
+            weights = np.ascontiguousarray(t[..., 3])
+        if self.acquisition:
+            image = acquisition_shift(image, mask, self.rng, self.acquisition)
+        if self.normalize is not None:
+            from pipeline.intensity import normalize_image
+
+            image = normalize_image(image, **self.normalize)
+        if self.photometric is not None:
+            image = np.clip(self.photometric(image=image)["image"], 0.0, 1.0, dtype=np.float32)
+        return image, classes, mask, border, np.asarray(weights, dtype=np.float32)
 
     def __repr__(self) -> str:
         names = ", ".join(type(t).__name__ for t in self.transforms)
-        return f"Augmentation([{names}], seed={self.seed})"
+        steps = ", ".join(self.acquisition)
+        return f"Augmentation([{names}], acquisition=[{steps}], seed={self.seed})"
 
 
 def build_augmentation(cfg: dict, train: bool, seed: int | None = None) -> Augmentation:
@@ -177,7 +301,7 @@ def build_augmentation(cfg: dict, train: bool, seed: int | None = None) -> Augme
     Parameters
     ----------
     cfg : dict
-        Keys in the module docstring table, plus optional ``elastic_alpha`` (displacement scale, default
+        Keys in the module docstring, plus optional ``elastic_alpha`` (displacement scale, default
         200: about 2 px mean shift at the default ``elastic_sigma`` of 10 px).
     train : bool
         True: the random train pipeline; False: the identity (validation, inference).
@@ -189,4 +313,10 @@ def build_augmentation(cfg: dict, train: bool, seed: int | None = None) -> Augme
     augment : Augmentation
         ``augment(image, classes, mask, border, weights, seed=None) -> same tuple``.
     """
-    return Augmentation(_transforms(cfg) if train else [], seed)
+    if not train:
+        return Augmentation([], seed=seed)
+    from pipeline.intensity import NORMALIZATION
+
+    normalize = dict(NORMALIZATION) if cfg.get("normalize", True) else None
+    acquisition = {k: _probability(cfg, k) for k in ACQUISITION}
+    return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed)

@@ -16,56 +16,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.augment import sample_seed
 from pipeline.errors import NucleiError
-from pipeline.io import load_npz, normalize_image
+from pipeline.intensity import NORMALIZATION, normalize_image
+from pipeline.io import load_npz
 from pipeline.prepare import read_index  # noqa: F401  (part of this module's API)
 
 #: Arrays of ``data/targets/<id>.npz`` used for training.
 TARGET_KEYS = ("classes", "mask", "border", "weights")
-#: Percentiles of :func:`pipeline.io.normalize_image` used for training (kept in model configs).
-NORMALIZATION = {"low": 1.0, "high": 99.8}
-#: Columns ``index.csv`` must have for training.
 
 
-def split_folds(
-    index: pd.DataFrame, val_fold: int, source: str | Path = "index.csv"
-) -> tuple[list[str], list[str]]:
-    """Split image ids into training (all other folds) and validation (``val_fold``).
-
-    Returns
-    -------
-    train_ids, val_ids : list of str, in index order
-
-    Raises
-    ------
-    NucleiError
-        Either part is empty (e.g. ``val_fold`` not among the folds).
-    """
-    is_val = index["fold"].to_numpy() == int(val_fold)
-    train_ids = index.loc[~is_val, "id"].tolist()
-    val_ids = index.loc[is_val, "id"].tolist()
-    folds = sorted(index["fold"].unique().tolist())
-    if not val_ids:
-        raise NucleiError(f"{source}: no image in validation fold {val_fold} (folds: {folds})")
-    if not train_ids:
-        raise NucleiError(f"{source}: no training image outside fold {val_fold}")
-    return train_ids, val_ids
-
-
-def load_item(prepared: str | Path, targets: str | Path | None, image_id: str) -> dict[str, np.ndarray]:
+def load_item(prepared: str | Path, targets: str | Path | None, image_id: str,
+              normalize: bool = True) -> dict[str, np.ndarray]:
     """Load one image with its labels and (when ``targets`` is given) its training targets.
+
+    The targets file holds the image and labels rescaled to the canonical nucleus diameter
+    (:mod:`pipeline.targets`); they replace the prepared ones when present.
 
     Returns
     -------
     arrays : dict
-        ``image`` float32 (H, W, 3) normalised by :func:`pipeline.io.normalize_image`;
-        ``labels`` int32 (H, W); with targets also ``classes`` uint8, ``mask`` uint8,
-        ``border`` uint8 and ``weights`` float32, all (H, W).
+        ``image`` float32 (H, W, 3), normalised by :func:`pipeline.intensity.normalize_image`
+        when ``normalize`` else raw in [0, 1]; ``labels`` int32 (H, W); with targets also
+        ``classes`` uint8, ``mask`` uint8, ``border`` uint8 and ``weights`` float32, all (H, W).
 
     Raises
     ------
@@ -78,20 +54,25 @@ def load_item(prepared: str | Path, targets: str | Path | None, image_id: str) -
     for key in ("image", "labels"):
         if key not in prep:
             raise NucleiError(f"{path}: no '{key}' array (re-run `nuclei prepare`)")
-    image = prep["image"]
+    image, labels = prep["image"], prep["labels"]
+    tgt = None
+    if targets is not None:
+        tpath = Path(targets) / f"{image_id}.npz"
+        if not tpath.exists():
+            raise NucleiError(f"{tpath}: no such file (run `nuclei targets` first)")
+        tgt = load_npz(tpath)
+        if "image" in tgt and "labels" in tgt:  # rescaled to the canonical nucleus diameter
+            image, labels = tgt["image"], tgt["labels"]
     if image.ndim != 3 or image.shape[-1] != 3:
         raise NucleiError(f"{path}: image has shape {image.shape}, expected (H, W, 3)")
     scale = 1.0 / np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+    image = image.astype(np.float32) * np.float32(scale)
     out = {
-        "image": normalize_image(image.astype(np.float32) * np.float32(scale), **NORMALIZATION),
-        "labels": prep["labels"].astype(np.int32, copy=False),
+        "image": normalize_image(image, **NORMALIZATION) if normalize else image,
+        "labels": labels.astype(np.int32, copy=False),
     }
-    if targets is None:
+    if tgt is None:
         return out
-    tpath = Path(targets) / f"{image_id}.npz"
-    if not tpath.exists():
-        raise NucleiError(f"{tpath}: no such file (run `nuclei targets` first)")
-    tgt = load_npz(tpath)
     for key in TARGET_KEYS:
         if key not in tgt:
             raise NucleiError(f"{tpath}: no '{key}' array (re-run `nuclei targets`)")
@@ -197,6 +178,9 @@ class NucleiDataset(Dataset):
         self.stride, self.seed = int(stride), int(seed)
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: dict[str, dict[str, np.ndarray]] = {}
+        # training crops are normalised by the augmentation when it does so (as the Segmenter
+        # normalises an image), else every image is normalised whole on loading
+        self.normalize_on_load = not (train and getattr(transform, "normalize", None) is not None)
         self._cached = 0
 
     def __len__(self) -> int:
@@ -206,7 +190,7 @@ class NucleiDataset(Dataset):
         """The arrays of :func:`load_item` for one id, from the in-memory cache when possible."""
         arrays = self._cache.get(image_id)
         if arrays is None:
-            arrays = load_item(self.prepared, self.targets, image_id)
+            arrays = load_item(self.prepared, self.targets, image_id, normalize=self.normalize_on_load)
             size = sum(a.nbytes for a in arrays.values())
             if self._cached + size <= self.cache_bytes:
                 self._cache[image_id] = arrays

@@ -25,29 +25,7 @@ import pandas as pd
 
 from pipeline.config import load_params, section
 from pipeline.errors import NucleiError
-from pipeline.prepare import read_index
-
-
-def validation_index(params: dict, source: str | Path = "params.yaml") -> pd.DataFrame:
-    """Rows of ``<data.prepared>/index.csv`` in fold ``data.val_fold``.
-
-    Returns
-    -------
-    index : DataFrame
-        Columns of ``index.csv`` (``id``, ``height``, ``width``, ``image_type``, ``fold``, ...).
-
-    Raises
-    ------
-    NucleiError
-        Missing or unreadable index, or an empty validation fold.
-    """
-    data = section(params, "data", source)
-    path = Path(data["prepared"]) / "index.csv"
-    index = read_index(data["prepared"])
-    val = index[index["fold"] == int(data["val_fold"])].reset_index(drop=True)
-    if val.empty:
-        raise NucleiError(f"{path}: no image in validation fold {data['val_fold']}")
-    return val
+from pipeline.prepare import validation_index
 
 
 def per_image_metrics(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:

@@ -25,20 +25,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import load_params, section
-from pipeline.errors import NucleiError
+from pipeline.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_channels_last
 
 TTA_MODES = ("none", "flips", "d4")
-
-
-def resolve_device(device: str | None) -> str:
-    """'auto' (or None) → 'cuda' when available, else 'cpu'; other names unchanged."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise NucleiError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
-    return str(device)
 
 
 def tta_transforms(mode: str) -> list[tuple[int, bool]]:
@@ -167,14 +156,16 @@ class Predictor:
         mirrored context around a tiled image.
     batch_size : int
         Tiles per forward pass.
-    amp : bool
-        float16 autocast on CUDA (ignored on the CPU).
+    precision : {'auto', 'fp32', 'bf16', 'fp16'}
+        Autocast of the forward pass (:func:`pipeline.runtime.resolve_precision`: 'auto' is bf16
+        on a CPU with native bf16 and on CUDA, fp32 elsewhere). The network and its inputs are
+        in channels-last memory format.
     stride : int, optional
         Override :func:`pipeline.models.model_stride` (for custom modules).
     """
 
     def __init__(self, model, config: dict, device: str = "cpu", tta: str = "none",
-                 tile_size: int = 512, overlap: int = 64, batch_size: int = 4, amp: bool = True,
+                 tile_size: int = 512, overlap: int = 64, batch_size: int = 4, precision: str = "auto",
                  stride: int | None = None):
         from pipeline.models import HEAD_CHANNELS, model_stride
 
@@ -191,8 +182,8 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
-        self.amp = bool(amp) and self.device.startswith("cuda")
-        self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
+        self.model = prepare_model(model, self.device).eval()
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         """The :class:`TilePlan` for an image of ``shape`` (H, W)."""
@@ -204,7 +195,7 @@ class Predictor:
         Parameters
         ----------
         image : (H, W, 3) float32
-            Normalised to [0, 1] (:func:`pipeline.io.normalize_image`).
+            Normalised to [0, 1] (:func:`pipeline.intensity.normalize_image`).
 
         Returns
         -------
@@ -279,9 +270,9 @@ class Predictor:
 
         from pipeline.models import logits_to_probs
 
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = to_channels_last(torch.from_numpy(np.ascontiguousarray(batch)), self.device)
         total = None
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             for k, flip in self.transforms:
                 t = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
                 p = logits_to_probs(self.model(t).float(), self.head)
@@ -289,26 +280,6 @@ class Predictor:
                 p = p.flip(-1) if flip else p
                 total = p if total is None else total + p
         return (total / len(self.transforms)).float().cpu().numpy()
-
-
-def normalize(image: np.ndarray, config: dict | None = None) -> np.ndarray:
-    """Normalise a float image in [0, 1] as the model was trained.
-
-    Parameters
-    ----------
-    image : (H, W, 3) float
-    config : dict, optional
-        A model directory config; its ``normalization`` section may give ``low`` / ``high``
-        percentiles (defaults of :func:`pipeline.io.normalize_image` otherwise).
-
-    Returns
-    -------
-    image : (H, W, 3) float32 in [0, 1]
-    """
-    from pipeline.io import normalize_image
-
-    norm = (config or {}).get("normalization") or {}
-    return normalize_image(image, **{k: float(norm[k]) for k in ("low", "high") if k in norm})
 
 
 def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any) -> Predictor:
@@ -321,7 +292,7 @@ def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any
     device : str
         'auto', 'cpu', 'cuda', ...
     **overrides
-        :class:`Predictor` keywords (``tta``, ``tile_size``, ``overlap``, ``batch_size``, ``amp``).
+        :class:`Predictor` keywords (``tta``, ``tile_size``, ``overlap``, ``batch_size``, ``precision``).
 
     Returns
     -------
@@ -338,17 +309,8 @@ def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any
 
 def predictor_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """:class:`Predictor` keywords from a ``predict`` section of params.yaml."""
-    keys = ("tta", "tile_size", "overlap", "batch_size", "amp")
+    keys = ("tta", "tile_size", "overlap", "batch_size", "precision")
     return {k: cfg[k] for k in keys if k in cfg}
-
-
-def chunks_by_shape(items: Sequence[tuple[str, Callable[[], np.ndarray], tuple[int, int]]],
-                    size: int) -> list[list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]]:
-    """Group ``(id, loader, shape)`` items into lists of at most ``size`` with equal shapes."""
-    groups: dict[tuple[int, int], list] = {}
-    for item in items:
-        groups.setdefault(tuple(item[2]), []).append(item)
-    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -369,15 +331,15 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _prediction_inputs(params: dict, path: str) -> list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]:
-    """``(id, loader of the float image in [0, 1], (H, W))`` for the validation fold and the test root."""
-    from pipeline.evaluate import validation_index
+    """``(id, loader of the image as stored (uint8 RGB), (H, W))`` for the validation fold and the test root."""
     from pipeline.io import load_npz, read_kaggle_sample
+    from pipeline.prepare import validation_index
 
     data = section(params, "data", path)
     prepared = Path(data["prepared"])
     val = validation_index(params, path)
     items = [
-        (str(row.id), lambda f=prepared / f"{row.id}.npz": load_npz(f)["image"] / np.float32(255.0),
+        (str(row.id), lambda f=prepared / f"{row.id}.npz": load_npz(f)["image"],
          (int(row.height), int(row.width)))
         for row in val.itertuples()
     ]
@@ -387,28 +349,37 @@ def _prediction_inputs(params: dict, path: str) -> list[tuple[str, Callable[[], 
         root = Path(data["test_root"])
         for sample_id in list_kaggle_ids(root):
             file = root / sample_id / "images" / f"{sample_id}.png"
-            items.append((sample_id, lambda d=root / sample_id: read_kaggle_sample(d, masks=False)[0] / np.float32(255.0),
+            items.append((sample_id, lambda d=root / sample_id: read_kaggle_sample(d, masks=False)[0],
                           _image_size(file)))
     return items
 
 
 def main(args: argparse.Namespace) -> int:
-    """``nuclei predict``: validation fold (+ test root) → ``<predict.out>/<id>.npz``."""
+    """``nuclei predict``: validation fold (+ test root) → ``<predict.out>/<id>.npz``.
+
+    Each image goes through the :class:`pipeline.segmenter.Segmenter` of ``predict.model``:
+    normalised, its nucleus diameter estimated, resized to the model's canonical diameter; the
+    file holds the probabilities at that scale (``probs`` float16 (C, h, w)), ``head``, the
+    original ``shape`` and the ``scale``, from which ``nuclei postprocess`` makes labels on the
+    original pixel grid exactly as the Segmenter does.
+    """
     from pipeline.io import progress, save_npz
+    from pipeline.scale import scale_factor
+    from pipeline.segmenter import Segmenter
 
     params = load_params(args.params)
     cfg = section(params, "predict", args.params)
-    predictor = load_predictor(cfg["model"], device=args.device or cfg.get("device", "auto"),
-                               **predictor_options(cfg))
+    segmenter = Segmenter.from_model_dir(cfg["model"], device=args.device or cfg.get("device", "auto"),
+                                         **predictor_options(cfg))
     items = _prediction_inputs(params, args.params)
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
-    bar = progress(None, desc="predict", total=len(items))
-    for chunk in chunks_by_shape(items, predictor.batch_size):
-        images = [normalize(load(), predictor.config) for _, load, _ in chunk]
-        for (image_id, _, _), probs in zip(chunk, predictor.predict_many(images), strict=True):
-            save_npz(out / f"{image_id}.npz", probs=probs.astype(np.float16), head=np.array(predictor.head))
-            bar.update(1)
-    bar.close()
-    print(f"predict: {len(items)} images on {predictor.device} (tta {predictor.tta}) -> {out}")
+    for image_id, load, _ in progress(items, desc="predict"):
+        image = segmenter.normalize(load())
+        diameter = segmenter.estimate_diameter(image)
+        scale = scale_factor(diameter, segmenter.diameter) if diameter and segmenter.diameter else 1.0
+        probs = segmenter.predict_scaled(image, scale)
+        save_npz(out / f"{image_id}.npz", probs=probs.astype(np.float16), head=np.array(segmenter.head),
+                 shape=np.array(image.shape[:2]), scale=np.float64(scale))
+    print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
     return 0

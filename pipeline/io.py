@@ -184,32 +184,6 @@ def _pil_to_array(im) -> np.ndarray:
     return np.asarray(im)
 
 
-def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Robust intensity normalisation: percentiles ``low``/``high`` of all pixels → 0/1.
-
-    A dim 16-bit fluorescence image and an 8-bit PNG of the same scene give the same result.
-
-    Parameters
-    ----------
-    image : float ndarray of shape (H, W, 3)
-    low, high : float
-        Percentiles (0–100) of the pixel values (all channels) mapped to 0 and 1.
-
-    Returns
-    -------
-    normalised : float32 ndarray of shape (H, W, 3), clipped to [0, 1]; all zeros for a
-        constant image.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    flat = image.reshape(-1)
-    step = max(1, flat.size // 1_000_000)  # subsample huge images: percentiles barely move
-    lo, hi = np.percentile(flat[::step], [low, high])
-    if hi - lo < 1e-6:
-        return np.zeros_like(image)
-    out = (image - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """float image in [0, 1] → uint8 (same shape), rounded."""
     return np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)

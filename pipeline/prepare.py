@@ -1,8 +1,10 @@
 """The ``prepare`` stage: Kaggle layout → one label map per image, an index and folds.
 
 Writes ``<prepared>/<id>.npz`` (``image`` uint8 (H, W, 3), ``labels`` int32 (H, W)) and
-``<prepared>/index.csv`` with columns ``id, height, width, n_nuclei, mean_area, image_type,
-fold``.
+``<prepared>/index.csv`` with columns ``id, height, width, n_nuclei, mean_area,
+median_diameter, image_type``, the acquisition features, ``fold`` (stratified by image type),
+``group`` (the experiment, :func:`acquisition_groups`) and ``group_fold`` (folds grouped by
+experiment: no experiment straddles training and validation).
 """
 
 from __future__ import annotations
@@ -72,6 +74,121 @@ def stratified_folds(ids: list[str], groups: list[str], k: int, seed: int = 0) -
     return folds
 
 
+#: Per-image acquisition features clustered into experiments by :func:`acquisition_groups`.
+ACQUISITION_FEATURES = ("log_height", "log_width", "mean_r", "mean_g", "mean_b", "grey_std",
+                        "log_diameter")
+#: Fold columns of ``index.csv`` by ``data.split``.
+SPLITS = {"stratified": "fold", "grouped": "group_fold"}
+
+
+def acquisition_groups(features: pd.DataFrame, distance: float = 0.7) -> np.ndarray:
+    """Cluster images into experiments (acquisitions) by their size, colour, intensity and
+    nucleus size.
+
+    DSB2018 images are tiles of larger acquisitions: tiles of one experiment share image size,
+    stain, brightness and nucleus size. Average-linkage hierarchical clustering of the
+    standardised :data:`ACQUISITION_FEATURES`, cut at ``distance`` (in standard deviations),
+    groups them. On stage1_train the default cut gives 58 groups (the largest 109 images of
+    256×256 small fluorescence) and 5 grouped folds that each still hold 3–4 image types.
+
+    Parameters
+    ----------
+    features : DataFrame with the :data:`ACQUISITION_FEATURES` columns, one row per image.
+    distance : float
+        Cut height of the dendrogram.
+
+    Returns
+    -------
+    groups : int64 ndarray of shape (n,), cluster numbers from 0, largest cluster first.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    x = features.loc[:, list(ACQUISITION_FEATURES)].to_numpy(np.float64)
+    if len(x) < 2:
+        return np.zeros(len(x), np.int64)
+    x = (x - x.mean(0)) / np.where(x.std(0) > 1e-9, x.std(0), 1.0)
+    clusters = fcluster(linkage(x, method="average"), t=distance, criterion="distance")
+    _, inverse, counts = np.unique(clusters, return_inverse=True, return_counts=True)
+    rank = np.argsort(np.argsort(-counts, kind="stable"), kind="stable")
+    return rank[inverse].astype(np.int64)
+
+
+def grouped_folds(groups: np.ndarray, k: int) -> np.ndarray:
+    """Assign whole groups to ``k`` folds, largest group first, each to the smallest fold so far.
+
+    Returns
+    -------
+    folds : int64 ndarray of shape (len(groups),); no group straddles two folds.
+    """
+    groups = np.asarray(groups)
+    folds = np.zeros(len(groups), np.int64)
+    sizes = np.zeros(k, np.int64)
+    labels, counts = np.unique(groups, return_counts=True)
+    for g in labels[np.argsort(-counts, kind="stable")]:
+        f = int(np.argmin(sizes))
+        members = groups == g
+        folds[members] = f
+        sizes[f] += int(members.sum())
+    return folds
+
+
+def split_folds(index: pd.DataFrame, val_fold: int, split: str = "stratified",
+                source: str | Path = "index.csv") -> tuple[list[str], list[str]]:
+    """Split image ids into training (all other folds) and validation (``val_fold``).
+
+    Parameters
+    ----------
+    index : the table of :func:`read_index`.
+    val_fold : int
+    split : {'stratified', 'grouped'}
+        Folds stratified by image type (``fold``) or grouped by experiment (``group_fold``).
+
+    Returns
+    -------
+    train_ids, val_ids : list of str, in index order
+
+    Raises
+    ------
+    NucleiError
+        An unknown split, a missing column, or an empty part.
+    """
+    if split not in SPLITS:
+        raise NucleiError(f"{source}: data.split must be one of {', '.join(SPLITS)}, got {split!r}")
+    column = SPLITS[split]
+    if column not in index.columns:
+        raise NucleiError(f"{source}: no column '{column}' (re-run `nuclei prepare`)")
+    is_val = index[column].to_numpy() == int(val_fold)
+    train_ids = index.loc[~is_val, "id"].tolist()
+    val_ids = index.loc[is_val, "id"].tolist()
+    folds = sorted(index[column].unique().tolist())
+    if not val_ids:
+        raise NucleiError(f"{source}: no image in validation fold {val_fold} of the {split} split (folds: {folds})")
+    if not train_ids:
+        raise NucleiError(f"{source}: no training image outside fold {val_fold}")
+    return train_ids, val_ids
+
+
+def validation_index(params: dict, source: str | Path = "params.yaml") -> pd.DataFrame:
+    """Rows of ``<data.prepared>/index.csv`` in validation fold ``data.val_fold`` of the
+    ``data.split`` split.
+
+    Returns
+    -------
+    index : DataFrame
+        Columns of ``index.csv`` (``id``, ``height``, ``width``, ``image_type``, ``fold``, ...).
+
+    Raises
+    ------
+    NucleiError
+        Missing or unreadable index, or an empty validation fold.
+    """
+    data = section(params, "data", source)
+    index = read_index(data["prepared"])
+    _, val_ids = split_folds(index, int(data["val_fold"]), data.get("split", "stratified"),
+                             Path(data["prepared"]) / "index.csv")
+    return index[index["id"].isin(set(val_ids))].reset_index(drop=True)
+
+
 def _prepare_one(task: tuple[Path, Path]) -> dict | str:
     sample_dir, out_dir = task
     try:
@@ -79,14 +196,24 @@ def _prepare_one(task: tuple[Path, Path]) -> dict | str:
     except NucleiError as exc:
         return str(exc)
     save_npz(out_dir / f"{sample_dir.name}.npz", image=image, labels=labels)
+    from pipeline.scale import median_diameter
+
     n = int(labels.max())
+    rgb = image.reshape(-1, 3).astype(np.float64) / 255.0
+    diameter = median_diameter(labels)
     return {
         "id": sample_dir.name,
         "height": image.shape[0],
         "width": image.shape[1],
         "n_nuclei": n,
         "mean_area": float((labels > 0).sum() / n) if n else 0.0,
+        "median_diameter": diameter,
         "image_type": classify_image(image),
+        "log_height": float(np.log(image.shape[0])),
+        "log_width": float(np.log(image.shape[1])),
+        **{f"mean_{c}": float(v) for c, v in zip("rgb", rgb.mean(0), strict=True)},
+        "grey_std": float(rgb.mean(1).std()),
+        "log_diameter": float(np.log(diameter)) if n else 0.0,
     }
 
 
@@ -118,6 +245,8 @@ def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, wo
         raise NucleiError(f"{root}: no sample could be prepared")
     index = pd.DataFrame(rows).sort_values("id").reset_index(drop=True)
     index["fold"] = stratified_folds(index["id"].tolist(), index["image_type"].tolist(), folds, seed)
+    index["group"] = acquisition_groups(index)
+    index["group_fold"] = grouped_folds(index["group"].to_numpy(), folds)
     write_csv(out / "index.csv", index)
     return index
 
@@ -172,5 +301,6 @@ def main(args: argparse.Namespace) -> int:
         workers=int(data.get("workers", 1)),
     )
     counts = index.groupby("image_type").size().to_dict()
-    print(f"prepared {len(index)} images, {int(index.n_nuclei.sum())} nuclei; types {counts}")
+    print(f"prepared {len(index)} images, {int(index.n_nuclei.sum())} nuclei; types {counts}; "
+          f"{index['group'].nunique()} experiment groups")
     return 0

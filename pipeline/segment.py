@@ -8,9 +8,10 @@ writes, under ``OUTDIR``:
 
 and for the whole run ``nuclei.csv`` (one row per nucleus), ``counts.csv`` (one row per image,
 failures included) and ``report.html``. ``<name>`` is the file's stem; each plane of a
-multi-page TIFF is an image of its own, ``<stem>_p<k>`` (k = 0, 1, ...). Images larger than
-``segment.block_size`` are segmented block by block with overlapping margins, so memory stays
-bounded whatever the image size.
+multi-page TIFF is an image of its own, ``<stem>_p<k>`` (k = 0, 1, ...). The work on one image
+is :meth:`pipeline.segmenter.Segmenter.segment` (normalisation, nucleus-size estimate and
+rescaling, network, block-wise processing of huge images, watershed); this module reads the
+inputs and writes, measures and reports.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from skimage.measure import regionprops_table
-from skimage.segmentation import relabel_sequential
 
 from pipeline.config import ROOT, load_params
 from pipeline.errors import NucleiError
@@ -53,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "tile_size": 512,
     "overlap": 64,
     "batch_size": 4,
+    "precision": "auto",
     "block_size": 2048,
     "block_margin": 128,
     "thumbnail": 320,
@@ -60,107 +59,11 @@ DEFAULTS: dict[str, Any] = {
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (
     "image", "source", "plane", "height", "width", "count",
-    "median_area_px", "median_area_um2", "status", "error",
+    "median_area_px", "median_area_um2", "diameter_px", "diameter_estimated", "scale",
+    "confidence", "flag", "status", "error",
 )  # fmt: skip
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
-
-
-# --------------------------------------------------------------------------- one image
-
-
-def iter_blocks(
-    shape: tuple[int, int], block_size: int, margin: int
-) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
-    """Cover an image with overlapping blocks.
-
-    Parameters
-    ----------
-    shape : (int, int)
-        Image height and width, in pixels.
-    block_size : int
-        Largest block side, margins included, in pixels.
-    margin : int
-        Context added on each side of a block's core, in pixels (``block_size > 2 * margin``).
-
-    Yields
-    ------
-    outer : (slice, slice)
-        The block to segment, in image coordinates.
-    core : (slice, slice)
-        Its core, relative to ``outer``. The cores tile the image exactly once.
-    """
-    step = block_size - 2 * margin
-    if step <= 0:
-        raise ValueError(f"block_size {block_size} must exceed twice the margin {margin}")
-    for r0 in range(0, shape[0], step):
-        for c0 in range(0, shape[1], step):
-            r1, c1 = min(r0 + step, shape[0]), min(c0 + step, shape[1])
-            o_r0, o_c0 = max(r0 - margin, 0), max(c0 - margin, 0)
-            o_r1, o_c1 = min(r1 + margin, shape[0]), min(c1 + margin, shape[1])
-            outer = (slice(o_r0, o_r1), slice(o_c0, o_c1))
-            core = (slice(r0 - o_r0, r1 - o_r0), slice(c0 - o_c0, c1 - o_c0))
-            yield outer, core
-
-
-def label_nuclei(
-    image: np.ndarray,
-    predictor,
-    head: str,
-    thresholds: dict[str, Any],
-    block_size: int = 2048,
-    margin: int = 128,
-) -> np.ndarray:
-    """Segment the nuclei of one normalised image.
-
-    An image whose sides fit in ``block_size`` is predicted and post-processed whole. A larger
-    one is cut by :func:`iter_blocks`; each block (core + margin of context) is segmented on
-    its own and keeps the nuclei whose centroid lies in its core, so that every nucleus comes
-    from the one block that sees it whole (when it is smaller than the margin). Peak memory is
-    that of one block plus the int32 label image.
-
-    Parameters
-    ----------
-    image : (H, W, 3) float32 array
-        Normalised by :func:`pipeline.io.normalize_image`.
-    predictor : pipeline.inference.Predictor
-        ``predictor.predict(image) -> (C, H, W)`` float32 probabilities.
-    head : {'softmax', 'sigmoid'}
-        The model's head.
-    thresholds : dict
-        Keyword arguments of :func:`pipeline.watershed.postprocess`.
-    block_size, margin : int
-        Block side and context margin, in pixels.
-
-    Returns
-    -------
-    labels : (H, W) int32 array
-        0 = background, 1..N = nuclei.
-    """
-    from pipeline.watershed import postprocess, remove_small
-
-    height, width = image.shape[:2]
-    if max(height, width) <= block_size:
-        return postprocess(predictor.predict(image), head, **thresholds)
-    labels = np.zeros((height, width), np.int32)
-    n_labels = 0
-    for outer, core in iter_blocks((height, width), block_size, margin):
-        block = postprocess(predictor.predict(image[outer]), head, **thresholds)
-        props = regionprops_table(block, properties=("label", "centroid"))
-        rows, cols = props["centroid-0"], props["centroid-1"]
-        keep = props["label"][
-            (rows >= core[0].start) & (rows < core[0].stop)
-            & (cols >= core[1].start) & (cols < core[1].stop)
-        ]  # fmt: skip
-        lut = np.zeros(block.max() + 1, np.int32)
-        lut[keep] = np.arange(n_labels + 1, n_labels + 1 + keep.size, dtype=np.int32)
-        block = lut[block]
-        target = labels[outer]
-        free = (block > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
-        target[free] = block[free]
-        n_labels += keep.size
-    labels = remove_small(labels, thresholds.get("min_size", 0))
-    return relabel_sequential(labels)[0].astype(np.int32)
 
 
 # --------------------------------------------------------------------------- the batch
@@ -173,10 +76,12 @@ class Settings:
     model_dir: Path
     device: str = "auto"
     pixel_size: float | None = None
+    diameter: float | None = None
     tta: str = "none"
     tile_size: int = 512
     overlap: int = 64
     batch_size: int = 4
+    precision: str = "auto"
     block_size: int = 2048
     block_margin: int = 128
     thumbnail: int = 320
@@ -214,6 +119,10 @@ class Settings:
             raise NucleiError(f"{source}: segment.block_size must exceed twice segment.block_margin")
         if settings.tta not in ("none", "flips", "d4"):
             raise NucleiError(f"{source}: segment.tta must be none, flips or d4, got {settings.tta!r}")
+        if settings.diameter is not None and not (
+            math.isfinite(settings.diameter) and settings.diameter > 0
+        ):
+            raise NucleiError(f"--diameter must be a positive number of px, got {settings.diameter}")
         if settings.pixel_size is not None and not (
             math.isfinite(settings.pixel_size) and settings.pixel_size > 0
         ):
@@ -251,29 +160,20 @@ def _segment_plane(
     source: Path,
     name: str,
     outdir: Path,
-    predictor,
+    segmenter,
     settings: Settings,
     run: _Run,
 ) -> dict[str, Any]:
     """Segment, measure and write one plane; returns its counts.csv row fields."""
-    from pipeline.inference import normalize
-    from pipeline.watershed import thresholds
-
     if min(image.shape[:2]) < MIN_SIDE:
         raise NucleiError(
             f"{source}: image of {image.shape[1]}x{image.shape[0]} px is too small to segment"
             f" (at least {MIN_SIDE} px a side)"
         )
     grey = image.mean(axis=2, dtype=np.float32)  # intensities are measured on the image as read
-    image = normalize(image, predictor.config)  # robust percentiles, as the model was trained
-    labels = label_nuclei(
-        image,
-        predictor,
-        predictor.head,
-        thresholds(predictor.config.get("postprocess"), source=settings.model_dir / "config.yaml"),
-        settings.block_size,
-        settings.block_margin,
-    )
+    image = segmenter.normalize(image)  # as the model was trained
+    result = segmenter.segment(image, diameter=settings.diameter, normalized=True)
+    labels = result.labels
     image = display_uint8(image)
     write_labels(outdir / "labels" / f"{name}.tif", labels)
     overlay = draw_outlines(image, labels)
@@ -284,7 +184,16 @@ def _segment_plane(
     table = measure_nuclei(labels, grey, settings.pixel_size)
     table.insert(0, "image", name)
     run.tables.append(table)
-    row = {"count": len(table), "median_area_px": table["area_px"].median(), "status": "ok"}  # NaN if none
+    row = {
+        "count": len(table),
+        "median_area_px": table["area_px"].median(),  # NaN if none
+        "diameter_px": None if result.diameter is None else round(result.diameter, 2),
+        "diameter_estimated": result.estimated,
+        "scale": round(result.scale, 4),
+        "confidence": round(result.confidence, 3),
+        "flag": result.flag,
+        "status": "ok",
+    }
     if settings.pixel_size is not None:
         row["median_area_um2"] = table["area_um2"].median()
     return row
@@ -343,7 +252,7 @@ def segment_images(
     )
     outdir = Path(outdir)
     sources = _find_inputs(inputs, outdir, recursive)
-    predictor = _load(cfg)
+    segmenter = _load(cfg)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -364,7 +273,7 @@ def segment_images(
             height, width = planes[k].shape[:2]
             row = {**base, "image": name, "plane": k, "height": height, "width": width}
             try:  # the plane is handed over, not kept here: its memory is freed once normalised
-                row.update(_segment_plane(_take(planes, k), source, name, outdir, predictor, cfg, run))
+                row.update(_segment_plane(_take(planes, k), source, name, outdir, segmenter, cfg, run))
             except Exception as exc:  # one bad image never stops the batch
                 row.update(_failure(exc, source))
                 _warn(f"error: {row['error']}")
@@ -384,7 +293,7 @@ def segment_images(
     seconds = time.perf_counter() - start
     info = {
         "model": str(cfg.model_dir),
-        "device": str(getattr(predictor, "device", cfg.device)),
+        "device": str(getattr(segmenter, "device", cfg.device)),
         "time": f"{seconds:.1f} s",
         "written": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -434,34 +343,37 @@ def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> lis
 
 
 def _load(settings: Settings):
-    """Load the predictor (its ``config`` is the model directory's); usage errors as NucleiError."""
-    from pipeline.inference import load_predictor
+    """Load the :class:`pipeline.segmenter.Segmenter`; usage errors as NucleiError."""
+    from pipeline.segmenter import Segmenter
 
     if not settings.model_dir.is_dir():
         raise NucleiError(
             f"{settings.model_dir}: model directory not found (pass --model DIR or set segment.model "
             "in params.yaml)"
         )
-    return load_predictor(
+    return Segmenter.from_model_dir(
         settings.model_dir,
         device=settings.device,
         tta=settings.tta,
         tile_size=settings.tile_size,
         overlap=settings.overlap,
         batch_size=settings.batch_size,
+        precision=settings.precision,
+        block_size=settings.block_size,
+        block_margin=settings.block_margin,
     )
 
 
 # --------------------------------------------------------------------------- command line
 
 
-def _pixel_size(text: str) -> float:
+def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of µm, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
 
@@ -483,7 +395,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (GPU if present)")
     parser.add_argument(
-        "--pixel-size", type=_pixel_size, metavar="UM", help="pixel side in µm (adds µm columns)"
+        "--pixel-size", type=_positive, metavar="UM", help="pixel side in µm (adds µm columns)"
+    )
+    parser.add_argument(
+        "--diameter", type=_positive, metavar="PX",
+        help="median nucleus diameter in px (default: estimated per image)",
     )
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
@@ -503,6 +419,7 @@ def main(args: argparse.Namespace) -> int:
             args.recursive,
             params=params,
             params_path=args.params or "params.yaml",
+            diameter=args.diameter,
         )
     except NucleiError as exc:  # nothing was processed: a usage error
         print(f"nuclei: error: {exc}", file=sys.stderr)

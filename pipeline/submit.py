@@ -1,8 +1,8 @@
 """``nuclei submit``: a Kaggle test folder → a validated run-length-encoded submission.
 
-Every image of ``TEST_ROOT/<id>/images/<id>.png`` is predicted (:mod:`pipeline.inference`),
-post-processed with the thresholds stored in the model directory (:mod:`pipeline.watershed`)
-and run-length encoded (:mod:`pipeline.rle`). The table is validated and written atomically;
+Every image of ``TEST_ROOT/<id>/images/<id>.png`` is segmented by the model's
+:class:`pipeline.segmenter.Segmenter` (normalisation, nucleus-size estimate, network, watershed
+with the thresholds stored in the model directory) and run-length encoded (:mod:`pipeline.rle`). The table is validated and written atomically;
 an image without nuclei gets one row with an empty ``EncodedPixels``. A Kaggle submission must
 contain every image, so an unreadable image stops the command with an error naming the file and
 nothing is written.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.config import ROOT, load_params
@@ -21,20 +20,16 @@ from pipeline.config import ROOT, load_params
 DEFAULT_MODEL = ROOT / "models" / "default"
 
 
-def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8
-                   ) -> tuple[pd.DataFrame, dict[str, tuple[int, int]]]:
-    """Predict, post-process and encode every image of a Kaggle test root.
+def submission_for(root: str | Path, segmenter) -> tuple[pd.DataFrame, dict[str, tuple[int, int]]]:
+    """Segment and encode every image of a Kaggle test root.
 
     Parameters
     ----------
     root : str or Path
         Kaggle test layout ``<id>/images/<id>.png``.
-    predictor : pipeline.inference.Predictor
-        Its ``config`` (a model directory config) gives the normalisation.
-    thresholds : dict
-        Keyword arguments of :func:`pipeline.watershed.postprocess`.
-    chunk : int
-        Images read and predicted together (tiles of equal shape share forward passes).
+    segmenter : pipeline.segmenter.Segmenter
+        Normalisation, nucleus-size estimate, network and post-processing with the model's own
+        thresholds.
 
     Returns
     -------
@@ -48,27 +43,17 @@ def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8
     NucleiError
         No samples in ``root``, or an image that cannot be read (naming the file).
     """
-    from pipeline.inference import normalize
     from pipeline.io import list_kaggle_ids, progress, read_kaggle_sample
     from pipeline.rle import encode_labels, submission_frame
-    from pipeline.watershed import postprocess
 
     root = Path(root)
-    ids = list_kaggle_ids(root)
-    config = predictor.config
     rles: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, int]] = {}
-    bar = progress(None, desc="submit", total=len(ids))
-    for start in range(0, len(ids), chunk):
-        batch = ids[start : start + chunk]
-        images = [read_kaggle_sample(root / sample_id, masks=False)[0] for sample_id in batch]
-        normalised = [normalize(image / np.float32(255.0), config) for image in images]
-        for sample_id, probs in zip(batch, predictor.predict_many(normalised), strict=True):
-            labels = postprocess(probs, predictor.head, **thresholds)
-            rles[sample_id] = encode_labels(labels)
-            shapes[sample_id] = labels.shape
-            bar.update(1)
-    bar.close()
+    for sample_id in progress(list_kaggle_ids(root), desc="submit"):
+        image = read_kaggle_sample(root / sample_id, masks=False)[0]
+        labels = segmenter.segment(image).labels
+        rles[sample_id] = encode_labels(labels)
+        shapes[sample_id] = labels.shape
     return submission_frame(rles), shapes
 
 
@@ -85,9 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``nuclei submit TEST_ROOT -o submission.csv [--model DIR]``."""
-    from pipeline.inference import load_predictor, predictor_options
+    from pipeline.inference import predictor_options
     from pipeline.rle import write_submission
-    from pipeline.watershed import thresholds
+    from pipeline.segmenter import Segmenter
 
     params = load_params(args.params)
     predict_cfg = params.get("predict") or {}
@@ -95,9 +80,9 @@ def main(args: argparse.Namespace) -> int:
     options = predictor_options(predict_cfg)
     if args.tta:
         options["tta"] = args.tta
-    predictor = load_predictor(args.model, device=args.device or predict_cfg.get("device", "auto"), **options)
-    kwargs = thresholds(predictor.config.get("postprocess"), Path(args.model) / "config.yaml")
-    df, shapes = submission_for(args.test_root, predictor, kwargs, chunk=max(predictor.batch_size, 1))
+    segmenter = Segmenter.from_model_dir(args.model, device=args.device or predict_cfg.get("device", "auto"),
+                                         **options)
+    df, shapes = submission_for(args.test_root, segmenter)
     write_submission(df, output, shapes)
     n_nuclei = int((df["EncodedPixels"] != "").sum())
     print(f"submission: {len(shapes)} images, {n_nuclei} nuclei -> {output}")

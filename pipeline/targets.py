@@ -6,9 +6,13 @@
 - :func:`make_targets`: all of them plus the weight map (:mod:`pipeline.weights`), sharing one
   nearest-two-nuclei computation; used by the stage and usable on the fly.
 
-The stage reads ``data/prepared/index.csv`` and ``data/prepared/<id>.npz`` (``labels``) and
-writes ``<out>/<id>.npz`` with ``classes`` uint8, ``mask`` uint8, ``border`` uint8 and
-``weights`` float16, in parallel over images.
+The stage reads ``data/prepared/index.csv`` and ``data/prepared/<id>.npz`` (``image``,
+``labels``), brings each image to the canonical nucleus diameter ``targets.diameter`` (its median
+nucleus equivalent diameter rescaled to it: image by area/bilinear resampling, labels by nearest
+neighbour; :mod:`pipeline.scale`), builds the targets from the rescaled labels, and writes
+``<out>/<id>.npz`` with the rescaled ``image`` uint8 and ``labels`` int32, ``classes`` uint8,
+``mask`` uint8, ``border`` uint8, ``weights`` float16 and the ``scale`` factor, in parallel over
+images. ``targets.diameter: null`` keeps every image at its own scale.
 """
 
 from __future__ import annotations
@@ -260,17 +264,35 @@ def target_kwargs(section: dict, path) -> dict:
     return kwargs
 
 
-def process_one(src: Path, dst: Path, kwargs: dict) -> None:
-    """Read ``labels`` from the prepared ``src`` .npz, write the targets to ``dst`` atomically."""
+def canonical_diameter(section: dict, path) -> float | None:
+    """``targets.diameter`` of ``path``: the canonical nucleus diameter in px, or None."""
+    value = section.get("diameter")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 4 <= value <= 200:
+        raise NucleiError(f"{path}: targets.diameter must be null or a number of px in [4, 200], got {value!r}")
+    return float(value)
+
+
+def process_one(src: Path, dst: Path, kwargs: dict, diameter: float | None = None) -> None:
+    """Read the prepared ``src`` .npz, rescale it to the canonical nucleus ``diameter`` (px; None:
+    keep the scale), write image, labels and targets to ``dst`` atomically."""
+    from pipeline.scale import median_diameter, resize_image, resize_labels, scale_factor, scaled_shape
+
     data = load_npz(src)
-    labels = data.get("labels")
+    labels, image = data.get("labels"), data.get("image")
     if labels is None or labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise NucleiError(f"{src}: no 2-D integer array 'labels'")
     if labels.size and labels.min() < 0:
         raise NucleiError(f"{src}: negative labels")
+    if image is None or image.shape[:2] != labels.shape:
+        raise NucleiError(f"{src}: no 'image' array of the size of the labels (re-run `nuclei prepare`)")
+    factor = scale_factor(median_diameter(labels), diameter) if diameter else 1.0
+    shape = scaled_shape(labels.shape, factor)
+    labels = resize_labels(labels, shape).astype(np.int32)
     targets = make_targets(labels, **kwargs)
     targets["weights"] = targets["weights"].astype(np.float16)
-    save_npz(dst, **targets)
+    save_npz(dst, image=resize_image(image, shape), labels=labels, scale=np.float64(factor), **targets)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -278,6 +300,7 @@ def main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     cfg = section(params, "targets", args.params)
     kwargs = target_kwargs(cfg, args.params)
+    diameter = canonical_diameter(cfg, args.params)
     prepared = Path(section(params, "data", args.params).get("prepared", "data/prepared"))
     out = Path(cfg.get("out", "data/targets"))
     workers = args.workers if args.workers is not None else int(cfg.get("workers", 1))
@@ -299,10 +322,10 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if workers == 1:
         for src, dst in progress(jobs, desc="targets"):
-            process_one(src, dst, kwargs)
+            process_one(src, dst, kwargs, diameter)
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(process_one, src, dst, kwargs) for src, dst in jobs]
+            futures = [pool.submit(process_one, src, dst, kwargs, diameter) for src, dst in jobs]
             try:
                 for future in progress(as_completed(futures), desc="targets", total=len(futures)):
                     future.result()

@@ -39,6 +39,15 @@ import torch
 from torch import nn
 
 from pipeline.errors import NucleiError
+from pipeline.runtime import (
+    PRECISIONS,
+    autocast,
+    prepare_model,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+    to_channels_last,
+)
 
 CHECKPOINT_NAME = "last.ckpt"
 MODEL_DIR_NAME = "model"
@@ -53,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 1e-4,
     "schedule": "onecycle",
     "workers": 2,
-    "amp": True,
+    "precision": "auto",
     "compile": False,
     "samples_per_epoch": None,
     "device": "auto",
@@ -164,6 +173,10 @@ def train_config(params: dict, source: str | Path = "params.yaml") -> dict[str, 
     for key in ("lr", "weight_decay", "cache_mb"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise NucleiError(f"{source}: train.{key} must be a number ≥ 0, got {cfg[key]!r}")
+    if cfg["precision"] not in PRECISIONS:
+        raise NucleiError(
+            f"{source}: train.precision must be one of {', '.join(PRECISIONS)}, got {cfg['precision']!r}"
+        )
     if cfg["schedule"] not in SCHEDULES:
         raise NucleiError(
             f"{source}: train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg['schedule']!r}"
@@ -184,26 +197,6 @@ def _rank() -> int:
 def _world_size() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' → a device ('cuda' means this process's GPU).
-
-    Raises
-    ------
-    NucleiError
-        CUDA asked for but not available, or an unknown name.
-    """
-    name = str(name or "auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise NucleiError(f"train.device: {name!r} asked for but CUDA is not available")
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise NucleiError(f"train.device: {name!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 def _init_distributed(device_name: str) -> bool:
@@ -242,8 +235,8 @@ def _average_buffers(model: nn.Module) -> None:
             buf.div_(world)
 
 
-def hardware_summary(device: torch.device) -> dict[str, Any]:
-    """Provenance: what the training ran on."""
+def hardware_summary(device: torch.device, precision: str = "fp32") -> dict[str, Any]:
+    """Provenance: what the training ran on, and in which precision."""
     info = {
         "device": str(device),
         "device_name": (
@@ -254,6 +247,7 @@ def hardware_summary(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processes": _world_size(),
+        "precision": precision,
         "torch": str(torch.__version__),
         "python": platform.python_version(),
     }
@@ -357,8 +351,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """One optimisation step on a batch of training items.
 
@@ -372,21 +365,19 @@ def train_step(
     optimizer, scaler
         The scaler is a no-op unless float16 autocast is used.
     device : torch.device
-    amp_dtype : torch.dtype or None
-        Autocast dtype (bfloat16 / float16) for the forward pass; None for float32.
-    channels_last : bool
-        Feed the image in channels-last memory format (faster convolutions on GPUs).
+    precision : {'fp32', 'bf16', 'fp16'}
+        A resolved precision (:func:`pipeline.runtime.resolve_precision`): autocast dtype of the
+        forward pass. The image goes in channels-last memory format (the network should be in it
+        too, :func:`pipeline.runtime.prepare_model`).
 
     Returns
     -------
     loss : torch.Tensor
         The detached scalar loss (on ``device``; no host synchronisation).
     """
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    image = batch.pop("image")
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    image = to_channels_last(batch["image"], device)
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "image"}
+    with autocast(device, precision):
         logits = net(image)
     loss = loss_fn(logits.float(), batch)
     optimizer.zero_grad(set_to_none=True)
@@ -400,23 +391,15 @@ def train_step(
 
 
 def _postprocess_function(head: str, postprocess_cfg: dict, source: str | Path):
-    """``probs (C, H, W) -> int32 labels``: the watershed stage, or connected components."""
-    try:
-        from pipeline import watershed
-    except ImportError:
-        from skimage.measure import label
+    """``probs (C, H, W) -> int32 labels``: the watershed of the postprocess stage."""
+    from pipeline import watershed
 
-        def connected_components(probs: np.ndarray) -> np.ndarray:
-            core = probs.argmax(0) == 0 if head == "softmax" else (probs[0] > 0.5) & (probs[1] < 0.5)
-            return label(core, connectivity=1).astype(np.int32)
-
-        return connected_components
     kwargs = watershed.thresholds(postprocess_cfg, source)
     return lambda probs: watershed.postprocess(probs, head, **kwargs)
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torch.device, amp_dtype=None):
+def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torch.device, precision="fp32"):
     """Loss and DSB2018 score of ``model`` on whole validation images.
 
     Parameters
@@ -428,8 +411,8 @@ def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torc
     head : {'softmax', 'sigmoid'}
     segment : callable, probabilities float32 (C, H, W) -> int32 labels (H, W)
     device : torch.device
-    amp_dtype : torch.dtype or None
-        Autocast dtype on the GPU, None for float32.
+    precision : {'fp32', 'bf16', 'fp16'}
+        A resolved precision (autocast of the forward pass).
 
     Returns
     -------
@@ -445,8 +428,8 @@ def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torc
     for batch in loader:
         labels = batch["labels"][0].numpy()
         h, w = labels.shape
-        image = batch["image"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        image = to_channels_last(batch["image"], device)
+        with autocast(device, precision):
             logits = model(image)
         logits = logits[..., :h, :w].float()
         targets = {k: batch[k].to(device, non_blocking=True) for k in TARGET_KEYS}
@@ -479,21 +462,24 @@ class _Run:
     def _setup_determinism(self) -> None:
         seed_everything(self.seed)
         if self.device.type == "cpu":
+            set_threads()
             torch.use_deterministic_algorithms(True, warn_only=True)
         else:
             torch.backends.cudnn.benchmark = True
 
     def _setup_data(self) -> None:
         from pipeline.augment import build_augmentation
-        from pipeline.dataset import EpochSampler, NucleiDataset, make_loader, read_index, split_folds
+        from pipeline.dataset import EpochSampler, NucleiDataset, make_loader, read_index
         from pipeline.models import model_stride
+        from pipeline.prepare import split_folds
 
         data = self.params.get("data") or {}
         prepared = Path(data.get("prepared", "data/prepared"))
         targets = Path((self.params.get("targets") or {}).get("out", "data/targets"))
         index = read_index(prepared)
         self.val_fold = int(data.get("val_fold", 0))
-        self.train_ids, self.val_ids = split_folds(index, self.val_fold, prepared / "index.csv")
+        self.split = data.get("split", "stratified")
+        self.train_ids, self.val_ids = split_folds(index, self.val_fold, self.split, prepared / "index.csv")
         cfg, cuda = self.cfg, self.device.type == "cuda"
         common = dict(prepared=prepared, targets=targets, seed=self.seed, cache_mb=cfg["cache_mb"])
         train_set = NucleiDataset(
@@ -526,9 +512,7 @@ class _Run:
         from pipeline.models import build_model
 
         cfg, cuda = self.cfg, self.device.type == "cuda"
-        self.model = build_model(self.model_cfg).to(self.device)
-        if cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = prepare_model(build_model(self.model_cfg), self.device)
         self.net = self.model  # what the training step calls
         if self.world > 1:
             ids = [self.device.index] if cuda else None
@@ -548,20 +532,20 @@ class _Run:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 self.optimizer, T_max=total, eta_min=cfg["lr"] * 1e-2
             )
-        self.amp_dtype = None
-        if cuda and cfg["amp"]:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.precision = resolve_precision(cfg["precision"], self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.segment = _postprocess_function(self.head, self.params.get("postprocess") or {}, self.source)
 
     def _model_config(self) -> dict[str, Any]:
-        from pipeline.dataset import NORMALIZATION
+        from pipeline.intensity import NORMALIZATION
 
         post = self.params.get("postprocess") or {}
+        diameter = (self.params.get("targets") or {}).get("diameter")
         return {
             "model": self.model_cfg,
             "postprocess": {k: v for k, v in post.items() if k != "out"},
             "normalization": dict(NORMALIZATION),
+            "diameter": None if diameter is None else float(diameter),
         }
 
     # -- state
@@ -631,8 +615,9 @@ class _Run:
                 "train_images": len(self.train_ids),
                 "val_images": len(self.val_ids),
                 "val_fold": self.val_fold,
+                "split": self.split,
             },
-            "hardware": hardware_summary(self.device),
+            "hardware": hardware_summary(self.device, self.precision),
             "params": copy.deepcopy(self.params),
         }
         final = self.out / MODEL_DIR_NAME
@@ -662,7 +647,6 @@ class _Run:
         batches = self.loader
         if self.rank == 0:
             batches = progress(self.loader, desc=f"epoch {epoch + 1}/{self.cfg['epochs']}", unit="batch")
-        channels_last = self.device.type == "cuda"
         for batch in batches:
             loss = train_step(
                 self.net,
@@ -671,8 +655,7 @@ class _Run:
                 self.optimizer,
                 self.scaler,
                 self.device,
-                self.amp_dtype,
-                channels_last,
+                self.precision,
             )
             self.scheduler.step()
             total += loss.detach()
@@ -709,7 +692,7 @@ class _Run:
                     self.head,
                     self.segment,
                     self.device,
-                    self.amp_dtype,
+                    self.precision,
                 )
                 loss_sum, score_sum, count = _all_reduce_sum(sums, self.device)
                 row["val_loss"], row["val_dsb_score"] = loss_sum / count, score_sum / count

@@ -31,13 +31,15 @@ GRID = {
 }
 
 
-def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray]], grid: dict[str, list],
+def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: dict[str, list],
                 fixed: dict[str, Any]) -> pd.DataFrame:
     """Mean DSB2018 score of every combination of ``grid``.
 
     Parameters
     ----------
-    samples : list of (probs (C, H, W) float32, head, true labels (H, W) int)
+    samples : list of (probs (C, h, w) float32, head, true labels (H, W) int, scale)
+        Probabilities at the network's scale (the image resized by ``scale``); a 3-tuple means
+        scale 1.
     grid : dict
         :func:`pipeline.watershed.postprocess` keyword → list of values to try.
     fixed : dict
@@ -51,14 +53,17 @@ def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray]], grid: dict[st
     """
     from pipeline.io import progress
     from pipeline.metrics import dsb_score
-    from pipeline.watershed import postprocess
+    from pipeline.watershed import postprocess_to_shape
 
     keys = list(grid)
     combos = list(itertools.product(*(grid[k] for k in keys)))
     rows = []
     for values in progress(combos, desc="tune", unit="setting"):
         kwargs = fixed | dict(zip(keys, values, strict=True))
-        scores = [dsb_score(true, postprocess(probs, head, **kwargs)) for probs, head, true in samples]
+        scores = [
+            dsb_score(true, postprocess_to_shape(probs, head, true.shape, *(rest or (1.0,)), **kwargs))
+            for probs, head, true, *rest in samples
+        ]
         rows.append(dict(zip(keys, values, strict=True)) | {"dsb_score": float(np.mean(scores))})
     return pd.DataFrame(rows).sort_values("dsb_score", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -146,8 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``nuclei tune``: print the grid, write the best post-processing thresholds."""
-    from pipeline.evaluate import validation_index
     from pipeline.io import load_npz, write_text
+    from pipeline.prepare import validation_index
     from pipeline.watershed import read_prediction, thresholds
 
     params = load_params(args.params)
@@ -159,8 +164,8 @@ def main(args: argparse.Namespace) -> int:
         file = pred_dir / f"{image_id}.npz"
         if not file.is_file():
             raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
-        probs, head = read_prediction(file)
-        samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"]))
+        probs, head, _, scale = read_prediction(file)
+        samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"], scale))
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood}
     fixed = {k: v for k, v in current.items() if k not in grid}
     table = grid_search(samples, grid, fixed)

@@ -188,6 +188,41 @@ def postprocess(
     return remove_small(fill_holes(labels), min_size)
 
 
+def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], scale: float = 1.0,
+                         **kwargs: Any) -> np.ndarray:
+    """:func:`postprocess` of probabilities computed on an image resized by ``scale``, giving labels
+    on the original pixel grid of ``shape``.
+
+    Sizes in ``kwargs`` (``min_marker_size``, ``min_size``) are in px at the network's scale.
+    Enlarged images (``scale > 1``, small nuclei) are post-processed at the network's scale and
+    the labels resized back by nearest neighbour, so that the 1–2 px gaps between touching nuclei
+    survive; others get their probabilities resized back and are post-processed at full
+    resolution (smooth outlines), with the sizes converted to px².
+
+    Parameters
+    ----------
+    probs : (C, h, w) float32
+        At the network's scale, ``(h, w) = scaled_shape(shape, scale)``.
+    head : str
+    shape : (int, int)
+        (H, W) of the original image.
+    scale : float
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    from pipeline.scale import resize_labels, resize_probabilities
+
+    if scale > 1:
+        return remove_small(resize_labels(postprocess(probs, head, **kwargs), tuple(shape)), 1)
+    kwargs = dict(kwargs)
+    for key in ("min_marker_size", "min_size"):
+        if kwargs.get(key):
+            kwargs[key] = max(1, int(round(kwargs[key] / scale**2)))
+    return postprocess(resize_probabilities(probs, tuple(shape)), head, **kwargs)
+
+
 def thresholds(cfg: dict[str, Any] | None, source: str | Path = "params.yaml") -> dict[str, Any]:
     """Pick and check the :func:`postprocess` keyword arguments from a configuration section.
 
@@ -221,24 +256,31 @@ def thresholds(cfg: dict[str, Any] | None, source: str | Path = "params.yaml") -
     return kwargs
 
 
-def read_prediction(path: str | Path) -> tuple[np.ndarray, str]:
+def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int], float]:
     """Read ``data/predictions/<id>.npz``.
 
     Returns
     -------
-    probs : (C, H, W) float32
+    probs : (C, h, w) float32
+        At the network's scale.
     head : str
+    shape : (int, int)
+        (H, W) of the original image (``(h, w)`` in files without ``shape``).
+    scale : float
+        Factor the image was resized by (1 in files without ``scale``).
     """
     path = Path(path)
     try:
         with np.load(path) as data:
             probs = data["probs"].astype(np.float32)
             head = str(data["head"])
+            shape = tuple(int(v) for v in data["shape"]) if "shape" in data else probs.shape[1:]
+            scale = float(data["scale"]) if "scale" in data else 1.0
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise NucleiError(f"{path}: not a readable prediction file ({exc})") from None
     if head not in HEADS or probs.ndim != 3 or probs.shape[0] != HEADS[head]:
         raise NucleiError(f"{path}: probs of shape {probs.shape} do not match the {head!r} head")
-    return probs, head
+    return probs, head, shape, scale
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -261,7 +303,8 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     counts = []
     for path in progress(files, desc="postprocess"):
-        labels = postprocess(*read_prediction(path), **kwargs)
+        probs, head, shape, scale = read_prediction(path)
+        labels = postprocess_to_shape(probs, head, shape, scale, **kwargs)
         write_labels(out / f"{path.stem}.tif", labels)
         counts.append(int(labels.max()))
     print(f"postprocess: {len(files)} images, {sum(counts)} nuclei -> {out}")

@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import ROOT, load_params  # noqa: E402
-from pipeline.inference import Predictor, normalize  # noqa: E402
+from pipeline.inference import Predictor  # noqa: E402
+from pipeline.intensity import normalization_kwargs, normalize_image  # noqa: E402
 from pipeline.io import read_kaggle_sample  # noqa: E402
 from pipeline.models import load_model_dir, save_model_dir  # noqa: E402
 from pipeline.train import load_checkpoint  # noqa: E402
@@ -59,9 +60,9 @@ def main() -> int:
         return 0
     shipped, _ = load_model_dir(args.out)
     sample = sorted((ROOT / "data" / "sample" / "stage1_train").iterdir())[0]
-    image = normalize(read_kaggle_sample(sample, masks=False)[0] / np.float32(255.0), config)
-    a = Predictor(model, config).predict(image)
-    b = Predictor(shipped, config).predict(image)
+    image = normalize_image(read_kaggle_sample(sample, masks=False)[0], **normalization_kwargs(config))
+    a = Predictor(model, config, precision="fp32").predict(image)
+    b = Predictor(shipped, config, precision="fp32").predict(image)
     print(f"float16 vs float32 probabilities on {sample.name[:12]}: max |diff| {np.abs(a - b).max():.2e}")
     return 0
 

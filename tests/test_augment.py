@@ -16,6 +16,7 @@ GEOMETRIC = {
     "gamma": False,
     "color_to_gray": False,
     "invert": False,
+    "normalize": False,
 }
 ALL = {**GEOMETRIC, "brightness_contrast": True, "gamma": True, "color_to_gray": True, "invert": True}
 
@@ -56,7 +57,7 @@ def test_disc_moves_with_its_mask():
 
 
 def test_flip_alone_is_exact():
-    cfg = {"flips": 1.0}  # both flips always: a 180° rotation, no crop
+    cfg = {"flips": 1.0, "normalize": False}  # both flips always: a 180° rotation, no crop
     image, classes, mask, border, weights = disc_sample()
     out = build_augmentation(cfg, train=True)(image, classes, mask, border, weights, seed=0)
     assert np.array_equal(out[0], image[::-1, ::-1])
@@ -109,7 +110,7 @@ def test_photometric_transforms_leave_targets_alone():
 
 def test_invert():
     sample = disc_sample()
-    out = build_augmentation({"invert": 1.0}, train=True)(*sample, seed=0)
+    out = build_augmentation({"invert": 1.0, "normalize": False}, train=True)(*sample, seed=0)
     assert np.allclose(out[0], 1 - sample[0])
 
 
@@ -142,3 +143,54 @@ def test_elastic_deforms_smoothly():
     )
     shift = np.hypot(*(96 * (out[0][..., :2] - image[..., :2])).transpose(2, 0, 1))[8:-8, 8:-8]
     assert 0.5 < shift.mean() < 5 and shift.max() < 15  # a few pixels, not a scramble
+
+
+def test_normalize_is_the_segmenters_normalisation():
+    from pipeline.intensity import normalize_image
+
+    sample = disc_sample()
+    dim = (sample[0] * 0.2,) + sample[1:]
+    out = build_augmentation({}, train=True)(*dim, seed=0)  # normalize defaults to true
+    np.testing.assert_allclose(out[0], normalize_image(dim[0]), atol=1e-6)
+
+
+def test_dim_saturate_makes_dim_nuclei_beside_saturated_ones():
+    from pipeline.augment import acquisition_shift
+
+    labels_mask = np.zeros((200, 200), np.uint8)
+    image = np.full((200, 200, 3), 0.1, np.float32)
+    yy, xx = np.mgrid[:200, :200]
+    for r in (40, 100, 160):
+        for c in (40, 100, 160):  # nine separate nuclei
+            disc = np.hypot(yy - r, xx - c) < 12
+            labels_mask[disc] = 1
+            image[disc] = 0.6
+    for seed in range(5):
+        out = acquisition_shift(image, labels_mask, np.random.default_rng(seed), {"dim_saturate": 1.0})
+        nucleus = out[labels_mask == 1, 0]
+        saturated = np.mean(nucleus == 1.0) * 9
+        assert 0.5 < saturated < 3.5  # one to three nuclei saturate
+        assert np.median(nucleus) <= 0.6 * 0.4 + 1e-6  # the others are dimmed to at most 40 %
+        assert out[labels_mask == 0].max() <= 0.1 * 0.4 + 1e-6
+
+
+def test_stain_jitter_only_changes_colour_images():
+    from pipeline.augment import acquisition_shift
+
+    grey = np.dstack([np.linspace(0.2, 0.8, 64 * 64).reshape(64, 64).astype(np.float32)] * 3)
+    colour = grey * np.array([0.8, 0.5, 0.9], np.float32)
+    mask = np.zeros((64, 64), np.uint8)
+    assert np.array_equal(acquisition_shift(grey, mask, np.random.default_rng(0), {"stain": 1.0}), grey)
+    jittered = acquisition_shift(colour, mask, np.random.default_rng(0), {"stain": 1.0})
+    assert jittered.shape == colour.shape and not np.allclose(jittered, colour, atol=0.01)
+    assert 0.0 <= jittered.min() and jittered.max() <= 1.0
+
+
+def test_acquisition_steps_are_deterministic_and_bounded():
+    cfg = {**ALL, "normalize": True, "blur": 1.0, "dim_saturate": 1.0, "noise": 1.0, "low_bits": 1.0, "jpeg": 1.0}
+    aug = build_augmentation(cfg, train=True)
+    sample = disc_sample()
+    a = aug(*sample, seed=11)
+    b = aug(*sample, seed=11)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert a[0].dtype == np.float32 and 0.0 <= a[0].min() and a[0].max() <= 1.0

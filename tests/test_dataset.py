@@ -16,10 +16,11 @@ from pipeline.dataset import (
     pad_to_multiple,
     read_index,
     seed_worker,
-    split_folds,
 )
 from pipeline.errors import NucleiError
-from pipeline.io import load_npz, normalize_image
+from pipeline.intensity import normalize_image
+from pipeline.io import load_npz
+from pipeline.prepare import split_folds
 from tests.train_fixtures import write_prepared
 
 AUG = {

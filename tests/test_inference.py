@@ -123,7 +123,7 @@ def test_load_predictor_from_model_dir(tmp_path):
     model, cfg = tiny_unet()
     save_model_dir(tmp_path / "m", model, {"model": cfg, "postprocess": {"min_size": 5}})
     predictor = load_predictor(tmp_path / "m", device="auto", tta="flips")
-    assert predictor.device in ("cpu", "cuda") and predictor.config["postprocess"]["min_size"] == 5
+    assert predictor.device.type in ("cpu", "cuda") and predictor.config["postprocess"]["min_size"] == 5
     probs = predictor.predict(image((30, 30)))
     ref = Predictor(model, cfg, tta="flips").predict(image((30, 30)))
     np.testing.assert_allclose(probs, ref, atol=2e-2)  # weights stored in float16

@@ -13,7 +13,6 @@ from pipeline.io import (
     iter_kaggle_root,
     list_images,
     masks_to_labels,
-    normalize_image,
     read_image,
     read_image_planes,
     read_kaggle_sample,
@@ -106,17 +105,6 @@ def test_nan_float_image(tmp_path):
     tifffile.imwrite(tmp_path / "nan.tif", data)
     with pytest.raises(NucleiError, match="NaN"):
         read_image(tmp_path / "nan.tif")
-
-
-def test_normalize_dim_16bit_matches_8bit():
-    base = RNG.random((64, 64)).astype(np.float32)
-    dim16 = np.round(base * 600 + 100) / 65535.0  # a dim 16-bit image: 100..700 of 65535
-    bright8 = np.round(base * 255) / 255.0
-    a = normalize_image(np.dstack([dim16] * 3))
-    b = normalize_image(np.dstack([bright8] * 3))
-    assert a.dtype == np.float32 and a.min() == 0.0 and a.max() == 1.0
-    assert np.abs(a - b).mean() < 0.01
-    assert not normalize_image(np.full((4, 4, 3), 0.3, np.float32)).any()
 
 
 def test_masks_to_labels_overlap_and_holes():

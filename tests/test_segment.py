@@ -25,7 +25,8 @@ from skimage.draw import disk
 from pipeline.cli import main as cli_main
 from pipeline.measure import measure_nuclei, measurement_columns
 from pipeline.overlay import PALETTE, draw_outlines
-from pipeline.segment import COUNT_COLUMNS, iter_blocks, segment_images
+from pipeline.segment import COUNT_COLUMNS, segment_images
+from pipeline.segmenter import iter_blocks
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)

@@ -22,15 +22,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
-    from pipeline.inference import load_predictor
     from pipeline.score import score_submission
+    from pipeline.segmenter import Segmenter
     from pipeline.submit import submission_for
-    from pipeline.watershed import thresholds
 
-    predictor = load_predictor(MODEL, device="cpu", tta="none")
-    assert predictor.config["format_version"] == 1
-    kwargs = thresholds(predictor.config["postprocess"], MODEL / "config.yaml")
-    submission, shapes = submission_for(sample_root, predictor, kwargs)
+    segmenter = Segmenter.from_model_dir(MODEL, device="cpu", tta="none")
+    assert segmenter.config["format_version"] == 1
+    submission, shapes = submission_for(sample_root, segmenter)
     assert len(shapes) == 20
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
     assert summary["dsb_score"] >= FLOOR, summary

@@ -179,6 +179,9 @@ def test_stage_writes_one_file_per_prepared_image(tmp_path, workers):
         labels = load_npz(prepared / f"{i}.npz")["labels"]
         want = make_targets(labels)
         assert {k: v.dtype for k, v in got.items()} == {
+            "image": np.uint8,
+            "labels": np.int32,
+            "scale": np.float64,
             "classes": np.uint8,
             "mask": np.uint8,
             "border": np.uint8,
@@ -187,6 +190,26 @@ def test_stage_writes_one_file_per_prepared_image(tmp_path, workers):
         for key in ("classes", "mask", "border"):
             np.testing.assert_array_equal(got[key], want[key])
         np.testing.assert_allclose(got["weights"], want["weights"], rtol=1e-3)
+        assert float(got["scale"]) == 1.0 and np.array_equal(got["labels"], labels)
+
+
+def test_stage_rescales_to_the_canonical_diameter(tmp_path):
+    from pipeline.scale import median_diameter
+
+    params, prepared, out, ids = write_prepared(tmp_path, n=1, extra={"diameter": 24.0})
+    labels = load_npz(prepared / f"{ids[0]}.npz")["labels"]
+    assert cli_main(["targets", "--params", str(params)]) == 0
+    got = load_npz(out / f"{ids[0]}.npz")
+    factor = float(got["scale"])
+    assert factor == pytest.approx(24.0 / median_diameter(labels))
+    assert got["image"].shape[:2] == got["labels"].shape == got["classes"].shape
+    assert got["labels"].shape == tuple(round(s * factor) for s in labels.shape)
+    assert median_diameter(got["labels"]) == pytest.approx(24.0, rel=0.1)
+    np.testing.assert_array_equal(got["mask"], got["labels"] > 0)
+    bad = yaml.safe_load(params.read_text())
+    bad["targets"]["diameter"] = "big"
+    params.write_text(yaml.safe_dump(bad))
+    assert cli_main(["targets", "--params", str(params)]) == 1
 
 
 def test_stage_reports_missing_and_bad_inputs(tmp_path, capsys):

@@ -1,0 +1,108 @@
+"""Nucleus size and resampling: the one home of "bring an image to the canonical nucleus size".
+
+The network works at one canonical nucleus diameter (a model directory's ``diameter``); the
+training targets are built from labels rescaled to it, and the Segmenter brings every image to it
+and maps the result back to the original pixel grid. Diameters are equivalent diameters
+(``sqrt(4 · area / π)``) in pixels.
+
+Must not: run a network or read files.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: Factors outside this range are clipped (a guard against absurd estimates and memory blow-up).
+MIN_FACTOR, MAX_FACTOR = 1 / 8, 4.0
+
+
+def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent diameter of every nucleus.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        0 = background, 1..N nuclei (gaps in the numbering are allowed).
+
+    Returns
+    -------
+    diameters : (n,) float64
+        ``sqrt(4 · area / π)`` in pixels, one per label present, in label order.
+    """
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False))[1:]
+    areas = areas[areas > 0]
+    return np.sqrt(4.0 * areas / np.pi)
+
+
+def median_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter of the nuclei of ``labels`` in pixels (nan without nuclei)."""
+    d = nucleus_diameters(labels)
+    return float(np.median(d)) if d.size else float("nan")
+
+
+def scale_factor(diameter: float, canonical: float) -> float:
+    """Factor that brings nuclei of ``diameter`` px to ``canonical`` px, clipped to
+    [:data:`MIN_FACTOR`, :data:`MAX_FACTOR`]; 1 when ``diameter`` is not a positive number."""
+    if not (np.isfinite(diameter) and diameter > 0):
+        return 1.0
+    return float(np.clip(canonical / diameter, MIN_FACTOR, MAX_FACTOR))
+
+
+def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    """(H, W) of an image of ``shape`` resized by ``factor`` (rounded, at least 1 px)."""
+    return tuple(max(1, int(round(s * factor))) for s in shape[:2])
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize an image (or a stack of maps) to ``shape``.
+
+    Area averaging when shrinking (no aliasing), bilinear when enlarging.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) uint8 / float32 array
+    shape : (int, int)
+        Target (H', W').
+
+    Returns
+    -------
+    resized : (H', W') or (H', W', C) array of the same dtype.
+    """
+    h, w = image.shape[:2]
+    if (h, w) == tuple(shape):
+        return image
+    shrink = shape[0] * shape[1] < h * w
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    if image.ndim == 3 and image.shape[2] > 4:  # OpenCV resizes at most 4 channels at once
+        return np.stack([resize_image(image[..., c], shape) for c in range(image.shape[2])], axis=-1)
+    out = cv2.resize(image, (int(shape[1]), int(shape[0])), interpolation=interp)
+    return out.reshape(tuple(shape) + image.shape[2:])
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image to ``shape`` (pixel centres aligned).
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+    shape : (int, int)
+
+    Returns
+    -------
+    resized : (H', W') array of the same dtype; every output pixel takes the label of the input
+        pixel under its centre, so a round trip keeps labels aligned with the original pixels.
+    """
+    h, w = labels.shape
+    if (h, w) == tuple(shape):
+        return labels
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize (C, H, W) float32 probability maps to (C, H', W') (area / bilinear)."""
+    if probs.shape[1:] == tuple(shape):
+        return probs
+    return np.ascontiguousarray(resize_image(np.ascontiguousarray(probs.transpose(1, 2, 0)), shape).transpose(2, 0, 1))

@@ -1,0 +1,363 @@
+"""From a model directory to instance labels: the one entry point (``Segmenter.segment``).
+
+A :class:`Segmenter` owns everything between an image as read and its labels:
+
+1. intensity normalisation (:mod:`pipeline.intensity`, with the model's own settings);
+2. scale: the network works at the model's canonical nucleus ``diameter``; each image's nucleus
+   diameter is estimated (:meth:`Segmenter.estimate_diameter`) or given, the image is resized by
+   ``canonical / diameter`` and the result mapped back to the original pixel grid;
+3. the network (:class:`pipeline.inference.Predictor`: padding, seamless tiling, TTA, mixed
+   precision, channels_last);
+4. block-wise processing of huge images (bounded memory at any scale);
+5. the marker-controlled watershed with the model's own thresholds (sizes in canonical pixels,
+   converted to the image's pixels);
+6. a per-image confidence and a flag when the count should not be trusted.
+
+``nuclei segment``, ``nuclei submit``, ``nuclei predict`` and the evaluation go through it.
+
+Must not: read or write files other than the model directory, or parse command lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import NucleiError
+from pipeline.scale import (
+    MAX_FACTOR,
+    nucleus_diameters,
+    resize_image,
+    scale_factor,
+    scaled_shape,
+)
+
+#: Diameter search: the passes run at ``canonical · 2**k`` px for these k.
+SEARCH_OCTAVES = (-1, 0, 1, 2, 3)
+#: Side (px, at the network's scale) of the window each search pass looks at.
+SEARCH_WINDOW = 384
+#: Pixels with P(nucleus) in this open interval count as ambiguous (confidence).
+AMBIGUOUS = (0.3, 0.7)
+#: Below this confidence a count is flagged as not to be trusted.
+MIN_CONFIDENCE = 0.6
+
+
+@dataclass
+class Segmentation:
+    """The result of :meth:`Segmenter.segment` for one image.
+
+    Attributes
+    ----------
+    labels : (H, W) int32
+        0 = background, 1..N nuclei, on the image's own pixel grid.
+    diameter : float or None
+        Nucleus diameter (px of the image) the image was segmented for; None for a model
+        without a canonical diameter (run at the image's own scale).
+    estimated : bool
+        ``diameter`` was estimated (not given).
+    scale : float
+        Factor the image was resized by for the network.
+    confidence : float
+        Share of unambiguous pixels (P(nucleus) outside :data:`AMBIGUOUS`) among the pixels
+        the network considers possibly nucleus; 1 = clear-cut.
+    flag : str
+        '' or why the count should not be trusted.
+    """
+
+    labels: np.ndarray
+    diameter: float | None
+    estimated: bool
+    scale: float
+    confidence: float
+    flag: str = ""
+
+
+def iter_blocks(
+    shape: tuple[int, int], block_size: int, margin: int
+) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
+    """Cover an image with overlapping blocks.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image height and width, in pixels.
+    block_size : int
+        Largest block side, margins included, in pixels.
+    margin : int
+        Context added on each side of a block's core, in pixels (``block_size > 2 * margin``).
+
+    Yields
+    ------
+    outer : (slice, slice)
+        The block to segment, in image coordinates.
+    core : (slice, slice)
+        Its core, relative to ``outer``. The cores tile the image exactly once.
+    """
+    step = block_size - 2 * margin
+    if step <= 0:
+        raise ValueError(f"block_size {block_size} must exceed twice the margin {margin}")
+    for r0 in range(0, shape[0], step):
+        for c0 in range(0, shape[1], step):
+            r1, c1 = min(r0 + step, shape[0]), min(c0 + step, shape[1])
+            o_r0, o_c0 = max(r0 - margin, 0), max(c0 - margin, 0)
+            o_r1, o_c1 = min(r1 + margin, shape[0]), min(c1 + margin, shape[1])
+            outer = (slice(o_r0, o_r1), slice(o_c0, o_c1))
+            core = (slice(r0 - o_r0, r1 - o_r0), slice(c0 - o_c0, c1 - o_c0))
+            yield outer, core
+
+
+def confidence(probs: np.ndarray, head: str) -> float:
+    """Share of unambiguous pixels among the possible nucleus pixels of a probability map.
+
+    Parameters
+    ----------
+    probs : (C, H, W) float32
+        Network probabilities (:func:`pipeline.watershed.mask_and_marker` layout).
+    head : str
+
+    Returns
+    -------
+    confidence : float in [0, 1]; 1 when no pixel is possibly a nucleus.
+    """
+    from pipeline.watershed import mask_and_marker
+
+    mask_p, _ = mask_and_marker(probs, head)
+    possible = mask_p > 0.1
+    n = int(possible.sum())
+    if n == 0:
+        return 1.0
+    ambiguous = int(((mask_p > AMBIGUOUS[0]) & (mask_p < AMBIGUOUS[1])).sum())
+    return 1.0 - ambiguous / n
+
+
+def _content_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
+    """The ``side × side`` window (clipped to the image) with the most structure: the largest
+    summed absolute deviation from the median grey level, found on a coarse grid."""
+    h, w = image.shape[:2]
+    if h <= side and w <= side:
+        return slice(0, h), slice(0, w)
+    cell = max(1, side // 8)
+    gh, gw = max(1, h // cell), max(1, w // cell)
+    grey = image.mean(axis=2) if image.ndim == 3 else image
+    coarse = resize_image(np.ascontiguousarray(grey, dtype=np.float32), (gh, gw))
+    content = np.abs(coarse - np.median(coarse))
+    k_h, k_w = min(gh, max(1, side // cell)), min(gw, max(1, side // cell))
+    integral = np.pad(content.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = integral[k_h:, k_w:] - integral[:-k_h, k_w:] - integral[k_h:, :-k_w] + integral[:-k_h, :-k_w]
+    i, j = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    r0, c0 = min(i * cell, max(0, h - side)), min(j * cell, max(0, w - side))
+    return slice(r0, min(h, r0 + side)), slice(c0, min(w, c0 + side))
+
+
+class Segmenter:
+    """A model directory, ready to turn images into labels.
+
+    Parameters
+    ----------
+    predictor : pipeline.inference.Predictor
+        The network; its ``config`` is the model directory's config.
+    block_size, block_margin : int
+        Images larger than ``block_size`` px (at the network's scale) are segmented in blocks with
+        ``block_margin`` px of context (at the network's scale) on each side.
+    source : str or Path
+        The model directory, for error messages.
+
+    Raises
+    ------
+    NucleiError
+        Invalid thresholds or diameter in the model's config (checked once, here).
+    """
+
+    def __init__(self, predictor, block_size: int = 2048, block_margin: int = 128,
+                 source: str | Path = "model"):
+        from pipeline.intensity import normalization_kwargs
+        from pipeline.watershed import thresholds
+
+        self.predictor = predictor
+        self.config = predictor.config
+        self.head = predictor.head
+        self.source = Path(source)
+        self.thresholds = thresholds(self.config.get("postprocess"), self.source / "config.yaml")
+        self.normalization = normalization_kwargs(self.config)
+        diameter = self.config.get("diameter")
+        if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
+                                     or not diameter > 0):
+            raise NucleiError(f"{self.source / 'config.yaml'}: diameter must be a positive number, got {diameter!r}")
+        self.diameter = None if diameter is None else float(diameter)
+        if block_size <= 2 * block_margin:
+            raise NucleiError(f"block size {block_size} must exceed twice the block margin {block_margin}")
+        self.block_size, self.block_margin = int(block_size), int(block_margin)
+
+    @classmethod
+    def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "none", tile_size: int = 1024,
+                       overlap: int = 64, batch_size: int = 4, precision: str = "auto",
+                       block_size: int = 2048, block_margin: int = 128) -> Segmenter:
+        """Load a model directory (``config.yaml`` + ``weights.pt``).
+
+        Raises
+        ------
+        NucleiError
+            A missing or broken model directory, an unusable device or invalid settings.
+        """
+        from pipeline.inference import load_predictor
+
+        path = Path(path)
+        if not path.is_dir():
+            raise NucleiError(f"{path}: model directory not found")
+        predictor = load_predictor(path, device=device, tta=tta, tile_size=tile_size, overlap=overlap,
+                                   batch_size=batch_size, precision=precision)
+        return cls(predictor, block_size, block_margin, source=path)
+
+    @property
+    def device(self):
+        return self.predictor.device
+
+    # ------------------------------------------------------------------ steps
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) image in any units → float32 network input in [0, 1]."""
+        from pipeline.intensity import normalize_image
+
+        return normalize_image(image, **self.normalization)
+
+    def _labels(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """Labels (on the image's grid) and confidence of one normalised image or block."""
+        from pipeline.watershed import postprocess_to_shape
+
+        probs = self.predict_scaled(image, scale)
+        labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, **self.thresholds)
+        return labels, confidence(probs, self.head)
+
+    def predict_scaled(self, image: np.ndarray, scale: float) -> np.ndarray:
+        """(C, h, w) float32 probabilities of a normalised image resized by ``scale``."""
+        return self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)))
+
+    def estimate_diameter(self, image: np.ndarray) -> float | None:
+        """Median nucleus diameter of a normalised image, in its pixels (None: no canonical
+        diameter in the model, or no nucleus found at any scale).
+
+        A first pass at a few scales (:data:`SEARCH_OCTAVES`: nuclei of ``canonical · 2**k``
+        px brought to the canonical size) looks at the window with the most structure
+        (:data:`SEARCH_WINDOW` px at the network's scale). At the right scale the nuclei come out
+        at about the canonical size, and are confident; at too large a scale they are cut into
+        canonical-size pieces, which also changes their implied size from pass to pass. Each
+        pass's implied diameter (median nucleus diameter / scale) is scored by how far its
+        nuclei are from the canonical size, how ambiguous the map is, and how well it agrees with
+        the neighbouring passes; the best pass is refined once at its own scale.
+        """
+        if self.diameter is None:
+            return None
+        canonical = self.diameter
+        passes = []
+        for k in SEARCH_OCTAVES:
+            scale = scale_factor(canonical * 2.0**k, canonical)
+            window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
+            labels, conf = self._labels_small(image[window], scale)
+            d = nucleus_diameters(labels)
+            passes.append((scale, d, conf))
+        implied = [np.median(d) / s if d.size else np.nan for s, d, _ in passes]
+        scores = []
+        for i, (_, d, conf) in enumerate(passes):
+            if not d.size:
+                scores.append(np.inf)
+                continue
+            size_error = abs(math.log2(np.median(d) / canonical))
+            neighbours = [implied[j] for j in (i - 1, i + 1) if 0 <= j < len(passes) and np.isfinite(implied[j])]
+            agreement = min((abs(math.log2(implied[i] / n)) for n in neighbours), default=1.0)
+            scores.append(size_error + 2.0 * (1.0 - conf) + 0.5 * agreement)
+        if not np.isfinite(np.min(scores)):
+            return None
+        best = int(np.argmin(scores))
+        estimate = float(implied[best])
+        scale = scale_factor(estimate, canonical)
+        window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
+        d = nucleus_diameters(self._labels_small(image[window], scale)[0])
+        return float(np.median(d) / scale) if d.size else estimate
+
+    def _labels_small(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """Labels at the network's scale (no mapping back) and confidence, for the search."""
+        from pipeline.watershed import postprocess
+
+        probs = self.predict_scaled(image, scale)
+        return postprocess(probs, self.head, **self.thresholds), confidence(probs, self.head)
+
+    # ------------------------------------------------------------------ the entry point
+
+    def segment(self, image: np.ndarray, diameter: float | None = None, normalized: bool = False) -> Segmentation:
+        """Segment the nuclei of one image.
+
+        Parameters
+        ----------
+        image : (H, W, 3) array
+            As read (any units), or normalised when ``normalized``.
+        diameter : float, optional
+            Median nucleus diameter in px of this image; estimated when not given (models
+            with a canonical diameter), ignored for models without one.
+        normalized : bool
+            ``image`` is already the output of :meth:`normalize`.
+
+        Returns
+        -------
+        result : Segmentation
+        """
+        if not normalized:
+            image = self.normalize(image)
+        estimated = False
+        if self.diameter is None:
+            diameter, scale = None, 1.0
+        else:
+            if diameter is None:
+                diameter, estimated = self.estimate_diameter(image), True
+            scale = scale_factor(diameter, self.diameter) if diameter else 1.0
+            if diameter is None:
+                diameter = self.diameter
+        labels, conf = self._segment_blocks(image, scale)
+        flag = ""
+        if conf < MIN_CONFIDENCE:
+            flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"
+        return Segmentation(labels, diameter, estimated, scale, conf, flag)
+
+    def _segment_blocks(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """Labels (original grid) and confidence; block by block when the image is large.
+
+        Blocks are cut in the image's pixels so that each is at most ``block_size`` px at the
+        network's scale (memory stays bounded when an image is enlarged), with ``block_margin``
+        px of context at the network's scale. Each block keeps the nuclei whose centroid lies in
+        its core, so every nucleus comes from the one block that sees it whole.
+        """
+        from skimage.measure import regionprops_table
+        from skimage.segmentation import relabel_sequential
+
+        from pipeline.watershed import remove_small
+
+        height, width = image.shape[:2]
+        block = max(64, int(self.block_size / max(scale, 1.0)))
+        margin = min(int(math.ceil(self.block_margin / min(scale, MAX_FACTOR))), block // 4)
+        if max(height, width) <= block:
+            return self._labels(image, scale)
+        labels = np.zeros((height, width), np.int32)
+        n_labels, conf_sum, conf_weight = 0, 0.0, 0
+        for outer, core in iter_blocks((height, width), block, margin):
+            part, conf = self._labels(image[outer], scale)
+            size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
+            conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
+            props = regionprops_table(part, properties=("label", "centroid"))
+            rows, cols = props["centroid-0"], props["centroid-1"]
+            keep = props["label"][
+                (rows >= core[0].start) & (rows < core[0].stop)
+                & (cols >= core[1].start) & (cols < core[1].stop)
+            ]  # fmt: skip
+            lut = np.zeros(part.max() + 1, np.int32)
+            lut[keep] = np.arange(n_labels + 1, n_labels + 1 + keep.size, dtype=np.int32)
+            part = lut[part]
+            target = labels[outer]
+            free = (part > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
+            target[free] = part[free]
+            n_labels += keep.size
+        min_size = self.thresholds["min_size"]
+        labels = remove_small(labels, max(1, int(round(min_size / scale**2))) if min_size else 0)
+        return relabel_sequential(labels)[0].astype(np.int32), conf_sum / max(conf_weight, 1)

@@ -1,0 +1,73 @@
+"""Tests of pipeline.intensity: robust normalisation for the network."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.intensity import intensity_range, normalization_kwargs, normalize_image
+
+RNG = np.random.default_rng(0)
+
+
+def discs(shape=(256, 256), spacing=32, radius=10):
+    """Labels of a grid of discs, 1..N."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    k = 0
+    for cy in range(spacing // 2, shape[0], spacing):
+        for cx in range(spacing // 2, shape[1], spacing):
+            k += 1
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = k
+    return labels
+
+
+def test_normalize_dim_16bit_matches_8bit():
+    base = RNG.random((64, 64)).astype(np.float32)
+    dim16 = np.round(base * 600 + 100).astype(np.uint16)  # a dim 16-bit image: 100..700 of 65535
+    bright8 = np.round(base * 255).astype(np.uint8)
+    a = normalize_image(np.dstack([dim16] * 3))
+    b = normalize_image(np.dstack([bright8] * 3))
+    assert a.dtype == np.float32 and a.min() == 0.0 and a.max() == 1.0
+    assert np.abs(a - b).mean() < 0.01
+    assert not normalize_image(np.full((4, 4, 3), 0.3, np.float32)).any()
+
+
+def test_saturated_nuclei_do_not_wipe_out_dim_ones():
+    labels = discs()
+    grey = np.full(labels.shape, 5.0)
+    dim = RNG.uniform(20, 60, labels.max() + 1)
+    grey[labels > 0] = dim[labels[labels > 0]]
+    grey[np.isin(labels, [1, 2, 3])] = 255  # three saturated nuclei, 5 % of the nuclei
+    grey += RNG.normal(0, 1, grey.shape)
+    image = np.dstack([np.clip(grey, 0, 255).astype(np.uint8)] * 3)
+    plain = normalize_image(image, fg_factor=0)  # percentiles only: set by the saturated nuclei
+    robust = normalize_image(image)
+    dim_nuclei = (labels > 3)
+    assert np.median(plain[dim_nuclei]) < 0.2
+    assert np.median(robust[dim_nuclei]) > 0.35  # dim nuclei now clearly above background
+    assert robust[labels == 0].mean() < 0.05
+    assert robust[labels == 1].min() == 1.0  # the saturated ones saturate
+
+
+def test_ordinary_images_keep_the_percentile_range():
+    labels = discs()
+    for grey in (np.where(labels > 0, 200.0, 10.0), np.where(labels > 0, 55.0, 245.0)):  # dark, bright bg
+        grey = grey + RNG.normal(0, 3, grey.shape)
+        image = np.dstack([grey] * 3).astype(np.float32)
+        lo, hi = intensity_range(image)
+        plo, phi = intensity_range(image, fg_factor=0)
+        assert abs(lo - plo) < 0.05 * (phi - plo) and abs(hi - phi) < 0.05 * (phi - plo)
+
+
+def test_float_images_in_any_units():
+    labels = discs()
+    grey = np.where(labels > 0, 3.5e4, 1.2e3).astype(np.float32) + RNG.normal(0, 50, labels.shape).astype(np.float32)
+    a = normalize_image(np.dstack([grey] * 3))
+    b = normalize_image(np.dstack([grey * 2] * 3))  # twice as bright: same network input
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_old_model_configs_keep_plain_percentiles():
+    assert normalization_kwargs({"normalization": {"low": 1.0, "high": 99.8}}) == {
+        "low": 1.0, "high": 99.8, "fg_factor": 0.0}
+    assert normalization_kwargs({"normalization": {"low": 1.0, "high": 99.8, "fg_factor": 2.5}})["fg_factor"] == 2.5

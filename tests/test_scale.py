@@ -1,0 +1,76 @@
+"""Tests of pipeline.scale: nucleus diameters and resampling to and from the canonical size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from pipeline.scale import (
+    MAX_FACTOR,
+    MIN_FACTOR,
+    median_diameter,
+    nucleus_diameters,
+    resize_image,
+    resize_labels,
+    resize_probabilities,
+    scale_factor,
+    scaled_shape,
+)
+
+
+def disc_labels(shape, radius, spacing):
+    labels = np.zeros(shape, np.int32)
+    k = 0
+    for r in range(spacing // 2, shape[0] - radius, spacing):
+        for c in range(spacing // 2, shape[1] - radius, spacing):
+            k += 1
+            labels[disk((r, c), radius, shape=shape)] = k
+    return labels
+
+
+def test_equivalent_diameters():
+    labels = disc_labels((200, 200), 10, 50)
+    d = nucleus_diameters(labels)
+    assert d.size == labels.max() and np.allclose(d, 20, rtol=0.05)
+    assert median_diameter(labels) == pytest.approx(20, rel=0.05)
+    assert np.isnan(median_diameter(np.zeros((5, 5), np.int32)))
+    gaps = labels.copy()
+    gaps[gaps == 1] = 0  # numbering with a gap
+    assert nucleus_diameters(gaps).size == labels.max() - 1
+
+
+def test_scale_factor_is_clipped_and_defaults_to_one():
+    assert scale_factor(40.0, 20.0) == 0.5
+    assert scale_factor(1.0, 20.0) == MAX_FACTOR
+    assert scale_factor(1e5, 20.0) == MIN_FACTOR
+    assert scale_factor(float("nan"), 20.0) == 1.0 and scale_factor(0.0, 20.0) == 1.0
+
+
+@pytest.mark.parametrize("factor", [0.25, 0.5, 1.7, 3.0])
+def test_rescale_round_trip_keeps_labels_aligned(factor):
+    labels = disc_labels((181, 203), 12, 40)
+    shape = scaled_shape(labels.shape, factor)
+    there = resize_labels(labels, shape)
+    back = resize_labels(there, labels.shape)
+    assert there.dtype == labels.dtype and back.shape == labels.shape
+    assert median_diameter(there) == pytest.approx(24 * factor, rel=0.12)
+    # every nucleus keeps its place: its centroid moves by less than a pixel of the coarser grid
+    for k in range(1, labels.max() + 1):
+        a = np.argwhere(labels == k).mean(0)
+        b = np.argwhere(back == k).mean(0)
+        assert np.abs(a - b).max() <= max(1.0, 1.0 / factor), k
+    agreement = (back == labels).mean()
+    assert agreement > (0.98 if factor >= 1 else 0.9)
+
+
+def test_resize_image_and_probabilities_shapes_and_dtypes():
+    image = np.random.default_rng(0).random((50, 70, 3)).astype(np.float32)
+    assert resize_image(image, (100, 140)).shape == (100, 140, 3)
+    assert resize_image((image * 255).astype(np.uint8), (25, 35)).dtype == np.uint8
+    probs = np.stack([image[..., 0], image[..., 1]])
+    out = resize_probabilities(probs, (25, 35))
+    assert out.shape == (2, 25, 35) and out.dtype == np.float32
+    assert resize_image(image, (50, 70)) is image  # no copy when the size is unchanged
+    stack = np.random.default_rng(1).random((20, 20, 6)).astype(np.float32)
+    assert resize_image(stack, (10, 10)).shape == (10, 10, 6)  # more channels than OpenCV takes
