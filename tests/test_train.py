@@ -78,11 +78,12 @@ def test_one_epoch_writes_checkpoint_model_dir_and_metrics(data_root, tmp_path):
     assert not list(out.glob(".*"))  # no temporary files left
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("when", ["after the first checkpoint", "while writing the second checkpoint"])
-def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, monkeypatch, when):
-    reference, _ = fit(params_for(data_root, tmp_path / "a", epochs=2))
+def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, monkeypatch, when, precision):
+    reference, _ = fit(params_for(data_root, tmp_path / "a", epochs=2, precision=precision))
 
-    params = params_for(data_root, tmp_path / "b", epochs=2)
+    params = params_for(data_root, tmp_path / "b", epochs=2, precision=precision)
     save = train_module.save_checkpoint
     calls = []
 
@@ -114,10 +115,15 @@ def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, 
     assert metrics[0] == metrics[1]
 
 
-def test_same_seed_same_weights_whatever_the_workers(data_root, tmp_path):
-    a, _ = fit(params_for(data_root, tmp_path / "a", workers=0))
-    b, _ = fit(params_for(data_root, tmp_path / "b", workers=2))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_weights_whatever_the_workers(data_root, tmp_path, precision):
+    a, _ = fit(params_for(data_root, tmp_path / "a", workers=0, precision=precision))
+    b, _ = fit(params_for(data_root, tmp_path / "b", workers=2, precision=precision))
     assert_same_weights(a.state_dict(), b.state_dict())
+    if precision == "bf16":  # bf16 autocast really ran: the weights differ from fp32's
+        f, _ = fit(params_for(data_root, tmp_path / "f", workers=0, precision="fp32"))
+        assert not torch.equal(a.state_dict()["head.weight"], f.state_dict()["head.weight"])
+        return
     params = params_for(data_root, tmp_path / "c")
     params["seed"] = 1
     c, _ = fit(params)
@@ -154,6 +160,8 @@ def test_cli_overrides_and_resume_checks(data_root, tmp_path):
 def test_bad_parameters_are_reported(data_root, tmp_path):
     with pytest.raises(NucleiError, match="train.schedule"):
         train(params_for(data_root, tmp_path, schedule="linear"))
+    with pytest.raises(NucleiError, match="train.precision"):
+        train(params_for(data_root, tmp_path, precision="fp8"))
     with pytest.raises(NucleiError, match="train.batch_size"):
         train(params_for(data_root, tmp_path, batch_size=0))
     params = params_for(data_root, tmp_path)

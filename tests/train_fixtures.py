@@ -103,7 +103,7 @@ def tiny_params(root: str | Path, **train) -> dict:
             "weight_decay": 1e-4,
             "schedule": "onecycle",
             "workers": 0,
-            "amp": False,
+            "precision": "fp32",
             "compile": False,
             "samples_per_epoch": 8,
             "device": "cpu",

@@ -1,0 +1,129 @@
+"""The Segmenter: scale estimate, rescaling round trip, blocks at any scale, confidence, model checks.
+
+The network is replaced by an ideal stand-in whose nucleus probability is the normalised grey
+level (bright discs on a dark background), so every answer is known: one nucleus per disc at
+any scale. The shipped model is tested on the same kind of images in test_shipped_model.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from pipeline.errors import NucleiError
+from pipeline.metrics import image_metrics
+from pipeline.scale import median_diameter
+from pipeline.segmenter import MIN_CONFIDENCE, Segmenter, confidence
+
+CANONICAL = 20.0
+
+
+class GreyPredictor:
+    """Stands in for :class:`pipeline.inference.Predictor`: P(nucleus) = grey level, no border."""
+
+    head = "sigmoid"
+    device = "cpu"
+    tta = "none"
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.calls: list[tuple[int, int]] = []
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        self.calls.append(image.shape[:2])
+        grey = image.mean(axis=2).astype(np.float32)
+        return np.stack([grey, np.zeros_like(grey)])
+
+
+def segmenter(diameter=CANONICAL, **kw) -> Segmenter:
+    config = {
+        "model": {"arch": "unet", "head": "sigmoid"},
+        "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
+        "normalization": {"low": 1.0, "high": 99.8, "fg_factor": 2.5},
+        "diameter": diameter,
+    }
+    return Segmenter(GreyPredictor(config), **kw)
+
+
+def disc_image(diameter: float, n: int = 4, dtype=np.uint8, bright=200, bg=20):
+    """An n × n grid of separate discs of ``diameter`` px; returns (RGB image, labels)."""
+    spacing = int(diameter * 2)
+    side = spacing * n
+    shape = (side, side)
+    labels = np.zeros(shape, np.int32)
+    for i in range(n):
+        for j in range(n):
+            rr, cc = disk((spacing * i + spacing / 2, spacing * j + spacing / 2), diameter / 2, shape=shape)
+            labels[rr, cc] = i * n + j + 1
+    grey = np.where(labels > 0, bright, bg).astype(dtype)
+    return np.dstack([grey] * 3), labels
+
+
+@pytest.mark.parametrize("diameter", [8, 30, 120])
+def test_discs_of_any_size_are_found_once_without_a_diameter(diameter):
+    image, true = disc_image(diameter)
+    seg = segmenter()
+    estimate = seg.estimate_diameter(seg.normalize(image))
+    assert estimate == pytest.approx(median_diameter(true), rel=0.2)
+    result = seg.segment(image)
+    assert result.estimated and result.diameter == pytest.approx(estimate)
+    assert result.scale == pytest.approx(CANONICAL / estimate, rel=0.01)
+    assert result.labels.shape == true.shape and result.labels.dtype == np.int32
+    assert result.labels.max() == true.max()
+    m = image_metrics(true, result.labels)
+    assert m["ap50"] == 1.0 and m["mean_matched_iou"] > 0.85
+
+
+def test_given_diameter_overrides_the_estimate_and_maps_back_to_original_pixels():
+    image, true = disc_image(40, n=3)
+    seg = segmenter()
+    result = seg.segment(image, diameter=40.0)
+    assert not result.estimated and result.diameter == 40.0 and result.scale == 0.5
+    assert max(seg.predictor.calls[-1]) == 120  # the network saw the image at half size
+    assert image_metrics(true, result.labels)["mean_matched_iou"] > 0.9
+
+
+def test_model_without_canonical_diameter_runs_at_the_images_own_scale():
+    image, true = disc_image(16, n=3)
+    seg = segmenter(diameter=None)
+    result = seg.segment(image)
+    assert result.diameter is None and result.scale == 1.0 and not result.estimated
+    assert seg.predictor.calls == [true.shape]  # one pass, no search
+    assert result.labels.max() == true.max()
+
+
+@pytest.mark.parametrize("diameter", [10.0, 60.0])
+def test_blocks_at_any_scale_match_the_whole_image(diameter):
+    image, true = disc_image(diameter, n=10 if diameter < 20 else 6)
+    whole = segmenter().segment(image, diameter=diameter)
+    seg = segmenter(block_size=256, block_margin=32)
+    blocks = seg.segment(image, diameter=diameter)
+    assert len(seg.predictor.calls) > 1  # it did run block by block
+    assert max(max(c) for c in seg.predictor.calls) <= 256  # each block bounded at the network's scale
+    assert blocks.labels.max() == whole.labels.max() == true.max()
+    assert image_metrics(whole.labels, blocks.labels)["mean_matched_iou"] > 0.99
+
+
+def test_confidence_and_flag():
+    clear = np.stack([np.r_[np.zeros(50), np.ones(50)].reshape(10, 10).astype(np.float32), np.zeros((10, 10), np.float32)])
+    assert confidence(clear, "sigmoid") == 1.0
+    murky = np.full((2, 10, 10), 0.5, np.float32)
+    assert confidence(murky, "sigmoid") == 0.0
+    image = np.full((64, 64, 3), 20, np.uint8)
+    image[20:40, 20:40] = 60  # a faint square fading in: ambiguous everywhere on it
+    image[25:35, 25:35] = 70
+    seg = segmenter(diameter=None)
+    seg.predictor.predict = lambda x: np.stack([np.full(x.shape[:2], 0.5, np.float32), np.zeros(x.shape[:2], np.float32)])
+    result = seg.segment(image)
+    assert result.confidence < MIN_CONFIDENCE and "low confidence" in result.flag
+
+
+def test_invalid_model_settings_are_reported_once_up_front():
+    config = {"model": {"head": "sigmoid"}, "postprocess": {"marker_threshold": 7.5}}
+    with pytest.raises(NucleiError, match=r"config\.yaml: postprocess\.marker_threshold"):
+        Segmenter(GreyPredictor(config))
+    with pytest.raises(NucleiError, match="diameter must be a positive number"):
+        Segmenter(GreyPredictor({"model": {"head": "sigmoid"}, "diameter": -3}))
+    with pytest.raises(NucleiError, match="block size"):
+        segmenter(block_size=100, block_margin=60)
