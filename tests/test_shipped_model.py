@@ -33,3 +33,41 @@ def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
     assert summary["dsb_score"] >= FLOOR, summary
     assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.5  # 1354 vs 999 when shipped
+
+
+def nuclei_like(diameter: float, n: int = 5, seed: int = 0):
+    """An n × n grid of separate blurred, textured, noisy discs of ``diameter`` px (uint8 RGB) and
+    their labels: fluorescent nuclei of one size."""
+    import numpy as np
+    from scipy import ndimage as ndi
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    spacing = int(round(diameter * 1.8))
+    side = spacing * n
+    labels = np.zeros((side, side), np.int32)
+    for i in range(n):
+        for j in range(n):
+            centre = (spacing * (i + 0.5) + rng.uniform(-2, 2), spacing * (j + 0.5) + rng.uniform(-2, 2))
+            rr, cc = disk(centre, diameter / 2 * rng.uniform(0.9, 1.1), shape=labels.shape)
+            labels[rr, cc] = i * n + j + 1
+    texture = ndi.gaussian_filter(rng.normal(0, 1, labels.shape), max(1.0, diameter / 10))
+    grey = np.where(labels > 0, 150 + 25 * texture / texture.std(), 20.0)
+    grey = ndi.gaussian_filter(grey, 1.0) + rng.normal(0, 4, grey.shape)
+    return np.dstack([np.clip(grey, 0, 255).astype(np.uint8)] * 3), labels
+
+
+@pytest.mark.parametrize("diameter", [8, 30, 120])
+def test_shipped_model_finds_nuclei_of_any_size_once_without_a_diameter(diameter):
+    from pipeline.metrics import image_metrics
+    from pipeline.scale import median_diameter
+    from pipeline.segmenter import Segmenter
+
+    segmenter = Segmenter.from_model_dir(MODEL, device="cpu")
+    image, true = nuclei_like(diameter)
+    result = segmenter.segment(image)
+    assert result.estimated
+    assert result.diameter == pytest.approx(median_diameter(true), rel=0.2)
+    metrics = image_metrics(true, result.labels)
+    assert abs(int(result.labels.max()) - int(true.max())) <= 1, (result.labels.max(), true.max())
+    assert metrics["ap50"] >= 0.9 and metrics["mean_matched_iou"] > 0.75, metrics
