@@ -187,7 +187,7 @@ def write_image_kinds(folder: Path) -> dict[str, int]:
     Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
     Image.fromarray(np.dstack([grey8 // 2, grey8, grey8 // 3])).save(folder / "rgb.jpg", quality=95)
     tifffile.imwrite(folder / "single.tif", grey8[..., None])  # (H, W, 1)
-    expected.update(dict.fromkeys(["dim16", "dim16-2", "float", "rgba", "rgb", "single"], 3))
+    expected.update(dict.fromkeys(["dim16-tif", "dim16-png", "float", "rgba", "rgb", "single"], 3))
     # multi-page TIFF: five planes with 0, 1, 2, 3, 3 disks -> <stem>_p0 .. <stem>_p4
     n_disks = [0, 1, 2, 3, 3]
     planes = [disks(centres=[(30, 30), (60, 90), (25, 100)][:n])[0] for n in n_disks]
@@ -289,14 +289,63 @@ def test_existing_outdir_is_updated_not_wiped(tmp_path, model_dir):
     assert (out / "labels" / "a.tif").exists()
 
 
-def test_same_stem_twice_gets_distinct_names(tmp_path, model_dir):
+def test_same_stem_twice_gets_distinct_stable_names(tmp_path, model_dir):
     image, _ = disks()
     for sub in ("x", "y"):
         (tmp_path / sub).mkdir()
         Image.fromarray(image).save(tmp_path / sub / "cells.png")
-    counts = segment_images([tmp_path / "x", tmp_path / "y"], tmp_path / "out", model_dir)
-    assert list(counts["image"]) == ["cells", "cells-2"]
-    assert (tmp_path / "out" / "labels" / "cells-2.tif").is_file()
+    for _ in range(2):  # the same names on a rerun, whatever the order of the inputs
+        counts = segment_images([tmp_path / "y", tmp_path / "x"], tmp_path / "out", model_dir)
+        assert sorted(counts["image"]) == ["cells-x", "cells-y"]
+    assert (tmp_path / "out" / "labels" / "cells-y.tif").is_file()
+    counts = counts.set_index("image")
+    assert counts.loc["cells-y", "labels_file"] == "labels/cells-y.tif"
+    assert counts.loc["cells-y", "overlay_file"] == "overlays/cells-y.png"
+    assert counts.loc["cells-y", "source"] == str(tmp_path / "y" / "cells.png")
+
+
+@pytest.mark.parametrize("layout", ["suffix", "folder"])
+def test_a_failing_file_never_removes_another_inputs_outputs(tmp_path, model_dir, layout):
+    """A good cells.png and a corrupt cells.tif (or a/x.png good, b/x.png corrupt) together."""
+    image, _ = disks()
+    if layout == "suffix":
+        good, bad = tmp_path / "cells.png", tmp_path / "cells.tif"
+    else:
+        good, bad = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+        good.parent.mkdir(), bad.parent.mkdir()
+    Image.fromarray(image).save(good)
+    bad.write_bytes(b"corrupt")
+    out = tmp_path / "out"
+    for _ in range(2):  # a rerun too
+        counts = segment_images([good, bad], out, model_dir).set_index("source")
+        ok, failed = counts.loc[str(good)], counts.loc[str(bad)]
+        assert ok["status"] == "ok" and failed["status"] == "failed" and ok["image"] != failed["image"]
+        assert (out / ok["labels_file"]).is_file() and (out / ok["overlay_file"]).is_file()
+        assert pd.isna(failed["labels_file"])
+        nuclei = pd.read_csv(out / "nuclei.csv")
+        assert (nuclei["image"] == ok["image"]).sum() == ok["count"] == 3
+        assert sorted(p.name for p in (out / "labels").iterdir()) == [f"{ok['image']}.tif"]
+
+
+def test_outputs_of_a_partly_written_image_are_removed(tmp_path, model_dir, monkeypatch):
+    """An image whose overlay cannot be written loses its label file, not another's."""
+    import pipeline.segment
+
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    real = pipeline.segment.write_png
+
+    def write_png(path, array):
+        if path.name == "b.png":
+            raise OSError(28, "No space left on device")
+        real(path, array)
+
+    monkeypatch.setattr(pipeline.segment, "write_png", write_png)
+    counts = segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir).set_index("image")
+    assert list(counts["status"]) == ["ok", "failed"]
+    assert [p.name for p in (out / "labels").iterdir()] == ["a.tif"]
 
 
 # --------------------------------------------------------------------------- large images
