@@ -507,22 +507,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def check_writable_folder(folder: str | Path) -> Path:
+def check_writable_folder(folder: str | Path, for_file: str | Path | None = None) -> Path:
     """Create ``folder`` if needed and check that files can be written in it.
 
     Raises
     ------
     NucleiError
-        It cannot be created (a file in the way, read-only, no permission) or is read-only.
+        Naming ``for_file`` (default ``folder``): a file stands where a folder is needed, or the
+        folder cannot be created or written to (read-only, no permission).
     """
     folder = Path(folder)
+    target = for_file or folder
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NucleiError(f"{target}: cannot write ({existing} is a file, not a folder)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise NucleiError(f"{folder}: cannot write to this folder ({exc.strerror or one_line(exc)})") from None
+        raise NucleiError(f"{target}: cannot write ({exc.strerror or one_line(exc)})") from None
     return folder
 
 
@@ -536,8 +541,8 @@ def check_writable_file(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise NucleiError(f"{path}: is a folder; give a file name")
-    check_writable_folder(path.parent)
+        raise NucleiError(f"{path}: cannot write (a folder; give a file name)")
+    check_writable_folder(path.parent, for_file=path)
     return path
 
 

@@ -4,24 +4,28 @@ Every image of ``TEST_ROOT/<id>/images/<id>.png`` is predicted (:mod:`pipeline.i
 post-processed with the thresholds stored in the model directory (:mod:`pipeline.watershed`)
 and run-length encoded (:mod:`pipeline.rle`). The table is validated and written atomically;
 an image without nuclei gets one row with an empty ``EncodedPixels``. A Kaggle submission must
-contain every image, so an unreadable image stops the command with an error naming the file and
-nothing is written.
+contain every image, so every image is read once before any prediction: an unreadable one stops
+the command with one line per bad file and nothing is written. The output location is checked
+before any work too. Exit status: 0 written, 1 unreadable images or a write failure, 2 usage
+error (missing test folder, model, unwritable output).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import ROOT, load_params
+from pipeline.errors import NucleiError
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 
 
-def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8
+def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8, check: bool = True
                    ) -> tuple[pd.DataFrame, dict[str, tuple[int, int]]]:
     """Predict, post-process and encode every image of a Kaggle test root.
 
@@ -35,6 +39,8 @@ def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8
         Keyword arguments of :func:`pipeline.watershed.postprocess`.
     chunk : int
         Images read and predicted together (tiles of equal shape share forward passes).
+    check : bool
+        Read every image before predicting any (False: the caller did).
 
     Returns
     -------
@@ -46,7 +52,8 @@ def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8
     Raises
     ------
     NucleiError
-        No samples in ``root``, or an image that cannot be read (naming the file).
+        No samples in ``root``, or images that cannot be read (:func:`unreadable_images`, checked
+        before any prediction).
     """
     from pipeline.inference import normalize
     from pipeline.io import list_kaggle_ids, progress, read_kaggle_sample
@@ -55,6 +62,10 @@ def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8
 
     root = Path(root)
     ids = list_kaggle_ids(root)
+    problems = unreadable_images(root, ids) if check else []
+    if problems:
+        more = f" (and {len(problems) - 1} more unreadable images)" if len(problems) > 1 else ""
+        raise NucleiError(problems[0] + more)
     config = predictor.config
     rles: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, int]] = {}
@@ -72,6 +83,19 @@ def submission_for(root: str | Path, predictor, thresholds: dict, chunk: int = 8
     return submission_frame(rles), shapes
 
 
+def unreadable_images(root: Path, ids: list[str]) -> list[str]:
+    """Read every image of a Kaggle test root once; one error line per image that fails."""
+    from pipeline.io import progress, read_kaggle_sample
+
+    problems = []
+    for sample_id in progress(ids, desc="checking", total=len(ids)):
+        try:
+            read_kaggle_sample(root / sample_id, masks=False)
+        except NucleiError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei submit``."""
     parser.add_argument("test_root", metavar="TEST_ROOT", help="Kaggle test folder (<id>/images/<id>.png)")
@@ -86,18 +110,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """``nuclei submit TEST_ROOT -o submission.csv [--model DIR]``."""
     from pipeline.inference import load_predictor, predictor_options
+    from pipeline.io import check_writable_file, list_kaggle_ids
     from pipeline.rle import write_submission
     from pipeline.watershed import thresholds
 
-    params = load_params(args.params)
-    predict_cfg = params.get("predict") or {}
-    output = args.output or (params.get("submit") or {}).get("out", "submission.csv")
-    options = predictor_options(predict_cfg)
-    if args.tta:
-        options["tta"] = args.tta
-    predictor = load_predictor(args.model, device=args.device or predict_cfg.get("device", "auto"), **options)
-    kwargs = thresholds(predictor.config.get("postprocess"), Path(args.model) / "config.yaml")
-    df, shapes = submission_for(args.test_root, predictor, kwargs, chunk=max(predictor.batch_size, 1))
+    try:  # usage errors, before any work
+        params = load_params(args.params)
+        predict_cfg = params.get("predict") or {}
+        output = check_writable_file(args.output or (params.get("submit") or {}).get("out", "submission.csv"))
+        root = Path(args.test_root)
+        ids = list_kaggle_ids(root)
+        options = predictor_options(predict_cfg)
+        if args.tta:
+            options["tta"] = args.tta
+        predictor = load_predictor(args.model, device=args.device or predict_cfg.get("device", "auto"), **options)
+        kwargs = thresholds(predictor.config.get("postprocess"), Path(args.model) / "config.yaml")
+    except NucleiError as exc:
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 2
+    problems = unreadable_images(root, ids)
+    for problem in problems:
+        print(f"nuclei: error: {problem}", file=sys.stderr)
+    if problems:
+        print(f"nuclei: error: {len(problems)} unreadable image(s); nothing written", file=sys.stderr)
+        return 1
+    df, shapes = submission_for(root, predictor, kwargs, chunk=max(predictor.batch_size, 1), check=False)
     write_submission(df, output, shapes)
     n_nuclei = int((df["EncodedPixels"] != "").sum())
     print(f"submission: {len(shapes)} images, {n_nuclei} nuclei -> {output}")
