@@ -53,13 +53,13 @@ def _to_float01(array: np.ndarray) -> np.ndarray:
         info = np.iinfo(array.dtype)
         if info.min < 0:  # signed: shift to unsigned range
             return ((array.astype(np.float64) - info.min) / (info.max - info.min)).astype(np.float32)
-        return (array / np.float32(info.max)).astype(np.float32)
+        return (array / np.float32(info.max)).astype(np.float32, copy=False)
     lo, hi = float(array.min()), float(array.max())
     if lo >= 0.0 and hi <= 1.0:
         return array.astype(np.float32)
     if hi == lo:
         return np.zeros(array.shape, np.float32)
-    return ((array - lo) / (hi - lo)).astype(np.float32)
+    return ((array - lo) / (hi - lo)).astype(np.float32, copy=False)
 
 
 def _to_rgb(array: np.ndarray) -> np.ndarray:

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from skimage.measure import regionprops_table
-from skimage.segmentation import relabel_sequential
 
 from pipeline.config import ROOT, load_params
 from pipeline.errors import NucleiError, OutputError
@@ -169,8 +168,9 @@ def label_nuclei(
         free = (block > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
         target[free] = block[free]
         n_labels += keep.size
-    labels = remove_small(labels, thresholds.get("min_size", 0))
-    return relabel_sequential(labels)[0].astype(np.int32)
+    # drops small nuclei and those no block kept, and numbers the rest 1..N, in one int32 pass
+    # (no relabel_sequential: its full-size temporaries made the peak memory of large images)
+    return remove_small(labels, max(thresholds.get("min_size", 0), 1))
 
 
 # --------------------------------------------------------------------------- the batch
@@ -326,7 +326,7 @@ def _warn(message: str) -> None:
 
 
 def _segment_plane(
-    plane: np.ndarray,
+    plane: Plane,
     source: Path,
     name: str,
     predictor,
@@ -337,15 +337,15 @@ def _segment_plane(
 ) -> dict[str, Any]:
     """Segment, measure and write one plane; returns its counts.csv row fields.
 
-    ``plane`` is (H, W) or (H, W, C) in the file's units (:func:`pipeline.io.read_planes`);
+    ``plane.array`` is (H, W) or (H, W, C) in the file's units (:func:`pipeline.io.read_planes`);
     the nuclei are measured on it, the network sees it normalised. Files written are appended
     to ``written``.
     """
     from pipeline.inference import normalize
 
-    intensity = intensity_of(plane)  # in the image's own units, whatever its pixel type
-    image = as_rgb01(plane)
-    del plane
+    intensity = intensity_of(plane.array)  # in the image's own units, whatever its pixel type
+    image = as_rgb01(plane.array)
+    del plane  # the caller holds no reference: the file's array is freed here
     image = normalize(image, predictor.config)  # robust percentiles, as the model was trained
     labels = label_nuclei(
         image, predictor, predictor.head, thresholds, settings.block_size, settings.block_margin
@@ -460,14 +460,15 @@ def _segment_file(source: Path, base_name: str, predictor, post: dict, cfg: Sett
         _fail(run, {**base, "image": base_name}, error, source, [])
         planes = [p for p in planes if min(p.array.shape[:2]) >= MIN_SIDE]
     for k in range(len(planes)):
-        plane: Plane = _take(planes, k)
+        plane: Plane = planes[k]
         name = run.unique_name(base_name + plane.tag) if plane.tag else base_name
         height, width = plane.array.shape[:2]
         row = {**base, "image": name, "series": plane.series, "plane": plane.index, "height": height,
                "width": width, "pixel_type": str(plane.array.dtype)}
+        del plane
         written: list[Path] = []
-        try:  # the plane is handed over, not kept here: its memory is freed once normalised
-            row.update(_segment_plane(plane.array, source, name, predictor, post, cfg, run, written))
+        try:  # the plane is handed over, not kept here: its memory is freed once converted
+            row.update(_segment_plane(_take(planes, k), source, name, predictor, post, cfg, run, written))
         except Exception as exc:  # one bad image never stops the batch
             _fail(run, row, exc, source, written)
             continue
