@@ -6,3 +6,12 @@ class NucleiError(Exception):
 
     The command line prints it as ``nuclei: error: <message>`` without a traceback.
     """
+
+
+class OutputError(NucleiError):
+    """An output file could not be written (disk full, read-only, a folder in its place)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

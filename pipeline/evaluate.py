@@ -4,9 +4,10 @@ Compares the post-processed labels (``<postprocess.out>/<id>.tif``) with the pre
 (``<data.prepared>/<id>.npz``) of the images of fold ``data.val_fold`` and writes, under
 ``evaluate.out`` (default ``metrics/``):
 
-- ``metrics.json`` — DVC metrics: the data-set means (``dsb_score``, ``ap50``, ``f1_50``,
-  ``mean_matched_iou``, ``aji``, pixel Dice/IoU/accuracy, ``count_error``, ``p@t``), and the
-  same per image type under ``by_type``;
+- ``metrics.json`` — DVC metrics, the headline only (:data:`HEADLINE`: ``dsb_score``,
+  ``ap50``, ``f1_50``, ``aji``, ``count_error``, ``n_images``), what ``dvc metrics show`` prints;
+- ``details.json`` — every data-set mean (``mean_matched_iou``, pixel Dice/IoU/accuracy,
+  ``p@t``, ...) and the same per image type under ``by_type``;
 - ``per_image.csv`` — one row per image;
 - ``plots/score_vs_threshold.csv`` — ``threshold, precision`` (mean P(t) over images);
 - ``plots/score_by_type.csv`` — ``image_type, dsb_score, n_images``.
@@ -26,6 +27,9 @@ import pandas as pd
 from pipeline.config import load_params, section
 from pipeline.errors import NucleiError
 from pipeline.prepare import validation_index
+
+#: Keys of the summary written to ``metrics.json`` (the rest goes to ``details.json``).
+HEADLINE = ("dsb_score", "ap50", "f1_50", "aji", "count_error", "n_images")
 
 
 def per_image_metrics(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
@@ -115,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
     if "image_type" in index.columns:
         per_image.insert(1, "image_type", index["image_type"].to_numpy())
     metrics, by_threshold, by_type = summarise(per_image)
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", {k: metrics[k] for k in HEADLINE})
+    write_json(out / "details.json", metrics)
     write_csv(out / "per_image.csv", per_image)
     write_csv(out / "plots" / "score_vs_threshold.csv", by_threshold)
     write_csv(out / "plots" / "score_by_type.csv", by_type)

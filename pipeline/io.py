@@ -13,19 +13,20 @@ import logging
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.errors import NucleiError
+from pipeline.errors import NucleiError, OutputError, one_line
 
 #: File name endings read as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: Peak memory of ``nuclei segment`` per image pixel, in bytes (8000×8000 RGB, see README).
+SEGMENT_BYTES_PER_PIXEL = 60
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -44,84 +45,163 @@ def progress(iterable: Iterable, desc: str = "", total: int | None = None, unit:
 # --------------------------------------------------------------------------- images
 
 
-def _to_float01(array: np.ndarray, path: Path) -> np.ndarray:
-    """Scale an integer, boolean or float array to float32 in [0, 1]."""
+def _to_float01(array: np.ndarray) -> np.ndarray:
+    """Scale a checked (:func:`_check_array`) integer, boolean or float array to float32 in [0, 1]."""
     if array.dtype == bool:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
         if info.min < 0:  # signed: shift to unsigned range
             return ((array.astype(np.float64) - info.min) / (info.max - info.min)).astype(np.float32)
-        return (array / np.float32(info.max)).astype(np.float32)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-            raise NucleiError(f"{path}: image contains NaN or infinite values")
-        lo, hi = float(array.min()), float(array.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return array.astype(np.float32)
-        if hi == lo:
-            return np.zeros(array.shape, np.float32)
-        return ((array - lo) / (hi - lo)).astype(np.float32)
-    raise NucleiError(f"{path}: unsupported pixel type {array.dtype}")
+        return (array / np.float32(info.max)).astype(np.float32, copy=False)
+    lo, hi = float(array.min()), float(array.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return array.astype(np.float32)
+    if hi == lo:
+        return np.zeros(array.shape, np.float32)
+    return ((array - lo) / (hi - lo)).astype(np.float32, copy=False)
 
 
-def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
-    """(H, W) or (H, W, 1|2|3|4) → (H, W, 3); grey repeated, alpha dropped."""
+def _to_rgb(array: np.ndarray) -> np.ndarray:
+    """Checked (H, W) or (H, W, 1|2|3|4) → (H, W, 3); grey repeated, alpha dropped."""
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim != 3:
-        raise NucleiError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
-    channels = array.shape[-1]
-    if channels in (1, 2):  # grey, or grey + alpha
+    if array.shape[-1] in (1, 2):  # grey, or grey + alpha
         array = np.repeat(array[..., :1], 3, axis=-1)
-    elif channels in (3, 4):
-        array = array[..., :3]
-    else:
-        raise NucleiError(f"{path}: unsupported number of channels ({channels})")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise NucleiError(f"{path}: empty image")
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array[..., :3])
 
 
-def _read_tiff_planes(path: Path) -> list[np.ndarray]:
-    """A TIFF as a list of 2-D planes, each (Y, X) or (Y, X, S) where S holds colour samples.
+class Plane(NamedTuple):
+    """One image of a file, in the file's own units (see :func:`read_planes`)."""
+
+    tag: str  #: '' for a file holding one image, else '_p<k>', '_s<j>' or '_s<j>_p<k>'
+    series: int  #: TIFF series (0 for every other format)
+    index: int  #: plane within its series
+    array: np.ndarray  #: (H, W) or (H, W, C), C = 1..4, the file's pixel type
+
+
+def max_image_pixels() -> int | None:
+    """Largest image (H × W pixels) read: what ``nuclei segment`` can hold in this machine's memory.
+
+    ``nuclei segment`` peaks at about :data:`SEGMENT_BYTES_PER_PIXEL` bytes per pixel of an
+    image (measured for an 8000×8000 RGB image); None where the memory size is unknown.
+    """
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+    return int(memory // SEGMENT_BYTES_PER_PIXEL)
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    """Refuse, as 'too large', an image whose pixels exceed :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    if limit is not None and height * width > limit:
+        raise NucleiError(
+            f"{path}: image too large ({width}x{height} px = {height * width / 1e6:.0f} Mpx; this "
+            f"machine's memory allows at most {limit / 1e6:.0f} Mpx, about {SEGMENT_BYTES_PER_PIXEL} "
+            "bytes per pixel)"
+        )
+
+
+def _read_tiff_planes(path: Path) -> list[Plane]:
+    """Every series of a TIFF as planes, each (Y, X) or (Y, X, S) where S holds colour samples.
 
     Every axis other than Y, X and the samples axis S (pages, Z, T, channels) enumerates planes.
     """
     import tifffile
 
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # our one-line error says it all
+    planes: list[Plane] = []
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            array = series.asarray()
-            axes = series.axes
+            for s, series in enumerate(tif.series):
+                axes = series.axes
+                if "Y" in axes and "X" in axes:
+                    _check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
+                array = series.asarray()
+                keep = "YXS"
+                order = [i for i, a in enumerate(axes) if a not in keep]
+                order += [axes.index(a) for a in keep if a in axes]
+                array = np.transpose(array, order)
+                n_extra = len(axes) - sum(a in axes for a in keep)
+                stack = array.reshape((-1,) + array.shape[n_extra:])
+                for k, plane in enumerate(stack):
+                    tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
+                    planes.append(Plane(tag, s, k, plane))
+    except NucleiError:
+        raise
+    except MemoryError:
+        raise NucleiError(f"{path}: too large for this machine's memory") from None
     except Exception as exc:  # tifffile raises many types for corrupt files
-        raise NucleiError(f"{path}: not a readable TIFF ({exc})") from None
-    keep = "YXS"
-    order = [i for i, a in enumerate(axes) if a not in keep] + [axes.index(a) for a in keep if a in axes]
-    array = np.transpose(array, order)
-    n_extra = len(axes) - sum(a in axes for a in keep)
-    planes = array.reshape((-1,) + array.shape[n_extra:])
-    return list(planes)
+        raise NucleiError(f"{path}: not a readable TIFF ({one_line(exc)})") from None
+    if not planes:
+        raise NucleiError(f"{path}: not a readable TIFF (no image in it)")
+    if len(planes) == 1:
+        planes[0] = planes[0]._replace(tag="")
+    return planes
+
+
+def read_planes(path: str | Path) -> list[Plane]:
+    """Read every image of a file in the file's own units (for measurement).
+
+    A TIFF gives every plane of every series (pages, Z, T or channel axes enumerate planes);
+    any other file gives one plane.
+
+    Returns
+    -------
+    planes : list of :class:`Plane`
+        ``array`` (H, W) or (H, W, C) with C = 1..4 channels (grey, grey + alpha, RGB, RGBA),
+        in the file's pixel type (bool, integer or float; float values finite), unscaled.
+
+    Raises
+    ------
+    NucleiError
+        Missing, unreadable, truncated, too large or non-image files, NaN values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NucleiError(f"{path}: no such file")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        planes = _read_tiff_planes(path)
+    else:
+        planes = [Plane("", 0, 0, _read_pillow(path))]
+    for plane in planes:
+        _check_array(plane.array, path)
+    return planes
+
+
+def _check_array(array: np.ndarray, path: Path) -> None:
+    """Raise unless ``array`` is a (H, W) or (H, W, 1..4) image of a supported, finite type."""
+    if array.ndim not in (2, 3):
+        raise NucleiError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
+    if array.ndim == 3 and not 1 <= array.shape[-1] <= 4:
+        raise NucleiError(f"{path}: unsupported number of channels ({array.shape[-1]})")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise NucleiError(f"{path}: empty image")
+    if not (array.dtype == bool or np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise NucleiError(f"{path}: unsupported pixel type {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise NucleiError(f"{path}: image contains NaN or infinite values")
+
+
+def as_rgb01(array: np.ndarray) -> np.ndarray:
+    """A plane of :func:`read_planes` → float32 (H, W, 3) in [0, 1], the network's input.
+
+    Integer images are scaled by the maximum of their type, float images are kept when within
+    [0, 1] and min-max scaled otherwise (intensities in the image's units stay in the plane).
+    """
+    return _to_rgb(_to_float01(array))
 
 
 def read_image_planes(path: str | Path) -> list[np.ndarray]:
-    """Read every plane of an image file.
-
-    A multi-page TIFF (pages, Z, T or channel axes) gives one image per plane; any other file
-    gives a list with one image.
+    """Read every plane of an image file (:func:`read_planes`) scaled by :func:`as_rgb01`.
 
     Returns
     -------
     planes : list of float32 ndarray of shape (H, W, 3), values in [0, 1]
     """
-    path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        if not path.is_file():
-            raise NucleiError(f"{path}: no such file")
-        return [_to_rgb(_to_float01(plane, path), path) for plane in _read_tiff_planes(path)]
-    return [read_image(path)]
+    return [as_rgb01(plane.array) for plane in read_planes(path)]
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -142,30 +222,38 @@ def read_image(path: str | Path) -> np.ndarray:
     Raises
     ------
     NucleiError
-        Missing, unreadable, truncated or non-image files, multi-page TIFFs (use
+        Missing, unreadable, truncated, too large or non-image files, multi-page TIFFs (use
         :func:`read_image_planes`), NaN values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise NucleiError(f"{path}: no such file")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        planes = read_image_planes(path)
-        if len(planes) > 1:
-            raise NucleiError(f"{path}: multi-page TIFF with {len(planes)} planes; read it plane by plane")
-        return planes[0]
+    planes = read_image_planes(path)
+    if len(planes) > 1:
+        raise NucleiError(f"{path}: multi-page TIFF with {len(planes)} planes; read it plane by plane")
+    return planes[0]
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    """A PNG, JPEG or BMP file as an array in its own pixel type.
+
+    Pillow's decompression-bomb guard (89.5 Mpx) is lifted for this read: the limit is
+    :func:`max_image_pixels`, tied to memory, and its error says 'too large'.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    guard = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                array = _pil_to_array(im)
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as im:
+            _check_size(path, im.height, im.width)
+            im.load()
+            return _pil_to_array(im)
     except UnidentifiedImageError:
         raise NucleiError(f"{path}: not an image file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-        raise NucleiError(f"{path}: unreadable or truncated image ({exc})") from None
-    return _to_rgb(_to_float01(array, path), path)
+    except MemoryError:
+        raise NucleiError(f"{path}: too large for this machine's memory") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise NucleiError(f"{path}: unreadable or truncated image ({one_line(exc)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
 
 
 def _pil_to_array(im) -> np.ndarray:
@@ -194,7 +282,8 @@ def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
 
     Files named explicitly are kept whatever their ending (reading them reports problems);
     folders contribute the files whose ending is in :data:`IMAGE_SUFFIXES` (hidden files are
-    skipped), and their sub-folders too when ``recursive``.
+    skipped), and their sub-folders too when ``recursive``, except the ``masks/`` folders of a
+    Kaggle layout (``<id>/masks/`` beside ``<id>/images/``).
 
     Raises
     ------
@@ -209,6 +298,7 @@ def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
             files.extend(
                 p for p in sorted(path.glob(pattern))
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                and not _is_kaggle_mask(p)
             )
         elif path.is_file():
             files.append(path)
@@ -222,6 +312,11 @@ def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def _is_kaggle_mask(path: Path) -> bool:
+    """Whether ``path`` is ``<id>/masks/<k>.png`` of a Kaggle layout (beside ``<id>/images/``)."""
+    return path.parent.name == "masks" and (path.parent.parent / "images").is_dir()
 
 
 # --------------------------------------------------------------------------- Kaggle layout
@@ -366,20 +461,63 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary name keeps the suffix so that writers that infer the format from it work.
     Parent folders are created. On an exception the temporary file is removed and ``path`` is
-    left as it was.
+    left as it was; an ``OSError`` (disk full, read-only, a folder in the way) becomes a
+    one-line :class:`pipeline.errors.OutputError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or one_line(exc)})") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def check_writable_folder(folder: str | Path, for_file: str | Path | None = None) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it.
+
+    Raises
+    ------
+    NucleiError
+        Naming ``for_file`` (default ``folder``): a file stands where a folder is needed, or the
+        folder cannot be created or written to (read-only, no permission).
+    """
+    folder = Path(folder)
+    target = for_file or folder
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NucleiError(f"{target}: cannot write ({existing} is a file, not a folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise NucleiError(f"{target}: cannot write ({exc.strerror or one_line(exc)})") from None
+    return folder
+
+
+def check_writable_file(path: str | Path) -> Path:
+    """Check, before any work, that the file ``path`` can be written (see :func:`atomic_path`).
+
+    Raises
+    ------
+    NucleiError
+        ``path`` is a folder, or its folder cannot be created or written to.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise NucleiError(f"{path}: cannot write (a folder; give a file name)")
+    check_writable_folder(path.parent, for_file=path)
+    return path
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -41,6 +41,62 @@ _PHYSICAL = {
 }
 
 
+#: ``nuclei.csv`` column -> (unit, meaning); written beside it as ``columns.csv``.
+COLUMN_DICTIONARY = {
+    "image": ("", "output name of the image (counts.csv: source file, pixel type, output files)"),
+    "label": ("", "the nucleus's value in labels/<image>.tif"),
+    "area_px": ("px", "area, in pixels"),
+    "area_um2": ("µm²", "area (--pixel-size)"),
+    "centroid_row": ("px", "centre of mass, row (0 = top)"),
+    "centroid_col": ("px", "centre of mass, column (0 = left)"),
+    "bbox_min_row": ("px", "bounding box, first row"),
+    "bbox_min_col": ("px", "bounding box, first column"),
+    "bbox_max_row": ("px", "bounding box, last row + 1"),
+    "bbox_max_col": ("px", "bounding box, last column + 1"),
+    "equivalent_diameter_px": ("px", "diameter of the disc of the same area"),
+    "equivalent_diameter_um": ("µm", "diameter of the disc of the same area (--pixel-size)"),
+    "perimeter_px": ("px", "perimeter"),
+    "perimeter_um": ("µm", "perimeter (--pixel-size)"),
+    "eccentricity": ("", "of the ellipse with the same second moments; 0 = circle"),
+    "solidity": ("", "area / convex hull area"),
+    "mean_intensity": (
+        "image units",
+        "mean pixel value (channel mean of grey/RGB, alpha dropped) as stored in the file: "
+        "counts for integer images (pixel_type in counts.csv), values for float images; not normalised",
+    ),
+    "integrated_intensity": ("image units × px", "mean_intensity × area_px"),
+}
+
+
+def column_dictionary(pixel_size: float | None = None) -> pd.DataFrame:
+    """``columns.csv``: ``column, unit, meaning`` for every ``nuclei.csv`` column."""
+    columns = ["image", *measurement_columns(pixel_size)]
+    return pd.DataFrame(
+        [(c, *COLUMN_DICTIONARY[c]) for c in columns], columns=["column", "unit", "meaning"]
+    )
+
+
+def intensity_of(image: np.ndarray) -> np.ndarray:
+    """The grey level measured: the mean of the colour channels, in the image's own units.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array, C = 1..4
+        As stored in the file (any pixel type); grey + alpha and RGBA lose their alpha.
+
+    Returns
+    -------
+    grey : (H, W) float32 array (float64 for 32/64-bit integer or float64 images)
+        Unscaled: a uint16 image gives counts in 0..65535, a float image its stored values.
+    """
+    if image.ndim == 3:
+        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
+    else:
+        image = image[..., None]
+    wide = image.dtype.itemsize > 2 and image.dtype != np.float32
+    return image.mean(axis=-1, dtype=np.float64 if wide else np.float32)
+
+
 def measurement_columns(pixel_size: float | None = None) -> list[str]:
     """Column names of :func:`measure_nuclei` (without the leading ``image`` column)."""
     columns = list(_RENAME.values())
@@ -62,7 +118,7 @@ def measure_nuclei(
         Instance labels, 0 = background.
     intensity : (H, W) float array
         The image the intensities are measured on (grey, in the units of the caller; the
-        ``segment`` command passes the channel mean of the image as read, in [0, 1]).
+        ``segment`` command passes :func:`intensity_of` the image as stored in the file).
     pixel_size : float, optional
         Side of one pixel in µm. When given, ``area_um2`` (= ``area_px * pixel_size**2``),
         ``equivalent_diameter_um`` and ``perimeter_um`` are added.

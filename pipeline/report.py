@@ -82,7 +82,7 @@ def _cell(value: object) -> str:
 
 
 def _counts_table(counts: pd.DataFrame) -> str:
-    columns = [c for c in counts.columns if c != "source"]
+    columns = [c for c in counts.columns if c not in ("source", "labels_file", "overlay_file")]
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     rows = []
     for record in counts[columns].to_dict("records"):

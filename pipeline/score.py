@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import NucleiError
-from pipeline.io import progress, write_csv
+from pipeline.errors import NucleiError, one_line
+from pipeline.io import check_writable_file, progress, write_csv
 from pipeline.metrics import PRECISION_KEYS, aggregate, image_metrics
 from pipeline.rle import SUBMISSION_COLUMNS, decode_image, validate_submission
 
@@ -42,8 +42,7 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise NucleiError(f"{path}: empty file (expected a CSV with columns {','.join(columns)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NucleiError(f"{path}: not a readable CSV file ({reason})") from None
+        raise NucleiError(f"{path}: not a readable CSV file ({one_line(exc)})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise NucleiError(
@@ -212,7 +211,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``nuclei score``; exit status 0, or 1 when either file is malformed."""
+    """Run ``nuclei score``; exit status 0, or 1 when either file is malformed or ``--per-image``
+    cannot be written (checked before scoring)."""
+    if args.per_image is not None:
+        check_writable_file(args.per_image)
     submission = read_table(args.submission, SUBMISSION_COLUMNS)
     solution = read_table(args.solution, SOLUTION_COLUMNS)
     problems = check_pair(submission, solution, str(args.submission), str(args.solution))

@@ -6,40 +6,51 @@ writes, under ``OUTDIR``:
 - ``labels/<name>.tif``: uint16 instance labels (0 = background), a label layer in napari/Fiji;
 - ``overlays/<name>.png``: the normalised image with each nucleus outlined in its own colour;
 
-and for the whole run ``nuclei.csv`` (one row per nucleus), ``counts.csv`` (one row per image,
-failures included) and ``report.html``. ``<name>`` is the file's stem; each plane of a
-multi-page TIFF is an image of its own, ``<stem>_p<k>`` (k = 0, 1, ...). The work on one image
-is :meth:`pipeline.segmenter.Segmenter.segment` (normalisation, nucleus-size estimate and
-rescaling, network, block-wise processing of huge images, watershed); this module reads the
-inputs and writes, measures and reports.
+and for the whole run ``nuclei.csv`` (one row per nucleus; intensities in the image's own
+units), ``counts.csv`` (one row per image, failures included, naming its output files),
+``columns.csv`` (units and meaning of the ``nuclei.csv`` columns) and ``report.html``. The tables
+are rewritten as the batch goes, and on an interruption, so that they describe the label files
+present. ``<name>`` is the file's stem (see :func:`output_names` when two inputs share one); each
+plane of a multi-page TIFF is an image of its own, ``<name>_p<k>`` (k = 0, 1, ...), and each
+further series ``<name>_s<j>`` (``<name>_s<j>_p<k>``). The work on one image is
+:meth:`pipeline.segmenter.Segmenter.segment` (normalisation, nucleus-size estimate and rescaling,
+network, block-wise processing of huge images, watershed); this module reads the inputs and
+writes, measures and reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import re
+import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipeline.config import ROOT, load_params
-from pipeline.errors import NucleiError
+from pipeline.errors import NucleiError, OutputError
 from pipeline.io import (
     IMAGE_SUFFIXES,
+    Plane,
+    as_rgb01,
+    check_writable_folder,
     list_images,
     progress,
-    read_image_planes,
+    read_planes,
     write_csv,
     write_labels,
     write_png,
     write_text,
 )
-from pipeline.measure import measure_nuclei, measurement_columns
+from pipeline.measure import column_dictionary, intensity_of, measure_nuclei, measurement_columns
 from pipeline.overlay import display_uint8, draw_outlines, encode_png, thumbnail
 from pipeline.report import render_report
 
@@ -58,9 +69,9 @@ DEFAULTS: dict[str, Any] = {
 }
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (
-    "image", "source", "plane", "height", "width", "count",
-    "median_area_px", "median_area_um2", "diameter_px", "diameter_estimated", "scale",
-    "confidence", "flag", "status", "error",
+    "image", "source", "series", "plane", "height", "width", "pixel_type", "count",
+    "median_area_px", "median_area_um2", "diameter_px", "diameter_estimated", "scale", "confidence",
+    "flag", "status", "error", "labels_file", "overlay_file",
 )  # fmt: skip
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
@@ -130,23 +141,92 @@ class Settings:
         return settings
 
 
-@dataclass
 class _Run:
-    """What a batch accumulates: rows of counts.csv, measurement tables, thumbnails."""
+    """What a batch accumulates (rows of counts.csv, measurement tables, thumbnails) and writes.
 
-    counts: list[dict[str, Any]] = field(default_factory=list)
-    tables: list[pd.DataFrame] = field(default_factory=list)
-    thumbnails: dict[str, bytes] = field(default_factory=dict)
-    names: set[str] = field(default_factory=set)
+    :meth:`write_tables` rewrites ``counts.csv``, ``nuclei.csv`` and ``columns.csv`` so that they
+    describe the images done so far; ``throttle`` skips a rewrite when the last one is too
+    recent for its cost (at most ~10 % of the time goes to rewriting tables).
+    """
+
+    def __init__(self, outdir: Path, pixel_size: float | None):
+        self.outdir, self.pixel_size = outdir, pixel_size
+        self.counts: list[dict[str, Any]] = []
+        self.tables: list[pd.DataFrame] = []
+        self.thumbnails: dict[str, bytes] = {}
+        self.names: set[str] = set()
+        self.earlier = _earlier_sources(outdir / "counts.csv")
+        self._written_at, self._write_cost = -math.inf, 0.0
 
     def unique_name(self, name: str) -> str:
-        """``name``, or ``name-2``, ``name-3``, ... when two inputs share a stem."""
+        """``name``, or ``name-2``, ``name-3``, ... should a plane's name equal another input's."""
         candidate, k = name, 1
-        while candidate in self.names:
+        while candidate.casefold() in self.names:
             k += 1
             candidate = f"{name}-{k}"
-        self.names.add(candidate)
+        self.names.add(candidate.casefold())
         return candidate
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``counts.csv`` and ``nuclei.csv`` of the images done so far."""
+        counts = (
+            pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS))
+            .reindex(columns=_count_columns(self.pixel_size))
+            .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
+        )
+        columns = ["image", *measurement_columns(self.pixel_size)]
+        nuclei = pd.concat(self.tables, ignore_index=True) if self.tables else pd.DataFrame(columns=columns)
+        return counts, nuclei[columns]
+
+    def write_tables(self, throttle: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+        start = time.perf_counter()
+        if throttle and start - self._written_at < 10 * self._write_cost:
+            return self.frames()
+        counts, nuclei = self.frames()
+        write_csv(self.outdir / "nuclei.csv", nuclei)
+        write_csv(self.outdir / "counts.csv", counts)
+        write_csv(self.outdir / "columns.csv", column_dictionary(self.pixel_size))
+        self._written_at = time.perf_counter()
+        self._write_cost = self._written_at - start
+        return counts, nuclei
+
+
+def output_names(sources: list[Path]) -> list[str]:
+    """The output name of each input: unique in the batch, and the same on a rerun.
+
+    An input's name is its file stem, unless other inputs share that stem (letter case aside):
+    then each gets the stem followed by what tells them apart, their file ending and/or as
+    many parent folders as needed: ``a/x.png, b/x.png -> x-a, x-b``;
+    ``cells.png, cells.tif -> cells-png, cells-tif``.
+    """
+    names = [source.stem for source in sources]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, source in enumerate(sources):
+        groups[source.stem.casefold()].append(i)
+    for members in groups.values():
+        if len(members) == 1:
+            continue
+        paths = [sources[i].absolute() for i in members]
+        by_suffix = len({p.suffix.casefold() for p in paths}) > 1
+        for depth in range(max(len(p.parts) for p in paths)):
+            candidates = []
+            for p in paths:
+                parts = [re.sub(r"[^\w.+-]", "_", q) for q in p.parent.parts[1:][::-1][:depth][::-1]]
+                candidates.append("-".join([p.stem, *parts, *([p.suffix[1:]] if by_suffix else [])]))
+            if len({c.casefold() for c in candidates}) == len(candidates):
+                break
+        for i, candidate in zip(members, candidates, strict=True):
+            names[i] = candidate
+    return names
+
+
+def _earlier_sources(counts_csv: Path) -> dict[str, str]:
+    """image name → source, from the ``counts.csv`` an earlier run left ({} if none/unreadable)."""
+    try:
+        table = pd.read_csv(counts_csv, usecols=["image", "source"], dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return {}
+    return dict(zip(table["image"], table["source"], strict=True))
 
 
 def _warn(message: str) -> None:
@@ -156,32 +236,37 @@ def _warn(message: str) -> None:
 
 
 def _segment_plane(
-    image: np.ndarray,
+    plane: Plane,
     source: Path,
     name: str,
-    outdir: Path,
     segmenter,
     settings: Settings,
     run: _Run,
+    written: list[Path],
 ) -> dict[str, Any]:
-    """Segment, measure and write one plane; returns its counts.csv row fields."""
-    if min(image.shape[:2]) < MIN_SIDE:
-        raise NucleiError(
-            f"{source}: image of {image.shape[1]}x{image.shape[0]} px is too small to segment"
-            f" (at least {MIN_SIDE} px a side)"
-        )
-    grey = image.mean(axis=2, dtype=np.float32)  # intensities are measured on the image as read
+    """Segment, measure and write one plane; returns its counts.csv row fields.
+
+    ``plane.array`` is (H, W) or (H, W, C) in the file's units (:func:`pipeline.io.read_planes`);
+    the nuclei are measured on it, the network sees it normalised. Files written are appended
+    to ``written``.
+    """
+    intensity = intensity_of(plane.array)  # in the image's own units, whatever its pixel type
+    image = as_rgb01(plane.array)
+    del plane  # the caller holds no reference: the file's array is freed here
     image = segmenter.normalize(image)  # as the model was trained
     result = segmenter.segment(image, diameter=settings.diameter, normalized=True)
     labels = result.labels
     image = display_uint8(image)
-    write_labels(outdir / "labels" / f"{name}.tif", labels)
+    files = {"labels_file": f"labels/{name}.tif", "overlay_file": f"overlays/{name}.png"}
+    written.append(run.outdir / files["labels_file"])
+    write_labels(written[-1], labels)
     overlay = draw_outlines(image, labels)
     del image
-    write_png(outdir / "overlays" / f"{name}.png", overlay)
+    written.append(run.outdir / files["overlay_file"])
+    write_png(written[-1], overlay)
     run.thumbnails[name] = encode_png(thumbnail(overlay, settings.thumbnail))
     del overlay
-    table = measure_nuclei(labels, grey, settings.pixel_size)
+    table = measure_nuclei(labels, intensity, settings.pixel_size)
     table.insert(0, "image", name)
     run.tables.append(table)
     row = {
@@ -193,6 +278,7 @@ def _segment_plane(
         "confidence": round(result.confidence, 3),
         "flag": result.flag,
         "status": "ok",
+        **files,
     }
     if settings.pixel_size is not None:
         row["median_area_um2"] = table["area_um2"].median()
@@ -252,45 +338,75 @@ def segment_images(
     )
     outdir = Path(outdir)
     sources = _find_inputs(inputs, outdir, recursive)
-    segmenter = _load(cfg)
+    segmenter = _load(cfg)  # checks the model's thresholds once, up front
+    check_writable_folder(outdir)
+
+    names = output_names(sources)
+    run = _Run(outdir, cfg.pixel_size)
+    run.names = {name.casefold() for name in names}
+    run.write_tables()  # from now on the tables describe this run, even if it is interrupted
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NucleiError(f"{outdir}: cannot create the output folder ({exc.strerror or exc})") from None
+        for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
+            _segment_file(source, name, segmenter, cfg, run)
+            run.write_tables(throttle=True)
+    finally:  # also on Ctrl-C / SIGTERM: the tables describe the label files written
+        counts, nuclei = run.write_tables()
+        _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
+    return counts
 
-    run = _Run()
-    for source in progress(sources, desc="segment", unit="img"):
-        base = {"source": str(source), "plane": None, "height": None, "width": None}
-        try:
-            planes = read_image_planes(source)
-        except Exception as exc:  # one bad file never stops the batch
-            run.counts.append({**base, "image": run.unique_name(source.stem), **_failure(exc, source)})
-            _warn(f"error: {run.counts[-1]['error']}")
-            _remove_outputs(outdir, source.stem)
+
+def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: _Run) -> None:
+    """Segment every plane of one input file, adding its rows to ``run``; never raises for bad input."""
+    base = {"source": str(source)}
+    try:
+        planes = read_planes(source)
+    except Exception as exc:  # one bad file never stops the batch
+        _fail(run, {**base, "image": base_name}, exc, source, [])
+        return
+    small = [p for p in planes if min(p.array.shape[:2]) < MIN_SIDE]
+    if small:  # one line for them all (an H x W x 2 array saved as 256 pages of 256 x 2 px)
+        h, w = small[0].array.shape[:2]
+        what = f"{len(small)} of its {len(planes)} planes are" if len(planes) > 1 else "image is"
+        error = NucleiError(
+            f"{source}: {what} too small to segment ({w}x{h} px; at least {MIN_SIDE} px a side)"
+        )
+        _fail(run, {**base, "image": base_name}, error, source, [])
+        planes = [p for p in planes if min(p.array.shape[:2]) >= MIN_SIDE]
+    for k in range(len(planes)):
+        plane: Plane = planes[k]
+        name = run.unique_name(base_name + plane.tag) if plane.tag else base_name
+        height, width = plane.array.shape[:2]
+        row = {**base, "image": name, "series": plane.series, "plane": plane.index, "height": height,
+               "width": width, "pixel_type": str(plane.array.dtype)}
+        del plane
+        written: list[Path] = []
+        try:  # the plane is handed over, not kept here: its memory is freed once converted
+            row.update(_segment_plane(_take(planes, k), source, name, segmenter, cfg, run, written))
+        except Exception as exc:  # one bad image never stops the batch
+            _fail(run, row, exc, source, written)
             continue
-        for k in range(len(planes)):
-            name = run.unique_name(source.stem if len(planes) == 1 else f"{source.stem}_p{k}")
-            height, width = planes[k].shape[:2]
-            row = {**base, "image": name, "plane": k, "height": height, "width": width}
-            try:  # the plane is handed over, not kept here: its memory is freed once normalised
-                row.update(_segment_plane(_take(planes, k), source, name, outdir, segmenter, cfg, run))
-            except Exception as exc:  # one bad image never stops the batch
-                row.update(_failure(exc, source))
-                _warn(f"error: {row['error']}")
-                _remove_outputs(outdir, name)
-            run.counts.append(row)
+        run.counts.append(row)
 
-    counts = (
-        pd.DataFrame(run.counts)
-        .reindex(columns=_count_columns(cfg.pixel_size))
-        .astype({"plane": "Int64", "height": "Int64", "width": "Int64", "count": "Int64"})
-    )
-    columns = ["image", *measurement_columns(cfg.pixel_size)]
-    nuclei = pd.concat(run.tables, ignore_index=True) if run.tables else pd.DataFrame(columns=columns)
-    write_csv(outdir / "nuclei.csv", nuclei[columns])
-    write_csv(outdir / "counts.csv", counts)
+
+def _fail(run: _Run, row: dict[str, Any], exc: Exception, source: Path, written: list[Path]) -> None:
+    """Record a failed image; remove its partial files, and the outputs an earlier run made of it.
+
+    Only files of this input are removed: those it wrote now, and ``labels/<name>.tif`` and
+    ``overlays/<name>.png`` when the earlier ``counts.csv`` says they came from the same file.
+    """
+    row.update(_failure(exc, source))
+    _warn(f"error: {row['error']}")
+    run.counts.append(row)
+    name = row["image"]
+    if run.earlier.get(name) == str(source):
+        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png"]
+    for path in written:
+        path.unlink(missing_ok=True)
+
+
+def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: _Run, cfg: Settings, segmenter,
+                  seconds: float) -> None:
     area = "area_um2" if cfg.pixel_size is not None else "area_px"
-    seconds = time.perf_counter() - start
     info = {
         "model": str(cfg.model_dir),
         "device": str(getattr(segmenter, "device", cfg.device)),
@@ -300,14 +416,7 @@ def segment_images(
     html = render_report(
         counts, nuclei[area].to_numpy(float), run.thumbnails, pixel_size=cfg.pixel_size, info=info
     )
-    write_text(outdir / "report.html", html)
-    return counts
-
-
-def _remove_outputs(outdir: Path, name: str) -> None:
-    """Delete the label image and overlay of ``name`` left by an earlier run (it failed now)."""
-    for stale in (outdir / "labels" / f"{name}.tif", outdir / "overlays" / f"{name}.png"):
-        stale.unlink(missing_ok=True)
+    write_text(run.outdir / "report.html", html)
 
 
 def _take(items: list, k: int):
@@ -379,9 +488,11 @@ def _positive(text: str) -> float:
 
 _EPILOG = """\
 writes OUTDIR/labels/<name>.tif (uint16 labels), OUTDIR/overlays/<name>.png, OUTDIR/nuclei.csv,
-OUTDIR/counts.csv and OUTDIR/report.html; <name> is the file name without its ending, and
-<stem>_p<k> for plane k of a multi-page TIFF. Other files in OUTDIR are kept.
-exit status: 0 every image segmented, 1 some images failed (see counts.csv), 2 usage error."""
+OUTDIR/counts.csv, OUTDIR/columns.csv (units) and OUTDIR/report.html; <name> is the file name
+without its ending (with its folder or ending added when two inputs share it), <name>_p<k> for
+plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept.
+exit status: 0 every image segmented, 1 some images failed (see counts.csv) or an output could
+not be written, 2 usage error, 130 interrupted (the tables describe the images done)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -405,22 +516,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a job scheduler) interrupts like Ctrl-C."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``nuclei segment``; 0 = every image segmented, 1 = some failed, 2 = usage error."""
     start = time.perf_counter()
     try:
         params = load_params(args.params)
-        counts = segment_images(
-            args.inputs,
-            args.out,
-            args.model,
-            args.device,
-            args.pixel_size,
-            args.recursive,
-            params=params,
-            params_path=args.params or "params.yaml",
-            diameter=args.diameter,
-        )
+        with _sigterm_as_interrupt():
+            counts = segment_images(
+                args.inputs,
+                args.out,
+                args.model,
+                args.device,
+                args.pixel_size,
+                args.recursive,
+                params=params,
+                params_path=args.params or "params.yaml",
+                diameter=args.diameter,
+            )
+    except OutputError as exc:  # disk full, read-only: after images were processed
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 1
     except NucleiError as exc:  # nothing was processed: a usage error
         print(f"nuclei: error: {exc}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import NucleiError
+from pipeline.errors import NucleiError, OutputError, one_line
 from pipeline.runtime import (
     PRECISIONS,
     autocast,
@@ -137,6 +137,10 @@ def fit(params: dict, resume: bool = False, source: str | Path = "params.yaml") 
         ``<train.out>/model``, the best model directory (written by rank 0).
     """
     cfg = train_config(params, source)
+    if _rank() == 0:  # before any work: a file or a read-only place as train.out
+        from pipeline.io import check_writable_folder
+
+        check_writable_folder(cfg["out"])
     initialised = _init_distributed(cfg["device"])
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -293,11 +297,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a training checkpoint atomically."""
+    """Write a training checkpoint atomically (a full disk: one-line :class:`OutputError`)."""
     from pipeline.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as exc:  # torch reports write failures as RuntimeError ("iostream error")
+        raise OutputError(f"{path}: cannot write the checkpoint ({one_line(exc)})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -311,7 +318,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise NucleiError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+        raise NucleiError(f"{path}: unreadable checkpoint ({one_line(exc)})") from None
 
 
 def truncate_plots(folder: str | Path, steps: int) -> None:

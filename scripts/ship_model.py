@@ -49,7 +49,7 @@ def main() -> int:
             model.load_state_dict(ckpt["model"])
             from_float32 = True
     config["postprocess"] = thresholds(params["postprocess"], args.params)
-    metrics_file = Path(params["evaluate"]["out"]) / "metrics.json"
+    metrics_file = Path(params["evaluate"]["out"]) / "details.json"  # every metric, by type too
     if metrics_file.is_file():
         config.setdefault("training", {})["validation"] = json.loads(metrics_file.read_text())
     save_model_dir(args.out, model, config, half=True)

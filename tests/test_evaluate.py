@@ -113,7 +113,9 @@ def test_evaluate_writes_metrics(workspace, capsys):
     assert run(evaluate) == 0
     out = capsys.readouterr().out
     assert "validation DSB2018 score" in out
-    metrics = json.loads((workspace / "metrics" / "metrics.json").read_text())
+    headline = json.loads((workspace / "metrics" / "metrics.json").read_text())
+    metrics = json.loads((workspace / "metrics" / "details.json").read_text())
+    assert headline == {k: metrics[k] for k in evaluate.HEADLINE} and "dsb_score" in headline
     for key in ("dsb_score", "ap50", "f1_50", "mean_matched_iou", "aji", "pixel_dice", "pixel_iou",
                 "pixel_accuracy", "count_error"):
         assert 0.0 <= metrics[key] <= 1.0, key

@@ -188,3 +188,60 @@ def test_label_tiff_round_trip(tmp_path):
     with pytest.raises(NucleiError, match="uint16"):
         write_labels(tmp_path / "big.tif", np.full((2, 2), 70000))
     assert not (tmp_path / "big.tif").exists()
+
+
+def test_large_png_is_read_despite_pillows_bomb_guard(tmp_path, monkeypatch):
+    """Pillow refuses > 2 x MAX_IMAGE_PIXELS as a 'bomb'; the limit here is memory, not Pillow's."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000
+    PILImage.fromarray(GREY8.repeat(4, 0).repeat(4, 1)).save(tmp_path / "big.png")
+    assert read_image(tmp_path / "big.png").shape == (80, 120, 3)
+    assert PILImage.MAX_IMAGE_PIXELS == 1000  # the guard is back for other code
+
+
+@pytest.mark.parametrize("name", ["big.png", "big.jpg", "big.bmp", "big.tif"])
+def test_images_beyond_the_memory_limit_are_too_large_not_truncated(tmp_path, monkeypatch, name):
+    import pipeline.io
+
+    Image.fromarray(np.dstack([GREY8] * 3)).save(tmp_path / name)
+    monkeypatch.setattr(pipeline.io, "max_image_pixels", lambda: 500)  # 30 x 20 = 600 px
+    with pytest.raises(NucleiError, match=r"image too large \(30x20 px") as info:
+        read_image(tmp_path / name)
+    assert "truncated" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_read_planes_keeps_the_files_units(tmp_path):
+    from pipeline.io import read_planes
+    from pipeline.measure import intensity_of
+
+    data = GREY8.astype(np.float32) * 3.0 - 5.0
+    tifffile.imwrite(tmp_path / "f.tif", data)
+    (plane,) = read_planes(tmp_path / "f.tif")
+    assert plane.tag == "" and plane.array.dtype == np.float32
+    np.testing.assert_array_equal(intensity_of(plane.array), data)
+    Image.fromarray(GREY8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    np.testing.assert_array_equal(intensity_of(read_planes(tmp_path / "g16.png")[0].array), GREY8 * 257.0)
+    rgba = np.dstack([GREY8, GREY8 // 2, GREY8 // 4, np.full_like(GREY8, 9)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    expected = rgba[..., :3].astype(np.float64).mean(-1)
+    np.testing.assert_allclose(intensity_of(read_planes(tmp_path / "rgba.png")[0].array), expected, rtol=1e-6)
+
+
+def test_multi_series_tiff_reads_every_series(tmp_path):
+    from pipeline.io import read_planes
+
+    with tifffile.TiffWriter(tmp_path / "ms.tif") as tif:
+        tif.write(GREY8)
+        tif.write(np.stack([GREY8, GREY8]).astype(np.uint16), photometric="minisblack")
+    planes = read_planes(tmp_path / "ms.tif")
+    assert [(p.tag, p.series, p.index) for p in planes] == [("", 0, 0), ("_s1_p0", 1, 0), ("_s1_p1", 1, 1)]
+    assert planes[2].array.dtype == np.uint16
+
+
+def test_list_images_skips_kaggle_masks(tmp_path):
+    for folder in ("s/images", "s/masks", "other/masks"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.fromarray(GREY8).save(tmp_path / folder / "x.png")
+    found = list_images([tmp_path], recursive=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["other/masks/x.png", "s/images/x.png"]

@@ -177,3 +177,25 @@ def test_library_function_raises_on_malformed_tables(tiny_solution):
     bad = pd.DataFrame({"ImageId": ["img1", "img1"], "EncodedPixels": ["1 2 3", "99 1"]})
     with pytest.raises(NucleiError, match=r"sub\.csv: image img1, line 2: odd number .* \(and 1 more problems\)"):
         score_submission(bad, solution, sub_name="sub.csv")
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file", "disk_full"])
+def test_unwritable_per_image_output_is_one_line(sample_solution, tmp_path, capsys, monkeypatch, where):
+    import os
+    from pathlib import Path
+
+    (tmp_path / "file").write_text("x")
+    out = {"folder": tmp_path, "under_a_file": tmp_path / "file" / "p.csv", "disk_full": tmp_path / "p.csv"}[where]
+    if where == "disk_full":
+        real = os.replace
+
+        def replace(src, dst):
+            if Path(dst) == out:
+                raise OSError(28, "No space left on device")
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+    assert nuclei(["score", str(sample_solution), str(sample_solution), "--per-image", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "cannot write" in err[0]
+    assert not list(tmp_path.glob(".p.*"))

@@ -188,7 +188,7 @@ def write_image_kinds(folder: Path) -> dict[str, int]:
     Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
     Image.fromarray(np.dstack([grey8 // 2, grey8, grey8 // 3])).save(folder / "rgb.jpg", quality=95)
     tifffile.imwrite(folder / "single.tif", grey8[..., None])  # (H, W, 1)
-    expected.update(dict.fromkeys(["dim16", "dim16-2", "float", "rgba", "rgb", "single"], 3))
+    expected.update(dict.fromkeys(["dim16-tif", "dim16-png", "float", "rgba", "rgb", "single"], 3))
     # multi-page TIFF: five planes with 0, 1, 2, 3, 3 disks -> <stem>_p0 .. <stem>_p4
     n_disks = [0, 1, 2, 3, 3]
     planes = [disks(centres=[(30, 30), (60, 90), (25, 100)][:n])[0] for n in n_disks]
@@ -290,14 +290,63 @@ def test_existing_outdir_is_updated_not_wiped(tmp_path, model_dir):
     assert (out / "labels" / "a.tif").exists()
 
 
-def test_same_stem_twice_gets_distinct_names(tmp_path, model_dir):
+def test_same_stem_twice_gets_distinct_stable_names(tmp_path, model_dir):
     image, _ = disks()
     for sub in ("x", "y"):
         (tmp_path / sub).mkdir()
         Image.fromarray(image).save(tmp_path / sub / "cells.png")
-    counts = segment_images([tmp_path / "x", tmp_path / "y"], tmp_path / "out", model_dir)
-    assert list(counts["image"]) == ["cells", "cells-2"]
-    assert (tmp_path / "out" / "labels" / "cells-2.tif").is_file()
+    for _ in range(2):  # the same names on a rerun, whatever the order of the inputs
+        counts = segment_images([tmp_path / "y", tmp_path / "x"], tmp_path / "out", model_dir)
+        assert sorted(counts["image"]) == ["cells-x", "cells-y"]
+    assert (tmp_path / "out" / "labels" / "cells-y.tif").is_file()
+    counts = counts.set_index("image")
+    assert counts.loc["cells-y", "labels_file"] == "labels/cells-y.tif"
+    assert counts.loc["cells-y", "overlay_file"] == "overlays/cells-y.png"
+    assert counts.loc["cells-y", "source"] == str(tmp_path / "y" / "cells.png")
+
+
+@pytest.mark.parametrize("layout", ["suffix", "folder"])
+def test_a_failing_file_never_removes_another_inputs_outputs(tmp_path, model_dir, layout):
+    """A good cells.png and a corrupt cells.tif (or a/x.png good, b/x.png corrupt) together."""
+    image, _ = disks()
+    if layout == "suffix":
+        good, bad = tmp_path / "cells.png", tmp_path / "cells.tif"
+    else:
+        good, bad = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+        good.parent.mkdir(), bad.parent.mkdir()
+    Image.fromarray(image).save(good)
+    bad.write_bytes(b"corrupt")
+    out = tmp_path / "out"
+    for _ in range(2):  # a rerun too
+        counts = segment_images([good, bad], out, model_dir).set_index("source")
+        ok, failed = counts.loc[str(good)], counts.loc[str(bad)]
+        assert ok["status"] == "ok" and failed["status"] == "failed" and ok["image"] != failed["image"]
+        assert (out / ok["labels_file"]).is_file() and (out / ok["overlay_file"]).is_file()
+        assert pd.isna(failed["labels_file"])
+        nuclei = pd.read_csv(out / "nuclei.csv")
+        assert (nuclei["image"] == ok["image"]).sum() == ok["count"] == 3
+        assert sorted(p.name for p in (out / "labels").iterdir()) == [f"{ok['image']}.tif"]
+
+
+def test_outputs_of_a_partly_written_image_are_removed(tmp_path, model_dir, monkeypatch):
+    """An image whose overlay cannot be written loses its label file, not another's."""
+    import pipeline.segment
+
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    real = pipeline.segment.write_png
+
+    def write_png(path, array):
+        if path.name == "b.png":
+            raise OSError(28, "No space left on device")
+        real(path, array)
+
+    monkeypatch.setattr(pipeline.segment, "write_png", write_png)
+    counts = segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir).set_index("image")
+    assert list(counts["status"]) == ["ok", "failed"]
+    assert [p.name for p in (out / "labels").iterdir()] == ["a.tif"]
 
 
 # --------------------------------------------------------------------------- large images
@@ -390,3 +439,136 @@ def test_main_reads_params_section(tmp_path, model_dir, capsys):
     params.write_text(f"segment:\n  model: {model_dir}\n  block_size: 100\n  block_margin: 50\n")
     assert main(args) == 2
     assert "block_size" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- hostile inputs (issue 12)
+
+
+def test_intensities_are_in_the_images_own_units(tmp_path, model_dir):
+    """A float image twice as bright measures twice the intensity; uint16 measures counts."""
+    grey, _ = disks(value=200, bg=20)
+    tifffile.imwrite(tmp_path / "f1.tif", grey.astype(np.float32) * 3.0)  # outside [0, 1]
+    tifffile.imwrite(tmp_path / "f2.tif", grey.astype(np.float32) * 6.0)
+    tifffile.imwrite(tmp_path / "u16.tif", grey.astype(np.uint16) * 100)
+    out = tmp_path / "out"
+    counts = segment_images(sorted(tmp_path.glob("*.tif")), out, model_dir).set_index("image")
+    assert counts.loc["u16", "pixel_type"] == "uint16" and counts.loc["f1", "pixel_type"] == "float32"
+    nuclei = pd.read_csv(out / "nuclei.csv").groupby("image")
+    mean = nuclei["mean_intensity"].mean()
+    assert mean["f1"] == pytest.approx(600.0, rel=0.05) and mean["f2"] == pytest.approx(2 * mean["f1"])
+    assert mean["u16"] == pytest.approx(20000.0, rel=0.05)
+    integrated = nuclei["integrated_intensity"].sum()
+    assert integrated["f2"] == pytest.approx(2 * integrated["f1"])
+    units = pd.read_csv(out / "columns.csv").set_index("column")
+    assert list(units.index) == ["image", *measurement_columns()]
+    assert "image units" in units.loc["mean_intensity", "unit"]
+
+
+def test_every_series_of_a_multi_series_tiff(tmp_path, model_dir):
+    one, _ = disks(centres=[(30, 30)])
+    three, _ = disks()
+    with tifffile.TiffWriter(tmp_path / "multi.tif") as tif:
+        tif.write(three)
+        tif.write(np.stack([one, three]), photometric="minisblack")
+    counts = segment_images([tmp_path / "multi.tif"], tmp_path / "out", model_dir).set_index("image")
+    assert counts["count"].to_dict() == {"multi": 3, "multi_s1_p0": 1, "multi_s1_p1": 3}
+    assert counts.loc["multi_s1_p1", "series"] == 1 and counts.loc["multi_s1_p1", "plane"] == 1
+
+
+def test_one_bad_file_gives_one_line(tmp_path, model_dir, capsys):
+    """An H x W x 2 array saved with tifffile's defaults reads as 256 pages of 96 x 2 px."""
+    tifffile.imwrite(tmp_path / "hw2.tif", np.zeros((256, 96, 2), np.uint8))
+    assert run_cli(tmp_path / "hw2.tif", "-o", tmp_path / "out", "--model", model_dir) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "256 of its 256 planes are too small" in err[0]
+    assert len(counts_of(tmp_path / "out")) == 1
+
+
+def test_invalid_model_thresholds_are_a_usage_error_reported_once(tmp_path, model_dir, capsys):
+    import shutil
+
+    bad = tmp_path / "bad-model"
+    shutil.copytree(model_dir, bad)
+    config = bad / "config.yaml"
+    config.write_text(config.read_text().replace("marker_threshold: 0.5", "marker_threshold: 7.5"))
+    image, _ = disks()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(image).save(tmp_path / name)
+    assert run_cli(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", "--model", bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "marker_threshold" in err[0] and "config.yaml" in err[0]
+    assert not (tmp_path / "out" / "labels").exists()
+
+
+@pytest.mark.parametrize("how", ["KeyboardInterrupt", "SIGTERM"])
+def test_interrupted_batch_keeps_tables_of_the_images_done(tmp_path, model_dir, monkeypatch, capsys, how):
+    import os
+    import signal
+
+    from pipeline.segmenter import Segmenter
+
+    image, _ = disks()
+    for name in ("a", "b", "c"):
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    pd.DataFrame({"image": ["old"], "source": ["old.png"], "count": [9]}).to_csv(out / "counts.csv")
+    real = Segmenter.segment
+
+    def segment(self, image, *args, **kwargs):
+        if len(list((out / "labels").glob("*.tif"))) == 2:  # a and b done: stop during c
+            if how == "SIGTERM":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "segment", segment)
+    assert run_cli(tmp_path, "-o", out, "--model", model_dir) == 130
+    assert sorted(p.stem for p in (out / "labels").glob("*.tif")) == ["a", "b"]
+    counts = counts_of(out)
+    assert list(counts.index) == ["a", "b"] and (counts["count"] == 3).all()
+    assert sorted(pd.read_csv(out / "nuclei.csv")["image"].unique()) == ["a", "b"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+
+
+@pytest.mark.parametrize("errno, target", [(28, "counts.csv"), (30, "report.html")])
+def test_write_failure_at_the_end_is_one_line(tmp_path, model_dir, monkeypatch, capsys, errno, target):
+    import os
+
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == target:
+            raise OSError(errno, os.strerror(errno))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert run_cli(tmp_path / "a.png", "-o", tmp_path / "out", "--model", model_dir) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and target in err[0] and os.strerror(errno) in err[0]
+    assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_unwritable_output_folder_is_a_usage_error(tmp_path, model_dir, capsys):
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("a file, not a folder")
+    assert run_cli(tmp_path / "a.png", "-o", tmp_path / "file" / "out", "--model", model_dir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0] and "is a file, not a folder" in err[0]
+
+
+def test_recursive_kaggle_layout_skips_masks(tmp_path, model_dir):
+    image, labels = disks()
+    for sample in ("s1", "s2"):
+        (tmp_path / "kaggle" / sample / "images").mkdir(parents=True)
+        (tmp_path / "kaggle" / sample / "masks").mkdir()
+        Image.fromarray(image).save(tmp_path / "kaggle" / sample / "images" / f"{sample}.png")
+        for k in range(1, 4):
+            Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(tmp_path / "kaggle" / sample / "masks" / f"m{k}.png")
+    (tmp_path / "kaggle" / "masks").mkdir()  # a plain folder called masks is read
+    Image.fromarray(image).save(tmp_path / "kaggle" / "masks" / "plain.png")
+    counts = segment_images([tmp_path / "kaggle"], tmp_path / "out", model_dir, recursive=True)
+    assert sorted(counts["image"]) == ["plain", "s1", "s2"]

@@ -94,5 +94,47 @@ def test_submit_unreadable_image_fails_cleanly(tmp_path, model_dir, params, caps
     assert cli(["submit", str(root), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
                 "--params", str(params)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("nuclei: error:") and "img1.png" in err[-1]
+    assert all(line.startswith("nuclei: error:") for line in err) and "img1.png" in err[0]
     assert not out.exists() and not list(tmp_path.glob(".sub*"))
+
+
+def test_submit_reads_every_image_before_predicting(tmp_path, model_dir, params, monkeypatch, capsys):
+    """A corrupt last image is found before the first prediction; every bad file gets one line."""
+    from pipeline.inference import Predictor
+
+    root = _tiny_root(tmp_path / "test", n=4)
+    for bad in ("img2", "img3"):
+        (root / bad / "images" / f"{bad}.png").write_bytes(b"not a png")
+
+    def predict_many(self, images):
+        raise AssertionError("predicted before checking the inputs")
+
+    monkeypatch.setattr(Predictor, "predict_many", predict_many)
+    assert cli(["submit", str(root), "-o", str(tmp_path / "sub.csv"), "--model", str(model_dir),
+                "--device", "cpu", "--params", str(params)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "img2.png" in err[0] and "img3.png" in err[1] and "2 unreadable" in err[2] and len(err) == 3
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_submit_unwritable_output_is_a_usage_error_before_predicting(
+    tmp_path, model_dir, params, monkeypatch, capsys, where
+):
+    from pipeline.inference import Predictor
+
+    root = _tiny_root(tmp_path / "test")
+    (tmp_path / "file").write_text("x")
+    out = tmp_path if where == "folder" else tmp_path / "file" / "sub.csv"
+    monkeypatch.setattr(Predictor, "predict_many", lambda self, images: pytest.fail("predicted"))
+    assert cli(["submit", str(root), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
+                "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0]
+
+
+def test_submit_usage_errors_exit_2(tmp_path, model_dir, params, capsys):
+    args = ["-o", str(tmp_path / "sub.csv"), "--device", "cpu", "--params", str(params)]
+    assert cli(["submit", str(tmp_path / "nothing"), "--model", str(model_dir), *args]) == 2
+    assert cli(["submit", str(_tiny_root(tmp_path / "t")), "--model", str(tmp_path / "nomodel"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "nothing" in err[0] and "nomodel" in err[1]

@@ -255,3 +255,31 @@ def test_val_every_validates_only_every_nth_and_last_epoch(data_root, tmp_path, 
     rows = (out / "dvclive" / "plots" / "metrics" / "val" / "dsb_score.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]  # dvclive steps of epochs 2 and 3
     assert load_checkpoint(out / "last.ckpt")["epoch"] == 3
+
+
+def test_zero_byte_checkpoint_is_one_line(data_root, tmp_path):
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    with pytest.raises(NucleiError, match=r"last\.ckpt: unreadable checkpoint \(EOFError\)"):
+        train(params_for(data_root, tmp_path), resume=True)
+
+
+def test_out_that_is_a_file_is_one_line_before_training(data_root, tmp_path, capsys):
+    params = params_for(data_root, tmp_path / "unused")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    (tmp_path / "taken").write_text("a file")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        assert cli_main(["train", "--params", str(path), "--out", str(out), "--device", "cpu"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot write" in err[0] and "taken is a file" in err[0]
+
+
+def test_checkpoint_write_failure_is_one_line(tmp_path, monkeypatch):
+    def full_disk(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\niostream error")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(NucleiError, match=r"last\.ckpt: cannot write the checkpoint \(\[enforce fail") as info:
+        train_module.save_checkpoint(tmp_path / "last.ckpt", {"epoch": 1})
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.iterdir())  # no temporary file left
