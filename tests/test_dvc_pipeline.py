@@ -53,7 +53,7 @@ def test_repro_runs_every_stage(project):
         assert (project / path).exists(), path
     metrics = json.loads((project / "metrics" / "metrics.json").read_text())
     assert 0.0 <= metrics["dsb_score"] <= 1.0
-    assert len(list((project / "data" / "postprocessed").glob("*.tif"))) == 4  # fold 0 of 20
+    assert len(list((project / "data" / "postprocessed").glob("*.tif"))) == 6  # grouped fold 0 of 20
     assert "dsb_score" in _dvc(["metrics", "show"], project)
 
 

@@ -1,0 +1,80 @@
+"""Does the automatic precision (bf16 + channels_last on a CPU with native bf16) change the scores?
+
+Usage::
+
+    python benchmarks/bench_precision.py [--model DIR] [--params PARAMS] [--split stratified]
+
+Segments the embedded sample (20 images) and the validation fold of ``--params`` (``data.val_fold``
+of ``--split``) with the same model through :class:`pipeline.segmenter.Segmenter`, in fp32 and in
+the automatic precision, and prints the DSB2018 score of each, their difference (goal: at most
+0.005) and the seconds each took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_params  # noqa: E402
+from pipeline.io import iter_kaggle_root, load_npz  # noqa: E402
+from pipeline.metrics import dsb_score  # noqa: E402
+from pipeline.prepare import validation_index  # noqa: E402
+from pipeline.segmenter import Segmenter  # noqa: E402
+
+SAMPLE = ROOT / "data" / "sample" / "stage1_train"
+
+
+def sample_images():
+    return [(image, labels) for _, image, labels in iter_kaggle_root(SAMPLE)]
+
+
+def fold_images(params_path: str, split: str):
+    params = load_params(params_path)
+    params["data"]["split"] = split
+    prepared = Path(params["data"]["prepared"])
+    for image_id in validation_index(params, params_path)["id"]:
+        data = load_npz(prepared / f"{image_id}.npz")
+        yield data["image"], data["labels"]
+
+
+def score(segmenter: Segmenter, images) -> tuple[float, float, int]:
+    t0 = time.perf_counter()
+    scores = [dsb_score(labels, segmenter.segment(image).labels) for image, labels in images]
+    return float(np.mean(scores)), time.perf_counter() - t0, len(scores)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--params", default=None, help="parameters naming the prepared data (data.prepared)")
+    parser.add_argument("--split", default="stratified", choices=("stratified", "grouped"))
+    args = parser.parse_args()
+
+    from pipeline.runtime import set_threads
+
+    threads = set_threads()
+    sets = [("embedded sample", sample_images)]
+    if args.params:
+        sets.append((f"{args.split} fold", lambda: list(fold_images(args.params, args.split))))
+    print(f"model {args.model}, {threads} torch threads")
+    for name, load in sets:
+        images = list(load())
+        results = {}
+        for precision in ("fp32", "auto"):
+            segmenter = Segmenter.from_model_dir(args.model, device="cpu", precision=precision)
+            results[segmenter.predictor.precision] = score(segmenter, images)
+        (p32, (s32, t32, n)), (pa, (sa, ta, _)) = results.items()
+        print(f"{name} ({n} images): {p32} {s32:.4f} ({t32:.0f} s), {pa} {sa:.4f} ({ta:.0f} s); "
+              f"difference {sa - s32:+.4f} (goal |d| <= 0.005: {'met' if abs(sa - s32) <= 0.005 else 'not met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
