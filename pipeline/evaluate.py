@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import load_params, section
+from pipeline.config import load_config
 from pipeline.errors import NucleiError
 from pipeline.prepare import validation_index
 
@@ -81,12 +81,12 @@ def summarise(per_image: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, pd
     return metrics, by_threshold, by_type
 
 
-def read_pairs(params: dict, index: pd.DataFrame, labels_dir: str | Path
+def read_pairs(prepared: str | Path, index: pd.DataFrame, labels_dir: str | Path
                ) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield ``(id, prepared labels, labels_dir/<id>.tif)`` for the ids of ``index``."""
+    """Yield ``(id, prepared/<id>.npz labels, labels_dir/<id>.tif)`` for the ids of ``index``."""
     from pipeline.io import load_npz, progress, read_labels
 
-    prepared = Path(params["data"]["prepared"])
+    prepared = Path(prepared)
     for image_id in progress(index["id"], desc="evaluate", total=len(index)):
         pred_file = Path(labels_dir) / f"{image_id}.tif"
         if not pred_file.is_file():
@@ -107,11 +107,10 @@ def main(args: argparse.Namespace) -> int:
     """``nuclei evaluate``: validation labels vs post-processed labels → ``metrics/``."""
     from pipeline.io import write_csv, write_json
 
-    params = load_params(args.params)
-    index = validation_index(params, args.params)
-    labels_dir = section(params, "postprocess", args.params)["out"]
-    out = Path((params.get("evaluate") or {}).get("out", "metrics"))
-    per_image = per_image_metrics(read_pairs(params, index, labels_dir))
+    config = load_config(args.params)
+    index = validation_index(config.data)
+    out = Path(config.evaluate.out)
+    per_image = per_image_metrics(read_pairs(config.data.prepared, index, config.postprocess.out))
     if "image_type" in index.columns:
         per_image.insert(1, "image_type", index["image_type"].to_numpy())
     metrics, by_threshold, by_type = summarise(per_image)

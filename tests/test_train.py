@@ -15,11 +15,12 @@ import pytest
 import torch
 import yaml
 
-import pipeline.train as train_module
+import pipeline.trainer as trainer_module
+from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
-from pipeline.models import load_model_dir
-from pipeline.train import fit, load_checkpoint, train
+from pipeline.model_dir import load_model_dir
+from pipeline.train import fit, train
 from tests.train_fixtures import tiny_params, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, 
     reference, _ = fit(params_for(data_root, tmp_path / "a", epochs=2))
 
     params = params_for(data_root, tmp_path / "b", epochs=2)
-    save = train_module.save_checkpoint
+    save = trainer_module.save_checkpoint
     calls = []
 
     def killed(path, state):
@@ -95,11 +96,11 @@ def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, 
             raise KeyboardInterrupt
         save(path, state)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", killed)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         fit(params)
     assert load_checkpoint(tmp_path / "b" / "last.ckpt")["epoch"] == 1
-    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
 
     resumed, _ = fit(params, resume=True)
     assert_same_weights(reference.state_dict(), resumed.state_dict())
