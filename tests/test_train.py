@@ -248,3 +248,41 @@ def test_val_every_validates_only_every_nth_and_last_epoch(data_root, tmp_path, 
     rows = (out / "dvclive" / "plots" / "metrics" / "val" / "dsb_score.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]  # dvclive steps of epochs 2 and 3
     assert load_checkpoint(out / "last.ckpt")["epoch"] == 3
+
+
+def pixel_iou(model, data_root: Path, params: dict) -> float:
+    """Pixel IoU of P(nucleus) > 0.5 against the labels on the validation images (fold 0)."""
+    import numpy as np
+
+    from pipeline.dataset import load_item, pad_to_multiple
+    from pipeline.heads import get_head
+    from pipeline.prepare import read_index, split_folds
+
+    head = get_head(params["model"]["head"])
+    _, val_ids = split_folds(read_index(data_root / "prepared"), 0, "stratified")
+    inter = union = 0
+    model.eval()
+    for image_id in val_ids:
+        item = load_item(data_root / "prepared", data_root / "targets", image_id)
+        h, w = item["labels"].shape
+        image = torch.from_numpy(pad_to_multiple(item["image"], 4).transpose(2, 0, 1).copy())[None]
+        with torch.no_grad():
+            probs = head.activate(model(image))[0, :, :h, :w].numpy()
+        pred, true = head.mask_and_marker(probs)[0] > 0.5, item["labels"] > 0
+        inter, union = inter + np.sum(pred & true), union + np.sum(pred | true)
+    return float(inter / max(union, 1))
+
+
+def test_training_lowers_the_loss_and_beats_the_untrained_network(data_root, tmp_path):
+    from pipeline.networks import build_model
+
+    params = params_for(data_root, tmp_path / "run", epochs=6, samples_per_epoch=16, lr=0.02)
+    torch.manual_seed(0)
+    untrained = pixel_iou(build_model(params["model"]), data_root, params)
+    model, _ = fit(params)
+    history = load_checkpoint(tmp_path / "run" / "last.ckpt")["history"]
+    losses = [row["train_loss"] for row in history]
+    trained = pixel_iou(model, data_root, params)
+    print(f"train loss {losses}, pixel IoU untrained {untrained:.3f} trained {trained:.3f}")
+    assert losses[-1] < 0.8 * losses[0]
+    assert trained > untrained + 0.2 and trained > 0.5
