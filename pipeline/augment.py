@@ -55,6 +55,9 @@ of the number of workers, of DDP ranks and of resuming. (Reseeding once per work
 a fixed number of workers.) Note that albumentations' own ``Compose(seed=...)`` gives every
 transform an identically seeded generator, which correlates their random draws (both flips
 fire together); :meth:`Augmentation.reseed` shares one generator among all transforms instead.
+
+Must not: read files or params.yaml (the ``augment`` section arrives as a
+:class:`pipeline.config.AugmentConfig`, which also checks it), or know what the targets mean.
 """
 
 from __future__ import annotations

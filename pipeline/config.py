@@ -25,14 +25,27 @@ anything from the values.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
+from pipeline.config_rules import (
+    Invalid,
+    choice,
+    flag,
+    lazy,
+    mapping,
+    number,
+    optional,
+    setting,
+    switch,
+    text,
+    whole,
+    zoom_range,
+)
 from pipeline.errors import NucleiError
 
 #: Repository root (the folder holding ``params.yaml``, ``models/``, ``data/``).
@@ -92,138 +105,6 @@ def as_config(params: Config | Mapping, source: str | Path = "params.yaml") -> C
     return params if isinstance(params, Config) else Config.from_dict(params, source)
 
 
-# --------------------------------------------------------------------------- value rules
-
-
-class _Invalid(Exception):
-    """A value broke a rule; the argument says what the value must be."""
-
-
-Rule = Callable[[Any], Any]  # value -> value (possibly converted), or raise _Invalid
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def number(lo: float | None = None, hi: float | None = None, above: bool = False) -> Rule:
-    """A real number (ints become floats) in [lo, hi] (``above``: strictly above ``lo``)."""
-    bounds = "" if lo is None else f" {'>' if above else '≥'} {lo}"
-    if hi is not None:
-        bounds = f" in [{lo}, {hi}]"
-
-    def rule(value):
-        ok = _is_number(value) and (lo is None or (value > lo if above else value >= lo))
-        if not ok or (hi is not None and value > hi):
-            raise _Invalid(f"a number{bounds}")
-        return float(value)
-
-    return rule
-
-
-def whole(lo: int = 0) -> Rule:
-    """A whole number ≥ ``lo``."""
-
-    def rule(value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise _Invalid(f"a whole number ≥ {lo}")
-        return value
-
-    return rule
-
-
-def choice(values: Callable[[], tuple] | tuple) -> Rule:
-    """One of ``values`` (or of what the callable returns: choices owned by another module)."""
-
-    def rule(value):
-        options = tuple(values() if callable(values) else values)
-        if value not in options:
-            raise _Invalid(f"one of {', '.join(map(str, options))}")
-        return value
-
-    return rule
-
-
-def optional(inner: Rule) -> Rule:
-    """None, or a value ``inner`` accepts."""
-
-    def rule(value):
-        if value is None:
-            return None
-        try:
-            return inner(value)
-        except _Invalid as exc:
-            raise _Invalid(f"null or {exc}") from None
-
-    return rule
-
-
-def flag(value: Any) -> bool:
-    """true or false."""
-    if not isinstance(value, bool):
-        raise _Invalid("true or false")
-    return value
-
-
-def text(value: Any) -> str:
-    """A string (a path or a name)."""
-    if not isinstance(value, (str, Path)):
-        raise _Invalid("a string")
-    return str(value)
-
-
-def switch(value: Any) -> bool | float:
-    """An augmentation switch: true (the default probability), false / null (off) or a probability."""
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    if not _is_number(value) or not 0.0 <= value <= 1.0:
-        raise _Invalid("true, false or a probability in [0, 1]")
-    return float(value)
-
-
-def zoom_range(value: Any) -> list[float] | None:
-    """null / false (no zoom) or [low, high] with 0 < low ≤ high."""
-    if value is None or value is False:
-        return None
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != 2
-        or not all(_is_number(v) for v in value)
-        or not 0 < value[0] <= value[1]
-    ):
-        raise _Invalid("null or [low, high] with 0 < low ≤ high")
-    return [float(v) for v in value]
-
-
-def mapping(value: Any) -> dict:
-    """A mapping (``{}`` for null)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _Invalid("a mapping {name: path}")
-    return dict(value)
-
-
-def _value(default: Any, rule: Rule) -> Any:
-    """A dataclass field with its default and its rule."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
-
-
-def _lazy(module: str, name: str) -> Callable[[], tuple]:
-    """The choices ``module.name``, imported when first checked (no import cycles, no torch)."""
-
-    def values():
-        import importlib
-
-        return tuple(getattr(importlib.import_module(f"pipeline.{module}"), name))
-
-    return values
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -256,7 +137,7 @@ class Section:
         for name, value in values.items():
             try:
                 checked[name] = fields[name].metadata["rule"](value)
-            except _Invalid as exc:
+            except Invalid as exc:
                 raise NucleiError(f"{source}: {cls.NAME}.{name} must be {exc}, got {value!r}") from None
         section = cls(**checked)
         section.check(source)
@@ -282,13 +163,13 @@ class DataConfig(Section):
     """``data``: where the images are, and the cross-validation folds."""
 
     NAME: ClassVar[str] = "data"
-    root: str = _value("data/sample/stage1_train", text)
-    test_root: str | None = _value(None, optional(text))
-    prepared: str = _value("data/prepared", text)
-    folds: int = _value(5, whole(2))
-    val_fold: int = _value(0, whole(0))
-    split: str = _value("grouped", choice(_lazy("prepare", "SPLITS")))
-    workers: int = _value(2, whole(0))
+    root: str = setting("data/sample/stage1_train", text)
+    test_root: str | None = setting(None, optional(text))
+    prepared: str = setting("data/prepared", text)
+    folds: int = setting(5, whole(2))
+    val_fold: int = setting(0, whole(0))
+    split: str = setting("grouped", choice(lazy("prepare", "SPLITS")))
+    workers: int = setting(2, whole(0))
 
 
 @dataclass(frozen=True)
@@ -296,15 +177,15 @@ class TargetsConfig(Section):
     """``targets``: canonical nucleus diameter, borders and weight maps."""
 
     NAME: ClassVar[str] = "targets"
-    out: str = _value("data/targets", text)
-    diameter: float | None = _value(20.0, optional(number(4, 200)))
-    w0: float = _value(10.0, number(0))
-    sigma: float = _value(5.0, number(0, above=True))
-    border_radius_min: int = _value(1, whole(0))
-    border_radius_max: int = _value(4, whole(0))
-    border_scale: float = _value(0.1, number(0))
-    class_weight_max: float = _value(10.0, number(1))
-    workers: int = _value(2, whole(0))
+    out: str = setting("data/targets", text)
+    diameter: float | None = setting(20.0, optional(number(4, 200)))
+    w0: float = setting(10.0, number(0))
+    sigma: float = setting(5.0, number(0, above=True))
+    border_radius_min: int = setting(1, whole(0))
+    border_radius_max: int = setting(4, whole(0))
+    border_scale: float = setting(0.1, number(0))
+    class_weight_max: float = setting(10.0, number(1))
+    workers: int = setting(2, whole(0))
 
     def check(self, source):
         if self.border_radius_min > self.border_radius_max:
@@ -321,13 +202,13 @@ class ModelConfig(Section):
     """``model``: architecture and head (also the ``model`` section of a model directory)."""
 
     NAME: ClassVar[str] = "model"
-    arch: str = _value("unet", text)  # checked against pipeline.networks.ARCHITECTURES when built
-    head: str = _value("sigmoid", choice(_lazy("heads", "HEADS")))
-    encoder: str | None = _value("resnet34", optional(text))
-    encoder_weights: str | None = _value(None, optional(text))
-    depth: int = _value(4, whole(1))
-    width: int = _value(16, whole(1))
-    upsampling: str = _value("transpose", choice(("transpose", "bilinear", "nearest")))
+    arch: str = setting("unet", text)  # checked against pipeline.networks.ARCHITECTURES when built
+    head: str = setting("sigmoid", choice(lazy("heads", "HEADS")))
+    encoder: str | None = setting("resnet34", optional(text))
+    encoder_weights: str | None = setting(None, optional(text))
+    depth: int = setting(4, whole(1))
+    width: int = setting(16, whole(1))
+    upsampling: str = setting("transpose", choice(("transpose", "bilinear", "nearest")))
 
 
 @dataclass(frozen=True)
@@ -335,12 +216,12 @@ class LossConfig(Section):
     """``loss``: factors of the loss terms (a factor 0 drops the term)."""
 
     NAME: ClassVar[str] = "loss"
-    weighted_ce: float = _value(1.0, number(0))
-    dice: float = _value(1.0, number(0))
-    focal: float = _value(0.0, number(0))
-    focal_gamma: float = _value(2.0, number(0))
-    bce: float = _value(1.0, number(0))
-    use_weight_maps: bool = _value(True, flag)
+    weighted_ce: float = setting(1.0, number(0))
+    dice: float = setting(1.0, number(0))
+    focal: float = setting(0.0, number(0))
+    focal_gamma: float = setting(2.0, number(0))
+    bce: float = setting(1.0, number(0))
+    use_weight_maps: bool = setting(True, flag)
 
 
 @dataclass(frozen=True)
@@ -348,28 +229,28 @@ class AugmentConfig(Section):
     """``augment``: the training augmentation (see :mod:`pipeline.augment` for each switch)."""
 
     NAME: ClassVar[str] = "augment"
-    crop: int | None = _value(256, optional(whole(1)))
-    flips: bool | float = _value(True, switch)
-    rot90: bool | float = _value(True, switch)
-    scale: list[float] | None = _value([0.7, 1.4], zoom_range)
-    elastic: bool | float = _value(False, switch)
-    elastic_alpha: float = _value(200.0, number(0))
-    elastic_sigma: float = _value(10.0, number(0, above=True))
-    brightness_contrast: bool | float = _value(True, switch)
-    gamma: bool | float = _value(True, switch)
-    color_to_gray: bool | float = _value(True, switch)
-    invert: bool | float = _value(True, switch)
-    blur: bool | float = _value(True, switch)
-    dim_saturate: bool | float = _value(True, switch)
-    stain: bool | float = _value(True, switch)
-    noise: bool | float = _value(True, switch)
-    low_bits: bool | float = _value(True, switch)
-    jpeg: bool | float = _value(True, switch)
-    normalize: bool = _value(True, flag)
+    crop: int | None = setting(256, optional(whole(1)))
+    flips: bool | float = setting(True, switch)
+    rot90: bool | float = setting(True, switch)
+    scale: list[float] | None = setting([0.7, 1.4], zoom_range)
+    elastic: bool | float = setting(False, switch)
+    elastic_alpha: float = setting(200.0, number(0))
+    elastic_sigma: float = setting(10.0, number(0, above=True))
+    brightness_contrast: bool | float = setting(True, switch)
+    gamma: bool | float = setting(True, switch)
+    color_to_gray: bool | float = setting(True, switch)
+    invert: bool | float = setting(True, switch)
+    blur: bool | float = setting(True, switch)
+    dim_saturate: bool | float = setting(True, switch)
+    stain: bool | float = setting(True, switch)
+    noise: bool | float = setting(True, switch)
+    low_bits: bool | float = setting(True, switch)
+    jpeg: bool | float = setting(True, switch)
+    normalize: bool = setting(True, flag)
 
 
-_PRECISION = choice(_lazy("runtime", "PRECISIONS"))
-_TTA = choice(_lazy("inference", "TTA_MODES"))
+_PRECISION = choice(lazy("runtime", "PRECISIONS"))
+_TTA = choice(lazy("inference", "TTA_MODES"))
 
 
 @dataclass(frozen=True)
@@ -377,19 +258,19 @@ class TrainConfig(Section):
     """``train``: optimisation, devices, data loading."""
 
     NAME: ClassVar[str] = "train"
-    out: str = _value("models/trained", text)
-    epochs: int = _value(12, whole(1))
-    batch_size: int = _value(4, whole(1))
-    lr: float = _value(0.003, number(0))
-    weight_decay: float = _value(0.0001, number(0))
-    schedule: str = _value("onecycle", choice(("onecycle", "cosine")))
-    workers: int = _value(2, whole(0))
-    precision: str = _value("auto", _PRECISION)
-    compile: bool = _value(False, flag)
-    samples_per_epoch: int | None = _value(96, optional(whole(1)))
-    device: str = _value("auto", text)
-    cache_mb: float = _value(1024, number(0))
-    val_every: int = _value(1, whole(1))
+    out: str = setting("models/trained", text)
+    epochs: int = setting(12, whole(1))
+    batch_size: int = setting(4, whole(1))
+    lr: float = setting(0.003, number(0))
+    weight_decay: float = setting(0.0001, number(0))
+    schedule: str = setting("onecycle", choice(("onecycle", "cosine")))
+    workers: int = setting(2, whole(0))
+    precision: str = setting("auto", _PRECISION)
+    compile: bool = setting(False, flag)
+    samples_per_epoch: int | None = setting(96, optional(whole(1)))
+    device: str = setting("auto", text)
+    cache_mb: float = setting(1024, number(0))
+    val_every: int = setting(1, whole(1))
 
 
 @dataclass(frozen=True)
@@ -397,14 +278,14 @@ class PredictConfig(Section):
     """``predict``: the model and the network settings of ``nuclei predict``."""
 
     NAME: ClassVar[str] = "predict"
-    model: str = _value("models/trained/model", text)
-    out: str = _value("data/predictions", text)
-    device: str = _value("auto", text)
-    tta: str = _value("flips", _TTA)
-    tile_size: int = _value(512, whole(1))
-    overlap: int = _value(64, whole(0))
-    batch_size: int = _value(4, whole(1))
-    precision: str = _value("auto", _PRECISION)
+    model: str = setting("models/trained/model", text)
+    out: str = setting("data/predictions", text)
+    device: str = setting("auto", text)
+    tta: str = setting("flips", _TTA)
+    tile_size: int = setting(512, whole(1))
+    overlap: int = setting(64, whole(0))
+    batch_size: int = setting(4, whole(1))
+    precision: str = setting("auto", _PRECISION)
 
     def predictor_options(self) -> dict[str, Any]:
         """:class:`pipeline.inference.Predictor` keywords."""
@@ -416,12 +297,12 @@ class PostprocessConfig(Section):
     """``postprocess``: watershed thresholds (also a model directory's ``postprocess``)."""
 
     NAME: ClassVar[str] = "postprocess"
-    out: str = _value("data/postprocessed", text)
-    marker_threshold: float = _value(0.5, number(0, 1))
-    mask_threshold: float = _value(0.5, number(0, 1))
-    min_marker_size: int = _value(4, whole(0))
-    min_size: int = _value(10, whole(0))
-    flood: str = _value("probability", choice(_lazy("watershed", "FLOODS")))
+    out: str = setting("data/postprocessed", text)
+    marker_threshold: float = setting(0.5, number(0, 1))
+    mask_threshold: float = setting(0.5, number(0, 1))
+    min_marker_size: int = setting(4, whole(0))
+    min_size: int = setting(10, whole(0))
+    flood: str = setting("probability", choice(lazy("watershed", "FLOODS")))
 
     #: The keys that are keyword arguments of :func:`pipeline.watershed.postprocess`.
     THRESHOLDS: ClassVar[tuple[str, ...]] = (
@@ -438,7 +319,7 @@ class EvaluateConfig(Section):
     """``evaluate``: where the metrics go."""
 
     NAME: ClassVar[str] = "evaluate"
-    out: str = _value("metrics", text)
+    out: str = setting("metrics", text)
 
 
 @dataclass(frozen=True)
@@ -446,9 +327,9 @@ class SubmitConfig(Section):
     """``submit``: Kaggle submissions."""
 
     NAME: ClassVar[str] = "submit"
-    out: str = _value("submission.csv", text)
-    folder: str = _value("submissions", text)
-    test_sets: dict = _value({}, mapping)
+    out: str = setting("submission.csv", text)
+    folder: str = setting("submissions", text)
+    test_sets: dict = setting({}, mapping)
 
 
 @dataclass(frozen=True)
@@ -456,16 +337,16 @@ class SegmentConfig(Section):
     """``segment``: ``nuclei segment`` (command-line flags override these)."""
 
     NAME: ClassVar[str] = "segment"
-    model: str = _value("models/default", text)
-    device: str = _value("auto", text)
-    tta: str = _value("none", _TTA)
-    tile_size: int = _value(1024, whole(1))
-    overlap: int = _value(64, whole(0))
-    batch_size: int = _value(4, whole(1))
-    precision: str = _value("auto", _PRECISION)
-    block_size: int = _value(2048, whole(1))
-    block_margin: int = _value(128, whole(0))
-    thumbnail: int = _value(320, whole(1))
+    model: str = setting("models/default", text)
+    device: str = setting("auto", text)
+    tta: str = setting("none", _TTA)
+    tile_size: int = setting(1024, whole(1))
+    overlap: int = setting(64, whole(0))
+    batch_size: int = setting(4, whole(1))
+    precision: str = setting("auto", _PRECISION)
+    block_size: int = setting(2048, whole(1))
+    block_margin: int = setting(128, whole(0))
+    thumbnail: int = setting(320, whole(1))
 
     def check(self, source):
         if self.block_size <= 2 * self.block_margin:

@@ -7,6 +7,9 @@ Reproducibility does not depend on the number of data-loader workers: the sample
 (:class:`EpochSampler`) hands out indices that encode the epoch, and every training item seeds
 the augmentation from ``(seed, epoch, index)``. Resuming at an epoch boundary therefore only
 needs the epoch number.
+
+Must not: decide what a head's target is (it hands over the arrays of
+:data:`pipeline.heads.TARGET_KEYS`), augment (:mod:`pipeline.augment`) or read params.yaml.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Compares the post-processed labels (``<postprocess.out>/<id>.tif``) with the pre
 - ``per_image.csv`` — one row per image;
 - ``plots/score_vs_threshold.csv`` — ``threshold, precision`` (mean P(t) over images);
 - ``plots/score_by_type.csv`` — ``image_type, dsb_score, n_images``.
+
+Must not: compute metrics itself (:mod:`pipeline.metrics`) or keep defaults of its sections
+(:class:`pipeline.config.Config`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Writes ``<prepared>/<id>.npz`` (``image`` uint8 (H, W, 3), ``labels`` int32 (H, 
 median_diameter, image_type``, the acquisition features, ``fold`` (stratified by image type),
 ``group`` (the experiment, :func:`acquisition_groups`) and ``group_fold`` (folds grouped by
 experiment: no experiment straddles training and validation).
+
+Must not: compute training targets (:mod:`pipeline.targets`) or import torch.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ the DSB2018 score. The table (best first) and the best setting are printed; the 
 ``<evaluate.out>/tuned_postprocess.yaml`` and, with ``--write PARAMS``, into the ``postprocess``
 section of that parameters file (only the values of those keys change; comments, order and the
 rest of the file are kept).
+
+Must not: post-process differently from :func:`pipeline.watershed.postprocess`, or change
+anything in the parameters file but the values of the ``postprocess`` keys.
 """
 
 from __future__ import annotations
