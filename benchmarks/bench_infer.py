@@ -34,10 +34,12 @@ import torch
 from scipy import ndimage as ndi
 
 from pipeline.config import ROOT, load_params
+from pipeline.heads import get_head
 from pipeline.inference import Predictor, load_predictor
 from pipeline.io import read_kaggle_sample
-from pipeline.models import build_model, save_model_dir
-from pipeline.targets import softmax_target
+from pipeline.model_dir import save_model_dir
+from pipeline.networks import build_model
+from pipeline.targets import border_mask
 from pipeline.watershed import postprocess
 
 SAMPLE = ROOT / "data" / "sample" / "stage1_train"
@@ -84,7 +86,7 @@ def realistic_probs(size: int) -> np.ndarray:
     if labels is None:  # tile the largest sample image
         labels = max(shapes.values(), key=np.size)
         labels = np.pad(labels, [(0, max(0, size - s)) for s in labels.shape], mode="wrap")[:size, :size]
-    onehot = np.eye(3, dtype=np.float32)[softmax_target(labels)].transpose(2, 0, 1)
+    onehot = np.eye(3, dtype=np.float32)[get_head("softmax").encode_labels(labels, border_mask(labels))].transpose(2, 0, 1)
     probs = ndi.gaussian_filter(onehot, sigma=(0, 1.5, 1.5))
     probs += np.random.default_rng(0).normal(0, 0.05, probs.shape).astype(np.float32)
     probs = np.clip(probs, 1e-3, None)

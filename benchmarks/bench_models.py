@@ -2,7 +2,7 @@
 
 Prints one row per model (params in millions, forward GFLOPs per 256×256 image, forward +
 backward images/s) and the ratios against the plain U-Net of the demo parameters, measured in
-the same run on the same device. Used to choose ``pipeline.models.DEFAULT_ENCODER``.
+the same run on the same device. Used to choose ``the ``model.encoder`` default``.
 
     python benchmarks/bench_models.py [--device cpu|cuda] [--threads 2] [--size 256] [--batch 4]
 """
@@ -15,7 +15,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.models import build_model, count_parameters
+from pipeline.networks import build_model, count_parameters
 
 CANDIDATES = [
     {"arch": "unet", "depth": 4, "width": 16, "upsampling": "transpose"},

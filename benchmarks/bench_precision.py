@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.io import iter_kaggle_root, load_npz  # noqa: E402
 from pipeline.metrics import dsb_score  # noqa: E402
 from pipeline.prepare import validation_index  # noqa: E402
@@ -36,10 +36,9 @@ def sample_images():
 
 
 def fold_images(params_path: str, split: str):
-    params = load_params(params_path)
-    params["data"]["split"] = split
-    prepared = Path(params["data"]["prepared"])
-    for image_id in validation_index(params, params_path)["id"]:
+    data = load_config(params_path).data.replace(split=split)
+    prepared = Path(data.prepared)
+    for image_id in validation_index(data)["id"]:
         data = load_npz(prepared / f"{image_id}.npz")
         yield data["image"], data["labels"]
 

@@ -39,7 +39,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import as_config, load_params  # noqa: E402
 from pipeline.io import load_npz, write_csv  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
 from pipeline.prepare import validation_index  # noqa: E402
@@ -89,7 +89,8 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
 
 def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     """``(id, image type, image, labels)`` of ``n`` validation images spread over the fold."""
-    index = validation_index(params, params_path).sort_values(["image_type", "id"]).reset_index(drop=True)
+    index = validation_index(as_config(params, params_path).data)
+    index = index.sort_values(["image_type", "id"]).reset_index(drop=True)
     picks = np.unique(np.linspace(0, len(index) - 1, min(n, len(index))).round().astype(int))
     prepared = Path(params["data"]["prepared"])
     out = []

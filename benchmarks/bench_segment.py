@@ -49,7 +49,7 @@ def main() -> int:
     from pipeline.config import load_params
     from pipeline.io import read_image, write_labels, write_png
     from pipeline.measure import measure_nuclei
-    from pipeline.models import available_model_dir
+    from pipeline.model_dir import available_model_dir
     from pipeline.overlay import display_uint8, draw_outlines
     from pipeline.scale import scale_factor
     from pipeline.segment import Settings, segment_images

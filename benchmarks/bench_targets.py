@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import load_params
+from pipeline.config import load_config
 from pipeline.io import list_kaggle_ids, read_kaggle_sample, save_npz
-from pipeline.targets import make_targets, target_kwargs
+from pipeline.targets import make_targets
 from pipeline.weights import separation_weights, separation_weights_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS: list[np.ndarray] = []  # inherited by the forked workers
-PARAMS = target_kwargs(load_params(ROOT / "params.yaml")["targets"], ROOT / "params.yaml")
+PARAMS = load_config(ROOT / "params.yaml").targets.make_targets_kwargs()
 
 
 def _read(sample_dir: str) -> np.ndarray:

@@ -44,8 +44,7 @@ Appearance (after normalisation):
 - ``invert``: colour inversion ``1 − image`` (p 0.2), so that dark-on-bright brightfield and
   bright-on-dark fluorescence look alike to the network.
 
-Validation (``train=False``) is the identity; pad to the network stride at the model
-(``pipeline.models.pad_to_stride``).
+Validation (``train=False``) is the identity (the data set pads to the network stride).
 
 Determinism. albumentations 2 ignores the global ``random`` / ``numpy`` seeds: a pipeline draws
 from its own generators. :class:`Augmentation` therefore takes a ``seed`` and can be reseeded;
@@ -56,17 +55,21 @@ of the number of workers, of DDP ranks and of resuming. (Reseeding once per work
 a fixed number of workers.) Note that albumentations' own ``Compose(seed=...)`` gives every
 transform an identically seeded generator, which correlates their random draws (both flips
 fire together); :meth:`Augmentation.reseed` shares one generator among all transforms instead.
+
+Must not: read files or params.yaml (the ``augment`` section arrives as a
+:class:`pipeline.config.AugmentConfig`, which also checks it), or know what the targets mean.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import albumentations as A
 import cv2
 import numpy as np
 
-from pipeline.errors import NucleiError
+from pipeline.config import AugmentConfig
 
 #: Default probability of each switchable transform when its key is ``true``.
 DEFAULT_P = {
@@ -90,20 +93,13 @@ ACQUISITION = ("blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg")
 REFLECT = cv2.BORDER_REFLECT_101
 
 
-def _probability(cfg: dict, key: str) -> float:
-    """``true`` → default p, a number → that p, ``false`` / missing / null → 0."""
-    value = cfg.get(key, False)
+def _probability(cfg: AugmentConfig, key: str) -> float:
+    """A switch (checked by :class:`~pipeline.config.AugmentConfig`): ``true`` → the default p
+    of :data:`DEFAULT_P`, a number → that p, ``false`` → 0."""
+    value = getattr(cfg, key)
     if value is True:
         return DEFAULT_P[key]
-    if value is False or value is None:
-        return 0.0
-    try:
-        p = float(value)
-    except (TypeError, ValueError):
-        raise NucleiError(f"augment.{key}: expected true, false or a probability, got {value!r}") from None
-    if not 0.0 <= p <= 1.0:
-        raise NucleiError(f"augment.{key}: probability {p} is not in [0, 1]")
-    return p
+    return float(value or 0.0)
 
 
 def sample_seed(*keys: int) -> int:
@@ -111,38 +107,27 @@ def sample_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
-def _geometric(cfg: dict) -> list:
+def _geometric(cfg: AugmentConfig) -> list:
     """The albumentations transforms of image and targets (module docstring, "Geometry")."""
     t = []
-    crop = cfg.get("crop")
-    if crop:
-        crop = int(crop)
+    if cfg.crop:
         t += [
-            A.PadIfNeeded(crop, crop, border_mode=REFLECT),
-            A.RandomCrop(crop, crop),
+            A.PadIfNeeded(cfg.crop, cfg.crop, border_mode=REFLECT),
+            A.RandomCrop(cfg.crop, cfg.crop),
         ]
-    scale = cfg.get("scale")
-    p = DEFAULT_P["scale"] if scale not in (None, False) else 0.0
-    if p:
-        try:
-            lo, hi = (float(s) for s in scale)
-        except (TypeError, ValueError):
-            raise NucleiError(f"augment.scale: expected [low, high] or null, got {scale!r}") from None
-        if not 0 < lo <= hi:
-            raise NucleiError(f"augment.scale: need 0 < low <= high, got {scale!r}")
-        t.append(A.Affine(scale=(lo, hi), keep_ratio=True, border_mode=REFLECT, p=p))
+    if cfg.scale:
+        lo, hi = cfg.scale
+        t.append(A.Affine(scale=(lo, hi), keep_ratio=True, border_mode=REFLECT, p=DEFAULT_P["scale"]))
     if p := _probability(cfg, "flips"):
         t += [A.HorizontalFlip(p=p), A.VerticalFlip(p=p)]
     if p := _probability(cfg, "rot90"):
         t.append(A.RandomRotate90(p=p))
     if p := _probability(cfg, "elastic"):
-        alpha = float(cfg.get("elastic_alpha", 200.0))
-        sigma = float(cfg.get("elastic_sigma", 10.0))
-        t.append(A.ElasticTransform(alpha=alpha, sigma=sigma, border_mode=REFLECT, p=p))
+        t.append(A.ElasticTransform(alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma, border_mode=REFLECT, p=p))
     return t
 
 
-def _photometric(cfg: dict) -> list:
+def _photometric(cfg: AugmentConfig) -> list:
     """The albumentations transforms of the normalised image (module docstring, "Appearance")."""
     t = []
     if p := _probability(cfg, "brightness_contrast"):
@@ -295,14 +280,14 @@ class Augmentation:
         return f"Augmentation([{names}], acquisition=[{steps}], seed={self.seed})"
 
 
-def build_augmentation(cfg: dict, train: bool, seed: int | None = None) -> Augmentation:
+def build_augmentation(cfg: AugmentConfig | Mapping, train: bool, seed: int | None = None) -> Augmentation:
     """Build the augmentation from the ``augment`` section of ``params.yaml``.
 
     Parameters
     ----------
-    cfg : dict
-        Keys in the module docstring, plus optional ``elastic_alpha`` (displacement scale, default
-        200: about 2 px mean shift at the default ``elastic_sigma`` of 10 px).
+    cfg : AugmentConfig or mapping
+        The ``augment`` section (keys in the module docstring; a mapping is checked by
+        :class:`pipeline.config.AugmentConfig`, whose defaults fill missing keys).
     train : bool
         True: the random train pipeline; False: the identity (validation, inference).
     seed : int, optional
@@ -317,6 +302,8 @@ def build_augmentation(cfg: dict, train: bool, seed: int | None = None) -> Augme
         return Augmentation([], seed=seed)
     from pipeline.intensity import NORMALIZATION
 
-    normalize = dict(NORMALIZATION) if cfg.get("normalize", True) else None
+    if not isinstance(cfg, AugmentConfig):
+        cfg = AugmentConfig.from_dict(cfg)
+    normalize = dict(NORMALIZATION) if cfg.normalize else None
     acquisition = {k: _probability(cfg, k) for k in ACQUISITION}
     return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed)

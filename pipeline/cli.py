@@ -2,6 +2,8 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules are
 imported only when their command runs, so that ``nuclei score`` never imports torch.
+
+Must not: hold stage logic; each command's module parses its own options and runs.
 """
 
 from __future__ import annotations

@@ -1,12 +1,51 @@
-"""Reading ``params.yaml``: the one place where configuration is read."""
+"""Configuration: ``params.yaml`` read and checked in one place, one dataclass per section.
+
+:func:`load_config` reads a parameters file once and returns a :class:`Config`: ``seed`` and one
+frozen dataclass per section (:class:`DataConfig`, :class:`TargetsConfig`, :class:`ModelConfig`,
+:class:`LossConfig`, :class:`AugmentConfig`, :class:`TrainConfig`, :class:`PredictConfig`,
+:class:`PostprocessConfig`, :class:`EvaluateConfig`, :class:`SubmitConfig`,
+:class:`SegmentConfig`), in the manner of StarDist's ``Config2D``. Each dataclass holds
+
+- the defaults, equal to the values of the repository's ``params.yaml`` (a test checks it), used
+  for keys a file does not set (a missing section takes all its defaults);
+- the validation of every value (kind, range, choice) and of the rules between values;
+- a one-line :class:`~pipeline.errors.NucleiError` naming the file and ``section.key`` for an
+  unknown key or an invalid value.
+
+Stages and library functions receive these objects (``config.train.epochs``), or their
+:meth:`Section.to_dict` where a plain mapping is simpler at a boundary (the ``model`` section
+stored in a model directory). :func:`load_params` (the raw mapping) remains for code that edits
+or forwards the file as it is.
+
+Must not: import torch or any stage module at import time (choices owned by other modules —
+architectures, precisions, TTA modes, floods, splits, heads — are looked up lazily), or build
+anything from the values.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from pipeline.config_rules import (
+    Invalid,
+    choice,
+    flag,
+    lazy,
+    mapping,
+    number,
+    optional,
+    setting,
+    switch,
+    text,
+    whole,
+    zoom_range,
+)
 from pipeline.errors import NucleiError
 
 #: Repository root (the folder holding ``params.yaml``, ``models/``, ``data/``).
@@ -15,7 +54,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
-    """Read the pipeline parameters.
+    """Read the pipeline parameters as a plain mapping (unchecked; see :func:`load_config`).
 
     Parameters
     ----------
@@ -28,9 +67,7 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     params : dict
         The parsed file; top-level keys are the stage sections (``data``, ``targets``, ...).
     """
-    if path is None:
-        path = DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else ROOT / DEFAULT_PARAMS
-    path = Path(path)
+    path = _params_path(path)
     try:
         text = path.read_text()
     except OSError as exc:
@@ -44,9 +81,326 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     return params
 
 
-def section(params: dict[str, Any], name: str, path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Return ``params[name]``, raising a clear error naming the file if it is missing."""
-    value = params.get(name)
-    if not isinstance(value, dict):
-        raise NucleiError(f"{path}: missing section '{name}'")
-    return value
+def _params_path(path: str | Path | None) -> Path:
+    if path is None:
+        return DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else ROOT / DEFAULT_PARAMS
+    return Path(path)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and check a parameters file (default as :func:`load_params`).
+
+    Raises
+    ------
+    NucleiError
+        Unreadable file, unknown section or key, or an invalid value; the message names the
+        file and ``section.key``.
+    """
+    path = _params_path(path)
+    return Config.from_dict(load_params(path), path)
+
+
+def as_config(params: Config | Mapping, source: str | Path = "params.yaml") -> Config:
+    """``params`` itself when it is a :class:`Config`, else the mapping checked into one."""
+    return params if isinstance(params, Config) else Config.from_dict(params, source)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class Section:
+    """Base of the section dataclasses: checking a mapping, and back to a mapping."""
+
+    NAME: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, values: Mapping | None, source: str | Path = "params.yaml") -> Section:
+        """Check ``values`` (a section of ``source``; None = all defaults) into a section.
+
+        Raises
+        ------
+        NucleiError
+            ``<source>: unknown key 'section.key' ...`` or ``<source>: section.key must be ...``.
+        """
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise NucleiError(f"{source}: section '{cls.NAME}' must be a mapping")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in values if k not in fields]
+        if unknown:
+            raise NucleiError(
+                f"{source}: unknown key '{cls.NAME}.{unknown[0]}' (known: {', '.join(fields)})"
+            )
+        checked = {}
+        for name, value in values.items():
+            try:
+                checked[name] = fields[name].metadata["rule"](value)
+            except Invalid as exc:
+                raise NucleiError(f"{source}: {cls.NAME}.{name} must be {exc}, got {value!r}") from None
+        section = cls(**checked)
+        section.check(source)
+        return section
+
+    def check(self, source: str | Path) -> None:
+        """Rules between values (override); raise :meth:`error`."""
+
+    def error(self, source: str | Path, message: str) -> NucleiError:
+        return NucleiError(f"{source}: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as a plain mapping (params.yaml order and spelling)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, source: str | Path = "params.yaml", **changes: Any) -> Section:
+        """A copy with ``changes`` (checked like the values of ``source``)."""
+        return type(self).from_dict({**self.to_dict(), **changes}, source)
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """``data``: where the images are, and the cross-validation folds."""
+
+    NAME: ClassVar[str] = "data"
+    root: str = setting("data/sample/stage1_train", text)
+    test_root: str | None = setting(None, optional(text))
+    prepared: str = setting("data/prepared", text)
+    folds: int = setting(5, whole(2))
+    val_fold: int = setting(0, whole(0))
+    split: str = setting("grouped", choice(lazy("prepare", "SPLITS")))
+    workers: int = setting(2, whole(0))
+
+
+@dataclass(frozen=True)
+class TargetsConfig(Section):
+    """``targets``: canonical nucleus diameter, borders and weight maps."""
+
+    NAME: ClassVar[str] = "targets"
+    out: str = setting("data/targets", text)
+    diameter: float | None = setting(20.0, optional(number(4, 200)))
+    w0: float = setting(10.0, number(0))
+    sigma: float = setting(5.0, number(0, above=True))
+    border_radius_min: int = setting(1, whole(0))
+    border_radius_max: int = setting(4, whole(0))
+    border_scale: float = setting(0.1, number(0))
+    class_weight_max: float = setting(10.0, number(1))
+    workers: int = setting(2, whole(0))
+
+    def check(self, source):
+        if self.border_radius_min > self.border_radius_max:
+            raise self.error(source, "need targets.border_radius_min <= targets.border_radius_max")
+
+    def make_targets_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`pipeline.targets.make_targets`."""
+        keys = ("w0", "sigma", "border_radius_min", "border_radius_max", "border_scale", "class_weight_max")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """``model``: architecture and head (also the ``model`` section of a model directory)."""
+
+    NAME: ClassVar[str] = "model"
+    arch: str = setting("unet", text)  # checked against pipeline.networks.ARCHITECTURES when built
+    head: str = setting("sigmoid", choice(lazy("heads", "HEADS")))
+    encoder: str | None = setting("resnet34", optional(text))
+    encoder_weights: str | None = setting(None, optional(text))
+    depth: int = setting(4, whole(1))
+    width: int = setting(16, whole(1))
+    upsampling: str = setting("transpose", choice(("transpose", "bilinear", "nearest")))
+
+
+@dataclass(frozen=True)
+class LossConfig(Section):
+    """``loss``: factors of the loss terms (a factor 0 drops the term)."""
+
+    NAME: ClassVar[str] = "loss"
+    weighted_ce: float = setting(1.0, number(0))
+    dice: float = setting(1.0, number(0))
+    focal: float = setting(0.0, number(0))
+    focal_gamma: float = setting(2.0, number(0))
+    bce: float = setting(1.0, number(0))
+    use_weight_maps: bool = setting(True, flag)
+
+
+@dataclass(frozen=True)
+class AugmentConfig(Section):
+    """``augment``: the training augmentation (see :mod:`pipeline.augment` for each switch)."""
+
+    NAME: ClassVar[str] = "augment"
+    crop: int | None = setting(256, optional(whole(1)))
+    flips: bool | float = setting(True, switch)
+    rot90: bool | float = setting(True, switch)
+    scale: list[float] | None = setting([0.7, 1.4], zoom_range)
+    elastic: bool | float = setting(False, switch)
+    elastic_alpha: float = setting(200.0, number(0))
+    elastic_sigma: float = setting(10.0, number(0, above=True))
+    brightness_contrast: bool | float = setting(True, switch)
+    gamma: bool | float = setting(True, switch)
+    color_to_gray: bool | float = setting(True, switch)
+    invert: bool | float = setting(True, switch)
+    blur: bool | float = setting(True, switch)
+    dim_saturate: bool | float = setting(True, switch)
+    stain: bool | float = setting(True, switch)
+    noise: bool | float = setting(True, switch)
+    low_bits: bool | float = setting(True, switch)
+    jpeg: bool | float = setting(True, switch)
+    normalize: bool = setting(True, flag)
+
+
+_PRECISION = choice(lazy("runtime", "PRECISIONS"))
+_TTA = choice(lazy("inference", "TTA_MODES"))
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    """``train``: optimisation, devices, data loading."""
+
+    NAME: ClassVar[str] = "train"
+    out: str = setting("models/trained", text)
+    epochs: int = setting(12, whole(1))
+    batch_size: int = setting(4, whole(1))
+    lr: float = setting(0.003, number(0))
+    weight_decay: float = setting(0.0001, number(0))
+    schedule: str = setting("onecycle", choice(("onecycle", "cosine")))
+    workers: int = setting(2, whole(0))
+    precision: str = setting("auto", _PRECISION)
+    compile: bool = setting(False, flag)
+    samples_per_epoch: int | None = setting(96, optional(whole(1)))
+    device: str = setting("auto", text)
+    cache_mb: float = setting(1024, number(0))
+    val_every: int = setting(1, whole(1))
+
+
+@dataclass(frozen=True)
+class PredictConfig(Section):
+    """``predict``: the model and the network settings of ``nuclei predict``."""
+
+    NAME: ClassVar[str] = "predict"
+    model: str = setting("models/trained/model", text)
+    out: str = setting("data/predictions", text)
+    device: str = setting("auto", text)
+    tta: str = setting("flips", _TTA)
+    tile_size: int = setting(512, whole(1))
+    overlap: int = setting(64, whole(0))
+    batch_size: int = setting(4, whole(1))
+    precision: str = setting("auto", _PRECISION)
+
+    def predictor_options(self) -> dict[str, Any]:
+        """:class:`pipeline.inference.Predictor` keywords."""
+        return {k: getattr(self, k) for k in ("tta", "tile_size", "overlap", "batch_size", "precision")}
+
+
+@dataclass(frozen=True)
+class PostprocessConfig(Section):
+    """``postprocess``: watershed thresholds (also a model directory's ``postprocess``)."""
+
+    NAME: ClassVar[str] = "postprocess"
+    out: str = setting("data/postprocessed", text)
+    marker_threshold: float = setting(0.5, number(0, 1))
+    mask_threshold: float = setting(0.5, number(0, 1))
+    min_marker_size: int = setting(4, whole(0))
+    min_size: int = setting(10, whole(0))
+    flood: str = setting("probability", choice(lazy("watershed", "FLOODS")))
+
+    #: The keys that are keyword arguments of :func:`pipeline.watershed.postprocess`.
+    THRESHOLDS: ClassVar[tuple[str, ...]] = (
+        "marker_threshold", "mask_threshold", "min_marker_size", "min_size", "flood",
+    )  # fmt: skip
+
+    def thresholds(self) -> dict[str, Any]:
+        """The :func:`pipeline.watershed.postprocess` keyword arguments."""
+        return {k: getattr(self, k) for k in self.THRESHOLDS}
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Section):
+    """``evaluate``: where the metrics go."""
+
+    NAME: ClassVar[str] = "evaluate"
+    out: str = setting("metrics", text)
+
+
+@dataclass(frozen=True)
+class SubmitConfig(Section):
+    """``submit``: Kaggle submissions."""
+
+    NAME: ClassVar[str] = "submit"
+    out: str = setting("submission.csv", text)
+    folder: str = setting("submissions", text)
+    test_sets: dict = setting({}, mapping)
+
+
+@dataclass(frozen=True)
+class SegmentConfig(Section):
+    """``segment``: ``nuclei segment`` (command-line flags override these)."""
+
+    NAME: ClassVar[str] = "segment"
+    model: str = setting("models/default", text)
+    device: str = setting("auto", text)
+    tta: str = setting("none", _TTA)
+    tile_size: int = setting(1024, whole(1))
+    overlap: int = setting(64, whole(0))
+    batch_size: int = setting(4, whole(1))
+    precision: str = setting("auto", _PRECISION)
+    block_size: int = setting(2048, whole(1))
+    block_margin: int = setting(128, whole(0))
+    thumbnail: int = setting(320, whole(1))
+
+    def check(self, source):
+        if self.block_size <= 2 * self.block_margin:
+            raise self.error(source, "segment.block_size must exceed twice segment.block_margin")
+
+
+SECTIONS: tuple[type[Section], ...] = (
+    DataConfig, TargetsConfig, ModelConfig, LossConfig, AugmentConfig, TrainConfig, PredictConfig,
+    PostprocessConfig, EvaluateConfig, SubmitConfig, SegmentConfig,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    """All of ``params.yaml``: ``seed`` and one checked dataclass per section."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    #: The file the values came from (error messages).
+    source: str = field(default="params.yaml", compare=False)
+
+    @classmethod
+    def from_dict(cls, params: Mapping, source: str | Path = "params.yaml") -> Config:
+        """Check a parsed parameters mapping; missing sections and keys take the defaults."""
+        if not isinstance(params, Mapping):
+            raise NucleiError(f"{source}: expected a mapping of stage sections")
+        known = {s.NAME: s for s in SECTIONS}
+        unknown = [k for k in params if k != "seed" and k not in known]
+        if unknown:
+            raise NucleiError(f"{source}: unknown section '{unknown[0]}' (known: seed, {', '.join(known)})")
+        seed = params.get("seed", 0)
+        if seed is None:
+            seed = 0
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise NucleiError(f"{source}: seed must be a whole number, got {seed!r}")
+        sections = {name: s.from_dict(params.get(name), source) for name, s in known.items()}
+        return cls(seed=seed, **sections, source=str(source))
+
+    def to_dict(self) -> dict[str, Any]:
+        """All sections as plain mappings, in params.yaml order (what a file would hold)."""
+        out: dict[str, Any] = {"seed": self.seed}
+        out.update({s.NAME: getattr(self, s.NAME).to_dict() for s in SECTIONS})
+        return out
+
+    def replace(self, **sections: Section | int) -> Config:
+        """A copy with whole sections (or ``seed``) replaced."""
+        return dataclasses.replace(self, **sections)

@@ -7,6 +7,9 @@ Reproducibility does not depend on the number of data-loader workers: the sample
 (:class:`EpochSampler`) hands out indices that encode the epoch, and every training item seeds
 the augmentation from ``(seed, epoch, index)``. Resuming at an epoch boundary therefore only
 needs the epoch number.
+
+Must not: decide what a head's target is (it hands over the arrays of
+:data:`pipeline.heads.TARGET_KEYS`), augment (:mod:`pipeline.augment`) or read params.yaml.
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.augment import sample_seed
 from pipeline.errors import NucleiError
+from pipeline.heads import TARGET_KEYS
 from pipeline.intensity import NORMALIZATION, normalize_image
 from pipeline.io import load_npz
 from pipeline.prepare import read_index  # noqa: F401  (part of this module's API)
-
-#: Arrays of ``data/targets/<id>.npz`` used for training.
-TARGET_KEYS = ("classes", "mask", "border", "weights")
 
 
 def load_item(prepared: str | Path, targets: str | Path | None, image_id: str,
@@ -81,7 +82,7 @@ def load_item(prepared: str | Path, targets: str | Path | None, image_id: str,
                 f"{tpath}: '{key}' has shape {tgt[key].shape} but the image is {image.shape[:2]} "
                 "(re-run `nuclei targets`)"
             )
-    out.update({k: tgt[k] for k in ("classes", "mask", "border")})
+    out.update({k: tgt[k] for k in TARGET_KEYS})
     out["weights"] = tgt["weights"].astype(np.float32)
     return out
 
@@ -200,20 +201,16 @@ class NucleiDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = int(index) % self.length
         a = self.arrays(self.ids[item % len(self.ids)])
-        fields = (a["image"], a["classes"], a["mask"], a["border"], a["weights"])
+        fields = (a["image"], *(a[k] for k in TARGET_KEYS))
         if self.train and self.transform is not None:
             seed_transform(self.transform, sample_seed(self.seed, index))
             fields = self.transform(*fields)
-        image, classes, mask, border, weights = (np.ascontiguousarray(f) for f in fields)
+        image, *targets = (np.ascontiguousarray(f) for f in fields)
         if not self.train:
             image = pad_to_multiple(image, self.stride)
-        out = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-            "classes": torch.from_numpy(classes.astype(np.int64)),
-            "mask": torch.from_numpy(mask.astype(np.float32)),
-            "border": torch.from_numpy(border.astype(np.float32)),
-            "weights": torch.from_numpy(weights.astype(np.float32)),
-        }
+        out = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))}
+        for key, target in zip(TARGET_KEYS, targets, strict=True):  # class indices stay integers
+            out[key] = torch.from_numpy(target.astype(np.int64 if key == "classes" else np.float32))
         if not self.train:
             out["labels"] = torch.from_numpy(a["labels"])
             out["index"] = item

@@ -1,4 +1,7 @@
-"""The one exception type for problems a user can cause (bad files, bad parameters)."""
+"""The one exception type for problems a user can cause (bad files, bad parameters).
+
+Must not: import anything from the package (every module imports it).
+"""
 
 
 class NucleiError(Exception):

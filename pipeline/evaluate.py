@@ -11,6 +11,9 @@ Compares the post-processed labels (``<postprocess.out>/<id>.tif``) with the pre
 - ``per_image.csv`` — one row per image;
 - ``plots/score_vs_threshold.csv`` — ``threshold, precision`` (mean P(t) over images);
 - ``plots/score_by_type.csv`` — ``image_type, dsb_score, n_images``.
+
+Must not: compute metrics itself (:mod:`pipeline.metrics`) or keep defaults of its sections
+(:class:`pipeline.config.Config`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import load_params, section
+from pipeline.config import load_config
 from pipeline.errors import NucleiError
 from pipeline.prepare import validation_index
 
@@ -85,12 +88,12 @@ def summarise(per_image: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, pd
     return metrics, by_threshold, by_type
 
 
-def read_pairs(params: dict, index: pd.DataFrame, labels_dir: str | Path
+def read_pairs(prepared: str | Path, index: pd.DataFrame, labels_dir: str | Path
                ) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield ``(id, prepared labels, labels_dir/<id>.tif)`` for the ids of ``index``."""
+    """Yield ``(id, prepared/<id>.npz labels, labels_dir/<id>.tif)`` for the ids of ``index``."""
     from pipeline.io import load_npz, progress, read_labels
 
-    prepared = Path(params["data"]["prepared"])
+    prepared = Path(prepared)
     for image_id in progress(index["id"], desc="evaluate", total=len(index)):
         pred_file = Path(labels_dir) / f"{image_id}.tif"
         if not pred_file.is_file():
@@ -111,11 +114,10 @@ def main(args: argparse.Namespace) -> int:
     """``nuclei evaluate``: validation labels vs post-processed labels → ``metrics/``."""
     from pipeline.io import write_csv, write_json
 
-    params = load_params(args.params)
-    index = validation_index(params, args.params)
-    labels_dir = section(params, "postprocess", args.params)["out"]
-    out = Path((params.get("evaluate") or {}).get("out", "metrics"))
-    per_image = per_image_metrics(read_pairs(params, index, labels_dir))
+    config = load_config(args.params)
+    index = validation_index(config.data)
+    out = Path(config.evaluate.out)
+    per_image = per_image_metrics(read_pairs(config.data.prepared, index, config.postprocess.out))
     if "image_type" in index.columns:
         per_image.insert(1, "image_type", index["image_type"].to_numpy())
     metrics, by_threshold, by_type = summarise(per_image)

@@ -11,6 +11,10 @@
 - test-time augmentation ('flips': the 4 flips, 'd4': the 8 rotations/reflections) is applied
   per tile, inverted on the probabilities and averaged;
 - tiles of the same shape are batched, across images too; mixed precision on CUDA.
+
+The head (:mod:`pipeline.heads`) turns logits into probabilities. Must not: post-process,
+rescale or normalise images (that is :class:`pipeline.segmenter.Segmenter`), or keep defaults of
+the ``predict`` section (:class:`pipeline.config.PredictConfig`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import load_params, section
+from pipeline.config import Config, ModelConfig, PredictConfig, load_config
+from pipeline.heads import get_head
 from pipeline.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_channels_last
 
 TTA_MODES = ("none", "flips", "d4")
@@ -140,7 +145,7 @@ class Predictor:
     ----------
     model : torch.nn.Module
         Maps ``(B, 3, h, w)`` float32 to logits ``(B, C, h, w)`` for ``h, w`` multiples of the
-        stride (e.g. from :func:`pipeline.models.build_model`).
+        stride (e.g. from :func:`pipeline.networks.build_model`).
     config : dict
         A model directory config (with a ``model`` section) or the ``model`` section itself;
         gives the ``head`` and the stride. Kept as the ``config`` attribute.
@@ -161,18 +166,19 @@ class Predictor:
         on a CPU with native bf16 and on CUDA, fp32 elsewhere). The network and its inputs are
         in channels-last memory format.
     stride : int, optional
-        Override :func:`pipeline.models.model_stride` (for custom modules).
+        Override :func:`pipeline.networks.model_stride` (for custom modules).
     """
 
     def __init__(self, model, config: dict, device: str = "cpu", tta: str = "none",
                  tile_size: int = 512, overlap: int = 64, batch_size: int = 4, precision: str = "auto",
                  stride: int | None = None):
-        from pipeline.models import HEAD_CHANNELS, model_stride
+        from pipeline.networks import model_stride
 
         self.config = config
-        model_cfg = config["model"] if isinstance(config.get("model"), dict) else config
-        self.head = model_cfg.get("head", "softmax")
-        self.channels = HEAD_CHANNELS[self.head]
+        model_cfg = ModelConfig.from_dict(config["model"] if isinstance(config.get("model"), dict) else config,
+                                          "model config")
+        self.head = model_cfg.head
+        self.channels = get_head(self.head).channels
         self.stride = int(stride or model_stride(model_cfg))
         self.transforms = tta_transforms(tta)
         self.tta = tta
@@ -268,14 +274,12 @@ class Predictor:
         """
         import torch
 
-        from pipeline.models import logits_to_probs
-
         x = to_channels_last(torch.from_numpy(np.ascontiguousarray(batch)), self.device)
         total = None
         with torch.inference_mode(), autocast(self.device, self.precision):
             for k, flip in self.transforms:
                 t = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
-                p = logits_to_probs(self.model(t).float(), self.head)
+                p = get_head(self.head).activate(self.model(t).float())
                 p = torch.rot90(p, -k, dims=(-2, -1))
                 p = p.flip(-1) if flip else p
                 total = p if total is None else total + p
@@ -288,7 +292,7 @@ def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any
     Parameters
     ----------
     model_dir : str or Path
-        Folder with ``config.yaml`` and ``weights.pt`` (:func:`pipeline.models.save_model_dir`).
+        Folder with ``config.yaml`` and ``weights.pt`` (:func:`pipeline.model_dir.save_model_dir`).
     device : str
         'auto', 'cpu', 'cuda', ...
     **overrides
@@ -300,17 +304,18 @@ def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any
         Its ``config`` attribute is the model directory config (``postprocess``,
         ``normalization``, ...).
     """
-    from pipeline.models import load_model_dir
+    from pipeline.model_dir import load_model_dir
 
     device = resolve_device(device)
     model, config = load_model_dir(model_dir, device)
     return Predictor(model, config, device=device, **overrides)
 
 
-def predictor_options(cfg: dict[str, Any]) -> dict[str, Any]:
-    """:class:`Predictor` keywords from a ``predict`` section of params.yaml."""
-    keys = ("tta", "tile_size", "overlap", "batch_size", "precision")
-    return {k: cfg[k] for k in keys if k in cfg}
+def predictor_options(cfg: PredictConfig | dict[str, Any]) -> dict[str, Any]:
+    """:class:`Predictor` keywords from a ``predict`` section of params.yaml (checked)."""
+    if not isinstance(cfg, PredictConfig):
+        cfg = PredictConfig.from_dict(cfg)
+    return cfg.predictor_options()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -330,23 +335,23 @@ def _image_size(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _prediction_inputs(params: dict, path: str) -> list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]:
+def _prediction_inputs(config: Config) -> list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]:
     """``(id, loader of the image as stored (uint8 RGB), (H, W))`` for the validation fold and the test root."""
     from pipeline.io import load_npz, read_kaggle_sample
     from pipeline.prepare import validation_index
 
-    data = section(params, "data", path)
-    prepared = Path(data["prepared"])
-    val = validation_index(params, path)
+    data = config.data
+    prepared = Path(data.prepared)
+    val = validation_index(data)
     items = [
         (str(row.id), lambda f=prepared / f"{row.id}.npz": load_npz(f)["image"],
          (int(row.height), int(row.width)))
         for row in val.itertuples()
     ]
-    if data.get("test_root"):
+    if data.test_root:
         from pipeline.io import list_kaggle_ids
 
-        root = Path(data["test_root"])
+        root = Path(data.test_root)
         for sample_id in list_kaggle_ids(root):
             file = root / sample_id / "images" / f"{sample_id}.png"
             items.append((sample_id, lambda d=root / sample_id: read_kaggle_sample(d, masks=False)[0],
@@ -367,12 +372,11 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.scale import scale_factor
     from pipeline.segmenter import Segmenter
 
-    params = load_params(args.params)
-    cfg = section(params, "predict", args.params)
-    segmenter = Segmenter.from_model_dir(cfg["model"], device=args.device or cfg.get("device", "auto"),
-                                         **predictor_options(cfg))
-    items = _prediction_inputs(params, args.params)
-    out = Path(cfg["out"])
+    config = load_config(args.params)
+    cfg = config.predict
+    segmenter = Segmenter.from_model_dir(cfg.model, device=args.device or cfg.device, **cfg.predictor_options())
+    items = _prediction_inputs(config)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for image_id, load, _ in progress(items, desc="predict"):
         image = segmenter.normalize(load())

@@ -1,4 +1,4 @@
-"""Training losses for the softmax (3-class) and sigmoid (2-channel) heads.
+"""Training losses: the loss formulas, and their weighted combination for any head.
 
 Targets come from the ``targets`` stage (``pipeline.targets``): ``classes`` 0 = mask − border,
 1 = border, 2 = background; ``mask`` and ``border`` 0/1; ``weights`` the U-Net weight map
@@ -14,23 +14,31 @@ autocast) and return a scalar tensor.
   soft Dice on both channels + ``focal`` · binary focal loss.
 
 ``use_weight_maps: false`` replaces the weight maps by 1 everywhere.
+
+Must not: know the channel layout of a head (:mod:`pipeline.heads` says which target and channels
+each term uses), or read params.yaml (the ``loss`` section comes in as a
+:class:`pipeline.config.LossConfig`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import LossConfig
 from pipeline.errors import NucleiError
-
-#: Softmax classes the Dice term is computed on (mask − border, border; not background).
-DICE_CLASSES = (0, 1)
+from pipeline.heads import get_head
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """``sum(w · v) / sum(w)`` (plain mean when ``weights`` is None)."""
+    """``sum(w · v) / sum(w)`` (plain mean when ``weights`` is None); (B, H, W) weights apply to
+    every channel of (B, C, H, W) values."""
     if weights is None:
         return values.mean()
+    if weights.ndim == values.ndim - 1:  # (B, H, W) pixel weights of (B, C, H, W) values
+        weights = weights[:, None]
     weights = weights.float().expand_as(values)
     return (values * weights).sum() / weights.sum().clamp_min(1e-12)
 
@@ -84,34 +92,22 @@ def soft_dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1.0)
 
 
 def focal_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    gamma: float = 2.0,
-    head: str = "softmax",
-    weights: torch.Tensor | None = None,
+    log_p: torch.Tensor, gamma: float = 2.0, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Focal loss (Lin et al. 2017), ``−(1 − p_t)^γ log p_t``, averaged over pixels.
 
     Parameters
     ----------
-    logits : torch.Tensor
-        float (B, C, H, W).
-    target : torch.Tensor
-        softmax head: long classes (B, H, W); sigmoid head: float (B, C, H, W) in {0, 1}.
+    log_p : torch.Tensor
+        float (B, H, W) or (B, C, H, W): log-probability of the true class or value
+        (:meth:`pipeline.heads.Head.log_likelihood`).
     gamma : float
         Focusing parameter; 0 gives (binary) cross-entropy.
-    head : {'softmax', 'sigmoid'}
     weights : torch.Tensor, optional
-        float (B, H, W) pixel weights (normalised by their sum).
+        float (B, H, W) pixel weights (normalised by their sum), applied to every channel.
     """
-    logits = logits.float()
-    if head == "softmax":
-        logp = F.log_softmax(logits, dim=1).gather(1, target.long()[:, None])[:, 0]
-    else:
-        target = target.float()
-        logp = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        weights = None if weights is None else weights[:, None]
-    loss = -((1.0 - logp.exp()) ** gamma) * logp
+    log_p = log_p.float()
+    loss = -((1.0 - log_p.exp()) ** gamma) * log_p
     return _weighted_mean(loss, weights)
 
 
@@ -128,19 +124,15 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor |
         float (B, H, W), applied to every channel; normalised by their sum.
     """
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
-    return _weighted_mean(bce, None if weights is None else weights[:, None])
-
-
-def sigmoid_target(batch: dict) -> torch.Tensor:
-    """The sigmoid head's target float (B, 2, H, W) = (mask, border) from a batch."""
-    return torch.stack([batch["mask"], batch["border"]], dim=1).float()
+    return _weighted_mean(bce, weights)
 
 
 class CombinedLoss:
     """``callable(logits (B, C, H, W), batch) -> scalar``: a weighted sum of loss terms.
 
     ``terms(logits, batch)`` returns the individual (unweighted) terms as a dict of tensors,
-    for logging; ``weights`` maps term name to its factor.
+    for logging; ``weights`` maps term name to its factor. The head
+    (:class:`pipeline.heads.Head`) says what the target is and which channels each term uses.
     """
 
     def __init__(self, head: str, weights: dict[str, float], gamma: float, use_weight_maps: bool):
@@ -148,32 +140,19 @@ class CombinedLoss:
         self.gamma, self.use_weight_maps = gamma, use_weight_maps
 
     def terms(self, logits: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        """Each active term, unweighted: ``{'weighted_ce' | 'bce', 'dice', 'focal'}``."""
-        expected = 3 if self.head == "softmax" else 2
-        if logits.ndim != 4 or logits.shape[1] != expected:
-            raise ValueError(
-                f"{self.head} head expects logits (B, {expected}, H, W), got {tuple(logits.shape)}"
-            )
+        """Each active term, unweighted: the head's pixel loss (``weighted_ce`` | ``bce``),
+        ``dice``, ``focal``."""
+        head = get_head(self.head)
+        head.check_logits(logits)
         pixel_w = batch["weights"] if self.use_weight_maps else None
+        target = head.batch_target(batch)
         out = {}
-        if self.head == "softmax":
-            classes = batch["classes"].long()
-            if "weighted_ce" in self.weights:
-                out["weighted_ce"] = weighted_cross_entropy(logits, classes, pixel_w)
-            if "dice" in self.weights:
-                probs = torch.softmax(logits.float(), dim=1)[:, DICE_CLASSES]
-                onehot = torch.stack([classes == c for c in DICE_CLASSES], dim=1)
-                out["dice"] = soft_dice_loss(probs, onehot)
-            if "focal" in self.weights:
-                out["focal"] = focal_loss(logits, classes, self.gamma, "softmax", pixel_w)
-        else:
-            target = sigmoid_target(batch)
-            if "bce" in self.weights:
-                out["bce"] = bce_loss(logits, target, pixel_w)
-            if "dice" in self.weights:
-                out["dice"] = soft_dice_loss(torch.sigmoid(logits.float()), target)
-            if "focal" in self.weights:
-                out["focal"] = focal_loss(logits, target, self.gamma, "sigmoid", pixel_w)
+        if head.pixel_loss_name in self.weights:
+            out[head.pixel_loss_name] = head.pixel_loss(logits, target, pixel_w)
+        if "dice" in self.weights:
+            out["dice"] = soft_dice_loss(*head.dice_inputs(logits, target))
+        if "focal" in self.weights:
+            out["focal"] = focal_loss(head.log_likelihood(logits, target), self.gamma, pixel_w)
         return out
 
     def __call__(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -184,15 +163,17 @@ class CombinedLoss:
         return f"CombinedLoss(head={self.head!r}, weights={self.weights}, gamma={self.gamma})"
 
 
-def build_loss(cfg: dict, head: str) -> CombinedLoss:
+def build_loss(cfg: LossConfig | Mapping, head: str) -> CombinedLoss:
     """Build the training loss from the ``loss`` section of ``params.yaml``.
 
     Parameters
     ----------
-    cfg : dict
-        ``weighted_ce`` (softmax head), ``bce`` (sigmoid head), ``dice``, ``focal`` — factors
-        ≥ 0, a term with factor 0 is skipped; ``focal_gamma``; ``use_weight_maps``.
-    head : {'softmax', 'sigmoid'}
+    cfg : LossConfig or mapping
+        The ``loss`` section (:class:`pipeline.config.LossConfig`; a mapping is checked by it):
+        the head's pixel loss factor (``weighted_ce`` softmax, ``bce`` sigmoid), ``dice``,
+        ``focal`` — a term with factor 0 is skipped; ``focal_gamma``; ``use_weight_maps``.
+    head : str
+        A name of :data:`pipeline.heads.HEADS`.
 
     Returns
     -------
@@ -205,22 +186,10 @@ def build_loss(cfg: dict, head: str) -> CombinedLoss:
     NucleiError
         Unknown head, a negative factor, or no term with a positive factor for this head.
     """
-    if head not in ("softmax", "sigmoid"):
-        raise NucleiError(f"model.head: {head!r} is not one of softmax, sigmoid")
-    names = ("weighted_ce", "dice", "focal") if head == "softmax" else ("bce", "dice", "focal")
-    defaults = {"weighted_ce": 1.0, "bce": 1.0, "dice": 1.0, "focal": 0.0}
-    factors = {}
-    for name in names:
-        value = float(cfg.get(name, defaults[name]) or 0.0)
-        if value < 0:
-            raise NucleiError(f"loss.{name}: must be ≥ 0, got {value}")
-        if value > 0:
-            factors[name] = value
+    if not isinstance(cfg, LossConfig):
+        cfg = LossConfig.from_dict(cfg)
+    names = (get_head(head).pixel_loss_name, "dice", "focal")
+    factors = {name: getattr(cfg, name) for name in names if getattr(cfg, name) > 0}
     if not factors:
         raise NucleiError(f"loss: no term has a positive factor for the {head} head ({', '.join(names)})")
-    return CombinedLoss(
-        head,
-        factors,
-        gamma=float(cfg.get("focal_gamma", 2.0)),
-        use_weight_maps=bool(cfg.get("use_weight_maps", True)),
-    )
+    return CombinedLoss(head, factors, gamma=cfg.focal_gamma, use_weight_maps=cfg.use_weight_maps)

@@ -1,4 +1,7 @@
-"""Per-nucleus measurements (``nuclei.csv``) from an instance label image."""
+"""Per-nucleus measurements (``nuclei.csv``) from an instance label image.
+
+Must not: segment, normalise or write files.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 All object-pair overlaps of an image come from one joint histogram of the true and predicted
 label maps (:func:`overlaps`), never from object-by-object comparisons.
+
+Must not: read or write files, or import torch.
 """
 
 from __future__ import annotations

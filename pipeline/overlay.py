@@ -1,4 +1,7 @@
-"""Pictures of a segmentation: nucleus outlines drawn over the image, and thumbnails."""
+"""Pictures of a segmentation: nucleus outlines drawn over the image, and thumbnails.
+
+Must not: segment or write files (callers write the bytes).
+"""
 
 from __future__ import annotations
 

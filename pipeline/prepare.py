@@ -5,6 +5,8 @@ Writes ``<prepared>/<id>.npz`` (``image`` uint8 (H, W, 3), ``labels`` int32 (H, 
 median_diameter, image_type``, the acquisition features, ``fold`` (stratified by image type),
 ``group`` (the experiment, :func:`acquisition_groups`) and ``group_fold`` (folds grouped by
 experiment: no experiment straddles training and validation).
+
+Must not: compute training targets (:mod:`pipeline.targets`) or import torch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import load_params, section
+from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
 from pipeline.io import list_kaggle_ids, progress, read_kaggle_sample, save_npz, write_csv
 
@@ -168,7 +170,7 @@ def split_folds(index: pd.DataFrame, val_fold: int, split: str = "stratified",
     return train_ids, val_ids
 
 
-def validation_index(params: dict, source: str | Path = "params.yaml") -> pd.DataFrame:
+def validation_index(data: DataConfig) -> pd.DataFrame:
     """Rows of ``<data.prepared>/index.csv`` in validation fold ``data.val_fold`` of the
     ``data.split`` split.
 
@@ -182,10 +184,8 @@ def validation_index(params: dict, source: str | Path = "params.yaml") -> pd.Dat
     NucleiError
         Missing or unreadable index, or an empty validation fold.
     """
-    data = section(params, "data", source)
-    index = read_index(data["prepared"])
-    _, val_ids = split_folds(index, int(data["val_fold"]), data.get("split", "stratified"),
-                             Path(data["prepared"]) / "index.csv")
+    index = read_index(data.prepared)
+    _, val_ids = split_folds(index, data.val_fold, data.split, Path(data.prepared) / "index.csv")
     return index[index["id"].isin(set(val_ids))].reset_index(drop=True)
 
 
@@ -291,14 +291,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
-    data = section(params, "data", args.params)
+    config = load_config(args.params)
+    data = config.data
     index = prepare(
-        args.root or data["root"],
-        args.out or data["prepared"],
-        folds=int(data.get("folds", 5)),
-        seed=int(params.get("seed", 0)),
-        workers=int(data.get("workers", 1)),
+        args.root or data.root,
+        args.out or data.prepared,
+        folds=data.folds,
+        seed=config.seed,
+        workers=data.workers,
     )
     counts = index.groupby("image_type").size().to_dict()
     print(f"prepared {len(index)} images, {int(index.n_nuclei.sum())} nuclei; types {counts}; "

@@ -3,6 +3,8 @@
 No network and no external files are needed to view it: the histogram is inline SVG and the
 overlay thumbnails are base64 PNGs. Each thumbnail links to the full-size overlay next to
 the page (``overlays/<stem>.png``).
+
+Must not: read or write files (it returns the HTML text).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ string ``"start length start length ..."`` with runs in ascending order that do 
 (adjacent runs are accepted, though the encoder never writes them). A submission is a table
 ``ImageId,EncodedPixels`` with one row per nucleus; an image without nuclei is one row with an
 empty ``EncodedPixels``.
+
+Must not: read images or run a model.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import ROOT, load_params
+from pipeline.config import ROOT, SegmentConfig, load_params
 from pipeline.errors import NucleiError, OutputError
 from pipeline.io import (
     IMAGE_SUFFIXES,
@@ -54,19 +54,6 @@ from pipeline.measure import column_dictionary, intensity_of, measure_nuclei, me
 from pipeline.overlay import display_uint8, draw_outlines, encode_png, thumbnail
 from pipeline.report import render_report
 
-#: Defaults of the ``segment`` section of params.yaml (used for keys it does not set).
-DEFAULTS: dict[str, Any] = {
-    "model": "models/default",
-    "device": "auto",
-    "tta": "none",
-    "tile_size": 512,
-    "overlap": 64,
-    "batch_size": 4,
-    "precision": "auto",
-    "block_size": 2048,
-    "block_margin": 128,
-    "thumbnail": 320,
-}
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (
     "image", "source", "series", "plane", "height", "width", "pixel_type", "count",
@@ -82,20 +69,21 @@ MIN_SIDE = 8
 
 @dataclass
 class Settings:
-    """Everything :func:`segment_images` needs besides the inputs (from params.yaml + flags)."""
+    """Everything :func:`segment_images` needs besides the inputs (from params.yaml + flags);
+    defaults are those of :class:`pipeline.config.SegmentConfig`."""
 
     model_dir: Path
-    device: str = "auto"
+    device: str = SegmentConfig.device
     pixel_size: float | None = None
     diameter: float | None = None
-    tta: str = "none"
-    tile_size: int = 512
-    overlap: int = 64
-    batch_size: int = 4
-    precision: str = "auto"
-    block_size: int = 2048
-    block_margin: int = 128
-    thumbnail: int = 320
+    tta: str = SegmentConfig.tta
+    tile_size: int = SegmentConfig.tile_size
+    overlap: int = SegmentConfig.overlap
+    batch_size: int = SegmentConfig.batch_size
+    precision: str = SegmentConfig.precision
+    block_size: int = SegmentConfig.block_size
+    block_margin: int = SegmentConfig.block_margin
+    thumbnail: int = SegmentConfig.thumbnail
 
     @classmethod
     def from_params(
@@ -108,28 +96,14 @@ class Settings:
         NucleiError
             Unknown keys or values out of range, naming ``source``.
         """
-        section = (params or {}).get("segment") or {}
-        unknown = sorted(set(section) - set(DEFAULTS))
-        if unknown:
-            raise NucleiError(f"{source}: unknown key(s) in section 'segment': {', '.join(unknown)}")
-        cfg = {**DEFAULTS, **section}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        flags = {k: overrides.pop(k) for k in ("model_dir", "pixel_size", "diameter") if k in overrides}
+        section = dict((params or {}).get("segment") or {})
+        cfg = SegmentConfig.from_dict({**section, **overrides}, source).to_dict()
         model = Path(cfg.pop("model"))
         if not model.is_absolute():  # params.yaml paths are relative to the repository
             model = ROOT / model
-        cfg.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(model_dir=Path(cfg.pop("model_dir", model)), **cfg)
-        for key in ("tile_size", "overlap", "batch_size", "block_size", "block_margin", "thumbnail"):
-            value = getattr(settings, key)
-            if (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or value < (0 if key == "overlap" else 1)
-            ):
-                raise NucleiError(f"{source}: segment.{key} must be a positive whole number, got {value!r}")
-        if settings.block_size <= 2 * settings.block_margin:
-            raise NucleiError(f"{source}: segment.block_size must exceed twice segment.block_margin")
-        if settings.tta not in ("none", "flips", "d4"):
-            raise NucleiError(f"{source}: segment.tta must be none, flips or d4, got {settings.tta!r}")
+        settings = cls(model_dir=Path(flags.pop("model_dir", model)), **flags, **cfg)
         if settings.diameter is not None and not (
             math.isfinite(settings.diameter) and settings.diameter > 0
         ):

@@ -116,14 +116,14 @@ def confidence(probs: np.ndarray, head: str) -> float:
     Parameters
     ----------
     probs : (C, H, W) float32
-        Network probabilities (:func:`pipeline.watershed.mask_and_marker` layout).
+        Network probabilities (:func:`pipeline.heads.mask_and_marker` layout).
     head : str
 
     Returns
     -------
     confidence : float in [0, 1]; 1 when no pixel is possibly a nucleus.
     """
-    from pipeline.watershed import mask_and_marker
+    from pipeline.heads import mask_and_marker
 
     mask_p, _ = mask_and_marker(probs, head)
     possible = mask_p > 0.1

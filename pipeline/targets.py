@@ -1,10 +1,11 @@
 """Training targets from instance labels, and the ``targets`` stage (``nuclei targets``).
 
-- :func:`border_mask`: pixels near a contact between two different nuclei;
-- :func:`softmax_target`: 3 classes, 0 = mask − border, 1 = border, 2 = background;
-- :func:`sigmoid_target`: 2 channels (mask, border);
-- :func:`make_targets`: all of them plus the weight map (:mod:`pipeline.weights`), sharing one
-  nearest-two-nuclei computation; used by the stage and usable on the fly.
+- :func:`nucleus_radii`, :func:`border_mask`: pixels near a contact between two different nuclei;
+- :func:`make_targets`: the arrays every head's target is made from (:data:`pipeline.heads.TARGET_KEYS`:
+  ``classes``, the softmax head's encoding; ``mask``; ``border``) plus the weight map
+  (:mod:`pipeline.weights`), sharing one nearest-two-nuclei computation; used by the stage and
+  usable on the fly. How a head turns labels and border into its own target is
+  :meth:`pipeline.heads.Head.encode_labels`.
 
 The stage reads ``data/prepared/index.csv`` and ``data/prepared/<id>.npz`` (``image``,
 ``labels``), brings each image to the canonical nucleus diameter ``targets.diameter`` (its median
@@ -13,6 +14,9 @@ neighbour; :mod:`pipeline.scale`), builds the targets from the rescaled labels, 
 ``<out>/<id>.npz`` with the rescaled ``image`` uint8 and ``labels`` int32, ``classes`` uint8,
 ``mask`` uint8, ``border`` uint8, ``weights`` float16 and the ``scale`` factor, in parallel over
 images. ``targets.diameter: null`` keeps every image at its own scale.
+
+Must not: import torch, know a head's channel layout beyond asking :mod:`pipeline.heads`, or
+keep defaults of the ``targets`` section (they are :class:`pipeline.config.TargetsConfig`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import load_params, section
+from pipeline.config import load_config
 from pipeline.errors import NucleiError
+from pipeline.heads import get_head
 from pipeline.io import load_npz, progress, save_npz
 from pipeline.prepare import read_index
 from pipeline.weights import class_weights, nearest_two, separation_margin, separation_weights
@@ -33,24 +38,10 @@ from pipeline.weights import class_weights, nearest_two, separation_margin, sepa
 __all__ = [
     "nucleus_radii",
     "border_mask",
-    "softmax_target",
-    "sigmoid_target",
     "make_targets",
     "add_arguments",
     "main",
 ]
-
-#: Keyword arguments of :func:`make_targets`, with their defaults (also the keys of the
-#: ``targets`` section of params.yaml that the stage passes on).
-TARGET_DEFAULTS = {
-    "w0": 10.0,
-    "sigma": 5.0,
-    "border_radius_min": 1,
-    "border_radius_max": 4,
-    "border_scale": 0.1,
-    "class_weight_max": 10.0,
-}
-
 
 def nucleus_radii(
     labels: np.ndarray, radius_min: int = 1, radius_max: int = 4, scale: float = 0.1
@@ -134,58 +125,6 @@ def border_mask(
     return d2 <= radius
 
 
-def softmax_target(
-    labels: np.ndarray, radius_min: int = 1, radius_max: int = 4, scale: float = 0.1, *, border=None
-) -> np.ndarray:
-    """3-class target: 0 = mask − border, 1 = border, 2 = background.
-
-    Border pixels on background are class 1 too, so the three classes partition the image.
-
-    Parameters
-    ----------
-    labels : (H, W) ndarray of int
-        Instance labels, 0 = background.
-    radius_min, radius_max, scale
-        Border parameters (see :func:`border_mask`).
-    border : (H, W) ndarray of bool, optional
-        A precomputed :func:`border_mask`.
-
-    Returns
-    -------
-    classes : (H, W) ndarray of uint8, values in {0, 1, 2}
-    """
-    labels = np.asarray(labels)
-    if border is None:
-        border = border_mask(labels, radius_min, radius_max, scale)
-    classes = np.where(labels > 0, np.uint8(0), np.uint8(2))
-    classes[border] = 1
-    return classes
-
-
-def sigmoid_target(
-    labels: np.ndarray, radius_min: int = 1, radius_max: int = 4, scale: float = 0.1, *, border=None
-) -> np.ndarray:
-    """2-channel target (mask, border).
-
-    Parameters
-    ----------
-    labels : (H, W) ndarray of int
-        Instance labels, 0 = background.
-    radius_min, radius_max, scale
-        Border parameters (see :func:`border_mask`).
-    border : (H, W) ndarray of bool, optional
-        A precomputed :func:`border_mask`.
-
-    Returns
-    -------
-    target : (2, H, W) ndarray of float32, values in {0, 1}
-    """
-    labels = np.asarray(labels)
-    if border is None:
-        border = border_mask(labels, radius_min, radius_max, scale)
-    return np.stack([labels > 0, border]).astype(np.float32)
-
-
 def make_targets(
     labels: np.ndarray,
     w0: float = 10.0,
@@ -225,7 +164,7 @@ def make_targets(
     weights = class_weights(labels, class_weight_max)
     weights += separation_weights(labels, w0, sigma, nearest=nearest)
     return {
-        "classes": softmax_target(labels, border=border),
+        "classes": get_head("softmax").encode_labels(labels, border),
         "mask": (labels > 0).astype(np.uint8),
         "border": border.astype(np.uint8),
         "weights": weights,
@@ -239,39 +178,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei targets``."""
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: targets.workers)")
-
-
-def target_kwargs(section: dict, path) -> dict:
-    """The :func:`make_targets` arguments from the ``targets`` section of ``path``, checked.
-
-    Missing keys take the defaults of :data:`TARGET_DEFAULTS`; bad values raise
-    :class:`~pipeline.errors.NucleiError` naming ``path`` and the key.
-    """
-    kwargs = {}
-    for key, default in TARGET_DEFAULTS.items():
-        value = section.get(key, default)
-        try:
-            value = type(default)(value)
-        except (TypeError, ValueError):
-            raise NucleiError(f"{path}: targets.{key} must be a number, got {value!r}") from None
-        kwargs[key] = value
-    if not kwargs["sigma"] > 0 or kwargs["w0"] < 0:
-        raise NucleiError(f"{path}: targets.sigma must be > 0 and targets.w0 >= 0")
-    if not 0 <= kwargs["border_radius_min"] <= kwargs["border_radius_max"]:
-        raise NucleiError(f"{path}: need 0 <= targets.border_radius_min <= targets.border_radius_max")
-    if kwargs["class_weight_max"] < 1:
-        raise NucleiError(f"{path}: targets.class_weight_max must be >= 1")
-    return kwargs
-
-
-def canonical_diameter(section: dict, path) -> float | None:
-    """``targets.diameter`` of ``path``: the canonical nucleus diameter in px, or None."""
-    value = section.get("diameter")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 4 <= value <= 200:
-        raise NucleiError(f"{path}: targets.diameter must be null or a number of px in [4, 200], got {value!r}")
-    return float(value)
 
 
 def process_one(src: Path, dst: Path, kwargs: dict, diameter: float | None = None) -> None:
@@ -297,13 +203,11 @@ def process_one(src: Path, dst: Path, kwargs: dict, diameter: float | None = Non
 
 def main(args: argparse.Namespace) -> int:
     """Run the ``targets`` stage; returns the exit status."""
-    params = load_params(args.params)
-    cfg = section(params, "targets", args.params)
-    kwargs = target_kwargs(cfg, args.params)
-    diameter = canonical_diameter(cfg, args.params)
-    prepared = Path(section(params, "data", args.params).get("prepared", "data/prepared"))
-    out = Path(cfg.get("out", "data/targets"))
-    workers = args.workers if args.workers is not None else int(cfg.get("workers", 1))
+    config = load_config(args.params)
+    cfg = config.targets
+    kwargs, diameter = cfg.make_targets_kwargs(), cfg.diameter
+    prepared, out = Path(config.data.prepared), Path(cfg.out)
+    workers = args.workers if args.workers is not None else cfg.workers
     workers = max(1, min(workers, os.cpu_count() or 1))
 
     index = read_index(prepared, columns=("id",))  # folds do not matter here

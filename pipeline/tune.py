@@ -7,6 +7,9 @@ the DSB2018 score. The table (best first) and the best setting are printed; the 
 ``<evaluate.out>/tuned_postprocess.yaml`` and, with ``--write PARAMS``, into the ``postprocess``
 section of that parameters file (only the values of those keys change; comments, order and the
 rest of the file are kept).
+
+Must not: post-process differently from :func:`pipeline.watershed.postprocess`, or change
+anything in the parameters file but the values of the ``postprocess`` keys.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.config import load_params, section
+from pipeline.config import load_config
 from pipeline.errors import NucleiError
 
 GRID = {
@@ -153,14 +156,13 @@ def main(args: argparse.Namespace) -> int:
     """``nuclei tune``: print the grid, write the best post-processing thresholds."""
     from pipeline.io import load_npz, write_text
     from pipeline.prepare import validation_index
-    from pipeline.watershed import read_prediction, thresholds
+    from pipeline.watershed import read_prediction
 
-    params = load_params(args.params)
-    current = thresholds(section(params, "postprocess", args.params), args.params)
-    pred_dir = Path(section(params, "predict", args.params)["out"])
-    prepared = Path(params["data"]["prepared"])
+    config = load_config(args.params)
+    current = config.postprocess.thresholds()
+    pred_dir, prepared = Path(config.predict.out), Path(config.data.prepared)
     samples = []
-    for image_id in validation_index(params, args.params)["id"]:
+    for image_id in validation_index(config.data)["id"]:
         file = pred_dir / f"{image_id}.npz"
         if not file.is_file():
             raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
@@ -178,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
         print("the current settings score as well as the best of the grid; keeping them")
     print(f"best {best} -> validation DSB2018 score {score:.4f} (current settings {current_score:.4f}, "
           f"{len(samples)} images)")
-    out = Path((params.get("evaluate") or {}).get("out", "metrics")) / "tuned_postprocess.yaml"
+    out = Path(config.evaluate.out) / "tuned_postprocess.yaml"
     write_text(out, yaml.safe_dump({"postprocess": best, "dsb_score": score, "n_images": len(samples)},
                                    sort_keys=False))
     print(f"written to {out}")

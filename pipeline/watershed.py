@@ -2,6 +2,9 @@
 
 ``postprocess`` turns the network's class probabilities into non-overlapping nuclei:
 
+P(mask) and P(mask − border) come from the head's decoding
+(:meth:`pipeline.heads.Head.mask_and_marker`).
+
 1. foreground = P(mask) > ``mask_threshold``;
 2. markers = connected components of P(mask − border) > ``marker_threshold`` inside the
    foreground; components smaller than ``min_marker_size`` pixels are dropped;
@@ -10,6 +13,9 @@
    foreground components that hold no marker at all become nuclei of their own;
 4. holes are filled (background enclosed by one nucleus), nuclei smaller than ``min_size``
    pixels are removed and the labels are renumbered 1..N.
+
+Must not: know a head's channel layout (ask :mod:`pipeline.heads`), keep threshold defaults
+(:class:`pipeline.config.PostprocessConfig`), or import torch.
 """
 
 from __future__ import annotations
@@ -22,50 +28,11 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from pipeline.config import load_params, section
+from pipeline.config import PostprocessConfig, load_config
 from pipeline.errors import NucleiError
+from pipeline.heads import HEADS, mask_and_marker
 
-#: Keys of the ``postprocess`` section (and of a model directory's ``postprocess``) that are
-#: keyword arguments of :func:`postprocess`, with their defaults.
-DEFAULTS: dict[str, Any] = {
-    "marker_threshold": 0.5,
-    "mask_threshold": 0.5,
-    "min_marker_size": 4,
-    "min_size": 10,
-    "flood": "probability",
-}
 FLOODS = ("probability", "distance")
-HEADS = {"softmax": 3, "sigmoid": 2}
-
-
-def mask_and_marker(probs: np.ndarray, head: str) -> tuple[np.ndarray, np.ndarray]:
-    """Split the network output into the nucleus and the marker probability.
-
-    Parameters
-    ----------
-    probs : (C, H, W) float array
-        Probabilities in [0, 1]. ``head='softmax'``: C = 3 classes (mask − border, border,
-        background) summing to 1. ``head='sigmoid'``: C = 2 independent channels (mask, border).
-    head : {'softmax', 'sigmoid'}
-
-    Returns
-    -------
-    mask : (H, W) float32
-        P(pixel belongs to a nucleus): p0 + p1 (softmax) or channel 0 (sigmoid).
-    marker : (H, W) float32
-        P(pixel is nucleus interior, away from a contact): p0 (softmax) or
-        mask · (1 − border) (sigmoid).
-    """
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {sorted(HEADS)}, got {head!r}")
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.ndim != 3 or probs.shape[0] != HEADS[head]:
-        raise ValueError(
-            f"{head} head expects probabilities of shape ({HEADS[head]}, H, W), got {probs.shape}"
-        )
-    if head == "softmax":
-        return probs[0] + probs[1], probs[0]
-    return probs[0], probs[0] * (1.0 - probs[1])
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -148,9 +115,9 @@ def postprocess(
     Parameters
     ----------
     probs : (C, H, W) float array
-        Network probabilities; see :func:`mask_and_marker` for the channel layout.
-    head : {'softmax', 'sigmoid'}
-        The network head that produced ``probs``.
+        Network probabilities in the layout of ``head`` (:mod:`pipeline.heads`).
+    head : str
+        The network head that produced ``probs`` (a name of :data:`pipeline.heads.HEADS`).
     marker_threshold : float
         Markers are P(mask − border) > this value.
     mask_threshold : float
@@ -223,14 +190,15 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     return postprocess(resize_probabilities(probs, tuple(shape)), head, **kwargs)
 
 
-def thresholds(cfg: dict[str, Any] | None, source: str | Path = "params.yaml") -> dict[str, Any]:
-    """Pick and check the :func:`postprocess` keyword arguments from a configuration section.
+def thresholds(cfg: PostprocessConfig | dict[str, Any] | None, source: str | Path = "params.yaml") -> dict[str, Any]:
+    """The :func:`postprocess` keyword arguments of a ``postprocess`` section, checked.
 
     Parameters
     ----------
-    cfg : dict or None
+    cfg : PostprocessConfig, dict or None
         A ``postprocess`` section (params.yaml or a model directory's config.yaml); keys not
-        given fall back to :data:`DEFAULTS`, other keys (``out``, ...) are ignored.
+        given take the :class:`pipeline.config.PostprocessConfig` defaults, keys that are not
+        thresholds (``out``, ...) are ignored.
     source : str or Path
         The file the section came from, for error messages.
 
@@ -239,21 +207,10 @@ def thresholds(cfg: dict[str, Any] | None, source: str | Path = "params.yaml") -
     kwargs : dict
         ``marker_threshold``, ``mask_threshold``, ``min_marker_size``, ``min_size``, ``flood``.
     """
-    cfg = cfg or {}
-    kwargs = {key: cfg.get(key, default) for key, default in DEFAULTS.items()}
-    for key in ("marker_threshold", "mask_threshold"):
-        value = kwargs[key]
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise NucleiError(f"{source}: postprocess.{key} must be a number in [0, 1], got {value!r}")
-    for key in ("min_marker_size", "min_size"):
-        value = kwargs[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise NucleiError(f"{source}: postprocess.{key} must be a whole number >= 0, got {value!r}")
-    if kwargs["flood"] not in FLOODS:
-        raise NucleiError(
-            f"{source}: postprocess.flood must be one of {', '.join(FLOODS)}, got {kwargs['flood']!r}"
-        )
-    return kwargs
+    if not isinstance(cfg, PostprocessConfig):
+        keys = PostprocessConfig.THRESHOLDS
+        cfg = PostprocessConfig.from_dict({k: v for k, v in (cfg or {}).items() if k in keys}, source)
+    return cfg.thresholds()
 
 
 def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int], float]:
@@ -278,7 +235,7 @@ def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int],
             scale = float(data["scale"]) if "scale" in data else 1.0
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise NucleiError(f"{path}: not a readable prediction file ({exc})") from None
-    if head not in HEADS or probs.ndim != 3 or probs.shape[0] != HEADS[head]:
+    if head not in HEADS or probs.ndim != 3 or probs.shape[0] != HEADS[head].channels:
         raise NucleiError(f"{path}: probs of shape {probs.shape} do not match the {head!r} head")
     return probs, head, shape, scale
 
@@ -292,11 +249,9 @@ def main(args: argparse.Namespace) -> int:
     """``nuclei postprocess``: ``<predict.out>/*.npz`` → ``<postprocess.out>/<id>.tif``."""
     from pipeline.io import progress, write_labels
 
-    params = load_params(args.params)
-    cfg = section(params, "postprocess", args.params)
-    kwargs = thresholds(cfg, args.params)
-    pred_dir = Path(section(params, "predict", args.params)["out"])
-    out = Path(cfg["out"])
+    config = load_config(args.params)
+    kwargs = config.postprocess.thresholds()
+    pred_dir, out = Path(config.predict.out), Path(config.postprocess.out)
     files = sorted(pred_dir.glob("*.npz"))
     if not files:
         raise NucleiError(f"{pred_dir}: no predictions (*.npz); run `nuclei predict` first")

@@ -11,6 +11,8 @@ drops below a tolerance ``tol * w0`` once ``d1 + d2 > T = sigma * sqrt(2 ln(1 / 
 nucleus to its bounding box grown by a margin derived from ``T`` (see :func:`separation_margin`),
 which makes :func:`separation_weights` agree with :func:`separation_weights_exact` within
 ``tol * w0`` everywhere at a fraction of the cost.
+
+Must not: know about heads or losses; it only computes weight maps from labels.
 """
 
 from __future__ import annotations

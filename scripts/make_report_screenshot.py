@@ -57,7 +57,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from pipeline.io import atomic_path
-    from pipeline.models import available_model_dir
+    from pipeline.model_dir import available_model_dir
     from pipeline.segment import segment_images
 
     model = args.model or available_model_dir()

@@ -22,9 +22,9 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from skimage.color import label2rgb  # noqa: E402
 
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.io import atomic_path, read_kaggle_sample  # noqa: E402
-from pipeline.targets import make_targets, target_kwargs  # noqa: E402
+from pipeline.targets import make_targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a crowded small-fluorescence image and an H&E-like tissue image, both with touching nuclei
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "targets.png")
     args = parser.parse_args()
-    params = target_kwargs(load_params(args.params)["targets"], args.params)
+    params = load_config(args.params).targets.make_targets_kwargs()
     draw(args.root, args.ids, args.out, params)
     print(f"wrote {args.out}")
 

@@ -6,7 +6,7 @@ Reads the trained model named by ``predict.model`` of the parameter file, replac
 ``postprocess`` section of its config with the one of the parameter file (after
 ``nuclei tune --write PARAMS.yaml``), records the validation figures of
 ``<evaluate.out>/metrics.json`` when present, and writes the model directory with float16
-weights (``pipeline.models.save_model_dir``). When the exported model is the last epoch, the
+weights (``pipeline.model_dir.save_model_dir``). When the exported model is the last epoch, the
 float32 weights of ``<train.out>/last.ckpt`` are the source, and the script prints the largest
 difference between float32 and float16 probabilities on a sample image.
 """
@@ -22,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.checkpoints import load_checkpoint  # noqa: E402
 from pipeline.config import ROOT, load_params  # noqa: E402
 from pipeline.inference import Predictor  # noqa: E402
 from pipeline.intensity import normalization_kwargs, normalize_image  # noqa: E402
 from pipeline.io import read_kaggle_sample  # noqa: E402
-from pipeline.models import load_model_dir, save_model_dir  # noqa: E402
-from pipeline.train import load_checkpoint  # noqa: E402
+from pipeline.model_dir import load_model_dir, save_model_dir  # noqa: E402
 from pipeline.watershed import thresholds  # noqa: E402
 
 

@@ -6,6 +6,16 @@ import pytest
 from pipeline.augment import build_augmentation, sample_seed
 from pipeline.errors import NucleiError
 
+#: Every step off: tests switch on what they look at (missing keys take params.yaml's values).
+OFF = {
+    "crop": None,
+    "scale": None,
+    **dict.fromkeys(
+        ("flips", "rot90", "elastic", "brightness_contrast", "gamma", "color_to_gray", "invert", "blur",
+         "dim_saturate", "stain", "noise", "low_bits", "jpeg", "normalize"),
+        False,
+    ),
+}
 GEOMETRIC = {
     "crop": 128,
     "flips": True,
@@ -16,6 +26,7 @@ GEOMETRIC = {
     "gamma": False,
     "color_to_gray": False,
     "invert": False,
+    **dict.fromkeys(("blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg"), False),
     "normalize": False,
 }
 ALL = {**GEOMETRIC, "brightness_contrast": True, "gamma": True, "color_to_gray": True, "invert": True}
@@ -57,7 +68,7 @@ def test_disc_moves_with_its_mask():
 
 
 def test_flip_alone_is_exact():
-    cfg = {"flips": 1.0, "normalize": False}  # both flips always: a 180° rotation, no crop
+    cfg = {**OFF, "flips": 1.0, "normalize": False}  # both flips always: a 180° rotation, no crop
     image, classes, mask, border, weights = disc_sample()
     out = build_augmentation(cfg, train=True)(image, classes, mask, border, weights, seed=0)
     assert np.array_equal(out[0], image[::-1, ::-1])
@@ -83,7 +94,7 @@ def test_transforms_draw_independently():
     # together; the shared generator gives all four flip combinations.
     image = np.arange(12, dtype=np.float32).reshape(3, 4, 1).repeat(3, -1) / 12
     zeros = np.zeros((3, 4), np.uint8)
-    aug = build_augmentation({"flips": True}, train=True)
+    aug = build_augmentation({**OFF, "flips": True}, train=True)
     corners = {
         aug(image, zeros, zeros, zeros, zeros.astype(np.float32), seed=s)[0][0, 0, 0] for s in range(40)
     }
@@ -92,14 +103,14 @@ def test_transforms_draw_independently():
 
 def test_small_images_are_reflect_padded_to_the_crop():
     image, classes, mask, border, weights = disc_sample(40, 30, center=(20, 15), radius=8)
-    out = build_augmentation({"crop": 64}, train=True)(image, classes, mask, border, weights, seed=1)
+    out = build_augmentation({**OFF, "crop": 64}, train=True)(image, classes, mask, border, weights, seed=1)
     assert out[0].shape == (64, 64, 3) and out[1].shape == (64, 64)
     assert 1 < out[2].sum() / mask.sum() < 4  # mirrored copies of the disc, with their masks
     assert np.array_equal(out[2], (out[0][..., 0] > 0.5).astype(np.uint8))
 
 
 def test_photometric_transforms_leave_targets_alone():
-    cfg = {"brightness_contrast": 1.0, "gamma": 1.0, "color_to_gray": 1.0}
+    cfg = {**OFF, "brightness_contrast": 1.0, "gamma": 1.0, "color_to_gray": 1.0}
     sample = disc_sample()
     out = build_augmentation(cfg, train=True)(*sample, seed=3)
     assert not np.array_equal(out[0], sample[0])
@@ -110,7 +121,7 @@ def test_photometric_transforms_leave_targets_alone():
 
 def test_invert():
     sample = disc_sample()
-    out = build_augmentation({"invert": 1.0, "normalize": False}, train=True)(*sample, seed=0)
+    out = build_augmentation({**OFF, "invert": 1.0, "normalize": False}, train=True)(*sample, seed=0)
     assert np.allclose(out[0], 1 - sample[0])
 
 
@@ -127,18 +138,18 @@ def test_sample_seed_is_stable_and_distinct():
 
 def test_bad_configuration():
     with pytest.raises(NucleiError, match="augment.invert"):
-        build_augmentation({"invert": 2.0}, train=True)
+        build_augmentation({**OFF, "invert": 2.0}, train=True)
     with pytest.raises(NucleiError, match="augment.flips"):
-        build_augmentation({"flips": "often"}, train=True)
+        build_augmentation({**OFF, "flips": "often"}, train=True)
     with pytest.raises(NucleiError, match="augment.scale"):
-        build_augmentation({"scale": [1.2, 0.8]}, train=True)
+        build_augmentation({**OFF, "scale": [1.2, 0.8]}, train=True)
 
 
 def test_elastic_deforms_smoothly():
     yy, xx = np.mgrid[:96, :96].astype(np.float32) / 96
     image = np.dstack([yy, xx, np.zeros_like(xx)])
     zeros = np.zeros((96, 96), np.uint8)
-    out = build_augmentation({"elastic": 1.0}, train=True)(
+    out = build_augmentation({**OFF, "elastic": 1.0}, train=True)(
         image, zeros, zeros, zeros, zeros.astype(np.float32), seed=0
     )
     shift = np.hypot(*(96 * (out[0][..., :2] - image[..., :2])).transpose(2, 0, 1))[8:-8, 8:-8]
@@ -150,7 +161,7 @@ def test_normalize_is_the_segmenters_normalisation():
 
     sample = disc_sample()
     dim = (sample[0] * 0.2,) + sample[1:]
-    out = build_augmentation({}, train=True)(*dim, seed=0)  # normalize defaults to true
+    out = build_augmentation({**OFF, "normalize": True}, train=True)(*dim, seed=0)
     np.testing.assert_allclose(out[0], normalize_image(dim[0]), atol=1e-6)
 
 

@@ -30,6 +30,9 @@ AUG = {
     "scale": [0.8, 1.25],
     "brightness_contrast": True,
     "gamma": True,
+    **dict.fromkeys(
+        ("elastic", "color_to_gray", "invert", "blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg"), False
+    ),
 }
 
 

@@ -14,7 +14,8 @@ from scipy import ndimage as ndi
 
 from pipeline import evaluate, inference, tune, watershed
 from pipeline.io import load_npz, save_npz, write_png
-from pipeline.models import build_model, save_model_dir
+from pipeline.model_dir import save_model_dir
+from pipeline.networks import build_model
 from pipeline.tune import update_section
 
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
@@ -27,6 +28,7 @@ data:
   prepared: prepared
   test_root: {test_root}
   val_fold: 0
+  split: stratified
 
 predict:
   model: model

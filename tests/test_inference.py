@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from pipeline.inference import Predictor, load_predictor, plan_tiles, tta_transforms
-from pipeline.models import build_model, save_model_dir
+from pipeline.model_dir import save_model_dir
+from pipeline.networks import build_model
 
 torch.set_num_threads(1)
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.errors import NucleiError
+from pipeline.heads import get_head
 from pipeline.losses import (
     bce_loss,
     build_loss,
@@ -57,13 +58,14 @@ def test_soft_dice_known_values():
 def test_focal_known_values():
     logits, classes = two_pixels()
     # gamma 0 is cross-entropy; p_t = 1/3 and 1/2
-    assert focal_loss(logits, classes, gamma=0).item() == pytest.approx((LN3 + LN2) / 2)
+    log_p = get_head("softmax").log_likelihood(logits, classes)
+    assert focal_loss(log_p, gamma=0).item() == pytest.approx((LN3 + LN2) / 2)
     expected = ((2 / 3) ** 2 * LN3 + 0.5**2 * LN2) / 2
-    assert focal_loss(logits, classes, gamma=2).item() == pytest.approx(expected)
+    assert focal_loss(log_p, gamma=2).item() == pytest.approx(expected)
     # sigmoid: logit 0 gives p_t = 1/2 for either target
     z = torch.zeros(1, 2, 1, 1)
     t = torch.tensor([[[[1.0]], [[0.0]]]])
-    assert focal_loss(z, t, gamma=2, head="sigmoid").item() == pytest.approx(0.25 * LN2)
+    assert focal_loss(get_head("sigmoid").log_likelihood(z, t), gamma=2).item() == pytest.approx(0.25 * LN2)
 
 
 def test_bce_known_values_and_weights():

@@ -1,4 +1,4 @@
-"""Model factory, stride padding, and the model directory (save / load / validation)."""
+"""Network factory (architecture registry) and the model directory (save / load / validation)."""
 
 import numpy as np
 import pytest
@@ -6,15 +6,8 @@ import torch
 import yaml
 
 from pipeline.errors import NucleiError
-from pipeline.models import (
-    build_model,
-    count_parameters,
-    load_model_dir,
-    logits_to_probs,
-    model_stride,
-    pad_to_stride,
-    save_model_dir,
-)
+from pipeline.model_dir import load_model_dir, save_model_dir
+from pipeline.networks import ARCHITECTURES, build_model, count_parameters, model_stride
 
 torch.set_num_threads(1)
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "transpose"}
@@ -23,16 +16,11 @@ SMP = {"arch": "smp", "head": "softmax", "encoder": "resnet18", "encoder_weights
 
 @pytest.mark.parametrize("upsampling", ["transpose", "bilinear", "nearest"])
 @pytest.mark.parametrize("head, channels", [("softmax", 3), ("sigmoid", 2)])
-def test_unet_output_shape_for_odd_sizes(upsampling, head, channels):
+def test_unet_output_shape(upsampling, head, channels):
     cfg = {**TINY, "head": head, "upsampling": upsampling}
     model = build_model(cfg)
     assert model_stride(cfg) == 4
-    x = torch.rand(2, 3, 37, 21)
-    padded, crop = pad_to_stride(x, model_stride(cfg))
-    assert padded.shape == (2, 3, 40, 24)
-    logits = model(padded)
-    assert logits.shape == (2, channels, 40, 24)
-    assert logits[crop].shape == (2, channels, 37, 21)
+    assert model(torch.rand(2, 3, 40, 24)).shape == (2, channels, 40, 24)
 
 
 @pytest.mark.parametrize("head, channels", [("softmax", 3), ("sigmoid", 2)])
@@ -40,35 +28,13 @@ def test_smp_output_shape(head, channels):
     cfg = {**SMP, "head": head}
     model = build_model(cfg).eval()
     assert model_stride(cfg) == 32
-    x = torch.rand(1, 3, 45, 33)
-    padded, crop = pad_to_stride(x, 32)
     with torch.no_grad():
-        assert model(padded)[crop].shape == (1, channels, 45, 33)
+        assert model(torch.rand(1, 3, 64, 32)).shape == (1, channels, 64, 32)
 
 
-def test_pad_to_stride_mirrors_and_crop_undoes():
-    x = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(1, 2, 5, 3)
-    padded, crop = pad_to_stride(x, 4)
-    assert padded.shape == (1, 2, 8, 4)
-    assert torch.equal(padded[crop], x)
-    # top pad of 1 reflects row 1 (not row 0): reflect, not symmetric or zeros
-    assert torch.equal(padded[..., 0, :3], x[..., 1, :])
-    # already a multiple: unchanged; pads wider than the image and 1-pixel axes work
-    same, crop = pad_to_stride(x[..., :4, :], 2)
-    assert same.shape == (1, 2, 4, 4) and torch.equal(same[crop], x[..., :4, :])
-    big, crop = pad_to_stride(torch.rand(3, 2, 1), 32)
-    assert big.shape == (3, 32, 32) and big[crop].shape == (3, 2, 1)
-    assert torch.isfinite(big).all()
-
-
-def test_logits_to_probs():
-    logits = torch.randn(2, 3, 4, 4)
-    probs = logits_to_probs(logits, "softmax")
-    assert torch.allclose(probs.sum(1), torch.ones(2, 4, 4))
-    sig = logits_to_probs(logits[:, :2], "sigmoid")
-    assert torch.equal(sig, torch.sigmoid(logits[:, :2]))
-    with pytest.raises(ValueError):
-        logits_to_probs(logits, "sigmoid")
+def test_architecture_registry():
+    assert set(ARCHITECTURES) >= {"unet", "smp"}
+    assert build_model({**TINY, "head": "sigmoid"}).head.out_channels == 2  # head from the registry
 
 
 def test_factory_rejects_bad_choices():

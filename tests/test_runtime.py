@@ -42,7 +42,7 @@ def test_resolve_device():
 
 def test_bf16_channels_last_inference_matches_fp32():
     from pipeline.inference import Predictor
-    from pipeline.models import build_model
+    from pipeline.networks import build_model
 
     torch.manual_seed(0)
     cfg = {"arch": "unet", "head": "sigmoid", "depth": 3, "width": 8, "upsampling": "transpose"}

@@ -36,7 +36,7 @@ TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling":
 
 def _threshold_unet() -> torch.nn.Module:
     """The tiny U-Net turned into a per-pixel grey-level threshold at 0.5 (see module doc)."""
-    from pipeline.models import build_model
+    from pipeline.networks import build_model
 
     model = build_model(TINY)
     with torch.no_grad():
@@ -58,7 +58,7 @@ def _threshold_unet() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A model directory holding the threshold U-Net (float16 weights, as shipped)."""
-    from pipeline.models import save_model_dir
+    from pipeline.model_dir import save_model_dir
 
     path = tmp_path_factory.mktemp("model") / "tiny"
     config = {

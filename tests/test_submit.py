@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli
-from pipeline.models import build_model, save_model_dir
+from pipeline.model_dir import save_model_dir
+from pipeline.networks import build_model
 from pipeline.rle import decode_image, validate_submission
 from pipeline.score import score_submission
 

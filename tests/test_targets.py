@@ -1,4 +1,4 @@
-"""Targets: border mask, 3-class and 2-channel targets, the ``targets`` stage."""
+"""Targets: border mask, the stored target arrays, the ``targets`` stage."""
 
 import numpy as np
 import pandas as pd
@@ -10,14 +10,13 @@ from scipy import ndimage as ndi
 
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
+from pipeline.heads import get_head
 from pipeline.io import load_npz, save_npz
 from pipeline.targets import (
     border_mask,
     make_targets,
     nucleus_radii,
     process_one,
-    sigmoid_target,
-    softmax_target,
 )
 from pipeline.weights import weight_map
 
@@ -103,28 +102,9 @@ def test_border_is_two_labels_within_radius(labels, r):
     np.testing.assert_array_equal(border, (dist <= reach).sum(axis=0) >= 2)
 
 
-def test_classes_partition_the_image(two_discs):
-    classes = softmax_target(two_discs)
-    border = border_mask(two_discs)
-    assert classes.dtype == np.uint8 and classes.shape == two_discs.shape
-    assert set(np.unique(classes)) == {0, 1, 2}
-    np.testing.assert_array_equal(classes == 1, border)
-    np.testing.assert_array_equal(classes == 0, (two_discs > 0) & ~border)
-    np.testing.assert_array_equal(classes == 2, (two_discs == 0) & ~border)
-    assert border[32, 33:36].all()  # the 3-px gap between discs 1 and 2 is border
-    assert (classes[two_discs == 3] == 0).all()
-
-
-def test_sigmoid_target_is_mask_and_border(two_discs):
-    target = sigmoid_target(two_discs)
-    assert target.dtype == np.float32 and target.shape == (2, *two_discs.shape)
-    np.testing.assert_array_equal(target[0], two_discs > 0)
-    np.testing.assert_array_equal(target[1], border_mask(two_discs))
-
-
 def test_no_nuclei_is_all_background():
     labels = np.zeros((16, 20), np.int32)
-    assert (softmax_target(labels) == 2).all()
+    assert (get_head("softmax").encode_labels(labels, border_mask(labels)) == 2).all()
     t = make_targets(labels)
     assert not t["mask"].any() and not t["border"].any() and (t["weights"] == 1).all()
 
@@ -137,7 +117,8 @@ def test_make_targets_agrees_with_the_separate_functions(two_discs):
         "border": np.uint8,
         "weights": np.float32,
     }
-    np.testing.assert_array_equal(t["classes"], softmax_target(two_discs, 1, 3))
+    classes = get_head("softmax").encode_labels(two_discs, border_mask(two_discs, 1, 3))
+    np.testing.assert_array_equal(t["classes"], classes)
     np.testing.assert_array_equal(t["border"], border_mask(two_discs, 1, 3))
     np.testing.assert_array_equal(t["mask"], two_discs > 0)
     np.testing.assert_allclose(t["weights"], weight_map(two_discs, w0=7.0, sigma=4.0), rtol=1e-6)
@@ -161,6 +142,7 @@ def write_prepared(tmp_path, n=3, workers=1, extra=None):
             "border_radius_min": 1,
             "border_radius_max": 4,
             "workers": workers,
+            "diameter": None,
             **(extra or {}),
         },
     }

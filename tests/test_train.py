@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
-import pipeline.train as train_module
+import pipeline.checkpoints as checkpoints_module
+import pipeline.trainer as trainer_module
+from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
-from pipeline.models import load_model_dir
-from pipeline.train import fit, load_checkpoint, train
+from pipeline.model_dir import load_model_dir
+from pipeline.train import fit, train
 from tests.train_fixtures import tiny_params, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +86,7 @@ def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, 
     reference, _ = fit(params_for(data_root, tmp_path / "a", epochs=2, precision=precision))
 
     params = params_for(data_root, tmp_path / "b", epochs=2, precision=precision)
-    save = train_module.save_checkpoint
+    save = trainer_module.save_checkpoint
     calls = []
 
     def killed(path, state):
@@ -96,11 +98,11 @@ def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, 
             raise KeyboardInterrupt
         save(path, state)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", killed)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         fit(params)
     assert load_checkpoint(tmp_path / "b" / "last.ckpt")["epoch"] == 1
-    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
 
     resumed, _ = fit(params, resume=True)
     assert_same_weights(reference.state_dict(), resumed.state_dict())
@@ -280,6 +282,44 @@ def test_checkpoint_write_failure_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(NucleiError, match=r"last\.ckpt: cannot write the checkpoint \(\[enforce fail") as info:
-        train_module.save_checkpoint(tmp_path / "last.ckpt", {"epoch": 1})
+        checkpoints_module.save_checkpoint(tmp_path / "last.ckpt", {"epoch": 1})
     assert "\n" not in str(info.value)
     assert not list(tmp_path.iterdir())  # no temporary file left
+
+
+def pixel_iou(model, data_root: Path, params: dict) -> float:
+    """Pixel IoU of P(nucleus) > 0.5 against the labels on the validation images (fold 0)."""
+    import numpy as np
+
+    from pipeline.dataset import load_item, pad_to_multiple
+    from pipeline.heads import get_head
+    from pipeline.prepare import read_index, split_folds
+
+    head = get_head(params["model"]["head"])
+    _, val_ids = split_folds(read_index(data_root / "prepared"), 0, "stratified")
+    inter = union = 0
+    model.eval()
+    for image_id in val_ids:
+        item = load_item(data_root / "prepared", data_root / "targets", image_id)
+        h, w = item["labels"].shape
+        image = torch.from_numpy(pad_to_multiple(item["image"], 4).transpose(2, 0, 1).copy())[None]
+        with torch.no_grad():
+            probs = head.activate(model(image))[0, :, :h, :w].numpy()
+        pred, true = head.mask_and_marker(probs)[0] > 0.5, item["labels"] > 0
+        inter, union = inter + np.sum(pred & true), union + np.sum(pred | true)
+    return float(inter / max(union, 1))
+
+
+def test_training_lowers_the_loss_and_beats_the_untrained_network(data_root, tmp_path):
+    from pipeline.networks import build_model
+
+    params = params_for(data_root, tmp_path / "run", epochs=6, samples_per_epoch=16, lr=0.02)
+    torch.manual_seed(0)
+    untrained = pixel_iou(build_model(params["model"]), data_root, params)
+    model, _ = fit(params)
+    history = load_checkpoint(tmp_path / "run" / "last.ckpt")["history"]
+    losses = [row["train_loss"] for row in history]
+    trained = pixel_iou(model, data_root, params)
+    print(f"train loss {losses}, pixel IoU untrained {untrained:.3f} trained {trained:.3f}")
+    assert losses[-1] < 0.8 * losses[0]
+    assert trained > untrained + 0.2 and trained > 0.5

@@ -80,7 +80,7 @@ def tiny_params(root: str | Path, **train) -> dict:
     root = Path(root)
     return {
         "seed": 0,
-        "data": {"prepared": str(root / "prepared"), "val_fold": 0},
+        "data": {"prepared": str(root / "prepared"), "val_fold": 0, "split": "stratified"},
         "targets": {"out": str(root / "targets")},
         "model": {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "transpose"},
         "loss": {"weighted_ce": 1.0, "dice": 1.0, "focal": 0.0, "use_weight_maps": True},
@@ -94,6 +94,7 @@ def tiny_params(root: str | Path, **train) -> dict:
             "gamma": True,
             "color_to_gray": False,
             "invert": False,
+            **dict.fromkeys(("blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg"), False),
         },
         "train": {
             "out": str(root / "out"),

@@ -1,0 +1,147 @@
+"""Rules for configuration values: each checks one value, converts it, or says what it must be.
+
+A rule is ``value -> value`` (ints become floats for numbers) raising :class:`Invalid` with the
+description (``"a whole number ≥ 1"``); :class:`pipeline.config.Section` turns that into a
+one-line :class:`~pipeline.errors.NucleiError` naming the file and ``section.key``. :func:`setting`
+declares a dataclass field with its default and its rule.
+
+Must not: import any other module of the package at import time (choices owned by other modules
+are looked up lazily, :func:`lazy`), or read files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+
+class Invalid(Exception):
+    """A value broke a rule; the argument says what the value must be."""
+
+
+Rule = Callable[[Any], Any]  # value -> value (possibly converted), or raise Invalid
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number(lo: float | None = None, hi: float | None = None, above: bool = False) -> Rule:
+    """A real number (ints become floats) in [lo, hi] (``above``: strictly above ``lo``)."""
+    bounds = "" if lo is None else f" {'>' if above else '≥'} {lo}"
+    if hi is not None:
+        bounds = f" in [{lo}, {hi}]"
+
+    def rule(value):
+        ok = is_number(value) and (lo is None or (value > lo if above else value >= lo))
+        if not ok or (hi is not None and value > hi):
+            raise Invalid(f"a number{bounds}")
+        return float(value)
+
+    return rule
+
+
+def whole(lo: int = 0) -> Rule:
+    """A whole number ≥ ``lo``."""
+
+    def rule(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise Invalid(f"a whole number ≥ {lo}")
+        return value
+
+    return rule
+
+
+def choice(values: Callable[[], tuple] | tuple) -> Rule:
+    """One of ``values`` (or of what the callable returns: choices owned by another module)."""
+
+    def rule(value):
+        options = tuple(values() if callable(values) else values)
+        if value not in options:
+            raise Invalid(f"one of {', '.join(map(str, options))}")
+        return value
+
+    return rule
+
+
+def optional(inner: Rule) -> Rule:
+    """None, or a value ``inner`` accepts."""
+
+    def rule(value):
+        if value is None:
+            return None
+        try:
+            return inner(value)
+        except Invalid as exc:
+            raise Invalid(f"null or {exc}") from None
+
+    return rule
+
+
+def flag(value: Any) -> bool:
+    """true or false."""
+    if not isinstance(value, bool):
+        raise Invalid("true or false")
+    return value
+
+
+def text(value: Any) -> str:
+    """A string (a path or a name)."""
+    if not isinstance(value, (str, Path)):
+        raise Invalid("a string")
+    return str(value)
+
+
+def switch(value: Any) -> bool | float:
+    """An augmentation switch: true (the default probability), false / null (off) or a probability."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if not is_number(value) or not 0.0 <= value <= 1.0:
+        raise Invalid("true, false or a probability in [0, 1]")
+    return float(value)
+
+
+def zoom_range(value: Any) -> list[float] | None:
+    """null / false (no zoom) or [low, high] with 0 < low ≤ high."""
+    if value is None or value is False:
+        return None
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(is_number(v) for v in value)
+        or not 0 < value[0] <= value[1]
+    ):
+        raise Invalid("null or [low, high] with 0 < low ≤ high")
+    return [float(v) for v in value]
+
+
+def mapping(value: Any) -> dict:
+    """A mapping (``{}`` for null)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Invalid("a mapping {name: path}")
+    return dict(value)
+
+
+def setting(default: Any, rule: Rule) -> Any:
+    """A dataclass field with its default and its rule."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def lazy(module: str, name: str) -> Callable[[], tuple]:
+    """The choices ``module.name``, imported when first checked (no import cycles, no torch)."""
+
+    def values():
+        import importlib
+
+        return tuple(getattr(importlib.import_module(f"pipeline.{module}"), name))
+
+    return values

@@ -1,0 +1,111 @@
+"""One optimisation step and one validation pass (the trainer's and the benchmark's steps).
+
+Must not: own any state across steps (:class:`pipeline.trainer.Trainer` does), or know a head's
+channel layout (:mod:`pipeline.heads`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.config import PostprocessConfig
+from pipeline.heads import TARGET_KEYS, get_head
+from pipeline.runtime import autocast, to_channels_last
+
+
+def train_step(
+    net: nn.Module,
+    batch: dict[str, torch.Tensor],
+    loss_fn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """One optimisation step on a batch of training items.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (possibly DDP-wrapped or compiled), in training mode.
+    batch : dict of tensors
+        ``image`` float32 (B, 3, H, W) and the targets of :class:`pipeline.dataset.NucleiDataset`.
+    loss_fn : callable(logits, batch) -> scalar tensor
+    optimizer, scaler
+        The scaler is a no-op unless float16 autocast is used.
+    device : torch.device
+    precision : {'fp32', 'bf16', 'fp16'}
+        A resolved precision (:func:`pipeline.runtime.resolve_precision`): autocast dtype of the
+        forward pass. The image goes in channels-last memory format (the network should be in it
+        too, :func:`pipeline.runtime.prepare_model`).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        The detached scalar loss (on ``device``; no host synchronisation).
+    """
+    image = to_channels_last(batch["image"], device)
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "image"}
+    with autocast(device, precision):
+        logits = net(image)
+    loss = loss_fn(logits.float(), batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def postprocess_function(head: str, postprocess: PostprocessConfig):
+    """``probs (C, H, W) -> int32 labels``: the watershed of the postprocess stage."""
+    from pipeline.watershed import postprocess as watershed
+
+    kwargs = postprocess.thresholds()
+    return lambda probs: watershed(probs, head, **kwargs)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torch.device, precision="fp32"):
+    """Loss and DSB2018 score of ``model`` on whole validation images.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Plain network; put in eval mode here, and back in training mode at the end.
+    loader : iterable of validation items of :class:`pipeline.dataset.NucleiDataset` (batch 1).
+    loss_fn : callable(logits, batch) -> scalar tensor
+    head : str
+        A name of :data:`pipeline.heads.HEADS`.
+    segment : callable, probabilities float32 (C, H, W) -> int32 labels (H, W)
+    device : torch.device
+    precision : {'fp32', 'bf16', 'fp16'}
+        A resolved precision (autocast of the forward pass).
+
+    Returns
+    -------
+    sums : list of float
+        ``[sum of losses, sum of DSB2018 scores, number of images]`` over ``loader``.
+    """
+    from pipeline.metrics import dsb_score
+
+    model.eval()
+    loss_sum = score_sum = count = 0.0
+    for batch in loader:
+        labels = batch["labels"][0].numpy()
+        h, w = labels.shape
+        image = to_channels_last(batch["image"], device)
+        with autocast(device, precision):
+            logits = model(image)
+        logits = logits[..., :h, :w].float()
+        targets = {k: batch[k].to(device, non_blocking=True) for k in TARGET_KEYS}
+        targets["classes"] = targets["classes"].long()
+        loss_sum += float(loss_fn(logits, targets))
+        probs = get_head(head).activate(logits)[0].cpu().numpy()
+        score_sum += dsb_score(labels, segment(probs))
+        count += 1
+    model.train()
+    return [loss_sum, score_sum, count]
