@@ -191,6 +191,8 @@ class Segmenter:
         if block_size <= 2 * block_margin:
             raise NucleiError(f"block size {block_size} must exceed twice the block margin {block_margin}")
         self.block_size, self.block_margin = int(block_size), int(block_margin)
+        #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
+        self.estimator = "blob"
 
     @classmethod
     def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "none", tile_size: int = 1024,
@@ -236,21 +238,54 @@ class Segmenter:
         """(C, h, w) float32 probabilities of a normalised image resized by ``scale``."""
         return self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)))
 
-    def estimate_diameter(self, image: np.ndarray) -> float | None:
-        """Median nucleus diameter of a normalised image, in its pixels (None: no canonical
-        diameter in the model, or no nucleus found at any scale).
+    def estimate_diameter(self, image: np.ndarray, method: str | None = None) -> float | None:
+        """Median nucleus diameter of a normalised image, in its pixels (None: the model has no
+        canonical diameter, or no nucleus was found).
 
-        A first pass at a few scales (:data:`SEARCH_OCTAVES`: nuclei of ``canonical · 2**k``
-        px brought to the canonical size) looks at the window with the most structure
-        (:data:`SEARCH_WINDOW` px at the network's scale). At the right scale the nuclei come out
-        at about the canonical size, and are confident; at too large a scale they are cut into
-        canonical-size pieces, which also changes their implied size from pass to pass. Each
-        pass's implied diameter (median nucleus diameter / scale) is scored by how far its
-        nuclei are from the canonical size, how ambiguous the map is, and how well it agrees with
-        the neighbouring passes; the best pass is refined once at its own scale.
+        Two methods (``method``, default :attr:`estimator`), compared in the README:
+
+        - ``'blob'``: a scale-space prior (:func:`pipeline.scale.blob_diameter`), refined by the
+          network: the window with the most structure (:data:`SEARCH_WINDOW` px at the network's
+          scale) is segmented at the prior's scale and the median diameter of the nuclei found
+          replaces the estimate when it is within an octave of it (twice);
+        - ``'search'``: a first pass at five scales (:data:`SEARCH_OCTAVES`: nuclei of
+          ``canonical · 2**k`` px brought to the canonical size). At the right scale the nuclei
+          come out at about the canonical size and are confident; at too large a scale they are
+          cut into canonical-size pieces, which also changes their implied size from pass to
+          pass. Each pass's implied diameter (median nucleus diameter / scale) is scored by those
+          three signals; the best is refined once at its own scale.
         """
         if self.diameter is None:
             return None
+        method = method or self.estimator
+        if method == "blob":
+            return self._estimate_blob(image)
+        if method == "search":
+            return self._estimate_search(image)
+        raise ValueError(f"method must be 'blob' or 'search', got {method!r}")
+
+    def _measure(self, image: np.ndarray, diameter: float) -> float | None:
+        """Median diameter (px of ``image``) of the nuclei the network finds in the window with
+        the most structure when the image is resized for nuclei of ``diameter`` px (None: fewer
+        than 3 nuclei)."""
+        scale = scale_factor(diameter, self.diameter)
+        window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
+        d = nucleus_diameters(self._labels_small(image[window], scale)[0])
+        return float(np.median(d) / scale) if d.size >= 3 else None
+
+    def _estimate_blob(self, image: np.ndarray) -> float | None:
+        from pipeline.scale import blob_diameter
+
+        prior = blob_diameter(image)
+        estimate = prior if np.isfinite(prior) else self.diameter
+        for _ in range(2):
+            measured = self._measure(image, estimate)
+            if measured is None or abs(math.log2(measured / estimate)) > 1:
+                break
+            estimate = measured
+        return float(estimate)
+
+    def _estimate_search(self, image: np.ndarray) -> float | None:
         canonical = self.diameter
         passes = []
         for k in SEARCH_OCTAVES:
@@ -271,12 +306,8 @@ class Segmenter:
             scores.append(size_error + 2.0 * (1.0 - conf) + 0.5 * agreement)
         if not np.isfinite(np.min(scores)):
             return None
-        best = int(np.argmin(scores))
-        estimate = float(implied[best])
-        scale = scale_factor(estimate, canonical)
-        window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
-        d = nucleus_diameters(self._labels_small(image[window], scale)[0])
-        return float(np.median(d) / scale) if d.size else estimate
+        estimate = float(implied[int(np.argmin(scores))])
+        return self._measure(image, estimate) or estimate
 
     def _labels_small(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
         """Labels at the network's scale (no mapping back) and confidence, for the search."""

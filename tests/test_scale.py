@@ -7,7 +7,9 @@ import pytest
 from skimage.draw import disk
 
 from pipeline.scale import (
+    BLOB_CALIBRATION,
     MAX_FACTOR,
+    blob_diameter,
     MIN_FACTOR,
     median_diameter,
     nucleus_diameters,
@@ -74,3 +76,14 @@ def test_resize_image_and_probabilities_shapes_and_dtypes():
     assert resize_image(image, (50, 70)) is image  # no copy when the size is unchanged
     stack = np.random.default_rng(1).random((20, 20, 6)).astype(np.float32)
     assert resize_image(stack, (10, 10)).shape == (10, 10, 6)  # more channels than OpenCV takes
+
+
+@pytest.mark.parametrize("diameter", [8, 20, 60])
+def test_blob_diameter_is_scale_equivariant_and_finds_disc_sizes(diameter):
+    labels = disc_labels((12 * diameter, 12 * diameter), diameter // 2, 2 * diameter)
+    bright = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    estimate = blob_diameter(bright) * BLOB_CALIBRATION  # the raw scale-space answer
+    assert estimate == pytest.approx(diameter, rel=0.25)
+    dark = 1.0 - bright  # dark nuclei on a bright background: the same answer
+    assert blob_diameter(dark) == pytest.approx(blob_diameter(bright), rel=1e-6)
+    assert np.isnan(blob_diameter(np.full((32, 32), 0.5, np.float32)))

@@ -60,10 +60,12 @@ def disc_image(diameter: float, n: int = 4, dtype=np.uint8, bright=200, bg=20):
     return np.dstack([grey] * 3), labels
 
 
+@pytest.mark.parametrize("method", ["blob", "search"])
 @pytest.mark.parametrize("diameter", [8, 30, 120])
-def test_discs_of_any_size_are_found_once_without_a_diameter(diameter):
+def test_discs_of_any_size_are_found_once_without_a_diameter(diameter, method):
     image, true = disc_image(diameter)
     seg = segmenter()
+    seg.estimator = method
     estimate = seg.estimate_diameter(seg.normalize(image))
     assert estimate == pytest.approx(median_diameter(true), rel=0.2)
     result = seg.segment(image)
