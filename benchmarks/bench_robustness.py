@@ -126,6 +126,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--baseline", type=Path, default=None, help="a second model to compare")
     parser.add_argument("--oracle", action="store_true", help="also run --model given the true diameter")
+    parser.add_argument("--estimators", nargs="+", default=None, choices=("blob", "search"),
+                        help="diameter estimators to run --model with (default: the model's default)")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--crop", type=int, default=320)
@@ -145,15 +147,18 @@ def main() -> int:
     print(f"{len(items)} images of fold {data['val_fold']} ({data.get('split', 'stratified')} split) of "
           f"{data['prepared']}, centre crops <= {args.crop} px; types {types}; torch threads "
           f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores")
-    runs = [("model", args.model, False)]
+    runs = [("model", args.model, False, None)]
+    if args.estimators:
+        runs = [(f"model ({e})", args.model, False, e) for e in args.estimators]
     if args.oracle:
-        runs.append(("model, true diameter", args.model, True))
+        runs.append(("model, true diameter", args.model, True, None))
     if args.baseline:
-        runs.insert(0, ("baseline", args.baseline, False))
+        runs.insert(0, ("baseline", args.baseline, False, None))
     frames = []
-    for name, path, oracle in runs:
+    for name, path, oracle, estimator in runs:
         t0 = time.perf_counter()
         segmenter = Segmenter.from_model_dir(path, device="cpu")
+        segmenter.estimator = estimator or segmenter.estimator
         frame = pd.DataFrame(evaluate(segmenter, items, oracle))
         frame.insert(0, "run", name)
         frames.append(frame)
@@ -169,9 +174,15 @@ def main() -> int:
     wide = summary[["dsb", "ap50", "count_error", "pred/true"]].unstack("run")
     wide = wide.reindex(CONDITIONS)
     wide.columns = [f"{run}: {metric}" for metric, run in wide.columns]
-    order = [f"{run}: {m}" for run, _, _ in runs for m in ("dsb", "ap50", "count_error", "pred/true")]
+    order = [f"{run}: {m}" for run, *_ in runs for m in ("dsb", "ap50", "count_error", "pred/true")]
     print(wide[order].to_string(float_format=lambda v: f"{v:.3f}"))
-    for run, _, _ in runs:
+    for run, *_ in runs:
+        rows = table[(table["run"] == run) & table["diameter"].notna() & (table["diameter_true"] > 0)]
+        if len(rows):
+            ratio = rows["diameter"].astype(float) / rows["diameter_true"]
+            print(f"{run}: diameter estimate within 20 % of the true median diameter for "
+                  f"{(ratio.sub(1).abs() < 0.2).mean():.0%} of {len(rows)} images, within x1.41 for "
+                  f"{(np.log2(ratio).abs() < 0.5).mean():.0%} (median estimate / true {ratio.median():.2f})")
         dsb = summary.xs(run, level="run")["dsb"]
         worst = max(abs(dsb[f"x{s:g}"] - dsb["x1"]) for s in (2, 3, 4))
         err = summary.xs(run, level="run")["count_error"].max()
