@@ -8,6 +8,11 @@ Segments the embedded sample (20 images) and the validation fold of ``--params``
 of ``--split``) with the same model through :class:`pipeline.segmenter.Segmenter`, in fp32 and in
 the automatic precision, and prints the DSB2018 score of each, their difference (goal: at most
 0.005) and the seconds each took.
+
+``--train-curves PARAMS`` also trains the model of ``PARAMS`` twice from the same seed, in fp32
+and in the automatic precision (``--epochs``, ``--samples`` crops per epoch), on its prepared data
+(run ``nuclei prepare`` and ``nuclei targets`` with it first), and prints both validation curves
+side by side with the time each run took.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import load_config, load_params  # noqa: E402
 from pipeline.io import iter_kaggle_root, load_npz  # noqa: E402
 from pipeline.metrics import dsb_score  # noqa: E402
 from pipeline.prepare import validation_index  # noqa: E402
@@ -49,12 +54,44 @@ def score(segmenter: Segmenter, images) -> tuple[float, float, int]:
     return float(np.mean(scores)), time.perf_counter() - t0, len(scores)
 
 
+def train_curves(params_path: str, epochs: int, samples: int) -> None:
+    """Two short training runs, fp32 and automatic precision, validation curves side by side."""
+    import tempfile
+
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.train import fit
+
+    params = load_params(params_path)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "auto"):
+            params["train"].update(precision=precision, epochs=epochs, samples_per_epoch=samples,
+                                   val_every=1, out=f"{tmp}/{precision}")
+            t0 = time.perf_counter()
+            fit(params)
+            seconds = time.perf_counter() - t0
+            history = load_checkpoint(f"{tmp}/{precision}/last.ckpt")["history"]
+            rows[precision] = ([r["val_dsb_score"] for r in history], seconds)
+    (c32, t32), (ca, ta) = rows["fp32"], rows["auto"]
+    print(f"\nvalidation DSB2018 per epoch ({params_path}, {samples} crops per epoch):")
+    print("epoch   fp32   auto")
+    for k, (a, b) in enumerate(zip(c32, ca, strict=True), 1):
+        print(f"{k:5d} {a:6.3f} {b:6.3f}")
+    print(f"best: fp32 {max(c32):.3f} in {t32:.0f} s, automatic {max(ca):.3f} in {ta:.0f} s "
+          f"({t32 / ta:.2f}x faster)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--params", default=None, help="parameters naming the prepared data (data.prepared)")
     parser.add_argument("--split", default="stratified", choices=("stratified", "grouped"))
+    parser.add_argument("--train-curves", metavar="PARAMS", default=None)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=96)
     args = parser.parse_args()
+    if args.train_curves:
+        train_curves(args.train_curves, args.epochs, args.samples)
 
     from pipeline.runtime import set_threads
 

@@ -40,7 +40,7 @@ def test_saturated_nuclei_do_not_wipe_out_dim_ones():
     grey[np.isin(labels, [1, 2, 3])] = 255  # three saturated nuclei, 5 % of the nuclei
     grey += RNG.normal(0, 1, grey.shape)
     image = np.dstack([np.clip(grey, 0, 255).astype(np.uint8)] * 3)
-    plain = normalize_image(image, fg_factor=0)  # percentiles only: set by the saturated nuclei
+    plain = normalize_image(image, saturation=False)  # percentiles only: set by the saturated nuclei
     robust = normalize_image(image)
     dim_nuclei = (labels > 3)
     assert np.median(plain[dim_nuclei]) < 0.2
@@ -55,7 +55,7 @@ def test_ordinary_images_keep_the_percentile_range():
         grey = grey + RNG.normal(0, 3, grey.shape)
         image = np.dstack([grey] * 3).astype(np.float32)
         lo, hi = intensity_range(image)
-        plo, phi = intensity_range(image, fg_factor=0)
+        plo, phi = intensity_range(image, saturation=False)
         assert abs(lo - plo) < 0.05 * (phi - plo) and abs(hi - phi) < 0.05 * (phi - plo)
 
 
@@ -69,5 +69,18 @@ def test_float_images_in_any_units():
 
 def test_old_model_configs_keep_plain_percentiles():
     assert normalization_kwargs({"normalization": {"low": 1.0, "high": 99.8}}) == {
-        "low": 1.0, "high": 99.8, "fg_factor": 0.0}
-    assert normalization_kwargs({"normalization": {"low": 1.0, "high": 99.8, "fg_factor": 2.5}})["fg_factor"] == 2.5
+        "low": 1.0, "high": 99.8, "saturation": False}
+    assert normalization_kwargs({"normalization": {"low": 1.0, "high": 99.8, "saturation": True}})["saturation"]
+
+
+def test_sparse_nuclei_beside_dim_cytoplasm_keep_their_contrast():
+    # the case a foreground-level rule got wrong: few bright nuclei, much dim cytoplasm
+    labels = discs(spacing=64, radius=8)
+    grey = np.full(labels.shape, 10.0)
+    grey[64:192, :] = 60.0  # a band of dim cytoplasm over half of the image
+    grey[labels > 0] = 220.0
+    grey += RNG.normal(0, 2, grey.shape)
+    image = np.dstack([np.clip(grey, 0, 255).astype(np.uint8)] * 3)
+    out = normalize_image(image)
+    assert np.median(out[labels > 0]) > 0.9
+    assert np.median(out[64:192][labels[64:192] == 0]) < 0.3

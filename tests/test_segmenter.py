@@ -40,7 +40,7 @@ def segmenter(diameter=CANONICAL, **kw) -> Segmenter:
     config = {
         "model": {"arch": "unet", "head": "sigmoid"},
         "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
-        "normalization": {"low": 1.0, "high": 99.8, "fg_factor": 2.5},
+        "normalization": {"low": 1.0, "high": 99.8, "saturation": True},
         "diameter": diameter,
     }
     return Segmenter(GreyPredictor(config), **kw)

@@ -60,7 +60,7 @@ def test_one_epoch_writes_checkpoint_model_dir_and_metrics(data_root, tmp_path):
     assert model_dir == out / "model"
     model, config = load_model_dir(model_dir)
     assert config["model"]["depth"] == 2 and config["postprocess"]["min_size"] == 4
-    assert config["normalization"] == {"low": 1.0, "high": 99.8, "fg_factor": 2.5}
+    assert config["normalization"] == {"low": 1.0, "high": 99.8, "saturation": True}
     training = config["training"]
     assert training["epoch"] == 1 and training["params"]["train"]["epochs"] == 1
     assert training["hardware"]["device"] == "cpu" and training["data"]["val_images"] == 2
