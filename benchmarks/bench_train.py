@@ -1,7 +1,8 @@
 """Training throughput and data-loader starvation.
 
 Prints, per device and precision, training images/s, step time and the fraction of step time
-spent waiting for the data loader (time blocked in ``next(loader)`` / wall time), with the model,
+spent waiting for the data loader (time blocked in ``next(loader)`` / wall time), and the
+images/s of the network alone (the same batch stepped again, no loader), with the model,
 loss, augmentation and loader settings of ``params.yaml`` (overridable). Every device is measured
 in fp32 and in the precision ``train.precision: auto`` picks (bf16 autocast + channels_last on a
 CPU with native bf16 and on GPUs), side by side in one run, with the ratio; on CUDA it also
@@ -169,6 +170,11 @@ def measure(params: dict, args, device: torch.device, prepared: Path, targets: P
             train_step(net, batch, loss_fn, optimizer, scaler, device, precision)
             sync()  # attribute GPU time to the step, not to the next wait
         total = time.perf_counter() - start
+        start = time.perf_counter()  # the network alone: the same batch again, no loader
+        for _ in range(steps):
+            train_step(net, batch, loss_fn, optimizer, scaler, device, precision)
+            sync()
+        network_only = time.perf_counter() - start
     crop = batch["image"].shape[-1]
     return {
         "device": str(device),
@@ -179,6 +185,7 @@ def measure(params: dict, args, device: torch.device, prepared: Path, targets: P
         "workers": workers,
         "steps": steps,
         "images_per_s": steps * batch_size / total,
+        "network_images_per_s": steps * batch_size / network_only,
         "step_ms": 1000 * total / steps,
         "wait_fraction": wait / total,
         "gpu_util": sampler.mean() if sampler else None,
@@ -233,7 +240,8 @@ def main() -> int:
             fp32, auto = results[-len(runs)], results[-len(runs) + 1]
             print(
                 f"{device}: {auto['precision']} + channels_last / fp32 training throughput: "
-                f"{auto['images_per_s'] / fp32['images_per_s']:.2f}x"
+                f"{auto['images_per_s'] / fp32['images_per_s']:.2f}x with the data loader, "
+                f"{auto['network_images_per_s'] / fp32['network_images_per_s']:.2f}x the network alone"
             )
     cpu = [r for r in results if r["device"] == "cpu"]
     gpu = [r for r in results if r["device"] != "cpu"]
@@ -248,7 +256,8 @@ def report(r: dict) -> None:
     print(
         f"{r['device']:>7} ({r['name']}, {r['precision']:>4}, batch {r['batch']} x {r['crop']}^2 px, "
         f"{r['workers']} workers, {r['params_m']:.2f} M params): "
-        f"{r['images_per_s']:8.1f} images/s, {r['step_ms']:8.1f} ms/step, "
+        f"{r['images_per_s']:8.1f} images/s ({r['network_images_per_s']:.1f} network alone), "
+        f"{r['step_ms']:8.1f} ms/step, "
         f"waiting for data {100 * r['wait_fraction']:5.1f} % of step time{util}",
         flush=True,
     )

@@ -32,6 +32,7 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2e
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
 .summary span { display: inline-block; margin-right: 2em; }
 .summary b { font-size: 1.3em; }
+.warn { color: #b35900; font-weight: 600; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -101,10 +102,16 @@ def _gallery(counts: pd.DataFrame, thumbnails: dict[str, bytes]) -> str:
             continue
         name = escape(str(record["image"]))
         data = base64.b64encode(png).decode("ascii")
+        extra = ""
+        if pd.notna(record.get("diameter_px")):
+            how = "estimated" if record.get("diameter_estimated") else "given"
+            extra += f" · diameter {float(record['diameter_px']):.1f} px ({how})"
+        if isinstance(record.get("flag"), str) and record["flag"]:
+            extra += f' · <span class="warn">{escape(record["flag"])}</span>'
         figures.append(
             f'<figure><a href="overlays/{name}.png"><img alt="{name}" '
             f'src="data:image/png;base64,{data}"></a>'
-            f"<figcaption>{name} · nuclei: {int(record['count'])}</figcaption></figure>"
+            f"<figcaption>{name} · nuclei: {int(record['count'])}{extra}</figcaption></figure>"
         )
     if not figures:
         return '<p class="muted">No overlays.</p>'

@@ -97,6 +97,19 @@ def test_report_content(tmp_path):
     assert not re.search(r"""(src|href)=["']?(https?:)?//|url\((?!#)|@import""", html)
 
 
+def test_report_shows_diameter_and_flag(tmp_path):
+    counts = pd.DataFrame({
+        "image": ["alpha", "beta"], "count": [5, 3], "status": ["ok", "ok"],
+        "diameter_px": [18.25, 40.0], "diameter_estimated": [True, False],
+        "flag": ["", "bright-field image (grey, bright background): counts unreliable, check the overlay"],
+    })
+    picture = np.zeros((30, 40, 3), np.uint8)
+    thumbs = {name: encode_png(thumbnail(picture, 20)) for name in ("alpha", "beta")}
+    html = render_report(counts, np.array([10.0, 20.0]), thumbs)
+    assert "diameter 18.2 px (estimated)" in html and "diameter 40.0 px (given)" in html
+    assert html.count('class="warn"') == 1 and "bright-field image" in html
+
+
 def test_report_without_nuclei_or_images(tmp_path):
     counts = pd.DataFrame({"image": ["x"], "count": pd.array([None], "Int64"), "status": ["failed"]})
     html = render_report(counts, np.array([]), {}, pixel_size=0.3)

@@ -121,6 +121,14 @@ def test_confidence_and_flag():
     assert result.confidence < MIN_CONFIDENCE and "low confidence" in result.flag
 
 
+def test_bright_field_images_are_flagged():
+    image, _ = disc_image(16, n=3, bright=60, bg=220)  # dark nuclei on a bright grey background
+    seg = segmenter()
+    assert "bright-field" in seg.segment(image, diameter=16.0).flag
+    fluo, _ = disc_image(16, n=3)
+    assert seg.segment(fluo, diameter=16.0).flag == ""
+
+
 def test_invalid_model_settings_are_reported_once_up_front():
     config = {"model": {"head": "sigmoid"}, "postprocess": {"marker_threshold": 7.5}}
     with pytest.raises(NucleiError, match=r"config\.yaml: postprocess\.marker_threshold"):
