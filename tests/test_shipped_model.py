@@ -33,7 +33,7 @@ def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
     assert len(shapes) == 20
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
     assert summary["dsb_score"] >= FLOOR, summary
-    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # XXX
+    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 964 vs 999 when shipped
 
 
 def nuclei_like(diameter: float, n: int = 5, seed: int = 0):
