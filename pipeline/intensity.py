@@ -12,9 +12,10 @@ background) to float32 [0, 1] the same way for training and for segmentation:
   nuclei beside them keep their contrast.
 
 A broader rule was tried and measured first: bounding the top by 2.5× the median "foreground"
-level above the background. It rescued dim nuclei but cost 0.40 DSB2018 (0.23 against 0.63 on 30
-images of the validation fold grouped by experiment, one mid-training model; sparse nuclei beside dimmer cytoplasm: the cytoplasm became foreground and
-was stretched to the nuclei's brightness), so only real saturation is treated specially.
+level above the background. It rescued dim nuclei but cost 0.40 DSB2018 (0.23 against 0.63 on
+30 images of the validation fold grouped by experiment, one mid-training model): beside sparse
+nuclei the dimmer cytoplasm became "foreground" and was stretched to the nuclei's brightness.
+So only real saturation is treated specially.
 
 Measurements never use this: they are made on the image in its own units.
 
