@@ -9,8 +9,8 @@ from skimage.draw import disk
 from pipeline.scale import (
     BLOB_CALIBRATION,
     MAX_FACTOR,
-    blob_diameter,
     MIN_FACTOR,
+    blob_diameter,
     median_diameter,
     nucleus_diameters,
     resize_image,
