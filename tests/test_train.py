@@ -196,7 +196,8 @@ def test_distributed_two_cpu_processes_end_with_identical_weights(data_root, tmp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     params = params_for(data_root, tmp_path / "out")
-    ctx = multiprocessing.get_context("fork")  # no re-import of torch: seconds, not half a minute
+    # spawn, not fork: a fork after bf16 (oneDNN) or OpenMP work in this process can deadlock
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_ddp_rank, args=(r, 2, port, params, str(tmp_path))) for r in range(2)]
     for p in procs:
         p.start()
