@@ -380,7 +380,7 @@ class Segmenter:
         from skimage.measure import regionprops_table
         from skimage.segmentation import relabel_sequential
 
-        from pipeline.watershed import remove_small
+        from pipeline.watershed import remove_small, sizes_at_scale
 
         height, width = image.shape[:2]
         block = max(64, int(self.block_size / max(scale, 1.0)))
@@ -406,6 +406,5 @@ class Segmenter:
             free = (part > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
             target[free] = part[free]
             n_labels += keep.size
-        min_size = self.thresholds["min_size"]
-        labels = remove_small(labels, max(1, int(round(min_size / scale**2))) if min_size else 0)
+        labels = remove_small(labels, sizes_at_scale(self.thresholds, scale)["min_size"])
         return relabel_sequential(labels)[0].astype(np.int32), conf_sum / max(conf_weight, 1)

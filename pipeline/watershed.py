@@ -183,11 +183,17 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
 
     if scale > 1:
         return remove_small(resize_labels(postprocess(probs, head, **kwargs), tuple(shape)), 1)
+    return postprocess(resize_probabilities(probs, tuple(shape)), head, **sizes_at_scale(kwargs, scale))
+
+
+def sizes_at_scale(kwargs: dict[str, Any], scale: float) -> dict[str, Any]:
+    """:func:`postprocess` keywords with the sizes (px² at the network's scale, ``min_marker_size``,
+    ``min_size``) converted to px² of the original image, which was resized by ``scale``."""
     kwargs = dict(kwargs)
     for key in ("min_marker_size", "min_size"):
         if kwargs.get(key):
             kwargs[key] = max(1, int(round(kwargs[key] / scale**2)))
-    return postprocess(resize_probabilities(probs, tuple(shape)), head, **kwargs)
+    return kwargs
 
 
 def thresholds(cfg: PostprocessConfig | dict[str, Any] | None, source: str | Path = "params.yaml") -> dict[str, Any]:
