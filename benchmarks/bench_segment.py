@@ -51,7 +51,6 @@ def main() -> int:
     from pipeline.measure import measure_nuclei
     from pipeline.model_dir import available_model_dir
     from pipeline.overlay import display_uint8, draw_outlines
-    from pipeline.scale import scale_factor
     from pipeline.segment import Settings, segment_images
     from pipeline.segmenter import Segmenter, confidence
     from pipeline.watershed import postprocess_to_shape
@@ -98,8 +97,7 @@ def main() -> int:
                     t.append(time.perf_counter())
                     image = segmenter.normalize(raw)
                     t.append(time.perf_counter())
-                    diameter = segmenter.estimate_diameter(image)
-                    scale = scale_factor(diameter, segmenter.diameter) if diameter and segmenter.diameter else 1.0
+                    _, _, scale = segmenter.scale_for(image)
                     t.append(time.perf_counter())
                     probs = segmenter.predict_scaled(image, scale)
                     t.append(time.perf_counter())

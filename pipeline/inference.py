@@ -369,7 +369,6 @@ def main(args: argparse.Namespace) -> int:
     original pixel grid exactly as the Segmenter does.
     """
     from pipeline.io import progress, save_npz
-    from pipeline.scale import scale_factor
     from pipeline.segmenter import Segmenter
 
     config = load_config(args.params)
@@ -380,8 +379,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for image_id, load, _ in progress(items, desc="predict"):
         image = segmenter.normalize(load())
-        diameter = segmenter.estimate_diameter(image)
-        scale = scale_factor(diameter, segmenter.diameter) if diameter and segmenter.diameter else 1.0
+        _, _, scale = segmenter.scale_for(image)
         probs = segmenter.predict_scaled(image, scale)
         save_npz(out / f"{image_id}.npz", probs=probs.astype(np.float16), head=np.array(segmenter.head),
                  shape=np.array(image.shape[:2]), scale=np.float64(scale))

@@ -284,8 +284,7 @@ class Segmenter:
         the most structure when the image is resized for nuclei of ``diameter`` px (None: fewer
         than 3 nuclei)."""
         scale = scale_factor(diameter, self.diameter)
-        window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
-        d = nucleus_diameters(self._labels_small(image[window], scale)[0])
+        d, _ = self._search_pass(image, scale)
         return float(np.median(d) / scale) if d.size >= 3 else None
 
     def _estimate_blob(self, image: np.ndarray) -> float | None:
@@ -305,10 +304,7 @@ class Segmenter:
         passes = []
         for k in SEARCH_OCTAVES:
             scale = scale_factor(canonical * 2.0**k, canonical)
-            window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
-            labels, conf = self._labels_small(image[window], scale)
-            d = nucleus_diameters(labels)
-            passes.append((scale, d, conf))
+            passes.append((scale, *self._search_pass(image, scale)))
         implied = [np.median(d) / s if d.size else np.nan for s, d, _ in passes]
         scores = []
         for i, (_, d, conf) in enumerate(passes):
@@ -324,12 +320,16 @@ class Segmenter:
         estimate = float(implied[int(np.argmin(scores))])
         return self._measure(image, estimate) or estimate
 
-    def _labels_small(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
-        """Labels at the network's scale (no mapping back) and confidence, for the search."""
+    def _search_pass(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """Equivalent diameters (px at the network's scale) of the nuclei found, and the
+        confidence, in the window with the most structure (:data:`SEARCH_WINDOW` px at the
+        network's scale) of a normalised image resized by ``scale``."""
         from pipeline.watershed import postprocess
 
-        probs = self.predict_scaled(image, scale)
-        return postprocess(probs, self.head, **self.thresholds), confidence(probs, self.head)
+        window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
+        probs = self.predict_scaled(image[window], scale)
+        labels = postprocess(probs, self.head, **self.thresholds)
+        return nucleus_diameters(labels), confidence(probs, self.head)
 
     # ------------------------------------------------------------------ the entry point
 
@@ -352,15 +352,7 @@ class Segmenter:
         """
         if not normalized:
             image = self.normalize(image)
-        estimated = False
-        if self.diameter is None:
-            diameter, scale = None, 1.0
-        else:
-            if diameter is None:
-                diameter, estimated = self.estimate_diameter(image), True
-            scale = scale_factor(diameter, self.diameter) if diameter else 1.0
-            if diameter is None:
-                diameter = self.diameter
+        diameter, estimated, scale = self.scale_for(image, diameter)
         labels, conf = self._segment_blocks(image, scale)
         flag = ""
         if looks_brightfield(image):
@@ -368,6 +360,26 @@ class Segmenter:
         elif conf < MIN_CONFIDENCE:
             flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"
         return Segmentation(labels, diameter, estimated, scale, conf, flag)
+
+    def scale_for(self, image: np.ndarray, diameter: float | None = None) -> tuple[float | None, bool, float]:
+        """The nucleus diameter a normalised image is segmented for, and the factor it is resized by.
+
+        Returns
+        -------
+        diameter : float or None
+            ``diameter`` when given, else the estimate (the canonical diameter when nothing was
+            found); None for a model without a canonical diameter.
+        estimated : bool
+        scale : float
+            ``canonical / diameter`` (clipped, :func:`pipeline.scale.scale_factor`); 1 for a model
+            without a canonical diameter.
+        """
+        if self.diameter is None:
+            return None, False, 1.0
+        estimated = diameter is None
+        if estimated:
+            diameter = self.estimate_diameter(image) or self.diameter
+        return diameter, estimated, scale_factor(diameter, self.diameter)
 
     def _segment_blocks(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
         """Labels (original grid) and confidence; block by block when the image is large.
