@@ -2,8 +2,11 @@
 
 Every combination of marker threshold, mask threshold and flood relief is applied to the
 validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
-the DSB2018 score. The table (best first) and the best setting are printed; the best setting
-(the current one when nothing in the grid beats it) is written to
+the DSB2018 score. The objective is the mean over images (``--balance image``, the default: the
+competition's average) or over **experiments** (``--balance experiment``: the mean over the
+acquisition groups of ``index.csv`` of each group's mean score, so that one large experiment cannot
+choose thresholds that fail the others). The table (best first) and the best setting are printed;
+the best setting (the current one when nothing in the grid beats it) is written to
 ``<evaluate.out>/tuned_postprocess.yaml`` and, with ``--write PARAMS``, into the ``postprocess``
 section of that parameters file (only the values of those keys change; comments, order and the
 rest of the file are kept).
@@ -35,7 +38,7 @@ GRID = {
 
 
 def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: dict[str, list],
-                fixed: dict[str, Any]) -> pd.DataFrame:
+                fixed: dict[str, Any], groups=None) -> pd.DataFrame:
     """Mean DSB2018 score of every combination of ``grid``.
 
     Parameters
@@ -47,12 +50,16 @@ def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: 
         :func:`pipeline.watershed.postprocess` keyword → list of values to try.
     fixed : dict
         The other keywords, held fixed.
+    groups : sequence, optional
+        One experiment (acquisition group) id per sample. When given, the table also has
+        ``group_score``, the mean over groups of each group's mean score, and is sorted by it.
 
     Returns
     -------
     table : DataFrame
-        One row per combination: the grid keys, ``dsb_score`` (mean over samples), sorted by
-        decreasing score (ties keep grid order).
+        One row per combination: the grid keys, ``dsb_score`` (mean over samples) [and
+        ``group_score``], sorted by decreasing ``group_score`` if ``groups`` is given, else
+        ``dsb_score`` (ties keep grid order).
     """
     from pipeline.io import progress
     from pipeline.metrics import dsb_score
@@ -67,8 +74,12 @@ def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: 
             dsb_score(true, postprocess_to_shape(probs, head, true.shape, *(rest or (1.0,)), **kwargs))
             for probs, head, true, *rest in samples
         ]
-        rows.append(dict(zip(keys, values, strict=True)) | {"dsb_score": float(np.mean(scores))})
-    return pd.DataFrame(rows).sort_values("dsb_score", ascending=False, kind="stable").reset_index(drop=True)
+        row = dict(zip(keys, values, strict=True)) | {"dsb_score": float(np.mean(scores))}
+        if groups is not None:
+            row["group_score"] = float(pd.Series(scores).groupby(np.asarray(groups)).mean().mean())
+        rows.append(row)
+    by = "group_score" if groups is not None else "dsb_score"
+    return pd.DataFrame(rows).sort_values(by, ascending=False, kind="stable").reset_index(drop=True)
 
 
 def update_section(text: str, name: str, values: dict[str, Any]) -> str:
@@ -149,39 +160,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flood reliefs to try (default: both)")
     parser.add_argument("--write", metavar="PARAMS", default=None,
                         help="also set the best values in the postprocess section of this parameters file")
+    parser.add_argument("--balance", choices=("image", "experiment"), default="image",
+                        help="objective: mean over experiments (acquisition groups) or over images "
+                             "(default: %(default)s)")
     parser.add_argument("--top", type=int, default=10, help="rows of the table to print (default: %(default)s)")
 
 
-def main(args: argparse.Namespace) -> int:
-    """``nuclei tune``: print the grid, write the best post-processing thresholds."""
-    from pipeline.io import load_npz, write_text
+def validation_samples(config) -> tuple[list[tuple[np.ndarray, str, np.ndarray, float]], list | None]:
+    """The samples :func:`grid_search` takes, for the validation fold of ``config`` (a
+    :class:`pipeline.config.Config`): the predictions in ``predict.out`` with the prepared labels,
+    and the experiment (``group`` column of ``index.csv``) of each, None without that column.
+
+    Raises
+    ------
+    NucleiError
+        A validation image without a prediction.
+    """
+    from pipeline.io import load_npz
     from pipeline.prepare import validation_index
     from pipeline.watershed import read_prediction
 
-    config = load_config(args.params)
-    current = config.postprocess.thresholds()
     pred_dir, prepared = Path(config.predict.out), Path(config.data.prepared)
-    samples = []
-    for image_id in validation_index(config.data)["id"]:
+    samples, index = [], validation_index(config.data)
+    for image_id in index["id"]:
         file = pred_dir / f"{image_id}.npz"
         if not file.is_file():
             raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
         probs, head, _, scale = read_prediction(file)
         samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"], scale))
+    return samples, (index["group"].tolist() if "group" in index.columns else None)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nuclei tune``: print the grid, write the best post-processing thresholds."""
+    from pipeline.io import write_text
+
+    config = load_config(args.params)
+    current = config.postprocess.thresholds()
+    samples, groups = validation_samples(config)
+    if args.balance == "experiment" and groups is None:
+        print("index.csv has no experiment groups (re-run `nuclei prepare`): balancing over images")
+    if args.balance == "image":
+        groups = None
+    objective = "group_score" if groups is not None else "dsb_score"
+    what = (f"mean over {len(set(groups))} experiments" if groups is not None else "mean over images")
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood}
     fixed = {k: v for k, v in current.items() if k not in grid}
-    table = grid_search(samples, grid, fixed)
+    table = grid_search(samples, grid, fixed, groups)
     print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    best = {k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in table.iloc[0].items()}
-    score = best.pop("dsb_score")
-    current_score = float(grid_search(samples, {}, current)["dsb_score"].iloc[0])
-    if current_score >= score:  # no improvement: keep what is there
-        best, score = {k: current[k] for k in grid}, current_score
+    scores = {k: float(v) for k, v in table.iloc[0].items() if k in ("dsb_score", "group_score")}
+    best = {k: (float(v) if isinstance(v, float | np.floating) else v)
+            for k, v in table.iloc[0].items() if k not in scores}
+    now = grid_search(samples, {}, current, groups).iloc[0]
+    if float(now[objective]) >= scores[objective]:  # no improvement: keep what is there
+        best, scores = {k: current[k] for k in grid}, {k: float(now[k]) for k in scores}
         print("the current settings score as well as the best of the grid; keeping them")
-    print(f"best {best} -> validation DSB2018 score {score:.4f} (current settings {current_score:.4f}, "
-          f"{len(samples)} images)")
+    print(f"best {best} -> validation DSB2018 score {scores[objective]:.4f} ({what}; current settings "
+          f"{float(now[objective]):.4f}; mean over {len(samples)} images {scores['dsb_score']:.4f})")
     out = Path(config.evaluate.out) / "tuned_postprocess.yaml"
-    write_text(out, yaml.safe_dump({"postprocess": best, "dsb_score": score, "n_images": len(samples)},
+    write_text(out, yaml.safe_dump({"postprocess": best, "objective": what, **scores, "n_images": len(samples)},
                                    sort_keys=False))
     print(f"written to {out}")
     if args.write:

@@ -1,16 +1,22 @@
-"""Train and score model variants on one fold: the comparison behind the shipped model.
+"""Train and score model variants by cross-validation: the comparison behind the shipped model.
 
-For each variant (a set of parameter overrides on top of a base parameter file) this runs
-``nuclei train``, ``nuclei predict``, ``nuclei tune`` (post-processing thresholds, written into
-the variant's parameters), ``nuclei postprocess`` and ``nuclei evaluate``, each in its own folder
-``RUNS/<variant>/``, and prints a markdown table of the validation figures (DSB2018 score,
-AP@0.5, F1@0.5, counting error) with the training time and hardware.
+For each variant (a set of parameter overrides on top of a base parameter file) and each
+validation fold this runs ``nuclei train`` and ``nuclei predict`` in ``RUNS/<variant>/fold<k>/``.
+The post-processing thresholds are then tuned once per variant on the pooled out-of-fold
+predictions of all its folds (not on one fold or one image type; for the best mean over images,
+or over experiments with ``--balance experiment``, as ``nuclei tune``), written into every fold's
+parameters, and ``nuclei postprocess`` and ``nuclei evaluate`` score each fold with them. The
+script prints a markdown table: the mean DSB2018 score over the folds (the CV figure), each
+fold's score, the mean over experiments (acquisition groups) of their mean score, and AP@0.5,
+F1@0.5 and counting error over all out-of-fold images, with the
+training time (summed over folds) and hardware.
 
-    python scripts/compare_variants.py --base params.yaml --runs runs/ \
-        --variants unet-softmax unet-softmax-noweights unet-sigmoid smp-resnet18-softmax
+    python scripts/compare_variants.py --base params.yaml --runs runs/ --folds 0 1 2 3 4 \\
+        --variants budget-unet-w16-d4-sigmoid budget-unet-w32-d4-sigmoid
 
 Variants are defined in :data:`VARIANTS`; ``--set key=value`` adds overrides to all of them
-(for example ``--set train.epochs=3 --set train.samples_per_epoch=400``).
+(for example ``--set data.split=stratified``). ``--reuse`` keeps a fold whose model and
+predictions already exist (to add folds or re-tune without training again).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -38,6 +45,19 @@ VARIANTS: dict[str, dict] = {
     "smp-resnet18-softmax": {"model.arch": "smp", "model.encoder": "resnet18", "model.head": "softmax"},
     "smp-resnet34-softmax": {"model.arch": "smp", "model.encoder": "resnet34", "model.head": "softmax"},
     "smp-mobilenet_v2-softmax": {"model.arch": "smp", "model.encoder": "mobilenet_v2", "model.head": "softmax"},
+    # Equal compute budget (issue 14): about 12 minutes of bf16 training on one core of the 2-core
+    # VM for each, at the network rates of `benchmarks/bench_models.py --threads 1` plus ~13 ms of
+    # augmentation a crop (4 epochs of samples_per_epoch crops; w16 d4 = the shipped configuration).
+    "budget-unet-w16-d4-sigmoid": {"model.arch": "unet", "model.head": "sigmoid", "model.width": 16,
+                                   "model.depth": 4, "train.samples_per_epoch": 1600},
+    "budget-unet-w16-d4-softmax": {"model.arch": "unet", "model.head": "softmax", "model.width": 16,
+                                   "model.depth": 4, "train.samples_per_epoch": 1600},
+    "budget-unet-w16-d5-sigmoid": {"model.arch": "unet", "model.head": "sigmoid", "model.width": 16,
+                                   "model.depth": 5, "train.samples_per_epoch": 1600},
+    "budget-unet-w32-d4-sigmoid": {"model.arch": "unet", "model.head": "sigmoid", "model.width": 32,
+                                   "model.depth": 4, "train.samples_per_epoch": 675},
+    "budget-smp-resnet18-sigmoid": {"model.arch": "smp", "model.encoder": "resnet18", "model.head": "sigmoid",
+                                    "train.samples_per_epoch": 1425},
 }
 
 
@@ -58,46 +78,112 @@ def run(cmd: list[str], log: Path) -> float:
         fh.flush()
         result = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=None)
     if result.returncode != 0:
-        raise SystemExit(f"{cmd[1]} failed for {log.parent.name} (exit {result.returncode}); see {log}")
+        raise SystemExit(f"{cmd[1]} failed for {log.parent} (exit {result.returncode}); see {log}")
     return time.perf_counter() - t0
 
 
-def run_variant(name: str, base: dict, overrides: dict, runs: Path, tune_args: list[str]) -> dict:
-    """Train, predict, tune, post-process and evaluate one variant; returns its table row."""
-    out = (runs / name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def nuclei(command: str, params_path: Path, *extra: str) -> list[str]:
+    """The ``nuclei`` command line of this interpreter's environment."""
+    return [str(Path(sys.executable).with_name("nuclei")), command, "--params", str(params_path), *extra]
+
+
+def fold_params(base: dict, overrides: dict, out: Path, fold: int) -> Path:
+    """Write the parameters of one variant and fold into ``out/params.yaml`` (outputs under ``out``)."""
     params = copy.deepcopy(base)
     for key, value in overrides.items():
         set_dotted(params, key, value)
+    set_dotted(params, "data.val_fold", fold)
     set_dotted(params, "train.out", str(out / "train"))
     set_dotted(params, "predict.model", str(out / "train" / "model"))
     set_dotted(params, "predict.out", str(out / "predictions"))
     set_dotted(params, "postprocess.out", str(out / "postprocessed"))
     set_dotted(params, "evaluate.out", str(out / "metrics"))
-    params_path = out / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    log = out / "log.txt"
-    nuclei = str(Path(sys.executable).with_name("nuclei"))
-    p = ["--params", str(params_path)]
-    times = {"train": run([nuclei, "train", *p], log)}
-    times["predict"] = run([nuclei, "predict", *p], log)
-    times["tune"] = run([nuclei, "tune", *p, *tune_args, "--write", str(params_path)], log)
-    run([nuclei, "postprocess", *p], log)
-    run([nuclei, "evaluate", *p], log)
-    metrics = json.loads((out / "metrics" / "metrics.json").read_text())
-    tuned = yaml.safe_load(params_path.read_text())["postprocess"]
+    path = out / "params.yaml"
+    if not path.is_file() or yaml.safe_load(path.read_text()) != params:
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def train_and_predict(params_path: Path, reuse: bool) -> dict:
+    """``nuclei train`` and ``nuclei predict`` for one fold; with ``reuse``, skipped when done."""
+    out, log = params_path.parent, params_path.parent / "log.txt"
+    times_file = out / "times.json"
+    if reuse and times_file.is_file() and (out / "train" / "model").is_dir():
+        return json.loads(times_file.read_text())
+    times = {"train": run(nuclei("train", params_path), log)}
+    times["predict"] = run(nuclei("predict", params_path), log)
+    times_file.write_text(json.dumps(times))
+    return times
+
+
+def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: str = "image"
+                      ) -> tuple[dict, float]:
+    """Best post-processing thresholds on the out-of-fold predictions of all folds together.
+
+    ``balance``: the objective, as ``nuclei tune --balance``: the mean over experiments
+    (acquisition groups) or over images. Returns the grid values of the best row and its score.
+    """
+    from pipeline.config import load_config
+    from pipeline.tune import grid_search, validation_samples
+
+    samples, groups, fixed = [], [], None
+    for path in param_paths:
+        config = load_config(path)
+        fold_samples, fold_groups = validation_samples(config)
+        samples += fold_samples
+        groups = None if fold_groups is None or groups is None else groups + fold_groups
+        fixed = {k: v for k, v in config.postprocess.thresholds().items() if k not in grid}
+    table = grid_search(samples, grid, fixed, groups if balance == "experiment" else None)
+    best = table.iloc[0].to_dict()
+    score = float(best.pop("group_score", best["dsb_score"]))
+    best.pop("dsb_score")
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()}, score
+
+
+def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[int],
+                grid: dict[str, list], reuse: bool, balance: str = "image") -> dict:
+    """Cross-validate one variant; returns its table row."""
+    import pandas as pd
+
+    from pipeline.evaluate import summarise
+    from pipeline.tune import write_params
+
+    paths = [fold_params(base, overrides, _mkdir(runs.resolve() / name / f"fold{k}"), k) for k in folds]
+    times = [train_and_predict(p, reuse) for p in paths]
+    thresholds, _ = pooled_thresholds(paths, grid, balance)
+    per_image, fold_scores = [], []
+    for path in paths:
+        write_params(path, thresholds)
+        run(nuclei("postprocess", path), path.parent / "log.txt")
+        run(nuclei("evaluate", path), path.parent / "log.txt")
+        fold_scores.append(json.loads((path.parent / "metrics" / "metrics.json").read_text())["dsb_score"])
+        per_image.append(pd.read_csv(path.parent / "metrics" / "per_image.csv"))
+    per_image = pd.concat(per_image, ignore_index=True)
+    pooled, _, by_type = summarise(per_image)
+    index = pd.read_csv(Path(base["data"]["prepared"]) / "index.csv")
+    groups = per_image["id"].map(dict(zip(index["id"], index.get("group", index["id"]))))
     row = {
         "variant": name,
-        "dsb_score": metrics["dsb_score"],
-        "ap50": metrics["ap50"],
-        "f1_50": metrics["f1_50"],
-        "count_error": metrics["count_error"],
-        "train_s": round(times["train"]),
-        "predict_s": round(times["predict"]),
-        "thresholds": f"{tuned['marker_threshold']}/{tuned['mask_threshold']}/{tuned['flood']}",
+        "cv_dsb": sum(fold_scores) / len(fold_scores),
+        "folds": dict(zip(map(str, folds), fold_scores)),
+        "experiment_dsb": float(per_image["dsb_score"].groupby(groups.to_numpy()).mean().mean()),
+        "n_experiments": int(groups.nunique()),
+        "ap50": pooled["ap50"],
+        "f1_50": pooled["f1_50"],
+        "count_error": pooled["count_error"],
+        "by_type": dict(zip(by_type["image_type"], by_type["dsb_score"])),
+        "n_images": pooled["n_images"],
+        "train_s": round(sum(t["train"] for t in times)),
+        "predict_s": round(sum(t["predict"] for t in times)),
+        "thresholds": thresholds,
     }
-    (out / "row.json").write_text(json.dumps(row, indent=2))
+    (runs / name / "row.json").write_text(json.dumps(row, indent=2))
     return row
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def main() -> int:
@@ -105,28 +191,47 @@ def main() -> int:
     parser.add_argument("--base", default="params.yaml", help="base parameter file")
     parser.add_argument("--runs", default="runs", help="output folder, one sub-folder per variant")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--folds", type=int, nargs="+", default=None,
+                        help="validation folds (default: data.val_fold of the base parameters)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every variant, e.g. train.epochs=3 (value parsed as YAML)")
-    parser.add_argument("--tune", default="--marker 0.4 0.5 0.6 0.7 --mask 0.4 0.5 0.6",
-                        help="arguments for nuclei tune")
+    parser.add_argument("--marker", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.85, 0.9],
+                        help="marker thresholds to tune over")
+    parser.add_argument("--mask", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.93],
+                        help="mask thresholds to tune over")
+    parser.add_argument("--flood", nargs="+", default=["probability"], choices=("probability", "distance"))
+    parser.add_argument("--tune", default=None, help=argparse.SUPPRESS)  # old form: "--marker .. --mask .."
+    parser.add_argument("--balance", choices=("image", "experiment"), default="image",
+                        help="tuning objective, as `nuclei tune --balance` (default: %(default)s)")
+    parser.add_argument("--reuse", action="store_true", help="keep folds already trained and predicted")
     args = parser.parse_args()
+    if args.tune:
+        args = parser.parse_args(sys.argv[1:] + args.tune.split())
     base = yaml.safe_load(Path(args.base).read_text())
     for item in args.set:
         key, _, value = item.partition("=")
         set_dotted(base, key, yaml.safe_load(value))
+    folds = args.folds if args.folds is not None else [int(base["data"].get("val_fold", 0))]
+    grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood}
     runs = Path(args.runs)
     rows = []
     for name in args.variants:
-        row = run_variant(name, base, VARIANTS[name], runs, args.tune.split())
+        row = run_variant(name, base, VARIANTS[name], runs, folds, grid, args.reuse, args.balance)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    hardware = f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU cores"
-    print(f"\nfold {base['data'].get('val_fold', 0)}, {hardware}\n")
-    print("| variant | DSB2018 | AP@0.5 | F1@0.5 | count error | train s | predict s | marker/mask/flood |")
-    print("|---|---|---|---|---|---|---|---|")
+    hardware = f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores"
+    split = base["data"].get("split", "stratified")
+    print(f"\n{split} folds {' '.join(map(str, folds))}, {hardware}\n")
+    print("| variant | CV DSB2018 | per fold | per experiment | AP@0.5 | F1@0.5 | count error | train s "
+          "| marker/mask/flood |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['dsb_score']:.4f} | {r['ap50']:.4f} | {r['f1_50']:.4f} | "
-              f"{r['count_error']:.3f} | {r['train_s']} | {r['predict_s']} | {r['thresholds']} |")
+        t = r["thresholds"]
+        per_fold = " ".join(f"{s:.3f}" for s in r["folds"].values())
+        print(f"| {r['variant']} | {r['cv_dsb']:.4f} | {per_fold} | {r['experiment_dsb']:.4f} "
+              f"({r['n_experiments']}) | {r['ap50']:.4f} | {r['f1_50']:.4f} | "
+              f"{r['count_error']:.3f} | {r['train_s']} | "
+              f"{t['marker_threshold']}/{t['mask_threshold']}/{t['flood']} |")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from pipeline.model_dir import save_model_dir
 from pipeline.networks import build_model
 from pipeline.tune import update_section
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
 IDS = ["a", "b", "c", "d"]
 TYPES = ["fluo-small", "fluo-small", "histology", "fluo-small"]
@@ -144,7 +146,8 @@ def test_evaluate_missing_labels_is_a_clear_error(workspace):
 def test_tune_finds_and_writes_best(workspace, capsys):
     write_ideal_predictions(workspace)
     # the ideal maps have P(mask) = 0.8 on the rim: a mask threshold of 0.85 loses it
-    assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5) == 0
+    assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5,
+               balance="image") == 0
     out = capsys.readouterr().out
     assert "best" in out
     best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
@@ -164,3 +167,60 @@ def test_update_section_keeps_comments_and_other_sections():
         k: v for k, v in before.items() if k != "postprocess"}
     assert "  marker_threshold: 0.35                # on P(mask - border)" in new
     assert len(new.splitlines()) == len(text.splitlines()) + 1
+
+
+def test_thresholds_are_tuned_on_all_folds_together(workspace):
+    """compare_variants tunes one set of thresholds on the pooled out-of-fold predictions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_variants",
+                                                  ROOT / "scripts" / "compare_variants.py")
+    compare_variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_variants)
+    write_ideal_predictions(workspace)  # fold 0: a, b, c (rim P(mask) 0.8)
+    # fold 1 (image d) from a second "model" whose rim is at P(mask) 0.9: alone it would be
+    # indifferent between mask thresholds 0.5 and 0.85; pooled, fold 0 decides for 0.5
+    probs = ideal_probs(labels_for(3)).astype(np.float32)
+    probs[1][probs[1] > 0] = 0.9
+    save_npz(workspace / "fold1" / "predictions" / "d.npz", probs=probs.astype(np.float16), head=np.array("softmax"))
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["data"]["val_fold"], params["predict"]["out"] = 1, "fold1/predictions"
+    (workspace / "fold1.yaml").write_text(yaml.safe_dump(params))
+    grid = {"marker_threshold": [0.5], "mask_threshold": [0.85, 0.5], "flood": ["probability"]}
+    best, score = compare_variants.pooled_thresholds([workspace / "params.yaml", workspace / "fold1.yaml"], grid)
+    assert best == {"marker_threshold": 0.5, "mask_threshold": 0.5, "flood": "probability"}
+    alone, _ = compare_variants.pooled_thresholds([workspace / "fold1.yaml"], grid)
+    assert alone["mask_threshold"] == 0.85  # first of the tied grid values: fold 1 alone cannot tell
+    assert 0.5 < score <= 1.0
+
+
+def test_tuning_weighs_experiments_equally():
+    """Three images of one experiment want a low mask threshold, one image of another a high one:
+    the mean over images follows the big experiment, the mean over experiments does not."""
+    labels = labels_for(0)
+    good_low = ideal_probs(labels).astype(np.float32)           # rim P(mask) 0.8: threshold 0.85 loses it
+    halo = ideal_probs(labels).astype(np.float32)
+    grown = ndi.binary_dilation(labels > 0, iterations=3) & (labels == 0)
+    halo[1][grown] = 0.8                                         # a 3-px halo at P(mask) 0.8, rim at 0.9
+    halo[1][(labels > 0) & (halo[0] == 0)] = 0.9
+    samples = [(good_low, "softmax", labels, 1.0)] * 3 + [(halo, "softmax", labels, 1.0)]
+    grid, fixed = {"mask_threshold": [0.5, 0.85]}, {"marker_threshold": 0.5, "flood": "probability"}
+    by_image = tune.grid_search(samples, grid, fixed)
+    by_experiment = tune.grid_search(samples, grid, fixed, groups=["a", "a", "a", "b"])
+    assert by_image["mask_threshold"].iloc[0] == 0.5
+    assert by_experiment["mask_threshold"].iloc[0] == 0.85
+    row = by_experiment.set_index("mask_threshold").loc[0.85]
+    assert row["group_score"] > row["dsb_score"]  # experiment b counts as much as the three images of a
+
+
+def test_tune_balances_experiments_from_the_index(workspace, capsys):
+    write_ideal_predictions(workspace)
+    assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment") == 0
+    assert "no experiment groups" in capsys.readouterr().out  # index.csv without a group column
+    index = pd.read_csv(workspace / "prepared" / "index.csv")
+    index["group"] = [0, 0, 1, 2]
+    index.to_csv(workspace / "prepared" / "index.csv", index=False)
+    assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment") == 0
+    tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
+    assert tuned["objective"] == "mean over 2 experiments" and tuned["n_images"] == 3  # a, b | c
+    assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0
