@@ -14,9 +14,9 @@ training time (summed over folds) and hardware.
     python scripts/compare_variants.py --base params.yaml --runs runs/ --folds 0 1 2 3 4 \\
         --variants budget-unet-w16-d4-sigmoid budget-unet-w32-d4-sigmoid
 
-Variants are defined in :data:`VARIANTS`; ``--set key=value`` adds overrides to all of them
-(for example ``--set data.split=stratified``). ``--reuse`` keeps a fold whose model and
-predictions already exist (to add folds or re-tune without training again).
+Variants are defined in :data:`VARIANTS`; ``--set key=value`` adds overrides to all of them,
+after the variant's own (for example ``--set data.split=stratified``). ``--reuse`` keeps a fold
+whose model and predictions already exist (to add folds or re-tune without training again).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+#: The training schedule of the equal-budget variants (validation only after the last epoch, no TTA).
+BUDGET = {"train.epochs": 4, "train.val_every": 4, "train.batch_size": 8, "train.workers": 0, "predict.tta": "none"}
+
 #: name → overrides (dotted keys) on top of the base parameters.
 VARIANTS: dict[str, dict] = {
     "unet-softmax": {"model.arch": "unet", "model.head": "softmax", "loss.use_weight_maps": True},
@@ -48,16 +51,16 @@ VARIANTS: dict[str, dict] = {
     # Equal compute budget (issue 14): about 12 minutes of bf16 training on one core of the 2-core
     # VM for each, at the network rates of `benchmarks/bench_models.py --threads 1` plus ~13 ms of
     # augmentation a crop (4 epochs of samples_per_epoch crops; w16 d4 = the shipped configuration).
-    "budget-unet-w16-d4-sigmoid": {"model.arch": "unet", "model.head": "sigmoid", "model.width": 16,
+    "budget-unet-w16-d4-sigmoid": {**BUDGET, "model.arch": "unet", "model.head": "sigmoid", "model.width": 16,
                                    "model.depth": 4, "train.samples_per_epoch": 1600},
-    "budget-unet-w16-d4-softmax": {"model.arch": "unet", "model.head": "softmax", "model.width": 16,
+    "budget-unet-w16-d4-softmax": {**BUDGET, "model.arch": "unet", "model.head": "softmax", "model.width": 16,
                                    "model.depth": 4, "train.samples_per_epoch": 1600},
-    "budget-unet-w16-d5-sigmoid": {"model.arch": "unet", "model.head": "sigmoid", "model.width": 16,
+    "budget-unet-w16-d5-sigmoid": {**BUDGET, "model.arch": "unet", "model.head": "sigmoid", "model.width": 16,
                                    "model.depth": 5, "train.samples_per_epoch": 1600},
-    "budget-unet-w32-d4-sigmoid": {"model.arch": "unet", "model.head": "sigmoid", "model.width": 32,
+    "budget-unet-w32-d4-sigmoid": {**BUDGET, "model.arch": "unet", "model.head": "sigmoid", "model.width": 32,
                                    "model.depth": 4, "train.samples_per_epoch": 675},
-    "budget-smp-resnet18-sigmoid": {"model.arch": "smp", "model.encoder": "resnet18", "model.head": "sigmoid",
-                                    "train.samples_per_epoch": 1425},
+    "budget-smp-resnet18-sigmoid": {**BUDGET, "model.arch": "smp", "model.encoder": "resnet18",
+                                    "model.head": "sigmoid", "train.samples_per_epoch": 1425},
 }
 
 
@@ -151,27 +154,27 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
     paths = [fold_params(base, overrides, _mkdir(runs.resolve() / name / f"fold{k}"), k) for k in folds]
     times = [train_and_predict(p, reuse) for p in paths]
     thresholds, _ = pooled_thresholds(paths, grid, balance)
-    per_image, fold_scores = [], []
+    tables, fold_scores = [], []
     for path in paths:
         write_params(path, thresholds)
         run(nuclei("postprocess", path), path.parent / "log.txt")
         run(nuclei("evaluate", path), path.parent / "log.txt")
         fold_scores.append(json.loads((path.parent / "metrics" / "metrics.json").read_text())["dsb_score"])
-        per_image.append(pd.read_csv(path.parent / "metrics" / "per_image.csv"))
-    per_image = pd.concat(per_image, ignore_index=True)
+        tables.append(pd.read_csv(path.parent / "metrics" / "per_image.csv"))
+    per_image = pd.concat(tables, ignore_index=True)
     pooled, _, by_type = summarise(per_image)
     index = pd.read_csv(Path(base["data"]["prepared"]) / "index.csv")
-    groups = per_image["id"].map(dict(zip(index["id"], index.get("group", index["id"]))))
+    groups = per_image["id"].map(dict(zip(index["id"], index.get("group", index["id"]), strict=True)))
     row = {
         "variant": name,
         "cv_dsb": sum(fold_scores) / len(fold_scores),
-        "folds": dict(zip(map(str, folds), fold_scores)),
+        "folds": dict(zip(map(str, folds), fold_scores, strict=True)),
         "experiment_dsb": float(per_image["dsb_score"].groupby(groups.to_numpy()).mean().mean()),
         "n_experiments": int(groups.nunique()),
         "ap50": pooled["ap50"],
         "f1_50": pooled["f1_50"],
         "count_error": pooled["count_error"],
-        "by_type": dict(zip(by_type["image_type"], by_type["dsb_score"])),
+        "by_type": dict(zip(by_type["image_type"], by_type["dsb_score"], strict=True)),
         "n_images": pooled["n_images"],
         "train_s": round(sum(t["train"] for t in times)),
         "predict_s": round(sum(t["predict"] for t in times)),
@@ -195,32 +198,30 @@ def main() -> int:
                         help="validation folds (default: data.val_fold of the base parameters)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every variant, e.g. train.epochs=3 (value parsed as YAML)")
-    parser.add_argument("--marker", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.85, 0.9],
+    parser.add_argument("--marker", type=float, nargs="+", default=[0.7, 0.8, 0.85, 0.9, 0.95],
                         help="marker thresholds to tune over")
-    parser.add_argument("--mask", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.93],
+    parser.add_argument("--mask", type=float, nargs="+", default=[0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99],
                         help="mask thresholds to tune over")
     parser.add_argument("--flood", nargs="+", default=["probability"], choices=("probability", "distance"))
-    parser.add_argument("--tune", default=None, help=argparse.SUPPRESS)  # old form: "--marker .. --mask .."
     parser.add_argument("--balance", choices=("image", "experiment"), default="image",
                         help="tuning objective, as `nuclei tune --balance` (default: %(default)s)")
     parser.add_argument("--reuse", action="store_true", help="keep folds already trained and predicted")
     args = parser.parse_args()
-    if args.tune:
-        args = parser.parse_args(sys.argv[1:] + args.tune.split())
     base = yaml.safe_load(Path(args.base).read_text())
+    extra = {}  # applied after each variant's own overrides
     for item in args.set:
         key, _, value = item.partition("=")
-        set_dotted(base, key, yaml.safe_load(value))
-    folds = args.folds if args.folds is not None else [int(base["data"].get("val_fold", 0))]
+        extra[key] = yaml.safe_load(value)
+    folds = args.folds if args.folds is not None else [int(extra.get("data.val_fold", base["data"].get("val_fold", 0)))]
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood}
     runs = Path(args.runs)
     rows = []
     for name in args.variants:
-        row = run_variant(name, base, VARIANTS[name], runs, folds, grid, args.reuse, args.balance)
+        row = run_variant(name, base, VARIANTS[name] | extra, runs, folds, grid, args.reuse, args.balance)
         rows.append(row)
         print(json.dumps(row), flush=True)
     hardware = f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores"
-    split = base["data"].get("split", "stratified")
+    split = extra.get("data.split", base["data"].get("split", "stratified"))
     print(f"\n{split} folds {' '.join(map(str, folds))}, {hardware}\n")
     print("| variant | CV DSB2018 | per fold | per experiment | AP@0.5 | F1@0.5 | count error | train s "
           "| marker/mask/flood |")
