@@ -114,9 +114,10 @@ def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarra
 def blob_diameter(image: np.ndarray, max_side: int = 512) -> float:
     """Typical diameter of the bright blobs of an image, from its Laplacian-of-Gaussian scale space.
 
-    The scale-normalised response ``−σ² ∇²G_σ * image`` is computed for σ from 1.4 to 64 px (quarter
-    octaves, on an image pyramid so that no filter is wider than σ = 4 px) on the grey image (inverted when the background is bright, so that dark nuclei on
-    bright-field or H&E images count as blobs), shrunk to at most ``max_side`` px; the σ whose
+    The scale-normalised response ``−σ² ∇²G_σ * image`` is computed for σ from 1.4 to 64 px
+    (quarter octaves, on an image pyramid so that no filter is wider than σ = 4 px) on the grey
+    image (inverted when the background is bright, so that dark nuclei on bright-field or H&E
+    images count as blobs), shrunk to at most ``max_side`` px; the σ whose
     99th-percentile response is largest gives the diameter ``2√2 σ`` (a disc of that diameter
     responds most at that σ), divided by :data:`BLOB_CALIBRATION`. Scale-equivariant: the same
     image at twice the size gives twice the diameter.

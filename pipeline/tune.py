@@ -37,6 +37,12 @@ GRID = {
 }
 
 
+def experiment_mean(scores, groups) -> float:
+    """Mean over experiments of each experiment's mean score: every experiment (acquisition
+    group) counts once, whatever its number of images. ``scores`` and ``groups``: one per image."""
+    return float(pd.Series(np.asarray(scores, dtype=float)).groupby(np.asarray(groups)).mean().mean())
+
+
 def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: dict[str, list],
                 fixed: dict[str, Any], groups=None) -> pd.DataFrame:
     """Mean DSB2018 score of every combination of ``grid``.
@@ -76,7 +82,7 @@ def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: 
         ]
         row = dict(zip(keys, values, strict=True)) | {"dsb_score": float(np.mean(scores))}
         if groups is not None:
-            row["group_score"] = float(pd.Series(scores).groupby(np.asarray(groups)).mean().mean())
+            row["group_score"] = experiment_mean(scores, groups)
         rows.append(row)
     by = "group_score" if groups is not None else "dsb_score"
     return pd.DataFrame(rows).sort_values(by, ascending=False, kind="stable").reset_index(drop=True)

@@ -148,8 +148,10 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
     """Cross-validate one variant; returns its table row."""
     import pandas as pd
 
+    from pipeline.config import load_config
     from pipeline.evaluate import summarise
-    from pipeline.tune import write_params
+    from pipeline.prepare import read_index
+    from pipeline.tune import experiment_mean, write_params
 
     paths = [fold_params(base, overrides, _mkdir(runs.resolve() / name / f"fold{k}"), k) for k in folds]
     times = [train_and_predict(p, reuse) for p in paths]
@@ -163,13 +165,13 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
         tables.append(pd.read_csv(path.parent / "metrics" / "per_image.csv"))
     per_image = pd.concat(tables, ignore_index=True)
     pooled, _, by_type = summarise(per_image)
-    index = pd.read_csv(Path(base["data"]["prepared"]) / "index.csv")
+    index = read_index(load_config(paths[0]).data.prepared)  # the folds' data, after --set
     groups = per_image["id"].map(dict(zip(index["id"], index.get("group", index["id"]), strict=True)))
     row = {
         "variant": name,
         "cv_dsb": sum(fold_scores) / len(fold_scores),
         "folds": dict(zip(map(str, folds), fold_scores, strict=True)),
-        "experiment_dsb": float(per_image["dsb_score"].groupby(groups.to_numpy()).mean().mean()),
+        "experiment_dsb": experiment_mean(per_image["dsb_score"], groups),
         "n_experiments": int(groups.nunique()),
         "ap50": pooled["ap50"],
         "f1_50": pooled["f1_50"],
