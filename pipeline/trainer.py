@@ -156,7 +156,10 @@ class Trainer:
         from pipeline.networks import build_model
 
         cfg, cuda = self.cfg, self.device.type == "cuda"
-        self.model = prepare_model(build_model(self.model_cfg), self.device)
+        network = build_model(self.model_cfg)
+        if cfg.init:  # a resumed run's checkpoint then replaces these weights
+            self.initialise(network, Path(cfg.init))
+        self.model = prepare_model(network, self.device)
         self.net = self.model  # what the training step calls
         if self.world > 1:
             ids = [self.device.index] if cuda else None
@@ -175,6 +178,22 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.segment = postprocess_function(self.head, self.config.postprocess)
+
+    def initialise(self, network: nn.Module, model_dir: Path) -> None:
+        """Start from the weights of ``model_dir`` (``train.init``: fine-tuning).
+
+        The model directory must hold the architecture of ``model`` in params.yaml; optimiser and
+        schedule start afresh.
+        """
+        from pipeline.model_dir import load_model_dir
+
+        trained, config = load_model_dir(model_dir)
+        ours = {k: v for k, v in self.model_cfg.to_dict().items() if k != "encoder_weights"}
+        theirs = {k: config["model"].get(k) for k in ours}
+        if ours != theirs:
+            diff = ", ".join(f"{k} {theirs[k]!r} (params.yaml: {ours[k]!r})" for k in ours if ours[k] != theirs[k])
+            raise NucleiError(f"{model_dir}: train.init has another architecture: {diff}")
+        network.load_state_dict(trained.state_dict())
 
     def model_config(self) -> dict[str, Any]:
         """What a model directory records besides provenance (see :mod:`pipeline.model_dir`)."""

@@ -80,6 +80,30 @@ def test_one_epoch_writes_checkpoint_model_dir_and_metrics(data_root, tmp_path):
     assert not list(out.glob(".*"))  # no temporary files left
 
 
+def test_init_starts_from_a_model_directory(data_root, tmp_path):
+    trained = train(params_for(data_root, tmp_path / "a", lr=0.01))
+    reference, _ = load_model_dir(trained)
+
+    def convolutions(model_dir):
+        model, _ = load_model_dir(model_dir)
+        return {k: v for k, v in model.state_dict().items() if k.endswith("weight") and v.ndim == 4}
+
+    # with a vanishing learning rate the run keeps the weights it started from
+    tuned = train(params_for(data_root, tmp_path / "b", lr=1e-12, init=str(trained)))
+    fresh = train(params_for(data_root, tmp_path / "c", lr=1e-12))
+    start = {k: v for k, v in reference.state_dict().items() if k in convolutions(tuned)}
+    for key, value in convolutions(tuned).items():
+        torch.testing.assert_close(value, start[key], atol=1e-3, rtol=1e-3)
+    assert any(not torch.allclose(v, start[k], atol=1e-3) for k, v in convolutions(fresh).items())
+
+    other = params_for(data_root, tmp_path / "d", init=str(trained))
+    other["model"]["width"] = 8
+    with pytest.raises(NucleiError, match=r"train\.init has another architecture: width"):
+        train(other)
+    with pytest.raises(NucleiError, match="model directory not found"):
+        train(params_for(data_root, tmp_path / "e", init=str(tmp_path / "missing")))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("when", ["after the first checkpoint", "while writing the second checkpoint"])
 def test_resume_after_interruption_gives_identical_weights(data_root, tmp_path, monkeypatch, when, precision):
