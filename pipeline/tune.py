@@ -1,6 +1,7 @@
 """``nuclei tune``: grid-search the post-processing thresholds on the validation fold.
 
-Every combination of marker threshold, mask threshold and flood relief is applied to the
+Every combination of marker threshold, mask threshold, flood relief and relative minimum size
+(``min_relative_size``) is applied to the
 validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
 the DSB2018 score. The objective is the mean over images (``--balance image``, the default: the
 competition's average) or over **experiments** (``--balance experiment``: the mean over the
@@ -34,6 +35,7 @@ GRID = {
     "marker_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
     "mask_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
     "flood": ["probability", "distance"],
+    "min_relative_size": [0.0, 0.1, 0.2, 0.3],
 }
 
 
@@ -69,21 +71,29 @@ def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: 
     """
     from pipeline.io import progress
     from pipeline.metrics import dsb_score
-    from pipeline.watershed import postprocess_to_shape
+    from pipeline.watershed import postprocess_to_shape, remove_relatively_small
 
-    keys = list(grid)
+    # min_relative_size is applied last (postprocess_to_shape), so each watershed serves all its values
+    fractions = grid.get("min_relative_size", [fixed.get("min_relative_size", 0.0)])
+    keys = [k for k in grid if k != "min_relative_size"]
     combos = list(itertools.product(*(grid[k] for k in keys)))
     rows = []
     for values in progress(combos, desc="tune", unit="setting"):
-        kwargs = fixed | dict(zip(keys, values, strict=True))
-        scores = [
-            dsb_score(true, postprocess_to_shape(probs, head, true.shape, *(rest or (1.0,)), **kwargs))
+        kwargs = fixed | dict(zip(keys, values, strict=True)) | {"min_relative_size": 0.0}
+        labels = [
+            postprocess_to_shape(probs, head, true.shape, *(rest or (1.0,)), **kwargs)
             for probs, head, true, *rest in samples
         ]
-        row = dict(zip(keys, values, strict=True)) | {"dsb_score": float(np.mean(scores))}
-        if groups is not None:
-            row["group_score"] = experiment_mean(scores, groups)
-        rows.append(row)
+        for fraction in fractions:
+            scores = [
+                dsb_score(true, remove_relatively_small(pred, fraction))
+                for (_, _, true, *_), pred in zip(samples, labels, strict=True)
+            ]
+            row = dict(zip(keys, values, strict=True)) | {"min_relative_size": fraction}
+            row["dsb_score"] = float(np.mean(scores))
+            if groups is not None:
+                row["group_score"] = experiment_mean(scores, groups)
+            rows.append(row)
     by = "group_score" if groups is not None else "dsb_score"
     return pd.DataFrame(rows).sort_values(by, ascending=False, kind="stable").reset_index(drop=True)
 
@@ -164,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mask thresholds to try (default: %(default)s)")
     parser.add_argument("--flood", nargs="+", choices=("probability", "distance"), default=GRID["flood"],
                         help="flood reliefs to try (default: both)")
+    parser.add_argument("--relative", type=float, nargs="+", default=GRID["min_relative_size"],
+                        help="min_relative_size values to try: nuclei smaller than this fraction of the "
+                             "image's median nucleus are removed (default: %(default)s)")
     parser.add_argument("--write", metavar="PARAMS", default=None,
                         help="also set the best values in the postprocess section of this parameters file")
     parser.add_argument("--balance", choices=("image", "experiment"), default="image",
@@ -210,7 +223,8 @@ def main(args: argparse.Namespace) -> int:
         groups = None
     objective = "group_score" if groups is not None else "dsb_score"
     what = (f"mean over {len(set(groups))} experiments" if groups is not None else "mean over images")
-    grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood}
+    grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood,
+            "min_relative_size": args.relative}
     fixed = {k: v for k, v in current.items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups)
     print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))

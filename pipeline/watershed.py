@@ -12,7 +12,9 @@ P(mask) and P(mask − border) come from the head's decoding
    Euclidean distance to the background (``flood='distance'``), restricted to the foreground;
    foreground components that hold no marker at all become nuclei of their own;
 4. holes are filled (background enclosed by one nucleus), nuclei smaller than ``min_size``
-   pixels are removed and the labels are renumbered 1..N.
+   pixels are removed, then those smaller than ``min_relative_size`` times the median area of
+   the image's nuclei (specks beside real nuclei, whatever the scale), and the labels are
+   renumbered 1..N.
 
 Must not: know a head's channel layout (ask :mod:`pipeline.heads`), keep threshold defaults
 (:class:`pipeline.config.PostprocessConfig`), or import torch.
@@ -108,6 +110,7 @@ def postprocess(
     mask_threshold: float = 0.5,
     min_marker_size: int = 4,
     min_size: int = 10,
+    min_relative_size: float = 0.0,
     flood: str = "probability",
 ) -> np.ndarray:
     """Marker-controlled watershed of a probability map into instance labels.
@@ -126,6 +129,9 @@ def postprocess(
         Marker components smaller than this (pixels) are dropped.
     min_size : int
         Nuclei smaller than this (pixels) are removed.
+    min_relative_size : float
+        Then nuclei smaller than this fraction of the median nucleus area (of those left) are
+        removed; 0 keeps them all.
     flood : {'probability', 'distance'}
         Flood over −P(mask) or over −(distance to the background).
 
@@ -152,7 +158,29 @@ def postprocess(
         extra, _ = ndi.label(unmarked)
         labels[unmarked] = extra[unmarked] + labels.max()
 
-    return remove_small(fill_holes(labels), min_size)
+    labels = remove_small(fill_holes(labels), min_size)
+    return remove_relatively_small(labels, min_relative_size)
+
+
+def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Remove the labels smaller than ``fraction`` times the median label area; renumber 1..N.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    fraction : float
+        In [0, 1]; 0 returns ``labels`` unchanged.
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    if fraction <= 0 or areas.size == 0:
+        return labels
+    return remove_small(labels, int(np.ceil(fraction * np.median(areas))))
 
 
 def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], scale: float = 1.0,
@@ -164,7 +192,8 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     Enlarged images (``scale > 1``, small nuclei) are post-processed at the network's scale and
     the labels resized back by nearest neighbour, so that the 1–2 px gaps between touching nuclei
     survive; others get their probabilities resized back and are post-processed at full
-    resolution (smooth outlines), with the sizes converted to px².
+    resolution (smooth outlines), with the sizes converted to px². ``min_relative_size`` is
+    applied last, on the original grid.
 
     Parameters
     ----------
@@ -181,9 +210,12 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     """
     from pipeline.scale import resize_labels, resize_probabilities
 
+    fraction = kwargs.pop("min_relative_size", 0.0)
     if scale > 1:
-        return remove_small(resize_labels(postprocess(probs, head, **kwargs), tuple(shape)), 1)
-    return postprocess(resize_probabilities(probs, tuple(shape)), head, **sizes_at_scale(kwargs, scale))
+        labels = remove_small(resize_labels(postprocess(probs, head, **kwargs), tuple(shape)), 1)
+    else:
+        labels = postprocess(resize_probabilities(probs, tuple(shape)), head, **sizes_at_scale(kwargs, scale))
+    return remove_relatively_small(labels, fraction)
 
 
 def sizes_at_scale(kwargs: dict[str, Any], scale: float) -> dict[str, Any]:
@@ -211,7 +243,8 @@ def thresholds(cfg: PostprocessConfig | dict[str, Any] | None, source: str | Pat
     Returns
     -------
     kwargs : dict
-        ``marker_threshold``, ``mask_threshold``, ``min_marker_size``, ``min_size``, ``flood``.
+        ``marker_threshold``, ``mask_threshold``, ``min_marker_size``, ``min_size``,
+        ``min_relative_size``, ``flood``.
     """
     if not isinstance(cfg, PostprocessConfig):
         keys = PostprocessConfig.THRESHOLDS

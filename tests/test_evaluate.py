@@ -147,7 +147,7 @@ def test_tune_finds_and_writes_best(workspace, capsys):
     write_ideal_predictions(workspace)
     # the ideal maps have P(mask) = 0.8 on the rim: a mask threshold of 0.85 loses it
     assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5,
-               balance="image") == 0
+               balance="image", relative=[0.0]) == 0
     out = capsys.readouterr().out
     assert "best" in out
     best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
@@ -188,10 +188,35 @@ def test_thresholds_are_tuned_on_all_folds_together(workspace):
     (workspace / "fold1.yaml").write_text(yaml.safe_dump(params))
     grid = {"marker_threshold": [0.5], "mask_threshold": [0.85, 0.5], "flood": ["probability"]}
     best, score = compare_variants.pooled_thresholds([workspace / "params.yaml", workspace / "fold1.yaml"], grid)
-    assert best == {"marker_threshold": 0.5, "mask_threshold": 0.5, "flood": "probability"}
+    assert best == {"marker_threshold": 0.5, "mask_threshold": 0.5, "flood": "probability", "min_relative_size": 0.0}
     alone, _ = compare_variants.pooled_thresholds([workspace / "fold1.yaml"], grid)
     assert alone["mask_threshold"] == 0.85  # first of the tied grid values: fold 1 alone cannot tell
     assert 0.5 < score <= 1.0
+
+
+def test_relative_size_is_tuned_as_postprocess_applies_it():
+    """grid_search scores each min_relative_size on one watershed per setting: the scores must be
+    those of postprocess_to_shape with that value, and a speck of predicted noise is dropped."""
+    from pipeline.metrics import dsb_score
+    from pipeline.watershed import postprocess_to_shape
+
+    samples = []
+    for seed, scale in ((0, 1.0), (1, 0.5), (2, 2.0)):
+        labels = labels_for(seed)
+        probs = ideal_probs(labels).astype(np.float32)
+        probs[:, 40:43, 2:5] = [[0.9], [0.0], [0.1]]  # a 9-px speck, 8 % of a nucleus (113 px)
+        if scale != 1.0:
+            probs = ndi.zoom(probs, (1, scale, scale), order=1)
+        samples.append((probs, "softmax", labels, scale))
+    grid = {"min_relative_size": [0.0, 0.2], "mask_threshold": [0.5]}
+    fixed = {"marker_threshold": 0.5, "flood": "probability", "min_size": 2, "min_marker_size": 1}
+    table = tune.grid_search(samples, grid, fixed).set_index("min_relative_size")
+    for fraction in (0.0, 0.2):
+        direct = np.mean([dsb_score(true, postprocess_to_shape(p, h, true.shape, s, **fixed, mask_threshold=0.5,
+                                                                min_relative_size=fraction))
+                          for p, h, true, s in samples])
+        assert table.loc[fraction, "dsb_score"] == pytest.approx(direct)
+    assert table.loc[0.2, "dsb_score"] > table.loc[0.0, "dsb_score"]
 
 
 def test_tuning_weighs_experiments_equally():
@@ -215,12 +240,14 @@ def test_tuning_weighs_experiments_equally():
 
 def test_tune_balances_experiments_from_the_index(workspace, capsys):
     write_ideal_predictions(workspace)
-    assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment") == 0
+    assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
+               relative=[0.0]) == 0
     assert "no experiment groups" in capsys.readouterr().out  # index.csv without a group column
     index = pd.read_csv(workspace / "prepared" / "index.csv")
     index["group"] = [0, 0, 1, 2]
     index.to_csv(workspace / "prepared" / "index.csv", index=False)
-    assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment") == 0
+    assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
+               relative=[0.0]) == 0
     tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
     assert tuned["objective"] == "mean over 2 experiments" and tuned["n_images"] == 3  # a, b | c
     assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0

@@ -10,7 +10,15 @@ from scipy import ndimage as ndi
 
 from pipeline.errors import NucleiError
 from pipeline.io import read_labels, save_npz
-from pipeline.watershed import fill_holes, main, postprocess, remove_small, thresholds
+from pipeline.watershed import (
+    fill_holes,
+    main,
+    postprocess,
+    postprocess_to_shape,
+    remove_relatively_small,
+    remove_small,
+    thresholds,
+)
 
 SHAPE = (96, 128)
 
@@ -86,6 +94,27 @@ def test_small_objects_and_markers_dropped():
     assert labels.max() == 1 and not labels[small].any()
     # with min_size 0 the small one survives as its own nucleus
     assert postprocess(probs_for([big, small], "softmax"), "softmax", min_size=0).max() == 2
+
+
+def test_relatively_small_objects_dropped_at_any_scale():
+    nuclei = [disc(SHAPE, (30, 30), 12), disc(SHAPE, (30, 90), 11), disc(SHAPE, (75, 40), 12)]
+    speck = disc(SHAPE, (75, 100), 3)  # 29 px, 6 % of the median nucleus
+    probs = probs_for([*nuclei, speck], "softmax")
+    assert postprocess(probs, "softmax", min_size=10).max() == 4
+    labels = postprocess(probs, "softmax", min_size=10, min_relative_size=0.2)
+    assert labels.max() == 3 and not labels[speck].any() and set(np.unique(labels)) == {0, 1, 2, 3}
+    # the rule is relative: the same scene at half or double the size loses the same speck
+    for scale in (0.5, 2.0):
+        shape = (round(SHAPE[0] * scale), round(SHAPE[1] * scale))
+        resized = ndi.zoom(probs, (1, shape[0] / SHAPE[0], shape[1] / SHAPE[1]), order=1)
+        kwargs = dict(min_size=2, min_relative_size=0.2)
+        assert postprocess_to_shape(resized, "softmax", SHAPE, scale, **kwargs).max() == 3
+        assert postprocess_to_shape(resized, "softmax", SHAPE, scale, min_size=2).max() == 4
+    empty = np.zeros(SHAPE, np.int32)
+    assert remove_relatively_small(empty, 0.5).max() == 0
+    one = np.zeros(SHAPE, np.int32)
+    one[:3, :3] = 7
+    assert remove_relatively_small(one, 0.9).max() == 1  # the median of one nucleus is itself
 
 
 def test_empty_map_gives_no_nuclei():
