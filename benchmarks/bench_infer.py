@@ -36,7 +36,7 @@ from scipy import ndimage as ndi
 from pipeline.config import ROOT, load_params
 from pipeline.heads import get_head
 from pipeline.inference import Predictor, load_predictor
-from pipeline.io import read_kaggle_sample
+from pipeline.kaggle import read_kaggle_sample
 from pipeline.model_dir import save_model_dir
 from pipeline.networks import build_model
 from pipeline.targets import border_mask

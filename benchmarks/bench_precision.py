@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config, load_params  # noqa: E402
-from pipeline.io import iter_kaggle_root, load_npz  # noqa: E402
+from pipeline.io import load_npz  # noqa: E402
+from pipeline.kaggle import iter_kaggle_root  # noqa: E402
 from pipeline.metrics import dsb_score  # noqa: E402
 from pipeline.prepare import validation_index  # noqa: E402
 from pipeline.segmenter import Segmenter  # noqa: E402

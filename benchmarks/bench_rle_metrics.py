@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from pipeline.io import iter_kaggle_root  # noqa: E402
+from pipeline.kaggle import iter_kaggle_root  # noqa: E402
 from pipeline.metrics import iou_matrix  # noqa: E402
 from pipeline.rle import decode_image, encode_labels, submission_frame, validate_submission  # noqa: E402
 from pipeline.score import score_submission  # noqa: E402

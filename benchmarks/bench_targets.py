@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import load_config
-from pipeline.io import list_kaggle_ids, read_kaggle_sample, save_npz
+from pipeline.io import save_npz
+from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 from pipeline.targets import make_targets
 from pipeline.weights import separation_weights, separation_weights_exact
 

@@ -337,7 +337,8 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def _prediction_inputs(config: Config) -> list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]:
     """``(id, loader of the image as stored (uint8 RGB), (H, W))`` for the validation fold and the test root."""
-    from pipeline.io import load_npz, read_kaggle_sample
+    from pipeline.io import load_npz
+    from pipeline.kaggle import read_kaggle_sample
     from pipeline.prepare import validation_index
 
     data = config.data
@@ -349,7 +350,7 @@ def _prediction_inputs(config: Config) -> list[tuple[str, Callable[[], np.ndarra
         for row in val.itertuples()
     ]
     if data.test_root:
-        from pipeline.io import list_kaggle_ids
+        from pipeline.kaggle import list_kaggle_ids
 
         root = Path(data.test_root)
         for sample_id in list_kaggle_ids(root):

@@ -21,7 +21,8 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.io import list_kaggle_ids, progress, read_kaggle_sample, save_npz, write_csv
+from pipeline.io import progress, save_npz, write_csv
+from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
 #: The four image types of the DSB2018 data, used to stratify the folds.
 IMAGE_TYPES = ("fluo-small", "fluo-large", "brightfield", "histology")

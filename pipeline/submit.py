@@ -52,7 +52,8 @@ def submission_for(root: str | Path, segmenter, check: bool = True
         No samples in ``root``, or images that cannot be read (:func:`unreadable_images`, checked
         before any prediction).
     """
-    from pipeline.io import list_kaggle_ids, progress, read_kaggle_sample
+    from pipeline.io import progress
+    from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
     from pipeline.rle import encode_labels, submission_frame
 
     root = Path(root)
@@ -73,7 +74,8 @@ def submission_for(root: str | Path, segmenter, check: bool = True
 
 def unreadable_images(root: Path, ids: list[str]) -> list[str]:
     """Read every image of a Kaggle test root once; one error line per image that fails."""
-    from pipeline.io import progress, read_kaggle_sample
+    from pipeline.io import progress
+    from pipeline.kaggle import read_kaggle_sample
 
     problems = []
     for sample_id in progress(ids, desc="checking", total=len(ids)):
@@ -98,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """``nuclei submit TEST_ROOT -o submission.csv [--model DIR]``."""
     from pipeline.inference import predictor_options
-    from pipeline.io import check_writable_file, list_kaggle_ids
+    from pipeline.io import check_writable_file
+    from pipeline.kaggle import list_kaggle_ids
     from pipeline.rle import write_submission
     from pipeline.segmenter import Segmenter
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import NucleiError
-from pipeline.io import iter_kaggle_root, write_csv
+from pipeline.io import write_csv
+from pipeline.kaggle import iter_kaggle_root
 from pipeline.rle import encode_labels, validate_submission
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from pipeline.checkpoints import load_checkpoint  # noqa: E402
 from pipeline.config import ROOT, load_params  # noqa: E402
 from pipeline.inference import Predictor  # noqa: E402
 from pipeline.intensity import normalization_kwargs, normalize_image  # noqa: E402
-from pipeline.io import read_kaggle_sample  # noqa: E402
+from pipeline.kaggle import read_kaggle_sample  # noqa: E402
 from pipeline.model_dir import load_model_dir, save_model_dir  # noqa: E402
 from pipeline.watershed import thresholds  # noqa: E402
 

@@ -8,17 +8,8 @@ import tifffile
 from PIL import Image
 
 from pipeline.errors import NucleiError
-from pipeline.io import (
-    atomic_path,
-    iter_kaggle_root,
-    list_images,
-    masks_to_labels,
-    read_image,
-    read_image_planes,
-    read_kaggle_sample,
-    read_labels,
-    write_labels,
-)
+from pipeline.io import atomic_path, list_images, read_image, read_image_planes, read_labels, write_labels
+from pipeline.kaggle import iter_kaggle_root, masks_to_labels, read_kaggle_sample
 
 from .conftest import disc
 
