@@ -98,6 +98,15 @@ def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: 
     return pd.DataFrame(rows).sort_values(by, ascending=False, kind="stable").reset_index(drop=True)
 
 
+def best_setting(table: pd.DataFrame) -> tuple[dict[str, Any], dict[str, float]]:
+    """The first (best) row of a :func:`grid_search` table: the setting (plain Python values) and
+    its scores (``dsb_score`` [and ``group_score``])."""
+    row = table.iloc[0]
+    scores = {k: float(v) for k, v in row.items() if k in ("dsb_score", "group_score")}
+    setting = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items() if k not in scores}
+    return setting, scores
+
+
 def update_section(text: str, name: str, values: dict[str, Any]) -> str:
     """Replace the values of keys of a top-level YAML section, keeping everything else.
 
@@ -228,9 +237,7 @@ def main(args: argparse.Namespace) -> int:
     fixed = {k: v for k, v in current.items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups)
     print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    scores = {k: float(v) for k, v in table.iloc[0].items() if k in ("dsb_score", "group_score")}
-    best = {k: (float(v) if isinstance(v, float | np.floating) else v)
-            for k, v in table.iloc[0].items() if k not in scores}
+    best, scores = best_setting(table)
     now = grid_search(samples, {}, current, groups).iloc[0]
     if float(now[objective]) >= scores[objective]:  # no improvement: keep what is there
         best, scores = {k: current[k] for k in grid}, {k: float(now[k]) for k in scores}

@@ -127,7 +127,7 @@ def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: s
     (acquisition groups) or over images. Returns the grid values of the best row and its score.
     """
     from pipeline.config import load_config
-    from pipeline.tune import grid_search, validation_samples
+    from pipeline.tune import best_setting, grid_search, validation_samples
 
     samples, groups, fixed = [], [], None
     for path in param_paths:
@@ -137,10 +137,8 @@ def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: s
         groups = None if fold_groups is None or groups is None else groups + fold_groups
         fixed = {k: v for k, v in config.postprocess.thresholds().items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups if balance == "experiment" else None)
-    best = table.iloc[0].to_dict()
-    score = float(best.pop("group_score", best["dsb_score"]))
-    best.pop("dsb_score")
-    return {k: (float(v) if isinstance(v, float) else v) for k, v in best.items()}, score
+    best, scores = best_setting(table)
+    return best, scores.get("group_score", scores["dsb_score"])
 
 
 def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[int],
