@@ -66,7 +66,7 @@ def main() -> int:
         f"model {model_dir}; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
         f"torch threads {torch.get_num_threads()}, torch {torch.__version__}"
     )
-    settings = Settings.from_params(load_params())  # the segment section of params.yaml
+    settings = Settings.from_params(load_params()).segment  # the segment section of params.yaml
     big = [
         d
         for d in sorted(SAMPLE.iterdir())
@@ -78,9 +78,7 @@ def main() -> int:
     for precision in ("fp32", "auto"):
         t0 = time.perf_counter()
         segmenter = Segmenter.from_model_dir(
-            model_dir, device="cpu", tta=settings.tta, tile_size=settings.tile_size,
-            overlap=settings.overlap, batch_size=settings.batch_size, precision=precision,
-            block_size=settings.block_size, block_margin=settings.block_margin,
+            model_dir, **{**settings.segmenter_options(), "device": "cpu", "precision": precision},
         )  # fmt: skip
         load_s = time.perf_counter() - t0
         print(f"\nprecision {precision} -> {segmenter.predictor.precision} (channels_last); model load "

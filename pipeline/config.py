@@ -350,6 +350,11 @@ class SegmentConfig(Section):
     block_margin: int = setting(128, whole(0))
     thumbnail: int = setting(320, whole(1))
 
+    def segmenter_options(self) -> dict[str, Any]:
+        """:meth:`pipeline.segmenter.Segmenter.from_model_dir` keywords."""
+        keys = ("device", "tta", "tile_size", "overlap", "batch_size", "precision", "block_size", "block_margin")
+        return {k: getattr(self, k) for k in keys}
+
     def check(self, source):
         if self.block_size <= 2 * self.block_margin:
             raise self.error(source, "segment.block_size must exceed twice segment.block_margin")

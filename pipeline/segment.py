@@ -29,7 +29,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,27 +69,21 @@ MIN_SIDE = 8
 
 @dataclass
 class Settings:
-    """Everything :func:`segment_images` needs besides the inputs (from params.yaml + flags);
-    defaults are those of :class:`pipeline.config.SegmentConfig`."""
+    """Everything :func:`segment_images` needs besides the inputs: the ``segment`` section of
+    params.yaml (:class:`pipeline.config.SegmentConfig`) and the per-run flags."""
 
     model_dir: Path
-    device: str = SegmentConfig.device
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     pixel_size: float | None = None
     diameter: float | None = None
-    tta: str = SegmentConfig.tta
-    tile_size: int = SegmentConfig.tile_size
-    overlap: int = SegmentConfig.overlap
-    batch_size: int = SegmentConfig.batch_size
-    precision: str = SegmentConfig.precision
-    block_size: int = SegmentConfig.block_size
-    block_margin: int = SegmentConfig.block_margin
-    thumbnail: int = SegmentConfig.thumbnail
 
     @classmethod
     def from_params(
         cls, params: dict[str, Any] | None = None, source: str | Path = "params.yaml", **overrides: Any
     ) -> Settings:
         """Build from the ``segment`` section of params.yaml; ``None`` overrides are ignored.
+
+        ``overrides``: ``model_dir``, ``pixel_size``, ``diameter`` and any ``segment`` key.
 
         Raises
         ------
@@ -99,11 +93,11 @@ class Settings:
         overrides = {k: v for k, v in overrides.items() if v is not None}
         flags = {k: overrides.pop(k) for k in ("model_dir", "pixel_size", "diameter") if k in overrides}
         section = dict((params or {}).get("segment") or {})
-        cfg = SegmentConfig.from_dict({**section, **overrides}, source).to_dict()
-        model = Path(cfg.pop("model"))
+        segment = SegmentConfig.from_dict({**section, **overrides}, source)
+        model = Path(segment.model)
         if not model.is_absolute():  # params.yaml paths are relative to the repository
             model = ROOT / model
-        settings = cls(model_dir=Path(flags.pop("model_dir", model)), **flags, **cfg)
+        settings = cls(model_dir=Path(flags.pop("model_dir", model)), segment=segment, **flags)
         if settings.diameter is not None and not (
             math.isfinite(settings.diameter) and settings.diameter > 0
         ):
@@ -238,7 +232,7 @@ def _segment_plane(
     del image
     written.append(run.outdir / files["overlay_file"])
     write_png(written[-1], overlay)
-    run.thumbnails[name] = encode_png(thumbnail(overlay, settings.thumbnail))
+    run.thumbnails[name] = encode_png(thumbnail(overlay, settings.segment.thumbnail))
     del overlay
     table = measure_nuclei(labels, intensity, settings.pixel_size)
     table.insert(0, "image", name)
@@ -383,7 +377,7 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: _Run, cfg: Se
     area = "area_um2" if cfg.pixel_size is not None else "area_px"
     info = {
         "model": str(cfg.model_dir),
-        "device": str(getattr(segmenter, "device", cfg.device)),
+        "device": str(getattr(segmenter, "device", cfg.segment.device)),
         "time": f"{seconds:.1f} s",
         "written": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -434,17 +428,7 @@ def _load(settings: Settings):
             f"{settings.model_dir}: model directory not found (pass --model DIR or set segment.model "
             "in params.yaml)"
         )
-    return Segmenter.from_model_dir(
-        settings.model_dir,
-        device=settings.device,
-        tta=settings.tta,
-        tile_size=settings.tile_size,
-        overlap=settings.overlap,
-        batch_size=settings.batch_size,
-        precision=settings.precision,
-        block_size=settings.block_size,
-        block_margin=settings.block_margin,
-    )
+    return Segmenter.from_model_dir(settings.model_dir, **settings.segment.segmenter_options())
 
 
 # --------------------------------------------------------------------------- command line
