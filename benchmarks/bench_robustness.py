@@ -21,7 +21,8 @@ most ``--crop`` px a side. Conditions, applied to the image and (for geometry) t
 Every model runs through :class:`pipeline.segmenter.Segmenter` exactly as ``nuclei segment`` does
 (estimated diameter; ``--oracle`` adds a run given the true median nucleus diameter). Printed per
 condition and model: DSB2018 score, AP@0.5, median counting error (|pred − true| / true per
-image), and the predicted/true total. Default models: ``--model`` models/default, ``--baseline``
+image), and the predicted/true total; per model, the diameter estimate's accuracy, the goals, and
+the confidence calibration (the 2nd percentile that ``MIN_CONFIDENCE`` is set to). Default models: ``--model`` models/default, ``--baseline``
 none.
 """
 
@@ -44,10 +45,24 @@ from pipeline.io import load_npz, write_csv  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
 from pipeline.prepare import validation_index  # noqa: E402
 from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_shape  # noqa: E402
-from pipeline.segmenter import Segmenter  # noqa: E402
+from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
 CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain")
+#: The conditions :data:`pipeline.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
+CALIBRATION = ("x0.5", "x1", "x2", "noise", "stain")
+
+
+def confidence_calibration(rows: pd.DataFrame, threshold: float = MIN_CONFIDENCE) -> str:
+    """One line on the confidence flag: the 2nd percentile of ``confidence`` over the non-bright-field
+    images of :data:`CALIBRATION` (what ``MIN_CONFIDENCE`` should be), and the median counting error
+    of the images below and above ``threshold``."""
+    rows = rows[rows["condition"].isin(CALIBRATION) & (rows["image_type"] != "brightfield")]
+    low = rows["confidence"] < threshold
+    return (f"confidence: 2nd percentile {np.percentile(rows['confidence'], 2):.3f} over {len(rows)} images "
+            f"({', '.join(CALIBRATION)}); below MIN_CONFIDENCE {threshold}: {low.sum()} images, median "
+            f"counting error {rows.loc[low, 'count_error'].median():.3f} (above: "
+            f"{rows.loc[~low, 'count_error'].median():.3f})")
 
 
 def centre_crop(image: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +204,7 @@ def main() -> int:
         print(f"{run}: DSB2018 at x2-x4 within {worst:.3f} of x1 (goal 0.05: "
               f"{'met' if worst <= 0.05 else 'not met'}); worst median counting error {err:.3f} "
               f"(goal 0.10: {'met' if err <= 0.10 else 'not met'})")
+        print(f"{run}: {confidence_calibration(table[table['run'] == run])}")
     return 0
 
 
