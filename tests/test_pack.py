@@ -1,0 +1,67 @@
+"""pipeline.pack: the prepared training set packed into one archive and back, bit for bit."""
+
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.errors import NucleiError
+from pipeline.io import load_npz, save_npz
+from pipeline.pack import decode_sample, encode_sample, main, pack_prepared, unpack_prepared
+
+
+def _prepared(folder, rng):
+    """A prepared folder of a grey, a colour and an empty sample (labels up to 300 > 255)."""
+    grey = np.repeat(rng.integers(0, 256, (40, 50, 1), dtype=np.uint8), 3, axis=2)
+    colour = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    many = np.arange(40 * 50, dtype=np.int32).reshape(40, 50) % 301
+    samples = {
+        "grey": (grey, many),
+        "colour": (colour, rng.integers(0, 5, (30, 20)).astype(np.int32)),
+        "empty": (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int32)),
+    }
+    for name, (image, labels) in samples.items():
+        save_npz(folder / f"{name}.npz", image=image, labels=labels)
+    pd.DataFrame({"id": list(samples), "fold": [0, 1, 2]}).to_csv(folder / "index.csv", index=False)
+    return samples
+
+
+def test_pack_unpack_round_trip(tmp_path):
+    samples = _prepared(tmp_path / "prepared", np.random.default_rng(0))
+    archive = tmp_path / "carry" / "prepared.tar"
+    size = pack_prepared(tmp_path / "prepared", archive)
+    assert size == archive.stat().st_size
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert set(names) == {"index.csv"} | {f"{s}/{f}.png" for s in samples for f in ("image", "labels")}
+
+    assert unpack_prepared(archive, tmp_path / "out") == 3
+    for name, (image, labels) in samples.items():
+        back = load_npz(tmp_path / "out" / f"{name}.npz")
+        assert back["image"].dtype == np.uint8 and back["labels"].dtype == np.int32
+        np.testing.assert_array_equal(back["image"], image)
+        np.testing.assert_array_equal(back["labels"], labels)
+    assert (tmp_path / "out" / "index.csv").read_bytes() == (tmp_path / "prepared" / "index.csv").read_bytes()
+
+
+def test_grey_images_are_stored_with_one_channel():
+    grey = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
+    colour = grey.copy()
+    colour[0, 0, 2] += 1
+    grey_png, _ = encode_sample(grey, np.zeros((8, 8), np.int32))
+    colour_png, _ = encode_sample(colour, np.zeros((8, 8), np.int32))
+    assert decode_sample(grey_png, _)[0].shape == (8, 8, 3)
+    assert len(grey_png) < len(colour_png)
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    with pytest.raises(NucleiError, match="index.csv: no such file"):
+        pack_prepared(tmp_path / "missing", tmp_path / "a.tar")
+    with pytest.raises(NucleiError, match="cannot be packed"):
+        encode_sample(np.zeros((2, 2, 3), np.uint8), np.full((2, 2), 70_000, np.int32))
+    (tmp_path / "junk.tar").write_bytes(b"not a tar")
+    assert main(["unpack", str(tmp_path / "junk.tar"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "junk.tar: not a packed training set" in err
+    assert not (tmp_path / "out" / "index.csv").exists()
