@@ -42,9 +42,10 @@ SEARCH_OCTAVES = (-1, 0, 1, 2, 3)
 SEARCH_WINDOW = 384
 #: Pixels with P(nucleus) in this open interval count as ambiguous (confidence).
 AMBIGUOUS = (0.3, 0.7)
-#: Below this confidence a count is flagged as not to be trusted: the 2nd percentile of the
-#: shipped model's confidence on the grouped validation images (unshifted, noise, stain, ×0.5–×2);
-#: below it their median counting error was 27 %, above it 11–17 %.
+#: Below this confidence a count is flagged as not to be trusted: the 2nd percentile of the stage-1
+#: model's confidence on the grouped validation images (unshifted, noise, stain, ×0.5–×2); below it
+#: their median counting error was 27 %, above it 11–17 %. ``benchmarks/bench_robustness.py`` prints
+#: the calibration for any model (the shipped one: 2nd percentile 0.81, a weaker guide).
 MIN_CONFIDENCE = 0.78
 #: Flag of images the shipped model is known to fail on (DSB2018 0.005 on the bright-field images of
 #: the grouped validation fold: it outlines whole cells on bright-field smears).
