@@ -22,8 +22,8 @@ Every model runs through :class:`pipeline.segmenter.Segmenter` exactly as ``nucl
 (estimated diameter; ``--oracle`` adds a run given the true median nucleus diameter). Printed per
 condition and model: DSB2018 score, AP@0.5, median counting error (|pred − true| / true per
 image), and the predicted/true total; per model, the diameter estimate's accuracy, the goals, and
-the confidence calibration (the 2nd percentile that ``MIN_CONFIDENCE`` is set to). Default models: ``--model`` models/default, ``--baseline``
-none.
+the confidence calibration (the 2nd percentile that ``MIN_CONFIDENCE`` is set to). Default models:
+``--model`` models/default, ``--baseline`` none.
 """
 
 from __future__ import annotations

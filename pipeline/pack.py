@@ -3,12 +3,12 @@
 ``nuclei prepare`` writes one ``.npz`` per image (RGB uint8 image + int32 labels) and
 ``index.csv``; stage1_train makes 72 MB of them. :func:`pack_prepared` re-encodes every image as
 a PNG — one channel where R = G = B, as for most fluorescence images — and its labels as a 16-bit
-PNG, in one uncompressed tar (stage1_train: about 46 MiB, under the 50 MiB a GPU machine's
-upload allows). :func:`unpack_prepared` writes the identical ``.npz`` files and index back; the
+PNG, in one uncompressed tar (stage1_train: 46.6 MiB, under the 50 MiB that can travel to a GPU
+machine). :func:`unpack_prepared` writes the identical ``.npz`` files and index back; the
 targets are then rebuilt there with ``nuclei targets``::
 
-    python -m pipeline.pack pack data/full/prepared gpu/prepared.tar
-    python -m pipeline.pack unpack gpu/prepared.tar data/full/prepared
+    python -m pipeline.pack pack data/full/prepared carry/prepared.tar     # carry/ is ignored by git
+    python -m pipeline.pack unpack carry/prepared.tar data/full/prepared
 
 Only numpy, OpenCV and pandas are needed, so that a bare GPU machine can unpack.
 """
