@@ -10,7 +10,7 @@ targets are then rebuilt there with ``nuclei targets``::
     python -m pipeline.pack pack data/full/prepared carry/prepared.tar     # carry/ is ignored by git
     python -m pipeline.pack unpack carry/prepared.tar data/full/prepared
 
-Only numpy, OpenCV and pandas are needed, so that a bare GPU machine can unpack.
+Unpacking needs only numpy and OpenCV, so that a bare GPU machine can do it.
 """
 
 from __future__ import annotations
@@ -85,15 +85,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def pack_prepared(prepared: str | Path, archive: str | Path) -> int:
     """Write the prepared folder ``prepared`` (``index.csv`` + ``<id>.npz``) into the tar ``archive``.
 
-    Returns the archive's size in bytes. Raises NucleiError naming a missing index or sample file.
+    Returns the archive's size in bytes. Raises NucleiError naming a missing or unreadable index
+    (:func:`pipeline.prepare.read_index`) or sample file.
     """
+    from pipeline.prepare import read_index  # here, not at the top: unpacking needs no scipy
+
     prepared, archive = Path(prepared), Path(archive)
     index = prepared / INDEX
-    if not index.is_file():
-        raise NucleiError(f"{index}: no such file (run nuclei prepare first)")
-    import pandas as pd
-
-    ids = pd.read_csv(index, usecols=["id"], dtype=str)["id"].tolist()
+    ids = read_index(prepared, ("id",))["id"].tolist()
     archive.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w") as tar:
         _add(tar, INDEX, index.read_bytes())
