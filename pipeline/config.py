@@ -268,6 +268,7 @@ class TrainConfig(Section):
     precision: str = setting("auto", _PRECISION)
     compile: bool = setting(False, flag)
     samples_per_epoch: int | None = setting(96, optional(whole(1)))
+    group_balance: float = setting(1.0, number(0, 1))
     device: str = setting("auto", text)
     cache_mb: float = setting(1024, number(0))
     val_every: int = setting(1, whole(1))

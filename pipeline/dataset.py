@@ -6,7 +6,8 @@ images mirror-padded to the network stride, with the instance labels for scoring
 Reproducibility does not depend on the number of data-loader workers: the sampler
 (:class:`EpochSampler`) hands out indices that encode the epoch, and every training item seeds
 the augmentation from ``(seed, epoch, index)``. Resuming at an epoch boundary therefore only
-needs the epoch number.
+needs the epoch number. With draw weights (:func:`group_balance_weights`) the image of a draw is
+chosen from the same seed, so weighted sampling is exactly as reproducible.
 
 Must not: decide what a head's target is (it hands over the arrays of
 :data:`pipeline.heads.TARGET_KEYS`), augment (:mod:`pipeline.augment`) or read params.yaml.
@@ -122,6 +123,30 @@ def seed_transform(transform, seed: int) -> None:
         np.random.seed(seed)  # noqa: NPY002 - fallback for callables using the global state
 
 
+def group_balance_weights(groups: Sequence, exponent: float) -> np.ndarray:
+    """Draw probabilities of images that balance acquisition groups (experiments).
+
+    Parameters
+    ----------
+    groups : sequence of hashable, shape (n,)
+        The group (experiment) of each image, e.g. the ``group`` column of ``index.csv``.
+    exponent : float in [0, 1]
+        A group of ``m`` images gets ``m ** exponent`` of the draws, shared evenly by its
+        images: 1 draws every image equally (large experiments dominate), 0 draws every group
+        equally, 0.5 is in between.
+
+    Returns
+    -------
+    p : float64 ndarray of shape (n,), summing to 1.
+    """
+    if not 0.0 <= exponent <= 1.0:
+        raise ValueError(f"exponent must be in [0, 1], got {exponent}")
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    per_image = counts.astype(np.float64) ** (exponent - 1.0)
+    p = per_image[inverse.ravel()]
+    return p / p.sum()
+
+
 class NucleiDataset(Dataset):
     """Images, targets and labels of a list of prepared images.
 
@@ -139,6 +164,10 @@ class NucleiDataset(Dataset):
     samples_per_epoch : int, optional
         Training draws per epoch; draw ``i`` uses image ``ids[i % len(ids)]``, so images are
         sampled evenly. Default: one per image.
+    draw_weights : array-like of shape (len(ids),), optional
+        Training only: draw the image of each item at random with these probabilities (e.g.
+        :func:`group_balance_weights`) instead of evenly; the choice is seeded like the
+        augmentation, from ``(seed, index)``.
     stride : int
         Validation images are mirror-padded at the bottom and right to multiples of this.
     seed : int
@@ -166,6 +195,7 @@ class NucleiDataset(Dataset):
         train: bool = True,
         transform=None,
         samples_per_epoch: int | None = None,
+        draw_weights: Sequence[float] | np.ndarray | None = None,
         stride: int = 1,
         seed: int = 0,
         cache_mb: float = 1024,
@@ -177,6 +207,12 @@ class NucleiDataset(Dataset):
         self.train, self.transform = train, transform
         self.length = int(samples_per_epoch) if train and samples_per_epoch else len(self.ids)
         self.stride, self.seed = int(stride), int(seed)
+        self.draw_cdf = None
+        if train and draw_weights is not None:
+            w = np.asarray(draw_weights, np.float64)
+            if w.shape != (len(self.ids),) or not np.all(w >= 0) or w.sum() <= 0:
+                raise ValueError("draw_weights must be non-negative, one per id, not all zero")
+            self.draw_cdf = np.cumsum(w / w.sum())
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: dict[str, dict[str, np.ndarray]] = {}
         # training crops are normalised by the augmentation when it does so (as the Segmenter
@@ -198,9 +234,16 @@ class NucleiDataset(Dataset):
                 self._cached += size
         return arrays
 
+    def image_of(self, index: int) -> int:
+        """The position in ``ids`` of the image that item ``index`` draws from."""
+        if self.draw_cdf is None:
+            return int(index) % self.length % len(self.ids)
+        u = np.random.default_rng(sample_seed(self.seed, index, 1)).random()
+        return min(int(np.searchsorted(self.draw_cdf, u, side="right")), len(self.ids) - 1)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = int(index) % self.length
-        a = self.arrays(self.ids[item % len(self.ids)])
+        a = self.arrays(self.ids[self.image_of(index)])
         fields = (a["image"], *(a[k] for k in TARGET_KEYS))
         if self.train and self.transform is not None:
             seed_transform(self.transform, sample_seed(self.seed, index))

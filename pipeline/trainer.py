@@ -131,6 +131,7 @@ class Trainer:
             train=True,
             transform=build_augmentation(self.config.augment, train=True),
             samples_per_epoch=cfg.samples_per_epoch,
+            draw_weights=self.draw_weights(index, cfg.group_balance),
             **common,
         )
         self.sampler = EpochSampler(train_set, self.world, self.rank, shuffle=True, seed=self.seed)
@@ -150,6 +151,19 @@ class Trainer:
         if shard:
             val_set = NucleiDataset(shard, train=False, stride=model_stride(self.model_cfg), **common)
             self.val_loader = make_loader(val_set, 1, None, min(cfg.workers, 1), cuda, self.seed)
+
+    def draw_weights(self, index, exponent: float):
+        """Draw probabilities of the training images for ``train.group_balance`` (None at 1:
+        every image equally, the even schedule of :class:`pipeline.dataset.NucleiDataset`)."""
+        from pipeline.dataset import group_balance_weights
+
+        if exponent == 1.0:
+            return None
+        if "group" not in index.columns:
+            raise NucleiError(f"{Path(self.config.data.prepared) / 'index.csv'}: no column 'group' "
+                              "for train.group_balance (re-run `nuclei prepare`)")
+        groups = index.set_index("id").loc[self.train_ids, "group"].to_numpy()
+        return group_balance_weights(groups, exponent)
 
     def setup_model(self) -> None:
         from pipeline.losses import build_loss

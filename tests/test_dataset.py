@@ -12,6 +12,7 @@ from pipeline.augment import build_augmentation
 from pipeline.dataset import (
     EpochSampler,
     NucleiDataset,
+    group_balance_weights,
     load_item,
     pad_to_multiple,
     read_index,
@@ -129,6 +130,35 @@ def test_samples_are_spread_evenly_over_images(data):
     ds = train_set(data, samples_per_epoch=12, transform=None)
     images = [ds.ids[i % len(ds.ids)] for i in range(len(ds))]
     assert pd.Series(images).value_counts().tolist() == [2] * 6
+
+
+def test_group_balance_weights_share_draws_between_experiments():
+    groups = ["a", "a", "a", "b"]
+    np.testing.assert_allclose(group_balance_weights(groups, 1.0), [0.25] * 4)
+    np.testing.assert_allclose(group_balance_weights(groups, 0.0), [1 / 6, 1 / 6, 1 / 6, 0.5])
+    half = group_balance_weights(groups, 0.5)  # group of m images: m ** 0.5 of the draws
+    np.testing.assert_allclose(half[:3].sum() / half[3], np.sqrt(3))
+    assert half.sum() == pytest.approx(1.0) and half[0] == half[1] == half[2]
+    with pytest.raises(ValueError, match=r"exponent must be in \[0, 1\]"):
+        group_balance_weights(groups, 1.5)
+
+
+def test_draw_weights_choose_images_reproducibly(data):
+    n = 6
+    weights = group_balance_weights(["x"] * 5 + ["y"], 0.0)  # image 5 alone is half the draws
+    ds = train_set(data, samples_per_epoch=12, transform=None, draw_weights=weights)
+    drawn = np.array([ds.image_of(i) for i in range(3000)])
+    share = np.bincount(drawn, minlength=n) / len(drawn)
+    np.testing.assert_allclose(share, weights, atol=0.03)
+    # the same index draws the same image (and the same crop), whatever came before
+    again = train_set(data, samples_per_epoch=12, transform=None, draw_weights=weights)
+    assert [again.image_of(i) for i in (2999, 7, 7)] == [drawn[2999], drawn[7], drawn[7]]
+    assert all(torch.equal(ds[7][k], again[7][k]) for k in ds[7])
+    assert ds.arrays(ds.ids[drawn[7]])["image"].shape[:2] == tuple(ds[7]["image"].shape[1:])
+    only_first = train_set(data, samples_per_epoch=12, transform=None, draw_weights=[1, 0, 0, 0, 0, 0])
+    assert {only_first.image_of(i) for i in range(50)} == {0}
+    with pytest.raises(ValueError, match="one per id"):
+        train_set(data, draw_weights=[1, 1])
 
 
 def test_validation_items_padded_to_stride_with_labels(data):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,7 +22,7 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
 from pipeline.model_dir import load_model_dir
-from pipeline.train import fit, train
+from pipeline.train import as_config, fit, train
 from tests.train_fixtures import tiny_params, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,6 +198,31 @@ def test_bad_parameters_are_reported(data_root, tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"truncated")
     with pytest.raises(NucleiError, match=r"last\.ckpt: unreadable checkpoint"):
         train(params_for(data_root, tmp_path), resume=True)
+
+
+def test_group_balance_draws_from_experiments(data_root, tmp_path):
+    import pandas as pd
+
+    params = params_for(data_root, tmp_path / "plain", group_balance=0.0)
+    index_csv = data_root / "prepared" / "index.csv"
+    with pytest.raises(NucleiError, match=r"index\.csv: no column 'group' for train\.group_balance"):
+        train(params)
+    index = pd.read_csv(index_csv)
+    grouped = data_root / "grouped"
+    (grouped / "prepared").mkdir(parents=True)
+    for f in (data_root / "prepared").iterdir():
+        (grouped / "prepared" / f.name).symlink_to(f)
+    (grouped / "prepared" / "index.csv").unlink()
+    index.assign(group=[0, 0, 0, 0, 0, 1]).to_csv(grouped / "prepared" / "index.csv", index=False)
+    params["data"]["prepared"] = str(grouped / "prepared")
+    trainer = trainer_module.Trainer(as_config(params))
+    trainer.setup_data()
+    ds = trainer.loader.dataset
+    # training ids are folds 1 and 2 (img01, img02, img04, img05): group 0 has 3 images, group 1 one
+    assert ds.ids == ["img01", "img02", "img04", "img05"]
+    np.testing.assert_allclose(np.diff(ds.draw_cdf, prepend=0), [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    with pytest.raises(NucleiError, match="train.group_balance"):
+        train(params_for(data_root, tmp_path / "bad", group_balance=2))
 
 
 def _ddp_rank(rank: int, world: int, port: int, params: dict, folder: str) -> None:
