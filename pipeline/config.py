@@ -250,6 +250,8 @@ class AugmentConfig(Section):
 
 
 _PRECISION = choice(lazy("runtime", "PRECISIONS"))
+#: The network settings that ``predict`` and ``segment`` share (:class:`pipeline.inference.Predictor`).
+PREDICTOR_KEYS = ("tta", "tile_size", "overlap", "batch_size", "precision")
 _TTA = choice(lazy("inference", "TTA_MODES"))
 
 
@@ -291,7 +293,7 @@ class PredictConfig(Section):
 
     def predictor_options(self) -> dict[str, Any]:
         """:class:`pipeline.inference.Predictor` keywords."""
-        return {k: getattr(self, k) for k in ("tta", "tile_size", "overlap", "batch_size", "precision")}
+        return {k: getattr(self, k) for k in PREDICTOR_KEYS}
 
 
 @dataclass(frozen=True)
@@ -353,8 +355,7 @@ class SegmentConfig(Section):
 
     def segmenter_options(self) -> dict[str, Any]:
         """:meth:`pipeline.segmenter.Segmenter.from_model_dir` keywords."""
-        keys = ("device", "tta", "tile_size", "overlap", "batch_size", "precision", "block_size", "block_margin")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in ("device", *PREDICTOR_KEYS, "block_size", "block_margin")}
 
     def check(self, source):
         if self.block_size <= 2 * self.block_margin:
