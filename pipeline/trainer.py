@@ -121,9 +121,9 @@ class Trainer:
         data = self.config.data
         prepared = Path(data.prepared)
         targets = Path(self.config.targets.out)
-        index = read_index(prepared)
+        index, source = read_index(prepared), prepared / "index.csv"
         self.val_fold, self.split = data.val_fold, data.split
-        self.train_ids, self.val_ids = split_folds(index, self.val_fold, self.split, prepared / "index.csv")
+        self.train_ids, self.val_ids = split_folds(index, self.val_fold, self.split, source)
         cfg, cuda = self.cfg, self.device.type == "cuda"
         common = dict(prepared=prepared, targets=targets, seed=self.seed, cache_mb=cfg.cache_mb)
         train_set = NucleiDataset(
@@ -131,7 +131,7 @@ class Trainer:
             train=True,
             transform=build_augmentation(self.config.augment, train=True),
             samples_per_epoch=cfg.samples_per_epoch,
-            draw_weights=self.draw_weights(index, cfg.group_balance),
+            draw_weights=self.draw_weights(index, cfg.group_balance, source),
             **common,
         )
         self.sampler = EpochSampler(train_set, self.world, self.rank, shuffle=True, seed=self.seed)
@@ -152,16 +152,16 @@ class Trainer:
             val_set = NucleiDataset(shard, train=False, stride=model_stride(self.model_cfg), **common)
             self.val_loader = make_loader(val_set, 1, None, min(cfg.workers, 1), cuda, self.seed)
 
-    def draw_weights(self, index, exponent: float):
+    def draw_weights(self, index, exponent: float, source: Path):
         """Draw probabilities of the training images for ``train.group_balance`` (None at 1:
-        every image equally, the even schedule of :class:`pipeline.dataset.NucleiDataset`)."""
+        every image equally, the even schedule of :class:`pipeline.dataset.NucleiDataset`);
+        ``source`` is the index file, for the error of a missing ``group`` column."""
         from pipeline.dataset import group_balance_weights
 
         if exponent == 1.0:
             return None
         if "group" not in index.columns:
-            raise NucleiError(f"{Path(self.config.data.prepared) / 'index.csv'}: no column 'group' "
-                              "for train.group_balance (re-run `nuclei prepare`)")
+            raise NucleiError(f"{source}: no column 'group' for train.group_balance (re-run `nuclei prepare`)")
         groups = index.set_index("id").loc[self.train_ids, "group"].to_numpy()
         return group_balance_weights(groups, exponent)
 
