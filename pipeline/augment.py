@@ -22,7 +22,8 @@ Geometry (image and targets together):
 Acquisition (the image only, on its raw values, in the order a microscope would do it; see
 :func:`acquisition_shift`):
 
-- ``blur``: Gaussian defocus, σ in [0.5, 2] px (p 0.2);
+- ``blur``: Gaussian defocus, σ uniform in ``blur_sigma`` px (default [0.5, 2]; p 0.2), in the
+  pixels of the crop, i.e. at the canonical nucleus diameter;
 - ``dim_saturate``: on a dark background, the whole crop dimmed to 5–40 % of its range and 1–3
   nuclei (at most a third of them) made 5–40× brighter, clipped at 1 — dim nuclei beside
   saturated ones (p 0.3);
@@ -154,7 +155,7 @@ def _hed_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                      p: dict[str, float]) -> np.ndarray:
+                      p: dict[str, float], blur_sigma: tuple[float, float] = (0.5, 2.0)) -> np.ndarray:
     """Simulate another microscope on raw intensities (module docstring, "Acquisition").
 
     Parameters
@@ -166,6 +167,8 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     rng : numpy Generator
     p : dict
         Probability of each step of :data:`ACQUISITION` (0 skips it).
+    blur_sigma : (low, high)
+        Range of the defocus σ in px.
 
     Returns
     -------
@@ -175,7 +178,7 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     dark_background = float(np.median(image)) < 0.5
     colour = float(np.abs(image - image.mean(axis=-1, keepdims=True)).mean()) > 0.02
     if rng.random() < p.get("blur", 0):
-        sigma = rng.uniform(0.5, 2.0)
+        sigma = rng.uniform(*blur_sigma)
         image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=REFLECT)
     if dark_background and rng.random() < p.get("dim_saturate", 0):
         image = image * np.float32(rng.uniform(0.05, 0.4))
@@ -212,6 +215,8 @@ class Augmentation:
     geometric, photometric : list of albumentations transforms
     acquisition : dict
         Probabilities of the :func:`acquisition_shift` steps (empty: none).
+    blur_sigma : (low, high)
+        Defocus σ range of :func:`acquisition_shift`, px.
     normalize : dict or None
         Keywords of :func:`pipeline.intensity.normalize_image` for the crop; None: do not
         normalise (the image is then expected normalised already).
@@ -235,12 +240,14 @@ class Augmentation:
     """
 
     def __init__(self, geometric: list, photometric: list | None = None, acquisition: dict | None = None,
-                 normalize: dict | None = None, seed: int | None = None):
+                 normalize: dict | None = None, seed: int | None = None,
+                 blur_sigma: tuple[float, float] = (0.5, 2.0)):
         self.transforms = list(geometric) + list(photometric or [])
         self.geometric = A.Compose(geometric, p=1.0) if geometric else None
         self.photometric = A.Compose(photometric, p=1.0) if photometric else None
         self.acquisition = {k: v for k, v in (acquisition or {}).items() if v}
         self.normalize = normalize
+        self.blur_sigma = tuple(blur_sigma)
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -265,7 +272,7 @@ class Augmentation:
             classes, mask, border = (np.ascontiguousarray(t[..., i]).astype(np.uint8) for i in range(3))
             weights = np.ascontiguousarray(t[..., 3])
         if self.acquisition:
-            image = acquisition_shift(image, mask, self.rng, self.acquisition)
+            image = acquisition_shift(image, mask, self.rng, self.acquisition, self.blur_sigma)
         if self.normalize is not None:
             from pipeline.intensity import normalize_image
 
@@ -306,4 +313,4 @@ def build_augmentation(cfg: AugmentConfig | Mapping, train: bool, seed: int | No
         cfg = AugmentConfig.from_dict(cfg)
     normalize = dict(NORMALIZATION) if cfg.normalize else None
     acquisition = {k: _probability(cfg, k) for k in ACQUISITION}
-    return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed)
+    return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed, cfg.blur_sigma)

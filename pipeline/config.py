@@ -40,6 +40,7 @@ from pipeline.config_rules import (
     mapping,
     number,
     optional,
+    positive_range,
     setting,
     switch,
     text,
@@ -241,6 +242,7 @@ class AugmentConfig(Section):
     color_to_gray: bool | float = setting(True, switch)
     invert: bool | float = setting(True, switch)
     blur: bool | float = setting(True, switch)
+    blur_sigma: list[float] = setting([0.5, 2.0], positive_range)
     dim_saturate: bool | float = setting(True, switch)
     stain: bool | float = setting(True, switch)
     noise: bool | float = setting(True, switch)

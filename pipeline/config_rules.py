@@ -106,18 +106,26 @@ def switch(value: Any) -> bool | float:
     return float(value)
 
 
-def zoom_range(value: Any) -> list[float] | None:
-    """null / false (no zoom) or [low, high] with 0 < low ≤ high."""
-    if value is None or value is False:
-        return None
+def positive_range(value: Any) -> list[float]:
+    """[low, high] with 0 < low ≤ high."""
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 2
         or not all(is_number(v) for v in value)
         or not 0 < value[0] <= value[1]
     ):
-        raise Invalid("null or [low, high] with 0 < low ≤ high")
+        raise Invalid("[low, high] with 0 < low ≤ high")
     return [float(v) for v in value]
+
+
+def zoom_range(value: Any) -> list[float] | None:
+    """null / false (no zoom) or [low, high] with 0 < low ≤ high."""
+    if value is None or value is False:
+        return None
+    try:
+        return positive_range(value)
+    except Invalid:
+        raise Invalid("null or [low, high] with 0 < low ≤ high") from None
 
 
 def mapping(value: Any) -> dict:

@@ -197,6 +197,27 @@ def test_stain_jitter_only_changes_colour_images():
     assert 0.0 <= jittered.min() and jittered.max() <= 1.0
 
 
+def test_blur_draws_sigma_from_blur_sigma():
+    import cv2
+
+    from pipeline.augment import acquisition_shift
+
+    image = np.zeros((64, 64, 3), np.float32)
+    image[28:36, 28:36] = 1.0
+    mask = (image[..., 0] > 0).astype(np.uint8)
+    for sigma in (1.0, 3.5):
+        out = acquisition_shift(image, mask, np.random.default_rng(0), {"blur": 1.0}, blur_sigma=(sigma, sigma))
+        np.testing.assert_allclose(out, cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101),
+                                   atol=1e-6)
+    wide = build_augmentation({**OFF, "normalize": False, "blur": 1.0, "blur_sigma": [3.0, 4.0]}, train=True)
+    narrow = build_augmentation({**OFF, "normalize": False, "blur": 1.0, "blur_sigma": [0.5, 0.6]}, train=True)
+    sample = disc_sample()
+    def edge(img):  # the steepest step across the disc's rim
+        return np.abs(np.diff(img[..., 0], axis=1)).max()
+
+    assert edge(wide(*sample, seed=3)[0]) < 0.5 * edge(narrow(*sample, seed=3)[0])
+
+
 def test_acquisition_steps_are_deterministic_and_bounded():
     cfg = {**ALL, "normalize": True, "blur": 1.0, "dim_saturate": 1.0, "noise": 1.0, "low_bits": 1.0, "jpeg": 1.0}
     aug = build_augmentation(cfg, train=True)

@@ -42,6 +42,8 @@ def test_missing_sections_and_keys_take_the_defaults():
         ({"postprocess": {"flood": "magic"}}, r"postprocess\.flood must be one of probability, distance"),
         ({"augment": {"invert": 2.0}}, r"augment\.invert must be true, false or a probability in \[0, 1\]"),
         ({"augment": {"scale": [1.2, 0.8]}}, r"augment\.scale must be null or \[low, high\]"),
+        ({"augment": {"blur_sigma": [0, 2]}}, r"augment\.blur_sigma must be \[low, high\] with 0 < low"),
+        ({"augment": {"blur_sigma": None}}, r"augment\.blur_sigma must be \[low, high\]"),
         ({"targets": {"sigma": "wide"}}, r"targets\.sigma must be a number > 0, got 'wide'"),
         ({"targets": {"border_radius_min": 5}}, r"need targets\.border_radius_min <= targets\.border_radius_max"),
         ({"data": {"split": "random"}}, r"data\.split must be one of stratified, grouped"),
