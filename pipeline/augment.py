@@ -91,6 +91,8 @@ DEFAULT_P = {
 }
 #: The acquisition steps of :func:`acquisition_shift`, in the order they are applied.
 ACQUISITION = ("blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg")
+#: Default range of the defocus σ, px (``augment.blur_sigma``).
+BLUR_SIGMA = (0.5, 2.0)
 REFLECT = cv2.BORDER_REFLECT_101
 
 
@@ -155,7 +157,7 @@ def _hed_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                      p: dict[str, float], blur_sigma: tuple[float, float] = (0.5, 2.0)) -> np.ndarray:
+                      p: dict[str, float], blur_sigma: tuple[float, float] = BLUR_SIGMA) -> np.ndarray:
     """Simulate another microscope on raw intensities (module docstring, "Acquisition").
 
     Parameters
@@ -241,7 +243,7 @@ class Augmentation:
 
     def __init__(self, geometric: list, photometric: list | None = None, acquisition: dict | None = None,
                  normalize: dict | None = None, seed: int | None = None,
-                 blur_sigma: tuple[float, float] = (0.5, 2.0)):
+                 blur_sigma: tuple[float, float] = BLUR_SIGMA):
         self.transforms = list(geometric) + list(photometric or [])
         self.geometric = A.Compose(geometric, p=1.0) if geometric else None
         self.photometric = A.Compose(photometric, p=1.0) if photometric else None
