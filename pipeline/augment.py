@@ -217,12 +217,12 @@ class Augmentation:
     geometric, photometric : list of albumentations transforms
     acquisition : dict
         Probabilities of the :func:`acquisition_shift` steps (empty: none).
-    blur_sigma : (low, high)
-        Defocus σ range of :func:`acquisition_shift`, px.
     normalize : dict or None
         Keywords of :func:`pipeline.intensity.normalize_image` for the crop; None: do not
         normalise (the image is then expected normalised already).
     seed : int, optional
+    blur_sigma : (low, high)
+        Defocus σ range of :func:`acquisition_shift`, px.
 
     Parameters (of the call)
     ------------------------

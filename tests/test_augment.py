@@ -212,6 +212,7 @@ def test_blur_draws_sigma_from_blur_sigma():
     wide = build_augmentation({**OFF, "normalize": False, "blur": 1.0, "blur_sigma": [3.0, 4.0]}, train=True)
     narrow = build_augmentation({**OFF, "normalize": False, "blur": 1.0, "blur_sigma": [0.5, 0.6]}, train=True)
     sample = disc_sample()
+
     def edge(img):  # the steepest step across the disc's rim
         return np.abs(np.diff(img[..., 0], axis=1)).max()
 
