@@ -310,10 +310,12 @@ class PostprocessConfig(Section):
     min_size: int = setting(10, whole(0))
     min_relative_size: float = setting(0.0, number(0, 1))
     flood: str = setting("probability", choice(lazy("watershed", "FLOODS")))
+    object_threshold: float = setting(0.0, number(0, 1))
 
     #: The keys that are keyword arguments of :func:`pipeline.watershed.postprocess`.
     THRESHOLDS: ClassVar[tuple[str, ...]] = (
         "marker_threshold", "mask_threshold", "min_marker_size", "min_size", "min_relative_size", "flood",
+        "object_threshold",
     )  # fmt: skip
 
     def thresholds(self) -> dict[str, Any]:

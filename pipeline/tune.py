@@ -1,6 +1,7 @@
 """``nuclei tune``: grid-search the post-processing thresholds on the validation fold.
 
-Every combination of marker threshold, mask threshold, flood relief and relative minimum size
+Every combination of marker threshold, mask threshold, flood relief, object threshold
+(``object_threshold``: the peak probability a nucleus must reach) and relative minimum size
 (``min_relative_size``) is applied to the
 validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
 the DSB2018 score. The objective is the mean over images (``--balance image``, the default: the
@@ -186,6 +187,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relative", type=float, nargs="+", default=GRID["min_relative_size"],
                         help="min_relative_size values to try: nuclei smaller than this fraction of the "
                              "image's median nucleus are removed (default: %(default)s)")
+    parser.add_argument("--object", type=float, nargs="+", default=None,
+                        help="object_threshold values to try: nuclei whose highest P(mask - border) is "
+                             "below it are removed (default: the current value)")
     parser.add_argument("--write", metavar="PARAMS", default=None,
                         help="also set the best values in the postprocess section of this parameters file")
     parser.add_argument("--balance", choices=("image", "experiment"), default="image",
@@ -233,7 +237,8 @@ def main(args: argparse.Namespace) -> int:
     objective = "group_score" if groups is not None else "dsb_score"
     what = (f"mean over {len(set(groups))} experiments" if groups is not None else "mean over images")
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood,
-            "min_relative_size": args.relative}
+            "min_relative_size": args.relative,
+            "object_threshold": args.object or [current["object_threshold"]]}
     fixed = {k: v for k, v in current.items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups)
     print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))

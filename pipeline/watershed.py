@@ -11,7 +11,9 @@ P(mask) and P(mask − border) come from the head's decoding
 3. the markers are flooded over −P(mask) (``flood='probability'``) or over the negated
    Euclidean distance to the background (``flood='distance'``), restricted to the foreground;
    foreground components that hold no marker at all become nuclei of their own;
-4. holes are filled (background enclosed by one nucleus), nuclei smaller than ``min_size``
+4. nuclei whose highest P(mask − border) is below ``object_threshold`` are removed: faint specks
+   the network is unsure of (a real nucleus, even one cut by the image edge, peaks near 1);
+5. holes are filled (background enclosed by one nucleus), nuclei smaller than ``min_size``
    pixels are removed, then those smaller than ``min_relative_size`` times the median area of
    the image's nuclei (specks beside real nuclei, whatever the scale), and the labels are
    renumbered 1..N.
@@ -112,6 +114,7 @@ def postprocess(
     min_size: int = 10,
     min_relative_size: float = 0.0,
     flood: str = "probability",
+    object_threshold: float = 0.0,
 ) -> np.ndarray:
     """Marker-controlled watershed of a probability map into instance labels.
 
@@ -134,6 +137,8 @@ def postprocess(
         removed; 0 keeps them all.
     flood : {'probability', 'distance'}
         Flood over −P(mask) or over −(distance to the background).
+    object_threshold : float
+        Nuclei whose maximum P(mask − border) is below this value are removed; 0 keeps them all.
 
     Returns
     -------
@@ -158,8 +163,33 @@ def postprocess(
         extra, _ = ndi.label(unmarked)
         labels[unmarked] = extra[unmarked] + labels.max()
 
+    labels = remove_faint(labels, marker_p, object_threshold)
     labels = remove_small(fill_holes(labels), min_size)
     return remove_relatively_small(labels, min_relative_size)
+
+
+def remove_faint(labels: np.ndarray, probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Remove the labels whose highest ``probability`` is below ``threshold``; renumber 1..N.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    probability : (H, W) float array
+        Per-pixel probability (here P(mask − border)), in [0, 1].
+    threshold : float
+        In [0, 1]; 0 returns ``labels`` unchanged.
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    n = int(labels.max())
+    if threshold <= 0 or n == 0:
+        return labels
+    peak = ndi.maximum(probability, labels, np.arange(1, n + 1))
+    keep = np.concatenate([[False], np.asarray(peak) >= threshold])
+    return (np.cumsum(keep) * keep).astype(np.int32)[labels]
 
 
 def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:

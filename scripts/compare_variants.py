@@ -205,6 +205,8 @@ def main() -> int:
     parser.add_argument("--flood", nargs="+", default=["probability"], choices=("probability", "distance"))
     parser.add_argument("--relative", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
                         help="min_relative_size values to tune over")
+    parser.add_argument("--object", type=float, nargs="+", default=[0.0],
+                        help="object_threshold values to tune over (default: %(default)s)")
     parser.add_argument("--balance", choices=("image", "experiment"), default="image",
                         help="tuning objective, as `nuclei tune --balance` (default: %(default)s)")
     parser.add_argument("--reuse", action="store_true", help="keep folds already trained and predicted")
@@ -216,7 +218,7 @@ def main() -> int:
         extra[key] = yaml.safe_load(value)
     folds = args.folds if args.folds is not None else [int(extra.get("data.val_fold", base["data"].get("val_fold", 0)))]
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood,
-            "min_relative_size": args.relative}
+            "min_relative_size": args.relative, "object_threshold": args.object}
     runs = Path(args.runs)
     rows = []
     for name in args.variants:
@@ -227,7 +229,7 @@ def main() -> int:
     split = extra.get("data.split", base["data"].get("split", "stratified"))
     print(f"\n{split} folds {' '.join(map(str, folds))}, {hardware}\n")
     print("| variant | CV DSB2018 | per fold | per experiment | AP@0.5 | F1@0.5 | count error | train s "
-          "| marker/mask/flood/relative |")
+          "| marker/mask/flood/relative/object |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["thresholds"]
@@ -235,7 +237,8 @@ def main() -> int:
         print(f"| {r['variant']} | {r['cv_dsb']:.4f} | {per_fold} | {r['experiment_dsb']:.4f} "
               f"({r['n_experiments']}) | {r['ap50']:.4f} | {r['f1_50']:.4f} | "
               f"{r['count_error']:.3f} | {r['train_s']} | "
-              f"{t['marker_threshold']}/{t['mask_threshold']}/{t['flood']}/{t['min_relative_size']} |")
+              f"{t['marker_threshold']}/{t['mask_threshold']}/{t['flood']}/{t['min_relative_size']}/"
+              f"{t['object_threshold']} |")
     return 0
 
 

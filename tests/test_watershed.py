@@ -15,6 +15,7 @@ from pipeline.watershed import (
     main,
     postprocess,
     postprocess_to_shape,
+    remove_faint,
     remove_relatively_small,
     remove_small,
     thresholds,
@@ -115,6 +116,25 @@ def test_relatively_small_objects_dropped_at_any_scale():
     one = np.zeros(SHAPE, np.int32)
     one[:3, :3] = 7
     assert remove_relatively_small(one, 0.9).max() == 1  # the median of one nucleus is itself
+
+
+def test_faint_objects_dropped_whatever_their_size():
+    """object_threshold removes the nuclei the network is unsure of (peak P(mask - border) below
+    it), large or small, and keeps a confident nucleus even when the image edge cuts it small."""
+    nuclei = [disc(SHAPE, (30, 30), 12), disc(SHAPE, (30, 90), 11)]
+    cut = disc(SHAPE, (75, -3), 6) & disc(SHAPE, (75, 0), 12)  # 3 px inside the left edge
+    faint = disc(SHAPE, (75, 60), 12)
+    probs = probs_for([*nuclei, cut, faint], "sigmoid")
+    probs[0][faint] = 0.95  # a confident mask everywhere but on the faint object
+    kwargs = dict(marker_threshold=0.9, mask_threshold=0.9, min_size=4)
+    assert postprocess(probs, "sigmoid", **kwargs).max() == 4
+    labels = postprocess(probs, "sigmoid", object_threshold=0.99, **kwargs)
+    assert labels.max() == 3 and set(np.unique(labels)) == {0, 1, 2, 3}
+    assert not labels[faint].any() and match(labels, cut)[1] == 1.0
+    # the relative size rule would have removed the cut nucleus (under 0.2 of the median) instead
+    assert match(postprocess(probs, "sigmoid", min_relative_size=0.2, **kwargs), cut)[0] == 0
+    assert remove_faint(np.zeros(SHAPE, np.int32), probs[0], 0.99).max() == 0
+    np.testing.assert_array_equal(remove_faint(labels, probs[0], 0.0), labels)
 
 
 def test_empty_map_gives_no_nuclei():
