@@ -184,11 +184,11 @@ def remove_faint(labels: np.ndarray, probability: np.ndarray, threshold: float) 
     -------
     labels : (H, W) int32
     """
-    n = int(labels.max())
-    if threshold <= 0 or n == 0:
+    if threshold <= 0:
         return labels
-    peak = ndi.maximum(probability, labels, np.arange(1, n + 1))
-    keep = np.concatenate([[False], np.asarray(peak) >= threshold])
+    keep = np.zeros(int(labels.max()) + 1, bool)
+    keep[labels[probability >= threshold]] = True  # a label reaches the threshold somewhere
+    keep[0] = False
     return (np.cumsum(keep) * keep).astype(np.int32)[labels]
 
 
