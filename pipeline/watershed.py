@@ -39,6 +39,25 @@ from pipeline.heads import HEADS, mask_and_marker
 FLOODS = ("probability", "distance")
 
 
+def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The labels flagged in ``keep``, renumbered 1..N in their order; the others set to 0.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    keep : (labels.max() + 1,) bool array
+        One flag per label value; ``keep[0]`` is ignored (background stays 0).
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    keep = keep.copy()
+    keep[0] = False
+    return (np.cumsum(keep) * keep).astype(np.int32)[labels]
+
+
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Remove every label with fewer than ``min_size`` pixels and renumber the rest 1..N.
 
@@ -54,10 +73,7 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     labels : (H, W) int32
         Small objects set to 0; the others keep their order and are numbered consecutively.
     """
-    keep = np.bincount(labels.ravel()) >= min_size
-    keep[0] = False
-    lut = (np.cumsum(keep) * keep).astype(np.int32)
-    return lut[labels]
+    return keep_labels(labels, np.bincount(labels.ravel()) >= min_size)
 
 
 def fill_holes(labels: np.ndarray) -> np.ndarray:
@@ -188,8 +204,7 @@ def remove_faint(labels: np.ndarray, probability: np.ndarray, threshold: float) 
         return labels
     keep = np.zeros(int(labels.max()) + 1, bool)
     keep[labels[probability >= threshold]] = True  # a label reaches the threshold somewhere
-    keep[0] = False
-    return (np.cumsum(keep) * keep).astype(np.int32)[labels]
+    return keep_labels(labels, keep)
 
 
 def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
