@@ -18,6 +18,11 @@ MIN_FACTOR, MAX_FACTOR = 1 / 8, 4.0
 #: Median of (:func:`blob_diameter` / true median nucleus diameter) on 40 training images of
 #: stage1_train (grouped folds 1-4), each at ×0.5, ×1, ×2 and ×4: the estimate is divided by it.
 BLOB_CALIBRATION = 1.17
+#: A diameter estimate never exceeds the image's shorter side divided by this: an image holds at
+#: least this many nuclei across. On stage1_train the true median diameter is at most 1/4.3 of the
+#: shorter side; every estimate beyond 1/4 was a whole structure taken for one nucleus (an embryo
+#: ringed by small nuclei, a tissue section), off by 2-5 octaves.
+MIN_NUCLEI_ACROSS = 4
 
 
 def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
@@ -111,7 +116,13 @@ def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarra
     return np.ascontiguousarray(resize_image(np.ascontiguousarray(probs.transpose(1, 2, 0)), shape).transpose(2, 0, 1))
 
 
-def blob_diameter(image: np.ndarray, max_side: int = 512) -> float:
+def largest_diameter(shape: tuple[int, ...]) -> float:
+    """Largest plausible median nucleus diameter (px) of an image of ``shape`` (H, W[, C]):
+    the shorter side over :data:`MIN_NUCLEI_ACROSS`."""
+    return min(shape[:2]) / MIN_NUCLEI_ACROSS
+
+
+def blob_diameter(image: np.ndarray, max_side: int = 512, max_diameter: float | None = None) -> float:
     """Typical diameter of the bright blobs of an image, from its Laplacian-of-Gaussian scale space.
 
     The scale-normalised response ``−σ² ∇²G_σ * image`` is computed for σ from 1.4 to 64 px
@@ -125,11 +136,18 @@ def blob_diameter(image: np.ndarray, max_side: int = 512) -> float:
     Parameters
     ----------
     image : (H, W) or (H, W, C) float array, normalised to [0, 1]
+    max_side : int
+        The image is shrunk to at most this many px on its longer side first.
+    max_diameter : float, optional
+        Largest diameter (px of ``image``) to return. When the strongest response lies beyond it
+        (a large bright structure such as an embryo or a tissue section, not a nucleus), the
+        strongest local peak of the response at or below it is returned instead.
 
     Returns
     -------
     diameter : float
-        In px of ``image``; nan for a constant image.
+        In px of ``image``; nan for a constant image, or when no peak lies at or below
+        ``max_diameter``.
     """
     from scipy import ndimage as ndi
 
@@ -154,5 +172,12 @@ def blob_diameter(image: np.ndarray, max_side: int = 512) -> float:
             pyramid[step] = resize_image(grey, scaled_shape(grey.shape, 1 / step))
         level = pyramid[step]
         response.append(np.percentile(-((s / step) ** 2) * ndi.gaussian_laplace(level, s / step), 99))
-    sigma = float(sigmas[int(np.argmax(response))])
-    return 2 * np.sqrt(2) * sigma / factor / BLOB_CALIBRATION
+    response = np.asarray(response)
+    diameters = 2 * np.sqrt(2) * sigmas / factor / BLOB_CALIBRATION
+    if max_diameter is None or diameters[int(np.argmax(response))] <= max_diameter:
+        return float(diameters[int(np.argmax(response))])
+    # the strongest peak of the response among the sizes that fit (a response still rising at
+    # max_diameter belongs to the larger structure)
+    padded = np.pad(response, 1, constant_values=-np.inf)
+    peaks = (response > padded[:-2]) & (response >= padded[2:]) & (diameters <= max_diameter)
+    return float(diameters[np.flatnonzero(peaks)[np.argmax(response[peaks])]]) if peaks.any() else float("nan")

@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.errors import NucleiError
 from pipeline.scale import (
     MAX_FACTOR,
+    largest_diameter,
     nucleus_diameters,
     resize_image,
     scale_factor,
@@ -270,6 +271,12 @@ class Segmenter:
           cut into canonical-size pieces, which also changes their implied size from pass to
           pass. Each pass's implied diameter (median nucleus diameter / scale) is scored by those
           three signals; the best is refined once at its own scale.
+
+        Both keep the estimate at or under :func:`pipeline.scale.largest_diameter` (a quarter of
+        the shorter side): beyond it, a bright structure such as an embryo or a tissue section is
+        taken for one nucleus and every real nucleus is lost. When the prior lies beyond it,
+        ``'blob'`` starts from the strongest scale-space peak under it instead, and from the
+        canonical diameter when the network does not confirm that peak.
         """
         if self.diameter is None:
             return None
@@ -291,19 +298,29 @@ class Segmenter:
     def _estimate_blob(self, image: np.ndarray) -> float | None:
         from pipeline.scale import blob_diameter
 
+        cap = largest_diameter(image.shape)
         prior = blob_diameter(image)
-        estimate = prior if np.isfinite(prior) else self.diameter
-        for _ in range(2):
-            measured = self._measure(image, estimate)
-            if measured is None or abs(math.log2(measured / estimate)) > 1:
+        if prior <= cap:
+            starts = [prior]
+        else:  # nan, or a structure larger than any nucleus: the strongest blob peak that fits, and
+            # the canonical size when the network does not confirm that peak (or there is none)
+            fitted = blob_diameter(image, max_diameter=cap)
+            starts = [d for d in (fitted, min(self.diameter, cap)) if np.isfinite(d)]
+        for start in starts:
+            estimate, confirmed = start, False
+            for _ in range(2):
+                measured = self._measure(image, estimate)
+                if measured is None or abs(math.log2(measured / estimate)) > 1 or measured > cap:
+                    break
+                estimate, confirmed = measured, True
+            if confirmed:
                 break
-            estimate = measured
         return float(estimate)
 
     def _estimate_search(self, image: np.ndarray) -> float | None:
-        canonical = self.diameter
+        canonical, cap = self.diameter, largest_diameter(image.shape)
         passes = []
-        for k in SEARCH_OCTAVES:
+        for k in [k for k in SEARCH_OCTAVES if canonical * 2.0**k <= cap] or [min(SEARCH_OCTAVES)]:
             scale = scale_factor(canonical * 2.0**k, canonical)
             passes.append((scale, *self._search_pass(image, scale)))
         implied = [np.median(d) / s if d.size else np.nan for s, d, _ in passes]
@@ -318,8 +335,8 @@ class Segmenter:
             scores.append(size_error + 2.0 * (1.0 - conf) + 0.5 * agreement)
         if not np.isfinite(np.min(scores)):
             return None
-        estimate = float(implied[int(np.argmin(scores))])
-        return self._measure(image, estimate) or estimate
+        estimate = min(float(implied[int(np.argmin(scores))]), cap)
+        return min(self._measure(image, estimate) or estimate, cap)
 
     def _search_pass(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
         """Equivalent diameters (px at the network's scale) of the nuclei found, and the

@@ -47,3 +47,26 @@ def two_discs() -> np.ndarray:
     labels[disc(labels.shape, (32, 48), 12)] = 2
     labels[disc(labels.shape, (14, 84), 6)] = 3
     return labels
+
+
+@pytest.fixture(scope="session")
+def embryo() -> tuple[np.ndarray, np.ndarray]:
+    """An embryo-like image: a large dim ellipse (grey 120) ringed by 77 bright nuclei of 10 px
+    (grey 150–249) on a dark background (grey 10). Returns (uint8 (300, 640, 3) image, int32 labels).
+
+    The largest bright structure is the ellipse, far larger than a quarter of the image's height:
+    the Laplacian-of-Gaussian scale space responds most at its size, not at the nuclei's.
+    """
+    shape, d = (300, 640), 10
+    grey = np.full(shape, 10, np.uint8)
+    labels = np.zeros(shape, np.int32)
+    cy, cx, ry, rx = shape[0] / 2, shape[1] / 2, shape[0] * 0.4, shape[1] * 0.42
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    grey[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = 120
+    for t in np.arange(0, 2 * np.pi, 1.4 * d / ((ry + rx) / 2)):
+        nucleus = disc(shape, (cy + (ry - d) * np.sin(t), cx + (rx - d) * np.cos(t)), d / 2)
+        if labels[nucleus].any():
+            continue
+        labels[nucleus] = labels.max() + 1
+        grey[nucleus] = 150 + (37 * int(labels.max())) % 100
+    return np.dstack([grey] * 3), labels

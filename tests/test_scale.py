@@ -11,6 +11,7 @@ from pipeline.scale import (
     MAX_FACTOR,
     MIN_FACTOR,
     blob_diameter,
+    largest_diameter,
     median_diameter,
     nucleus_diameters,
     resize_image,
@@ -87,3 +88,15 @@ def test_blob_diameter_is_scale_equivariant_and_finds_disc_sizes(diameter):
     dark = 1.0 - bright  # dark nuclei on a bright background: the same answer
     assert blob_diameter(dark) == pytest.approx(blob_diameter(bright), rel=1e-6)
     assert np.isnan(blob_diameter(np.full((32, 32), 0.5, np.float32)))
+
+
+def test_blob_diameter_under_a_cap_takes_the_nuclei_peak_not_a_larger_structure(embryo):
+    image, labels = embryo
+    grey = image[..., 0] / 255.0
+    cap = largest_diameter(grey.shape)
+    assert cap == 75.0  # a quarter of the shorter side
+    assert blob_diameter(grey) > 2 * cap  # uncapped, the ellipse (the embryo) wins
+    capped = blob_diameter(grey, max_diameter=cap)
+    assert median_diameter(labels) / 1.5 < capped < median_diameter(labels) * 1.5
+    # a cap above the strongest response changes nothing
+    assert blob_diameter(grey, max_diameter=1e4) == blob_diameter(grey)

@@ -77,6 +77,18 @@ def test_discs_of_any_size_are_found_once_without_a_diameter(diameter, method):
     assert m["ap50"] == 1.0 and m["mean_matched_iou"] > 0.85
 
 
+@pytest.mark.parametrize("method", ["blob", "search"])
+def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
+    """The scale-space prior peaks at the embryo (163 px, a quarter of the image's height is 75
+    px): the estimate stays under that cap and the ring of 10-px nuclei is found."""
+    image, true = embryo
+    seg = segmenter()
+    seg.estimator = method
+    result = seg.segment(image)
+    assert result.diameter == pytest.approx(median_diameter(true), rel=0.25)
+    assert image_metrics(true, result.labels)["ap50"] > 0.7  # 69 of 77 nuclei; 5 without the cap
+
+
 def test_given_diameter_overrides_the_estimate_and_maps_back_to_original_pixels():
     image, true = disc_image(40, n=3)
     seg = segmenter()
