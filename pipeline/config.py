@@ -311,15 +311,17 @@ class PostprocessConfig(Section):
     min_relative_size: float = setting(0.0, number(0, 1))
     flood: str = setting("probability", choice(lazy("watershed", "FLOODS")))
     object_threshold: float = setting(0.0, number(0, 1))
+    stained_object_threshold: float | None = setting(None, optional(number(0, 1)))
 
-    #: The keys that are keyword arguments of :func:`pipeline.watershed.postprocess`.
+    #: The post-processing settings (a model directory's ``postprocess``): the keyword arguments of
+    #: :func:`pipeline.watershed.postprocess_to_shape`.
     THRESHOLDS: ClassVar[tuple[str, ...]] = (
         "marker_threshold", "mask_threshold", "min_marker_size", "min_size", "min_relative_size", "flood",
-        "object_threshold",
+        "object_threshold", "stained_object_threshold",
     )  # fmt: skip
 
     def thresholds(self) -> dict[str, Any]:
-        """The :func:`pipeline.watershed.postprocess` keyword arguments."""
+        """The :func:`pipeline.watershed.postprocess_to_shape` keyword arguments."""
         return {k: getattr(self, k) for k in self.THRESHOLDS}
 
 

@@ -366,11 +366,11 @@ def main(args: argparse.Namespace) -> int:
     Each image goes through the :class:`pipeline.segmenter.Segmenter` of ``predict.model``:
     normalised, its nucleus diameter estimated, resized to the model's canonical diameter; the
     file holds the probabilities at that scale (``probs`` float16 (C, h, w)), ``head``, the
-    original ``shape`` and the ``scale``, from which ``nuclei postprocess`` makes labels on the
-    original pixel grid exactly as the Segmenter does.
+    original ``shape``, the ``scale`` and the ``image_type``, from which ``nuclei postprocess``
+    makes labels on the original pixel grid exactly as the Segmenter does.
     """
     from pipeline.io import progress, save_npz
-    from pipeline.segmenter import Segmenter
+    from pipeline.segmenter import Segmenter, image_type_of
 
     config = load_config(args.params)
     cfg = config.predict
@@ -383,6 +383,6 @@ def main(args: argparse.Namespace) -> int:
         _, _, scale = segmenter.scale_for(image)
         probs = segmenter.predict_scaled(image, scale)
         save_npz(out / f"{image_id}.npz", probs=probs.astype(np.float16), head=np.array(segmenter.head),
-                 shape=np.array(image.shape[:2]), scale=np.float64(scale))
+                 shape=np.array(image.shape[:2]), scale=np.float64(scale), image_type=np.array(image_type_of(image)))
     print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
     return 0

@@ -30,12 +30,14 @@ IMAGE_TYPES = ("fluo-small", "fluo-large", "brightfield", "histology")
 INDEX_COLUMNS = ("id", "fold")
 
 
-def classify_image(image: np.ndarray) -> str:
+def classify_image(image: np.ndarray, n_pixels: int | None = None) -> str:
     """Image type of a DSB2018-like image, from colour, brightness and size.
 
     Parameters
     ----------
     image : uint8 ndarray of shape (H, W, 3)
+    n_pixels : int, optional
+        The image's number of pixels, when ``image`` is a subsample of it (default H × W).
 
     Returns
     -------
@@ -51,7 +53,8 @@ def classify_image(image: np.ndarray) -> str:
         return "histology"
     if float(rgb.mean()) > 0.35:
         return "brightfield"
-    return "fluo-large" if image.shape[0] * image.shape[1] > 200_000 else "fluo-small"
+    n_pixels = image.shape[0] * image.shape[1] if n_pixels is None else n_pixels
+    return "fluo-large" if n_pixels > 200_000 else "fluo-small"
 
 
 def stratified_folds(ids: list[str], groups: list[str], k: int, seed: int = 0) -> np.ndarray:

@@ -141,14 +141,14 @@ def confidence(probs: np.ndarray, head: str) -> float:
     return 1.0 - ambiguous / n
 
 
-def looks_brightfield(image: np.ndarray) -> bool:
-    """A normalised (H, W, 3) image that is grey with a bright background
-    (:func:`pipeline.prepare.classify_image` says 'brightfield')."""
+def image_type_of(image: np.ndarray) -> str:
+    """:func:`pipeline.prepare.classify_image` of a normalised (H, W, 3) image: 'histology'
+    (colour: stained), 'brightfield' (grey with a bright background), 'fluo-large' or 'fluo-small'."""
     from pipeline.prepare import classify_image
 
     step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 250_000)))  # a subsample is enough
     sample = np.clip(np.rint(image[::step, ::step] * 255), 0, 255).astype(np.uint8)
-    return classify_image(sample) == "brightfield"
+    return classify_image(sample, n_pixels=image.shape[0] * image.shape[1])
 
 
 def _content_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
@@ -243,12 +243,12 @@ class Segmenter:
 
         return normalize_image(image, **self.normalization)
 
-    def _labels(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    def _labels(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
         """Labels (on the image's grid) and confidence of one normalised image or block."""
         from pipeline.watershed import postprocess_to_shape
 
         probs = self.predict_scaled(image, scale)
-        labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, **self.thresholds)
+        labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, image_type, **self.thresholds)
         return labels, confidence(probs, self.head)
 
     def predict_scaled(self, image: np.ndarray, scale: float) -> np.ndarray:
@@ -342,11 +342,11 @@ class Segmenter:
         """Equivalent diameters (px at the network's scale) of the nuclei found, and the
         confidence, in the window with the most structure (:data:`SEARCH_WINDOW` px at the
         network's scale) of a normalised image resized by ``scale``."""
-        from pipeline.watershed import postprocess
+        from pipeline.watershed import for_image_type, postprocess
 
         window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
         probs = self.predict_scaled(image[window], scale)
-        labels = postprocess(probs, self.head, **self.thresholds)
+        labels = postprocess(probs, self.head, **for_image_type(self.thresholds))
         return nucleus_diameters(labels), confidence(probs, self.head)
 
     # ------------------------------------------------------------------ the entry point
@@ -371,9 +371,10 @@ class Segmenter:
         if not normalized:
             image = self.normalize(image)
         diameter, estimated, scale = self.scale_for(image, diameter)
-        labels, conf = self._segment_blocks(image, scale)
+        image_type = image_type_of(image)
+        labels, conf = self._segment_blocks(image, scale, image_type)
         flag = ""
-        if looks_brightfield(image):
+        if image_type == "brightfield":
             flag = BRIGHTFIELD_FLAG
         elif conf < MIN_CONFIDENCE:
             flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"
@@ -399,7 +400,7 @@ class Segmenter:
             diameter = self.estimate_diameter(image) or self.diameter
         return diameter, estimated, scale_factor(diameter, self.diameter)
 
-    def _segment_blocks(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    def _segment_blocks(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
         """Labels (original grid) and confidence; block by block when the image is large.
 
         Blocks are cut in the image's pixels so that each is at most ``block_size`` px at the
@@ -416,11 +417,11 @@ class Segmenter:
         block = max(64, int(self.block_size / max(scale, 1.0)))
         margin = min(int(math.ceil(self.block_margin / min(scale, MAX_FACTOR))), block // 4)
         if max(height, width) <= block:
-            return self._labels(image, scale)
+            return self._labels(image, scale, image_type)
         labels = np.zeros((height, width), np.int32)
         n_labels, conf_sum, conf_weight = 0, 0.0, 0
         for outer, core in iter_blocks((height, width), block, margin):
-            part, conf = self._labels(image[outer], scale)
+            part, conf = self._labels(image[outer], scale, image_type)
             size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
             conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
             props = regionprops_table(part, properties=("label", "centroid"))

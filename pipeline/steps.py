@@ -62,9 +62,10 @@ def train_step(
 
 def postprocess_function(head: str, postprocess: PostprocessConfig):
     """``probs (C, H, W) -> int32 labels``: the watershed of the postprocess stage."""
+    from pipeline.watershed import for_image_type
     from pipeline.watershed import postprocess as watershed
 
-    kwargs = postprocess.thresholds()
+    kwargs = for_image_type(postprocess.thresholds())
     return lambda probs: watershed(probs, head, **kwargs)
 
 

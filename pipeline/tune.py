@@ -46,17 +46,16 @@ def experiment_mean(scores, groups) -> float:
     return float(pd.Series(np.asarray(scores, dtype=float)).groupby(np.asarray(groups)).mean().mean())
 
 
-def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: dict[str, list],
-                fixed: dict[str, Any], groups=None) -> pd.DataFrame:
+def grid_search(samples: list[tuple], grid: dict[str, list], fixed: dict[str, Any], groups=None) -> pd.DataFrame:
     """Mean DSB2018 score of every combination of ``grid``.
 
     Parameters
     ----------
-    samples : list of (probs (C, h, w) float32, head, true labels (H, W) int, scale)
-        Probabilities at the network's scale (the image resized by ``scale``); a 3-tuple means
-        scale 1.
+    samples : list of (probs (C, h, w) float32, head, true labels (H, W) int[, scale[, image_type]])
+        Probabilities at the network's scale (the image resized by ``scale``, default 1), and the
+        image's :func:`pipeline.prepare.classify_image` (default None).
     grid : dict
-        :func:`pipeline.watershed.postprocess` keyword → list of values to try.
+        :func:`pipeline.watershed.postprocess_to_shape` keyword → list of values to try.
     fixed : dict
         The other keywords, held fixed.
     groups : sequence, optional
@@ -81,10 +80,7 @@ def grid_search(samples: list[tuple[np.ndarray, str, np.ndarray, float]], grid: 
     rows = []
     for values in progress(combos, desc="tune", unit="setting"):
         kwargs = fixed | dict(zip(keys, values, strict=True)) | {"min_relative_size": 0.0}
-        labels = [
-            postprocess_to_shape(probs, head, true.shape, *(rest or (1.0,)), **kwargs)
-            for probs, head, true, *rest in samples
-        ]
+        labels = [postprocess_to_shape(probs, head, true.shape, *rest, **kwargs) for probs, head, true, *rest in samples]
         for fraction in fractions:
             scores = [
                 dsb_score(true, remove_relatively_small(pred, fraction))
@@ -105,6 +101,7 @@ def best_setting(table: pd.DataFrame) -> tuple[dict[str, Any], dict[str, float]]
     row = table.iloc[0]
     scores = {k: float(v) for k, v in row.items() if k in ("dsb_score", "group_score")}
     setting = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items() if k not in scores}
+    setting = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in setting.items()}  # unset
     return setting, scores
 
 
@@ -190,6 +187,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object", type=float, nargs="+", default=None,
                         help="object_threshold values to try: nuclei whose highest P(mask - border) is "
                              "below it are removed (default: the current value)")
+    parser.add_argument("--stained-object", type=float, nargs="+", default=None,
+                        help="stained_object_threshold values to try: the object threshold of stained "
+                             "(colour, e.g. H&E) images (default: the current value)")
     parser.add_argument("--write", metavar="PARAMS", default=None,
                         help="also set the best values in the postprocess section of this parameters file")
     parser.add_argument("--balance", choices=("image", "experiment"), default="image",
@@ -198,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=10, help="rows of the table to print (default: %(default)s)")
 
 
-def validation_samples(config) -> tuple[list[tuple[np.ndarray, str, np.ndarray, float]], list | None]:
+def validation_samples(config) -> tuple[list[tuple[np.ndarray, str, np.ndarray, float, str | None]], list | None]:
     """The samples :func:`grid_search` takes, for the validation fold of ``config`` (a
     :class:`pipeline.config.Config`): the predictions in ``predict.out`` with the prepared labels,
     and the experiment (``group`` column of ``index.csv``) of each, None without that column.
@@ -218,8 +218,8 @@ def validation_samples(config) -> tuple[list[tuple[np.ndarray, str, np.ndarray, 
         file = pred_dir / f"{image_id}.npz"
         if not file.is_file():
             raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
-        probs, head, _, scale = read_prediction(file)
-        samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"], scale))
+        probs, head, _, scale, image_type = read_prediction(file)
+        samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"], scale, image_type))
     return samples, (index["group"].tolist() if "group" in index.columns else None)
 
 
@@ -238,7 +238,8 @@ def main(args: argparse.Namespace) -> int:
     what = (f"mean over {len(set(groups))} experiments" if groups is not None else "mean over images")
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood,
             "min_relative_size": args.relative,
-            "object_threshold": args.object or [current["object_threshold"]]}
+            "object_threshold": args.object or [current["object_threshold"]],
+            "stained_object_threshold": args.stained_object or [current["stained_object_threshold"]]}
     fixed = {k: v for k, v in current.items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups)
     print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))

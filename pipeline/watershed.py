@@ -12,7 +12,9 @@ P(mask) and P(mask − border) come from the head's decoding
    Euclidean distance to the background (``flood='distance'``), restricted to the foreground;
    foreground components that hold no marker at all become nuclei of their own;
 4. nuclei whose highest P(mask − border) is below ``object_threshold`` are removed: faint specks
-   the network is unsure of (a real nucleus, even one cut by the image edge, peaks near 1);
+   the network is unsure of (a real nucleus, even one cut by the image edge, peaks near 1).
+   Stained (colour, e.g. H&E) images take ``stained_object_threshold`` instead when it is set
+   (:func:`for_image_type`): the network is less sure of tissue nuclei;
 5. holes are filled (background enclosed by one nucleus), nuclei smaller than ``min_size``
    pixels are removed, then those smaller than ``min_relative_size`` times the median area of
    the image's nuclei (specks beside real nuclei, whatever the scale), and the labels are
@@ -228,10 +230,28 @@ def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
     return remove_small(labels, int(np.ceil(fraction * np.median(areas))))
 
 
+#: The image type (:func:`pipeline.prepare.classify_image`) that takes ``stained_object_threshold``:
+#: colour images, H&E and other stains.
+STAINED = "histology"
+
+
+def for_image_type(settings: dict[str, Any], image_type: str | None = None) -> dict[str, Any]:
+    """The :func:`postprocess` keyword arguments of post-processing ``settings`` (a ``postprocess``
+    section's thresholds) for an image of ``image_type``: a stained image (:data:`STAINED`) takes
+    ``stained_object_threshold`` as its ``object_threshold`` when that is set (not None).
+    """
+    kwargs = dict(settings)
+    stained = kwargs.pop("stained_object_threshold", None)
+    if stained is not None and image_type == STAINED:
+        kwargs["object_threshold"] = stained
+    return kwargs
+
+
 def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], scale: float = 1.0,
-                         **kwargs: Any) -> np.ndarray:
+                         image_type: str | None = None, **kwargs: Any) -> np.ndarray:
     """:func:`postprocess` of probabilities computed on an image resized by ``scale``, giving labels
-    on the original pixel grid of ``shape``.
+    on the original pixel grid of ``shape``, with the settings ``kwargs`` for an image of
+    ``image_type`` (:func:`for_image_type`).
 
     Sizes in ``kwargs`` (``min_marker_size``, ``min_size``) are in px at the network's scale.
     Enlarged images (``scale > 1``, small nuclei) are post-processed at the network's scale and
@@ -248,6 +268,8 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     shape : (int, int)
         (H, W) of the original image.
     scale : float
+    image_type : str, optional
+        :func:`pipeline.prepare.classify_image` of the image.
 
     Returns
     -------
@@ -255,6 +277,7 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     """
     from pipeline.scale import resize_labels, resize_probabilities
 
+    kwargs = for_image_type(kwargs, image_type)
     fraction = kwargs.pop("min_relative_size", 0.0)
     if scale > 1:
         labels = remove_small(resize_labels(postprocess(probs, head, **kwargs), tuple(shape)), 1)
@@ -289,7 +312,9 @@ def thresholds(cfg: PostprocessConfig | dict[str, Any] | None, source: str | Pat
     -------
     kwargs : dict
         ``marker_threshold``, ``mask_threshold``, ``min_marker_size``, ``min_size``,
-        ``min_relative_size``, ``flood``.
+        ``min_relative_size``, ``flood``, ``object_threshold``, ``stained_object_threshold``
+        (:func:`postprocess_to_shape` keywords; :func:`for_image_type` gives those of
+        :func:`postprocess`).
     """
     if not isinstance(cfg, PostprocessConfig):
         keys = PostprocessConfig.THRESHOLDS
@@ -297,7 +322,7 @@ def thresholds(cfg: PostprocessConfig | dict[str, Any] | None, source: str | Pat
     return cfg.thresholds()
 
 
-def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int], float]:
+def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int], float, str | None]:
     """Read ``data/predictions/<id>.npz``.
 
     Returns
@@ -309,6 +334,8 @@ def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int],
         (H, W) of the original image (``(h, w)`` in files without ``shape``).
     scale : float
         Factor the image was resized by (1 in files without ``scale``).
+    image_type : str or None
+        :func:`pipeline.prepare.classify_image` of the image (None in files without it).
     """
     path = Path(path)
     try:
@@ -317,11 +344,12 @@ def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int],
             head = str(data["head"])
             shape = tuple(int(v) for v in data["shape"]) if "shape" in data else probs.shape[1:]
             scale = float(data["scale"]) if "scale" in data else 1.0
+            image_type = str(data["image_type"]) if "image_type" in data else None
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise NucleiError(f"{path}: not a readable prediction file ({exc})") from None
     if head not in HEADS or probs.ndim != 3 or probs.shape[0] != HEADS[head].channels:
         raise NucleiError(f"{path}: probs of shape {probs.shape} do not match the {head!r} head")
-    return probs, head, shape, scale
+    return probs, head, shape, scale, image_type
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,8 +370,8 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     counts = []
     for path in progress(files, desc="postprocess"):
-        probs, head, shape, scale = read_prediction(path)
-        labels = postprocess_to_shape(probs, head, shape, scale, **kwargs)
+        probs, head, shape, scale, image_type = read_prediction(path)
+        labels = postprocess_to_shape(probs, head, shape, scale, image_type, **kwargs)
         write_labels(out / f"{path.stem}.tif", labels)
         counts.append(int(labels.max()))
     print(f"postprocess: {len(files)} images, {sum(counts)} nuclei -> {out}")

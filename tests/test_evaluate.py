@@ -102,6 +102,7 @@ def test_predict_writes_validation_and_test_predictions(workspace):
     pred = load_npz(workspace / "predictions" / "t1.npz")
     assert pred["probs"].dtype == np.float16 and pred["probs"].shape == (3, 70, 90)
     assert str(pred["head"]) == "softmax"
+    assert str(pred["image_type"]) in ("histology", "brightfield", "fluo-small")  # as the Segmenter sees it
     np.testing.assert_allclose(pred["probs"].astype(np.float32).sum(0), 1.0, atol=3e-3)
 
 
@@ -147,7 +148,7 @@ def test_tune_finds_and_writes_best(workspace, capsys):
     write_ideal_predictions(workspace)
     # the ideal maps have P(mask) = 0.8 on the rim: a mask threshold of 0.85 loses it
     assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5,
-               balance="image", relative=[0.0], object=None) == 0
+               balance="image", relative=[0.0], object=None, stained_object=None) == 0
     out = capsys.readouterr().out
     assert "best" in out
     best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
@@ -239,6 +240,17 @@ def test_object_threshold_is_tuned_as_postprocess_applies_it():
                           for p, h, true, _ in samples])
         assert table.loc[value, "dsb_score"] == pytest.approx(direct)
     assert table.loc[0.8, "dsb_score"] > table.loc[0.0, "dsb_score"]
+    # a stained threshold applies to the stained samples only (the 5th element: the image type)
+    typed = [samples[0] + ("histology",), samples[1] + ("fluo-small",)]
+    grid = {"object_threshold": [0.8], "stained_object_threshold": [None, 0.0]}
+    stained = tune.grid_search(typed, grid, fixed).set_index("stained_object_threshold", drop=False)
+    (p0, h0, true0, _), (p1, h1, true1, _) = samples
+    kept = np.mean([dsb_score(true0, postprocess(p0, h0, **fixed, object_threshold=0.0)),
+                    dsb_score(true1, postprocess(p1, h1, **fixed, object_threshold=0.8))])
+    assert stained.loc[0.0, "dsb_score"] == pytest.approx(kept)
+    assert stained["dsb_score"].max() == pytest.approx(table.loc[0.8, "dsb_score"])
+    best, _ = tune.best_setting(stained)
+    assert best["stained_object_threshold"] is None  # unset, not nan
 
 
 def test_tuning_weighs_experiments_equally():
@@ -263,13 +275,13 @@ def test_tuning_weighs_experiments_equally():
 def test_tune_balances_experiments_from_the_index(workspace, capsys):
     write_ideal_predictions(workspace)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None) == 0
+               relative=[0.0], object=None, stained_object=None) == 0
     assert "no experiment groups" in capsys.readouterr().out  # index.csv without a group column
     index = pd.read_csv(workspace / "prepared" / "index.csv")
     index["group"] = [0, 0, 1, 2]
     index.to_csv(workspace / "prepared" / "index.csv", index=False)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None) == 0
+               relative=[0.0], object=None, stained_object=None) == 0
     tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
     assert tuned["objective"] == "mean over 2 experiments" and tuned["n_images"] == 3  # a, b | c
     assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0

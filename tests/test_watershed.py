@@ -12,6 +12,7 @@ from pipeline.errors import NucleiError
 from pipeline.io import read_labels, save_npz
 from pipeline.watershed import (
     fill_holes,
+    for_image_type,
     main,
     postprocess,
     postprocess_to_shape,
@@ -135,6 +136,40 @@ def test_faint_objects_dropped_whatever_their_size():
     assert match(postprocess(probs, "sigmoid", min_relative_size=0.2, **kwargs), cut)[0] == 0
     assert remove_faint(np.zeros(SHAPE, np.int32), probs[0], 0.99).max() == 0
     np.testing.assert_array_equal(remove_faint(labels, probs[0], 0.0), labels)
+
+
+def test_stained_images_take_their_own_object_threshold(tmp_path, monkeypatch):
+    """stained_object_threshold replaces object_threshold for stained (colour) images only, in
+    postprocess_to_shape and in the postprocess command (image_type stored by `nuclei predict`)."""
+    nucleus, faint = disc(SHAPE, (30, 30), 12), disc(SHAPE, (60, 90), 12)
+    probs = probs_for([nucleus, faint], "sigmoid")
+    probs[0][faint] = 0.97  # the network is less sure of this one
+    settings = dict(marker_threshold=0.9, mask_threshold=0.9, min_size=4, object_threshold=0.99,
+                    stained_object_threshold=0.95)
+    assert for_image_type(settings, "histology")["object_threshold"] == 0.95
+    assert for_image_type(settings, "fluo-small")["object_threshold"] == 0.99
+    assert "stained_object_threshold" not in for_image_type(settings)
+    unset = settings | {"stained_object_threshold": None}
+    assert for_image_type(unset, "histology")["object_threshold"] == 0.99
+    assert postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, None, **settings).max() == 1
+    assert postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, "fluo-small", **settings).max() == 1
+    assert postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, "histology", **settings).max() == 2
+    assert postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, "histology", **unset).max() == 1
+
+    monkeypatch.chdir(tmp_path)
+    for name, image_type in (("tissue", "histology"), ("cells", "fluo-small")):
+        save_npz(f"pred/{name}.npz", probs=probs.astype(np.float16), head=np.array("sigmoid"),
+                 image_type=np.array(image_type))
+    (tmp_path / "params.yaml").write_text(
+        "predict: {out: pred}\n"
+        "postprocess: {out: post, marker_threshold: 0.9, mask_threshold: 0.9, min_size: 4,"
+        " object_threshold: 0.99, stained_object_threshold: 0.95}\n"
+    )
+    assert main(argparse.Namespace(params="params.yaml")) == 0
+    assert read_labels(tmp_path / "post" / "tissue.tif").max() == 2
+    assert read_labels(tmp_path / "post" / "cells.tif").max() == 1
+    with pytest.raises(NucleiError, match="postprocess.stained_object_threshold"):
+        thresholds({"stained_object_threshold": 1.5})
 
 
 def test_empty_map_gives_no_nuclei():
