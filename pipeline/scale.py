@@ -122,39 +122,37 @@ def largest_diameter(shape: tuple[int, ...]) -> float:
     return min(shape[:2]) / MIN_NUCLEI_ACROSS
 
 
-def blob_diameter(image: np.ndarray, max_side: int = 512, max_diameter: float | None = None) -> float:
-    """Typical diameter of the bright blobs of an image, from its Laplacian-of-Gaussian scale space.
+def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Laplacian-of-Gaussian scale space of an image's bright blobs: one response per blob size.
 
     The scale-normalised response ``−σ² ∇²G_σ * image`` is computed for σ from 1.4 to 64 px
     (quarter octaves, on an image pyramid so that no filter is wider than σ = 4 px) on the grey
     image (inverted when the background is bright, so that dark nuclei on bright-field or H&E
-    images count as blobs), shrunk to at most ``max_side`` px; the σ whose
-    99th-percentile response is largest gives the diameter ``2√2 σ`` (a disc of that diameter
-    responds most at that σ), divided by :data:`BLOB_CALIBRATION`. Scale-equivariant: the same
-    image at twice the size gives twice the diameter.
+    images count as blobs), shrunk to at most ``max_side`` px; its 99th percentile is the
+    response at that σ, and ``2√2 σ`` (a disc of that diameter responds most at that σ), divided by
+    :data:`BLOB_CALIBRATION`, the diameter. Scale-equivariant: the same image at twice the size
+    gives twice the diameters.
 
     Parameters
     ----------
     image : (H, W) or (H, W, C) float array, normalised to [0, 1]
     max_side : int
         The image is shrunk to at most this many px on its longer side first.
-    max_diameter : float, optional
-        Largest diameter (px of ``image``) to return. When the strongest response lies beyond it
-        (a large bright structure such as an embryo or a tissue section, not a nucleus), the
-        strongest local peak of the response at or below it is returned instead.
 
     Returns
     -------
-    diameter : float
-        In px of ``image``; nan for a constant image, or when no peak lies at or below
-        ``max_diameter``.
+    diameters : (K,) float array
+        In px of ``image``, increasing.
+    response : (K,) float array
+        Both empty for a constant image.
     """
     from scipy import ndimage as ndi
 
+    empty = (np.zeros(0), np.zeros(0))
     grey = np.asarray(image, dtype=np.float32)
     grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
     if float(grey.max() - grey.min()) < 1e-6:
-        return float("nan")
+        return empty
     if np.median(grey) > 0.5 * (float(grey.max()) + float(grey.min())):
         grey = grey.max() - grey  # dark nuclei on a bright background
     factor = min(1.0, max_side / max(grey.shape))
@@ -163,7 +161,7 @@ def blob_diameter(image: np.ndarray, max_side: int = 512, max_diameter: float | 
     sigmas = 2.0 ** np.arange(0.5, 6.01, 0.25)
     sigmas = sigmas[3 * sigmas <= max(grey.shape)]
     if not sigmas.size:
-        return float("nan")
+        return empty
     response = []
     pyramid = {1: grey}
     for s in sigmas:  # an image pyramid keeps every filter small (σ ≤ 4 px at its level)
@@ -172,12 +170,37 @@ def blob_diameter(image: np.ndarray, max_side: int = 512, max_diameter: float | 
             pyramid[step] = resize_image(grey, scaled_shape(grey.shape, 1 / step))
         level = pyramid[step]
         response.append(np.percentile(-((s / step) ** 2) * ndi.gaussian_laplace(level, s / step), 99))
-    response = np.asarray(response)
-    diameters = 2 * np.sqrt(2) * sigmas / factor / BLOB_CALIBRATION
-    if max_diameter is None or diameters[int(np.argmax(response))] <= max_diameter:
-        return float(diameters[int(np.argmax(response))])
-    # the strongest peak of the response among the sizes that fit (a response still rising at
-    # max_diameter belongs to the larger structure)
+    return 2 * np.sqrt(2) * sigmas / factor / BLOB_CALIBRATION, np.asarray(response)
+
+
+def strongest_blob(diameters: np.ndarray, response: np.ndarray, max_diameter: float | None = None) -> float:
+    """The diameter of a :func:`blob_scale_space` whose response is strongest.
+
+    Parameters
+    ----------
+    diameters, response : (K,) float arrays
+    max_diameter : float, optional
+        Largest diameter to return. When the strongest response lies beyond it (a large bright
+        structure such as an embryo or a tissue section, not a nucleus), the strongest local peak
+        of the response at or below it is returned instead.
+
+    Returns
+    -------
+    diameter : float
+        nan for an empty scale space, or when no peak lies at or below ``max_diameter``.
+    """
+    if not response.size:
+        return float("nan")
+    best = int(np.argmax(response))
+    if max_diameter is None or diameters[best] <= max_diameter:
+        return float(diameters[best])
+    # a response still rising at max_diameter belongs to the larger structure
     padded = np.pad(response, 1, constant_values=-np.inf)
     peaks = (response > padded[:-2]) & (response >= padded[2:]) & (diameters <= max_diameter)
     return float(diameters[np.flatnonzero(peaks)[np.argmax(response[peaks])]]) if peaks.any() else float("nan")
+
+
+def blob_diameter(image: np.ndarray, max_side: int = 512, max_diameter: float | None = None) -> float:
+    """Typical diameter (px of ``image``) of the bright blobs of an image: the
+    :func:`strongest_blob` of its :func:`blob_scale_space`; nan for a constant image."""
+    return strongest_blob(*blob_scale_space(image, max_side), max_diameter)

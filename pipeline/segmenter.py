@@ -296,15 +296,16 @@ class Segmenter:
         return float(np.median(d) / scale) if d.size >= 3 else None
 
     def _estimate_blob(self, image: np.ndarray) -> float | None:
-        from pipeline.scale import blob_diameter
+        from pipeline.scale import blob_scale_space, strongest_blob
 
         cap = largest_diameter(image.shape)
-        prior = blob_diameter(image)
+        scale_space = blob_scale_space(image)
+        prior = strongest_blob(*scale_space)
         if prior <= cap:
             starts = [prior]
         else:  # nan, or a structure larger than any nucleus: the strongest blob peak that fits, and
             # the canonical size when the network does not confirm that peak (or there is none)
-            fitted = blob_diameter(image, max_diameter=cap)
+            fitted = strongest_blob(*scale_space, max_diameter=cap)
             starts = [d for d in (fitted, min(self.diameter, cap)) if np.isfinite(d)]
         for start in starts:
             estimate, confirmed = start, False
