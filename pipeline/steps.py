@@ -61,12 +61,13 @@ def train_step(
 
 
 def postprocess_function(head: str, postprocess: PostprocessConfig):
-    """``probs (C, H, W) -> int32 labels``: the watershed of the postprocess stage."""
+    """``(probs (C, H, W), image_type=None) -> int32 labels``: the watershed of the postprocess
+    stage, with the thresholds of the image's type (:func:`pipeline.watershed.for_image_type`)."""
     from pipeline.watershed import for_image_type
     from pipeline.watershed import postprocess as watershed
 
-    kwargs = for_image_type(postprocess.thresholds())
-    return lambda probs: watershed(probs, head, **kwargs)
+    settings = postprocess.thresholds()
+    return lambda probs, image_type=None: watershed(probs, head, **for_image_type(settings, image_type))
 
 
 @torch.no_grad()
@@ -81,7 +82,9 @@ def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torc
     loss_fn : callable(logits, batch) -> scalar tensor
     head : str
         A name of :data:`pipeline.heads.HEADS`.
-    segment : callable, probabilities float32 (C, H, W) -> int32 labels (H, W)
+    segment : callable(probabilities float32 (C, H, W), image_type) -> int32 labels (H, W)
+        As :func:`postprocess_function`; ``image_type`` is that of the validation image
+        (:func:`pipeline.segmenter.image_type_of`), so stained images take their own thresholds.
     device : torch.device
     precision : {'fp32', 'bf16', 'fp16'}
         A resolved precision (autocast of the forward pass).
@@ -92,6 +95,7 @@ def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torc
         ``[sum of losses, sum of DSB2018 scores, number of images]`` over ``loader``.
     """
     from pipeline.metrics import dsb_score
+    from pipeline.segmenter import image_type_of
 
     model.eval()
     loss_sum = score_sum = count = 0.0
@@ -106,7 +110,8 @@ def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torc
         targets["classes"] = targets["classes"].long()
         loss_sum += float(loss_fn(logits, targets))
         probs = get_head(head).activate(logits)[0].cpu().numpy()
-        score_sum += dsb_score(labels, segment(probs))
+        image_type = image_type_of(batch["image"][0, :, :h, :w].permute(1, 2, 0).numpy())
+        score_sum += dsb_score(labels, segment(probs, image_type))
         count += 1
     model.train()
     return [loss_sum, score_sum, count]

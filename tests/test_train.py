@@ -374,3 +374,46 @@ def test_training_lowers_the_loss_and_beats_the_untrained_network(data_root, tmp
     print(f"train loss {losses}, pixel IoU untrained {untrained:.3f} trained {trained:.3f}")
     assert losses[-1] < 0.8 * losses[0]
     assert trained > untrained + 0.2 and trained > 0.5
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in network whose logits are fixed, whatever the image."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(image.shape[0], -1, -1, -1)
+
+
+def test_validation_applies_the_stained_object_threshold():
+    """Training-time validation post-processes as `nuclei postprocess` does: a stained (colour)
+    validation image takes postprocess.stained_object_threshold, a grey one object_threshold."""
+    from pipeline.config import PostprocessConfig
+    from pipeline.steps import postprocess_function, validate
+    from tests.conftest import disc
+
+    shape = (64, 96)
+    labels = np.zeros(shape, np.int32)
+    labels[disc(shape, (32, 24), 12)] = 1
+    labels[disc(shape, (32, 70), 12)] = 2
+    mask = np.where(labels == 1, 0.999, np.where(labels == 2, 0.97, 0.001))  # less sure of nucleus 2
+    probs = np.stack([mask, np.full(shape, 0.001)]).astype(np.float32)  # sigmoid: mask, border
+    model = _FixedLogits(torch.logit(torch.from_numpy(probs))[None])
+    grey = np.full((*shape, 3), 0.2, np.float32)
+    stained = grey * np.array([1.0, 0.5, 1.5], np.float32)
+    post = PostprocessConfig(marker_threshold=0.9, mask_threshold=0.9, min_size=4,
+                             object_threshold=0.99, stained_object_threshold=0.95)
+    segment = postprocess_function("sigmoid", post)
+
+    def score(image: np.ndarray) -> float:
+        batch = {"image": torch.from_numpy(image.transpose(2, 0, 1))[None],
+                 "labels": torch.from_numpy(labels)[None],
+                 **{k: torch.zeros((1, *shape)) for k in ("classes", "mask", "border", "weights")}}
+        _, total, count = validate(model, [batch], lambda logits, t: torch.zeros(()), "sigmoid",
+                                   segment, torch.device("cpu"))
+        return total / count
+
+    assert score(stained) == pytest.approx(1.0)  # both nuclei kept
+    assert score(grey) == pytest.approx(0.5)  # nucleus 2 dropped: 1 TP, 1 FN at every IoU threshold
