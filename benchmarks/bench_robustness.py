@@ -1,4 +1,4 @@
-"""Robustness of segmentation to the shifts a new microscope brings: scale, contrast, noise, stain.
+"""Robustness of segmentation to the shifts a new microscope brings: scale, contrast, noise, stain, colour.
 
 Usage::
 
@@ -16,7 +16,9 @@ most ``--crop`` px a side. Conditions, applied to the image and (for geometry) t
   100–612 of 65,535) with the largest nucleus pasted in saturated (65,535);
 - ``noise``: Gaussian noise, σ = 10 % of the image's 1–99 % percentile range;
 - ``blur``: Gaussian blur, σ = 2 px;
-- ``stain``: H&E stain jitter in HED space (every stain scaled ×0.75–1.25, fixed seed).
+- ``stain``: H&E stain jitter in HED space (every stain scaled ×0.75–1.25, fixed seed);
+- ``blue``: a grey image (fluorescence, bright-field) recorded in colour, its grey level in the
+  blue channel alone (Hoechst, DAPI); stained images are left as they are.
 
 Every model runs through :class:`pipeline.segmenter.Segmenter` exactly as ``nuclei segment`` does
 (estimated diameter; ``--oracle`` adds a run given the true median nucleus diameter). Printed per
@@ -48,7 +50,7 @@ from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
-CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain")
+CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue")
 #: The conditions :data:`pipeline.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
 CALIBRATION = ("x0.5", "x1", "x2", "noise", "stain")
 
@@ -99,6 +101,12 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
 
         hed = rgb2hed(np.clip(grey / 255.0, 1e-6, 1.0)) * rng.uniform(0.75, 1.25, 3)
         return np.clip(hed2rgb(hed) * 255, 0, 255).astype(np.uint8), labels
+    if condition == "blue":
+        if np.ptp(image, axis=-1).any():  # stained: already in colour
+            return image, labels
+        blue = np.zeros_like(image)
+        blue[..., 2] = image[..., 0]
+        return blue, labels
     raise ValueError(condition)
 
 

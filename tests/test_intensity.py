@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.intensity import intensity_range, normalization_kwargs, normalize_image
+from pipeline.intensity import intensity_range, is_colour_fluorescence, normalization_kwargs, normalize_image
 
 RNG = np.random.default_rng(0)
 
@@ -84,3 +84,27 @@ def test_sparse_nuclei_beside_dim_cytoplasm_keep_their_contrast():
     out = normalize_image(image)
     assert np.median(out[labels > 0]) > 0.9
     assert np.median(out[64:192][labels[64:192] == 0]) < 0.3
+
+
+def test_fluorescence_in_colour_is_normalised_as_grey():
+    """A Hoechst image in the blue channel, GFP in green, a two-channel composite: normalised as
+    the grey image of the same nuclei (what the network learnt). Stained tissue keeps its colour."""
+    labels = discs()
+    signal = (30 + 900 * (labels > 0) + RNG.normal(0, 20, labels.shape)).clip(0).astype(np.uint16)
+    grey = normalize_image(np.dstack([signal] * 3))
+    blank = np.zeros_like(signal)
+    for image in (np.dstack([blank, blank, signal]),  # blue
+                  np.dstack([blank, signal, blank]),  # green
+                  np.dstack([signal, blank, signal]),  # magenta
+                  np.dstack([signal // 2, signal // 4, signal])):  # a tint
+        assert is_colour_fluorescence(np.clip(image / np.percentile(image, 99.8), 0, 1))
+        out = normalize_image(image)
+        assert np.ptp(out, axis=-1).max() == 0  # grey
+        np.testing.assert_allclose(out, grey, atol=2e-3)
+    assert not is_colour_fluorescence(grey)
+
+    # H&E-like: pink background, purple nuclei; bright, so stained, not fluorescence
+    stained = np.where(labels[..., None] > 0, [120, 60, 160], [235, 190, 215]).astype(np.uint8)
+    out = normalize_image(stained)
+    assert not is_colour_fluorescence(out)
+    assert np.ptp(out, axis=-1).max() > 0.3  # still in colour

@@ -89,24 +89,53 @@ def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
     assert image_metrics(true, result.labels)["ap50"] > 0.7  # 69 of 77 nuclei; 5 without the cap
 
 
+class InvertedPredictor(GreyPredictor):
+    """P(nucleus) = 1 − grey level: dark nuclei on a bright background, as in H&E."""
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        probs = super().predict(image)
+        probs[0] = 1.0 - probs[0]
+        return probs
+
+
 def test_stained_images_take_the_stained_object_threshold():
     """A colour (stained) image is post-processed with stained_object_threshold; the same grey
-    image with object_threshold. Dim discs (P(nucleus) about 0.75 for the grey stand-in network)
+    image with object_threshold. Dim dark discs (P(nucleus) about 0.75 for the stand-in network)
     fall under the object threshold 0.9 but not under the stained one, 0.6."""
     from pipeline.segmenter import image_type_of
 
     image, true = disc_image(20, n=4)
     dim = (true > 0) & (true % 2 == 0)
-    image[dim] = 155  # (155 - 20) / (200 - 20) = 0.75 once normalised
-    image[0, 0] = 255  # one hot pixel: the bright discs are not taken for saturation
-    seg = segmenter()
+    image[dim] = 155
+    image = 255 - image  # dark discs on a bright background: nuclei 55, dim ones 100, background 235
+    seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
     seg.thresholds |= {"object_threshold": 0.9, "stained_object_threshold": 0.6}
     tinted = image.astype(np.int16) + np.array([12, 0, -12], np.int16)  # same grey mean, coloured
     tinted = np.clip(tinted, 0, 255).astype(np.uint8)
-    assert image_type_of(seg.normalize(image)) == "fluo-small"
+    assert image_type_of(seg.normalize(image)) == "brightfield"
     assert image_type_of(seg.normalize(tinted)) == "histology"
     assert seg.segment(image, diameter=20).labels.max() == true.max() // 2
     assert seg.segment(tinted, diameter=20).labels.max() == true.max()
+
+
+def test_fluorescence_in_colour_is_segmented_as_grey():
+    """Bright discs in the blue channel, or tinted, on a dark background: fluorescence in colour,
+    normalised grey (pipeline.intensity), so segmented exactly as the grey image and not taken
+    for a stained one."""
+    from pipeline.segmenter import image_type_of
+
+    image, true = disc_image(20, n=4)
+    seg = segmenter()
+    grey = seg.segment(image)
+    blue = np.zeros_like(image)
+    blue[..., 2] = image[..., 0]
+    tinted = np.clip(image.astype(np.int16) + np.array([12, 0, -12], np.int16), 0, 255).astype(np.uint8)
+    for coloured in (blue, tinted):
+        assert image_type_of(seg.normalize(coloured)) == "fluo-small"
+        result = seg.segment(coloured)
+        assert result.diameter == pytest.approx(grey.diameter)
+        np.testing.assert_array_equal(result.labels, grey.labels)
+    assert image_metrics(true, grey.labels)["ap50"] == 1.0
 
 
 def test_given_diameter_overrides_the_estimate_and_maps_back_to_original_pixels():
