@@ -91,8 +91,8 @@ DEFAULT_P = {
 }
 #: The acquisition steps of :func:`acquisition_shift`, in the order they are applied.
 ACQUISITION = ("blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg")
-#: Default range of the defocus σ, px (``augment.blur_sigma``).
-BLUR_SIGMA = (0.5, 2.0)
+#: Default range of the defocus σ, px (``augment.blur_sigma``, whose default it is).
+BLUR_SIGMA = tuple(AugmentConfig().blur_sigma)
 REFLECT = cv2.BORDER_REFLECT_101
 
 
