@@ -280,15 +280,14 @@ class TrainConfig(Section):
 
 
 @dataclass(frozen=True)
-class PredictConfig(Section):
-    """``predict``: the model and the network settings of ``nuclei predict``."""
+class NetworkSection(Section):
+    """The network settings that ``predict`` and ``segment`` share: the model directory, the
+    device and the :class:`pipeline.inference.Predictor` options (:data:`PREDICTOR_KEYS`)."""
 
-    NAME: ClassVar[str] = "predict"
-    model: str = setting("models/trained/model", text)
-    out: str = setting("data/predictions", text)
+    model: str = setting("models/default", text)
     device: str = setting("auto", text)
-    tta: str = setting("flips", _TTA)
-    tile_size: int = setting(512, whole(1))
+    tta: str = setting("none", _TTA)
+    tile_size: int = setting(1024, whole(1))
     overlap: int = setting(64, whole(0))
     batch_size: int = setting(4, whole(1))
     precision: str = setting("auto", _PRECISION)
@@ -296,6 +295,18 @@ class PredictConfig(Section):
     def predictor_options(self) -> dict[str, Any]:
         """:class:`pipeline.inference.Predictor` keywords."""
         return {k: getattr(self, k) for k in PREDICTOR_KEYS}
+
+
+@dataclass(frozen=True)
+class PredictConfig(NetworkSection):
+    """``predict``: the model and the network settings of ``nuclei predict`` (flip TTA and
+    512-px tiles by default: the stage scores a validation fold)."""
+
+    NAME: ClassVar[str] = "predict"
+    model: str = setting("models/trained/model", text)
+    out: str = setting("data/predictions", text)
+    tta: str = setting("flips", _TTA)
+    tile_size: int = setting(512, whole(1))
 
 
 @dataclass(frozen=True)
@@ -344,17 +355,10 @@ class SubmitConfig(Section):
 
 
 @dataclass(frozen=True)
-class SegmentConfig(Section):
+class SegmentConfig(NetworkSection):
     """``segment``: ``nuclei segment`` (command-line flags override these)."""
 
     NAME: ClassVar[str] = "segment"
-    model: str = setting("models/default", text)
-    device: str = setting("auto", text)
-    tta: str = setting("none", _TTA)
-    tile_size: int = setting(1024, whole(1))
-    overlap: int = setting(64, whole(0))
-    batch_size: int = setting(4, whole(1))
-    precision: str = setting("auto", _PRECISION)
     block_size: int = setting(2048, whole(1))
     block_margin: int = setting(128, whole(0))
     thumbnail: int = setting(320, whole(1))
