@@ -29,7 +29,8 @@ Acquisition (the image only, on its raw values, in the order a microscope would 
   saturated ones (p 0.3);
 - ``stain``: on colour images, H&E stain jitter in HED space (``skimage.color.rgb2hed``): each
   stain scaled by [0.7, 1.3] and shifted by ±0.03 (p 0.5);
-- ``noise``: Gaussian noise, σ in [0.005, 0.05] of the full range (p 0.3);
+- ``noise``: Gaussian noise, σ in [0.005, 0.05] of the full range (p 0.3); the same in every
+  channel of a grey image (a grey camera's), per channel in a colour one;
 - ``low_bits``: quantisation to 6–8 bits (p 0.3);
 - ``jpeg``: JPEG compression at quality 30–90 (p 0.2);
 
@@ -194,7 +195,10 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     if colour and rng.random() < p.get("stain", 0):
         image = _hed_jitter(image, rng)
     if rng.random() < p.get("noise", 0):
-        image = image + rng.normal(0.0, rng.uniform(0.005, 0.05), image.shape).astype(np.float32)
+        # grey noise on a grey image: per-channel noise would make fluorescence look coloured and
+        # pipeline.intensity would average it back to grey, at a third of the variance
+        shape = image.shape if colour else (*image.shape[:2], 1)
+        image = image + rng.normal(0.0, rng.uniform(0.005, 0.05), shape).astype(np.float32)
     image = np.clip(image, 0.0, 1.0)
     if rng.random() < p.get("low_bits", 0):
         levels = np.float32(2 ** int(rng.integers(6, 9)) - 1)

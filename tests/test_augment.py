@@ -197,6 +197,23 @@ def test_stain_jitter_only_changes_colour_images():
     assert 0.0 <= jittered.min() and jittered.max() <= 1.0
 
 
+def test_noise_is_grey_on_grey_images_and_per_channel_on_colour_ones():
+    """A grey camera's noise is the same in every channel: a noisy grey crop stays grey (so the
+    normalisation does not take it for fluorescence in colour and average the noise away)."""
+    from pipeline.augment import acquisition_shift
+    from pipeline.intensity import is_colour_fluorescence, normalize_image
+
+    grey = np.dstack([np.full((64, 64), 0.1, np.float32)] * 3)
+    colour = grey * np.array([0.8, 0.5, 0.9], np.float32) + np.float32(0.3)
+    mask = np.zeros((64, 64), np.uint8)
+    noisy = [acquisition_shift(grey, mask, np.random.default_rng(s), {"noise": 1.0}) for s in range(5)]
+    for out in noisy:
+        assert np.ptp(out, axis=-1).max() == 0 and out.std() > 0
+        assert not is_colour_fluorescence(normalize_image(out))
+    tinted = acquisition_shift(colour, mask, np.random.default_rng(0), {"noise": 1.0})
+    assert np.ptp(tinted - colour, axis=-1).max() > 0  # a colour camera's noise differs by channel
+
+
 def test_blur_draws_sigma_from_blur_sigma():
     import cv2
 
