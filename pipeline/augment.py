@@ -72,6 +72,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import AugmentConfig
+from pipeline.intensity import colourfulness, normalize_image
 
 #: Default probability of each switchable transform when its key is ``true``.
 DEFAULT_P = {
@@ -179,7 +180,7 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     """
     image = np.asarray(image, dtype=np.float32)
     dark_background = float(np.median(image)) < 0.5
-    colour = float(np.abs(image - image.mean(axis=-1, keepdims=True)).mean()) > 0.02
+    colour = colourfulness(image) > 0.02
     if rng.random() < p.get("blur", 0):
         sigma = rng.uniform(*blur_sigma)
         image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=REFLECT)
@@ -280,8 +281,6 @@ class Augmentation:
         if self.acquisition:
             image = acquisition_shift(image, mask, self.rng, self.acquisition, self.blur_sigma)
         if self.normalize is not None:
-            from pipeline.intensity import normalize_image
-
             image = normalize_image(image, **self.normalize)
         if self.photometric is not None:
             image = np.clip(self.photometric(image=image)["image"], 0.0, 1.0, dtype=np.float32)

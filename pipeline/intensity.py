@@ -118,10 +118,20 @@ def is_colour_fluorescence(image: np.ndarray) -> bool:
     """
     if image.ndim != 3 or image.shape[-1] < 2:
         return False
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 250_000)))  # a subsample is enough
-    sample = image[::step, ::step]
-    colour = float(np.abs(sample - sample.mean(axis=-1, keepdims=True)).mean())
-    return colour > COLOUR and float(sample.mean()) < DARK
+    sample = subsample(image)
+    return colourfulness(sample) > COLOUR and float(sample.mean()) < DARK
+
+
+def colourfulness(image: np.ndarray) -> float:
+    """Mean |channel − grey| of an (H, W, C) image, in its units: 0 for a grey image."""
+    return float(np.abs(image - image.mean(axis=-1, keepdims=True)).mean())
+
+
+def subsample(image: np.ndarray, n_pixels: int = 250_000) -> np.ndarray:
+    """Every k-th row and column of an (H, W[, C]) image, k the smallest step that leaves about
+    ``n_pixels`` (a view; enough for image-wide statistics)."""
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / n_pixels)))
+    return image[::step, ::step]
 
 
 def normalization_kwargs(config: dict | None) -> dict[str, float | bool]:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
+from pipeline.intensity import colourfulness
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
@@ -48,8 +49,7 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None) -> str:
         The thresholds separate the four groups of stage1_train with wide margins.
     """
     rgb = image.astype(np.float32) / 255.0
-    chroma = float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean())
-    if chroma > 0.01:
+    if colourfulness(rgb) > 0.01:
         return "histology"
     if float(rgb.mean()) > 0.35:
         return "brightfield"

@@ -144,10 +144,10 @@ def confidence(probs: np.ndarray, head: str) -> float:
 def image_type_of(image: np.ndarray) -> str:
     """:func:`pipeline.prepare.classify_image` of a normalised (H, W, 3) image: 'histology'
     (colour: stained), 'brightfield' (grey with a bright background), 'fluo-large' or 'fluo-small'."""
+    from pipeline.intensity import subsample
     from pipeline.prepare import classify_image
 
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 250_000)))  # a subsample is enough
-    sample = np.clip(np.rint(image[::step, ::step] * 255), 0, 255).astype(np.uint8)
+    sample = np.clip(np.rint(subsample(image) * 255), 0, 255).astype(np.uint8)
     return classify_image(sample, n_pixels=image.shape[0] * image.shape[1])
 
 
