@@ -168,7 +168,7 @@ class DataConfig(Section):
     test_root: str | None = setting(None, optional(text))
     prepared: str = setting("data/prepared", text)
     folds: int = setting(5, whole(2))
-    val_fold: int = setting(0, whole(0))
+    val_fold: int | None = setting(0, optional(whole(0)))  # None: train on every image, validate on none
     split: str = setting("grouped", choice(lazy("prepare", "SPLITS")))
     workers: int = setting(2, whole(0))
 
@@ -323,12 +323,13 @@ class PostprocessConfig(Section):
     flood: str = setting("probability", choice(lazy("watershed", "FLOODS")))
     object_threshold: float = setting(0.0, number(0, 1))
     stained_object_threshold: float | None = setting(None, optional(number(0, 1)))
+    stained_mask_threshold: float | None = setting(None, optional(number(0, 1)))
 
     #: The post-processing settings (a model directory's ``postprocess``): the keyword arguments of
     #: :func:`pipeline.watershed.postprocess_to_shape`.
     THRESHOLDS: ClassVar[tuple[str, ...]] = (
         "marker_threshold", "mask_threshold", "min_marker_size", "min_size", "min_relative_size", "flood",
-        "object_threshold", "stained_object_threshold",
+        "object_threshold", "stained_object_threshold", "stained_mask_threshold",
     )  # fmt: skip
 
     def thresholds(self) -> dict[str, Any]:

@@ -138,14 +138,15 @@ def grouped_folds(groups: np.ndarray, k: int) -> np.ndarray:
     return folds
 
 
-def split_folds(index: pd.DataFrame, val_fold: int, split: str = "stratified",
+def split_folds(index: pd.DataFrame, val_fold: int | None, split: str = "stratified",
                 source: str | Path = "index.csv") -> tuple[list[str], list[str]]:
     """Split image ids into training (all other folds) and validation (``val_fold``).
 
     Parameters
     ----------
     index : the table of :func:`read_index`.
-    val_fold : int
+    val_fold : int or None
+        None: every image is for training and none for validation (a final model).
     split : {'stratified', 'grouped'}
         Folds stratified by image type (``fold``) or grouped by experiment (``group_fold``).
 
@@ -160,6 +161,8 @@ def split_folds(index: pd.DataFrame, val_fold: int, split: str = "stratified",
     """
     if split not in SPLITS:
         raise NucleiError(f"{source}: data.split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if val_fold is None:
+        return index["id"].tolist(), []
     column = SPLITS[split]
     if column not in index.columns:
         raise NucleiError(f"{source}: no column '{column}' (re-run `nuclei prepare`)")
@@ -186,8 +189,10 @@ def validation_index(data: DataConfig) -> pd.DataFrame:
     Raises
     ------
     NucleiError
-        Missing or unreadable index, or an empty validation fold.
+        Missing or unreadable index, an empty validation fold, or none (``data.val_fold`` null).
     """
+    if data.val_fold is None:
+        raise NucleiError("data.val_fold is null (training on every image): there is no validation fold to use")
     index = read_index(data.prepared)
     _, val_ids = split_folds(index, data.val_fold, data.split, Path(data.prepared) / "index.csv")
     return index[index["id"].isin(set(val_ids))].reset_index(drop=True)

@@ -8,7 +8,8 @@ hooks, in call order, can be overridden by a subclass:
 - :meth:`Trainer.setup` (``setup_determinism``, ``setup_data``, ``setup_model``);
 - per epoch :meth:`Trainer.train_epoch`, :meth:`Trainer.validate_epoch` (every
   ``train.val_every`` epochs and after the last), :meth:`Trainer.on_epoch_end` (log, export the
-  best model, checkpoint);
+  best model, checkpoint); with no validation images (``data.val_fold`` null) the latest
+  validation epoch is exported instead;
 - :meth:`Trainer.on_fit_end`.
 
 :func:`pipeline.steps.train_step` and :func:`pipeline.steps.validate` are the step functions.
@@ -376,8 +377,11 @@ class Trainer:
                    "val_dsb_score": float("nan"), "lr": self.scheduler.get_last_lr()[0]}
             improved = False
             if (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs:
-                row["val_loss"], row["val_dsb_score"] = self.validate_epoch()
-                improved = self.best_epoch < 0 or row["val_dsb_score"] > self.best_score
+                if self.val_ids:
+                    row["val_loss"], row["val_dsb_score"] = self.validate_epoch()
+                    improved = self.best_epoch < 0 or row["val_dsb_score"] > self.best_score
+                else:  # data.val_fold null: nothing to choose by, the latest epoch is exported
+                    improved = True
                 if improved:
                     self.best_score, self.best_epoch = row["val_dsb_score"], epoch + 1
             history.append(row)

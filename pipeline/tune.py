@@ -1,8 +1,9 @@
 """``nuclei tune``: grid-search the post-processing thresholds on the validation fold.
 
 Every combination of marker threshold, mask threshold, flood relief, object threshold
-(``object_threshold``: the peak probability a nucleus must reach) and relative minimum size
-(``min_relative_size``) is applied to the
+(``object_threshold``: the peak probability a nucleus must reach), relative minimum size
+(``min_relative_size``) and the object and mask thresholds of stained images
+(``stained_object_threshold``, ``stained_mask_threshold``) is applied to the
 validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
 the DSB2018 score. The objective is the mean over images (``--balance image``, the default: the
 competition's average) or over **experiments** (``--balance experiment``: the mean over the
@@ -190,6 +191,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stained-object", type=float, nargs="+", default=None,
                         help="stained_object_threshold values to try: the object threshold of stained "
                              "(colour, e.g. H&E) images (default: the current value)")
+    parser.add_argument("--stained-mask", type=float, nargs="+", default=None,
+                        help="stained_mask_threshold values to try: the mask threshold of stained "
+                             "images (default: the current value)")
     parser.add_argument("--write", metavar="PARAMS", default=None,
                         help="also set the best values in the postprocess section of this parameters file")
     parser.add_argument("--balance", choices=("image", "experiment"), default="image",
@@ -239,7 +243,8 @@ def main(args: argparse.Namespace) -> int:
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood,
             "min_relative_size": args.relative,
             "object_threshold": args.object or [current["object_threshold"]],
-            "stained_object_threshold": args.stained_object or [current["stained_object_threshold"]]}
+            "stained_object_threshold": args.stained_object or [current["stained_object_threshold"]],
+            "stained_mask_threshold": args.stained_mask or [current["stained_mask_threshold"]]}
     fixed = {k: v for k, v in current.items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups)
     print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))

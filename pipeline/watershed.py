@@ -235,15 +235,21 @@ def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
 STAINED = "histology"
 
 
+#: The settings a stained image takes from ``stained_<name>`` when that is set.
+STAINED_SETTINGS = ("object_threshold", "mask_threshold")
+
+
 def for_image_type(settings: dict[str, Any], image_type: str | None = None) -> dict[str, Any]:
     """The :func:`postprocess` keyword arguments of post-processing ``settings`` (a ``postprocess``
     section's thresholds) for an image of ``image_type``: a stained image (:data:`STAINED`) takes
-    ``stained_object_threshold`` as its ``object_threshold`` when that is set (not None).
+    ``stained_object_threshold`` as its ``object_threshold`` and ``stained_mask_threshold`` as its
+    ``mask_threshold`` when they are set (not None).
     """
     kwargs = dict(settings)
-    stained = kwargs.pop("stained_object_threshold", None)
-    if stained is not None and image_type == STAINED:
-        kwargs["object_threshold"] = stained
+    for name in STAINED_SETTINGS:
+        stained = kwargs.pop(f"stained_{name}", None)
+        if stained is not None and image_type == STAINED:
+            kwargs[name] = stained
     return kwargs
 
 
@@ -312,8 +318,8 @@ def thresholds(cfg: PostprocessConfig | dict[str, Any] | None, source: str | Pat
     -------
     kwargs : dict
         ``marker_threshold``, ``mask_threshold``, ``min_marker_size``, ``min_size``,
-        ``min_relative_size``, ``flood``, ``object_threshold``, ``stained_object_threshold``
-        (:func:`postprocess_to_shape` keywords; :func:`for_image_type` gives those of
+        ``min_relative_size``, ``flood``, ``object_threshold``, ``stained_object_threshold``,
+        ``stained_mask_threshold`` (:func:`postprocess_to_shape` keywords; :func:`for_image_type` gives those of
         :func:`postprocess`).
     """
     if not isinstance(cfg, PostprocessConfig):

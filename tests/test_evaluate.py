@@ -148,7 +148,7 @@ def test_tune_finds_and_writes_best(workspace, capsys):
     write_ideal_predictions(workspace)
     # the ideal maps have P(mask) = 0.8 on the rim: a mask threshold of 0.85 loses it
     assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5,
-               balance="image", relative=[0.0], object=None, stained_object=None) == 0
+               balance="image", relative=[0.0], object=None, stained_object=None, stained_mask=None) == 0
     out = capsys.readouterr().out
     assert "best" in out
     best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
@@ -251,6 +251,14 @@ def test_object_threshold_is_tuned_as_postprocess_applies_it():
     assert stained["dsb_score"].max() == pytest.approx(table.loc[0.8, "dsb_score"])
     best, _ = tune.best_setting(stained)
     assert best["stained_object_threshold"] is None  # unset, not nan
+    # so does the stained mask threshold
+    grid = {"mask_threshold": [0.5], "stained_mask_threshold": [None, 0.95]}
+    masked = tune.grid_search(typed, grid, fixed).set_index("stained_mask_threshold", drop=False)
+    assert masked.loc[0.95, "dsb_score"] == pytest.approx(np.mean([
+        dsb_score(true0, postprocess(p0, h0, **(fixed | {"mask_threshold": 0.95}))),
+        dsb_score(true1, postprocess(p1, h1, **(fixed | {"mask_threshold": 0.5})))]))
+    unset = masked.loc[masked["stained_mask_threshold"].isna(), "dsb_score"].iloc[0]
+    assert masked.loc[0.95, "dsb_score"] != pytest.approx(unset)  # the stained image's speck went
 
 
 def test_tuning_weighs_experiments_equally():
@@ -275,13 +283,13 @@ def test_tuning_weighs_experiments_equally():
 def test_tune_balances_experiments_from_the_index(workspace, capsys):
     write_ideal_predictions(workspace)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None, stained_object=None) == 0
+               relative=[0.0], object=None, stained_object=None, stained_mask=None) == 0
     assert "no experiment groups" in capsys.readouterr().out  # index.csv without a group column
     index = pd.read_csv(workspace / "prepared" / "index.csv")
     index["group"] = [0, 0, 1, 2]
     index.to_csv(workspace / "prepared" / "index.csv", index=False)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None, stained_object=None) == 0
+               relative=[0.0], object=None, stained_object=None, stained_mask=None) == 0
     tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
     assert tuned["objective"] == "mean over 2 experiments" and tuned["n_images"] == 3  # a, b | c
     assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0

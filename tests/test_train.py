@@ -310,6 +310,28 @@ def test_val_every_validates_only_every_nth_and_last_epoch(data_root, tmp_path, 
     assert load_checkpoint(out / "last.ckpt")["epoch"] == 3
 
 
+def test_null_validation_fold_trains_on_every_image_and_exports_the_latest_epoch(data_root, tmp_path, capsys):
+    from pipeline.config import load_config
+    from pipeline.prepare import validation_index
+
+    out = tmp_path / "run"
+    params = params_for(data_root, out, epochs=3, val_every=2)
+    params["data"]["val_fold"] = None
+    train(params)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(printed) == 3 and not any("DSB2018 score" in line for line in printed)
+    config = yaml.safe_load((out / "model" / "config.yaml").read_text())
+    assert config["training"]["epoch"] == 3  # the last epoch, exported without a score to choose by
+    assert config["training"]["data"] == {"train_images": 6, "val_images": 0, "val_fold": None, "split": "stratified"}
+    exported, last = load_model_dir(out / "model")[0].state_dict(), load_checkpoint(out / "last.ckpt")["model"]
+    assert all(torch.allclose(exported[k].float(), last[k].float(), rtol=1e-3, atol=1e-4) for k in last)  # float16
+    # the stages that need a validation fold say so in one line
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(NucleiError, match="data.val_fold is null"):
+        validation_index(load_config(path).data)
+
+
 def test_zero_byte_checkpoint_is_one_line(data_root, tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"")
     with pytest.raises(NucleiError, match=r"last\.ckpt: unreadable checkpoint \(EOFError\)"):

@@ -172,6 +172,25 @@ def test_stained_images_take_their_own_object_threshold(tmp_path, monkeypatch):
         thresholds({"stained_object_threshold": 1.5})
 
 
+def test_stained_images_take_their_own_mask_threshold():
+    """stained_mask_threshold replaces mask_threshold for stained images only: a soft-edged
+    nucleus (rim at P 0.8) keeps its rim in a stained image and loses it in a grey one."""
+    core, whole = disc(SHAPE, (40, 40), 10), disc(SHAPE, (40, 40), 14)
+    probs = probs_for([whole], "sigmoid")
+    probs[0][whole & ~core] = 0.8
+    settings = dict(marker_threshold=0.9, mask_threshold=0.9, min_size=4, stained_mask_threshold=0.7)
+    assert for_image_type(settings, "histology")["mask_threshold"] == 0.7
+    assert "stained_mask_threshold" not in for_image_type(settings, "fluo-small")
+    stained = postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, "histology", **settings)
+    grey = postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, "fluo-small", **settings)
+    np.testing.assert_array_equal(stained > 0, whole)
+    np.testing.assert_array_equal(grey > 0, core)
+    unset = settings | {"stained_mask_threshold": None}
+    np.testing.assert_array_equal(postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, "histology", **unset), grey)
+    with pytest.raises(NucleiError, match="postprocess.stained_mask_threshold"):
+        thresholds({"stained_mask_threshold": -0.1})
+
+
 def test_empty_map_gives_no_nuclei():
     probs = np.zeros((2, *SHAPE), np.float32)
     labels = postprocess(probs, "sigmoid")
