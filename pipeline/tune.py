@@ -5,7 +5,8 @@ Every combination of marker threshold, mask threshold, flood relief, object thre
 (``min_relative_size``) and the object and mask thresholds of stained images
 (``stained_object_threshold``, ``stained_mask_threshold``) is applied to the
 validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
-the DSB2018 score. The objective is the mean over images (``--balance image``, the default: the
+the DSB2018 score; ``--also`` pools the validation predictions of more parameters files (the other
+folds of a cross-validation, each predicted by its own network) so that one set is tuned on all. The objective is the mean over images (``--balance image``, the default: the
 competition's average) or over **experiments** (``--balance experiment``: the mean over the
 acquisition groups of ``index.csv`` of each group's mean score, so that one large experiment cannot
 choose thresholds that fail the others). The table (best first) and the best setting are printed;
@@ -176,6 +177,10 @@ def write_params(path: str | Path, values: dict[str, Any]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei tune``."""
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    parser.add_argument("--also", nargs="+", default=[], metavar="PARAMS",
+                        help="more parameters files whose validation predictions are pooled with those of "
+                             "--params: the other folds of a cross-validation, each with its data.val_fold "
+                             "and predict.out, so that one set of thresholds is tuned on all of them")
     parser.add_argument("--marker", type=float, nargs="+", default=GRID["marker_threshold"],
                         help="marker thresholds to try (default: %(default)s)")
     parser.add_argument("--mask", type=float, nargs="+", default=GRID["mask_threshold"],
@@ -227,13 +232,24 @@ def validation_samples(config) -> tuple[list[tuple[np.ndarray, str, np.ndarray, 
     return samples, (index["group"].tolist() if "group" in index.columns else None)
 
 
+def pooled_samples(configs) -> tuple[list[tuple], list | None]:
+    """:func:`validation_samples` of several configurations (the folds of a cross-validation)
+    together; the experiment groups are None unless every configuration has them."""
+    samples, groups = [], []
+    for config in configs:
+        fold_samples, fold_groups = validation_samples(config)
+        samples += fold_samples
+        groups = None if fold_groups is None or groups is None else groups + fold_groups
+    return samples, groups
+
+
 def main(args: argparse.Namespace) -> int:
     """``nuclei tune``: print the grid, write the best post-processing thresholds."""
     from pipeline.io import write_text
 
     config = load_config(args.params)
     current = config.postprocess.thresholds()
-    samples, groups = validation_samples(config)
+    samples, groups = pooled_samples([config, *map(load_config, args.also)])
     if args.balance == "experiment" and groups is None:
         print("index.csv has no experiment groups (re-run `nuclei prepare`): balancing over images")
     if args.balance == "image":

@@ -127,15 +127,11 @@ def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: s
     (acquisition groups) or over images. Returns the grid values of the best row and its score.
     """
     from pipeline.config import load_config
-    from pipeline.tune import best_setting, grid_search, validation_samples
+    from pipeline.tune import best_setting, grid_search, pooled_samples
 
-    samples, groups, fixed = [], [], None
-    for path in param_paths:
-        config = load_config(path)
-        fold_samples, fold_groups = validation_samples(config)
-        samples += fold_samples
-        groups = None if fold_groups is None or groups is None else groups + fold_groups
-        fixed = {k: v for k, v in config.postprocess.thresholds().items() if k not in grid}
+    configs = [load_config(path) for path in param_paths]
+    samples, groups = pooled_samples(configs)
+    fixed = {k: v for k, v in configs[-1].postprocess.thresholds().items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups if balance == "experiment" else None)
     best, scores = best_setting(table)
     return best, scores.get("group_score", scores["dsb_score"])

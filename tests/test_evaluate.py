@@ -148,7 +148,7 @@ def test_tune_finds_and_writes_best(workspace, capsys):
     write_ideal_predictions(workspace)
     # the ideal maps have P(mask) = 0.8 on the rim: a mask threshold of 0.85 loses it
     assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5,
-               balance="image", relative=[0.0], object=None, stained_object=None, stained_mask=None) == 0
+               balance="image", relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
     out = capsys.readouterr().out
     assert "best" in out
     best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
@@ -193,6 +193,11 @@ def test_thresholds_are_tuned_on_all_folds_together(workspace):
     alone, _ = compare_variants.pooled_thresholds([workspace / "fold1.yaml"], grid)
     assert alone["mask_threshold"] == 0.85  # first of the tied grid values: fold 1 alone cannot tell
     assert 0.5 < score <= 1.0
+    # nuclei tune --also pools the same way
+    assert run(tune, marker=[0.5], mask=[0.85, 0.5], flood=["probability"], write=None, top=5, balance="image",
+               relative=[0.0], object=None, stained_object=None, stained_mask=None, also=["fold1.yaml"]) == 0
+    tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
+    assert tuned["postprocess"]["mask_threshold"] == 0.5 and tuned["n_images"] == 4
 
 
 def test_relative_size_is_tuned_as_postprocess_applies_it():
@@ -283,13 +288,13 @@ def test_tuning_weighs_experiments_equally():
 def test_tune_balances_experiments_from_the_index(workspace, capsys):
     write_ideal_predictions(workspace)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None, stained_object=None, stained_mask=None) == 0
+               relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
     assert "no experiment groups" in capsys.readouterr().out  # index.csv without a group column
     index = pd.read_csv(workspace / "prepared" / "index.csv")
     index["group"] = [0, 0, 1, 2]
     index.to_csv(workspace / "prepared" / "index.csv", index=False)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None, stained_object=None, stained_mask=None) == 0
+               relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
     tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
     assert tuned["objective"] == "mean over 2 experiments" and tuned["n_images"] == 3  # a, b | c
     assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0
