@@ -281,7 +281,7 @@ class Trainer:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "epoch": epoch + 1,
             "epochs": self.cfg.epochs,
-            "scores": {k: float(v) for k, v in row.items() if k != "epoch"},
+            "scores": {k: float(v) for k, v in row.items() if k != "epoch" and not np.isnan(v)},
             "time_s": round(self.elapsed(), 1),
             "data": {
                 "train_images": len(self.train_ids),

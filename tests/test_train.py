@@ -322,6 +322,7 @@ def test_null_validation_fold_trains_on_every_image_and_exports_the_latest_epoch
     assert len(printed) == 3 and not any("DSB2018 score" in line for line in printed)
     config = yaml.safe_load((out / "model" / "config.yaml").read_text())
     assert config["training"]["epoch"] == 3  # the last epoch, exported without a score to choose by
+    assert set(config["training"]["scores"]) == {"train_loss", "lr"}  # no NaN validation scores
     assert config["training"]["data"] == {"train_images": 6, "val_images": 0, "val_fold": None, "split": "stratified"}
     exported, last = load_model_dir(out / "model")[0].state_dict(), load_checkpoint(out / "last.ckpt")["model"]
     assert all(torch.allclose(exported[k].float(), last[k].float(), rtol=1e-3, atol=1e-4) for k in last)  # float16
