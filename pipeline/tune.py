@@ -6,10 +6,11 @@ Every combination of marker threshold, mask threshold, flood relief, object thre
 (``stained_object_threshold``, ``stained_mask_threshold``) is applied to the
 validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
 the DSB2018 score; ``--also`` pools the validation predictions of more parameters files (the other
-folds of a cross-validation, each predicted by its own network) so that one set is tuned on all. The objective is the mean over images (``--balance image``, the default: the
-competition's average) or over **experiments** (``--balance experiment``: the mean over the
-acquisition groups of ``index.csv`` of each group's mean score, so that one large experiment cannot
-choose thresholds that fail the others). The table (best first) and the best setting are printed;
+folds of a cross-validation, each predicted by its own network) so that one set is tuned on all.
+The objective is the mean over images (``--balance image``, the default: the competition's average)
+or over **experiments** (``--balance experiment``: the mean over the acquisition groups of
+``index.csv`` of each group's mean score, so that one large experiment cannot choose thresholds
+that fail the others). The table (best first) and the best setting are printed;
 the best setting (the current one when nothing in the grid beats it) is written to
 ``<evaluate.out>/tuned_postprocess.yaml`` and, with ``--write PARAMS``, into the ``postprocess``
 section of that parameters file (only the values of those keys change; comments, order and the

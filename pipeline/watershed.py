@@ -319,8 +319,8 @@ def thresholds(cfg: PostprocessConfig | dict[str, Any] | None, source: str | Pat
     kwargs : dict
         ``marker_threshold``, ``mask_threshold``, ``min_marker_size``, ``min_size``,
         ``min_relative_size``, ``flood``, ``object_threshold``, ``stained_object_threshold``,
-        ``stained_mask_threshold`` (:func:`postprocess_to_shape` keywords; :func:`for_image_type` gives those of
-        :func:`postprocess`).
+        ``stained_mask_threshold`` (:func:`postprocess_to_shape` keywords; :func:`for_image_type`
+        gives those of :func:`postprocess`).
     """
     if not isinstance(cfg, PostprocessConfig):
         keys = PostprocessConfig.THRESHOLDS
