@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.intensity import colourfulness
+from pipeline.intensity import COLOUR, DARK, colourfulness
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
@@ -43,15 +43,16 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None) -> str:
     Returns
     -------
     image_type : str
-        ``histology`` for stained tissue (colour: mean |channel − grey| above 0.01 of the full
-        range), ``brightfield`` for grey images with a bright background (mean above 0.35),
+        ``histology`` for stained tissue (colour: mean |channel − grey| above
+        :data:`pipeline.intensity.COLOUR` of the full range), ``brightfield`` for grey images with
+        a bright background (mean above :data:`pipeline.intensity.DARK`),
         otherwise fluorescence: ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
         The thresholds separate the four groups of stage1_train with wide margins.
     """
     rgb = image.astype(np.float32) / 255.0
-    if colourfulness(rgb) > 0.01:
+    if colourfulness(rgb) > COLOUR:
         return "histology"
-    if float(rgb.mean()) > 0.35:
+    if float(rgb.mean()) > DARK:
         return "brightfield"
     n_pixels = image.shape[0] * image.shape[1] if n_pixels is None else n_pixels
     return "fluo-large" if n_pixels > 200_000 else "fluo-small"
