@@ -380,9 +380,10 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for image_id, load, _ in progress(items, desc="predict"):
         image = segmenter.normalize(load())
-        _, _, scale = segmenter.scale_for(image)
+        image_type = image_type_of(image)
+        _, _, scale = segmenter.scale_for(image, image_type=image_type)
         probs = segmenter.predict_scaled(image, scale)
         save_npz(out / f"{image_id}.npz", probs=probs.astype(np.float16), head=np.array(segmenter.head),
-                 shape=np.array(image.shape[:2]), scale=np.float64(scale), image_type=np.array(image_type_of(image)))
+                 shape=np.array(image.shape[:2]), scale=np.float64(scale), image_type=np.array(image_type))
     print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
     return 0

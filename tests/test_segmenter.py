@@ -118,6 +118,27 @@ def test_stained_images_take_the_stained_object_threshold():
     assert seg.segment(tinted, diameter=20).labels.max() == true.max()
 
 
+def test_bright_field_images_are_segmented_at_the_canonical_diameter_unless_one_is_given():
+    """Dark 40-px discs on a bright background (bright-field): the diameter is not estimated (on
+    real bright-field images the estimate finds whole cells), so the image is segmented at the
+    canonical 20 px and flagged; a given diameter is used as given. The same discs bright on dark
+    (fluorescence) are estimated."""
+    from pipeline.segmenter import BRIGHTFIELD_FLAG, image_type_of
+
+    image, true = disc_image(40, n=3)
+    dark = 255 - image
+    seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
+    assert image_type_of(seg.normalize(dark)) == "brightfield"
+    assert seg.estimate_diameter(seg.normalize(dark)) is None
+    assert seg.estimate_diameter(seg.normalize(dark), image_type="fluo-small") == pytest.approx(40, rel=0.2)
+    result = seg.segment(dark)
+    assert (result.diameter, result.scale, result.flag) == (CANONICAL, 1.0, BRIGHTFIELD_FLAG)
+    given = seg.segment(dark, diameter=40)
+    assert (given.diameter, given.estimated, given.scale) == (40, False, 0.5)
+    assert image_metrics(true, given.labels)["ap50"] == 1.0
+    assert segmenter().segment(image).diameter == pytest.approx(median_diameter(true), rel=0.2)
+
+
 def test_fluorescence_in_colour_is_segmented_as_grey():
     """Bright discs in the blue channel, or tinted, on a dark background: fluorescence in colour,
     normalised grey (pipeline.intensity), so segmented exactly as the grey image and not taken

@@ -14,10 +14,10 @@ import pytest
 from pipeline.config import ROOT
 
 MODEL = ROOT / "models" / "default"
-#: DSB2018 score of the shipped model on the embedded sample, CPU, no TTA, when it was shipped
-#: (diameter estimated per image; stage 4 trained on all 20 images). Stage 3 scored 0.5562 with
-#: the same thresholds and 0.5371 with its own (mask 0.90 for every image); 0.5297 for stage 2.
-SHIPPED_SCORE = 0.5585
+#: DSB2018 score of the shipped model on the embedded sample, CPU, no TTA (diameter estimated per
+#: image, the two bright-field images at the canonical diameter; stage 4 trained on all 20 images).
+#: 0.5585 while bright-field diameters were estimated; stage 3 scores 0.5917 with the same settings.
+SHIPPED_SCORE = 0.5939
 FLOOR = SHIPPED_SCORE - 0.025  # room for other CPUs' floating-point paths, not for regressions
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
     assert len(shapes) == 20
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
     assert summary["dsb_score"] >= FLOOR, summary
-    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 879 vs 999 when shipped
+    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 931 vs 999 when shipped
 
 
 def nuclei_like(diameter: float, n: int = 5, seed: int = 0):
