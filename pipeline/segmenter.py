@@ -266,7 +266,7 @@ class Segmenter:
         images are not estimated: their contrast comes from whole cells, so the scale-space prior
         finds cells (50–220 px on the 16 bright-field images of stage1_train, whose nuclei are
         10–21 px) and the network's refinement drifts from the canonical size to 3–6 px on half of
-        them; at the canonical diameter they score 0.23 out of fold, against 0.004 as estimated.
+        them; at the canonical diameter they score 0.23 out of fold, against 0.005 as estimated.
 
         Two methods (``method``, default :attr:`estimator`), compared in the README:
 
