@@ -42,9 +42,10 @@ NORMALIZATION = {"low": 1.0, "high": 99.8, "saturation": True}
 SATURATED_SHARE = (5e-4, 0.1)
 #: A normalised image whose mean |channel − grey| exceeds COLOUR is in colour; one whose mean stays
 #: below DARK has a dark background (fluorescence). The image types of
-#: :func:`pipeline.prepare.classify_image` use the same two thresholds, so the two rules agree. stage1_train after normalisation: grey images
-#: have no colour (< 1e-8); the blue channel of a fluorescence image 0.013–0.34; mean level of
-#: fluorescence 0.02–0.26 (blue channel alone at most 0.25), of stained tissue 0.56–0.84.
+#: :func:`pipeline.prepare.classify_image` use the same two thresholds, so the two rules agree.
+#: stage1_train after normalisation: grey images have no colour (< 1e-8); the blue channel of a
+#: fluorescence image 0.013–0.34; mean level of fluorescence 0.02–0.26 (blue channel alone at most
+#: 0.25), of stained tissue 0.56–0.84.
 COLOUR, DARK = 0.01, 0.35
 _MAX_SAMPLES = 1_000_000
 
