@@ -8,7 +8,9 @@ in fp32 and in the precision ``train.precision: auto`` picks (bf16 autocast + ch
 CPU with native bf16 and on GPUs), side by side in one run, with the ratio; on CUDA it also
 reports the GPU utilisation sampled during the run. ``--workers-sweep`` measures 0, 1 and 2
 data-loader workers in the automatic precision (how many workers the cores can spare). With
-``--device auto`` it measures the CPU and, when CUDA is available, the GPU.
+``--device auto`` it measures the CPU and, when CUDA is available, the GPU. ``--precision bf16``
+measures forced bf16 instead of the automatic choice: on a CPU without native bf16 instructions,
+where ``auto`` picks fp32, it shows what that choice avoids (bf16 emulated in software).
 
 Data: ``--data prepared`` uses ``data/prepared`` + ``data/targets`` (the stage outputs),
 ``--data synthetic`` writes disc images to a temporary folder, ``auto`` (default) takes the
@@ -16,6 +18,7 @@ prepared data when present.
 
     python benchmarks/bench_train.py                          # quick: CPU (+ GPU if present)
     python benchmarks/bench_train.py --device cuda --steps 100 --batch-size 32 --workers 8
+    python benchmarks/bench_train.py --precision bf16 --batch-size 8    # fp32 vs forced bf16
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None, help="default: augment.crop")
     p.add_argument("--data", choices=("auto", "prepared", "synthetic"), default="auto")
     p.add_argument("--workers-sweep", action="store_true", help="also measure 0, 1, 2 loader workers")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16"),
+                   help="the precision measured beside fp32 (bf16: forced, also on a CPU without native "
+                        "bf16, to see what 'auto' avoids there)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     return p.parse_args()
 
@@ -63,7 +69,7 @@ def data_folders(params: dict, kind: str, tmp: Path) -> tuple[Path, Path, str]:
     prepared = ROOT / params["data"].get("prepared", "data/prepared")
     targets = ROOT / params["targets"].get("out", "data/targets")
     if kind == "prepared" or (kind == "auto" and (prepared / "index.csv").is_file() and targets.is_dir()):
-        return prepared, targets, f"prepared ({prepared.relative_to(ROOT)})"
+        return prepared, targets, f"prepared ({prepared})"
     from tests.train_fixtures import write_prepared
 
     prepared, targets = write_prepared(tmp, n_images=16, size=320, folds=4)
@@ -230,9 +236,9 @@ def main() -> int:
         prepared, targets, what = data_folders(params, args.data, Path(tmp))
         print(f"data: {what}")
         for device in devices:
-            runs = [("fp32", None), ("auto", None)]
+            runs = [("fp32", None), (args.precision, None)]
             if args.workers_sweep:
-                runs += [("auto", w) for w in (0, 1, 2)]
+                runs += [(args.precision, w) for w in (0, 1, 2)]
             for precision, workers in runs:
                 r = measure(params, args, device, prepared, targets, precision, workers)
                 results.append(r)

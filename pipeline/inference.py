@@ -164,7 +164,8 @@ class Predictor:
     precision : {'auto', 'fp32', 'bf16', 'fp16'}
         Autocast of the forward pass (:func:`pipeline.runtime.resolve_precision`: 'auto' is bf16
         on a CPU with native bf16 and on CUDA, fp32 elsewhere). The network and its inputs are
-        in channels-last memory format.
+        in channels-last memory format; the network is an eval-mode copy of ``model`` with batch
+        norm folded into its convolutions (:func:`pipeline.networks.fuse_batchnorm`).
     stride : int, optional
         Override :func:`pipeline.networks.model_stride` (for custom modules).
     """
@@ -172,7 +173,7 @@ class Predictor:
     def __init__(self, model, config: dict, device: str = "cpu", tta: str = "none",
                  tile_size: int = 512, overlap: int = 64, batch_size: int = 4, precision: str = "auto",
                  stride: int | None = None):
-        from pipeline.networks import model_stride
+        from pipeline.networks import fuse_batchnorm, model_stride
 
         self.config = config
         model_cfg = ModelConfig.from_dict(config["model"] if isinstance(config.get("model"), dict) else config,
@@ -189,7 +190,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model = prepare_model(model, self.device).eval()
+        self.model = prepare_model(fuse_batchnorm(model), self.device)
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         """The :class:`TilePlan` for an image of ``shape`` (H, W)."""

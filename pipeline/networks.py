@@ -256,6 +256,31 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with batch norm folded into the convolution before it.
+
+    Every ``Conv2d`` directly followed by a ``BatchNorm2d`` in an ``nn.Sequential`` (each
+    conv–BN–ReLU layer of the plain U-Net, the decoder blocks of smp) becomes one convolution
+    with the normalisation's scale and shift in its weights and bias, and the batch norm an
+    ``nn.Identity``: the same outputs (to float rounding, ~1e-7) with one pass less over every
+    activation map, 18 % less network time on a CPU (README, "Benchmarks"). ``model`` itself is
+    not changed; the copy is in eval mode, for inference only (its batch norms no longer learn).
+    """
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(unwrap_model(model)).eval()
+    for module in fused.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                module[i + 1] = nn.Identity()
+    return fused
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module under ``DistributedDataParallel`` / ``torch.compile`` wrappers."""
     while True:

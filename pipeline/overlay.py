@@ -94,11 +94,3 @@ def thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 (H, W, 3) image as PNG bytes (for embedding in the report)."""
-    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
-    if not ok:  # pragma: no cover - OpenCV only fails on invalid arrays
-        raise ValueError("could not encode the image as PNG")
-    return buffer.tobytes()

@@ -42,6 +42,7 @@ from pipeline.io import (
     Plane,
     as_rgb01,
     check_writable_folder,
+    encode_png,
     list_images,
     progress,
     read_planes,
@@ -51,7 +52,7 @@ from pipeline.io import (
     write_text,
 )
 from pipeline.measure import column_dictionary, intensity_of, measure_nuclei, measurement_columns
-from pipeline.overlay import display_uint8, draw_outlines, encode_png, thumbnail
+from pipeline.overlay import display_uint8, draw_outlines, thumbnail
 from pipeline.report import render_report
 
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).

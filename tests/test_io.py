@@ -8,7 +8,16 @@ import tifffile
 from PIL import Image
 
 from pipeline.errors import NucleiError
-from pipeline.io import atomic_path, list_images, read_image, read_image_planes, read_labels, write_labels
+from pipeline.io import (
+    atomic_path,
+    encode_png,
+    list_images,
+    read_image,
+    read_image_planes,
+    read_labels,
+    write_labels,
+    write_png,
+)
 from pipeline.kaggle import iter_kaggle_root, masks_to_labels, read_kaggle_sample
 
 from .conftest import disc
@@ -169,6 +178,19 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and len(list(target.parent.iterdir())) == 1
+
+
+@pytest.mark.parametrize("channels", [None, 3, 4])
+def test_png_round_trip_keeps_channel_order(tmp_path, channels):
+    array = GREY8 if channels is None else np.dstack([GREY8, GREY8 // 2, 255 - GREY8, GREY8 // 3][:channels])
+    write_png(tmp_path / "a.png", array)
+    assert not [p for p in tmp_path.iterdir() if p.name != "a.png"]  # no temporary file left
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), array)
+    assert Image.open(tmp_path / "a.png").mode == {None: "L", 3: "RGB", 4: "RGBA"}[channels]
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(array.astype(np.uint16))
+    with pytest.raises(ValueError, match="shape"):
+        encode_png(np.zeros((4, 4, 2), np.uint8))
 
 
 def test_label_tiff_round_trip(tmp_path):

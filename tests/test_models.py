@@ -7,7 +7,7 @@ import yaml
 
 from pipeline.errors import NucleiError
 from pipeline.model_dir import load_model_dir, save_model_dir
-from pipeline.networks import ARCHITECTURES, build_model, count_parameters, model_stride
+from pipeline.networks import ARCHITECTURES, build_model, count_parameters, fuse_batchnorm, model_stride
 
 torch.set_num_threads(1)
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "transpose"}
@@ -30,6 +30,32 @@ def test_smp_output_shape(head, channels):
     assert model_stride(cfg) == 32
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 32)).shape == (1, channels, 64, 32)
+
+
+@pytest.mark.parametrize("cfg", [TINY, SMP], ids=["unet", "smp"])
+def test_fused_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for module in model.modules():  # statistics far from the identity, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.2, 3)
+            module.weight.data.uniform_(0.5, 2)
+            module.bias.data.uniform_(-1, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_batchnorm(model)
+    assert model.training  # the caller's network is not switched to eval mode...
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # ...nor changed
+    assert not fused.training
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    left = [m for m in fused.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if cfg["arch"] == "unet":
+        assert norms and not left  # every one folded
+    else:
+        assert 0 < len(left) < len(norms)  # the decoder's folded; the encoder's are attributes
+    x = torch.rand(2, 3, 64, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(fused(x).numpy(), model.eval()(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_architecture_registry():

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.overlay import encode_png, thumbnail
+from pipeline.io import encode_png
+from pipeline.overlay import thumbnail
 from pipeline.report import HEADLESS_CHROMIUM_FLAGS, render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
