@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import as_config, load_params  # noqa: E402
 from pipeline.io import load_npz, write_csv  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
-from pipeline.prepare import validation_index  # noqa: E402
+from pipeline.prepare import BRIGHTFIELD, validation_index  # noqa: E402
 from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_shape  # noqa: E402
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
@@ -59,7 +59,7 @@ def confidence_calibration(rows: pd.DataFrame, threshold: float = MIN_CONFIDENCE
     """One line on the confidence flag: the 2nd percentile of ``confidence`` over the non-bright-field
     images of :data:`CALIBRATION` (what ``MIN_CONFIDENCE`` should be), and the median counting error
     of the images below and above ``threshold``."""
-    rows = rows[rows["condition"].isin(CALIBRATION) & (rows["image_type"] != "brightfield")]
+    rows = rows[rows["condition"].isin(CALIBRATION) & (rows["image_type"] != BRIGHTFIELD)]
     low = rows["confidence"] < threshold
     return (f"confidence: 2nd percentile {np.percentile(rows['confidence'], 2):.3f} over {len(rows)} images "
             f"({', '.join(CALIBRATION)}); below MIN_CONFIDENCE {threshold}: {low.sum()} images, median "

@@ -97,16 +97,20 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
         image and an 8-bit image of the same scene give the same result; fluorescence in colour
         (:func:`is_colour_fluorescence`) comes out grey, its channels' mean normalised.
     """
+    image = np.asarray(image)
     lo, hi = intensity_range(image, low, high, saturation)
-    image = np.asarray(image, dtype=np.float32)
     if hi - lo < 1e-6:
-        return np.zeros_like(image)
-    out = (image - np.float32(lo)) / np.float32(hi - lo)
-    out = np.clip(out, 0.0, 1.0, out=out)
-    if is_colour_fluorescence(out):  # as the grey fluorescence the network learnt
-        grey = np.repeat(image.mean(axis=-1, keepdims=True), image.shape[-1], axis=-1)
-        return normalize_image(grey, low, high, saturation)
-    return out
+        return np.zeros(image.shape, np.float32)
+    if is_colour_fluorescence(_rescale(subsample(image), lo, hi)):  # decided on a sample, before the full image
+        grey = np.repeat(image.mean(axis=-1, keepdims=True, dtype=np.float32), image.shape[-1], axis=-1)
+        return normalize_image(grey, low, high, saturation)  # as the grey fluorescence the network learnt
+    return _rescale(image, lo, hi)
+
+
+def _rescale(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(image − lo) / (hi − lo)`` clipped to [0, 1], float32."""
+    out = (np.asarray(image, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def is_colour_fluorescence(image: np.ndarray) -> bool:

@@ -25,8 +25,10 @@ from pipeline.intensity import COLOUR, DARK, colourfulness
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
-#: The four image types of the DSB2018 data, used to stratify the folds.
-IMAGE_TYPES = ("fluo-small", "fluo-large", "brightfield", "histology")
+#: The four image types of the DSB2018 data (:func:`classify_image`), used to stratify the folds;
+#: the post-processing and the Segmenter treat stained (``HISTOLOGY``) and ``BRIGHTFIELD`` images
+#: apart. Plain strings, as written to ``index.csv`` and the prediction files.
+IMAGE_TYPES = FLUO_SMALL, FLUO_LARGE, BRIGHTFIELD, HISTOLOGY = ("fluo-small", "fluo-large", "brightfield", "histology")
 #: Columns every reader of ``index.csv`` relies on.
 INDEX_COLUMNS = ("id", "fold")
 
@@ -51,11 +53,11 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None) -> str:
     """
     rgb = image.astype(np.float32) / 255.0
     if colourfulness(rgb) > COLOUR:
-        return "histology"
+        return HISTOLOGY
     if float(rgb.mean()) > DARK:
-        return "brightfield"
+        return BRIGHTFIELD
     n_pixels = image.shape[0] * image.shape[1] if n_pixels is None else n_pixels
-    return "fluo-large" if n_pixels > 200_000 else "fluo-small"
+    return FLUO_LARGE if n_pixels > 200_000 else FLUO_SMALL
 
 
 def stratified_folds(ids: list[str], groups: list[str], k: int, seed: int = 0) -> np.ndarray:

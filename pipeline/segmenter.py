@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError
+from pipeline.prepare import BRIGHTFIELD
 from pipeline.scale import (
     MAX_FACTOR,
     largest_diameter,
@@ -287,7 +288,7 @@ class Segmenter:
         ``'blob'`` starts from the strongest scale-space peak under it instead, and from the
         canonical diameter when the network does not confirm that peak.
         """
-        if self.diameter is None or (image_type or image_type_of(image)) == "brightfield":
+        if self.diameter is None or (image_type or image_type_of(image)) == BRIGHTFIELD:
             return None
         method = method or self.estimator
         if method == "blob":
@@ -384,7 +385,7 @@ class Segmenter:
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         labels, conf = self._segment_blocks(image, scale, image_type)
         flag = ""
-        if image_type == "brightfield":
+        if image_type == BRIGHTFIELD:
             flag = BRIGHTFIELD_FLAG
         elif conf < MIN_CONFIDENCE:
             flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"

@@ -37,6 +37,7 @@ from skimage.segmentation import watershed
 from pipeline.config import PostprocessConfig, load_config
 from pipeline.errors import NucleiError
 from pipeline.heads import HEADS, mask_and_marker
+from pipeline.prepare import HISTOLOGY
 
 FLOODS = ("probability", "distance")
 
@@ -232,7 +233,7 @@ def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
 
 #: The image type (:func:`pipeline.prepare.classify_image`) that takes ``stained_object_threshold``:
 #: colour images, H&E and other stains.
-STAINED = "histology"
+STAINED = HISTOLOGY
 
 
 #: The settings a stained image takes from ``stained_<name>`` when that is set.
