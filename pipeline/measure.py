@@ -32,10 +32,11 @@ _PROPERTIES = (
     "bbox",
     "equivalent_diameter_area",
     "perimeter",
-    "eccentricity",
     "solidity",
     "intensity_mean",
 )
+#: Rows of the label image per step of :func:`eccentricities` (bounded memory for huge images).
+_BAND_ROWS = 1024
 #: Columns added when the pixel size is known: column -> (pixel column, power of the size).
 _PHYSICAL = {
     "area_um2": ("area_px", 2),
@@ -140,8 +141,55 @@ def measure_nuclei(
         columns=_RENAME
     )
     table["area_px"] = table["area_px"].astype(np.int64)
+    table["eccentricity"] = eccentricities(labels)[table["label"].to_numpy()]
     table["integrated_intensity"] = table["mean_intensity"] * table["area_px"]
     if pixel_size is not None:
         for name, (source, power) in _PHYSICAL.items():
             table[name] = table[source] * pixel_size**power
     return table[measurement_columns(pixel_size)]
+
+
+def eccentricities(labels: np.ndarray) -> np.ndarray:
+    """Eccentricity of the ellipse with the same second moments as each label.
+
+    As ``skimage.measure.regionprops``' ``eccentricity`` (``sqrt(1 − λ2 / λ1)``, λ the eigenvalues
+    of the covariance of the pixel coordinates; 0 for a circle or a single pixel), for every label
+    at once: the moments are summed with ``np.bincount``, band by band of :data:`_BAND_ROWS` rows,
+    instead of one nucleus at a time (regionprops spends about 0.6 ms per nucleus on it).
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+
+    Returns
+    -------
+    eccentricity : (labels.max() + 1,) float64
+        Indexed by label value; 0 for values not present (and for the background).
+    """
+    n = int(labels.max(initial=0)) + 1
+
+    def bands():  # (label values, rows, cols) of the labelled pixels, band by band
+        for start in range(0, labels.shape[0], _BAND_ROWS):
+            band = labels[start : start + _BAND_ROWS]
+            rows, cols = np.nonzero(band)
+            yield band[rows, cols], rows.astype(np.float64) + start, cols.astype(np.float64)
+
+    count, sum_r, sum_c = np.zeros(n), np.zeros(n), np.zeros(n)
+    for values, rows, cols in bands():
+        count += np.bincount(values, minlength=n)
+        sum_r += np.bincount(values, rows, minlength=n)
+        sum_c += np.bincount(values, cols, minlength=n)
+    count = np.maximum(count, 1)
+    mean_r, mean_c = sum_r / count, sum_c / count
+    var_r, var_c, cov = np.zeros(n), np.zeros(n), np.zeros(n)
+    for values, rows, cols in bands():  # about the means: no cancellation far from the origin
+        dr, dc = rows - mean_r[values], cols - mean_c[values]
+        var_r += np.bincount(values, dr * dr, minlength=n)
+        var_c += np.bincount(values, dc * dc, minlength=n)
+        cov += np.bincount(values, dr * dc, minlength=n)
+    var_r, var_c, cov = var_r / count, var_c / count, cov / count
+    half_sum, root = (var_r + var_c) / 2, np.hypot((var_r - var_c) / 2, cov)
+    major, minor = half_sum + root, half_sum - root
+    ratio = np.divide(minor, major, out=np.ones(n), where=major > 1e-12)
+    return np.sqrt(np.clip(1 - ratio, 0, 1))

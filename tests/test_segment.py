@@ -23,7 +23,7 @@ from PIL import Image
 from skimage.draw import disk
 
 from pipeline.cli import main as cli_main
-from pipeline.measure import measure_nuclei, measurement_columns
+from pipeline.measure import eccentricities, measure_nuclei, measurement_columns
 from pipeline.overlay import PALETTE, draw_outlines
 from pipeline.segment import COUNT_COLUMNS, segment_images
 from pipeline.segmenter import iter_blocks
@@ -404,6 +404,28 @@ def test_measure_nuclei_values():
     assert table.loc[1, "integrated_intensity"] == pytest.approx(20.0)
     assert table.loc[4, "eccentricity"] == pytest.approx(0.0) and table.loc[4, "solidity"] == 1.0
     assert table.loc[4, "equivalent_diameter_px"] == pytest.approx(np.sqrt(4 * 25 / np.pi))
+
+
+def test_eccentricities_match_regionprops_band_by_band(monkeypatch):
+    from skimage.measure import regionprops_table
+    from skimage.segmentation import expand_labels
+
+    import pipeline.measure
+
+    monkeypatch.setattr(pipeline.measure, "_BAND_ROWS", 7)  # nuclei span several bands
+    rng = np.random.default_rng(3)
+    labels = np.zeros((3000, 60), np.int32)  # far from the origin too: no cancellation
+    points = np.c_[rng.integers(0, 3000, 300), rng.integers(0, 60, 300)]
+    labels[points[:, 0], points[:, 1]] = np.arange(1, 301)
+    labels = expand_labels(labels, 6)
+    labels[labels == 5] = 0  # a value not present
+    labels[2990:2993, 10] = 301  # a line: eccentricity 1
+    labels[1500, 30] = 302  # a single pixel: 0
+    reference = regionprops_table(labels, properties=("label", "eccentricity"))
+    ours = eccentricities(labels)
+    np.testing.assert_allclose(ours[reference["label"]], reference["eccentricity"], rtol=0, atol=1e-9)
+    assert ours[5] == 0 and ours[301] == pytest.approx(1) and ours[302] == 0
+    assert eccentricities(np.zeros((4, 4), np.int32)).tolist() == [0.0]
 
 
 def test_draw_outlines_colours_each_nucleus():
