@@ -1,42 +1,43 @@
 """Per-nucleus measurements (``nuclei.csv``) from an instance label image.
 
+The measurements are those of ``skimage.measure.regionprops`` (its definitions of perimeter,
+eccentricity and solidity, equal to it to float rounding; ``tests/test_segment.py`` checks), computed
+for every nucleus at once: sums over the labelled pixels with ``np.bincount`` and shifted
+comparisons of the label image, band by band of :data:`BAND_ROWS` rows so that memory stays
+bounded on huge images; only the convex hull of the solidity is a loop over nuclei, each within
+its bounding box. A dense field of 1,500 nuclei in 1024 × 1024 measures in a fraction of
+regionprops' time (``benchmarks/bench_segment.py``).
+
 Must not: segment, normalise or write files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import cv2
 import numpy as np
 import pandas as pd
-from skimage.measure import regionprops_table
+from scipy import ndimage as ndi
 
-#: ``skimage.measure.regionprops_table`` property -> ``nuclei.csv`` column.
-_RENAME = {
-    "label": "label",
-    "area": "area_px",
-    "centroid-0": "centroid_row",
-    "centroid-1": "centroid_col",
-    "bbox-0": "bbox_min_row",
-    "bbox-1": "bbox_min_col",
-    "bbox-2": "bbox_max_row",
-    "bbox-3": "bbox_max_col",
-    "equivalent_diameter_area": "equivalent_diameter_px",
-    "perimeter": "perimeter_px",
-    "eccentricity": "eccentricity",
-    "solidity": "solidity",
-    "intensity_mean": "mean_intensity",
-}
-_PROPERTIES = (
+#: The ``nuclei.csv`` columns of every image (:func:`measurement_columns` adds the others).
+_COLUMNS = (
     "label",
-    "area",
-    "centroid",
-    "bbox",
-    "equivalent_diameter_area",
-    "perimeter",
+    "area_px",
+    "centroid_row",
+    "centroid_col",
+    "bbox_min_row",
+    "bbox_min_col",
+    "bbox_max_row",
+    "bbox_max_col",
+    "equivalent_diameter_px",
+    "perimeter_px",
+    "eccentricity",
     "solidity",
-    "intensity_mean",
+    "mean_intensity",
 )
-#: Rows of the label image per step of :func:`eccentricities` (bounded memory for huge images).
-_BAND_ROWS = 1024
+#: Rows of the label image per step of the vectorised measurements (bounded memory).
+BAND_ROWS = 1024
 #: Columns added when the pixel size is known: column -> (pixel column, power of the size).
 _PHYSICAL = {
     "area_um2": ("area_px", 2),
@@ -103,7 +104,7 @@ def intensity_of(image: np.ndarray) -> np.ndarray:
 
 def measurement_columns(pixel_size: float | None = None) -> list[str]:
     """Column names of :func:`measure_nuclei` (without the leading ``image`` column)."""
-    columns = list(_RENAME.values())
+    columns = list(_COLUMNS)
     columns.insert(columns.index("mean_intensity") + 1, "integrated_intensity")
     if pixel_size is not None:
         for name, (source, _) in _PHYSICAL.items():
@@ -137,11 +138,29 @@ def measure_nuclei(
     """
     if labels.shape != intensity.shape:
         raise ValueError(f"labels shape {labels.shape} does not match intensity {intensity.shape}")
-    table = pd.DataFrame(regionprops_table(labels, intensity_image=intensity, properties=_PROPERTIES)).rename(
-        columns=_RENAME
-    )
-    table["area_px"] = table["area_px"].astype(np.int64)
-    table["eccentricity"] = eccentricities(labels)[table["label"].to_numpy()]
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0)) + 1
+    moments = _Moments(labels, intensity)
+    boxes = ndi.find_objects(labels) if n > 1 else []
+    present = np.flatnonzero(moments.count[1:]) + 1
+    count = moments.count[present]
+    box = np.array([[b.start for b in boxes[v - 1]] + [b.stop for b in boxes[v - 1]] for v in present],
+                   dtype=np.int64).reshape(-1, 4)
+    table = pd.DataFrame({
+        "label": present.astype(np.int64),
+        "area_px": count.astype(np.int64),
+        "centroid_row": moments.mean_r[present],
+        "centroid_col": moments.mean_c[present],
+        "bbox_min_row": box[:, 0],
+        "bbox_min_col": box[:, 1],
+        "bbox_max_row": box[:, 2],
+        "bbox_max_col": box[:, 3],
+        "equivalent_diameter_px": np.sqrt(4 * count / np.pi),
+        "perimeter_px": perimeters(labels)[present],
+        "eccentricity": moments.eccentricity()[present],
+        "solidity": count / np.array([convex_area(labels[boxes[v - 1]] == v) for v in present], dtype=np.float64),
+        "mean_intensity": moments.intensity_sum[present] / count,
+    })  # fmt: skip
     table["integrated_intensity"] = table["mean_intensity"] * table["area_px"]
     if pixel_size is not None:
         for name, (source, power) in _PHYSICAL.items():
@@ -149,13 +168,69 @@ def measure_nuclei(
     return table[measurement_columns(pixel_size)]
 
 
-def eccentricities(labels: np.ndarray) -> np.ndarray:
-    """Eccentricity of the ellipse with the same second moments as each label.
+def _bands(labels: np.ndarray, *images: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+    """Per band of :data:`BAND_ROWS` rows: the label values of its labelled pixels, their rows and
+    columns (float64, in the whole image) and their values in each of ``images``."""
+    for start in range(0, labels.shape[0], BAND_ROWS):
+        band = labels[start : start + BAND_ROWS]
+        rows, cols = np.nonzero(band)
+        yield (band[rows, cols], rows + np.float64(start), cols.astype(np.float64),
+               *(image[start : start + BAND_ROWS][rows, cols] for image in images))
 
-    As ``skimage.measure.regionprops``' ``eccentricity`` (``sqrt(1 − λ2 / λ1)``, λ the eigenvalues
-    of the covariance of the pixel coordinates; 0 for a circle or a single pixel), for every label
-    at once: the moments are summed with ``np.bincount``, band by band of :data:`_BAND_ROWS` rows,
-    instead of one nucleus at a time (regionprops spends about 0.6 ms per nucleus on it).
+
+class _Moments:
+    """Pixel count, centroid, coordinate covariance and intensity sum of every label value
+    (arrays indexed by value; the covariance summed about the centroid: no cancellation)."""
+
+    def __init__(self, labels: np.ndarray, intensity: np.ndarray | None = None):
+        n = int(labels.max(initial=0)) + 1
+        images = () if intensity is None else (intensity,)
+        self.count, sum_r, sum_c, self.intensity_sum = np.zeros((4, n))
+        for values, rows, cols, *values_of in _bands(labels, *images):
+            self.count += np.bincount(values, minlength=n)
+            sum_r += np.bincount(values, rows, minlength=n)
+            sum_c += np.bincount(values, cols, minlength=n)
+            if values_of:
+                self.intensity_sum += np.bincount(values, values_of[0], minlength=n)
+        count = np.maximum(self.count, 1)
+        self.mean_r, self.mean_c = sum_r / count, sum_c / count
+        self.var_r, self.var_c, self.cov = np.zeros((3, n))
+        for values, rows, cols in _bands(labels):
+            dr, dc = rows - self.mean_r[values], cols - self.mean_c[values]
+            self.var_r += np.bincount(values, dr * dr, minlength=n)
+            self.var_c += np.bincount(values, dc * dc, minlength=n)
+            self.cov += np.bincount(values, dr * dc, minlength=n)
+        self.var_r /= count
+        self.var_c /= count
+        self.cov /= count
+
+    def eccentricity(self) -> np.ndarray:
+        """``sqrt(1 − λ2 / λ1)``, λ1 ≥ λ2 the eigenvalues of the covariance; 0 where λ1 = 0."""
+        half_sum = (self.var_r + self.var_c) / 2
+        root = np.hypot((self.var_r - self.var_c) / 2, self.cov)
+        major, minor = half_sum + root, half_sum - root
+        ratio = np.divide(minor, major, out=np.ones_like(major), where=major > 1e-12)
+        return np.sqrt(np.clip(1 - ratio, 0, 1))
+
+
+#: Weight of each code of :func:`perimeters` (skimage's ``perimeter``, after Benkrid & Crookes):
+#: 1 for a straight run of border pixels, √2 for a diagonal one, (1 + √2) / 2 for a corner.
+_PERIMETER_WEIGHTS = np.zeros(50)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
+_CROSS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+_DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def perimeters(labels: np.ndarray) -> np.ndarray:
+    """Perimeter of every label, as ``skimage.measure.regionprops``' ``perimeter`` (4-connected).
+
+    A nucleus's border pixels are those with a 4-neighbour outside it (another nucleus, the
+    background or beyond the image edge); each border pixel is coded by which of its 8 neighbours
+    are border pixels of the same nucleus (1 + 2 per side neighbour + 10 per corner neighbour)
+    and the codes' weights (:data:`_PERIMETER_WEIGHTS`) are summed per nucleus. Band by band of
+    :data:`BAND_ROWS` rows with two rows of context.
 
     Parameters
     ----------
@@ -164,32 +239,70 @@ def eccentricities(labels: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    eccentricity : (labels.max() + 1,) float64
-        Indexed by label value; 0 for values not present (and for the background).
+    perimeter : (labels.max() + 1,) float64
+        In pixels, indexed by label value; 0 for values not present.
     """
     n = int(labels.max(initial=0)) + 1
+    total = np.zeros(n)
+    height = labels.shape[0]
+    for start in range(0, height, BAND_ROWS):
+        stop = min(start + BAND_ROWS, height)
+        lo, hi = max(start - 2, 0), min(stop + 2, height)
+        padded = np.pad(labels[lo:hi], ((2 - (start - lo), 2 - (hi - stop)), (1, 1)))  # 0 beyond the image
+        centre = padded[1:-1, 1:-1]  # the band and one row of context on each side
+        border = (centre > 0) & (
+            (padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
+            | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre)
+        )  # fmt: skip
+        border = np.pad(border, ((0, 0), (1, 1)))
+        around = padded[1:-1]
+        h, w = border.shape[0] - 2, border.shape[1] - 2
+        is_border, value = border[1:-1, 1:-1], around[1:-1, 1:-1]  # the band's own pixels
+        code = is_border.astype(np.int64)
+        for weight, offsets in ((2, _CROSS), (10, _DIAGONAL)):
+            for dy, dx in offsets:
+                window = (slice(1 + dy, 1 + dy + h), slice(1 + dx, 1 + dx + w))
+                code += weight * (border[window] & (around[window] == value))
+        total += np.bincount(value[is_border], _PERIMETER_WEIGHTS[code[is_border]], minlength=n)
+    return total
 
-    def bands():  # (label values, rows, cols) of the labelled pixels, band by band
-        for start in range(0, labels.shape[0], _BAND_ROWS):
-            band = labels[start : start + _BAND_ROWS]
-            rows, cols = np.nonzero(band)
-            yield band[rows, cols], rows.astype(np.float64) + start, cols.astype(np.float64)
 
-    count, sum_r, sum_c = np.zeros(n), np.zeros(n), np.zeros(n)
-    for values, rows, cols in bands():
-        count += np.bincount(values, minlength=n)
-        sum_r += np.bincount(values, rows, minlength=n)
-        sum_c += np.bincount(values, cols, minlength=n)
-    count = np.maximum(count, 1)
-    mean_r, mean_c = sum_r / count, sum_c / count
-    var_r, var_c, cov = np.zeros(n), np.zeros(n), np.zeros(n)
-    for values, rows, cols in bands():  # about the means: no cancellation far from the origin
-        dr, dc = rows - mean_r[values], cols - mean_c[values]
-        var_r += np.bincount(values, dr * dr, minlength=n)
-        var_c += np.bincount(values, dc * dc, minlength=n)
-        cov += np.bincount(values, dr * dc, minlength=n)
-    var_r, var_c, cov = var_r / count, var_c / count, cov / count
-    half_sum, root = (var_r + var_c) / 2, np.hypot((var_r - var_c) / 2, cov)
-    major, minor = half_sum + root, half_sum - root
-    ratio = np.divide(minor, major, out=np.ones(n), where=major > 1e-12)
-    return np.sqrt(np.clip(1 - ratio, 0, 1))
+#: Midpoints of a pixel's four edges, relative to its centre (skimage's ``convex_hull_image``).
+_EDGE_MIDPOINTS = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]], np.float32)
+
+
+def convex_area(mask: np.ndarray) -> int:
+    """Pixels of the convex hull of a binary image, as ``skimage.morphology.convex_hull_image``
+    counts them: the pixel centres inside or on the convex hull of the midpoints of the object's
+    pixel edges (the solidity's denominator).
+
+    Parameters
+    ----------
+    mask : (h, w) bool array
+        One object (its bounding box), at least one pixel set.
+
+    Returns
+    -------
+    area : int
+        In pixels; equal to ``mask.sum()`` for a digitally convex object.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    inside = mask[rows]
+    first = inside.argmax(axis=1)
+    last = mask.shape[1] - 1 - inside[:, ::-1].argmax(axis=1)
+    ends = np.empty((2 * rows.size, 2), np.float32)  # (col, row): the hull of each row's two ends
+    ends[: rows.size, 0], ends[rows.size :, 0] = first, last
+    ends[:, 1] = np.concatenate([rows, rows])
+    points = (ends[:, None, :] + _EDGE_MIDPOINTS).reshape(-1, 2)
+    hull = cv2.convexHull(points).reshape(-1, 2).astype(np.float64)
+    x1, y1 = hull.T
+    x2, y2 = np.concatenate([hull[1:], hull[:1]]).T
+    y = np.arange(rows[0], rows[-1] + 1, dtype=np.float64)[:, None]  # every row of pixel centres
+    crosses = (np.minimum(y1, y2) <= y) & (y <= np.maximum(y1, y2))
+    flat = y1 == y2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(flat, x1, x1 + (y - y1) * (x2 - x1) / (y2 - y1))
+    left = np.minimum(np.where(crosses, x, np.inf).min(axis=1), np.where(crosses & flat, x2, np.inf).min(axis=1))
+    right = np.maximum(np.where(crosses, x, -np.inf).max(axis=1), np.where(crosses & flat, x2, -np.inf).max(axis=1))
+    tolerance = 1e-9  # centres on the hull count (its vertices are on a half-pixel grid)
+    return int(np.maximum(np.floor(right + tolerance) - np.ceil(left - tolerance) + 1, 0).sum())

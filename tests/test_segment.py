@@ -23,7 +23,7 @@ from PIL import Image
 from skimage.draw import disk
 
 from pipeline.cli import main as cli_main
-from pipeline.measure import eccentricities, measure_nuclei, measurement_columns
+from pipeline.measure import measure_nuclei, measurement_columns
 from pipeline.overlay import PALETTE, draw_outlines
 from pipeline.segment import COUNT_COLUMNS, segment_images
 from pipeline.segmenter import iter_blocks
@@ -406,26 +406,44 @@ def test_measure_nuclei_values():
     assert table.loc[4, "equivalent_diameter_px"] == pytest.approx(np.sqrt(4 * 25 / np.pi))
 
 
-def test_eccentricities_match_regionprops_band_by_band(monkeypatch):
+@pytest.mark.parametrize("band_rows", [7, 1024])
+def test_measurements_match_regionprops(monkeypatch, band_rows):
+    """The vectorised measurements are regionprops' to float rounding, on ragged shapes that
+    span several bands, touch each other and the image edges, far from the origin too."""
     from skimage.measure import regionprops_table
     from skimage.segmentation import expand_labels
 
     import pipeline.measure
 
-    monkeypatch.setattr(pipeline.measure, "_BAND_ROWS", 7)  # nuclei span several bands
+    monkeypatch.setattr(pipeline.measure, "BAND_ROWS", band_rows)
     rng = np.random.default_rng(3)
-    labels = np.zeros((3000, 60), np.int32)  # far from the origin too: no cancellation
-    points = np.c_[rng.integers(0, 3000, 300), rng.integers(0, 60, 300)]
+    labels = np.zeros((2000, 90), np.int32)
+    points = np.c_[rng.integers(0, 2000, 300), rng.integers(0, 90, 300)]
     labels[points[:, 0], points[:, 1]] = np.arange(1, 301)
     labels = expand_labels(labels, 6)
+    labels[rng.random(labels.shape) < 0.05] = 0  # holes and ragged edges
     labels[labels == 5] = 0  # a value not present
-    labels[2990:2993, 10] = 301  # a line: eccentricity 1
-    labels[1500, 30] = 302  # a single pixel: 0
-    reference = regionprops_table(labels, properties=("label", "eccentricity"))
-    ours = eccentricities(labels)
-    np.testing.assert_allclose(ours[reference["label"]], reference["eccentricity"], rtol=0, atol=1e-9)
-    assert ours[5] == 0 and ours[301] == pytest.approx(1) and ours[302] == 0
-    assert eccentricities(np.zeros((4, 4), np.int32)).tolist() == [0.0]
+    labels[1990:1993, 10] = 301  # a line: eccentricity 1
+    labels[1500, 30] = 302  # a single pixel: eccentricity 0, solidity 1
+    labels[200:210, 40] = 303  # an L: solidity < 1
+    labels[200, 40:50] = 303
+    intensity = rng.random(labels.shape).astype(np.float32)
+    ours = measure_nuclei(labels, intensity).set_index("label")
+    theirs = pd.DataFrame(regionprops_table(labels, intensity, properties=(
+        "label", "area", "centroid", "bbox", "equivalent_diameter_area", "perimeter", "eccentricity", "solidity",
+        "intensity_mean",
+    ))).set_index("label")  # fmt: skip
+    assert ours.index.tolist() == theirs.index.tolist() and 5 not in ours.index
+    for column, reference in [("area_px", "area"), ("centroid_row", "centroid-0"), ("centroid_col", "centroid-1"),
+                              ("bbox_min_row", "bbox-0"), ("bbox_min_col", "bbox-1"), ("bbox_max_row", "bbox-2"),
+                              ("bbox_max_col", "bbox-3"), ("equivalent_diameter_px", "equivalent_diameter_area"),
+                              ("perimeter_px", "perimeter"), ("eccentricity", "eccentricity"),
+                              ("solidity", "solidity"), ("mean_intensity", "intensity_mean")]:
+        np.testing.assert_allclose(ours[column], theirs[reference], rtol=1e-6, atol=1e-9, err_msg=column)
+    assert ours.loc[301, "eccentricity"] == pytest.approx(1) and ours.loc[302, "eccentricity"] == 0
+    assert ours.loc[302, "solidity"] == 1 and ours.loc[303, "solidity"] < 0.5
+    empty = measure_nuclei(np.zeros((4, 4), np.int32), np.zeros((4, 4), np.float32), pixel_size=1.0)
+    assert empty.empty and list(empty.columns) == measurement_columns(1.0)
 
 
 def test_draw_outlines_colours_each_nucleus():
