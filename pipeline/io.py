@@ -414,8 +414,8 @@ def write_csv(path: str | Path, df) -> None:
 
 
 #: zlib level of the PNGs written (overlays, report thumbnails): level 1 writes a 1024 × 1024
-#: overlay in a third of the time of the usual level 6 for files about 1.2× as large
-#: (``benchmarks/bench_segment.py``).
+#: overlay in about a third of the time of the usual level 6, for files about 1.2× as large
+#: (README, "Benchmarks").
 PNG_COMPRESSION = 1
 
 

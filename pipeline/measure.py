@@ -256,14 +256,14 @@ def perimeters(labels: np.ndarray) -> np.ndarray:
         )  # fmt: skip
         border = np.pad(border, ((0, 0), (1, 1)))
         around = padded[1:-1]
-        h, w = border.shape[0] - 2, border.shape[1] - 2
-        is_border, value = border[1:-1, 1:-1], around[1:-1, 1:-1]  # the band's own pixels
-        code = is_border.astype(np.int64)
+        rows, cols = np.nonzero(border[1:-1, 1:-1])  # the band's border pixels: the work is theirs
+        rows, cols = rows + 1, cols + 1
+        value = around[rows, cols]
+        code = np.ones(rows.size, np.int64)
         for weight, offsets in ((2, _CROSS), (10, _DIAGONAL)):
             for dy, dx in offsets:
-                window = (slice(1 + dy, 1 + dy + h), slice(1 + dx, 1 + dx + w))
-                code += weight * (border[window] & (around[window] == value))
-        total += np.bincount(value[is_border], _PERIMETER_WEIGHTS[code[is_border]], minlength=n)
+                code += weight * (border[rows + dy, cols + dx] & (around[rows + dy, cols + dx] == value))
+        total += np.bincount(value, _PERIMETER_WEIGHTS[code], minlength=n)
     return total
 
 
