@@ -184,6 +184,33 @@ def _check_array(array: np.ndarray, path: Path) -> None:
         raise NucleiError(f"{path}: image contains NaN or infinite values")
 
 
+#: The colour channels ``nuclei segment --channel`` can select, and their index.
+COLOUR_CHANNELS = {"red": 0, "green": 1, "blue": 2}
+
+
+def colour_channel(array: np.ndarray, channel: str) -> np.ndarray:
+    """One colour channel of a plane of :func:`read_planes`, as a grey (H, W) plane.
+
+    Parameters
+    ----------
+    array : (H, W) or (H, W, C) array, C = 1..4
+        As stored in the file (any pixel type).
+    channel : {'red', 'green', 'blue'}
+        A key of :data:`COLOUR_CHANNELS`.
+
+    Returns
+    -------
+    grey : (H, W) array, same pixel type
+        That channel of an RGB(A) image; a grey image (with or without alpha) as it is, since
+        each of its colour channels is the grey.
+    """
+    if array.ndim == 2:
+        return array
+    if array.shape[-1] < 3:  # grey, grey + alpha
+        return array[..., 0]
+    return array[..., COLOUR_CHANNELS[channel]]
+
+
 def as_rgb01(array: np.ndarray) -> np.ndarray:
     """A plane of :func:`read_planes` → float32 (H, W, 3) in [0, 1], the network's input.
 

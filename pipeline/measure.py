@@ -66,7 +66,7 @@ COLUMN_DICTIONARY = {
     "solidity": ("", "area / convex hull area"),
     "mean_intensity": (
         "image units",
-        "mean pixel value (channel mean of grey/RGB, alpha dropped) as stored in the file: "
+        "mean pixel value (channel mean of grey/RGB, alpha dropped; the --channel alone when given) as stored in the file: "
         "counts for integer images (pixel_type in counts.csv), values for float images; not normalised",
     ),
     "integrated_intensity": ("image units × px", "mean_intensity × area_px"),

@@ -38,10 +38,12 @@ import pandas as pd
 from pipeline.config import ROOT, SegmentConfig, load_params
 from pipeline.errors import NucleiError, OutputError
 from pipeline.io import (
+    COLOUR_CHANNELS,
     IMAGE_SUFFIXES,
     Plane,
     as_rgb01,
     check_writable_folder,
+    colour_channel,
     encode_png,
     list_images,
     progress,
@@ -77,6 +79,8 @@ class Settings:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     pixel_size: float | None = None
     diameter: float | None = None
+    #: Segment (and measure) this colour channel alone (:data:`pipeline.io.COLOUR_CHANNELS`).
+    channel: str | None = None
 
     @classmethod
     def from_params(
@@ -84,7 +88,7 @@ class Settings:
     ) -> Settings:
         """Build from the ``segment`` section of params.yaml; ``None`` overrides are ignored.
 
-        ``overrides``: ``model_dir``, ``pixel_size``, ``diameter`` and any ``segment`` key.
+        ``overrides``: ``model_dir``, ``pixel_size``, ``diameter``, ``channel`` and any ``segment`` key.
 
         Raises
         ------
@@ -92,7 +96,7 @@ class Settings:
             Unknown keys or values out of range, naming ``source``.
         """
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        flags = {k: overrides.pop(k) for k in ("model_dir", "pixel_size", "diameter") if k in overrides}
+        flags = {k: overrides.pop(k) for k in ("model_dir", "pixel_size", "diameter", "channel") if k in overrides}
         section = dict((params or {}).get("segment") or {})
         segment = SegmentConfig.from_dict({**section, **overrides}, source)
         model = Path(segment.model)
@@ -107,6 +111,8 @@ class Settings:
             math.isfinite(settings.pixel_size) and settings.pixel_size > 0
         ):
             raise NucleiError(f"--pixel-size must be a positive number of µm, got {settings.pixel_size}")
+        if settings.channel is not None and settings.channel not in COLOUR_CHANNELS:
+            raise NucleiError(f"--channel must be one of {', '.join(COLOUR_CHANNELS)}, got {settings.channel!r}")
         return settings
 
 
@@ -216,12 +222,14 @@ def _segment_plane(
     """Segment, measure and write one plane; returns its counts.csv row fields.
 
     ``plane.array`` is (H, W) or (H, W, C) in the file's units (:func:`pipeline.io.read_planes`);
-    the nuclei are measured on it, the network sees it normalised. Files written are appended
-    to ``written``.
+    the nuclei are measured on it (on its ``settings.channel`` alone when set), the network sees
+    it normalised. Files written are appended to ``written``.
     """
-    intensity = intensity_of(plane.array)  # in the image's own units, whatever its pixel type
-    image = as_rgb01(plane.array)
+    array = plane.array if settings.channel is None else colour_channel(plane.array, settings.channel)
     del plane  # the caller holds no reference: the file's array is freed here
+    intensity = intensity_of(array)  # in the image's own units, whatever its pixel type
+    image = as_rgb01(array)
+    del array
     image = segmenter.normalize(image)  # as the model was trained
     result = segmenter.segment(image, diameter=settings.diameter, normalized=True)
     labels = result.labels
@@ -382,6 +390,8 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: _Run, cfg: Se
         "time": f"{seconds:.1f} s",
         "written": time.strftime("%Y-%m-%d %H:%M"),
     }
+    if cfg.channel is not None:
+        info["channel"] = f"{cfg.channel} (--channel: that channel alone segmented and measured)"
     html = render_report(
         counts, nuclei[area].to_numpy(float), run.thumbnails, pixel_size=cfg.pixel_size, info=info
     )
@@ -471,6 +481,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--diameter", type=_positive, metavar="PX",
         help="median nucleus diameter in px (default: estimated per image)",
     )
+    parser.add_argument(
+        "--channel", choices=tuple(COLOUR_CHANNELS),
+        help="segment and measure this colour channel alone: the nuclear stain of a colour composite, "
+             "e.g. blue for Hoechst or DAPI (default: the channels' mean; grey images are unaffected)",
+    )
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
 
@@ -505,6 +520,7 @@ def main(args: argparse.Namespace) -> int:
                 params=params,
                 params_path=args.params or "params.yaml",
                 diameter=args.diameter,
+                channel=args.channel,
             )
     except OutputError as exc:  # disk full, read-only: after images were processed
         print(f"nuclei: error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from PIL import Image
 from pipeline.errors import NucleiError
 from pipeline.io import (
     atomic_path,
+    colour_channel,
     encode_png,
     list_images,
     read_image,
@@ -191,6 +192,16 @@ def test_png_round_trip_keeps_channel_order(tmp_path, channels):
         encode_png(array.astype(np.uint16))
     with pytest.raises(ValueError, match="shape"):
         encode_png(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_colour_channel_of_every_kind_of_plane():
+    rgba = np.dstack([GREY8, GREY8 // 2, 255 - GREY8, np.full_like(GREY8, 7)]).astype(np.uint16)
+    for name, k in (("red", 0), ("green", 1), ("blue", 2)):
+        assert colour_channel(rgba, name).dtype == np.uint16
+        np.testing.assert_array_equal(colour_channel(rgba, name), rgba[..., k])
+        np.testing.assert_array_equal(colour_channel(rgba[..., :3], name), rgba[..., k])
+        np.testing.assert_array_equal(colour_channel(GREY8, name), GREY8)  # grey: every channel is the grey
+        np.testing.assert_array_equal(colour_channel(np.dstack([GREY8, GREY8 * 0]), name), GREY8)  # + alpha
 
 
 def test_label_tiff_round_trip(tmp_path):

@@ -23,6 +23,8 @@ from PIL import Image
 from skimage.draw import disk
 
 from pipeline.cli import main as cli_main
+from pipeline.errors import NucleiError
+from pipeline.io import read_labels
 from pipeline.measure import measure_nuclei, measurement_columns
 from pipeline.overlay import PALETTE, draw_outlines
 from pipeline.segment import COUNT_COLUMNS, segment_images
@@ -502,6 +504,32 @@ def test_intensities_are_in_the_images_own_units(tmp_path, model_dir):
     units = pd.read_csv(out / "columns.csv").set_index("column")
     assert list(units.index) == ["image", *measurement_columns()]
     assert "image units" in units.loc["mean_intensity", "unit"]
+
+
+def test_channel_segments_and_measures_one_colour_channel(tmp_path, model_dir, capsys):
+    """A composite: nuclei in blue, a large bright structure of another marker in green. Blended,
+    the other marker is taken for a nucleus; ``--channel blue`` segments and measures the nuclei."""
+    blue, true = disks(value=200, bg=20)
+    green = np.full(blue.shape, 20, np.uint8)
+    green[60:90, 10:50] = 250  # away from the nuclei
+    Image.fromarray(np.dstack([np.full_like(blue, 20), green, blue])).save(tmp_path / "composite.png")
+    Image.fromarray(blue).save(tmp_path / "grey.png")  # grey images are unaffected by --channel
+    blended = segment_images([tmp_path / "composite.png"], tmp_path / "blended", model_dir).set_index("image")
+    assert blended.loc["composite", "count"] == 4
+    assert run_cli(tmp_path / "composite.png", tmp_path / "grey.png", "-o", tmp_path / "blue",
+                   "--model", model_dir, "--channel", "blue") == 0
+    counts = counts_of(tmp_path / "blue")
+    assert counts.loc["composite", "count"] == counts.loc["grey", "count"] == 3
+    assert "blue (--channel" in (tmp_path / "blue" / "report.html").read_text()
+    nuclei = pd.read_csv(tmp_path / "blue" / "nuclei.csv").set_index("image")
+    assert nuclei.loc["composite", "mean_intensity"].tolist() == pytest.approx([200.0] * 3, rel=0.05)
+    np.testing.assert_array_equal(read_labels(tmp_path / "blue" / "labels" / "composite.tif"),
+                                  read_labels(tmp_path / "blue" / "labels" / "grey.tif"))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(tmp_path / "grey.png", "-o", tmp_path / "x", "--model", model_dir, "--channel", "cyan")
+    assert exit_.value.code == 2 and "invalid choice: 'cyan'" in capsys.readouterr().err
+    with pytest.raises(NucleiError, match="--channel must be one of red, green, blue, got 'cyan'"):
+        segment_images([tmp_path / "grey.png"], tmp_path / "x", model_dir, channel="cyan")
 
 
 def test_every_series_of_a_multi_series_tiff(tmp_path, model_dir):
