@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.intensity import COLOUR, DARK, colourfulness
+from pipeline.intensity import COLOUR, COLOUR_BLOCK, DARK, colourfulness
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
@@ -45,14 +45,14 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None) -> str:
     Returns
     -------
     image_type : str
-        ``histology`` for stained tissue (colour: mean |channel − grey| above
+        ``histology`` for stained tissue (colour: mean |channel − grey| of block means above
         :data:`pipeline.intensity.COLOUR` of the full range), ``brightfield`` for grey images with
         a bright background (mean above :data:`pipeline.intensity.DARK`),
         otherwise fluorescence: ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
         The thresholds separate the four groups of stage1_train with wide margins.
     """
     rgb = image.astype(np.float32) / 255.0
-    if colourfulness(rgb) > COLOUR:
+    if colourfulness(rgb, COLOUR_BLOCK) > COLOUR:
         return HISTOLOGY
     if float(rgb.mean()) > DARK:
         return BRIGHTFIELD

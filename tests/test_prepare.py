@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.cli import main
 from pipeline.io import load_npz
@@ -30,6 +31,22 @@ def test_classify_image():
     he = np.zeros((64, 64, 3), np.uint8)
     he[...] = (200, 120, 210)
     assert classify_image(he) == "histology"
+
+
+@pytest.mark.parametrize("sigma", [4, 8, 12])
+def test_a_colour_cameras_pixel_noise_does_not_make_a_grey_image_stained(sigma):
+    """Noise independent in each channel (a colour camera's) left bright-field images typed as
+    stained tissue pixel by pixel; the type is decided on 4 x 4 tile means (COLOUR_BLOCK)."""
+    rng = np.random.default_rng(sigma)
+    grey = np.full((256, 256), 200.0)
+    grey[::9, ::9] = 120  # some structure
+    dark = np.full((256, 256), 10.0)
+    dark[40:60, 40:60] = 180
+    for scene, expected in ((grey, "brightfield"), (dark, "fluo-small")):
+        noisy = np.clip(scene[..., None] + rng.normal(0, sigma, (256, 256, 3)), 0, 255).astype(np.uint8)
+        assert classify_image(noisy) == expected
+    he = np.where(rng.random((256, 256, 1)) < 0.3, [120, 60, 160], [235, 190, 215]) + rng.normal(0, sigma, (256, 256, 3))
+    assert classify_image(np.clip(he, 0, 255).astype(np.uint8)) == "histology"
 
 
 def test_prepare_stage_on_sample(tmp_path, sample_root):
