@@ -18,7 +18,11 @@ most ``--crop`` px a side. Conditions, applied to the image and (for geometry) t
 - ``blur``: Gaussian blur, σ = 2 px;
 - ``stain``: H&E stain jitter in HED space (every stain scaled ×0.75–1.25, fixed seed);
 - ``blue``: a grey image (fluorescence, bright-field) recorded in colour, its grey level in the
-  blue channel alone (Hoechst, DAPI); stained images are left as they are.
+  blue channel alone (Hoechst, DAPI); stained images are left as they are;
+- ``tint``: every image through a colour camera whose white balance is off under a halogen lamp
+  (channel gains :data:`TINT`: yellowish).
+
+``noise`` is drawn independently in each colour channel, as a colour camera's.
 
 Every model runs through :class:`pipeline.segmenter.Segmenter` exactly as ``nuclei segment`` does
 (estimated diameter; ``--oracle`` adds a run given the true median nucleus diameter). Printed per
@@ -50,7 +54,9 @@ from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
-CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue")
+CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue", "tint")
+#: Channel gains of the ``tint`` condition (red, green, blue).
+TINT = np.array([1.0, 0.93, 0.78], np.float32)
 #: The conditions :data:`pipeline.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
 CALIBRATION = ("x0.5", "x1", "x2", "noise", "stain")
 
@@ -60,6 +66,8 @@ def confidence_calibration(rows: pd.DataFrame, threshold: float = MIN_CONFIDENCE
     images of :data:`CALIBRATION` (what ``MIN_CONFIDENCE`` should be), and the median counting error
     of the images below and above ``threshold``."""
     rows = rows[rows["condition"].isin(CALIBRATION) & (rows["image_type"] != BRIGHTFIELD)]
+    if rows.empty:
+        return f"confidence: none of {', '.join(CALIBRATION)} was run"
     low = rows["confidence"] < threshold
     return (f"confidence: 2nd percentile {np.percentile(rows['confidence'], 2):.3f} over {len(rows)} images "
             f"({', '.join(CALIBRATION)}); below MIN_CONFIDENCE {threshold}: {low.sum()} images, median "
@@ -107,6 +115,8 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         blue = np.zeros_like(image)
         blue[..., 2] = image[..., 0]
         return blue, labels
+    if condition == "tint":  # a colour camera under a halogen lamp, white balance off: yellowish
+        return np.clip(grey * TINT, 0, 255).astype(np.uint8), labels
     raise ValueError(condition)
 
 
@@ -124,9 +134,9 @@ def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str
     return out
 
 
-def evaluate(segmenter: Segmenter, items, oracle: bool) -> list[dict]:
+def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -> list[dict]:
     rows = []
-    for condition in CONDITIONS:
+    for condition in conditions:
         for k, (image_id, image_type, image, labels) in enumerate(items):
             img, true = shifted(condition, image, labels, seed=k)
             diameter = median_diameter(true) if oracle and true.max() else None
@@ -153,6 +163,8 @@ def main() -> int:
                         help="diameter estimators to run --model with (default: the model's default)")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=None,
+                        help="a subset of the conditions (default: all; the scale goal needs x1-x4)")
     parser.add_argument("--crop", type=int, default=320)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the per-image table here (CSV)")
@@ -164,6 +176,7 @@ def main() -> int:
 
     set_threads(args.threads)
     params = load_params(args.params)
+    conditions = tuple(c for c in CONDITIONS if c in (args.conditions or CONDITIONS))
     items = samples(params, args.params, args.images, args.crop)
     types = pd.Series([t for _, t, _, _ in items]).value_counts().to_dict()
     data = params["data"]
@@ -182,7 +195,7 @@ def main() -> int:
         t0 = time.perf_counter()
         segmenter = Segmenter.from_model_dir(path, device="cpu")
         segmenter.estimator = estimator or segmenter.estimator
-        frame = pd.DataFrame(evaluate(segmenter, items, oracle))
+        frame = pd.DataFrame(evaluate(segmenter, items, oracle, conditions))
         frame.insert(0, "run", name)
         frames.append(frame)
         print(f"{name}: {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -195,7 +208,7 @@ def main() -> int:
     )
     summary["pred/true"] = summary["pred"] / summary["true"]
     wide = summary[["dsb", "ap50", "count_error", "pred/true"]].unstack("run")
-    wide = wide.reindex(CONDITIONS)
+    wide = wide.reindex(conditions)
     wide.columns = [f"{run}: {metric}" for metric, run in wide.columns]
     order = [f"{run}: {m}" for run, *_ in runs for m in ("dsb", "ap50", "count_error", "pred/true")]
     print(wide[order].to_string(float_format=lambda v: f"{v:.3f}"))
@@ -207,10 +220,12 @@ def main() -> int:
                   f"{(ratio.sub(1).abs() < 0.2).mean():.0%} of {len(rows)} images, within x1.41 for "
                   f"{(np.log2(ratio).abs() < 0.5).mean():.0%} (median estimate / true {ratio.median():.2f})")
         dsb = summary.xs(run, level="run")["dsb"]
-        worst = max(abs(dsb[f"x{s:g}"] - dsb["x1"]) for s in (2, 3, 4))
         err = summary.xs(run, level="run")["count_error"].max()
-        print(f"{run}: DSB2018 at x2-x4 within {worst:.3f} of x1 (goal 0.05: "
-              f"{'met' if worst <= 0.05 else 'not met'}); worst median counting error {err:.3f} "
+        if {"x1", "x2", "x3", "x4"} <= set(conditions):
+            worst = max(abs(dsb[f"x{s:g}"] - dsb["x1"]) for s in (2, 3, 4))
+            print(f"{run}: DSB2018 at x2-x4 within {worst:.3f} of x1 (goal 0.05: "
+                  f"{'met' if worst <= 0.05 else 'not met'})")
+        print(f"{run}: worst median counting error {err:.3f} over {', '.join(conditions)} "
               f"(goal 0.10: {'met' if err <= 0.10 else 'not met'})")
         print(f"{run}: {confidence_calibration(table[table['run'] == run])}")
     return 0

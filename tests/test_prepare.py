@@ -36,7 +36,11 @@ def test_classify_image():
 @pytest.mark.parametrize("sigma", [4, 8, 12])
 def test_a_colour_cameras_pixel_noise_does_not_make_a_grey_image_stained(sigma):
     """Noise independent in each channel (a colour camera's) left bright-field images typed as
-    stained tissue pixel by pixel; the type is decided on 4 x 4 tile means (COLOUR_BLOCK)."""
+    stained tissue pixel by pixel; the type is decided on tile means (COLOUR_BLOCK), as files are
+    prepared and as the Segmenter types normalised images (whose contrast stretch amplifies it)."""
+    from pipeline.intensity import normalize_image
+    from pipeline.segmenter import image_type_of
+
     rng = np.random.default_rng(sigma)
     grey = np.full((256, 256), 200.0)
     grey[::9, ::9] = 120  # some structure
@@ -45,8 +49,10 @@ def test_a_colour_cameras_pixel_noise_does_not_make_a_grey_image_stained(sigma):
     for scene, expected in ((grey, "brightfield"), (dark, "fluo-small")):
         noisy = np.clip(scene[..., None] + rng.normal(0, sigma, (256, 256, 3)), 0, 255).astype(np.uint8)
         assert classify_image(noisy) == expected
+        assert image_type_of(normalize_image(noisy)) == expected
     he = np.where(rng.random((256, 256, 1)) < 0.3, [120, 60, 160], [235, 190, 215]) + rng.normal(0, sigma, (256, 256, 3))
-    assert classify_image(np.clip(he, 0, 255).astype(np.uint8)) == "histology"
+    he = np.clip(he, 0, 255).astype(np.uint8)
+    assert classify_image(he) == image_type_of(normalize_image(he)) == "histology"
 
 
 def test_prepare_stage_on_sample(tmp_path, sample_root):
