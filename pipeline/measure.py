@@ -168,35 +168,33 @@ def measure_nuclei(
     return table[measurement_columns(pixel_size)]
 
 
-def _bands(labels: np.ndarray, *images: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
-    """Per band of :data:`BAND_ROWS` rows: the label values of its labelled pixels, their rows and
-    columns (float64, in the whole image) and their values in each of ``images``."""
+def _bands(labels: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per band of :data:`BAND_ROWS` rows: its rows (a slice of the image), and the label values,
+    rows (within the band) and columns of its labelled pixels."""
     for start in range(0, labels.shape[0], BAND_ROWS):
-        band = labels[start : start + BAND_ROWS]
-        rows, cols = np.nonzero(band)
-        yield (band[rows, cols], rows + np.float64(start), cols.astype(np.float64),
-               *(image[start : start + BAND_ROWS][rows, cols] for image in images))
+        band = slice(start, start + BAND_ROWS)
+        rows, cols = np.nonzero(labels[band])
+        yield band, labels[band][rows, cols], rows, cols
 
 
 class _Moments:
     """Pixel count, centroid, coordinate covariance and intensity sum of every label value
     (arrays indexed by value; the covariance summed about the centroid: no cancellation)."""
 
-    def __init__(self, labels: np.ndarray, intensity: np.ndarray | None = None):
+    def __init__(self, labels: np.ndarray, intensity: np.ndarray):
         n = int(labels.max(initial=0)) + 1
-        images = () if intensity is None else (intensity,)
         self.count, sum_r, sum_c, self.intensity_sum = np.zeros((4, n))
-        for values, rows, cols, *values_of in _bands(labels, *images):
+        for band, values, rows, cols in _bands(labels):
             self.count += np.bincount(values, minlength=n)
-            sum_r += np.bincount(values, rows, minlength=n)
-            sum_c += np.bincount(values, cols, minlength=n)
-            if values_of:
-                self.intensity_sum += np.bincount(values, values_of[0], minlength=n)
+            sum_r += np.bincount(values, rows + np.float64(band.start), minlength=n)
+            sum_c += np.bincount(values, cols.astype(np.float64), minlength=n)
+            self.intensity_sum += np.bincount(values, intensity[band][rows, cols], minlength=n)
         count = np.maximum(self.count, 1)
         self.mean_r, self.mean_c = sum_r / count, sum_c / count
         self.var_r, self.var_c, self.cov = np.zeros((3, n))
-        for values, rows, cols in _bands(labels):
-            dr, dc = rows - self.mean_r[values], cols - self.mean_c[values]
+        for band, values, rows, cols in _bands(labels):
+            dr = rows + np.float64(band.start) - self.mean_r[values]
+            dc = cols - self.mean_c[values]
             self.var_r += np.bincount(values, dr * dr, minlength=n)
             self.var_c += np.bincount(values, dc * dc, minlength=n)
             self.cov += np.bincount(values, dr * dc, minlength=n)
