@@ -20,7 +20,10 @@ most ``--crop`` px a side. Conditions, applied to the image and (for geometry) t
 - ``blue``: a grey image (fluorescence, bright-field) recorded in colour, its grey level in the
   blue channel alone (Hoechst, DAPI); stained images are left as they are;
 - ``tint``: every image through a colour camera whose white balance is off under a halogen lamp
-  (channel gains :data:`TINT`: yellowish).
+  (channel gains :data:`TINT`: yellowish);
+- ``composite``: a grey image's nuclear stain in blue beside a whole-cell marker in green (each
+  nucleus's cell body, the nucleus grown by its radius, at a random level, as bright as the
+  nuclei); stained images are left as they are.
 
 ``noise`` is drawn independently in each colour channel, as a colour camera's.
 
@@ -54,7 +57,7 @@ from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
-CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue", "tint")
+CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue", "tint", "composite")
 #: Channel gains of the ``tint`` condition (red, green, blue).
 TINT = np.array([1.0, 0.93, 0.78], np.float32)
 #: The conditions :data:`pipeline.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
@@ -117,6 +120,21 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         return blue, labels
     if condition == "tint":  # a colour camera under a halogen lamp, white balance off: yellowish
         return np.clip(grey * TINT, 0, 255).astype(np.uint8), labels
+    if condition == "composite":
+        if np.ptp(image, axis=-1).any():  # stained: already in colour
+            return image, labels
+        import cv2
+        from skimage.segmentation import expand_labels
+
+        radius = max(2.0, median_diameter(labels) / 2) if labels.max() else 5.0
+        cells = expand_labels(labels, distance=radius)  # cell bodies around the nuclei
+        level = np.concatenate([[0.0], rng.uniform(0.4, 1.0, int(cells.max()))])[cells]
+        body = cv2.GaussianBlur(level.astype(np.float32), (0, 0), radius / 4)
+        lo, hi = np.percentile(grey[..., 0], [1, 99.8])
+        out = np.zeros_like(image)
+        out[..., 2] = image[..., 0]  # the nuclear stain in blue
+        out[..., 1] = np.clip(lo + body * (hi - lo), 0, 255).astype(image.dtype)  # a cell marker in green
+        return out, labels
     raise ValueError(condition)
 
 

@@ -483,8 +483,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--channel", choices=tuple(COLOUR_CHANNELS),
-        help="segment and measure this colour channel alone: the nuclear stain of a colour composite, "
-             "e.g. blue for Hoechst or DAPI (default: the channels' mean; grey images are unaffected)",
+        help="segment and measure this colour channel alone: the nuclear stain of a composite whose nuclei "
+             "are not blue (default: a fluorescence composite is segmented on its blue channel, DAPI or "
+             "Hoechst, when that carries signal, else on the channels' mean, and measured on their mean; "
+             "grey images are unaffected)",
     )
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")

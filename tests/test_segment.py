@@ -506,25 +506,29 @@ def test_intensities_are_in_the_images_own_units(tmp_path, model_dir):
     assert "image units" in units.loc["mean_intensity", "unit"]
 
 
-def test_channel_segments_and_measures_one_colour_channel(tmp_path, model_dir, capsys):
-    """A composite: nuclei in blue, a large bright structure of another marker in green. Blended,
-    the other marker is taken for a nucleus; ``--channel blue`` segments and measures the nuclei."""
-    blue, true = disks(value=200, bg=20)
-    green = np.full(blue.shape, 20, np.uint8)
-    green[60:90, 10:50] = 250  # away from the nuclei
-    Image.fromarray(np.dstack([np.full_like(blue, 20), green, blue])).save(tmp_path / "composite.png")
-    Image.fromarray(blue).save(tmp_path / "grey.png")  # grey images are unaffected by --channel
-    blended = segment_images([tmp_path / "composite.png"], tmp_path / "blended", model_dir).set_index("image")
-    assert blended.loc["composite", "count"] == 4
-    assert run_cli(tmp_path / "composite.png", tmp_path / "grey.png", "-o", tmp_path / "blue",
-                   "--model", model_dir, "--channel", "blue") == 0
-    counts = counts_of(tmp_path / "blue")
-    assert counts.loc["composite", "count"] == counts.loc["grey", "count"] == 3
-    assert "blue (--channel" in (tmp_path / "blue" / "report.html").read_text()
-    nuclei = pd.read_csv(tmp_path / "blue" / "nuclei.csv").set_index("image")
-    assert nuclei.loc["composite", "mean_intensity"].tolist() == pytest.approx([200.0] * 3, rel=0.05)
-    np.testing.assert_array_equal(read_labels(tmp_path / "blue" / "labels" / "composite.tif"),
-                                  read_labels(tmp_path / "blue" / "labels" / "grey.tif"))
+def test_composites_are_segmented_on_their_nuclear_channel(tmp_path, model_dir, capsys):
+    """Composites: nuclei beside a large bright structure of another marker in green. With the
+    nuclei in blue (DAPI, Hoechst) the network gets the blue channel by itself; with the nuclei in
+    red the channels are averaged and the marker is taken for a nucleus, unless ``--channel red``
+    names the nuclear channel, which is then also what is measured."""
+    nuclei, true = disks(value=200, bg=20)
+    marker = np.full(nuclei.shape, 20, np.uint8)
+    marker[60:90, 10:50] = 250  # away from the nuclei
+    dark = np.full_like(nuclei, 20)
+    Image.fromarray(np.dstack([dark, marker, nuclei])).save(tmp_path / "dapi.png")
+    Image.fromarray(np.dstack([nuclei, marker, dark])).save(tmp_path / "red.png")
+    Image.fromarray(nuclei).save(tmp_path / "grey.png")  # grey images are unaffected by --channel
+    counts = segment_images(sorted(tmp_path.glob("*.png")), tmp_path / "auto", model_dir).set_index("image")
+    assert counts.loc["dapi", "count"] == counts.loc["grey", "count"] == 3 and counts.loc["red", "count"] == 4
+    assert run_cli(tmp_path / "red.png", tmp_path / "grey.png", "-o", tmp_path / "red",
+                   "--model", model_dir, "--channel", "red") == 0
+    counts = counts_of(tmp_path / "red")
+    assert counts.loc["red", "count"] == counts.loc["grey", "count"] == 3
+    assert "red (--channel" in (tmp_path / "red" / "report.html").read_text()
+    measured = pd.read_csv(tmp_path / "red" / "nuclei.csv").set_index("image")
+    assert measured.loc["red", "mean_intensity"].tolist() == pytest.approx([200.0] * 3, rel=0.05)
+    np.testing.assert_array_equal(read_labels(tmp_path / "red" / "labels" / "red.tif"),
+                                  read_labels(tmp_path / "red" / "labels" / "grey.tif"))
     with pytest.raises(SystemExit) as exit_:
         run_cli(tmp_path / "grey.png", "-o", tmp_path / "x", "--model", model_dir, "--channel", "cyan")
     assert exit_.value.code == 2 and "invalid choice: 'cyan'" in capsys.readouterr().err
