@@ -24,6 +24,9 @@ most ``--crop`` px a side. Conditions, applied to the image and (for geometry) t
 - ``composite``: a grey image's nuclear stain in blue beside a whole-cell marker in green (each
   nucleus's cell body, the nucleus grown by its radius, at a random level, as bright as the
   nuclei); stained images are left as they are.
+- ``uneven``: uneven illumination, as a wide-field microscope's: the image times a vignette that
+  falls from 1 at the centre to :data:`VIGNETTE` in the corners, plus a background ramp rising
+  across the image to :data:`RAMP` of its 1–99 % range (stray light, autofluorescence).
 
 ``noise`` is drawn independently in each colour channel, as a colour camera's.
 
@@ -57,9 +60,11 @@ from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
-CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue", "tint", "composite")
+CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue", "tint", "composite", "uneven")
 #: Channel gains of the ``tint`` condition (red, green, blue).
 TINT = np.array([1.0, 0.93, 0.78], np.float32)
+#: The ``uneven`` condition: illumination in the corners (centre 1) and the background ramp's top.
+VIGNETTE, RAMP = 0.4, 0.3
 #: The conditions :data:`pipeline.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
 CALIBRATION = ("x0.5", "x1", "x2", "noise", "stain")
 
@@ -135,6 +140,13 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         out[..., 2] = image[..., 0]  # the nuclear stain in blue
         out[..., 1] = np.clip(lo + body * (hi - lo), 0, 255).astype(image.dtype)  # a cell marker in green
         return out, labels
+    if condition == "uneven":
+        h, w = labels.shape
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        r2 = ((y - (h - 1) / 2) ** 2 + (x - (w - 1) / 2) ** 2) / (((h - 1) / 2) ** 2 + ((w - 1) / 2) ** 2)
+        lo, hi = np.percentile(grey, [1, 99])
+        field = (1 - (1 - VIGNETTE) * r2)[..., None] * grey + (RAMP * (hi - lo) * x / max(w - 1, 1))[..., None]
+        return np.clip(field, 0, 255).astype(np.uint8), labels
     raise ValueError(condition)
 
 

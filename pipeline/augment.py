@@ -22,6 +22,11 @@ Geometry (image and targets together):
 Acquisition (the image only, on its raw values, in the order a microscope would do it; see
 :func:`acquisition_shift`):
 
+- ``illumination`` (default off): uneven illumination, as an uncorrected wide-field microscope's:
+  the crop times a vignette falling to 0.4–0.9 at a distance of one crop side from its centre
+  (placed anywhere within half a crop of the crop's centre: a crop is a part of a larger field),
+  plus a background ramp across the crop up to 0.3 of its 1–99 % range in a random direction
+  (p 0.3 when switched on);
 - ``blur``: Gaussian defocus, σ uniform in ``blur_sigma`` px (default [0.5, 2]; p 0.2), in the
   pixels of the crop, i.e. at the canonical nucleus diameter;
 - ``dim_saturate``: on a dark background, the whole crop dimmed to 5–40 % of its range and 1–3
@@ -84,6 +89,7 @@ DEFAULT_P = {
     "gamma": 0.5,
     "color_to_gray": 0.2,
     "invert": 0.2,
+    "illumination": 0.3,
     "blur": 0.2,
     "dim_saturate": 0.3,
     "stain": 0.5,
@@ -92,7 +98,7 @@ DEFAULT_P = {
     "jpeg": 0.2,
 }
 #: The acquisition steps of :func:`acquisition_shift`, in the order they are applied.
-ACQUISITION = ("blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg")
+ACQUISITION = ("illumination", "blur", "dim_saturate", "stain", "noise", "low_bits", "jpeg")
 #: Default range of the defocus σ, px (``augment.blur_sigma``, whose default it is).
 BLUR_SIGMA = tuple(AugmentConfig().blur_sigma)
 REFLECT = cv2.BORDER_REFLECT_101
@@ -158,6 +164,29 @@ def _hed_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return hed2rgb(hed).astype(np.float32)
 
 
+def illumination_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random vignette: (H, W, 1) float32 gain, 1 at its centre (within half a crop of the crop's
+    centre), falling quadratically to 0.4–0.9 at one crop side (max(H, W)) from it, never below 0.1."""
+    h, w = shape
+    side = float(max(h, w))
+    cy, cx = (h - 1) / 2 + rng.uniform(-0.5, 0.5) * side, (w - 1) / 2 + rng.uniform(-0.5, 0.5) * side
+    y, x = np.ogrid[0:h, 0:w]
+    r2 = ((y - cy) ** 2 + (x - cx) ** 2).astype(np.float32) / np.float32(side**2)
+    return np.maximum(1 - (1 - rng.uniform(0.4, 0.9)) * r2, 0.1).astype(np.float32)[..., None]
+
+
+def ramp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random background ramp for an (H, W, C) image: (H, W, 1) float32 rising linearly from 0
+    across the image, in a random direction, to up to 0.3 of the image's 1–99 % range."""
+    h, w = image.shape[:2]
+    lo, hi = np.percentile(image[:: max(1, h // 64), :: max(1, w // 64)], [1, 99])
+    angle = rng.uniform(0, 2 * np.pi)
+    y, x = np.ogrid[0:h, 0:w]
+    t = (np.cos(angle) * x / max(w - 1, 1) + np.sin(angle) * y / max(h - 1, 1)).astype(np.float32)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    return (np.float32(rng.uniform(0, 0.3) * (hi - lo)) * t)[..., None]
+
+
 def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                       p: dict[str, float], blur_sigma: tuple[float, float] = BLUR_SIGMA) -> np.ndarray:
     """Simulate another microscope on raw intensities (module docstring, "Acquisition").
@@ -181,6 +210,9 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     image = np.asarray(image, dtype=np.float32)
     dark_background = float(np.median(image)) < 0.5
     colour = colourfulness(image) > 0.02
+    # no draw while the step is off, so that the crops of the recipes before it stay the same
+    if p.get("illumination", 0) and rng.random() < p["illumination"]:
+        image = np.clip(image * illumination_field(image.shape[:2], rng) + ramp(image, rng), 0.0, 1.0)
     if rng.random() < p.get("blur", 0):
         sigma = rng.uniform(*blur_sigma)
         image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=REFLECT)

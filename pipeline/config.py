@@ -241,6 +241,7 @@ class AugmentConfig(Section):
     gamma: bool | float = setting(True, switch)
     color_to_gray: bool | float = setting(True, switch)
     invert: bool | float = setting(True, switch)
+    illumination: bool | float = setting(False, switch)
     blur: bool | float = setting(True, switch)
     blur_sigma: list[float] = setting([0.5, 2.0], positive_range)
     dim_saturate: bool | float = setting(True, switch)

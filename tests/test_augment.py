@@ -236,8 +236,33 @@ def test_blur_draws_sigma_from_blur_sigma():
     assert edge(wide(*sample, seed=3)[0]) < 0.5 * edge(narrow(*sample, seed=3)[0])
 
 
+def test_illumination_darkens_away_from_a_centre_and_adds_a_ramp():
+    """Uneven illumination: a flat crop comes out brightest near one point and darker away from
+    it (the vignette), the targets untouched; the ramp alone rises monotonically across the crop;
+    the step is off by default, so the shipped model's recipe is unchanged."""
+    from pipeline.augment import acquisition_shift, illumination_field, ramp
+    from pipeline.config import AugmentConfig
+
+    assert AugmentConfig().illumination is False
+    flat = np.full((96, 128, 3), 0.5, np.float32)
+    for seed in range(5):
+        field = illumination_field(flat.shape[:2], np.random.default_rng(seed))
+        assert field.shape == (96, 128, 1) and field.dtype == np.float32
+        assert 0.1 <= field.min() < field.max() <= 1.0 and field.max() - field.min() > 0.02
+        r = ramp(flat + np.linspace(0, 0.4, 128, dtype=np.float32)[None, :, None], np.random.default_rng(seed))
+        assert r.min() == 0 and r.max() <= 0.3 * 0.4 + 1e-6
+    out = acquisition_shift(flat, np.zeros((96, 128), np.uint8), np.random.default_rng(1), {"illumination": 1.0})
+    assert out.shape == flat.shape and 0.0 <= out.min() < 0.5 and out.max() <= 1.0
+    assert np.ptp(out, axis=-1).max() < 1e-6  # the same field in every channel: grey stays grey
+    sample = disc_sample()
+    aug = build_augmentation({**OFF, "illumination": 1.0}, train=True)
+    image, *targets = aug(*sample, seed=4)
+    assert not np.array_equal(image, sample[0])
+    assert all(np.array_equal(t, s) for t, s in zip(targets, sample[1:], strict=True))
+
+
 def test_acquisition_steps_are_deterministic_and_bounded():
-    cfg = {**ALL, "normalize": True, "blur": 1.0, "dim_saturate": 1.0, "noise": 1.0, "low_bits": 1.0, "jpeg": 1.0}
+    cfg = {**ALL, "normalize": True, "illumination": 1.0, "blur": 1.0, "dim_saturate": 1.0, "noise": 1.0, "low_bits": 1.0, "jpeg": 1.0}
     aug = build_augmentation(cfg, train=True)
     sample = disc_sample()
     a = aug(*sample, seed=11)
