@@ -140,12 +140,13 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         out[..., 2] = image[..., 0]  # the nuclear stain in blue
         out[..., 1] = np.clip(lo + body * (hi - lo), 0, 255).astype(image.dtype)  # a cell marker in green
         return out, labels
-    if condition == "uneven":
-        h, w = labels.shape
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        r2 = ((y - (h - 1) / 2) ** 2 + (x - (w - 1) / 2) ** 2) / (((h - 1) / 2) ** 2 + ((w - 1) / 2) ** 2)
+    if condition == "uneven":  # the training augmentation's vignette and ramp, fixed: centred, left to right
+        from pipeline.augment import linear_ramp, vignette
+
+        centre = ((labels.shape[0] - 1) / 2, (labels.shape[1] - 1) / 2)
         lo, hi = np.percentile(grey, [1, 99])
-        field = (1 - (1 - VIGNETTE) * r2)[..., None] * grey + (RAMP * (hi - lo) * x / max(w - 1, 1))[..., None]
+        field = (grey * vignette(labels.shape, centre, float(np.hypot(*centre)), VIGNETTE)
+                 + np.float32(RAMP * (hi - lo)) * linear_ramp(labels.shape, 0.0))
         return np.clip(field, 0, 255).astype(np.uint8), labels
     raise ValueError(condition)
 

@@ -164,15 +164,32 @@ def _hed_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return hed2rgb(hed).astype(np.float32)
 
 
+def vignette(shape: tuple[int, int], centre: tuple[float, float], radius: float, edge_gain: float) -> np.ndarray:
+    """(H, W, 1) float32 gain of an uneven illumination: 1 at ``centre`` (row, col in px; it may
+    lie outside the image), falling quadratically with the distance to ``edge_gain`` at ``radius``
+    px, never below 0.1."""
+    h, w = shape
+    y, x = np.ogrid[0:h, 0:w]
+    r2 = ((y - centre[0]) ** 2 + (x - centre[1]) ** 2).astype(np.float32) / np.float32(radius**2)
+    return np.maximum(1 - (1 - edge_gain) * r2, 0.1).astype(np.float32)[..., None]
+
+
+def linear_ramp(shape: tuple[int, int], angle: float) -> np.ndarray:
+    """(H, W, 1) float32 rising linearly from 0 to 1 across an image in the direction ``angle``
+    (radians; 0: left to right, π/2: top to bottom)."""
+    h, w = shape
+    y, x = np.ogrid[0:h, 0:w]
+    t = (np.cos(angle) * x / max(w - 1, 1) + np.sin(angle) * y / max(h - 1, 1)).astype(np.float32)
+    return ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]
+
+
 def illumination_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A random vignette: (H, W, 1) float32 gain, 1 at its centre (within half a crop of the crop's
-    centre), falling quadratically to 0.4–0.9 at one crop side (max(H, W)) from it, never below 0.1."""
+    """A random :func:`vignette`: (H, W, 1) float32 gain, 1 at its centre (within half a crop of the
+    crop's centre), falling to 0.4–0.9 at one crop side (max(H, W)) from it, never below 0.1."""
     h, w = shape
     side = float(max(h, w))
-    cy, cx = (h - 1) / 2 + rng.uniform(-0.5, 0.5) * side, (w - 1) / 2 + rng.uniform(-0.5, 0.5) * side
-    y, x = np.ogrid[0:h, 0:w]
-    r2 = ((y - cy) ** 2 + (x - cx) ** 2).astype(np.float32) / np.float32(side**2)
-    return np.maximum(1 - (1 - rng.uniform(0.4, 0.9)) * r2, 0.1).astype(np.float32)[..., None]
+    centre = ((h - 1) / 2 + rng.uniform(-0.5, 0.5) * side, (w - 1) / 2 + rng.uniform(-0.5, 0.5) * side)
+    return vignette(shape, centre, side, rng.uniform(0.4, 0.9))
 
 
 def ramp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -181,10 +198,7 @@ def ramp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = image.shape[:2]
     lo, hi = np.percentile(image[:: max(1, h // 64), :: max(1, w // 64)], [1, 99])
     angle = rng.uniform(0, 2 * np.pi)
-    y, x = np.ogrid[0:h, 0:w]
-    t = (np.cos(angle) * x / max(w - 1, 1) + np.sin(angle) * y / max(h - 1, 1)).astype(np.float32)
-    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    return (np.float32(rng.uniform(0, 0.3) * (hi - lo)) * t)[..., None]
+    return np.float32(rng.uniform(0, 0.3) * (hi - lo)) * linear_ramp((h, w), angle)
 
 
 def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
