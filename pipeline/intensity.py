@@ -29,6 +29,12 @@ the mean of its channels. A single coloured channel then gives exactly the grey 
 a tint; one stain with a colour camera's noise in each channel gets the noise averaged; a composite
 of blue nuclei and a marker in other channels gives its nuclei, where the blend scored 0.04
 (``bench_robustness.py``, ``composite``).
+A bright-field image of an unstained sample through a colour camera whose white balance is off
+(a halogen lamp's yellow, a blue LED) is grey too: its colours are one grey scene times the
+channels' gains (:func:`is_tinted_grey`), and it is normalised as the mean of its channels. Kept in
+colour, it was segmented as stained tissue: on the 16 bright-field images of stage1_train the
+shipped model scored 0.001 (yellowish) and 0.014 (bluish) against 0.342 for the same images in grey,
+with diameter estimates of 85–220 px and no bright-field flag.
 Stained images (colour on a bright background) keep their colour.
 
 Measurements never use this: they are made on the image in its own units.
@@ -123,7 +129,65 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
                 else image[..., channel : channel + 1].astype(np.float32))
         grey = np.repeat(grey, image.shape[-1], axis=-1)
         return normalize_image(grey, low, high, saturation)  # as the grey fluorescence the network learnt
+    if colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
+        grey = np.repeat(image.mean(axis=-1, keepdims=True, dtype=np.float32), image.shape[-1], axis=-1)
+        return normalize_image(grey, low, high, saturation)  # a grey scene through a tinted camera
     return _rescale(image, lo, hi)
+
+
+#: :func:`is_tinted_grey`: the largest angle (degrees) between the main axis of an image's colours
+#: and its mean colour, and the least ratio of the spread along that axis to the spread off it
+#: (standard deviations). stage1_train, on COLOUR_BLOCK tile means of the raw image: the 107
+#: stained images measure 22–49° (21° once tinted yellow by a camera); its 16 bright-field images
+#: put through tinted cameras (gains 1/0.93/0.78, 0.8/0.9/1, 0.85/1/0.8) measure below 0.6°, with
+#: noise of σ 12/255, JPEG at quality 75 or a black level of 8–16 grey levels in two channels below
+#: 2.6°. Stains lie far off their background's colour (haematoxylin on white 18.5°, eosin 47°).
+TINT_ANGLE, TINT_DOMINANCE = 8.0, 5.0
+#: Tiles :func:`is_tinted_grey` leaves out: those with a saturated pixel (a channel at TINT_SATURATED
+#: of the image's maximum or above: clipped highlights, one overexposed channel) and those with a
+#: dark pixel (mean of the channels below TINT_DARK of the 99th percentile of the other tiles' mean
+#: levels: black borders, a round field of view's corners). Any image's colours run towards white
+#: and black there: judged by their means only, one white saturated nucleus in dim 16-bit tissue
+#: made all 107 stained images of stage1_train "one grey scene", black corners 3 of them.
+TINT_SATURATED, TINT_DARK = 0.98, 0.2
+
+
+def is_tinted_grey(image: np.ndarray) -> bool:
+    """Whether a colour image is one grey scene seen through per-channel gains: a colour camera
+    with its white balance off, or a grey image saved in one colour.
+
+    Such an image's colours lie on a line through black (``gains × grey``), so the main axis of
+    its colours (first principal component of :data:`COLOUR_BLOCK` tile means, which average out
+    pixel noise; saturated and dark tiles left out, :data:`TINT_SATURATED`) points at its mean
+    colour: within :data:`TINT_ANGLE` degrees, and with the colours' spread along it at least
+    :data:`TINT_DOMINANCE` times that off it. A stain's colour runs from the background's colour
+    to the stain's, far off that line.
+
+    Parameters
+    ----------
+    image : (H, W, C) array, any real dtype, C ≥ 2
+        In its own units, with black at 0: not normalised (a contrast stretch moves black), e.g.
+        :func:`subsample` of the raw image.
+    """
+    if image.ndim != 3 or image.shape[-1] < 2:
+        return False
+    pixels = _tiles(np.asarray(image, dtype=np.float32), COLOUR_BLOCK)  # (tiles, pixels, channels)
+    if len(pixels) < 3 or pixels.shape[1] == 1:
+        return False
+    tiles = pixels.mean(axis=1)
+    level = pixels.mean(axis=2)
+    keep = pixels.max(axis=(1, 2)) < TINT_SATURATED * float(pixels.max())
+    if keep.any():
+        keep &= level.min(axis=1) >= TINT_DARK * np.percentile(tiles[keep].mean(axis=1), 99)
+    tiles = tiles[keep]
+    if len(tiles) < 3:
+        return False
+    mean = tiles.mean(axis=0)
+    spreads, axes = np.linalg.eigh(np.cov(tiles - mean, rowvar=False))
+    along, off = spreads[-1], max(float(spreads[:-1].sum()), 0.0)
+    if not (along > TINT_DOMINANCE**2 * off and np.linalg.norm(mean) > 0):
+        return False
+    return abs(float(axes[:, -1] @ mean)) / float(np.linalg.norm(mean)) >= np.cos(np.radians(TINT_ANGLE))
 
 
 #: The channel :func:`nuclear_channel` takes (blue, the nuclear counterstain's by convention), and
@@ -178,11 +242,20 @@ def colourfulness(image: np.ndarray, block: int = 1) -> float:
     a tile): pixel noise that is independent in each channel averages out, while a stain's colour,
     the same over many pixels, stays.
     """
-    image = np.asarray(image, dtype=np.float32)
+    tiles = _tiles(np.asarray(image, dtype=np.float32), block).mean(axis=1)
+    return float(np.abs(tiles - tiles.mean(axis=-1, keepdims=True)).mean())
+
+
+def _tiles(image: np.ndarray, block: int) -> np.ndarray:
+    """The pixels of each ``block`` × ``block`` tile of an (H, W, C) image, as an (tiles, block²,
+    C) array; the edge rows and columns beyond whole tiles are dropped. Each pixel is a tile of its
+    own when ``block`` is 1 or the image is smaller than a tile."""
+    c = image.shape[-1]
     h, w = image.shape[0] // block * block, image.shape[1] // block * block
     if block > 1 and h and w:
-        image = image[:h, :w].reshape(h // block, block, w // block, block, -1).mean(axis=(1, 3))
-    return float(np.abs(image - image.mean(axis=-1, keepdims=True)).mean())
+        tiles = image[:h, :w].reshape(h // block, block, w // block, block, c).swapaxes(1, 2)
+        return tiles.reshape(-1, block * block, c)
+    return image.reshape(-1, 1, c)
 
 
 def subsample(image: np.ndarray, n_pixels: int = 250_000) -> np.ndarray:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.intensity import COLOUR, COLOUR_BLOCK, DARK, colourfulness
+from pipeline.intensity import COLOUR, COLOUR_BLOCK, DARK, colourfulness, is_tinted_grey
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
@@ -33,7 +33,7 @@ IMAGE_TYPES = FLUO_SMALL, FLUO_LARGE, BRIGHTFIELD, HISTOLOGY = ("fluo-small", "f
 INDEX_COLUMNS = ("id", "fold")
 
 
-def classify_image(image: np.ndarray, n_pixels: int | None = None) -> str:
+def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = True) -> str:
     """Image type of a DSB2018-like image, from colour, brightness and size.
 
     Parameters
@@ -41,18 +41,25 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None) -> str:
     image : uint8 ndarray of shape (H, W, 3)
     n_pixels : int, optional
         The image's number of pixels, when ``image`` is a subsample of it (default H × W).
+    raw : bool
+        ``image`` is as read, so a grey scene through a tinted camera can be told from a stain
+        (:func:`pipeline.intensity.is_tinted_grey` needs black at 0). False for a normalised image
+        (:func:`pipeline.segmenter.image_type_of`): :func:`pipeline.intensity.normalize_image` has
+        made such an image grey already, and the contrast stretch, which moves black and clips,
+        can make stained tissue look like one (a tissue crop at 4× scale did).
 
     Returns
     -------
     image_type : str
         ``histology`` for stained tissue (colour: mean |channel − grey| of block means above
-        :data:`pipeline.intensity.COLOUR` of the full range), ``brightfield`` for grey images with
+        :data:`pipeline.intensity.COLOUR` of the full range, and, when ``raw``, not a grey scene
+        through a tinted camera), ``brightfield`` for grey images with
         a bright background (mean above :data:`pipeline.intensity.DARK`),
         otherwise fluorescence: ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
         The thresholds separate the four groups of stage1_train with wide margins.
     """
     rgb = image.astype(np.float32) / 255.0
-    if colourfulness(rgb, COLOUR_BLOCK) > COLOUR:
+    if colourfulness(rgb, COLOUR_BLOCK) > COLOUR and not (raw and is_tinted_grey(image)):
         return HISTOLOGY
     if float(rgb.mean()) > DARK:
         return BRIGHTFIELD

@@ -146,12 +146,13 @@ def confidence(probs: np.ndarray, head: str) -> float:
 
 def image_type_of(image: np.ndarray) -> str:
     """:func:`pipeline.prepare.classify_image` of a normalised (H, W, 3) image: 'histology'
-    (colour: stained), 'brightfield' (grey with a bright background), 'fluo-large' or 'fluo-small'."""
+    (colour: stained), 'brightfield' (grey with a bright background), 'fluo-large' or 'fluo-small'.
+    A grey scene through a tinted camera is grey here already (:func:`pipeline.intensity.normalize_image`)."""
     from pipeline.intensity import subsample
     from pipeline.prepare import classify_image
 
     sample = np.clip(np.rint(subsample(image) * 255), 0, 255).astype(np.uint8)
-    return classify_image(sample, n_pixels=image.shape[0] * image.shape[1])
+    return classify_image(sample, n_pixels=image.shape[0] * image.shape[1], raw=False)
 
 
 def _content_window(image: np.ndarray, side: int) -> tuple[slice, slice]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.intensity import (
+    COLOUR,
+    COLOUR_BLOCK,
+    colourfulness,
     intensity_range,
     is_colour_fluorescence,
+    is_tinted_grey,
     normalization_kwargs,
     normalize_image,
     nuclear_channel,
@@ -114,6 +118,60 @@ def test_fluorescence_in_colour_is_normalised_as_grey():
     out = normalize_image(stained)
     assert not is_colour_fluorescence(out)
     assert np.ptp(out, axis=-1).max() > 0.3  # still in colour
+
+
+def test_a_grey_scene_through_a_tinted_camera_is_normalised_as_grey():
+    """A bright-field image from a colour camera whose white balance is off: gains × one grey scene,
+    with noise, JPEG or a black level. Kept in colour it was segmented as stained tissue
+    (stage1_train's bright-field images: DSB2018 0.001 against 0.342 in grey,
+    benchmarks/bench_tint.py); it is normalised as grey and typed bright-field. Stains keep their
+    colour, through a tinted camera too, and so does haematoxylin alone, in a round field of view or
+    beside a saturated nucleus."""
+    import cv2
+    from skimage.color import hed2rgb
+
+    from pipeline.prepare import classify_image
+    from pipeline.segmenter import image_type_of
+
+    labels = discs()
+    scene = 200.0 - 60 * (labels > 0) + RNG.normal(0, 3, labels.shape)  # dark nuclei, bright background
+    for gains, noise, black, jpeg in (((1, 0.93, 0.78), 0, 0, False), ((0.8, 0.9, 1), 4, 0, True),
+                                      ((0.85, 1, 0.8), 8, (0, 8, 16), False)):
+        tinted = scene[..., None] * gains + np.asarray(black) + RNG.normal(0, noise, (*labels.shape, 3))
+        tinted = np.clip(np.rint(tinted), 0, 255).astype(np.uint8)
+        if jpeg:
+            tinted = cv2.imdecode(cv2.imencode(".jpg", tinted, [cv2.IMWRITE_JPEG_QUALITY, 75])[1], cv2.IMREAD_COLOR)
+        assert colourfulness(tinted / 255, COLOUR_BLOCK) > COLOUR  # in colour: once typed "stained"
+        assert is_tinted_grey(tinted)
+        out = normalize_image(tinted)
+        assert np.ptp(out, axis=-1).max() == 0  # grey
+        np.testing.assert_array_equal(out, normalize_image(np.repeat(tinted.mean(-1, keepdims=True), 3, -1)))
+        assert out[labels == 0].mean() - out[labels > 0].mean() > 0.5  # the scene's dark nuclei
+        assert classify_image(tinted) == image_type_of(out) == "brightfield"
+        # image_type_of types normalised images, whose tint normalize_image has removed; it does
+        # not look for one (a contrast stretch moves black: a tissue crop at 4x passed as a tint)
+        assert image_type_of(tinted / 255) == "histology"
+
+    nuclei = (labels > 0) * (0.1 + 0.02 * RNG.random(labels.shape))
+    for eosin in (0.03, 0.0):  # H&E; haematoxylin alone
+        he = hed2rgb(np.dstack([nuclei, np.full(labels.shape, eosin), np.zeros(labels.shape)])) * 255
+        for gains in ((1, 1, 1), (1, 0.93, 0.78)):
+            stained = np.clip(np.rint(he * gains + RNG.normal(0, 3, he.shape)), 0, 255).astype(np.uint8)
+            assert not is_tinted_grey(stained)
+            out = normalize_image(stained)
+            assert np.ptp(out, axis=-1).max() > 0.1  # still in colour
+            assert classify_image(stained) == image_type_of(out) == "histology"
+    # their colours run along the line through black: black corners (a round field of view) and a
+    # saturated white nucleus are left out, not taken for one grey scene
+    yy, xx = np.mgrid[: labels.shape[0], : labels.shape[1]]
+    stained[(yy - 128) ** 2 + (xx - 128) ** 2 > 128**2] = 0
+    assert not is_tinted_grey(stained)
+    dim = (100 + stained.astype(np.uint16) * 2).astype(np.uint16)
+    dim[labels == 1] = 65535
+    assert not is_tinted_grey(dim)
+    # no main axis to speak of: a flat colour, or noise alone, is not a tinted grey scene
+    assert not is_tinted_grey(np.full((64, 64, 3), (200, 120, 210), np.uint8))
+    assert not is_tinted_grey(RNG.normal(100, 5, (64, 64, 3)))
 
 
 def test_composite_is_normalised_as_its_blue_nuclear_channel():

@@ -100,8 +100,8 @@ class InvertedPredictor(GreyPredictor):
 
 def test_stained_images_take_the_stained_object_threshold():
     """A colour (stained) image is post-processed with stained_object_threshold; the same grey
-    image with object_threshold. Dim dark discs (P(nucleus) about 0.75 for the stand-in network)
-    fall under the object threshold 0.9 but not under the stained one, 0.6."""
+    image with object_threshold. Dim dark discs (P(nucleus) 0.6–0.75 for the stand-in network)
+    fall under the object threshold 0.9 but not under the stained one, 0.5."""
     from pipeline.segmenter import image_type_of
 
     image, true = disc_image(20, n=4)
@@ -109,13 +109,16 @@ def test_stained_images_take_the_stained_object_threshold():
     image[dim] = 155
     image = 255 - image  # dark discs on a bright background: nuclei 55, dim ones 100, background 235
     seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
-    seg.thresholds |= {"object_threshold": 0.9, "stained_object_threshold": 0.6}
-    tinted = image.astype(np.int16) + np.array([12, 0, -12], np.int16)  # same grey mean, coloured
-    tinted = np.clip(tinted, 0, 255).astype(np.uint8)
+    seg.thresholds |= {"object_threshold": 0.9, "stained_object_threshold": 0.5}
+    # stained: a pink cast, and the darker the more purple (a stain's hue, not a tinted camera's
+    # gains: pipeline.intensity.is_tinted_grey); the same grey mean
+    darkness = (235 - image.astype(np.float32))[..., :1]
+    stained = image + np.array([12, 0, -12]) + darkness * np.array([0, -0.3, 0.3])
+    stained = np.clip(np.rint(stained), 0, 255).astype(np.uint8)
     assert image_type_of(seg.normalize(image)) == "brightfield"
-    assert image_type_of(seg.normalize(tinted)) == "histology"
+    assert image_type_of(seg.normalize(stained)) == "histology"
     assert seg.segment(image, diameter=20).labels.max() == true.max() // 2
-    assert seg.segment(tinted, diameter=20).labels.max() == true.max()
+    assert seg.segment(stained, diameter=20).labels.max() == true.max()
 
 
 def test_bright_field_images_are_segmented_at_the_canonical_diameter_unless_one_is_given():

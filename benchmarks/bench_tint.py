@@ -1,0 +1,97 @@
+"""Bright-field images through colour cameras whose white balance is off.
+
+A grey bright-field scene seen by a colour camera under a halogen lamp (yellowish) or an LED
+(bluish) is in colour, like stained tissue. Every bright-field image of the prepared data
+(``--prepared``; stage1_train has 16, the embedded sample 2) is segmented as it is (grey) and through such cameras,
+with and without a camera's noise (σ 4 of 255, independent in each channel) and JPEG at quality
+75, through :class:`pipeline.segmenter.Segmenter` as ``nuclei segment`` runs it. Printed per
+camera: DSB2018 score, AP@0.5, median counting error, the share of images flagged as bright-field
+(their counts are not to be trusted), and the median diameter the image was segmented for.
+
+    python benchmarks/bench_tint.py --prepared /path/to/prepared --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_robustness import TINT  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from pipeline.io import load_npz  # noqa: E402
+from pipeline.metrics import image_metrics  # noqa: E402
+from pipeline.prepare import BRIGHTFIELD, read_index  # noqa: E402
+from pipeline.segmenter import Segmenter  # noqa: E402
+
+#: Channel gains (red, green, blue) of each camera; "grey" is the image as it is.
+CAMERAS = {"grey": (1.0, 1.0, 1.0), "yellow": tuple(TINT), "blue": (0.8, 0.9, 1.0)}
+
+
+def through_camera(image: np.ndarray, gains, noise: float, jpeg: bool, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 image times per-channel ``gains``, plus Gaussian noise of σ ``noise`` grey
+    levels drawn in each channel, optionally JPEG-compressed at quality 75; uint8."""
+    import cv2
+
+    out = image.astype(np.float32) * np.asarray(gains, np.float32)
+    if noise:
+        out += rng.normal(0, noise, out.shape).astype(np.float32)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if jpeg:
+        out = cv2.imdecode(cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 75])[1], cv2.IMREAD_UNCHANGED)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--prepared", type=Path, default=None,
+                        help="prepared data (nuclei prepare; default: data.prepared of params.yaml, the embedded sample)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    from pipeline.runtime import set_threads
+
+    set_threads(args.threads)
+    args.prepared = args.prepared or ROOT / load_params(ROOT / "params.yaml")["data"]["prepared"]
+    index = read_index(args.prepared, ("id", "image_type"))
+    ids = sorted(index.loc[index["image_type"] == BRIGHTFIELD, "id"])
+    if not ids:
+        print(f"no bright-field image in {args.prepared}")
+        return 0
+    segmenter = Segmenter.from_model_dir(args.model, device="cpu")
+    print(f"{len(ids)} bright-field images of {args.prepared}; model {args.model}", flush=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    t0 = time.perf_counter()
+    for image_id in ids:
+        data = load_npz(args.prepared / f"{image_id}.npz")
+        n_true = int(len(np.unique(data["labels"])) - 1)
+        for camera, gains in CAMERAS.items():
+            for noise, jpeg in ((0, False), (4, True)):
+                result = segmenter.segment(through_camera(data["image"], gains, noise, jpeg, rng))
+                m = image_metrics(data["labels"], result.labels)
+                rows.append({
+                    "camera": camera + (" + noise + JPEG" if noise else ""), "id": image_id,
+                    "dsb": m["dsb_score"], "ap50": m["ap50"],
+                    "count_error": abs(int(result.labels.max()) - n_true) / max(n_true, 1),
+                    "flagged": result.flag.startswith("bright-field"), "diameter": result.diameter,
+                })
+    table = pd.DataFrame(rows)
+    summary = table.groupby("camera", sort=False).agg(
+        dsb=("dsb", "mean"), ap50=("ap50", "mean"), count_error=("count_error", "median"),
+        flagged=("flagged", "mean"), diameter=("diameter", "median"))
+    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"{len(table)} segmentations in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
