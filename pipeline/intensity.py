@@ -122,17 +122,16 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
     lo, hi = intensity_range(image, low, high, saturation)
     if hi - lo < 1e-6:
         return np.zeros(image.shape, np.float32)
-    sample = _rescale(subsample(image), lo, hi)
-    if is_colour_fluorescence(sample):  # decided on a sample, before the full image
+    sample = _rescale(subsample(image), lo, hi)  # the decisions are made on a sample
+    if is_colour_fluorescence(sample):  # as the grey fluorescence the network learnt
         channel = nuclear_channel(sample)
-        grey = (image.mean(axis=-1, keepdims=True, dtype=np.float32) if channel is None
-                else image[..., channel : channel + 1].astype(np.float32))
-        grey = np.repeat(grey, image.shape[-1], axis=-1)
-        return normalize_image(grey, low, high, saturation)  # as the grey fluorescence the network learnt
-    if colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
-        grey = np.repeat(image.mean(axis=-1, keepdims=True, dtype=np.float32), image.shape[-1], axis=-1)
-        return normalize_image(grey, low, high, saturation)  # a grey scene through a tinted camera
-    return _rescale(image, lo, hi)
+    elif colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
+        channel = None  # a grey scene through a tinted camera
+    else:
+        return _rescale(image, lo, hi)
+    grey = (image.mean(axis=-1, keepdims=True, dtype=np.float32) if channel is None
+            else image[..., channel : channel + 1].astype(np.float32))
+    return normalize_image(np.repeat(grey, image.shape[-1], axis=-1), low, high, saturation)
 
 
 #: :func:`is_tinted_grey`: the largest angle (degrees) between the main axis of an image's colours
@@ -183,11 +182,12 @@ def is_tinted_grey(image: np.ndarray) -> bool:
     if len(tiles) < 3:
         return False
     mean = tiles.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
     spreads, axes = np.linalg.eigh(np.cov(tiles - mean, rowvar=False))
     along, off = spreads[-1], max(float(spreads[:-1].sum()), 0.0)
-    if not (along > TINT_DOMINANCE**2 * off and np.linalg.norm(mean) > 0):
+    if not (along > TINT_DOMINANCE**2 * off and norm > 0):
         return False
-    return abs(float(axes[:, -1] @ mean)) / float(np.linalg.norm(mean)) >= np.cos(np.radians(TINT_ANGLE))
+    return abs(float(axes[:, -1] @ mean)) / norm >= np.cos(np.radians(TINT_ANGLE))
 
 
 #: The channel :func:`nuclear_channel` takes (blue, the nuclear counterstain's by convention), and
