@@ -49,8 +49,11 @@ def through_camera(image: np.ndarray, gains, noise: float, jpeg: bool, rng: np.r
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespace, list[str], Segmenter | None]:
+    """Parse ``--model``, ``--prepared`` and ``--threads``; return the arguments, the ids of the
+    prepared images of ``image_type`` and the Segmenter of the model (None when there is no such
+    image, after saying so)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--prepared", type=Path, default=None,
                         help="prepared data (nuclei prepare; default: data.prepared of params.yaml, the embedded sample)")
@@ -62,35 +65,51 @@ def main() -> int:
     set_threads(args.threads)
     args.prepared = args.prepared or ROOT / load_params(ROOT / "params.yaml")["data"]["prepared"]
     index = read_index(args.prepared, ("id", "image_type"))
-    ids = sorted(index.loc[index["image_type"] == BRIGHTFIELD, "id"])
+    ids = sorted(index.loc[index["image_type"] == image_type, "id"])
     if not ids:
-        print(f"no bright-field image in {args.prepared}")
+        print(f"no {image_type} image in {args.prepared}")
+        return args, ids, None
+    print(f"{len(ids)} {image_type} images of {args.prepared}; model {args.model}", flush=True)
+    return args, ids, Segmenter.from_model_dir(args.model, device="cpu")
+
+
+def main() -> int:
+    args, ids, segmenter = prepared_images(__doc__.splitlines()[0], BRIGHTFIELD)
+    if segmenter is None:
         return 0
-    segmenter = Segmenter.from_model_dir(args.model, device="cpu")
-    print(f"{len(ids)} bright-field images of {args.prepared}; model {args.model}", flush=True)
     rng = np.random.default_rng(0)
     rows = []
     t0 = time.perf_counter()
     for image_id in ids:
         data = load_npz(args.prepared / f"{image_id}.npz")
-        n_true = int(len(np.unique(data["labels"])) - 1)
         for camera, gains in CAMERAS.items():
             for noise, jpeg in ((0, False), (4, True)):
                 result = segmenter.segment(through_camera(data["image"], gains, noise, jpeg, rng))
-                m = image_metrics(data["labels"], result.labels)
                 rows.append({
                     "camera": camera + (" + noise + JPEG" if noise else ""), "id": image_id,
-                    "dsb": m["dsb_score"], "ap50": m["ap50"],
-                    "count_error": abs(int(result.labels.max()) - n_true) / max(n_true, 1),
-                    "flagged": result.flag.startswith("bright-field"), "diameter": result.diameter,
+                    **scores(data["labels"], result), "flagged": result.flag.startswith("bright-field"),
                 })
+    print_summary(rows, "camera", "flagged", t0)
+    return 0
+
+
+def scores(labels: np.ndarray, result) -> dict:
+    """DSB2018 score, AP@0.5, counting error and diameter of one
+    :class:`pipeline.segmenter.Segmentation` against the true ``labels``."""
+    m = image_metrics(labels, result.labels)
+    return {"dsb": m["dsb_score"], "ap50": m["ap50"], "count_error": m["count_error"],
+            "diameter": result.diameter}
+
+
+def print_summary(rows: list[dict], by: str, share: str, t0: float) -> None:
+    """Print, per value of ``by``, the mean DSB2018 score and AP@0.5, the median counting error,
+    the mean of the boolean column ``share`` and the median diameter; then the time since ``t0``."""
     table = pd.DataFrame(rows)
-    summary = table.groupby("camera", sort=False).agg(
+    summary = table.groupby(by, sort=False).agg(
         dsb=("dsb", "mean"), ap50=("ap50", "mean"), count_error=("count_error", "median"),
-        flagged=("flagged", "mean"), diameter=("diameter", "median"))
+        **{share: (share, "mean")}, diameter=("diameter", "median"))
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"{len(table)} segmentations in {time.perf_counter() - t0:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

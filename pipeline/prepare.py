@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.intensity import COLOUR, COLOUR_BLOCK, DARK, colourfulness, is_tinted_grey
+from pipeline.intensity import COLOUR, DARK, is_tinted_grey, stain_colour
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
@@ -51,15 +51,15 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = T
     Returns
     -------
     image_type : str
-        ``histology`` for stained tissue (colour: mean |channel − grey| of block means above
-        :data:`pipeline.intensity.COLOUR` of the full range, and, when ``raw``, not a grey scene
-        through a tinted camera), ``brightfield`` for grey images with
-        a bright background (mean above :data:`pipeline.intensity.DARK`),
-        otherwise fluorescence: ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
+        ``histology`` for stained tissue (colour: :func:`pipeline.intensity.stain_colour`, the
+        colour of the darkest tiles, above :data:`pipeline.intensity.COLOUR` of the full range,
+        and, when ``raw``, not a grey scene through a tinted camera), ``brightfield`` for grey
+        images with a bright background (mean above :data:`pipeline.intensity.DARK`), otherwise
+        fluorescence: ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
         The thresholds separate the four groups of stage1_train with wide margins.
     """
     rgb = image.astype(np.float32) / 255.0
-    if colourfulness(rgb, COLOUR_BLOCK) > COLOUR and not (raw and is_tinted_grey(image)):
+    if stain_colour(rgb) > COLOUR and not (raw and is_tinted_grey(image)):
         return HISTOLOGY
     if float(rgb.mean()) > DARK:
         return BRIGHTFIELD

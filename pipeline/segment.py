@@ -60,8 +60,8 @@ from pipeline.report import render_report
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (
     "image", "source", "series", "plane", "height", "width", "pixel_type", "count",
-    "median_area_px", "median_area_um2", "diameter_px", "diameter_estimated", "scale", "confidence",
-    "flag", "status", "error", "labels_file", "overlay_file",
+    "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
+    "confidence", "flag", "status", "error", "labels_file", "overlay_file",
 )  # fmt: skip
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
@@ -249,6 +249,7 @@ def _segment_plane(
     row = {
         "count": len(table),
         "median_area_px": table["area_px"].median(),  # NaN if none
+        "image_type": result.image_type,
         "diameter_px": None if result.diameter is None else round(result.diameter, 2),
         "diameter_estimated": result.estimated,
         "scale": round(result.scale, 4),

@@ -76,6 +76,9 @@ class Segmentation:
         the network considers possibly nucleus; 1 = clear-cut.
     flag : str
         '' or why the count should not be trusted.
+    image_type : str
+        :func:`image_type_of` the image ('fluo-small', 'fluo-large', 'histology' or
+        'brightfield'): it decides the thresholds and whether the diameter is estimated.
     """
 
     labels: np.ndarray
@@ -84,6 +87,7 @@ class Segmentation:
     scale: float
     confidence: float
     flag: str = ""
+    image_type: str = ""
 
 
 def iter_blocks(
@@ -390,7 +394,7 @@ class Segmenter:
             flag = BRIGHTFIELD_FLAG
         elif conf < MIN_CONFIDENCE:
             flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"
-        return Segmentation(labels, diameter, estimated, scale, conf, flag)
+        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type)
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,
                   image_type: str | None = None) -> tuple[float | None, bool, float]:

@@ -7,6 +7,7 @@ import numpy as np
 from pipeline.intensity import (
     COLOUR,
     COLOUR_BLOCK,
+    _rescale,
     colourfulness,
     intensity_range,
     is_colour_fluorescence,
@@ -197,3 +198,90 @@ def test_composite_is_normalised_as_its_blue_nuclear_channel():
     green = normalize_image(np.dstack([np.zeros_like(nuclei), nuclei, np.zeros_like(nuclei)]))
     np.testing.assert_allclose(green, grey, atol=2e-3)
 
+
+
+def test_the_stain_is_measured_where_the_sample_absorbs():
+    """stain_colour: the colour of the darkest tiles' mean. Tissue filling a tenth of the field
+    beside empty glass, or inside a round field of view's black corners, stays stained (averaged
+    over the whole image its colour was diluted under COLOUR: a third of stage1_train's tissue
+    images beside nine times their area of glass were typed bright-field); a lens's colour
+    fringes, red on one side of a dark edge and blue on the other, cancel in that mean, so a grey
+    bright-field image stays grey (the mean of the darkest tiles' |colour| would not)."""
+    from scipy.ndimage import gaussian_filter
+    from skimage.color import hed2rgb
+
+    from pipeline.intensity import _tiles, stain_colour
+    from pipeline.prepare import classify_image
+    from pipeline.segmenter import image_type_of
+
+    labels = discs()
+    nuclei = (labels > 0) * (0.05 + 0.01 * RNG.random(labels.shape))  # pale H&E
+    he = hed2rgb(np.dstack([nuclei, np.full(labels.shape, 0.01), np.zeros(labels.shape)])) * 255
+    tissue = np.clip(np.rint(he + RNG.normal(0, 2, he.shape)), 0, 255).astype(np.uint8)
+    glass = np.clip(np.rint(242 + RNG.normal(0, 2, (256, 9 * 256, 3))), 0, 255).astype(np.uint8)
+    beside_glass = np.concatenate([tissue, glass], axis=1)
+    assert colourfulness(beside_glass / 255, COLOUR_BLOCK) < COLOUR  # diluted
+    yy, xx = np.mgrid[:256, :256]
+    round_field = tissue * ((yy - 128) ** 2 + (xx - 128) ** 2 <= 1.3 * 128**2)[..., None].astype(np.uint8)
+    for image in (tissue, beside_glass, round_field):
+        assert stain_colour(image / 255) > 3 * COLOUR
+        assert classify_image(image) == image_type_of(normalize_image(image)) == "histology"
+
+    rng = np.random.default_rng(1)
+    dark = np.zeros((256, 256), bool)
+    for cy, cx in rng.uniform(10, 246, (40, 2)):
+        dark |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(8, 12) ** 2
+    scene = gaussian_filter(200.0 - 60 * dark, 1.5)  # grey bright-field, through optics
+    fringes = np.dstack([np.roll(scene, 1, axis=(0, 1)), scene, np.roll(scene, -1, axis=(0, 1))])
+    fringes = np.clip(np.rint(fringes + rng.normal(0, 2, fringes.shape)), 0, 255).astype(np.uint8)
+    assert classify_image(fringes) == image_type_of(normalize_image(fringes)) == "brightfield"
+    stretched = np.clip((fringes - 135.0) / 70, 0, 1)  # as the contrast stretch shows it
+    assert stain_colour(stretched) < COLOUR
+    tiles = _tiles(stretched, COLOUR_BLOCK).mean(axis=1)
+    darkest = tiles[np.argsort(tiles.mean(axis=1))[: len(tiles) // 10]]
+    assert np.abs(darkest - darkest.mean(axis=1, keepdims=True)).mean() > COLOUR  # |colour| adds fringes up
+    assert stain_colour(np.zeros((16, 16, 3))) == 0.0  # all black: nothing to measure
+
+
+def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
+    """Beside much empty glass the 1st percentile of all pixels moved into the tissue and clipped
+    its nuclei to black; the range of a stained image is taken over its sample (tissue_pixels),
+    so the tissue comes out as it does filling the field, as the training crops do. The black
+    surround of a round field of view, which the network took for the dark of nuclei, is filled
+    with the tissue's colour. Grey images, whose training images had their glass, keep the range
+    over all pixels."""
+    from skimage.color import hed2rgb
+
+    from pipeline.intensity import outside_field, tissue_pixels
+
+    labels = discs()
+    nuclei = (labels > 0) * (0.1 + 0.05 * RNG.random(labels.shape))
+    he = hed2rgb(np.dstack([nuclei, np.full(labels.shape, 0.05), np.zeros(labels.shape)])) * 255
+    tissue = np.clip(np.rint(he * 0.85 + RNG.normal(0, 4, he.shape)), 0, 255).astype(np.uint8)
+    glass = np.clip(np.rint(245 + RNG.normal(0, 2, (256, 9 * 256, 3))), 0, 255).astype(np.uint8)
+    alone = normalize_image(tissue)
+    assert tissue_pixels(tissue, *intensity_range(tissue)) is None  # nothing empty: as before
+    assert np.array_equal(alone, _rescale(tissue, *intensity_range(tissue)))
+    wide = np.concatenate([tissue, glass], axis=1)
+    before = _rescale(wide, *intensity_range(wide))[:, :256]
+    assert (before[labels > 0] == 0).mean() > 0.2  # the nuclei clipped to black
+    np.testing.assert_allclose(normalize_image(wide)[:, :256], alone, atol=0.03)
+
+    # a round field of view: its black surround is filled with the tissue's median colour, and
+    # the tissue inside comes out as it does alone
+    yy, xx = np.mgrid[:256, :256]
+    field = (yy - 128) ** 2 + (xx - 128) ** 2 <= 1.3 * 128**2
+    in_field = tissue * field[..., None].astype(np.uint8)
+    assert np.array_equal(outside_field(in_field), ~field)
+    out = normalize_image(in_field)
+    np.testing.assert_allclose(out[field], alone[field], atol=0.03)
+    np.testing.assert_allclose(out[~field], np.broadcast_to(np.median(alone, axis=(0, 1)), out[~field].shape), atol=0.03)
+    before = _rescale(in_field, *intensity_range(in_field))
+    assert np.abs(out[field] - alone[field]).mean() < np.abs(before[field] - alone[field]).mean() / 3
+    assert outside_field(tissue) is None and outside_field(wide) is None
+    # a dark fluorescence background is not a surround: such images never get here
+    dark = np.where(labels[..., None] > 0, 180, 0).astype(np.uint8) * np.array([0, 0, 1], np.uint8)
+    np.testing.assert_array_equal(normalize_image(dark), normalize_image(dark[..., 2:].repeat(3, -1)))
+
+    bright_field = np.concatenate([tissue.mean(-1, keepdims=True).repeat(3, -1).astype(np.uint8), glass], axis=1)
+    np.testing.assert_array_equal(normalize_image(bright_field), _rescale(bright_field, *intensity_range(bright_field)))

@@ -120,6 +120,7 @@ def test_outputs_counts_and_label_round_trip(tmp_path, model_dir, capsys):
     counts = counts_of(out)
     assert list(counts.reset_index().columns) == [c for c in COUNT_COLUMNS if not c.endswith("um2")]
     assert counts.loc["cells", "count"] == 3 and counts.loc["cells", "status"] == "ok"
+    assert counts.loc["cells", "image_type"] == "fluo-small"  # grey, dark background, small
     nuclei = pd.read_csv(out / "nuclei.csv")
     assert list(nuclei.columns) == ["image", *measurement_columns()]
     assert (nuclei["image"] == "cells").all() and sorted(nuclei["label"]) == [1, 2, 3]
