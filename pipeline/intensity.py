@@ -143,7 +143,7 @@ def _normalize_tissue(image: np.ndarray, lo: float, hi: float, low: float, high:
     """:func:`normalize_image` of a stained image: its range taken over its tissue
     (:func:`tissue_pixels`), and the black surround of a round field of view (:func:`outside_field`)
     filled with the tissue's median colour, as stained training crops, which fill the field, were."""
-    field = outside_field(image)
+    field = outside_field(image, hi)
     tissue = tissue_pixels(image, lo, hi, field)
     if tissue is not None:
         lo, hi = intensity_range(tissue, low, high, saturation)
@@ -198,12 +198,12 @@ def tissue_pixels(image: np.ndarray, lo: float, hi: float,
 
 
 #: :func:`outside_field`: black is a level (mean of the channels) below FIELD_BLACK of the
-#: image's 99th percentile level; a black region that touches the image's border is the surround of
+#: image's white (the top of its range, saturated pixels left out); a black region that touches the image's border is the surround of
 #: the field of view when it covers at least FIELD_AREA of the image.
 FIELD_BLACK, FIELD_AREA = 0.05, 0.01
 
 
-def outside_field(image: np.ndarray) -> np.ndarray | None:
+def outside_field(image: np.ndarray, white: float) -> np.ndarray | None:
     """The black surround of a bright image's field of view: a round field's corners, a black
     margin. A camera larger than the microscope's field stop records black around the sample;
     in stained tissue the network took it for the dark of nuclei and lost the nuclei beside it
@@ -214,6 +214,10 @@ def outside_field(image: np.ndarray) -> np.ndarray | None:
     ----------
     image : (H, W, C) array, any real dtype; called for stained images only
         (:func:`normalize_image`): in fluorescence the dark background is not a surround.
+    white : float
+        The top of the image's range (:func:`intensity_range`), in its units: not its maximum nor
+        a percentile of all pixels, which one saturated nucleus in dim 16-bit tissue sets (all of
+        the tissue was "black" then).
 
     Returns
     -------
@@ -223,7 +227,7 @@ def outside_field(image: np.ndarray) -> np.ndarray | None:
     from scipy import ndimage as ndi
 
     level = np.asarray(image, dtype=np.float32).mean(axis=-1)
-    labels, n = ndi.label(level < FIELD_BLACK * np.percentile(subsample(level), 99))
+    labels, n = ndi.label(level < FIELD_BLACK * white)
     if n == 0:
         return None
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))

@@ -51,17 +51,19 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = T
     Returns
     -------
     image_type : str
-        ``histology`` for stained tissue (colour: :func:`pipeline.intensity.stain_colour`, the
+        ``histology`` for stained tissue (a bright background, mean above
+        :data:`pipeline.intensity.DARK`, and colour: :func:`pipeline.intensity.stain_colour`, the
         colour of the darkest tiles, above :data:`pipeline.intensity.COLOUR` of the full range,
-        and, when ``raw``, not a grey scene through a tinted camera), ``brightfield`` for grey
-        images with a bright background (mean above :data:`pipeline.intensity.DARK`), otherwise
-        fluorescence: ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
+        and, when ``raw``, not a grey scene through a tinted camera), ``brightfield`` for other
+        images with a bright background, otherwise fluorescence (a dark background, whatever its
+        colour: the darkest tiles that are not black are a tinted camera's nuclei there): ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
         The thresholds separate the four groups of stage1_train with wide margins.
     """
     rgb = image.astype(np.float32) / 255.0
-    if stain_colour(rgb) > COLOUR and not (raw and is_tinted_grey(image)):
+    bright = float(rgb.mean()) > DARK
+    if bright and stain_colour(rgb) > COLOUR and not (raw and is_tinted_grey(image)):
         return HISTOLOGY
-    if float(rgb.mean()) > DARK:
+    if bright:
         return BRIGHTFIELD
     n_pixels = image.shape[0] * image.shape[1] if n_pixels is None else n_pixels
     return FLUO_LARGE if n_pixels > 200_000 else FLUO_SMALL

@@ -241,6 +241,12 @@ def test_the_stain_is_measured_where_the_sample_absorbs():
     darkest = tiles[np.argsort(tiles.mean(axis=1))[: len(tiles) // 10]]
     assert np.abs(darkest - darkest.mean(axis=1, keepdims=True)).mean() > COLOUR  # |colour| adds fringes up
     assert stain_colour(np.zeros((16, 16, 3))) == 0.0  # all black: nothing to measure
+    # grey fluorescence through a tinted camera: the darkest tiles that are not black are its
+    # nuclei, in the camera's colour; a dark image is fluorescence whatever its colour
+    fluorescence = np.where(labels[..., None] > 0, 200.0, 5.0) * (1, 0.93, 0.78)
+    fluorescence = np.clip(np.rint(fluorescence + RNG.normal(0, 2, fluorescence.shape)), 0, 255).astype(np.uint8)
+    assert stain_colour(fluorescence / 255) > COLOUR
+    assert classify_image(fluorescence) == image_type_of(normalize_image(fluorescence)) == "fluo-small"
 
 
 def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
@@ -253,6 +259,7 @@ def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
     from skimage.color import hed2rgb
 
     from pipeline.intensity import outside_field, tissue_pixels
+    from pipeline.segmenter import image_type_of
 
     labels = discs()
     nuclei = (labels > 0) * (0.1 + 0.05 * RNG.random(labels.shape))
@@ -272,13 +279,21 @@ def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
     yy, xx = np.mgrid[:256, :256]
     field = (yy - 128) ** 2 + (xx - 128) ** 2 <= 1.3 * 128**2
     in_field = tissue * field[..., None].astype(np.uint8)
-    assert np.array_equal(outside_field(in_field), ~field)
+    assert np.array_equal(outside_field(in_field, intensity_range(in_field)[1]), ~field)
     out = normalize_image(in_field)
     np.testing.assert_allclose(out[field], alone[field], atol=0.03)
     np.testing.assert_allclose(out[~field], np.broadcast_to(np.median(alone, axis=(0, 1)), out[~field].shape), atol=0.03)
     before = _rescale(in_field, *intensity_range(in_field))
     assert np.abs(out[field] - alone[field]).mean() < np.abs(before[field] - alone[field]).mean() / 3
-    assert outside_field(tissue) is None and outside_field(wide) is None
+    assert outside_field(tissue, intensity_range(tissue)[1]) is None
+    assert outside_field(wide, intensity_range(wide)[1]) is None
+    # dim 16-bit tissue beside one saturated nucleus: its white is the top of its range, not the
+    # saturated value, so the tissue is not "black" (it was all filled with its median colour)
+    dim = (100 + tissue.astype(np.uint16) * 2).astype(np.uint16)
+    dim[labels == 1] = 65535
+    assert outside_field(dim, intensity_range(dim)[1]) is None
+    out = normalize_image(dim)
+    assert out[labels == 0].std() > 0.05 and image_type_of(out) == "histology"
     # a dark fluorescence background is not a surround: such images never get here
     dark = np.where(labels[..., None] > 0, 180, 0).astype(np.uint8) * np.array([0, 0, 1], np.uint8)
     np.testing.assert_array_equal(normalize_image(dark), normalize_image(dark[..., 2:].repeat(3, -1)))
