@@ -425,7 +425,7 @@ def test_validation_applies_the_stained_object_threshold():
     probs = np.stack([mask, np.full(shape, 0.001)]).astype(np.float32)  # sigmoid: mask, border
     model = _FixedLogits(torch.logit(torch.from_numpy(probs))[None])
     grey = np.full((*shape, 3), 0.2, np.float32)
-    stained = grey * np.array([1.0, 0.5, 1.5], np.float32)
+    stained = np.full((*shape, 3), (0.8, 0.5, 0.9), np.float32)  # colour on a bright background
     post = PostprocessConfig(marker_threshold=0.9, mask_threshold=0.9, min_size=4,
                              object_threshold=0.99, stained_object_threshold=0.95)
     segment = postprocess_function("sigmoid", post)
