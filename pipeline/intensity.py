@@ -35,9 +35,10 @@ channels' gains (:func:`is_tinted_grey`), and it is normalised as the mean of it
 colour, it was segmented as stained tissue: on the 16 bright-field images of stage1_train the
 shipped model scored 0.001 (yellowish) and 0.014 (bluish) against 0.342 for the same images in grey,
 with diameter estimates of 49–220 px and no bright-field flag.
-Stained images (colour on a bright background, :func:`stain_colour`) keep their colour, and their
-range is taken over the tissue: empty glass beside it is left out (:func:`tissue_pixels`), since
-the training crops of tissue fill the field.
+Stained images (:func:`is_stained`: colour on a bright background) keep their colour, and their
+range is taken over the tissue: empty glass beside it is left out (:func:`tissue_pixels`) and a
+round field of view's black surround is filled with the tissue's colour (:func:`outside_field`),
+since the training crops of tissue fill the field.
 
 Measurements never use this: they are made on the image in its own units.
 
@@ -129,7 +130,7 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
         channel = nuclear_channel(sample)
     elif colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
         channel = None  # a grey scene through a tinted camera
-    elif stain_colour(sample) > COLOUR and float(sample.mean()) >= DARK:
+    elif is_stained(sample):
         return _normalize_tissue(image, lo, hi, low, high, saturation)
     else:
         return _rescale(image, lo, hi)
@@ -197,9 +198,9 @@ def tissue_pixels(image: np.ndarray, lo: float, hi: float,
     return pixels[~empty].reshape(-1, pixels.shape[-1])
 
 
-#: :func:`outside_field`: black is a level (mean of the channels) below FIELD_BLACK of the
-#: image's white (the top of its range, saturated pixels left out); a black region that touches the image's border is the surround of
-#: the field of view when it covers at least FIELD_AREA of the image.
+#: :func:`outside_field`: black is a level (mean of the channels) below FIELD_BLACK of the image's
+#: white (the top of its range, saturated pixels left out); a black region that touches the image's
+#: border is the surround of the field of view when it covers at least FIELD_AREA of the image.
 FIELD_BLACK, FIELD_AREA = 0.05, 0.01
 
 
@@ -226,7 +227,7 @@ def outside_field(image: np.ndarray, white: float) -> np.ndarray | None:
     """
     from scipy import ndimage as ndi
 
-    level = np.asarray(image, dtype=np.float32).mean(axis=-1)
+    level = np.asarray(image).mean(axis=-1, dtype=np.float32)
     labels, n = ndi.label(level < FIELD_BLACK * white)
     if n == 0:
         return None
@@ -352,6 +353,15 @@ def colourfulness(image: np.ndarray, block: int = 1) -> float:
 #: :data:`COLOUR_BLOCK` tiles, leaving out black ones (mean level below TINT_DARK of the 99th
 #: percentile of the tile levels: a round field of view's corners, black borders).
 STAIN_SHARE = 0.1
+
+
+def is_stained(image: np.ndarray) -> bool:
+    """Whether an (H, W, C) image in [0, 1] is stained: a bright background (mean above
+    :data:`DARK`) and colour where the sample absorbs (:func:`stain_colour` above :data:`COLOUR`).
+    A dark image is fluorescence whatever its colour: its darkest tiles that are not black are a
+    tinted camera's nuclei there. The one rule of :func:`normalize_image` and
+    :func:`pipeline.prepare.classify_image`."""
+    return float(image.mean()) > DARK and stain_colour(image) > COLOUR
 
 
 def stain_colour(image: np.ndarray) -> float:

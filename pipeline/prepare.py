@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.intensity import COLOUR, DARK, is_tinted_grey, stain_colour
+from pipeline.intensity import DARK, is_stained, is_tinted_grey
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
@@ -51,19 +51,17 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = T
     Returns
     -------
     image_type : str
-        ``histology`` for stained tissue (a bright background, mean above
-        :data:`pipeline.intensity.DARK`, and colour: :func:`pipeline.intensity.stain_colour`, the
-        colour of the darkest tiles, above :data:`pipeline.intensity.COLOUR` of the full range,
-        and, when ``raw``, not a grey scene through a tinted camera), ``brightfield`` for other
-        images with a bright background, otherwise fluorescence (a dark background, whatever its
-        colour: the darkest tiles that are not black are a tinted camera's nuclei there): ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
+        ``histology`` for stained tissue (:func:`pipeline.intensity.is_stained`: a bright
+        background and colour in its darkest tiles; and, when ``raw``, not a grey scene through a
+        tinted camera), ``brightfield`` for other images with a bright background (mean above
+        :data:`pipeline.intensity.DARK`), otherwise fluorescence, whatever its colour:
+        ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
         The thresholds separate the four groups of stage1_train with wide margins.
     """
     rgb = image.astype(np.float32) / 255.0
-    bright = float(rgb.mean()) > DARK
-    if bright and stain_colour(rgb) > COLOUR and not (raw and is_tinted_grey(image)):
+    if is_stained(rgb) and not (raw and is_tinted_grey(image)):
         return HISTOLOGY
-    if bright:
+    if float(rgb.mean()) > DARK:
         return BRIGHTFIELD
     n_pixels = image.shape[0] * image.shape[1] if n_pixels is None else n_pixels
     return FLUO_LARGE if n_pixels > 200_000 else FLUO_SMALL
