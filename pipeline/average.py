@@ -26,6 +26,15 @@ from pipeline.errors import NucleiError
 from pipeline.model_dir import load_model_dir, save_model_dir
 
 
+def weight_fractions(weights: list[float]) -> list[float]:
+    """``weights`` divided by their sum; ValueError unless non-negative with a positive sum."""
+    weights = [float(w) for w in weights]
+    total = sum(weights)
+    if not weights or min(weights) < 0 or total <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    return [w / total for w in weights]
+
+
 def average_state(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """The weighted mean of state dicts with the same keys and shapes.
 
@@ -44,15 +53,13 @@ def average_state(states: list[dict[str, torch.Tensor]], weights: list[float]) -
     """
     if len(states) != len(weights) or not states:
         raise ValueError("one weight per state dict, at least one of each")
-    total = float(sum(weights))
-    if min(weights) < 0 or total <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    fractions = weight_fractions(weights)
     first = states[0]
     for i, state in enumerate(states[1:], 1):
         if state.keys() != first.keys() or any(state[k].shape != v.shape for k, v in first.items()):
             raise ValueError(f"state dict {i} does not match the first (keys or shapes)")
     return {
-        k: sum(float(w) / total * s[k].float() for s, w in zip(states, weights, strict=True)) if v.is_floating_point() else v
+        k: sum(f * s[k].float() for s, f in zip(states, fractions, strict=True)) if v.is_floating_point() else v
         for k, v in first.items()
     }
 
@@ -80,26 +87,27 @@ def average_model_dirs(sources: list[str | Path], out: str | Path, weights: list
         Naming the directory: unreadable, or of another architecture than the first.
     """
     sources = [Path(s) for s in sources]
-    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    weights = [1.0] * len(sources) if weights is None else list(weights)
     if len(sources) < 2 or len(weights) != len(sources):
         raise NucleiError(f"{len(sources)} model directories and {len(weights)} weights: need two or more, one weight each")
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise NucleiError(f"weights {weights}: must be non-negative with a positive sum")
+    try:
+        fractions = weight_fractions(weights)
+    except ValueError as exc:
+        raise NucleiError(str(exc)) from None
     if any(Path(out).resolve() == s.resolve() for s in sources):
         raise NucleiError(f"{out}: is one of the sources; write the average elsewhere")
     models, configs = zip(*(load_model_dir(s) for s in sources), strict=True)
     for source, config in zip(sources[1:], configs[1:], strict=True):
         if config["model"] != configs[0]["model"]:
             raise NucleiError(f"{source}: another architecture than {sources[0]} ({config['model']})")
-    state = average_state([m.state_dict() for m in models], weights)
+    state = average_state([m.state_dict() for m in models], fractions)
     model = models[0]
     model.load_state_dict(state)
     config = {k: v for k, v in configs[0].items() if k != "weights_sha256"}
-    total = sum(weights)
     config["training"] = {
         "average": [
-            {"source": str(s), "weight": round(w / total, 6), "training": c.get("training")}
-            for s, w, c in zip(sources, weights, configs, strict=True)
+            {"source": str(s), "weight": round(f, 6), "training": c.get("training")}
+            for s, f, c in zip(sources, fractions, configs, strict=True)
         ]
     }
     return save_model_dir(out, model, config)

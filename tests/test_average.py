@@ -72,6 +72,8 @@ def test_average_rejects_what_cannot_be_averaged(tmp_path, capsys):
         average_model_dirs([a, wider], tmp_path / "x")
     with pytest.raises(NucleiError, match="need two or more"):
         average_model_dirs([a], tmp_path / "x")
+    with pytest.raises(NucleiError, match="non-negative with a positive sum"):
+        average_model_dirs([a, wider], tmp_path / "x", [1.0, -1.0])
     with pytest.raises(NucleiError, match="one of the sources"):
         average_model_dirs([a, tiny_dir(tmp_path / "b", 1)], a)
     with pytest.raises(NucleiError, match="missing: model directory not found"):
