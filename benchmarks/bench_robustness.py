@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_robustness.py [--model DIR] [--baseline DIR] [--oracle]
-        [--params PARAMS] [--images 40] [--crop 320] [--out table.csv]
+        [--params PARAMS] [--images 40] [--crop 320] [--tta auto] [--out table.csv]
 
 Images: the validation fold (``data.val_fold`` of ``data.split``, by default the fold grouped by
 experiment) of the prepared data named by ``--params`` (``data.prepared``); ``--images`` of them,
@@ -31,7 +31,8 @@ most ``--crop`` px a side. Conditions, applied to the image and (for geometry) t
 ``noise`` is drawn independently in each colour channel, as a colour camera's.
 
 Every model runs through :class:`pipeline.segmenter.Segmenter` exactly as ``nuclei segment`` does
-(estimated diameter; ``--oracle`` adds a run given the true median nucleus diameter). Printed per
+(estimated diameter, test-time augmentation ``--tta``, by default 'auto' as ``segment.tta``;
+``--oracle`` adds a run given the true median nucleus diameter). Printed per
 condition and model: DSB2018 score, AP@0.5, median counting error (|pred − true| / true per
 image), and the predicted/true total; per model, the diameter estimate's accuracy, the goals, and
 the confidence calibration (the 2nd percentile that ``MIN_CONFIDENCE`` is set to). Default models:
@@ -53,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import as_config, load_params  # noqa: E402
+from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz, write_csv  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
 from pipeline.prepare import BRIGHTFIELD, validation_index  # noqa: E402
@@ -198,6 +200,8 @@ def main() -> int:
                         help="a subset of the conditions (default: all; the scale goal needs x1-x4)")
     parser.add_argument("--crop", type=int, default=320)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tta", choices=TTA_MODES, default="auto",
+                        help="test-time augmentation of every run (default: %(default)s, as nuclei segment)")
     parser.add_argument("--out", type=Path, default=None, help="write the per-image table here (CSV)")
     args = parser.parse_args()
 
@@ -213,7 +217,7 @@ def main() -> int:
     data = params["data"]
     print(f"{len(items)} images of fold {data['val_fold']} ({data.get('split', 'stratified')} split) of "
           f"{data['prepared']}, centre crops <= {args.crop} px; types {types}; torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores")
+          f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores; tta {args.tta}")
     runs = [("model", args.model, False, None)]
     if args.estimators:
         runs = [(f"model ({e})", args.model, False, e) for e in args.estimators]
@@ -224,7 +228,7 @@ def main() -> int:
     frames = []
     for name, path, oracle, estimator in runs:
         t0 = time.perf_counter()
-        segmenter = Segmenter.from_model_dir(path, device="cpu")
+        segmenter = Segmenter.from_model_dir(path, device="cpu", tta=args.tta)
         segmenter.estimator = estimator or segmenter.estimator
         frame = pd.DataFrame(evaluate(segmenter, items, oracle, conditions))
         frame.insert(0, "run", name)

@@ -361,6 +361,7 @@ class SegmentConfig(NetworkSection):
     """``segment``: ``nuclei segment`` (command-line flags override these)."""
 
     NAME: ClassVar[str] = "segment"
+    tta: str = setting("auto", _TTA)
     block_size: int = setting(2048, whole(1))
     block_margin: int = setting(128, whole(0))
     thumbnail: int = setting(320, whole(1))

@@ -8,8 +8,10 @@
   pixels, as in the U-Net paper) and cut into equal overlapping tiles; the tiles are blended
   with a smooth partition-of-unity window that is zero within ``overlap / 4`` of a tile edge,
   so that every output pixel comes from tile interiors (seamless tiling);
-- test-time augmentation ('flips': the 4 flips, 'd4': the 8 rotations/reflections) is applied
-  per tile, inverted on the probabilities and averaged;
+- test-time augmentation ('rot180': the image and its half turn, 'flips': the 4 flips, 'd4': the
+  8 rotations/reflections; 'auto': the most of 'flips', 'rot180' and none that fits in
+  :data:`AUTO_TTA_BUDGET`, per image) is applied per tile, inverted on the probabilities and
+  averaged;
 - tiles of the same shape are batched, across images too; mixed precision on CUDA.
 
 The head (:mod:`pipeline.heads`) turns logits into probabilities. Must not: post-process,
@@ -32,17 +34,29 @@ from pipeline.config import Config, ModelConfig, PredictConfig, load_config
 from pipeline.heads import get_head
 from pipeline.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_channels_last
 
-TTA_MODES = ("none", "flips", "d4")
+TTA_MODES = ("none", "rot180", "flips", "d4", "auto")
+
+#: 'auto' test-time augmentation: passes × pixels (at the network's scale) an image may cost, one
+#: pass over a 1024 × 1024 image: 'flips' (4 passes) up to 512 × 512 px, 'rot180' (2) up to
+#: 724 × 724, one pass above.
+AUTO_TTA_BUDGET = 1024 * 1024
 
 
-def tta_transforms(mode: str) -> list[tuple[int, bool]]:
+def tta_transforms(mode: str, pixels: int | None = None) -> list[tuple[int, bool]]:
     """Test-time augmentations as ``(quarter turns k, flip first)`` pairs.
 
-    'none' → identity; 'flips' → identity, left-right, up-down and both flips (k = 0 or 2);
-    'd4' → all 8 symmetries of the square.
+    'none' → identity; 'rot180' → identity and the half turn; 'flips' → identity, left-right,
+    up-down and both flips (k = 0 or 2); 'd4' → all 8 symmetries of the square; 'auto' → the
+    first of 'flips', 'rot180' and 'none' whose passes × ``pixels`` (H × W as the network sees
+    the image) fit in :data:`AUTO_TTA_BUDGET` ('flips' when ``pixels`` is None).
     """
+    if mode == "auto":
+        mode = next((m for m in ("flips", "rot180") if pixels is None or len(tta_transforms(m)) * pixels
+                     <= AUTO_TTA_BUDGET), "none")
     if mode == "none":
         return [(0, False)]
+    if mode == "rot180":
+        return [(0, False), (2, False)]
     if mode == "flips":
         return [(0, False), (0, True), (2, True), (2, False)]  # id, lr, ud (= rot180 ∘ lr), rot180
     if mode == "d4":
@@ -151,8 +165,9 @@ class Predictor:
         gives the ``head`` and the stride. Kept as the ``config`` attribute.
     device : str
         'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available).
-    tta : {'none', 'flips', 'd4'}
-        Test-time augmentation, averaged.
+    tta : {'none', 'rot180', 'flips', 'd4', 'auto'}
+        Test-time augmentation, averaged (:func:`tta_transforms`; 'auto' chooses per image by
+        its size).
     tile_size : int
         Images whose padded sides fit are run whole; larger ones are tiled with tiles of at most
         this side (rounded up to the stride).
@@ -181,7 +196,7 @@ class Predictor:
         self.head = model_cfg.head
         self.channels = get_head(self.head).channels
         self.stride = int(stride or model_stride(model_cfg))
-        self.transforms = tta_transforms(tta)
+        tta_transforms(tta)  # ValueError for an unknown mode
         self.tta = tta
         self.overlap = -(-int(overlap) // (2 * self.stride)) * 2 * self.stride
         self.tile_size = max(-(-int(tile_size) // self.stride) * self.stride, self.overlap + self.stride)
@@ -196,13 +211,15 @@ class Predictor:
         """The :class:`TilePlan` for an image of ``shape`` (H, W)."""
         return plan_tiles(tuple(shape), self.tile_size, self.overlap, self.stride)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
+    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
         """Probabilities for one image.
 
         Parameters
         ----------
         image : (H, W, 3) float32
             Normalised to [0, 1] (:func:`pipeline.intensity.normalize_image`).
+        tta : str, optional
+            A :data:`TTA_MODES` mode for this call instead of the predictor's.
 
         Returns
         -------
@@ -210,15 +227,17 @@ class Predictor:
             Softmax classes (mask − border, border, background) or sigmoid channels (mask,
             border), in [0, 1].
         """
-        return self.predict_many([image])[0]
+        return self.predict_many([image], tta)[0]
 
-    def predict_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def predict_many(self, images: Sequence[np.ndarray], tta: str | None = None) -> list[np.ndarray]:
         """Probabilities for several images; tiles of equal shape share forward passes.
 
         Parameters
         ----------
         images : sequence of (H, W, 3) float32
             Any sizes.
+        tta : str, optional
+            A :data:`TTA_MODES` mode for this call instead of the predictor's.
 
         Returns
         -------
@@ -235,19 +254,20 @@ class Predictor:
             sums.append(np.zeros((self.channels, *plan.padded_shape), np.float32))
             weights.append(np.zeros(plan.padded_shape, np.float32))
 
-        jobs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        for k, plan in enumerate(plans):
+        jobs: dict[tuple[tuple[int, int], tuple], list[tuple[int, int, int]]] = {}
+        for k, (plan, image) in enumerate(zip(plans, images, strict=True)):
+            transforms = tuple(tta_transforms(tta or self.tta, int(np.prod(np.shape(image)[:2]))))
             for i in range(len(plan.ys)):
                 for j in range(len(plan.xs)):
-                    jobs.setdefault(plan.tile, []).append((k, i, j))
-        for (th, tw), tiles in jobs.items():
+                    jobs.setdefault((plan.tile, transforms), []).append((k, i, j))
+        for ((th, tw), transforms), tiles in jobs.items():
             for start in range(0, len(tiles), self.batch_size):
                 chunk = tiles[start : start + self.batch_size]
                 batch = np.stack([
                     padded[k][plans[k].ys[i] : plans[k].ys[i] + th, plans[k].xs[j] : plans[k].xs[j] + tw]
                     for k, i, j in chunk
                 ])
-                probs = self.forward(batch.transpose(0, 3, 1, 2))
+                probs = self.forward(batch.transpose(0, 3, 1, 2), list(transforms))
                 for p, (k, i, j) in zip(probs, chunk, strict=True):
                     plan = plans[k]
                     y, x = plan.ys[i], plan.xs[j]
@@ -261,13 +281,15 @@ class Predictor:
             results.append(total[:, crop[0], crop[1]] / weight[crop])
         return results
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray, transforms: list[tuple[int, bool]] | None = None) -> np.ndarray:
         """TTA-averaged probabilities of a batch of tiles.
 
         Parameters
         ----------
         batch : (B, 3, h, w) float32
             ``h``, ``w`` multiples of the stride.
+        transforms : list of (k, flip), optional
+            :func:`tta_transforms` to average; default those of the predictor's mode for a tile.
 
         Returns
         -------
@@ -275,16 +297,18 @@ class Predictor:
         """
         import torch
 
+        if transforms is None:
+            transforms = tta_transforms(self.tta, batch.shape[-2] * batch.shape[-1])
         x = to_channels_last(torch.from_numpy(np.ascontiguousarray(batch)), self.device)
         total = None
         with torch.inference_mode(), autocast(self.device, self.precision):
-            for k, flip in self.transforms:
+            for k, flip in transforms:
                 t = torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
                 p = get_head(self.head).activate(self.model(t).float())
                 p = torch.rot90(p, -k, dims=(-2, -1))
                 p = p.flip(-1) if flip else p
                 total = p if total is None else total + p
-        return (total / len(self.transforms)).float().cpu().numpy()
+        return (total / len(transforms)).float().cpu().numpy()
 
 
 def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any) -> Predictor:

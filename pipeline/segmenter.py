@@ -220,7 +220,7 @@ class Segmenter:
         self.estimator = "blob"
 
     @classmethod
-    def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "none", tile_size: int = 1024,
+    def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "auto", tile_size: int = 1024,
                        overlap: int = 64, batch_size: int = 4, precision: str = "auto",
                        block_size: int = 2048, block_margin: int = 128) -> Segmenter:
         """Load a model directory (``config.yaml`` + ``weights.pt``).
@@ -259,9 +259,10 @@ class Segmenter:
         labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, image_type, **self.thresholds)
         return labels, confidence(probs, self.head)
 
-    def predict_scaled(self, image: np.ndarray, scale: float) -> np.ndarray:
-        """(C, h, w) float32 probabilities of a normalised image resized by ``scale``."""
-        return self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)))
+    def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None) -> np.ndarray:
+        """(C, h, w) float32 probabilities of a normalised image resized by ``scale``; ``tta``
+        overrides the predictor's test-time augmentation."""
+        return self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)), tta)
 
     def estimate_diameter(self, image: np.ndarray, method: str | None = None,
                           image_type: str | None = None) -> float | None:
@@ -361,7 +362,7 @@ class Segmenter:
         from pipeline.watershed import for_image_type, postprocess
 
         window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
-        probs = self.predict_scaled(image[window], scale)
+        probs = self.predict_scaled(image[window], scale, tta="none")  # a size, not outlines: one pass
         labels = postprocess(probs, self.head, **for_image_type(self.thresholds))
         return nucleus_diameters(labels), confidence(probs, self.head)
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipeline.config import ROOT, load_params
 from pipeline.errors import NucleiError
+from pipeline.inference import TTA_MODES
 
 DEFAULT_MODEL = ROOT / "models" / "default"
 
@@ -92,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, help="submission CSV (default: submit.out of params)")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: the shipped model)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: predict.device or auto)")
-    parser.add_argument("--tta", choices=("none", "flips", "d4"), default=None,
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
                         help="test-time augmentation (default: predict.tta of params)")
     parser.add_argument("--params", default=None, help="parameters file (default: params.yaml)")
 

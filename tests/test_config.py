@@ -47,7 +47,7 @@ def test_missing_sections_and_keys_take_the_defaults():
         ({"targets": {"sigma": "wide"}}, r"targets\.sigma must be a number > 0, got 'wide'"),
         ({"targets": {"border_radius_min": 5}}, r"need targets\.border_radius_min <= targets\.border_radius_max"),
         ({"data": {"split": "random"}}, r"data\.split must be one of stratified, grouped"),
-        ({"predict": {"tta": "d8"}}, r"predict\.tta must be one of none, flips, d4"),
+        ({"predict": {"tta": "d8"}}, r"predict\.tta must be one of none, rot180, flips, d4, auto"),
         ({"segment": {"block_size": 100, "block_margin": 50}}, r"segment\.block_size must exceed twice"),
         ({"seed": "zero"}, r"p\.yaml: seed must be a whole number"),
     ],

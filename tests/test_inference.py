@@ -78,7 +78,7 @@ def test_tiled_equals_whole_for_strided_unet():
     np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("tta", ["flips", "d4"])
+@pytest.mark.parametrize("tta", ["rot180", "flips", "d4", "auto"])
 def test_tta_of_equivariant_model_changes_nothing(tta):
     net, img = SymmetricNet(), image((40, 56))
     plain = Predictor(net, {"head": "softmax"}, stride=1, tta="none").predict(img)
@@ -95,11 +95,34 @@ def test_tta_inverts_transforms():
             return x * 5.0
 
     img = image((24, 40))
-    for tta in ("flips", "d4"):
+    for tta in ("rot180", "flips", "d4", "auto"):
         out = Predictor(Identity(), {"head": "softmax"}, stride=1, tta=tta).predict(img)
         ref = Predictor(Identity(), {"head": "softmax"}, stride=1).predict(img)
         np.testing.assert_allclose(out, ref, atol=1e-6)
     assert len(tta_transforms("d4")) == 8 and len(tta_transforms("flips")) == 4
+    assert tta_transforms("rot180") == [(0, False), (2, False)]
+
+
+def test_auto_tta_by_image_size(monkeypatch):
+    """'auto': the most augmentation whose passes x pixels fit in AUTO_TTA_BUDGET, decided per
+    image within one batch; with the real budget, 512² gets the 4 flips, 724² the half turn and
+    1024² one pass."""
+    import pipeline.inference as inference
+
+    assert tta_transforms("auto", 512 * 512) == tta_transforms("flips")
+    assert tta_transforms("auto", 724 * 724) == tta_transforms("rot180")
+    assert tta_transforms("auto", 1024 * 1024) == tta_transforms("none")
+    monkeypatch.setattr(inference, "AUTO_TTA_BUDGET", 4 * 32 * 32)
+    model, cfg = tiny_unet()
+    small, medium, large = image((32, 32), 1), image((32, 48), 2), image((48, 96), 3)
+    auto = Predictor(model, cfg, tta="auto", batch_size=2).predict_many([small, medium, large])
+    for probs, img, mode in zip(auto, (small, medium, large), ("flips", "rot180", "none"), strict=True):
+        np.testing.assert_allclose(probs, Predictor(model, cfg, tta=mode).predict(img), atol=1e-5)
+    flips, half_turn = (Predictor(model, cfg, tta=m).predict(small) for m in ("flips", "rot180"))
+    assert not np.allclose(flips, half_turn, atol=1e-4)  # the modes differ on this network
+    assert not np.allclose(half_turn, Predictor(model, cfg).predict(small), atol=1e-4)
+    np.testing.assert_allclose(Predictor(model, cfg, tta="auto").predict(large, tta="flips"),
+                               Predictor(model, cfg, tta="flips").predict(large), atol=1e-5)
 
 
 def test_predict_many_batches_mixed_sizes():

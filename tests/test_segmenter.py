@@ -29,9 +29,11 @@ class GreyPredictor:
     def __init__(self, config: dict):
         self.config = config
         self.calls: list[tuple[int, int]] = []
+        self.modes: list[str | None] = []  # the tta of each call (None: the predictor's own)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
+    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
         self.calls.append(image.shape[:2])
+        self.modes.append(tta)
         grey = image.mean(axis=2).astype(np.float32)
         return np.stack([grey, np.zeros_like(grey)])
 
@@ -92,8 +94,8 @@ def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
 class InvertedPredictor(GreyPredictor):
     """P(nucleus) = 1 − grey level: dark nuclei on a bright background, as in H&E."""
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        probs = super().predict(image)
+    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
+        probs = super().predict(image, tta)
         probs[0] = 1.0 - probs[0]
         return probs
 
@@ -162,6 +164,18 @@ def test_fluorescence_in_colour_is_segmented_as_grey():
     assert image_metrics(true, grey.labels)["ap50"] == 1.0
 
 
+def test_the_diameter_estimate_runs_one_pass_and_the_segmentation_the_predictors_tta():
+    """Test-time augmentation sharpens outlines, not a size: the estimate's network passes ask for
+    tta 'none' (it is the same, and costs the same, whatever ``segment.tta`` says); the final
+    segmentation takes the predictor's own mode."""
+    seg = segmenter()
+    image, _ = disc_image(30.0)
+    seg.segment(image)
+    assert len(seg.predictor.modes) >= 2
+    assert seg.predictor.modes[:-1] == ["none"] * (len(seg.predictor.modes) - 1)
+    assert seg.predictor.modes[-1] is None
+
+
 def test_given_diameter_overrides_the_estimate_and_maps_back_to_original_pixels():
     image, true = disc_image(40, n=3)
     seg = segmenter()
@@ -201,7 +215,7 @@ def test_confidence_and_flag():
     image[20:40, 20:40] = 60  # a faint square fading in: ambiguous everywhere on it
     image[25:35, 25:35] = 70
     seg = segmenter(diameter=None)
-    seg.predictor.predict = lambda x: np.stack([np.full(x.shape[:2], 0.5, np.float32), np.zeros(x.shape[:2], np.float32)])
+    seg.predictor.predict = lambda x, tta=None: np.stack([np.full(x.shape[:2], 0.5, np.float32), np.zeros(x.shape[:2], np.float32)])
     result = seg.segment(image)
     assert result.confidence < MIN_CONFIDENCE and "low confidence" in result.flag
 
