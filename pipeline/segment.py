@@ -37,6 +37,7 @@ import pandas as pd
 
 from pipeline.config import ROOT, SegmentConfig, load_params
 from pipeline.errors import NucleiError, OutputError
+from pipeline.inference import TTA_MODES
 from pipeline.io import (
     COLOUR_CHANNELS,
     IMAGE_SUFFIXES,
@@ -489,6 +490,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "Hoechst, when that carries signal, else on the channels' mean, and measured on their mean; "
              "grey images are unaffected)",
     )
+    parser.add_argument(
+        "--tta", choices=TTA_MODES,
+        help="test-time augmentation (default: segment.tta of params.yaml, auto: the four flips of images up "
+             "to 512x512 px at the network's scale, the half turn up to 724x724, one pass above; none: "
+             "one pass, fastest)",
+    )
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
 
@@ -524,6 +531,7 @@ def main(args: argparse.Namespace) -> int:
                 params_path=args.params or "params.yaml",
                 diameter=args.diameter,
                 channel=args.channel,
+                tta=args.tta,
             )
     except OutputError as exc:  # disk full, read-only: after images were processed
         print(f"nuclei: error: {exc}", file=sys.stderr)

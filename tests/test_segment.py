@@ -484,6 +484,24 @@ def test_main_reads_params_section(tmp_path, model_dir, capsys):
     assert "block_size" in capsys.readouterr().err
 
 
+def test_tta_flag_overrides_params(tmp_path, model_dir, monkeypatch):
+    """``--tta`` overrides ``segment.tta`` of params.yaml, which overrides the default 'auto'."""
+    import pipeline.segment as segment
+
+    modes, load = [], segment._load
+    monkeypatch.setattr(segment, "_load", lambda settings: modes.append(settings.segment.tta) or load(settings))
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"segment:\n  model: {model_dir}\n")
+    assert run_cli(tmp_path / "a.png", "-o", tmp_path / "out", "--params", params) == 0
+    params.write_text(f"segment:\n  model: {model_dir}\n  tta: flips\n")
+    assert run_cli(tmp_path / "a.png", "-o", tmp_path / "out", "--params", params) == 0
+    assert run_cli(tmp_path / "a.png", "-o", tmp_path / "out", "--params", params, "--tta", "none") == 0
+    assert modes == ["auto", "flips", "none"]
+    assert counts_of(tmp_path / "out").loc["a", "count"] == 3
+
+
 # --------------------------------------------------------------------------- hostile inputs (issue 12)
 
 
