@@ -14,10 +14,12 @@ import pytest
 from pipeline.config import ROOT
 
 MODEL = ROOT / "models" / "default"
-#: DSB2018 score of the shipped model on the embedded sample, CPU, no TTA (diameter estimated per
-#: image, the two bright-field images at the canonical diameter; stage 4 trained on all 20 images).
-#: 0.5585 while bright-field diameters were estimated; stage 3 scores 0.5917 with the same settings.
-SHIPPED_SCORE = 0.5939
+#: DSB2018 score of the shipped model on the embedded sample, CPU, as `nuclei segment` runs it
+#: (test-time augmentation 'auto': the four flips for all 20 images; diameter estimated per image,
+#: the two bright-field images at the canonical diameter; stage 4 trained on all 20 images).
+#: One pass ('none'): 0.5899 (0.5939 when shipped, 0.5585 while bright-field diameters were
+#: estimated; stage 3 0.5917 with the same settings then).
+SHIPPED_SCORE = 0.5964
 FLOOR = SHIPPED_SCORE - 0.025  # room for other CPUs' floating-point paths, not for regressions
 
 pytestmark = pytest.mark.slow
@@ -28,13 +30,13 @@ def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
     from pipeline.segmenter import Segmenter
     from pipeline.submit import submission_for
 
-    segmenter = Segmenter.from_model_dir(MODEL, device="cpu", tta="none")
+    segmenter = Segmenter.from_model_dir(MODEL, device="cpu")  # segment.tta's default, auto
     assert segmenter.config["format_version"] == 1
     submission, shapes = submission_for(sample_root, segmenter)
     assert len(shapes) == 20
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
     assert summary["dsb_score"] >= FLOOR, summary
-    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 931 vs 999 when shipped
+    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 932 vs 999 (931 when shipped)
 
 
 def nuclei_like(diameter: float, n: int = 5, seed: int = 0):
