@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config, load_params  # noqa: E402
+from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz  # noqa: E402
 from pipeline.kaggle import iter_kaggle_root  # noqa: E402
 from pipeline.metrics import dsb_score  # noqa: E402
@@ -90,6 +91,8 @@ def main() -> int:
     parser.add_argument("--train-curves", metavar="PARAMS", default=None)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--samples", type=int, default=96)
+    parser.add_argument("--tta", choices=TTA_MODES, default="auto",
+                        help="test-time augmentation (default: %(default)s, as nuclei segment; none: one pass)")
     args = parser.parse_args()
     if args.train_curves:
         train_curves(args.train_curves, args.epochs, args.samples)
@@ -100,12 +103,12 @@ def main() -> int:
     sets = [("embedded sample", sample_images)]
     if args.params:
         sets.append((f"{args.split} fold", lambda: list(fold_images(args.params, args.split))))
-    print(f"model {args.model}, {threads} torch threads")
+    print(f"model {args.model}, {threads} torch threads, tta {args.tta}")
     for name, load in sets:
         images = list(load())
         results = {}
         for precision in ("fp32", "auto"):
-            segmenter = Segmenter.from_model_dir(args.model, device="cpu", precision=precision)
+            segmenter = Segmenter.from_model_dir(args.model, device="cpu", precision=precision, tta=args.tta)
             results[segmenter.predictor.precision] = score(segmenter, images)
         (p32, (s32, t32, n)), (pa, (sa, ta, _)) = results.items()
         print(f"{name} ({n} images): {p32} {s32:.4f} ({t32:.0f} s), {pa} {sa:.4f} ({ta:.0f} s); "

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_robustness import TINT  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
+from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
 from pipeline.prepare import BRIGHTFIELD, read_index  # noqa: E402
@@ -58,6 +59,8 @@ def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespa
     parser.add_argument("--prepared", type=Path, default=None,
                         help="prepared data (nuclei prepare; default: data.prepared of params.yaml, the embedded sample)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tta", choices=TTA_MODES, default="auto",
+                        help="test-time augmentation (default: %(default)s, as nuclei segment; none: one pass)")
     args = parser.parse_args()
 
     from pipeline.runtime import set_threads
@@ -69,8 +72,8 @@ def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespa
     if not ids:
         print(f"no {image_type} image in {args.prepared}")
         return args, ids, None
-    print(f"{len(ids)} {image_type} images of {args.prepared}; model {args.model}", flush=True)
-    return args, ids, Segmenter.from_model_dir(args.model, device="cpu")
+    print(f"{len(ids)} {image_type} images of {args.prepared}; model {args.model}; tta {args.tta}", flush=True)
+    return args, ids, Segmenter.from_model_dir(args.model, device="cpu", tta=args.tta)
 
 
 def main() -> int:
