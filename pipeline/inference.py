@@ -255,8 +255,8 @@ class Predictor:
             weights.append(np.zeros(plan.padded_shape, np.float32))
 
         jobs: dict[tuple[tuple[int, int], tuple], list[tuple[int, int, int]]] = {}
-        for k, (plan, image) in enumerate(zip(plans, images, strict=True)):
-            transforms = tuple(tta_transforms(tta or self.tta, int(np.prod(np.shape(image)[:2]))))
+        for k, plan in enumerate(plans):
+            transforms = tuple(tta_transforms(tta or self.tta, plan.shape[0] * plan.shape[1]))
             for i in range(len(plan.ys)):
                 for j in range(len(plan.xs)):
                     jobs.setdefault((plan.tile, transforms), []).append((k, i, j))
@@ -267,7 +267,7 @@ class Predictor:
                     padded[k][plans[k].ys[i] : plans[k].ys[i] + th, plans[k].xs[j] : plans[k].xs[j] + tw]
                     for k, i, j in chunk
                 ])
-                probs = self.forward(batch.transpose(0, 3, 1, 2), list(transforms))
+                probs = self.forward(batch.transpose(0, 3, 1, 2), transforms)
                 for p, (k, i, j) in zip(probs, chunk, strict=True):
                     plan = plans[k]
                     y, x = plan.ys[i], plan.xs[j]
@@ -281,15 +281,15 @@ class Predictor:
             results.append(total[:, crop[0], crop[1]] / weight[crop])
         return results
 
-    def forward(self, batch: np.ndarray, transforms: list[tuple[int, bool]] | None = None) -> np.ndarray:
+    def forward(self, batch: np.ndarray, transforms: Sequence[tuple[int, bool]]) -> np.ndarray:
         """TTA-averaged probabilities of a batch of tiles.
 
         Parameters
         ----------
         batch : (B, 3, h, w) float32
             ``h``, ``w`` multiples of the stride.
-        transforms : list of (k, flip), optional
-            :func:`tta_transforms` to average; default those of the predictor's mode for a tile.
+        transforms : sequence of (k, flip)
+            :func:`tta_transforms` to average (chosen per image by :meth:`predict_many`).
 
         Returns
         -------
@@ -297,8 +297,6 @@ class Predictor:
         """
         import torch
 
-        if transforms is None:
-            transforms = tta_transforms(self.tta, batch.shape[-2] * batch.shape[-1])
         x = to_channels_last(torch.from_numpy(np.ascontiguousarray(batch)), self.device)
         total = None
         with torch.inference_mode(), autocast(self.device, self.precision):
