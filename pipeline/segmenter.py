@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError
-from pipeline.prepare import BRIGHTFIELD
+from pipeline.prepare import BRIGHTFIELD, HISTOLOGY
 from pipeline.scale import (
     MAX_FACTOR,
     largest_diameter,
@@ -208,16 +208,26 @@ class Segmenter:
         self.source = Path(source)
         self.thresholds = thresholds(self.config.get("postprocess"), self.source / "config.yaml")
         self.normalization = normalization_kwargs(self.config)
-        diameter = self.config.get("diameter")
-        if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
-                                     or not diameter > 0):
-            raise NucleiError(f"{self.source / 'config.yaml'}: diameter must be a positive number, got {diameter!r}")
-        self.diameter = None if diameter is None else float(diameter)
+        #: Canonical nucleus diameter (px at the network's scale; None: no rescaling), and that of
+        #: stained images (``stained_diameter``; default the same).
+        self.diameter = self._positive("diameter")
+        self.stained_diameter = self._positive("stained_diameter") or self.diameter
+        if self.diameter is None and self.stained_diameter is not None:
+            raise NucleiError(f"{self.source / 'config.yaml'}: stained_diameter needs a diameter")
         if block_size <= 2 * block_margin:
             raise NucleiError(f"block size {block_size} must exceed twice the block margin {block_margin}")
         self.block_size, self.block_margin = int(block_size), int(block_margin)
         #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
         self.estimator = "blob"
+
+    def _positive(self, key: str) -> float | None:
+        """``config[key]`` as a positive float, or None when absent."""
+        value = self.config.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise NucleiError(f"{self.source / 'config.yaml'}: {key} must be a positive number, got {value!r}")
+        return float(value)
 
     @classmethod
     def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "auto", tile_size: int = 1024,
@@ -410,14 +420,18 @@ class Segmenter:
         estimated : bool
         scale : float
             ``canonical / diameter`` (clipped, :func:`pipeline.scale.scale_factor`); 1 for a model
-            without a canonical diameter.
+            without a canonical diameter. The canonical diameter of stained images is the
+            model's ``stained_diameter`` (:attr:`stained_diameter`), whether the diameter was
+            estimated or given.
         """
         if self.diameter is None:
             return None, False, 1.0
+        image_type = image_type or image_type_of(image)
         estimated = diameter is None
         if estimated:
             diameter = self.estimate_diameter(image, image_type=image_type) or self.diameter
-        return diameter, estimated, scale_factor(diameter, self.diameter)
+        canonical = self.stained_diameter if image_type == HISTOLOGY else self.diameter
+        return diameter, estimated, scale_factor(diameter, canonical)
 
     def _segment_blocks(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
         """Labels (original grid) and confidence; block by block when the image is large.

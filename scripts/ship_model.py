@@ -1,6 +1,6 @@
 """Copy a trained model directory into ``models/default`` with its tuned post-processing.
 
-    python scripts/ship_model.py --params PARAMS.yaml [-o models/default]
+    python scripts/ship_model.py --params PARAMS.yaml [-o models/default] [--stained-diameter PX]
 
 Reads the trained model named by ``predict.model`` of the parameter file, replaces the
 ``postprocess`` section of its config with the one of the parameter file (after
@@ -8,7 +8,8 @@ Reads the trained model named by ``predict.model`` of the parameter file, replac
 ``<evaluate.out>/metrics.json`` when present, and writes the model directory with float16
 weights (``pipeline.model_dir.save_model_dir``). When the exported model is the last epoch, the
 float32 weights of ``<train.out>/last.ckpt`` are the source, and the script prints the largest
-difference between float32 and float16 probabilities on a sample image.
+difference between float32 and float16 probabilities on a sample image. ``--stained-diameter``
+sets the canonical diameter of stained images (``stained_diameter`` in ``config.yaml``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True, help="parameters of the run (predict.model, postprocess, evaluate.out)")
     parser.add_argument("-o", "--out", default=str(ROOT / "models" / "default"))
+    parser.add_argument("--stained-diameter", type=float, default=None, metavar="PX",
+                        help="canonical nucleus diameter of stained images (default: the source model's, "
+                             "else its diameter)")
     args = parser.parse_args()
+    if args.stained_diameter is not None and not args.stained_diameter > 0:
+        parser.error(f"--stained-diameter must be a positive number of pixels, got {args.stained_diameter}")
     params = load_params(args.params)
     source = Path(params["predict"]["model"])
     model, config = load_model_dir(source)
@@ -49,6 +55,8 @@ def main() -> int:
             model.load_state_dict(ckpt["model"])
             from_float32 = True
     config["postprocess"] = thresholds(params["postprocess"], args.params)
+    if args.stained_diameter is not None:
+        config["stained_diameter"] = args.stained_diameter
     metrics_file = Path(params["evaluate"]["out"]) / "details.json"  # every metric, by type too
     if metrics_file.is_file():
         config.setdefault("training", {})["validation"] = json.loads(metrics_file.read_text())

@@ -100,6 +100,15 @@ class InvertedPredictor(GreyPredictor):
         return probs
 
 
+def stain(image: np.ndarray) -> np.ndarray:
+    """A grey image of dark nuclei on a bright background (uint8 RGB) as a stained one: a pink
+    cast, and the darker the more purple (a stain's hue, not a tinted camera's gains:
+    pipeline.intensity.is_tinted_grey); the same grey mean."""
+    darkness = (235 - image.astype(np.float32))[..., :1]
+    stained = image + np.array([12, 0, -12]) + darkness * np.array([0, -0.3, 0.3])
+    return np.clip(np.rint(stained), 0, 255).astype(np.uint8)
+
+
 def test_stained_images_take_the_stained_object_threshold():
     """A colour (stained) image is post-processed with stained_object_threshold; the same grey
     image with object_threshold. Dim dark discs (P(nucleus) 0.6–0.75 for the stand-in network)
@@ -112,15 +121,30 @@ def test_stained_images_take_the_stained_object_threshold():
     image = 255 - image  # dark discs on a bright background: nuclei 55, dim ones 100, background 235
     seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
     seg.thresholds |= {"object_threshold": 0.9, "stained_object_threshold": 0.5}
-    # stained: a pink cast, and the darker the more purple (a stain's hue, not a tinted camera's
-    # gains: pipeline.intensity.is_tinted_grey); the same grey mean
-    darkness = (235 - image.astype(np.float32))[..., :1]
-    stained = image + np.array([12, 0, -12]) + darkness * np.array([0, -0.3, 0.3])
-    stained = np.clip(np.rint(stained), 0, 255).astype(np.uint8)
+    stained = stain(image)
     assert image_type_of(seg.normalize(image)) == "brightfield"
     assert image_type_of(seg.normalize(stained)) == "histology"
     assert seg.segment(image, diameter=20).labels.max() == true.max() // 2
     assert seg.segment(stained, diameter=20).labels.max() == true.max()
+
+
+@pytest.mark.parametrize("given", [None, 20.0])
+def test_stained_images_reach_the_network_at_the_stained_diameter(given):
+    """With ``stained_diameter`` 30 in the model's config, 20-px nuclei of a stained image are
+    resized to 30 px (scale 1.5), estimated or given; the same image in grey stays at the
+    canonical 20 px. The labels map back to the image's own pixels either way."""
+    image, true = disc_image(20, n=4)
+    image = 255 - image
+    config = segmenter().predictor.config | {"stained_diameter": 30.0}
+    seg = Segmenter(InvertedPredictor(config))
+    assert (seg.diameter, seg.stained_diameter) == (20.0, 30.0)
+    grey, stained = seg.segment(image, diameter=given), seg.segment(stain(image), diameter=given)
+    assert stained.image_type == "histology" and grey.image_type == "brightfield"
+    assert stained.diameter == pytest.approx(20, rel=0.2)
+    assert stained.scale == pytest.approx(30 / stained.diameter) and grey.scale == 1.0
+    assert stained.labels.shape == true.shape and stained.labels.max() == true.max()
+    assert image_metrics(true, stained.labels)["dsb_score"] > 0.9
+    assert Segmenter(InvertedPredictor(segmenter().predictor.config)).stained_diameter == 20.0
 
 
 def test_bright_field_images_are_segmented_at_the_canonical_diameter_unless_one_is_given():
@@ -234,5 +258,9 @@ def test_invalid_model_settings_are_reported_once_up_front():
         Segmenter(GreyPredictor(config))
     with pytest.raises(NucleiError, match="diameter must be a positive number"):
         Segmenter(GreyPredictor({"model": {"head": "sigmoid"}, "diameter": -3}))
+    with pytest.raises(NucleiError, match="stained_diameter must be a positive number"):
+        Segmenter(GreyPredictor({"model": {"head": "sigmoid"}, "diameter": 20, "stained_diameter": "big"}))
+    with pytest.raises(NucleiError, match="stained_diameter needs a diameter"):
+        Segmenter(GreyPredictor({"model": {"head": "sigmoid"}, "stained_diameter": 24}))
     with pytest.raises(NucleiError, match="block size"):
         segmenter(block_size=100, block_margin=60)
