@@ -3,7 +3,8 @@
 
 ``config.yaml`` holds ``format_version``, ``model`` (the :class:`pipeline.config.ModelConfig`
 section as a mapping), ``postprocess`` (watershed thresholds), ``normalization``, ``diameter``
-(and, optionally, ``stained_diameter``: see :class:`pipeline.segmenter.Segmenter`), ``training`` (free-form provenance) and ``weights_sha256``; ``weights.pt`` the state dict (half
+(and, optionally, ``stained_diameter``: see :meth:`pipeline.segmenter.Segmenter.scale_for`),
+``training`` (free-form provenance) and ``weights_sha256``; ``weights.pt`` the state dict (half
 precision allowed). :func:`save_model_dir` writes both atomically, :func:`load_model_dir` checks
 and reads them.
 
