@@ -51,13 +51,15 @@ def through_camera(image: np.ndarray, gains, noise: float, jpeg: bool, rng: np.r
 
 
 def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespace, list[str], Segmenter | None]:
-    """Parse ``--model``, ``--prepared`` and ``--threads``; return the arguments, the ids of the
-    prepared images of ``image_type`` and the Segmenter of the model (None when there is no such
-    image, after saying so)."""
+    """Parse ``--model``, ``--prepared``, ``--fold``, ``--threads`` and ``--tta``; return the
+    arguments, the ids of the prepared images of ``image_type`` (of one grouped fold with
+    ``--fold``) and the Segmenter of the model (None when there is no such image, after saying so)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--prepared", type=Path, default=None,
                         help="prepared data (nuclei prepare; default: data.prepared of params.yaml, the embedded sample)")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="only the images of this grouped fold (group_fold of the index), e.g. one the model never saw")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tta", choices=TTA_MODES, default="auto",
                         help="test-time augmentation (default: %(default)s, as nuclei segment; none: one pass)")
@@ -67,12 +69,16 @@ def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespa
 
     set_threads(args.threads)
     args.prepared = args.prepared or ROOT / load_params(ROOT / "params.yaml")["data"]["prepared"]
-    index = read_index(args.prepared, ("id", "image_type"))
+    index = read_index(args.prepared, ("id", "image_type", "group", "group_fold"))
+    if args.fold is not None:
+        index = index[index["group_fold"] == args.fold]
     ids = sorted(index.loc[index["image_type"] == image_type, "id"])
+    args.group = index.set_index("id")["group"]
     if not ids:
         print(f"no {image_type} image in {args.prepared}")
         return args, ids, None
-    print(f"{len(ids)} {image_type} images of {args.prepared}; model {args.model}; tta {args.tta}", flush=True)
+    fold = "" if args.fold is None else f" (grouped fold {args.fold})"
+    print(f"{len(ids)} {image_type} images of {args.prepared}{fold}; model {args.model}; tta {args.tta}", flush=True)
     return args, ids, Segmenter.from_model_dir(args.model, device="cpu", tta=args.tta)
 
 
