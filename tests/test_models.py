@@ -55,7 +55,10 @@ def test_fused_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone(cfg):
         assert 0 < len(left) < len(norms)  # the decoder's folded; the encoder's are attributes
     x = torch.rand(2, 3, 64, 32)
     with torch.no_grad():
-        np.testing.assert_allclose(fused(x).numpy(), model.eval()(x).numpy(), rtol=1e-4, atol=1e-4)
+        expected = model.eval()(x).numpy()
+        # float32 rounding through 34 layers grows with the activations (outputs up to ~10 here):
+        # on an AVX2-only CPU oneDNN's kernels differ by up to 5.5e-4 on the smp network
+        np.testing.assert_allclose(fused(x).numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_architecture_registry():
