@@ -27,6 +27,10 @@ most ``--crop`` px a side. Conditions, applied to the image and (for geometry) t
 - ``uneven``: uneven illumination, as a wide-field microscope's: the image times a vignette that
   falls from 1 at the centre to :data:`VIGNETTE` in the corners, plus a background ramp rising
   across the image to :data:`RAMP` of its 1–99 % range (stray light, autofluorescence).
+- ``field8``: a field of view 8 × as wide at the same magnification (a tiled scan, a large camera):
+  an 8 × 8 mosaic of the image (:data:`FIELD` tiles a side; about 2,700 px for a 320-px crop),
+  the tiles a nucleus diameter apart on the image's background level, nuclei at their own size:
+  whether the diameter estimate sees small nuclei in a large image.
 
 ``noise`` is drawn independently in each colour channel, as a colour camera's.
 
@@ -62,11 +66,14 @@ from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
-CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + ("dim12+sat", "noise", "blur", "stain", "blue", "tint", "composite", "uneven")
+CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + (
+    "dim12+sat", "noise", "blur", "stain", "blue", "tint", "composite", "uneven", "field8")
 #: Channel gains of the ``tint`` condition (red, green, blue).
 TINT = np.array([1.0, 0.93, 0.78], np.float32)
 #: The ``uneven`` condition: illumination in the corners (centre 1) and the background ramp's top.
 VIGNETTE, RAMP = 0.4, 0.3
+#: Tiles a side of the ``field8`` condition's mosaic.
+FIELD = 8
 #: The conditions :data:`pipeline.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
 CALIBRATION = ("x0.5", "x1", "x2", "noise", "stain")
 
@@ -150,7 +157,28 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         field = (grey * vignette(labels.shape, centre, float(np.hypot(*centre)), VIGNETTE)
                  + np.float32(RAMP * (hi - lo)) * linear_ramp(labels.shape, 0.0))
         return np.clip(field, 0, 255).astype(np.uint8), labels
+    if condition == "field8":
+        return mosaic(image, labels, FIELD)
     raise ValueError(condition)
+
+
+def mosaic(image: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An ``n`` × ``n`` mosaic of an image with its labels (each tile's nuclei labelled apart), the
+    tiles a nucleus diameter apart on the image's background level (the median of its pixels
+    outside the nuclei), so that no nucleus cut by the image's edge meets another across a seam."""
+    gap = int(round(median_diameter(labels))) if labels.max() else 8
+    background = np.median(image[labels == 0], axis=0) if (labels == 0).any() else np.median(image, axis=(0, 1))
+    h, w = labels.shape
+    step_y, step_x = h + gap, w + gap
+    out_image = np.empty((n * step_y - gap, n * step_x - gap, *image.shape[2:]), image.dtype)
+    out_image[...] = background.astype(image.dtype)
+    out_labels = np.zeros(out_image.shape[:2], np.int32)
+    count = int(labels.max())
+    for k in range(n * n):
+        window = np.s_[(k // n) * step_y:(k // n) * step_y + h, (k % n) * step_x:(k % n) * step_x + w]
+        out_image[window] = image
+        out_labels[window] = np.where(labels > 0, labels + k * count, 0)
+    return out_image, out_labels
 
 
 def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str, str, np.ndarray, np.ndarray]]:

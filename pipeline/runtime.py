@@ -136,7 +136,7 @@ def reuse_freed_memory() -> bool:
     (kernel time 0.4 s instead of 6.2 s over nine passes) and an fp32 training step 0.82–0.94×
     the time (``benchmarks/bench_allocator.py``). The price is memory: the process keeps up to
     1 GiB of freed memory mapped, and aligned blocks leave remnants in the heap that raised the
-    peak 1.04–1.3× (an 8000² image: 3.75 GB instead of 3.53). Applies to the whole process, once.
+    peak 1.01–1.3× (six networks, inference and training). Applies to the whole process, once.
 
     Returns
     -------

@@ -23,6 +23,8 @@ BLOB_CALIBRATION = 1.17
 #: shorter side; every estimate beyond 1/4 was a whole structure taken for one nucleus (an embryo
 #: ringed by small nuclei, a tissue section), off by 2-5 octaves.
 MIN_NUCLEI_ACROSS = 4
+#: σ (px) of :func:`blob_scale_space`: quarter octaves from 1.4 to 64.
+SCALE_SPACE_SIGMAS = 2.0 ** np.arange(0.5, 6.01, 0.25)
 
 
 def nucleus_diameters(labels: np.ndarray) -> np.ndarray:
@@ -133,6 +135,15 @@ def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray
     :data:`BLOB_CALIBRATION`, the diameter. Scale-equivariant: the same image at twice the size
     gives twice the diameters.
 
+    A shrunk image resolves no blob under ``3.4 / factor`` px (σ = 1.4 px after shrinking by
+    ``factor``): in an 8000-px mosaic of 18-px nuclei every nucleus is under one pixel of the
+    512-px image, and its strongest response was a cluster of nuclei or the resolution limit. The
+    finer scales (σ from 1.4 px up to the shrunk image's finest) are therefore computed at full
+    resolution on 64 crops of 64 px (fewer, larger ones for the largest images) spread over the
+    image (:func:`spread_crops`; the percentile pooled over them: as many pixels as the shrunk
+    image), so that the scale space reaches 3.4 px at any image size, as it does for images of
+    at most ``max_side`` px.
+
     Parameters
     ----------
     image : (H, W) or (H, W, C) float array, normalised to [0, 1]
@@ -146,8 +157,6 @@ def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray
     response : (K,) float array
         Both empty for a constant image.
     """
-    from scipy import ndimage as ndi
-
     empty = (np.zeros(0), np.zeros(0))
     grey = np.asarray(image, dtype=np.float32)
     grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
@@ -156,21 +165,52 @@ def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray
     if np.median(grey) > 0.5 * (float(grey.max()) + float(grey.min())):
         grey = grey.max() - grey  # dark nuclei on a bright background
     factor = min(1.0, max_side / max(grey.shape))
-    if factor < 1:
-        grey = resize_image(grey, scaled_shape(grey.shape, factor))
-    sigmas = 2.0 ** np.arange(0.5, 6.01, 0.25)
-    sigmas = sigmas[3 * sigmas <= max(grey.shape)]
+    shrunk = resize_image(grey, scaled_shape(grey.shape, factor)) if factor < 1 else grey
+    sigmas = SCALE_SPACE_SIGMAS[3 * SCALE_SPACE_SIGMAS <= max(shrunk.shape)]
     if not sigmas.size:
         return empty
+    diameters = 2 * np.sqrt(2) * sigmas / factor / BLOB_CALIBRATION
+    response = log_response([shrunk], sigmas)
+    if factor < 1:  # the scales the shrunk image cannot resolve, at full resolution
+        fine = SCALE_SPACE_SIGMAS[SCALE_SPACE_SIGMAS < sigmas[0] / factor]
+        side = max(max_side // 8, int(np.ceil(3 * fine[-1])))
+        crops = spread_crops(grey, side, max(16, (max_side // side) ** 2))  # ~ the shrunk image's pixels
+        diameters = np.concatenate([2 * np.sqrt(2) * fine / BLOB_CALIBRATION, diameters])
+        response = np.concatenate([log_response(crops, fine), response])
+    return diameters, response
+
+
+def log_response(images: list[np.ndarray], sigmas: np.ndarray) -> np.ndarray:
+    """99th percentile of the scale-normalised LoG response ``−σ² ∇²G_σ * image``, pooled over
+    ``images`` ((H, W) float32, each filtered on its own), for each σ of ``sigmas`` (px,
+    increasing); each image is filtered on a pyramid of itself so that no filter is wider than
+    σ = 4 px at its level. Returns a (K,) float array."""
+    from scipy import ndimage as ndi
+
+    pyramids: list[dict[int, np.ndarray]] = [{1: im} for im in images]
     response = []
-    pyramid = {1: grey}
-    for s in sigmas:  # an image pyramid keeps every filter small (σ ≤ 4 px at its level)
+    for s in sigmas:
         step = int(2 ** max(0, np.floor(np.log2(s / 4))))
-        if step not in pyramid:
-            pyramid[step] = resize_image(grey, scaled_shape(grey.shape, 1 / step))
-        level = pyramid[step]
-        response.append(np.percentile(-((s / step) ** 2) * ndi.gaussian_laplace(level, s / step), 99))
-    return 2 * np.sqrt(2) * sigmas / factor / BLOB_CALIBRATION, np.asarray(response)
+        levels = []
+        for pyramid in pyramids:
+            if step not in pyramid:
+                pyramid[step] = resize_image(pyramid[1], scaled_shape(pyramid[1].shape, 1 / step))
+            levels.append(-((s / step) ** 2) * ndi.gaussian_laplace(pyramid[step], s / step))
+        response.append(np.percentile(np.concatenate([level.ravel() for level in levels]), 99))
+    return np.asarray(response)
+
+
+def spread_crops(image: np.ndarray, side: int, count: int) -> list[np.ndarray]:
+    """``count`` crops of at most ``side`` × ``side`` px of an (H, W) image, spread over it by a
+    low-discrepancy (R2) sequence of centres (views, not copies): a sample of the whole image at
+    its own resolution that no periodic pattern (a mosaic of tiles, a well plate) aligns with."""
+    h, w = image.shape[:2]
+    sh, sw = min(side, h), min(side, w)
+    k = np.arange(count)
+    fy, fx = (0.5 + k * 0.7548776662466927) % 1, (0.5 + k * 0.5698402909980532) % 1  # R2: 1/φ₂, 1/φ₂²
+    y0 = np.clip(np.round(fy * h - sh / 2), 0, h - sh).astype(int)
+    x0 = np.clip(np.round(fx * w - sw / 2), 0, w - sw).astype(int)
+    return [image[y : y + sh, x : x + sw] for y, x in zip(y0, x0, strict=True)]
 
 
 def strongest_blob(diameters: np.ndarray, response: np.ndarray, max_diameter: float | None = None) -> float:

@@ -19,6 +19,7 @@ from pipeline.scale import (
     resize_probabilities,
     scale_factor,
     scaled_shape,
+    spread_crops,
 )
 
 
@@ -88,6 +89,36 @@ def test_blob_diameter_is_scale_equivariant_and_finds_disc_sizes(diameter):
     dark = 1.0 - bright  # dark nuclei on a bright background: the same answer
     assert blob_diameter(dark) == pytest.approx(blob_diameter(bright), rel=1e-6)
     assert np.isnan(blob_diameter(np.full((32, 32), 0.5, np.float32)))
+
+
+@pytest.mark.parametrize("side", [3000, 1500])
+def test_blob_diameter_of_small_nuclei_in_a_large_image(side):
+    """Shrunk to 512 px, a 3000-px field resolves no blob under 20 px: the finer scales come from
+    crops at full resolution, and 8-px nuclei are found at any image size."""
+    labels = disc_labels((side, side), 4, 16)
+    bright = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    estimate = blob_diameter(bright)
+    assert estimate * BLOB_CALIBRATION == pytest.approx(median_diameter(labels), rel=0.25)
+    assert estimate == pytest.approx(blob_diameter(bright[:512, :512]), rel=0.2)  # as a 512-px tile of it
+    # nuclei the shrunk image resolves keep its answer: the same field at 5x, 40-px nuclei
+    large = np.where(disc_labels((2560, 2560), 20, 80) > 0, 0.8, 0.1).astype(np.float32)
+    assert blob_diameter(large) * BLOB_CALIBRATION == pytest.approx(40, rel=0.25)
+
+
+def test_spread_crops_sample_the_whole_image_at_its_resolution():
+    image = np.arange(1000 * 600, dtype=np.float32).reshape(1000, 600)
+    crops = spread_crops(image, 64, 64)
+    assert len(crops) == 64 and all(c.shape == (64, 64) for c in crops)
+    assert all(np.shares_memory(c, image) for c in crops)  # views
+    corners = np.array([divmod(int(c[0, 0]), 600) for c in crops])
+    assert len({tuple(x) for x in corners}) == 64  # distinct places
+    # every part of the image is sampled: each of the 4 x 4 cells holds 2-6 of the 64 crops
+    cells = np.bincount((corners[:, 0] + 32) * 4 // 1000 * 4 + (corners[:, 1] + 32) * 4 // 600, minlength=16)
+    assert cells.min() >= 2 and cells.max() <= 6
+    # a mosaic whose period divides the image (tiles of 125 px) is not sampled at one phase of it
+    assert len({(y % 125, x % 75) for y, x in corners}) > 32
+    small = spread_crops(image[:50, :40], 64, 4)  # crops no larger than the image
+    assert all(c.shape == (50, 40) for c in small)
 
 
 def test_blob_diameter_under_a_cap_takes_the_nuclei_peak_not_a_larger_structure(embryo):

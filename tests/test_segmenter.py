@@ -79,6 +79,16 @@ def test_discs_of_any_size_are_found_once_without_a_diameter(diameter, method):
     assert m["ap50"] == 1.0 and m["mean_matched_iou"] > 0.85
 
 
+def test_small_nuclei_in_a_large_image_are_estimated_at_their_size():
+    """A 3000-px field of 8-px nuclei (a tiled scan, a large camera at low magnification): the
+    scale-space prior no longer stops at what a 512-px thumbnail resolves (20 px, beyond the
+    network's octave of refinement), so the estimate is the nuclei's size."""
+    image, true = disc_image(8, n=188)
+    assert image.shape[:2] == (3008, 3008)
+    seg = segmenter()
+    assert seg.estimate_diameter(seg.normalize(image)) == pytest.approx(median_diameter(true), rel=0.2)
+
+
 @pytest.mark.parametrize("method", ["blob", "search"])
 def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
     """The scale-space prior peaks at the embryo (163 px, a quarter of the image's height is 75
