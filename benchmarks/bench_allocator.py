@@ -40,10 +40,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def usage() -> tuple[float, int]:
-    """(system seconds, minor page faults) of this process so far."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_stime, r.ru_minflt
+def timed(step, runs: int) -> dict:
+    """Run ``step()`` ``runs`` times: seconds of the first run and median of the others, and the
+    system seconds and minor page faults of this process over all of them."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"first": times[0], "median": statistics.median(times[1:]), "sys": after.ru_stime - before.ru_stime,
+            "faults": after.ru_minflt - before.ru_minflt, "runs": runs}
 
 
 def architecture(spec: str) -> dict:
@@ -84,15 +92,7 @@ def child(args: argparse.Namespace) -> dict:
 
     predictor = Predictor(model, config, device="cpu", tta="none", tile_size=args.size, batch_size=1)
     image = np.random.default_rng(0).random((args.size, args.size, 3), dtype=np.float32)
-    times = []
-    sys0, flt0 = usage()
-    for _ in range(args.repeats + 1):
-        t = time.perf_counter()
-        predictor.predict(image)
-        times.append(time.perf_counter() - t)
-    sys1, flt1 = usage()
-    out["infer"] = {"first": times[0], "median": statistics.median(times[1:]), "sys": sys1 - sys0,
-                    "faults": flt1 - flt0, "passes": len(times)}
+    out["infer"] = timed(lambda: predictor.predict(image), args.repeats + 1)
 
     # training: a fixed batch of disc nuclei with their real targets, stepped as the trainer does
     yy, xx = np.mgrid[:256, :256]
@@ -110,15 +110,8 @@ def child(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     precision = runtime.resolve_precision("auto", "cpu")
-    times = []
-    sys0, flt0 = usage()
-    for _ in range(args.steps + 1):
-        t = time.perf_counter()
-        train_step(net, batch, loss_fn, optimizer, scaler, torch.device("cpu"), precision)
-        times.append(time.perf_counter() - t)
-    sys1, flt1 = usage()
-    out["train"] = {"first": times[0], "median": statistics.median(times[1:]), "sys": sys1 - sys0,
-                    "faults": flt1 - flt0, "steps": len(times)}
+    out["train"] = timed(lambda: train_step(net, batch, loss_fn, optimizer, scaler, torch.device("cpu"), precision),
+                         args.steps + 1)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -173,7 +166,7 @@ def report(results: dict, args: argparse.Namespace) -> None:
             ("train", f"training step, {args.batch_size} x 256² crops", "steps"))
     for key, title, unit in rows:
         d, r = results["default"][key], results["reuse"][key]
-        print(f"{title}: {d[unit]} {unit} each")
+        print(f"{title}: {d['runs']} {unit} each")
         print(f"  {'':10s} {'first s':>8s} {'median s':>9s} {'system s':>9s} {'minor faults':>13s}")
         for name, v in (("default", d), ("reuse", r)):
             print(f"  {name:10s} {v['first']:8.3f} {v['median']:9.3f} {v['sys']:9.2f} {v['faults']:13,d}")
