@@ -308,9 +308,9 @@ def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
     """Expand files and folders into a sorted list of image files.
 
     Files named explicitly are kept whatever their ending (reading them reports problems);
-    folders contribute the files whose ending is in :data:`IMAGE_SUFFIXES` (hidden files are
-    skipped), and their sub-folders too when ``recursive``, except the ``masks/`` folders of a
-    Kaggle layout (``<id>/masks/`` beside ``<id>/images/``).
+    folders contribute the files whose ending is in :data:`IMAGE_SUFFIXES` (hidden files and
+    folders are skipped), and their sub-folders too when ``recursive``, except the ``masks/``
+    folders of a Kaggle layout (``<id>/masks/`` beside ``<id>/images/``).
 
     Raises
     ------
@@ -321,12 +321,7 @@ def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files.extend(
-                p for p in sorted(path.glob(pattern))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                and not _is_kaggle_mask(p)
-            )
+            files.extend(p for p in _folder_files(path, recursive) if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.is_file():
             files.append(path)
         else:
@@ -339,6 +334,24 @@ def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def other_files(inputs: Iterable[str | Path], recursive: bool = False) -> list[Path]:
+    """The files of the folders among ``inputs`` that :func:`list_images` leaves out for their
+    ending (not in :data:`IMAGE_SUFFIXES`: notes, tables, GIF or WebP images), sorted, so that a
+    caller can say what it did not read. Hidden files and Kaggle ``masks/`` are not counted."""
+    return [p for item in inputs if Path(item).is_dir()
+            for p in _folder_files(Path(item), recursive) if p.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def _folder_files(folder: Path, recursive: bool) -> list[Path]:
+    """The files of ``folder`` (and of its sub-folders when ``recursive``), sorted; hidden files,
+    hidden folders (``.git/``, thumbnail caches) and the ``masks/`` folders of a Kaggle layout left
+    out."""
+    pattern = "**/*" if recursive else "*"
+    return [p for p in sorted(folder.glob(pattern))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            and not _is_kaggle_mask(p)]
 
 
 def _is_kaggle_mask(path: Path) -> bool:

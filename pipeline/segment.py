@@ -47,6 +47,7 @@ from pipeline.io import (
     colour_channel,
     encode_png,
     list_images,
+    other_files,
     progress,
     read_planes,
     write_csv,
@@ -66,6 +67,8 @@ COUNT_COLUMNS = (
 )  # fmt: skip
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
+#: How many of the files a folder holds besides images the warning names.
+SHOWN_OTHERS = 3
 
 
 # --------------------------------------------------------------------------- the batch
@@ -422,13 +425,21 @@ def _failure(exc: Exception, source: Path) -> dict[str, Any]:
 
 
 def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> list[Path]:
-    """The image files to process (the output folder's own files excluded)."""
-    files = list_images(inputs, recursive=recursive)
+    """The image files to process (the output folder's own files excluded); warns once of the
+    files of folder inputs left out for their ending (:func:`pipeline.io.other_files`)."""
     out = outdir.resolve()
-    files = [f for f in files if out not in f.resolve().parents]
+    files = [f for f in list_images(inputs, recursive=recursive) if out not in f.resolve().parents]
     if not files:
         names = ", ".join(map(str, inputs))
         raise NucleiError(f"{names}: no image files found ({', '.join(IMAGE_SUFFIXES)})")
+    taken = {f.resolve() for f in files}  # a file named explicitly is read, whatever its ending
+    others = [f for f in other_files(inputs, recursive=recursive)
+              if out not in f.resolve().parents and f.resolve() not in taken]
+    if others:
+        shown = ", ".join(map(str, others[:SHOWN_OTHERS])) + (
+            f" and {len(others) - SHOWN_OTHERS} more" if len(others) > SHOWN_OTHERS else "")
+        _warn(f"skipped {len(others)} file{'s' if len(others) > 1 else ''} not ending in "
+              f"{', '.join(IMAGE_SUFFIXES)}: {shown}")
     return files
 
 

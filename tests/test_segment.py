@@ -248,6 +248,8 @@ def test_bad_files_are_reported_and_the_batch_completes(tmp_path, model_dir, cap
         assert not (out / "labels" / f"{name}.tif").exists()
     captured = capsys.readouterr()
     assert all(f"{name}." in captured.err for name in bad)
+    skipped = [line for line in captured.err.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "skipped 1 file not ending in" in skipped[0] and "readme.txt" in skipped[0]
     assert "Traceback" not in captured.err
     assert "1 images segmented, 3 nuclei, 6 failed" in captured.out
     assert not list(out.rglob(".*tmp*"))  # no temporary files left behind
