@@ -305,12 +305,26 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[Path]:
-    """Expand files and folders into a sorted list of image files.
+    """The image files of ``inputs``: the first list of :func:`list_inputs`."""
+    return list_inputs(inputs, recursive)[0]
+
+
+def list_inputs(inputs: Iterable[str | Path], recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """Expand files and folders into the image files to read and the files left out.
 
     Files named explicitly are kept whatever their ending (reading them reports problems);
     folders contribute the files whose ending is in :data:`IMAGE_SUFFIXES` (hidden files and
     folders are skipped), and their sub-folders too when ``recursive``, except the ``masks/``
-    folders of a Kaggle layout (``<id>/masks/`` beside ``<id>/images/``).
+    folders of a Kaggle layout (``<id>/masks/`` beside ``<id>/images/``). Each folder is
+    walked once.
+
+    Returns
+    -------
+    images : list of Path
+        In the order of ``inputs``, each folder's files sorted; a file reached twice is kept once.
+    others : list of Path
+        The folders' files left out for their ending (notes, tables, GIF or WebP images), so that
+        a caller can say what it did not read; those also named explicitly are not among them.
 
     Raises
     ------
@@ -318,30 +332,28 @@ def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[P
         An input that does not exist.
     """
     files: list[Path] = []
+    others: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files.extend(p for p in _folder_files(path, recursive) if p.suffix.lower() in IMAGE_SUFFIXES)
+            for p in _folder_files(path, recursive):
+                (files if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
         elif path.is_file():
             files.append(path)
         else:
             raise NucleiError(f"{path}: no such file or folder")
     seen: set[Path] = set()
-    unique = []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
 
+    def first_time(paths: list[Path]) -> list[Path]:
+        kept = []
+        for f in paths:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                kept.append(f)
+        return kept
 
-def other_files(inputs: Iterable[str | Path], recursive: bool = False) -> list[Path]:
-    """The files of the folders among ``inputs`` that :func:`list_images` leaves out for their
-    ending (not in :data:`IMAGE_SUFFIXES`: notes, tables, GIF or WebP images), sorted, so that a
-    caller can say what it did not read. Hidden files and Kaggle ``masks/`` are not counted."""
-    return [p for item in inputs if Path(item).is_dir()
-            for p in _folder_files(Path(item), recursive) if p.suffix.lower() not in IMAGE_SUFFIXES]
+    return first_time(files), first_time(others)  # images first: a file named explicitly is read
 
 
 def _folder_files(folder: Path, recursive: bool) -> list[Path]:

@@ -46,8 +46,7 @@ from pipeline.io import (
     check_writable_folder,
     colour_channel,
     encode_png,
-    list_images,
-    other_files,
+    list_inputs,
     progress,
     read_planes,
     write_csv,
@@ -426,15 +425,14 @@ def _failure(exc: Exception, source: Path) -> dict[str, Any]:
 
 def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> list[Path]:
     """The image files to process (the output folder's own files excluded); warns once of the
-    files of folder inputs left out for their ending (:func:`pipeline.io.other_files`)."""
+    files of folder inputs left out for their ending (:func:`pipeline.io.list_inputs`)."""
     out = outdir.resolve()
-    files = [f for f in list_images(inputs, recursive=recursive) if out not in f.resolve().parents]
+    files, others = (
+        [f for f in found if out not in f.resolve().parents] for found in list_inputs(inputs, recursive=recursive)
+    )
     if not files:
         names = ", ".join(map(str, inputs))
         raise NucleiError(f"{names}: no image files found ({', '.join(IMAGE_SUFFIXES)})")
-    taken = {f.resolve() for f in files}  # a file named explicitly is read, whatever its ending
-    others = [f for f in other_files(inputs, recursive=recursive)
-              if out not in f.resolve().parents and f.resolve() not in taken]
     if others:
         shown = ", ".join(map(str, others[:SHOWN_OTHERS])) + (
             f" and {len(others) - SHOWN_OTHERS} more" if len(others) > SHOWN_OTHERS else "")

@@ -13,7 +13,7 @@ from pipeline.io import (
     colour_channel,
     encode_png,
     list_images,
-    other_files,
+    list_inputs,
     read_image,
     read_image_planes,
     read_labels,
@@ -169,14 +169,15 @@ def test_list_images(tmp_path):
     with pytest.raises(NucleiError, match="no such file or folder"):
         list_images([tmp_path / "nope"])
     # what a folder holds besides images, for the caller to name: explicit files are not counted
-    assert [p.name for p in other_files([tmp_path / "b.png", tmp_path])] == ["notes.txt"]
+    assert [p.name for p in list_inputs([tmp_path / "b.png", tmp_path])[1]] == ["notes.txt"]
+    assert list_inputs([tmp_path / "notes.txt", tmp_path])[1] == []
     (tmp_path / "sub" / "movie.gif").write_bytes(b"x")
     for hidden in (".git/HEAD", ".thumbs/d.png"):  # hidden folders are neither read nor named
         (tmp_path / hidden).parent.mkdir()
         (tmp_path / hidden).write_bytes(b"x")
     assert [p.name for p in list_images([tmp_path], recursive=True)] == ["a.TIF", "b.png", "c.jpg"]
-    assert [p.name for p in other_files([tmp_path], recursive=True)] == ["notes.txt", "movie.gif"]
-    assert other_files([tmp_path / "sub"]) == [tmp_path / "sub" / "movie.gif"]
+    assert [p.name for p in list_inputs([tmp_path], recursive=True)[1]] == ["notes.txt", "movie.gif"]
+    assert list_inputs([tmp_path / "sub"]) == ([tmp_path / "sub" / "c.jpg"], [tmp_path / "sub" / "movie.gif"])
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
