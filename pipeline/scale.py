@@ -169,15 +169,22 @@ def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray
     sigmas = SCALE_SPACE_SIGMAS[3 * SCALE_SPACE_SIGMAS <= max(shrunk.shape)]
     if not sigmas.size:
         return empty
-    diameters = 2 * np.sqrt(2) * sigmas / factor / BLOB_CALIBRATION
+    diameters = blob_diameters(sigmas, factor)
     response = log_response([shrunk], sigmas)
     if factor < 1:  # the scales the shrunk image cannot resolve, at full resolution
         fine = SCALE_SPACE_SIGMAS[SCALE_SPACE_SIGMAS < sigmas[0] / factor]
         side = max(max_side // 8, int(np.ceil(3 * fine[-1])))
         crops = spread_crops(grey, side, max(16, (max_side // side) ** 2))  # ~ the shrunk image's pixels
-        diameters = np.concatenate([2 * np.sqrt(2) * fine / BLOB_CALIBRATION, diameters])
+        diameters = np.concatenate([blob_diameters(fine), diameters])
         response = np.concatenate([log_response(crops, fine), response])
     return diameters, response
+
+
+def blob_diameters(sigmas: np.ndarray, factor: float = 1.0) -> np.ndarray:
+    """Nucleus diameters (px of the original image) of LoG scales ``sigmas`` (px of the image
+    resized by ``factor``): ``2√2 σ``, the disc whose response peaks there, divided by
+    :data:`BLOB_CALIBRATION`."""
+    return 2 * np.sqrt(2) * sigmas / factor / BLOB_CALIBRATION
 
 
 def log_response(images: list[np.ndarray], sigmas: np.ndarray) -> np.ndarray:
