@@ -365,13 +365,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``nuclei postprocess``: ``<predict.out>/*.npz`` → ``<postprocess.out>/<id>.tif``."""
+    """``nuclei postprocess``: ``<predict.out>/<id>.npz`` → ``<postprocess.out>/<id>.tif``."""
     from pipeline.io import progress, write_labels
 
     config = load_config(args.params)
     kwargs = config.postprocess.thresholds()
     pred_dir, out = Path(config.predict.out), Path(config.postprocess.out)
-    files = sorted(pred_dir.glob("*.npz"))
+    files = sorted(pred_dir.rglob("*.npz"))  # ids of a folder of sources are <source>/<id>
     if not files:
         raise NucleiError(f"{pred_dir}: no predictions (*.npz); run `nuclei predict` first")
     out.mkdir(parents=True, exist_ok=True)
@@ -379,7 +379,7 @@ def main(args: argparse.Namespace) -> int:
     for path in progress(files, desc="postprocess"):
         probs, head, shape, scale, image_type = read_prediction(path)
         labels = postprocess_to_shape(probs, head, shape, scale, image_type, **kwargs)
-        write_labels(out / f"{path.stem}.tif", labels)
+        write_labels(out / path.relative_to(pred_dir).with_suffix(".tif"), labels)
         counts.append(int(labels.max()))
     print(f"postprocess: {len(files)} images, {sum(counts)} nuclei -> {out}")
     return 0
