@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("pipeline.prepare", "stage: Kaggle layout -> label maps, index, folds"),
     "targets": ("pipeline.targets", "stage: label maps -> 3-class targets and weight maps"),
     "train": ("pipeline.train", "stage: train the U-Net"),
-    "predict": ("pipeline.inference", "stage: probability maps for the validation fold"),
+    "predict": ("pipeline.predict", "stage: probability maps for the validation fold"),
     "postprocess": ("pipeline.watershed", "stage: marker-controlled watershed -> instance labels"),
     "tune": ("pipeline.tune", "grid-search post-processing thresholds on the validation fold"),
     "evaluate": ("pipeline.evaluate", "stage: competition metric and companions on the validation fold"),
