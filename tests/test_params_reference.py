@@ -31,5 +31,5 @@ def test_page_lists_every_key_with_its_default_and_rule():
         for field in dataclasses.fields(section):
             assert f"| `{field.name}` |" in page
     assert "| `marker_threshold` | `0.5` | a number in [0, 1] |" in page
-    assert "| `split` | `grouped` | one of stratified, grouped |" in page
+    assert "| `split` | `grouped` | one of stratified, grouped, source |" in page
     assert "segment.block_size must exceed twice segment.block_margin" in page
