@@ -116,7 +116,7 @@ def _folder_files(folder: Path, recursive: bool, skip: Path | None) -> list[Path
             dirs[:] = []  # a link back to a folder already read, or the output folder
             continue
         visited.add((info.st_dev, info.st_ino))
-        dirs[:] = [d for d in dirs if recursive and not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith("."))  # the same on any disk
         found += [here / n for n in names if not n.startswith(".")]
     return [p for p in sorted(found, key=lambda p: p.relative_to(folder).parts) if not _is_kaggle_mask(p)]
 
