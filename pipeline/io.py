@@ -313,14 +313,14 @@ def check_writable_folder(folder: str | Path, for_file: str | Path | None = None
     ------
     NucleiError
         Naming ``for_file`` (default ``folder``): a file stands where a folder is needed, or the
-        folder cannot be created or written to (read-only, no permission).
+        folder cannot be created or written to (read-only, no permission, a name too long).
     """
     folder = Path(folder)
     target = for_file or folder
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise NucleiError(f"{target}: cannot write ({existing} is a file, not a folder)")
     try:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise NucleiError(f"{target}: cannot write ({existing} is a file, not a folder)")
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
         os.close(fd)
