@@ -110,8 +110,8 @@ def folder_lock(folder: str | Path, wait: bool = False, what: str = "nuclei",
         if fd is not None:
             break
         if holder and not wait:
-            raise NucleiError(f"{folder}: in use by another {what} run ({holder}); wait for it, "
-                              "pass --wait to queue behind it, or choose another output folder")
+            raise NucleiError(f"{folder}: in use by another {what} run ({holder}); pass --wait to wait "
+                              "for it, or choose another output folder")
         if holder and not said:
             note(f"{folder}: in use by another {what} run ({holder}); waiting for it to finish")
             said = True

@@ -73,9 +73,10 @@ def output_names(sources: list[Path]) -> list[str]:
     An input's name is its file stem, unless other inputs share that stem (letter case aside):
     then each gets the stem followed by what tells them apart, their file ending and/or as
     many parent folders as needed: ``a/x.png, b/x.png -> x-a, x-b``;
-    ``cells.png, cells.tif -> cells-png, cells-tif``. Should such a name equal another input's
-    (``cells-png.png``), that input keeps it and the others add 8 hex digits of their path's
-    hash. Names are shortened by :func:`fit_name`.
+    ``cells.png, cells.tif -> cells-png, cells-tif``; 8 hex digits of the hash of their path when
+    only letter case tells them apart (``Cells.png, cells.png``). Should such a name equal another
+    input's (``cells-png.png``), that input keeps it and the others add their path's hash. Names
+    are shortened by :func:`fit_name`.
     """
     names = [fit_name(source.stem) for source in sources]
     groups: dict[str, list[int]] = defaultdict(list)
@@ -93,6 +94,8 @@ def output_names(sources: list[Path]) -> list[str]:
                 candidates.append(fit_name("-".join([p.stem, *parts, *([p.suffix[1:]] if by_suffix else [])])))
             if len({c.casefold() for c in candidates}) == len(candidates):
                 break
+        else:  # equal letter case aside (Cells.png, cells.png): the hash of each path tells them apart
+            candidates = [fit_name(f"{p.stem}-{_path_hash(p)}") for p in paths]
         for i, candidate in zip(members, candidates, strict=True):
             names[i] = candidate
     clashes = defaultdict(list)
@@ -101,14 +104,18 @@ def output_names(sources: list[Path]) -> list[str]:
     for members in clashes.values():  # a disambiguated name that is another input's plain name
         for i in members if len(members) > 1 else ():
             if names[i] != fit_name(sources[i].stem):
-                path = str(sources[i].absolute()).encode("utf-8", "surrogateescape")
-                names[i] = fit_name(f"{names[i]}-{hashlib.sha1(path).hexdigest()[:8]}")
+                names[i] = fit_name(f"{names[i]}-{_path_hash(sources[i])}")
     taken: set[str] = set()  # by construction: whatever is still equal (a hash collision) is numbered
     order = sorted(range(len(sources)), key=lambda i: str(sources[i].absolute()))
     unique = dict.fromkeys(order, "")
     for i in order:
         unique[i] = unique_name(names[i], taken)
     return [unique[i] for i in range(len(sources))]
+
+
+def _path_hash(path: Path) -> str:
+    """8 hex digits of the SHA-1 of a file's absolute path."""
+    return hashlib.sha1(str(path.absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 # --------------------------------------------------------------------------- the folder

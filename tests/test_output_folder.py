@@ -36,12 +36,13 @@ def label_files(out: Path) -> list[str]:
 
 
 def test_output_names_are_unique_letter_case_aside_by_construction(tmp_path):
-    sources = [tmp_path / n for n in ("cells.png", "cells.tif", "cells-png.png", "a/x.png", "b/X.png", "Cells-TIF.png")]
+    sources = [tmp_path / n for n in ("cells.png", "cells.tif", "cells-png.png", "a/x.png", "b/X.png", "Cells-TIF.png", "Y.png", "y.png")]
     names = output_names(sources)
     assert len({n.casefold() for n in names}) == len(names)
     assert names[2] == "cells-png"  # the plain name stays; the disambiguated one moves aside
     assert names[5] == "Cells-TIF" and names[0].startswith("cells-png-") and names[1].startswith("cells-tif-")
-    assert names[3:5] == ["x-a", "X-b"]
+    assert names[3:5] == ["x-a", "X-b"]  # told apart by their folders
+    assert [n[:2] for n in names[6:]] == ["Y-", "y-"] and len(names[6]) == 10  # by their path's hash
     assert output_names(sources[::-1]) == names[::-1]  # the same whatever the order
 
 
