@@ -163,16 +163,17 @@ class Tables:
     The images an earlier run left in the folder (per its ``counts.csv``) stay in the tables as
     long as their label file is there and this run has not replaced it: the tables always list
     exactly the label files present. :meth:`write` rewrites ``counts.csv``, ``nuclei.csv`` and
-    ``columns.csv``; ``throttle`` skips a rewrite when the last one is too recent for its cost
-    (at most ~10 % of the time goes to rewriting tables).
+    ``columns.csv``; :meth:`write_soon` does unless the last rewrite is too recent for its cost
+    (at most ~10 % of the time goes to rewriting tables). ``names``: this run's output names.
     """
 
-    def __init__(self, outdir: Path, pixel_size: float | None):
+    def __init__(self, outdir: Path, pixel_size: float | None, names: list[str] = ()):
         self.outdir, self.pixel_size = outdir, pixel_size
         self.counts: list[dict[str, Any]] = []
         self.nuclei: list[pd.DataFrame] = []
         self.thumbnails: dict[str, bytes] = {}
-        self.names: set[str] = set()
+        #: the output names taken in this run, casefolded (:func:`unique_name`)
+        self.names: set[str] = {name.casefold() for name in names}
         earlier = _read_table(outdir / "counts.csv", dtype={"image": str, "source": str})
         if earlier is None or not {"image", "source"} <= set(earlier.columns):
             earlier = pd.DataFrame(columns=list(COUNT_COLUMNS))
@@ -209,10 +210,14 @@ class Tables:
         nuclei = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
         return counts, nuclei[columns]
 
-    def write(self, throttle: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def write_soon(self) -> None:
+        """:meth:`write`, unless the last rewrite is more recent than 10 times its cost."""
+        if time.perf_counter() - self._written_at >= 10 * self._write_cost:
+            self.write()
+
+    def write(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Rewrite the tables; returns ``counts.csv`` and ``nuclei.csv`` as written."""
         start = time.perf_counter()
-        if throttle and start - self._written_at < 10 * self._write_cost:
-            return self.frames()
         counts, nuclei = self.frames()
         write_csv(self.outdir / "nuclei.csv", nuclei)
         write_csv(self.outdir / "counts.csv", counts)

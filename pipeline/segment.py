@@ -193,13 +193,12 @@ def segment_images(
     check_output_folder(outdir)
     names = output_names(sources)
     with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=_warn):  # one run at a time
-        run = Tables(outdir, cfg.pixel_size)
-        run.names = {name.casefold() for name in names}
+        run = Tables(outdir, cfg.pixel_size, names)
         run.write()  # from now on the tables describe the label files present, even if interrupted
         try:
             for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
                 _segment_file(source, name, segmenter, cfg, run)
-                run.write(throttle=True)
+                run.write_soon()
         finally:  # also on Ctrl-C / SIGTERM
             counts, nuclei = run.write()
             _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
@@ -323,7 +322,9 @@ _EPILOG = """\
 writes OUTDIR/labels/<name>.tif (uint16 labels), OUTDIR/overlays/<name>.png, OUTDIR/nuclei.csv,
 OUTDIR/counts.csv, OUTDIR/columns.csv (units) and OUTDIR/report.html; <name> is the file name
 without its ending (with its folder or ending added when two inputs share it), <name>_p<k> for
-plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept.
+plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept, and
+the tables keep listing the images of earlier runs whose label files remain. One run at a time
+writes to OUTDIR (a second one refuses, or waits with --wait).
 exit status: 0 every image segmented, 1 some images failed (see counts.csv) or an output could
 not be written, 2 usage error, 130 interrupted (the tables describe the images done)."""
 
