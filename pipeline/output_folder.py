@@ -192,9 +192,13 @@ class Tables:
 
     def _kept(self) -> pd.DataFrame:
         """The earlier rows whose label file is present and is not one this run wrote."""
-        mine = {_file_id(self.outdir / row["labels_file"]) for row in self.counts if row.get("status") == "ok"}
-        ids = [_file_id(self.outdir / str(f)) for f in self._earlier["labels_file"]]
-        return self._earlier.loc[pd.Series([i is not None and i not in mine for i in ids], self._earlier.index, bool)]
+        seen = {_file_id(self.outdir / row["labels_file"]) for row in self.counts if row.get("status") == "ok"}
+        keep = []
+        for labels_file in self._earlier["labels_file"]:  # each file once (an older table may list one twice)
+            file_id = _file_id(self.outdir / str(labels_file))
+            keep.append(file_id is not None and file_id not in seen)
+            seen.add(file_id)
+        return self._earlier.loc[pd.Series(keep, self._earlier.index, bool)]
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``counts.csv`` and ``nuclei.csv``: this run's images, then the earlier ones kept."""
