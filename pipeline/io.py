@@ -128,7 +128,8 @@ def read_planes(path: str | Path) -> list[Plane]:
     path = Path(path)
     kind = file_kind(path)
     if kind is not None:
-        raise NucleiError(f"{path}: no such file" if kind == "missing" else f"{path}: {kind}, not an image file")
+        what = {"missing": "no such file"}.get(kind, kind + (", not an image file" if kind.startswith("a ") else ""))
+        raise NucleiError(f"{path}: {what}")
     if path.suffix.lower() in TIFF_SUFFIXES:
         from pipeline.tiff import read_tiff_planes
 

@@ -135,6 +135,17 @@ def check_output_folder(outdir: Path) -> None:
         check_writable_folder(outdir / sub)
 
 
+#: Temporary files of :func:`pipeline.io.atomic_path` (``.<stem>.<8 random>.tmp<suffix>``).
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?$")
+
+
+def remove_leftovers(outdir: Path) -> list[str]:
+    """Remove the temporary files a killed run left in ``outdir`` and its :data:`IMAGE_FOLDERS`.
+    Only safe under the folder's lock (no other run is writing); never raises (see :func:`remove_files`)."""
+    folders = [outdir, *(outdir / sub for sub in IMAGE_FOLDERS)]
+    return remove_files([p for f in folders if f.is_dir() for p in f.iterdir() if _TEMPORARY.match(p.name)])
+
+
 def remove_files(paths: list[Path]) -> list[str]:
     """Remove the files ``paths``; never raises. Returns a one-line problem for each file that
     exists but could not be removed (none for files that are absent or cannot exist)."""

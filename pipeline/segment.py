@@ -58,6 +58,7 @@ from pipeline.output_folder import (
     check_output_folder,
     output_names,
     remove_files,
+    remove_leftovers,
     unique_name,
 )
 from pipeline.overlay import display_uint8, draw_outlines, thumbnail
@@ -193,6 +194,8 @@ def segment_images(
     check_output_folder(outdir)
     names = output_names(sources)
     with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=_warn):  # one run at a time
+        for problem in remove_leftovers(outdir):  # of a killed run: no other run writes here now
+            _warn(f"error: {problem}")
         run = Tables(outdir, cfg.pixel_size, names)
         run.write()  # from now on the tables describe the label files present, even if interrupted
         try:

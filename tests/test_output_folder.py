@@ -139,8 +139,11 @@ def test_a_stale_lock_is_taken_over(tmp_path, model_dir, capsys):  # noqa: F811
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / LOCK_NAME).write_text(f"{dead.stdout.strip()}\tsomehost\t2026-01-01 00:00:00\n")
+    (out / "labels").mkdir()
+    leftover = out / "labels" / ".a.k2x_9abc.tmp.tif"  # what atomic_path leaves when its run is killed
+    leftover.write_bytes(b"half")
     assert run_cli(tmp_path / "a.png", "-o", out, "--model", model_dir) == 0
-    assert "stale lock" in capsys.readouterr().err
+    assert "stale lock" in capsys.readouterr().err and not leftover.exists()
     with folder_lock(out):  # and released again
         assert (out / LOCK_NAME).read_text().split("\t")[0] == str(os.getpid())
 
