@@ -31,6 +31,7 @@ from pipeline.errors import NucleiError
 from pipeline.prepare import BRIGHTFIELD, HISTOLOGY
 from pipeline.scale import (
     MAX_FACTOR,
+    diameter_problem,
     largest_diameter,
     nucleus_diameters,
     resize_image,
@@ -54,6 +55,8 @@ MIN_CONFIDENCE = 0.78
 #: (:meth:`Segmenter.estimate_diameter`): they are segmented at the canonical diameter unless one is given.
 BRIGHTFIELD_FLAG = ("bright-field image (grey, bright background): segmented at the model's nucleus diameter "
                     "unless --diameter is given; counts unreliable, check the overlay")
+#: ... and when the diameter was given (``--diameter``).
+BRIGHTFIELD_GIVEN_FLAG = "bright-field image (grey, bright background): counts unreliable, check the overlay"
 
 
 @dataclass
@@ -378,7 +381,8 @@ class Segmenter:
 
     # ------------------------------------------------------------------ the entry point
 
-    def segment(self, image: np.ndarray, diameter: float | None = None, normalized: bool = False) -> Segmentation:
+    def segment(self, image: np.ndarray, diameter: float | None = None, normalized: bool = False,
+                image_type: str | None = None) -> Segmentation:
         """Segment the nuclei of one image.
 
         Parameters
@@ -390,6 +394,8 @@ class Segmenter:
             with a canonical diameter), ignored for models without one.
         normalized : bool
             ``image`` is already the output of :meth:`normalize`.
+        image_type : str, optional
+            One of :data:`pipeline.prepare.IMAGE_TYPES`, instead of :func:`image_type_of` the image.
 
         Returns
         -------
@@ -397,14 +403,16 @@ class Segmenter:
         """
         if not normalized:
             image = self.normalize(image)
-        image_type = image_type_of(image)
+        image_type = image_type or image_type_of(image)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         labels, conf = self._segment_blocks(image, scale, image_type)
         flag = ""
         if image_type == BRIGHTFIELD:
-            flag = BRIGHTFIELD_FLAG
+            flag = BRIGHTFIELD_FLAG if estimated else BRIGHTFIELD_GIVEN_FLAG
         elif conf < MIN_CONFIDENCE:
             flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"
+        if diameter is not None and not estimated:
+            flag = "; ".join(f for f in (diameter_problem(diameter, image.shape), flag) if f)
         return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type)
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,

@@ -8,12 +8,11 @@ import tifffile
 from PIL import Image
 
 from pipeline.errors import NucleiError
+from pipeline.inputs import list_images, list_inputs
 from pipeline.io import (
     atomic_path,
     colour_channel,
     encode_png,
-    list_images,
-    list_inputs,
     read_image,
     read_image_planes,
     read_labels,

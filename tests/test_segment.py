@@ -490,8 +490,8 @@ def test_tta_flag_overrides_params(tmp_path, model_dir, monkeypatch):
     """``--tta`` overrides ``segment.tta`` of params.yaml, which overrides the default 'auto'."""
     import pipeline.segment as segment
 
-    modes, load = [], segment._load
-    monkeypatch.setattr(segment, "_load", lambda settings: modes.append(settings.segment.tta) or load(settings))
+    modes, load = [], segment.load_segmenter
+    monkeypatch.setattr(segment, "load_segmenter", lambda settings: modes.append(settings.segment.tta) or load(settings))
     image, _ = disks()
     Image.fromarray(image).save(tmp_path / "a.png")
     params = tmp_path / "params.yaml"
