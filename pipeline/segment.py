@@ -5,6 +5,8 @@ writes, under ``OUTDIR``:
 
 - ``labels/<name>.tif``: uint16 instance labels (0 = background), a label layer in napari/Fiji;
 - ``overlays/<name>.png``: the normalised image with each nucleus outlined in its own colour;
+- with ``--export``: ``geojson/<name>.geojson`` (QuPath) and/or ``rois/<name>.zip`` (Fiji's ROI
+  Manager), the outlines of :mod:`pipeline.export`;
 
 and for the whole run ``nuclei.csv`` (one row per nucleus; intensities in the image's own
 units), ``counts.csv`` (one row per image, failures included, naming its output files),
@@ -37,6 +39,7 @@ import pandas as pd
 
 from pipeline.config import ROOT, SegmentConfig, load_params
 from pipeline.errors import NucleiError, OutputError
+from pipeline.export import FORMATS, export_path, parse_formats, write_export
 from pipeline.inference import TTA_MODES
 from pipeline.io import (
     COLOUR_CHANNELS,
@@ -63,6 +66,7 @@ COUNT_COLUMNS = (
     "image", "source", "series", "plane", "height", "width", "pixel_type", "count",
     "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
     "confidence", "flag", "status", "error", "labels_file", "overlay_file",
+    *(f.column for f in FORMATS.values()),  # with --export only
 )  # fmt: skip
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
@@ -84,6 +88,8 @@ class Settings:
     diameter: float | None = None
     #: Segment (and measure) this colour channel alone (:data:`pipeline.io.COLOUR_CHANNELS`).
     channel: str | None = None
+    #: Also write the nuclei in these formats (keys of :data:`pipeline.export.FORMATS`).
+    exports: tuple[str, ...] = ()
 
     @classmethod
     def from_params(
@@ -99,7 +105,7 @@ class Settings:
             Unknown keys or values out of range, naming ``source``.
         """
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        flags = {k: overrides.pop(k) for k in ("model_dir", "pixel_size", "diameter", "channel") if k in overrides}
+        flags = {k: overrides.pop(k) for k in ("model_dir", "pixel_size", "diameter", "channel", "exports") if k in overrides}
         section = dict((params or {}).get("segment") or {})
         segment = SegmentConfig.from_dict({**section, **overrides}, source)
         model = Path(segment.model)
@@ -127,8 +133,8 @@ class _Run:
     recent for its cost (at most ~10 % of the time goes to rewriting tables).
     """
 
-    def __init__(self, outdir: Path, pixel_size: float | None):
-        self.outdir, self.pixel_size = outdir, pixel_size
+    def __init__(self, outdir: Path, pixel_size: float | None, exports: tuple[str, ...] = ()):
+        self.outdir, self.pixel_size, self.exports = outdir, pixel_size, exports
         self.counts: list[dict[str, Any]] = []
         self.tables: list[pd.DataFrame] = []
         self.thumbnails: dict[str, bytes] = {}
@@ -149,7 +155,7 @@ class _Run:
         """``counts.csv`` and ``nuclei.csv`` of the images done so far."""
         counts = (
             pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS))
-            .reindex(columns=_count_columns(self.pixel_size))
+            .reindex(columns=_count_columns(self.pixel_size, self.exports))
             .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
         )
         columns = ["image", *measurement_columns(self.pixel_size)]
@@ -247,6 +253,10 @@ def _segment_plane(
     run.thumbnails[name] = encode_png(thumbnail(overlay, settings.segment.thumbnail))
     del overlay
     table = measure_nuclei(labels, intensity, settings.pixel_size)
+    for fmt in settings.exports:  # --export: geojson/<name>.geojson, rois/<name>.zip
+        files[FORMATS[fmt].column] = export_path(fmt, name)
+        written.append(run.outdir / files[FORMATS[fmt].column])
+        write_export(fmt, written[-1], labels, table)
     table.insert(0, "image", name)
     run.tables.append(table)
     row = {
@@ -323,7 +333,7 @@ def segment_images(
     check_writable_folder(outdir)
 
     names = output_names(sources)
-    run = _Run(outdir, cfg.pixel_size)
+    run = _Run(outdir, cfg.pixel_size, cfg.exports)
     run.names = {name.casefold() for name in names}
     run.write_tables()  # from now on the tables describe this run, even if it is interrupted
     try:
@@ -380,7 +390,8 @@ def _fail(run: _Run, row: dict[str, Any], exc: Exception, source: Path, written:
     run.counts.append(row)
     name = row["image"]
     if run.earlier.get(name) == str(source):
-        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png"]
+        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png",
+                   *(run.outdir / export_path(fmt, name) for fmt in FORMATS)]
     for path in written:
         path.unlink(missing_ok=True)
 
@@ -408,8 +419,9 @@ def _take(items: list, k: int):
     return item
 
 
-def _count_columns(pixel_size: float | None) -> list[str]:
-    return [c for c in COUNT_COLUMNS if pixel_size is not None or not c.endswith("_um2")]
+def _count_columns(pixel_size: float | None, exports: tuple[str, ...] = ()) -> list[str]:
+    skipped = {f.column for name, f in FORMATS.items() if name not in exports}
+    return [c for c in COUNT_COLUMNS if (pixel_size is not None or not c.endswith("_um2")) and c not in skipped]
 
 
 def _failure(exc: Exception, source: Path) -> dict[str, Any]:
@@ -471,6 +483,7 @@ writes OUTDIR/labels/<name>.tif (uint16 labels), OUTDIR/overlays/<name>.png, OUT
 OUTDIR/counts.csv, OUTDIR/columns.csv (units) and OUTDIR/report.html; <name> is the file name
 without its ending (with its folder or ending added when two inputs share it), <name>_p<k> for
 plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept.
+--export geojson,imagej adds OUTDIR/geojson/<name>.geojson (QuPath) and OUTDIR/rois/<name>.zip (Fiji).
 exit status: 0 every image segmented, 1 some images failed (see counts.csv) or an output could
 not be written, 2 usage error, 130 interrupted (the tables describe the images done)."""
 
@@ -506,6 +519,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "one pass, fastest)",
     )
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
+    parser.add_argument(
+        "--export", type=parse_formats, default=(), metavar="FORMATS",
+        help="also write the outlines: geojson (QuPath, geojson/<name>.geojson), imagej (Fiji ROI "
+             "Manager, rois/<name>.zip), or both: geojson,imagej",
+    )
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
 
 
@@ -541,6 +559,7 @@ def main(args: argparse.Namespace) -> int:
                 diameter=args.diameter,
                 channel=args.channel,
                 tta=args.tta,
+                exports=args.export,
             )
     except OutputError as exc:  # disk full, read-only: after images were processed
         print(f"nuclei: error: {exc}", file=sys.stderr)
@@ -553,6 +572,6 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"{int(ok.sum())} images segmented, {int(counts.loc[ok, 'count'].sum())} nuclei, "
         f"{n_failed} failed, {time.perf_counter() - start:.1f} s -> {args.out}/ "
-        "(counts.csv, nuclei.csv, report.html, labels/, overlays/)"
+        f"(counts.csv, nuclei.csv, report.html, labels/, overlays/{''.join(f', {FORMATS[f].folder}/' for f in args.export)})"
     )
     return 1 if n_failed else 0
