@@ -32,8 +32,23 @@ PLUGIN = "nuclei-pipeline"
 MANIFEST = ROOT / "pipeline" / "napari_plugin" / "napari.yaml"
 
 
+@pytest.fixture(scope="module")
+def plugin() -> str:
+    """The plugin registered with npe2: through its entry point once installed (``make install``;
+    :func:`test_entry_point_finds_the_manifest` checks that), else from the manifest file."""
+    import npe2
+
+    manager = npe2.PluginManager.instance()
+    manager.discover()
+    try:
+        manager.get_manifest(PLUGIN)
+    except KeyError:
+        manager.register(npe2.PluginManifest.from_file(MANIFEST))
+    return PLUGIN
+
+
 @pytest.fixture
-def viewer(qtbot):
+def viewer(qtbot, plugin):
     model = ViewerModel()
     yield model
     model.layers.clear()
