@@ -18,6 +18,7 @@ from pipeline.errors import NucleiError
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("pipeline.segment", "segment, count and measure nuclei in your own images"),
+    "export": ("pipeline.export_labels", "label images (any tool) -> QuPath GeoJSON and/or Fiji ROI sets"),
     "submit": ("pipeline.submit", "write a Kaggle submission for a test folder"),
     "score": ("pipeline.score", "score a submission against a solution (DSB2018 metric)"),
     "prepare": ("pipeline.prepare", "stage: Kaggle layout -> label maps, index, folds"),

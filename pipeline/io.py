@@ -16,16 +16,14 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import NucleiError, OutputError, one_line
+from pipeline.planes import SEGMENT_BYTES_PER_PIXEL, Plane, check_size, max_image_pixels  # noqa: F401 (re-exported)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-#: Peak memory of ``nuclei segment`` per image pixel, in bytes: 75 measured for an 8000×8000 RGB
-#: image of 18-px nuclei (segmented at ×1.13, see README), with some margin.
-SEGMENT_BYTES_PER_PIXEL = 80
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -68,40 +66,6 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
     if array.shape[-1] in (1, 2):  # grey, or grey + alpha
         array = np.repeat(array[..., :1], 3, axis=-1)
     return np.ascontiguousarray(array[..., :3])
-
-
-class Plane(NamedTuple):
-    """One image of a file, in the file's own units (see :func:`read_planes`)."""
-
-    tag: str  #: '' for a file holding one image, else '_p<k>', '_s<j>' or '_s<j>_p<k>'
-    series: int  #: TIFF series (0 for every other format)
-    index: int  #: plane within its series
-    array: np.ndarray  #: (H, W) or (H, W, C), C = 1..4, the file's pixel type, as shown
-    orientation: int = 1  #: the file's Orientation tag, applied (:mod:`pipeline.orientation`)
-
-
-def max_image_pixels() -> int | None:
-    """Largest image (H × W pixels) read: what ``nuclei segment`` can hold in this machine's memory.
-
-    ``nuclei segment`` peaks at about :data:`SEGMENT_BYTES_PER_PIXEL` bytes per pixel of an
-    image (measured for an 8000×8000 RGB image); None where the memory size is unknown.
-    """
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-    return int(memory // SEGMENT_BYTES_PER_PIXEL)
-
-
-def _check_size(path: Path, height: int, width: int) -> None:
-    """Refuse, as 'too large', an image whose pixels exceed :func:`max_image_pixels`."""
-    limit = max_image_pixels()
-    if limit is not None and height * width > limit:
-        raise NucleiError(
-            f"{path}: image too large ({width}x{height} px = {height * width / 1e6:.0f} Mpx; this "
-            f"machine's memory allows at most {limit / 1e6:.0f} Mpx, about {SEGMENT_BYTES_PER_PIXEL} "
-            "bytes per pixel)"
-        )
 
 
 def read_planes(path: str | Path) -> list[Plane]:
@@ -243,7 +207,7 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, int]:
     try:
         Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as im:
-            _check_size(path, im.height, im.width)
+            check_size(path, im.height, im.width)
             im.load()
             shown, code = pillow_orientation(im)
             return _pil_to_array(shown), code

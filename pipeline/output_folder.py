@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.export import FORMATS
 from pipeline.io import check_writable_folder, write_csv
 from pipeline.measure import column_dictionary, measurement_columns
 
@@ -34,6 +35,7 @@ COUNT_COLUMNS = (
     "image", "source", "series", "plane", "height", "width", "pixel_type", "orientation", "count",
     "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
     "confidence", "flag", "status", "error", "labels_file", "overlay_file",
+    *(f.column for f in FORMATS.values()),  # with --export only
 )  # fmt: skip
 #: Sub-folders of the output folder that hold one file per image.
 IMAGE_FOLDERS = ("labels", "overlays")
@@ -178,8 +180,9 @@ class Tables:
     (at most ~10 % of the time goes to rewriting tables). ``names``: this run's output names.
     """
 
-    def __init__(self, outdir: Path, pixel_size: float | None, names: list[str] = ()):
-        self.outdir, self.pixel_size = outdir, pixel_size
+    def __init__(self, outdir: Path, pixel_size: float | None, names: list[str] = (),
+                 exports: tuple[str, ...] = ()):
+        self.outdir, self.pixel_size, self.exports = outdir, pixel_size, exports
         self.counts: list[dict[str, Any]] = []
         self.nuclei: list[pd.DataFrame] = []
         self.thumbnails: dict[str, bytes] = {}
@@ -192,7 +195,7 @@ class Tables:
         self.earlier = dict(zip(earlier["image"], earlier["source"], strict=True))
         if not {"status", "labels_file"} <= set(earlier.columns):
             earlier = pd.DataFrame(columns=list(COUNT_COLUMNS))  # an older table: nothing to carry
-        self._earlier = earlier[earlier["status"] == "ok"].reindex(columns=_count_columns(pixel_size))
+        self._earlier = earlier[earlier["status"] == "ok"].reindex(columns=_count_columns(pixel_size, exports))
         nuclei = None if self._earlier.empty else _read_table(outdir / "nuclei.csv", dtype={"image": str})
         columns = ["image", *measurement_columns(pixel_size)]
         self._earlier_nuclei = (
@@ -214,7 +217,7 @@ class Tables:
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``counts.csv`` and ``nuclei.csv``: this run's images, then the earlier ones kept."""
         kept = self._kept()
-        now = pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS)).reindex(columns=_count_columns(self.pixel_size))
+        now = pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS)).reindex(columns=_count_columns(self.pixel_size, self.exports))
         counts = (
             (pd.concat([now, kept], ignore_index=True) if len(kept) else now)
             .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
@@ -252,5 +255,6 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def _count_columns(pixel_size: float | None) -> list[str]:
-    return [c for c in COUNT_COLUMNS if pixel_size is not None or not c.endswith("_um2")]
+def _count_columns(pixel_size: float | None, exports: tuple[str, ...] = ()) -> list[str]:
+    skipped = {f.column for name, f in FORMATS.items() if name not in exports}
+    return [c for c in COUNT_COLUMNS if (pixel_size is not None or not c.endswith("_um2")) and c not in skipped]

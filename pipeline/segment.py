@@ -5,6 +5,8 @@ writes, under ``OUTDIR``:
 
 - ``labels/<name>.tif``: uint16 instance labels (0 = background), a label layer in napari/Fiji;
 - ``overlays/<name>.png``: the normalised image with each nucleus outlined in its own colour;
+- with ``--export``: ``geojson/<name>.geojson`` (QuPath) and/or ``rois/<name>.zip`` (Fiji's ROI
+  Manager), the outlines of :mod:`pipeline.export`;
 
 and for the whole run ``nuclei.csv`` (one row per nucleus; intensities in the image's own
 units), ``counts.csv`` (one row per image, failures included, naming its output files),
@@ -35,6 +37,7 @@ import pandas as pd
 
 from pipeline.config import load_params
 from pipeline.errors import NucleiError, OutputError
+from pipeline.export import FORMATS, export_path, parse_formats, write_export
 from pipeline.inference import TTA_MODES
 from pipeline.inputs import IMAGE_SUFFIXES, file_kind, list_inputs
 from pipeline.io import (
@@ -116,6 +119,10 @@ def _segment_plane(
     run.thumbnails[name] = encode_png(thumbnail(overlay, settings.segment.thumbnail))
     del overlay
     table = measure_nuclei(labels, intensity, settings.pixel_size)
+    for fmt in settings.exports:  # --export: geojson/<name>.geojson, rois/<name>.zip
+        files[FORMATS[fmt].column] = export_path(fmt, name)
+        written.append(run.outdir / files[FORMATS[fmt].column])
+        write_export(fmt, written[-1], labels, table)
     table.insert(0, "image", name)
     run.nuclei.append(table)
     row = {
@@ -196,7 +203,7 @@ def segment_images(
     with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=_warn):  # one run at a time
         for problem in remove_leftovers(outdir):  # of a killed run: no other run writes here now
             _warn(f"error: {problem}")
-        run = Tables(outdir, cfg.pixel_size, names)
+        run = Tables(outdir, cfg.pixel_size, names, cfg.exports)
         run.write()  # from now on the tables describe the label files present, even if interrupted
         try:
             for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
@@ -253,7 +260,8 @@ def _fail(run: Tables, row: dict[str, Any], exc: Exception, source: Path, writte
     run.counts.append(row)
     name = row["image"]
     if run.earlier.get(name) == str(source):
-        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png"]
+        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png",
+                   *(run.outdir / export_path(fmt, name) for fmt in FORMATS)]
     for problem in remove_files(written):
         _warn(f"error: {problem}")
 
@@ -328,6 +336,7 @@ without its ending (with its folder or ending added when two inputs share it), <
 plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept, and
 the tables keep listing the images of earlier runs whose label files remain. One run at a time
 writes to OUTDIR (a second one refuses, or waits with --wait).
+--export geojson,imagej adds OUTDIR/geojson/<name>.geojson (QuPath) and OUTDIR/rois/<name>.zip (Fiji).
 exit status: 0 every image segmented, 1 some images failed (see counts.csv) or an output could
 not be written, 2 usage error, 130 interrupted (the tables describe the images done)."""
 
@@ -366,6 +375,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-type", choices=IMAGE_TYPES,
         help="image type of every image, instead of typing each by its colour and background: decides "
              "whether the nucleus diameter is estimated (not for brightfield) and the watershed thresholds",
+    )
+    parser.add_argument(
+        "--export", type=parse_formats, default=(), metavar="FORMATS",
+        help="also write the outlines: geojson (QuPath, geojson/<name>.geojson), imagej (Fiji ROI "
+             "Manager, rois/<name>.zip), or both: geojson,imagej",
     )
     parser.add_argument(
         "--recursive", action="store_true",
@@ -412,6 +426,7 @@ def main(args: argparse.Namespace) -> int:
                 image_type=args.image_type,
                 wait=args.wait,
                 tta=args.tta,
+                exports=args.export,
             )
     except OutputError as exc:  # disk full, read-only: after images were processed
         print(f"nuclei: error: {exc}", file=sys.stderr)
@@ -424,6 +439,6 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"{int(ok.sum())} images segmented, {int(counts.loc[ok, 'count'].sum())} nuclei, "
         f"{n_failed} failed, {time.perf_counter() - start:.1f} s -> {args.out}/ "
-        "(counts.csv, nuclei.csv, report.html, labels/, overlays/)"
+        f"(counts.csv, nuclei.csv, report.html, labels/, overlays/{''.join(f', {FORMATS[f].folder}/' for f in args.export)})"
     )
     return 1 if n_failed else 0

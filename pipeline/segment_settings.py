@@ -33,6 +33,8 @@ class Settings:
     image_type: str | None = None
     #: Wait for another run holding the output folder instead of refusing.
     wait: bool = False
+    #: Also write the nuclei in these formats (keys of :data:`pipeline.export.FORMATS`).
+    exports: tuple[str, ...] = ()
 
     @classmethod
     def from_params(
@@ -71,7 +73,7 @@ class Settings:
 
 
 #: The fields of :class:`Settings` that are per-run flags, not keys of the ``segment`` section.
-FLAGS = ("model_dir", "pixel_size", "diameter", "channel", "image_type", "wait")
+FLAGS = ("model_dir", "pixel_size", "diameter", "channel", "image_type", "wait", "exports")
 
 
 def load_segmenter(settings: Settings):

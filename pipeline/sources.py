@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError
-from pipeline.io import IMAGE_SUFFIXES, read_image, to_uint8
+from pipeline.inputs import IMAGE_SUFFIXES
+from pipeline.io import read_image, to_uint8
 
 #: The layouts of a source folder.
 LAYOUTS = ("kaggle", "folder")

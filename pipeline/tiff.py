@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError, one_line
-from pipeline.io import Plane, _check_size
 from pipeline.orientation import apply_orientation, tiff_orientation
+from pipeline.planes import Plane, check_size
 
 
 def read_tiff_planes(path: Path) -> list[Plane]:
@@ -32,7 +32,7 @@ def read_tiff_planes(path: Path) -> list[Plane]:
             for s, series in enumerate(tif.series):
                 axes = series.axes
                 if "Y" in axes and "X" in axes:
-                    _check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
+                    check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
                 array = series.asarray()
                 keep = "YXS"
                 order = [i for i, a in enumerate(axes) if a not in keep]
