@@ -1,4 +1,4 @@
-"""Image types over every labelled source: the rule of :func:`pipeline.prepare.classify_image`, as
+"""Image types over every labelled source: the rule of :func:`pipeline.image_types.classify_image`, as
 ``prepare`` applies it (raw images) and as ``nuclei segment`` does (normalised, optionally under the
 acquisition shifts of ``bench_robustness.py`` that keep the type: uneven illumination, noise, ×2).
 
@@ -24,10 +24,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.image_types import FLUO_LARGE, FLUO_SMALL, HISTOLOGY, classify_image  # noqa: E402
 from pipeline.intensity import normalize_image  # noqa: E402
 from pipeline.io import progress, read_image, to_uint8  # noqa: E402
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample  # noqa: E402
-from pipeline.prepare import FLUO_LARGE, FLUO_SMALL, HISTOLOGY, classify_image  # noqa: E402
 from pipeline.scale import resize_image  # noqa: E402
 from pipeline.segmenter import image_type_of  # noqa: E402
 

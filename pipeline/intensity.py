@@ -21,7 +21,7 @@ So only real saturation is treated specially.
 Fluorescence in colour becomes grey. The network learnt fluorescence from grey images (stage1_train
 has no other), and a Hoechst or DAPI image saved in the blue channel scored 0.61 against 0.73 for
 the same images in grey (35 images of grouped fold 0; green 0.72, red 0.71, magenta 0.68). So an
-image whose normalised channels differ (colour, as :func:`pipeline.prepare.classify_image` measures
+image whose normalised channels differ (colour, as :func:`pipeline.image_types.classify_image` measures
 it) on a dark background (:func:`is_colour_fluorescence`) is normalised as one grey image: its
 blue channel when the channels hold different images and blue carries signal
 (:func:`nuclear_channel`: the nuclear counterstain, DAPI or Hoechst, is blue by convention), else
@@ -56,12 +56,12 @@ NORMALIZATION = {"low": 1.0, "high": 99.8, "saturation": True}
 SATURATED_SHARE = (5e-4, 0.1)
 #: A normalised image whose mean |channel − grey| exceeds COLOUR is in colour; one whose mean stays
 #: below DARK has a dark background (fluorescence). The image types of
-#: :func:`pipeline.prepare.classify_image` use the same two thresholds, so the two rules agree.
+#: :func:`pipeline.image_types.classify_image` use the same two thresholds, so the two rules agree.
 #: stage1_train after normalisation: grey images have no colour (< 1e-8); the blue channel of a
 #: fluorescence image 0.013–0.34; mean level of fluorescence 0.02–0.26 (blue channel alone at most
 #: 0.25), of stained tissue 0.56–0.84.
 COLOUR, DARK = 0.01, 0.35
-#: :func:`pipeline.prepare.classify_image` measures the colour on the means of COLOUR_BLOCK ×
+#: :func:`pipeline.image_types.classify_image` measures the colour on the means of COLOUR_BLOCK ×
 #: COLOUR_BLOCK tiles, so that a colour camera's pixel noise, independent in each channel, does not
 #: make a grey image "stained". Noise of σ = 4/255 made every bright-field image of stage1_train
 #: "stained" pixel by pixel (the Segmenter types normalised images, where the contrast stretch
@@ -360,7 +360,7 @@ def is_stained(image: np.ndarray) -> bool:
     :data:`DARK`) and colour where the sample absorbs (:func:`stain_colour` above :data:`COLOUR`).
     A dark image is fluorescence whatever its colour: its darkest tiles that are not black are a
     tinted camera's nuclei there. The one rule of :func:`normalize_image` and
-    :func:`pipeline.prepare.classify_image`."""
+    :func:`pipeline.image_types.classify_image`."""
     return float(image.mean()) > DARK and stain_colour(image) > COLOUR
 
 
@@ -406,52 +406,6 @@ def _tiles(image: np.ndarray, block: int) -> np.ndarray:
         tiles = image[:h, :w].reshape(h // block, block, w // block, block, c).swapaxes(1, 2)
         return tiles.reshape(-1, block * block, c)
     return image.reshape(-1, 1, c)
-
-
-#: A grey image has a bright background (bright-field: nuclei absorb light) when its median grey
-#: level lies above this fraction of its 1–99 % range, tile by tile (:func:`median_position`): the
-#: background is most of the image and the brightest part of it. Normalised, half of stage1_train
-#: and the extra sources (``benchmarks/bench_image_types.py``): bright-field 0.91–0.95 (0.71–0.79
-#: under a strong vignette and ramp, or noise); fluorescence at most 0.35 (0.42 shifted); dense
-#: fluorescence in tissue (``tissue_fluo_e2f``, nuclei on 50–82 % of the image) at most 0.50, whose
-#: mean level is above :data:`DARK` once normalised, so the mean alone typed 30 of its 57 images
-#: bright-field.
-BRIGHT_BACKGROUND = 0.6
-
-
-def median_position(image: np.ndarray, tiles: int = 4) -> float:
-    """Where the median grey level lies in the 1–99 % percentile range, measured in each of
-    ``tiles × tiles`` tiles and taken as the median over the tiles with contrast (a range of at least
-    a quarter of the widest tile's): 0 at the 1st percentile, 1 at the 99th; 1 for a constant image
-    (all background).
-    Unchanged by a gain and an offset, and nearly so by smooth uneven illumination (a vignette, a
-    ramp), which a single image-wide range mixes into the levels.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, C) real array (a subsample is enough)
-    tiles : int
-        Tiles a side (fewer where the image has fewer than 8 px a tile).
-    """
-    grey = np.asarray(image, dtype=np.float32)
-    grey = grey.mean(axis=2) if grey.ndim == 3 else grey
-    n = max(1, min(tiles, grey.shape[0] // 8, grey.shape[1] // 8))
-    th, tw = grey.shape[0] // n, grey.shape[1] // n
-    blocks = grey[: n * th, : n * tw].reshape(n, th, n, tw).transpose(0, 2, 1, 3).reshape(n * n, th * tw)
-    lo, mid, hi = np.percentile(blocks, [1, 50, 99], axis=1)
-    span = hi - lo
-    if float(span.max()) <= 0:
-        return 1.0
-    keep = span >= 0.25 * span.max()
-    return float(np.median((mid[keep] - lo[keep]) / span[keep]))
-
-
-def has_bright_background(image: np.ndarray) -> bool:
-    """Whether an (H, W, C) image in [0, 1] has a bright background, as bright-field images do: a
-    mean above :data:`DARK` and its median in the top of its range (:data:`BRIGHT_BACKGROUND`).
-    Dense fluorescence, bright nuclei over most of a dark background, has the mean but not the
-    median. The rule of :func:`pipeline.prepare.classify_image`."""
-    return float(image.mean()) > DARK and median_position(image) > BRIGHT_BACKGROUND
 
 
 def subsample(image: np.ndarray, n_pixels: int = 250_000) -> np.ndarray:

@@ -29,53 +29,12 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.intensity import has_bright_background, is_stained, is_tinted_grey
+from pipeline.image_types import classify_image
 from pipeline.io import progress, save_npz, write_csv
 from pipeline.sources import list_sample_ids, read_sample, unlabelled_images
 
-#: The four image types of the DSB2018 data (:func:`classify_image`), used to stratify the folds;
-#: the post-processing and the Segmenter treat stained (``HISTOLOGY``) and ``BRIGHTFIELD`` images
-#: apart. Plain strings, as written to ``index.csv`` and the prediction files.
-IMAGE_TYPES = FLUO_SMALL, FLUO_LARGE, BRIGHTFIELD, HISTOLOGY = ("fluo-small", "fluo-large", "brightfield", "histology")
 #: Columns every reader of ``index.csv`` relies on.
 INDEX_COLUMNS = ("id", "fold")
-
-
-def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = True) -> str:
-    """Image type of a DSB2018-like image, from colour, brightness and size.
-
-    Parameters
-    ----------
-    image : uint8 ndarray of shape (H, W, 3)
-    n_pixels : int, optional
-        The image's number of pixels, when ``image`` is a subsample of it (default H × W).
-    raw : bool
-        ``image`` is as read, so a grey scene through a tinted camera can be told from a stain
-        (:func:`pipeline.intensity.is_tinted_grey` needs black at 0). False for a normalised image
-        (:func:`pipeline.segmenter.image_type_of`): :func:`pipeline.intensity.normalize_image` has
-        made such an image grey already, and the contrast stretch, which moves black and clips,
-        can make stained tissue look like one (a tissue crop at 4× scale did).
-
-    Returns
-    -------
-    image_type : str
-        ``histology`` for stained tissue (:func:`pipeline.intensity.is_stained`: a bright
-        background and colour in its darkest tiles; and, when ``raw``, not a grey scene through a
-        tinted camera), ``brightfield`` for other images with a bright background
-        (:func:`pipeline.intensity.has_bright_background`: a mean above
-        :data:`pipeline.intensity.DARK` and the median near the top of the range, so dense
-        fluorescence in tissue, bright nuclei over most of the image, stays fluorescence),
-        otherwise fluorescence, whatever its colour:
-        ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
-        The thresholds separate the four groups of stage1_train with wide margins.
-    """
-    rgb = image.astype(np.float32) / 255.0
-    if is_stained(rgb) and not (raw and is_tinted_grey(image)):
-        return HISTOLOGY
-    if has_bright_background(rgb):
-        return BRIGHTFIELD
-    n_pixels = image.shape[0] * image.shape[1] if n_pixels is None else n_pixels
-    return FLUO_LARGE if n_pixels > 200_000 else FLUO_SMALL
 
 
 def stratified_folds(ids: list[str], groups: list[str], k: int, seed: int = 0) -> np.ndarray:

@@ -38,6 +38,7 @@ import pandas as pd
 from pipeline.config import load_params
 from pipeline.errors import NucleiError, OutputError
 from pipeline.export import FORMATS, export_path, parse_formats, write_export
+from pipeline.image_types import IMAGE_TYPES
 from pipeline.inference import TTA_MODES
 from pipeline.inputs import IMAGE_SUFFIXES, file_kind, list_inputs
 from pipeline.io import (
@@ -65,7 +66,6 @@ from pipeline.output_folder import (
     unique_name,
 )
 from pipeline.overlay import display_uint8, draw_outlines, thumbnail
-from pipeline.prepare import IMAGE_TYPES
 from pipeline.report import render_report
 from pipeline.segment_settings import Settings, load_segmenter
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from pipeline.config import ROOT, SegmentConfig
 from pipeline.errors import NucleiError
+from pipeline.image_types import IMAGE_TYPES
 from pipeline.io import COLOUR_CHANNELS
-from pipeline.prepare import IMAGE_TYPES
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Settings:
     diameter: float | None = None
     #: Segment (and measure) this colour channel alone (:data:`pipeline.io.COLOUR_CHANNELS`).
     channel: str | None = None
-    #: Image type of every image (:data:`pipeline.prepare.IMAGE_TYPES`); None: typed per image.
+    #: Image type of every image (:data:`pipeline.image_types.IMAGE_TYPES`); None: typed per image.
     image_type: str | None = None
     #: Wait for another run holding the output folder instead of refusing.
     wait: bool = False

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError
-from pipeline.prepare import BRIGHTFIELD, HISTOLOGY
+from pipeline.image_types import BRIGHTFIELD, HISTOLOGY
 from pipeline.scale import (
     MAX_FACTOR,
     diameter_problem,
@@ -152,11 +152,11 @@ def confidence(probs: np.ndarray, head: str) -> float:
 
 
 def image_type_of(image: np.ndarray) -> str:
-    """:func:`pipeline.prepare.classify_image` of a normalised (H, W, 3) image: 'histology'
+    """:func:`pipeline.image_types.classify_image` of a normalised (H, W, 3) image: 'histology'
     (colour: stained), 'brightfield' (grey with a bright background), 'fluo-large' or 'fluo-small'.
     A grey scene through a tinted camera is grey here already (:func:`pipeline.intensity.normalize_image`)."""
+    from pipeline.image_types import classify_image
     from pipeline.intensity import subsample
-    from pipeline.prepare import classify_image
 
     sample = np.clip(np.rint(subsample(image) * 255), 0, 255).astype(np.uint8)
     return classify_image(sample, n_pixels=image.shape[0] * image.shape[1], raw=False)
@@ -395,7 +395,7 @@ class Segmenter:
         normalized : bool
             ``image`` is already the output of :meth:`normalize`.
         image_type : str, optional
-            One of :data:`pipeline.prepare.IMAGE_TYPES`, instead of :func:`image_type_of` the image.
+            One of :data:`pipeline.image_types.IMAGE_TYPES`, instead of :func:`image_type_of` the image.
 
         Returns
         -------

@@ -8,8 +8,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from pipeline.cli import main
+from pipeline.image_types import classify_image
 from pipeline.io import load_npz
-from pipeline.prepare import classify_image, stratified_folds
+from pipeline.prepare import stratified_folds
 
 
 def test_stratified_folds_balance_groups():
