@@ -75,7 +75,7 @@ def acquisition_groups(features: pd.DataFrame, distance: float = 0.7) -> np.ndar
     DSB2018 images are tiles of larger acquisitions: tiles of one experiment share image size,
     stain, brightness and nucleus size. Average-linkage hierarchical clustering of the
     standardised :data:`ACQUISITION_FEATURES`, cut at ``distance`` (in standard deviations),
-    groups them. On stage1_train the default cut gives 58 groups (the largest 109 images of
+    groups them. On stage1_train the default cut gives 55 groups (the largest 109 images of
     256×256 small fluorescence) and 5 grouped folds that each still hold 3–4 image types.
 
     Parameters
