@@ -4,7 +4,8 @@ median counting error, predicted / true nuclei, and the image types the Segmente
 Usage::
 
     python benchmarks/bench_sources.py [--model models/default] [--extra ../shared/extra]
-        [--sources tissue_fluo_e2f he_cpm15 ...] [--every 1] [--tta auto] [--out per_image.csv]
+        [--sources tissue_fluo_e2f he_cpm15 ...] [--every 1] [--tta auto] [--estimator blob|search]
+        [--out per_image.csv]
 
 A model that never trained on a source gives its leave-one-source-out figure (the shipped model has
 seen none of ``../shared/extra``). Sources are ``folder`` layouts (``images/`` + ``labels/``).
@@ -36,10 +37,12 @@ def main() -> None:
     parser.add_argument("--sources", nargs="*", help="source folders of --extra (default: all)")
     parser.add_argument("--every", type=int, default=1, help="every n-th image of each source")
     parser.add_argument("--tta", default="auto", help="test-time augmentation, as segment.tta")
+    parser.add_argument("--estimator", choices=("blob", "search"), help="diameter estimate (default: the Segmenter's)")
     parser.add_argument("--out", type=Path, help="write the per-image table here")
     args = parser.parse_args()
     sources = args.sources or sorted(p.name for p in args.extra.iterdir() if (p / "images").is_dir())
     segmenter = Segmenter.from_model_dir(args.model, tta=args.tta)
+    segmenter.estimator = args.estimator or segmenter.estimator
     rows, start = [], time.perf_counter()
     for source in sources:
         root = args.extra / source
@@ -56,7 +59,7 @@ def main() -> None:
     table["count_error"] = (table.n_pred - table.n_true).abs() / table.n_true.clip(lower=1)
     if args.out:
         table.to_csv(args.out, index=False)
-    print(f"model {args.model}, tta {args.tta}, {len(table)} images, {time.perf_counter() - start:.0f} s")
+    print(f"model {args.model}, tta {args.tta}, estimator {segmenter.estimator}, {len(table)} images, {time.perf_counter() - start:.0f} s")
     print(f"{'source':<16} {'n':>3} {'DSB2018':>8} {'AP@0.5':>7} {'count err':>9} {'pred/true':>13}  "
           f"{'diam est/true':>13}  types")
     for source, g in table.groupby("source", sort=False):
