@@ -53,7 +53,7 @@ def repo(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(root=str(SAMPLE_ROOT), workers=0)
+    params["data"].update(sources={"dsb2018": {"root": str(SAMPLE_ROOT), "layout": "kaggle"}}, workers=0)
     params["targets"]["workers"] = 0
     params["model"].update(arch="unet", depth=2, width=4)
     params["train"].update(epochs=1, batch_size=2, samples_per_epoch=4, workers=0)
