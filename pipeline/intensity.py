@@ -47,6 +47,8 @@ Must not: read files, resize, or know about the network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 #: Defaults, also recorded in model directories (``normalization``).
@@ -104,6 +106,68 @@ def intensity_range(image: np.ndarray, low: float = 1.0, high: float = 99.8,
     return lo, hi
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """The map :func:`normalize_image` applies to an image, decided once (:func:`normalization_of`)
+    and applicable to any part of it: a huge image is normalised block by block with one
+    Normalization decided on a sample of it (:mod:`pipeline.slide`).
+
+    ``lo``/``hi`` (image units) map to 0/1; ``grey`` is None (channels kept), ``'mean'`` (the
+    channels' mean) or a channel index, repeated into every channel first; ``white`` is the top of
+    the image's own range, which :func:`outside_field` needs for stained images (``stained``).
+    """
+
+    lo: float
+    hi: float
+    grey: str | int | None = None
+    stained: bool = False
+    white: float = 0.0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, C) array in the image's units → float32 (H, W, C) in [0, 1]."""
+        image = np.asarray(image)
+        if self.hi - self.lo < 1e-6:
+            return np.zeros(image.shape, np.float32)
+        return _rescale(self._grey(image), self.lo, self.hi)
+
+    def _grey(self, image: np.ndarray) -> np.ndarray:
+        """``image`` with every channel replaced by its grey (as it is when ``grey`` is None)."""
+        if self.grey is None:
+            return image
+        grey = (image.mean(axis=-1, keepdims=True, dtype=np.float32) if self.grey == "mean"
+                else image[..., self.grey : self.grey + 1].astype(np.float32))
+        return np.repeat(grey, image.shape[-1], axis=-1)
+
+
+def normalization_of(image: np.ndarray, low: float = 1.0, high: float = 99.8,
+                     saturation: bool = True) -> Normalization:
+    """The :class:`Normalization` of an (H, W, C) image (or of a representative sample of one):
+    the decisions of :func:`normalize_image` (module docstring), without applying them."""
+    return _decide(np.asarray(image), low, high, saturation)[0]
+
+
+def _decide(image: np.ndarray, low: float, high: float, saturation: bool) -> tuple[Normalization, np.ndarray | None]:
+    """:func:`normalization_of`, and the field-of-view surround of a stained image (or None)."""
+    lo, hi = intensity_range(image, low, high, saturation)
+    if hi - lo < 1e-6:
+        return Normalization(lo, hi), None
+    sample = _rescale(subsample(image), lo, hi)  # the decisions are made on a sample
+    if is_colour_fluorescence(sample):  # as the grey fluorescence the network learnt
+        channel = nuclear_channel(sample)
+    elif colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
+        channel = None  # a grey scene through a tinted camera
+    elif is_stained(sample):  # range over the tissue (module docstring)
+        field = outside_field(image, hi)
+        tissue = tissue_pixels(image, lo, hi, field)
+        range_ = intensity_range(tissue, low, high, saturation) if tissue is not None else (lo, hi)
+        return Normalization(*range_, stained=True, white=hi), field
+    else:
+        return Normalization(lo, hi), None
+    grey = "mean" if channel is None else channel
+    inner, _ = _decide(Normalization(0.0, 1.0, grey)._grey(image), low, high, saturation)
+    return replace(inner, grey=grey), None
+
+
 def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
                     saturation: bool = True) -> np.ndarray:
     """Robust intensity normalisation to [0, 1] (see the module docstring).
@@ -119,36 +183,13 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
     normalised : (H, W, 3) float32 in [0, 1]; all zeros for a constant image. A dim 16-bit
         image and an 8-bit image of the same scene give the same result; fluorescence in colour
         (:func:`is_colour_fluorescence`) comes out grey: its blue channel normalised when that
-        carries signal (:func:`nuclear_channel`), else its channels' mean.
+        carries signal (:func:`nuclear_channel`), else its channels' mean. A stained image's black
+        surround of a round field of view (:func:`outside_field`) is filled with the tissue's
+        median colour, as stained training crops, which fill the field, were.
     """
     image = np.asarray(image)
-    lo, hi = intensity_range(image, low, high, saturation)
-    if hi - lo < 1e-6:
-        return np.zeros(image.shape, np.float32)
-    sample = _rescale(subsample(image), lo, hi)  # the decisions are made on a sample
-    if is_colour_fluorescence(sample):  # as the grey fluorescence the network learnt
-        channel = nuclear_channel(sample)
-    elif colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
-        channel = None  # a grey scene through a tinted camera
-    elif is_stained(sample):
-        return _normalize_tissue(image, lo, hi, low, high, saturation)
-    else:
-        return _rescale(image, lo, hi)
-    grey = (image.mean(axis=-1, keepdims=True, dtype=np.float32) if channel is None
-            else image[..., channel : channel + 1].astype(np.float32))
-    return normalize_image(np.repeat(grey, image.shape[-1], axis=-1), low, high, saturation)
-
-
-def _normalize_tissue(image: np.ndarray, lo: float, hi: float, low: float, high: float,
-                      saturation: bool) -> np.ndarray:
-    """:func:`normalize_image` of a stained image: its range taken over its tissue
-    (:func:`tissue_pixels`), and the black surround of a round field of view (:func:`outside_field`)
-    filled with the tissue's median colour, as stained training crops, which fill the field, were."""
-    field = outside_field(image, hi)
-    tissue = tissue_pixels(image, lo, hi, field)
-    if tissue is not None:
-        lo, hi = intensity_range(tissue, low, high, saturation)
-    out = _rescale(image, lo, hi)
+    norm, field = _decide(image, low, high, saturation)
+    out = norm(image)
     if field is not None:
         out[field] = np.median(subsample(out)[~subsample(field)], axis=0)
     return out
