@@ -436,19 +436,16 @@ class Segmenter:
     def _segment_blocks(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
         """Labels (original grid) and confidence; block by block when the image is large.
 
-        Blocks are cut in the image's pixels so that each is at most ``block_size`` px at the
-        network's scale (memory stays bounded when an image is enlarged), with ``block_margin``
-        px of context at the network's scale. Each block keeps the nuclei whose centroid lies in
-        its core, so every nucleus comes from the one block that sees it whole.
+        Blocks are cut in the image's pixels (:meth:`block_geometry`). Each block keeps the nuclei
+        whose centroid lies in its core (:func:`owned_nuclei`), so every nucleus comes from the one
+        block that sees it whole.
         """
-        from skimage.measure import regionprops_table
         from skimage.segmentation import relabel_sequential
 
         from pipeline.watershed import remove_small, sizes_at_scale
 
         height, width = image.shape[:2]
-        block = max(64, int(self.block_size / max(scale, 1.0)))
-        margin = min(int(math.ceil(self.block_margin / min(scale, MAX_FACTOR))), block // 4)
+        block, margin = self.block_geometry(scale)
         if max(height, width) <= block:
             return self._labels(image, scale, image_type)
         labels = np.zeros((height, width), np.int32)
@@ -457,18 +454,53 @@ class Segmenter:
             part, conf = self._labels(image[outer], scale, image_type)
             size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
             conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
-            props = regionprops_table(part, properties=("label", "centroid"))
-            rows, cols = props["centroid-0"], props["centroid-1"]
-            keep = props["label"][
-                (rows >= core[0].start) & (rows < core[0].stop)
-                & (cols >= core[1].start) & (cols < core[1].stop)
-            ]  # fmt: skip
-            lut = np.zeros(part.max() + 1, np.int32)
-            lut[keep] = np.arange(n_labels + 1, n_labels + 1 + keep.size, dtype=np.int32)
-            part = lut[part]
+            part = owned_nuclei(part, core)
+            n_kept = int(part.max())
+            part[part > 0] += n_labels
             target = labels[outer]
             free = (part > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
             target[free] = part[free]
-            n_labels += keep.size
+            n_labels += n_kept
         labels = remove_small(labels, sizes_at_scale(self.thresholds, scale)["min_size"])
         return relabel_sequential(labels)[0].astype(np.int32), conf_sum / max(conf_weight, 1)
+
+    def block_geometry(self, scale: float) -> tuple[int, int]:
+        """Block side and margin (px of the image) for an image resized by ``scale``: at most
+        ``block_size`` px at the network's scale (memory stays bounded when an image is enlarged),
+        with ``block_margin`` px of context at the network's scale (at most a quarter block)."""
+        block = max(64, int(self.block_size / max(scale, 1.0)))
+        margin = min(int(math.ceil(self.block_margin / min(scale, MAX_FACTOR))), block // 4)
+        return block, margin
+
+    def segment_block(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
+        """Labels (int32 (h, w), on the block's grid) and confidence of one normalised block of an
+        image resized by ``scale`` (:meth:`scale_for` the whole image) of ``image_type``."""
+        return self._labels(image, scale, image_type)
+
+
+def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice]) -> np.ndarray:
+    """The nuclei of a block that the block owns: those whose centroid lies in its ``core``.
+
+    Parameters
+    ----------
+    labels : (h, w) int array
+        A block's labels (0 = background).
+    core : (slice, slice)
+        The block's core, relative to the block (:func:`iter_blocks`); the cores tile the image,
+        so every nucleus seen whole by the blocks around it is owned by exactly one of them.
+
+    Returns
+    -------
+    owned : (h, w) int32
+        The owned nuclei, renumbered 1..k in the order of their labels; the others set to 0.
+    """
+    from skimage.measure import regionprops_table
+
+    props = regionprops_table(labels, properties=("label", "centroid"))
+    rows, cols = props["centroid-0"], props["centroid-1"]
+    keep = props["label"][
+        (rows >= core[0].start) & (rows < core[0].stop) & (cols >= core[1].start) & (cols < core[1].stop)
+    ]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return lut[labels]
