@@ -24,6 +24,8 @@ from pipeline.errors import NucleiError, OutputError, one_line
 #: File name endings read as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: A folder with this ending given as an input is one image: an OME-Zarr (:mod:`pipeline.slide`).
+ZARR_SUFFIX = ".zarr"
 #: Peak memory of ``nuclei segment`` per image pixel, in bytes: 75 measured for an 8000×8000 RGB
 #: image of 18-px nuclei (segmented at ×1.13, see README), with some margin.
 SEGMENT_BYTES_PER_PIXEL = 80
@@ -78,6 +80,7 @@ class Plane(NamedTuple):
     series: int  #: TIFF series (0 for every other format)
     index: int  #: plane within its series
     array: np.ndarray  #: (H, W) or (H, W, C), C = 1..4, the file's pixel type
+    pixel_size: float | None = None  #: µm, from the file's OME / ImageJ metadata (:mod:`pipeline.metadata`)
 
 
 def max_image_pixels() -> int | None:
@@ -111,11 +114,14 @@ def _read_tiff_planes(path: Path) -> list[Plane]:
     """
     import tifffile
 
+    from pipeline.metadata import tiff_pixel_size
+
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # our one-line error says it all
     planes: list[Plane] = []
     try:
         with tifffile.TiffFile(path) as tif:
             for s, series in enumerate(tif.series):
+                size = tiff_pixel_size(tif, s)
                 axes = series.axes
                 if "Y" in axes and "X" in axes:
                     _check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
@@ -128,7 +134,7 @@ def _read_tiff_planes(path: Path) -> list[Plane]:
                 stack = array.reshape((-1,) + array.shape[n_extra:])
                 for k, plane in enumerate(stack):
                     tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
-                    planes.append(Plane(tag, s, k, plane))
+                    planes.append(Plane(tag, s, k, plane, size))
     except NucleiError:
         raise
     except MemoryError:
@@ -335,10 +341,10 @@ def list_inputs(inputs: Iterable[str | Path], recursive: bool = False) -> tuple[
     others: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and path.suffix.lower() != ZARR_SUFFIX:  # an OME-Zarr folder is one image
             for p in _folder_files(path, recursive):
                 (files if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
-        elif path.is_file():
+        elif path.exists():
             files.append(path)
         else:
             raise NucleiError(f"{path}: no such file or folder")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import ROOT, SegmentConfig, load_params
@@ -57,10 +58,11 @@ from pipeline.io import (
 from pipeline.measure import column_dictionary, intensity_of, measure_nuclei, measurement_columns
 from pipeline.overlay import display_uint8, draw_outlines, thumbnail
 from pipeline.report import render_report
+from pipeline.slide import segment_slide, slide_of
 
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (
-    "image", "source", "series", "plane", "height", "width", "pixel_type", "count",
+    "image", "source", "series", "plane", "height", "width", "pixel_type", "pixel_size_um", "count",
     "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
     "confidence", "flag", "status", "error", "labels_file", "overlay_file",
 )  # fmt: skip
@@ -127,13 +129,13 @@ class _Run:
     recent for its cost (at most ~10 % of the time goes to rewriting tables).
     """
 
-    def __init__(self, outdir: Path, pixel_size: float | None):
+    def __init__(self, outdir: Path, pixel_size: float | None, earlier: dict[str, str] | None = None):
         self.outdir, self.pixel_size = outdir, pixel_size
         self.counts: list[dict[str, Any]] = []
         self.tables: list[pd.DataFrame] = []
         self.thumbnails: dict[str, bytes] = {}
         self.names: set[str] = set()
-        self.earlier = _earlier_sources(outdir / "counts.csv")
+        self.earlier = _earlier_sources(outdir / "counts.csv") if earlier is None else earlier
         self._written_at, self._write_cost = -math.inf, 0.0
 
     def unique_name(self, name: str) -> str:
@@ -153,7 +155,8 @@ class _Run:
             .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
         )
         columns = ["image", *measurement_columns(self.pixel_size)]
-        nuclei = pd.concat(self.tables, ignore_index=True) if self.tables else pd.DataFrame(columns=columns)
+        tables = [t for t in self.tables if isinstance(t, pd.DataFrame)]  # not the slides' (streamed)
+        nuclei = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
         return counts, nuclei[columns]
 
     def write_tables(self, throttle: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -161,7 +164,12 @@ class _Run:
         if throttle and start - self._written_at < 10 * self._write_cost:
             return self.frames()
         counts, nuclei = self.frames()
-        write_csv(self.outdir / "nuclei.csv", nuclei)
+        if any(not isinstance(t, pd.DataFrame) for t in self.tables):  # slides' tables: streamed
+            from pipeline.slide import write_nuclei_csv
+
+            write_nuclei_csv(self.outdir / "nuclei.csv", self.tables, list(nuclei.columns))
+        else:
+            write_csv(self.outdir / "nuclei.csv", nuclei)
         write_csv(self.outdir / "counts.csv", counts)
         write_csv(self.outdir / "columns.csv", column_dictionary(self.pixel_size))
         self._written_at = time.perf_counter()
@@ -229,6 +237,7 @@ def _segment_plane(
     it normalised. Files written are appended to ``written``.
     """
     array = plane.array if settings.channel is None else colour_channel(plane.array, settings.channel)
+    pixel_size = settings.pixel_size or plane.pixel_size  # --pixel-size, else the file's metadata
     del plane  # the caller holds no reference: the file's array is freed here
     intensity = intensity_of(array)  # in the image's own units, whatever its pixel type
     image = as_rgb01(array)
@@ -246,7 +255,7 @@ def _segment_plane(
     write_png(written[-1], overlay)
     run.thumbnails[name] = encode_png(thumbnail(overlay, settings.segment.thumbnail))
     del overlay
-    table = measure_nuclei(labels, intensity, settings.pixel_size)
+    table = measure_nuclei(labels, intensity, pixel_size)
     table.insert(0, "image", name)
     run.tables.append(table)
     row = {
@@ -261,8 +270,10 @@ def _segment_plane(
         "status": "ok",
         **files,
     }
-    if settings.pixel_size is not None:
+    if pixel_size is not None:
         row["median_area_um2"] = table["area_um2"].median()
+        row["pixel_size_um"] = pixel_size
+        run.pixel_size = run.pixel_size or pixel_size
     return row
 
 
@@ -276,6 +287,8 @@ def segment_images(
     *,
     params: dict[str, Any] | None = None,
     params_path: str | Path = "params.yaml",
+    scheduler: str | None = None,
+    workers: int | None = None,
     **settings: Any,
 ) -> pd.DataFrame:
     """Segment, count and measure the nuclei of a batch of images.
@@ -298,6 +311,11 @@ def segment_images(
         Parsed params.yaml (its ``segment`` section is used); default: built-in defaults.
     params_path : str or Path
         Where ``params`` came from, for error messages.
+    scheduler : str, optional
+        Address (or scheduler file) of a Dask scheduler: images, and blocks of huge images, are
+        segmented on its workers (:mod:`pipeline.cluster`); the outputs are those of a local run.
+    workers : int, optional
+        Start a local Dask cluster of this many worker processes (when no ``scheduler``).
     **settings
         Overrides of other :class:`Settings` fields (``block_size``, ``tta``, ...).
 
@@ -327,18 +345,36 @@ def segment_images(
     run.names = {name.casefold() for name in names}
     run.write_tables()  # from now on the tables describe this run, even if it is interrupted
     try:
-        for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
-            _segment_file(source, name, segmenter, cfg, run)
-            run.write_tables(throttle=True)
+        if scheduler or workers:
+            from pipeline.cluster import connect, segment_batch
+
+            with connect(scheduler, workers) as client:
+                segment_batch(client, list(zip(sources, names, strict=True)), segmenter, cfg, run,
+                              lambda items: progress(items, desc="segment", unit="img"))
+        else:
+            for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
+                _segment_file(source, name, segmenter, cfg, run)
+                run.write_tables(throttle=True)
     finally:  # also on Ctrl-C / SIGTERM: the tables describe the label files written
         counts, nuclei = run.write_tables()
         _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
     return counts
 
 
-def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: _Run) -> None:
-    """Segment every plane of one input file, adding its rows to ``run``; never raises for bad input."""
+def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: _Run, **dask: Any) -> None:
+    """Segment every plane of one input file, adding its rows to ``run``; never raises for bad input.
+
+    A huge image that can be read piece by piece goes to :mod:`pipeline.slide` (``dask``: its
+    ``map_ordered`` and ``block_segmenter``, to segment its blocks on a cluster)."""
     base = {"source": str(source)}
+    try:
+        slide = slide_of(source, cfg.segment.slide_pixels)
+    except Exception as exc:  # one bad file never stops the batch
+        _fail(run, {**base, "image": base_name}, exc, source, [])
+        return
+    if slide is not None:
+        _segment_slide(slide, base_name, segmenter, cfg, run, **dask)
+        return
     try:
         planes = read_planes(source)
     except Exception as exc:  # one bad file never stops the batch
@@ -369,6 +405,25 @@ def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: _
         run.counts.append(row)
 
 
+def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: _Run, **dask: Any) -> None:
+    """Segment one huge image out of core (:func:`pipeline.slide.segment_slide`), adding its rows."""
+    height, width = slide.shape
+    pixel_size = cfg.pixel_size or slide.pixel_size  # --pixel-size, else the file's metadata
+    row = {"source": str(slide.path), "image": name, "series": 0, "plane": 0, "height": height, "width": width,
+           "pixel_type": str(slide.dtype), "pixel_size_um": pixel_size}
+    try:
+        fields, table, run.thumbnails[name] = segment_slide(
+            slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail, **dask)
+    except Exception as exc:  # one bad image never stops the batch
+        written = [run.outdir / sub / f"{name}{end}" for sub, end in
+                   (("labels", ".tif"), ("overlays", ".png"), ("tables", ".csv"))]
+        _fail(run, row, exc, slide.path, written)
+        return
+    run.counts.append({**row, **fields})
+    run.tables.append(table)
+    run.pixel_size = run.pixel_size or pixel_size
+
+
 def _fail(run: _Run, row: dict[str, Any], exc: Exception, source: Path, written: list[Path]) -> None:
     """Record a failed image; remove its partial files, and the outputs an earlier run made of it.
 
@@ -387,7 +442,8 @@ def _fail(run: _Run, row: dict[str, Any], exc: Exception, source: Path, written:
 
 def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: _Run, cfg: Settings, segmenter,
                   seconds: float) -> None:
-    area = "area_um2" if cfg.pixel_size is not None else "area_px"
+    area = "area_um2" if run.pixel_size is not None else "area_px"
+    slides = [t.areas(area) for t in run.tables if not isinstance(t, pd.DataFrame)]
     info = {
         "model": str(cfg.model_dir),
         "device": str(getattr(segmenter, "device", cfg.segment.device)),
@@ -397,7 +453,8 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: _Run, cfg: Se
     if cfg.channel is not None:
         info["channel"] = f"{cfg.channel} (--channel: that channel alone segmented and measured)"
     html = render_report(
-        counts, nuclei[area].to_numpy(float), run.thumbnails, pixel_size=cfg.pixel_size, info=info
+        counts, np.concatenate([nuclei[area].dropna().to_numpy(float), *slides]), run.thumbnails,
+        pixel_size=run.pixel_size, info=info
     )
     write_text(run.outdir / "report.html", html)
 
@@ -507,6 +564,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="segment on a Dask cluster: the scheduler's address (tcp://host:8786) or scheduler file; the "
+             "output folder and inputs must be visible to every worker (docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
+    )
 
 
 @contextlib.contextmanager
@@ -541,6 +606,8 @@ def main(args: argparse.Namespace) -> int:
                 diameter=args.diameter,
                 channel=args.channel,
                 tta=args.tta,
+                scheduler=args.scheduler,
+                workers=args.workers,
             )
     except OutputError as exc:  # disk full, read-only: after images were processed
         print(f"nuclei: error: {exc}", file=sys.stderr)

@@ -90,6 +90,16 @@ class Segmentation:
     image_type: str = ""
 
 
+def flag_of(image_type: str, confidence: float) -> str:
+    """Why the count of an image of ``image_type`` segmented with ``confidence`` should not be
+    trusted ('' when it can be)."""
+    if image_type == BRIGHTFIELD:
+        return BRIGHTFIELD_FLAG
+    if confidence < MIN_CONFIDENCE:
+        return f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay"
+    return ""
+
+
 def iter_blocks(
     shape: tuple[int, int], block_size: int, margin: int
 ) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
@@ -400,12 +410,7 @@ class Segmenter:
         image_type = image_type_of(image)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         labels, conf = self._segment_blocks(image, scale, image_type)
-        flag = ""
-        if image_type == BRIGHTFIELD:
-            flag = BRIGHTFIELD_FLAG
-        elif conf < MIN_CONFIDENCE:
-            flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"
-        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type)
+        return Segmentation(labels, diameter, estimated, scale, conf, flag_of(image_type, conf), image_type)
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,
                   image_type: str | None = None) -> tuple[float | None, bool, float]:
