@@ -142,7 +142,10 @@ def _open_tiff(path: Path) -> Slide | None:
     array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
     if isinstance(array, zarr.Group):
         array = array["0"]
-    if array.chunks[axes.index("Y")] * array.chunks[axes.index("X")] > MAX_CHUNK_PIXELS:
+    from pipeline.io import max_image_pixels
+
+    largest = min(MAX_CHUNK_PIXELS, max_image_pixels() or MAX_CHUNK_PIXELS)
+    if array.chunks[axes.index("Y")] * array.chunks[axes.index("X")] > largest:
         if not contiguous:  # one compressed piece: must be decoded whole
             return None
         array = tifffile.memmap(path, series=0, mode="r")
