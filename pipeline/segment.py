@@ -411,13 +411,14 @@ def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: _Run, **dask
     pixel_size = cfg.pixel_size or slide.pixel_size  # --pixel-size, else the file's metadata
     row = {"source": str(slide.path), "image": name, "series": 0, "plane": 0, "height": height, "width": width,
            "pixel_type": str(slide.dtype), "pixel_size_um": pixel_size}
+    started = time.time()
     try:
         fields, table, run.thumbnails[name] = segment_slide(
             slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail, **dask)
     except Exception as exc:  # one bad image never stops the batch
-        written = [run.outdir / sub / f"{name}{end}" for sub, end in
+        outputs = [run.outdir / sub / f"{name}{end}" for sub, end in
                    (("labels", ".tif"), ("overlays", ".png"), ("tables", ".csv"))]
-        _fail(run, row, exc, slide.path, written)
+        _fail(run, row, exc, slide.path, [p for p in outputs if p.is_file() and p.stat().st_mtime >= started])
         return
     run.counts.append({**row, **fields})
     run.tables.append(table)
