@@ -180,3 +180,16 @@ def _save_threshold_model(module, path) -> None:
         "normalization": {"low": 1.0, "high": 99.8},
     }
     save_model_dir(path, module._threshold_unet(), config)
+
+
+def test_a_pyramidal_jpeg_ome_tiff_is_read_at_full_resolution(tmp_path):
+    rows, cols = np.mgrid[:512, :768]
+    image = np.stack([rows // 2, cols // 3, (rows + cols) // 5], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it
+    options = {"tile": (128, 128), "compression": "jpeg", "photometric": "rgb"}
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif", bigtiff=True) as tif:
+        tif.write(image, subifds=1, metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "axes": "YXS"}, **options)
+        tif.write(image[::2, ::2], subfiletype=1, **options)
+    slide = open_slide(tmp_path / "pyramid.ome.tif")
+    assert slide.shape == (512, 768) and slide.pixel_size == pytest.approx(0.25)
+    block = slide.read(slice(128, 256), slice(256, 512))
+    assert block.shape == (128, 256, 3) and np.abs(block.astype(int) - image[128:256, 256:512]).mean() < 2
