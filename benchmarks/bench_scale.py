@@ -10,7 +10,8 @@ Usage::
    shipped model, ``--tta none``) runs under GNU ``/usr/bin/time -v``: peak resident memory,
    wall time, time per gigapixel, count against the truth.
 2. **Images per second on Dask workers.** ``--images`` images of the embedded sample segmented
-   by the plain local run, ``--workers 1`` and ``--workers 2`` (a LocalCluster on this machine),
+   by the plain local run (torch's threads: one per core, and one thread: ``OMP_NUM_THREADS=1``,
+   as Dask's workers have), ``--workers 1`` and ``--workers 2`` (a LocalCluster on this machine),
    back to back: images/s of each, the ratio to the local run (cluster start-up included, and
    without it: the time of the same command on one image subtracted), and whether the label
    files and tables are identical to the local run's.
@@ -75,14 +76,14 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
 
 
-def nuclei(*argv: str, timed: bool = False) -> tuple[float, str]:
-    """Run ``nuclei segment ARGV``; returns (wall seconds, stderr)."""
+def nuclei(*argv: str, timed: bool = False, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run ``nuclei segment ARGV`` (``env``: added variables); returns (wall seconds, stderr)."""
     command = [sys.executable, "-m", "pipeline", "segment", *argv]
     if timed:
         command = ["/usr/bin/time", "-v", *command]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     if done.returncode != 0:
         raise SystemExit(f"nuclei segment failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - start, done.stderr
@@ -115,21 +116,26 @@ def bench_workers(n_images: int, work: Path) -> None:
     one.mkdir()
     shutil.copy(next(images.iterdir()), one)
     print(f"\n2. {n_images} images of the embedded sample; {load()}")
-    runs = {"local": [], "--workers 1": ["--workers", "1"], "--workers 2": ["--workers", "2"]}
+    runs = {"local": ([], None), "local 1 thr": ([], {"OMP_NUM_THREADS": "1"}),
+            "--workers 1": (["--workers", "1"], None), "--workers 2": (["--workers", "2"], None)}
     results = {}
-    for name, extra in runs.items():
+    for name, (extra, env) in runs.items():
         out = work / f"out-{name.strip('-').replace(' ', '')}"
-        seconds, _ = nuclei(str(images), "-o", str(out), *extra)
-        start_up, _ = nuclei(str(one), "-o", str(work / "startup"), *extra)
+        seconds, _ = nuclei(str(images), "-o", str(out), *extra, env=env)
+        start_up, _ = nuclei(str(one), "-o", str(work / "startup"), *extra, env=env)
         shutil.rmtree(work / "startup")
         results[name] = (seconds, start_up, out)
     base, base_one, base_out = results["local"]
-    print(f"   {'run':<12} {'wall s':>7} {'images/s':>9} {'vs local':>9} {'w/o start-up':>13}  identical to local")
+    single, single_one, _ = results["local 1 thr"]
+    print(f"   {'run':<12} {'wall s':>7} {'images/s':>9} {'vs local':>9} {'w/o start-up':>13} "
+          f"{'vs 1 thr':>9} {'w/o start-up':>13}  identical to local")
     for name, (seconds, start_up, out) in results.items():
         same = all(filecmp.cmp(base_out / f, out / f, shallow=False) for f in ("nuclei.csv", "counts.csv")) and all(
             filecmp.cmp(p, out / "labels" / p.name, shallow=False) for p in (base_out / "labels").iterdir())
         steady = (seconds - start_up) / max(base - base_one, 1e-9)
-        print(f"   {name:<12} {seconds:7.1f} {n_images / seconds:9.2f} {seconds / base:9.2f} {steady:13.2f}  {same}")
+        steady_single = (seconds - start_up) / max(single - single_one, 1e-9)
+        print(f"   {name:<12} {seconds:7.1f} {n_images / seconds:9.2f} {seconds / base:9.2f} {steady:13.2f} "
+              f"{seconds / single:9.2f} {steady_single:13.2f}  {same}")
     print(f"   (overhead goal: --workers 2 <= 1.15 x local; {load()})")
 
 
