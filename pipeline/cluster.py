@@ -132,7 +132,7 @@ def segment_batch(client, items: list[tuple[Path, str]], segmenter, settings, ru
     :class:`pipeline.segment._Run`) in input order; huge images are stitched here, their blocks
     segmented on the workers."""
     from pipeline.segment import _segment_file
-    from pipeline.slide import slide_of
+    from pipeline.slide_reader import slide_of
 
     model = ModelRef.of(settings.model_dir, settings.segment.segmenter_options())
     on_client = [slide_of(source, settings.segment.slide_pixels) is not None for source, _ in items]

@@ -58,7 +58,8 @@ from pipeline.io import (
 from pipeline.measure import column_dictionary, intensity_of, measure_nuclei, measurement_columns
 from pipeline.overlay import display_uint8, draw_outlines, thumbnail
 from pipeline.report import render_report
-from pipeline.slide import segment_slide, slide_of
+from pipeline.slide import segment_slide
+from pipeline.slide_reader import slide_of
 
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (

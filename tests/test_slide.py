@@ -18,7 +18,8 @@ from pipeline.errors import NucleiError
 from pipeline.io import read_planes
 from pipeline.metadata import ome_pixel_size, tiff_pixel_size
 from pipeline.segmenter import iter_blocks
-from pipeline.slide import Stitcher, open_slide, sample_mosaic, segment_slide, slide_of
+from pipeline.slide import Stitcher, sample_mosaic, segment_slide
+from pipeline.slide_reader import open_slide, slide_of
 from tests.test_segmenter import segmenter as grey_segmenter
 
 
