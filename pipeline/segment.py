@@ -333,6 +333,8 @@ def segment_images(
         created. Problems with single images are recorded in ``counts`` instead.
     """
     start = time.perf_counter()
+    if workers is not None and workers < 1:
+        raise NucleiError(f"--workers must be at least 1, got {workers}")
     cfg = Settings.from_params(
         params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size, **settings
     )
