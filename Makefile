@@ -1,23 +1,27 @@
 # Two commands do all the setup on a fresh machine:
 #   make demo   — create .venv, install, run the whole DVC pipeline on the embedded sample
 #   make test   — create .venv, install, run the test suite
+#   make docs   — build the documentation site (mkdocs build --strict) into site/
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean-venv
+.PHONY: install test docs demo lint bench clean-venv
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs,napari,gui-tests]"
 	touch $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

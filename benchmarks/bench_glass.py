@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_tint import prepared_images, print_summary, scores  # noqa: E402
+from pipeline.image_types import HISTOLOGY  # noqa: E402
 from pipeline.io import load_npz  # noqa: E402
-from pipeline.prepare import HISTOLOGY  # noqa: E402
 
 #: Grey level and noise (σ) of the empty glass.
 GLASS, GLASS_NOISE = 242.0, 2.0

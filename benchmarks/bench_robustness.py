@@ -58,10 +58,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import as_config, load_params  # noqa: E402
+from pipeline.image_types import BRIGHTFIELD  # noqa: E402
 from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz, write_csv  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
-from pipeline.prepare import BRIGHTFIELD, validation_index  # noqa: E402
+from pipeline.prepare import validation_index  # noqa: E402
 from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_shape  # noqa: E402
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 

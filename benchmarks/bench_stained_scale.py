@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_tint import prepared_images, print_summary, scores  # noqa: E402
+from pipeline.image_types import HISTOLOGY  # noqa: E402
 from pipeline.io import load_npz  # noqa: E402
-from pipeline.prepare import HISTOLOGY  # noqa: E402
 from pipeline.scale import median_diameter  # noqa: E402
 
 #: stained_diameter settings compared (px at the network's scale): the canonical 20, ×1.2, ×1.4.

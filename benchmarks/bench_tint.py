@@ -26,10 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_robustness import TINT  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
+from pipeline.image_types import BRIGHTFIELD  # noqa: E402
 from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
-from pipeline.prepare import BRIGHTFIELD, read_index  # noqa: E402
+from pipeline.prepare import read_index  # noqa: E402
 from pipeline.segmenter import Segmenter  # noqa: E402
 
 #: Channel gains (red, green, blue) of each camera; "grey" is the image as it is.

@@ -18,12 +18,13 @@ from pipeline.errors import NucleiError
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("pipeline.segment", "segment, count and measure nuclei in your own images"),
+    "export": ("pipeline.export_labels", "label images (any tool) -> QuPath GeoJSON and/or Fiji ROI sets"),
     "submit": ("pipeline.submit", "write a Kaggle submission for a test folder"),
     "score": ("pipeline.score", "score a submission against a solution (DSB2018 metric)"),
     "prepare": ("pipeline.prepare", "stage: Kaggle layout -> label maps, index, folds"),
     "targets": ("pipeline.targets", "stage: label maps -> 3-class targets and weight maps"),
     "train": ("pipeline.train", "stage: train the U-Net"),
-    "predict": ("pipeline.inference", "stage: probability maps for the validation fold"),
+    "predict": ("pipeline.predict", "stage: probability maps for the validation fold"),
     "postprocess": ("pipeline.watershed", "stage: marker-controlled watershed -> instance labels"),
     "tune": ("pipeline.tune", "grid-search post-processing thresholds on the validation fold"),
     "evaluate": ("pipeline.evaluate", "stage: competition metric and companions on the validation fold"),

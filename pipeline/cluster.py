@@ -26,7 +26,7 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,23 +113,35 @@ def ordered_map(client, window: int | None = None) -> Callable[[Callable, list[t
     return run
 
 
-def file_task(source: str, name: str, model: ModelRef, settings, outdir: str, pixel_size: float | None,
-              earlier: dict[str, str], names: frozenset[str]) -> tuple[list, list, dict, float | None]:
-    """On a worker: segment one input file as :func:`pipeline.segment.segment_images` would
-    (its files written into ``outdir``); returns its ``counts.csv`` rows, ``nuclei.csv`` tables,
-    report thumbnails and the pixel size its metadata gave."""
-    from pipeline.segment import _Run, _segment_file
+@dataclass
+class Collected:
+    """What :func:`pipeline.segment._segment_file` adds to the run's tables
+    (:class:`pipeline.output_folder.Tables`), collected on a worker and sent back."""
 
-    run = _Run(Path(outdir), pixel_size, earlier=earlier)
-    run.names = set(names)
+    outdir: Path
+    pixel_size: float | None
+    names: set[str]
+    earlier: dict[str, str]
+    counts: list = field(default_factory=list)
+    nuclei: list = field(default_factory=list)
+    thumbnails: dict = field(default_factory=dict)
+
+
+def file_task(source: str, name: str, model: ModelRef, settings, outdir: str, pixel_size: float | None,
+              earlier: dict[str, str], names: frozenset[str]) -> Collected:
+    """On a worker: segment one input file as :func:`pipeline.segment.segment_images` would (its
+    files written into ``outdir``); returns its rows, tables, thumbnails and pixel size."""
+    from pipeline.segment import _segment_file
+
+    run = Collected(Path(outdir), pixel_size, set(names), earlier)
     _segment_file(Path(source), name, model(), settings, run)
-    return run.counts, run.tables, run.thumbnails, run.pixel_size
+    return run
 
 
 def segment_batch(client, items: list[tuple[Path, str]], segmenter, settings, run,
                   progress: Callable) -> None:
     """Segment ``items`` (source, output name) on the cluster, adding their rows to ``run`` (a
-    :class:`pipeline.segment._Run`) in input order; huge images are stitched here, their blocks
+    :class:`pipeline.output_folder.Tables`) in input order; huge images are stitched here, their blocks
     segmented on the workers."""
     from pipeline.segment import _segment_file
     from pipeline.slide_reader import slide_of
@@ -144,9 +156,9 @@ def segment_batch(client, items: list[tuple[Path, str]], segmenter, settings, ru
             _segment_file(source, name, segmenter, settings, run, map_ordered=ordered_map(client),
                           block_segmenter=model)
         else:
-            counts, tables, thumbnails, pixel_size = next(results)
-            run.counts += counts
-            run.tables += tables
-            run.thumbnails.update(thumbnails)
-            run.pixel_size = run.pixel_size or pixel_size
-        run.write_tables(throttle=True)
+            done = next(results)
+            run.counts += done.counts
+            run.nuclei += done.nuclei
+            run.thumbnails.update(done.thumbnails)
+            run.pixel_size = run.pixel_size or done.pixel_size
+        run.write_soon()

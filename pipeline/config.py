@@ -36,12 +36,14 @@ from pipeline.config_rules import (
     Invalid,
     choice,
     flag,
+    fold,
     lazy,
     mapping,
     number,
     optional,
     positive_range,
     setting,
+    sources,
     switch,
     text,
     whole,
@@ -164,13 +166,29 @@ class DataConfig(Section):
     """``data``: where the images are, and the cross-validation folds."""
 
     NAME: ClassVar[str] = "data"
-    root: str = setting("data/sample/stage1_train", text)
+    sources: dict = setting({"dsb2018": {"root": "data/sample/stage1_train", "layout": "kaggle"}}, sources)
     test_root: str | None = setting(None, optional(text))
     prepared: str = setting("data/prepared", text)
     folds: int = setting(5, whole(2))
-    val_fold: int | None = setting(0, optional(whole(0)))  # None: train on every image, validate on none
+    val_fold: int | str | None = setting(0, fold)  # None: train on every image; a source name: split 'source'
     split: str = setting("grouped", choice(lazy("prepare", "SPLITS")))
     workers: int = setting(2, whole(0))
+
+    @classmethod
+    def from_dict(cls, values, source="params.yaml"):
+        if isinstance(values, Mapping) and "root" in values:
+            raise NucleiError(f"{source}: data.root is now one of data.sources, e.g. "
+                              f"sources: {{dsb2018: {{root: {values['root']}, layout: kaggle}}}}")
+        return super().from_dict(values, source)
+
+    def check(self, source):
+        by_source = self.split == "source"
+        if self.val_fold is not None and by_source != isinstance(self.val_fold, str):
+            raise self.error(source, "data.val_fold must be a source name with data.split 'source' "
+                                     f"(leave one source out) and a fold number otherwise, got {self.val_fold!r}")
+        if by_source and self.val_fold is not None and self.val_fold not in self.sources:
+            raise self.error(source, f"data.val_fold {self.val_fold!r} is not one of data.sources "
+                                     f"({', '.join(self.sources)})")
 
 
 @dataclass(frozen=True)
@@ -274,6 +292,7 @@ class TrainConfig(Section):
     compile: bool = setting(False, flag)
     samples_per_epoch: int | None = setting(96, optional(whole(1)))
     group_balance: float = setting(1.0, number(0, 1))
+    source_balance: float = setting(1.0, number(0, 1))
     device: str = setting("auto", text)
     cache_mb: float = setting(1024, number(0))
     val_every: int = setting(1, whole(1))

@@ -137,6 +137,37 @@ def mapping(value: Any) -> dict:
     return dict(value)
 
 
+def sources(value: Any) -> dict[str, dict[str, str]]:
+    """Labelled sources ``{name: {root: path, layout: kaggle | folder}}``, at least one; a name is
+    a folder name (letters, digits, ``_``, ``-``, ``.``)."""
+    from pipeline.sources import LAYOUTS
+
+    shape = f"a mapping {{name: {{root: path, layout: {' | '.join(LAYOUTS)}}}}} with at least one source"
+    if not isinstance(value, dict) or not value:
+        raise Invalid(shape)
+    checked = {}
+    for name, source in value.items():
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name) \
+                or name.startswith("."):
+            raise Invalid(f"{shape}; {name!r} is not a folder name")
+        if not isinstance(source, dict) or set(source) - {"root", "layout"} or "root" not in source:
+            raise Invalid(f"{shape}; source {name!r} needs root (and layout)")
+        layout = source.get("layout", "kaggle")
+        if layout not in LAYOUTS or not isinstance(source["root"], (str, Path)):
+            raise Invalid(f"{shape}; source {name!r} has layout {layout!r}")
+        checked[name] = {"root": str(source["root"]), "layout": layout}
+    return checked
+
+
+def fold(value: Any) -> int | str | None:
+    """null, a fold number ≥ 0, or a source name (leave-one-source-out)."""
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Invalid("null, a whole number ≥ 0 or a source name")
+    return value
+
+
 def setting(default: Any, rule: Rule) -> Any:
     """A dataclass field with its default and its rule."""
     if isinstance(default, (list, dict)):

@@ -147,6 +147,33 @@ def group_balance_weights(groups: Sequence, exponent: float) -> np.ndarray:
     return p / p.sum()
 
 
+def source_balance_weights(sources: Sequence, groups: Sequence, source_exponent: float,
+                           group_exponent: float) -> np.ndarray:
+    """Draw probabilities of images that balance labelled sources, then experiments within each.
+
+    Parameters
+    ----------
+    sources, groups : sequences of hashable, shape (n,)
+        The source (``source`` column of ``index.csv``) and the experiment within it (``group``).
+    source_exponent, group_exponent : float in [0, 1]
+        A source of ``m`` images gets ``m ** source_exponent`` of the draws (1: in proportion to
+        its images; 0: every source equally); within it, :func:`group_balance_weights` with
+        ``group_exponent``. Both 1: every image equally.
+
+    Returns
+    -------
+    p : float64 ndarray of shape (n,), summing to 1.
+    """
+    if not 0.0 <= source_exponent <= 1.0:
+        raise ValueError(f"source_exponent must be in [0, 1], got {source_exponent}")
+    sources, groups = np.asarray(sources), np.asarray(groups)
+    p = np.zeros(len(sources), np.float64)
+    for source in np.unique(sources):
+        members = sources == source
+        p[members] = group_balance_weights(groups[members], group_exponent) * members.sum() ** source_exponent
+    return p / p.sum()
+
+
 class NucleiDataset(Dataset):
     """Images, targets and labels of a list of prepared images.
 

@@ -59,13 +59,13 @@ def summarise(per_image: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, pd
     Parameters
     ----------
     per_image : DataFrame
-        From :func:`per_image_metrics`, optionally with an ``image_type`` column.
+        From :func:`per_image_metrics`, optionally with ``source`` and ``image_type`` columns.
 
     Returns
     -------
     metrics : dict
-        :func:`pipeline.metrics.aggregate` of all images, plus ``by_type`` (the same per image
-        type) when ``image_type`` is given; NaN written as None.
+        :func:`pipeline.metrics.aggregate` of all images, plus ``by_source`` and ``by_type`` (the
+        same per source and per image type) when those columns are given; NaN written as None.
     by_threshold : DataFrame
         ``threshold, precision``: mean P(t) for t = 0.50 ... 0.95.
     by_type : DataFrame
@@ -73,17 +73,21 @@ def summarise(per_image: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, pd
     """
     from pipeline.metrics import PRECISION_KEYS, THRESHOLDS, aggregate
 
-    metrics = _finite(aggregate(per_image.drop(columns=["id"], errors="ignore")))
+    labels = [c for c in ("id", "source", "image_type") if c in per_image.columns]
+    metrics = _finite(aggregate(per_image.drop(columns=labels)))
     by_threshold = pd.DataFrame({
         "threshold": np.round(THRESHOLDS, 2),
         "precision": [float(per_image[k].mean()) for k in PRECISION_KEYS],
     })
     rows = []
-    if "image_type" in per_image.columns:
-        metrics["by_type"] = {}
-        for image_type, group in per_image.groupby("image_type", sort=True):
-            metrics["by_type"][image_type] = _finite(aggregate(group.drop(columns=["id", "image_type"])))
-            rows.append((image_type, float(group["dsb_score"].mean()), len(group)))
+    for column, key in (("source", "by_source"), ("image_type", "by_type")):
+        if column not in per_image.columns:
+            continue
+        metrics[key] = {}
+        for value, group in per_image.groupby(column, sort=True):
+            metrics[key][value] = _finite(aggregate(group.drop(columns=labels)))
+            if column == "image_type":
+                rows.append((value, float(group["dsb_score"].mean()), len(group)))
     by_type = pd.DataFrame(rows, columns=["image_type", "dsb_score", "n_images"])
     return metrics, by_threshold, by_type
 
@@ -118,15 +122,18 @@ def main(args: argparse.Namespace) -> int:
     index = validation_index(config.data)
     out = Path(config.evaluate.out)
     per_image = per_image_metrics(read_pairs(config.data.prepared, index, config.postprocess.out))
-    if "image_type" in index.columns:
-        per_image.insert(1, "image_type", index["image_type"].to_numpy())
+    for column in ("image_type", "source"):
+        if column in index.columns:
+            per_image.insert(1, column, index[column].to_numpy())
     metrics, by_threshold, by_type = summarise(per_image)
     write_json(out / "metrics.json", {k: metrics[k] for k in HEADLINE})
     write_json(out / "details.json", metrics)
     write_csv(out / "per_image.csv", per_image)
     write_csv(out / "plots" / "score_vs_threshold.csv", by_threshold)
     write_csv(out / "plots" / "score_by_type.csv", by_type)
+    for name, scores in metrics.get("by_source", {}).items() if len(metrics.get("by_source", {})) > 1 else ():
+        print(f"  {name:<16} {scores['dsb_score']:.4f} ({scores['n_images']} images)")
     for row in by_type.itertuples():
-        print(f"  {row.image_type:<12} {row.dsb_score:.4f} ({row.n_images} images)")
+        print(f"  {row.image_type:<16} {row.dsb_score:.4f} ({row.n_images} images)")
     print(f"validation DSB2018 score {metrics['dsb_score']:.4f} ({metrics['n_images']} images)")
     return 0

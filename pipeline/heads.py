@@ -6,9 +6,9 @@ A head is the representation the network learns, as Cellpose's ``dynamics`` owns
 - ``channels``: the number of output channels;
 - the training target: :meth:`Head.encode_labels` (numpy, from instance labels and the border
   mask) and :meth:`Head.batch_target` (torch, from a batch of the stored target arrays
-  :data:`TARGET_KEYS`), and the pixel-wise loss on it (:meth:`Head.pixel_loss`, named
-  :attr:`Head.pixel_loss_name` in the ``loss`` section of params.yaml), the log-likelihood used by
-  the focal loss and the probabilities/targets of the Dice loss;
+  :data:`TARGET_KEYS`), the name of its pixel-wise loss (:attr:`Head.pixel_loss_name`, a key of
+  the ``loss`` section of params.yaml and of :data:`pipeline.losses.PIXEL_LOSSES`), the
+  log-likelihood used by the focal loss and the probabilities/targets of the Dice loss;
 - the activation :meth:`Head.activate` (logits → probabilities);
 - the decoding :meth:`Head.mask_and_marker` of probabilities into P(nucleus) and P(marker) for the
   marker-controlled watershed.
@@ -22,8 +22,9 @@ Heads shipped:
 - ``sigmoid``: 2 independent channels (mask, border), elementwise sigmoid (the shipped model).
 
 Must not: read files or params.yaml, or import torch at module level (the ``targets`` and
-``postprocess`` stages run without it). Loss formulas live in :mod:`pipeline.losses`; this module
-only says which of them a head uses on which channels.
+``postprocess`` stages run without it), or import :mod:`pipeline.losses` (which imports this
+module). Loss formulas live in :mod:`pipeline.losses`; this module only names the pixel loss a head
+uses and says which channels the likelihood and Dice terms are taken on.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Head:
 
     name: ClassVar[str]
     channels: ClassVar[int]
-    #: Key of the ``loss`` section that weights :meth:`pixel_loss`.
+    #: The head's pixel-wise loss: a key of the ``loss`` section (its factor) and of
+    #: :data:`pipeline.losses.PIXEL_LOSSES` (its formula, called on :meth:`batch_target`).
     pixel_loss_name: ClassVar[str]
 
     # -- numpy: labels → target, probabilities → watershed inputs
@@ -83,10 +85,6 @@ class Head:
 
     def batch_target(self, batch: dict):
         """The loss target from a batch of :data:`TARGET_KEYS` tensors (B, H, W)."""
-        raise NotImplementedError
-
-    def pixel_loss(self, logits, target, weights=None):
-        """Scalar pixel-weighted likelihood loss (``weights`` float (B, H, W) or None)."""
         raise NotImplementedError
 
     def log_likelihood(self, logits, target):
@@ -148,11 +146,6 @@ class SoftmaxHead(Head):
     def batch_target(self, batch: dict):
         return batch["classes"].long()
 
-    def pixel_loss(self, logits, target, weights=None):
-        from pipeline.losses import weighted_cross_entropy
-
-        return weighted_cross_entropy(logits, target, weights)
-
     def log_likelihood(self, logits, target):
         import torch.nn.functional as F
 
@@ -190,11 +183,6 @@ class SigmoidHead(Head):
         import torch
 
         return torch.stack([batch["mask"], batch["border"]], dim=1).float()
-
-    def pixel_loss(self, logits, target, weights=None):
-        from pipeline.losses import bce_loss
-
-        return bce_loss(logits, target, weights)
 
     def log_likelihood(self, logits, target):
         import torch.nn.functional as F

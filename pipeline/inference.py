@@ -1,4 +1,4 @@
-"""Probability maps from a trained network (the ``predict`` stage).
+"""Probability maps from a trained network: :class:`Predictor` (padding, tiling, TTA).
 
 :class:`Predictor` runs a segmentation network on images of any size:
 
@@ -15,22 +15,22 @@
 - tiles of the same shape are batched, across images too; mixed precision on CUDA.
 
 The head (:mod:`pipeline.heads`) turns logits into probabilities. Must not: post-process,
-rescale or normalise images (that is :class:`pipeline.segmenter.Segmenter`), or keep defaults of
-the ``predict`` section (:class:`pipeline.config.PredictConfig`).
+rescale or normalise images (that is :class:`pipeline.segmenter.Segmenter`), import the Segmenter
+(it imports this module; the ``predict`` stage that runs it is :mod:`pipeline.predict`), or keep
+defaults of the ``predict`` section (:class:`pipeline.config.PredictConfig`).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import Config, ModelConfig, PredictConfig, load_config
+from pipeline.config import ModelConfig, PredictConfig
 from pipeline.heads import get_head
 from pipeline.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_channels_last
 
@@ -339,74 +339,3 @@ def predictor_options(cfg: PredictConfig | dict[str, Any]) -> dict[str, Any]:
     if not isinstance(cfg, PredictConfig):
         cfg = PredictConfig.from_dict(cfg)
     return cfg.predictor_options()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``nuclei predict``."""
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: predict.device)")
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file from its header; (0, 0) when unreadable (reported on loading)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except Exception:  # noqa: BLE001 - read_image reports the problem with the file name
-        return 0, 0
-
-
-def _prediction_inputs(config: Config) -> list[tuple[str, Callable[[], np.ndarray], tuple[int, int]]]:
-    """``(id, loader of the image as stored (uint8 RGB), (H, W))`` for the validation fold and the test root."""
-    from pipeline.io import load_npz
-    from pipeline.kaggle import read_kaggle_sample
-    from pipeline.prepare import validation_index
-
-    data = config.data
-    prepared = Path(data.prepared)
-    val = validation_index(data)
-    items = [
-        (str(row.id), lambda f=prepared / f"{row.id}.npz": load_npz(f)["image"],
-         (int(row.height), int(row.width)))
-        for row in val.itertuples()
-    ]
-    if data.test_root:
-        from pipeline.kaggle import list_kaggle_ids
-
-        root = Path(data.test_root)
-        for sample_id in list_kaggle_ids(root):
-            file = root / sample_id / "images" / f"{sample_id}.png"
-            items.append((sample_id, lambda d=root / sample_id: read_kaggle_sample(d, masks=False)[0],
-                          _image_size(file)))
-    return items
-
-
-def main(args: argparse.Namespace) -> int:
-    """``nuclei predict``: validation fold (+ test root) → ``<predict.out>/<id>.npz``.
-
-    Each image goes through the :class:`pipeline.segmenter.Segmenter` of ``predict.model``:
-    normalised, its nucleus diameter estimated, resized to the model's canonical diameter; the
-    file holds the probabilities at that scale (``probs`` float16 (C, h, w)), ``head``, the
-    original ``shape``, the ``scale`` and the ``image_type``, from which ``nuclei postprocess``
-    makes labels on the original pixel grid exactly as the Segmenter does.
-    """
-    from pipeline.io import progress, save_npz
-    from pipeline.segmenter import Segmenter, image_type_of
-
-    config = load_config(args.params)
-    cfg = config.predict
-    segmenter = Segmenter.from_model_dir(cfg.model, device=args.device or cfg.device, **cfg.predictor_options())
-    items = _prediction_inputs(config)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for image_id, load, _ in progress(items, desc="predict"):
-        image = segmenter.normalize(load())
-        image_type = image_type_of(image)
-        _, _, scale = segmenter.scale_for(image, image_type=image_type)
-        probs = segmenter.predict_scaled(image, scale)
-        save_npz(out / f"{image_id}.npz", probs=probs.astype(np.float16), head=np.array(segmenter.head),
-                 shape=np.array(image.shape[:2]), scale=np.float64(scale), image_type=np.array(image_type))
-    print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
-    return 0

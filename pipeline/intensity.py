@@ -21,7 +21,7 @@ So only real saturation is treated specially.
 Fluorescence in colour becomes grey. The network learnt fluorescence from grey images (stage1_train
 has no other), and a Hoechst or DAPI image saved in the blue channel scored 0.61 against 0.73 for
 the same images in grey (35 images of grouped fold 0; green 0.72, red 0.71, magenta 0.68). So an
-image whose normalised channels differ (colour, as :func:`pipeline.prepare.classify_image` measures
+image whose normalised channels differ (colour, as :func:`pipeline.image_types.classify_image` measures
 it) on a dark background (:func:`is_colour_fluorescence`) is normalised as one grey image: its
 blue channel when the channels hold different images and blue carries signal
 (:func:`nuclear_channel`: the nuclear counterstain, DAPI or Hoechst, is blue by convention), else
@@ -58,12 +58,12 @@ NORMALIZATION = {"low": 1.0, "high": 99.8, "saturation": True}
 SATURATED_SHARE = (5e-4, 0.1)
 #: A normalised image whose mean |channel − grey| exceeds COLOUR is in colour; one whose mean stays
 #: below DARK has a dark background (fluorescence). The image types of
-#: :func:`pipeline.prepare.classify_image` use the same two thresholds, so the two rules agree.
+#: :func:`pipeline.image_types.classify_image` use the same two thresholds, so the two rules agree.
 #: stage1_train after normalisation: grey images have no colour (< 1e-8); the blue channel of a
 #: fluorescence image 0.013–0.34; mean level of fluorescence 0.02–0.26 (blue channel alone at most
 #: 0.25), of stained tissue 0.56–0.84.
 COLOUR, DARK = 0.01, 0.35
-#: :func:`pipeline.prepare.classify_image` measures the colour on the means of COLOUR_BLOCK ×
+#: :func:`pipeline.image_types.classify_image` measures the colour on the means of COLOUR_BLOCK ×
 #: COLOUR_BLOCK tiles, so that a colour camera's pixel noise, independent in each channel, does not
 #: make a grey image "stained". Noise of σ = 4/255 made every bright-field image of stage1_train
 #: "stained" pixel by pixel (the Segmenter types normalised images, where the contrast stretch
@@ -401,7 +401,7 @@ def is_stained(image: np.ndarray) -> bool:
     :data:`DARK`) and colour where the sample absorbs (:func:`stain_colour` above :data:`COLOUR`).
     A dark image is fluorescence whatever its colour: its darkest tiles that are not black are a
     tinted camera's nuclei there. The one rule of :func:`normalize_image` and
-    :func:`pipeline.prepare.classify_image`."""
+    :func:`pipeline.image_types.classify_image`."""
     return float(image.mean()) > DARK and stain_colour(image) > COLOUR
 
 

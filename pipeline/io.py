@@ -1,4 +1,6 @@
-"""Reading images; atomic writing of every output file (Kaggle folders: :mod:`pipeline.kaggle`).
+"""Reading images; atomic writing of every output file (Kaggle folders: :mod:`pipeline.kaggle`;
+which files to read: :mod:`pipeline.inputs`; TIFF series and planes: :mod:`pipeline.tiff`;
+orientation tags: :mod:`pipeline.orientation`).
 
 Every reader raises :class:`pipeline.errors.NucleiError` with one line that names the file and
 the problem; every writer writes to a temporary file in the destination folder and renames it,
@@ -9,26 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import NucleiError, OutputError, one_line
+from pipeline.planes import SEGMENT_BYTES_PER_PIXEL, Plane, check_size, max_image_pixels  # noqa: F401 (re-exported)
 
-#: File name endings read as images when a folder is given.
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
-#: A folder with this ending given as an input is one image: an OME-Zarr (:mod:`pipeline.slide`).
-ZARR_SUFFIX = ".zarr"
-#: Peak memory of ``nuclei segment`` per image pixel, in bytes: 75 measured for an 8000×8000 RGB
-#: image of 18-px nuclei (segmented at ×1.13, see README), with some margin.
-SEGMENT_BYTES_PER_PIXEL = 80
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -73,86 +68,12 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
-class Plane(NamedTuple):
-    """One image of a file, in the file's own units (see :func:`read_planes`)."""
-
-    tag: str  #: '' for a file holding one image, else '_p<k>', '_s<j>' or '_s<j>_p<k>'
-    series: int  #: TIFF series (0 for every other format)
-    index: int  #: plane within its series
-    array: np.ndarray  #: (H, W) or (H, W, C), C = 1..4, the file's pixel type
-    pixel_size: float | None = None  #: µm, from the file's OME / ImageJ metadata (:mod:`pipeline.metadata`)
-
-
-def max_image_pixels() -> int | None:
-    """Largest image (H × W pixels) read: what ``nuclei segment`` can hold in this machine's memory.
-
-    ``nuclei segment`` peaks at about :data:`SEGMENT_BYTES_PER_PIXEL` bytes per pixel of an
-    image (measured for an 8000×8000 RGB image); None where the memory size is unknown.
-    """
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-    return int(memory // SEGMENT_BYTES_PER_PIXEL)
-
-
-def _check_size(path: Path, height: int, width: int) -> None:
-    """Refuse, as 'too large', an image whose pixels exceed :func:`max_image_pixels`."""
-    limit = max_image_pixels()
-    if limit is not None and height * width > limit:
-        raise NucleiError(
-            f"{path}: image too large ({width}x{height} px = {height * width / 1e6:.0f} Mpx; this "
-            f"machine's memory allows at most {limit / 1e6:.0f} Mpx, about {SEGMENT_BYTES_PER_PIXEL} "
-            "bytes per pixel)"
-        )
-
-
-def _read_tiff_planes(path: Path) -> list[Plane]:
-    """Every series of a TIFF as planes, each (Y, X) or (Y, X, S) where S holds colour samples.
-
-    Every axis other than Y, X and the samples axis S (pages, Z, T, channels) enumerates planes.
-    """
-    import tifffile
-
-    from pipeline.metadata import tiff_pixel_size
-
-    logging.getLogger("tifffile").setLevel(logging.ERROR)  # our one-line error says it all
-    planes: list[Plane] = []
-    try:
-        with tifffile.TiffFile(path) as tif:
-            for s, series in enumerate(tif.series):
-                size = tiff_pixel_size(tif, s)
-                axes = series.axes
-                if "Y" in axes and "X" in axes:
-                    _check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
-                array = series.asarray()
-                keep = "YXS"
-                order = [i for i, a in enumerate(axes) if a not in keep]
-                order += [axes.index(a) for a in keep if a in axes]
-                array = np.transpose(array, order)
-                n_extra = len(axes) - sum(a in axes for a in keep)
-                stack = array.reshape((-1,) + array.shape[n_extra:])
-                for k, plane in enumerate(stack):
-                    tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
-                    planes.append(Plane(tag, s, k, plane, size))
-    except NucleiError:
-        raise
-    except MemoryError:
-        raise NucleiError(f"{path}: too large for this machine's memory") from None
-    except Exception as exc:  # tifffile raises many types for corrupt files
-        raise NucleiError(f"{path}: not a readable TIFF ({one_line(exc)})") from None
-    if not planes:
-        raise NucleiError(f"{path}: not a readable TIFF (no image in it)")
-    if len(planes) == 1:
-        planes[0] = planes[0]._replace(tag="")
-    return planes
-
-
 def read_planes(path: str | Path) -> list[Plane]:
     """Read every image of a file in the file's own units (for measurement).
 
     A TIFF gives every plane of every series (pages, Z, T or channel axes enumerate planes);
-    any other file gives one plane.
+    any other file gives one plane. Orientation tags (EXIF, TIFF) are applied: the arrays are
+    the images as viewers show them.
 
     Returns
     -------
@@ -163,15 +84,22 @@ def read_planes(path: str | Path) -> list[Plane]:
     Raises
     ------
     NucleiError
-        Missing, unreadable, truncated, too large or non-image files, NaN values.
+        Missing, unreadable, truncated, too large or non-image files, NaN values; a FIFO or a
+        device (never opened: :func:`pipeline.inputs.file_kind`).
     """
+    from pipeline.inputs import file_kind
+
     path = Path(path)
-    if not path.is_file():
-        raise NucleiError(f"{path}: no such file")
+    kind = file_kind(path)
+    if kind is not None:
+        what = {"missing": "no such file"}.get(kind, kind + (", not an image file" if kind.startswith("a ") else ""))
+        raise NucleiError(f"{path}: {what}")
     if path.suffix.lower() in TIFF_SUFFIXES:
-        planes = _read_tiff_planes(path)
+        from pipeline.tiff import read_tiff_planes
+
+        planes = read_tiff_planes(path)
     else:
-        planes = [Plane("", 0, 0, _read_pillow(path))]
+        planes = [Plane("", 0, 0, *_read_pillow(path))]
     for plane in planes:
         _check_array(plane.array, path)
     return planes
@@ -264,21 +192,25 @@ def read_image(path: str | Path) -> np.ndarray:
     return planes[0]
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    """A PNG, JPEG or BMP file as an array in its own pixel type.
+def _read_pillow(path: Path) -> tuple[np.ndarray, int]:
+    """A PNG, JPEG or BMP file as an array in its own pixel type, turned as its EXIF Orientation
+    says, and that orientation code (:func:`pipeline.orientation.pillow_orientation`).
 
     Pillow's decompression-bomb guard (89.5 Mpx) is lifted for this read: the limit is
     :func:`max_image_pixels`, tied to memory, and its error says 'too large'.
     """
     from PIL import Image, UnidentifiedImageError
 
+    from pipeline.orientation import pillow_orientation
+
     guard = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as im:
-            _check_size(path, im.height, im.width)
+            check_size(path, im.height, im.width)
             im.load()
-            return _pil_to_array(im)
+            shown, code = pillow_orientation(im)
+            return _pil_to_array(shown), code
     except UnidentifiedImageError:
         raise NucleiError(f"{path}: not an image file") from None
     except MemoryError:
@@ -308,73 +240,6 @@ def _pil_to_array(im) -> np.ndarray:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """float image in [0, 1] → uint8 (same shape), rounded."""
     return np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
-
-
-def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[Path]:
-    """The image files of ``inputs``: the first list of :func:`list_inputs`."""
-    return list_inputs(inputs, recursive)[0]
-
-
-def list_inputs(inputs: Iterable[str | Path], recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """Expand files and folders into the image files to read and the files left out.
-
-    Files named explicitly are kept whatever their ending (reading them reports problems);
-    folders contribute the files whose ending is in :data:`IMAGE_SUFFIXES` (hidden files and
-    folders are skipped), and their sub-folders too when ``recursive``, except the ``masks/``
-    folders of a Kaggle layout (``<id>/masks/`` beside ``<id>/images/``). Each folder is
-    walked once.
-
-    Returns
-    -------
-    images : list of Path
-        In the order of ``inputs``, each folder's files sorted; a file reached twice is kept once.
-    others : list of Path
-        The folders' files left out for their ending (notes, tables, GIF or WebP images), so that
-        a caller can say what it did not read; those also named explicitly are not among them.
-
-    Raises
-    ------
-    NucleiError
-        An input that does not exist.
-    """
-    files: list[Path] = []
-    others: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir() and path.suffix.lower() != ZARR_SUFFIX:  # an OME-Zarr folder is one image
-            for p in _folder_files(path, recursive):
-                (files if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise NucleiError(f"{path}: no such file or folder")
-    seen: set[Path] = set()
-
-    def first_time(paths: list[Path]) -> list[Path]:
-        kept = []
-        for f in paths:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                kept.append(f)
-        return kept
-
-    return first_time(files), first_time(others)  # images first: a file named explicitly is read
-
-
-def _folder_files(folder: Path, recursive: bool) -> list[Path]:
-    """The files of ``folder`` (and of its sub-folders when ``recursive``), sorted; hidden files,
-    hidden folders (``.git/``, thumbnail caches) and the ``masks/`` folders of a Kaggle layout left
-    out."""
-    pattern = "**/*" if recursive else "*"
-    return [p for p in sorted(folder.glob(pattern))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-            and not _is_kaggle_mask(p)]
-
-
-def _is_kaggle_mask(path: Path) -> bool:
-    """Whether ``path`` is ``<id>/masks/<k>.png`` of a Kaggle layout (beside ``<id>/images/``)."""
-    return path.parent.name == "masks" and (path.parent.parent / "images").is_dir()
 
 
 # --------------------------------------------------------------------------- atomic writing
@@ -413,14 +278,14 @@ def check_writable_folder(folder: str | Path, for_file: str | Path | None = None
     ------
     NucleiError
         Naming ``for_file`` (default ``folder``): a file stands where a folder is needed, or the
-        folder cannot be created or written to (read-only, no permission).
+        folder cannot be created or written to (read-only, no permission, a name too long).
     """
     folder = Path(folder)
     target = for_file or folder
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise NucleiError(f"{target}: cannot write ({existing} is a file, not a folder)")
     try:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise NucleiError(f"{target}: cannot write ({existing} is a file, not a folder)")
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
         os.close(fd)

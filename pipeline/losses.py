@@ -127,6 +127,11 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor |
     return _weighted_mean(bce, weights)
 
 
+#: The pixel-wise losses by the :attr:`pipeline.heads.Head.pixel_loss_name` of the head that uses
+#: them: ``loss(logits (B, C, H, W), head.batch_target(batch), weights (B, H, W) or None)``.
+PIXEL_LOSSES = {"weighted_ce": weighted_cross_entropy, "bce": bce_loss}
+
+
 class CombinedLoss:
     """``callable(logits (B, C, H, W), batch) -> scalar``: a weighted sum of loss terms.
 
@@ -148,7 +153,7 @@ class CombinedLoss:
         target = head.batch_target(batch)
         out = {}
         if head.pixel_loss_name in self.weights:
-            out[head.pixel_loss_name] = head.pixel_loss(logits, target, pixel_w)
+            out[head.pixel_loss_name] = PIXEL_LOSSES[head.pixel_loss_name](logits, target, pixel_w)
         if "dice" in self.weights:
             out["dice"] = soft_dice_loss(*head.dice_inputs(logits, target))
         if "focal" in self.weights:

@@ -6,7 +6,9 @@ section as a mapping), ``postprocess`` (watershed thresholds), ``normalization``
 (and, optionally, ``stained_diameter``: see :meth:`pipeline.segmenter.Segmenter.scale_for`),
 ``training`` (free-form provenance) and ``weights_sha256``; ``weights.pt`` the state dict (half
 precision allowed). :func:`save_model_dir` writes both atomically, :func:`load_model_dir` checks
-and reads them.
+and reads them. A model directory travels (it ships in git), so what it records holds no
+absolute path of the machine that wrote it: :func:`portable_paths` rewrites them relative to the
+repository.
 
 Must not: define networks (:mod:`pipeline.networks`) or read params.yaml.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -56,7 +59,8 @@ def save_model_dir(path: str | Path, model: nn.Module, config: dict, half: bool 
     config : dict
         Must hold ``model`` (the :func:`build_model` kwargs); usually also ``postprocess``,
         ``normalization`` and ``training``. ``format_version`` and ``weights_sha256`` are set
-        here; ``model.encoder_weights`` is cleared (the full state dict is saved).
+        here; ``model.encoder_weights`` is cleared (the full state dict is saved); absolute
+        paths anywhere in it are written relative to the repository (:func:`portable_paths`).
     half : bool
         Store floating-point tensors as float16 (half the size; loaded back as float32);
         a tensor with values beyond the float16 range stays float32.
@@ -82,8 +86,42 @@ def save_model_dir(path: str | Path, model: nn.Module, config: dict, half: bool 
     with atomic_path(path / WEIGHTS_NAME) as tmp:
         tmp.write_bytes(data)
     with atomic_path(path / CONFIG_NAME) as tmp:
-        tmp.write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(portable_paths(_plain(config)), sort_keys=False))
     return path
+
+
+def portable_paths(obj: Any, root: str | Path = ROOT) -> Any:
+    """``obj`` with every string that is an absolute path rewritten relative to ``root``.
+
+    Parameters
+    ----------
+    obj : mapping, list or scalar
+        Plain YAML data (e.g. the ``training`` provenance of a model directory).
+    root : str or Path
+        The repository the paths are made relative to (default: this checkout): a path inside it
+        becomes repository-relative (``models/default``), one beside it keeps the way there
+        (``../shared/dsb2018/stage1_train``), with ``/`` separators on every system. A path that
+        cannot be made relative (another Windows drive, another system's path) is reduced to its
+        last component.
+
+    Returns
+    -------
+    The same structure; other values are unchanged.
+    """
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_paths(v, root) for v in obj]
+    if not isinstance(obj, str) or "\n" in obj:
+        return obj
+    if Path(obj).is_absolute():
+        try:
+            return Path(os.path.relpath(obj, root)).as_posix()
+        except ValueError:  # another Windows drive: no relative path exists
+            return PureWindowsPath(obj).name
+    if PurePosixPath(obj).is_absolute() or PureWindowsPath(obj).is_absolute():
+        return PureWindowsPath(obj).name  # another system's absolute path: keep only its name
+    return obj
 
 
 def _storage(tensor: torch.Tensor, half: bool) -> torch.Tensor:

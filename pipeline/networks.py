@@ -263,7 +263,7 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     conv–BN–ReLU layer of the plain U-Net, the decoder blocks of smp) becomes one convolution
     with the normalisation's scale and shift in its weights and bias, and the batch norm an
     ``nn.Identity``: the same outputs (to float rounding, ~1e-7) with one pass less over every
-    activation map, 18 % less network time on a CPU (README, "Benchmarks"). ``model`` itself is
+    activation map, 18 % less network time on a CPU (docs/decisions.md). ``model`` itself is
     not changed; the copy is in eval mode, for inference only (its batch norms no longer learn).
     """
     import copy

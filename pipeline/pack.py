@@ -83,7 +83,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def pack_prepared(prepared: str | Path, archive: str | Path) -> int:
-    """Write the prepared folder ``prepared`` (``index.csv`` + ``<id>.npz``) into the tar ``archive``.
+    """Write the prepared folder ``prepared`` (``index.csv`` + ``<id>.npz``, or a folder of such
+    sources) into the tar ``archive``.
 
     Returns the archive's size in bytes. Raises NucleiError naming a missing or unreadable index
     (:func:`pipeline.prepare.read_index`) or sample file.
@@ -91,11 +92,12 @@ def pack_prepared(prepared: str | Path, archive: str | Path) -> int:
     from pipeline.prepare import read_index  # here, not at the top: unpacking needs no scipy
 
     prepared, archive = Path(prepared), Path(archive)
-    index = prepared / INDEX
     ids = read_index(prepared, ("id",))["id"].tolist()
+    indexes = [prepared / INDEX] if (prepared / INDEX).exists() else sorted(prepared.glob(f"*/{INDEX}"))
     archive.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w") as tar:
-        _add(tar, INDEX, index.read_bytes())
+        for index in indexes:  # one source's, or each of a folder of sources
+            _add(tar, index.relative_to(prepared).as_posix(), index.read_bytes())
         for sample_id in progress(ids, desc="pack", unit="img"):
             path = prepared / f"{sample_id}.npz"
             arrays = load_npz(path)
@@ -123,9 +125,10 @@ def unpack_prepared(archive: str | Path, prepared: str | Path) -> int:
     prepared.mkdir(parents=True, exist_ok=True)
     with tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
-        if INDEX not in members:
+        indexes = [name for name in members if name == INDEX or name.endswith(f"/{INDEX}")]
+        if not indexes:
             raise NucleiError(f"{archive}: no {INDEX} inside (not made by pipeline.pack)")
-        ids = sorted({name.split("/")[0] for name in members if "/" in name})
+        ids = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith(("/image.png", "/labels.png"))})
         for sample_id in progress(ids, desc="unpack", unit="img"):
             try:
                 image, labels = decode_sample(
@@ -135,9 +138,10 @@ def unpack_prepared(archive: str | Path, prepared: str | Path) -> int:
             except (KeyError, ValueError) as exc:
                 raise NucleiError(f"{archive}: sample {sample_id} is incomplete or corrupt ({exc})") from None
             save_npz(prepared / f"{sample_id}.npz", image=image, labels=labels)
-        # the index last: a folder with an index is complete
-        with atomic_path(prepared / INDEX) as tmp:
-            tmp.write_bytes(tar.extractfile(members[INDEX]).read())
+        # the indexes last: a folder with an index is complete
+        for name in indexes:
+            with atomic_path(prepared / name) as tmp:
+                tmp.write_bytes(tar.extractfile(members[name]).read())
     return len(ids)
 
 

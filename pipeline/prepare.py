@@ -1,10 +1,18 @@
-"""The ``prepare`` stage: Kaggle layout → one label map per image, an index and folds.
+"""The ``prepare`` stage: labelled sources → one label map per image, an index and folds.
 
-Writes ``<prepared>/<id>.npz`` (``image`` uint8 (H, W, 3), ``labels`` int32 (H, W)) and
-``<prepared>/index.csv`` with columns ``id, height, width, n_nuclei, mean_area,
-median_diameter, image_type``, the acquisition features, ``fold`` (stratified by image type),
-``group`` (the experiment, :func:`acquisition_groups`) and ``group_fold`` (folds grouped by
-experiment: no experiment straddles training and validation).
+A source (``data.sources.<name>``: a root and its layout, :mod:`pipeline.sources`) is prepared into
+``<prepared>/<name>/``: ``<id>.npz`` (``image`` uint8 (H, W, 3), ``labels`` int32 (H, W)) and
+``index.csv`` with columns ``id, source, height, width, n_nuclei, mean_area, median_diameter,
+image_type``, the acquisition features, ``fold`` (stratified by image type), ``group`` (the
+experiment, :func:`acquisition_groups`) and ``group_fold`` (folds grouped by experiment: no
+experiment straddles training and validation; a source of fewer experiments than folds, which
+cannot hold each out, gets its image folds there). Folds are drawn within each source, so adding a
+source changes no other source's folds; ``data.split: source`` holds a whole source out. Each source is its own DVC stage (``dvc.yaml``), so a change
+in one root re-prepares that source alone.
+
+:func:`read_index` reads a prepared folder of sources as one table: ids ``<source>/<id>`` (the
+``.npz`` path below the folder, as for every stage that writes per-image files), groups
+``<source>:<group>``. A folder holding ``index.csv`` itself is one source with plain ids.
 
 Must not: compute training targets (:mod:`pipeline.targets`) or import torch.
 """
@@ -21,50 +29,12 @@ import pandas as pd
 
 from pipeline.config import DataConfig, load_config
 from pipeline.errors import NucleiError
-from pipeline.intensity import DARK, is_stained, is_tinted_grey
+from pipeline.image_types import classify_image
 from pipeline.io import progress, save_npz, write_csv
-from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
+from pipeline.sources import list_sample_ids, read_sample, unlabelled_images
 
-#: The four image types of the DSB2018 data (:func:`classify_image`), used to stratify the folds;
-#: the post-processing and the Segmenter treat stained (``HISTOLOGY``) and ``BRIGHTFIELD`` images
-#: apart. Plain strings, as written to ``index.csv`` and the prediction files.
-IMAGE_TYPES = FLUO_SMALL, FLUO_LARGE, BRIGHTFIELD, HISTOLOGY = ("fluo-small", "fluo-large", "brightfield", "histology")
 #: Columns every reader of ``index.csv`` relies on.
 INDEX_COLUMNS = ("id", "fold")
-
-
-def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = True) -> str:
-    """Image type of a DSB2018-like image, from colour, brightness and size.
-
-    Parameters
-    ----------
-    image : uint8 ndarray of shape (H, W, 3)
-    n_pixels : int, optional
-        The image's number of pixels, when ``image`` is a subsample of it (default H × W).
-    raw : bool
-        ``image`` is as read, so a grey scene through a tinted camera can be told from a stain
-        (:func:`pipeline.intensity.is_tinted_grey` needs black at 0). False for a normalised image
-        (:func:`pipeline.segmenter.image_type_of`): :func:`pipeline.intensity.normalize_image` has
-        made such an image grey already, and the contrast stretch, which moves black and clips,
-        can make stained tissue look like one (a tissue crop at 4× scale did).
-
-    Returns
-    -------
-    image_type : str
-        ``histology`` for stained tissue (:func:`pipeline.intensity.is_stained`: a bright
-        background and colour in its darkest tiles; and, when ``raw``, not a grey scene through a
-        tinted camera), ``brightfield`` for other images with a bright background (mean above
-        :data:`pipeline.intensity.DARK`), otherwise fluorescence, whatever its colour:
-        ``fluo-large`` above 200,000 pixels, else ``fluo-small``.
-        The thresholds separate the four groups of stage1_train with wide margins.
-    """
-    rgb = image.astype(np.float32) / 255.0
-    if is_stained(rgb) and not (raw and is_tinted_grey(image)):
-        return HISTOLOGY
-    if float(rgb.mean()) > DARK:
-        return BRIGHTFIELD
-    n_pixels = image.shape[0] * image.shape[1] if n_pixels is None else n_pixels
-    return FLUO_LARGE if n_pixels > 200_000 else FLUO_SMALL
 
 
 def stratified_folds(ids: list[str], groups: list[str], k: int, seed: int = 0) -> np.ndarray:
@@ -93,8 +63,9 @@ def stratified_folds(ids: list[str], groups: list[str], k: int, seed: int = 0) -
 #: Per-image acquisition features clustered into experiments by :func:`acquisition_groups`.
 ACQUISITION_FEATURES = ("log_height", "log_width", "mean_r", "mean_g", "mean_b", "grey_std",
                         "log_diameter")
-#: Fold columns of ``index.csv`` by ``data.split``.
-SPLITS = {"stratified": "fold", "grouped": "group_fold"}
+#: Fold columns of ``index.csv`` by ``data.split`` ('source': leave one source out, ``data.val_fold``
+#: names the source).
+SPLITS = {"stratified": "fold", "grouped": "group_fold", "source": "source"}
 
 
 def acquisition_groups(features: pd.DataFrame, distance: float = 0.7) -> np.ndarray:
@@ -104,7 +75,7 @@ def acquisition_groups(features: pd.DataFrame, distance: float = 0.7) -> np.ndar
     DSB2018 images are tiles of larger acquisitions: tiles of one experiment share image size,
     stain, brightness and nucleus size. Average-linkage hierarchical clustering of the
     standardised :data:`ACQUISITION_FEATURES`, cut at ``distance`` (in standard deviations),
-    groups them. On stage1_train the default cut gives 58 groups (the largest 109 images of
+    groups them. On stage1_train the default cut gives 55 groups (the largest 109 images of
     256×256 small fluorescence) and 5 grouped folds that each still hold 3–4 image types.
 
     Parameters
@@ -155,10 +126,12 @@ def split_folds(index: pd.DataFrame, val_fold: int | None, split: str = "stratif
     Parameters
     ----------
     index : the table of :func:`read_index`.
-    val_fold : int or None
-        None: every image is for training and none for validation (a final model).
-    split : {'stratified', 'grouped'}
-        Folds stratified by image type (``fold``) or grouped by experiment (``group_fold``).
+    val_fold : int, str or None
+        None: every image is for training and none for validation (a final model); a source
+        name with split 'source'.
+    split : {'stratified', 'grouped', 'source'}
+        Folds stratified by image type (``fold``), grouped by experiment (``group_fold``), or
+        one source held out (``source``).
 
     Returns
     -------
@@ -176,7 +149,7 @@ def split_folds(index: pd.DataFrame, val_fold: int | None, split: str = "stratif
     column = SPLITS[split]
     if column not in index.columns:
         raise NucleiError(f"{source}: no column '{column}' (re-run `nuclei prepare`)")
-    is_val = index[column].to_numpy() == int(val_fold)
+    is_val = index[column].to_numpy() == (str(val_fold) if split == "source" else int(val_fold))
     train_ids = index.loc[~is_val, "id"].tolist()
     val_ids = index.loc[is_val, "id"].tolist()
     folds = sorted(index[column].unique().tolist())
@@ -208,20 +181,20 @@ def validation_index(data: DataConfig) -> pd.DataFrame:
     return index[index["id"].isin(set(val_ids))].reset_index(drop=True)
 
 
-def _prepare_one(task: tuple[Path, Path]) -> dict | str:
-    sample_dir, out_dir = task
+def _prepare_one(task: tuple[Path, str, str, Path]) -> dict | str:
+    root, layout, sample_id, out_dir = task
     try:
-        image, labels = read_kaggle_sample(sample_dir)
+        image, labels = read_sample(root, layout, sample_id)
     except NucleiError as exc:
         return str(exc)
-    save_npz(out_dir / f"{sample_dir.name}.npz", image=image, labels=labels)
+    save_npz(out_dir / f"{sample_id}.npz", image=image, labels=labels)
     from pipeline.scale import median_diameter
 
     n = int(labels.max())
     rgb = image.reshape(-1, 3).astype(np.float64) / 255.0
     diameter = median_diameter(labels)
     return {
-        "id": sample_dir.name,
+        "id": sample_id,
         "height": image.shape[0],
         "width": image.shape[1],
         "n_nuclei": n,
@@ -236,46 +209,61 @@ def _prepare_one(task: tuple[Path, Path]) -> dict | str:
     }
 
 
-def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, workers: int = 1) -> pd.DataFrame:
-    """Convert a Kaggle training root into label maps, an index and folds.
+def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, workers: int = 1,
+            layout: str = "kaggle", source: str = "") -> pd.DataFrame:
+    """Convert one labelled source into label maps, an index and folds (``out/index.csv``).
 
-    Bad samples (unreadable image, mask of the wrong size, no masks) are reported on stderr in
-    one line each and skipped.
+    Bad samples (unreadable image, mask or label image of the wrong size, no masks) are reported
+    on stderr in one line each and skipped; so are a ``folder`` source's images without labels.
+
+    Parameters
+    ----------
+    root, layout : the source folder and its layout (:data:`pipeline.sources.LAYOUTS`).
+    source : str
+        The source's name, written to the ``source`` column.
 
     Returns
     -------
     index : DataFrame with one row per prepared image (see module docstring).
     """
     root, out = Path(root), Path(out)
-    ids = list_kaggle_ids(root)
+    ids = list_sample_ids(root, layout)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(root / i, out) for i in ids]
+    tasks = [(root, layout, i, out) for i in ids]
     rows, failures = [], []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(progress(pool.map(_prepare_one, tasks, chunksize=4), desc="prepare", total=len(tasks)))
+            results = list(progress(pool.map(_prepare_one, tasks, chunksize=4), desc=f"prepare {source}".strip(),
+                                    total=len(tasks)))
     else:
-        results = [_prepare_one(t) for t in progress(tasks, desc="prepare")]
+        results = [_prepare_one(t) for t in progress(tasks, desc=f"prepare {source}".strip())]
     for result in results:
         (failures if isinstance(result, str) else rows).append(result)
+    if layout == "folder" and (unlabelled := unlabelled_images(root)):
+        failures.append(f"{len(unlabelled)} images of {root / 'images'} without a label image in "
+                        f"{root / 'labels'}: {', '.join(unlabelled[:3])}{' ...' if len(unlabelled) > 3 else ''}")
     for message in failures:
         print(f"nuclei: warning: skipped {message}", file=sys.stderr)
     if not rows:
         raise NucleiError(f"{root}: no sample could be prepared")
     index = pd.DataFrame(rows).sort_values("id").reset_index(drop=True)
+    index.insert(1, "source", source)
     index["fold"] = stratified_folds(index["id"].tolist(), index["image_type"].tolist(), folds, seed)
     index["group"] = acquisition_groups(index)
     index["group_fold"] = grouped_folds(index["group"].to_numpy(), folds)
+    if index["group"].nunique() < folds:  # too few experiments to hold each out: image folds
+        index["group_fold"] = index["fold"]
     write_csv(out / "index.csv", index)
     return index
 
 
 def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS) -> pd.DataFrame:
-    """Read ``<prepared>/index.csv`` (written by :func:`prepare`).
+    """Read the index of a prepared folder (written by :func:`prepare`).
 
     Parameters
     ----------
-    prepared : the prepared-data folder.
+    prepared : the prepared-data folder: one source (``index.csv`` in it) or a folder of sources
+        (``<name>/index.csv``; read together, see the module docstring).
     columns : the columns the caller needs (default ``id`` and ``fold``).
 
     Returns
@@ -288,13 +276,10 @@ def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS) -
     NucleiError
         Missing or unreadable file, missing columns, no rows.
     """
-    path = Path(prepared) / "index.csv"
-    try:
-        index = pd.read_csv(path, dtype={"id": str})
-    except FileNotFoundError:
-        raise NucleiError(f"{path}: no such file (run `nuclei prepare` first)") from None
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise NucleiError(f"{path}: unreadable index ({exc})") from None
+    prepared = Path(prepared)
+    path = prepared / "index.csv"
+    parts = sorted(prepared.glob("*/index.csv")) if not path.exists() and prepared.is_dir() else []
+    index = pd.concat([_source_index(p) for p in parts], ignore_index=True) if parts else _read_csv(path)
     missing = [c for c in columns if c not in index.columns]
     if missing:
         raise NucleiError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -303,23 +288,64 @@ def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS) -
     return index
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype={"id": str, "source": str}, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise NucleiError(f"{path}: no such file (run `nuclei prepare` first)") from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise NucleiError(f"{path}: unreadable index ({exc})") from None
+
+
+def _source_index(path: Path) -> pd.DataFrame:
+    """One source's index inside a folder of sources: ids and groups prefixed by the source."""
+    index = _read_csv(path)
+    name = path.parent.name
+    index["id"] = name + "/" + index["id"].astype(str)
+    index["source"] = name
+    if "group" in index.columns:
+        index["group"] = name + ":" + index["group"].astype(str)
+    return index
+
+
+def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = None) -> pd.DataFrame:
+    """Prepare the sources ``names`` (default all) of ``data.sources`` into ``data.prepared/<name>``.
+
+    Returns
+    -------
+    index : the whole prepared folder's table (:func:`read_index`).
+    """
+    names = list(data.sources) if names is None else names
+    for name in names:
+        if name not in data.sources:
+            raise NucleiError(f"no source {name!r} in data.sources ({', '.join(data.sources)})")
+        spec = data.sources[name]
+        prepare(spec["root"], Path(data.prepared) / name, folds=data.folds, seed=seed, workers=data.workers,
+                layout=spec["layout"], source=name)
+    return read_index(data.prepared)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-    parser.add_argument("--root", help="Kaggle training root (default: data.root of the parameters)")
-    parser.add_argument("--out", help="output folder (default: data.prepared of the parameters)")
+    parser.add_argument("--source", action="append", metavar="NAME",
+                        help="prepare only this source of data.sources (repeatable; default: all)")
+    parser.add_argument("--root", help="prepare this folder alone instead of data.sources (with --out)")
+    parser.add_argument("--layout", default="kaggle", choices=("kaggle", "folder"), help="layout of --root")
+    parser.add_argument("--out", help="output folder of --root (default: data.prepared of the parameters)")
 
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.params)
     data = config.data
-    index = prepare(
-        args.root or data.root,
-        args.out or data.prepared,
-        folds=data.folds,
-        seed=config.seed,
-        workers=data.workers,
-    )
+    if args.root:
+        index = prepare(args.root, args.out or data.prepared, folds=data.folds, seed=config.seed,
+                        workers=data.workers, layout=args.layout, source=Path(args.root).name)
+    else:
+        index = prepare_sources(data, config.seed, args.source)
+        if args.source:
+            index = index[index["source"].isin(args.source)]
     counts = index.groupby("image_type").size().to_dict()
+    by_source = index.groupby("source").size().to_dict()
     print(f"prepared {len(index)} images, {int(index.n_nuclei.sum())} nuclei; types {counts}; "
-          f"{index['group'].nunique()} experiment groups")
+          f"sources {by_source}; {index['group'].nunique()} experiment groups")
     return 0

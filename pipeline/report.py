@@ -16,6 +16,8 @@ from html import escape
 import numpy as np
 import pandas as pd
 
+from pipeline.export import FORMATS
+
 #: Flags for viewing a report in headless Chromium with no network traffic and no GPU (add
 #: ``--user-data-dir=<a fresh folder>`` and the action: ``--dump-dom``, ``--screenshot=...``).
 HEADLESS_CHROMIUM_FLAGS = (
@@ -85,7 +87,7 @@ def _cell(value: object) -> str:
 
 
 def _counts_table(counts: pd.DataFrame) -> str:
-    columns = [c for c in counts.columns if c not in ("source", "labels_file", "overlay_file")]
+    columns = [c for c in counts.columns if c != "source" and not c.endswith("_file")]
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     rows = []
     for record in counts[columns].to_dict("records"):
@@ -156,9 +158,11 @@ def render_report(
     facts = dict(info or {})
     if pixel_size is not None:
         facts["pixel size"] = f"{pixel_size:g} µm"
-    facts["files next to this page"] = (
-        "counts.csv (per image), nuclei.csv (per nucleus), labels/<image>.tif, overlays/<image>.png"
-    )
+    facts["files next to this page"] = ", ".join([
+        "counts.csv (per image), nuclei.csv (per nucleus), labels/<image>.tif, overlays/<image>.png",
+        *(f"{f.folder}/<image>{f.suffix} ({f.reader})" for f in FORMATS.values()
+          if f.column in counts and counts[f.column].notna().any()),
+    ])  # fmt: skip
     facts_html = "".join(f"<li>{escape(key)}: {escape(str(value))}</li>" for key, value in facts.items())
     unit = "µm²" if pixel_size is not None else "px"
     histogram = (

@@ -124,6 +124,16 @@ def largest_diameter(shape: tuple[int, ...]) -> float:
     return min(shape[:2]) / MIN_NUCLEI_ACROSS
 
 
+def diameter_problem(diameter: float, shape: tuple[int, ...]) -> str:
+    """'' or why a given nucleus ``diameter`` (px) cannot hold for an image of ``shape`` (H, W[, C]):
+    it exceeds :func:`largest_diameter` (fewer than :data:`MIN_NUCLEI_ACROSS` nuclei fit across)."""
+    cap = largest_diameter(shape)
+    if diameter <= cap:
+        return ""
+    return (f"given diameter {diameter:g} px is too large for this {shape[1]}x{shape[0]} px image (at most "
+            f"{cap:g} px, a quarter of its shorter side): nuclei missed or merged, check --diameter")
+
+
 def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Laplacian-of-Gaussian scale space of an image's bright blobs: one response per blob size.
 

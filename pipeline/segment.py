@@ -5,17 +5,20 @@ writes, under ``OUTDIR``:
 
 - ``labels/<name>.tif``: uint16 instance labels (0 = background), a label layer in napari/Fiji;
 - ``overlays/<name>.png``: the normalised image with each nucleus outlined in its own colour;
+- with ``--export``: ``geojson/<name>.geojson`` (QuPath) and/or ``rois/<name>.zip`` (Fiji's ROI
+  Manager), the outlines of :mod:`pipeline.export`;
 
 and for the whole run ``nuclei.csv`` (one row per nucleus; intensities in the image's own
 units), ``counts.csv`` (one row per image, failures included, naming its output files),
 ``columns.csv`` (units and meaning of the ``nuclei.csv`` columns) and ``report.html``. The tables
 are rewritten as the batch goes, and on an interruption, so that they describe the label files
-present. ``<name>`` is the file's stem (see :func:`output_names` when two inputs share one); each
+present (:class:`pipeline.output_folder.Tables`, which also owns the output names: ``<name>`` is
+the file's stem, see :func:`pipeline.output_folder.output_names` when two inputs share one); each
 plane of a multi-page TIFF is an image of its own, ``<name>_p<k>`` (k = 0, 1, ...), and each
 further series ``<name>_s<j>`` (``<name>_s<j>_p<k>``). The work on one image is
 :meth:`pipeline.segmenter.Segmenter.segment` (normalisation, nucleus-size estimate and rescaling,
 network, block-wise processing of huge images, watershed); this module reads the inputs and
-writes, measures and reports.
+writes, measures and reports, holding the output folder's lock (:func:`pipeline.lock.folder_lock`).
 """
 
 from __future__ import annotations
@@ -23,50 +26,53 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import re
 import signal
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import ROOT, SegmentConfig, load_params
+from pipeline.config import load_params
 from pipeline.errors import NucleiError, OutputError
+from pipeline.export import FORMATS, export_path, parse_formats, write_export
+from pipeline.image_types import IMAGE_TYPES
 from pipeline.inference import TTA_MODES
+from pipeline.inputs import IMAGE_SUFFIXES, file_kind, list_inputs
 from pipeline.io import (
     COLOUR_CHANNELS,
-    IMAGE_SUFFIXES,
     Plane,
     as_rgb01,
-    check_writable_folder,
     colour_channel,
     encode_png,
-    list_inputs,
     progress,
     read_planes,
-    write_csv,
     write_labels,
     write_png,
     write_text,
 )
-from pipeline.measure import column_dictionary, intensity_of, measure_nuclei, measurement_columns
+from pipeline.lock import folder_lock
+from pipeline.measure import intensity_of, measure_nuclei
+from pipeline.orientation import describe
+from pipeline.output_folder import (
+    COUNT_COLUMNS,
+    Tables,
+    check_output_folder,
+    output_names,
+    remove_files,
+    remove_leftovers,
+    unique_name,
+)
 from pipeline.overlay import display_uint8, draw_outlines, thumbnail
 from pipeline.report import render_report
+from pipeline.segment_settings import Settings, load_segmenter
 from pipeline.slide import segment_slide
 from pipeline.slide_reader import slide_of
 
-#: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
-COUNT_COLUMNS = (
-    "image", "source", "series", "plane", "height", "width", "pixel_type", "pixel_size_um", "count",
-    "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
-    "confidence", "flag", "status", "error", "labels_file", "overlay_file",
-)  # fmt: skip
+__all__ = ["COUNT_COLUMNS", "Settings", "segment_images", "add_arguments", "main"]
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
 #: How many of the files a folder holds besides images the warning names.
@@ -74,146 +80,6 @@ SHOWN_OTHERS = 3
 
 
 # --------------------------------------------------------------------------- the batch
-
-
-@dataclass
-class Settings:
-    """Everything :func:`segment_images` needs besides the inputs: the ``segment`` section of
-    params.yaml (:class:`pipeline.config.SegmentConfig`) and the per-run flags."""
-
-    model_dir: Path
-    segment: SegmentConfig = field(default_factory=SegmentConfig)
-    pixel_size: float | None = None
-    diameter: float | None = None
-    #: Segment (and measure) this colour channel alone (:data:`pipeline.io.COLOUR_CHANNELS`).
-    channel: str | None = None
-
-    @classmethod
-    def from_params(
-        cls, params: dict[str, Any] | None = None, source: str | Path = "params.yaml", **overrides: Any
-    ) -> Settings:
-        """Build from the ``segment`` section of params.yaml; ``None`` overrides are ignored.
-
-        ``overrides``: ``model_dir``, ``pixel_size``, ``diameter``, ``channel`` and any ``segment`` key.
-
-        Raises
-        ------
-        NucleiError
-            Unknown keys or values out of range, naming ``source``.
-        """
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        flags = {k: overrides.pop(k) for k in ("model_dir", "pixel_size", "diameter", "channel") if k in overrides}
-        section = dict((params or {}).get("segment") or {})
-        segment = SegmentConfig.from_dict({**section, **overrides}, source)
-        model = Path(segment.model)
-        if not model.is_absolute():  # params.yaml paths are relative to the repository
-            model = ROOT / model
-        settings = cls(model_dir=Path(flags.pop("model_dir", model)), segment=segment, **flags)
-        if settings.diameter is not None and not (
-            math.isfinite(settings.diameter) and settings.diameter > 0
-        ):
-            raise NucleiError(f"--diameter must be a positive number of px, got {settings.diameter}")
-        if settings.pixel_size is not None and not (
-            math.isfinite(settings.pixel_size) and settings.pixel_size > 0
-        ):
-            raise NucleiError(f"--pixel-size must be a positive number of µm, got {settings.pixel_size}")
-        if settings.channel is not None and settings.channel not in COLOUR_CHANNELS:
-            raise NucleiError(f"--channel must be one of {', '.join(COLOUR_CHANNELS)}, got {settings.channel!r}")
-        return settings
-
-
-class _Run:
-    """What a batch accumulates (rows of counts.csv, measurement tables, thumbnails) and writes.
-
-    :meth:`write_tables` rewrites ``counts.csv``, ``nuclei.csv`` and ``columns.csv`` so that they
-    describe the images done so far; ``throttle`` skips a rewrite when the last one is too
-    recent for its cost (at most ~10 % of the time goes to rewriting tables).
-    """
-
-    def __init__(self, outdir: Path, pixel_size: float | None, earlier: dict[str, str] | None = None):
-        self.outdir, self.pixel_size = outdir, pixel_size
-        self.counts: list[dict[str, Any]] = []
-        self.tables: list[pd.DataFrame] = []
-        self.thumbnails: dict[str, bytes] = {}
-        self.names: set[str] = set()
-        self.earlier = _earlier_sources(outdir / "counts.csv") if earlier is None else earlier
-        self._written_at, self._write_cost = -math.inf, 0.0
-
-    def unique_name(self, name: str) -> str:
-        """``name``, or ``name-2``, ``name-3``, ... should a plane's name equal another input's."""
-        candidate, k = name, 1
-        while candidate.casefold() in self.names:
-            k += 1
-            candidate = f"{name}-{k}"
-        self.names.add(candidate.casefold())
-        return candidate
-
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """``counts.csv`` and ``nuclei.csv`` of the images done so far."""
-        counts = (
-            pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS))
-            .reindex(columns=_count_columns(self.pixel_size))
-            .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
-        )
-        columns = ["image", *measurement_columns(self.pixel_size)]
-        tables = [t for t in self.tables if isinstance(t, pd.DataFrame)]  # not the slides' (streamed)
-        nuclei = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
-        return counts, nuclei[columns]
-
-    def write_tables(self, throttle: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-        start = time.perf_counter()
-        if throttle and start - self._written_at < 10 * self._write_cost:
-            return self.frames()
-        counts, nuclei = self.frames()
-        if any(not isinstance(t, pd.DataFrame) for t in self.tables):  # slides' tables: streamed
-            from pipeline.slide import write_nuclei_csv
-
-            write_nuclei_csv(self.outdir / "nuclei.csv", self.tables, list(nuclei.columns))
-        else:
-            write_csv(self.outdir / "nuclei.csv", nuclei)
-        write_csv(self.outdir / "counts.csv", counts)
-        write_csv(self.outdir / "columns.csv", column_dictionary(self.pixel_size))
-        self._written_at = time.perf_counter()
-        self._write_cost = self._written_at - start
-        return counts, nuclei
-
-
-def output_names(sources: list[Path]) -> list[str]:
-    """The output name of each input: unique in the batch, and the same on a rerun.
-
-    An input's name is its file stem, unless other inputs share that stem (letter case aside):
-    then each gets the stem followed by what tells them apart, their file ending and/or as
-    many parent folders as needed: ``a/x.png, b/x.png -> x-a, x-b``;
-    ``cells.png, cells.tif -> cells-png, cells-tif``.
-    """
-    names = [source.stem for source in sources]
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, source in enumerate(sources):
-        groups[source.stem.casefold()].append(i)
-    for members in groups.values():
-        if len(members) == 1:
-            continue
-        paths = [sources[i].absolute() for i in members]
-        by_suffix = len({p.suffix.casefold() for p in paths}) > 1
-        for depth in range(max(len(p.parts) for p in paths)):
-            candidates = []
-            for p in paths:
-                parts = [re.sub(r"[^\w.+-]", "_", q) for q in p.parent.parts[1:][::-1][:depth][::-1]]
-                candidates.append("-".join([p.stem, *parts, *([p.suffix[1:]] if by_suffix else [])]))
-            if len({c.casefold() for c in candidates}) == len(candidates):
-                break
-        for i, candidate in zip(members, candidates, strict=True):
-            names[i] = candidate
-    return names
-
-
-def _earlier_sources(counts_csv: Path) -> dict[str, str]:
-    """image name → source, from the ``counts.csv`` an earlier run left ({} if none/unreadable)."""
-    try:
-        table = pd.read_csv(counts_csv, usecols=["image", "source"], dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError):
-        return {}
-    return dict(zip(table["image"], table["source"], strict=True))
 
 
 def _warn(message: str) -> None:
@@ -228,7 +94,7 @@ def _segment_plane(
     name: str,
     segmenter,
     settings: Settings,
-    run: _Run,
+    run: Tables,
     written: list[Path],
 ) -> dict[str, Any]:
     """Segment, measure and write one plane; returns its counts.csv row fields.
@@ -244,7 +110,7 @@ def _segment_plane(
     image = as_rgb01(array)
     del array
     image = segmenter.normalize(image)  # as the model was trained
-    result = segmenter.segment(image, diameter=settings.diameter, normalized=True)
+    result = segmenter.segment(image, diameter=settings.diameter, normalized=True, image_type=settings.image_type)
     labels = result.labels
     image = display_uint8(image)
     files = {"labels_file": f"labels/{name}.tif", "overlay_file": f"overlays/{name}.png"}
@@ -257,8 +123,12 @@ def _segment_plane(
     run.thumbnails[name] = encode_png(thumbnail(overlay, settings.segment.thumbnail))
     del overlay
     table = measure_nuclei(labels, intensity, pixel_size)
+    for fmt in settings.exports:  # --export: geojson/<name>.geojson, rois/<name>.zip
+        files[FORMATS[fmt].column] = export_path(fmt, name)
+        written.append(run.outdir / files[FORMATS[fmt].column])
+        write_export(fmt, written[-1], labels, table)
     table.insert(0, "image", name)
-    run.tables.append(table)
+    run.nuclei.append(table)
     row = {
         "count": len(table),
         "median_area_px": table["area_px"].median(),  # NaN if none
@@ -323,14 +193,16 @@ def segment_images(
     Returns
     -------
     counts : pandas.DataFrame
-        The rows of ``counts.csv`` (``status`` is 'ok' or 'failed' with ``error``).
+        This run's rows of ``counts.csv`` (``status`` is 'ok' or 'failed' with ``error``); the
+        file also keeps the rows of earlier runs' images still present.
 
     Raises
     ------
     NucleiError
         Usage problems, before any image is processed: an input that does not exist, no image
         files at all, an unusable model directory or device, an output folder that cannot be
-        created. Problems with single images are recorded in ``counts`` instead.
+        created or is in use by another run (unless ``wait=True``). Problems with single images
+        are recorded in ``counts`` instead.
     """
     start = time.perf_counter()
     if workers is not None and workers < 1:
@@ -340,31 +212,32 @@ def segment_images(
     )
     outdir = Path(outdir)
     sources = _find_inputs(inputs, outdir, recursive)
-    segmenter = _load(cfg)  # checks the model's thresholds once, up front
-    check_writable_folder(outdir)
-
+    segmenter = load_segmenter(cfg)  # checks the model's thresholds once, up front
+    check_output_folder(outdir)
     names = output_names(sources)
-    run = _Run(outdir, cfg.pixel_size)
-    run.names = {name.casefold() for name in names}
-    run.write_tables()  # from now on the tables describe this run, even if it is interrupted
-    try:
-        if scheduler or workers:
-            from pipeline.cluster import connect, segment_batch
+    with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=_warn):  # one run at a time
+        for problem in remove_leftovers(outdir):  # of a killed run: no other run writes here now
+            _warn(f"error: {problem}")
+        run = Tables(outdir, cfg.pixel_size, names, cfg.exports)
+        run.write()  # from now on the tables describe the label files present, even if interrupted
+        try:
+            if scheduler or workers:
+                from pipeline.cluster import connect, segment_batch
 
-            with connect(scheduler, workers) as client:
-                segment_batch(client, list(zip(sources, names, strict=True)), segmenter, cfg, run,
-                              lambda items: progress(items, desc="segment", unit="img"))
-        else:
-            for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
-                _segment_file(source, name, segmenter, cfg, run)
-                run.write_tables(throttle=True)
-    finally:  # also on Ctrl-C / SIGTERM: the tables describe the label files written
-        counts, nuclei = run.write_tables()
-        _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
-    return counts
+                with connect(scheduler, workers) as client:
+                    segment_batch(client, list(zip(sources, names, strict=True)), segmenter, cfg, run,
+                                  lambda items: progress(items, desc="segment", unit="img"))
+            else:
+                for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
+                    _segment_file(source, name, segmenter, cfg, run)
+                    run.write_soon()
+        finally:  # also on Ctrl-C / SIGTERM
+            counts, nuclei = run.write()
+            _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
+    return counts.iloc[: len(run.counts)]
 
 
-def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: _Run, **dask: Any) -> None:
+def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: Tables, **dask: Any) -> None:
     """Segment every plane of one input file, adding its rows to ``run``; never raises for bad input.
 
     A huge image that can be read piece by piece goes to :mod:`pipeline.slide` (``dask``: its
@@ -394,10 +267,10 @@ def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: _
         planes = [p for p in planes if min(p.array.shape[:2]) >= MIN_SIDE]
     for k in range(len(planes)):
         plane: Plane = planes[k]
-        name = run.unique_name(base_name + plane.tag) if plane.tag else base_name
+        name = unique_name(base_name + plane.tag, run.names) if plane.tag else base_name
         height, width = plane.array.shape[:2]
         row = {**base, "image": name, "series": plane.series, "plane": plane.index, "height": height,
-               "width": width, "pixel_type": str(plane.array.dtype)}
+               "width": width, "pixel_type": str(plane.array.dtype), "orientation": describe(plane.orientation)}
         del plane
         written: list[Path] = []
         try:  # the plane is handed over, not kept here: its memory is freed once converted
@@ -408,7 +281,7 @@ def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: _
         run.counts.append(row)
 
 
-def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: _Run, **dask: Any) -> None:
+def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: Tables, **dask: Any) -> None:
     """Segment one huge image out of core (:func:`pipeline.slide.segment_slide`), adding its rows."""
     height, width = slide.shape
     pixel_size = cfg.pixel_size or slide.pixel_size  # --pixel-size, else the file's metadata
@@ -424,30 +297,32 @@ def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: _Run, **dask
         _fail(run, row, exc, slide.path, [p for p in outputs if p.is_file() and p.stat().st_mtime >= started])
         return
     run.counts.append({**row, **fields})
-    run.tables.append(table)
+    run.nuclei.append(table)
     run.pixel_size = run.pixel_size or pixel_size
 
 
-def _fail(run: _Run, row: dict[str, Any], exc: Exception, source: Path, written: list[Path]) -> None:
+def _fail(run: Tables, row: dict[str, Any], exc: Exception, source: Path, written: list[Path]) -> None:
     """Record a failed image; remove its partial files, and the outputs an earlier run made of it.
 
     Only files of this input are removed: those it wrote now, and ``labels/<name>.tif`` and
     ``overlays/<name>.png`` when the earlier ``counts.csv`` says they came from the same file.
+    Never raises: a file that cannot be removed is one more warning.
     """
     row.update(_failure(exc, source))
     _warn(f"error: {row['error']}")
     run.counts.append(row)
     name = row["image"]
     if run.earlier.get(name) == str(source):
-        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png"]
-    for path in written:
-        path.unlink(missing_ok=True)
+        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png",
+                   *(run.outdir / export_path(fmt, name) for fmt in FORMATS)]
+    for problem in remove_files(written):
+        _warn(f"error: {problem}")
 
 
-def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: _Run, cfg: Settings, segmenter,
+def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: Settings, segmenter,
                   seconds: float) -> None:
     area = "area_um2" if run.pixel_size is not None else "area_px"
-    slides = [t.areas(area) for t in run.tables if not isinstance(t, pd.DataFrame)]
+    slides = [t.areas(area) for t in run.nuclei if not isinstance(t, pd.DataFrame)]
     info = {
         "model": str(cfg.model_dir),
         "device": str(getattr(segmenter, "device", cfg.segment.device)),
@@ -469,10 +344,6 @@ def _take(items: list, k: int):
     return item
 
 
-def _count_columns(pixel_size: float | None) -> list[str]:
-    return [c for c in COUNT_COLUMNS if pixel_size is not None or not c.endswith("_um2")]
-
-
 def _failure(exc: Exception, source: Path) -> dict[str, Any]:
     """counts.csv fields of an image that failed: a one-line error naming the file."""
     if isinstance(exc, NucleiError):
@@ -485,33 +356,19 @@ def _failure(exc: Exception, source: Path) -> dict[str, Any]:
 
 
 def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> list[Path]:
-    """The image files to process (the output folder's own files excluded); warns once of the
-    files of folder inputs left out for their ending (:func:`pipeline.io.list_inputs`)."""
-    out = outdir.resolve()
-    files, others = (
-        [f for f in found if out not in f.resolve().parents] for found in list_inputs(inputs, recursive=recursive)
-    )
+    """The files to process (:func:`pipeline.inputs.list_inputs`: every file named, the image files
+    of folders outside the output folder); warns once of the files of folders left out."""
+    files, others = list_inputs(inputs, recursive=recursive, exclude=outdir)
     if not files:
         names = ", ".join(map(str, inputs))
         raise NucleiError(f"{names}: no image files found ({', '.join(IMAGE_SUFFIXES)})")
     if others:
         shown = ", ".join(map(str, others[:SHOWN_OTHERS])) + (
             f" and {len(others) - SHOWN_OTHERS} more" if len(others) > SHOWN_OTHERS else "")
+        odd = " or not regular files (links to nothing, FIFOs)" if any(map(file_kind, others)) else ""
         _warn(f"skipped {len(others)} file{'s' if len(others) > 1 else ''} not ending in "
-              f"{', '.join(IMAGE_SUFFIXES)}: {shown}")
+              f"{', '.join(IMAGE_SUFFIXES)}{odd}: {shown}")
     return files
-
-
-def _load(settings: Settings):
-    """Load the :class:`pipeline.segmenter.Segmenter`; usage errors as NucleiError."""
-    from pipeline.segmenter import Segmenter
-
-    if not settings.model_dir.is_dir():
-        raise NucleiError(
-            f"{settings.model_dir}: model directory not found (pass --model DIR or set segment.model "
-            "in params.yaml)"
-        )
-    return Segmenter.from_model_dir(settings.model_dir, **settings.segment.segmenter_options())
 
 
 # --------------------------------------------------------------------------- command line
@@ -531,7 +388,10 @@ _EPILOG = """\
 writes OUTDIR/labels/<name>.tif (uint16 labels), OUTDIR/overlays/<name>.png, OUTDIR/nuclei.csv,
 OUTDIR/counts.csv, OUTDIR/columns.csv (units) and OUTDIR/report.html; <name> is the file name
 without its ending (with its folder or ending added when two inputs share it), <name>_p<k> for
-plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept.
+plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept, and
+the tables keep listing the images of earlier runs whose label files remain. One run at a time
+writes to OUTDIR (a second one refuses, or waits with --wait).
+--export geojson,imagej adds OUTDIR/geojson/<name>.geojson (QuPath) and OUTDIR/rois/<name>.zip (Fiji).
 exit status: 0 every image segmented, 1 some images failed (see counts.csv) or an output could
 not be written, 2 usage error, 130 interrupted (the tables describe the images done)."""
 
@@ -566,7 +426,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "to 512x512 px at the network's scale, the half turn up to 724x724, one pass above; none: "
              "one pass, fastest)",
     )
-    parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
+    parser.add_argument(
+        "--image-type", choices=IMAGE_TYPES,
+        help="image type of every image, instead of typing each by its colour and background: decides "
+             "whether the nucleus diameter is estimated (not for brightfield) and the watershed thresholds",
+    )
+    parser.add_argument(
+        "--export", type=parse_formats, default=(), metavar="FORMATS",
+        help="also write the outlines: geojson (QuPath, geojson/<name>.geojson), imagej (Fiji ROI "
+             "Manager, rois/<name>.zip), or both: geojson,imagej",
+    )
+    parser.add_argument(
+        "--recursive", action="store_true",
+        help="also read images in sub-folders (symbolic links to folders followed, each folder once)",
+    )
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="when another run is writing to OUTDIR, wait for it to finish (default: refuse, exit 2)",
+    )
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
     parser.add_argument(
         "--scheduler", metavar="ADDRESS",
@@ -609,7 +486,10 @@ def main(args: argparse.Namespace) -> int:
                 params_path=args.params or "params.yaml",
                 diameter=args.diameter,
                 channel=args.channel,
+                image_type=args.image_type,
+                wait=args.wait,
                 tta=args.tta,
+                exports=args.export,
                 scheduler=args.scheduler,
                 workers=args.workers,
             )
@@ -624,6 +504,6 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"{int(ok.sum())} images segmented, {int(counts.loc[ok, 'count'].sum())} nuclei, "
         f"{n_failed} failed, {time.perf_counter() - start:.1f} s -> {args.out}/ "
-        "(counts.csv, nuclei.csv, report.html, labels/, overlays/)"
+        f"(counts.csv, nuclei.csv, report.html, labels/, overlays/{''.join(f', {FORMATS[f].folder}/' for f in args.export)})"
     )
     return 1 if n_failed else 0

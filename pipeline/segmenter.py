@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError
-from pipeline.prepare import BRIGHTFIELD, HISTOLOGY
+from pipeline.image_types import BRIGHTFIELD, HISTOLOGY
 from pipeline.scale import (
     MAX_FACTOR,
+    diameter_problem,
     largest_diameter,
     nucleus_diameters,
     resize_image,
@@ -54,6 +55,8 @@ MIN_CONFIDENCE = 0.78
 #: (:meth:`Segmenter.estimate_diameter`): they are segmented at the canonical diameter unless one is given.
 BRIGHTFIELD_FLAG = ("bright-field image (grey, bright background): segmented at the model's nucleus diameter "
                     "unless --diameter is given; counts unreliable, check the overlay")
+#: ... and when the diameter was given (``--diameter``).
+BRIGHTFIELD_GIVEN_FLAG = "bright-field image (grey, bright background): counts unreliable, check the overlay"
 
 
 @dataclass
@@ -90,14 +93,18 @@ class Segmentation:
     image_type: str = ""
 
 
-def flag_of(image_type: str, confidence: float) -> str:
-    """Why the count of an image of ``image_type`` segmented with ``confidence`` should not be
-    trusted ('' when it can be)."""
+def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter: float | None = None,
+            shape: tuple[int, ...] | None = None) -> str:
+    """Why the count of an image of ``image_type`` and ``shape`` segmented with ``confidence`` for
+    nuclei of ``diameter`` px (``estimated`` or given) should not be trusted ('' when it can be)."""
+    flag = ""
     if image_type == BRIGHTFIELD:
-        return BRIGHTFIELD_FLAG
-    if confidence < MIN_CONFIDENCE:
-        return f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay"
-    return ""
+        flag = BRIGHTFIELD_FLAG if estimated else BRIGHTFIELD_GIVEN_FLAG
+    elif confidence < MIN_CONFIDENCE:
+        flag = f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay"
+    if diameter is not None and not estimated and shape is not None:
+        flag = "; ".join(f for f in (diameter_problem(diameter, shape), flag) if f)
+    return flag
 
 
 def iter_blocks(
@@ -159,11 +166,11 @@ def confidence(probs: np.ndarray, head: str) -> float:
 
 
 def image_type_of(image: np.ndarray) -> str:
-    """:func:`pipeline.prepare.classify_image` of a normalised (H, W, 3) image: 'histology'
+    """:func:`pipeline.image_types.classify_image` of a normalised (H, W, 3) image: 'histology'
     (colour: stained), 'brightfield' (grey with a bright background), 'fluo-large' or 'fluo-small'.
     A grey scene through a tinted camera is grey here already (:func:`pipeline.intensity.normalize_image`)."""
+    from pipeline.image_types import classify_image
     from pipeline.intensity import subsample
-    from pipeline.prepare import classify_image
 
     sample = np.clip(np.rint(subsample(image) * 255), 0, 255).astype(np.uint8)
     return classify_image(sample, n_pixels=image.shape[0] * image.shape[1], raw=False)
@@ -388,7 +395,8 @@ class Segmenter:
 
     # ------------------------------------------------------------------ the entry point
 
-    def segment(self, image: np.ndarray, diameter: float | None = None, normalized: bool = False) -> Segmentation:
+    def segment(self, image: np.ndarray, diameter: float | None = None, normalized: bool = False,
+                image_type: str | None = None) -> Segmentation:
         """Segment the nuclei of one image.
 
         Parameters
@@ -400,6 +408,8 @@ class Segmenter:
             with a canonical diameter), ignored for models without one.
         normalized : bool
             ``image`` is already the output of :meth:`normalize`.
+        image_type : str, optional
+            One of :data:`pipeline.image_types.IMAGE_TYPES`, instead of :func:`image_type_of` the image.
 
         Returns
         -------
@@ -407,10 +417,11 @@ class Segmenter:
         """
         if not normalized:
             image = self.normalize(image)
-        image_type = image_type_of(image)
+        image_type = image_type or image_type_of(image)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         labels, conf = self._segment_blocks(image, scale, image_type)
-        return Segmentation(labels, diameter, estimated, scale, conf, flag_of(image_type, conf), image_type)
+        flag = flag_of(image_type, conf, estimated, diameter, image.shape)
+        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type)
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,
                   image_type: str | None = None) -> tuple[float | None, bool, float]:

@@ -4,7 +4,7 @@ An image larger than ``segment.slide_pixels`` whose file can be read piece by pi
 whole (:func:`pipeline.slide_reader.open_slide`): a tiled or striped TIFF / OME-TIFF through
 tifffile's zarr store, an uncompressed TIFF memory-mapped, an OME-Zarr through zarr. Only an image stored in one compressed
 piece (PNG, JPEG, a TIFF in one strip) must be decoded whole, and only that is refused as too
-large (:func:`pipeline.io.max_image_pixels`).
+large (:func:`pipeline.planes.max_image_pixels`).
 
 1. **Plan** (:func:`plan_slide`): a mosaic of full-resolution windows spread over the image
    (:data:`SAMPLE_PIXELS`) decides the intensity normalisation (one
@@ -324,7 +324,7 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
         "diameter_estimated": plan.estimated,
         "scale": round(plan.scale, 4),
         "confidence": round(confidence, 3),
-        "flag": flag_of(plan.image_type, confidence),
+        "flag": flag_of(plan.image_type, confidence, plan.estimated, plan.diameter, slide.shape),
         "status": "ok",
         "labels_file": f"labels/{name}.tif",
         "overlay_file": f"overlays/{name}.png",

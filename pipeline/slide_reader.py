@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import NucleiError, one_line
-from pipeline.io import TIFF_SUFFIXES, ZARR_SUFFIX
+from pipeline.inputs import ZARR_SUFFIX
+from pipeline.io import TIFF_SUFFIXES
 
 #: A file whose pieces (tiles, strips, chunks) exceed this many pixels is not read lazily.
 MAX_CHUNK_PIXELS = 16_000_000
@@ -109,7 +110,7 @@ def _open_tiff(path: Path) -> Slide | None:
     array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
     if isinstance(array, zarr.Group):
         array = array["0"]
-    from pipeline.io import max_image_pixels
+    from pipeline.planes import max_image_pixels
 
     largest = min(MAX_CHUNK_PIXELS, max_image_pixels() or MAX_CHUNK_PIXELS)
     if array.chunks[axes.index("Y")] * array.chunks[axes.index("X")] > largest:
@@ -152,8 +153,8 @@ def opened_slide(path: str) -> Slide:
 def slide_of(path: str | Path, slide_pixels: int) -> Slide | None:
     """The :class:`Slide` of ``path`` when it is segmented out of core: an OME-Zarr, or a file that
     :func:`open_slide` reads piece by piece and that holds more than ``slide_pixels`` pixels (or
-    more than this machine could segment whole, :func:`pipeline.io.max_image_pixels`); else None."""
-    from pipeline.io import max_image_pixels
+    more than this machine could segment whole, :func:`pipeline.planes.max_image_pixels`); else None."""
+    from pipeline.planes import max_image_pixels
 
     path = Path(path)
     slide = open_slide(path)

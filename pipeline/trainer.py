@@ -132,7 +132,7 @@ class Trainer:
             train=True,
             transform=build_augmentation(self.config.augment, train=True),
             samples_per_epoch=cfg.samples_per_epoch,
-            draw_weights=self.draw_weights(index, cfg.group_balance, source),
+            draw_weights=self.draw_weights(index, cfg, source),
             **common,
         )
         self.sampler = EpochSampler(train_set, self.world, self.rank, shuffle=True, seed=self.seed)
@@ -153,18 +153,20 @@ class Trainer:
             val_set = NucleiDataset(shard, train=False, stride=model_stride(self.model_cfg), **common)
             self.val_loader = make_loader(val_set, 1, None, min(cfg.workers, 1), cuda, self.seed)
 
-    def draw_weights(self, index, exponent: float, source: Path):
-        """Draw probabilities of the training images for ``train.group_balance`` (None at 1:
-        every image equally, the even schedule of :class:`pipeline.dataset.NucleiDataset`);
-        ``source`` is the index file, for the error of a missing ``group`` column."""
-        from pipeline.dataset import group_balance_weights
+    def draw_weights(self, index, cfg, source: Path):
+        """Draw probabilities of the training images for ``train.source_balance`` and
+        ``train.group_balance`` (None when both are 1: every image equally, the even schedule of
+        :class:`pipeline.dataset.NucleiDataset`); ``source`` is the index file, for the error of a
+        missing ``group`` column."""
+        from pipeline.dataset import source_balance_weights
 
-        if exponent == 1.0:
+        if cfg.group_balance == 1.0 and cfg.source_balance == 1.0:
             return None
         if "group" not in index.columns:
             raise NucleiError(f"{source}: no column 'group' for train.group_balance (re-run `nuclei prepare`)")
-        groups = index.set_index("id").loc[self.train_ids, "group"].to_numpy()
-        return group_balance_weights(groups, exponent)
+        rows = index.set_index("id").loc[self.train_ids]
+        sources = rows["source"].to_numpy() if "source" in rows.columns else np.zeros(len(rows))
+        return source_balance_weights(sources, rows["group"].to_numpy(), cfg.source_balance, cfg.group_balance)
 
     def setup_model(self) -> None:
         from pipeline.losses import build_loss

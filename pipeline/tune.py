@@ -56,7 +56,7 @@ def grid_search(samples: list[tuple], grid: dict[str, list], fixed: dict[str, An
     ----------
     samples : list of (probs (C, h, w) float32, head, true labels (H, W) int[, scale[, image_type]])
         Probabilities at the network's scale (the image resized by ``scale``, default 1), and the
-        image's :func:`pipeline.prepare.classify_image` (default None).
+        image's :func:`pipeline.image_types.classify_image` (default None).
     grid : dict
         :func:`pipeline.watershed.postprocess_to_shape` keyword → list of values to try.
     fixed : dict

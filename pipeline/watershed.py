@@ -37,7 +37,7 @@ from skimage.segmentation import watershed
 from pipeline.config import PostprocessConfig, load_config
 from pipeline.errors import NucleiError
 from pipeline.heads import HEADS, mask_and_marker
-from pipeline.prepare import HISTOLOGY
+from pipeline.image_types import HISTOLOGY
 
 FLOODS = ("probability", "distance")
 
@@ -231,7 +231,7 @@ def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
     return remove_small(labels, int(np.ceil(fraction * np.median(areas))))
 
 
-#: The image type (:func:`pipeline.prepare.classify_image`) that takes ``stained_object_threshold``:
+#: The image type (:func:`pipeline.image_types.classify_image`) that takes ``stained_object_threshold``:
 #: colour images, H&E and other stains.
 STAINED = HISTOLOGY
 
@@ -276,7 +276,7 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
         (H, W) of the original image.
     scale : float
     image_type : str, optional
-        :func:`pipeline.prepare.classify_image` of the image.
+        :func:`pipeline.image_types.classify_image` of the image.
 
     Returns
     -------
@@ -342,7 +342,7 @@ def read_prediction(path: str | Path) -> tuple[np.ndarray, str, tuple[int, int],
     scale : float
         Factor the image was resized by (1 in files without ``scale``).
     image_type : str or None
-        :func:`pipeline.prepare.classify_image` of the image (None in files without it).
+        :func:`pipeline.image_types.classify_image` of the image (None in files without it).
     """
     path = Path(path)
     try:
@@ -365,13 +365,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``nuclei postprocess``: ``<predict.out>/*.npz`` → ``<postprocess.out>/<id>.tif``."""
+    """``nuclei postprocess``: ``<predict.out>/<id>.npz`` → ``<postprocess.out>/<id>.tif``."""
     from pipeline.io import progress, write_labels
 
     config = load_config(args.params)
     kwargs = config.postprocess.thresholds()
     pred_dir, out = Path(config.predict.out), Path(config.postprocess.out)
-    files = sorted(pred_dir.glob("*.npz"))
+    files = sorted(pred_dir.rglob("*.npz"))  # ids of a folder of sources are <source>/<id>
     if not files:
         raise NucleiError(f"{pred_dir}: no predictions (*.npz); run `nuclei predict` first")
     out.mkdir(parents=True, exist_ok=True)
@@ -379,7 +379,7 @@ def main(args: argparse.Namespace) -> int:
     for path in progress(files, desc="postprocess"):
         probs, head, shape, scale, image_type = read_prediction(path)
         labels = postprocess_to_shape(probs, head, shape, scale, image_type, **kwargs)
-        write_labels(out / f"{path.stem}.tif", labels)
+        write_labels(out / path.relative_to(pred_dir).with_suffix(".tif"), labels)
         counts.append(int(labels.max()))
     print(f"postprocess: {len(files)} images, {sum(counts)} nuclei -> {out}")
     return 0

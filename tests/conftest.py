@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the napari plugin's tests: no display needed
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = ROOT / "data" / "sample" / "stage1_train"

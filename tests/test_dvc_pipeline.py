@@ -1,5 +1,6 @@
-"""`dvc repro` end to end on the embedded sample with tiny parameters: every stage runs, a rerun
-does no work, and changing one parameter reruns only the stages that depend on it."""
+"""`dvc repro` end to end on the embedded sample (and a second source in the folder layout) with tiny
+parameters: every stage runs, a rerun does no work, a changed source re-prepares that source alone,
+and changing one parameter reruns only the stages that depend on it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from pipeline.io import read_labels, write_labels, write_png
+from pipeline.kaggle import read_kaggle_sample
 
 from .conftest import ROOT, SAMPLE_ROOT, SAMPLE_SOLUTION
 
@@ -38,7 +43,13 @@ def project(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["root"] = str(SAMPLE_ROOT)
+    extra = root / "extra"  # a second source in the folder layout: three sample images and their labels
+    for sample_id in sorted(p.name for p in SAMPLE_ROOT.iterdir() if p.is_dir())[:3]:
+        image, labels = read_kaggle_sample(SAMPLE_ROOT / sample_id)
+        write_png(extra / "images" / f"{sample_id[:8]}.png", image)
+        write_labels(extra / "labels" / f"{sample_id[:8]}.tif", labels)
+    params["data"]["sources"] = {"dsb2018": {"root": str(SAMPLE_ROOT), "layout": "kaggle"},
+                                 "extra": {"root": str(extra), "layout": "folder"}}
     params["model"].update(arch="unet", depth=3, width=8)
     params["train"].update(epochs=6, batch_size=4, samples_per_epoch=32, workers=0)
     params["augment"]["crop"] = 64
@@ -51,7 +62,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_repro_runs_every_stage(project):
-    for path in ["data/prepared/index.csv", "data/targets", "models/trained/model/weights.pt",
+    for path in ["data/prepared/dsb2018/index.csv", "data/targets", "models/trained/model/weights.pt",
                  "data/predictions", "data/postprocessed", "metrics/per_image.csv"]:
         assert (project / path).exists(), path
     metrics = json.loads((project / "metrics" / "metrics.json").read_text())
@@ -63,7 +74,7 @@ def test_repro_runs_every_stage(project):
     data = load_config(project / "params.yaml").data
     n_val = len(validation_index(data.replace(prepared=str(project / "data" / "prepared"))))
     assert 0 < n_val < 20
-    assert len(list((project / "data" / "postprocessed").glob("*.tif"))) == n_val  # the validation fold
+    assert len(list((project / "data" / "postprocessed").rglob("*.tif"))) == n_val  # the validation fold
     assert "dsb_score" in _dvc(["metrics", "show"], project)
 
 
@@ -79,6 +90,18 @@ def test_rerun_does_no_work(project):
     assert "Data and pipelines are up to date" in _dvc(["status"], project)
     out = _dvc(["repro"], project)
     assert "Running stage" not in out
+
+
+def test_a_changed_source_reprepares_that_source_alone(project):
+    labels_file = sorted((project / "extra" / "labels").glob("*.tif"))[0]
+    labels = read_labels(labels_file)
+    write_labels(labels_file, np.where(labels == 1, 0, labels))  # a nucleus erased
+    try:
+        stages = set(json.loads(_dvc(["status", "--json"], project)))
+        assert "prepare@extra" in stages and "prepare@dsb2018" not in stages
+    finally:
+        write_labels(labels_file, labels)
+    assert "Data and pipelines are up to date" in _dvc(["status"], project)
 
 
 def test_parameter_change_reruns_only_dependants(project):

@@ -13,7 +13,7 @@ import torch
 import yaml
 from scipy import ndimage as ndi
 
-from pipeline import evaluate, inference, tune, watershed
+from pipeline import evaluate, predict, tune, watershed
 from pipeline.io import load_npz, save_npz, write_png
 from pipeline.model_dir import save_model_dir
 from pipeline.networks import build_model
@@ -96,7 +96,7 @@ def run(module, **kwargs) -> int:
 
 
 def test_predict_writes_validation_and_test_predictions(workspace):
-    assert run(inference, device=None) == 0
+    assert run(predict, device=None) == 0
     files = sorted(p.stem for p in (workspace / "predictions").glob("*.npz"))
     assert files == ["a", "b", "c", "t1"]  # fold 0 + test root; "d" is in fold 1
     pred = load_npz(workspace / "predictions" / "t1.npz")

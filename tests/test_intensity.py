@@ -131,7 +131,7 @@ def test_a_grey_scene_through_a_tinted_camera_is_normalised_as_grey():
     import cv2
     from skimage.color import hed2rgb
 
-    from pipeline.prepare import classify_image
+    from pipeline.image_types import classify_image
     from pipeline.segmenter import image_type_of
 
     labels = discs()
@@ -210,8 +210,8 @@ def test_the_stain_is_measured_where_the_sample_absorbs():
     from scipy.ndimage import gaussian_filter
     from skimage.color import hed2rgb
 
+    from pipeline.image_types import classify_image
     from pipeline.intensity import _tiles, stain_colour
-    from pipeline.prepare import classify_image
     from pipeline.segmenter import image_type_of
 
     labels = discs()

@@ -8,12 +8,11 @@ import tifffile
 from PIL import Image
 
 from pipeline.errors import NucleiError
+from pipeline.inputs import list_images, list_inputs
 from pipeline.io import (
     atomic_path,
     colour_channel,
     encode_png,
-    list_images,
-    list_inputs,
     read_image,
     read_image_planes,
     read_labels,
@@ -237,10 +236,10 @@ def test_large_png_is_read_despite_pillows_bomb_guard(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["big.png", "big.jpg", "big.bmp", "big.tif"])
 def test_images_beyond_the_memory_limit_are_too_large_not_truncated(tmp_path, monkeypatch, name):
-    import pipeline.io
+    import pipeline.planes
 
     Image.fromarray(np.dstack([GREY8] * 3)).save(tmp_path / name)
-    monkeypatch.setattr(pipeline.io, "max_image_pixels", lambda: 500)  # 30 x 20 = 600 px
+    monkeypatch.setattr(pipeline.planes, "max_image_pixels", lambda: 500)  # 30 x 20 = 600 px
     with pytest.raises(NucleiError, match=r"image too large \(30x20 px") as info:
         read_image(tmp_path / name)
     assert "truncated" not in str(info.value) and "\n" not in str(info.value)

@@ -138,3 +138,13 @@ def test_bad_configuration():
         build_loss({}, "linear")
     with pytest.raises(ValueError, match="softmax head expects"):
         build_loss({}, "softmax")(torch.zeros(1, 2, 4, 4), random_batch(1, 4, 4))
+
+
+def test_every_head_names_a_pixel_loss_with_a_factor():
+    from pipeline.config import LossConfig
+    from pipeline.heads import HEADS
+    from pipeline.losses import PIXEL_LOSSES
+
+    for head in HEADS.values():
+        assert head.pixel_loss_name in PIXEL_LOSSES
+        assert hasattr(LossConfig(), head.pixel_loss_name)

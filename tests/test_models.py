@@ -1,12 +1,16 @@
 """Network factory (architecture registry) and the model directory (save / load / validation)."""
 
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from pipeline.config import ROOT
 from pipeline.errors import NucleiError
-from pipeline.model_dir import load_model_dir, save_model_dir
+from pipeline.model_dir import load_model_dir, portable_paths, save_model_dir
 from pipeline.networks import ARCHITECTURES, build_model, count_parameters, fuse_batchnorm, model_stride
 
 torch.set_num_threads(1)
@@ -130,7 +134,8 @@ def test_save_load_round_trip(tmp_path, half):
     assert not loaded.training
     assert cfg["format_version"] == 1 and cfg["model"]["depth"] == 2
     assert cfg["postprocess"] == {"marker_threshold": 0.5}
-    assert cfg["training"] == {"epochs": 1, "data": str(tmp_path), "score": 0.25, "size": [256, 256]}
+    data = Path(os.path.relpath(tmp_path, ROOT)).as_posix()  # absolute paths are written relative
+    assert cfg["training"] == {"epochs": 1, "data": data, "score": 0.25, "size": [256, 256]}
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
@@ -152,6 +157,48 @@ def test_save_unwraps_wrappers_and_clears_encoder_weights(tmp_path):
     loaded, cfg = load_model_dir(tmp_path)
     assert cfg["model"]["encoder_weights"] is None
     assert torch.equal(loaded.head.weight, model.head.weight)
+
+
+def absolute_strings(obj) -> list[str]:
+    """Every string in nested mappings / lists that is an absolute path on any system."""
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in absolute_strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in absolute_strings(v)]
+    is_path = isinstance(obj, str) and (PurePosixPath(obj).is_absolute() or PureWindowsPath(obj).is_absolute())
+    return [obj] if is_path else []
+
+
+def test_saved_provenance_holds_no_absolute_path(tmp_path):
+    root = Path(ROOT)
+    training = {
+        "params": {"data": {"root": root.parent / "shared" / "dsb2018" / "stage1_train",
+                            "prepared": "data/prepared"},
+                   "train": {"init": str(root / "models" / "default"), "out": tmp_path / "run"}},
+        "sources": [str(root / "models" / "a"), "models/b"],
+        "note": "trained on /work at night",  # prose that mentions a path is left alone
+    }
+    save_model_dir(tmp_path / "m", trained_tiny(), {"model": TINY, "training": training})
+    written = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
+    assert absolute_strings(written) == []
+    params = written["training"]["params"]
+    assert params["data"] == {"root": "../shared/dsb2018/stage1_train", "prepared": "data/prepared"}
+    assert params["train"]["init"] == "models/default"
+    assert (root / params["train"]["out"]).resolve() == (tmp_path / "run").resolve()
+    assert written["training"]["sources"] == ["models/a", "models/b"]
+    assert written["training"]["note"] == "trained on /work at night"
+    load_model_dir(tmp_path / "m")  # the checksum still matches
+
+
+def test_portable_paths_of_another_system_keep_the_name():
+    assert portable_paths({"a": ["C:\\runs\\final", 3, None]}, root="/repo") == {"a": ["final", 3, None]}
+    if os.name != "nt":
+        assert portable_paths("/repo/models/x", root="/repo") == "models/x"
+
+
+def test_shipped_model_config_holds_no_absolute_path():
+    config = yaml.safe_load((Path(ROOT) / "models" / "default" / "config.yaml").read_text())
+    assert absolute_strings(config) == []
 
 
 def test_load_rejects_damaged_directories(tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 
 from pipeline.cli import main
+from pipeline.image_types import classify_image
 from pipeline.io import load_npz
-from pipeline.prepare import classify_image, stratified_folds
+from pipeline.prepare import stratified_folds
 
 
 def test_stratified_folds_balance_groups():
@@ -31,6 +33,31 @@ def test_classify_image():
     he = np.zeros((64, 64, 3), np.uint8)
     he[...] = (200, 120, 210)
     assert classify_image(he) == "histology"
+
+
+def test_dense_fluorescence_is_not_bright_field():
+    """Bright nuclei packed over most of a dark image (fluorescence in tissue sections) have a mean
+    level of bright-field once normalised; they were typed so, and segmented without a diameter
+    estimate. Bright-field's background is bright and most of the image, under uneven light too."""
+    from pipeline.intensity import normalize_image
+    from pipeline.segmenter import image_type_of
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:512, :512]
+    cells = (np.sin(yy / 5.0) * np.sin(xx / 5.0)) > 0.1  # nuclei 16 px apart, packed
+    cells = np.maximum(cells, ((yy // 4) % 8 < 6) & ((xx // 4) % 8 < 6))  # ~70 % of the image
+    labels, n = ndi.label(cells)
+    level = 40 + 200 * rng.uniform(0, 1, n + 1) ** 1.3  # nuclei differ in brightness
+    dense = np.where(cells, level[labels], 25) + rng.normal(0, 8, cells.shape)
+    dense = np.clip(dense, 0, 255).astype(np.uint8)
+    image = np.dstack([dense] * 3)
+    assert classify_image(image) == "fluo-large"
+    assert image_type_of(normalize_image(image)) == "fluo-large"
+    bright = np.clip(np.where(cells, 200, 90) * 0 + 210 - 110 * (((yy % 40) < 12) & ((xx % 40) < 12)), 0, 255)
+    vignette = 1 - 0.5 * ((yy - 256) ** 2 + (xx - 256) ** 2) / (2 * 256**2)
+    field = np.dstack([(bright * vignette).astype(np.uint8)] * 3)
+    assert classify_image(field) == "brightfield"
+    assert image_type_of(normalize_image(field)) == "brightfield"
 
 
 @pytest.mark.parametrize("sigma", [4, 8, 12])
@@ -57,13 +84,15 @@ def test_a_colour_cameras_pixel_noise_does_not_make_a_grey_image_stained(sigma):
 
 def test_prepare_stage_on_sample(tmp_path, sample_root):
     params = tmp_path / "params.yaml"
-    params.write_text(f"seed: 0\ndata:\n  root: {sample_root}\n  prepared: {tmp_path / 'prep'}\n  folds: 5\n  workers: 1\n")
+    params.write_text(f"seed: 0\ndata:\n  sources:\n    dsb2018: {{root: {sample_root}}}\n"
+                      f"  prepared: {tmp_path}\n  folds: 5\n  workers: 1\n")
     assert main(["prepare", "--params", str(params)]) == 0
-    index = pd.read_csv(tmp_path / "prep" / "index.csv")
+    index = pd.read_csv(tmp_path / "dsb2018" / "index.csv")
+    assert (index.source == "dsb2018").all()
     assert len(index) == 20 and set(index.fold) == set(range(5))
     assert set(index.image_type) == {"fluo-small", "fluo-large", "brightfield", "histology"}
     row = index.iloc[0]
-    arrays = load_npz(tmp_path / "prep" / f"{row.id}.npz")
+    arrays = load_npz(tmp_path / "dsb2018" / f"{row.id}.npz")
     assert arrays["image"].dtype == np.uint8 and arrays["labels"].dtype == np.int32
     assert arrays["labels"].max() == row.n_nuclei == len(list((sample_root / row.id / "masks").glob("*.png")))
     assert index.n_nuclei.max() >= 100

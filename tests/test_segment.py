@@ -118,7 +118,9 @@ def test_outputs_counts_and_label_round_trip(tmp_path, model_dir, capsys):
         assert abs(int((labels == values[0]).sum()) - n[0]) <= 0.1 * n[0]
 
     counts = counts_of(out)
-    assert list(counts.reset_index().columns) == [c for c in COUNT_COLUMNS if not c.endswith("um2")]
+    assert list(counts.reset_index().columns) == [
+        c for c in COUNT_COLUMNS if not c.endswith(("um2", "geojson_file", "rois_file"))  # no --export
+    ]
     assert counts.loc["cells", "count"] == 3 and counts.loc["cells", "status"] == "ok"
     assert counts.loc["cells", "image_type"] == "fluo-small"  # grey, dark background, small
     nuclei = pd.read_csv(out / "nuclei.csv")
@@ -490,8 +492,8 @@ def test_tta_flag_overrides_params(tmp_path, model_dir, monkeypatch):
     """``--tta`` overrides ``segment.tta`` of params.yaml, which overrides the default 'auto'."""
     import pipeline.segment as segment
 
-    modes, load = [], segment._load
-    monkeypatch.setattr(segment, "_load", lambda settings: modes.append(settings.segment.tta) or load(settings))
+    modes, load = [], segment.load_segmenter
+    monkeypatch.setattr(segment, "load_segmenter", lambda settings: modes.append(settings.segment.tta) or load(settings))
     image, _ = disks()
     Image.fromarray(image).save(tmp_path / "a.png")
     params = tmp_path / "params.yaml"

@@ -178,6 +178,34 @@ def test_bright_field_images_are_segmented_at_the_canonical_diameter_unless_one_
     assert segmenter().segment(image).diameter == pytest.approx(median_diameter(true), rel=0.2)
 
 
+def test_a_given_image_type_decides_the_estimate_thresholds_and_flag():
+    """``image_type`` overrides the rule (``nuclei segment --image-type``): fluorescence discs typed
+    bright-field are not estimated and are flagged; the bright-field flag no longer says 'unless
+    --diameter is given' once a diameter was given."""
+    from pipeline.segmenter import BRIGHTFIELD_FLAG, image_type_of
+
+    image, true = disc_image(40, n=3)
+    seg = segmenter()
+    assert image_type_of(seg.normalize(image)) == "fluo-small"
+    typed = seg.segment(image, image_type="brightfield")
+    assert (typed.image_type, typed.diameter, typed.flag) == ("brightfield", CANONICAL, BRIGHTFIELD_FLAG)
+    assert seg.segment(image).diameter == pytest.approx(40, rel=0.2)  # the rule's own type: estimated
+    given = seg.segment(image, diameter=40.0, image_type="brightfield")
+    assert "bright-field" in given.flag and "--diameter" not in given.flag
+    assert image_metrics(true, given.labels)["ap50"] == 1.0
+
+
+def test_a_given_diameter_far_larger_than_the_image_is_flagged():
+    """``--diameter 10000`` on a 256-px image: no nucleus can be that large; flagged, not a silent
+    0 nuclei at confidence 1.0. A plausible diameter is not flagged."""
+    image, _ = disc_image(32, n=4)  # 256 x 256
+    seg = segmenter()
+    absurd = seg.segment(image, diameter=10_000.0)
+    assert "too large" in absurd.flag and "10000" in absurd.flag
+    assert seg.segment(image, diameter=32.0).flag == ""
+    assert seg.segment(image, diameter=64.0).flag == ""  # a quarter of the shorter side: still possible
+
+
 def test_fluorescence_in_colour_is_segmented_as_grey():
     """Bright discs in the blue channel, or tinted, on a dark background: fluorescence in colour,
     normalised grey (pipeline.intensity), so segmented exactly as the grey image and not taken

@@ -1,7 +1,7 @@
 """The shipped model (models/default) on the embedded sample: a guard against silent regressions
 in loading, normalisation, inference or post-processing.
 
-The floor is the score measured when the model was shipped (see models/default/MODEL_CARD.md)
+The floor is the score measured when the model was shipped (see docs/results.md, "The embedded sample")
 minus a small margin. The sample images may have been among the model's training images, so
 this is a regression guard, not a validation figure.
 """

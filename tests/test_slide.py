@@ -111,7 +111,7 @@ def test_lazy_reading_and_the_too_large_refusal_only_where_true(tmp_path, monkey
     tifffile.imwrite(tmp_path / "whole.tif", image, compression="zlib", rowsperstrip=1000, photometric="rgb")
     tifffile.imwrite(tmp_path / "raw.tif", image, photometric="rgb")  # uncompressed: memory-mapped
     Image.fromarray(image).save(tmp_path / "image.png")
-    monkeypatch.setattr("pipeline.io.max_image_pixels", lambda: 500_000)  # a machine too small for 1.2 Mpx
+    monkeypatch.setattr("pipeline.planes.max_image_pixels", lambda: 500_000)  # a machine too small for 1.2 Mpx
 
     for name in ("tiled.tif", "raw.tif"):  # read piece by piece: segmented out of core, never refused
         slide = slide_of(tmp_path / name, slide_pixels=50_000_000)

@@ -1,0 +1,94 @@
+"""Image types over every labelled source: the rule of :func:`pipeline.image_types.classify_image`, as
+``prepare`` applies it (raw images) and as ``nuclei segment`` does (normalised, optionally under the
+acquisition shifts of ``bench_robustness.py`` that keep the type: uneven illumination, noise, ×2).
+
+Usage::
+
+    python benchmarks/bench_image_types.py [--dsb ../shared/dsb2018/stage1_train]
+        [--extra ../shared/extra] [--every 1]
+
+Prints, per source and expected type, how many images get each type. Expected: DSB2018 images keep
+the type ``prepare`` gives them raw (the reference of its folds); every image of ``tissue_fluo_e2f``
+(fluorescence) is fluorescence; the three H&E sources are ``histology``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.image_types import FLUO_LARGE, FLUO_SMALL, HISTOLOGY, classify_image  # noqa: E402
+from pipeline.intensity import normalize_image  # noqa: E402
+from pipeline.io import progress, read_image, to_uint8  # noqa: E402
+from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample  # noqa: E402
+from pipeline.scale import resize_image  # noqa: E402
+from pipeline.segmenter import image_type_of  # noqa: E402
+
+EXPECTED = {"tissue_fluo_e2f": "fluo", "he_cpm15": HISTOLOGY, "he_gbm40": HISTOLOGY, "he_tcga_glioma": HISTOLOGY}
+
+
+def shifted(image: np.ndarray) -> dict[str, np.ndarray]:
+    """The image (float32 (H, W, 3) in [0, 1]) as is, under uneven illumination, with noise, at ×2."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
+    vignette = 1.0 - 0.4 * r2 / 2.0
+    ramp = 0.15 * xx / max(w - 1, 1)
+    rng = np.random.default_rng(0)
+    return {
+        "as is": image,
+        "uneven": np.clip(image * vignette[..., None] + ramp[..., None], 0, 1),
+        "noise": np.clip(image + rng.normal(0, 0.05, image.shape).astype(np.float32), 0, 1),
+        "x2": resize_image(image, (2 * h, 2 * w)),
+    }
+
+
+def images(dsb: Path, extra: Path, every: int):
+    """Yield ``(source, expected type, image float32 (H, W, 3))``."""
+    if dsb.is_dir():
+        for i in list_kaggle_ids(dsb)[::every]:
+            image, _ = read_kaggle_sample(dsb / i, masks=False)
+            yield "dsb2018", classify_image(image), image.astype(np.float32) / 255
+    for source in sorted(p.name for p in extra.iterdir() if (p / "images").is_dir()) if extra.is_dir() else []:
+        for f in sorted((extra / source / "images").iterdir())[::every]:
+            yield source, EXPECTED.get(source, "?"), read_image(f)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsb", type=Path, default=ROOT.parent / "shared/dsb2018/stage1_train")
+    parser.add_argument("--extra", type=Path, default=ROOT.parent / "shared/extra")
+    parser.add_argument("--every", type=int, default=1, help="every n-th image of each source")
+    args = parser.parse_args()
+    rows = []
+    for source, expected, image in progress(images(args.dsb, args.extra, args.every), desc="types"):
+        row = {"source": source, "expected": expected, "raw": classify_image(to_uint8(image))}
+        for name, variant in shifted(image).items():
+            row[name] = image_type_of(normalize_image(variant))
+        rows.append(row)
+    if not rows:
+        sys.exit(f"no images under {args.dsb} or {args.extra}")
+    table = pd.DataFrame(rows).replace({FLUO_SMALL: "fluo", FLUO_LARGE: "fluo"})
+    table["expected"] = table["expected"].replace({FLUO_SMALL: "fluo", FLUO_LARGE: "fluo"})
+    conditions = ["raw", "as is", "uneven", "noise", "x2"]
+    print(f"{'source':<16} {'expected':<12} {'n':>4}  " + "  ".join(f"{c:>7}" for c in conditions)
+          + "   (share of images typed as expected)")
+    for (source, expected), group in table.groupby(["source", "expected"], sort=True):
+        shares = [(group[c] == expected).mean() for c in conditions]
+        print(f"{source:<16} {expected:<12} {len(group):>4}  " + "  ".join(f"{s:7.3f}" for s in shares))
+        wrong = group[conditions].where(group[conditions].ne(expected)).stack().value_counts()
+        if len(wrong):
+            print(" " * 35 + "wrong: " + ", ".join(f"{k} {v}" for k, v in wrong.items()))
+    total = (table[conditions].to_numpy() == table[["expected"]].to_numpy()).mean()
+    print(f"all {len(table)} images x {len(conditions)} conditions typed as expected: {total:.4f}")
+
+
+if __name__ == "__main__":
+    main()

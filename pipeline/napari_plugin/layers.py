@@ -1,0 +1,186 @@
+"""napari layer data ↔ the pipeline's arrays, for the plugin's widgets, reader and sample.
+
+Layer data tuples are napari's ``(data, metadata, layer_type)``. Nothing here imports Qt or
+napari, so that it is testable and usable without a window.
+
+Must not: segment (that is :class:`pipeline.segmenter.Segmenter`), measure
+(:mod:`pipeline.measure`) or draw widgets.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ROOT
+from pipeline.errors import NucleiError
+from pipeline.io import as_rgb01, read_labels, read_planes
+from pipeline.measure import intensity_of, measure_nuclei
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+#: The sample image (fluorescence, 256 × 256 px, 48 nuclei) of the plugin's sample data.
+SAMPLE_ID = "4185b9369f"
+#: napari layer properties (features) carried by the centroid points.
+POINT_FEATURES = ("label", "area_px", "equivalent_diameter_px", "mean_intensity")
+
+_segmenters: dict[tuple[str, str, str], Any] = {}
+_segmenters_lock = threading.Lock()
+
+
+def image_array(data: Any, rgb: bool, name: str = "image") -> np.ndarray:
+    """An image layer's data as one plane: (H, W) grey or (H, W, 3|4) RGB(A), values as stored.
+
+    Raises
+    ------
+    NucleiError
+        The layer is not 2-D (a stack, a volume) or is empty.
+    """
+    if isinstance(data, list):  # a multiscale image: its full-resolution level
+        data = data[0]
+    array = np.asarray(data)
+    planar = array.ndim - (1 if rgb else 0)
+    if planar != 2 or 0 in array.shape:
+        raise NucleiError(f"{name}: a 2-D image is needed (grey or RGB), got shape {array.shape}")
+    return array
+
+
+def get_segmenter(model_dir: str | Path, tta: str = "auto", device: str = "auto"):
+    """The :class:`pipeline.segmenter.Segmenter` of a model folder, loaded once per process."""
+    from pipeline.segmenter import Segmenter
+
+    key = (str(Path(model_dir).resolve()), tta, device)
+    with _segmenters_lock:
+        if key not in _segmenters:
+            _segmenters[key] = Segmenter.from_model_dir(model_dir, device=device, tta=tta)
+        return _segmenters[key]
+
+
+def segment_array(
+    array: np.ndarray, model_dir: str | Path, diameter: float | None = None, tta: str = "auto",
+    device: str = "auto",
+) -> tuple[Any, pd.DataFrame]:
+    """Segment one image plane as ``nuclei segment`` does, and measure its nuclei.
+
+    Parameters
+    ----------
+    array : (H, W) or (H, W, C) array, C = 1..4
+        The image as stored (any pixel type).
+    model_dir : str or Path
+        A model folder (``config.yaml`` + ``weights.pt``).
+    diameter : float, optional
+        Median nucleus diameter in px; estimated when None.
+    tta : str
+        A mode of :data:`pipeline.inference.TTA_MODES`.
+
+    Returns
+    -------
+    result : pipeline.segmenter.Segmentation
+        ``labels`` int32 (H, W), diameter, confidence, flag.
+    table : pandas.DataFrame
+        The ``nuclei.csv`` rows (:func:`pipeline.measure.measure_nuclei`, intensities in the
+        image's units).
+    """
+    segmenter = get_segmenter(model_dir, tta, device)
+    result = segmenter.segment(as_rgb01(array), diameter=diameter)
+    return result, measure_nuclei(result.labels, intensity_of(array))
+
+
+def result_layers(name: str, result: Any, table: pd.DataFrame, **placement: Any) -> list[LayerData]:
+    """The Labels layer and the Points layer (one point per nucleus, at its centroid) of a result.
+
+    ``placement``: ``scale`` / ``translate`` of the image layer, so that both overlay it.
+    """
+    n = len(table)
+    labels = (result.labels, {"name": f"{name} nuclei", **placement}, "labels")
+    points = (
+        table[["centroid_row", "centroid_col"]].to_numpy(np.float64).reshape(n, 2),
+        {
+            "name": f"{name} centroids ({n})",
+            "features": table[list(POINT_FEATURES)].reset_index(drop=True),
+            "size": 4,
+            "face_color": "yellow",
+            **placement,
+        },
+        "points",
+    )
+    return [labels, points]
+
+
+def summary(result: Any, table: pd.DataFrame) -> str:
+    """One line: count, diameter (estimated or given), and a warning flag if any."""
+    text = f"{len(table)} nuclei"
+    if result.diameter is not None:
+        text += f" · diameter {result.diameter:.1f} px ({'estimated' if result.estimated else 'given'})"
+    return text + (f" · {result.flag}" if result.flag else "")
+
+
+# --------------------------------------------------------------------------- reader
+
+
+def is_segment_output(path: str | Path) -> bool:
+    """Whether ``path`` is a ``nuclei segment`` output folder (``counts.csv`` and ``labels/``)."""
+    path = Path(path)
+    return path.is_dir() and (path / "counts.csv").is_file() and (path / "labels").is_dir()
+
+
+def get_reader(path: str | list[str]):
+    """napari's reader hook: :func:`read_segment_output` for a ``nuclei segment`` output folder,
+    None (not ours) for anything else."""
+    if isinstance(path, list):
+        path = path[0] if len(path) == 1 else ""
+    return read_segment_output if path and is_segment_output(path) else None
+
+
+def read_segment_output(folder: str | Path | list) -> list[LayerData]:
+    """Every image of a ``nuclei segment`` output folder with its labels.
+
+    Each segmented image (``counts.csv`` status ok) gives an Image layer (its source file's
+    plane, as stored; the overlay PNG if the source is gone) and a Labels layer
+    (``labels/<name>.tif``, as corrected since, if it was).
+    """
+    folder = Path(folder[0] if isinstance(folder, list) else folder)
+    counts = pd.read_csv(folder / "counts.csv", dtype={"image": str, "source": str}, keep_default_na=False)
+    layers: list[LayerData] = []
+    for row in counts[counts["status"] == "ok"].to_dict("records"):
+        labels_file = folder / (row.get("labels_file") or f"labels/{row['image']}.tif")
+        if not labels_file.is_file():
+            continue
+        image = _source_plane(Path(row["source"]), row.get("series"), row.get("plane"))
+        if image is None and (folder / str(row.get("overlay_file") or "")).is_file():
+            image = read_planes(folder / row["overlay_file"])[0].array
+        if image is not None:
+            rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+            image = image if rgb or image.ndim == 2 else image[..., 0]
+            layers.append((image, {"name": row["image"], "rgb": rgb}, "image"))
+        layers.append((read_labels(labels_file), {"name": f"{row['image']} nuclei"}, "labels"))
+    return layers
+
+
+def _source_plane(source: Path, series: Any, plane: Any) -> np.ndarray | None:
+    """The plane ``(series, plane)`` of ``source`` as stored; None when it cannot be read."""
+    try:
+        planes = read_planes(source)
+    except NucleiError:
+        return None
+    for p in planes:
+        if str(p.series) == str(series) and str(p.index) == str(plane):
+            return p.array
+    return planes[0].array if len(planes) == 1 else None
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def sample_image() -> list[LayerData]:
+    """The plugin's sample: a 256 × 256 fluorescence image of the embedded DSB2018 sample."""
+    root = ROOT / "data" / "sample" / "stage1_train"
+    files = sorted(root.glob(f"{SAMPLE_ID}*/images/*.png"))
+    if not files:
+        raise NucleiError(f"{root}: the sample image {SAMPLE_ID} is not there (a checkout of the repository has it)")
+    array = read_planes(files[0])[0].array[..., :3]
+    return [(array, {"name": "nuclei sample", "rgb": True}, "image")]

@@ -1,0 +1,266 @@
+"""The output folder of ``nuclei segment``: output names, the tables, and removing an image's files.
+
+Owns
+
+- the output name of each input (:func:`output_names`, :func:`unique_name`): unique in the batch
+  letter case aside (macOS and Windows file systems ignore it), the same on a rerun, and short
+  enough for any file system (:func:`fit_name`);
+- the tables ``counts.csv``, ``nuclei.csv`` and ``columns.csv`` (:class:`Tables`): they list
+  exactly the label files present, this run's and those an earlier run left that this run did
+  not replace;
+- the removal of a failed image's files (:func:`remove_files`), which never raises.
+
+Must not: segment, read images, or remove files of another input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.export import FORMATS
+from pipeline.io import check_writable_folder, write_csv
+from pipeline.measure import column_dictionary, measurement_columns
+
+#: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
+COUNT_COLUMNS = (
+    "image", "source", "series", "plane", "height", "width", "pixel_type", "orientation", "pixel_size_um", "count",
+    "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
+    "confidence", "flag", "status", "error", "labels_file", "overlay_file",
+    *(f.column for f in FORMATS.values()),  # with --export only
+)  # fmt: skip
+#: Sub-folders of the output folder that hold one file per image.
+IMAGE_FOLDERS = ("labels", "overlays")
+#: Longest output name, in UTF-8 bytes: file names are limited to 255 bytes (143 on eCryptfs), and
+#: the temporary files of :func:`pipeline.io.atomic_path` add ~20; longer names are shortened.
+MAX_NAME_BYTES = 120
+
+
+# --------------------------------------------------------------------------- names
+
+
+def fit_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``name``, or when longer than ``limit`` UTF-8 bytes its start followed by ``-`` and 10 hex
+    digits of its SHA-1: deterministic, and distinct names stay distinct."""
+    data = name.encode("utf-8", "surrogateescape")
+    if len(data) <= limit:
+        return name
+    digest = hashlib.sha1(data).hexdigest()[:10]
+    return data[: limit - 11].decode("utf-8", "ignore") + "-" + digest
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name`` (fitted, :func:`fit_name`), or ``name-2``, ``name-3``, ... when taken (letter
+    case aside); the result is added to ``taken`` (a set of casefolded names)."""
+    candidate, k = fit_name(name), 1
+    while candidate.casefold() in taken:
+        k += 1
+        candidate = fit_name(f"{name}-{k}")
+    taken.add(candidate.casefold())
+    return candidate
+
+
+def output_names(sources: list[Path]) -> list[str]:
+    """The output name of each input: unique in the batch letter case aside, and the same on a
+    rerun of the same inputs in any order.
+
+    An input's name is its file stem, unless other inputs share that stem (letter case aside):
+    then each gets the stem followed by what tells them apart, their file ending and/or as
+    many parent folders as needed: ``a/x.png, b/x.png -> x-a, x-b``;
+    ``cells.png, cells.tif -> cells-png, cells-tif``; 8 hex digits of the hash of their path when
+    only letter case tells them apart (``Cells.png, cells.png``). Should such a name equal another
+    input's (``cells-png.png``), that input keeps it and the others add their path's hash. Names
+    are shortened by :func:`fit_name`.
+    """
+    names = [fit_name(source.stem) for source in sources]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, source in enumerate(sources):
+        groups[source.stem.casefold()].append(i)
+    for members in groups.values():
+        if len(members) == 1:
+            continue
+        paths = [sources[i].absolute() for i in members]
+        by_suffix = len({p.suffix.casefold() for p in paths}) > 1
+        for depth in range(max(len(p.parts) for p in paths)):
+            candidates = []
+            for p in paths:
+                parts = [re.sub(r"[^\w.+-]", "_", q) for q in p.parent.parts[1:][::-1][:depth][::-1]]
+                candidates.append(fit_name("-".join([p.stem, *parts, *([p.suffix[1:]] if by_suffix else [])])))
+            if len({c.casefold() for c in candidates}) == len(candidates):
+                break
+        else:  # equal letter case aside (Cells.png, cells.png): the hash of each path tells them apart
+            candidates = [fit_name(f"{p.stem}-{_path_hash(p)}") for p in paths]
+        for i, candidate in zip(members, candidates, strict=True):
+            names[i] = candidate
+    clashes = defaultdict(list)
+    for i, name in enumerate(names):
+        clashes[name.casefold()].append(i)
+    for members in clashes.values():  # a disambiguated name that is another input's plain name
+        for i in members if len(members) > 1 else ():
+            if names[i] != fit_name(sources[i].stem):
+                names[i] = fit_name(f"{names[i]}-{_path_hash(sources[i])}")
+    taken: set[str] = set()  # by construction: whatever is still equal (a hash collision) is numbered
+    order = sorted(range(len(sources)), key=lambda i: str(sources[i].absolute()))
+    unique = dict.fromkeys(order, "")
+    for i in order:
+        unique[i] = unique_name(names[i], taken)
+    return [unique[i] for i in range(len(sources))]
+
+
+def _path_hash(path: Path) -> str:
+    """8 hex digits of the SHA-1 of a file's absolute path."""
+    return hashlib.sha1(str(path.absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def check_output_folder(outdir: Path) -> None:
+    """Create ``outdir`` and its :data:`IMAGE_FOLDERS`, and check that files can be written there.
+
+    Raises
+    ------
+    NucleiError
+        One line naming the folder: a file stands where a folder is needed (``labels`` a file),
+        a name too long, no permission, read-only.
+    """
+    check_writable_folder(outdir)
+    for sub in IMAGE_FOLDERS:
+        check_writable_folder(outdir / sub)
+
+
+#: Temporary files of :func:`pipeline.io.atomic_path` (``.<stem>.<8 random>.tmp<suffix>``).
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?$")
+
+
+def remove_leftovers(outdir: Path) -> list[str]:
+    """Remove the temporary files a killed run left in ``outdir`` and its :data:`IMAGE_FOLDERS`.
+    Only safe under the folder's lock (no other run is writing); never raises (see :func:`remove_files`)."""
+    folders = [outdir, *(outdir / sub for sub in IMAGE_FOLDERS)]
+    return remove_files([p for f in folders if f.is_dir() for p in f.iterdir() if _TEMPORARY.match(p.name)])
+
+
+def remove_files(paths: list[Path]) -> list[str]:
+    """Remove the files ``paths``; never raises. Returns a one-line problem for each file that
+    exists but could not be removed (none for files that are absent or cannot exist)."""
+    problems = []
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except (NotADirectoryError, IsADirectoryError):  # 'labels' is a file, or x.tif a folder
+            continue
+        except OSError as exc:
+            problems.append(f"{path}: cannot remove ({exc.strerror or exc})")
+    return problems
+
+
+def _read_table(path: Path, **kwargs) -> pd.DataFrame | None:
+    """A CSV an earlier run left, or None when absent or unreadable."""
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
+class Tables:
+    """What a batch accumulates (rows of counts.csv, measurement tables, thumbnails) and writes.
+
+    The images an earlier run left in the folder (per its ``counts.csv``) stay in the tables as
+    long as their label file is there and this run has not replaced it: the tables always list
+    exactly the label files present. :meth:`write` rewrites ``counts.csv``, ``nuclei.csv`` and
+    ``columns.csv``; :meth:`write_soon` does unless the last rewrite is too recent for its cost
+    (at most ~10 % of the time goes to rewriting tables). ``names``: this run's output names.
+    """
+
+    def __init__(self, outdir: Path, pixel_size: float | None, names: list[str] = (),
+                 exports: tuple[str, ...] = ()):
+        self.outdir, self.pixel_size, self.exports = outdir, pixel_size, exports
+        self.counts: list[dict[str, Any]] = []
+        self.nuclei: list[pd.DataFrame] = []
+        self.thumbnails: dict[str, bytes] = {}
+        #: the output names taken in this run, casefolded (:func:`unique_name`)
+        self.names: set[str] = {name.casefold() for name in names}
+        earlier = _read_table(outdir / "counts.csv", dtype={"image": str, "source": str})
+        if earlier is None or not {"image", "source"} <= set(earlier.columns):
+            earlier = pd.DataFrame(columns=list(COUNT_COLUMNS))
+        #: image name → source, of the earlier run's rows
+        self.earlier = dict(zip(earlier["image"], earlier["source"], strict=True))
+        if not {"status", "labels_file"} <= set(earlier.columns):
+            earlier = pd.DataFrame(columns=list(COUNT_COLUMNS))  # an older table: nothing to carry
+        self._earlier = earlier[earlier["status"] == "ok"].reindex(columns=_count_columns(pixel_size, exports))
+        nuclei = None if self._earlier.empty else _read_table(outdir / "nuclei.csv", dtype={"image": str})
+        columns = ["image", *measurement_columns(pixel_size)]
+        self._earlier_nuclei = (
+            pd.DataFrame(columns=columns) if nuclei is None or "image" not in nuclei
+            else nuclei[nuclei["image"].isin(self._earlier["image"])].reindex(columns=columns)
+        )  # fmt: skip
+        self._written_at, self._write_cost = -math.inf, 0.0
+
+    def _kept(self) -> pd.DataFrame:
+        """The earlier rows whose label file is present and is not one this run wrote."""
+        seen = {_file_id(self.outdir / row["labels_file"]) for row in self.counts if row.get("status") == "ok"}
+        keep = []
+        for labels_file in self._earlier["labels_file"]:  # each file once (an older table may list one twice)
+            file_id = _file_id(self.outdir / str(labels_file))
+            keep.append(file_id is not None and file_id not in seen)
+            seen.add(file_id)
+        return self._earlier.loc[pd.Series(keep, self._earlier.index, bool)]
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``counts.csv`` and ``nuclei.csv``: this run's images, then the earlier ones kept."""
+        kept = self._kept()
+        now = pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS)).reindex(columns=_count_columns(self.pixel_size, self.exports))
+        counts = (
+            (pd.concat([now, kept], ignore_index=True) if len(kept) else now)
+            .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
+        )  # fmt: skip
+        columns = ["image", *measurement_columns(self.pixel_size)]
+        old = self._earlier_nuclei[self._earlier_nuclei["image"].isin(kept["image"])]
+        parts = [t for t in (*self.nuclei, old) if isinstance(t, pd.DataFrame) and len(t)]  # slides': streamed
+        nuclei = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+        return counts, nuclei[columns]
+
+    def write_soon(self) -> None:
+        """:meth:`write`, unless the last rewrite is more recent than 10 times its cost."""
+        if time.perf_counter() - self._written_at >= 10 * self._write_cost:
+            self.write()
+
+    def write(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Rewrite the tables; returns ``counts.csv`` and ``nuclei.csv`` as written."""
+        start = time.perf_counter()
+        counts, nuclei = self.frames()
+        if any(not isinstance(t, pd.DataFrame) for t in self.nuclei):  # a slide's rows: copied from its table
+            from pipeline.slide import write_nuclei_csv
+
+            old = nuclei.iloc[sum(len(t) for t in self.nuclei if isinstance(t, pd.DataFrame)):]
+            write_nuclei_csv(self.outdir / "nuclei.csv", [*self.nuclei, old], list(nuclei.columns))
+        else:
+            write_csv(self.outdir / "nuclei.csv", nuclei)
+        write_csv(self.outdir / "counts.csv", counts)
+        write_csv(self.outdir / "columns.csv", column_dictionary(self.pixel_size))
+        self._written_at = time.perf_counter()
+        self._write_cost = self._written_at - start
+        return counts, nuclei
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when absent: two names of one file (letter case on macOS)
+    are one file."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _count_columns(pixel_size: float | None, exports: tuple[str, ...] = ()) -> list[str]:
+    skipped = {f.column for name, f in FORMATS.items() if name not in exports}
+    return [c for c in COUNT_COLUMNS if (pixel_size is not None or not c.endswith("_um2")) and c not in skipped]

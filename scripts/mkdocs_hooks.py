@@ -1,0 +1,20 @@
+"""MkDocs hook (``hooks:`` in mkdocs.yml): put the shipped model's card into the site.
+
+``models/default/MODEL_CARD.md`` lives beside the model it describes, outside ``docs/``; this hook
+adds it to the site as ``model-card.md``, with the figure it shows (``failures.png``), so that the
+card has one home and the site shows it. Build with ``make docs`` (``mkdocs build --strict``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def on_files(files: Files, config) -> Files:
+    files.append(File.generated(config, "model-card.md", content=(MODEL / "MODEL_CARD.md").read_text(encoding="utf-8")))
+    files.append(File.generated(config, "failures.png", abs_src_path=str(MODEL / "failures.png")))
+    return files

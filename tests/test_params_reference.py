@@ -1,0 +1,35 @@
+"""The parameter reference page docs/parameters.md is what scripts/make_params_reference.py writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+from pipeline.config import SECTIONS
+
+from .conftest import ROOT
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_params_reference", ROOT / "scripts" / "make_params_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_page_equals_the_generated_one():
+    script = load_script()
+    assert script.PAGE.read_text(encoding="utf-8") == script.render(), (
+        "docs/parameters.md is out of date: run python scripts/make_params_reference.py"
+    )
+
+
+def test_page_lists_every_key_with_its_default_and_rule():
+    page = load_script().render()
+    for section in SECTIONS:
+        assert f"## `{section.NAME}`" in page
+        for field in dataclasses.fields(section):
+            assert f"| `{field.name}` |" in page
+    assert "| `marker_threshold` | `0.5` | a number in [0, 1] |" in page
+    assert "| `split` | `grouped` | one of stratified, grouped, source |" in page
+    assert "segment.block_size must exceed twice segment.block_margin" in page
