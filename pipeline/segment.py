@@ -290,7 +290,8 @@ def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: Tables, **da
     started = time.time()
     try:
         fields, table, run.thumbnails[name] = segment_slide(
-            slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail, **dask)
+            slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail,
+            image_type=cfg.image_type, **dask)
     except Exception as exc:  # one bad image never stops the batch
         outputs = [run.outdir / sub / f"{name}{end}" for sub, end in
                    (("labels", ".tif"), ("overlays", ".png"), ("tables", ".csv"))]

@@ -103,9 +103,10 @@ def sample_mosaic(slide: Slide, n_pixels: int = SAMPLE_PIXELS, window: int = SAM
     return np.concatenate(rows, axis=0)
 
 
-def plan_slide(slide: Slide, segmenter, diameter: float | None = None, channel: str | None = None) -> SlidePlan:
+def plan_slide(slide: Slide, segmenter, diameter: float | None = None, channel: str | None = None,
+               image_type: str | None = None) -> SlidePlan:
     """Decide the normalisation, image type, nucleus diameter and blocks of a slide on
-    :func:`sample_mosaic` (``diameter``: given, px, else estimated as for any image)."""
+    :func:`sample_mosaic` (``diameter``, ``image_type``: given, else decided as for any image)."""
     from pipeline.intensity import normalization_of
     from pipeline.segmenter import image_type_of
     from pipeline.watershed import sizes_at_scale
@@ -113,7 +114,7 @@ def plan_slide(slide: Slide, segmenter, diameter: float | None = None, channel: 
     sample = network_input(sample_mosaic(slide), channel)
     normalization = normalization_of(sample, **segmenter.normalization)
     image = normalization(sample)
-    image_type = image_type_of(image)
+    image_type = image_type or image_type_of(image)
     diameter, estimated, scale = segmenter.scale_for(image, diameter, image_type)
     block, margin = segmenter.block_geometry(scale)
     min_size = int(sizes_at_scale(segmenter.thresholds, scale).get("min_size") or 0)
@@ -228,7 +229,7 @@ class SlideTable:
 def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: float | None = None,
                   diameter: float | None = None, channel: str | None = None, thumbnail_side: int = 320,
                   map_ordered: Callable[[Callable, list[tuple]], Iterator] | None = None,
-                  block_segmenter=None) -> tuple[dict[str, Any], SlideTable, bytes]:
+                  block_segmenter=None, image_type: str | None = None) -> tuple[dict[str, Any], SlideTable, bytes]:
     """Segment, measure and write one slide (module docstring).
 
     Parameters
@@ -252,6 +253,8 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
         (:func:`pipeline.cluster.ordered_map` runs them on Dask workers); default: here, one by one.
     block_segmenter : optional
         What :func:`block_labels` gets (a picklable callable returning a Segmenter on a worker).
+    image_type : str, optional
+        ``--image-type``; decided on the mosaic when not given.
 
     Returns
     -------
@@ -265,7 +268,7 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     from pipeline.overlay import draw_outlines, thumbnail
     from pipeline.segmenter import flag_of, iter_blocks
 
-    plan = plan_slide(slide, segmenter, diameter, channel)
+    plan = plan_slide(slide, segmenter, diameter, channel, image_type)
     height, width = slide.shape
     blocks = list(iter_blocks((height, width), plan.block, plan.margin))
     run = map_ordered or (lambda function, items: (function(*item) for item in items))
