@@ -69,7 +69,7 @@ from pipeline.output_folder import (
 from pipeline.overlay import display_uint8, draw_outlines, thumbnail
 from pipeline.report import render_report
 from pipeline.segment_settings import Settings, load_segmenter
-from pipeline.slide import segment_slide
+from pipeline.slide import add_slide
 from pipeline.slide_reader import slide_of
 
 __all__ = ["COUNT_COLUMNS", "Settings", "segment_images", "add_arguments", "main"]
@@ -249,7 +249,9 @@ def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: T
         _fail(run, {**base, "image": base_name}, exc, source, [])
         return
     if slide is not None:
-        _segment_slide(slide, base_name, segmenter, cfg, run, **dask)
+        row, error, written = add_slide(run, slide, base_name, segmenter, cfg, **dask)
+        if error is not None:
+            _fail(run, row, error, source, written)
         return
     try:
         planes = read_planes(source)
@@ -279,27 +281,6 @@ def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: T
             _fail(run, row, exc, source, written)
             continue
         run.counts.append(row)
-
-
-def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: Tables, **dask: Any) -> None:
-    """Segment one huge image out of core (:func:`pipeline.slide.segment_slide`), adding its rows."""
-    height, width = slide.shape
-    pixel_size = cfg.pixel_size or slide.pixel_size  # --pixel-size, else the file's metadata
-    row = {"source": str(slide.path), "image": name, "series": 0, "plane": 0, "height": height, "width": width,
-           "pixel_type": str(slide.dtype), "pixel_size_um": pixel_size}
-    started = time.time()
-    try:
-        fields, table, run.thumbnails[name] = segment_slide(
-            slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail,
-            image_type=cfg.image_type, **dask)
-    except Exception as exc:  # one bad image never stops the batch
-        outputs = [run.outdir / sub / f"{name}{end}" for sub, end in
-                   (("labels", ".tif"), ("overlays", ".png"), ("tables", ".csv"))]
-        _fail(run, row, exc, slide.path, [p for p in outputs if p.is_file() and p.stat().st_mtime >= started])
-        return
-    run.counts.append({**row, **fields})
-    run.nuclei.append(table)
-    run.pixel_size = run.pixel_size or pixel_size
 
 
 def _fail(run: Tables, row: dict[str, Any], exc: Exception, source: Path, written: list[Path]) -> None:
@@ -446,14 +427,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when another run is writing to OUTDIR, wait for it to finish (default: refuse, exit 2)",
     )
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
-    parser.add_argument(
-        "--scheduler", metavar="ADDRESS",
-        help="segment on a Dask cluster: the scheduler's address (tcp://host:8786) or scheduler file; the "
-             "output folder and inputs must be visible to every worker (docs/scale-out.md)",
-    )
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
-    )
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="segment on a Dask cluster: its scheduler's address "
+                        "(tcp://host:8786) or scheduler file; inputs and OUTDIR shared with the workers")
+    parser.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes")
 
 
 @contextlib.contextmanager

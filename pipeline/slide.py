@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,6 +336,42 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     if pixel_size is not None:
         row["median_area_um2"] = row["median_area_px"] * pixel_size**2
     return row, SlideTable(outdir / "tables" / f"{name}.csv", areas_px, pixel_size), encode_png(thumbnail(overlay, thumbnail_side))
+
+
+def add_slide(run, slide: Slide, name: str, segmenter, settings,
+              **dask: Any) -> tuple[dict[str, Any], Exception | None, list[Path]]:
+    """``nuclei segment``'s work on one huge image: :func:`segment_slide` with the run's
+    ``settings`` (:class:`pipeline.segment_settings.Settings`; the pixel size from the file's
+    metadata unless given), its row, table and thumbnail added to ``run``
+    (:class:`pipeline.output_folder.Tables`).
+
+    Returns
+    -------
+    row : dict
+        The ``counts.csv`` fields known before segmenting (all of them when it succeeded).
+    error : Exception or None
+        Why it failed (one bad image never stops the batch); nothing was added then.
+    written : list of Path
+        The outputs this call wrote before it failed (to be removed).
+    """
+    height, width = slide.shape
+    pixel_size = settings.pixel_size or slide.pixel_size
+    row = {"source": str(slide.path), "image": name, "series": 0, "plane": 0, "height": height, "width": width,
+           "pixel_type": str(slide.dtype), "pixel_size_um": pixel_size}
+    started = time.time()
+    try:
+        fields, table, run.thumbnails[name] = segment_slide(
+            slide, name, run.outdir, segmenter, pixel_size, settings.diameter, settings.channel,
+            settings.segment.thumbnail, image_type=settings.image_type, **dask)
+    except Exception as exc:
+        outputs = [run.outdir / sub / f"{name}{end}" for sub, end in
+                   (("labels", ".tif"), ("overlays", ".png"), ("tables", ".csv"))]
+        return row, exc, [p for p in outputs if p.is_file() and p.stat().st_mtime >= started]
+    row.update(fields)
+    run.counts.append(row)
+    run.nuclei.append(table)
+    run.pixel_size = run.pixel_size or pixel_size
+    return row, None, []
 
 
 def _show(shown: np.ndarray, image: np.ndarray, outer: tuple[slice, slice], core: tuple[slice, slice], f: int) -> None:
