@@ -19,7 +19,7 @@ from pipeline.errors import NucleiError
 
 #: File name endings read as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-#: A folder with this ending given as an input is one image: an OME-Zarr (:mod:`pipeline.slide`).
+#: A folder with this ending given as an input is one image: an OME-Zarr (:mod:`pipeline.slide_reader`).
 ZARR_SUFFIX = ".zarr"
 
 _KINDS = (
