@@ -383,6 +383,7 @@ class SegmentConfig(NetworkSection):
     tta: str = setting("auto", _TTA)
     block_size: int = setting(2048, whole(1))
     block_margin: int = setting(128, whole(0))
+    slide_pixels: int = setting(50_000_000, whole(1))
     thumbnail: int = setting(320, whole(1))
 
     def segmenter_options(self) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from pipeline.errors import NucleiError
 
 #: File name endings read as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+#: A folder with this ending given as an input is one image: an OME-Zarr (:mod:`pipeline.slide_reader`).
+ZARR_SUFFIX = ".zarr"
 
 _KINDS = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -58,7 +60,8 @@ def list_inputs(
     reading them reports what they are, see :func:`file_kind`) and wherever they lie. Folders
     contribute their regular files whose ending is in :data:`IMAGE_SUFFIXES`, and their sub-folders'
     too when ``recursive``: symbolic links to folders are followed, each folder read once (no
-    loops); hidden files and folders, the ``masks/`` folders of a Kaggle layout (``<id>/masks/``
+    loops); a folder named explicitly whose name ends in :data:`ZARR_SUFFIX` is one image (an
+    OME-Zarr), not a folder of images; hidden files and folders, the ``masks/`` folders of a Kaggle layout (``<id>/masks/``
     beside ``<id>/images/``) and everything inside ``exclude`` (an output folder) are left out.
 
     Returns
@@ -81,7 +84,7 @@ def list_inputs(
     for item in inputs:
         path = Path(item)
         kind = file_kind(path)
-        if kind == "a folder":
+        if kind == "a folder" and path.suffix.lower() != ZARR_SUFFIX:  # an OME-Zarr folder is one image
             for p in _folder_files(path, recursive, skip):
                 image = p.suffix.lower() in IMAGE_SUFFIXES and file_kind(p) is None
                 (files if image else others).append(p)

@@ -37,8 +37,8 @@ shipped model scored 0.001 (yellowish) and 0.014 (bluish) against 0.342 for the 
 with diameter estimates of 49–220 px and no bright-field flag.
 Stained images (:func:`is_stained`: colour on a bright background) keep their colour, and their
 range is taken over the tissue: empty glass beside it is left out (:func:`tissue_pixels`) and a
-round field of view's black surround is filled with the tissue's colour (:func:`outside_field`),
-since the training crops of tissue fill the field.
+round field of view's black surround is filled with the tissue's colour
+(:func:`pipeline.field_of_view.outside_field`), since the training crops of tissue fill the field.
 
 Measurements never use this: they are made on the image in its own units.
 
@@ -47,7 +47,11 @@ Must not: read files, resize, or know about the network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
+
+from pipeline.field_of_view import outside_field
 
 #: Defaults, also recorded in model directories (``normalization``).
 NORMALIZATION = {"low": 1.0, "high": 99.8, "saturation": True}
@@ -104,6 +108,68 @@ def intensity_range(image: np.ndarray, low: float = 1.0, high: float = 99.8,
     return lo, hi
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """The map :func:`normalize_image` applies to an image, decided once (:func:`normalization_of`)
+    and applicable to any part of it: a huge image is normalised block by block with one
+    Normalization decided on a sample of it (:mod:`pipeline.slide`).
+
+    ``lo``/``hi`` (image units) map to 0/1; ``grey`` is None (channels kept), ``'mean'`` (the
+    channels' mean) or a channel index, repeated into every channel first; ``white`` is the top of
+    the image's own range, which :func:`outside_field` needs for stained images (``stained``).
+    """
+
+    lo: float
+    hi: float
+    grey: str | int | None = None
+    stained: bool = False
+    white: float = 0.0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, C) array in the image's units → float32 (H, W, C) in [0, 1]."""
+        image = np.asarray(image)
+        if self.hi - self.lo < 1e-6:
+            return np.zeros(image.shape, np.float32)
+        return _rescale(self._grey(image), self.lo, self.hi)
+
+    def _grey(self, image: np.ndarray) -> np.ndarray:
+        """``image`` with every channel replaced by its grey (as it is when ``grey`` is None)."""
+        if self.grey is None:
+            return image
+        grey = (image.mean(axis=-1, keepdims=True, dtype=np.float32) if self.grey == "mean"
+                else image[..., self.grey : self.grey + 1].astype(np.float32))
+        return np.repeat(grey, image.shape[-1], axis=-1)
+
+
+def normalization_of(image: np.ndarray, low: float = 1.0, high: float = 99.8,
+                     saturation: bool = True) -> Normalization:
+    """The :class:`Normalization` of an (H, W, C) image (or of a representative sample of one):
+    the decisions of :func:`normalize_image` (module docstring), without applying them."""
+    return _decide(np.asarray(image), low, high, saturation)[0]
+
+
+def _decide(image: np.ndarray, low: float, high: float, saturation: bool) -> tuple[Normalization, np.ndarray | None]:
+    """:func:`normalization_of`, and the field-of-view surround of a stained image (or None)."""
+    lo, hi = intensity_range(image, low, high, saturation)
+    if hi - lo < 1e-6:
+        return Normalization(lo, hi), None
+    sample = _rescale(subsample(image), lo, hi)  # the decisions are made on a sample
+    if is_colour_fluorescence(sample):  # as the grey fluorescence the network learnt
+        channel = nuclear_channel(sample)
+    elif colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
+        channel = None  # a grey scene through a tinted camera
+    elif is_stained(sample):  # range over the tissue (module docstring)
+        field = outside_field(image, hi)
+        tissue = tissue_pixels(image, lo, hi, field)
+        range_ = intensity_range(tissue, low, high, saturation) if tissue is not None else (lo, hi)
+        return Normalization(*range_, stained=True, white=hi), field
+    else:
+        return Normalization(lo, hi), None
+    grey = "mean" if channel is None else channel
+    inner, _ = _decide(Normalization(0.0, 1.0, grey)._grey(image), low, high, saturation)
+    return replace(inner, grey=grey), None
+
+
 def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
                     saturation: bool = True) -> np.ndarray:
     """Robust intensity normalisation to [0, 1] (see the module docstring).
@@ -119,36 +185,13 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
     normalised : (H, W, 3) float32 in [0, 1]; all zeros for a constant image. A dim 16-bit
         image and an 8-bit image of the same scene give the same result; fluorescence in colour
         (:func:`is_colour_fluorescence`) comes out grey: its blue channel normalised when that
-        carries signal (:func:`nuclear_channel`), else its channels' mean.
+        carries signal (:func:`nuclear_channel`), else its channels' mean. A stained image's black
+        surround of a round field of view (:func:`outside_field`) is filled with the tissue's
+        median colour, as stained training crops, which fill the field, were.
     """
     image = np.asarray(image)
-    lo, hi = intensity_range(image, low, high, saturation)
-    if hi - lo < 1e-6:
-        return np.zeros(image.shape, np.float32)
-    sample = _rescale(subsample(image), lo, hi)  # the decisions are made on a sample
-    if is_colour_fluorescence(sample):  # as the grey fluorescence the network learnt
-        channel = nuclear_channel(sample)
-    elif colourfulness(sample, COLOUR_BLOCK) > COLOUR and is_tinted_grey(subsample(image)):
-        channel = None  # a grey scene through a tinted camera
-    elif is_stained(sample):
-        return _normalize_tissue(image, lo, hi, low, high, saturation)
-    else:
-        return _rescale(image, lo, hi)
-    grey = (image.mean(axis=-1, keepdims=True, dtype=np.float32) if channel is None
-            else image[..., channel : channel + 1].astype(np.float32))
-    return normalize_image(np.repeat(grey, image.shape[-1], axis=-1), low, high, saturation)
-
-
-def _normalize_tissue(image: np.ndarray, lo: float, hi: float, low: float, high: float,
-                      saturation: bool) -> np.ndarray:
-    """:func:`normalize_image` of a stained image: its range taken over its tissue
-    (:func:`tissue_pixels`), and the black surround of a round field of view (:func:`outside_field`)
-    filled with the tissue's median colour, as stained training crops, which fill the field, were."""
-    field = outside_field(image, hi)
-    tissue = tissue_pixels(image, lo, hi, field)
-    if tissue is not None:
-        lo, hi = intensity_range(tissue, low, high, saturation)
-    out = _rescale(image, lo, hi)
+    norm, field = _decide(image, low, high, saturation)
+    out = norm(image)
     if field is not None:
         out[field] = np.median(subsample(out)[~subsample(field)], axis=0)
     return out
@@ -196,45 +239,6 @@ def tissue_pixels(image: np.ndarray, lo: float, hi: float,
     if empty.mean() < EMPTY_SHARE or empty.all():
         return None
     return pixels[~empty].reshape(-1, pixels.shape[-1])
-
-
-#: :func:`outside_field`: black is a level (mean of the channels) below FIELD_BLACK of the image's
-#: white (the top of its range, saturated pixels left out); a black region that touches the image's
-#: border is the surround of the field of view when it covers at least FIELD_AREA of the image.
-FIELD_BLACK, FIELD_AREA = 0.05, 0.01
-
-
-def outside_field(image: np.ndarray, white: float) -> np.ndarray | None:
-    """The black surround of a bright image's field of view: a round field's corners, a black
-    margin. A camera larger than the microscope's field stop records black around the sample;
-    in stained tissue the network took it for the dark of nuclei and lost the nuclei beside it
-    (DSB2018 0.28 against 0.40 for the same nuclei segmented without it, 12 tissue images of
-    stage1_train in a round field; filled with the tissue's median colour, 0.36).
-
-    Parameters
-    ----------
-    image : (H, W, C) array, any real dtype; called for stained images only
-        (:func:`normalize_image`): in fluorescence the dark background is not a surround.
-    white : float
-        The top of the image's range (:func:`intensity_range`), in its units: not its maximum nor
-        a percentile of all pixels, which one saturated nucleus in dim 16-bit tissue sets (all of
-        the tissue was "black" then).
-
-    Returns
-    -------
-    outside : (H, W) bool array, or None when there is no such region. No image of
-        stage1_train has one.
-    """
-    from scipy import ndimage as ndi
-
-    level = np.asarray(image).mean(axis=-1, dtype=np.float32)
-    labels, n = ndi.label(level < FIELD_BLACK * white)
-    if n == 0:
-        return None
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    surround = edge[(edge > 0) & (sizes[edge] >= FIELD_AREA * level.size)]
-    return np.isin(labels, surround) if surround.size else None
 
 
 #: :func:`is_tinted_grey`: the largest angle (degrees) between the main axis of an image's colours

@@ -32,13 +32,15 @@ from pipeline.measure import column_dictionary, measurement_columns
 
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (
-    "image", "source", "series", "plane", "height", "width", "pixel_type", "orientation", "count",
+    "image", "source", "series", "plane", "height", "width", "pixel_type", "pixel_size_um", "orientation", "count",
     "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
     "confidence", "flag", "status", "error", "labels_file", "overlay_file",
     *(f.column for f in FORMATS.values()),  # with --export only
 )  # fmt: skip
 #: Sub-folders of the output folder that hold one file per image.
 IMAGE_FOLDERS = ("labels", "overlays")
+#: ... and the one that holds the ``nuclei.csv`` rows of each huge image (:mod:`pipeline.slide`).
+SLIDE_TABLES = "tables"
 #: Longest output name, in UTF-8 bytes: file names are limited to 255 bytes (143 on eCryptfs), and
 #: the temporary files of :func:`pipeline.io.atomic_path` add ~20; longer names are shortened.
 MAX_NAME_BYTES = 120
@@ -142,9 +144,10 @@ _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?$")
 
 
 def remove_leftovers(outdir: Path) -> list[str]:
-    """Remove the temporary files a killed run left in ``outdir`` and its :data:`IMAGE_FOLDERS`.
-    Only safe under the folder's lock (no other run is writing); never raises (see :func:`remove_files`)."""
-    folders = [outdir, *(outdir / sub for sub in IMAGE_FOLDERS)]
+    """Remove the temporary files a killed run left in ``outdir``, its :data:`IMAGE_FOLDERS` and
+    :data:`SLIDE_TABLES`. Only safe under the folder's lock (no other run is writing); never raises
+    (see :func:`remove_files`)."""
+    folders = [outdir, *(outdir / sub for sub in (*IMAGE_FOLDERS, SLIDE_TABLES))]
     return remove_files([p for f in folders if f.is_dir() for p in f.iterdir() if _TEMPORARY.match(p.name)])
 
 
@@ -178,21 +181,27 @@ class Tables:
     exactly the label files present. :meth:`write` rewrites ``counts.csv``, ``nuclei.csv`` and
     ``columns.csv``; :meth:`write_soon` does unless the last rewrite is too recent for its cost
     (at most ~10 % of the time goes to rewriting tables). ``names``: this run's output names.
+    ``nuclei`` holds DataFrames, and for huge images :class:`pipeline.slide.SlideTable` (rows
+    streamed to a file, copied into ``nuclei.csv`` in chunks). ``earlier`` (image name → source),
+    when given, stands for the earlier run's ``counts.csv``, and no earlier rows are carried: the
+    tables of one file segmented on a Dask worker (:mod:`pipeline.cluster`).
     """
 
     def __init__(self, outdir: Path, pixel_size: float | None, names: list[str] = (),
-                 exports: tuple[str, ...] = ()):
+                 exports: tuple[str, ...] = (), earlier: dict[str, str] | None = None):
         self.outdir, self.pixel_size, self.exports = outdir, pixel_size, exports
         self.counts: list[dict[str, Any]] = []
-        self.nuclei: list[pd.DataFrame] = []
+        self.nuclei: list = []
         self.thumbnails: dict[str, bytes] = {}
         #: the output names taken in this run, casefolded (:func:`unique_name`)
         self.names: set[str] = {name.casefold() for name in names}
-        earlier = _read_table(outdir / "counts.csv", dtype={"image": str, "source": str})
+        given, earlier = earlier, None
+        if given is None:
+            earlier = _read_table(outdir / "counts.csv", dtype={"image": str, "source": str})
         if earlier is None or not {"image", "source"} <= set(earlier.columns):
             earlier = pd.DataFrame(columns=list(COUNT_COLUMNS))
         #: image name → source, of the earlier run's rows
-        self.earlier = dict(zip(earlier["image"], earlier["source"], strict=True))
+        self.earlier = dict(zip(earlier["image"], earlier["source"], strict=True)) if given is None else given
         if not {"status", "labels_file"} <= set(earlier.columns):
             earlier = pd.DataFrame(columns=list(COUNT_COLUMNS))  # an older table: nothing to carry
         self._earlier = earlier[earlier["status"] == "ok"].reindex(columns=_count_columns(pixel_size, exports))
@@ -215,18 +224,23 @@ class Tables:
         return self._earlier.loc[pd.Series(keep, self._earlier.index, bool)]
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """``counts.csv`` and ``nuclei.csv``: this run's images, then the earlier ones kept."""
+        """``counts.csv`` and ``nuclei.csv``: this run's images, then the earlier ones kept (the
+        rows of huge images left out of ``nuclei.csv``: :meth:`write` streams them)."""
+        counts, parts = self._sections()
+        columns = ["image", *measurement_columns(self.pixel_size)]
+        frames = [t for t in parts if isinstance(t, pd.DataFrame) and len(t)]
+        nuclei = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        return counts, nuclei[columns]
+
+    def _sections(self) -> tuple[pd.DataFrame, list]:
+        """``counts.csv``, and the parts of ``nuclei.csv`` in order (:attr:`nuclei`, then the earlier rows kept)."""
         kept = self._kept()
         now = pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS)).reindex(columns=_count_columns(self.pixel_size, self.exports))
         counts = (
             (pd.concat([now, kept], ignore_index=True) if len(kept) else now)
             .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
         )  # fmt: skip
-        columns = ["image", *measurement_columns(self.pixel_size)]
-        old = self._earlier_nuclei[self._earlier_nuclei["image"].isin(kept["image"])]
-        parts = [t for t in (*self.nuclei, old) if len(t)]
-        nuclei = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-        return counts, nuclei[columns]
+        return counts, [*self.nuclei, self._earlier_nuclei[self._earlier_nuclei["image"].isin(kept["image"])]]
 
     def write_soon(self) -> None:
         """:meth:`write`, unless the last rewrite is more recent than 10 times its cost."""
@@ -237,7 +251,12 @@ class Tables:
         """Rewrite the tables; returns ``counts.csv`` and ``nuclei.csv`` as written."""
         start = time.perf_counter()
         counts, nuclei = self.frames()
-        write_csv(self.outdir / "nuclei.csv", nuclei)
+        if all(isinstance(t, pd.DataFrame) for t in self.nuclei):
+            write_csv(self.outdir / "nuclei.csv", nuclei)
+        else:  # huge images' rows: copied from their own files, in order, never all held
+            from pipeline.slide import write_nuclei_csv
+
+            write_nuclei_csv(self.outdir / "nuclei.csv", self._sections()[1], list(nuclei.columns))
         write_csv(self.outdir / "counts.csv", counts)
         write_csv(self.outdir / "columns.csv", column_dictionary(self.pixel_size))
         self._written_at = time.perf_counter()

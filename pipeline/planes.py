@@ -28,6 +28,7 @@ class Plane(NamedTuple):
     index: int  #: plane within its series
     array: np.ndarray  #: (H, W) or (H, W, C), C = 1..4, the file's pixel type, as shown
     orientation: int = 1  #: the file's Orientation tag, applied (:mod:`pipeline.orientation`)
+    pixel_size: float | None = None  #: µm, from the file's OME / ImageJ metadata (:mod:`pipeline.metadata`)
 
 
 def max_image_pixels() -> int | None:

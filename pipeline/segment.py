@@ -15,10 +15,11 @@ are rewritten as the batch goes, and on an interruption, so that they describe t
 present (:class:`pipeline.output_folder.Tables`, which also owns the output names: ``<name>`` is
 the file's stem, see :func:`pipeline.output_folder.output_names` when two inputs share one); each
 plane of a multi-page TIFF is an image of its own, ``<name>_p<k>`` (k = 0, 1, ...), and each
-further series ``<name>_s<j>`` (``<name>_s<j>_p<k>``). The work on one image is
-:meth:`pipeline.segmenter.Segmenter.segment` (normalisation, nucleus-size estimate and rescaling,
-network, block-wise processing of huge images, watershed); this module reads the inputs and
-writes, measures and reports, holding the output folder's lock (:func:`pipeline.lock.folder_lock`).
+further series ``<name>_s<j>`` (``<name>_s<j>_p<k>``). The work on one file is
+:func:`pipeline.segment_file.segment_file` (through :meth:`pipeline.segmenter.Segmenter.segment`,
+or out of core for huge images, :mod:`pipeline.slide`); this module lists the inputs, runs the
+batch here or on a Dask cluster (``--workers``, ``--scheduler``: :mod:`pipeline.cluster`) and
+writes the tables and report, holding the output folder's lock (:func:`pipeline.lock.folder_lock`).
 """
 
 from __future__ import annotations
@@ -33,113 +34,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import load_params
 from pipeline.errors import NucleiError, OutputError
-from pipeline.export import FORMATS, export_path, parse_formats, write_export
+from pipeline.export import FORMATS, parse_formats
 from pipeline.image_types import IMAGE_TYPES
 from pipeline.inference import TTA_MODES
 from pipeline.inputs import IMAGE_SUFFIXES, file_kind, list_inputs
-from pipeline.io import (
-    COLOUR_CHANNELS,
-    Plane,
-    as_rgb01,
-    colour_channel,
-    encode_png,
-    progress,
-    read_planes,
-    write_labels,
-    write_png,
-    write_text,
-)
+from pipeline.io import COLOUR_CHANNELS, progress, write_text
 from pipeline.lock import folder_lock
-from pipeline.measure import intensity_of, measure_nuclei
-from pipeline.orientation import describe
-from pipeline.output_folder import (
-    COUNT_COLUMNS,
-    Tables,
-    check_output_folder,
-    output_names,
-    remove_files,
-    remove_leftovers,
-    unique_name,
-)
-from pipeline.overlay import display_uint8, draw_outlines, thumbnail
+from pipeline.output_folder import COUNT_COLUMNS, Tables, check_output_folder, output_names, remove_leftovers
 from pipeline.report import render_report
+from pipeline.segment_file import segment_file, warn
 from pipeline.segment_settings import Settings, load_segmenter
 
 __all__ = ["COUNT_COLUMNS", "Settings", "segment_images", "add_arguments", "main"]
-#: Smallest image side accepted, in pixels.
-MIN_SIDE = 8
 #: How many of the files a folder holds besides images the warning names.
 SHOWN_OTHERS = 3
 
 
 # --------------------------------------------------------------------------- the batch
-
-
-def _warn(message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"nuclei: {message}", file=sys.stderr)
-
-
-def _segment_plane(
-    plane: Plane,
-    source: Path,
-    name: str,
-    segmenter,
-    settings: Settings,
-    run: Tables,
-    written: list[Path],
-) -> dict[str, Any]:
-    """Segment, measure and write one plane; returns its counts.csv row fields.
-
-    ``plane.array`` is (H, W) or (H, W, C) in the file's units (:func:`pipeline.io.read_planes`);
-    the nuclei are measured on it (on its ``settings.channel`` alone when set), the network sees
-    it normalised. Files written are appended to ``written``.
-    """
-    array = plane.array if settings.channel is None else colour_channel(plane.array, settings.channel)
-    del plane  # the caller holds no reference: the file's array is freed here
-    intensity = intensity_of(array)  # in the image's own units, whatever its pixel type
-    image = as_rgb01(array)
-    del array
-    image = segmenter.normalize(image)  # as the model was trained
-    result = segmenter.segment(image, diameter=settings.diameter, normalized=True, image_type=settings.image_type)
-    labels = result.labels
-    image = display_uint8(image)
-    files = {"labels_file": f"labels/{name}.tif", "overlay_file": f"overlays/{name}.png"}
-    written.append(run.outdir / files["labels_file"])
-    write_labels(written[-1], labels)
-    overlay = draw_outlines(image, labels)
-    del image
-    written.append(run.outdir / files["overlay_file"])
-    write_png(written[-1], overlay)
-    run.thumbnails[name] = encode_png(thumbnail(overlay, settings.segment.thumbnail))
-    del overlay
-    table = measure_nuclei(labels, intensity, settings.pixel_size)
-    for fmt in settings.exports:  # --export: geojson/<name>.geojson, rois/<name>.zip
-        files[FORMATS[fmt].column] = export_path(fmt, name)
-        written.append(run.outdir / files[FORMATS[fmt].column])
-        write_export(fmt, written[-1], labels, table)
-    table.insert(0, "image", name)
-    run.nuclei.append(table)
-    row = {
-        "count": len(table),
-        "median_area_px": table["area_px"].median(),  # NaN if none
-        "image_type": result.image_type,
-        "diameter_px": None if result.diameter is None else round(result.diameter, 2),
-        "diameter_estimated": result.estimated,
-        "scale": round(result.scale, 4),
-        "confidence": round(result.confidence, 3),
-        "flag": result.flag,
-        "status": "ok",
-        **files,
-    }
-    if settings.pixel_size is not None:
-        row["median_area_um2"] = table["area_um2"].median()
-    return row
 
 
 def segment_images(
@@ -152,6 +68,8 @@ def segment_images(
     *,
     params: dict[str, Any] | None = None,
     params_path: str | Path = "params.yaml",
+    scheduler: str | None = None,
+    workers: int | None = None,
     **settings: Any,
 ) -> pd.DataFrame:
     """Segment, count and measure the nuclei of a batch of images.
@@ -174,6 +92,11 @@ def segment_images(
         Parsed params.yaml (its ``segment`` section is used); default: built-in defaults.
     params_path : str or Path
         Where ``params`` came from, for error messages.
+    scheduler : str, optional
+        Address (or scheduler file) of a Dask scheduler: images, and blocks of huge images, are
+        segmented on its workers (:mod:`pipeline.cluster`); the outputs are those of a local run.
+    workers : int, optional
+        Start a local Dask cluster of this many worker processes (when no ``scheduler``).
     **settings
         Overrides of other :class:`Settings` fields (``block_size``, ``tta``, ...).
 
@@ -192,6 +115,8 @@ def segment_images(
         are recorded in ``counts`` instead.
     """
     start = time.perf_counter()
+    if workers is not None and workers < 1:
+        raise NucleiError(f"--workers must be at least 1, got {workers}")
     cfg = Settings.from_params(
         params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size, **settings
     )
@@ -200,75 +125,33 @@ def segment_images(
     segmenter = load_segmenter(cfg)  # checks the model's thresholds once, up front
     check_output_folder(outdir)
     names = output_names(sources)
-    with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=_warn):  # one run at a time
+    with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=warn):  # one run at a time
         for problem in remove_leftovers(outdir):  # of a killed run: no other run writes here now
-            _warn(f"error: {problem}")
+            warn(f"error: {problem}")
         run = Tables(outdir, cfg.pixel_size, names, cfg.exports)
         run.write()  # from now on the tables describe the label files present, even if interrupted
+        items = list(zip(sources, names, strict=True))
         try:
-            for source, name in progress(list(zip(sources, names, strict=True)), desc="segment", unit="img"):
-                _segment_file(source, name, segmenter, cfg, run)
-                run.write_soon()
+            if scheduler or workers:
+                from pipeline.cluster import connect, segment_batch
+
+                with connect(scheduler, workers) as client:
+                    segment_batch(client, items, segmenter, cfg, run,
+                                  lambda todo: progress(todo, desc="segment", unit="img"))
+            else:
+                for source, name in progress(items, desc="segment", unit="img"):
+                    segment_file(source, name, segmenter, cfg, run)
+                    run.write_soon()
         finally:  # also on Ctrl-C / SIGTERM
             counts, nuclei = run.write()
             _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
     return counts.iloc[: len(run.counts)]
 
 
-def _segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: Tables) -> None:
-    """Segment every plane of one input file, adding its rows to ``run``; never raises for bad input."""
-    base = {"source": str(source)}
-    try:
-        planes = read_planes(source)
-    except Exception as exc:  # one bad file never stops the batch
-        _fail(run, {**base, "image": base_name}, exc, source, [])
-        return
-    small = [p for p in planes if min(p.array.shape[:2]) < MIN_SIDE]
-    if small:  # one line for them all (an H x W x 2 array saved as 256 pages of 256 x 2 px)
-        h, w = small[0].array.shape[:2]
-        what = f"{len(small)} of its {len(planes)} planes are" if len(planes) > 1 else "image is"
-        error = NucleiError(
-            f"{source}: {what} too small to segment ({w}x{h} px; at least {MIN_SIDE} px a side)"
-        )
-        _fail(run, {**base, "image": base_name}, error, source, [])
-        planes = [p for p in planes if min(p.array.shape[:2]) >= MIN_SIDE]
-    for k in range(len(planes)):
-        plane: Plane = planes[k]
-        name = unique_name(base_name + plane.tag, run.names) if plane.tag else base_name
-        height, width = plane.array.shape[:2]
-        row = {**base, "image": name, "series": plane.series, "plane": plane.index, "height": height,
-               "width": width, "pixel_type": str(plane.array.dtype), "orientation": describe(plane.orientation)}
-        del plane
-        written: list[Path] = []
-        try:  # the plane is handed over, not kept here: its memory is freed once converted
-            row.update(_segment_plane(_take(planes, k), source, name, segmenter, cfg, run, written))
-        except Exception as exc:  # one bad image never stops the batch
-            _fail(run, row, exc, source, written)
-            continue
-        run.counts.append(row)
-
-
-def _fail(run: Tables, row: dict[str, Any], exc: Exception, source: Path, written: list[Path]) -> None:
-    """Record a failed image; remove its partial files, and the outputs an earlier run made of it.
-
-    Only files of this input are removed: those it wrote now, and ``labels/<name>.tif`` and
-    ``overlays/<name>.png`` when the earlier ``counts.csv`` says they came from the same file.
-    Never raises: a file that cannot be removed is one more warning.
-    """
-    row.update(_failure(exc, source))
-    _warn(f"error: {row['error']}")
-    run.counts.append(row)
-    name = row["image"]
-    if run.earlier.get(name) == str(source):
-        written = [*written, run.outdir / "labels" / f"{name}.tif", run.outdir / "overlays" / f"{name}.png",
-                   *(run.outdir / export_path(fmt, name) for fmt in FORMATS)]
-    for problem in remove_files(written):
-        _warn(f"error: {problem}")
-
-
 def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: Settings, segmenter,
                   seconds: float) -> None:
-    area = "area_um2" if cfg.pixel_size is not None else "area_px"
+    area = "area_um2" if run.pixel_size is not None else "area_px"
+    slides = [t.areas(area) for t in run.nuclei if not isinstance(t, pd.DataFrame)]  # streamed tables
     info = {
         "model": str(cfg.model_dir),
         "device": str(getattr(segmenter, "device", cfg.segment.device)),
@@ -278,26 +161,10 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: 
     if cfg.channel is not None:
         info["channel"] = f"{cfg.channel} (--channel: that channel alone segmented and measured)"
     html = render_report(
-        counts, nuclei[area].to_numpy(float), run.thumbnails, pixel_size=cfg.pixel_size, info=info
+        counts, np.concatenate([nuclei[area].dropna().to_numpy(float), *slides]), run.thumbnails,
+        pixel_size=run.pixel_size, info=info
     )
     write_text(run.outdir / "report.html", html)
-
-
-def _take(items: list, k: int):
-    """``items[k]``, leaving ``None`` in its place (so that the caller holds no reference)."""
-    item, items[k] = items[k], None
-    return item
-
-
-def _failure(exc: Exception, source: Path) -> dict[str, Any]:
-    """counts.csv fields of an image that failed: a one-line error naming the file."""
-    if isinstance(exc, NucleiError):
-        message = str(exc)
-    elif isinstance(exc, MemoryError):
-        message = f"{source}: out of memory (lower segment.block_size in params.yaml)"
-    else:  # a bug, or a library refusing this input: name it, keep the batch going
-        message = f"{source}: unexpected error ({type(exc).__name__}: {exc})"
-    return {"count": None, "status": "failed", "error": " ".join(message.split())}
 
 
 def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> list[Path]:
@@ -311,7 +178,7 @@ def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> lis
         shown = ", ".join(map(str, others[:SHOWN_OTHERS])) + (
             f" and {len(others) - SHOWN_OTHERS} more" if len(others) > SHOWN_OTHERS else "")
         odd = " or not regular files (links to nothing, FIFOs)" if any(map(file_kind, others)) else ""
-        _warn(f"skipped {len(others)} file{'s' if len(others) > 1 else ''} not ending in "
+        warn(f"skipped {len(others)} file{'s' if len(others) > 1 else ''} not ending in "
               f"{', '.join(IMAGE_SUFFIXES)}{odd}: {shown}")
     return files
 
@@ -390,6 +257,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when another run is writing to OUTDIR, wait for it to finish (default: refuse, exit 2)",
     )
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="segment on a Dask cluster: the scheduler's address (tcp://host:8786) or scheduler file; the "
+             "output folder and inputs must be visible to every worker (docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
+    )
 
 
 @contextlib.contextmanager
@@ -427,6 +302,8 @@ def main(args: argparse.Namespace) -> int:
                 wait=args.wait,
                 tta=args.tta,
                 exports=args.export,
+                scheduler=args.scheduler,
+                workers=args.workers,
             )
     except OutputError as exc:  # disk full, read-only: after images were processed
         print(f"nuclei: error: {exc}", file=sys.stderr)

@@ -21,16 +21,15 @@ Must not: read or write files other than the model directory, or parse command l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.blocks import block_geometry, segment_in_blocks
 from pipeline.errors import NucleiError
 from pipeline.image_types import BRIGHTFIELD, HISTOLOGY
 from pipeline.scale import (
-    MAX_FACTOR,
     diameter_problem,
     largest_diameter,
     nucleus_diameters,
@@ -93,38 +92,20 @@ class Segmentation:
     image_type: str = ""
 
 
-def iter_blocks(
-    shape: tuple[int, int], block_size: int, margin: int
-) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
-    """Cover an image with overlapping blocks.
-
-    Parameters
-    ----------
-    shape : (int, int)
-        Image height and width, in pixels.
-    block_size : int
-        Largest block side, margins included, in pixels.
-    margin : int
-        Context added on each side of a block's core, in pixels (``block_size > 2 * margin``).
-
-    Yields
-    ------
-    outer : (slice, slice)
-        The block to segment, in image coordinates.
-    core : (slice, slice)
-        Its core, relative to ``outer``. The cores tile the image exactly once.
-    """
-    step = block_size - 2 * margin
-    if step <= 0:
-        raise ValueError(f"block_size {block_size} must exceed twice the margin {margin}")
-    for r0 in range(0, shape[0], step):
-        for c0 in range(0, shape[1], step):
-            r1, c1 = min(r0 + step, shape[0]), min(c0 + step, shape[1])
-            o_r0, o_c0 = max(r0 - margin, 0), max(c0 - margin, 0)
-            o_r1, o_c1 = min(r1 + margin, shape[0]), min(c1 + margin, shape[1])
-            outer = (slice(o_r0, o_r1), slice(o_c0, o_c1))
-            core = (slice(r0 - o_r0, r1 - o_r0), slice(c0 - o_c0, c1 - o_c0))
-            yield outer, core
+def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter: float | None = None,
+            shape: tuple[int, ...] | None = None) -> str:
+    """Why the count of an image of ``image_type`` segmented with ``confidence`` should not be
+    trusted ('' when it can be): bright-field (the text depends on whether the diameter was
+    ``estimated``), low confidence, and, for a ``diameter`` (px) given for an image of ``shape``
+    (H, W), a diameter that cannot hold (:func:`pipeline.scale.diameter_problem`)."""
+    flag = ""
+    if image_type == BRIGHTFIELD:
+        flag = BRIGHTFIELD_FLAG if estimated else BRIGHTFIELD_GIVEN_FLAG
+    elif confidence < MIN_CONFIDENCE:
+        flag = f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay"
+    if diameter is not None and not estimated and shape is not None:
+        flag = "; ".join(f for f in (diameter_problem(diameter, shape), flag) if f)
+    return flag
 
 
 def confidence(probs: np.ndarray, head: str) -> float:
@@ -406,13 +387,7 @@ class Segmenter:
         image_type = image_type or image_type_of(image)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         labels, conf = self._segment_blocks(image, scale, image_type)
-        flag = ""
-        if image_type == BRIGHTFIELD:
-            flag = BRIGHTFIELD_FLAG if estimated else BRIGHTFIELD_GIVEN_FLAG
-        elif conf < MIN_CONFIDENCE:
-            flag = f"low confidence ({conf:.2f} < {MIN_CONFIDENCE}): check the overlay"
-        if diameter is not None and not estimated:
-            flag = "; ".join(f for f in (diameter_problem(diameter, image.shape), flag) if f)
+        flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2])
         return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type)
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,
@@ -444,39 +419,29 @@ class Segmenter:
     def _segment_blocks(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
         """Labels (original grid) and confidence; block by block when the image is large.
 
-        Blocks are cut in the image's pixels so that each is at most ``block_size`` px at the
-        network's scale (memory stays bounded when an image is enlarged), with ``block_margin``
-        px of context at the network's scale. Each block keeps the nuclei whose centroid lies in
-        its core, so every nucleus comes from the one block that sees it whole.
+        Blocks are cut in the image's pixels (:meth:`block_geometry`) and stitched by
+        :func:`pipeline.blocks.segment_in_blocks`: each block keeps the nuclei whose centroid lies
+        in its core, so every nucleus comes from the one block that sees it whole.
         """
-        from skimage.measure import regionprops_table
         from skimage.segmentation import relabel_sequential
 
         from pipeline.watershed import remove_small, sizes_at_scale
 
         height, width = image.shape[:2]
-        block = max(64, int(self.block_size / max(scale, 1.0)))
-        margin = min(int(math.ceil(self.block_margin / min(scale, MAX_FACTOR))), block // 4)
+        block, margin = self.block_geometry(scale)
         if max(height, width) <= block:
             return self._labels(image, scale, image_type)
-        labels = np.zeros((height, width), np.int32)
-        n_labels, conf_sum, conf_weight = 0, 0.0, 0
-        for outer, core in iter_blocks((height, width), block, margin):
-            part, conf = self._labels(image[outer], scale, image_type)
-            size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
-            conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
-            props = regionprops_table(part, properties=("label", "centroid"))
-            rows, cols = props["centroid-0"], props["centroid-1"]
-            keep = props["label"][
-                (rows >= core[0].start) & (rows < core[0].stop)
-                & (cols >= core[1].start) & (cols < core[1].stop)
-            ]  # fmt: skip
-            lut = np.zeros(part.max() + 1, np.int32)
-            lut[keep] = np.arange(n_labels + 1, n_labels + 1 + keep.size, dtype=np.int32)
-            part = lut[part]
-            target = labels[outer]
-            free = (part > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
-            target[free] = part[free]
-            n_labels += keep.size
+        labels, conf = segment_in_blocks(
+            (height, width), lambda outer: self._labels(image[outer], scale, image_type), block, margin)
         labels = remove_small(labels, sizes_at_scale(self.thresholds, scale)["min_size"])
-        return relabel_sequential(labels)[0].astype(np.int32), conf_sum / max(conf_weight, 1)
+        return relabel_sequential(labels)[0].astype(np.int32), conf
+
+    def block_geometry(self, scale: float) -> tuple[int, int]:
+        """Block side and margin (px of the image) for an image resized by ``scale``
+        (:func:`pipeline.blocks.block_geometry` of this segmenter's ``block_size``, ``block_margin``)."""
+        return block_geometry(self.block_size, self.block_margin, scale)
+
+    def segment_block(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
+        """Labels (int32 (h, w), on the block's grid) and confidence of one normalised block of an
+        image resized by ``scale`` (:meth:`scale_for` the whole image) of ``image_type``."""
+        return self._labels(image, scale, image_type)

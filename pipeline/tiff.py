@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError, one_line
+from pipeline.metadata import tiff_pixel_size
 from pipeline.orientation import apply_orientation, tiff_orientation
 from pipeline.planes import Plane, check_size
 
@@ -30,6 +31,7 @@ def read_tiff_planes(path: Path) -> list[Plane]:
     try:
         with tifffile.TiffFile(path) as tif:
             for s, series in enumerate(tif.series):
+                size = tiff_pixel_size(tif, s)  # µm, from OME / ImageJ metadata
                 axes = series.axes
                 if "Y" in axes and "X" in axes:
                     check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
@@ -43,7 +45,7 @@ def read_tiff_planes(path: Path) -> list[Plane]:
                 code = tiff_orientation(series.keyframe)
                 for k, plane in enumerate(stack):
                     tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
-                    planes.append(Plane(tag, s, k, apply_orientation(plane, code), code))
+                    planes.append(Plane(tag, s, k, apply_orientation(plane, code), code, size))
     except NucleiError:
         raise
     except MemoryError:

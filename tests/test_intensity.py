@@ -258,7 +258,8 @@ def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
     over all pixels."""
     from skimage.color import hed2rgb
 
-    from pipeline.intensity import outside_field, tissue_pixels
+    from pipeline.field_of_view import outside_field
+    from pipeline.intensity import tissue_pixels
     from pipeline.segmenter import image_type_of
 
     labels = discs()

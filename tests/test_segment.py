@@ -22,13 +22,13 @@ import tifffile
 from PIL import Image
 from skimage.draw import disk
 
+from pipeline.blocks import iter_blocks
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
 from pipeline.io import read_labels
 from pipeline.measure import measure_nuclei, measurement_columns
 from pipeline.overlay import PALETTE, draw_outlines
 from pipeline.segment import COUNT_COLUMNS, segment_images
-from pipeline.segmenter import iter_blocks
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -337,20 +337,20 @@ def test_a_failing_file_never_removes_another_inputs_outputs(tmp_path, model_dir
 
 def test_outputs_of_a_partly_written_image_are_removed(tmp_path, model_dir, monkeypatch):
     """An image whose overlay cannot be written loses its label file, not another's."""
-    import pipeline.segment
+    import pipeline.segment_file
 
     image, _ = disks()
     Image.fromarray(image).save(tmp_path / "a.png")
     Image.fromarray(image).save(tmp_path / "b.png")
     out = tmp_path / "out"
-    real = pipeline.segment.write_png
+    real = pipeline.segment_file.write_png
 
     def write_png(path, array):
         if path.name == "b.png":
             raise OSError(28, "No space left on device")
         real(path, array)
 
-    monkeypatch.setattr(pipeline.segment, "write_png", write_png)
+    monkeypatch.setattr(pipeline.segment_file, "write_png", write_png)
     counts = segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir).set_index("image")
     assert list(counts["status"]) == ["ok", "failed"]
     assert [p.name for p in (out / "labels").iterdir()] == ["a.tif"]

@@ -1,0 +1,105 @@
+"""nuclei segment on Dask (pipeline.cluster): a LocalCluster of 2 worker processes on loopback.
+
+The model is the tiny threshold U-Net of test_segment.py saved as a real model directory (the
+workers load it from disk, once each); the inputs are small synthetic images and one tiled TIFF
+segmented out of core in blocks, so both kinds of task (whole images, blocks of a huge image)
+run on the workers. The shipped model gives identical outputs too (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import tifffile
+from PIL import Image
+
+from pipeline.segment import segment_images
+from tests.test_segment import disks, grid_centres
+from tests.test_slide import _save_threshold_model
+
+distributed = pytest.importorskip("distributed")
+
+SETTINGS = {"tile_size": 256, "overlap": 32, "block_size": 256, "block_margin": 40, "slide_pixels": 100_000}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    import tests.test_segment as module
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    _save_threshold_model(module, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    for k in range(6):
+        shape = (96 + 16 * k, 128)
+        image, _ = disks(shape=shape, centres=grid_centres(shape, 30, offset=15 + k))
+        Image.fromarray(image).save(folder / f"img{k}.png")
+    big, _ = disks(shape=(400, 500), centres=grid_centres((400, 500), 33))
+    tifffile.imwrite(folder / "big.tif", big, tile=(64, 64), compression="zlib")  # 200,000 px: out of core
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, inputs, model_dir) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    segment_images([inputs], out, model_dir, "cpu", **SETTINGS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        yield cluster, client
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    labels = sorted(p.name for p in (a / "labels").glob("*.tif"))
+    assert labels == sorted(p.name for p in (b / "labels").glob("*.tif")) and len(labels) == 7
+    for name in labels:  # bit for bit
+        assert filecmp.cmp(a / "labels" / name, b / "labels" / name, shallow=False), name
+    for table in ("nuclei.csv", "counts.csv", "tables/big.csv"):
+        assert filecmp.cmp(a / table, b / table, shallow=False), table
+
+
+def test_two_workers_give_the_local_runs_outputs_and_load_the_model_once_each(tmp_path, inputs, model_dir,
+                                                                              local_run, cluster):
+    _, client = cluster
+    counts = segment_images([inputs], tmp_path, model_dir, "cpu", scheduler=client.scheduler.address, **SETTINGS)
+    assert (counts["status"] == "ok").all() and counts.set_index("image").loc["big", "count"] > 100
+    assert_same_outputs(local_run, tmp_path)
+    loads = client.run(lambda: dict(__import__("pipeline.cluster", fromlist=["LOADS"]).LOADS))
+    per_worker = [sum(v for k, v in w.items() if k[0] == str(model_dir.resolve())) for w in loads.values()]
+    assert sorted(per_worker) == [1, 1]  # both worked, each loaded the model once
+
+
+def test_a_worker_killed_mid_run_has_its_tasks_rerun(tmp_path, inputs, model_dir, local_run, cluster):
+    _, client = cluster
+    pids = client.run(os.getpid)
+    done = {}
+    run = threading.Thread(target=lambda: done.update(counts=segment_images(
+        [inputs], tmp_path, model_dir, "cpu", scheduler=client.scheduler.address, **SETTINGS)))
+    run.start()
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline and run.is_alive():
+        busy = [w for w, tasks in client.processing().items() if tasks]
+        victim = busy[0] if busy else None
+        time.sleep(0.01)
+    assert victim is not None, "no task was seen running"
+    os.kill(pids[victim], signal.SIGKILL)  # the worker dies with its tasks
+    run.join(timeout=300)
+    assert not run.is_alive()
+    assert victim not in client.scheduler_info()["workers"]  # it is gone (the nanny started a new one)
+    assert (done["counts"]["status"] == "ok").all()
+    assert_same_outputs(local_run, tmp_path)
