@@ -77,6 +77,25 @@ def score(model: Path, samples, exact: bool) -> dict:
     return {"dsb": df.dsb_score.mean(), "ap50": df.ap50.mean(), "count_err": df.count_error.median()}
 
 
+def diameter_policies(models: list[Path], samples) -> pd.DataFrame:
+    """DSB2018 score of fine-tuned models on ``samples`` with the diameter each policy gives:
+    ``segment`` (the estimate, or the model's user_diameter when the estimate is missing or over
+    USER_DIAMETER_OCTAVES away), ``estimate`` (the estimate alone; the canonical diameter when
+    missing), ``user`` (always the user diameter), ``exact`` (from the true labels)."""
+    rows = []
+    for model in models:
+        seg = Segmenter.from_model_dir(model, device="cpu", tta="none")
+        user = seg.user_diameter
+        row = {"model": model.name, "user_diameter": user}
+        for policy in ("segment", "estimate", "user", "exact"):
+            seg.user_diameter = None if policy == "estimate" else user
+            given = {"user": lambda lab, d=user: d, "exact": median_diameter}.get(policy, lambda lab: None)
+            row[policy] = np.mean([image_metrics(lab, seg.segment(im, diameter=given(lab)).labels)["dsb_score"]
+                                   for im, lab in samples])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def cpu_line() -> str:
     flags = open("/proc/cpuinfo").read()
     bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
@@ -92,10 +111,16 @@ def main() -> int:
                         help="also fine-tune on N images without the forgetting guard")
     parser.add_argument("--test", type=int, default=16, help="test images of the source")
     parser.add_argument("--out", default=None, help="keep the models here")
+    parser.add_argument("--diameters", nargs="+", type=Path, default=None, metavar="MODEL_DIR",
+                        help="only compare the diameter policies of these fine-tuned models on the test images")
     args = parser.parse_args()
     print(cpu_line(), flush=True)
     pool, test_stems = split_source(max(args.sizes), args.test)
     test = [load(s) for s in test_stems]
+    if args.diameters:
+        table = diameter_policies(args.diameters, test)
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        return 0
     dsb = dsb_eval_set() if GUARD_ROOT.is_dir() else []
     base = ROOT / "models" / "default"
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_finetune_"))

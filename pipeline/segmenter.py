@@ -50,6 +50,10 @@ AMBIGUOUS = (0.3, 0.7)
 #: their median counting error was 27 %, above it 11–17 %. ``benchmarks/bench_robustness.py`` prints
 #: the calibration for any model (the shipped one: 2nd percentile 0.81, a weaker guide).
 MIN_CONFIDENCE = 0.78
+#: A fine-tuned model's ``user_diameter`` (the median nucleus diameter of the images it was fine-tuned on,
+#: ``nuclei finetune``) replaces an estimate further than this many octaves from it, and a missing one
+#: (bright-field images, nothing found); chosen by ``benchmarks/bench_finetune.py --diameters`` (docs/finetune.md).
+USER_DIAMETER_OCTAVES = 1.0
 #: Flag of bright-field images: the shipped model is weak on them (DSB2018 0.23 on the 16 bright-field
 #: images of stage1_train, out of fold), and their nucleus diameter is not estimated
 #: (:meth:`Segmenter.estimate_diameter`): they are segmented at the canonical diameter unless one is given.
@@ -215,6 +219,8 @@ class Segmenter:
         #: stained images (``stained_diameter``; default the same).
         self.diameter = self._positive("diameter")
         self.stained_diameter = self._positive("stained_diameter") or self.diameter
+        #: Typical nucleus diameter (px) of the images a fine-tuned model was adapted to (None: not fine-tuned).
+        self.user_diameter = self._positive("user_diameter")
         if self.diameter is None and self.stained_diameter is not None:
             raise NucleiError(f"{self.source / 'config.yaml'}: stained_diameter needs a diameter")
         if block_size <= 2 * block_margin:
@@ -424,7 +430,9 @@ class Segmenter:
         -------
         diameter : float or None
             ``diameter`` when given, else the estimate (the canonical diameter when nothing was
-            found, and for bright-field images); None for a model without a canonical diameter.
+            found, and for bright-field images; a fine-tuned model's ``user_diameter`` instead when
+            the estimate is missing or over :data:`USER_DIAMETER_OCTAVES` from it); None for a model
+            without a canonical diameter.
         estimated : bool
         scale : float
             ``canonical / diameter`` (clipped, :func:`pipeline.scale.scale_factor`); 1 for a model
@@ -437,7 +445,11 @@ class Segmenter:
         image_type = image_type or image_type_of(image)
         estimated = diameter is None
         if estimated:
-            diameter = self.estimate_diameter(image, image_type=image_type) or self.diameter
+            diameter = self.estimate_diameter(image, image_type=image_type)
+            user = self.user_diameter
+            if user and (diameter is None or abs(math.log2(diameter / user)) > USER_DIAMETER_OCTAVES):
+                diameter = user
+            diameter = diameter or self.diameter
         canonical = self.stained_diameter if image_type == HISTOLOGY else self.diameter
         return diameter, estimated, scale_factor(diameter, canonical)
 

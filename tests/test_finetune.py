@@ -91,6 +91,10 @@ def test_finetune_improves_a_mis_sized_base_and_segment_loads_it(base_model, tmp
                                for im, lab in new]))
     assert scores[1] > scores[0] + 0.1
 
+    # segment uses the recorded user diameter where it has no estimate (a bright-field image)
+    bright = 255 - new[0][0]
+    diameter, estimated, _ = Segmenter.from_model_dir(out, device="cpu").scale_for(bright / 255.0)
+    assert estimated and diameter == pytest.approx(config["user_diameter"])
     table = segment_images([images[0]], tmp_path / "seg", model_dir=out, device="cpu")
     assert len(table) == 1 and (tmp_path / "seg" / "labels" / "img0.tif").is_file()
 
