@@ -77,7 +77,7 @@ def pair_files(inputs: list[str | Path], folder: str | Path) -> list[tuple[Path,
         No images, an image without labels, the label folder missing, or (when a folder of
         images is given) a label file in ``folder`` that belongs to no image of it.
     """
-    from pipeline.io import list_images
+    from pipeline.inputs import list_images
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -39,7 +39,7 @@ from pipeline.config import ROOT
 from pipeline.errors import NucleiError
 
 DEFAULT_MINUTES = 8.0
-MIN_STEPS, MAX_STEPS = 16, 800
+MIN_STEPS, MAX_STEPS = 4, 800
 #: Held-out scoring points per fold run (the step counts chosen among).
 CHECKPOINTS = 4
 MAX_FOLDS = 3

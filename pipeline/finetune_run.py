@@ -53,8 +53,8 @@ def make_example(name: str, image: np.ndarray, labels: np.ndarray, diameter: flo
                  targets_kwargs: dict) -> Example:
     """An :class:`Example` of ``image`` (float32 (H, W, 3) in [0, 1]) and ``labels`` (int32 (H, W))
     whose nuclei are ``diameter`` px, for a model directory's ``model_config``."""
+    from pipeline.image_types import HISTOLOGY
     from pipeline.intensity import normalization_kwargs, normalize_image
-    from pipeline.prepare import HISTOLOGY
     from pipeline.scale import scale_factor
     from pipeline.segmenter import image_type_of
     from pipeline.targets import rescaled_targets
