@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("pipeline.score", "score a submission against a solution (DSB2018 metric)"),
     "prepare": ("pipeline.prepare", "stage: Kaggle layout -> label maps, index, folds"),
     "targets": ("pipeline.targets", "stage: label maps -> 3-class targets and weight maps"),
+    "finetune": ("pipeline.finetune", "adapt a model to your images from a few annotated ones"),
     "train": ("pipeline.train", "stage: train the U-Net"),
     "predict": ("pipeline.predict", "stage: probability maps for the validation fold"),
     "postprocess": ("pipeline.watershed", "stage: marker-controlled watershed -> instance labels"),

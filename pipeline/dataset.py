@@ -182,7 +182,7 @@ class NucleiDataset(Dataset):
     ids : sequence of str
         Image ids (``data/prepared/<id>.npz`` and ``data/targets/<id>.npz``).
     prepared, targets : str or Path
-        The prepare and targets stage folders.
+        The prepare and targets stage folders (None for :class:`ArrayDataset`).
     train : bool
         Training items (augmented crops) or validation items (whole padded images).
     transform : callable, optional
@@ -217,8 +217,8 @@ class NucleiDataset(Dataset):
     def __init__(
         self,
         ids: Sequence[str],
-        prepared: str | Path,
-        targets: str | Path,
+        prepared: str | Path | None,
+        targets: str | Path | None,
         train: bool = True,
         transform=None,
         samples_per_epoch: int | None = None,
@@ -230,7 +230,8 @@ class NucleiDataset(Dataset):
         if not ids:
             raise ValueError("NucleiDataset needs at least one image id")
         self.ids = list(ids)
-        self.prepared, self.targets = Path(prepared), Path(targets)
+        self.prepared = None if prepared is None else Path(prepared)
+        self.targets = None if targets is None else Path(targets)
         self.train, self.transform = train, transform
         self.length = int(samples_per_epoch) if train and samples_per_epoch else len(self.ids)
         self.stride, self.seed = int(stride), int(seed)
@@ -285,6 +286,32 @@ class NucleiDataset(Dataset):
             out["labels"] = torch.from_numpy(a["labels"])
             out["index"] = item
         return out
+
+
+class ArrayDataset(NucleiDataset):
+    """A :class:`NucleiDataset` over arrays in memory instead of the prepare and targets folders
+    (``nuclei finetune``: a few images handed over by the user).
+
+    Parameters
+    ----------
+    items : dict of str -> dict of arrays
+        Per id, what :func:`load_item` returns with targets and ``normalize=False``: ``image``
+        float32 (H, W, 3) raw in [0, 1], ``labels`` int32 and the :data:`pipeline.heads.TARGET_KEYS`
+        arrays (H, W) (e.g. :func:`pipeline.targets.rescaled_targets`), ``weights`` float32.
+    **kwargs
+        The other :class:`NucleiDataset` keywords (``train``, ``transform``, ``samples_per_epoch``,
+        ``draw_weights``, ``stride``, ``seed``); ids are the keys of ``items`` in order.
+    """
+
+    def __init__(self, items: dict[str, dict[str, np.ndarray]], **kwargs):
+        super().__init__(list(items), prepared=None, targets=None, cache_mb=0, **kwargs)
+        self.items = items
+
+    def arrays(self, image_id: str) -> dict[str, np.ndarray]:
+        arrays = self.items[image_id]
+        if self.normalize_on_load:
+            arrays = {**arrays, "image": normalize_image(arrays["image"], **NORMALIZATION)}
+        return arrays
 
 
 class EpochSampler(DistributedSampler):

@@ -3,7 +3,8 @@
 
 ``config.yaml`` holds ``format_version``, ``model`` (the :class:`pipeline.config.ModelConfig`
 section as a mapping), ``postprocess`` (watershed thresholds), ``normalization``, ``diameter``
-(and, optionally, ``stained_diameter``: see :meth:`pipeline.segmenter.Segmenter.scale_for`),
+(and, optionally, ``stained_diameter`` and a fine-tuned model's ``user_diameter``: see
+:meth:`pipeline.segmenter.Segmenter.scale_for`),
 ``training`` (free-form provenance) and ``weights_sha256``; ``weights.pt`` the state dict (half
 precision allowed). :func:`save_model_dir` writes both atomically, :func:`load_model_dir` checks
 and reads them. A model directory travels (it ships in git), so what it records holds no

@@ -261,3 +261,22 @@ def blob_diameter(image: np.ndarray, max_side: int = 512, max_diameter: float | 
     """Typical diameter (px of ``image``) of the bright blobs of an image: the
     :func:`strongest_blob` of its :func:`blob_scale_space`; nan for a constant image."""
     return strongest_blob(*blob_scale_space(image, max_side), max_diameter)
+
+
+def content_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
+    """The ``side × side`` window (clipped to the image) with the most structure: the largest
+    summed absolute deviation from the median grey level, found on a coarse grid."""
+    h, w = image.shape[:2]
+    if h <= side and w <= side:
+        return slice(0, h), slice(0, w)
+    cell = max(1, side // 8)
+    gh, gw = max(1, h // cell), max(1, w // cell)
+    grey = image.mean(axis=2) if image.ndim == 3 else image
+    coarse = resize_image(np.ascontiguousarray(grey, dtype=np.float32), (gh, gw))
+    content = np.abs(coarse - np.median(coarse))
+    k_h, k_w = min(gh, max(1, side // cell)), min(gw, max(1, side // cell))
+    integral = np.pad(content.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = integral[k_h:, k_w:] - integral[:-k_h, k_w:] - integral[k_h:, :-k_w] + integral[:-k_h, :-k_w]
+    i, j = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    r0, c0 = min(i * cell, max(0, h - side)), min(j * cell, max(0, w - side))
+    return slice(r0, min(h, r0 + side)), slice(c0, min(w, c0 + side))

@@ -30,6 +30,7 @@ from pipeline.blocks import block_geometry, segment_in_blocks
 from pipeline.errors import NucleiError
 from pipeline.image_types import BRIGHTFIELD, HISTOLOGY
 from pipeline.scale import (
+    content_window,
     diameter_problem,
     largest_diameter,
     nucleus_diameters,
@@ -49,6 +50,10 @@ AMBIGUOUS = (0.3, 0.7)
 #: their median counting error was 27 %, above it 11–17 %. ``benchmarks/bench_robustness.py`` prints
 #: the calibration for any model (the shipped one: 2nd percentile 0.81, a weaker guide).
 MIN_CONFIDENCE = 0.78
+#: A fine-tuned model's ``user_diameter`` (the median nucleus diameter of the images it was fine-tuned on,
+#: ``nuclei finetune``) replaces an estimate further than this many octaves from it, and a missing one
+#: (bright-field images, nothing found); chosen by ``benchmarks/bench_finetune.py --diameters`` (docs/finetune.md).
+USER_DIAMETER_OCTAVES = 1.0
 #: Flag of bright-field images: the shipped model is weak on them (DSB2018 0.23 on the 16 bright-field
 #: images of stage1_train, out of fold), and their nucleus diameter is not estimated
 #: (:meth:`Segmenter.estimate_diameter`): they are segmented at the canonical diameter unless one is given.
@@ -143,25 +148,6 @@ def image_type_of(image: np.ndarray) -> str:
     return classify_image(sample, n_pixels=image.shape[0] * image.shape[1], raw=False)
 
 
-def _content_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
-    """The ``side × side`` window (clipped to the image) with the most structure: the largest
-    summed absolute deviation from the median grey level, found on a coarse grid."""
-    h, w = image.shape[:2]
-    if h <= side and w <= side:
-        return slice(0, h), slice(0, w)
-    cell = max(1, side // 8)
-    gh, gw = max(1, h // cell), max(1, w // cell)
-    grey = image.mean(axis=2) if image.ndim == 3 else image
-    coarse = resize_image(np.ascontiguousarray(grey, dtype=np.float32), (gh, gw))
-    content = np.abs(coarse - np.median(coarse))
-    k_h, k_w = min(gh, max(1, side // cell)), min(gw, max(1, side // cell))
-    integral = np.pad(content.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sums = integral[k_h:, k_w:] - integral[:-k_h, k_w:] - integral[k_h:, :-k_w] + integral[:-k_h, :-k_w]
-    i, j = np.unravel_index(int(np.argmax(sums)), sums.shape)
-    r0, c0 = min(i * cell, max(0, h - side)), min(j * cell, max(0, w - side))
-    return slice(r0, min(h, r0 + side)), slice(c0, min(w, c0 + side))
-
-
 class Segmenter:
     """A model directory, ready to turn images into labels.
 
@@ -196,6 +182,8 @@ class Segmenter:
         #: stained images (``stained_diameter``; default the same).
         self.diameter = self._positive("diameter")
         self.stained_diameter = self._positive("stained_diameter") or self.diameter
+        #: Typical nucleus diameter (px) of the images a fine-tuned model was adapted to (None: not fine-tuned).
+        self.user_diameter = self._positive("user_diameter")
         if self.diameter is None and self.stained_diameter is not None:
             raise NucleiError(f"{self.source / 'config.yaml'}: stained_diameter needs a diameter")
         if block_size <= 2 * block_margin:
@@ -355,7 +343,7 @@ class Segmenter:
         network's scale) of a normalised image resized by ``scale``."""
         from pipeline.watershed import for_image_type, postprocess
 
-        window = _content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
+        window = content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
         probs = self.predict_scaled(image[window], scale, tta="none")  # a size, not outlines: one pass
         labels = postprocess(probs, self.head, **for_image_type(self.thresholds))
         return nucleus_diameters(labels), confidence(probs, self.head)
@@ -399,7 +387,9 @@ class Segmenter:
         -------
         diameter : float or None
             ``diameter`` when given, else the estimate (the canonical diameter when nothing was
-            found, and for bright-field images); None for a model without a canonical diameter.
+            found, and for bright-field images; a fine-tuned model's ``user_diameter`` instead when
+            the estimate is missing or over :data:`USER_DIAMETER_OCTAVES` from it); None for a model
+            without a canonical diameter.
         estimated : bool
         scale : float
             ``canonical / diameter`` (clipped, :func:`pipeline.scale.scale_factor`); 1 for a model
@@ -412,7 +402,11 @@ class Segmenter:
         image_type = image_type or image_type_of(image)
         estimated = diameter is None
         if estimated:
-            diameter = self.estimate_diameter(image, image_type=image_type) or self.diameter
+            diameter = self.estimate_diameter(image, image_type=image_type)
+            user = self.user_diameter
+            if user and (diameter is None or abs(math.log2(diameter / user)) > USER_DIAMETER_OCTAVES):
+                diameter = user
+            diameter = diameter or self.diameter
         canonical = self.stained_diameter if image_type == HISTOLOGY else self.diameter
         return diameter, estimated, scale_factor(diameter, canonical)
 

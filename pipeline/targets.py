@@ -39,6 +39,7 @@ __all__ = [
     "nucleus_radii",
     "border_mask",
     "make_targets",
+    "rescaled_targets",
     "add_arguments",
     "main",
 ]
@@ -180,10 +181,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: targets.workers)")
 
 
+def rescaled_targets(image: np.ndarray, labels: np.ndarray, factor: float, **kwargs) -> dict[str, np.ndarray]:
+    """An image and its labels resized by ``factor``, with the :func:`make_targets` of the resized labels.
+
+    Parameters
+    ----------
+    image : (H, W, 3) array
+        Any dtype; resized by :func:`pipeline.scale.resize_image` (dtype kept).
+    labels : (H, W) int array
+        Resized by nearest neighbour.
+    factor : float
+        Usually ``canonical / median nucleus diameter`` (:func:`pipeline.scale.scale_factor`).
+    **kwargs
+        :func:`make_targets` keywords.
+
+    Returns
+    -------
+    arrays : dict
+        ``image`` (h, w, 3), ``labels`` int32 (h, w) and the :func:`make_targets` arrays (``weights``
+        float32), ``(h, w) = scaled_shape((H, W), factor)``.
+    """
+    from pipeline.scale import resize_image, resize_labels, scaled_shape
+
+    shape = scaled_shape(labels.shape, factor)
+    labels = resize_labels(labels, shape).astype(np.int32)
+    return {"image": resize_image(image, shape), "labels": labels, **make_targets(labels, **kwargs)}
+
+
 def process_one(src: Path, dst: Path, kwargs: dict, diameter: float | None = None) -> None:
     """Read the prepared ``src`` .npz, rescale it to the canonical nucleus ``diameter`` (px; None:
     keep the scale), write image, labels and targets to ``dst`` atomically."""
-    from pipeline.scale import median_diameter, resize_image, resize_labels, scale_factor, scaled_shape
+    from pipeline.scale import median_diameter, scale_factor
 
     data = load_npz(src)
     labels, image = data.get("labels"), data.get("image")
@@ -194,11 +222,9 @@ def process_one(src: Path, dst: Path, kwargs: dict, diameter: float | None = Non
     if image is None or image.shape[:2] != labels.shape:
         raise NucleiError(f"{src}: no 'image' array of the size of the labels (re-run `nuclei prepare`)")
     factor = scale_factor(median_diameter(labels), diameter) if diameter else 1.0
-    shape = scaled_shape(labels.shape, factor)
-    labels = resize_labels(labels, shape).astype(np.int32)
-    targets = make_targets(labels, **kwargs)
-    targets["weights"] = targets["weights"].astype(np.float16)
-    save_npz(dst, image=resize_image(image, shape), labels=labels, scale=np.float64(factor), **targets)
+    arrays = rescaled_targets(image, labels, factor, **kwargs)
+    arrays["weights"] = arrays["weights"].astype(np.float16)
+    save_npz(dst, scale=np.float64(factor), **arrays)
 
 
 def main(args: argparse.Namespace) -> int:

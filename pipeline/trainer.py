@@ -6,7 +6,7 @@ scaler, validation and the outputs (best model directory, ``last.ckpt``, dvclive
 hooks, in call order, can be overridden by a subclass:
 
 - :meth:`Trainer.setup` (``setup_determinism``, ``setup_data``, ``setup_model``);
-- per epoch :meth:`Trainer.train_epoch`, :meth:`Trainer.validate_epoch` (every
+- per epoch :meth:`Trainer.train_epoch` (over :meth:`Trainer.batches`), :meth:`Trainer.validate_epoch` (every
   ``train.val_every`` epochs and after the last), :meth:`Trainer.on_epoch_end` (log, export the
   best model, checkpoint); with no validation images (``data.val_fold`` null) the latest
   validation epoch is exported instead;
@@ -311,18 +311,21 @@ class Trainer:
 
     # -- hooks of the loop
 
-    def train_epoch(self, epoch: int) -> float:
-        """One epoch of optimisation; returns the mean training loss over all processes."""
+    def batches(self, epoch: int):
+        """The training batches of ``epoch``, with a progress bar on rank 0."""
         from pipeline.io import progress
 
+        if self.rank != 0:
+            return self.loader
+        return progress(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch")
+
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch of optimisation; returns the mean training loss over all processes."""
         self.sampler.set_epoch(epoch)
         self.net.train()
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         steps = 0
-        batches = self.loader
-        if self.rank == 0:
-            batches = progress(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch")
-        for batch in batches:
+        for batch in self.batches(epoch):
             loss = train_step(
                 self.net, batch, self.loss_fn, self.optimizer, self.scaler, self.device, self.precision
             )

@@ -199,6 +199,7 @@ def test_finetune_widget_saves_a_model_the_segment_widget_offers(qtbot, viewer, 
 def test_progress_fractions_of_a_callback():
     assert widgets.progress_fraction(3, 4) == 0.75
     assert widgets.progress_fraction(0.5) == 0.5
+    assert widgets.progress_fraction(0.25, "validation run 1/2") == 0.25  # pipeline.finetune's (fraction, message)
     assert widgets.progress_fraction(done=1, total=8) == 0.125
     assert widgets.progress_fraction(fraction=0.2) == 0.2
     assert widgets.progress_fraction() is None and widgets.progress_fraction("loss 0.3") is None

@@ -99,7 +99,13 @@ class _Panel(Container):
         menu = ComboBox(label=label, choices=model_choices)
         folder = FileEdit(label=f"{label} folder", mode="d", visible=menu.value == FOLDER)
         menu.changed.connect(lambda value: setattr(folder, "visible", value == FOLDER))
-        MODELS.changed.connect(menu.reset_choices)
+        def refresh() -> None:
+            try:
+                menu.reset_choices()
+            except RuntimeError:  # its Qt widget is gone (a closed dock widget): nothing to refresh
+                pass
+
+        MODELS.changed.connect(refresh)
         return menu, folder
 
     @staticmethod
@@ -247,7 +253,7 @@ def progress_fraction(*args: Any, **kwargs: Any) -> float | None:
     done, total = kwargs.get("done", args[0] if args else None), kwargs.get("total", args[1] if len(args) > 1 else None)
     if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
         return done / total
-    if isinstance(done, float) and total is None and 0 <= done <= 1:
+    if isinstance(done, float) and (total is None or isinstance(total, str)) and 0 <= done <= 1:  # (fraction, message)
         return done
     return None
 

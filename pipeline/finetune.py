@@ -1,0 +1,396 @@
+"""``nuclei finetune``: adapt a model to the user's microscope from a few annotated images.
+
+:func:`finetune` (the Python API, also used by the napari widget) and the command:
+
+1. pair and check the images and labels (:mod:`pipeline.annotations`); every user error is one
+   line, raised before anything is written;
+2. bring each image to the model's canonical nucleus diameter from the exact median diameter of
+   its labels (:func:`pipeline.finetune_run.make_example`); record the users' typical diameter
+   (``user_diameter``, the median over images) in the model;
+3. honest validation: with >= 3 images, held-out folds of whole images (leave-one-out up to
+   :data:`MAX_FOLDS` folds); with fewer, the two halves of every image in turn. Each fold is
+   fine-tuned from the base and predicts its held-out pixels at :data:`CHECKPOINTS` points; the
+   number of steps with the best mean held-out score (0: the base) is chosen, with the watershed
+   thresholds (:data:`THRESHOLD_GRID`) on the held-out predictions at that point;
+4. the final fine-tune on every image for the chosen steps, written as a complete model
+   directory with the before/after scores and the provenance in ``config.yaml``.
+
+The time (``minutes``) is planned from a measured step time: all runs share it. A few crops of
+the base model's training data (DSB2018 ``stage1_train`` when ``../shared`` holds it) are mixed
+into every run against forgetting (:data:`GUARD_SHARE` of the draws).
+
+Must not: hold a training loop (:class:`pipeline.finetune_run.FinetuneTrainer` is the Trainer's),
+build targets (:mod:`pipeline.targets`) or segment differently from :class:`pipeline.segmenter.Segmenter`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import ROOT
+from pipeline.errors import NucleiError
+
+DEFAULT_MINUTES = 8.0
+MIN_STEPS, MAX_STEPS = 4, 800
+#: Held-out scoring points per fold run (the step counts chosen among).
+CHECKPOINTS = 4
+MAX_FOLDS = 3
+BATCH_SIZE, CROP, LR = 4, 256, 5e-4
+MIN_NUCLEI = 5
+#: Smallest side (px at the network's scale) of a half image used as a held-out region.
+MIN_REGION = 96
+GUARD_IMAGES, GUARD_SHARE = 8, 0.2
+GUARD_ROOT = ROOT.parent / "shared" / "dsb2018" / "stage1_train"
+#: Watershed thresholds searched at every checkpoint (a network fine-tuned for a few steps is less
+#: confident than the base: the base's object threshold 0.99 removed most of its nuclei).
+THRESHOLD_GRID = {"marker_threshold": [0.5, 0.7, 0.9], "mask_threshold": [0.5, 0.7], "object_threshold": [0.8, 0.99]}
+
+
+def _check_output(out: Path, force: bool) -> None:
+    from pipeline.io import check_writable_folder
+    from pipeline.model_dir import CONFIG_NAME, WEIGHTS_NAME
+
+    if out.exists() and not out.is_dir():
+        raise NucleiError(f"{out}: exists and is not a folder")
+    if any((out / name).exists() for name in (CONFIG_NAME, WEIGHTS_NAME)) and not force:
+        raise NucleiError(f"{out}: already holds a model (use --force to replace it)")
+    check_writable_folder(out.parent if not out.exists() else out)
+
+
+def run_config(base_config: dict, steps: int, chunks: int, seed: int, base: Path, device: str, batch_size: int):
+    """The :class:`pipeline.config.Config` of one fine-tuning run: the base model's architecture,
+    loss and augmentation (from its recorded training parameters, defaults otherwise), ``chunks``
+    checkpoints of ``steps // chunks`` steps, cosine schedule, weights from ``base``."""
+    from pipeline.config import AugmentConfig, Config, LossConfig, TargetsConfig
+
+    params = (base_config.get("training") or {}).get("params") or {}
+
+    def known(section, cls):
+        return {k: v for k, v in (params.get(section) or {}).items() if k in cls.__dataclass_fields__}
+
+    per_chunk = max(1, steps // chunks)
+    return Config.from_dict({
+        "seed": seed,
+        "model": {k: v for k, v in base_config["model"].items() if k != "encoder_weights"},
+        "loss": known("loss", LossConfig),
+        "augment": {**known("augment", AugmentConfig), "crop": CROP},
+        "targets": known("targets", TargetsConfig),
+        "train": {"epochs": chunks, "batch_size": batch_size, "lr": LR, "schedule": "cosine", "workers": 0,
+                  "precision": "auto", "samples_per_epoch": per_chunk * batch_size, "device": device,
+                  "val_every": 1, "init": str(base), "out": str(base)},
+    }, base / "config.yaml")
+
+
+def _train(config, items, weights, on_step=None, on_checkpoint=None):
+    """Run a :class:`FinetuneTrainer`; returns it (its ``model`` and ``history``)."""
+    import torch
+
+    from pipeline.finetune_run import FinetuneTrainer
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer = FinetuneTrainer(config, items, weights, on_step, on_checkpoint)
+        trainer.fit()
+        return trainer
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def guard_examples(root: Path, model_config: dict, targets_kwargs: dict, n: int = GUARD_IMAGES) -> list:
+    """:class:`pipeline.finetune_run.Example` of ``n`` images spread over the sorted ids of a
+    Kaggle training root (the base model's data), or [] when ``root`` is absent."""
+    from pipeline.finetune_run import make_example
+    from pipeline.kaggle import read_kaggle_sample
+    from pipeline.scale import median_diameter
+
+    if not root or not Path(root).is_dir():
+        return []
+    out = []
+    for image_id in guard_ids(root, n):
+        image, labels = read_kaggle_sample(Path(root) / image_id)
+        out.append(make_example(f"guard:{image_id}", image.astype(np.float32) / 255, labels, median_diameter(labels),
+                                model_config, targets_kwargs))
+    return out
+
+
+def guard_ids(root: Path, n: int = GUARD_IMAGES) -> list[str]:
+    """The ids :func:`guard_examples` uses: ``n`` evenly spaced among the sorted ids."""
+    from pipeline.kaggle import list_kaggle_ids
+
+    ids = list_kaggle_ids(root)
+    return [ids[int(i)] for i in np.linspace(0, len(ids) - 1, min(n, len(ids)))]
+
+
+def plan_folds(examples: list, parts: list, model_config: dict, targets_kwargs: dict) -> tuple[str, list]:
+    """Held-out folds: (method, [(training examples, held-out examples), ...])."""
+    from pipeline.finetune_run import make_example, split_regions
+
+    if len(examples) >= 3:
+        k = min(len(examples), MAX_FOLDS)
+        return "leave-one-out" if k == len(examples) else f"{k}-fold", [
+            ([e for i, e in enumerate(examples) if i % k != f], [e for i, e in enumerate(examples) if i % k == f])
+            for f in range(k)]
+    halves = [[make_example(n, i, lab, e.diameter, model_config, targets_kwargs) for n, i, lab in split_regions(p)]
+              for e, p in zip(examples, parts, strict=True)]
+    if any(min(h.arrays["labels"].shape) < MIN_REGION for pair in halves for h in pair):
+        return "none (images too small to split into regions)", []
+    folds = [([pair[1 - f] for pair in halves], [pair[f] for pair in halves]) for f in range(2)]
+    if not all(any(e.labels.any() for e in held) for _, held in folds):
+        return "none (a half image without nuclei)", []
+    return "image halves", folds
+
+
+class _Progress:
+    """One progress bar over all planned steps (tqdm, time left) and the caller's callback."""
+
+    def __init__(self, total: int, callback=None):
+        from pipeline.io import progress
+
+        self.bar = progress(None, desc="finetune", total=total, unit="step")
+        self.callback, self.done, self.message = callback, 0, "training"
+
+    def step(self) -> None:
+        self.done += 1
+        self.bar.update(1)
+        if self.callback is not None:
+            self.callback(min(self.done / max(self.bar.total, 1), 1.0), self.message)
+
+    def set_total(self, total: int) -> None:
+        self.bar.total = total
+        self.bar.refresh()
+
+
+def finetune(images, labels, base=None, minutes: float | None = None, out: str | Path = "finetuned",
+             force: bool = False, progress=None, guard: str | Path | None = "auto", device: str = "auto",
+             steps: int | None = None, seed: int = 0, log=print) -> Path:
+    """Fine-tune a model on annotated images and write a model directory.
+
+    Parameters
+    ----------
+    images : list of str, Path or arrays
+        Image files, folders of images, or images ((H, W) or (H, W, C) arrays).
+    labels : str or Path (a folder) or list of str, Path or int arrays
+        Instance labels (0 = background): a folder paired by name (``<name>.tif``,
+        ``<name>_masks.tif``, PNG), or one per image.
+    base : str or Path, optional
+        The model directory to start from (default: the shipped model).
+    minutes : float, optional
+        Time bound of the whole command (default :data:`DEFAULT_MINUTES`).
+    out : str or Path
+        The model directory to write.
+    force : bool
+        Replace a model already in ``out``.
+    progress : callable(fraction: float, message: str), optional
+        Called after every training step.
+    guard : 'auto', path or None
+        Kaggle training root whose crops are mixed in against forgetting ('auto': DSB2018 in
+        ``../shared`` when present; None: none).
+    device : str
+    steps : int, optional
+        Fix the steps of every run instead of planning them from ``minutes``.
+    seed : int
+    log : callable(str)
+        Receives the warnings and the before/after line.
+
+    Returns
+    -------
+    out : Path
+    """
+    from pipeline.annotations import load_annotated
+    from pipeline.finetune_run import HeldOut, make_example
+    from pipeline.model_dir import available_model_dir, read_model_config
+
+    t0 = time.perf_counter()
+    base = Path(base) if base is not None else available_model_dir()
+    if base is None:
+        raise NucleiError("finetune: no base model (models/default is missing); give one with --model")
+    base_config = read_model_config(base)
+    out = Path(out)
+    _check_output(out, force)
+    budget = 60.0 * (DEFAULT_MINUTES if minutes is None else float(minutes))
+    if budget <= 0:
+        raise NucleiError(f"--minutes {minutes}: must be positive")
+    annotated = load_annotated(images, labels, warn=lambda m: log(f"warning: {m}"))
+    n_nuclei = sum(a.n_nuclei for a in annotated)
+    if n_nuclei < MIN_NUCLEI:
+        raise NucleiError(f"{annotated[0].source}: {n_nuclei} nuclei in all the labels; fine-tuning needs at least {MIN_NUCLEI}")
+    from pipeline.scale import median_diameter
+
+    diameters = [median_diameter(a.labels) for a in annotated]
+    user_diameter = float(np.nanmedian(diameters))
+    config = run_config(base_config, 1, 1, seed, base, device, BATCH_SIZE)
+    tkw = config.targets.make_targets_kwargs()
+    examples = [make_example(a.name, a.image, a.labels, d if np.isfinite(d) else user_diameter, base_config, tkw)
+                for a, d in zip(annotated, diameters, strict=True)]
+    guard_root = GUARD_ROOT if guard == "auto" else guard
+    guards = guard_examples(Path(guard_root), base_config, tkw) if guard_root else []
+    method, folds = plan_folds(examples, [(a.name, a.image, a.labels) for a in annotated], base_config, tkw)
+
+    def items_of(train):
+        items = {f"{k}:{e.name}": e.arrays for k, e in enumerate(train + guards)}
+        share = np.r_[np.full(len(train), (1 - GUARD_SHARE) / len(train)),
+                      np.full(len(guards), GUARD_SHARE / max(len(guards), 1))]
+        return items, (share if guards else None)
+
+    from pipeline.runtime import resolve_device
+
+    device = str(resolve_device(device))
+    held = [HeldOut(h, base_config, device) for _, h in folds]
+    base_model, _ = _load(base, device)
+    t_eval = time.perf_counter()
+    base_probs = [h.probabilities(base_model) for h in held]
+    base_scores = [h.scores(p, base_config["postprocess"]) for h, p in zip(held, base_probs, strict=True)]
+    t_eval = time.perf_counter() - t_eval
+    if steps is None:  # plan the steps from a measured step time
+        t_step = _step_time(run_config(base_config, 3, 1, seed, base, device, BATCH_SIZE), *items_of(examples))
+        spare = budget - (time.perf_counter() - t0) - 3 * (CHECKPOINTS + 1) * t_eval - 0.05 * budget
+        steps = int(np.clip(spare / ((len(folds) + 1) * t_step), MIN_STEPS, MAX_STEPS))
+    steps = max(CHECKPOINTS, steps // CHECKPOINTS * CHECKPOINTS)
+    bar = _Progress((len(folds) + 1) * steps, progress)
+
+    # validation runs: held-out probabilities at every checkpoint
+    probs = [[p] for p in base_probs]  # fold -> checkpoint -> list of probs
+    for f, (train, _) in enumerate(folds):
+        bar.message = f"validation run {f + 1}/{len(folds)}"
+
+        def checkpoint(model, done, f=f):
+            probs[f].append(held[f].probabilities(model))
+            return float("nan")  # scored below, with the thresholds searched over all folds
+
+        _train(run_config(base_config, steps, CHECKPOINTS, seed, base, device, BATCH_SIZE), *items_of(train),
+               on_step=bar.step, on_checkpoint=checkpoint)
+    chosen, thresholds, before, after, curve = steps, dict(base_config["postprocess"]), None, None, {}
+    if folds:
+        curve, settings = {}, {}
+        for c in range(CHECKPOINTS + 1):
+            settings[c * steps // CHECKPOINTS], curve[c * steps // CHECKPOINTS] = _tune(
+                [s for f in range(len(folds)) for s in held[f].samples(probs[f][c])], thresholds)
+        chosen = max(curve, key=lambda s: (round(curve[s], 4), -s))
+        thresholds.update(settings[chosen])
+        before = float(np.mean([s for f in base_scores for s in f]))
+        after = curve[chosen]
+    bar.message = "final run"
+    left = budget - (time.perf_counter() - t0)
+    rate = bar.bar.format_dict.get("rate") or 0
+    if rate and chosen and left < chosen / rate:
+        log(f"note: time is short; the final run takes {int(left * rate)} of the {chosen} chosen steps")
+        chosen = max(CHECKPOINTS, int(left * rate * 0.9))
+    bar.set_total(bar.done + chosen)
+    if chosen:
+        model = _train(run_config(base_config, chosen, 1, seed, base, device, BATCH_SIZE), *items_of(examples),
+                       on_step=bar.step).model
+    else:
+        model = base_model
+    bar.bar.close()
+    elapsed = time.perf_counter() - t0
+    nuclei = f"{len(annotated)} image{'s' * (len(annotated) > 1)}, {n_nuclei} nuclei, {_duration(elapsed)}"
+    if folds:
+        line = f"held-out ({method}): base {before:.2f} -> fine-tuned {after:.2f} ({nuclei})"
+        if chosen == 0:
+            line += " with tuned thresholds; training did not beat the base weights on held-out images: they are kept"
+    else:
+        line = f"no held-out validation ({method}): fine-tuned {chosen} steps ({nuclei})"
+    provenance = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base": str(base), "base_weights_sha256": base_config.get("weights_sha256"),
+        "images": [{"name": a.name, "source": a.source, "sha256": a.sha256, "nuclei": a.n_nuclei,
+                    "diameter": round(float(d), 2) if np.isfinite(d) else None}
+                   for a, d in zip(annotated, diameters, strict=True)],
+        "steps": chosen, "batch_size": BATCH_SIZE, "crop": CROP, "lr": LR,
+        "guard": {"root": str(guard_root), "images": len(guards), "share": GUARD_SHARE} if guards else None,
+        "validation": {"method": method, "folds": len(folds), "steps_planned": steps,
+                       "held_out_score_by_steps": curve, "before": before, "after": after},
+        "summary": line, "time_s": round(elapsed, 1),
+        "hardware": _hardware(device, config),
+        "base_training": base_config.get("training"),
+    }
+    _write(out, model, base_config, thresholds, user_diameter, provenance)
+    log(line)
+    return out
+
+
+def _tune(samples: list, current: dict) -> tuple[dict, float]:
+    """The best setting of :data:`THRESHOLD_GRID` and the ``current`` thresholds on held-out ``samples``,
+    and its mean DSB2018 score."""
+    from pipeline.tune import best_setting, grid_search
+
+    fixed = {k: v for k, v in current.items() if k not in THRESHOLD_GRID}
+    grid = {k: sorted({*values, current[k]} - {None}) for k, values in THRESHOLD_GRID.items()}
+    best, scores = best_setting(grid_search(samples, grid, fixed))
+    return {k: best[k] for k in THRESHOLD_GRID}, scores["dsb_score"]
+
+
+def _load(base: Path, device: str):
+    from pipeline.model_dir import load_model_dir
+
+    return load_model_dir(base, device)
+
+
+def _step_time(config, items, weights) -> float:
+    """Seconds per training step of ``config``, measured on its steps after the first."""
+    stamps = []
+    _train(config, items, weights, on_step=lambda: stamps.append(time.perf_counter()))
+    return float(np.mean(np.diff(stamps))) if len(stamps) > 1 else 1.0
+
+
+def _hardware(device: str, config) -> dict:
+    import torch
+
+    from pipeline.runtime import resolve_precision
+    from pipeline.trainer import hardware_summary
+
+    return hardware_summary(torch.device(device), resolve_precision(config.train.precision, device))
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def _write(out: Path, model, base_config: dict, thresholds: dict, user_diameter: float, training: dict) -> None:
+    """Write the model directory: into a temporary sibling, then moved into place file by file."""
+    from pipeline.model_dir import CONFIG_NAME, WEIGHTS_NAME, save_model_dir
+
+    config = {k: v for k, v in base_config.items() if k not in ("format_version", "weights_sha256", "training")}
+    config.update(postprocess=thresholds, user_diameter=round(user_diameter, 2), training=training)
+    tmp = out.parent / f".{out.name}.finetune-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_model_dir(tmp, model, config)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):  # the config last: it names the weights' checksum
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nuclei finetune``."""
+    parser.add_argument("images", nargs="+", help="annotated images (files or folders)")
+    parser.add_argument("--labels", required=True, metavar="DIR",
+                        help="folder of their labels: <name>.tif (as `nuclei segment` writes), <name>_masks.tif or PNG")
+    parser.add_argument("-o", "--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    parser.add_argument("--model", default=None, help="model to start from (default: the shipped model)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help=f"time bound of the whole command (default: {DEFAULT_MINUTES:g})")
+    parser.add_argument("--force", action="store_true", help="replace a model already in MODEL_DIR")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``nuclei finetune``; returns the exit status."""
+    out = finetune(args.images, args.labels, base=args.model, minutes=args.minutes, out=args.out,
+                   force=args.force, device=args.device, log=lambda m: print(m, file=sys.stderr if m.startswith("warning") else sys.stdout))
+    print(f"model written to {out}  (use it: nuclei segment IMAGES -o OUT --model {out})")
+    return 0
