@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.io import progress, read_image  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
+from pipeline.scale import median_diameter  # noqa: E402
 from pipeline.segmenter import Segmenter  # noqa: E402
 from pipeline.sources import list_sample_ids, read_label_image  # noqa: E402
 
@@ -52,7 +53,7 @@ def main() -> None:
             result = segmenter.segment(image)
             m = image_metrics(true, result.labels)
             rows.append({"source": source, "id": sample_id, "image_type": result.image_type,
-                         "diameter": result.diameter, "true_diameter": _median_diameter(true),
+                         "diameter": result.diameter, "true_diameter": median_diameter(true),
                          "dsb_score": m["dsb_score"], "ap50": m["ap50"], "n_true": int(true.max()),
                          "n_pred": int(result.labels.max())})
     table = pd.DataFrame(rows)
@@ -67,12 +68,6 @@ def main() -> None:
         types = ", ".join(f"{k} {v}" for k, v in g.image_type.value_counts().items())
         print(f"{source:<16} {len(g):>3} {g.dsb_score.mean():8.3f} {g.ap50.mean():7.3f} "
               f"{g.count_error.median():9.3f} {g.n_pred.sum():>6}/{g.n_true.sum():<6}  {ratio:13.2f}  {types}")
-
-
-def _median_diameter(labels: np.ndarray) -> float:
-    from pipeline.scale import median_diameter
-
-    return median_diameter(labels)
 
 
 if __name__ == "__main__":

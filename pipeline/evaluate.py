@@ -131,8 +131,10 @@ def main(args: argparse.Namespace) -> int:
     write_csv(out / "per_image.csv", per_image)
     write_csv(out / "plots" / "score_vs_threshold.csv", by_threshold)
     write_csv(out / "plots" / "score_by_type.csv", by_type)
-    for name, scores in metrics.get("by_source", {}).items() if len(metrics.get("by_source", {})) > 1 else ():
-        print(f"  {name:<16} {scores['dsb_score']:.4f} ({scores['n_images']} images)")
+    by_source = metrics.get("by_source", {})
+    if len(by_source) > 1:  # one source: its figure is the headline below
+        for name, scores in by_source.items():
+            print(f"  {name:<16} {scores['dsb_score']:.4f} ({scores['n_images']} images)")
     for row in by_type.itertuples():
         print(f"  {row.image_type:<16} {row.dsb_score:.4f} ({row.n_images} images)")
     print(f"validation DSB2018 score {metrics['dsb_score']:.4f} ({metrics['n_images']} images)")

@@ -96,20 +96,10 @@ def read_label_image(path: str | Path) -> np.ndarray:
     NucleiError
         Unreadable, more than one plane, float or negative values.
     """
+    from pipeline.annotations import read_label_file
+
     path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                array = np.asarray(im)
-    except Exception as exc:  # any decoder error is the file's problem
-        raise NucleiError(f"{path}: unreadable label image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    array = np.squeeze(array)
+    array = np.squeeze(read_label_file(path))
     if array.ndim != 2:
         raise NucleiError(f"{path}: a label image needs one plane, got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
