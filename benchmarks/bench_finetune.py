@@ -6,9 +6,12 @@ tissue nuclei). Fine-tune on 1, 3 and 10 of its images (one per mouse and marker
 shares a mouse and marker with a training image), score a fixed test set of the other mice, before
 and after: DSB2018 score, AP@0.5, counting error, at the diameter ``segment`` estimates and at the
 exact one; and the score on DSB2018 images (not among the forgetting guard's), to show what
-fine-tuning forgot. ``--no-guard`` repeats a size without the forgetting guard.
+fine-tuning forgot. ``--guard-ablation N`` repeats a size without the forgetting guard (nor its
+checks), ``--unbounded N`` with the guard but no bound on forgetting; ``--lr`` sets the
+fine-tuning learning rate (an ablation). ``--base`` names another leave-one-source-out base (a model
+that never trained on the source), for when the shipped model has.
 
-    python benchmarks/bench_finetune.py --sizes 1 3 10 --minutes 10 --guard-ablation 3
+    python benchmarks/bench_finetune.py --sizes 1 3 10 --minutes 6 --unbounded 3 --test 12
 
 Prints one table; the CPU (cores, bf16 flags, load) is printed first: wall times depend on it.
 """
@@ -30,13 +33,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.finetune import GUARD_ROOT, finetune, guard_ids  # noqa: E402
+from pipeline.finetune import GUARD_ROOT, finetune, guard_ids, parse_max_forgetting  # noqa: E402
 from pipeline.io import read_image, read_labels  # noqa: E402
 from pipeline.metrics import image_metrics  # noqa: E402
 from pipeline.scale import median_diameter  # noqa: E402
 from pipeline.segmenter import Segmenter  # noqa: E402
 
 SOURCE = Path("/work/shared/extra/tissue_fluo_e2f")
+#: Training pool (one image per mouse and marker); the test images are the other mice-and-markers'.
+POOL = 10
 
 
 def split_source(n_train: int = 10, n_test: int = 16):
@@ -61,7 +66,8 @@ def dsb_eval_set(n: int = 8):
     """``n`` DSB2018 images spread over stage1_train, none of the guard's."""
     from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
 
-    ids = [i for i in list_kaggle_ids(GUARD_ROOT) if i not in set(guard_ids(GUARD_ROOT))]
+    used = {*guard_ids(GUARD_ROOT), *guard_ids(GUARD_ROOT, check=True)}
+    ids = [i for i in list_kaggle_ids(GUARD_ROOT) if i not in used]
     chosen = [ids[int(k)] for k in np.linspace(3, len(ids) - 4, n)]
     return [tuple(a.astype(np.float32) / 255 if a.dtype == np.uint8 else a for a in read_kaggle_sample(GUARD_ROOT / i))
             for i in chosen]
@@ -109,31 +115,43 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--guard-ablation", type=int, nargs="*", default=[], metavar="N",
                         help="also fine-tune on N images without the forgetting guard")
+    parser.add_argument("--max-forgetting", default="0.03", help="as nuclei finetune's (a number or 'none')")
+    parser.add_argument("--unbounded", type=int, nargs="*", default=[], metavar="N",
+                        help="also fine-tune on N images with no bound on forgetting")
+    parser.add_argument("--base", type=Path, default=ROOT / "models" / "default",
+                        help="the model to fine-tune (it must never have trained on the source)")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: finetune.LR)")
     parser.add_argument("--test", type=int, default=16, help="test images of the source")
     parser.add_argument("--out", default=None, help="keep the models here")
     parser.add_argument("--diameters", nargs="+", type=Path, default=None, metavar="MODEL_DIR",
                         help="only compare the diameter policies of these fine-tuned models on the test images")
     args = parser.parse_args()
     print(cpu_line(), flush=True)
-    pool, test_stems = split_source(max(args.sizes), args.test)
+    if args.lr:
+        import pipeline.finetune
+
+        pipeline.finetune.LR = args.lr
+    pool, test_stems = split_source(max(POOL, *args.sizes), args.test)  # the same test set whatever --sizes
     test = [load(s) for s in test_stems]
     if args.diameters:
         table = diameter_policies(args.diameters, test)
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         return 0
     dsb = dsb_eval_set() if GUARD_ROOT.is_dir() else []
-    base = ROOT / "models" / "default"
+    base = args.base
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_finetune_"))
     rows = [{"model": "base", "images": 0, **{f"est_{k}": v for k, v in score(base, test, False).items()},
              **{f"exact_{k}": v for k, v in score(base, test, True).items()},
              "dsb2018": score(base, dsb, True)["dsb"] if dsb else np.nan}]
-    runs = [(n, "auto") for n in args.sizes] + [(n, None) for n in args.guard_ablation]
-    for n, guard in runs:
-        name = f"ft{n}" + ("" if guard else "-noguard")
+    bound = parse_max_forgetting(args.max_forgetting)
+    runs = ([(n, "auto", bound, "") for n in args.sizes] + [(n, None, None, "-noguard") for n in args.guard_ablation]
+            + [(n, "auto", None, "-unbounded") for n in args.unbounded])
+    for n, guard, max_forgetting, suffix in runs:
+        name = f"ft{n}{suffix}"
         images, labels = zip(*(load(s) for s in pool[:n]), strict=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        model = finetune(list(images), [lab for lab in labels], out=out / name, minutes=args.minutes, force=True,
-                         guard=guard, log=lambda m, name=name: print(f"  {name}: {m}", flush=True))
+        model = finetune(list(images), [lab for lab in labels], base=base, out=out / name, minutes=args.minutes, force=True,
+                         guard=guard, max_forgetting=max_forgetting, log=lambda m, name=name: print(f"  {name}: {m}", flush=True))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         est, exact = score(model, test, False), score(model, test, True)
         rows.append({"model": name, "images": n, **{f"est_{k}": v for k, v in est.items()},

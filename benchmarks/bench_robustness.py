@@ -8,7 +8,9 @@ Usage::
 Images: the validation fold (``data.val_fold`` of ``data.split``, by default the fold grouped by
 experiment) of the prepared data named by ``--params`` (``data.prepared``); ``--images`` of them,
 spread evenly over the fold (sorted by image type and id), each cut to a centred window of at
-most ``--crop`` px a side. Conditions, applied to the image and (for geometry) to its labels:
+most ``--crop`` px a side. Prepared data of several sources (``data.sources``: DSB2018 beside dense
+tissue fluorescence and H&E) give each source an equal share of the images, and the scale goal
+and counting error are printed per source too. Conditions, applied to the image and (for geometry) to its labels:
 
 - ``x0.5`` … ``x4``: rescaled (image by area/bilinear resampling, labels by nearest neighbour),
   so nuclei of 20 px become 10 … 80 px;
@@ -183,17 +185,28 @@ def mosaic(image: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, n
 
 
 def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
-    """``(id, image type, image, labels)`` of ``n`` validation images spread over the fold."""
+    """``(id, image type, image, labels)`` of ``n`` validation images spread over the fold (an equal
+    share of each source's fold when there are several)."""
     index = validation_index(as_config(params, params_path).data)
-    index = index.sort_values(["image_type", "id"]).reset_index(drop=True)
-    picks = np.unique(np.linspace(0, len(index) - 1, min(n, len(index))).round().astype(int))
+    if "source" not in index.columns:
+        index["source"] = ""
+    groups = list(index.groupby("source", sort=True))
     prepared = Path(params["data"]["prepared"])
     out = []
-    for row in index.iloc[picks].itertuples():
-        data = load_npz(prepared / f"{row.id}.npz")
-        image, labels = centre_crop(data["image"], data["labels"], crop)
-        out.append((row.id, row.image_type, image, labels))
+    for _, rows in groups:
+        rows = rows.sort_values(["image_type", "id"]).reset_index(drop=True)
+        share = max(1, int(round(n / len(groups))))
+        picks = np.unique(np.linspace(0, len(rows) - 1, min(share, len(rows))).round().astype(int))
+        for row in rows.iloc[picks].itertuples():
+            data = load_npz(prepared / f"{row.id}.npz")
+            image, labels = centre_crop(data["image"], data["labels"], crop)
+            out.append((row.id, row.image_type, image, labels))
     return out
+
+
+def source_of(image_id: str) -> str:
+    """The source of a prepared id (``<source>/<id>``; '' for a single source's)."""
+    return image_id.split("/")[0] if "/" in image_id else ""
 
 
 def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -> list[dict]:
@@ -206,7 +219,7 @@ def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -
             m = image_metrics(true, result.labels)
             n_true = int(len(np.unique(true)) - 1)
             rows.append({
-                "condition": condition, "id": image_id, "image_type": image_type,
+                "condition": condition, "id": image_id, "source": source_of(image_id), "image_type": image_type,
                 "dsb_score": m["dsb_score"], "ap50": m["ap50"], "n_true": n_true,
                 "n_pred": int(result.labels.max()),
                 "count_error": abs(int(result.labels.max()) - n_true) / max(n_true, 1),
@@ -292,7 +305,24 @@ def main() -> int:
         print(f"{run}: worst median counting error {err:.3f} over {', '.join(conditions)} "
               f"(goal 0.10: {'met' if err <= 0.10 else 'not met'})")
         print(f"{run}: {confidence_calibration(table[table['run'] == run])}")
+    if table["source"].nunique() > 1:
+        print(by_source(table, conditions))
     return 0
+
+
+def by_source(table: pd.DataFrame, conditions) -> str:
+    """Per run and source: DSB2018 at every condition, the scale goal (largest |x2-x4 − x1|) and
+    the worst median counting error, as a table."""
+    dsb = table.pivot_table(index=["run", "source"], columns="condition", values="dsb_score", aggfunc="mean", sort=False)
+    dsb = dsb[[c for c in conditions if c in dsb.columns]]
+    scales = [f"x{s:g}" for s in (2, 3, 4) if f"x{s:g}" in dsb.columns]
+    if "x1" in dsb.columns and scales:
+        dsb["x2-x4 vs x1"] = dsb[scales].sub(dsb["x1"], axis=0).abs().max(axis=1)
+    err = table.groupby(["run", "source", "condition"], sort=False)["count_error"].median()
+    dsb["worst count err"] = err.groupby(level=["run", "source"], sort=False).max()
+    counts = table.groupby(["run", "source"], sort=False)["id"].nunique()
+    dsb.insert(0, "images", counts)
+    return "per source (DSB2018 by condition):\n" + dsb.to_string(float_format=lambda v: f"{v:.3f}")
 
 
 if __name__ == "__main__":

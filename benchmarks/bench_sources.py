@@ -5,10 +5,12 @@ Usage::
 
     python benchmarks/bench_sources.py [--model models/default] [--extra ../shared/extra]
         [--sources tissue_fluo_e2f he_cpm15 ...] [--every 1] [--tta auto] [--estimator blob|search]
-        [--out per_image.csv]
+        [--held-out params.yaml] [--out per_image.csv]
 
 A model that never trained on a source gives its leave-one-source-out figure (the shipped model has
-seen none of ``../shared/extra``). Sources are ``folder`` layouts (``images/`` + ``labels/``).
+seen none of ``../shared/extra``). A model trained on them is scored on its validation fold only:
+``--held-out`` names its training parameters (``data.prepared``, ``data.split``, ``data.val_fold``).
+Sources are ``folder`` layouts (``images/`` + ``labels/``).
 """
 
 from __future__ import annotations
@@ -39,15 +41,24 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="every n-th image of each source")
     parser.add_argument("--tta", default="auto", help="test-time augmentation, as segment.tta")
     parser.add_argument("--estimator", choices=("blob", "search"), help="diameter estimate (default: the Segmenter's)")
+    parser.add_argument("--held-out", type=Path, metavar="PARAMS",
+                        help="only the validation fold of the model trained with these parameters")
     parser.add_argument("--out", type=Path, help="write the per-image table here")
     args = parser.parse_args()
+    held_out = None
+    if args.held_out:
+        from pipeline.config import load_config
+        from pipeline.prepare import validation_index
+
+        held_out = set(validation_index(load_config(args.held_out).data)["id"])
     sources = args.sources or sorted(p.name for p in args.extra.iterdir() if (p / "images").is_dir())
     segmenter = Segmenter.from_model_dir(args.model, tta=args.tta)
     segmenter.estimator = args.estimator or segmenter.estimator
     rows, start = [], time.perf_counter()
     for source in sources:
         root = args.extra / source
-        for sample_id in progress(list_sample_ids(root, "folder")[:: args.every], desc=source):
+        ids = [i for i in list_sample_ids(root, "folder") if held_out is None or f"{source}/{i}" in held_out]
+        for sample_id in progress(ids[:: args.every], desc=source):
             image = read_image(next((root / "images").glob(f"{sample_id}.*")))
             true = read_label_image(next((root / "labels").glob(f"{sample_id}.*")))
             result = segmenter.segment(image)

@@ -17,7 +17,10 @@
 
 The time (``minutes``) is planned from a measured step time: all runs share it. A few crops of
 the base model's training data (DSB2018 ``stage1_train`` when ``../shared`` holds it) are mixed
-into every run against forgetting (:data:`GUARD_SHARE` of the draws).
+into every run against forgetting (:data:`GUARD_SHARE` of the draws), and :data:`CHECK_IMAGES`
+other images of it are scored at every checkpoint beside the held-out ones: the steps and thresholds chosen are the
+best on the held-out images among those that keep the score on these checks within
+``max_forgetting`` (:data:`FORGET_TOLERANCE`) of the base model's.
 
 Must not: hold a training loop (:class:`pipeline.finetune_run.FinetuneTrainer` is the Trainer's),
 build targets (:mod:`pipeline.targets`) or segment differently from :class:`pipeline.segmenter.Segmenter`.
@@ -48,6 +51,12 @@ MIN_NUCLEI = 5
 #: Smallest side (px at the network's scale) of a half image used as a held-out region.
 MIN_REGION = 96
 GUARD_IMAGES, GUARD_SHARE = 8, 0.2
+#: Images of the guard's root scored (never trained on) to measure forgetting (7 let thresholds
+#: that cost 0.21 on 8 other DSB2018 images pass as costing 0.01).
+CHECK_IMAGES = 24
+#: Default largest drop of the DSB2018 score on the guard's check images allowed to the chosen
+#: setting (``max_forgetting``; None: the best on the held-out images whatever it forgets).
+FORGET_TOLERANCE = 0.03
 GUARD_ROOT = ROOT.parent / "shared" / "dsb2018" / "stage1_train"
 #: Watershed thresholds searched at every checkpoint (a network fine-tuned for a few steps is less
 #: confident than the base: the base's object threshold 0.99 removed most of its nuclei).
@@ -104,9 +113,9 @@ def _train(config, items, weights, on_step=None, on_checkpoint=None):
         torch.use_deterministic_algorithms(deterministic)
 
 
-def guard_examples(root: Path, model_config: dict, targets_kwargs: dict, n: int = GUARD_IMAGES) -> list:
-    """:class:`pipeline.finetune_run.Example` of ``n`` images spread over the sorted ids of a
-    Kaggle training root (the base model's data), or [] when ``root`` is absent."""
+def guard_examples(root: Path, model_config: dict, targets_kwargs: dict, check: bool = False) -> list:
+    """:class:`pipeline.finetune_run.Example` of the images :func:`guard_ids` names in a Kaggle
+    training root (the base model's data), or [] when ``root`` is absent."""
     from pipeline.finetune_run import make_example
     from pipeline.kaggle import read_kaggle_sample
     from pipeline.scale import median_diameter
@@ -114,19 +123,26 @@ def guard_examples(root: Path, model_config: dict, targets_kwargs: dict, n: int 
     if not root or not Path(root).is_dir():
         return []
     out = []
-    for image_id in guard_ids(root, n):
+    for image_id in guard_ids(root, check=check):
         image, labels = read_kaggle_sample(Path(root) / image_id)
-        out.append(make_example(f"guard:{image_id}", image.astype(np.float32) / 255, labels, median_diameter(labels),
-                                model_config, targets_kwargs))
+        out.append(make_example(f"{'check' if check else 'guard'}:{image_id}", image.astype(np.float32) / 255,
+                                labels, median_diameter(labels), model_config, targets_kwargs))
     return out
 
 
-def guard_ids(root: Path, n: int = GUARD_IMAGES) -> list[str]:
-    """The ids :func:`guard_examples` uses: ``n`` evenly spaced among the sorted ids."""
+def guard_ids(root: Path, n: int = GUARD_IMAGES, check: bool = False, n_check: int = CHECK_IMAGES) -> list[str]:
+    """The ids :func:`guard_examples` uses: ``n`` evenly spaced among the sorted ids (trained on),
+    or, with ``check``, ``n_check`` evenly spaced among the others (scored, never trained on)."""
     from pipeline.kaggle import list_kaggle_ids
 
     ids = list_kaggle_ids(root)
-    return [ids[int(i)] for i in np.linspace(0, len(ids) - 1, min(n, len(ids)))]
+    guard = [ids[int(i)] for i in np.linspace(0, len(ids) - 1, min(n, len(ids)))]
+    if not check:
+        return guard
+    rest = sorted(set(ids) - set(guard))
+    if not rest:
+        return []
+    return list(dict.fromkeys(rest[int(i)] for i in np.linspace(0, len(rest) - 1, min(n_check, len(rest)))))
 
 
 def plan_folds(examples: list, parts: list, model_config: dict, targets_kwargs: dict) -> tuple[str, list]:
@@ -170,7 +186,8 @@ class _Progress:
 
 def finetune(images, labels, base=None, minutes: float | None = None, out: str | Path = "finetuned",
              force: bool = False, progress=None, guard: str | Path | None = "auto", device: str = "auto",
-             steps: int | None = None, seed: int = 0, log=print) -> Path:
+             steps: int | None = None, seed: int = 0, max_forgetting: float | None = FORGET_TOLERANCE,
+             log=print) -> Path:
     """Fine-tune a model on annotated images and write a model directory.
 
     Parameters
@@ -197,6 +214,10 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
     steps : int, optional
         Fix the steps of every run instead of planning them from ``minutes``.
     seed : int
+    max_forgetting : float or None
+        Largest drop of the DSB2018 score on the guard's check images (the base model's kind of
+        images) that the chosen steps and thresholds may cost; None: no bound (the best on the
+        held-out images). Needs the guard.
     log : callable(str)
         Receives the warnings and the before/after line.
 
@@ -233,6 +254,7 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
     guard_root = GUARD_ROOT if guard == "auto" else guard
     guards = guard_examples(Path(guard_root), base_config, tkw) if guard_root else []
     method, folds = plan_folds(examples, [(a.name, a.image, a.labels) for a in annotated], base_config, tkw)
+    checks = guard_examples(Path(guard_root), base_config, tkw, check=True) if guards and folds else []
 
     def items_of(train):
         items = {f"{k}:{e.name}": e.arrays for k, e in enumerate(train + guards)}
@@ -244,10 +266,13 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
 
     device = str(resolve_device(device))
     held = [HeldOut(h, base_config, device) for _, h in folds]
+    check = HeldOut(checks, base_config, device) if checks else None
     base_model, _ = _load(base, device)
     t_eval = time.perf_counter()
     base_probs = [h.probabilities(base_model) for h in held]
     base_scores = [h.scores(p, base_config["postprocess"]) for h, p in zip(held, base_probs, strict=True)]
+    base_check_probs = check.probabilities(base_model) if check else None
+    check_probs = [[base_check_probs] if check else [] for _ in folds]  # fold -> checkpoint
     t_eval = time.perf_counter() - t_eval
     if steps is None:  # plan the steps from a measured step time
         t_step = _step_time(run_config(base_config, 3, 1, seed, base, device, BATCH_SIZE), *items_of(examples))
@@ -263,20 +288,34 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
 
         def checkpoint(model, done, f=f):
             probs[f].append(held[f].probabilities(model))
+            if check:
+                check_probs[f].append(check.probabilities(model))
             return float("nan")  # scored below, with the thresholds searched over all folds
 
         _train(run_config(base_config, steps, CHECKPOINTS, seed, base, device, BATCH_SIZE), *items_of(train),
                on_step=bar.step, on_checkpoint=checkpoint)
     chosen, thresholds, before, after, curve = steps, dict(base_config["postprocess"]), None, None, {}
+    forgetting = None
     if folds:
-        curve, settings = {}, {}
+        floor = None
+        if check:
+            base_check = float(np.mean(check.scores(check_probs[0][0], thresholds)))
+            floor = None if max_forgetting is None else base_check - max_forgetting
+        settings = {}
         for c in range(CHECKPOINTS + 1):
-            settings[c * steps // CHECKPOINTS], curve[c * steps // CHECKPOINTS] = _tune(
-                [s for f in range(len(folds)) for s in held[f].samples(probs[f][c])], thresholds)
+            choice = _tune([s for f in range(len(folds)) for s in held[f].samples(probs[f][c])], thresholds,
+                           [s for f in range(len(folds)) for s in check.samples(check_probs[f][c])] if check else None,
+                           floor)
+            if choice is not None:
+                settings[c * steps // CHECKPOINTS] = choice
+        curve = {k: v[1] for k, v in settings.items()}
         chosen = max(curve, key=lambda s: (round(curve[s], 4), -s))
-        thresholds.update(settings[chosen])
+        thresholds.update(settings[chosen][0])
         before = float(np.mean([s for f in base_scores for s in f]))
         after = curve[chosen]
+        if check:
+            forgetting = {"check_images": len(checks), "tolerance": max_forgetting, "base": base_check,
+                          "chosen": settings[chosen][2]}
     bar.message = "final run"
     left = budget - (time.perf_counter() - t0)
     rate = bar.bar.format_dict.get("rate") or 0
@@ -296,6 +335,9 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
         line = f"held-out ({method}): base {before:.2f} -> fine-tuned {after:.2f} ({nuclei})"
         if chosen == 0:
             line += " with tuned thresholds; training did not beat the base weights on held-out images: they are kept"
+        if forgetting:
+            bound = "no bound" if max_forgetting is None else f"at most {max_forgetting:g} lost"
+            line += f"; base training images: {forgetting['base']:.2f} -> {forgetting['chosen']:.2f} ({bound})"
     else:
         line = f"no held-out validation ({method}): fine-tuned {chosen} steps ({nuclei})"
     provenance = {
@@ -305,7 +347,8 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
                     "diameter": round(float(d), 2) if np.isfinite(d) else None}
                    for a, d in zip(annotated, diameters, strict=True)],
         "steps": chosen, "batch_size": BATCH_SIZE, "crop": CROP, "lr": LR,
-        "guard": {"root": str(guard_root), "images": len(guards), "share": GUARD_SHARE} if guards else None,
+        "guard": {"root": str(guard_root), "images": len(guards), "share": GUARD_SHARE,
+                  "forgetting": forgetting} if guards else None,
         "validation": {"method": method, "folds": len(folds), "steps_planned": steps,
                        "held_out_score_by_steps": curve, "before": before, "after": after},
         "summary": line, "time_s": round(elapsed, 1),
@@ -317,15 +360,25 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
     return out
 
 
-def _tune(samples: list, current: dict) -> tuple[dict, float]:
-    """The best setting of :data:`THRESHOLD_GRID` and the ``current`` thresholds on held-out ``samples``,
-    and its mean DSB2018 score."""
+def _tune(samples: list, current: dict, checks: list | None = None,
+          floor: float | None = None) -> tuple[dict, float, float | None] | None:
+    """The best setting of :data:`THRESHOLD_GRID` and the ``current`` thresholds on held-out
+    ``samples`` among those whose mean DSB2018 score on the ``checks`` samples is at least ``floor``:
+    (setting, mean score on ``samples``, mean score on ``checks`` or None); None when none is."""
     from pipeline.tune import best_setting, grid_search
 
     fixed = {k: v for k, v in current.items() if k not in THRESHOLD_GRID}
     grid = {k: sorted({*values, current[k]} - {None}) for k, values in THRESHOLD_GRID.items()}
-    best, scores = best_setting(grid_search(samples, grid, fixed))
-    return {k: best[k] for k in THRESHOLD_GRID}, scores["dsb_score"]
+    table = grid_search(samples, grid, fixed)
+    if checks:
+        guard = grid_search(checks, grid, fixed).rename(columns={"dsb_score": "check_score"})
+        table = table.merge(guard[[*grid, "check_score"]], on=list(grid), sort=False)
+        table = table[table.check_score >= floor - 1e-9] if floor is not None else table
+    if table.empty:
+        return None
+    setting, scores = best_setting(table.drop(columns="check_score", errors="ignore"))
+    check_score = float(table.iloc[0]["check_score"]) if checks else None
+    return {k: setting[k] for k in grid}, scores["dsb_score"], check_score
 
 
 def _load(base: Path, device: str):
@@ -385,12 +438,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help=f"time bound of the whole command (default: {DEFAULT_MINUTES:g})")
     parser.add_argument("--force", action="store_true", help="replace a model already in MODEL_DIR")
+    parser.add_argument("--max-forgetting", type=parse_max_forgetting, default=FORGET_TOLERANCE, metavar="D|none",
+                        help="largest DSB2018 drop allowed on the base model's kind of images (default: %(default)s; "
+                             "none: no bound, the most for your images)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+
+
+def parse_max_forgetting(text: str) -> float | None:
+    """``--max-forgetting``: a non-negative number, or 'none'."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a number >= 0 or 'none'")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``nuclei finetune``; returns the exit status."""
     out = finetune(args.images, args.labels, base=args.model, minutes=args.minutes, out=args.out,
-                   force=args.force, device=args.device, log=lambda m: print(m, file=sys.stderr if m.startswith("warning") else sys.stdout))
+                   force=args.force, device=args.device, max_forgetting=args.max_forgetting,
+                   log=lambda m: print(m, file=sys.stderr if m.startswith("warning") else sys.stdout))
     print(f"model written to {out}  (use it: nuclei segment IMAGES -o OUT --model {out})")
     return 0

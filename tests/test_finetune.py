@@ -104,13 +104,16 @@ def test_finetune_improves_a_mis_sized_base_and_segment_loads_it(base_model, tmp
 def test_one_image_validates_on_its_halves_and_cli_refuses_to_overwrite(base_model, tmp_path, capsys):
     images = write_annotated(tmp_path, n=1, size=200, suffix=".png")
     args = ["finetune", str(images[0]), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "m"),
-            "--model", str(base_model), "--minutes", "0.2", "--device", "cpu"]
+            "--model", str(base_model), "--minutes", "0.2", "--device", "cpu", "--max-forgetting", "none"]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "held-out (image halves): base " in out and "model written to" in out
     assert cli_main(args) == 1
     assert "already holds a model (use --force" in capsys.readouterr().err
     assert cli_main([*args, "--force"]) == 0
+    with pytest.raises(SystemExit):
+        cli_main([*args, "--force", "--max-forgetting", "-1"])
+    assert "--max-forgetting: -1: expected a number >= 0 or 'none'" in capsys.readouterr().err
 
 
 def _one_line_error(tmp_path, images, labels, match, **kwargs):
@@ -159,3 +162,71 @@ def test_binary_mask_is_split_and_an_empty_image_teaches_background(base_model, 
     tuning = yaml.safe_load((out / "config.yaml").read_text())["training"]
     assert tuning["images"][0]["nuclei"] > 1 and tuning["images"][1]["nuclei"] == 0
     assert tuning["images"][1]["diameter"] is None
+
+
+def _softmax_probs(labels, interior, extra=None, level=0.6):
+    """Softmax-head (3, H, W) probabilities: ``interior`` on the nuclei of ``labels``, ``level`` on
+    the pixels of ``extra`` (a blob that is no nucleus), 0 elsewhere."""
+    p0 = np.where(labels > 0, interior, 0.0).astype(np.float32)
+    if extra is not None:
+        p0[extra] = level
+    return np.stack([p0, np.zeros_like(p0), 1 - p0])
+
+
+def test_thresholds_keep_the_base_training_images_within_the_tolerance():
+    """Held-out nuclei the network is unsure of (0.6) want low thresholds; on the check images the
+    same thresholds let a 0.6 blob in. The unconstrained choice takes them; with the floor at the
+    checks' base score minus the tolerance, the choice keeps the checks and gives up the held-out."""
+    from skimage.draw import disk
+
+    from pipeline.finetune import FORGET_TOLERANCE, _tune
+    from pipeline.watershed import postprocess_to_shape
+
+    held_labels = np.zeros((64, 64), np.int32)
+    for k, (y, x) in enumerate([(16, 16), (16, 48), (48, 16), (48, 48)]):
+        held_labels[disk((y, x), 6, shape=(64, 64))] = k + 1
+    check_labels = held_labels.copy()
+    blob = np.zeros((64, 64), bool)
+    blob[28:36, 28:36] = True
+    held = [(_softmax_probs(held_labels, 0.6), "softmax", held_labels, 1.0, None)]
+    checks = [(_softmax_probs(check_labels, 0.99, blob), "softmax", check_labels, 1.0, None)]
+    current = {"marker_threshold": 0.9, "mask_threshold": 0.9, "object_threshold": 0.5, "min_marker_size": 4,
+               "min_size": 10, "flood": "probability", "min_relative_size": 0.0}
+    free, free_score, _ = _tune(held, current)
+    assert free["marker_threshold"] == 0.5 and free["mask_threshold"] == 0.5 and free_score > 0.9
+    base_check = dsb_score(check_labels, postprocess_to_shape(checks[0][0], "softmax", (64, 64), **current))
+    assert base_check == 1.0
+    setting, score, check_score = _tune(held, current, checks, base_check - FORGET_TOLERANCE)
+    assert check_score >= base_check - FORGET_TOLERANCE and score < free_score
+    assert max(setting.values()) > 0.6 >= max(free.values())  # some threshold now rejects the 0.6 blob
+    assert _tune(held, current, checks, 2.0) is None  # nothing reaches an impossible floor
+
+
+def write_kaggle_root(root, n=6, size=64, seed=3):
+    """A Kaggle-layout training root (``<id>/images/<id>.png``, ``<id>/masks/<k>.png``) of discs."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image, labels = disc_image(size, 8, rng)
+        (root / f"s{i}" / "images").mkdir(parents=True)
+        (root / f"s{i}" / "masks").mkdir()
+        Image.fromarray(image).save(root / f"s{i}" / "images" / f"s{i}.png")
+        for k in range(1, labels.max() + 1):
+            Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(root / f"s{i}" / "masks" / f"{k}.png")
+    return root
+
+
+def test_guard_trains_on_its_images_and_checks_others(base_model, tmp_path):
+    from pipeline.finetune import guard_ids
+
+    root = write_kaggle_root(tmp_path / "stage1_train", n=12)
+    assert not set(guard_ids(root, 3)) & set(guard_ids(root, 3, check=True))
+    assert guard_ids(root, 3, check=True)
+    images = write_annotated(tmp_path)
+    lines = []
+    out = finetune(images, tmp_path / "labels", base=base_model, out=tmp_path / "model", steps=8, guard=root,
+                   device="cpu", log=lines.append)
+    guard = yaml.safe_load((out / "config.yaml").read_text())["training"]["guard"]
+    forgetting = guard["forgetting"]
+    assert guard["images"] == 8 and forgetting["check_images"] >= 1
+    assert forgetting["chosen"] >= forgetting["base"] - forgetting["tolerance"] - 1e-9
+    assert "base training images: " in lines[-1]
