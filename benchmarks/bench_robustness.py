@@ -184,9 +184,9 @@ def mosaic(image: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, n
     return out_image, out_labels
 
 
-def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
-    """``(id, image type, image, labels)`` of ``n`` validation images spread over the fold (an equal
-    share of each source's fold when there are several)."""
+def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str, str, str, np.ndarray, np.ndarray]]:
+    """``(id, source, image type, image, labels)`` of ``n`` validation images spread over the fold
+    (an equal share of each source's fold when there are several; source '' for a single source)."""
     index = validation_index(as_config(params, params_path).data)
     if "source" not in index.columns:
         index["source"] = ""
@@ -200,26 +200,21 @@ def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str
         for row in rows.iloc[picks].itertuples():
             data = load_npz(prepared / f"{row.id}.npz")
             image, labels = centre_crop(data["image"], data["labels"], crop)
-            out.append((row.id, row.image_type, image, labels))
+            out.append((row.id, row.source, row.image_type, image, labels))
     return out
-
-
-def source_of(image_id: str) -> str:
-    """The source of a prepared id (``<source>/<id>``; '' for a single source's)."""
-    return image_id.split("/")[0] if "/" in image_id else ""
 
 
 def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -> list[dict]:
     rows = []
     for condition in conditions:
-        for k, (image_id, image_type, image, labels) in enumerate(items):
+        for k, (image_id, source, image_type, image, labels) in enumerate(items):
             img, true = shifted(condition, image, labels, seed=k)
             diameter = median_diameter(true) if oracle and true.max() else None
             result = segmenter.segment(img, diameter=diameter)
             m = image_metrics(true, result.labels)
             n_true = int(len(np.unique(true)) - 1)
             rows.append({
-                "condition": condition, "id": image_id, "source": source_of(image_id), "image_type": image_type,
+                "condition": condition, "id": image_id, "source": source, "image_type": image_type,
                 "dsb_score": m["dsb_score"], "ap50": m["ap50"], "n_true": n_true,
                 "n_pred": int(result.labels.max()),
                 "count_error": abs(int(result.labels.max()) - n_true) / max(n_true, 1),
@@ -255,7 +250,7 @@ def main() -> int:
     params = load_params(args.params)
     conditions = tuple(c for c in CONDITIONS if c in (args.conditions or CONDITIONS))
     items = samples(params, args.params, args.images, args.crop)
-    types = pd.Series([t for _, t, _, _ in items]).value_counts().to_dict()
+    types = pd.Series([t for _, _, t, _, _ in items]).value_counts().to_dict()
     data = params["data"]
     print(f"{len(items)} images of fold {data['val_fold']} ({data.get('split', 'stratified')} split) of "
           f"{data['prepared']}, centre crops <= {args.crop} px; types {types}; torch threads "

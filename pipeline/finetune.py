@@ -303,8 +303,9 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
             floor = None if max_forgetting is None else base_check - max_forgetting
         settings = {}
         for c in range(CHECKPOINTS + 1):
+            check_folds = range(len(folds)) if c else [0]  # checkpoint 0 is the base in every fold
             choice = _tune([s for f in range(len(folds)) for s in held[f].samples(probs[f][c])], thresholds,
-                           [s for f in range(len(folds)) for s in check.samples(check_probs[f][c])] if check else None,
+                           [s for f in check_folds for s in check.samples(check_probs[f][c])] if check else None,
                            floor)
             if choice is not None:
                 settings[c * steps // CHECKPOINTS] = choice

@@ -165,22 +165,14 @@ def _(tmp: Path) -> str:
     return one_line(err, "cannot write")[:90] + "..."
 
 
-@case("'labels' is a file in the output folder: one line, exit 2")
-def _(tmp: Path) -> str:
-    (tmp / "out").mkdir()
-    (tmp / "out" / "labels").write_text("not a folder")
-    status, err = segment(save(tmp / "a.png"), "-o", tmp / "out")
-    assert status == 2, status
-    return one_line(err, "labels", "is a file, not a folder")[-60:]
-
-
-@case("'overlays' is a file in the output folder: one line, exit 2")
-def _(tmp: Path) -> str:
-    (tmp / "out").mkdir()
-    (tmp / "out" / "overlays").write_text("not a folder")
-    status, err = segment(save(tmp / "a.png"), "-o", tmp / "out")
-    assert status == 2, status
-    return one_line(err, "overlays", "is a file, not a folder")[-60:]
+for _sub in ("labels", "overlays"):
+    @case(f"'{_sub}' is a file in the output folder: one line, exit 2")
+    def _(tmp: Path, sub: str = _sub) -> str:
+        (tmp / "out").mkdir()
+        (tmp / "out" / sub).write_text("not a folder")
+        status, err = segment(save(tmp / "a.png"), "-o", tmp / "out")
+        assert status == 2, status
+        return one_line(err, sub, "is a file, not a folder")[-60:]
 
 
 @case("labels/a.tif is a folder: a fails in one line, its cleanup does not stop b")
