@@ -10,7 +10,9 @@ folds of a cross-validation, each predicted by its own network) so that one set 
 The objective is the mean over images (``--balance image``, the default: the competition's average)
 or over **experiments** (``--balance experiment``: the mean over the acquisition groups of
 ``index.csv`` of each group's mean score, so that one large experiment cannot choose thresholds
-that fail the others). The table (best first) and the best setting are printed;
+that fail the others) or over **sources** (``--balance source``: each labelled source of
+``data.sources`` counts once, so that DSB2018's many images cannot choose the thresholds of the
+other labs'). The table (best first) and the best setting are printed;
 the best setting (the current one when nothing in the grid beats it) is written to
 ``<evaluate.out>/tuned_postprocess.yaml`` and, with ``--write PARAMS``, into the ``postprocess``
 section of that parameters file (only the values of those keys change; comments, order and the
@@ -41,6 +43,9 @@ GRID = {
     "flood": ["probability", "distance"],
     "min_relative_size": [0.0, 0.1, 0.2, 0.3],
 }
+
+#: ``--balance`` → the ``index.csv`` column whose values count once each (None: every image does).
+BALANCE_COLUMNS = {"image": None, "experiment": "group", "source": "source"}
 
 
 def experiment_mean(scores, groups) -> float:
@@ -202,16 +207,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "images (default: the current value)")
     parser.add_argument("--write", metavar="PARAMS", default=None,
                         help="also set the best values in the postprocess section of this parameters file")
-    parser.add_argument("--balance", choices=("image", "experiment"), default="image",
-                        help="objective: mean over experiments (acquisition groups) or over images "
-                             "(default: %(default)s)")
+    parser.add_argument("--balance", choices=tuple(BALANCE_COLUMNS), default="image",
+                        help="objective: mean over images, over experiments (acquisition groups) or over "
+                             "labelled sources (default: %(default)s)")
     parser.add_argument("--top", type=int, default=10, help="rows of the table to print (default: %(default)s)")
 
 
-def validation_samples(config) -> tuple[list[tuple[np.ndarray, str, np.ndarray, float, str | None]], list | None]:
+def validation_samples(config, by: str = "group") -> tuple[list[tuple[np.ndarray, str, np.ndarray, float, str | None]],
+                                                           list | None]:
     """The samples :func:`grid_search` takes, for the validation fold of ``config`` (a
     :class:`pipeline.config.Config`): the predictions in ``predict.out`` with the prepared labels,
-    and the experiment (``group`` column of ``index.csv``) of each, None without that column.
+    and the value of each in the ``by`` column of ``index.csv`` (``group``: its experiment;
+    ``source``: its labelled source), None without that column.
 
     Raises
     ------
@@ -230,15 +237,15 @@ def validation_samples(config) -> tuple[list[tuple[np.ndarray, str, np.ndarray, 
             raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
         probs, head, _, scale, image_type = read_prediction(file)
         samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"], scale, image_type))
-    return samples, (index["group"].tolist() if "group" in index.columns else None)
+    return samples, (index[by].tolist() if by in index.columns else None)
 
 
-def pooled_samples(configs) -> tuple[list[tuple], list | None]:
+def pooled_samples(configs, by: str = "group") -> tuple[list[tuple], list | None]:
     """:func:`validation_samples` of several configurations (the folds of a cross-validation)
-    together; the experiment groups are None unless every configuration has them."""
+    together; the groups (``by`` column) are None unless every configuration has them."""
     samples, groups = [], []
     for config in configs:
-        fold_samples, fold_groups = validation_samples(config)
+        fold_samples, fold_groups = validation_samples(config, by)
         samples += fold_samples
         groups = None if fold_groups is None or groups is None else groups + fold_groups
     return samples, groups
@@ -250,13 +257,14 @@ def main(args: argparse.Namespace) -> int:
 
     config = load_config(args.params)
     current = config.postprocess.thresholds()
-    samples, groups = pooled_samples([config, *map(load_config, args.also)])
-    if args.balance == "experiment" and groups is None:
-        print("index.csv has no experiment groups (re-run `nuclei prepare`): balancing over images")
-    if args.balance == "image":
+    column = BALANCE_COLUMNS[args.balance]
+    samples, groups = pooled_samples([config, *map(load_config, args.also)], column or "group")
+    if column is None:
         groups = None
+    elif groups is None:
+        print(f"index.csv has no '{column}' column (re-run `nuclei prepare`): balancing over images")
     objective = "group_score" if groups is not None else "dsb_score"
-    what = (f"mean over {len(set(groups))} experiments" if groups is not None else "mean over images")
+    what = (f"mean over {len(set(groups))} {args.balance}s" if groups is not None else "mean over images")
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood,
             "min_relative_size": args.relative,
             "object_threshold": args.object or [current["object_threshold"]],

@@ -289,12 +289,17 @@ def test_tune_balances_experiments_from_the_index(workspace, capsys):
     write_ideal_predictions(workspace)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
                relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
-    assert "no experiment groups" in capsys.readouterr().out  # index.csv without a group column
+    assert "no 'group' column" in capsys.readouterr().out  # index.csv without a group column
     index = pd.read_csv(workspace / "prepared" / "index.csv")
     index["group"] = [0, 0, 1, 2]
+    index["source"] = ["x", "y", "y", "y"]
     index.to_csv(workspace / "prepared" / "index.csv", index=False)
-    assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
-    tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
-    assert tuned["objective"] == "mean over 2 experiments" and tuned["n_images"] == 3  # a, b | c
-    assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0
+    for balance, objective in (("experiment", "mean over 2 experiments"),  # a, b | c
+                               ("source", "mean over 2 sources")):  # a | b, c
+        assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance=balance,
+                   relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
+        tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
+        assert tuned["objective"] == objective and tuned["n_images"] == 3
+        assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0
+    scores = pd.Series([0.9, 0.5, 0.7])  # by source: (0.9 + 0.6) / 2, not the image mean 0.7
+    assert tune.experiment_mean(scores, ["x", "y", "y"]) == pytest.approx(0.75)
