@@ -15,6 +15,11 @@ Usage::
    flag (bright-field, low confidence: counts it tells the user not to trust).
 3. The measurement of a dense field (1,500 touching nuclei in 1024×1024, synthetic): seconds of
    ``measure_nuclei`` and of regionprops for the same columns.
+4. The speed envelope of the network's size: ``Segmenter.segment`` (precision ``auto``, the
+   segment section's TTA) of a 1024×1024 mosaic of the sample's 256×256 small-nucleus fluorescence
+   tiles, which the network sees enlarged (~1.9×), against one fp32 forward pass of a plain
+   U-Net of width 16 and depth 4 at 1024×1024, both on ``--threads`` threads, medians of
+   ``--repeats`` runs side by side; goal: at most 2×.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "stage1_train"
@@ -157,15 +164,60 @@ def main() -> int:
         f"{int(trusted['predicted'].sum())} predicted vs {int(trusted['true'].sum())} true"
     )
     dense()
+    envelope(model_dir, settings, args.repeats)
     if args.large:
         large(args.large, model_dir)
     return 0
 
 
+def fluo_small_mosaic(side: int = 1024) -> np.ndarray:
+    """A ``side`` × ``side`` uint8 RGB mosaic of the embedded sample's 256×256 small-nucleus
+    fluorescence tiles (repeated in order until the mosaic is full)."""
+
+    from pipeline.image_types import classify_image
+    from pipeline.io import read_image
+
+    tiles = [image for d in sorted(SAMPLE.iterdir())
+             if (image := read_image(d / "images" / f"{d.name}.png")).shape[:2] == (256, 256)
+             and classify_image(image) == "fluo-small"]
+    n = side // 256
+    rows = [np.concatenate([tiles[(r * n + c) % len(tiles)] for c in range(n)], axis=1) for r in range(n)]
+    return np.concatenate(rows, axis=0)
+
+
+def envelope(model_dir: Path, settings, repeats: int, ratio_goal: float = 2.0) -> None:
+    """Print section 4: ``nuclei segment``'s network work on a small-nucleus mosaic against one fp32
+    forward pass of a plain w16 d4 U-Net at 1024², side by side."""
+    import torch
+
+    from pipeline.networks import build_model
+    from pipeline.segmenter import Segmenter
+
+    mosaic = fluo_small_mosaic()
+    segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
+    reference = build_model({"arch": "unet", "head": "sigmoid", "depth": 4, "width": 16}).eval()
+    x = torch.rand(1, 3, 1024, 1024)
+    seg_s, ref_s, result = [], [], None
+    with torch.inference_mode():
+        reference(x)  # warm-up
+        result = segmenter.segment(mosaic)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            reference(x)
+            ref_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            result = segmenter.segment(mosaic)
+            seg_s.append(time.perf_counter() - t0)
+    seg, ref = statistics.median(seg_s), statistics.median(ref_s)
+    print(f"\nspeed envelope: Segmenter.segment of a 1024x1024 mosaic of small-nucleus fluorescence tiles "
+          f"(scale {result.scale:.2f}, {segmenter.predictor.precision}, tta {settings.tta}) {seg:.2f} s; one fp32 "
+          f"forward pass of a plain w16 d4 U-Net at 1024x1024 {ref:.2f} s: {seg / ref:.2f}x "
+          f"({'within' if seg / ref <= ratio_goal else 'OVER'} the {ratio_goal:g}x envelope)")
+
+
 def dense(n: int = 1500, size: int = 1024) -> None:
     """Measure ``n`` touching nuclei of a synthetic size×size label image (a dense field) with
     ``measure_nuclei`` and with regionprops (the same columns), side by side."""
-    import numpy as np
     from skimage.measure import regionprops_table
     from skimage.segmentation import expand_labels
 
@@ -199,7 +251,6 @@ def large(size: int, model_dir: Path) -> None:
     """Segment one synthetic size×size 16-bit image (bright disks) and report time and peak memory."""
     import resource
 
-    import numpy as np
     import tifffile
     from skimage.draw import disk
 

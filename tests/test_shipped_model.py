@@ -17,10 +17,9 @@ MODEL = ROOT / "models" / "default"
 #: DSB2018 score of the shipped model on the embedded sample, CPU, as `nuclei segment` runs it
 #: (test-time augmentation 'auto': the four flips for all 20 images; diameter estimated per image,
 #: the two bright-field images at the canonical diameter, stained images at stained_diameter 24 px;
-#: stage 4 trained on all 20 images). Before stained_diameter: 0.5964. One pass ('none'): 0.5899
-#: (0.5939 when shipped, 0.5585 while bright-field diameters were estimated; stage 3 0.5917 with
-#: the same settings then).
-SHIPPED_SCORE = 0.5979
+#: stage 5, the generalist, warm-started from stage 4, which trained on all 20 images; 876 nuclei
+#: for 999). Stage 4 (DSB2018 only): 0.5979, 938 nuclei.
+SHIPPED_SCORE = 0.5924
 FLOOR = SHIPPED_SCORE - 0.025  # room for other CPUs' floating-point paths, not for regressions
 
 pytestmark = pytest.mark.slow
@@ -37,7 +36,7 @@ def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
     assert len(shapes) == 20
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
     assert summary["dsb_score"] >= FLOOR, summary
-    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 938 vs 999 (932 before stained_diameter)
+    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 876 vs 999 (stage 4: 938)
 
 
 def nuclei_like(diameter: float, n: int = 5, seed: int = 0):
