@@ -3,10 +3,11 @@
 Owns the one ``resolve_device`` of the project and the ``precision`` setting
 (``auto | fp32 | bf16 | fp16``) shared by training and the Segmenter:
 
-- ``auto`` → bf16 autocast on a CPU with native bf16 instructions (``avx512_bf16`` or
-  ``amx_bf16``, read from the running CPU's flags, not guessed from its name) and on a CUDA GPU
-  that supports bf16; fp16 (+ gradient scaler in training) on an older GPU; fp32 otherwise, so a
-  CPU without native bf16 never gets slower;
+- ``auto`` → bf16 autocast on a CPU with bf16 matrix units (AMX, ``amx_bf16``, read from the
+  running CPU's flags, not guessed from its name) and on a CUDA GPU that supports bf16; fp16
+  (+ gradient scaler in training) on an older GPU; fp32 otherwise, so that no CPU gets slower
+  (with ``avx512_bf16`` alone, bf16 measured 0.68× fp32's training throughput and 1.6× its
+  inference time: docs/decisions.md);
 - channels_last memory format for the network and its inputs, on CPU and GPU;
 - on a CPU, the C library's allocator keeps freed activation memory for reuse
   (:func:`reuse_freed_memory`) instead of handing it back to the kernel after every layer.
@@ -27,8 +28,9 @@ from pathlib import Path
 from pipeline.errors import NucleiError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: CPU flags (``/proc/cpuinfo``) that mean bf16 matrix products run natively.
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: CPU flags (``/proc/cpuinfo``) that mean bf16 matrix products run faster than fp32 (AMX tiles;
+#: ``avx512_bf16`` alone ran slower than fp32 on a 2-core Sapphire Rapids VM without AMX).
+NATIVE_BF16_FLAGS = ("amx_bf16",)
 
 
 def resolve_device(name: str | None = "auto", local_rank: int = 0):
@@ -69,7 +71,7 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU runs bf16 matrix products natively (AVX-512 BF16 or AMX)."""
+    """True when this CPU runs bf16 matrix products faster than fp32 (AMX)."""
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 

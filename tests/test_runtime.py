@@ -28,8 +28,10 @@ def test_forced_precisions_on_cpu():
 
 
 def test_auto_follows_the_cpus_native_bf16(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
     assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # slower than fp32
+    assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))  # no native bf16
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset())  # flags unreadable
