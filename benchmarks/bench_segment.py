@@ -17,7 +17,7 @@ Usage::
    ``measure_nuclei`` and of regionprops for the same columns.
 4. The speed envelope of the network's size: ``Segmenter.segment`` (precision ``auto``, the
    segment section's TTA) of a 1024×1024 mosaic of the sample's 256×256 small-nucleus fluorescence
-   tiles, which the network sees enlarged (~1.9×), against one fp32 forward pass of a plain
+   tiles, which the network sees enlarged (small nuclei), against one fp32 forward pass of a plain
    U-Net of width 16 and depth 4 at 1024×1024, both on ``--threads`` threads, medians of
    ``--repeats`` runs side by side; goal: at most 2×.
 """
@@ -173,7 +173,6 @@ def main() -> int:
 def fluo_small_mosaic(side: int = 1024) -> np.ndarray:
     """A ``side`` × ``side`` uint8 RGB mosaic of the embedded sample's 256×256 small-nucleus
     fluorescence tiles (repeated in order until the mosaic is full)."""
-
     from pipeline.image_types import classify_image
     from pipeline.io import read_image
 
@@ -186,8 +185,8 @@ def fluo_small_mosaic(side: int = 1024) -> np.ndarray:
 
 
 def envelope(model_dir: Path, settings, repeats: int, ratio_goal: float = 2.0) -> None:
-    """Print section 4: ``nuclei segment``'s network work on a small-nucleus mosaic against one fp32
-    forward pass of a plain w16 d4 U-Net at 1024², side by side."""
+    """Print section 4: the seconds of ``Segmenter.segment`` on a small-nucleus mosaic against those of
+    one fp32 forward pass of a plain w16 d4 U-Net at 1024², side by side, and their ratio."""
     import torch
 
     from pipeline.networks import build_model
