@@ -103,8 +103,9 @@ def diameter_policies(models: list[Path], samples) -> pd.DataFrame:
 
 
 def cpu_line() -> str:
-    flags = open("/proc/cpuinfo").read()
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    from pipeline.runtime import cpu_flags
+
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags()]
     return (f"nproc {os.cpu_count()}, bf16 flags: {', '.join(bf16) or 'none'}, "
             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

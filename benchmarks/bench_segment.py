@@ -196,7 +196,7 @@ def envelope(model_dir: Path, settings, repeats: int, ratio_goal: float = 2.0) -
     segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
     reference = build_model({"arch": "unet", "head": "sigmoid", "depth": 4, "width": 16}).eval()
     x = torch.rand(1, 3, 1024, 1024)
-    seg_s, ref_s, result = [], [], None
+    seg_s, ref_s = [], []
     with torch.inference_mode():
         reference(x)  # warm-up
         result = segmenter.segment(mosaic)

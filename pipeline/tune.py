@@ -213,12 +213,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=10, help="rows of the table to print (default: %(default)s)")
 
 
-def validation_samples(config, by: str = "group") -> tuple[list[tuple[np.ndarray, str, np.ndarray, float, str | None]],
-                                                           list | None]:
+def validation_samples(config, by: str | None = "group") -> tuple[
+        list[tuple[np.ndarray, str, np.ndarray, float, str | None]], list | None]:
     """The samples :func:`grid_search` takes, for the validation fold of ``config`` (a
     :class:`pipeline.config.Config`): the predictions in ``predict.out`` with the prepared labels,
     and the value of each in the ``by`` column of ``index.csv`` (``group``: its experiment;
-    ``source``: its labelled source), None without that column.
+    ``source``: its labelled source), None without that column or with ``by`` None.
 
     Raises
     ------
@@ -237,10 +237,10 @@ def validation_samples(config, by: str = "group") -> tuple[list[tuple[np.ndarray
             raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
         probs, head, _, scale, image_type = read_prediction(file)
         samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"], scale, image_type))
-    return samples, (index[by].tolist() if by in index.columns else None)
+    return samples, (index[by].tolist() if by is not None and by in index.columns else None)
 
 
-def pooled_samples(configs, by: str = "group") -> tuple[list[tuple], list | None]:
+def pooled_samples(configs, by: str | None = "group") -> tuple[list[tuple], list | None]:
     """:func:`validation_samples` of several configurations (the folds of a cross-validation)
     together; the groups (``by`` column) are None unless every configuration has them."""
     samples, groups = [], []
@@ -258,10 +258,8 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.params)
     current = config.postprocess.thresholds()
     column = BALANCE_COLUMNS[args.balance]
-    samples, groups = pooled_samples([config, *map(load_config, args.also)], column or "group")
-    if column is None:
-        groups = None
-    elif groups is None:
+    samples, groups = pooled_samples([config, *map(load_config, args.also)], column)
+    if column is not None and groups is None:
         print(f"index.csv has no '{column}' column (re-run `nuclei prepare`): balancing over images")
     objective = "group_score" if groups is not None else "dsb_score"
     what = (f"mean over {len(set(groups))} {args.balance}s" if groups is not None else "mean over images")
