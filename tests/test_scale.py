@@ -11,6 +11,7 @@ from pipeline.scale import (
     MAX_FACTOR,
     MIN_FACTOR,
     blob_diameter,
+    gaussian_laplace,
     largest_diameter,
     median_diameter,
     nucleus_diameters,
@@ -131,3 +132,15 @@ def test_blob_diameter_under_a_cap_takes_the_nuclei_peak_not_a_larger_structure(
     assert median_diameter(labels) / 1.5 < capped < median_diameter(labels) * 1.5
     # a cap above the strongest response changes nothing
     assert blob_diameter(grey, max_diameter=1e4) == blob_diameter(grey)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 9), (37, 100), (256, 256)])
+@pytest.mark.parametrize("sigma", [1.0, 1.4, 4.0])
+def test_gaussian_laplace_matches_scipy_including_images_narrower_than_the_kernel(shape, sigma):
+    from scipy import ndimage as ndi
+
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    expected = ndi.gaussian_laplace(image, sigma)
+    got = gaussian_laplace(image, sigma)
+    assert got.shape == shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6 * max(1.0, float(np.abs(expected).max())))
