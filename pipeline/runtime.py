@@ -30,7 +30,7 @@ from pipeline.errors import NucleiError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: CPU flags (``/proc/cpuinfo``) that mean bf16 matrix products run faster than fp32 (AMX tiles;
 #: ``avx512_bf16`` alone ran slower than fp32 on a 2-core Sapphire Rapids VM without AMX).
-NATIVE_BF16_FLAGS = ("amx_bf16",)
+FAST_BF16_FLAGS = ("amx_bf16",)
 
 
 def resolve_device(name: str | None = "auto", local_rank: int = 0):
@@ -70,9 +70,9 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_fast_bf16() -> bool:
     """True when this CPU runs bf16 matrix products faster than fp32 (AMX)."""
-    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+    return any(flag in cpu_flags() for flag in FAST_BF16_FLAGS)
 
 
 def resolve_precision(precision: str, device) -> str:
@@ -96,7 +96,7 @@ def resolve_precision(precision: str, device) -> str:
     if precision == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
     if precision == "fp16" and not cuda:
         raise NucleiError("precision 'fp16' needs a CUDA GPU; use auto, bf16 or fp32 on a CPU")
     return precision

@@ -48,9 +48,10 @@ GRID = {
 BALANCE_COLUMNS = {"image": None, "experiment": "group", "source": "source"}
 
 
-def experiment_mean(scores, groups) -> float:
-    """Mean over experiments of each experiment's mean score: every experiment (acquisition
-    group) counts once, whatever its number of images. ``scores`` and ``groups``: one per image."""
+def group_mean(scores, groups) -> float:
+    """Mean over groups of each group's mean score: every group (an experiment, a source: a
+    :data:`BALANCE_COLUMNS` column) counts once, whatever its number of images. ``scores`` and
+    ``groups``: one per image."""
     return float(pd.Series(np.asarray(scores, dtype=float)).groupby(np.asarray(groups)).mean().mean())
 
 
@@ -97,7 +98,7 @@ def grid_search(samples: list[tuple], grid: dict[str, list], fixed: dict[str, An
             row = dict(zip(keys, values, strict=True)) | {"min_relative_size": fraction}
             row["dsb_score"] = float(np.mean(scores))
             if groups is not None:
-                row["group_score"] = experiment_mean(scores, groups)
+                row["group_score"] = group_mean(scores, groups)
             rows.append(row)
     by = "group_score" if groups is not None else "dsb_score"
     return pd.DataFrame(rows).sort_values(by, ascending=False, kind="stable").reset_index(drop=True)

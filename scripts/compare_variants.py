@@ -145,7 +145,7 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
     from pipeline.config import load_config
     from pipeline.evaluate import summarise
     from pipeline.prepare import read_index
-    from pipeline.tune import experiment_mean, write_params
+    from pipeline.tune import group_mean, write_params
 
     paths = [fold_params(base, overrides, _mkdir(runs.resolve() / name / f"fold{k}"), k) for k in folds]
     times = [train_and_predict(p, reuse) for p in paths]
@@ -165,7 +165,7 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
         "variant": name,
         "cv_dsb": sum(fold_scores) / len(fold_scores),
         "folds": dict(zip(map(str, folds), fold_scores, strict=True)),
-        "experiment_dsb": experiment_mean(per_image["dsb_score"], groups),
+        "experiment_dsb": group_mean(per_image["dsb_score"], groups),
         "n_experiments": int(groups.nunique()),
         "ap50": pooled["ap50"],
         "f1_50": pooled["f1_50"],

@@ -302,4 +302,4 @@ def test_tune_balances_experiments_from_the_index(workspace, capsys):
         assert tuned["objective"] == objective and tuned["n_images"] == 3
         assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0
     scores = pd.Series([0.9, 0.5, 0.7])  # by source: (0.9 + 0.6) / 2, not the image mean 0.7
-    assert tune.experiment_mean(scores, ["x", "y", "y"]) == pytest.approx(0.75)
+    assert tune.group_mean(scores, ["x", "y", "y"]) == pytest.approx(0.75)

@@ -27,7 +27,7 @@ def test_forced_precisions_on_cpu():
     assert autocast_dtype("fp32") is None and autocast_dtype("bf16") == torch.bfloat16
 
 
-def test_auto_follows_the_cpus_native_bf16(monkeypatch):
+def test_auto_picks_bf16_only_where_the_cpu_runs_it_faster_than_fp32(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
     assert resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # slower than fp32
