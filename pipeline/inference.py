@@ -178,7 +178,7 @@ class Predictor:
         Tiles per forward pass.
     precision : {'auto', 'fp32', 'bf16', 'fp16'}
         Autocast of the forward pass (:func:`pipeline.runtime.resolve_precision`: 'auto' is bf16
-        on a CPU with native bf16 and on CUDA, fp32 elsewhere). The network and its inputs are
+        on a CPU with AMX and on CUDA, fp32 elsewhere). The network and its inputs are
         in channels-last memory format; the network is an eval-mode copy of ``model`` with batch
         norm folded into its convolutions (:func:`pipeline.networks.fuse_batchnorm`).
     stride : int, optional
