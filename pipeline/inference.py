@@ -251,8 +251,9 @@ class Predictor:
             plan = self.plan(image.shape[:2])
             plans.append(plan)
             padded.append(np.pad(image, (*plan.pad, (0, 0)), mode="reflect"))
-            sums.append(np.zeros((self.channels, *plan.padded_shape), np.float32))
-            weights.append(np.zeros(plan.padded_shape, np.float32))
+            single = len(plan.ys) == len(plan.xs) == 1
+            sums.append(None if single else np.zeros((self.channels, *plan.padded_shape), np.float32))
+            weights.append(None if single else np.zeros(plan.padded_shape, np.float32))
 
         jobs: dict[tuple[tuple[int, int], tuple], list[tuple[int, int, int]]] = {}
         for k, plan in enumerate(plans):
@@ -270,6 +271,9 @@ class Predictor:
                 probs = self.forward(batch.transpose(0, 3, 1, 2), transforms)
                 for p, (k, i, j) in zip(probs, chunk, strict=True):
                     plan = plans[k]
+                    if len(plan.ys) == len(plan.xs) == 1:  # the whole image in one tile: no blending
+                        sums[k], weights[k] = p, None
+                        continue
                     y, x = plan.ys[i], plan.xs[j]
                     window = np.outer(plan.wy[i], plan.wx[j])
                     sums[k][:, y : y + th, x : x + tw] += p * window
@@ -278,7 +282,8 @@ class Predictor:
         for total, weight, plan in zip(sums, weights, plans, strict=True):
             (top, _), (left, _) = plan.pad
             crop = (slice(top, top + plan.shape[0]), slice(left, left + plan.shape[1]))
-            results.append(total[:, crop[0], crop[1]] / weight[crop])
+            total = total[:, crop[0], crop[1]]
+            results.append(np.ascontiguousarray(total) if weight is None else total / weight[crop])
         return results
 
     def forward(self, batch: np.ndarray, transforms: Sequence[tuple[int, bool]]) -> np.ndarray:

@@ -284,8 +284,8 @@ def content_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
         return slice(0, h), slice(0, w)
     cell = max(1, side // 8)
     gh, gw = max(1, h // cell), max(1, w // cell)
-    grey = image.mean(axis=2) if image.ndim == 3 else image
-    coarse = resize_image(np.ascontiguousarray(grey, dtype=np.float32), (gh, gw))
+    coarse = resize_image(np.ascontiguousarray(image, dtype=np.float32), (gh, gw))  # area mean: linear,
+    coarse = coarse.mean(axis=2) if coarse.ndim == 3 else coarse  # so grey after shrinking is grey before
     content = np.abs(coarse - np.median(coarse))
     k_h, k_w = min(gh, max(1, side // cell)), min(gw, max(1, side // cell))
     integral = np.pad(content.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
