@@ -251,7 +251,7 @@ class Predictor:
             plan = self.plan(image.shape[:2])
             plans.append(plan)
             padded.append(np.pad(image, (*plan.pad, (0, 0)), mode="reflect"))
-            single = len(plan.ys) == len(plan.xs) == 1
+            single = len(plan.ys) == len(plan.xs) == 1  # one tile: its prediction is the result (no buffers)
             sums.append(None if single else np.zeros((self.channels, *plan.padded_shape), np.float32))
             weights.append(None if single else np.zeros(plan.padded_shape, np.float32))
 
@@ -271,8 +271,8 @@ class Predictor:
                 probs = self.forward(batch.transpose(0, 3, 1, 2), transforms)
                 for p, (k, i, j) in zip(probs, chunk, strict=True):
                     plan = plans[k]
-                    if len(plan.ys) == len(plan.xs) == 1:  # the whole image in one tile: no blending
-                        sums[k], weights[k] = p, None
+                    if weights[k] is None:  # the whole image in one tile: no blending
+                        sums[k] = p
                         continue
                     y, x = plan.ys[i], plan.xs[j]
                     window = np.outer(plan.wy[i], plan.wx[j])
