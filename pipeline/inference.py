@@ -118,8 +118,13 @@ class TilePlan:
         return tuple(s + a + b for s, (a, b) in zip(self.shape, self.pad, strict=True))
 
 
-def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int, stride: int) -> TilePlan:
+def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int, stride: int,
+               batch_size: int = 1) -> TilePlan:
     """Plan the padding and tiling of an image of ``shape`` (H, W).
+
+    An image whose sides fit in ``tile_size`` runs whole. So does a larger one whose area is at
+    most that of one forward pass of its tiles (``min(batch_size, tiles)`` tiles): fewer pixels
+    through the network (no overlaps recomputed, no blending) and no more memory.
 
     Parameters
     ----------
@@ -131,6 +136,8 @@ def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int, stride: int
         Overlap of neighbouring tiles (a multiple of ``2 * stride``, < ``tile_size``).
     stride : int
         The network's stride.
+    batch_size : int
+        Tiles per forward pass.
 
     Returns
     -------
@@ -138,9 +145,10 @@ def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int, stride: int
     """
     h, w = shape
     th, tw = -(-h // stride) * stride, -(-w // stride) * stride
-    if th <= tile_size and tw <= tile_size:  # whole image, mirrored at the bottom and right
-        return TilePlan(shape, ((0, th - h), (0, tw - w)), (th, tw), (0,), (0,),
-                        (np.ones(th, np.float32),), (np.ones(tw, np.float32),))
+    whole = TilePlan(shape, ((0, th - h), (0, tw - w)), (th, tw), (0,), (0,),  # mirrored at the bottom and right
+                     (np.ones(th, np.float32),), (np.ones(tw, np.float32),))
+    if th <= tile_size and tw <= tile_size:
+        return whole
     margin = overlap // 2
     pads, tiles, origins, windows = [], [], [], []
     for length in (h, w):
@@ -149,6 +157,9 @@ def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int, stride: int
         tiles.append(size)
         origins.append(tuple(i * (size - overlap) for i in range(n)))
         windows.append(tuple(_axis_window(size, overlap, i == 0, i == n - 1) for i in range(n)))
+    one_pass = min(batch_size, len(origins[0]) * len(origins[1])) * tiles[0] * tiles[1]
+    if th * tw <= one_pass:
+        return whole
     return TilePlan(shape, tuple(pads), tuple(tiles), origins[0], origins[1], windows[0], windows[1])
 
 
@@ -170,7 +181,8 @@ class Predictor:
         its size).
     tile_size : int
         Images whose padded sides fit are run whole; larger ones are tiled with tiles of at most
-        this side (rounded up to the stride).
+        this side (rounded up to the stride), unless the whole image holds no more pixels than
+        one forward pass of its tiles (:func:`plan_tiles`); such an image runs alone.
     overlap : int
         Overlap of neighbouring tiles in pixels (rounded up to twice the stride); half of it is
         mirrored context around a tiled image.
@@ -209,7 +221,7 @@ class Predictor:
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         """The :class:`TilePlan` for an image of ``shape`` (H, W)."""
-        return plan_tiles(tuple(shape), self.tile_size, self.overlap, self.stride)
+        return plan_tiles(tuple(shape), self.tile_size, self.overlap, self.stride, self.batch_size)
 
     def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
         """Probabilities for one image.
@@ -262,8 +274,9 @@ class Predictor:
                 for j in range(len(plan.xs)):
                     jobs.setdefault((plan.tile, transforms), []).append((k, i, j))
         for ((th, tw), transforms), tiles in jobs.items():
-            for start in range(0, len(tiles), self.batch_size):
-                chunk = tiles[start : start + self.batch_size]
+            per_pass = self.batch_size if max(th, tw) <= self.tile_size else 1  # a larger whole image runs alone
+            for start in range(0, len(tiles), per_pass):
+                chunk = tiles[start : start + per_pass]
                 batch = np.stack([
                     padded[k][plans[k].ys[i] : plans[k].ys[i] + th, plans[k].xs[j] : plans[k].xs[j] + tw]
                     for k, i, j in chunk

@@ -143,6 +143,46 @@ def test_plan_covers_image():
     assert plan.pad[0][0] == 32 and plan.pad[0][0] + 1040 <= ph
 
 
+def test_plan_runs_whole_when_no_larger_than_one_pass_of_tiles():
+    """1321² with 1024-px tiles: four 736² tiles (2.17 Mpx, 1.24x the image) in one pass of four;
+    the whole image (1328², 1.76 Mpx) is fewer pixels and no more memory. With one tile per pass
+    it stays tiled, and so does an image larger than a pass (2048² against 4 x 752²)."""
+    whole = plan_tiles((1321, 1321), tile_size=1024, overlap=64, stride=16, batch_size=4)
+    assert whole.tile == (1328, 1328) and whole.ys == whole.xs == (0,) and whole.pad == ((0, 7), (0, 7))
+    tiled = plan_tiles((1321, 1321), tile_size=1024, overlap=64, stride=16, batch_size=1)
+    assert tiled.tile == (736, 736) and len(tiled.ys) == len(tiled.xs) == 2
+    assert 1328**2 <= 4 * 736**2
+    large = plan_tiles((2048, 2048), tile_size=1024, overlap=64, stride=16, batch_size=4)
+    assert large.tile == (752, 752) and len(large.ys) == 3 and 2048**2 > 4 * 752**2
+
+
+def test_whole_image_beyond_tile_size_runs_alone():
+    """Images run whole beyond tile_size go through the network one per pass (memory within one
+    pass of tiles), and match a predictor whose tiles hold them."""
+
+    batches = []  # outside the module: the Predictor runs a copy of it
+
+    class Recorder(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            batches.append(tuple(x.shape))
+            return self.net(x)
+
+    model, cfg = tiny_unet()
+    images = [image((100, 100), 1), image((100, 100), 2)]
+    recorder = Recorder(model)
+    predictor = Predictor(recorder, cfg, tile_size=64, overlap=16, batch_size=4)
+    assert predictor.stride == 4 and predictor.plan((100, 100)).tile == (100, 100)  # 9 tiles of 52²: 4 hold 10,816 px
+    assert len(Predictor(model, cfg, tile_size=64, overlap=16, batch_size=1).plan((100, 100)).ys) == 3
+    probs = predictor.predict_many(images)
+    assert batches == [(1, 3, 100, 100), (1, 3, 100, 100)]
+    for img, p in zip(images, probs, strict=True):
+        np.testing.assert_allclose(p, Predictor(model, cfg, tile_size=128).predict(img), atol=1e-5)
+
+
 def test_load_predictor_from_model_dir(tmp_path):
     model, cfg = tiny_unet()
     save_model_dir(tmp_path / "m", model, {"model": cfg, "postprocess": {"min_size": 5}})
