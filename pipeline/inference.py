@@ -2,8 +2,8 @@
 
 :class:`Predictor` runs a segmentation network on images of any size:
 
-- an image that fits in one tile is mirror-padded (bottom/right) to a multiple of the network
-  stride and run whole;
+- an image that fits in one tile, or holds no more pixels than one batch of its tiles, is
+  mirror-padded (bottom/right) to a multiple of the network stride and run whole;
 - a larger image is mirror-padded by ``overlap / 2`` on every side (context for the border
   pixels, as in the U-Net paper) and cut into equal overlapping tiles; the tiles are blended
   with a smooth partition-of-unity window that is zero within ``overlap / 4`` of a tile edge,

@@ -158,7 +158,8 @@ def one_tile_at_a_time(segmenter):
     """``segmenter`` with its network run on one tile at a time (batch 1), sharing its model.
 
     On a huge image memory is the limit: a 2048-px block in batches of 4 tiles peaked at 2.3 GB,
-    one tile at a time at 1.5 GB, with the same labels (batching only groups tiles)."""
+    one tile at a time at 1.5 GB, with the same labels (batching only groups tiles). With batch 1
+    a block larger than one tile is always tiled (:func:`pipeline.inference.plan_tiles`)."""
     predictor = segmenter.predictor
     if getattr(predictor, "batch_size", 1) <= 1:
         return segmenter
