@@ -39,6 +39,9 @@ sys.path.insert(0, str(ROOT))
 #: The training schedule of the equal-budget variants (validation only after the last epoch, no TTA).
 BUDGET = {"train.epochs": 4, "train.val_every": 4, "train.batch_size": 8, "train.workers": 0, "predict.tta": "none"}
 
+#: A run from scratch (stage 1's peak learning rate) instead of the base parameters' warm start.
+FROM_SCRATCH = {"train.init": None, "train.lr": 0.003, "model.head": "sigmoid"}
+
 #: name → overrides (dotted keys) on top of the base parameters.
 VARIANTS: dict[str, dict] = {
     "unet-softmax": {"model.arch": "unet", "model.head": "softmax", "loss.use_weight_maps": True},
@@ -61,6 +64,16 @@ VARIANTS: dict[str, dict] = {
                                    "model.depth": 4, "train.samples_per_epoch": 675},
     "budget-smp-resnet18-sigmoid": {**BUDGET, "model.arch": "smp", "model.encoder": "resnet18",
                                     "model.head": "sigmoid", "train.samples_per_epoch": 1425},
+    # Equal compute budget on the five sources (issue 36): about 30 minutes of fp32 training on one
+    # core each, from scratch (`bench_models.py --threads 1` on an AVX-512 VM without AMX: 5.6, 1.7,
+    # 5.0 and 3.9 crops/s, plus ~13 ms of augmentation a crop); run with `--base
+    # models/default/train_params.yaml --balance source`.
+    **{f"budget5-{arch}": {**BUDGET, **FROM_SCRATCH, **cfg, "train.samples_per_epoch": n}
+       for arch, cfg, n in (
+           ("unet-w16-d4", {"model.arch": "unet", "model.width": 16, "model.depth": 4}, 2350),
+           ("unet-w32-d4", {"model.arch": "unet", "model.width": 32, "model.depth": 4}, 750),
+           ("unet-w16-d5", {"model.arch": "unet", "model.width": 16, "model.depth": 5}, 2110),
+           ("smp-resnet18", {"model.arch": "smp", "model.encoder": "resnet18"}, 1675))},
 }
 
 
@@ -123,18 +136,29 @@ def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: s
                       ) -> tuple[dict, float]:
     """Best post-processing thresholds on the out-of-fold predictions of all folds together.
 
-    ``balance``: the objective, as ``nuclei tune --balance``: the mean over experiments
-    (acquisition groups) or over images. Returns the grid values of the best row and its score.
+    ``balance``: the objective, as ``nuclei tune --balance``: the mean over images, over
+    experiments (acquisition groups) or over labelled sources. Returns the grid values of the best
+    row and its score.
     """
     from pipeline.config import load_config
-    from pipeline.tune import best_setting, grid_search, pooled_samples
+    from pipeline.tune import BALANCE_COLUMNS, best_setting, grid_search, pooled_samples
 
     configs = [load_config(path) for path in param_paths]
-    samples, groups = pooled_samples(configs)
+    samples, groups = pooled_samples(configs, BALANCE_COLUMNS[balance])
     fixed = {k: v for k, v in configs[-1].postprocess.thresholds().items() if k not in grid}
-    table = grid_search(samples, grid, fixed, groups if balance == "experiment" else None)
+    table = grid_search(samples, grid, fixed, groups)
     best, scores = best_setting(table)
     return best, scores.get("group_score", scores["dsb_score"])
+
+
+def source_summary(per_image) -> dict[str, dict]:
+    """Per labelled source of an ``evaluate`` per-image table (DataFrame with a ``source`` column):
+    mean DSB2018 score and AP@0.5, median counting error, number of images; {} without the column."""
+    if "source" not in per_image:
+        return {}
+    return {str(name): {"dsb_score": float(g["dsb_score"].mean()), "ap50": float(g["ap50"].mean()),
+                        "median_count_error": float(g["count_error"].median()), "n_images": len(g)}
+            for name, g in per_image.groupby("source", sort=True)}
 
 
 def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[int],
@@ -159,6 +183,7 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
         tables.append(pd.read_csv(path.parent / "metrics" / "per_image.csv"))
     per_image = pd.concat(tables, ignore_index=True)
     pooled, _, by_type = summarise(per_image)
+    by_source = source_summary(per_image)
     index = read_index(load_config(paths[0]).data.prepared)  # the folds' data, after --set
     groups = per_image["id"].map(dict(zip(index["id"], index.get("group", index["id"]), strict=True)))
     row = {
@@ -171,6 +196,8 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
         "f1_50": pooled["f1_50"],
         "count_error": pooled["count_error"],
         "by_type": dict(zip(by_type["image_type"], by_type["dsb_score"], strict=True)),
+        "by_source": by_source,
+        "source_dsb": (sum(m["dsb_score"] for m in by_source.values()) / len(by_source)) if by_source else None,
         "n_images": pooled["n_images"],
         "train_s": round(sum(t["train"] for t in times)),
         "predict_s": round(sum(t["predict"] for t in times)),
@@ -203,7 +230,11 @@ def main() -> int:
                         help="min_relative_size values to tune over")
     parser.add_argument("--object", type=float, nargs="+", default=[0.0],
                         help="object_threshold values to tune over (default: %(default)s)")
-    parser.add_argument("--balance", choices=("image", "experiment"), default="image",
+    parser.add_argument("--stained-mask", type=float, nargs="+", default=None,
+                        help="stained_mask_threshold values to tune over (default: the base's)")
+    parser.add_argument("--stained-object", type=float, nargs="+", default=None,
+                        help="stained_object_threshold values to tune over (default: the base's)")
+    parser.add_argument("--balance", choices=("image", "experiment", "source"), default="image",
                         help="tuning objective, as `nuclei tune --balance` (default: %(default)s)")
     parser.add_argument("--reuse", action="store_true", help="keep folds already trained and predicted")
     args = parser.parse_args()
@@ -215,6 +246,9 @@ def main() -> int:
     folds = args.folds if args.folds is not None else [int(extra.get("data.val_fold", base["data"].get("val_fold", 0)))]
     grid = {"marker_threshold": args.marker, "mask_threshold": args.mask, "flood": args.flood,
             "min_relative_size": args.relative, "object_threshold": args.object}
+    for key, values in (("stained_mask_threshold", args.stained_mask), ("stained_object_threshold", args.stained_object)):
+        if values:
+            grid[key] = values
     runs = Path(args.runs)
     rows = []
     for name in args.variants:
@@ -235,6 +269,14 @@ def main() -> int:
               f"{r['count_error']:.3f} | {r['train_s']} | "
               f"{t['marker_threshold']}/{t['mask_threshold']}/{t['flood']}/{t['min_relative_size']}/"
               f"{t['object_threshold']} |")
+    sources = sorted({name for r in rows for name in r["by_source"]})
+    if len(sources) > 1:  # several labelled sources: score / AP@0.5 / median counting error of each
+        print(f"\n| variant | mean over sources | {' | '.join(sources)} |")
+        print("|---|---|" + "---|" * len(sources))
+        for r in rows:
+            cells = [(f"{m['dsb_score']:.3f} / {m['ap50']:.2f} / {m['median_count_error']:.2f}"
+                      if (m := r["by_source"].get(name)) else "") for name in sources]
+            print(f"| {r['variant']} | {r['source_dsb']:.4f} | {' | '.join(cells)} |")
     return 0
 
 

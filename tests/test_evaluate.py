@@ -193,6 +193,19 @@ def test_thresholds_are_tuned_on_all_folds_together(workspace):
     alone, _ = compare_variants.pooled_thresholds([workspace / "fold1.yaml"], grid)
     assert alone["mask_threshold"] == 0.85  # first of the tied grid values: fold 1 alone cannot tell
     assert 0.5 < score <= 1.0
+    # every labelled source counting once: b and c (one source) weigh as much as a alone
+    index = pd.read_csv(workspace / "prepared" / "index.csv")
+    index["source"] = ["dsb2018", "other", "other", "dsb2018"]
+    index.to_csv(workspace / "prepared" / "index.csv", index=False)
+    by_source, source_score = compare_variants.pooled_thresholds(
+        [workspace / "params.yaml", workspace / "fold1.yaml"], grid, balance="source")
+    assert by_source["mask_threshold"] == 0.5 and 0.5 < source_score <= 1.0
+    per_image = pd.DataFrame({"source": ["x", "y", "y", "y"], "dsb_score": [0.2, 0.4, 0.6, 0.8],
+                              "ap50": [0.5, 1.0, 1.0, 0.7], "count_error": [0.1, 0.0, 0.3, 0.05]})
+    summary = compare_variants.source_summary(per_image)
+    assert summary["x"] == {"dsb_score": 0.2, "ap50": 0.5, "median_count_error": 0.1, "n_images": 1}
+    assert summary["y"]["dsb_score"] == pytest.approx(0.6) and summary["y"]["median_count_error"] == 0.05
+    assert compare_variants.source_summary(per_image.drop(columns="source")) == {}
     # nuclei tune --also pools the same way
     assert run(tune, marker=[0.5], mask=[0.85, 0.5], flood=["probability"], write=None, top=5, balance="image",
                relative=[0.0], object=None, stained_object=None, stained_mask=None, also=["fold1.yaml"]) == 0
