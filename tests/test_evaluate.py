@@ -193,13 +193,18 @@ def test_thresholds_are_tuned_on_all_folds_together(workspace):
     alone, _ = compare_variants.pooled_thresholds([workspace / "fold1.yaml"], grid)
     assert alone["mask_threshold"] == 0.85  # first of the tied grid values: fold 1 alone cannot tell
     assert 0.5 < score <= 1.0
-    # every labelled source counting once: b and c (one source) weigh as much as a alone
+    # every labelled source counting once: the index's source column groups the images
+    folds = [workspace / "params.yaml", workspace / "fold1.yaml"]
     index = pd.read_csv(workspace / "prepared" / "index.csv")
-    index["source"] = ["dsb2018", "other", "other", "dsb2018"]
+    index["source"] = index["group"] = ["dsb2018", "other", "other", "other"]
     index.to_csv(workspace / "prepared" / "index.csv", index=False)
-    by_source, source_score = compare_variants.pooled_thresholds(
-        [workspace / "params.yaml", workspace / "fold1.yaml"], grid, balance="source")
-    assert by_source["mask_threshold"] == 0.5 and 0.5 < source_score <= 1.0
+    by_source = compare_variants.pooled_thresholds(folds, grid, balance="source")
+    assert by_source == compare_variants.pooled_thresholds(folds, grid, balance="experiment")
+    assert by_source[0]["mask_threshold"] == 0.5 and 0.5 < by_source[1] < score  # image a weighs 1/2, not 1/4
+    index["group"] = index["id"]  # one experiment per image: the image mean; sources unchanged
+    index.to_csv(workspace / "prepared" / "index.csv", index=False)
+    assert compare_variants.pooled_thresholds(folds, grid, balance="source") == by_source
+    assert compare_variants.pooled_thresholds(folds, grid, balance="experiment") == (best, score)
     per_image = pd.DataFrame({"source": ["x", "y", "y", "y"], "dsb_score": [0.2, 0.4, 0.6, 0.8],
                               "ap50": [0.5, 1.0, 1.0, 0.7], "count_error": [0.1, 0.0, 0.3, 0.05]})
     summary = compare_variants.source_summary(per_image)
