@@ -197,7 +197,7 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
         "count_error": pooled["count_error"],
         "by_type": dict(zip(by_type["image_type"], by_type["dsb_score"], strict=True)),
         "by_source": by_source,
-        "source_dsb": (sum(m["dsb_score"] for m in by_source.values()) / len(by_source)) if by_source else None,
+        "source_dsb": group_mean(per_image["dsb_score"], per_image["source"]) if by_source else None,
         "n_images": pooled["n_images"],
         "train_s": round(sum(t["train"] for t in times)),
         "predict_s": round(sum(t["predict"] for t in times)),
@@ -213,6 +213,8 @@ def _mkdir(path: Path) -> Path:
 
 
 def main() -> int:
+    from pipeline.tune import BALANCE_COLUMNS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="params.yaml", help="base parameter file")
     parser.add_argument("--runs", default="runs", help="output folder, one sub-folder per variant")
@@ -234,7 +236,7 @@ def main() -> int:
                         help="stained_mask_threshold values to tune over (default: the base's)")
     parser.add_argument("--stained-object", type=float, nargs="+", default=None,
                         help="stained_object_threshold values to tune over (default: the base's)")
-    parser.add_argument("--balance", choices=("image", "experiment", "source"), default="image",
+    parser.add_argument("--balance", choices=tuple(BALANCE_COLUMNS), default="image",
                         help="tuning objective, as `nuclei tune --balance` (default: %(default)s)")
     parser.add_argument("--reuse", action="store_true", help="keep folds already trained and predicted")
     args = parser.parse_args()
