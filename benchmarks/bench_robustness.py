@@ -63,7 +63,7 @@ from pipeline.config import as_config, load_params  # noqa: E402
 from pipeline.image_types import BRIGHTFIELD  # noqa: E402
 from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz, write_csv  # noqa: E402
-from pipeline.metrics import image_metrics  # noqa: E402
+from pipeline.metrics import group_summary, image_metrics  # noqa: E402
 from pipeline.prepare import validation_index  # noqa: E402
 from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_shape  # noqa: E402
 from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
@@ -274,11 +274,8 @@ def main() -> int:
     table = pd.concat(frames, ignore_index=True)
     if args.out:
         write_csv(args.out, table)
-    summary = table.groupby(["condition", "run"], sort=False).agg(
-        dsb=("dsb_score", "mean"), ap50=("ap50", "mean"), count_error=("count_error", "median"),
-        pred=("n_pred", "sum"), true=("n_true", "sum"),
-    )
-    summary["pred/true"] = summary["pred"] / summary["true"]
+    summary = group_summary(table, ["condition", "run"]).rename(
+        columns={"dsb_score": "dsb", "pred_per_true": "pred/true"})
     wide = summary[["dsb", "ap50", "count_error", "pred/true"]].unstack("run")
     wide = wide.reindex(conditions)
     wide.columns = [f"{run}: {metric}" for metric, run in wide.columns]
@@ -313,7 +310,7 @@ def by_source(table: pd.DataFrame, conditions) -> str:
     scales = [f"x{s:g}" for s in (2, 3, 4) if f"x{s:g}" in dsb.columns]
     if "x1" in dsb.columns and scales:
         dsb["x2-x4 vs x1"] = dsb[scales].sub(dsb["x1"], axis=0).abs().max(axis=1)
-    err = table.groupby(["run", "source", "condition"], sort=False)["count_error"].median()
+    err = group_summary(table, ["run", "source", "condition"])["count_error"]
     dsb["worst count err"] = err.groupby(level=["run", "source"], sort=False).max()
     counts = table.groupby(["run", "source"], sort=False)["id"].nunique()
     dsb.insert(0, "images", counts)

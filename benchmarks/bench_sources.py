@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.io import progress, read_image  # noqa: E402
-from pipeline.metrics import image_metrics  # noqa: E402
+from pipeline.metrics import group_summary, image_metrics  # noqa: E402
 from pipeline.scale import median_diameter  # noqa: E402
 from pipeline.segmenter import Segmenter  # noqa: E402
 from pipeline.sources import list_sample_ids, read_label_image  # noqa: E402
@@ -65,20 +65,19 @@ def main() -> None:
             m = image_metrics(true, result.labels)
             rows.append({"source": source, "id": sample_id, "image_type": result.image_type,
                          "diameter": result.diameter, "true_diameter": median_diameter(true),
-                         "dsb_score": m["dsb_score"], "ap50": m["ap50"], "n_true": int(true.max()),
-                         "n_pred": int(result.labels.max())})
+                         **{k: m[k] for k in ("dsb_score", "ap50", "count_error", "n_true", "n_pred")}})
     table = pd.DataFrame(rows)
-    table["count_error"] = (table.n_pred - table.n_true).abs() / table.n_true.clip(lower=1)
     if args.out:
         table.to_csv(args.out, index=False)
     print(f"model {args.model}, tta {args.tta}, estimator {segmenter.estimator}, {len(table)} images, {time.perf_counter() - start:.0f} s")
     print(f"{'source':<16} {'n':>3} {'DSB2018':>8} {'AP@0.5':>7} {'count err':>9} {'pred/true':>13}  "
           f"{'diam est/true':>13}  types")
-    for source, g in table.groupby("source", sort=False):
+    for s in group_summary(table, "source").itertuples():
+        g = table[table.source == s.Index]
         ratio = np.median(g.diameter / g.true_diameter) if g.diameter.notna().any() else np.nan
         types = ", ".join(f"{k} {v}" for k, v in g.image_type.value_counts().items())
-        print(f"{source:<16} {len(g):>3} {g.dsb_score.mean():8.3f} {g.ap50.mean():7.3f} "
-              f"{g.count_error.median():9.3f} {g.n_pred.sum():>6}/{g.n_true.sum():<6}  {ratio:13.2f}  {types}")
+        print(f"{s.Index:<16} {s.n_images:>3} {s.dsb_score:8.3f} {s.ap50:7.3f} "
+              f"{s.count_error:9.3f} {s.n_pred:>6}/{s.n_true:<6}  {ratio:13.2f}  {types}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pipeline.config import load_params  # noqa: E402
 from pipeline.image_types import BRIGHTFIELD  # noqa: E402
 from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz  # noqa: E402
-from pipeline.metrics import image_metrics  # noqa: E402
+from pipeline.metrics import group_summary, image_metrics  # noqa: E402
 from pipeline.prepare import read_index  # noqa: E402
 from pipeline.segmenter import Segmenter  # noqa: E402
 
@@ -107,7 +107,7 @@ def scores(labels: np.ndarray, result) -> dict:
     """DSB2018 score, AP@0.5, counting error and diameter of one
     :class:`pipeline.segmenter.Segmentation` against the true ``labels``."""
     m = image_metrics(labels, result.labels)
-    return {"dsb": m["dsb_score"], "ap50": m["ap50"], "count_error": m["count_error"],
+    return {"dsb_score": m["dsb_score"], "ap50": m["ap50"], "count_error": m["count_error"],
             "diameter": result.diameter}
 
 
@@ -115,9 +115,8 @@ def print_summary(rows: list[dict], by: str, share: str, t0: float) -> None:
     """Print, per value of ``by``, the mean DSB2018 score and AP@0.5, the median counting error,
     the mean of the boolean column ``share`` and the median diameter; then the time since ``t0``."""
     table = pd.DataFrame(rows)
-    summary = table.groupby(by, sort=False).agg(
-        dsb=("dsb", "mean"), ap50=("ap50", "mean"), count_error=("count_error", "median"),
-        **{share: (share, "mean")}, diameter=("diameter", "median"))
+    summary = group_summary(table, by).join(table.groupby(by, sort=False).agg(
+        **{share: (share, "mean")}, diameter=("diameter", "median")))
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"{len(table)} segmentations in {time.perf_counter() - t0:.0f} s")
 

@@ -246,3 +246,29 @@ def aggregate(per_image: pd.DataFrame) -> dict[str, float]:
         else:
             summary[column] = float(values.mean()) if values.notna().any() else float("nan")
     return summary
+
+
+def group_summary(per_image: pd.DataFrame, by: str | list[str]) -> pd.DataFrame:
+    """What the benchmarks and the model card report per group (source, condition, model...).
+
+    Parameters
+    ----------
+    per_image : DataFrame, one row per image, with ``dsb_score``, ``ap50`` and ``count_error``
+        (as from :func:`image_metrics`), optionally ``n_true`` and ``n_pred``, and the ``by`` columns.
+    by : column name or names
+
+    Returns
+    -------
+    summary : DataFrame indexed by ``by`` in order of appearance
+        ``n_images``; ``dsb_score`` and ``ap50``, means over images; ``count_error``, the median
+        over images (a few empty images would dominate its mean); ``n_pred``, ``n_true`` (sums)
+        and ``pred_per_true`` (their ratio) when the counts are given.
+    """
+    columns = {"n_images": ("dsb_score", "size"), "dsb_score": ("dsb_score", "mean"),
+               "ap50": ("ap50", "mean"), "count_error": ("count_error", "median")}
+    if {"n_true", "n_pred"} <= set(per_image.columns):
+        columns |= {"n_pred": ("n_pred", "sum"), "n_true": ("n_true", "sum")}
+    summary = per_image.groupby(by, sort=False).agg(**columns)
+    if "n_true" in summary:
+        summary["pred_per_true"] = summary["n_pred"] / summary["n_true"].clip(lower=1)
+    return summary

@@ -154,11 +154,14 @@ def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: s
 def source_summary(per_image) -> dict[str, dict]:
     """Per labelled source of an ``evaluate`` per-image table (DataFrame with a ``source`` column):
     mean DSB2018 score and AP@0.5, median counting error, number of images; {} without the column."""
+    from pipeline.metrics import group_summary
+
     if "source" not in per_image:
         return {}
-    return {str(name): {"dsb_score": float(g["dsb_score"].mean()), "ap50": float(g["ap50"].mean()),
-                        "median_count_error": float(g["count_error"].median()), "n_images": len(g)}
-            for name, g in per_image.groupby("source", sort=True)}
+    table = group_summary(per_image, "source").sort_index()
+    return {str(name): {"dsb_score": float(row.dsb_score), "ap50": float(row.ap50),
+                        "median_count_error": float(row.count_error), "n_images": int(row.n_images)}
+            for name, row in table.iterrows()}
 
 
 def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[int],

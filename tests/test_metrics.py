@@ -14,6 +14,7 @@ from pipeline.metrics import (
     THRESHOLDS,
     aggregate,
     dsb_score,
+    group_summary,
     image_metrics,
     iou_matrix,
     overlaps,
@@ -202,3 +203,25 @@ def test_aggregate_means_and_sums():
     assert summary["n_true"] == 2 and summary["n_pred"] == 1
     assert summary["mean_matched_iou"] == 1.0  # NaN of image b ignored
     assert "ImageId" not in summary
+
+
+def test_group_summary_means_scores_and_takes_the_median_counting_error():
+    one, empty = rect((6, 6), (0, 3), (0, 3)), np.zeros((6, 6), np.int32)
+    two = one + rect((6, 6), (4, 6), (4, 6)) * 2
+    rows = [{"source": "x", **image_metrics(one, one)},     # perfect
+            {"source": "y", **image_metrics(two, one)},     # one of two found: count error 0.5
+            {"source": "y", **image_metrics(empty, two)},   # two found in an empty image: 2.0
+            {"source": "y", **image_metrics(two, two)}]     # perfect: 0.0
+    summary = group_summary(pd.DataFrame(rows), "source")
+    assert list(summary.index) == ["x", "y"]
+    assert summary.loc["x"].to_dict() == {"n_images": 1, "dsb_score": 1.0, "ap50": 1.0, "count_error": 0.0,
+                                          "n_pred": 1, "n_true": 1, "pred_per_true": 1.0}
+    y = summary.loc["y"]
+    assert y["n_images"] == 3 and y["count_error"] == 0.5  # the median of 0.5, 2.0, 0.0, not their mean
+    assert y["dsb_score"] == pytest.approx((0.5 + 0.0 + 1.0) / 3) and y["ap50"] == pytest.approx(0.5)
+    assert (y["n_pred"], y["n_true"]) == (5, 4) and y["pred_per_true"] == 1.25
+    # without counts, by two columns
+    table = pd.DataFrame(rows).drop(columns=["n_true", "n_pred"]).assign(run=["a", "a", "b", "b"])
+    both = group_summary(table, ["run", "source"])
+    assert list(both.columns) == ["n_images", "dsb_score", "ap50", "count_error"]
+    assert both.loc[("b", "y"), "n_images"] == 2 and both.loc[("a", "y"), "count_error"] == 0.5
