@@ -212,12 +212,9 @@ def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -
             diameter = median_diameter(true) if oracle and true.max() else None
             result = segmenter.segment(img, diameter=diameter)
             m = image_metrics(true, result.labels)
-            n_true = int(len(np.unique(true)) - 1)
             rows.append({
                 "condition": condition, "id": image_id, "source": source, "image_type": image_type,
-                "dsb_score": m["dsb_score"], "ap50": m["ap50"], "n_true": n_true,
-                "n_pred": int(result.labels.max()),
-                "count_error": abs(int(result.labels.max()) - n_true) / max(n_true, 1),
+                **{k: m[k] for k in ("dsb_score", "ap50", "n_true", "n_pred", "count_error")},
                 "diameter_true": median_diameter(true), "diameter": result.diameter,
                 "confidence": result.confidence,
             })
