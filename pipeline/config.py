@@ -296,6 +296,7 @@ class TrainConfig(Section):
     device: str = setting("auto", text)
     cache_mb: float = setting(1024, number(0))
     val_every: int = setting(1, whole(1))
+    val_balance: str = setting("source", choice(("source", "image")))
     init: str | None = setting(None, optional(text))
 
 

@@ -6,6 +6,7 @@ channel layout (:mod:`pipeline.heads`).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,7 +72,8 @@ def postprocess_function(head: str, postprocess: PostprocessConfig):
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torch.device, precision="fp32"):
+def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torch.device, precision="fp32",
+             groups=None, n_groups: int = 1):
     """Loss and DSB2018 score of ``model`` on whole validation images.
 
     Parameters
@@ -88,18 +90,24 @@ def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torc
     device : torch.device
     precision : {'fp32', 'bf16', 'fp16'}
         A resolved precision (autocast of the forward pass).
+    groups : sequence of int, optional
+        The group (source) of each item of ``loader``, in ``[0, n_groups)``; all 0 when None.
+    n_groups : int
 
     Returns
     -------
-    sums : list of float
-        ``[sum of losses, sum of DSB2018 scores, number of images]`` over ``loader``.
+    sums : list of float, length 3 + 2 ``n_groups``
+        ``[sum of losses, sum of DSB2018 scores, number of images]`` over ``loader``, then the
+        sums of DSB2018 scores of each group, then the number of images of each group (sums, so
+        that processes can add theirs; :func:`validation_score` reduces them).
     """
     from pipeline.metrics import dsb_score
     from pipeline.segmenter import image_type_of
 
     model.eval()
     loss_sum = score_sum = count = 0.0
-    for batch in loader:
+    group_scores, group_counts = np.zeros(n_groups), np.zeros(n_groups)
+    for i, batch in enumerate(loader):
         labels = batch["labels"][0].numpy()
         h, w = labels.shape
         image = to_channels_last(batch["image"], device)
@@ -111,7 +119,34 @@ def validate(model: nn.Module, loader, loss_fn, head: str, segment, device: torc
         loss_sum += float(loss_fn(logits, targets))
         probs = get_head(head).activate(logits)[0].cpu().numpy()
         image_type = image_type_of(batch["image"][0, :, :h, :w].permute(1, 2, 0).numpy())
-        score_sum += dsb_score(labels, segment(probs, image_type))
-        count += 1
+        score = dsb_score(labels, segment(probs, image_type))
+        group = 0 if groups is None else groups[i]
+        score_sum, count = score_sum + score, count + 1
+        group_scores[group] += score
+        group_counts[group] += 1
     model.train()
-    return [loss_sum, score_sum, count]
+    return [loss_sum, score_sum, count, *group_scores.tolist(), *group_counts.tolist()]
+
+
+def validation_score(sums, balance: str = "image") -> float:
+    """The DSB2018 score that chooses the best epoch, from the (all-reduced) sums of :func:`validate`.
+
+    Parameters
+    ----------
+    sums : sequence of float, length 3 + 2 n_groups
+    balance : {'image', 'source'}
+        ``image``: the mean over images; ``source``: the mean over groups (sources) of the mean
+        over each group's images, so that each source counts once (groups without images are left
+        out), as ``nuclei tune --balance source`` and the model card weigh them.
+
+    Returns
+    -------
+    score : float
+    """
+    _, score_sum, count, *groups = sums
+    if balance == "image":
+        return score_sum / count
+    n = len(groups) // 2
+    scores, counts = np.asarray(groups[:n], float), np.asarray(groups[n:], float)
+    seen = counts > 0
+    return float(np.mean(scores[seen] / counts[seen]))

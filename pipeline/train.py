@@ -2,8 +2,9 @@
 
 Outputs in ``train.out`` (default ``models/trained``):
 
-- ``model/``: the best model so far (highest DSB2018 score on the validation fold), a model
-  directory (see :func:`pipeline.model_dir.save_model_dir`) whose ``config.yaml`` also holds the
+- ``model/``: the best model so far (highest DSB2018 score on the validation fold; the mean over
+  sources, each source's mean over its images, by ``train.val_balance``), a model directory
+  (see :func:`pipeline.model_dir.save_model_dir`) whose ``config.yaml`` also holds the
   ``postprocess`` thresholds, the normalisation and the training provenance;
 - ``last.ckpt``: the state after the last finished epoch (model, optimiser, schedule,
   gradient scaler, random generators, best score), from which ``--resume`` continues exactly;

@@ -47,7 +47,7 @@ from pipeline.config import Config
 from pipeline.distributed import all_reduce_sum, average_buffers, rank, world_size
 from pipeline.errors import NucleiError
 from pipeline.runtime import prepare_model, resolve_device, resolve_precision, set_threads
-from pipeline.steps import postprocess_function, train_step, validate
+from pipeline.steps import postprocess_function, train_step, validate, validation_score
 
 MODEL_DIR_NAME = "model"
 DVCLIVE_DIR_NAME = "dvclive"
@@ -148,6 +148,10 @@ class Trainer:
         if len(self.loader) == 0:
             raise NucleiError(f"{self.source}: train.batch_size is larger than the samples of an epoch")
         shard = self.val_ids[self.rank :: self.world]
+        sources = index.set_index("id")["source"] if "source" in index.columns else None
+        names = sorted(set(sources.loc[self.val_ids])) if sources is not None else [None]
+        self.val_groups = [names.index(sources[i]) if sources is not None else 0 for i in shard]
+        self.n_val_groups = len(names)
         self.val_loader = []
         if shard:
             val_set = NucleiDataset(shard, train=False, stride=model_stride(self.model_cfg), **common)
@@ -336,12 +340,14 @@ class Trainer:
         return total_sum / max(count, 1)
 
     def validate_epoch(self) -> tuple[float, float]:
-        """(mean validation loss, mean DSB2018 score) over all processes."""
+        """(mean validation loss, DSB2018 score) over all processes; the score is the mean over
+        sources or over images (``train.val_balance``, :func:`pipeline.steps.validation_score`)."""
         sums = validate(
-            self.model, self.val_loader, self.loss_fn, self.head, self.segment, self.device, self.precision
+            self.model, self.val_loader, self.loss_fn, self.head, self.segment, self.device, self.precision,
+            groups=self.val_groups, n_groups=self.n_val_groups,
         )
-        loss_sum, score_sum, count = all_reduce_sum(sums, self.device)
-        return loss_sum / count, score_sum / count
+        sums = all_reduce_sum(sums, self.device)
+        return sums[0] / sums[2], validation_score(sums, self.cfg.val_balance)
 
     def on_epoch_end(self, epoch: int, row: dict, improved: bool, history: list[dict]) -> None:
         """Rank 0: log, export the model when it improved, then checkpoint (a resume redoes an
@@ -394,6 +400,11 @@ class Trainer:
         self.on_fit_end()
         return self.model, self.out / MODEL_DIR_NAME
 
+    def score_label(self) -> str:
+        """How the logged validation score averages, where it is not over images."""
+        balanced = self.cfg.val_balance == "source" and getattr(self, "n_val_groups", 1) > 1
+        return f" (mean over {self.n_val_groups} sources)" if balanced else ""
+
     def log(self, epoch: int, row: dict) -> None:
         """Log one epoch to dvclive and print it."""
         live = self.live
@@ -407,7 +418,7 @@ class Trainer:
         live.next_step()
         best = " (best)" if self.best_epoch == epoch + 1 else ""
         val = (
-            f", val loss {row['val_loss']:.4f}, DSB2018 score {row['val_dsb_score']:.4f}{best}"
+            f", val loss {row['val_loss']:.4f}, DSB2018 score {row['val_dsb_score']:.4f}{self.score_label()}{best}"
             if not np.isnan(row["val_dsb_score"])
             else ""
         )

@@ -225,6 +225,31 @@ def test_group_balance_draws_from_experiments(data_root, tmp_path):
         train(params_for(data_root, tmp_path / "bad", group_balance=2))
 
 
+def test_validation_groups_images_by_source(data_root, tmp_path, capsys):
+    """With a ``source`` column the best epoch is chosen by the mean over sources (``train.val_balance``)."""
+    import pandas as pd
+
+    sourced = tmp_path / "sourced" / "prepared"
+    sourced.mkdir(parents=True)
+    for f in (data_root / "prepared").iterdir():
+        if f.name != "index.csv":
+            (sourced / f.name).symlink_to(f)
+    index = pd.read_csv(data_root / "prepared" / "index.csv")
+    index.assign(source=["b", "b", "b", "a", "a", "a"]).to_csv(sourced / "index.csv", index=False)
+    params = params_for(data_root, tmp_path / "run", epochs=1)
+    params["data"]["prepared"] = str(sourced)
+    trainer = trainer_module.Trainer(as_config(params))
+    trainer.setup_data()
+    assert trainer.val_ids == ["img00", "img03"] and trainer.val_groups == [1, 0] and trainer.n_val_groups == 2
+    train(params)
+    assert "(mean over 2 sources)" in capsys.readouterr().out
+    params["train"].update(val_balance="image", out=str(tmp_path / "run_image"))
+    train(params)
+    assert "mean over" not in capsys.readouterr().out
+    with pytest.raises(NucleiError, match="train.val_balance"):
+        train(params_for(data_root, tmp_path / "bad", val_balance="experiment"))
+
+
 def _ddp_rank(rank: int, world: int, port: int, params: dict, folder: str) -> None:
     """One process of a DDP run, configured through the environment like torchrun does."""
     os.environ.update(
@@ -434,9 +459,28 @@ def test_validation_applies_the_stained_object_threshold():
         batch = {"image": torch.from_numpy(image.transpose(2, 0, 1))[None],
                  "labels": torch.from_numpy(labels)[None],
                  **{k: torch.zeros((1, *shape)) for k in ("classes", "mask", "border", "weights")}}
-        _, total, count = validate(model, [batch], lambda logits, t: torch.zeros(()), "sigmoid",
-                                   segment, torch.device("cpu"))
+        _, total, count, *_ = validate(model, [batch], lambda logits, t: torch.zeros(()), "sigmoid",
+                                       segment, torch.device("cpu"))
         return total / count
 
     assert score(stained) == pytest.approx(1.0)  # both nuclei kept
     assert score(grey) == pytest.approx(0.5)  # nucleus 2 dropped: 1 TP, 1 FN at every IoU threshold
+
+    # per source: two grey images and one stained one, in groups 1, 1, 0
+    batches = [{"image": torch.from_numpy(im.transpose(2, 0, 1))[None], "labels": torch.from_numpy(labels)[None],
+                **{k: torch.zeros((1, *shape)) for k in ("classes", "mask", "border", "weights")}}
+               for im in (grey, grey, stained)]
+    sums = validate(model, batches, lambda logits, t: torch.zeros(()), "sigmoid", segment, torch.device("cpu"),
+                    groups=[1, 1, 0], n_groups=3)
+    assert sums[1:] == pytest.approx([2.0, 3, 1.0, 1.0, 0.0, 1, 2, 0])  # totals; scores of groups 0-2; images
+
+
+def test_validation_score_means_over_images_or_over_sources():
+    """``train.val_balance``: a source of many images does not outvote the others under 'source'."""
+    from pipeline.steps import validation_score
+
+    # loss, score sum, images; per source: score sums (0.8 over 8 images, 0.9 over 1, none), image counts
+    sums = [4.0, 0.8 * 8 + 0.9, 9, 0.8 * 8, 0.9, 0.0, 8, 1, 0]
+    assert validation_score(sums, "image") == pytest.approx((0.8 * 8 + 0.9) / 9)
+    assert validation_score(sums, "source") == pytest.approx((0.8 + 0.9) / 2)  # the empty source left out
+    assert validation_score([1.0, 0.6, 2, 0.6, 2], "source") == pytest.approx(0.3)  # one source: the image mean
