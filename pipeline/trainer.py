@@ -75,6 +75,14 @@ def hardware_summary(device: torch.device, precision: str = "fp32") -> dict[str,
 # --------------------------------------------------------------------------- the run
 
 
+def sources_of(index, ids) -> np.ndarray:
+    """The ``source`` of each image of ``ids`` in a prepared ``index`` (DataFrame with ``id``);
+    one unnamed source ("") when the index has no ``source`` column."""
+    if "source" not in index.columns:
+        return np.full(len(ids), "", dtype=object)
+    return index.set_index("id").loc[list(ids), "source"].to_numpy()
+
+
 class Trainer:
     """One training run of ``config`` (see the module docstring for the hooks).
 
@@ -86,6 +94,11 @@ class Trainer:
     resume : bool
         Continue from ``<train.out>/last.ckpt`` when it exists.
     """
+
+    #: source (index into the validation sources) of each validation image of this process,
+    #: and the number of those sources; set by :meth:`setup_data` (one source otherwise)
+    val_groups: list[int] | None = None
+    n_val_groups: int = 1
 
     def __init__(self, config: Config, resume: bool = False):
         self.config, self.cfg, self.resume = config, config.train, resume
@@ -148,10 +161,8 @@ class Trainer:
         if len(self.loader) == 0:
             raise NucleiError(f"{self.source}: train.batch_size is larger than the samples of an epoch")
         shard = self.val_ids[self.rank :: self.world]
-        sources = index.set_index("id")["source"] if "source" in index.columns else None
-        names = sorted(set(sources.loc[self.val_ids])) if sources is not None else [None]
-        self.val_groups = [names.index(sources[i]) if sources is not None else 0 for i in shard]
-        self.n_val_groups = len(names)
+        names, groups = np.unique(sources_of(index, self.val_ids), return_inverse=True)
+        self.val_groups, self.n_val_groups = groups[self.rank :: self.world].tolist(), len(names)
         self.val_loader = []
         if shard:
             val_set = NucleiDataset(shard, train=False, stride=model_stride(self.model_cfg), **common)
@@ -168,9 +179,8 @@ class Trainer:
             return None
         if "group" not in index.columns:
             raise NucleiError(f"{source}: no column 'group' for train.group_balance (re-run `nuclei prepare`)")
-        rows = index.set_index("id").loc[self.train_ids]
-        sources = rows["source"].to_numpy() if "source" in rows.columns else np.zeros(len(rows))
-        return source_balance_weights(sources, rows["group"].to_numpy(), cfg.source_balance, cfg.group_balance)
+        groups = index.set_index("id").loc[self.train_ids, "group"].to_numpy()
+        return source_balance_weights(sources_of(index, self.train_ids), groups, cfg.source_balance, cfg.group_balance)
 
     def setup_model(self) -> None:
         from pipeline.losses import build_loss
@@ -402,7 +412,7 @@ class Trainer:
 
     def score_label(self) -> str:
         """How the logged validation score averages, where it is not over images."""
-        balanced = self.cfg.val_balance == "source" and getattr(self, "n_val_groups", 1) > 1
+        balanced = self.cfg.val_balance == "source" and self.n_val_groups > 1
         return f" (mean over {self.n_val_groups} sources)" if balanced else ""
 
     def log(self, epoch: int, row: dict) -> None:
