@@ -210,21 +210,27 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.segment = postprocess_function(self.head, self.config.postprocess)
 
-    def initialise(self, network: nn.Module, model_dir: Path) -> None:
-        """Start from the weights of ``model_dir`` (``train.init``: fine-tuning).
+    def initialise(self, network: nn.Module, source: Path) -> None:
+        """Start from the weights of ``source`` (``train.init``: fine-tuning, or the next stage).
 
-        The model directory must hold the architecture of ``model`` in params.yaml; optimiser and
-        schedule start afresh.
+        ``source`` is a model directory (a run's best epoch, float16 when shipped) or a run's
+        checkpoint file (``<train.out>/last.ckpt``: its last epoch, float32). It must hold the
+        architecture of ``model`` in params.yaml; optimiser and schedule start afresh.
         """
         from pipeline.model_dir import load_model_dir
 
-        trained, config = load_model_dir(model_dir)
+        if source.is_file():
+            checkpoint = load_checkpoint(source)
+            config, weights = checkpoint["config"], checkpoint["model"]
+        else:
+            trained, config = load_model_dir(source)
+            weights = trained.state_dict()
         ours = {k: v for k, v in self.model_cfg.to_dict().items() if k != "encoder_weights"}
         theirs = {k: config["model"].get(k) for k in ours}
         if ours != theirs:
             diff = ", ".join(f"{k} {theirs[k]!r} (params.yaml: {ours[k]!r})" for k in ours if ours[k] != theirs[k])
-            raise NucleiError(f"{model_dir}: train.init has another architecture: {diff}")
-        network.load_state_dict(trained.state_dict())
+            raise NucleiError(f"{source}: train.init has another architecture: {diff}")
+        network.load_state_dict(weights)
 
     def model_config(self) -> dict[str, Any]:
         """What a model directory records besides provenance (see :mod:`pipeline.model_dir`)."""

@@ -1,6 +1,6 @@
 """Copy a trained model directory into ``models/default`` with its tuned post-processing.
 
-    python scripts/ship_model.py --params PARAMS.yaml [-o models/default] [--stained-diameter PX]
+    python scripts/ship_model.py --params PARAMS.yaml [-o models/default] [--stained-diameter PX] [--last]
 
 Reads the trained model named by ``predict.model`` of the parameter file, replaces the
 ``postprocess`` section of its config with the one of the parameter file (after
@@ -10,6 +10,9 @@ weights (``pipeline.model_dir.save_model_dir``). When the exported model is the 
 float32 weights of ``<train.out>/last.ckpt`` are the source, and the script prints the largest
 difference between float32 and float16 probabilities on a sample image. ``--stained-diameter``
 sets the canonical diameter of stained images (``stained_diameter`` in ``config.yaml``).
+``--last`` ships the run's last epoch (``<train.out>/last.ckpt``: weights, epoch, training time
+and scores) instead of ``predict.model`` (its best validation epoch), keeping the rest of that
+model directory's config.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,8 @@ def main() -> int:
     parser.add_argument("--stained-diameter", type=float, default=None, metavar="PX",
                         help="canonical nucleus diameter of stained images (default: the source model's, "
                              "else its diameter)")
+    parser.add_argument("--last", action="store_true",
+                        help="ship the last epoch (<train.out>/last.ckpt), not the best validation epoch")
     args = parser.parse_args()
     if args.stained_diameter is not None and not args.stained_diameter > 0:
         parser.error(f"--stained-diameter must be a positive number of pixels, got {args.stained_diameter}")
@@ -49,9 +55,16 @@ def main() -> int:
     # float32 weights of the checkpoint so that the comparison below measures the float16 loss
     ckpt_path = Path(params["train"]["out"]) / "last.ckpt"
     from_float32 = False
+    if args.last and not ckpt_path.is_file():
+        parser.error(f"--last: {ckpt_path} not found")
     if ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt["epoch"] == config.get("training", {}).get("epoch"):
+        training = config.setdefault("training", {})
+        if args.last:
+            training.update(epoch=ckpt["epoch"], time_s=round(float(ckpt["time_s"]), 1),
+                            scores={k: v for k, v in ckpt["history"][-1].items() if k != "epoch"},
+                            date=datetime.fromtimestamp(ckpt_path.stat().st_mtime, UTC).isoformat(timespec="seconds"))
+        if ckpt["epoch"] == training.get("epoch"):
             model.load_state_dict(ckpt["model"])
             from_float32 = True
     config["postprocess"] = thresholds(params["postprocess"], args.params)

@@ -21,7 +21,7 @@ import pipeline.trainer as trainer_module
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
-from pipeline.model_dir import load_model_dir
+from pipeline.model_dir import load_model_dir, save_model_dir
 from pipeline.train import as_config, fit, train
 from tests.train_fixtures import tiny_params, write_prepared
 
@@ -103,6 +103,21 @@ def test_init_starts_from_a_model_directory(data_root, tmp_path):
         train(other)
     with pytest.raises(NucleiError, match="model directory not found"):
         train(params_for(data_root, tmp_path / "e", init=str(tmp_path / "missing")))
+
+
+def test_init_starts_from_a_runs_last_checkpoint(data_root, tmp_path):
+    """``train.init`` naming ``last.ckpt`` starts from the last epoch's float32 weights."""
+    first = train(params_for(data_root, tmp_path / "a", lr=0.01))
+    checkpoint = load_checkpoint(first.parent / "last.ckpt")
+    tuned = train(params_for(data_root, tmp_path / "b", lr=1e-12, init=str(first.parent / "last.ckpt")))
+    model, _ = load_model_dir(tuned)
+    for key, value in model.state_dict().items():
+        if key.endswith("weight") and value.ndim == 4:
+            torch.testing.assert_close(value, checkpoint["model"][key].to(value.dtype), atol=1e-3, rtol=1e-3)
+    other = params_for(data_root, tmp_path / "c", init=str(first.parent / "last.ckpt"))
+    other["model"]["width"] = 8
+    with pytest.raises(NucleiError, match=r"last\.ckpt: train\.init has another architecture: width"):
+        train(other)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -484,3 +499,30 @@ def test_validation_score_means_over_images_or_over_sources():
     assert validation_score(sums, "image") == pytest.approx((0.8 * 8 + 0.9) / 9)
     assert validation_score(sums, "source") == pytest.approx((0.8 + 0.9) / 2)  # the empty source left out
     assert validation_score([1.0, 0.6, 2, 0.6, 2], "source") == pytest.approx(0.3)  # one source: the image mean
+
+
+def test_ship_model_last_ships_the_last_epochs_float32_checkpoint(data_root, tmp_path):
+    out = tmp_path / "run"
+    params = params_for(data_root, out, epochs=2, lr=0.01)
+    train(params)
+    # stand in for a best validation epoch before the last: epoch 1, other weights
+    best, best_config = load_model_dir(out / "model")
+    torch.nn.init.zeros_(next(best.parameters()))
+    best_config["training"]["epoch"] = 1
+    save_model_dir(out / "model", best, best_config)
+    params["predict"] = {"model": str(out / "model")}
+    params["evaluate"] = {"out": str(tmp_path / "no-metrics")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(params, default=str))))
+    command = [sys.executable, str(ROOT / "scripts" / "ship_model.py"), "--params", str(tmp_path / "params.yaml"),
+               "-o", str(tmp_path / "shipped"), "--last", "--stained-diameter", "24"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    model, config = load_model_dir(tmp_path / "shipped")
+    ckpt = load_checkpoint(out / "last.ckpt")
+    assert config["training"]["epoch"] == 2 and config["stained_diameter"] == 24
+    assert config["training"]["scores"]["train_loss"] == ckpt["history"][-1]["train_loss"]
+    assert config["training"]["time_s"] == round(float(ckpt["time_s"]), 1)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, ckpt["model"][key].float(), atol=2e-3, rtol=2e-3)
+    assert "float16 vs float32 probabilities" in result.stdout
