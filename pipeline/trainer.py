@@ -83,6 +83,12 @@ def sources_of(index, ids) -> np.ndarray:
     return index.set_index("id").loc[list(ids), "source"].to_numpy()
 
 
+def epoch_scores(row: dict) -> dict[str, float]:
+    """What a model directory records of one epoch's history ``row`` (``training.scores``): every
+    value but the epoch number, without those not measured that epoch (NaN: no validation)."""
+    return {k: float(v) for k, v in row.items() if k != "epoch" and not np.isnan(v)}
+
+
 class Trainer:
     """One training run of ``config`` (see the module docstring for the hooks).
 
@@ -303,7 +309,7 @@ class Trainer:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "epoch": epoch + 1,
             "epochs": self.cfg.epochs,
-            "scores": {k: float(v) for k, v in row.items() if k != "epoch" and not np.isnan(v)},
+            "scores": epoch_scores(row),
             "time_s": round(self.elapsed(), 1),
             "data": {
                 "train_images": len(self.train_ids),

@@ -33,6 +33,7 @@ from pipeline.inference import Predictor  # noqa: E402
 from pipeline.intensity import normalization_kwargs, normalize_image  # noqa: E402
 from pipeline.kaggle import read_kaggle_sample  # noqa: E402
 from pipeline.model_dir import load_model_dir, save_model_dir  # noqa: E402
+from pipeline.trainer import epoch_scores  # noqa: E402
 from pipeline.watershed import thresholds  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def main() -> int:
         training = config.setdefault("training", {})
         if args.last:
             training.update(epoch=ckpt["epoch"], time_s=round(float(ckpt["time_s"]), 1),
-                            scores={k: v for k, v in ckpt["history"][-1].items() if k != "epoch"},
+                            scores=epoch_scores(ckpt["history"][-1]),
                             date=datetime.fromtimestamp(ckpt_path.stat().st_mtime, UTC).isoformat(timespec="seconds"))
         if ckpt["epoch"] == training.get("epoch"):
             model.load_state_dict(ckpt["model"])
