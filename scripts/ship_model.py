@@ -9,7 +9,9 @@ Reads the trained model named by ``predict.model`` of the parameter file, replac
 weights (``pipeline.model_dir.save_model_dir``). When the exported model is the last epoch, the
 float32 weights of ``<train.out>/last.ckpt`` are the source, and the script prints the largest
 difference between float32 and float16 probabilities on a sample image. ``--stained-diameter``
-sets the canonical diameter of stained images (``stained_diameter`` in ``config.yaml``).
+sets the canonical diameter of stained images (``stained_diameter`` in ``config.yaml``); the
+validation figures are then recorded only if ``predict.model`` resized stained images to the
+same diameter (figures measured at another scale would not describe the shipped model).
 ``--last`` ships the run's last epoch (``<train.out>/last.ckpt``: weights, epoch, training time
 and scores) instead of ``predict.model`` (its best validation epoch), keeping the rest of that
 model directory's config.
@@ -69,10 +71,14 @@ def main() -> int:
             model.load_state_dict(ckpt["model"])
             from_float32 = True
     config["postprocess"] = thresholds(params["postprocess"], args.params)
+    evaluated_at = stained_diameter(config)  # what `nuclei predict` with this model resized stained images to
     if args.stained_diameter is not None:
         config["stained_diameter"] = args.stained_diameter
     metrics_file = Path(params["evaluate"]["out"]) / "details.json"  # every metric, by type too
-    if metrics_file.is_file():
+    if metrics_file.is_file() and stained_diameter(config) != evaluated_at:
+        print(f"{metrics_file}: not recorded: measured with stained images at {evaluated_at} px, shipped at "
+              f"{stained_diameter(config)} px; evaluate a model directory shipped with --stained-diameter first")
+    elif metrics_file.is_file():
         config.setdefault("training", {})["validation"] = json.loads(metrics_file.read_text())
     save_model_dir(args.out, model, config, half=True)
 
@@ -87,6 +93,11 @@ def main() -> int:
     b = Predictor(shipped, config, precision="fp32").predict(image)
     print(f"float16 vs float32 probabilities on {sample.name[:12]}: max |diff| {np.abs(a - b).max():.2e}")
     return 0
+
+
+def stained_diameter(config: dict) -> float | None:
+    """The nucleus diameter (px) a model directory's ``config`` resizes stained images to (None: no rescaling)."""
+    return config.get("stained_diameter") or config.get("diameter")
 
 
 if __name__ == "__main__":

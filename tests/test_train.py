@@ -526,3 +526,30 @@ def test_ship_model_last_ships_the_last_epochs_float32_checkpoint(data_root, tmp
         if value.is_floating_point():
             torch.testing.assert_close(value, ckpt["model"][key].float(), atol=2e-3, rtol=2e-3)
     assert "float16 vs float32 probabilities" in result.stdout
+
+
+def test_ship_model_records_validation_figures_only_at_the_stained_scale_they_were_measured(tmp_path):
+    """Figures of a model evaluated with stained images at 20 px do not describe it shipped at 24 px."""
+    from pipeline.networks import build_model
+
+    cfg = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
+    save_model_dir(tmp_path / "evaluated", build_model(cfg), {"model": cfg, "diameter": 20.0})
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "details.json").write_text(json.dumps({"dsb_score": 0.5, "n_images": 3}))
+    params = {"predict": {"model": str(tmp_path / "evaluated")}, "evaluate": {"out": str(tmp_path / "metrics")},
+              "train": {"out": str(tmp_path / "no-run")}, "postprocess": {"marker_threshold": 0.6}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def ship(name, *extra):
+        command = [sys.executable, str(ROOT / "scripts" / "ship_model.py"), "--params", str(tmp_path / "params.yaml"),
+                   "-o", str(tmp_path / name), *extra]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        return load_model_dir(tmp_path / name)[1], result.stdout
+
+    config, _ = ship("same", "--stained-diameter", "20")
+    assert config["training"]["validation"]["dsb_score"] == 0.5
+    assert config["postprocess"]["marker_threshold"] == 0.6
+    config, stdout = ship("rescaled", "--stained-diameter", "24")
+    assert config["stained_diameter"] == 24 and "validation" not in config.get("training", {})
+    assert "not recorded: measured with stained images at 20.0 px, shipped at 24.0 px" in stdout
