@@ -53,16 +53,14 @@ def make_example(name: str, image: np.ndarray, labels: np.ndarray, diameter: flo
                  targets_kwargs: dict) -> Example:
     """An :class:`Example` of ``image`` (float32 (H, W, 3) in [0, 1]) and ``labels`` (int32 (H, W))
     whose nuclei are ``diameter`` px, for a model directory's ``model_config``."""
-    from pipeline.image_types import HISTOLOGY
     from pipeline.intensity import normalization_kwargs, normalize_image
+    from pipeline.model_dir import canonical_diameter
     from pipeline.scale import scale_factor
     from pipeline.segmenter import image_type_of
     from pipeline.targets import rescaled_targets
 
     image_type = image_type_of(normalize_image(image, **normalization_kwargs(model_config)))
-    canonical = model_config.get("diameter")
-    if image_type == HISTOLOGY:
-        canonical = model_config.get("stained_diameter") or canonical
+    canonical = canonical_diameter(model_config, image_type)
     factor = scale_factor(diameter, canonical) if canonical else 1.0
     arrays = rescaled_targets(image.astype(np.float32), labels, factor, **targets_kwargs)
     arrays["weights"] = arrays["weights"].astype(np.float32)

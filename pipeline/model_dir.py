@@ -47,6 +47,16 @@ def available_model_dir() -> Path | None:
     return None
 
 
+def canonical_diameter(config: dict, image_type: str | None = None) -> float | None:
+    """The nucleus diameter (px) a model directory's ``config`` resizes images of ``image_type`` to:
+    ``stained_diameter`` for stained images (``'histology'``) when set, else ``diameter`` (None: no
+    rescaling). Unvalidated: :class:`pipeline.segmenter.Segmenter` checks both values."""
+    from pipeline.image_types import HISTOLOGY
+
+    stained = config.get("stained_diameter") if image_type == HISTOLOGY else None
+    return stained or config.get("diameter")
+
+
 def save_model_dir(path: str | Path, model: nn.Module, config: dict, half: bool = True) -> Path:
     """Write a model directory: ``weights.pt`` then ``config.yaml``, each atomically.
 

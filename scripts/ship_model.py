@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoints import load_checkpoint  # noqa: E402
 from pipeline.config import ROOT, load_params  # noqa: E402
+from pipeline.image_types import HISTOLOGY  # noqa: E402
 from pipeline.inference import Predictor  # noqa: E402
 from pipeline.intensity import normalization_kwargs, normalize_image  # noqa: E402
 from pipeline.kaggle import read_kaggle_sample  # noqa: E402
-from pipeline.model_dir import load_model_dir, save_model_dir  # noqa: E402
+from pipeline.model_dir import canonical_diameter, load_model_dir, save_model_dir  # noqa: E402
 from pipeline.trainer import epoch_scores  # noqa: E402
 from pipeline.watershed import thresholds  # noqa: E402
 
@@ -71,15 +72,16 @@ def main() -> int:
             model.load_state_dict(ckpt["model"])
             from_float32 = True
     config["postprocess"] = thresholds(params["postprocess"], args.params)
-    evaluated_at = stained_diameter(config)  # what `nuclei predict` with this model resized stained images to
+    evaluated_at = canonical_diameter(config, HISTOLOGY)  # what `nuclei predict` resized stained images to
     if args.stained_diameter is not None:
         config["stained_diameter"] = args.stained_diameter
+    shipped_at = canonical_diameter(config, HISTOLOGY)
     metrics_file = Path(params["evaluate"]["out"]) / "details.json"  # every metric, by type too
-    if metrics_file.is_file() and stained_diameter(config) != evaluated_at:
-        print(f"{metrics_file}: not recorded: measured with stained images at {evaluated_at} px, shipped at "
-              f"{stained_diameter(config)} px; evaluate a model directory shipped with --stained-diameter first")
-    elif metrics_file.is_file():
+    if metrics_file.is_file() and shipped_at == evaluated_at:
         config.setdefault("training", {})["validation"] = json.loads(metrics_file.read_text())
+    elif metrics_file.is_file():
+        print(f"{metrics_file}: not recorded: measured with stained images at {evaluated_at} px, shipped at "
+              f"{shipped_at} px; evaluate a model directory shipped with --stained-diameter first")
     save_model_dir(args.out, model, config, half=True)
 
     print(f"shipped {source} -> {args.out}")
@@ -93,11 +95,6 @@ def main() -> int:
     b = Predictor(shipped, config, precision="fp32").predict(image)
     print(f"float16 vs float32 probabilities on {sample.name[:12]}: max |diff| {np.abs(a - b).max():.2e}")
     return 0
-
-
-def stained_diameter(config: dict) -> float | None:
-    """The nucleus diameter (px) a model directory's ``config`` resizes stained images to (None: no rescaling)."""
-    return config.get("stained_diameter") or config.get("diameter")
 
 
 if __name__ == "__main__":

@@ -513,10 +513,7 @@ def test_ship_model_last_ships_the_last_epochs_float32_checkpoint(data_root, tmp
     params["predict"] = {"model": str(out / "model")}
     params["evaluate"] = {"out": str(tmp_path / "no-metrics")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(params, default=str))))
-    command = [sys.executable, str(ROOT / "scripts" / "ship_model.py"), "--params", str(tmp_path / "params.yaml"),
-               "-o", str(tmp_path / "shipped"), "--last", "--stained-diameter", "24"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
+    result = ship_model(tmp_path / "params.yaml", tmp_path / "shipped", "--last", "--stained-diameter", "24")
     model, config = load_model_dir(tmp_path / "shipped")
     ckpt = load_checkpoint(out / "last.ckpt")
     assert config["training"]["epoch"] == 2 and config["stained_diameter"] == 24
@@ -540,16 +537,19 @@ def test_ship_model_records_validation_figures_only_at_the_stained_scale_they_we
               "train": {"out": str(tmp_path / "no-run")}, "postprocess": {"marker_threshold": 0.6}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    def ship(name, *extra):
-        command = [sys.executable, str(ROOT / "scripts" / "ship_model.py"), "--params", str(tmp_path / "params.yaml"),
-                   "-o", str(tmp_path / name), *extra]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-        assert result.returncode == 0, result.stderr
-        return load_model_dir(tmp_path / name)[1], result.stdout
-
-    config, _ = ship("same", "--stained-diameter", "20")
+    ship_model(tmp_path / "params.yaml", tmp_path / "same", "--stained-diameter", "20")
+    config = load_model_dir(tmp_path / "same")[1]
     assert config["training"]["validation"]["dsb_score"] == 0.5
     assert config["postprocess"]["marker_threshold"] == 0.6
-    config, stdout = ship("rescaled", "--stained-diameter", "24")
+    stdout = ship_model(tmp_path / "params.yaml", tmp_path / "rescaled", "--stained-diameter", "24").stdout
+    config = load_model_dir(tmp_path / "rescaled")[1]
     assert config["stained_diameter"] == 24 and "validation" not in config.get("training", {})
     assert "not recorded: measured with stained images at 20.0 px, shipped at 24.0 px" in stdout
+
+
+def ship_model(params: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    """Run ``scripts/ship_model.py --params params -o out *options``; assert that it succeeded."""
+    command = [sys.executable, str(ROOT / "scripts" / "ship_model.py"), "--params", str(params), "-o", str(out), *options]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result
