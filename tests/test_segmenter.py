@@ -89,6 +89,25 @@ def test_small_nuclei_in_a_large_image_are_estimated_at_their_size():
     assert seg.estimate_diameter(seg.normalize(image)) == pytest.approx(median_diameter(true), rel=0.2)
 
 
+@pytest.mark.parametrize("moved, expected", [(1.1, [10.0]), (1.5, [10.0, 15.0])])
+def test_the_blob_estimate_is_refined_again_only_when_the_first_pass_moved_it(monkeypatch, moved, expected):
+    """The first refinement moves the prior (10 px) by ×1.1 (0.14 octave: converged, one network
+    pass) or by ×1.5 (0.58 octave: measured again at 15 px, and that answer taken)."""
+    seg = segmenter()
+    monkeypatch.setattr("pipeline.scale.strongest_blob", lambda *a, **k: 10.0)
+    asked: list[float] = []
+
+    def measure(image, diameter):
+        asked.append(diameter)
+        return diameter * (moved if len(asked) == 1 else 1.02)
+
+    monkeypatch.setattr(seg, "_measure", measure)
+    image, _ = disc_image(10)
+    estimate = seg.estimate_diameter(seg.normalize(image))
+    assert asked == pytest.approx(expected)
+    assert estimate == pytest.approx(expected[-1] * (moved if len(expected) == 1 else 1.02))
+
+
 @pytest.mark.parametrize("method", ["blob", "search"])
 def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
     """The scale-space prior peaks at the embryo (163 px, a quarter of the image's height is 75
