@@ -134,13 +134,13 @@ def diameter_problem(diameter: float, shape: tuple[int, ...]) -> str:
             f"{cap:g} px, a quarter of its shorter side): nuclei missed or merged, check --diameter")
 
 
-def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def blob_scale_space(image: np.ndarray, max_side: int = 512, dark: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Laplacian-of-Gaussian scale space of an image's bright blobs: one response per blob size.
 
     The scale-normalised response ``−σ² ∇²G_σ * image`` is computed for σ from 1.4 to 64 px
     (quarter octaves, on an image pyramid so that no filter is wider than σ = 4 px) on the grey
-    image (inverted when the background is bright, so that dark nuclei on bright-field or H&E
-    images count as blobs), shrunk to at most ``max_side`` px; its 99th percentile is the
+    image (inverted for dark nuclei, on bright-field or H&E images, so that they count as blobs),
+    shrunk to at most ``max_side`` px; its 99th percentile is the
     response at that σ, and ``2√2 σ`` (a disc of that diameter responds most at that σ), divided by
     :data:`BLOB_CALIBRATION`, the diameter. Scale-equivariant: the same image at twice the size
     gives twice the diameters.
@@ -159,6 +159,11 @@ def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray
     image : (H, W) or (H, W, C) float array, normalised to [0, 1]
     max_side : int
         The image is shrunk to at most this many px on its longer side first.
+    dark : bool, optional
+        Whether the nuclei are darker than their surroundings (stained and bright-field images).
+        None decides from the image: dark when its median grey level lies above the middle of its
+        range, which one saturated white patch in an H&E image can flip (give the image type's
+        answer when it is known).
 
     Returns
     -------
@@ -172,8 +177,10 @@ def blob_scale_space(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray
     grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
     if float(grey.max() - grey.min()) < 1e-6:
         return empty
-    if np.median(grey) > 0.5 * (float(grey.max()) + float(grey.min())):
-        grey = grey.max() - grey  # dark nuclei on a bright background
+    if dark is None:
+        dark = bool(np.median(grey) > 0.5 * (float(grey.max()) + float(grey.min())))
+    if dark:
+        grey = grey.max() - grey
     factor = min(1.0, max_side / max(grey.shape))
     shrunk = resize_image(grey, scaled_shape(grey.shape, factor)) if factor < 1 else grey
     sigmas = SCALE_SPACE_SIGMAS[3 * SCALE_SPACE_SIGMAS <= max(shrunk.shape)]

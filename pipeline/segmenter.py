@@ -44,7 +44,7 @@ SEARCH_OCTAVES = (-1, 0, 1, 2, 3)
 #: Side (px, at the network's scale) of the window each search pass looks at.
 SEARCH_WINDOW = 384
 #: The ``'blob'`` estimate is refined a second time only when the first refinement moved it by more than
-#: this many octaves. Below it, on grouped fold 0 of the five sources (116 of 159 images), the second pass
+#: this many octaves. Below it, on grouped fold 0 of the five sources (117 of 159 images), the second pass
 #: would have moved the estimate by a median 0.010 octave (at most 0.165), well inside the training zoom
 #: (±0.5 octave); skipping it changed each source's score by −0.002 to +0.005 and saves one network pass
 #: (``benchmarks/bench_refinement.py``, docs/decisions.md).
@@ -277,17 +277,24 @@ class Segmenter:
           pass. Each pass's implied diameter (median nucleus diameter / scale) is scored by those
           three signals; the best is refined once at its own scale.
 
+        ``'blob'`` looks for dark nuclei in stained images and bright ones in fluorescence, as the
+        image type says (the image's own grey levels can mislead: one white hole in H&E tissue made
+        its texture the nuclei, at a quarter of their size).
+
         Both keep the estimate at or under :func:`pipeline.scale.largest_diameter` (a quarter of
         the shorter side): beyond it, a bright structure such as an embryo or a tissue section is
         taken for one nucleus and every real nucleus is lost. When the prior lies beyond it,
         ``'blob'`` starts from the strongest scale-space peak under it instead, and from the
         canonical diameter when the network does not confirm that peak.
         """
-        if self.diameter is None or (image_type or image_type_of(image)) == BRIGHTFIELD:
+        if self.diameter is None:
+            return None
+        image_type = image_type or image_type_of(image)
+        if image_type == BRIGHTFIELD:
             return None
         method = method or self.estimator
         if method == "blob":
-            return self._estimate_blob(image)
+            return self._estimate_blob(image, dark=image_type == HISTOLOGY)
         if method == "search":
             return self._estimate_search(image)
         raise ValueError(f"method must be 'blob' or 'search', got {method!r}")
@@ -300,11 +307,11 @@ class Segmenter:
         d, _ = self._search_pass(image, scale)
         return float(np.median(d) / scale) if d.size >= 3 else None
 
-    def _estimate_blob(self, image: np.ndarray) -> float | None:
+    def _estimate_blob(self, image: np.ndarray, dark: bool | None = None) -> float | None:
         from pipeline.scale import blob_scale_space, strongest_blob
 
         cap = largest_diameter(image.shape)
-        scale_space = blob_scale_space(image)
+        scale_space = blob_scale_space(image, dark=dark)  # stained images: dark nuclei, whatever their grey levels
         prior = strongest_blob(*scale_space)
         if prior <= cap:
             starts = [prior]

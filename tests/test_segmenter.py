@@ -157,6 +157,26 @@ def test_stained_images_take_the_stained_object_threshold():
     assert seg.segment(stained, diameter=20).labels.max() == true.max()
 
 
+def test_a_white_hole_in_stained_tissue_does_not_flip_the_nuclei_to_bright():
+    """Textured tissue whose median grey lies below the middle of its range once a white hole
+    (a lumen, a saturated patch) sets the top: the image alone would have its bright texture
+    taken for nuclei (the prior at a quarter of their size); a stained image's nuclei are dark."""
+    from scipy import ndimage as ndi
+
+    from pipeline.scale import blob_scale_space, strongest_blob
+
+    _, true = disc_image(20, n=8)
+    texture = ndi.gaussian_filter(np.random.default_rng(0).normal(0, 1, true.shape), 1.5)
+    grey = np.where(true > 0, 40, 120 + 35 * texture / texture.std())
+    grey[10:50, 10:50] = 255  # the white hole
+    image = stain(np.dstack([np.clip(grey, 0, 255).astype(np.uint8)] * 3))
+    seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
+    normalized = seg.normalize(image)
+    assert strongest_blob(*blob_scale_space(normalized)) < 0.4 * median_diameter(true)  # by the image alone
+    assert seg.estimate_diameter(normalized) == pytest.approx(median_diameter(true), rel=0.25)
+    assert seg.segment(image).image_type == "histology"
+
+
 @pytest.mark.parametrize("given", [None, 20.0])
 def test_stained_images_reach_the_network_at_the_stained_diameter(given):
     """With ``stained_diameter`` 30 in the model's config, 20-px nuclei of a stained image are
