@@ -34,7 +34,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.io import load_npz, progress  # noqa: E402
 from pipeline.prepare import validation_index  # noqa: E402
 from pipeline.scale import median_diameter  # noqa: E402
-from pipeline.segmenter import Segmenter, image_type_of  # noqa: E402
+from pipeline.segmenter import Segmenter  # noqa: E402
 
 TOLERANCES = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, math.inf)
 
@@ -90,12 +90,11 @@ def main() -> None:
     rows, start = [], time.perf_counter()
     for item in progress(list(index.itertuples()), desc="images"):
         sample = load_npz(Path(data.prepared) / f"{item.id}.npz")
-        image = segmenter.normalize(sample["image"])
-        if image_type_of(image) == segmenter_module.BRIGHTFIELD or not sample["labels"].any():
+        if not sample["labels"].any():
             continue
-        steps = refinement_steps(segmenter, image)
+        steps = refinement_steps(segmenter, segmenter.normalize(sample["image"]))
         if len(steps) != 2 or steps[1][0] != steps[0][1] or steps[1][1] is None:
-            continue  # not confirmed twice from one start: the tolerance plays no part
+            continue  # bright-field (not estimated), or not confirmed twice from one start
         (prior, first), (_, second) = steps
         rows.append({"source": getattr(item, "source", ""), "id": item.id, "truth": median_diameter(sample["labels"]),
                      "prior": prior, "est1": first, "est2": second,
