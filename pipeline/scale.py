@@ -272,9 +272,33 @@ def strongest_blob(diameters: np.ndarray, response: np.ndarray, max_diameter: fl
     if max_diameter is None or diameters[best] <= max_diameter:
         return float(diameters[best])
     # a response still rising at max_diameter belongs to the larger structure
+    peaks = blob_peaks(diameters, response, max_diameter=max_diameter)
+    return float(peaks[np.argmax(response[np.searchsorted(diameters, peaks)])]) if peaks.size else float("nan")
+
+
+def blob_peaks(diameters: np.ndarray, response: np.ndarray, min_response: float = 0.0,
+               max_diameter: float = np.inf) -> np.ndarray:
+    """Diameters of the local peaks of a :func:`blob_scale_space`.
+
+    Parameters
+    ----------
+    diameters, response : (K,) float arrays
+    min_response : float
+        Only peaks whose response is at least this fraction of the strongest (0 to 1).
+    max_diameter : float
+        Only peaks at or below this diameter (px).
+
+    Returns
+    -------
+    peaks : (P,) float array
+        Increasing; a peak at either end of the scale space counts.
+    """
+    if not response.size:
+        return np.zeros(0)
     padded = np.pad(response, 1, constant_values=-np.inf)
     peaks = (response > padded[:-2]) & (response >= padded[2:]) & (diameters <= max_diameter)
-    return float(diameters[np.flatnonzero(peaks)[np.argmax(response[peaks])]]) if peaks.any() else float("nan")
+    peaks &= response >= min_response * response.max()
+    return diameters[peaks]
 
 
 def blob_diameter(image: np.ndarray, max_side: int = 512, max_diameter: float | None = None) -> float:

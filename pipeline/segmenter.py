@@ -49,6 +49,13 @@ SEARCH_WINDOW = 384
 #: (±0.5 octave); skipping it changed each source's score by −0.002 to +0.005 and saves one network pass
 #: (``benchmarks/bench_refinement.py``, docs/decisions.md).
 REFINE_OCTAVES = 0.25
+
+#: Scale-space peaks at least this fraction of the strongest response, more than √2 × the
+#: confirmed estimate, are refined too, and the larger size is taken when the network confirms
+#: it: the bright spots inside nuclei (the chromocenters of mouse nuclei, H&E grain) give a
+#: peak as strong as the nuclei's, and the network, shown them enlarged, confirms the spots.
+NESTED_RESPONSE = 0.9
+
 #: Pixels with P(nucleus) in this open interval count as ambiguous (confidence).
 AMBIGUOUS = (0.3, 0.7)
 #: Below this confidence a count is flagged as not to be trusted: the 2nd percentile of the stage-1
@@ -270,6 +277,9 @@ class Segmenter:
           scale) is segmented at the prior's scale and the median diameter of the nuclei found
           replaces the estimate when it is within an octave of it; a second refinement follows
           when the first moved the estimate by more than :data:`REFINE_OCTAVES`;
+          a larger scale-space peak nearly as strong (:data:`NESTED_RESPONSE`) is refined too
+          and taken when the network confirms it (the bright spots inside nuclei give such
+          a peak, and the network, shown them enlarged, confirms the spots);
         - ``'search'``: a first pass at five scales (:data:`SEARCH_OCTAVES`: nuclei of
           ``canonical · 2**k`` px brought to the canonical size). At the right scale the nuclei
           come out at about the canonical size and are confident; at too large a scale they are
@@ -308,7 +318,7 @@ class Segmenter:
         return float(np.median(d) / scale) if d.size >= 3 else None
 
     def _estimate_blob(self, image: np.ndarray, dark: bool | None = None) -> float | None:
-        from pipeline.scale import blob_scale_space, strongest_blob
+        from pipeline.scale import blob_peaks, blob_scale_space, strongest_blob
 
         cap = largest_diameter(image.shape)
         scale_space = blob_scale_space(image, dark=dark)  # stained images: dark nuclei, whatever their grey levels
@@ -320,18 +330,32 @@ class Segmenter:
             fitted = strongest_blob(*scale_space, max_diameter=cap)
             starts = [d for d in (fitted, min(self.diameter, cap)) if np.isfinite(d)]
         for start in starts:
-            estimate, confirmed = start, False
-            for _ in range(2):
-                measured = self._measure(image, estimate)
-                moved = abs(math.log2(measured / estimate)) if measured else math.inf
-                if moved > 1 or measured > cap:
-                    break
-                estimate, confirmed = measured, True
-                if moved <= REFINE_OCTAVES:  # converged: a second pass would move it by ~1 %
-                    break
+            estimate, confirmed = self._refine(image, start, cap)
             if confirmed:
                 break
+        if confirmed:  # nuclei with bright spots inside: the spots' peak, confirmed, beside the nuclei's
+            for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
+                if peak <= math.sqrt(2) * estimate:
+                    break
+                nested, nested_confirmed = self._refine(image, float(peak), cap)
+                if nested_confirmed and nested > math.sqrt(2) * estimate:
+                    return nested
         return float(estimate)
+
+    def _refine(self, image: np.ndarray, start: float, cap: float) -> tuple[float, bool]:
+        """The network's refinement of a diameter estimate ``start`` (px of ``image``), and whether
+        it confirmed it: measured within an octave and under ``cap``; measured once more when the
+        first pass moved it by more than :data:`REFINE_OCTAVES`."""
+        estimate, confirmed = start, False
+        for _ in range(2):
+            measured = self._measure(image, estimate)
+            moved = abs(math.log2(measured / estimate)) if measured else math.inf
+            if moved > 1 or measured > cap:
+                break
+            estimate, confirmed = measured, True
+            if moved <= REFINE_OCTAVES:  # converged: a second pass would move it by ~1 %
+                break
+        return float(estimate), confirmed
 
     def _estimate_search(self, image: np.ndarray) -> float | None:
         canonical, cap = self.diameter, largest_diameter(image.shape)

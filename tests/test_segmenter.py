@@ -108,6 +108,43 @@ def test_the_blob_estimate_is_refined_again_only_when_the_first_pass_moved_it(mo
     assert estimate == pytest.approx(expected[-1] * (moved if len(expected) == 1 else 1.02))
 
 
+@pytest.mark.parametrize(("larger_response", "confirms_larger", "expected_asked", "expected"), [
+    (0.95, True, [4.5, 16.0], 16.0),  # spots inside nuclei: the nuclei's peak, confirmed, wins
+    (0.95, False, [4.5, 16.0], 4.5),  # the network does not confirm the larger peak
+    (0.5, True, [4.5], 4.5),  # a weak larger peak (clusters, a tissue section) is not tried
+])
+def test_a_larger_scale_space_peak_as_strong_as_the_estimate_is_tried_too(
+        monkeypatch, larger_response, confirms_larger, expected_asked, expected):
+    """Mouse nuclei's chromocenters (bright spots of ~4.5 px inside 19-px nuclei) give a scale-space
+    peak as strong as the nuclei's, and the network, shown the image 4x enlarged, confirms the
+    spots (4 of 57 dense-tissue images): the larger peak is refined too and taken when confirmed."""
+    seg = segmenter()
+    diameters = np.array([3.0, 4.5, 6.0, 8.0, 11.0, 16.0, 22.0, 30.0])
+    response = np.array([0.5, 1.0, 0.7, 0.4, 0.6, larger_response, 0.5, 0.3])
+    monkeypatch.setattr("pipeline.scale.blob_scale_space", lambda *a, **k: (diameters, response))
+    asked: list[float] = []
+
+    def measure(image, diameter):
+        asked.append(diameter)
+        return diameter if diameter < 10 or confirms_larger else diameter / 3
+
+    monkeypatch.setattr(seg, "_measure", measure)
+    image, _ = disc_image(10)
+    assert seg.estimate_diameter(seg.normalize(image)) == pytest.approx(expected)
+    assert asked == pytest.approx(expected_asked)
+
+
+def test_blob_peaks_are_the_local_maxima_above_a_fraction_of_the_strongest():
+    from pipeline.scale import blob_peaks
+
+    diameters = np.array([3.0, 4.5, 6.0, 8.0, 11.0, 16.0, 22.0])
+    response = np.array([0.9, 0.5, 0.7, 0.4, 0.6, 1.0, 0.5])
+    assert blob_peaks(diameters, response).tolist() == [3.0, 6.0, 16.0]
+    assert blob_peaks(diameters, response, 0.8).tolist() == [3.0, 16.0]
+    assert blob_peaks(diameters, response, 0.0, max_diameter=12).tolist() == [3.0, 6.0]
+    assert blob_peaks(np.zeros(0), np.zeros(0)).size == 0
+
+
 @pytest.mark.parametrize("method", ["blob", "search"])
 def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
     """The scale-space prior peaks at the embryo (163 px, a quarter of the image's height is 75
