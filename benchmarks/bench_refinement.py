@@ -41,7 +41,8 @@ TOLERANCES = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, math.inf)
 
 def refinement_steps(segmenter: Segmenter, image: np.ndarray) -> list[tuple[float, float | None]]:
     """(diameter asked, diameter measured) of each refinement pass of the blob estimate of a
-    normalised image, both passes always run (empty for bright-field images)."""
+    normalised image, both passes always run (empty for bright-field images); the passes from
+    larger scale-space peaks (:data:`pipeline.segmenter.NESTED_RESPONSE`) follow the first two."""
     steps, measure = [], segmenter._measure
 
     def logged(im, diameter):
@@ -93,9 +94,9 @@ def main() -> None:
         if not sample["labels"].any():
             continue
         steps = refinement_steps(segmenter, segmenter.normalize(sample["image"]))
-        if len(steps) != 2 or steps[1][0] != steps[0][1] or steps[1][1] is None:
+        if len(steps) < 2 or steps[1][0] != steps[0][1] or steps[1][1] is None:
             continue  # bright-field (not estimated), or not confirmed twice from one start
-        (prior, first), (_, second) = steps
+        (prior, first), (_, second) = steps[:2]  # the passes from the prior; larger peaks' after
         rows.append({"source": getattr(item, "source", ""), "id": item.id, "truth": median_diameter(sample["labels"]),
                      "prior": prior, "est1": first, "est2": second,
                      "first": math.log2(first / prior), "second": math.log2(second / first)})
