@@ -1,6 +1,7 @@
 """Image types over every labelled source: the rule of :func:`pipeline.image_types.classify_image`, as
 ``prepare`` applies it (raw images) and as ``nuclei segment`` does (normalised, optionally under the
-acquisition shifts of ``bench_robustness.py`` that keep the type: uneven illumination, noise, ×2).
+acquisition shifts of ``bench_robustness.py`` that keep the type: uneven illumination, noise, ×2,
+and fluorescence as a composite with a cell marker).
 
 Usage::
 
@@ -24,9 +25,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_robustness import shifted as robustness_shift  # noqa: E402
 from pipeline.image_types import FLUO_LARGE, FLUO_SMALL, HISTOLOGY, classify_image  # noqa: E402
 from pipeline.intensity import normalize_image  # noqa: E402
-from pipeline.io import progress, read_image, to_uint8  # noqa: E402
+from pipeline.io import progress, read_image, read_labels, to_uint8  # noqa: E402
 from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample  # noqa: E402
 from pipeline.scale import resize_image  # noqa: E402
 from pipeline.segmenter import image_type_of  # noqa: E402
@@ -34,31 +36,32 @@ from pipeline.segmenter import image_type_of  # noqa: E402
 EXPECTED = {"tissue_fluo_e2f": "fluo", "he_cpm15": HISTOLOGY, "he_gbm40": HISTOLOGY, "he_tcga_glioma": HISTOLOGY}
 
 
-def shifted(image: np.ndarray) -> dict[str, np.ndarray]:
-    """The image (float32 (H, W, 3) in [0, 1]) as is, under uneven illumination, with noise, at ×2."""
+def shifted(image: np.ndarray, labels: np.ndarray, fluorescence: bool) -> dict[str, np.ndarray]:
+    """The image (float32 (H, W, 3) in [0, 1]) as is, under ``bench_robustness.py``'s uneven
+    illumination, with noise, at ×2, and (fluorescence only) as its composite: nuclei in blue
+    beside a cell marker in green (``labels``, int (H, W), place the cells)."""
     h, w = image.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    r2 = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
-    vignette = 1.0 - 0.4 * r2 / 2.0
-    ramp = 0.15 * xx / max(w - 1, 1)
     rng = np.random.default_rng(0)
-    return {
+    out = {
         "as is": image,
-        "uneven": np.clip(image * vignette[..., None] + ramp[..., None], 0, 1),
+        "uneven": robustness_shift("uneven", to_uint8(image), labels, 0)[0],
         "noise": np.clip(image + rng.normal(0, 0.05, image.shape).astype(np.float32), 0, 1),
         "x2": resize_image(image, (2 * h, 2 * w)),
     }
+    if fluorescence:
+        out["composite"] = robustness_shift("composite", to_uint8(image), labels, 0)[0]
+    return out
 
 
 def images(dsb: Path, extra: Path, every: int):
-    """Yield ``(source, expected type, image float32 (H, W, 3))``."""
+    """Yield ``(source, expected type, image float32 (H, W, 3), labels int32 (H, W))``."""
     if dsb.is_dir():
         for i in list_kaggle_ids(dsb)[::every]:
-            image, _ = read_kaggle_sample(dsb / i, masks=False)
-            yield "dsb2018", classify_image(image), image.astype(np.float32) / 255
+            image, labels = read_kaggle_sample(dsb / i)
+            yield "dsb2018", classify_image(image), image.astype(np.float32) / 255, labels
     for source in sorted(p.name for p in extra.iterdir() if (p / "images").is_dir()) if extra.is_dir() else []:
         for f in sorted((extra / source / "images").iterdir())[::every]:
-            yield source, EXPECTED.get(source, "?"), read_image(f)
+            yield source, EXPECTED.get(source, "?"), read_image(f), read_labels(extra / source / "labels" / f"{f.stem}.tif")
 
 
 def main() -> None:
@@ -68,26 +71,27 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="every n-th image of each source")
     args = parser.parse_args()
     rows = []
-    for source, expected, image in progress(images(args.dsb, args.extra, args.every), desc="types"):
+    for source, expected, image, labels in progress(images(args.dsb, args.extra, args.every), desc="types"):
         row = {"source": source, "expected": expected, "raw": classify_image(to_uint8(image))}
-        for name, variant in shifted(image).items():
+        for name, variant in shifted(image, labels, expected in (FLUO_SMALL, FLUO_LARGE, "fluo")).items():
             row[name] = image_type_of(normalize_image(variant))
         rows.append(row)
     if not rows:
         sys.exit(f"no images under {args.dsb} or {args.extra}")
     table = pd.DataFrame(rows).replace({FLUO_SMALL: "fluo", FLUO_LARGE: "fluo"})
     table["expected"] = table["expected"].replace({FLUO_SMALL: "fluo", FLUO_LARGE: "fluo"})
-    conditions = ["raw", "as is", "uneven", "noise", "x2"]
+    conditions = ["raw", "as is", "uneven", "noise", "x2", "composite"]
     print(f"{'source':<16} {'expected':<12} {'n':>4}  " + "  ".join(f"{c:>7}" for c in conditions)
           + "   (share of images typed as expected)")
     for (source, expected), group in table.groupby(["source", "expected"], sort=True):
-        shares = [(group[c] == expected).mean() for c in conditions]
+        shares = [(group[c].dropna() == expected).mean() for c in conditions]
         print(f"{source:<16} {expected:<12} {len(group):>4}  " + "  ".join(f"{s:7.3f}" for s in shares))
         wrong = group[conditions].where(group[conditions].ne(expected)).stack().value_counts()
         if len(wrong):
             print(" " * 35 + "wrong: " + ", ".join(f"{k} {v}" for k, v in wrong.items()))
-    total = (table[conditions].to_numpy() == table[["expected"]].to_numpy()).mean()
-    print(f"all {len(table)} images x {len(conditions)} conditions typed as expected: {total:.4f}")
+    typed = table[conditions].stack().dropna()  # composites of fluorescence images only
+    total = (typed == table["expected"].reindex(typed.index, level=0)).mean()
+    print(f"all {len(table)} images, {len(typed)} images x conditions, typed as expected: {total:.4f}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ and counting error are printed per source too. Conditions, applied to the image 
   blue channel alone (Hoechst, DAPI); stained images are left as they are;
 - ``tint``: every image through a colour camera whose white balance is off under a halogen lamp
   (channel gains :data:`TINT`: yellowish);
-- ``composite``: a grey image's nuclear stain in blue beside a whole-cell marker in green (each
-  nucleus's cell body, the nucleus grown by its radius, at a random level, as bright as the
-  nuclei); stained images are left as they are.
+- ``composite``: a fluorescence image's nuclear stain in blue beside a whole-cell marker in green
+  (each nucleus's cell body, the nucleus grown by its radius, at a random level, as bright as the
+  nuclei); stained and bright-field images are left as they are.
 - ``uneven``: uneven illumination, as a wide-field microscope's: the image times a vignette that
   falls from 1 at the centre to :data:`VIGNETTE` in the corners, plus a background ramp rising
   across the image to :data:`RAMP` of its 1–99 % range (stray light, autofluorescence).
@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import as_config, load_params  # noqa: E402
-from pipeline.image_types import BRIGHTFIELD  # noqa: E402
+from pipeline.image_types import BRIGHTFIELD, classify_image  # noqa: E402
 from pipeline.inference import TTA_MODES  # noqa: E402
 from pipeline.io import load_npz, write_csv  # noqa: E402
 from pipeline.metrics import group_summary, image_metrics  # noqa: E402
@@ -138,8 +138,8 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
     if condition == "tint":  # a colour camera under a halogen lamp, white balance off: yellowish
         return np.clip(grey * TINT, 0, 255).astype(np.uint8), labels
     if condition == "composite":
-        if np.ptp(image, axis=-1).any():  # stained: already in colour
-            return image, labels
+        if np.ptp(image, axis=-1).any() or classify_image(image) == BRIGHTFIELD:  # stained, bright-field: no
+            return image, labels  # fluorescent nuclear stain to combine
         import cv2
         from skimage.segmentation import expand_labels
 
