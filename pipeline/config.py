@@ -264,6 +264,7 @@ class AugmentConfig(Section):
     blur_sigma: list[float] = setting([0.5, 2.0], positive_range)
     dim_saturate: bool | float = setting(True, switch)
     stain: bool | float = setting(True, switch)
+    dab: bool | float = setting(False, switch)
     noise: bool | float = setting(True, switch)
     low_bits: bool | float = setting(True, switch)
     jpeg: bool | float = setting(True, switch)

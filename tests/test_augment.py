@@ -269,3 +269,46 @@ def test_acquisition_steps_are_deterministic_and_bounded():
     b = aug(*sample, seed=11)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert a[0].dtype == np.float32 and 0.0 <= a[0].min() and a[0].max() <= 1.0
+
+
+def test_dab_turns_some_stained_nuclei_brown_and_fades_eosin():
+    """Immunohistochemistry from an H&E crop: the nuclei picked turn brown (blue absorbed most,
+    unlike haematoxylin's purple), the pink eosin background fades towards white, the targets
+    are untouched; grey crops are left alone; off by default, and drawing nothing while off, so
+    the shipped model's recipe and its crops are unchanged."""
+    from skimage.color import hed2rgb
+
+    from pipeline.augment import acquisition_shift, dab_stain
+    from pipeline.config import AugmentConfig
+
+    assert AugmentConfig().dab is False
+    yy, xx = np.mgrid[:96, :128]
+    centres = [(24 + 48 * (k // 4), 16 + 32 * (k % 4)) for k in range(8)]
+    mask = np.zeros((96, 128), np.uint8)
+    for cy, cx in centres:
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 < 10**2] = 1
+    he = hed2rgb(np.dstack([mask * 0.15, np.full(mask.shape, 0.05), np.zeros(mask.shape)])).astype(np.float32)
+    r, g, b = he[centres[0]]
+    assert b > g  # haematoxylin: purple-blue
+    brown = purple = 0
+    for seed in range(6):
+        out = dab_stain(he, mask, np.random.default_rng(seed))
+        assert out.shape == he.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+        assert out[mask == 0].mean(axis=0).min() >= he[mask == 0].mean(axis=0).min() - 1e-6  # eosin faded
+        _, g, b = out[tuple(np.transpose(centres))].T
+        brown += int((b < g).sum())  # DAB absorbs blue most
+        purple += int((b > g).sum())
+    assert brown > 0 and purple > 0  # some nuclei brown, not all of them always
+    grey = np.repeat(he.mean(axis=-1, keepdims=True), 3, axis=-1)
+    np.testing.assert_array_equal(acquisition_shift(grey, mask, np.random.default_rng(0), {"dab": 1.0}), grey)
+    assert not np.array_equal(acquisition_shift(he, mask, np.random.default_rng(2), {"dab": 1.0}), he)
+    rng_off, rng_before = np.random.default_rng(2), np.random.default_rng(2)
+    acquisition_shift(he, mask, rng_off, {"dab": 0})
+    acquisition_shift(he, mask, rng_before, {})  # the recipe before the step existed
+    assert rng_off.random() == rng_before.random()  # off: no draw
+    sample = disc_sample()
+    colour = (sample[0] * np.array([0.9, 0.5, 0.8], np.float32)).astype(np.float32)
+    aug = build_augmentation({**OFF, "dab": 1.0}, train=True)
+    image, *targets = aug(colour, *sample[1:], seed=4)
+    assert not np.array_equal(image, colour)
+    assert all(np.array_equal(t, s) for t, s in zip(targets, sample[1:], strict=True))
