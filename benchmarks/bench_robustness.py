@@ -20,8 +20,9 @@ and counting error are printed per source too. Conditions, applied to the image 
 - ``blur``: Gaussian blur, σ = 2 px;
 - ``stain``: H&E stain jitter in HED space (every stain scaled ×0.75–1.25, fixed seed);
 - ``ihc``: immunohistochemistry of a nuclear antigen (Ki-67, ER) on a stained image: haematoxylin
-  counterstain alone (eosin removed) and half of the nuclei DAB-positive, brown (:data:`DAB`: their
-  haematoxylin moved into DAB; edges softened by σ 1 px); other images are left as they are. The
+  counterstain alone (eosin removed) and half of the nuclei DAB-positive, brown (:data:`DAB`,
+  :func:`pipeline.augment.dab_stain`: their haematoxylin moved into DAB); other images are left as
+  they are. The
   brown follows the true outlines, so this measures whether brown nuclei are found (AP@0.5,
   counts) more than how well they are outlined;
 - ``blue``: a grey image (fluorescence, bright-field) recorded in colour, its grey level in the
@@ -140,17 +141,11 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
     if condition == "ihc":
         if not np.ptp(image, axis=-1).any():  # not stained
             return image, labels
-        import cv2
-        from skimage.color import hed2rgb, rgb2hed
+        from pipeline.augment import dab_stain
 
-        hed = rgb2hed(np.clip(grey / 255.0, 1e-6, 1.0))
         positive = np.concatenate([[False], rng.random(int(labels.max())) < DAB["positive"]])[labels]
-        soft = cv2.GaussianBlur(positive.astype(np.float32), (0, 0), 1.0)
-        h = hed[..., 0] - hed[..., 0].min()
-        out = np.zeros_like(hed)
-        out[..., 0] = hed[..., 0] - (1 - DAB["haematoxylin"]) * soft * h
-        out[..., 2] = DAB["dab"] * soft * h
-        return np.clip(hed2rgb(out) * 255, 0, 255).astype(np.uint8), labels
+        out = dab_stain(grey / 255.0, positive, DAB["haematoxylin"], DAB["dab"])
+        return np.clip(out * 255, 0, 255).astype(np.uint8), labels
     if condition == "blue":
         if np.ptp(image, axis=-1).any():  # stained: already in colour
             return image, labels

@@ -37,7 +37,7 @@ Acquisition (the image only, on its raw values, in the order a microscope would 
 - ``dab`` (default off): on colour images, immunohistochemistry of a nuclear antigen (Ki-67, ER)
   made from the crop: in HED space eosin scaled by [0, 0.3] and a share in [0, 1] of the nuclei
   (components of the nucleus mask) DAB-positive, their haematoxylin times [0.1, 0.5] and DAB
-  [0.5, 1.5] times it, edges softened by σ 1 px (:func:`dab_stain`; p 0.3 when switched on);
+  [0.5, 1.5] times it, edges softened by σ 1 px (:func:`random_dab`; p 0.3 when switched on);
 - ``noise``: Gaussian noise, σ in [0.005, 0.05] of the full range (p 0.3); the same in every
   channel of a grey image (a grey camera's), per channel in a colour one;
 - ``low_bits``: quantisation to 6–8 bits (p 0.3);
@@ -169,31 +169,41 @@ def _hed_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return hed2rgb(hed).astype(np.float32)
 
 
-def dab_stain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Immunohistochemistry made from a stained crop (module docstring, ``dab``).
+def dab_stain(image: np.ndarray, positive: np.ndarray, haematoxylin: float = 0.3, dab: float = 1.0,
+              eosin: float = 0.0) -> np.ndarray:
+    """Immunohistochemistry of a nuclear antigen made from a stained image, in HED space
+    (``skimage.color.rgb2hed``): the ``positive`` nuclei keep ``haematoxylin`` of their
+    haematoxylin optical density and take ``dab`` times it as DAB (brown), edges softened by
+    σ 1 px; eosin is scaled by ``eosin`` (a haematoxylin counterstain has none).
 
     Parameters
     ----------
-    image : (H, W, 3) float32 RGB in [0, 1]
-    mask : (H, W) uint8, 1 on nuclei; its 4-connected components are the nuclei
-    rng : numpy Generator
+    image : (H, W, 3) float RGB in [0, 1]
+    positive : (H, W) bool, the DAB-positive nuclei's pixels
 
     Returns
     -------
-    image : (H, W, 3) float32 RGB in [0, 1]: eosin faded, the chosen nuclei brown
+    image : (H, W, 3) float32 RGB in [0, 1]
     """
     from skimage.color import hed2rgb, rgb2hed
 
     hed = rgb2hed(np.clip(image, 1e-6, 1.0))
+    soft = cv2.GaussianBlur(positive.astype(np.float32), (0, 0), 1.0)
+    density = hed[..., 0] - hed[..., 0].min()
+    out = np.zeros_like(hed)
+    out[..., 0] = hed[..., 0] - (1 - haematoxylin) * soft * density
+    out[..., 1] = hed[..., 1] * eosin
+    out[..., 2] = dab * soft * density
+    return np.clip(hed2rgb(out), 0.0, 1.0).astype(np.float32)
+
+
+def random_dab(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`dab_stain` of a stained crop with random settings (module docstring, ``dab``):
+    a share in [0, 1] of the nuclei (4-connected components of ``mask``, (H, W) uint8) positive,
+    haematoxylin kept [0.1, 0.5], DAB [0.5, 1.5], eosin [0, 0.3]; float32 (H, W, 3) in [0, 1]."""
     n, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
     chosen = np.concatenate([[False], rng.random(max(n - 1, 0)) < rng.uniform(0, 1)])
-    positive = cv2.GaussianBlur(chosen[components].astype(np.float32), (0, 0), 1.0)
-    haematoxylin = hed[..., 0] - hed[..., 0].min()
-    out = np.zeros_like(hed)
-    out[..., 0] = hed[..., 0] - rng.uniform(0.5, 0.9) * positive * haematoxylin
-    out[..., 1] = hed[..., 1] * rng.uniform(0, 0.3)
-    out[..., 2] = rng.uniform(0.5, 1.5) * positive * haematoxylin
-    return np.clip(hed2rgb(out), 0.0, 1.0).astype(np.float32)
+    return dab_stain(image, chosen[components], rng.uniform(0.1, 0.5), rng.uniform(0.5, 1.5), rng.uniform(0, 0.3))
 
 
 def vignette(shape: tuple[int, int], centre: tuple[float, float], radius: float, edge_gain: float) -> np.ndarray:
@@ -274,7 +284,7 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     if colour and rng.random() < p.get("stain", 0):
         image = _hed_jitter(image, rng)
     if colour and p.get("dab", 0) and rng.random() < p["dab"]:
-        image = dab_stain(image, mask, rng)
+        image = random_dab(image, mask, rng)
     if rng.random() < p.get("noise", 0):
         # grey noise on a grey image: per-channel noise would make fluorescence look coloured and
         # pipeline.intensity would average it back to grey, at a third of the variance

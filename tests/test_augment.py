@@ -278,7 +278,7 @@ def test_dab_turns_some_stained_nuclei_brown_and_fades_eosin():
     the shipped model's recipe and its crops are unchanged."""
     from skimage.color import hed2rgb
 
-    from pipeline.augment import acquisition_shift, dab_stain
+    from pipeline.augment import acquisition_shift, random_dab
     from pipeline.config import AugmentConfig
 
     assert AugmentConfig().dab is False
@@ -292,7 +292,7 @@ def test_dab_turns_some_stained_nuclei_brown_and_fades_eosin():
     assert b > g  # haematoxylin: purple-blue
     brown = purple = 0
     for seed in range(6):
-        out = dab_stain(he, mask, np.random.default_rng(seed))
+        out = random_dab(he, mask, np.random.default_rng(seed))
         assert out.shape == he.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
         assert out[mask == 0].mean(axis=0).min() >= he[mask == 0].mean(axis=0).min() - 1e-6  # eosin faded
         _, g, b = out[tuple(np.transpose(centres))].T
