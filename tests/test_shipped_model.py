@@ -17,9 +17,10 @@ MODEL = ROOT / "models" / "default"
 #: DSB2018 score of the shipped model on the embedded sample, CPU, as `nuclei segment` runs it
 #: (test-time augmentation 'auto': the four flips for all 20 images; diameter estimated per image,
 #: the two bright-field images at the canonical diameter, stained images at stained_diameter 24 px;
-#: the w16 d5 generalist, three stages on grouped folds 1-4 of the five sources; 866 nuclei for
-#: 999). The previous w16 d4 generalist (stage 5): 0.5924, 876 nuclei; DSB2018 only: 0.5979, 938.
-SHIPPED_SCORE = 0.5974
+#: the w16 d5 generalist, four stages on grouped folds 1-4 of the five sources, the last with
+#: immunohistochemistry made from stained crops; 882 nuclei for 999). Its stage 3: 0.5974, 866
+#: nuclei; the w16 d4 generalist (stage 5): 0.5924, 876 nuclei; DSB2018 only: 0.5979, 938.
+SHIPPED_SCORE = 0.5925
 FLOOR = SHIPPED_SCORE - 0.025  # room for other CPUs' floating-point paths, not for regressions
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
     assert len(shapes) == 20
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
     assert summary["dsb_score"] >= FLOOR, summary
-    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 866 vs 999
+    assert abs(summary["n_pred"] - summary["n_true"]) / summary["n_true"] < 0.2  # 882 vs 999
 
 
 def nuclei_like(diameter: float, n: int = 5, seed: int = 0):
