@@ -310,8 +310,8 @@ def is_tinted_grey(image: np.ndarray) -> bool:
         return False
     if abs(float(axes[:, -1] @ mean)) / norm < np.cos(np.radians(TINT_ANGLE)):
         return False
-    level = tiles.mean(axis=1, keepdims=True)
-    chroma = float((tiles / np.maximum(level, 1e-12)).std(axis=0).mean())
+    chromaticity = tiles / np.maximum(tiles.mean(axis=1, keepdims=True), 1e-12)  # colour ÷ tile level
+    chroma = float(chromaticity.std(axis=0).mean())
     return chroma < TINT_CHROMA or np.sqrt(off) < TINT_LINE * float(mean.mean())
 
 
@@ -370,7 +370,7 @@ def colourfulness(image: np.ndarray, block: int = 1) -> float:
     a tile): pixel noise that is independent in each channel averages out, while a stain's colour,
     the same over many pixels, stays.
     """
-    tiles = _tiles(np.asarray(image, dtype=np.float32), block).mean(axis=1)
+    tiles = _tile_means(image, block)
     return float(np.abs(tiles - tiles.mean(axis=-1, keepdims=True)).mean())
 
 
@@ -412,7 +412,7 @@ def is_transmitted(image: np.ndarray) -> bool:
     ----------
     image : (H, W, C) float array, e.g. in [0, 1], black at 0
     """
-    tiles = _tiles(np.asarray(image, dtype=np.float32), COLOUR_BLOCK).mean(axis=1)
+    tiles = _tile_means(image)
     level = tiles.mean(axis=-1)
     brightest = tiles[level >= np.quantile(level, 1 - BRIGHTEST_SHARE)].mean(axis=0)
     return float(brightest.min()) >= TRANSMITTED * float(brightest.max())
@@ -440,7 +440,7 @@ def stain_colour(image: np.ndarray) -> float:
     ----------
     image : (H, W, C) float array, e.g. in [0, 1]
     """
-    tiles = _tiles(np.asarray(image, dtype=np.float32), COLOUR_BLOCK).mean(axis=1)
+    tiles = _tile_means(image)
     level = tiles.mean(axis=-1)
     lit = np.flatnonzero(level >= TINT_DARK * np.percentile(level, 99))
     if lit.size == 0:
@@ -460,6 +460,12 @@ def _tiles(image: np.ndarray, block: int) -> np.ndarray:
         tiles = image[:h, :w].reshape(h // block, block, w // block, block, c).swapaxes(1, 2)
         return tiles.reshape(-1, block * block, c)
     return image.reshape(-1, 1, c)
+
+
+def _tile_means(image: np.ndarray, block: int = COLOUR_BLOCK) -> np.ndarray:
+    """(tiles, C) float32 mean colour of each ``block`` × ``block`` tile of an (H, W, C) image
+    (:func:`_tiles`)."""
+    return _tiles(np.asarray(image, dtype=np.float32), block).mean(axis=1)
 
 
 def subsample(image: np.ndarray, n_pixels: int = 250_000) -> np.ndarray:
