@@ -1,21 +1,25 @@
-"""Pack the prepared training set into one small archive, to carry it to another machine.
+"""Pack the prepared training set into small archives, to carry it to another machine.
 
 ``nuclei prepare`` writes one ``.npz`` per image (RGB uint8 image + int32 labels) and
-``index.csv``; stage1_train makes 72 MB of them. :func:`pack_prepared` re-encodes every image as
-a PNG — one channel where R = G = B, as for most fluorescence images — and its labels as a 16-bit
-PNG, in one uncompressed tar (stage1_train: 46.6 MiB, under the 50 MiB that can travel to a GPU
-machine). :func:`unpack_prepared` writes the identical ``.npz`` files and index back; the
-targets are then rebuilt there with ``nuclei targets``::
+``index.csv``; stage1_train makes 72 MB of them, the five sources of the generalist 153 MB.
+:func:`pack_prepared` re-encodes every image as a PNG — one channel where R = G = B, as for most
+fluorescence images — and its labels as a 16-bit PNG, in uncompressed tars: stage1_train 46.6 MiB,
+the five sources 100.3 MiB. A GPU machine takes at most 64 MiB with the repository (about 26 MiB
+of it), so ``--part-mib`` splits the archive into parts of whole samples, carried one call at a
+time, the indexes in the last part. :func:`unpack_prepared` writes the identical ``.npz`` files and
+indexes back; the targets are then rebuilt there with ``nuclei targets``::
 
-    python -m pipeline.pack pack data/full/prepared carry/prepared.tar     # carry/ is ignored by git
-    python -m pipeline.pack unpack carry/prepared.tar data/full/prepared
+    python -m pipeline.pack pack data/generalist/prepared carry/prepared.tar --part-mib 30
+    python -m pipeline.pack unpack carry/prepared.1-of-4.tar data/generalist/prepared   # each part
 
-Unpacking needs only numpy and OpenCV, so that a bare GPU machine can do it.
+Unpacking needs only numpy and OpenCV, so that a bare GPU machine can do it. A folder is complete
+once it has its index: the last part checks that every sample the index names is there.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import sys
 import tarfile
@@ -82,39 +86,84 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def pack_prepared(prepared: str | Path, archive: str | Path) -> int:
-    """Write the prepared folder ``prepared`` (``index.csv`` + ``<id>.npz``, or a folder of such
-    sources) into the tar ``archive``.
+#: The member of a part (:func:`pack_prepared` with ``part_bytes``) that says which: ``"<k> of <n>"``.
+PART = "part.txt"
 
-    Returns the archive's size in bytes. Raises NucleiError naming a missing or unreadable index
-    (:func:`pipeline.prepare.read_index`) or sample file.
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> int:
+    """Bytes that ``members`` (name, data) take in a tar: a 512-byte header each, data in 512-byte blocks."""
+    block = tarfile.BLOCKSIZE
+    return sum(block + -(-len(data) // block) * block for _, data in members)
+
+
+def _parts(samples: list[list[tuple[str, bytes]]], indexes: list[tuple[str, bytes]],
+           part_bytes: int | None) -> list[list[tuple[str, bytes]]]:
+    """The members of each archive: whole samples in order, the indexes last, each archive at most
+    ``part_bytes`` (None: one archive)."""
+    room = None if part_bytes is None else part_bytes - 2 * tarfile.RECORDSIZE  # end marker, padding, PART
+    parts, used = [[]], 0
+    for members in [*samples, indexes]:
+        size = _tar_bytes(members)
+        if room is not None and size > room:
+            raise NucleiError(f"{members[0][0]}: {size / 2**20:.1f} MiB packed, more than a part of "
+                              f"{part_bytes / 2**20:.1f} MiB")
+        if room is not None and used + size > room:
+            parts.append([])
+            used = 0
+        parts[-1] += members
+        used += size
+    return parts
+
+
+def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | None = None) -> list[Path]:
+    """Write the prepared folder ``prepared`` (``index.csv`` + ``<id>.npz``, or a folder of such
+    sources) into the tar ``archive``; with ``part_bytes``, when it does not fit in that many bytes,
+    into parts ``<stem>.<k>-of-<n>.tar`` of whole samples, the indexes in the last.
+
+    Returns the archives written. Raises NucleiError naming a missing or unreadable index
+    (:func:`pipeline.prepare.read_index`) or sample file, or a sample larger than a part.
     """
     from pipeline.prepare import read_index  # here, not at the top: unpacking needs no scipy
 
     prepared, archive = Path(prepared), Path(archive)
     ids = read_index(prepared, ("id",))["id"].tolist()
     indexes = [prepared / INDEX] if (prepared / INDEX).exists() else sorted(prepared.glob(f"*/{INDEX}"))
+    samples = []
+    for sample_id in progress(ids, desc="pack", unit="img"):
+        path = prepared / f"{sample_id}.npz"
+        arrays = load_npz(path)
+        try:
+            image_png, labels_png = encode_sample(arrays["image"], arrays["labels"])
+        except (KeyError, NucleiError) as exc:
+            raise NucleiError(f"{path}: cannot pack ({exc})") from None
+        samples.append([(f"{sample_id}/image.png", image_png), (f"{sample_id}/labels.png", labels_png)])
+    parts = _parts(samples, [(index.relative_to(prepared).as_posix(), index.read_bytes()) for index in indexes],
+                   part_bytes)
+    n = len(parts)
+    names = [archive] if n == 1 else [archive.with_name(f"{archive.stem}.{k}-of-{n}{archive.suffix}")
+                                      for k in range(1, n + 1)]
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(archive) as tmp, tarfile.open(tmp, "w") as tar:
-        for index in indexes:  # one source's, or each of a folder of sources
-            _add(tar, index.relative_to(prepared).as_posix(), index.read_bytes())
-        for sample_id in progress(ids, desc="pack", unit="img"):
-            path = prepared / f"{sample_id}.npz"
-            arrays = load_npz(path)
-            try:
-                image_png, labels_png = encode_sample(arrays["image"], arrays["labels"])
-            except (KeyError, NucleiError) as exc:
-                raise NucleiError(f"{path}: cannot pack ({exc})") from None
-            _add(tar, f"{sample_id}/image.png", image_png)
-            _add(tar, f"{sample_id}/labels.png", labels_png)
-    return archive.stat().st_size
+    for k, (name, members) in enumerate(zip(names, parts, strict=True), 1):
+        with atomic_path(name) as tmp, tarfile.open(tmp, "w") as tar:
+            if n > 1:
+                _add(tar, PART, f"{k} of {n}".encode())
+            for member, data in members:
+                _add(tar, member, data)
+    return names
+
+
+def _index_ids(data: bytes) -> list[str]:
+    """The ``id`` column of an index's bytes (csv; unpacking needs no pandas)."""
+    return [row["id"] for row in csv.DictReader(io.StringIO(data.decode()))]
 
 
 def unpack_prepared(archive: str | Path, prepared: str | Path) -> int:
-    """Write the samples of a :func:`pack_prepared` archive into the folder ``prepared``.
+    """Write the samples of a :func:`pack_prepared` archive (or one of its parts) into the folder
+    ``prepared``; the indexes come last, once every sample they name is there.
 
     Existing files of the same names are replaced (atomically); others are kept. Returns the
-    number of samples. Raises NucleiError for an unreadable archive or member.
+    number of samples. Raises NucleiError for an unreadable archive or member, or for a last part
+    whose index names samples missing from ``prepared`` (earlier parts not unpacked).
     """
     archive, prepared = Path(archive), Path(prepared)
     try:
@@ -126,7 +175,7 @@ def unpack_prepared(archive: str | Path, prepared: str | Path) -> int:
     with tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         indexes = [name for name in members if name == INDEX or name.endswith(f"/{INDEX}")]
-        if not indexes:
+        if not indexes and PART not in members:
             raise NucleiError(f"{archive}: no {INDEX} inside (not made by pipeline.pack)")
         ids = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith(("/image.png", "/labels.png"))})
         for sample_id in progress(ids, desc="unpack", unit="img"):
@@ -138,30 +187,42 @@ def unpack_prepared(archive: str | Path, prepared: str | Path) -> int:
             except (KeyError, ValueError) as exc:
                 raise NucleiError(f"{archive}: sample {sample_id} is incomplete or corrupt ({exc})") from None
             save_npz(prepared / f"{sample_id}.npz", image=image, labels=labels)
-        # the indexes last: a folder with an index is complete
-        for name in indexes:
+        # the indexes last, and only over every sample they name: a folder with an index is complete
+        index_data = {name: tar.extractfile(members[name]).read() for name in indexes}
+        missing = [f"{Path(name).parent / i}" for name, data in index_data.items() for i in _index_ids(data)
+                   if not (prepared / Path(name).parent / f"{i}.npz").is_file()]
+        if missing:
+            raise NucleiError(f"{archive}: {len(missing)} samples of its index are not in {prepared}, "
+                              f"{missing[0]} first (unpack the earlier parts first)")
+        for name, data in index_data.items():
             with atomic_path(prepared / name) as tmp:
-                tmp.write_bytes(tar.extractfile(members[name]).read())
+                tmp.write_bytes(data)
     return len(ids)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.pack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pack", help="prepared folder -> archive")
+    p = sub.add_parser("pack", help="prepared folder -> archive (or parts)")
     p.add_argument("prepared", type=Path)
     p.add_argument("archive", type=Path)
-    u = sub.add_parser("unpack", help="archive -> prepared folder")
-    u.add_argument("archive", type=Path)
+    p.add_argument("--part-mib", type=float, default=None,
+                   help="split into parts of at most this many MiB (<stem>.<k>-of-<n>.tar) when larger")
+    u = sub.add_parser("unpack", help="archives (or parts, in order) -> prepared folder")
+    u.add_argument("archives", type=Path, nargs="+")
     u.add_argument("prepared", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "pack" and args.part_mib is not None and not args.part_mib > 0:
+        parser.error(f"--part-mib must be a positive number, got {args.part_mib}")
     try:
         if args.command == "pack":
-            size = pack_prepared(args.prepared, args.archive)
-            print(f"{args.archive}: {size / 2**20:.1f} MiB")
+            for name in pack_prepared(args.prepared, args.archive,
+                                      None if args.part_mib is None else int(args.part_mib * 2**20)):
+                print(f"{name}: {name.stat().st_size / 2**20:.1f} MiB")
         else:
-            n = unpack_prepared(args.archive, args.prepared)
-            print(f"{args.prepared}: {n} samples")
+            for archive in args.archives:
+                n = unpack_prepared(archive, args.prepared)
+                print(f"{archive} -> {args.prepared}: {n} samples")
     except NucleiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -327,9 +327,15 @@ class Trainer:
         replace_dir(tmp, final)
 
     def open_live(self, resume: bool, start: int):
-        """The dvclive logger; on resume, rows of epochs after the checkpoint are dropped."""
-        from dvclive import Live
-
+        """The dvclive logger; on resume, rows of epochs after the checkpoint are dropped. None,
+        with a one-line notice, where dvclive is not installed (a bare GPU machine): the epochs are
+        then in the printed log and in ``last.ckpt``'s history alone."""
+        try:
+            from dvclive import Live
+        except ImportError:
+            print(f"nuclei: dvclive is not installed; no {DVCLIVE_DIR_NAME}/ metrics (the epochs are in "
+                  f"{CHECKPOINT_NAME})", file=sys.stderr)
+            return None
         folder = self.out / DVCLIVE_DIR_NAME
         if resume:
             truncate_plots(folder / "plots" / "metrics", start)
@@ -428,16 +434,17 @@ class Trainer:
         return f" (mean over {self.n_val_groups} sources)" if balanced else ""
 
     def log(self, epoch: int, row: dict) -> None:
-        """Log one epoch to dvclive and print it."""
+        """Log one epoch to dvclive (where there is one) and print it."""
         live = self.live
-        live.step = epoch
-        live.log_metric("train/loss", row["train_loss"])
-        if not np.isnan(row["val_dsb_score"]):  # validated this epoch (see train.val_every)
-            live.log_metric("val/loss", row["val_loss"])
-            live.log_metric("val/dsb_score", row["val_dsb_score"])
-            live.log_metric("val/best_dsb_score", self.best_score)
-        live.log_metric("lr", row["lr"])
-        live.next_step()
+        if live is not None:
+            live.step = epoch
+            live.log_metric("train/loss", row["train_loss"])
+            if not np.isnan(row["val_dsb_score"]):  # validated this epoch (see train.val_every)
+                live.log_metric("val/loss", row["val_loss"])
+                live.log_metric("val/dsb_score", row["val_dsb_score"])
+                live.log_metric("val/best_dsb_score", self.best_score)
+            live.log_metric("lr", row["lr"])
+            live.next_step()
         best = " (best)" if self.best_epoch == epoch + 1 else ""
         val = (
             f", val loss {row['val_loss']:.4f}, DSB2018 score {row['val_dsb_score']:.4f}{self.score_label()}{best}"

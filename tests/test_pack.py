@@ -1,4 +1,4 @@
-"""pipeline.pack: the prepared training set packed into one archive and back, bit for bit."""
+"""pipeline.pack: the prepared training set packed into one archive or parts and back, bit for bit."""
 
 import tarfile
 
@@ -30,8 +30,7 @@ def _prepared(folder, rng):
 def test_pack_unpack_round_trip(tmp_path):
     samples = _prepared(tmp_path / "prepared", np.random.default_rng(0))
     archive = tmp_path / "carry" / "prepared.tar"
-    size = pack_prepared(tmp_path / "prepared", archive)
-    assert size == archive.stat().st_size
+    assert pack_prepared(tmp_path / "prepared", archive) == [archive]
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert set(names) == {"index.csv"} | {f"{s}/{f}.png" for s in samples for f in ("image", "labels")}
@@ -43,6 +42,38 @@ def test_pack_unpack_round_trip(tmp_path):
         np.testing.assert_array_equal(back["image"], image)
         np.testing.assert_array_equal(back["labels"], labels)
     assert (tmp_path / "out" / "index.csv").read_bytes() == (tmp_path / "prepared" / "index.csv").read_bytes()
+
+
+def test_parts_of_whole_samples_unpacked_in_order(tmp_path):
+    rng = np.random.default_rng(1)
+    prepared = tmp_path / "prepared"
+    samples = {}
+    for source in ("a", "b"):  # a folder of sources, as the generalist's
+        (prepared / source).mkdir(parents=True)
+        samples |= {f"{source}/{k}": v for k, v in _prepared(prepared / source, rng).items()}
+    part_bytes = 4096 + 2 * tarfile.RECORDSIZE  # room for the largest sample (grey: 4,096 bytes in a tar)
+    parts = pack_prepared(prepared, tmp_path / "carry" / "prepared.tar", part_bytes)
+    n = len(parts)
+    assert n >= 3 and [p.name for p in parts] == [f"prepared.{k}-of-{n}.tar" for k in range(1, n + 1)]
+    assert not (tmp_path / "carry" / "prepared.tar").exists()
+    assert all(p.stat().st_size <= part_bytes for p in parts)
+    with tarfile.open(parts[-1]) as tar:
+        assert {"a/index.csv", "b/index.csv"} <= set(tar.getnames())
+
+    out = tmp_path / "out"
+    with pytest.raises(NucleiError, match="unpack the earlier parts first"):
+        unpack_prepared(parts[-1], out)  # the last part alone: its index is not written
+    assert not (out / "a" / "index.csv").exists() and not (out / "b" / "index.csv").exists()
+    assert main(["unpack", *map(str, parts), str(out)]) == 0
+    for name, (image, labels) in samples.items():
+        back = load_npz(out / f"{name}.npz")
+        np.testing.assert_array_equal(back["image"], image)
+        np.testing.assert_array_equal(back["labels"], labels)
+    for source in ("a", "b"):
+        assert (out / source / "index.csv").read_bytes() == (prepared / source / "index.csv").read_bytes()
+
+    with pytest.raises(NucleiError, match="grey/image.png: .* more than a part"):
+        pack_prepared(prepared, tmp_path / "small.tar", 3000 + 2 * tarfile.RECORDSIZE)
 
 
 def test_grey_images_are_stored_with_one_channel():

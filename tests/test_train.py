@@ -81,6 +81,19 @@ def test_one_epoch_writes_checkpoint_model_dir_and_metrics(data_root, tmp_path):
     assert not list(out.glob(".*"))  # no temporary files left
 
 
+def test_trains_without_dvclive(data_root, tmp_path, monkeypatch, capsys):
+    """A bare GPU machine has no dvclive (it needs dvc): training goes on, the epochs in last.ckpt."""
+    monkeypatch.setitem(sys.modules, "dvclive", None)  # import dvclive raises ImportError
+    out = tmp_path / "run"
+    params = params_for(data_root, out, epochs=2)
+    assert train(params) == out / "model"
+    assert "dvclive is not installed" in capsys.readouterr().err
+    assert not (out / "dvclive").exists()
+    assert [row["epoch"] for row in load_checkpoint(out / "last.ckpt")["history"]] == [1, 2]
+    assert train(params, resume=True) == out / "model"  # a finished run resumed: nothing to do, no dvclive
+    assert load_checkpoint(out / "last.ckpt")["epoch"] == 2
+
+
 def test_init_starts_from_a_model_directory(data_root, tmp_path):
     trained = train(params_for(data_root, tmp_path / "a", lr=0.01))
     reference, _ = load_model_dir(trained)
