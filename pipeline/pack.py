@@ -9,8 +9,8 @@ of it), so ``--part-mib`` splits the archive into parts of whole samples, carrie
 time, the indexes in the last part. :func:`unpack_prepared` writes the identical ``.npz`` files and
 indexes back; the targets are then rebuilt there with ``nuclei targets``::
 
-    python -m pipeline.pack pack data/generalist/prepared carry/prepared.tar --part-mib 30
-    python -m pipeline.pack unpack carry/prepared.1-of-4.tar data/generalist/prepared   # each part
+    python -m pipeline.pack pack data/generalist/prepared carry/prepared.tar --part-mib 25
+    python -m pipeline.pack unpack carry/prepared.1-of-5.tar data/generalist/prepared   # each part
 
 Unpacking needs only numpy and OpenCV, so that a bare GPU machine can do it. A folder is complete
 once it has its index: the last part checks that every sample the index names is there.
