@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs,napari,gui-tests]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs,napari,gui-tests,dvc]"
 	touch $(STAMP)
 
 test: install
@@ -29,7 +29,7 @@ demo: install
 	print(f\"validation DSB2018 score {m['dsb_score']:.4f} ({m['n_images']} validation images)\")"
 
 lint: install
-	$(BIN)/ruff check pipeline tests benchmarks scripts
+	$(BIN)/ruff check pipeline tests benchmarks experiments scripts
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -67,8 +67,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from pipeline.export import nucleus_polygons, write_geojson, write_imagej_rois
-    from pipeline.measure import measure_nuclei
+    from pipeline.batch.outlines import nucleus_polygons, write_geojson, write_imagej_rois
+    from pipeline.method.measure import measure_nuclei
 
     labels = dense_field(args.size, args.nuclei)
     intensity = np.ones(labels.shape, np.float32)

@@ -33,11 +33,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.finetune import GUARD_ROOT, finetune, guard_ids, parse_max_forgetting  # noqa: E402
-from pipeline.io import read_image, read_labels  # noqa: E402
-from pipeline.metrics import image_metrics  # noqa: E402
-from pipeline.scale import median_diameter  # noqa: E402
-from pipeline.segmenter import Segmenter  # noqa: E402
+from pipeline.files.io import read_image, read_labels  # noqa: E402
+from pipeline.method.metrics import image_metrics  # noqa: E402
+from pipeline.method.scale import median_diameter  # noqa: E402
+from pipeline.model.segmenter import Segmenter  # noqa: E402
+from pipeline.training.finetune import finetune, parse_max_forgetting  # noqa: E402
+from pipeline.training.guard import GUARD_ROOT, guard_ids  # noqa: E402
 
 SOURCE = Path("/work/shared/extra/tissue_fluo_e2f")
 #: Training pool (one image per mouse and marker); the test images are the other mice-and-markers'.
@@ -64,7 +65,7 @@ def load(stem: str):
 
 def dsb_eval_set(n: int = 8):
     """``n`` DSB2018 images spread over stage1_train, none of the guard's."""
-    from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
+    from pipeline.data.kaggle import list_kaggle_ids, read_kaggle_sample
 
     used = {*guard_ids(GUARD_ROOT), *guard_ids(GUARD_ROOT, check=True)}
     ids = [i for i in list_kaggle_ids(GUARD_ROOT) if i not in used]
@@ -94,7 +95,7 @@ def diameter_policies(models: list[Path], samples) -> pd.DataFrame:
         user = seg.user_diameter
         row = {"model": model.name, "user_diameter": user}
         for policy in ("segment", "estimate", "user", "exact"):
-            seg.user_diameter = None if policy == "estimate" else user
+            seg.config = seg.config.replace(user_diameter=None if policy == "estimate" else user)
             given = {"user": lambda lab, d=user: d, "exact": median_diameter}.get(policy, lambda lab: None)
             row[policy] = np.mean([image_metrics(lab, seg.segment(im, diameter=given(lab)).labels)["dsb_score"]
                                    for im, lab in samples])
@@ -103,7 +104,7 @@ def diameter_policies(models: list[Path], samples) -> pd.DataFrame:
 
 
 def cpu_line() -> str:
-    from pipeline.runtime import cpu_flags
+    from pipeline.model.runtime import cpu_flags
 
     bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags()]
     return (f"nproc {os.cpu_count()}, bf16 flags: {', '.join(bf16) or 'none'}, "
@@ -129,9 +130,9 @@ def main() -> int:
     args = parser.parse_args()
     print(cpu_line(), flush=True)
     if args.lr:
-        import pipeline.finetune
+        import pipeline.training.finetune
 
-        pipeline.finetune.LR = args.lr
+        pipeline.training.finetune.LR = args.lr
     pool, test_stems = split_source(max(POOL, *args.sizes), args.test)  # the same test set whatever --sizes
     test = [load(s) for s in test_stems]
     if args.diameters:

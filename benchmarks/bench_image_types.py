@@ -1,4 +1,4 @@
-"""Image types over every labelled source: the rule of :func:`pipeline.image_types.classify_image`, as
+"""Image types over every labelled source: the rule of :func:`pipeline.method.image_types.classify_image`, as
 ``prepare`` applies it (raw images) and as ``nuclei segment`` does (normalised, optionally under the
 acquisition shifts of ``bench_robustness.py`` that keep the type: uneven illumination, noise, ×2,
 and fluorescence as a composite with a cell marker).
@@ -26,12 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_robustness import shifted as robustness_shift  # noqa: E402
-from pipeline.image_types import FLUO_LARGE, FLUO_SMALL, HISTOLOGY, classify_image  # noqa: E402
-from pipeline.intensity import normalize_image  # noqa: E402
-from pipeline.io import progress, read_image, read_labels, to_uint8  # noqa: E402
-from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample  # noqa: E402
-from pipeline.scale import resize_image  # noqa: E402
-from pipeline.segmenter import image_type_of  # noqa: E402
+from pipeline.data.kaggle import list_kaggle_ids, read_kaggle_sample  # noqa: E402
+from pipeline.files.io import read_image, read_labels, to_uint8  # noqa: E402
+from pipeline.method.image_types import (  # noqa: E402
+    FLUO_LARGE,
+    FLUO_SMALL,
+    HISTOLOGY,
+    classify_image,
+    image_type_of,  # noqa: E402
+)
+from pipeline.method.intensity import normalize_image  # noqa: E402
+from pipeline.method.scale import resize_image  # noqa: E402
+from pipeline.progress import progress  # noqa: E402
 
 EXPECTED = {"tissue_fluo_e2f": "fluo", "he_cpm15": HISTOLOGY, "he_gbm40": HISTOLOGY, "he_tcga_glioma": HISTOLOGY}
 

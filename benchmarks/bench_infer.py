@@ -2,15 +2,15 @@
 
 For 256×256 and 1024×1024 inputs prints
 
-- model images/s through :class:`pipeline.inference.Predictor` (no TTA) on the CPU with
+- model images/s through :class:`pipeline.model.predictor.Predictor` (no TTA) on the CPU with
   ``--threads`` threads, and on the GPU with mixed precision when CUDA is available (batch of
   ``--batch`` images; the ratio GPU/CPU is printed);
-- watershed (``pipeline.watershed.postprocess``) ms per image on one core, on probability maps
+- watershed (``pipeline.method.watershed.postprocess``) ms per image on one core, on probability maps
   made from the ground truth of real sample images (the softmax target, blurred, plus noise),
   with the ratio to the 50 ms budget for 256×256;
 - the cost of tiling a 1024×1024 image (tiles of 512) against running it whole, CPU;
 - the network time of a 1024×1024 image with batch norm folded into the convolutions (what
-  the Predictor runs, :func:`pipeline.networks.fuse_batchnorm`) against the network as trained,
+  the Predictor runs, :func:`pipeline.model.networks.fuse_batchnorm`) against the network as trained,
   CPU, automatic precision, and the largest difference of their probabilities;
 - seconds for ``nuclei submit`` of the embedded sample (20 images) in a fresh process, CPU,
   without TTA (``flips`` costs about 4×, ``d4`` 8× the network time).
@@ -36,15 +36,15 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from pipeline.config import ROOT, load_params
-from pipeline.heads import get_head
-from pipeline.inference import Predictor, load_predictor
-from pipeline.kaggle import read_kaggle_sample
-from pipeline.model_dir import load_model_dir, save_model_dir
-from pipeline.networks import build_model
-from pipeline.runtime import prepare_model
-from pipeline.targets import border_mask
-from pipeline.watershed import postprocess
+from pipeline.config.params import ROOT, load_params
+from pipeline.data.kaggle import read_kaggle_sample
+from pipeline.method.heads import get_head
+from pipeline.method.targets import border_mask
+from pipeline.method.watershed import postprocess
+from pipeline.model.model_dir import load_model_dir, save_model_dir
+from pipeline.model.networks import build_model
+from pipeline.model.predictor import Predictor, load_predictor
+from pipeline.model.runtime import prepare_model
 
 SAMPLE = ROOT / "data" / "sample" / "stage1_train"
 SIZES = (256, 1024)

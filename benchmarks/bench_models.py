@@ -18,8 +18,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.networks import build_model, count_parameters
-from pipeline.runtime import autocast, prepare_model, resolve_precision
+from pipeline.model.networks import build_model, count_parameters
+from pipeline.model.runtime import autocast, prepare_model, resolve_precision
 
 CANDIDATES = [
     {"arch": "unet", "depth": 4, "width": 16, "upsampling": "transpose"},

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_precision.py [--model DIR] [--params PARAMS] [--split stratified]
 
 Segments the embedded sample (20 images) and the validation fold of ``--params`` (``data.val_fold``
-of ``--split``) with the same model through :class:`pipeline.segmenter.Segmenter`, in fp32 and in
+of ``--split``) with the same model through :class:`pipeline.model.segmenter.Segmenter`, in fp32 and in
 the automatic precision, and prints the DSB2018 score of each, their difference (goal: at most
 0.005) and the seconds each took.
 
@@ -27,13 +27,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config, load_params  # noqa: E402
-from pipeline.inference import TTA_MODES  # noqa: E402
-from pipeline.io import load_npz  # noqa: E402
-from pipeline.kaggle import iter_kaggle_root  # noqa: E402
-from pipeline.metrics import dsb_score  # noqa: E402
-from pipeline.prepare import validation_index  # noqa: E402
-from pipeline.segmenter import Segmenter  # noqa: E402
+from pipeline.config.params import (  # noqa: E402
+    TTA_MODES,  # noqa: E402
+    load_config,
+    load_params,
+)
+from pipeline.data.folds import validation_index  # noqa: E402
+from pipeline.data.kaggle import iter_kaggle_root  # noqa: E402
+from pipeline.files.io import load_npz  # noqa: E402
+from pipeline.method.metrics import dsb_score  # noqa: E402
+from pipeline.model.segmenter import Segmenter  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample" / "stage1_train"
 
@@ -60,8 +63,8 @@ def train_curves(params_path: str, epochs: int, samples: int) -> None:
     """Two short training runs, fp32 and automatic precision, validation curves side by side."""
     import tempfile
 
-    from pipeline.checkpoints import load_checkpoint
-    from pipeline.train import fit
+    from pipeline.stages.train import fit
+    from pipeline.training.checkpoints import load_checkpoint
 
     params = load_params(params_path)
     rows = {}
@@ -97,7 +100,7 @@ def main() -> int:
     if args.train_curves:
         train_curves(args.train_curves, args.epochs, args.samples)
 
-    from pipeline.runtime import set_threads
+    from pipeline.model.runtime import set_threads
 
     threads = set_threads()
     sets = [("embedded sample", sample_images)]

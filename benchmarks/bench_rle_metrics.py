@@ -10,8 +10,8 @@ solution built from the same label maps, so the expected score is 1.0.
 
 Reference measurements in the same run, on the N images with the most nuclei:
 - encoding: the classic Kaggle-kernel encoder run once per nucleus on ``labels == k`` (one
-  full-image scan per nucleus) vs :func:`pipeline.rle.encode_labels` (one scan per image);
-- IoU: one full-image mask comparison per true object vs :func:`pipeline.metrics.iou_matrix`
+  full-image scan per nucleus) vs :func:`pipeline.data.rle.encode_labels` (one scan per image);
+- IoU: one full-image mask comparison per true object vs :func:`pipeline.method.metrics.iou_matrix`
   (one joint histogram).
 """
 
@@ -27,10 +27,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from pipeline.kaggle import iter_kaggle_root  # noqa: E402
-from pipeline.metrics import iou_matrix  # noqa: E402
-from pipeline.rle import decode_image, encode_labels, submission_frame, validate_submission  # noqa: E402
-from pipeline.score import score_submission  # noqa: E402
+from pipeline.data.kaggle import iter_kaggle_root  # noqa: E402
+from pipeline.data.rle import decode_image, encode_labels, submission_frame, validate_submission  # noqa: E402
+from pipeline.method.metrics import iou_matrix  # noqa: E402
+from pipeline.stages.score import score_submission  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

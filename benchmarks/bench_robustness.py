@@ -21,7 +21,7 @@ and counting error are printed per source too. Conditions, applied to the image 
 - ``stain``: H&E stain jitter in HED space (every stain scaled ×0.75–1.25, fixed seed);
 - ``ihc``: immunohistochemistry of a nuclear antigen (Ki-67, ER) on a stained image: haematoxylin
   counterstain alone (eosin removed) and half of the nuclei DAB-positive, brown (:data:`DAB`,
-  :func:`pipeline.augment.dab_stain`: their haematoxylin moved into DAB); other images are left as
+  :func:`pipeline.training.augment.dab_stain`: their haematoxylin moved into DAB); other images are left as
   they are. The
   brown follows the true outlines, so this measures whether brown nuclei are found (AP@0.5,
   counts) more than how well they are outlined;
@@ -42,7 +42,7 @@ and counting error are printed per source too. Conditions, applied to the image 
 
 ``noise`` is drawn independently in each colour channel, as a colour camera's.
 
-Every model runs through :class:`pipeline.segmenter.Segmenter` exactly as ``nuclei segment`` does
+Every model runs through :class:`pipeline.model.segmenter.Segmenter` exactly as ``nuclei segment`` does
 (estimated diameter, test-time augmentation ``--tta``, by default 'auto' as ``segment.tta``;
 ``--oracle`` adds a run given the true median nucleus diameter). Printed per
 condition and model: DSB2018 score, AP@0.5, median counting error (|pred − true| / true per
@@ -65,14 +65,17 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import as_config, load_params  # noqa: E402
-from pipeline.image_types import BRIGHTFIELD, classify_image  # noqa: E402
-from pipeline.inference import TTA_MODES  # noqa: E402
-from pipeline.io import load_npz, write_csv  # noqa: E402
-from pipeline.metrics import group_summary, image_metrics  # noqa: E402
-from pipeline.prepare import validation_index  # noqa: E402
-from pipeline.scale import median_diameter, resize_image, resize_labels, scaled_shape  # noqa: E402
-from pipeline.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
+from pipeline.config.params import (  # noqa: E402
+    TTA_MODES,  # noqa: E402
+    as_config,
+    load_params,
+)
+from pipeline.data.folds import validation_index  # noqa: E402
+from pipeline.files.io import load_npz, write_csv  # noqa: E402
+from pipeline.method.image_types import BRIGHTFIELD, classify_image  # noqa: E402
+from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
+from pipeline.method.scale import median_diameter, resize_image, resize_labels, scaled_shape  # noqa: E402
+from pipeline.model.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
 CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + (
@@ -86,7 +89,7 @@ TINT = np.array([1.0, 0.93, 0.78], np.float32)
 VIGNETTE, RAMP = 0.4, 0.3
 #: Tiles a side of the ``field8`` condition's mosaic.
 FIELD = 8
-#: The conditions :data:`pipeline.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
+#: The conditions :data:`pipeline.model.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
 CALIBRATION = ("x0.5", "x1", "x2", "noise", "stain")
 
 
@@ -141,7 +144,7 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
     if condition == "ihc":
         if not np.ptp(image, axis=-1).any():  # not stained
             return image, labels
-        from pipeline.augment import dab_stain
+        from pipeline.training.augment import dab_stain
 
         positive = np.concatenate([[False], rng.random(int(labels.max())) < DAB["positive"]])[labels]
         out = dab_stain(grey / 255.0, positive, DAB["haematoxylin"], DAB["dab"])
@@ -170,7 +173,7 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         out[..., 1] = np.clip(lo + body * (hi - lo), 0, 255).astype(image.dtype)  # a cell marker in green
         return out, labels
     if condition == "uneven":  # the training augmentation's vignette and ramp, fixed: centred, left to right
-        from pipeline.augment import linear_ramp, vignette
+        from pipeline.training.augment import linear_ramp, vignette
 
         centre = ((labels.shape[0] - 1) / 2, (labels.shape[1] - 1) / 2)
         lo, hi = np.percentile(grey, [1, 99])
@@ -258,7 +261,7 @@ def main() -> int:
 
     import torch
 
-    from pipeline.runtime import set_threads
+    from pipeline.model.runtime import set_threads
 
     set_threads(args.threads)
     params = load_params(args.params)

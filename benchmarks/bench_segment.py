@@ -56,14 +56,15 @@ def main() -> int:
     import pandas as pd
     import torch
 
-    from pipeline.config import load_params
-    from pipeline.io import read_image, write_labels, write_png
-    from pipeline.measure import measure_nuclei
-    from pipeline.model_dir import available_model_dir
-    from pipeline.overlay import display_uint8, draw_outlines
-    from pipeline.segment import Settings, segment_images
-    from pipeline.segmenter import Segmenter, confidence
-    from pipeline.watershed import postprocess_to_shape
+    from pipeline.batch.segment import Settings, segment_images
+    from pipeline.config.params import load_params
+    from pipeline.files.io import read_image, write_labels, write_png
+    from pipeline.method.heads import confidence
+    from pipeline.method.measure import measure_nuclei
+    from pipeline.method.overlay import display_uint8, draw_outlines
+    from pipeline.method.watershed import postprocess_to_shape
+    from pipeline.model.model_dir import available_model_dir
+    from pipeline.model.segmenter import Segmenter
 
     torch.set_num_threads(args.threads)
     model_dir = args.model or available_model_dir()
@@ -173,8 +174,8 @@ def main() -> int:
 def fluo_small_mosaic(side: int = 1024) -> np.ndarray:
     """A ``side`` × ``side`` uint8 RGB mosaic of the embedded sample's 256×256 small-nucleus
     fluorescence tiles (repeated in order until the mosaic is full)."""
-    from pipeline.image_types import classify_image
-    from pipeline.io import read_image
+    from pipeline.files.io import read_image
+    from pipeline.method.image_types import classify_image
 
     tiles = [image for d in sorted(SAMPLE.iterdir())
              if (image := read_image(d / "images" / f"{d.name}.png")).shape[:2] == (256, 256)
@@ -189,8 +190,8 @@ def envelope(model_dir: Path, settings, repeats: int, ratio_goal: float = 2.0) -
     one fp32 forward pass of a plain w16 d4 U-Net at 1024², side by side, and their ratio."""
     import torch
 
-    from pipeline.networks import build_model
-    from pipeline.segmenter import Segmenter
+    from pipeline.model.networks import build_model
+    from pipeline.model.segmenter import Segmenter
 
     mosaic = fluo_small_mosaic()
     segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
@@ -220,7 +221,7 @@ def dense(n: int = 1500, size: int = 1024) -> None:
     from skimage.measure import regionprops_table
     from skimage.segmentation import expand_labels
 
-    from pipeline.measure import measure_nuclei
+    from pipeline.method.measure import measure_nuclei
 
     rng = np.random.default_rng(0)
     labels = np.zeros((size, size), np.int32)
@@ -253,7 +254,7 @@ def large(size: int, model_dir: Path) -> None:
     import tifffile
     from skimage.draw import disk
 
-    from pipeline.segment import segment_images
+    from pipeline.batch.segment import segment_images
 
     image = np.full((size, size), 1000, np.uint16)
     centres = [(r, c) for r in range(20, size - 10, 40) for c in range(20, size - 10, 40)]

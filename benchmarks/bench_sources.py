@@ -26,11 +26,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.io import progress, read_image  # noqa: E402
-from pipeline.metrics import group_summary, image_metrics  # noqa: E402
-from pipeline.scale import median_diameter  # noqa: E402
-from pipeline.segmenter import Segmenter  # noqa: E402
-from pipeline.sources import list_sample_ids, read_label_image  # noqa: E402
+from pipeline.data.sources import list_sample_ids, read_label_image  # noqa: E402
+from pipeline.files.io import read_image  # noqa: E402
+from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
+from pipeline.method.scale import median_diameter  # noqa: E402
+from pipeline.model.segmenter import Segmenter  # noqa: E402
+from pipeline.progress import progress  # noqa: E402
 
 
 def main() -> None:
@@ -47,8 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     held_out = None
     if args.held_out:
-        from pipeline.config import load_config
-        from pipeline.prepare import validation_index
+        from pipeline.config.params import load_config
+        from pipeline.data.folds import validation_index
 
         held_out = set(validation_index(load_config(args.held_out).data)["id"])
     sources = args.sources or sorted(p.name for p in args.extra.iterdir() if (p / "images").is_dir())

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import load_config
-from pipeline.io import save_npz
-from pipeline.kaggle import list_kaggle_ids, read_kaggle_sample
-from pipeline.targets import make_targets
-from pipeline.weights import separation_weights, separation_weights_exact
+from pipeline.config.params import load_config
+from pipeline.data.kaggle import list_kaggle_ids, read_kaggle_sample
+from pipeline.files.io import save_npz
+from pipeline.method.targets import make_targets
+from pipeline.method.weight_maps import separation_weights, separation_weights_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS: list[np.ndarray] = []  # inherited by the forked workers

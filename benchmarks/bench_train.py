@@ -38,13 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pipeline.augment import build_augmentation  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
-from pipeline.dataset import EpochSampler, NucleiDataset, make_loader, read_index  # noqa: E402
-from pipeline.losses import build_loss  # noqa: E402
-from pipeline.networks import build_model, count_parameters  # noqa: E402
-from pipeline.runtime import prepare_model, resolve_precision, set_threads  # noqa: E402
-from pipeline.steps import train_step  # noqa: E402
+from pipeline.config.params import load_params  # noqa: E402
+from pipeline.model.networks import build_model, count_parameters  # noqa: E402
+from pipeline.model.runtime import prepare_model, resolve_precision, set_threads  # noqa: E402
+from pipeline.training.augment import build_augmentation  # noqa: E402
+from pipeline.training.dataset import EpochSampler, NucleiDataset, make_loader, read_index  # noqa: E402
+from pipeline.training.losses import build_loss  # noqa: E402
+from pipeline.training.steps import train_step  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

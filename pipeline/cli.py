@@ -13,22 +13,24 @@ import importlib
 import sys
 
 from pipeline import __version__
-from pipeline.errors import NucleiError
+from pipeline.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NucleiError, UsageError
 
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "segment": ("pipeline.segment", "segment, count and measure nuclei in your own images"),
-    "export": ("pipeline.export_labels", "label images (any tool) -> QuPath GeoJSON and/or Fiji ROI sets"),
-    "submit": ("pipeline.submit", "write a Kaggle submission for a test folder"),
-    "score": ("pipeline.score", "score a submission against a solution (DSB2018 metric)"),
-    "prepare": ("pipeline.prepare", "stage: Kaggle layout -> label maps, index, folds"),
-    "targets": ("pipeline.targets", "stage: label maps -> 3-class targets and weight maps"),
-    "finetune": ("pipeline.finetune", "adapt a model to your images from a few annotated ones"),
-    "train": ("pipeline.train", "stage: train the U-Net"),
-    "predict": ("pipeline.predict", "stage: probability maps for the validation fold"),
-    "postprocess": ("pipeline.watershed", "stage: marker-controlled watershed -> instance labels"),
-    "tune": ("pipeline.tune", "grid-search post-processing thresholds on the validation fold"),
-    "evaluate": ("pipeline.evaluate", "stage: competition metric and companions on the validation fold"),
+    "segment": ("pipeline.batch.segment", "segment, count and measure nuclei in your own images"),
+    "export": ("pipeline.batch.export", "label images (any tool) -> QuPath GeoJSON and/or Fiji ROI sets"),
+    "submit": ("pipeline.stages.submit", "write a Kaggle submission for a test folder"),
+    "score": ("pipeline.stages.score", "score a submission against a solution (DSB2018 metric)"),
+    "prepare": ("pipeline.stages.prepare", "stage: Kaggle layout -> label maps, index, folds"),
+    "targets": ("pipeline.stages.targets", "stage: label maps -> 3-class targets and weight maps"),
+    "finetune": ("pipeline.training.finetune", "adapt a model to your images from a few annotated ones"),
+    "train": ("pipeline.stages.train", "stage: train the U-Net"),
+    "predict": ("pipeline.stages.predict", "stage: probability maps for the validation fold"),
+    "postprocess": ("pipeline.stages.postprocess", "stage: marker-controlled watershed -> instance labels"),
+    "tune": ("pipeline.stages.tune", "grid-search post-processing thresholds on the validation fold"),
+    "evaluate": ("pipeline.stages.evaluate", "stage: competition metric and companions on the validation fold"),
+    "average": ("pipeline.model.average", "the weighted mean of model directories (a model soup)"),
+    "pack": ("pipeline.data.pack", "prepared training data <-> small archives (to carry to a GPU machine)"),
 }
 
 
@@ -54,22 +56,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``nuclei``; returns the exit status (0 ok, 1 failure, 2 usage error)."""
+    """Run ``nuclei``; returns the exit status (:data:`pipeline.errors.EXIT_OK` 0,
+    ``EXIT_FAILED`` 1, ``EXIT_USAGE`` 2 (a :class:`~pipeline.errors.UsageError` or argparse's),
+    ``EXIT_INTERRUPTED`` 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_from_argv(argv)
     try:
         parser = build_parser(command)
         args = parser.parse_args(argv)
         return int(args._main(args) or 0)
+    except UsageError as exc:
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except NucleiError as exc:
         print(f"nuclei: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
-        return 0
+        return EXIT_OK
     except KeyboardInterrupt:
         print("nuclei: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def entry_point() -> None:

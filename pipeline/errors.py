@@ -1,7 +1,15 @@
-"""The one exception type for problems a user can cause (bad files, bad parameters).
+"""The exception types for problems a user can cause (bad files, bad parameters), and the exit
+statuses of every ``nuclei`` command.
 
 Must not: import anything from the package (every module imports it).
 """
+
+from contextlib import contextmanager
+
+#: Exit statuses of every command: done; some or all of the work failed (a :class:`NucleiError`);
+#: a usage error found before any work (bad options, inputs or outputs: :class:`UsageError`, or
+#: argparse's own); interrupted (Ctrl-C).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class NucleiError(Exception):
@@ -9,6 +17,24 @@ class NucleiError(Exception):
 
     The command line prints it as ``nuclei: error: <message>`` without a traceback.
     """
+
+
+class UsageError(NucleiError):
+    """What the user asked for cannot be done, found before any work: an invalid option, no
+    input, a missing model, an unusable output folder. The command line exits with
+    :data:`EXIT_USAGE`."""
+
+
+@contextmanager
+def before_work():
+    """A block that checks what the user asked for: a :class:`NucleiError` raised in it becomes a
+    :class:`UsageError` (nothing has been done yet)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except NucleiError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class OutputError(NucleiError):

@@ -12,7 +12,7 @@ PREPARED=${1:-data/generalist/prepared}
 PY=${PY:-.venv/bin/python}
 rm -rf carry/wheels carry/prepared*.tar
 mkdir -p carry/wheels
-"$PY" -m pipeline.pack pack "$PREPARED" carry/prepared.tar --part-mib "${PART_MIB:-25}"
+"$PY" -m pipeline pack pack "$PREPARED" carry/prepared.tar --part-mib "${PART_MIB:-25}"
 pins=$("$PY" - <<'EOF'
 from importlib.metadata import version
 names = ["albumentations", "albucore", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",

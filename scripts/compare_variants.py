@@ -140,8 +140,9 @@ def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: s
     experiments (acquisition groups) or over labelled sources. Returns the grid values of the best
     row and its score.
     """
-    from pipeline.config import load_config
-    from pipeline.tune import BALANCE_COLUMNS, best_setting, grid_search, pooled_samples
+    from pipeline.config.params import load_config
+    from pipeline.method.grid_search import BALANCE_COLUMNS, best_setting, grid_search
+    from pipeline.stages.tune import pooled_samples
 
     configs = [load_config(path) for path in param_paths]
     samples, groups = pooled_samples(configs, BALANCE_COLUMNS[balance])
@@ -154,7 +155,7 @@ def pooled_thresholds(param_paths: list[Path], grid: dict[str, list], balance: s
 def source_summary(per_image) -> dict[str, dict]:
     """Per labelled source of an ``evaluate`` per-image table (DataFrame with a ``source`` column):
     mean DSB2018 score and AP@0.5, median counting error, number of images; {} without the column."""
-    from pipeline.metrics import group_summary
+    from pipeline.method.metrics import group_summary
 
     if "source" not in per_image:
         return {}
@@ -169,10 +170,11 @@ def run_variant(name: str, base: dict, overrides: dict, runs: Path, folds: list[
     """Cross-validate one variant; returns its table row."""
     import pandas as pd
 
-    from pipeline.config import load_config
-    from pipeline.evaluate import summarise
-    from pipeline.prepare import read_index
-    from pipeline.tune import group_mean, write_params
+    from pipeline.config.params import load_config
+    from pipeline.data.folds import read_index
+    from pipeline.method.grid_search import group_mean
+    from pipeline.stages.evaluate import summarise
+    from pipeline.stages.tune import write_params
 
     paths = [fold_params(base, overrides, _mkdir(runs.resolve() / name / f"fold{k}"), k) for k in folds]
     times = [train_and_predict(p, reuse) for p in paths]
@@ -216,7 +218,7 @@ def _mkdir(path: Path) -> Path:
 
 
 def main() -> int:
-    from pipeline.tune import BALANCE_COLUMNS
+    from pipeline.method.grid_search import BALANCE_COLUMNS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="params.yaml", help="base parameter file")

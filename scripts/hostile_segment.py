@@ -273,7 +273,7 @@ def _(tmp: Path) -> str:
 
 def holder(out: Path) -> subprocess.Popen:
     """Another process holding the output folder's lock until its stdin closes."""
-    code = "import sys; from pipeline.lock import folder_lock\nwith folder_lock(sys.argv[1]):\n print('held', flush=True); sys.stdin.read()"
+    code = "import sys; from pipeline.batch.lock import folder_lock\nwith folder_lock(sys.argv[1]):\n print('held', flush=True); sys.stdin.read()"
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "held"

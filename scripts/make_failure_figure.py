@@ -23,9 +23,9 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.io import atomic_path, load_npz, read_labels  # noqa: E402
-from pipeline.overlay import draw_outlines  # noqa: E402
+from pipeline.config.params import load_params  # noqa: E402
+from pipeline.files.io import atomic_path, load_npz, read_labels  # noqa: E402
+from pipeline.method.overlay import draw_outlines  # noqa: E402
 
 
 def main() -> int:

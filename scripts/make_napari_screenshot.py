@@ -38,7 +38,7 @@ def main() -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from pipeline.io import atomic_path
+    from pipeline.files.io import atomic_path
 
     width, height = (int(v) for v in args.size.split("x"))
     viewer = napari.Viewer(title="napari: nuclei-pipeline")

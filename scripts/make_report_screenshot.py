@@ -26,7 +26,7 @@ PICKS = ("4185b9369f", "958114e5f3", "e49fc2b4f1", "9bb6e39d5f", "76a372bfd3", "
 
 def screenshot(html: Path, png: Path, width: int, height: int) -> None:
     """Render ``html`` with headless Chromium (no network, throw-away profile) into ``png``."""
-    from pipeline.report import HEADLESS_CHROMIUM_FLAGS
+    from pipeline.batch.report import HEADLESS_CHROMIUM_FLAGS
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -56,9 +56,9 @@ def main() -> int:
     parser.add_argument("--size", default="1200x1500", help="browser window WIDTHxHEIGHT in px")
     args = parser.parse_args()
 
-    from pipeline.io import atomic_path
-    from pipeline.model_dir import available_model_dir
-    from pipeline.segment import segment_images
+    from pipeline.batch.segment import segment_images
+    from pipeline.files.io import atomic_path
+    from pipeline.model.model_dir import available_model_dir
 
     model = args.model or available_model_dir()
     if model is None:

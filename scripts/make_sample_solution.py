@@ -3,7 +3,7 @@
 Usage: ``python scripts/make_sample_solution.py [ROOT] [OUT.csv]``, by default
 ``data/sample/stage1_train`` → ``data/sample/solution.csv`` (relative to the repository root).
 The file has the Kaggle stage-1 solution columns ``ImageId,EncodedPixels,Height,Width,Usage``
-(Usage = Public), one row per nucleus of the label map that ``pipeline.io`` reads (overlaps
+(Usage = Public), one row per nucleus of the label map that ``pipeline.files.io`` reads (overlaps
 resolved, holes filled), so that ``nuclei score`` can be shown end to end.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.data.kaggle import iter_kaggle_root
+from pipeline.data.rle import encode_labels, validate_submission
 from pipeline.errors import NucleiError
-from pipeline.io import write_csv
-from pipeline.kaggle import iter_kaggle_root
-from pipeline.rle import encode_labels, validate_submission
+from pipeline.files.io import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shapes = dict(zip(table["ImageId"], zip(table["Height"], table["Width"], strict=True), strict=True))
     problems = validate_submission(table, shapes)
-    if problems:  # cannot happen for label maps from pipeline.io; guard the shipped file anyway
+    if problems:  # cannot happen for label maps from pipeline.files.io; guard the shipped file anyway
         print(f"make_sample_solution: error: {problems[0]}", file=sys.stderr)
         return 1
     write_csv(args.out, table)

@@ -6,7 +6,7 @@ Reads the trained model named by ``predict.model`` of the parameter file, replac
 ``postprocess`` section of its config with the one of the parameter file (after
 ``nuclei tune --write PARAMS.yaml``), records the validation figures of
 ``<evaluate.out>/metrics.json`` when present, and writes the model directory with float16
-weights (``pipeline.model_dir.save_model_dir``). When the exported model is the last epoch, the
+weights (``pipeline.model.model_dir.save_model_dir``). When the exported model is the last epoch, the
 float32 weights of ``<train.out>/last.ckpt`` are the source, and the script prints the largest
 difference between float32 and float16 probabilities on a sample image. ``--stained-diameter``
 sets the canonical diameter of stained images (``stained_diameter`` in ``config.yaml``); the
@@ -29,15 +29,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.checkpoints import load_checkpoint  # noqa: E402
-from pipeline.config import ROOT, load_params  # noqa: E402
-from pipeline.image_types import HISTOLOGY  # noqa: E402
-from pipeline.inference import Predictor  # noqa: E402
-from pipeline.intensity import normalization_kwargs, normalize_image  # noqa: E402
-from pipeline.kaggle import read_kaggle_sample  # noqa: E402
-from pipeline.model_dir import canonical_diameter, load_model_dir, save_model_dir  # noqa: E402
-from pipeline.trainer import epoch_scores  # noqa: E402
-from pipeline.watershed import thresholds  # noqa: E402
+from pipeline.config.params import (  # noqa: E402
+    ROOT,
+    PostprocessConfig,  # noqa: E402
+    load_params,
+)
+from pipeline.data.kaggle import read_kaggle_sample  # noqa: E402
+from pipeline.method.image_types import HISTOLOGY  # noqa: E402
+from pipeline.method.intensity import normalize_image  # noqa: E402
+from pipeline.model.model_dir import load_model_dir, save_model_dir  # noqa: E402
+from pipeline.model.predictor import Predictor  # noqa: E402
+from pipeline.training.checkpoints import load_checkpoint  # noqa: E402
+from pipeline.training.trainer import epoch_scores  # noqa: E402
 
 
 def main() -> int:
@@ -61,9 +64,9 @@ def main() -> int:
     from_float32 = False
     if args.last and not ckpt_path.is_file():
         parser.error(f"--last: {ckpt_path} not found")
+    training = dict(config.training)
     if ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
-        training = config.setdefault("training", {})
         if args.last:
             training.update(epoch=ckpt["epoch"], time_s=round(float(ckpt["time_s"]), 1),
                             scores=epoch_scores(ckpt["history"][-1]),
@@ -71,18 +74,18 @@ def main() -> int:
         if ckpt["epoch"] == training.get("epoch"):
             model.load_state_dict(ckpt["model"])
             from_float32 = True
-    config["postprocess"] = thresholds(params["postprocess"], args.params)
-    evaluated_at = canonical_diameter(config, HISTOLOGY)  # what `nuclei predict` resized stained images to
+    evaluated_at = config.diameter_for(HISTOLOGY)  # what `nuclei predict` resized stained images to
+    config = config.replace(postprocess=PostprocessConfig.of_section(params["postprocess"], args.params))
     if args.stained_diameter is not None:
-        config["stained_diameter"] = args.stained_diameter
-    shipped_at = canonical_diameter(config, HISTOLOGY)
+        config = config.replace(stained_diameter=args.stained_diameter)
+    shipped_at = config.diameter_for(HISTOLOGY)
     metrics_file = Path(params["evaluate"]["out"]) / "details.json"  # every metric, by type too
     if metrics_file.is_file() and shipped_at == evaluated_at:
-        config.setdefault("training", {})["validation"] = json.loads(metrics_file.read_text())
+        training["validation"] = json.loads(metrics_file.read_text())
     elif metrics_file.is_file():
         print(f"{metrics_file}: not recorded: measured with stained images at {evaluated_at} px, shipped at "
               f"{shipped_at} px; evaluate a model directory shipped with --stained-diameter first")
-    save_model_dir(args.out, model, config, half=True)
+    save_model_dir(args.out, model, config.replace(training=training), half=True)
 
     print(f"shipped {source} -> {args.out}")
     if not from_float32:
@@ -90,7 +93,7 @@ def main() -> int:
         return 0
     shipped, _ = load_model_dir(args.out)
     sample = sorted((ROOT / "data" / "sample" / "stage1_train").iterdir())[0]
-    image = normalize_image(read_kaggle_sample(sample, masks=False)[0], **normalization_kwargs(config))
+    image = normalize_image(read_kaggle_sample(sample, masks=False)[0], **config.normalization.to_dict())
     a = Predictor(model, config, precision="fp32").predict(image)
     b = Predictor(shipped, config, precision="fp32").predict(image)
     print(f"float16 vs float32 probabilities on {sample.name[:12]}: max |diff| {np.abs(a - b).max():.2e}")

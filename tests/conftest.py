@@ -1,4 +1,6 @@
-"""Shared fixtures: paths of the embedded sample and small synthetic label maps."""
+"""Shared fixtures and helpers: paths of the embedded sample, small synthetic label maps and images,
+the threshold U-Net saved as a model directory (``model_dir``), a Segmenter over an ideal grey-level
+predictor (``grey_segmenter``). Test modules import helpers from here, never from each other."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skimage.draw import disk
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the napari plugin's tests: no display needed
@@ -14,6 +17,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the napari plugin's tes
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = ROOT / "data" / "sample" / "stage1_train"
 SAMPLE_SOLUTION = ROOT / "data" / "sample" / "solution.csv"
+#: Canonical nucleus diameter (px) of :func:`grey_segmenter`.
+CANONICAL = 20.0
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +76,136 @@ def embryo() -> tuple[np.ndarray, np.ndarray]:
         labels[nucleus] = labels.max() + 1
         grey[nucleus] = 150 + (37 * int(labels.max())) % 100
     return np.dstack([grey] * 3), labels
+
+
+# --------------------------------------------------------------------------- the threshold U-Net
+
+
+TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
+
+
+def threshold_unet():
+    """The tiny U-Net (:data:`TINY`) turned into a per-pixel grey-level threshold at 0.5:
+    P(mask − border) ≈ 1 where the normalised grey level is above 0.5, P(background) ≈ 1 below, so
+    that bright disks on a dark background have a known answer (one nucleus per disk)."""
+    import torch
+
+    from pipeline.model.networks import build_model
+
+    model = build_model(TINY)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                module.weight.zero_()  # every convolution off; batch norms (eval) are identities
+                if module.bias is not None:
+                    module.bias.zero_()
+        first, last = model.down[0], model.dec[-1]
+        first[0].weight[0, :, 1, 1] = 1 / 3  # channel 0 = grey level (centre tap)
+        first[3].weight[0, 0, 1, 1] = 1.0
+        last[0].weight[0, 0, 1, 1] = 1.0  # the skip connection's channel 0 passes through
+        last[3].weight[0, 0, 1, 1] = 1.0
+        model.head.weight[:, 0, 0, 0] = torch.tensor([40.0, 0.0, -40.0])
+        model.head.bias[:] = torch.tensor([-20.0, -30.0, 20.0])
+    return model.eval()
+
+
+def save_threshold_model(path: Path) -> Path:
+    """Write the threshold U-Net as a model directory (float16 weights, as shipped)."""
+    from pipeline.model.model_dir import save_model_dir
+
+    config = {
+        "model": TINY,
+        "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
+        "normalization": {"low": 1.0, "high": 99.8},
+    }
+    save_model_dir(path, threshold_unet(), config)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A model directory holding the threshold U-Net (:func:`save_threshold_model`)."""
+    return save_threshold_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def disks(
+    shape=(96, 128), centres=((30, 30), (60, 90), (25, 100)), radius=7, value=200, bg=20, dtype=np.uint8
+):
+    """A grey image with bright disks; returns (image, true labels)."""
+    image = np.full(shape, bg, dtype=dtype)
+    labels = np.zeros(shape, np.int32)
+    for k, (r, c) in enumerate(centres, start=1):
+        rr, cc = disk((r, c), radius, shape=shape)
+        image[rr, cc] = value
+        labels[rr, cc] = k
+    return image, labels
+
+
+def grid_centres(shape, spacing, offset=20):
+    """Disk centres on a square grid of ``spacing`` px inside ``shape``."""
+    return [
+        (r, c) for r in range(offset, shape[0] - 10, spacing) for c in range(offset, shape[1] - 10, spacing)
+    ]
+
+
+def run_cli(*argv) -> int:
+    """``nuclei segment ARGV``; the exit status."""
+    from pipeline.cli import main as cli_main
+
+    return cli_main(["segment", *map(str, argv)])
+
+
+def counts_of(outdir: Path):
+    """``counts.csv`` of an output folder, indexed by image."""
+    import pandas as pd
+
+    return pd.read_csv(outdir / "counts.csv", keep_default_na=False, na_values=[""]).set_index("image")
+
+
+def rasterise(rings, shape) -> np.ndarray:
+    """Fill closed (x, y) rings even-odd with pixel-centre sampling (skimage.draw.polygon)."""
+    from skimage.draw import polygon as fill_polygon
+
+    mask = np.zeros(shape, bool)
+    for ring in rings:
+        x, y = np.asarray(ring, np.float64).T
+        rows, cols = fill_polygon(y - 0.5, x - 0.5, shape)  # pixel (r, c) has its centre at (c + .5, r + .5)
+        inside = np.zeros(shape, bool)
+        inside[rows, cols] = True
+        mask ^= inside
+    return mask
+
+
+# --------------------------------------------------------------------------- an ideal predictor
+
+
+class GreyPredictor:
+    """Stands in for :class:`pipeline.model.predictor.Predictor`: P(nucleus) = grey level, no border."""
+
+    head = "sigmoid"
+    device = "cpu"
+    tta = "none"
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.calls: list[tuple[int, int]] = []
+        self.modes: list[str | None] = []  # the tta of each call (None: the predictor's own)
+
+    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
+        self.calls.append(image.shape[:2])
+        self.modes.append(tta)
+        grey = image.mean(axis=2).astype(np.float32)
+        return np.stack([grey, np.zeros_like(grey)])
+
+
+def grey_segmenter(diameter=CANONICAL, **kw):
+    """A :class:`pipeline.model.segmenter.Segmenter` over :class:`GreyPredictor`."""
+    from pipeline.model.segmenter import Segmenter
+
+    config = {
+        "model": {"arch": "unet", "head": "sigmoid"},
+        "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
+        "normalization": {"low": 1.0, "high": 99.8, "saturation": True},
+        "diameter": diameter,
+    }
+    return Segmenter(GreyPredictor(config), **kw)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.augment import build_augmentation, sample_seed
 from pipeline.errors import NucleiError
+from pipeline.training.augment import build_augmentation, sample_seed
 
 #: Every step off: tests switch on what they look at (missing keys take params.yaml's values).
 OFF = {
@@ -157,7 +157,7 @@ def test_elastic_deforms_smoothly():
 
 
 def test_normalize_is_the_segmenters_normalisation():
-    from pipeline.intensity import normalize_image
+    from pipeline.method.intensity import normalize_image
 
     sample = disc_sample()
     dim = (sample[0] * 0.2,) + sample[1:]
@@ -166,7 +166,7 @@ def test_normalize_is_the_segmenters_normalisation():
 
 
 def test_dim_saturate_makes_dim_nuclei_beside_saturated_ones():
-    from pipeline.augment import acquisition_shift
+    from pipeline.training.augment import acquisition_shift
 
     labels_mask = np.zeros((200, 200), np.uint8)
     image = np.full((200, 200, 3), 0.1, np.float32)
@@ -186,7 +186,7 @@ def test_dim_saturate_makes_dim_nuclei_beside_saturated_ones():
 
 
 def test_stain_jitter_only_changes_colour_images():
-    from pipeline.augment import acquisition_shift
+    from pipeline.training.augment import acquisition_shift
 
     grey = np.dstack([np.linspace(0.2, 0.8, 64 * 64).reshape(64, 64).astype(np.float32)] * 3)
     colour = grey * np.array([0.8, 0.5, 0.9], np.float32)
@@ -200,8 +200,9 @@ def test_stain_jitter_only_changes_colour_images():
 def test_noise_is_grey_on_grey_images_and_per_channel_on_colour_ones():
     """A grey camera's noise is the same in every channel: a noisy grey crop stays grey (so the
     normalisation does not take it for fluorescence in colour and average the noise away)."""
-    from pipeline.augment import acquisition_shift
-    from pipeline.intensity import is_colour_fluorescence, normalize_image
+    from pipeline.method.colour import is_colour_fluorescence
+    from pipeline.method.intensity import normalize_image
+    from pipeline.training.augment import acquisition_shift
 
     grey = np.dstack([np.full((64, 64), 0.1, np.float32)] * 3)
     colour = grey * np.array([0.8, 0.5, 0.9], np.float32) + np.float32(0.3)
@@ -217,7 +218,7 @@ def test_noise_is_grey_on_grey_images_and_per_channel_on_colour_ones():
 def test_blur_draws_sigma_from_blur_sigma():
     import cv2
 
-    from pipeline.augment import acquisition_shift
+    from pipeline.training.augment import acquisition_shift
 
     image = np.zeros((64, 64, 3), np.float32)
     image[28:36, 28:36] = 1.0
@@ -240,8 +241,8 @@ def test_illumination_darkens_away_from_a_centre_and_adds_a_ramp():
     """Uneven illumination: a flat crop comes out brightest near one point and darker away from
     it (the vignette), the targets untouched; the ramp alone rises monotonically across the crop;
     the step is off by default, so the shipped model's recipe is unchanged."""
-    from pipeline.augment import acquisition_shift, illumination_field, ramp
-    from pipeline.config import AugmentConfig
+    from pipeline.config.params import AugmentConfig
+    from pipeline.training.augment import acquisition_shift, illumination_field, ramp
 
     assert AugmentConfig().illumination is False
     flat = np.full((96, 128, 3), 0.5, np.float32)
@@ -278,8 +279,8 @@ def test_dab_turns_some_stained_nuclei_brown_and_fades_eosin():
     the shipped model's recipe and its crops are unchanged."""
     from skimage.color import hed2rgb
 
-    from pipeline.augment import acquisition_shift, random_dab
-    from pipeline.config import AugmentConfig
+    from pipeline.config.params import AugmentConfig
+    from pipeline.training.augment import acquisition_shift, random_dab
 
     assert AugmentConfig().dab is False
     yy, xx = np.mgrid[:96, :128]

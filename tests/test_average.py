@@ -1,14 +1,15 @@
-"""pipeline.average: the weighted mean of model directories (a model soup)."""
+"""pipeline.model.average: the weighted mean of model directories (a model soup)."""
 
 import pytest
 import torch
 import yaml
 
-from pipeline.average import average_model_dirs, average_state, main
-from pipeline.config import ROOT
+from pipeline.cli import main
+from pipeline.config.params import ROOT
 from pipeline.errors import NucleiError
-from pipeline.model_dir import load_model_dir, save_model_dir
-from pipeline.networks import build_model
+from pipeline.model.average import average_model_dirs, average_state
+from pipeline.model.model_dir import load_model_dir, save_model_dir
+from pipeline.model.networks import build_model
 
 TINY = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
 
@@ -51,10 +52,10 @@ def test_average_of_model_dirs(tmp_path):
             torch.testing.assert_close(value, (sa[key] + sb[key]) / 2, atol=2e-3, rtol=2e-3)
             differing += not torch.equal(sa[key], sb[key])
     assert differing > 10  # the two sources really differ (weights and batch-norm statistics)
-    assert config["postprocess"] == {"mask_threshold": 0.7}  # the first source's configuration
-    assert config["diameter"] == 20.0
-    assert [s["weight"] for s in config["training"]["average"]] == [0.5, 0.5]
-    second = config["training"]["average"][1]
+    assert config.postprocess.mask_threshold == 0.7  # the first source's configuration
+    assert config.diameter == 20.0
+    assert [s["weight"] for s in config.training["average"]] == [0.5, 0.5]
+    second = config.training["average"][1]
     assert {k: second[k] for k in ("weight", "training")} == {"weight": 0.5, "training": {"epochs": 1}}
     assert (ROOT / second["source"]).resolve() == b.resolve()  # written relative to the repository
     x = torch.rand(1, 3, 16, 16)
@@ -81,15 +82,15 @@ def test_average_rejects_what_cannot_be_averaged(tmp_path, capsys):
         average_model_dirs([a, tiny_dir(tmp_path / "b", 1)], a)
     with pytest.raises(NucleiError, match="missing: model directory not found"):
         average_model_dirs([a, tmp_path / "missing"], tmp_path / "x")
-    assert main([str(a), str(wider), "-o", str(tmp_path / "x")]) == 1
+    assert main(["average", str(a), str(wider), "-o", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "another architecture" in err and len(err.splitlines()) == 1
+    assert err.startswith("nuclei: error: ") and "another architecture" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
 
 
 def test_command_line(tmp_path, capsys):
     a, b = tiny_dir(tmp_path / "a", 0), tiny_dir(tmp_path / "b", 1)
-    assert main([str(a), str(b), "-o", str(tmp_path / "soup"), "--weights", "3", "1"]) == 0
+    assert main(["average", str(a), str(b), "-o", str(tmp_path / "soup"), "--weights", "3", "1"]) == 0
     assert "written to" in capsys.readouterr().out
     config = yaml.safe_load((tmp_path / "soup" / "config.yaml").read_text())
     assert [s["weight"] for s in config["training"]["average"]] == [0.75, 0.25]

@@ -1,4 +1,4 @@
-"""nuclei segment on Dask (pipeline.cluster): a LocalCluster of 2 worker processes on loopback.
+"""nuclei segment on Dask (pipeline.batch.cluster): a LocalCluster of 2 worker processes on loopback.
 
 The model is the tiny threshold U-Net of test_segment.py saved as a real model directory (the
 workers load it from disk, once each); the inputs are small synthetic images and one tiled TIFF
@@ -19,22 +19,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipeline.segment import segment_images
-from tests.test_segment import disks, grid_centres
-from tests.test_slide import _save_threshold_model
+from pipeline.batch.segment import segment_images
+
+from .conftest import disks, grid_centres
 
 distributed = pytest.importorskip("distributed")
 
 SETTINGS = {"tile_size": 256, "overlap": 32, "block_size": 256, "block_margin": 40, "slide_pixels": 100_000}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    import tests.test_segment as module
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    _save_threshold_model(module, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +69,7 @@ def test_two_workers_give_the_local_runs_outputs_and_load_the_model_once_each(tm
     counts = segment_images([inputs], tmp_path, model_dir, "cpu", scheduler=client.scheduler.address, **SETTINGS)
     assert (counts["status"] == "ok").all() and counts.set_index("image").loc["big", "count"] > 100
     assert_same_outputs(local_run, tmp_path)
-    loads = client.run(lambda: dict(__import__("pipeline.cluster", fromlist=["LOADS"]).LOADS))
+    loads = client.run(lambda: dict(__import__("pipeline.batch.cluster", fromlist=["LOADS"]).LOADS))
     per_worker = [sum(v for k, v in w.items() if k[0] == str(model_dir.resolve())) for w in loads.values()]
     assert sorted(per_worker) == [1, 1]  # both worked, each loaded the model once
 

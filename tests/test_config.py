@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import yaml
 
-from pipeline.config import ROOT, SECTIONS, Config, TrainConfig, as_config, load_config
+from pipeline.config.params import ROOT, SECTIONS, Config, TrainConfig, as_config, load_config
 from pipeline.errors import NucleiError
 
 

@@ -1,4 +1,4 @@
-"""Tests of pipeline.dataset on synthetic prepared data (discs)."""
+"""Tests of pipeline.training.dataset on synthetic prepared data (discs)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.augment import build_augmentation
-from pipeline.dataset import (
+from pipeline.data.folds import split_folds
+from pipeline.errors import NucleiError
+from pipeline.files.io import load_npz
+from pipeline.method.intensity import normalize_image
+from pipeline.training.augment import build_augmentation
+from pipeline.training.dataset import (
     EpochSampler,
     NucleiDataset,
     group_balance_weights,
@@ -18,10 +22,6 @@ from pipeline.dataset import (
     read_index,
     seed_worker,
 )
-from pipeline.errors import NucleiError
-from pipeline.intensity import normalize_image
-from pipeline.io import load_npz
-from pipeline.prepare import split_folds
 from tests.train_fixtures import write_prepared
 
 AUG = {

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.io import read_labels, write_labels, write_png
-from pipeline.kaggle import read_kaggle_sample
+from pipeline.data.kaggle import read_kaggle_sample
+from pipeline.files.io import read_labels, write_labels, write_png
 
 from .conftest import ROOT, SAMPLE_ROOT, SAMPLE_SOLUTION
 
@@ -28,7 +28,8 @@ DSB_FLOOR = 0.05
 
 def _dvc(args: list[str], cwd: Path) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=str(cwd))  # the stages run the copied pipeline/, whatever is installed
+               PYTHONPATH=str(cwd),  # the stages run the copied pipeline/, whatever is installed
+               PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -57,6 +58,7 @@ def project(tmp_path_factory) -> Path:
     params["submit"]["test_sets"] = {"sample": str(SAMPLE_ROOT)}  # train layout: masks are ignored
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _dvc(["init", "--no-scm", "-q"], root)
+    shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")  # bytecode beside the code folders is ignored
     _dvc(["repro"], root)
     return root
 
@@ -68,8 +70,8 @@ def test_repro_runs_every_stage(project):
     metrics = json.loads((project / "metrics" / "metrics.json").read_text())
     print(f"dvc repro: validation DSB2018 score {metrics['dsb_score']:.4f}")
     assert metrics["dsb_score"] >= DSB_FLOOR
-    from pipeline.config import load_config
-    from pipeline.prepare import validation_index
+    from pipeline.config.params import load_config
+    from pipeline.data.folds import validation_index
 
     data = load_config(project / "params.yaml").data
     n_val = len(validation_index(data.replace(prepared=str(project / "data" / "prepared"))))
@@ -101,6 +103,19 @@ def test_a_changed_source_reprepares_that_source_alone(project):
         assert "prepare@extra" in stages and "prepare@dsb2018" not in stages
     finally:
         write_labels(labels_file, labels)
+    assert "Data and pipelines are up to date" in _dvc(["status"], project)
+
+
+def test_editing_a_method_module_reruns_the_stages_that_import_it(project):
+    heads = project / "pipeline" / "method" / "heads.py"
+    text = heads.read_text()
+    heads.write_text(text + "\n# edited\n")
+    try:
+        stages = set(json.loads(_dvc(["status", "--json"], project)))
+        assert {"targets", "train", "predict", "postprocess"} <= stages  # heads: targets, networks, watershed
+        assert "evaluate" in stages  # its import of the metrics pulls in the method folder
+    finally:
+        heads.write_text(text)
     assert "Data and pipelines are up to date" in _dvc(["status"], project)
 
 

@@ -13,11 +13,12 @@ import torch
 import yaml
 from scipy import ndimage as ndi
 
-from pipeline import evaluate, predict, tune, watershed
-from pipeline.io import load_npz, save_npz, write_png
-from pipeline.model_dir import save_model_dir
-from pipeline.networks import build_model
-from pipeline.tune import update_section
+from pipeline.files.io import load_npz, save_npz, write_png
+from pipeline.method import grid_search
+from pipeline.model.model_dir import save_model_dir
+from pipeline.model.networks import build_model
+from pipeline.stages import evaluate, postprocess, predict, tune
+from pipeline.stages.tune import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
@@ -114,7 +115,7 @@ def write_ideal_predictions(workspace):
 
 def test_evaluate_writes_metrics(workspace, capsys):
     write_ideal_predictions(workspace)
-    assert run(watershed) == 0
+    assert run(postprocess) == 0
     assert run(evaluate) == 0
     out = capsys.readouterr().out
     assert "validation DSB2018 score" in out
@@ -221,8 +222,8 @@ def test_thresholds_are_tuned_on_all_folds_together(workspace):
 def test_relative_size_is_tuned_as_postprocess_applies_it():
     """grid_search scores each min_relative_size on one watershed per setting: the scores must be
     those of postprocess_to_shape with that value, and a speck of predicted noise is dropped."""
-    from pipeline.metrics import dsb_score
-    from pipeline.watershed import postprocess_to_shape
+    from pipeline.method.metrics import dsb_score
+    from pipeline.method.watershed import postprocess_to_shape
 
     samples = []
     for seed, scale in ((0, 1.0), (1, 0.5), (2, 2.0)):
@@ -234,7 +235,7 @@ def test_relative_size_is_tuned_as_postprocess_applies_it():
         samples.append((probs, "softmax", labels, scale))
     grid = {"min_relative_size": [0.0, 0.2], "mask_threshold": [0.5]}
     fixed = {"marker_threshold": 0.5, "flood": "probability", "min_size": 2, "min_marker_size": 1}
-    table = tune.grid_search(samples, grid, fixed).set_index("min_relative_size")
+    table = grid_search.grid_search(samples, grid, fixed).set_index("min_relative_size")
     for fraction in (0.0, 0.2):
         direct = np.mean([dsb_score(true, postprocess_to_shape(p, h, true.shape, s, **fixed, mask_threshold=0.5,
                                                                 min_relative_size=fraction))
@@ -246,8 +247,8 @@ def test_relative_size_is_tuned_as_postprocess_applies_it():
 def test_object_threshold_is_tuned_as_postprocess_applies_it():
     """A faint blob of nucleus size (peak P(mask - border) 0.6 against 0.9 for the nuclei) costs
     the score unless object_threshold removes it; the grid scores what postprocess gives."""
-    from pipeline.metrics import dsb_score
-    from pipeline.watershed import postprocess
+    from pipeline.method.metrics import dsb_score
+    from pipeline.method.watershed import postprocess
 
     samples = []
     for seed in (0, 1):
@@ -257,7 +258,7 @@ def test_object_threshold_is_tuned_as_postprocess_applies_it():
         samples.append((probs, "softmax", labels, 1.0))
     fixed = {"marker_threshold": 0.5, "mask_threshold": 0.5, "flood": "probability", "min_size": 2,
              "min_marker_size": 1, "min_relative_size": 0.0}
-    table = tune.grid_search(samples, {"object_threshold": [0.0, 0.8]}, fixed).set_index("object_threshold")
+    table = grid_search.grid_search(samples, {"object_threshold": [0.0, 0.8]}, fixed).set_index("object_threshold")
     for value in (0.0, 0.8):
         direct = np.mean([dsb_score(true, postprocess(p, h, **fixed, object_threshold=value))
                           for p, h, true, _ in samples])
@@ -266,17 +267,17 @@ def test_object_threshold_is_tuned_as_postprocess_applies_it():
     # a stained threshold applies to the stained samples only (the 5th element: the image type)
     typed = [samples[0] + ("histology",), samples[1] + ("fluo-small",)]
     grid = {"object_threshold": [0.8], "stained_object_threshold": [None, 0.0]}
-    stained = tune.grid_search(typed, grid, fixed).set_index("stained_object_threshold", drop=False)
+    stained = grid_search.grid_search(typed, grid, fixed).set_index("stained_object_threshold", drop=False)
     (p0, h0, true0, _), (p1, h1, true1, _) = samples
     kept = np.mean([dsb_score(true0, postprocess(p0, h0, **fixed, object_threshold=0.0)),
                     dsb_score(true1, postprocess(p1, h1, **fixed, object_threshold=0.8))])
     assert stained.loc[0.0, "dsb_score"] == pytest.approx(kept)
     assert stained["dsb_score"].max() == pytest.approx(table.loc[0.8, "dsb_score"])
-    best, _ = tune.best_setting(stained)
+    best, _ = grid_search.best_setting(stained)
     assert best["stained_object_threshold"] is None  # unset, not nan
     # so does the stained mask threshold
     grid = {"mask_threshold": [0.5], "stained_mask_threshold": [None, 0.95]}
-    masked = tune.grid_search(typed, grid, fixed).set_index("stained_mask_threshold", drop=False)
+    masked = grid_search.grid_search(typed, grid, fixed).set_index("stained_mask_threshold", drop=False)
     assert masked.loc[0.95, "dsb_score"] == pytest.approx(np.mean([
         dsb_score(true0, postprocess(p0, h0, **(fixed | {"mask_threshold": 0.95}))),
         dsb_score(true1, postprocess(p1, h1, **(fixed | {"mask_threshold": 0.5})))]))
@@ -295,8 +296,8 @@ def test_tuning_weighs_experiments_equally():
     halo[1][(labels > 0) & (halo[0] == 0)] = 0.9
     samples = [(good_low, "softmax", labels, 1.0)] * 3 + [(halo, "softmax", labels, 1.0)]
     grid, fixed = {"mask_threshold": [0.5, 0.85]}, {"marker_threshold": 0.5, "flood": "probability"}
-    by_image = tune.grid_search(samples, grid, fixed)
-    by_experiment = tune.grid_search(samples, grid, fixed, groups=["a", "a", "a", "b"])
+    by_image = grid_search.grid_search(samples, grid, fixed)
+    by_experiment = grid_search.grid_search(samples, grid, fixed, groups=["a", "a", "a", "b"])
     assert by_image["mask_threshold"].iloc[0] == 0.5
     assert by_experiment["mask_threshold"].iloc[0] == 0.85
     row = by_experiment.set_index("mask_threshold").loc[0.85]
@@ -320,4 +321,4 @@ def test_tune_balances_experiments_from_the_index(workspace, capsys):
         assert tuned["objective"] == objective and tuned["n_images"] == 3
         assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0
     scores = pd.Series([0.9, 0.5, 0.7])  # by source: (0.9 + 0.6) / 2, not the image mean 0.7
-    assert tune.group_mean(scores, ["x", "y", "y"]) == pytest.approx(0.75)
+    assert grid_search.group_mean(scores, ["x", "y", "y"]) == pytest.approx(0.75)

@@ -1,4 +1,4 @@
-"""Outline exports (pipeline.export): GeoJSON for QuPath and ImageJ RoiSets for Fiji.
+"""Outline exports (pipeline.batch.outlines): GeoJSON for QuPath and ImageJ RoiSets for Fiji.
 
 Each format is read back by an independent library (json + skimage.draw / shapely; roifile) and
 rasterised again: the nuclei must come back pixel for pixel.
@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import roifile
 import shapely.geometry
-from skimage.draw import polygon as fill_polygon
 
-from pipeline.export import (
+from pipeline.batch.outlines import (
     FORMATS,
     export_path,
     geojson_features,
@@ -26,8 +25,9 @@ from pipeline.export import (
     write_geojson,
     write_imagej_rois,
 )
-from pipeline.measure import measure_nuclei
-from tests.conftest import disc
+from pipeline.method.measure import measure_nuclei
+
+from .conftest import disc, rasterise
 
 
 def tricky_labels() -> np.ndarray:
@@ -48,18 +48,6 @@ def tricky_labels() -> np.ndarray:
     for k in range(5):  # 4-connected: five one-pixel parts of one nucleus
         labels[70 + k, 80 + k] = 8
     return labels
-
-
-def rasterise(rings, shape) -> np.ndarray:
-    """Fill closed (x, y) rings even-odd with pixel-centre sampling (skimage.draw.polygon)."""
-    mask = np.zeros(shape, bool)
-    for ring in rings:
-        x, y = np.asarray(ring, np.float64).T
-        rows, cols = fill_polygon(y - 0.5, x - 0.5, shape)  # pixel (r, c) has its centre at (c + .5, r + .5)
-        inside = np.zeros(shape, bool)
-        inside[rows, cols] = True
-        mask ^= inside
-    return mask
 
 
 def geometry_rings(geometry: dict) -> list:

@@ -14,9 +14,9 @@ import tifffile
 from PIL import Image
 
 from pipeline.cli import main as cli_main
-from pipeline.io import read_labels
-from tests.test_export import rasterise
-from tests.test_segment import disks, model_dir  # noqa: F401  (model_dir is a fixture)
+from pipeline.files.io import read_labels
+
+from .conftest import disks, rasterise
 
 
 def features_of(path) -> dict[int, dict]:

@@ -10,15 +10,15 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.batch.segment import segment_images
 from pipeline.cli import main as cli_main
-from pipeline.config import ROOT
+from pipeline.config.params import ROOT
 from pipeline.errors import NucleiError
-from pipeline.finetune import finetune
-from pipeline.metrics import dsb_score
-from pipeline.scale import median_diameter
-from pipeline.segment import segment_images
-from pipeline.segmenter import Segmenter
-from pipeline.train import train
+from pipeline.method.metrics import dsb_score
+from pipeline.method.scale import median_diameter
+from pipeline.model.segmenter import Segmenter
+from pipeline.stages.train import train
+from pipeline.training.finetune import finetune
 from tests.train_fixtures import disc_image, tiny_params, write_prepared
 
 
@@ -26,7 +26,7 @@ from tests.train_fixtures import disc_image, tiny_params, write_prepared
 def _small_and_quick(monkeypatch, tmp_path):
     """One thread, 64-px crops (the synthetic images are small), no DSB2018 guard crops (a fresh
     clone has no ../shared)."""
-    import pipeline.finetune as module
+    import pipeline.training.finetune as module
 
     monkeypatch.setattr(module, "CROP", 64)
     monkeypatch.setattr(module, "GUARD_ROOT", tmp_path / "no-shared-data")
@@ -108,7 +108,7 @@ def test_one_image_validates_on_its_halves_and_cli_refuses_to_overwrite(base_mod
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "held-out (image halves): base " in out and "model written to" in out
-    assert cli_main(args) == 1
+    assert cli_main(args) == 2  # a usage error, as in every command
     assert "already holds a model (use --force" in capsys.readouterr().err
     assert cli_main([*args, "--force"]) == 0
     with pytest.raises(SystemExit):
@@ -179,8 +179,9 @@ def test_thresholds_keep_the_base_training_images_within_the_tolerance():
     checks' base score minus the tolerance, the choice keeps the checks and gives up the held-out."""
     from skimage.draw import disk
 
-    from pipeline.finetune import FORGET_TOLERANCE, _tune
-    from pipeline.watershed import postprocess_to_shape
+    from pipeline.method.watershed import postprocess_to_shape
+    from pipeline.training.finetune import _tune
+    from pipeline.training.guard import FORGET_TOLERANCE
 
     held_labels = np.zeros((64, 64), np.int32)
     for k, (y, x) in enumerate([(16, 16), (16, 48), (48, 16), (48, 48)]):
@@ -216,7 +217,7 @@ def write_kaggle_root(root, n=6, size=64, seed=3):
 
 
 def test_guard_trains_on_its_images_and_checks_others(base_model, tmp_path):
-    from pipeline.finetune import guard_ids
+    from pipeline.training.guard import guard_ids
 
     root = write_kaggle_root(tmp_path / "stage1_train", n=12)
     assert not set(guard_ids(root, 3)) & set(guard_ids(root, 3, check=True))

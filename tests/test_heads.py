@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config.params import HEAD_NAMES
 from pipeline.errors import NucleiError
-from pipeline.heads import HEADS, TARGET_KEYS, Head, get_head, mask_and_marker
-from pipeline.targets import border_mask, make_targets
+from pipeline.method.heads import HEADS, TARGET_KEYS, Head, get_head, mask_and_marker
+from pipeline.method.targets import border_mask, make_targets
 
 
 def test_registry_names_every_head_once():
-    assert set(HEADS) == {"softmax", "sigmoid"}
+    assert set(HEADS) == {"softmax", "sigmoid"} == set(HEAD_NAMES)  # params.yaml's vocabulary agrees
     for name, head in HEADS.items():
         assert isinstance(head, Head) and head.name == name and head.channels >= 1
     with pytest.raises(NucleiError, match="model.head: 'linear' is not one of softmax, sigmoid"):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.inference import Predictor, load_predictor, plan_tiles, tta_transforms
-from pipeline.model_dir import save_model_dir
-from pipeline.networks import build_model
+from pipeline.model.model_dir import save_model_dir
+from pipeline.model.networks import build_model
+from pipeline.model.predictor import Predictor, load_predictor, plan_tiles, tta_transforms
 
 torch.set_num_threads(1)
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
@@ -107,7 +107,7 @@ def test_auto_tta_by_image_size(monkeypatch):
     """'auto': the most augmentation whose passes x pixels fit in AUTO_TTA_BUDGET, decided per
     image within one batch; with the real budget, 512² gets the 4 flips, 724² the half turn and
     1024² one pass."""
-    import pipeline.inference as inference
+    import pipeline.model.predictor as inference
 
     assert tta_transforms("auto", 512 * 512) == tta_transforms("flips")
     assert tta_transforms("auto", 724 * 724) == tta_transforms("rot180")
@@ -187,7 +187,7 @@ def test_load_predictor_from_model_dir(tmp_path):
     model, cfg = tiny_unet()
     save_model_dir(tmp_path / "m", model, {"model": cfg, "postprocess": {"min_size": 5}})
     predictor = load_predictor(tmp_path / "m", device="auto", tta="flips")
-    assert predictor.device.type in ("cpu", "cuda") and predictor.config["postprocess"]["min_size"] == 5
+    assert predictor.device.type in ("cpu", "cuda") and predictor.config.postprocess.min_size == 5
     probs = predictor.predict(image((30, 30)))
     ref = Predictor(model, cfg, tta="flips").predict(image((30, 30)))
     np.testing.assert_allclose(probs, ref, atol=2e-2)  # weights stored in float16

@@ -13,11 +13,11 @@ import tifffile
 from PIL import Image, ImageOps
 
 from pipeline.errors import NucleiError
-from pipeline.inputs import file_kind, list_inputs
-from pipeline.io import read_planes
-from pipeline.orientation import apply_orientation
+from pipeline.files.inputs import file_kind, list_inputs
+from pipeline.files.io import read_planes
+from pipeline.files.orientation import apply_orientation
 
-from .test_segment import counts_of, disks, model_dir, run_cli  # noqa: F401 (model_dir: a fixture)
+from .conftest import counts_of, disks, run_cli
 
 ARRAY = (np.arange(12 * 20).reshape(12, 20) % 251).astype(np.uint8)
 

@@ -1,23 +1,21 @@
-"""Tests of pipeline.intensity: robust normalisation for the network."""
+"""Tests of pipeline.method.intensity: robust normalisation for the network."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.intensity import (
+from pipeline.method.colour import (
     COLOUR,
     COLOUR_BLOCK,
     DARK,
-    _rescale,
     colourfulness,
-    intensity_range,
     is_colour_fluorescence,
     is_tinted_grey,
     is_transmitted,
-    normalization_kwargs,
-    normalize_image,
     nuclear_channel,
+    rescaled,
 )
+from pipeline.method.intensity import intensity_range, normalize_image
 
 RNG = np.random.default_rng(0)
 
@@ -80,10 +78,13 @@ def test_float_images_in_any_units():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_old_model_configs_keep_plain_percentiles():
-    assert normalization_kwargs({"normalization": {"low": 1.0, "high": 99.8}}) == {
-        "low": 1.0, "high": 99.8, "saturation": False}
-    assert normalization_kwargs({"normalization": {"low": 1.0, "high": 99.8, "saturation": True}})["saturation"]
+def test_normalize_image_defaults_are_those_a_model_folder_records():
+    import inspect
+
+    from pipeline.config.model_folder import NORMALIZATION, NormalizationConfig
+
+    defaults = {k: p.default for k, p in inspect.signature(normalize_image).parameters.items() if k != "image"}
+    assert defaults == NORMALIZATION == NormalizationConfig().to_dict() == {"low": 1.0, "high": 99.8, "saturation": True}
 
 
 def test_sparse_nuclei_beside_dim_cytoplasm_keep_their_contrast():
@@ -127,14 +128,13 @@ def test_a_grey_scene_through_a_tinted_camera_is_normalised_as_grey():
     """A bright-field image from a colour camera whose white balance is off: gains × one grey scene,
     with noise, JPEG or a black level. Kept in colour it was segmented as stained tissue
     (stage1_train's bright-field images: DSB2018 0.001 against 0.342 in grey,
-    benchmarks/bench_tint.py); it is normalised as grey and typed bright-field. Stains keep their
+    experiments/tint.py); it is normalised as grey and typed bright-field. Stains keep their
     colour, through a tinted camera too, and so does haematoxylin alone, in a round field of view or
     beside a saturated nucleus."""
     import cv2
     from skimage.color import hed2rgb
 
-    from pipeline.image_types import classify_image
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.image_types import classify_image, image_type_of
 
     labels = discs()
     scene = 200.0 - 60 * (labels > 0) + RNG.normal(0, 3, labels.shape)  # dark nuclei, bright background
@@ -212,9 +212,8 @@ def test_the_stain_is_measured_where_the_sample_absorbs():
     from scipy.ndimage import gaussian_filter
     from skimage.color import hed2rgb
 
-    from pipeline.image_types import classify_image
-    from pipeline.intensity import _tiles, stain_colour
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.colour import stain_colour, tile_pixels
+    from pipeline.method.image_types import classify_image, image_type_of
 
     labels = discs()
     nuclei = (labels > 0) * (0.05 + 0.01 * RNG.random(labels.shape))  # pale H&E
@@ -239,7 +238,7 @@ def test_the_stain_is_measured_where_the_sample_absorbs():
     assert classify_image(fringes) == image_type_of(normalize_image(fringes)) == "brightfield"
     stretched = np.clip((fringes - 135.0) / 70, 0, 1)  # as the contrast stretch shows it
     assert stain_colour(stretched) < COLOUR
-    tiles = _tiles(stretched, COLOUR_BLOCK).mean(axis=1)
+    tiles = tile_pixels(stretched, COLOUR_BLOCK).mean(axis=1)
     darkest = tiles[np.argsort(tiles.mean(axis=1))[: len(tiles) // 10]]
     assert np.abs(darkest - darkest.mean(axis=1, keepdims=True)).mean() > COLOUR  # |colour| adds fringes up
     assert stain_colour(np.zeros((16, 16, 3))) == 0.0  # all black: nothing to measure
@@ -260,9 +259,9 @@ def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
     over all pixels."""
     from skimage.color import hed2rgb
 
-    from pipeline.field_of_view import outside_field
-    from pipeline.intensity import tissue_pixels
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.field_of_view import outside_field
+    from pipeline.method.image_types import image_type_of
+    from pipeline.method.intensity import tissue_pixels
 
     labels = discs()
     nuclei = (labels > 0) * (0.1 + 0.05 * RNG.random(labels.shape))
@@ -271,9 +270,9 @@ def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
     glass = np.clip(np.rint(245 + RNG.normal(0, 2, (256, 9 * 256, 3))), 0, 255).astype(np.uint8)
     alone = normalize_image(tissue)
     assert tissue_pixels(tissue, *intensity_range(tissue)) is None  # nothing empty: as before
-    assert np.array_equal(alone, _rescale(tissue, *intensity_range(tissue)))
+    assert np.array_equal(alone, rescaled(tissue, *intensity_range(tissue)))
     wide = np.concatenate([tissue, glass], axis=1)
-    before = _rescale(wide, *intensity_range(wide))[:, :256]
+    before = rescaled(wide, *intensity_range(wide))[:, :256]
     assert (before[labels > 0] == 0).mean() > 0.2  # the nuclei clipped to black
     np.testing.assert_allclose(normalize_image(wide)[:, :256], alone, atol=0.03)
 
@@ -286,7 +285,7 @@ def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
     out = normalize_image(in_field)
     np.testing.assert_allclose(out[field], alone[field], atol=0.03)
     np.testing.assert_allclose(out[~field], np.broadcast_to(np.median(alone, axis=(0, 1)), out[~field].shape), atol=0.03)
-    before = _rescale(in_field, *intensity_range(in_field))
+    before = rescaled(in_field, *intensity_range(in_field))
     assert np.abs(out[field] - alone[field]).mean() < np.abs(before[field] - alone[field]).mean() / 3
     assert outside_field(tissue, intensity_range(tissue)[1]) is None
     assert outside_field(wide, intensity_range(wide)[1]) is None
@@ -302,7 +301,7 @@ def test_stained_tissue_is_normalised_over_the_sample_not_the_glass():
     np.testing.assert_array_equal(normalize_image(dark), normalize_image(dark[..., 2:].repeat(3, -1)))
 
     bright_field = np.concatenate([tissue.mean(-1, keepdims=True).repeat(3, -1).astype(np.uint8), glass], axis=1)
-    np.testing.assert_array_equal(normalize_image(bright_field), _rescale(bright_field, *intensity_range(bright_field)))
+    np.testing.assert_array_equal(normalize_image(bright_field), rescaled(bright_field, *intensity_range(bright_field)))
 
 
 def test_stained_tissue_under_uneven_illumination_keeps_its_colour():
@@ -313,8 +312,7 @@ def test_stained_tissue_under_uneven_illumination_keeps_its_colour():
     varies with the stain; a tinted grey scene's does not, under the same illumination too."""
     from skimage.color import hed2rgb
 
-    from pipeline.image_types import classify_image
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.image_types import classify_image, image_type_of
 
     labels = discs(spacing=24, radius=8)
     yy, xx = np.mgrid[: labels.shape[0], : labels.shape[1]]
@@ -344,8 +342,7 @@ def test_a_composite_bright_over_dense_tissue_is_fluorescence():
     normalised as its blue channel, the grey fluorescence the network learnt."""
     from skimage.segmentation import expand_labels
 
-    from pipeline.image_types import classify_image
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.image_types import classify_image, image_type_of
 
     labels = discs(spacing=16, radius=6)
     nuclei = (30 + 900 * (labels > 0) + RNG.normal(0, 20, labels.shape)).clip(0).astype(np.uint16)

@@ -7,9 +7,10 @@ import pytest
 import tifffile
 from PIL import Image
 
+from pipeline.data.kaggle import iter_kaggle_root, masks_to_labels, read_kaggle_sample
 from pipeline.errors import NucleiError
-from pipeline.inputs import list_images, list_inputs
-from pipeline.io import (
+from pipeline.files.inputs import list_images, list_inputs
+from pipeline.files.io import (
     atomic_path,
     colour_channel,
     encode_png,
@@ -19,7 +20,6 @@ from pipeline.io import (
     write_labels,
     write_png,
 )
-from pipeline.kaggle import iter_kaggle_root, masks_to_labels, read_kaggle_sample
 
 from .conftest import disc
 
@@ -191,6 +191,26 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert target.read_text() == "whole" and len(list(target.parent.iterdir())) == 1
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_take_the_umask_without_setting_it(tmp_path, monkeypatch, umask):
+    import os
+
+    old = os.umask(umask)
+    try:
+        def refuse(_):  # threaded Dask workers write beside us: the umask must never change
+            raise AssertionError("os.umask called while writing")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        write_png(tmp_path / "a.png", GREY8)
+        with atomic_path(tmp_path / "b.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    for name in ("a.png", "b.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 @pytest.mark.parametrize("channels", [None, 3, 4])
 def test_png_round_trip_keeps_channel_order(tmp_path, channels):
     array = GREY8 if channels is None else np.dstack([GREY8, GREY8 // 2, 255 - GREY8, GREY8 // 3][:channels])
@@ -236,18 +256,18 @@ def test_large_png_is_read_despite_pillows_bomb_guard(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["big.png", "big.jpg", "big.bmp", "big.tif"])
 def test_images_beyond_the_memory_limit_are_too_large_not_truncated(tmp_path, monkeypatch, name):
-    import pipeline.planes
+    import pipeline.files.planes
 
     Image.fromarray(np.dstack([GREY8] * 3)).save(tmp_path / name)
-    monkeypatch.setattr(pipeline.planes, "max_image_pixels", lambda: 500)  # 30 x 20 = 600 px
+    monkeypatch.setattr(pipeline.files.planes, "max_image_pixels", lambda: 500)  # 30 x 20 = 600 px
     with pytest.raises(NucleiError, match=r"image too large \(30x20 px") as info:
         read_image(tmp_path / name)
     assert "truncated" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_read_planes_keeps_the_files_units(tmp_path):
-    from pipeline.io import read_planes
-    from pipeline.measure import intensity_of
+    from pipeline.files.io import read_planes
+    from pipeline.method.measure import intensity_of
 
     data = GREY8.astype(np.float32) * 3.0 - 5.0
     tifffile.imwrite(tmp_path / "f.tif", data)
@@ -263,7 +283,7 @@ def test_read_planes_keeps_the_files_units(tmp_path):
 
 
 def test_multi_series_tiff_reads_every_series(tmp_path):
-    from pipeline.io import read_planes
+    from pipeline.files.io import read_planes
 
     with tifffile.TiffWriter(tmp_path / "ms.tif") as tif:
         tif.write(GREY8)

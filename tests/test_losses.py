@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pipeline.errors import NucleiError
-from pipeline.heads import get_head
-from pipeline.losses import (
+from pipeline.method.heads import get_head
+from pipeline.training.losses import (
     bce_loss,
     build_loss,
     focal_loss,
@@ -141,9 +141,9 @@ def test_bad_configuration():
 
 
 def test_every_head_names_a_pixel_loss_with_a_factor():
-    from pipeline.config import LossConfig
-    from pipeline.heads import HEADS
-    from pipeline.losses import PIXEL_LOSSES
+    from pipeline.config.params import LossConfig
+    from pipeline.method.heads import HEADS
+    from pipeline.training.losses import PIXEL_LOSSES
 
     for head in HEADS.values():
         assert head.pixel_loss_name in PIXEL_LOSSES

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.metrics import (
+from pipeline.method.metrics import (
     PRECISION_KEYS,
     THRESHOLDS,
     aggregate,

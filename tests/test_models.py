@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ROOT
+from pipeline.config.params import ROOT, PostprocessConfig
 from pipeline.errors import NucleiError
-from pipeline.model_dir import load_model_dir, portable_paths, save_model_dir
-from pipeline.networks import ARCHITECTURES, build_model, count_parameters, fuse_batchnorm, model_stride
+from pipeline.model.model_dir import load_model_dir, portable_paths, save_model_dir
+from pipeline.model.networks import ARCHITECTURES, build_model, count_parameters, fuse_batchnorm, model_stride
 
 torch.set_num_threads(1)
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "transpose"}
@@ -132,10 +132,10 @@ def test_save_load_round_trip(tmp_path, half):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.yaml", "weights.pt"]
     loaded, cfg = load_model_dir(tmp_path / "m")
     assert not loaded.training
-    assert cfg["format_version"] == 1 and cfg["model"]["depth"] == 2
-    assert cfg["postprocess"] == {"marker_threshold": 0.5}
+    assert cfg.format_version == 1 and cfg.model.depth == 2
+    assert cfg.postprocess.marker_threshold == 0.5 and cfg.postprocess.min_size == PostprocessConfig.min_size
     data = Path(os.path.relpath(tmp_path, ROOT)).as_posix()  # absolute paths are written relative
-    assert cfg["training"] == {"epochs": 1, "data": data, "score": 0.25, "size": [256, 256]}
+    assert cfg.training == {"epochs": 1, "data": data, "score": 0.25, "size": [256, 256]}
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_save_unwraps_wrappers_and_clears_encoder_weights(tmp_path):
     model = trained_tiny()
     save_model_dir(tmp_path, Wrapper(model), {"model": {**TINY, "encoder_weights": "/x.pt"}}, half=False)
     loaded, cfg = load_model_dir(tmp_path)
-    assert cfg["model"]["encoder_weights"] is None
+    assert cfg.model.encoder_weights is None
     assert torch.equal(loaded.head.weight, model.head.weight)
 
 

@@ -20,13 +20,13 @@ pytest.importorskip("pytestqt", reason="pytest-qt is not installed (make install
 
 from napari.components import ViewerModel  # noqa: E402
 
-from pipeline.io import read_labels  # noqa: E402
-from pipeline.model_dir import available_model_dir  # noqa: E402
+from pipeline.batch.segment import segment_images  # noqa: E402
+from pipeline.files.io import read_labels  # noqa: E402
+from pipeline.model.model_dir import available_model_dir  # noqa: E402
 from pipeline.napari_plugin import widgets  # noqa: E402
 from pipeline.napari_plugin.layers import get_reader  # noqa: E402
-from pipeline.segment import segment_images  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
-from tests.test_segment import disks, model_dir  # noqa: E402, F401  (model_dir is a fixture)
+
+from .conftest import ROOT, disks  # noqa: E402
 
 PLUGIN = "nuclei-pipeline"
 MANIFEST = ROOT / "pipeline" / "napari_plugin" / "napari.yaml"
@@ -174,9 +174,9 @@ def test_reader_opens_a_segment_output_folder(viewer, tmp_path, model_dir):  # n
 
 def test_finetune_widget_saves_a_model_the_segment_widget_offers(qtbot, viewer, tmp_path):
     pytest.importorskip(
-        "pipeline.finetune", reason="pipeline.finetune (issue 37, nuclei finetune) is not in this checkout yet"
+        "pipeline.training.finetune", reason="pipeline.training.finetune (issue 37, nuclei finetune) is not in this checkout yet"
     )
-    from pipeline.kaggle import read_kaggle_sample
+    from pipeline.data.kaggle import read_kaggle_sample
 
     sample = next(ROOT.glob("data/sample/stage1_train/4185b9369f*"))
     image, labels = read_kaggle_sample(sample)
@@ -199,7 +199,7 @@ def test_finetune_widget_saves_a_model_the_segment_widget_offers(qtbot, viewer, 
 def test_progress_fractions_of_a_callback():
     assert widgets.progress_fraction(3, 4) == 0.75
     assert widgets.progress_fraction(0.5) == 0.5
-    assert widgets.progress_fraction(0.25, "validation run 1/2") == 0.25  # pipeline.finetune's (fraction, message)
+    assert widgets.progress_fraction(0.25, "validation run 1/2") == 0.25  # pipeline.training.finetune's (fraction, message)
     assert widgets.progress_fraction(done=1, total=8) == 0.125
     assert widgets.progress_fraction(fraction=0.2) == 0.2
     assert widgets.progress_fraction() is None and widgets.progress_fraction("loss 0.3") is None
@@ -232,6 +232,6 @@ def test_finetune_worker_relays_progress_result_and_errors(qtbot, tmp_path):
 
 
 def test_plugin_modules_are_not_imported_by_the_base_package():
-    code = "import sys, pipeline.napari_plugin, pipeline.export; print(any(m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'magicgui') for m in sys.modules))"
+    code = "import sys, pipeline.napari_plugin, pipeline.batch.outlines; print(any(m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'magicgui') for m in sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert run.stdout.strip() == "False", run.stderr

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.lock import LOCK_NAME, folder_lock
-from pipeline.output_folder import MAX_NAME_BYTES, fit_name, output_names, remove_files
-from pipeline.segment import segment_images
+from pipeline.batch.lock import LOCK_NAME, folder_lock
+from pipeline.batch.output_folder import MAX_NAME_BYTES, fit_name, output_names, remove_files
+from pipeline.batch.segment import segment_images
 
-from .test_segment import counts_of, disks, model_dir, run_cli  # noqa: F401 (model_dir: a fixture)
+from .conftest import counts_of, disks, run_cli
 
 
 def save(path: Path, flip: bool = False) -> Path:
@@ -102,7 +102,7 @@ def test_the_cleanup_of_a_failed_image_never_stops_the_batch(tmp_path, model_dir
 
 # --------------------------------------------------------------------------- one run at a time
 
-HOLD = "import sys; from pipeline.lock import folder_lock\nwith folder_lock(sys.argv[1]):\n print('held', flush=True); sys.stdin.read()"
+HOLD = "import sys; from pipeline.batch.lock import folder_lock\nwith folder_lock(sys.argv[1]):\n print('held', flush=True); sys.stdin.read()"
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:
@@ -180,3 +180,20 @@ def test_image_type_and_diameter_on_the_command_line(tmp_path, model_dir):  # no
     assert counts_of(out).loc["a", "image_type"] == "histology"
     with pytest.raises(SystemExit):
         run_cli(tmp_path / "a.png", "-o", out, "--model", model_dir, "--image-type", "phase-contrast")
+
+
+def test_one_home_for_the_paths_and_the_counts_row():
+    """Every module writes the folder's paths and ``counts.csv`` rows through output_folder: a plane's row
+    and a slide's row have the same fields, rounded the same way, each one a column of counts.csv."""
+    from pipeline.batch.output_folder import COUNT_COLUMNS, counts_row, image_files, labels_file, overlay_file
+
+    assert (labels_file("a b"), overlay_file("a b")) == ("labels/a b.tif", "overlays/a b.png")
+    assert image_files("x") == ["labels/x.tif", "overlays/x.png", "tables/x.csv", "geojson/x.geojson", "rois/x.zip"]
+    row = counts_row("x", 3, 12.5, "fluo-small", 17.123456, True, 1.1679999, 0.98765, "", 0.5, 3.125)
+    assert row == {"count": 3, "median_area_px": 12.5, "image_type": "fluo-small", "diameter_px": 17.12,
+                   "diameter_estimated": True, "scale": 1.168, "confidence": 0.988, "flag": "", "status": "ok",
+                   "labels_file": "labels/x.tif", "overlay_file": "overlays/x.png", "median_area_um2": 3.125,
+                   "pixel_size_um": 0.5}
+    assert set(row) <= set(COUNT_COLUMNS)
+    unscaled = counts_row("x", 0, float("nan"), "histology", None, False, 1.0, 1.0, "flag")
+    assert unscaled["diameter_px"] is None and "median_area_um2" not in unscaled and "pixel_size_um" not in unscaled

@@ -1,4 +1,4 @@
-"""pipeline.pack: the prepared training set packed into one archive or parts and back, bit for bit."""
+"""pipeline.data.pack: the prepared training set packed into one archive or parts and back, bit for bit."""
 
 import tarfile
 
@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.cli import main
+from pipeline.data.pack import decode_sample, encode_sample, pack_prepared, unpack_prepared
 from pipeline.errors import NucleiError
-from pipeline.io import load_npz, save_npz
-from pipeline.pack import decode_sample, encode_sample, main, pack_prepared, unpack_prepared
+from pipeline.files.io import load_npz, save_npz
 
 
 def _prepared(folder, rng):
@@ -64,7 +65,7 @@ def test_parts_of_whole_samples_unpacked_in_order(tmp_path):
     with pytest.raises(NucleiError, match="unpack the earlier parts first"):
         unpack_prepared(parts[-1], out)  # the last part alone: its index is not written
     assert not (out / "a" / "index.csv").exists() and not (out / "b" / "index.csv").exists()
-    assert main(["unpack", *map(str, parts), str(out)]) == 0
+    assert main(["pack", "unpack", *map(str, parts), str(out)]) == 0
     for name, (image, labels) in samples.items():
         back = load_npz(out / f"{name}.npz")
         np.testing.assert_array_equal(back["image"], image)
@@ -92,7 +93,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(NucleiError, match="cannot be packed"):
         encode_sample(np.zeros((2, 2, 3), np.uint8), np.full((2, 2), 70_000, np.int32))
     (tmp_path / "junk.tar").write_bytes(b"not a tar")
-    assert main(["unpack", str(tmp_path / "junk.tar"), str(tmp_path / "out")]) == 1
+    assert main(["pack", "unpack", str(tmp_path / "junk.tar"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "junk.tar: not a packed training set" in err
+    assert main(["pack", "pack", str(tmp_path), str(tmp_path / "x.tar"), "--part-mib", "0"]) == 2  # usage
+    assert capsys.readouterr().err == "nuclei: error: --part-mib must be a positive number, got 0.0\n"
     assert not (tmp_path / "out" / "index.csv").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
-from pipeline.config import SECTIONS
+from pipeline.config.params import SECTIONS
 
 from .conftest import ROOT
 

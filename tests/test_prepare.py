@@ -8,9 +8,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from pipeline.cli import main
-from pipeline.image_types import classify_image
-from pipeline.io import load_npz
-from pipeline.prepare import stratified_folds
+from pipeline.data.folds import stratified_folds
+from pipeline.files.io import load_npz
+from pipeline.method.image_types import classify_image
 
 
 def test_stratified_folds_balance_groups():
@@ -39,8 +39,8 @@ def test_dense_fluorescence_is_not_bright_field():
     """Bright nuclei packed over most of a dark image (fluorescence in tissue sections) have a mean
     level of bright-field once normalised; they were typed so, and segmented without a diameter
     estimate. Bright-field's background is bright and most of the image, under uneven light too."""
-    from pipeline.intensity import normalize_image
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.image_types import image_type_of
+    from pipeline.method.intensity import normalize_image
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:512, :512]
@@ -65,8 +65,8 @@ def test_a_colour_cameras_pixel_noise_does_not_make_a_grey_image_stained(sigma):
     """Noise independent in each channel (a colour camera's) left bright-field images typed as
     stained tissue pixel by pixel; the type is decided on tile means (COLOUR_BLOCK), as files are
     prepared and as the Segmenter types normalised images (whose contrast stretch amplifies it)."""
-    from pipeline.intensity import normalize_image
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.image_types import image_type_of
+    from pipeline.method.intensity import normalize_image
 
     rng = np.random.default_rng(sigma)
     grey = np.full((256, 256), 200.0)

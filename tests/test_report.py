@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.io import encode_png
-from pipeline.overlay import thumbnail
-from pipeline.report import HEADLESS_CHROMIUM_FLAGS, render_report
+from pipeline.batch.report import HEADLESS_CHROMIUM_FLAGS, render_report
+from pipeline.files.io import encode_png
+from pipeline.method.overlay import thumbnail
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.errors import NucleiError
-from pipeline.rle import (
+from pipeline.data.rle import (
     RLEError,
     decode,
     decode_image,
@@ -21,10 +20,11 @@ from pipeline.rle import (
     validate_submission,
     write_submission,
 )
+from pipeline.errors import NucleiError
 
 
 def reference_encode(mask: np.ndarray) -> str:
-    """The classic Kaggle kernel encoder (independent of pipeline.rle)."""
+    """The classic Kaggle kernel encoder (independent of pipeline.data.rle)."""
     pixels = np.concatenate([[0], mask.T.ravel().astype(np.int8), [0]])
     runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
     runs[1::2] -= runs[::2]

@@ -1,4 +1,4 @@
-"""Device, precision and memory format selection (pipeline.runtime), and bf16 inference accuracy."""
+"""Device, precision and memory format selection (pipeline.model.runtime), and bf16 inference accuracy."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import runtime
 from pipeline.errors import NucleiError
-from pipeline.runtime import autocast_dtype, resolve_device, resolve_precision
+from pipeline.model import runtime
+from pipeline.model.runtime import autocast_dtype, resolve_device, resolve_precision
 
 
 def test_forced_precisions_on_cpu():
@@ -49,8 +49,8 @@ def test_resolve_device():
 
 
 def test_bf16_channels_last_inference_matches_fp32():
-    from pipeline.inference import Predictor
-    from pipeline.networks import build_model
+    from pipeline.model.networks import build_model
+    from pipeline.model.predictor import Predictor
 
     torch.manual_seed(0)
     cfg = {"arch": "unet", "head": "sigmoid", "depth": 3, "width": 8, "upsampling": "transpose"}
@@ -72,7 +72,7 @@ def test_bf16_channels_last_inference_matches_fp32():
 _FAULTS_CHILD = """
 import resource, sys
 import torch
-from pipeline.runtime import reuse_freed_memory
+from pipeline.model.runtime import reuse_freed_memory
 torch.set_num_threads(1)
 applied = reuse_freed_memory() if sys.argv[1] == "reuse" else False
 faults = []

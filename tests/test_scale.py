@@ -1,4 +1,4 @@
-"""Tests of pipeline.scale: nucleus diameters and resampling to and from the canonical size."""
+"""Tests of pipeline.method.scale: nucleus diameters and resampling to and from the canonical size."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from pipeline.scale import (
+from pipeline.method.scale import (
     BLOB_CALIBRATION,
     MAX_FACTOR,
     MIN_FACTOR,

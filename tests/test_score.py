@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main as nuclei
+from pipeline.data.rle import encode_labels
 from pipeline.errors import NucleiError
-from pipeline.rle import encode_labels
-from pipeline.score import score_submission
+from pipeline.stages.score import score_submission
 
 
 def score_line(text: str) -> float:

@@ -20,84 +20,18 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
-from skimage.draw import disk
 
-from pipeline.blocks import iter_blocks
-from pipeline.cli import main as cli_main
+from pipeline.batch.segment import COUNT_COLUMNS, segment_images
 from pipeline.errors import NucleiError
-from pipeline.io import read_labels
-from pipeline.measure import measure_nuclei, measurement_columns
-from pipeline.overlay import PALETTE, draw_outlines
-from pipeline.segment import COUNT_COLUMNS, segment_images
+from pipeline.files.io import read_labels
+from pipeline.method.blocks import iter_blocks
+from pipeline.method.measure import measure_nuclei, measurement_columns
+from pipeline.method.overlay import PALETTE, draw_outlines
+
+from .conftest import counts_of, disks, grid_centres, run_cli
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
-
-TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
-
-
-def _threshold_unet() -> torch.nn.Module:
-    """The tiny U-Net turned into a per-pixel grey-level threshold at 0.5 (see module doc)."""
-    from pipeline.networks import build_model
-
-    model = build_model(TINY)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
-                module.weight.zero_()  # every convolution off; batch norms (eval) are identities
-                if module.bias is not None:
-                    module.bias.zero_()
-        first, last = model.down[0], model.dec[-1]
-        first[0].weight[0, :, 1, 1] = 1 / 3  # channel 0 = grey level (centre tap)
-        first[3].weight[0, 0, 1, 1] = 1.0
-        last[0].weight[0, 0, 1, 1] = 1.0  # the skip connection's channel 0 passes through
-        last[3].weight[0, 0, 1, 1] = 1.0
-        model.head.weight[:, 0, 0, 0] = torch.tensor([40.0, 0.0, -40.0])
-        model.head.bias[:] = torch.tensor([-20.0, -30.0, 20.0])
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A model directory holding the threshold U-Net (float16 weights, as shipped)."""
-    from pipeline.model_dir import save_model_dir
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    config = {
-        "model": TINY,
-        "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
-        "normalization": {"low": 1.0, "high": 99.8},
-    }
-    save_model_dir(path, _threshold_unet(), config)
-    return path
-
-
-def disks(
-    shape=(96, 128), centres=((30, 30), (60, 90), (25, 100)), radius=7, value=200, bg=20, dtype=np.uint8
-):
-    """A grey image with bright disks; returns (image, true labels)."""
-    image = np.full(shape, bg, dtype=dtype)
-    labels = np.zeros(shape, np.int32)
-    for k, (r, c) in enumerate(centres, start=1):
-        rr, cc = disk((r, c), radius, shape=shape)
-        image[rr, cc] = value
-        labels[rr, cc] = k
-    return image, labels
-
-
-def grid_centres(shape, spacing, offset=20):
-    return [
-        (r, c) for r in range(offset, shape[0] - 10, spacing) for c in range(offset, shape[1] - 10, spacing)
-    ]
-
-
-def run_cli(*argv) -> int:
-    return cli_main(["segment", *map(str, argv)])
-
-
-def counts_of(outdir: Path) -> pd.DataFrame:
-    return pd.read_csv(outdir / "counts.csv", keep_default_na=False, na_values=[""]).set_index("image")
-
 
 # --------------------------------------------------------------------------- outputs
 
@@ -337,20 +271,20 @@ def test_a_failing_file_never_removes_another_inputs_outputs(tmp_path, model_dir
 
 def test_outputs_of_a_partly_written_image_are_removed(tmp_path, model_dir, monkeypatch):
     """An image whose overlay cannot be written loses its label file, not another's."""
-    import pipeline.segment_file
+    import pipeline.batch.one_file
 
     image, _ = disks()
     Image.fromarray(image).save(tmp_path / "a.png")
     Image.fromarray(image).save(tmp_path / "b.png")
     out = tmp_path / "out"
-    real = pipeline.segment_file.write_png
+    real = pipeline.batch.one_file.write_png
 
     def write_png(path, array):
         if path.name == "b.png":
             raise OSError(28, "No space left on device")
         real(path, array)
 
-    monkeypatch.setattr(pipeline.segment_file, "write_png", write_png)
+    monkeypatch.setattr(pipeline.batch.one_file, "write_png", write_png)
     counts = segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir).set_index("image")
     assert list(counts["status"]) == ["ok", "failed"]
     assert [p.name for p in (out / "labels").iterdir()] == ["a.tif"]
@@ -420,9 +354,9 @@ def test_measurements_match_regionprops(monkeypatch, band_rows):
     from skimage.measure import regionprops_table
     from skimage.segmentation import expand_labels
 
-    import pipeline.measure
+    import pipeline.method.measure
 
-    monkeypatch.setattr(pipeline.measure, "BAND_ROWS", band_rows)
+    monkeypatch.setattr(pipeline.method.measure, "BAND_ROWS", band_rows)
     rng = np.random.default_rng(3)
     labels = np.zeros((2000, 90), np.int32)
     points = np.c_[rng.integers(0, 2000, 300), rng.integers(0, 90, 300)]
@@ -470,7 +404,7 @@ def test_main_reads_params_section(tmp_path, model_dir, capsys):
     Image.fromarray(image).save(tmp_path / "a.png")
     params = tmp_path / "params.yaml"
     params.write_text(f"segment:\n  model: {model_dir}\n  thumbnail: 16\n")
-    from pipeline.segment import add_arguments, main
+    from pipeline.batch.segment import add_arguments, main
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -490,7 +424,7 @@ def test_main_reads_params_section(tmp_path, model_dir, capsys):
 
 def test_tta_flag_overrides_params(tmp_path, model_dir, monkeypatch):
     """``--tta`` overrides ``segment.tta`` of params.yaml, which overrides the default 'auto'."""
-    import pipeline.segment as segment
+    import pipeline.batch.segment as segment
 
     modes, load = [], segment.load_segmenter
     monkeypatch.setattr(segment, "load_segmenter", lambda settings: modes.append(settings.segment.tta) or load(settings))
@@ -600,7 +534,7 @@ def test_interrupted_batch_keeps_tables_of_the_images_done(tmp_path, model_dir, 
     import os
     import signal
 
-    from pipeline.segmenter import Segmenter
+    from pipeline.model.segmenter import Segmenter
 
     image, _ = disks()
     for name in ("a", "b", "c"):

@@ -12,40 +12,12 @@ import pytest
 from skimage.draw import disk
 
 from pipeline.errors import NucleiError
-from pipeline.metrics import image_metrics
-from pipeline.scale import median_diameter
-from pipeline.segmenter import MIN_CONFIDENCE, Segmenter, confidence
+from pipeline.method.heads import confidence
+from pipeline.method.metrics import image_metrics
+from pipeline.method.scale import median_diameter
+from pipeline.model.segmenter import MIN_CONFIDENCE, Segmenter
 
-CANONICAL = 20.0
-
-
-class GreyPredictor:
-    """Stands in for :class:`pipeline.inference.Predictor`: P(nucleus) = grey level, no border."""
-
-    head = "sigmoid"
-    device = "cpu"
-    tta = "none"
-
-    def __init__(self, config: dict):
-        self.config = config
-        self.calls: list[tuple[int, int]] = []
-        self.modes: list[str | None] = []  # the tta of each call (None: the predictor's own)
-
-    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
-        self.calls.append(image.shape[:2])
-        self.modes.append(tta)
-        grey = image.mean(axis=2).astype(np.float32)
-        return np.stack([grey, np.zeros_like(grey)])
-
-
-def segmenter(diameter=CANONICAL, **kw) -> Segmenter:
-    config = {
-        "model": {"arch": "unet", "head": "sigmoid"},
-        "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
-        "normalization": {"low": 1.0, "high": 99.8, "saturation": True},
-        "diameter": diameter,
-    }
-    return Segmenter(GreyPredictor(config), **kw)
+from .conftest import CANONICAL, GreyPredictor, grey_segmenter
 
 
 def disc_image(diameter: float, n: int = 4, dtype=np.uint8, bright=200, bg=20):
@@ -66,7 +38,7 @@ def disc_image(diameter: float, n: int = 4, dtype=np.uint8, bright=200, bg=20):
 @pytest.mark.parametrize("diameter", [8, 30, 120])
 def test_discs_of_any_size_are_found_once_without_a_diameter(diameter, method):
     image, true = disc_image(diameter)
-    seg = segmenter()
+    seg = grey_segmenter()
     seg.estimator = method
     estimate = seg.estimate_diameter(seg.normalize(image))
     assert estimate == pytest.approx(median_diameter(true), rel=0.2)
@@ -85,7 +57,7 @@ def test_small_nuclei_in_a_large_image_are_estimated_at_their_size():
     network's octave of refinement), so the estimate is the nuclei's size."""
     image, true = disc_image(8, n=188)
     assert image.shape[:2] == (3008, 3008)
-    seg = segmenter()
+    seg = grey_segmenter()
     assert seg.estimate_diameter(seg.normalize(image)) == pytest.approx(median_diameter(true), rel=0.2)
 
 
@@ -93,8 +65,8 @@ def test_small_nuclei_in_a_large_image_are_estimated_at_their_size():
 def test_the_blob_estimate_is_refined_again_only_when_the_first_pass_moved_it(monkeypatch, moved, expected):
     """The first refinement moves the prior (10 px) by ×1.1 (0.14 octave: converged, one network
     pass) or by ×1.5 (0.58 octave: measured again at 15 px, and that answer taken)."""
-    seg = segmenter()
-    monkeypatch.setattr("pipeline.scale.strongest_blob", lambda *a, **k: 10.0)
+    seg = grey_segmenter()
+    monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 10.0)
     asked: list[float] = []
 
     def measure(image, diameter):
@@ -118,10 +90,10 @@ def test_a_larger_scale_space_peak_as_strong_as_the_estimate_is_tried_too(
     """Mouse nuclei's chromocenters (bright spots of ~4.5 px inside 19-px nuclei) give a scale-space
     peak as strong as the nuclei's, and the network, shown the image 4x enlarged, confirms the
     spots (4 of 57 dense-tissue images): the larger peak is refined too and taken when confirmed."""
-    seg = segmenter()
+    seg = grey_segmenter()
     diameters = np.array([3.0, 4.5, 6.0, 8.0, 11.0, 16.0, 22.0, 30.0])
     response = np.array([0.5, 1.0, 0.7, 0.4, 0.6, larger_response, 0.5, 0.3])
-    monkeypatch.setattr("pipeline.scale.blob_scale_space", lambda *a, **k: (diameters, response))
+    monkeypatch.setattr("pipeline.method.scale.blob_scale_space", lambda *a, **k: (diameters, response))
     asked: list[float] = []
 
     def measure(image, diameter):
@@ -135,7 +107,7 @@ def test_a_larger_scale_space_peak_as_strong_as_the_estimate_is_tried_too(
 
 
 def test_blob_peaks_are_the_local_maxima_above_a_fraction_of_the_strongest():
-    from pipeline.scale import blob_peaks
+    from pipeline.method.scale import blob_peaks
 
     diameters = np.array([3.0, 4.5, 6.0, 8.0, 11.0, 16.0, 22.0])
     response = np.array([0.9, 0.5, 0.7, 0.4, 0.6, 1.0, 0.5])
@@ -150,7 +122,7 @@ def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
     """The scale-space prior peaks at the embryo (163 px, a quarter of the image's height is 75
     px): the estimate stays under that cap and the ring of 10-px nuclei is found."""
     image, true = embryo
-    seg = segmenter()
+    seg = grey_segmenter()
     seg.estimator = method
     result = seg.segment(image)
     assert result.diameter == pytest.approx(median_diameter(true), rel=0.25)
@@ -169,7 +141,7 @@ class InvertedPredictor(GreyPredictor):
 def stain(image: np.ndarray) -> np.ndarray:
     """A grey image of dark nuclei on a bright background (uint8 RGB) as a stained one: a pink
     cast, and the darker the more purple (a stain's hue, not a tinted camera's gains:
-    pipeline.intensity.is_tinted_grey); the same grey mean."""
+    pipeline.method.intensity.is_tinted_grey); the same grey mean."""
     darkness = (235 - image.astype(np.float32))[..., :1]
     stained = image + np.array([12, 0, -12]) + darkness * np.array([0, -0.3, 0.3])
     return np.clip(np.rint(stained), 0, 255).astype(np.uint8)
@@ -179,13 +151,13 @@ def test_stained_images_take_the_stained_object_threshold():
     """A colour (stained) image is post-processed with stained_object_threshold; the same grey
     image with object_threshold. Dim dark discs (P(nucleus) 0.6–0.75 for the stand-in network)
     fall under the object threshold 0.9 but not under the stained one, 0.5."""
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.image_types import image_type_of
 
     image, true = disc_image(20, n=4)
     dim = (true > 0) & (true % 2 == 0)
     image[dim] = 155
     image = 255 - image  # dark discs on a bright background: nuclei 55, dim ones 100, background 235
-    seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
+    seg = Segmenter(InvertedPredictor(grey_segmenter().predictor.config))
     seg.thresholds |= {"object_threshold": 0.9, "stained_object_threshold": 0.5}
     stained = stain(image)
     assert image_type_of(seg.normalize(image)) == "brightfield"
@@ -200,14 +172,14 @@ def test_a_white_hole_in_stained_tissue_does_not_flip_the_nuclei_to_bright():
     taken for nuclei (the prior at a quarter of their size); a stained image's nuclei are dark."""
     from scipy import ndimage as ndi
 
-    from pipeline.scale import blob_scale_space, strongest_blob
+    from pipeline.method.scale import blob_scale_space, strongest_blob
 
     _, true = disc_image(20, n=8)
     texture = ndi.gaussian_filter(np.random.default_rng(0).normal(0, 1, true.shape), 1.5)
     grey = np.where(true > 0, 40, 120 + 35 * texture / texture.std())
     grey[10:50, 10:50] = 255  # the white hole
     image = stain(np.dstack([np.clip(grey, 0, 255).astype(np.uint8)] * 3))
-    seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
+    seg = Segmenter(InvertedPredictor(grey_segmenter().predictor.config))
     normalized = seg.normalize(image)
     assert strongest_blob(*blob_scale_space(normalized)) < 0.4 * median_diameter(true)  # by the image alone
     assert seg.estimate_diameter(normalized) == pytest.approx(median_diameter(true), rel=0.25)
@@ -221,16 +193,16 @@ def test_stained_images_reach_the_network_at_the_stained_diameter(given):
     canonical 20 px. The labels map back to the image's own pixels either way."""
     image, true = disc_image(20, n=4)
     image = 255 - image
-    config = segmenter().predictor.config | {"stained_diameter": 30.0}
+    config = grey_segmenter().predictor.config | {"stained_diameter": 30.0}
     seg = Segmenter(InvertedPredictor(config))
-    assert (seg.diameter, seg.stained_diameter) == (20.0, 30.0)
+    assert (seg.diameter, seg.config.diameter_for("histology")) == (20.0, 30.0)
     grey, stained = seg.segment(image, diameter=given), seg.segment(stain(image), diameter=given)
     assert stained.image_type == "histology" and grey.image_type == "brightfield"
     assert stained.diameter == pytest.approx(20, rel=0.2)
     assert stained.scale == pytest.approx(30 / stained.diameter) and grey.scale == 1.0
     assert stained.labels.shape == true.shape and stained.labels.max() == true.max()
     assert image_metrics(true, stained.labels)["dsb_score"] > 0.9
-    assert Segmenter(InvertedPredictor(segmenter().predictor.config)).stained_diameter == 20.0
+    assert Segmenter(InvertedPredictor(grey_segmenter().predictor.config)).config.diameter_for("histology") == 20.0
 
 
 def test_bright_field_images_are_segmented_at_the_canonical_diameter_unless_one_is_given():
@@ -238,11 +210,12 @@ def test_bright_field_images_are_segmented_at_the_canonical_diameter_unless_one_
     real bright-field images the estimate finds whole cells), so the image is segmented at the
     canonical 20 px and flagged; a given diameter is used as given. The same discs bright on dark
     (fluorescence) are estimated."""
-    from pipeline.segmenter import BRIGHTFIELD_FLAG, image_type_of
+    from pipeline.method.image_types import image_type_of
+    from pipeline.model.segmenter import BRIGHTFIELD_FLAG
 
     image, true = disc_image(40, n=3)
     dark = 255 - image
-    seg = Segmenter(InvertedPredictor(segmenter().predictor.config))
+    seg = Segmenter(InvertedPredictor(grey_segmenter().predictor.config))
     assert image_type_of(seg.normalize(dark)) == "brightfield"
     assert seg.estimate_diameter(seg.normalize(dark)) is None
     assert seg.estimate_diameter(seg.normalize(dark), image_type="fluo-small") == pytest.approx(40, rel=0.2)
@@ -251,17 +224,18 @@ def test_bright_field_images_are_segmented_at_the_canonical_diameter_unless_one_
     given = seg.segment(dark, diameter=40)
     assert (given.diameter, given.estimated, given.scale) == (40, False, 0.5)
     assert image_metrics(true, given.labels)["ap50"] == 1.0
-    assert segmenter().segment(image).diameter == pytest.approx(median_diameter(true), rel=0.2)
+    assert grey_segmenter().segment(image).diameter == pytest.approx(median_diameter(true), rel=0.2)
 
 
 def test_a_given_image_type_decides_the_estimate_thresholds_and_flag():
     """``image_type`` overrides the rule (``nuclei segment --image-type``): fluorescence discs typed
     bright-field are not estimated and are flagged; the bright-field flag no longer says 'unless
     --diameter is given' once a diameter was given."""
-    from pipeline.segmenter import BRIGHTFIELD_FLAG, image_type_of
+    from pipeline.method.image_types import image_type_of
+    from pipeline.model.segmenter import BRIGHTFIELD_FLAG
 
     image, true = disc_image(40, n=3)
-    seg = segmenter()
+    seg = grey_segmenter()
     assert image_type_of(seg.normalize(image)) == "fluo-small"
     typed = seg.segment(image, image_type="brightfield")
     assert (typed.image_type, typed.diameter, typed.flag) == ("brightfield", CANONICAL, BRIGHTFIELD_FLAG)
@@ -275,7 +249,7 @@ def test_a_given_diameter_far_larger_than_the_image_is_flagged():
     """``--diameter 10000`` on a 256-px image: no nucleus can be that large; flagged, not a silent
     0 nuclei at confidence 1.0. A plausible diameter is not flagged."""
     image, _ = disc_image(32, n=4)  # 256 x 256
-    seg = segmenter()
+    seg = grey_segmenter()
     absurd = seg.segment(image, diameter=10_000.0)
     assert "too large" in absurd.flag and "10000" in absurd.flag
     assert seg.segment(image, diameter=32.0).flag == ""
@@ -284,12 +258,12 @@ def test_a_given_diameter_far_larger_than_the_image_is_flagged():
 
 def test_fluorescence_in_colour_is_segmented_as_grey():
     """Bright discs in the blue channel, or tinted, on a dark background: fluorescence in colour,
-    normalised grey (pipeline.intensity), so segmented exactly as the grey image and not taken
+    normalised grey (pipeline.method.intensity), so segmented exactly as the grey image and not taken
     for a stained one."""
-    from pipeline.segmenter import image_type_of
+    from pipeline.method.image_types import image_type_of
 
     image, true = disc_image(20, n=4)
-    seg = segmenter()
+    seg = grey_segmenter()
     grey = seg.segment(image)
     blue = np.zeros_like(image)
     blue[..., 2] = image[..., 0]
@@ -306,7 +280,7 @@ def test_the_diameter_estimate_runs_one_pass_and_the_segmentation_the_predictors
     """Test-time augmentation sharpens outlines, not a size: the estimate's network passes ask for
     tta 'none' (it is the same, and costs the same, whatever ``segment.tta`` says); the final
     segmentation takes the predictor's own mode."""
-    seg = segmenter()
+    seg = grey_segmenter()
     image, _ = disc_image(30.0)
     seg.segment(image)
     assert len(seg.predictor.modes) >= 2
@@ -316,7 +290,7 @@ def test_the_diameter_estimate_runs_one_pass_and_the_segmentation_the_predictors
 
 def test_given_diameter_overrides_the_estimate_and_maps_back_to_original_pixels():
     image, true = disc_image(40, n=3)
-    seg = segmenter()
+    seg = grey_segmenter()
     result = seg.segment(image, diameter=40.0)
     assert not result.estimated and result.diameter == 40.0 and result.scale == 0.5
     assert max(seg.predictor.calls[-1]) == 120  # the network saw the image at half size
@@ -325,7 +299,7 @@ def test_given_diameter_overrides_the_estimate_and_maps_back_to_original_pixels(
 
 def test_model_without_canonical_diameter_runs_at_the_images_own_scale():
     image, true = disc_image(16, n=3)
-    seg = segmenter(diameter=None)
+    seg = grey_segmenter(diameter=None)
     result = seg.segment(image)
     assert result.diameter is None and result.scale == 1.0 and not result.estimated
     assert seg.predictor.calls == [true.shape]  # one pass, no search
@@ -335,8 +309,8 @@ def test_model_without_canonical_diameter_runs_at_the_images_own_scale():
 @pytest.mark.parametrize("diameter", [10.0, 60.0])
 def test_blocks_at_any_scale_match_the_whole_image(diameter):
     image, true = disc_image(diameter, n=10 if diameter < 20 else 6)
-    whole = segmenter().segment(image, diameter=diameter)
-    seg = segmenter(block_size=256, block_margin=32)
+    whole = grey_segmenter().segment(image, diameter=diameter)
+    seg = grey_segmenter(block_size=256, block_margin=32)
     blocks = seg.segment(image, diameter=diameter)
     assert len(seg.predictor.calls) > 1  # it did run block by block
     assert max(max(c) for c in seg.predictor.calls) <= 256  # each block bounded at the network's scale
@@ -352,7 +326,7 @@ def test_confidence_and_flag():
     image = np.full((64, 64, 3), 20, np.uint8)
     image[20:40, 20:40] = 60  # a faint square fading in: ambiguous everywhere on it
     image[25:35, 25:35] = 70
-    seg = segmenter(diameter=None)
+    seg = grey_segmenter(diameter=None)
     seg.predictor.predict = lambda x, tta=None: np.stack([np.full(x.shape[:2], 0.5, np.float32), np.zeros(x.shape[:2], np.float32)])
     result = seg.segment(image)
     assert result.confidence < MIN_CONFIDENCE and "low confidence" in result.flag
@@ -360,7 +334,7 @@ def test_confidence_and_flag():
 
 def test_bright_field_images_are_flagged():
     image, _ = disc_image(16, n=3, bright=60, bg=220)  # dark nuclei on a bright grey background
-    seg = segmenter()
+    seg = grey_segmenter()
     assert "bright-field" in seg.segment(image, diameter=16.0).flag
     fluo, _ = disc_image(16, n=3)
     assert seg.segment(fluo, diameter=16.0).flag == ""
@@ -377,4 +351,4 @@ def test_invalid_model_settings_are_reported_once_up_front():
     with pytest.raises(NucleiError, match="stained_diameter needs a diameter"):
         Segmenter(GreyPredictor({"model": {"head": "sigmoid"}, "stained_diameter": 24}))
     with pytest.raises(NucleiError, match="block size"):
-        segmenter(block_size=100, block_margin=60)
+        grey_segmenter(block_size=100, block_margin=60)

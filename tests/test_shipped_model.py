@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.config import ROOT
+from pipeline.config.params import ROOT
 
 MODEL = ROOT / "models" / "default"
 #: DSB2018 score of the shipped model on the embedded sample, CPU, as `nuclei segment` runs it
@@ -27,12 +27,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_shipped_model_loads_and_keeps_its_score(sample_root, sample_solution):
-    from pipeline.score import score_submission
-    from pipeline.segmenter import Segmenter
-    from pipeline.submit import submission_for
+    from pipeline.model.segmenter import Segmenter
+    from pipeline.stages.score import score_submission
+    from pipeline.stages.submit import submission_for
 
     segmenter = Segmenter.from_model_dir(MODEL, device="cpu")  # segment.tta's default, auto
-    assert segmenter.config["format_version"] == 1
+    assert segmenter.config.format_version == 1
     submission, shapes = submission_for(sample_root, segmenter)
     assert len(shapes) == 20
     summary, per_image = score_submission(submission, pd.read_csv(sample_solution, keep_default_na=False))
@@ -64,9 +64,9 @@ def nuclei_like(diameter: float, n: int = 5, seed: int = 0):
 
 @pytest.mark.parametrize("diameter", [8, 30, 120])
 def test_shipped_model_finds_nuclei_of_any_size_once_without_a_diameter(diameter):
-    from pipeline.metrics import image_metrics
-    from pipeline.scale import median_diameter
-    from pipeline.segmenter import Segmenter
+    from pipeline.method.metrics import image_metrics
+    from pipeline.method.scale import median_diameter
+    from pipeline.model.segmenter import Segmenter
 
     segmenter = Segmenter.from_model_dir(MODEL, device="cpu")
     image, true = nuclei_like(diameter)

@@ -1,4 +1,4 @@
-"""Huge images out of core (pipeline.slide): lazy reading, seams, stitching rule, pixel size metadata.
+"""Huge images out of core (pipeline.batch.slide): lazy reading, seams, stitching rule, pixel size metadata.
 
 The seam test segments a 4000 × 4000 tiled TIFF with the ideal stand-in network of
 test_segmenter.py (P(nucleus) = grey level: the Segmenter, blocks, watershed, stitching and
@@ -14,13 +14,14 @@ import tifffile
 from PIL import Image
 from skimage.draw import disk
 
-from pipeline.blocks import iter_blocks
+from pipeline.batch.slide import Stitcher, sample_mosaic, segment_slide
 from pipeline.errors import NucleiError
-from pipeline.io import read_planes
-from pipeline.metadata import ome_pixel_size, tiff_pixel_size
-from pipeline.slide import Stitcher, sample_mosaic, segment_slide
-from pipeline.slide_reader import open_slide, slide_of
-from tests.test_segmenter import segmenter as grey_segmenter
+from pipeline.files.io import read_planes
+from pipeline.files.metadata import ome_pixel_size, tiff_pixel_size
+from pipeline.files.slide_reader import open_slide, slide_of
+from pipeline.method.blocks import iter_blocks
+
+from .conftest import disks, grey_segmenter, grid_centres, run_cli, save_threshold_model
 
 
 def seam_image(side: int, step: int, radius: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +112,7 @@ def test_lazy_reading_and_the_too_large_refusal_only_where_true(tmp_path, monkey
     tifffile.imwrite(tmp_path / "whole.tif", image, compression="zlib", rowsperstrip=1000, photometric="rgb")
     tifffile.imwrite(tmp_path / "raw.tif", image, photometric="rgb")  # uncompressed: memory-mapped
     Image.fromarray(image).save(tmp_path / "image.png")
-    monkeypatch.setattr("pipeline.planes.max_image_pixels", lambda: 500_000)  # a machine too small for 1.2 Mpx
+    monkeypatch.setattr("pipeline.files.planes.max_image_pixels", lambda: 500_000)  # a machine too small for 1.2 Mpx
 
     for name in ("tiled.tif", "raw.tif"):  # read piece by piece: segmented out of core, never refused
         slide = slide_of(tmp_path / name, slide_pixels=50_000_000)
@@ -158,29 +159,15 @@ def test_ome_and_imagej_pixel_sizes_are_read(tmp_path):
 
 
 def test_segment_reads_the_pixel_size_unless_given(tmp_path):
-    from tests.test_segment import disks, run_cli
-
-    model = pytest.importorskip("tests.test_segment")
     image, _ = disks()
     tifffile.imwrite(tmp_path / "cells.ome.tif", image, metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
     model_dir = tmp_path / "model"
-    _save_threshold_model(model, model_dir)
+    save_threshold_model(model_dir)
     assert run_cli(tmp_path / "cells.ome.tif", "-o", tmp_path / "meta", "--model", model_dir) == 0
     assert run_cli(tmp_path / "cells.ome.tif", "-o", tmp_path / "given", "--model", model_dir, "--pixel-size", "2") == 0
     meta, given = (pd.read_csv(tmp_path / d / "nuclei.csv") for d in ("meta", "given"))
     assert np.allclose(meta["area_um2"], meta["area_px"] * 0.25) and np.allclose(given["area_um2"], given["area_px"] * 4)
     assert pd.read_csv(tmp_path / "meta" / "counts.csv")["pixel_size_um"].tolist() == [0.5]
-
-
-def _save_threshold_model(module, path) -> None:
-    from pipeline.model_dir import save_model_dir
-
-    config = {
-        "model": module.TINY,
-        "postprocess": {"marker_threshold": 0.5, "mask_threshold": 0.5, "min_marker_size": 4, "min_size": 10},
-        "normalization": {"low": 1.0, "high": 99.8},
-    }
-    save_model_dir(path, module._threshold_unet(), config)
 
 
 def test_a_pyramidal_jpeg_ome_tiff_is_read_at_full_resolution(tmp_path):
@@ -199,13 +186,11 @@ def test_a_pyramidal_jpeg_ome_tiff_is_read_at_full_resolution(tmp_path):
 def test_slides_beside_exports_and_a_later_run_in_the_same_folder(tmp_path):
     """A slide with --export: its flag says no outlines were written (the ordinary image's are);
     nuclei.csv streams its rows; a later run into the same folder keeps them (output_folder.Tables)."""
-    import tests.test_segment as module
-    from pipeline.segment import segment_images
-    from pipeline.segment_file import SLIDE_EXPORT_NOTE
-    from tests.test_segment import disks, grid_centres
+    from pipeline.batch.one_file import SLIDE_EXPORT_NOTE
+    from pipeline.batch.segment import segment_images
 
     model_dir = tmp_path / "model"
-    _save_threshold_model(module, model_dir)
+    save_threshold_model(model_dir)
     settings = {"tile_size": 256, "overlap": 32, "block_size": 256, "block_margin": 40, "slide_pixels": 100_000}
     big, _ = disks(shape=(400, 500), centres=grid_centres((400, 500), 33))
     tifffile.imwrite(tmp_path / "big.tif", big, tile=(64, 64), compression="zlib")  # 200,000 px: out of core
@@ -234,13 +219,13 @@ def test_slides_beside_exports_and_a_later_run_in_the_same_folder(tmp_path):
 
 
 def test_an_ome_zarr_folder_is_one_input_and_a_turned_tiff_is_read_whole(tmp_path):
-    from pipeline.inputs import list_inputs
+    from pipeline.files.inputs import list_inputs
 
     (tmp_path / "plate.zarr" / "0").mkdir(parents=True)
     (tmp_path / "plate.zarr" / "zarr.json").write_text("{}")
     assert list_inputs([tmp_path / "plate.zarr"]) == ([tmp_path / "plate.zarr"], [])
     image = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200)
     tifffile.imwrite(tmp_path / "turned.tif", image, tile=(64, 64), extratags=[(274, "H", 1, 6, False)])
-    assert open_slide(tmp_path / "turned.tif") is None  # read whole, turned as shown (pipeline.tiff)
+    assert open_slide(tmp_path / "turned.tif") is None  # read whole, turned as shown (pipeline.files.tiff)
     plane = read_planes(tmp_path / "turned.tif")[0]
     assert plane.array.shape == (200, 300) and plane.orientation == 6

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import Config, DataConfig
-from pipeline.dataset import source_balance_weights
+from pipeline.config.params import Config, DataConfig
+from pipeline.data.folds import read_index, split_folds
+from pipeline.data.sources import read_label_image, read_sample
 from pipeline.errors import NucleiError
-from pipeline.io import load_npz, write_labels, write_png
-from pipeline.prepare import read_index, split_folds
-from pipeline.sources import read_label_image, read_sample
+from pipeline.files.io import load_npz, write_labels, write_png
+from pipeline.training.dataset import source_balance_weights
 
 from .conftest import disc
 
@@ -122,8 +122,8 @@ def test_source_balance():
 
 
 def test_evaluate_reports_sources(tmp_path):
-    from pipeline.evaluate import summarise
-    from pipeline.metrics import PRECISION_KEYS
+    from pipeline.method.metrics import PRECISION_KEYS
+    from pipeline.stages.evaluate import summarise
 
     per_image = pd.DataFrame({"id": ["a/1", "a/2", "b/1"], "source": ["a", "a", "b"],
                               "image_type": ["fluo-small"] * 3, "dsb_score": [0.2, 0.4, 0.9]})

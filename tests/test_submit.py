@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli
-from pipeline.model_dir import save_model_dir
-from pipeline.networks import build_model
-from pipeline.rle import decode_image, validate_submission
-from pipeline.score import score_submission
+from pipeline.data.rle import decode_image, validate_submission
+from pipeline.model.model_dir import save_model_dir
+from pipeline.model.networks import build_model
+from pipeline.stages.score import score_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = ROOT / "data" / "sample" / "stage1_train"
@@ -66,7 +66,7 @@ def test_submit_sample_is_valid_complete_and_scores(tmp_path, model_dir, params)
 
 
 def _tiny_root(root: Path, n: int = 3) -> Path:
-    from pipeline.io import write_png
+    from pipeline.files.io import write_png
 
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -101,7 +101,7 @@ def test_submit_unreadable_image_fails_cleanly(tmp_path, model_dir, params, caps
 
 def test_submit_reads_every_image_before_predicting(tmp_path, model_dir, params, monkeypatch, capsys):
     """A corrupt last image is found before the first prediction; every bad file gets one line."""
-    from pipeline.inference import Predictor
+    from pipeline.model.predictor import Predictor
 
     root = _tiny_root(tmp_path / "test", n=4)
     for bad in ("img2", "img3"):
@@ -121,7 +121,7 @@ def test_submit_reads_every_image_before_predicting(tmp_path, model_dir, params,
 def test_submit_unwritable_output_is_a_usage_error_before_predicting(
     tmp_path, model_dir, params, monkeypatch, capsys, where
 ):
-    from pipeline.inference import Predictor
+    from pipeline.model.predictor import Predictor
 
     root = _tiny_root(tmp_path / "test")
     (tmp_path / "file").write_text("x")

@@ -10,15 +10,15 @@ from scipy import ndimage as ndi
 
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
-from pipeline.heads import get_head
-from pipeline.io import load_npz, save_npz
-from pipeline.targets import (
+from pipeline.files.io import load_npz, save_npz
+from pipeline.method.heads import get_head
+from pipeline.method.targets import (
     border_mask,
     make_targets,
     nucleus_radii,
-    process_one,
 )
-from pipeline.weights import weight_map
+from pipeline.method.weight_maps import weight_map
+from pipeline.stages.targets import process_one
 
 
 def squares(shape, boxes):
@@ -176,7 +176,7 @@ def test_stage_writes_one_file_per_prepared_image(tmp_path, workers):
 
 
 def test_stage_rescales_to_the_canonical_diameter(tmp_path):
-    from pipeline.scale import median_diameter
+    from pipeline.method.scale import median_diameter
 
     params, prepared, out, ids = write_prepared(tmp_path, n=1, extra={"diameter": 24.0})
     labels = load_npz(prepared / f"{ids[0]}.npz")["labels"]

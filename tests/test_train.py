@@ -16,13 +16,13 @@ import pytest
 import torch
 import yaml
 
-import pipeline.checkpoints as checkpoints_module
-import pipeline.trainer as trainer_module
-from pipeline.checkpoints import load_checkpoint
+import pipeline.training.checkpoints as checkpoints_module
+import pipeline.training.trainer as trainer_module
 from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
-from pipeline.model_dir import load_model_dir, save_model_dir
-from pipeline.train import as_config, fit, train
+from pipeline.model.model_dir import load_model_dir, save_model_dir
+from pipeline.stages.train import as_config, fit, train
+from pipeline.training.checkpoints import load_checkpoint
 from tests.train_fixtures import tiny_params, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +60,9 @@ def test_one_epoch_writes_checkpoint_model_dir_and_metrics(data_root, tmp_path):
     model_dir = train(params_for(data_root, out))
     assert model_dir == out / "model"
     model, config = load_model_dir(model_dir)
-    assert config["model"]["depth"] == 2 and config["postprocess"]["min_size"] == 4
-    assert config["normalization"] == {"low": 1.0, "high": 99.8, "saturation": True}
-    training = config["training"]
+    assert config.model.depth == 2 and config.postprocess.min_size == 4
+    assert config.normalization.to_dict() == {"low": 1.0, "high": 99.8, "saturation": True}
+    training = config.training
     assert training["epoch"] == 1 and training["params"]["train"]["epochs"] == 1
     assert training["hardware"]["device"] == "cpu" and training["data"]["val_images"] == 2
     assert 0.0 <= training["scores"]["val_dsb_score"] <= 1.0
@@ -318,7 +318,7 @@ DDP_SCRIPT = """
 import hashlib, json, os, sys
 import torch
 torch.set_num_threads(1)
-from pipeline.train import fit
+from pipeline.stages.train import fit
 params = json.loads(open(sys.argv[1]).read())
 model, _ = fit(params)
 state = model.state_dict()
@@ -364,8 +364,8 @@ def test_val_every_validates_only_every_nth_and_last_epoch(data_root, tmp_path, 
 
 
 def test_null_validation_fold_trains_on_every_image_and_exports_the_latest_epoch(data_root, tmp_path, capsys):
-    from pipeline.config import load_config
-    from pipeline.prepare import validation_index
+    from pipeline.config.params import load_config
+    from pipeline.data.folds import validation_index
 
     out = tmp_path / "run"
     params = params_for(data_root, out, epochs=3, val_every=2)
@@ -418,9 +418,9 @@ def pixel_iou(model, data_root: Path, params: dict) -> float:
     """Pixel IoU of P(nucleus) > 0.5 against the labels on the validation images (fold 0)."""
     import numpy as np
 
-    from pipeline.dataset import load_item, pad_to_multiple
-    from pipeline.heads import get_head
-    from pipeline.prepare import read_index, split_folds
+    from pipeline.data.folds import read_index, split_folds
+    from pipeline.method.heads import get_head
+    from pipeline.training.dataset import load_item, pad_to_multiple
 
     head = get_head(params["model"]["head"])
     _, val_ids = split_folds(read_index(data_root / "prepared"), 0, "stratified")
@@ -438,7 +438,7 @@ def pixel_iou(model, data_root: Path, params: dict) -> float:
 
 
 def test_training_lowers_the_loss_and_beats_the_untrained_network(data_root, tmp_path):
-    from pipeline.networks import build_model
+    from pipeline.model.networks import build_model
 
     params = params_for(data_root, tmp_path / "run", epochs=6, samples_per_epoch=16, lr=0.02)
     torch.manual_seed(0)
@@ -466,8 +466,8 @@ class _FixedLogits(torch.nn.Module):
 def test_validation_applies_the_stained_object_threshold():
     """Training-time validation post-processes as `nuclei postprocess` does: a stained (colour)
     validation image takes postprocess.stained_object_threshold, a grey one object_threshold."""
-    from pipeline.config import PostprocessConfig
-    from pipeline.steps import postprocess_function, validate
+    from pipeline.config.params import PostprocessConfig
+    from pipeline.training.steps import postprocess_function, validate
     from tests.conftest import disc
 
     shape = (64, 96)
@@ -505,7 +505,7 @@ def test_validation_applies_the_stained_object_threshold():
 
 def test_validation_score_means_over_images_or_over_sources():
     """``train.val_balance``: a source of many images does not outvote the others under 'source'."""
-    from pipeline.steps import validation_score
+    from pipeline.training.steps import validation_score
 
     # loss, score sum, images; per source: score sums (0.8 over 8 images, 0.9 over 1, none), image counts
     sums = [4.0, 0.8 * 8 + 0.9, 9, 0.8 * 8, 0.9, 0.0, 8, 1, 0]
@@ -521,17 +521,16 @@ def test_ship_model_last_ships_the_last_epochs_float32_checkpoint(data_root, tmp
     # stand in for a best validation epoch before the last: epoch 1, other weights
     best, best_config = load_model_dir(out / "model")
     torch.nn.init.zeros_(next(best.parameters()))
-    best_config["training"]["epoch"] = 1
-    save_model_dir(out / "model", best, best_config)
+    save_model_dir(out / "model", best, best_config.replace(training={**best_config.training, "epoch": 1}))
     params["predict"] = {"model": str(out / "model")}
     params["evaluate"] = {"out": str(tmp_path / "no-metrics")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(params, default=str))))
     result = ship_model(tmp_path / "params.yaml", tmp_path / "shipped", "--last", "--stained-diameter", "24")
     model, config = load_model_dir(tmp_path / "shipped")
     ckpt = load_checkpoint(out / "last.ckpt")
-    assert config["training"]["epoch"] == 2 and config["stained_diameter"] == 24
-    assert config["training"]["scores"]["train_loss"] == ckpt["history"][-1]["train_loss"]
-    assert config["training"]["time_s"] == round(float(ckpt["time_s"]), 1)
+    assert config.training["epoch"] == 2 and config.stained_diameter == 24
+    assert config.training["scores"]["train_loss"] == ckpt["history"][-1]["train_loss"]
+    assert config.training["time_s"] == round(float(ckpt["time_s"]), 1)
     for key, value in model.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(value, ckpt["model"][key].float(), atol=2e-3, rtol=2e-3)
@@ -540,7 +539,7 @@ def test_ship_model_last_ships_the_last_epochs_float32_checkpoint(data_root, tmp
 
 def test_ship_model_records_validation_figures_only_at_the_stained_scale_they_were_measured(tmp_path):
     """Figures of a model evaluated with stained images at 20 px do not describe it shipped at 24 px."""
-    from pipeline.networks import build_model
+    from pipeline.model.networks import build_model
 
     cfg = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
     save_model_dir(tmp_path / "evaluated", build_model(cfg), {"model": cfg, "diameter": 20.0})
@@ -552,11 +551,11 @@ def test_ship_model_records_validation_figures_only_at_the_stained_scale_they_we
 
     ship_model(tmp_path / "params.yaml", tmp_path / "same", "--stained-diameter", "20")
     config = load_model_dir(tmp_path / "same")[1]
-    assert config["training"]["validation"]["dsb_score"] == 0.5
-    assert config["postprocess"]["marker_threshold"] == 0.6
+    assert config.training["validation"]["dsb_score"] == 0.5
+    assert config.postprocess.marker_threshold == 0.6
     stdout = ship_model(tmp_path / "params.yaml", tmp_path / "rescaled", "--stained-diameter", "24").stdout
     config = load_model_dir(tmp_path / "rescaled")[1]
-    assert config["stained_diameter"] == 24 and "validation" not in config.get("training", {})
+    assert config.stained_diameter == 24 and "validation" not in config.training
     assert "not recorded: measured with stained images at 20.0 px, shipped at 24.0 px" in stdout
 
 

@@ -8,21 +8,26 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from pipeline.config.params import PostprocessConfig
 from pipeline.errors import NucleiError
-from pipeline.io import read_labels, save_npz
-from pipeline.watershed import (
+from pipeline.files.io import read_labels, save_npz
+from pipeline.method.watershed import (
     fill_holes,
     for_image_type,
-    main,
     postprocess,
     postprocess_to_shape,
     remove_faint,
     remove_relatively_small,
     remove_small,
-    thresholds,
 )
+from pipeline.stages.postprocess import main
 
 SHAPE = (96, 128)
+
+
+def thresholds(section: dict) -> dict:
+    """The watershed keywords of a ``postprocess`` section, checked."""
+    return PostprocessConfig.of_section(section).thresholds()
 
 
 def disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:

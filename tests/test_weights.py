@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
-from pipeline.weights import (
+from pipeline.method.weight_maps import (
     class_weights,
     nearest_two,
     separation_margin,

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from skimage.draw import disk
 
-from pipeline.io import save_npz, write_csv
-from pipeline.targets import make_targets
+from pipeline.files.io import save_npz, write_csv
+from pipeline.method.targets import make_targets
 
 
 def disc_image(

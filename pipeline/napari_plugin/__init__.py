@@ -8,6 +8,6 @@
 Importing this package imports neither napari nor Qt (the base install has neither): napari
 imports the modules the manifest names when it needs them.
 
-Must not: hold segmentation, measurement or training logic (:class:`pipeline.segmenter.Segmenter`,
-:mod:`pipeline.measure`, :func:`pipeline.finetune.finetune` do that).
+Must not: hold segmentation, measurement or training logic (:class:`pipeline.model.segmenter.Segmenter`,
+:mod:`pipeline.method.measure`, :func:`pipeline.training.finetune.finetune` do that).
 """

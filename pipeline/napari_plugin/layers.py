@@ -3,8 +3,8 @@
 Layer data tuples are napari's ``(data, metadata, layer_type)``. Nothing here imports Qt or
 napari, so that it is testable and usable without a window.
 
-Must not: segment (that is :class:`pipeline.segmenter.Segmenter`), measure
-(:mod:`pipeline.measure`) or draw widgets.
+Must not: segment (that is :class:`pipeline.model.segmenter.Segmenter`), measure
+(:mod:`pipeline.method.measure`) or draw widgets.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import ROOT
+from pipeline.config.params import ROOT
 from pipeline.errors import NucleiError
-from pipeline.io import as_rgb01, read_labels, read_planes
-from pipeline.measure import intensity_of, measure_nuclei
+from pipeline.files.io import as_rgb01, read_labels, read_planes
+from pipeline.method.measure import intensity_of, measure_nuclei
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -50,8 +50,8 @@ def image_array(data: Any, rgb: bool, name: str = "image") -> np.ndarray:
 
 
 def get_segmenter(model_dir: str | Path, tta: str = "auto", device: str = "auto"):
-    """The :class:`pipeline.segmenter.Segmenter` of a model folder, loaded once per process."""
-    from pipeline.segmenter import Segmenter
+    """The :class:`pipeline.model.segmenter.Segmenter` of a model folder, loaded once per process."""
+    from pipeline.model.segmenter import Segmenter
 
     key = (str(Path(model_dir).resolve()), tta, device)
     with _segmenters_lock:
@@ -75,14 +75,14 @@ def segment_array(
     diameter : float, optional
         Median nucleus diameter in px; estimated when None.
     tta : str
-        A mode of :data:`pipeline.inference.TTA_MODES`.
+        A mode of :data:`pipeline.config.params.TTA_MODES`.
 
     Returns
     -------
-    result : pipeline.segmenter.Segmentation
+    result : pipeline.model.segmenter.Segmentation
         ``labels`` int32 (H, W), diameter, confidence, flag.
     table : pandas.DataFrame
-        The ``nuclei.csv`` rows (:func:`pipeline.measure.measure_nuclei`, intensities in the
+        The ``nuclei.csv`` rows (:func:`pipeline.method.measure.measure_nuclei`, intensities in the
         image's units).
     """
     segmenter = get_segmenter(model_dir, tta, device)

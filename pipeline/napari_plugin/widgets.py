@@ -6,7 +6,7 @@ widget's status, never a traceback. A model that "Fine-tune" saves is offered by
 widget (:data:`MODELS`).
 
 Must not: segment, measure or train (:mod:`pipeline.napari_plugin.layers`,
-:func:`pipeline.finetune.finetune` do).
+:func:`pipeline.training.finetune.finetune` do).
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from psygnal import Signal
 
-from pipeline.config import ROOT
+from pipeline.config.params import ROOT, TTA_MODES
 from pipeline.errors import NucleiError, one_line
-from pipeline.inference import TTA_MODES
-from pipeline.model_dir import available_model_dir
+from pipeline.model.model_dir import available_model_dir
 from pipeline.napari_plugin.layers import get_segmenter, image_array, result_layers, segment_array, summary
 
 #: Value of the model choice "a model folder…" (the folder field then says which).
@@ -193,7 +192,7 @@ def _segment_steps(array, model: Path, diameter: float | None, tta: str):
 
 class FinetuneWidget(_Panel):
     """"Fine-tune on these labels": an image layer and the Labels layer the user corrected → a
-    fine-tuned model folder (:func:`pipeline.finetune.finetune`), then offered by "Segment nuclei"."""
+    fine-tuned model folder (:func:`pipeline.training.finetune.finetune`), then offered by "Segment nuclei"."""
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer, "Fine-tune")
@@ -209,7 +208,7 @@ class FinetuneWidget(_Panel):
 
     def run(self, *_: Any) -> None:
         try:
-            from pipeline.finetune import finetune
+            from pipeline.training.finetune import finetune
         except ImportError as exc:
             self.say(f"error: fine-tuning is not available in this installation ({exc})")
             return

@@ -1,0 +1,159 @@
+"""``nuclei segment --scheduler ADDRESS`` / ``--workers N``: a batch on a Dask cluster.
+
+Dask (dask.distributed) does the scheduling, the workers and their recovery: nothing here is a
+scheduler of its own. What runs where:
+
+- each ordinary image is one task: a worker reads it, segments it, writes its label image and
+  overlay (atomically, into the output folder, which every worker must see: a shared file
+  system) and sends back its rows and thumbnail;
+- a huge image (:mod:`pipeline.batch.slide`) is planned and stitched here, and its blocks are tasks;
+- results are taken in input order (:func:`ordered_map`: a window of tasks ahead), so the
+  tables, the label numbering and every file are identical to those of a run without Dask;
+- a worker that dies has its tasks re-run by the scheduler on another (``distributed``'s
+  ``allowed-failures``, default 3); ``--workers N`` starts a :class:`distributed.LocalCluster`
+  of N single-threaded worker processes on the loopback interface;
+- each worker process loads the model once (:class:`ModelRef`: a cache keyed by model directory
+  and settings) and keeps it for every image and block it is given.
+
+Must not: parse command lines, or segment (it hands work to :mod:`pipeline.batch.one_file` and
+:mod:`pipeline.batch.slide` on the workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import NucleiError, one_line
+
+#: Models loaded by this process (model directory, settings) → times: one per worker process.
+LOADS: dict[tuple, int] = {}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model directory and its :meth:`pipeline.model.segmenter.Segmenter.from_model_dir` settings;
+    calling it gives this process's Segmenter, loaded on first use and kept."""
+
+    model_dir: str
+    options: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, model_dir: str | Path, options: dict[str, Any]) -> ModelRef:
+        return cls(str(Path(model_dir).resolve()), tuple(sorted(options.items())))
+
+    def __call__(self):
+        return _loaded(self.model_dir, self.options)
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(model_dir: str, options: tuple[tuple[str, Any], ...]):
+    from pipeline.model.segmenter import Segmenter
+
+    LOADS[(model_dir, options)] = LOADS.get((model_dir, options), 0) + 1
+    return Segmenter.from_model_dir(model_dir, **dict(options))
+
+
+@contextlib.contextmanager
+def connect(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A :class:`distributed.Client` of the scheduler at ``scheduler`` (``tcp://host:8786``, or a
+    scheduler file), else of a new local cluster of ``workers`` single-threaded processes.
+
+    Raises
+    ------
+    NucleiError
+        No scheduler answers at ``scheduler``.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            target = {"scheduler_file": scheduler} if Path(scheduler).is_file() else {"address": scheduler}
+            client = Client(**target, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise NucleiError(f"{scheduler}: no Dask scheduler answers ({one_line(exc)})") from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+def ordered_map(client, window: int | None = None) -> Callable[[Callable, list[tuple]], Iterator]:
+    """``map(function, argument_tuples)`` on the cluster: yields ``function(*arguments)`` in the
+    order of the arguments, keeping ``window`` tasks submitted ahead (default: twice the
+    workers' threads, at least 4) so that memory stays bounded however many tasks there are."""
+
+    def run(function: Callable, items: list[tuple]) -> Iterator:
+        ahead = window or max(4, 2 * sum(client.nthreads().values()))
+        todo, pending = iter(items), deque()
+
+        def submit() -> None:
+            item = next(todo, None)
+            if item is not None:
+                pending.append(client.submit(function, *item, pure=False))
+
+        try:
+            for _ in range(ahead):
+                submit()
+            while pending:
+                result = pending.popleft().result()
+                submit()
+                yield result
+        finally:  # an error or an interruption: nothing left running for this batch
+            client.cancel(list(pending))
+
+    return run
+
+
+def file_task(source: str, name: str, model: ModelRef, settings, outdir: str, pixel_size: float | None,
+              earlier: dict[str, str], names: frozenset[str]) -> tuple[list, list, dict, float | None]:
+    """On a worker: segment one input file as :func:`pipeline.batch.segment.segment_images` would
+    (its files written into ``outdir``); returns its ``counts.csv`` rows, ``nuclei.csv`` tables,
+    report thumbnails and the pixel size its metadata gave."""
+    from pipeline.batch.one_file import segment_file
+    from pipeline.batch.output_folder import Tables
+
+    run = Tables(Path(outdir), pixel_size, exports=settings.exports, earlier=earlier)
+    run.names = set(names)
+    segment_file(Path(source), name, model(), settings, run)
+    return run.counts, run.nuclei, run.thumbnails, run.pixel_size
+
+
+def segment_batch(client, items: list[tuple[Path, str]], segmenter, settings, run,
+                  progress: Callable) -> None:
+    """Segment ``items`` (source, output name) on the cluster, adding their rows to ``run`` (a
+    :class:`pipeline.batch.output_folder.Tables`) in input order; huge images are stitched here, their
+    blocks segmented on the workers."""
+    from pipeline.batch.one_file import segment_file
+    from pipeline.files.slide_reader import slide_of
+
+    model = ModelRef.of(settings.model_dir, settings.segment.segmenter_options())
+    def is_slide(source: Path) -> bool:
+        try:
+            return slide_of(source, settings.segment.slide_pixels) is not None
+        except Exception:  # unreadable: a worker records the failure, as for any bad file
+            return False
+
+    on_client = [is_slide(source) for source, _ in items]
+    files = [(str(source), name, model, settings, str(run.outdir), settings.pixel_size, run.earlier,
+              frozenset(run.names)) for (source, name), here in zip(items, on_client, strict=True) if not here]
+    results = ordered_map(client)(file_task, files)
+    for (source, name), here in progress(list(zip(items, on_client, strict=True))):
+        if here:
+            segment_file(source, name, segmenter, settings, run, map_ordered=ordered_map(client),
+                         block_segmenter=model)
+        else:
+            counts, tables, thumbnails, pixel_size = next(results)
+            run.counts += counts
+            run.nuclei += tables
+            run.thumbnails.update(thumbnails)
+            run.pixel_size = run.pixel_size or pixel_size
+        run.write_soon()

@@ -1,0 +1,194 @@
+"""``report.html``: one self-contained page summarising a ``nuclei segment`` run.
+
+No network and no external files are needed to view it: the histogram is inline SVG and the
+overlay thumbnails are base64 PNGs. Each thumbnail links to the full-size overlay next to
+the page (``overlays/<stem>.png``).
+
+Must not: read or write files (it returns the HTML text).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+
+import numpy as np
+import pandas as pd
+
+from pipeline.batch.outlines import FORMATS, export_path
+from pipeline.batch.output_folder import COUNTS_CSV, NUCLEI_CSV, labels_file, overlay_file
+
+#: Flags for viewing a report in headless Chromium with no network traffic and no GPU (add
+#: ``--user-data-dir=<a fresh folder>`` and the action: ``--dump-dom``, ``--screenshot=...``).
+HEADLESS_CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+)
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+.summary span { display: inline-block; margin-right: 2em; }
+.summary b { font-size: 1.3em; }
+.warn { color: #b35900; font-weight: 600; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.failed td { background: #fdecea; color: #8a1f11; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; text-align: center; font-size: 0.85em; max-width: 320px; overflow-wrap: anywhere; }
+figure img { display: block; border: 1px solid #ccc; image-rendering: auto; }
+.muted { color: #777; }
+"""
+
+
+def area_histogram_svg(areas: np.ndarray, unit: str) -> str:
+    """Draw the histogram of nucleus areas.
+
+    Parameters
+    ----------
+    areas : (N,) float array
+        Nucleus areas, in ``unit``.
+    unit : str
+        Axis label unit, e.g. ``'px'`` or ``'µm²'``.
+
+    Returns
+    -------
+    svg : str
+        An ``<svg>`` element (no XML prolog) to inline in HTML.
+    """
+    from matplotlib.figure import Figure  # matplotlib is slow to import: only when drawing
+
+    figure = Figure(figsize=(6.4, 2.8))
+    axes = figure.add_subplot()
+    axes.hist(areas, bins=np.histogram_bin_edges(areas, bins="auto")[:101], color="#1f77b4")
+    axes.set_xlabel(f"nucleus area ({unit})")
+    axes.set_ylabel("nuclei")
+    axes.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    buffer = io.StringIO()
+    no_metadata = dict.fromkeys(("Date", "Creator", "Format", "Type"))  # reproducible, no RDF block
+    figure.savefig(buffer, format="svg", metadata=no_metadata)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def _cell(value: object) -> str:
+    if pd.isna(value):
+        return "<td></td>"
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        text = f"{value:.1f}" if isinstance(value, (float, np.floating)) else str(value)
+        return f'<td class="num">{text}</td>'
+    return f"<td>{escape(str(value))}</td>"
+
+
+def _counts_table(counts: pd.DataFrame) -> str:
+    columns = [c for c in counts.columns if c != "source" and not c.endswith("_file")]
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    rows = []
+    for record in counts[columns].to_dict("records"):
+        css = ' class="failed"' if record.get("status") != "ok" else ""
+        rows.append(f"<tr{css}>" + "".join(_cell(record[c]) for c in columns) + "</tr>")
+    return f'<table id="counts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _gallery(counts: pd.DataFrame, thumbnails: dict[str, bytes]) -> str:
+    figures = []
+    for record in counts.to_dict("records"):
+        png = thumbnails.get(record["image"])
+        if png is None:
+            continue
+        name = escape(str(record["image"]))
+        data = base64.b64encode(png).decode("ascii")
+        extra = ""
+        if pd.notna(record.get("diameter_px")):
+            how = "estimated" if record.get("diameter_estimated") else "given"
+            extra += f" · diameter {float(record['diameter_px']):.1f} px ({how})"
+        if isinstance(record.get("flag"), str) and record["flag"]:
+            extra += f' · <span class="warn">{escape(record["flag"])}</span>'
+        figures.append(
+            f'<figure><a href="{escape(overlay_file(str(record["image"])))}"><img alt="{name}" '
+            f'src="data:image/png;base64,{data}"></a>'
+            f"<figcaption>{name} · nuclei: {int(record['count'])}{extra}</figcaption></figure>"
+        )
+    if not figures:
+        return '<p class="muted">No overlays.</p>'
+    return f'<div class="gallery">{"".join(figures)}</div>'
+
+
+def render_report(
+    counts: pd.DataFrame,
+    areas: np.ndarray,
+    thumbnails: dict[str, bytes],
+    *,
+    pixel_size: float | None = None,
+    info: dict[str, str] | None = None,
+) -> str:
+    """Render the run's report as one HTML page.
+
+    Parameters
+    ----------
+    counts : pandas.DataFrame
+        ``counts.csv``: one row per image, with at least ``image``, ``count`` and ``status``.
+    areas : (N,) float array
+        Areas of all nuclei of the run, in µm² when ``pixel_size`` is given, else in pixels.
+    thumbnails : dict of str to bytes
+        PNG overlay thumbnail per image name (``counts.image``).
+    pixel_size : float, optional
+        Pixel side in µm (only shown, and used for the histogram's unit).
+    info : dict of str to str, optional
+        Extra facts listed under the title (model, device, date, ...).
+
+    Returns
+    -------
+    html : str
+        A complete, self-contained HTML document.
+    """
+    ok = counts["status"] == "ok"
+    n_nuclei = int(counts.loc[ok, "count"].sum())
+    summary = (
+        f'<span>images <b id="n-images">{int(ok.sum())}</b></span>'
+        f'<span>nuclei <b id="n-nuclei">{n_nuclei}</b></span>'
+        f'<span>failed <b id="n-failed">{int((~ok).sum())}</b></span>'
+    )
+    facts = dict(info or {})
+    if pixel_size is not None:
+        facts["pixel size"] = f"{pixel_size:g} µm"
+    facts["files next to this page"] = ", ".join([
+        f"{COUNTS_CSV} (per image), {NUCLEI_CSV} (per nucleus), {labels_file('<image>')}, {overlay_file('<image>')}",
+        *(f"{export_path(fmt, '<image>')} ({f.reader})" for fmt, f in FORMATS.items()
+          if f.column in counts and counts[f.column].notna().any()),
+    ])  # fmt: skip
+    facts_html = "".join(f"<li>{escape(key)}: {escape(str(value))}</li>" for key, value in facts.items())
+    unit = "µm²" if pixel_size is not None else "px"
+    histogram = (
+        area_histogram_svg(np.asarray(areas, dtype=float), unit)
+        if len(areas)
+        else '<p class="muted">No nuclei found.</p>'
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Nucleus segmentation report</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>Nucleus segmentation report</h1>
+<p class="summary">{summary}</p>
+<ul class="muted">{facts_html}</ul>
+<h2>Counts per image</h2>
+{_counts_table(counts)}
+<h2>Nucleus areas</h2>
+{histogram}
+<h2>Overlays</h2>
+{_gallery(counts, thumbnails)}
+</body>
+</html>
+"""

@@ -1,0 +1,244 @@
+"""A model folder's ``config.yaml``: read and checked in one place (:class:`ModelDirConfig`).
+
+A model folder (``models/default/``: ``config.yaml`` + ``weights.pt``, written and loaded by
+:mod:`pipeline.model.model_dir`) records how its network is used. :class:`ModelDirConfig` is that
+record as one frozen dataclass, in the manner of StarDist's ``Config2D``:
+
+- ``model``: the architecture (:class:`pipeline.config.params.ModelConfig`; ``encoder_weights``
+  always null: the folder holds the whole state dict);
+- ``postprocess``: the watershed thresholds (:class:`pipeline.config.params.PostprocessConfig`;
+  only its :attr:`~pipeline.config.params.PostprocessConfig.THRESHOLDS` are recorded, other keys
+  of the section, such as ``out``, are ignored);
+- ``normalization``: the intensity normalisation (:class:`NormalizationConfig`; a folder whose
+  section does not say ``saturation`` predates that rule and gets ``saturation: false``);
+- ``diameter``, ``stained_diameter``, ``user_diameter``: nucleus diameters in px (positive, or
+  null); :meth:`ModelDirConfig.diameter_for` is the one rule for the diameter a model resizes an
+  image to;
+- ``training``: free-form provenance; ``weights_sha256``: the checksum of ``weights.pt``;
+  ``format_version``: :data:`FORMAT_VERSION`.
+
+Every value is checked whichever way a config is made (:meth:`ModelDirConfig.from_dict`, the
+constructor, :meth:`ModelDirConfig.replace`), with a one-line
+:class:`~pipeline.errors.NucleiError` naming the file and the key, so nothing is written that would
+not be read back. :meth:`ModelDirConfig.to_dict` is the plain YAML mapping; writing it and reading
+it back gives an equal config.
+
+Must not: import any module of the package outside ``pipeline.config`` and ``pipeline.errors``,
+read weights, or know about networks and images (the image type of stained tissue is
+:data:`STAINED_IMAGE_TYPE`, equal to :data:`pipeline.method.image_types.HISTOLOGY`: a test checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from pipeline.config.params import ModelConfig, PostprocessConfig
+from pipeline.config.rules import Section, flag, is_number, number, setting
+from pipeline.errors import NucleiError
+
+#: Version of the model-folder layout (``format_version`` in ``config.yaml``).
+FORMAT_VERSION = 1
+#: The file of a model folder that :class:`ModelDirConfig` describes.
+CONFIG_NAME = "config.yaml"
+#: The image type whose nuclei a model resizes to its ``stained_diameter``: stained tissue
+#: (:data:`pipeline.method.image_types.HISTOLOGY`; a test checks that they agree).
+STAINED_IMAGE_TYPE = "histology"
+#: Keys of a model folder's ``config.yaml``, in the order they are written.
+KEYS = ("format_version", "model", "postprocess", "normalization", "diameter", "stained_diameter",
+        "user_diameter", "training", "weights_sha256")
+
+
+@dataclass(frozen=True)
+class NormalizationConfig(Section):
+    """``normalization``: the :func:`pipeline.method.intensity.normalize_image` keywords of a model
+    (percentiles ``low`` < ``high`` in [0, 100], and the saturation rule)."""
+
+    NAME: ClassVar[str] = "normalization"
+    low: float = setting(1.0, number(0, 100))
+    high: float = setting(99.8, number(0, 100))
+    saturation: bool = setting(True, flag)
+
+    def check(self, source):
+        if not self.low < self.high:
+            raise self.error(source, f"normalization.low ({self.low:g}) must be below normalization.high ({self.high:g})")
+
+
+#: The normalisation of new models (training, and the model folders it writes): the defaults of
+#: :class:`NormalizationConfig`, the keywords of :func:`pipeline.method.intensity.normalize_image`.
+NORMALIZATION: dict[str, float | bool] = NormalizationConfig().to_dict()
+#: ``saturation`` of a model folder whose ``normalization`` does not say it: written before the
+#: saturation rule, that model was trained with the plain percentile normalisation.
+LEGACY_SATURATION = False
+
+
+@dataclass(frozen=True)
+class ModelDirConfig:
+    """A model folder's ``config.yaml``, checked (module docstring).
+
+    The sections may be given as mappings (checked by their dataclass); numbers become floats. A
+    ``normalization`` mapping (or null) without ``saturation`` gets :data:`LEGACY_SATURATION`;
+    the default, for new models, is :data:`NORMALIZATION`.
+    ``source`` names the file in error messages and takes no part in comparisons.
+
+    Raises
+    ------
+    NucleiError
+        ``<source>: <key> must be ..., got ...``, one line, for any invalid value.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    #: Canonical nucleus diameter, px at the network's scale (None: the model does not rescale).
+    diameter: float | None = None
+    #: ... of stained images (None: ``diameter``); needs ``diameter``.
+    stained_diameter: float | None = None
+    #: Median nucleus diameter (px) of the images a fine-tuned model was adapted to (None: not fine-tuned).
+    user_diameter: float | None = None
+    training: dict = field(default_factory=dict)
+    weights_sha256: str | None = None
+    format_version: int = FORMAT_VERSION
+    source: str = field(default=CONFIG_NAME, compare=False)
+
+    def __post_init__(self):
+        source = str(self.source)
+        object.__setattr__(self, "source", source)
+        if self.format_version != FORMAT_VERSION or isinstance(self.format_version, bool):
+            raise NucleiError(f"{source}: format_version {self.format_version!r} is not supported "
+                              f"(this version reads {FORMAT_VERSION})")
+        object.__setattr__(self, "model", _model(self.model, source))
+        object.__setattr__(self, "postprocess", _postprocess(self.postprocess, source))
+        object.__setattr__(self, "normalization", _normalization(self.normalization, source))
+        for key in ("diameter", "stained_diameter", "user_diameter"):
+            object.__setattr__(self, key, _positive(getattr(self, key), key, source))
+        if self.stained_diameter is not None and self.diameter is None:
+            raise NucleiError(f"{source}: stained_diameter needs a diameter")
+        training = {} if self.training is None else self.training
+        if not isinstance(training, Mapping):
+            raise NucleiError(f"{source}: training must be a mapping, got {training!r}")
+        object.__setattr__(self, "training", dict(training))
+        if self.weights_sha256 is not None and not isinstance(self.weights_sha256, str):
+            raise NucleiError(f"{source}: weights_sha256 must be a string, got {self.weights_sha256!r}")
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str | Path = CONFIG_NAME) -> ModelDirConfig:
+        """Check a parsed ``config.yaml`` (``format_version`` defaults to :data:`FORMAT_VERSION`).
+
+        Raises
+        ------
+        NucleiError
+            Not a mapping, an unknown key, no ``model`` section, or an invalid value; one line
+            naming ``source`` and the key.
+        """
+        if not isinstance(values, Mapping):
+            raise NucleiError(f"{source}: expected a mapping")
+        unknown = [k for k in values if k not in KEYS]
+        if unknown:
+            raise NucleiError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
+        if not isinstance(values.get("model"), Mapping):
+            raise NucleiError(f"{source}: no 'model' section")
+        return cls(**{"normalization": None, **values}, source=str(source))  # none recorded: LEGACY_SATURATION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain ``config.yaml`` mapping (:data:`KEYS` order; null ``stained_diameter``,
+        ``user_diameter`` and ``weights_sha256`` left out)."""
+        out: dict[str, Any] = {
+            "format_version": self.format_version,
+            "model": self.model.to_dict(),
+            "postprocess": self.postprocess.thresholds(),
+            "normalization": self.normalization.to_dict(),
+            "diameter": self.diameter,
+        }
+        for key in ("stained_diameter", "user_diameter"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["training"] = dict(self.training)
+        if self.weights_sha256 is not None:
+            out["weights_sha256"] = self.weights_sha256
+        return out
+
+    def replace(self, **changes: Any) -> ModelDirConfig:
+        """A copy with ``changes`` (checked like any config)."""
+        return dataclasses.replace(self, **changes)
+
+    def diameter_for(self, image_type: str | None = None) -> float | None:
+        """The nucleus diameter (px) this model resizes an image of ``image_type`` to: the
+        ``stained_diameter`` for stained images (:data:`STAINED_IMAGE_TYPE`) when set, else the
+        ``diameter`` (None: no rescaling). The one rule: the Segmenter, ``finetune`` and the
+        shipping script all ask it."""
+        if image_type == STAINED_IMAGE_TYPE and self.stained_diameter is not None:
+            return self.stained_diameter
+        return self.diameter
+
+
+def as_model_dir_config(config: ModelDirConfig | Mapping, source: str | Path = CONFIG_NAME) -> ModelDirConfig:
+    """``config`` itself when it is a :class:`ModelDirConfig`, else the mapping checked into one."""
+    return config if isinstance(config, ModelDirConfig) else ModelDirConfig.from_dict(config, source)
+
+
+def read_model_config(folder: str | Path) -> ModelDirConfig:
+    """Read and check ``<folder>/config.yaml``.
+
+    Raises
+    ------
+    NucleiError
+        One line naming the folder or the file: folder or file missing, unreadable YAML, not a
+        mapping, no or an unsupported ``format_version``, no ``model`` section, an invalid value.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NucleiError(f"{folder}: model directory not found")
+    file = folder / CONFIG_NAME
+    if not file.is_file():
+        raise NucleiError(f"{file}: missing (not a model directory)")
+    try:
+        values = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NucleiError(f"{file}: unreadable ({first})") from None
+    if not isinstance(values, dict):
+        raise NucleiError(f"{file}: expected a mapping")
+    if "format_version" not in values:
+        raise NucleiError(f"{file}: no format_version")
+    return ModelDirConfig.from_dict(values, file)
+
+
+# --------------------------------------------------------------------------- the values
+
+
+def _positive(value: Any, key: str, source: str) -> float | None:
+    """A diameter: None, or a positive number (as a float)."""
+    if value is None:
+        return None
+    if not is_number(value) or not value > 0:
+        raise NucleiError(f"{source}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _model(value: Any, source: str) -> ModelConfig:
+    if isinstance(value, ModelConfig):
+        value = value.to_dict()
+    if not isinstance(value, Mapping):
+        raise NucleiError(f"{source}: no 'model' section")
+    return ModelConfig.from_dict({**value, "encoder_weights": None}, source)
+
+
+def _postprocess(value: Any, source: str) -> PostprocessConfig:
+    """The thresholds of a ``postprocess`` section (other keys ignored; missing ones the defaults)."""
+    return PostprocessConfig.of_section(value, source)
+
+
+def _normalization(value: Any, source: str) -> NormalizationConfig:
+    if isinstance(value, NormalizationConfig):
+        return value
+    if value is None:
+        value = {}
+    if isinstance(value, Mapping):
+        value = {"saturation": LEGACY_SATURATION, **value}
+    return NormalizationConfig.from_dict(value, source)

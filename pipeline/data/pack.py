@@ -1,0 +1,228 @@
+"""Pack the prepared training set into small archives, to carry it to another machine.
+
+``nuclei prepare`` writes one ``.npz`` per image (RGB uint8 image + int32 labels) and
+``index.csv``; stage1_train makes 72 MB of them, the five sources of the generalist 153 MB.
+:func:`pack_prepared` re-encodes every image as a PNG — one channel where R = G = B, as for most
+fluorescence images — and its labels as a 16-bit PNG, in uncompressed tars: stage1_train 46.6 MiB,
+the five sources 100.3 MiB. A GPU machine takes at most 64 MiB with the repository (about 26 MiB
+of it), so ``--part-mib`` splits the archive into parts of whole samples, carried one call at a
+time, the indexes in the last part. :func:`unpack_prepared` writes the identical ``.npz`` files and
+indexes back; the targets are then rebuilt there with ``nuclei targets``::
+
+    nuclei pack pack data/generalist/prepared carry/prepared.tar --part-mib 25
+    python -m pipeline pack unpack carry/prepared.1-of-5.tar data/generalist/prepared   # each part
+
+Unpacking needs only numpy and OpenCV, so that a bare GPU machine can do it. A folder is complete
+once it has its index: the last part checks that every sample the index names is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import NucleiError, UsageError
+from pipeline.files.io import atomic_path, load_npz, save_npz
+from pipeline.progress import progress
+
+#: The index of a prepared folder (:func:`pipeline.stages.prepare.prepare`).
+INDEX = "index.csv"
+#: The most labels a 16-bit PNG holds.
+MAX_LABEL = np.iinfo(np.uint16).max
+
+
+def _png(array: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) uint8/uint16 or (H, W, 3) RGB uint8 array (lossless)."""
+    import cv2
+
+    if array.ndim == 3:
+        array = array[..., ::-1]  # OpenCV writes BGR
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise NucleiError(f"PNG encoding failed for an array of shape {array.shape}")
+    return data.tobytes()
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    """The array of :func:`_png`'s bytes (RGB order)."""
+    import cv2
+
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ValueError("not a PNG")
+    return array[..., ::-1].copy() if array.ndim == 3 else array
+
+
+def encode_sample(image: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
+    """PNG bytes of one prepared sample.
+
+    ``image``: (H, W, 3) uint8, stored with one channel where the three are equal; ``labels``:
+    (H, W) integer labels 0…65,535.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise NucleiError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise NucleiError(f"labels outside 0-{MAX_LABEL} cannot be packed")
+    grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+    return _png(image[..., 0] if grey else image), _png(labels.astype(np.uint16))
+
+
+def decode_sample(image_png: bytes, labels_png: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_sample`: (H, W, 3) uint8 image, (H, W) int32 labels."""
+    image = _unpng(image_png)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return image, _unpng(labels_png).astype(np.int32)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+#: The member of a part (:func:`pack_prepared` with ``part_bytes``) that says which: ``"<k> of <n>"``.
+PART = "part.txt"
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> int:
+    """Bytes that ``members`` (name, data) take in a tar: a 512-byte header each, data in 512-byte blocks."""
+    block = tarfile.BLOCKSIZE
+    return sum(block + -(-len(data) // block) * block for _, data in members)
+
+
+def _parts(samples: list[list[tuple[str, bytes]]], indexes: list[tuple[str, bytes]],
+           part_bytes: int | None) -> list[list[tuple[str, bytes]]]:
+    """The members of each archive: whole samples in order, the indexes last, each archive at most
+    ``part_bytes`` (None: one archive)."""
+    room = None if part_bytes is None else part_bytes - 2 * tarfile.RECORDSIZE  # end marker, padding, PART
+    parts, used = [[]], 0
+    for members in [*samples, indexes]:
+        size = _tar_bytes(members)
+        if room is not None and size > room:
+            raise NucleiError(f"{members[0][0]}: {size / 2**20:.1f} MiB packed, more than a part of "
+                              f"{part_bytes / 2**20:.1f} MiB")
+        if room is not None and used + size > room:
+            parts.append([])
+            used = 0
+        parts[-1] += members
+        used += size
+    return parts
+
+
+def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | None = None) -> list[Path]:
+    """Write the prepared folder ``prepared`` (``index.csv`` + ``<id>.npz``, or a folder of such
+    sources) into the tar ``archive``; with ``part_bytes``, when it does not fit in that many bytes,
+    into parts ``<stem>.<k>-of-<n>.tar`` of whole samples, the indexes in the last.
+
+    Returns the archives written. Raises NucleiError naming a missing or unreadable index
+    (:func:`pipeline.data.folds.read_index`) or sample file, or a sample larger than a part.
+    """
+    from pipeline.data.folds import read_index  # here, not at the top: unpacking needs no scipy
+
+    prepared, archive = Path(prepared), Path(archive)
+    ids = read_index(prepared, ("id",))["id"].tolist()
+    indexes = [prepared / INDEX] if (prepared / INDEX).exists() else sorted(prepared.glob(f"*/{INDEX}"))
+    samples = []
+    for sample_id in progress(ids, desc="pack", unit="img"):
+        path = prepared / f"{sample_id}.npz"
+        arrays = load_npz(path)
+        try:
+            image_png, labels_png = encode_sample(arrays["image"], arrays["labels"])
+        except (KeyError, NucleiError) as exc:
+            raise NucleiError(f"{path}: cannot pack ({exc})") from None
+        samples.append([(f"{sample_id}/image.png", image_png), (f"{sample_id}/labels.png", labels_png)])
+    parts = _parts(samples, [(index.relative_to(prepared).as_posix(), index.read_bytes()) for index in indexes],
+                   part_bytes)
+    n = len(parts)
+    names = [archive] if n == 1 else [archive.with_name(f"{archive.stem}.{k}-of-{n}{archive.suffix}")
+                                      for k in range(1, n + 1)]
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    for k, (name, members) in enumerate(zip(names, parts, strict=True), 1):
+        with atomic_path(name) as tmp, tarfile.open(tmp, "w") as tar:
+            if n > 1:
+                _add(tar, PART, f"{k} of {n}".encode())
+            for member, data in members:
+                _add(tar, member, data)
+    return names
+
+
+def _index_ids(data: bytes) -> list[str]:
+    """The ``id`` column of an index's bytes (csv; unpacking needs no pandas)."""
+    return [row["id"] for row in csv.DictReader(io.StringIO(data.decode()))]
+
+
+def unpack_prepared(archive: str | Path, prepared: str | Path) -> int:
+    """Write the samples of a :func:`pack_prepared` archive (or one of its parts) into the folder
+    ``prepared``; the indexes come last, once every sample they name is there.
+
+    Existing files of the same names are replaced (atomically); others are kept. Returns the
+    number of samples. Raises NucleiError for an unreadable archive or member, or for a last part
+    whose index names samples missing from ``prepared`` (earlier parts not unpacked).
+    """
+    archive, prepared = Path(archive), Path(prepared)
+    try:
+        tar = tarfile.open(archive, "r")
+    except (OSError, tarfile.TarError) as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else "not a tar archive"
+        raise NucleiError(f"{archive}: not a packed training set ({reason})") from None
+    prepared.mkdir(parents=True, exist_ok=True)
+    with tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        indexes = [name for name in members if name == INDEX or name.endswith(f"/{INDEX}")]
+        if not indexes and PART not in members:
+            raise NucleiError(f"{archive}: no {INDEX} inside (not made by pipeline.data.pack)")
+        ids = sorted({name.rsplit("/", 1)[0] for name in members if name.endswith(("/image.png", "/labels.png"))})
+        for sample_id in progress(ids, desc="unpack", unit="img"):
+            try:
+                image, labels = decode_sample(
+                    tar.extractfile(members[f"{sample_id}/image.png"]).read(),
+                    tar.extractfile(members[f"{sample_id}/labels.png"]).read(),
+                )
+            except (KeyError, ValueError) as exc:
+                raise NucleiError(f"{archive}: sample {sample_id} is incomplete or corrupt ({exc})") from None
+            save_npz(prepared / f"{sample_id}.npz", image=image, labels=labels)
+        # the indexes last, and only over every sample they name: a folder with an index is complete
+        index_data = {name: tar.extractfile(members[name]).read() for name in indexes}
+        missing = [f"{Path(name).parent / i}" for name, data in index_data.items() for i in _index_ids(data)
+                   if not (prepared / Path(name).parent / f"{i}.npz").is_file()]
+        if missing:
+            raise NucleiError(f"{archive}: {len(missing)} samples of its index are not in {prepared}, "
+                              f"{missing[0]} first (unpack the earlier parts first)")
+        for name, data in index_data.items():
+            with atomic_path(prepared / name) as tmp:
+                tmp.write_bytes(data)
+    return len(ids)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nuclei pack``."""
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("pack", help="prepared folder -> archive (or parts)")
+    p.add_argument("prepared", type=Path)
+    p.add_argument("archive", type=Path)
+    p.add_argument("--part-mib", type=float, default=None,
+                   help="split into parts of at most this many MiB (<stem>.<k>-of-<n>.tar) when larger")
+    u = sub.add_parser("unpack", help="archives (or parts, in order) -> prepared folder")
+    u.add_argument("archives", type=Path, nargs="+")
+    u.add_argument("prepared", type=Path)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nuclei pack pack|unpack``."""
+    if args.action == "pack":
+        if args.part_mib is not None and not args.part_mib > 0:
+            raise UsageError(f"--part-mib must be a positive number, got {args.part_mib}")
+        for name in pack_prepared(args.prepared, args.archive,
+                                  None if args.part_mib is None else int(args.part_mib * 2**20)):
+            print(f"{name}: {name.stat().st_size / 2**20:.1f} MiB")
+    else:
+        for archive in args.archives:
+            n = unpack_prepared(archive, args.prepared)
+            print(f"{archive} -> {args.prepared}: {n} samples")
+    return 0

@@ -1,0 +1,129 @@
+"""Blocks of a large image: their geometry, and the rule that makes every nucleus come from one block.
+
+An image too large for the network at once is cut into overlapping blocks (:func:`iter_blocks`,
+sized by :func:`block_geometry`); each block keeps the nuclei it owns, those whose centroid lies in
+its core (:func:`owned_nuclei`). :func:`segment_in_blocks` stitches an image held in memory
+(:meth:`pipeline.model.segmenter.Segmenter.segment`); :mod:`pipeline.batch.slide` uses the same blocks and rule
+for images read piece by piece.
+
+Must not: run a network or load a model (callers hand a function giving a block's labels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from pipeline.method.scale import MAX_FACTOR
+
+
+def block_geometry(block_size: int, block_margin: int, scale: float) -> tuple[int, int]:
+    """Block side and margin (px of the image) for an image resized by ``scale``: at most
+    ``block_size`` px at the network's scale (memory stays bounded when an image is enlarged),
+    with ``block_margin`` px of context at the network's scale (at most a quarter block)."""
+    block = max(64, int(block_size / max(scale, 1.0)))
+    margin = min(int(math.ceil(block_margin / min(scale, MAX_FACTOR))), block // 4)
+    return block, margin
+
+
+def iter_blocks(
+    shape: tuple[int, int], block_size: int, margin: int
+) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
+    """Cover an image with overlapping blocks.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image height and width, in pixels.
+    block_size : int
+        Largest block side, margins included, in pixels.
+    margin : int
+        Context added on each side of a block's core, in pixels (``block_size > 2 * margin``).
+
+    Yields
+    ------
+    outer : (slice, slice)
+        The block to segment, in image coordinates.
+    core : (slice, slice)
+        Its core, relative to ``outer``. The cores tile the image exactly once.
+    """
+    step = block_size - 2 * margin
+    if step <= 0:
+        raise ValueError(f"block_size {block_size} must exceed twice the margin {margin}")
+    for r0 in range(0, shape[0], step):
+        for c0 in range(0, shape[1], step):
+            r1, c1 = min(r0 + step, shape[0]), min(c0 + step, shape[1])
+            o_r0, o_c0 = max(r0 - margin, 0), max(c0 - margin, 0)
+            o_r1, o_c1 = min(r1 + margin, shape[0]), min(c1 + margin, shape[1])
+            outer = (slice(o_r0, o_r1), slice(o_c0, o_c1))
+            core = (slice(r0 - o_r0, r1 - o_r0), slice(c0 - o_c0, c1 - o_c0))
+            yield outer, core
+
+
+def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice]) -> np.ndarray:
+    """The nuclei of a block that the block owns: those whose centroid lies in its ``core``.
+
+    Parameters
+    ----------
+    labels : (h, w) int array
+        A block's labels (0 = background).
+    core : (slice, slice)
+        The block's core, relative to the block (:func:`iter_blocks`); the cores tile the image,
+        so every nucleus seen whole by the blocks around it is owned by exactly one of them.
+
+    Returns
+    -------
+    owned : (h, w) int32
+        The owned nuclei, renumbered 1..k in the order of their labels; the others set to 0.
+    """
+    from skimage.measure import regionprops_table
+
+    props = regionprops_table(labels, properties=("label", "centroid"))
+    rows, cols = props["centroid-0"], props["centroid-1"]
+    keep = props["label"][
+        (rows >= core[0].start) & (rows < core[0].stop) & (cols >= core[1].start) & (cols < core[1].stop)
+    ]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def segment_in_blocks(
+    shape: tuple[int, int], labels_of: Callable[[tuple[slice, slice]], tuple[np.ndarray, float]],
+    block: int, margin: int,
+) -> tuple[np.ndarray, float]:
+    """Labels of an image segmented block by block (:func:`iter_blocks`), in memory.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image height and width, px.
+    labels_of : callable
+        ``labels_of(outer)`` → the (h, w) int labels of the block ``outer`` and its confidence.
+    block, margin : int
+        px (:func:`block_geometry`).
+
+    Returns
+    -------
+    labels : (H, W) int32
+        Each block's owned nuclei (:func:`owned_nuclei`) where no earlier block put one (a nucleus
+        seen by two blocks is kept once); numbered in block order, not yet sequential.
+    confidence : float
+        The blocks' confidences weighted by their area.
+    """
+    labels = np.zeros(shape, np.int32)
+    n_labels, conf_sum, conf_weight = 0, 0.0, 0
+    for outer, core in iter_blocks(shape, block, margin):
+        part, conf = labels_of(outer)
+        size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
+        conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
+        part = owned_nuclei(part, core)
+        n_kept = int(part.max(initial=0))
+        part[part > 0] += n_labels
+        target = labels[outer]
+        free = (part > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
+        target[free] = part[free]
+        n_labels += n_kept
+    return labels, conf_sum / max(conf_weight, 1)

@@ -1,0 +1,300 @@
+"""Marker-controlled watershed: probability maps → instance labels (the ``postprocess`` stage).
+
+``postprocess`` turns the network's class probabilities into non-overlapping nuclei:
+
+P(mask) and P(mask − border) come from the head's decoding
+(:meth:`pipeline.method.heads.Head.mask_and_marker`).
+
+1. foreground = P(mask) > ``mask_threshold``;
+2. markers = connected components of P(mask − border) > ``marker_threshold`` inside the
+   foreground; components smaller than ``min_marker_size`` pixels are dropped;
+3. the markers are flooded over −P(mask) (``flood='probability'``) or over the negated
+   Euclidean distance to the background (``flood='distance'``), restricted to the foreground;
+   foreground components that hold no marker at all become nuclei of their own;
+4. nuclei whose highest P(mask − border) is below ``object_threshold`` are removed: faint specks
+   the network is unsure of (a real nucleus, even one cut by the image edge, peaks near 1).
+   Stained (colour, e.g. H&E) images take ``stained_object_threshold`` instead when it is set
+   (:func:`for_image_type`): the network is less sure of tissue nuclei;
+5. holes are filled (background enclosed by one nucleus), nuclei smaller than ``min_size``
+   pixels are removed, then those smaller than ``min_relative_size`` times the median area of
+   the image's nuclei (specks beside real nuclei, whatever the scale), and the labels are
+   renumbered 1..N.
+
+Must not: know a head's channel layout (ask :mod:`pipeline.method.heads`), keep threshold defaults
+(:class:`pipeline.config.params.PostprocessConfig`), or import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from pipeline.config.params import FLOODS
+from pipeline.method.heads import mask_and_marker
+from pipeline.method.image_types import HISTOLOGY
+
+
+def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The labels flagged in ``keep``, renumbered 1..N in their order; the others set to 0.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    keep : (labels.max() + 1,) bool array
+        One flag per label value; ``keep[0]`` is ignored (background stays 0).
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    keep = keep.copy()
+    keep[0] = False
+    return (np.cumsum(keep) * keep).astype(np.int32)[labels]
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove every label with fewer than ``min_size`` pixels and renumber the rest 1..N.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    min_size : int
+        Minimum object area in pixels.
+
+    Returns
+    -------
+    labels : (H, W) int32
+        Small objects set to 0; the others keep their order and are numbered consecutively.
+    """
+    return keep_labels(labels, np.bincount(labels.ravel()) >= min_size)
+
+
+def fill_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill the holes of every object: background enclosed by that object alone.
+
+    A hole is a 4-connected background component that does not touch the image edge; it takes
+    the label of the object around it when all its 4-neighbours belong to one object (a gap
+    enclosed by several nuclei stays background). Vectorised; the work is proportional to the
+    number of hole pixels.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+
+    Returns
+    -------
+    labels : (H, W) int array
+        A copy with the holes filled.
+    """
+    labels = labels.copy()
+    background, n = ndi.label(labels == 0)
+    if n == 0:
+        return labels
+    touches_edge = np.zeros(n + 1, bool)
+    touches_edge[0] = True  # object pixels
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        touches_edge[edge] = True
+    ys, xs = np.nonzero(~touches_edge[background])
+    if ys.size == 0:
+        return labels
+    hole = background[ys, xs]
+    neighbour_holes, neighbour_labels = [], []
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):  # holes never touch the edge: no clipping
+        values = labels[ys + dy, xs + dx]
+        inside = values > 0
+        neighbour_holes.append(hole[inside])
+        neighbour_labels.append(values[inside])
+    pairs = np.unique(np.stack([np.concatenate(neighbour_holes), np.concatenate(neighbour_labels)]), axis=1)
+    n_owners = np.bincount(pairs[0], minlength=n + 1)
+    owner = np.zeros(n + 1, labels.dtype)
+    single = n_owners[pairs[0]] == 1
+    owner[pairs[0][single]] = pairs[1][single]
+    labels[ys, xs] = owner[hole]
+    return labels
+
+
+def postprocess(
+    probs: np.ndarray,
+    head: str,
+    marker_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    min_marker_size: int = 4,
+    min_size: int = 10,
+    min_relative_size: float = 0.0,
+    flood: str = "probability",
+    object_threshold: float = 0.0,
+) -> np.ndarray:
+    """Marker-controlled watershed of a probability map into instance labels.
+
+    Parameters
+    ----------
+    probs : (C, H, W) float array
+        Network probabilities in the layout of ``head`` (:mod:`pipeline.method.heads`).
+    head : str
+        The network head that produced ``probs`` (a name of :data:`pipeline.method.heads.HEADS`).
+    marker_threshold : float
+        Markers are P(mask − border) > this value.
+    mask_threshold : float
+        Foreground is P(mask) > this value.
+    min_marker_size : int
+        Marker components smaller than this (pixels) are dropped.
+    min_size : int
+        Nuclei smaller than this (pixels) are removed.
+    min_relative_size : float
+        Then nuclei smaller than this fraction of the median nucleus area (of those left) are
+        removed; 0 keeps them all.
+    flood : {'probability', 'distance'}
+        Flood over −P(mask) or over −(distance to the background).
+    object_threshold : float
+        Nuclei whose maximum P(mask − border) is below this value are removed; 0 keeps them all.
+
+    Returns
+    -------
+    labels : (H, W) int32
+        0 = background, 1..N = nuclei; every pixel belongs to at most one nucleus.
+    """
+    if flood not in FLOODS:
+        raise ValueError(f"flood must be one of {FLOODS}, got {flood!r}")
+    mask_p, marker_p = mask_and_marker(probs, head)
+    foreground = mask_p > mask_threshold
+
+    markers, _ = ndi.label((marker_p > marker_threshold) & foreground)
+    markers = remove_small(markers, min_marker_size)
+    if flood == "probability":
+        relief = -mask_p
+    else:
+        relief = -ndi.distance_transform_edt(foreground).astype(np.float32)
+    labels = watershed(relief, markers, mask=foreground).astype(np.int32)
+
+    unmarked = foreground & (labels == 0)
+    if unmarked.any():
+        extra, _ = ndi.label(unmarked)
+        labels[unmarked] = extra[unmarked] + labels.max()
+
+    labels = remove_faint(labels, marker_p, object_threshold)
+    labels = remove_small(fill_holes(labels), min_size)
+    return remove_relatively_small(labels, min_relative_size)
+
+
+def remove_faint(labels: np.ndarray, probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Remove the labels whose highest ``probability`` is below ``threshold``; renumber 1..N.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    probability : (H, W) float array
+        Per-pixel probability (here P(mask − border)), in [0, 1].
+    threshold : float
+        In [0, 1]; 0 returns ``labels`` unchanged.
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    if threshold <= 0:
+        return labels
+    keep = np.zeros(int(labels.max()) + 1, bool)
+    keep[labels[probability >= threshold]] = True  # a label reaches the threshold somewhere
+    return keep_labels(labels, keep)
+
+
+def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Remove the labels smaller than ``fraction`` times the median label area; renumber 1..N.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    fraction : float
+        In [0, 1]; 0 returns ``labels`` unchanged.
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    if fraction <= 0 or areas.size == 0:
+        return labels
+    return remove_small(labels, int(np.ceil(fraction * np.median(areas))))
+
+
+#: The image type (:func:`pipeline.method.image_types.classify_image`) that takes ``stained_object_threshold``:
+#: colour images, H&E and other stains.
+STAINED = HISTOLOGY
+
+
+#: The settings a stained image takes from ``stained_<name>`` when that is set.
+STAINED_SETTINGS = ("object_threshold", "mask_threshold")
+
+
+def for_image_type(settings: dict[str, Any], image_type: str | None = None) -> dict[str, Any]:
+    """The :func:`postprocess` keyword arguments of post-processing ``settings`` (a ``postprocess``
+    section's thresholds) for an image of ``image_type``: a stained image (:data:`STAINED`) takes
+    ``stained_object_threshold`` as its ``object_threshold`` and ``stained_mask_threshold`` as its
+    ``mask_threshold`` when they are set (not None).
+    """
+    kwargs = dict(settings)
+    for name in STAINED_SETTINGS:
+        stained = kwargs.pop(f"stained_{name}", None)
+        if stained is not None and image_type == STAINED:
+            kwargs[name] = stained
+    return kwargs
+
+
+def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], scale: float = 1.0,
+                         image_type: str | None = None, **kwargs: Any) -> np.ndarray:
+    """:func:`postprocess` of probabilities computed on an image resized by ``scale``, giving labels
+    on the original pixel grid of ``shape``, with the settings ``kwargs`` for an image of
+    ``image_type`` (:func:`for_image_type`).
+
+    Sizes in ``kwargs`` (``min_marker_size``, ``min_size``) are in px at the network's scale.
+    Enlarged images (``scale > 1``, small nuclei) are post-processed at the network's scale and
+    the labels resized back by nearest neighbour, so that the 1–2 px gaps between touching nuclei
+    survive; others get their probabilities resized back and are post-processed at full
+    resolution (smooth outlines), with the sizes converted to px². ``min_relative_size`` is
+    applied last, on the original grid.
+
+    Parameters
+    ----------
+    probs : (C, h, w) float32
+        At the network's scale, ``(h, w) = scaled_shape(shape, scale)``.
+    head : str
+    shape : (int, int)
+        (H, W) of the original image.
+    scale : float
+    image_type : str, optional
+        :func:`pipeline.method.image_types.classify_image` of the image.
+
+    Returns
+    -------
+    labels : (H, W) int32
+    """
+    from pipeline.method.scale import resize_labels, resize_probabilities
+
+    kwargs = for_image_type(kwargs, image_type)
+    fraction = kwargs.pop("min_relative_size", 0.0)
+    if scale > 1:
+        labels = remove_small(resize_labels(postprocess(probs, head, **kwargs), tuple(shape)), 1)
+    else:
+        labels = postprocess(resize_probabilities(probs, tuple(shape)), head, **sizes_at_scale(kwargs, scale))
+    return remove_relatively_small(labels, fraction)
+
+
+def sizes_at_scale(kwargs: dict[str, Any], scale: float) -> dict[str, Any]:
+    """:func:`postprocess` keywords with the sizes (px² at the network's scale, ``min_marker_size``,
+    ``min_size``) converted to px² of the original image, which was resized by ``scale``."""
+    kwargs = dict(kwargs)
+    for key in ("min_marker_size", "min_size"):
+        if kwargs.get(key):
+            kwargs[key] = max(1, int(round(kwargs[key] / scale**2)))
+    return kwargs
+
+

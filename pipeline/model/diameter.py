@@ -1,0 +1,165 @@
+"""The nucleus diameter of an image, estimated by a scale-space prior that the network refines
+(:meth:`DiameterEstimator.estimate_diameter`), as a base of :class:`pipeline.model.segmenter.Segmenter`.
+
+Must not: segment whole images (the Segmenter does), or read files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.method.heads import confidence
+from pipeline.method.image_types import BRIGHTFIELD, HISTOLOGY, image_type_of
+from pipeline.method.scale import content_window, largest_diameter, nucleus_diameters, scale_factor
+
+#: Diameter search: the passes run at ``canonical · 2**k`` px for these k.
+SEARCH_OCTAVES = (-1, 0, 1, 2, 3)
+#: Side (px, at the network's scale) of the window each search pass looks at.
+SEARCH_WINDOW = 384
+#: The ``'blob'`` estimate is refined a second time only when the first refinement moved it by more than
+#: this many octaves: a smaller move stays well inside the training zoom (±0.5 octave), and skipping
+#: the pass saves one network pass (docs/decisions.md, "The speed envelope: a second refinement pass
+#: only when the first moved the estimate").
+REFINE_OCTAVES = 0.25
+#: Scale-space peaks at least this fraction of the strongest response, more than √2 × the
+#: confirmed estimate, are refined too, and the larger size is taken when the network confirms
+#: it: the bright spots inside nuclei (the chromocenters of mouse nuclei, H&E grain) give a
+#: peak as strong as the nuclei's, and the network, shown them enlarged, confirms the spots.
+NESTED_RESPONSE = 0.9
+
+
+class DiameterEstimator:
+    """Diameter estimation for a class that has ``diameter`` (the canonical nucleus diameter, px, or
+    None), ``estimator`` (the default method), ``head``, ``thresholds`` and
+    ``predict_scaled(image, scale, tta)`` (the Segmenter)."""
+
+    def estimate_diameter(self, image: np.ndarray, method: str | None = None,
+                          image_type: str | None = None) -> float | None:
+        """Median nucleus diameter of a normalised image, in its pixels (None: the model has no
+        canonical diameter, no nucleus was found, or the image is bright-field).
+
+        ``image_type`` is :func:`pipeline.method.image_types.image_type_of` the image (computed when not given). Bright-field
+        images are not estimated: their contrast comes from whole cells, so the scale-space prior
+        finds cells and the network's refinement drifts far from the nuclei (docs/decisions.md,
+        "Bright-field images segmented at the canonical diameter").
+
+        Two methods (``method``, default the host's ``estimator``), compared in the README:
+
+        - ``'blob'``: a scale-space prior (:func:`pipeline.method.scale.blob_diameter`), refined by the
+          network: the window with the most structure (:data:`SEARCH_WINDOW` px at the network's
+          scale) is segmented at the prior's scale and the median diameter of the nuclei found
+          replaces the estimate when it is within an octave of it; a second refinement follows
+          when the first moved the estimate by more than :data:`REFINE_OCTAVES`;
+          a larger scale-space peak nearly as strong (:data:`NESTED_RESPONSE`) is refined too
+          and taken when the network confirms it (the bright spots inside nuclei give such
+          a peak, and the network, shown them enlarged, confirms the spots);
+        - ``'search'``: a first pass at five scales (:data:`SEARCH_OCTAVES`: nuclei of
+          ``canonical · 2**k`` px brought to the canonical size). At the right scale the nuclei
+          come out at about the canonical size and are confident; at too large a scale they are
+          cut into canonical-size pieces, which also changes their implied size from pass to
+          pass. Each pass's implied diameter (median nucleus diameter / scale) is scored by those
+          three signals; the best is refined once at its own scale.
+
+        ``'blob'`` looks for dark nuclei in stained images and bright ones in fluorescence, as the
+        image type says (the image's own grey levels can mislead: one white hole in H&E tissue made
+        its texture the nuclei, at a quarter of their size).
+
+        Both keep the estimate at or under :func:`pipeline.method.scale.largest_diameter` (a quarter of
+        the shorter side): beyond it, a bright structure such as an embryo or a tissue section is
+        taken for one nucleus and every real nucleus is lost. When the prior lies beyond it,
+        ``'blob'`` starts from the strongest scale-space peak under it instead, and from the
+        canonical diameter when the network does not confirm that peak.
+        """
+        if self.diameter is None:
+            return None
+        image_type = image_type or image_type_of(image)
+        if image_type == BRIGHTFIELD:
+            return None
+        method = method or self.estimator
+        if method == "blob":
+            return self._estimate_blob(image, dark=image_type == HISTOLOGY)
+        if method == "search":
+            return self._estimate_search(image)
+        raise ValueError(f"method must be 'blob' or 'search', got {method!r}")
+
+    def _measure(self, image: np.ndarray, diameter: float) -> float | None:
+        """Median diameter (px of ``image``) of the nuclei the network finds in the window with
+        the most structure when the image is resized for nuclei of ``diameter`` px (None: fewer
+        than 3 nuclei)."""
+        scale = scale_factor(diameter, self.diameter)
+        d, _ = self._search_pass(image, scale)
+        return float(np.median(d) / scale) if d.size >= 3 else None
+
+    def _estimate_blob(self, image: np.ndarray, dark: bool | None = None) -> float | None:
+        from pipeline.method.scale import blob_peaks, blob_scale_space, strongest_blob
+
+        cap = largest_diameter(image.shape)
+        scale_space = blob_scale_space(image, dark=dark)  # stained images: dark nuclei, whatever their grey levels
+        prior = strongest_blob(*scale_space)
+        if prior <= cap:
+            starts = [prior]
+        else:  # nan, or a structure larger than any nucleus: the strongest blob peak that fits, and
+            # the canonical size when the network does not confirm that peak (or there is none)
+            fitted = strongest_blob(*scale_space, max_diameter=cap)
+            starts = [d for d in (fitted, min(self.diameter, cap)) if np.isfinite(d)]
+        for start in starts:
+            estimate, confirmed = self._refine(image, start, cap)
+            if confirmed:
+                break
+        if confirmed:  # nuclei with bright spots inside: the spots' peak, confirmed, beside the nuclei's
+            for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
+                if peak <= math.sqrt(2) * estimate:
+                    break
+                nested, nested_confirmed = self._refine(image, float(peak), cap)
+                if nested_confirmed and nested > math.sqrt(2) * estimate:
+                    return nested
+        return float(estimate)
+
+    def _refine(self, image: np.ndarray, start: float, cap: float) -> tuple[float, bool]:
+        """The network's refinement of a diameter estimate ``start`` (px of ``image``), and whether
+        it confirmed it: measured within an octave and under ``cap``; measured once more when the
+        first pass moved it by more than :data:`REFINE_OCTAVES`."""
+        estimate, confirmed = start, False
+        for _ in range(2):
+            measured = self._measure(image, estimate)
+            moved = abs(math.log2(measured / estimate)) if measured else math.inf
+            if moved > 1 or measured > cap:
+                break
+            estimate, confirmed = measured, True
+            if moved <= REFINE_OCTAVES:  # converged: a second pass would move it by ~1 %
+                break
+        return float(estimate), confirmed
+
+    def _estimate_search(self, image: np.ndarray) -> float | None:
+        canonical, cap = self.diameter, largest_diameter(image.shape)
+        passes = []
+        for k in [k for k in SEARCH_OCTAVES if canonical * 2.0**k <= cap] or [min(SEARCH_OCTAVES)]:
+            scale = scale_factor(canonical * 2.0**k, canonical)
+            passes.append((scale, *self._search_pass(image, scale)))
+        implied = [np.median(d) / s if d.size else np.nan for s, d, _ in passes]
+        scores = []
+        for i, (_, d, conf) in enumerate(passes):
+            if not d.size:
+                scores.append(np.inf)
+                continue
+            size_error = abs(math.log2(np.median(d) / canonical))
+            neighbours = [implied[j] for j in (i - 1, i + 1) if 0 <= j < len(passes) and np.isfinite(implied[j])]
+            agreement = min((abs(math.log2(implied[i] / n)) for n in neighbours), default=1.0)
+            scores.append(size_error + 2.0 * (1.0 - conf) + 0.5 * agreement)
+        if not np.isfinite(np.min(scores)):
+            return None
+        estimate = min(float(implied[int(np.argmin(scores))]), cap)
+        return min(self._measure(image, estimate) or estimate, cap)
+
+    def _search_pass(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+        """Equivalent diameters (px at the network's scale) of the nuclei found, and the
+        confidence, in the window with the most structure (:data:`SEARCH_WINDOW` px at the
+        network's scale) of a normalised image resized by ``scale``."""
+        from pipeline.method.watershed import for_image_type, postprocess
+
+        window = content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
+        probs = self.predict_scaled(image[window], scale, tta="none")  # a size, not outlines: one pass
+        labels = postprocess(probs, self.head, **for_image_type(self.thresholds))
+        return nucleus_diameters(labels), confidence(probs, self.head)

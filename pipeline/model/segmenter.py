@@ -1,0 +1,295 @@
+"""From a model directory to instance labels: the one entry point (``Segmenter.segment``).
+
+A :class:`Segmenter` owns everything between an image as read and its labels:
+
+1. intensity normalisation (:mod:`pipeline.method.intensity`, with the model's own settings);
+2. scale: the network works at the model's canonical nucleus ``diameter``; each image's nucleus
+   diameter is estimated (:meth:`Segmenter.estimate_diameter`) or given, the image is resized by
+   ``canonical / diameter`` and the result mapped back to the original pixel grid;
+3. the network (:class:`pipeline.model.predictor.Predictor`: padding, seamless tiling, TTA, mixed
+   precision, channels_last);
+4. block-wise processing of huge images (bounded memory at any scale);
+5. the marker-controlled watershed with the model's own thresholds (sizes in canonical pixels,
+   converted to the image's pixels);
+6. a per-image confidence and a flag when the count should not be trusted.
+
+``nuclei segment``, ``nuclei submit``, ``nuclei predict`` and the evaluation go through it.
+
+Must not: read or write files other than the model directory, parse command lines, or read a model
+folder's ``config.yaml`` itself or decide which diameter a model resizes an image to (both are
+:class:`pipeline.config.model_folder.ModelDirConfig`'s: :meth:`~pipeline.config.model_folder.ModelDirConfig.diameter_for`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import NucleiError
+from pipeline.method.blocks import block_geometry, segment_in_blocks
+from pipeline.method.heads import confidence
+from pipeline.method.image_types import BRIGHTFIELD, image_type_of
+from pipeline.method.scale import (
+    diameter_problem,
+    resize_image,
+    scale_factor,
+    scaled_shape,
+)
+from pipeline.model.diameter import DiameterEstimator
+
+#: Below this confidence a count is flagged as not to be trusted: the 2nd percentile of a model's
+#: confidence on the grouped validation images under controlled shifts (docs/decisions.md,
+#: "Confidence flag at 0.78"); ``benchmarks/bench_robustness.py`` prints the calibration for any model.
+MIN_CONFIDENCE = 0.78
+#: A fine-tuned model's ``user_diameter`` (the median nucleus diameter of the images it was fine-tuned on,
+#: ``nuclei finetune``) replaces an estimate further than this many octaves from it, and a missing one
+#: (bright-field images, nothing found); chosen by ``benchmarks/bench_finetune.py --diameters`` (docs/finetune.md).
+USER_DIAMETER_OCTAVES = 1.0
+#: Flag of bright-field images: the shipped model is weak on them (docs/decisions.md, "Bright-field
+#: images segmented at the canonical diameter"), and their nucleus diameter is not estimated
+#: (:meth:`Segmenter.estimate_diameter`): they are segmented at the canonical diameter unless one is given.
+BRIGHTFIELD_FLAG = ("bright-field image (grey, bright background): segmented at the model's nucleus diameter "
+                    "unless --diameter is given; counts unreliable, check the overlay")
+#: ... and when the diameter was given (``--diameter``).
+BRIGHTFIELD_GIVEN_FLAG = "bright-field image (grey, bright background): counts unreliable, check the overlay"
+
+
+@dataclass
+class Segmentation:
+    """The result of :meth:`Segmenter.segment` for one image.
+
+    Attributes
+    ----------
+    labels : (H, W) int32
+        0 = background, 1..N nuclei, on the image's own pixel grid.
+    diameter : float or None
+        Nucleus diameter (px of the image) the image was segmented for; None for a model
+        without a canonical diameter (run at the image's own scale).
+    estimated : bool
+        ``diameter`` was estimated (not given).
+    scale : float
+        Factor the image was resized by for the network.
+    confidence : float
+        Share of unambiguous pixels (P(nucleus) outside :data:`pipeline.method.heads.AMBIGUOUS`) among the pixels
+        the network considers possibly nucleus; 1 = clear-cut.
+    flag : str
+        '' or why the count should not be trusted.
+    image_type : str
+        :func:`pipeline.method.image_types.image_type_of` the image ('fluo-small', 'fluo-large', 'histology' or
+        'brightfield'): it decides the thresholds and whether the diameter is estimated.
+    """
+
+    labels: np.ndarray
+    diameter: float | None
+    estimated: bool
+    scale: float
+    confidence: float
+    flag: str = ""
+    image_type: str = ""
+
+
+def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter: float | None = None,
+            shape: tuple[int, ...] | None = None) -> str:
+    """Why the count of an image of ``image_type`` segmented with ``confidence`` should not be
+    trusted ('' when it can be): bright-field (the text depends on whether the diameter was
+    ``estimated``), low confidence, and, for a ``diameter`` (px) given for an image of ``shape``
+    (H, W), a diameter that cannot hold (:func:`pipeline.method.scale.diameter_problem`)."""
+    flag = ""
+    if image_type == BRIGHTFIELD:
+        flag = BRIGHTFIELD_FLAG if estimated else BRIGHTFIELD_GIVEN_FLAG
+    elif confidence < MIN_CONFIDENCE:
+        flag = f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay"
+    if diameter is not None and not estimated and shape is not None:
+        flag = "; ".join(f for f in (diameter_problem(diameter, shape), flag) if f)
+    return flag
+
+
+class Segmenter(DiameterEstimator):
+    """A model directory, ready to turn images into labels.
+
+    Parameters
+    ----------
+    predictor : pipeline.model.predictor.Predictor
+        The network; its ``config`` is the model directory's config
+        (:class:`pipeline.config.model_folder.ModelDirConfig`, or a mapping checked into one).
+    block_size, block_margin : int
+        Images larger than ``block_size`` px (at the network's scale) are segmented in blocks with
+        ``block_margin`` px of context (at the network's scale) on each side.
+    source : str or Path
+        The model directory, for error messages.
+
+    Raises
+    ------
+    NucleiError
+        An invalid config (a mapping checked here, once), or blocks too small for their margin.
+    """
+
+    def __init__(self, predictor, block_size: int = 2048, block_margin: int = 128,
+                 source: str | Path = "model"):
+        from pipeline.config.model_folder import CONFIG_NAME, as_model_dir_config
+
+        self.predictor = predictor
+        self.head = predictor.head
+        self.source = Path(source)
+        #: The model directory's config (:class:`pipeline.config.model_folder.ModelDirConfig`).
+        self.config = as_model_dir_config(predictor.config, self.source / CONFIG_NAME)
+        #: :func:`pipeline.method.watershed.postprocess_to_shape` keywords, and
+        #: :func:`pipeline.method.intensity.normalize_image` keywords, of the model.
+        self.thresholds = self.config.postprocess.thresholds()
+        self.normalization = self.config.normalization.to_dict()
+        if block_size <= 2 * block_margin:
+            raise NucleiError(f"block size {block_size} must exceed twice the block margin {block_margin}")
+        self.block_size, self.block_margin = int(block_size), int(block_margin)
+        #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
+        self.estimator = "blob"
+
+    @property
+    def diameter(self) -> float | None:
+        """Canonical nucleus diameter (px at the network's scale; None: no rescaling): the
+        config's ``diameter`` (stained images: :meth:`pipeline.config.model_folder.ModelDirConfig.diameter_for`)."""
+        return self.config.diameter
+
+    @property
+    def user_diameter(self) -> float | None:
+        """Typical nucleus diameter (px) of the images a fine-tuned model was adapted to (None: not fine-tuned)."""
+        return self.config.user_diameter
+
+    @classmethod
+    def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "auto", tile_size: int = 1024,
+                       overlap: int = 64, batch_size: int = 4, precision: str = "auto",
+                       block_size: int = 2048, block_margin: int = 128) -> Segmenter:
+        """Load a model directory (``config.yaml`` + ``weights.pt``).
+
+        Raises
+        ------
+        NucleiError
+            A missing or broken model directory, an unusable device or invalid settings.
+        """
+        from pipeline.model.predictor import load_predictor
+
+        path = Path(path)
+        if not path.is_dir():
+            raise NucleiError(f"{path}: model directory not found")
+        predictor = load_predictor(path, device=device, tta=tta, tile_size=tile_size, overlap=overlap,
+                                   batch_size=batch_size, precision=precision)
+        return cls(predictor, block_size, block_margin, source=path)
+
+    @property
+    def device(self):
+        return self.predictor.device
+
+    # ------------------------------------------------------------------ steps
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) image in any units → float32 network input in [0, 1]."""
+        from pipeline.method.intensity import normalize_image
+
+        return normalize_image(image, **self.normalization)
+
+    def _labels(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
+        """Labels (on the image's grid) and confidence of one normalised image or block."""
+        from pipeline.method.watershed import postprocess_to_shape
+
+        probs = self.predict_scaled(image, scale)
+        labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, image_type, **self.thresholds)
+        return labels, confidence(probs, self.head)
+
+    def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None) -> np.ndarray:
+        """(C, h, w) float32 probabilities of a normalised image resized by ``scale``; ``tta``
+        overrides the predictor's test-time augmentation."""
+        return self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)), tta)
+
+
+    # ------------------------------------------------------------------ the entry point
+
+    def segment(self, image: np.ndarray, diameter: float | None = None, normalized: bool = False,
+                image_type: str | None = None) -> Segmentation:
+        """Segment the nuclei of one image.
+
+        Parameters
+        ----------
+        image : (H, W, 3) array
+            As read (any units), or normalised when ``normalized``.
+        diameter : float, optional
+            Median nucleus diameter in px of this image; estimated when not given (models
+            with a canonical diameter), ignored for models without one.
+        normalized : bool
+            ``image`` is already the output of :meth:`normalize`.
+        image_type : str, optional
+            One of :data:`pipeline.method.image_types.IMAGE_TYPES`, instead of :func:`image_type_of` the image.
+
+        Returns
+        -------
+        result : Segmentation
+        """
+        if not normalized:
+            image = self.normalize(image)
+        image_type = image_type or image_type_of(image)
+        diameter, estimated, scale = self.scale_for(image, diameter, image_type)
+        labels, conf = self._segment_blocks(image, scale, image_type)
+        flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2])
+        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type)
+
+    def scale_for(self, image: np.ndarray, diameter: float | None = None,
+                  image_type: str | None = None) -> tuple[float | None, bool, float]:
+        """The nucleus diameter a normalised image is segmented for, and the factor it is resized by.
+        ``image_type``: :func:`image_type_of` the image, computed when needed and not given.
+
+        Returns
+        -------
+        diameter : float or None
+            ``diameter`` when given, else the estimate (the canonical diameter when nothing was
+            found, and for bright-field images; a fine-tuned model's ``user_diameter`` instead when
+            the estimate is missing or over :data:`USER_DIAMETER_OCTAVES` from it); None for a model
+            without a canonical diameter.
+        estimated : bool
+        scale : float
+            ``canonical / diameter`` (clipped, :func:`pipeline.method.scale.scale_factor`); 1 for a model
+            without a canonical diameter. The canonical diameter is the model's for the image's
+            type (:meth:`pipeline.config.model_folder.ModelDirConfig.diameter_for`: stained images
+            have their own), whether the diameter was estimated or given.
+        """
+        if self.diameter is None:
+            return None, False, 1.0
+        image_type = image_type or image_type_of(image)
+        estimated = diameter is None
+        if estimated:
+            diameter = self.estimate_diameter(image, image_type=image_type)
+            user = self.user_diameter
+            if user and (diameter is None or abs(math.log2(diameter / user)) > USER_DIAMETER_OCTAVES):
+                diameter = user
+            diameter = diameter or self.diameter
+        return diameter, estimated, scale_factor(diameter, self.config.diameter_for(image_type))
+
+    def _segment_blocks(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
+        """Labels (original grid) and confidence; block by block when the image is large.
+
+        Blocks are cut in the image's pixels (:meth:`block_geometry`) and stitched by
+        :func:`pipeline.method.blocks.segment_in_blocks`: each block keeps the nuclei whose centroid lies
+        in its core, so every nucleus comes from the one block that sees it whole.
+        """
+        from skimage.segmentation import relabel_sequential
+
+        from pipeline.method.watershed import remove_small, sizes_at_scale
+
+        height, width = image.shape[:2]
+        block, margin = self.block_geometry(scale)
+        if max(height, width) <= block:
+            return self._labels(image, scale, image_type)
+        labels, conf = segment_in_blocks(
+            (height, width), lambda outer: self._labels(image[outer], scale, image_type), block, margin)
+        labels = remove_small(labels, sizes_at_scale(self.thresholds, scale)["min_size"])
+        return relabel_sequential(labels)[0].astype(np.int32), conf
+
+    def block_geometry(self, scale: float) -> tuple[int, int]:
+        """Block side and margin (px of the image) for an image resized by ``scale``
+        (:func:`pipeline.method.blocks.block_geometry` of this segmenter's ``block_size``, ``block_margin``)."""
+        return block_geometry(self.block_size, self.block_margin, scale)
+
+    def segment_block(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
+        """Labels (int32 (h, w), on the block's grid) and confidence of one normalised block of an
+        image resized by ``scale`` (:meth:`scale_for` the whole image) of ``image_type``."""
+        return self._labels(image, scale, image_type)

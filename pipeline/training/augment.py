@@ -1,0 +1,412 @@
+"""Data augmentation for training, applied identically to the image and all targets.
+
+Built on albumentations. The four targets (``classes``, ``mask``, ``border``, ``weights``) are
+stacked into one float32 ``(H, W, 4)`` mask so that every geometric transform moves them
+together with the image in one call, with nearest-neighbour interpolation (class labels stay
+labels; the weight map is resampled by nearest neighbour too, which keeps its peaks on the
+gaps between nuclei). Geometric transforms fill borders by reflection.
+
+Train pipeline (each step switchable in the ``augment`` section of ``params.yaml``; ``true``
+uses the default probability below, a number in [0, 1] sets it, ``false`` / 0 disables):
+
+Geometry (image and targets together):
+
+- ``crop`` (int or null): reflect-pad to ``crop`` if smaller, then a random ``crop × crop``
+  window (p 1);
+- ``scale`` ([lo, hi] or null): isotropic zoom by a factor uniform in [lo, hi] (Affine, p 1):
+  the jitter around the canonical nucleus diameter the training images were rescaled to;
+- ``flips``: horizontal and vertical flips, drawn independently (p 0.5 each);
+- ``rot90``: rotation by 0, 90, 180 or 270° (p 1);
+- ``elastic``: elastic deformation, ``elastic_alpha`` / ``elastic_sigma`` (p 0.3);
+
+Acquisition (the image only, on its raw values, in the order a microscope would do it; see
+:func:`acquisition_shift`):
+
+- ``illumination`` (default off): uneven illumination, as an uncorrected wide-field microscope's:
+  the crop times a vignette falling to 0.4–0.9 at a distance of one crop side from its centre
+  (placed anywhere within half a crop of the crop's centre: a crop is a part of a larger field),
+  plus a background ramp across the crop up to 0.3 of its 1–99 % range in a random direction
+  (p 0.3 when switched on);
+- ``blur``: Gaussian defocus, σ uniform in ``blur_sigma`` px (default [0.5, 2]; p 0.2), in the
+  pixels of the crop, i.e. at the canonical nucleus diameter;
+- ``dim_saturate``: on a dark background, the whole crop dimmed to 5–40 % of its range and 1–3
+  nuclei (at most a third of them) made 5–40× brighter, clipped at 1 — dim nuclei beside
+  saturated ones (p 0.3);
+- ``stain``: on colour images, H&E stain jitter in HED space (``skimage.color.rgb2hed``): each
+  stain scaled by [0.7, 1.3] and shifted by ±0.03 (p 0.5);
+- ``dab`` (default off): on colour images, immunohistochemistry of a nuclear antigen (Ki-67, ER)
+  made from the crop: in HED space eosin scaled by [0, 0.3] and a share in [0, 1] of the nuclei
+  (components of the nucleus mask) DAB-positive, their haematoxylin times [0.1, 0.5] and DAB
+  [0.5, 1.5] times it, edges softened by σ 1 px (:func:`random_dab`; p 0.3 when switched on);
+- ``noise``: Gaussian noise, σ in [0.005, 0.05] of the full range (p 0.3); the same in every
+  channel of a grey image (a grey camera's), per channel in a colour one;
+- ``low_bits``: quantisation to 6–8 bits (p 0.3);
+- ``jpeg``: JPEG compression at quality 30–90 (p 0.2);
+
+then ``normalize`` (default true): the crop is normalised by
+:func:`pipeline.method.intensity.normalize_image`, exactly as the Segmenter normalises an image.
+
+Appearance (after normalisation):
+
+- ``brightness_contrast``: brightness ± 0.2, contrast ± 0.2 (p 0.5);
+- ``gamma``: gamma in [0.8, 1.2] (p 0.5);
+- ``color_to_gray``: colour → grey (ToGray) and grey → colour (random per-channel gain in
+  [0.6, 1.4]), each with p 0.2;
+- ``invert``: colour inversion ``1 − image`` (p 0.2), so that dark-on-bright brightfield and
+  bright-on-dark fluorescence look alike to the network.
+
+Validation (``train=False``) is the identity (the data set pads to the network stride).
+
+Determinism. albumentations 2 ignores the global ``random`` / ``numpy`` seeds: a pipeline draws
+from its own generators. :class:`Augmentation` therefore takes a ``seed`` and can be reseeded;
+the data set should pass a per-sample seed derived from (run seed, epoch, sample index) —
+``augment(..., seed=sample_seed(seed, epoch, index))`` — which makes every crop independent
+of the number of workers, of DDP ranks and of resuming. (Reseeding once per worker in
+``worker_init_fn`` with ``aug.reseed(torch.initial_seed() % 2**32)`` is also deterministic for
+a fixed number of workers.) Note that albumentations' own ``Compose(seed=...)`` gives every
+transform an identically seeded generator, which correlates their random draws (both flips
+fire together); :meth:`Augmentation.reseed` shares one generator among all transforms instead.
+
+Must not: read files or params.yaml (the ``augment`` section arrives as a
+:class:`pipeline.config.params.AugmentConfig`, which also checks it), or know what the targets mean.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from pipeline.config.params import AugmentConfig
+from pipeline.method.colour import colourfulness
+from pipeline.method.intensity import normalize_image
+
+#: Default probability of each switchable transform when its key is ``true``.
+DEFAULT_P = {
+    "scale": 1.0,
+    "flips": 0.5,
+    "rot90": 1.0,
+    "elastic": 0.3,
+    "brightness_contrast": 0.5,
+    "gamma": 0.5,
+    "color_to_gray": 0.2,
+    "invert": 0.2,
+    "illumination": 0.3,
+    "blur": 0.2,
+    "dim_saturate": 0.3,
+    "stain": 0.5,
+    "dab": 0.3,
+    "noise": 0.3,
+    "low_bits": 0.3,
+    "jpeg": 0.2,
+}
+#: The acquisition steps of :func:`acquisition_shift`, in the order they are applied.
+ACQUISITION = ("illumination", "blur", "dim_saturate", "stain", "dab", "noise", "low_bits", "jpeg")
+#: Default range of the defocus σ, px (``augment.blur_sigma``, whose default it is).
+BLUR_SIGMA = tuple(AugmentConfig().blur_sigma)
+REFLECT = cv2.BORDER_REFLECT_101
+
+
+def _probability(cfg: AugmentConfig, key: str) -> float:
+    """A switch (checked by :class:`~pipeline.config.params.AugmentConfig`): ``true`` → the default p
+    of :data:`DEFAULT_P`, a number → that p, ``false`` → 0."""
+    value = getattr(cfg, key)
+    if value is True:
+        return DEFAULT_P[key]
+    return float(value or 0.0)
+
+
+def sample_seed(*keys: int) -> int:
+    """A 32-bit seed from integers such as (run seed, epoch, sample index); stable across runs."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+def _geometric(cfg: AugmentConfig) -> list:
+    """The albumentations transforms of image and targets (module docstring, "Geometry")."""
+    t = []
+    if cfg.crop:
+        t += [
+            A.PadIfNeeded(cfg.crop, cfg.crop, border_mode=REFLECT),
+            A.RandomCrop(cfg.crop, cfg.crop),
+        ]
+    if cfg.scale:
+        lo, hi = cfg.scale
+        t.append(A.Affine(scale=(lo, hi), keep_ratio=True, border_mode=REFLECT, p=DEFAULT_P["scale"]))
+    if p := _probability(cfg, "flips"):
+        t += [A.HorizontalFlip(p=p), A.VerticalFlip(p=p)]
+    if p := _probability(cfg, "rot90"):
+        t.append(A.RandomRotate90(p=p))
+    if p := _probability(cfg, "elastic"):
+        t.append(A.ElasticTransform(alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma, border_mode=REFLECT, p=p))
+    return t
+
+
+def _photometric(cfg: AugmentConfig) -> list:
+    """The albumentations transforms of the normalised image (module docstring, "Appearance")."""
+    t = []
+    if p := _probability(cfg, "brightness_contrast"):
+        t.append(A.RandomBrightnessContrast(0.2, 0.2, p=p))
+    if p := _probability(cfg, "gamma"):
+        t.append(A.RandomGamma((80, 120), p=p))
+    if p := _probability(cfg, "color_to_gray"):
+        t += [
+            A.ToGray(num_output_channels=3, p=p),
+            A.MultiplicativeNoise((0.6, 1.4), per_channel=True, elementwise=False, p=p),
+        ]
+    if p := _probability(cfg, "invert"):
+        t.append(A.InvertImg(p=p))
+    return t
+
+
+def _hed_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """H&E stain variation: scale and shift each stain in HED space (float32 RGB in [0, 1])."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(np.clip(image, 1e-6, 1.0))
+    hed = hed * rng.uniform(0.7, 1.3, 3) + rng.uniform(-0.03, 0.03, 3)
+    return hed2rgb(hed).astype(np.float32)
+
+
+def dab_stain(image: np.ndarray, positive: np.ndarray, haematoxylin: float = 0.3, dab: float = 1.0,
+              eosin: float = 0.0) -> np.ndarray:
+    """Immunohistochemistry of a nuclear antigen made from a stained image, in HED space
+    (``skimage.color.rgb2hed``): the ``positive`` nuclei keep ``haematoxylin`` of their
+    haematoxylin optical density and take ``dab`` times it as DAB (brown), edges softened by
+    σ 1 px; eosin is scaled by ``eosin`` (a haematoxylin counterstain has none).
+
+    Parameters
+    ----------
+    image : (H, W, 3) float RGB in [0, 1]
+    positive : (H, W) bool, the DAB-positive nuclei's pixels
+
+    Returns
+    -------
+    image : (H, W, 3) float32 RGB in [0, 1]
+    """
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(np.clip(image, 1e-6, 1.0))
+    soft = cv2.GaussianBlur(positive.astype(np.float32), (0, 0), 1.0)
+    density = hed[..., 0] - hed[..., 0].min()
+    out = np.zeros_like(hed)
+    out[..., 0] = hed[..., 0] - (1 - haematoxylin) * soft * density
+    out[..., 1] = hed[..., 1] * eosin
+    out[..., 2] = dab * soft * density
+    return np.clip(hed2rgb(out), 0.0, 1.0).astype(np.float32)
+
+
+def random_dab(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`dab_stain` of a stained crop with random settings (module docstring, ``dab``):
+    a share in [0, 1] of the nuclei (4-connected components of ``mask``, (H, W) uint8) positive,
+    haematoxylin kept [0.1, 0.5], DAB [0.5, 1.5], eosin [0, 0.3]; float32 (H, W, 3) in [0, 1]."""
+    n, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
+    chosen = np.concatenate([[False], rng.random(max(n - 1, 0)) < rng.uniform(0, 1)])
+    return dab_stain(image, chosen[components], rng.uniform(0.1, 0.5), rng.uniform(0.5, 1.5), rng.uniform(0, 0.3))
+
+
+def vignette(shape: tuple[int, int], centre: tuple[float, float], radius: float, edge_gain: float) -> np.ndarray:
+    """(H, W, 1) float32 gain of an uneven illumination: 1 at ``centre`` (row, col in px; it may
+    lie outside the image), falling quadratically with the distance to ``edge_gain`` at ``radius``
+    px, never below 0.1."""
+    h, w = shape
+    y, x = np.ogrid[0:h, 0:w]
+    r2 = ((y - centre[0]) ** 2 + (x - centre[1]) ** 2).astype(np.float32) / np.float32(radius**2)
+    return np.maximum(1 - (1 - edge_gain) * r2, 0.1).astype(np.float32)[..., None]
+
+
+def linear_ramp(shape: tuple[int, int], angle: float) -> np.ndarray:
+    """(H, W, 1) float32 rising linearly from 0 to 1 across an image in the direction ``angle``
+    (radians; 0: left to right, π/2: top to bottom)."""
+    h, w = shape
+    y, x = np.ogrid[0:h, 0:w]
+    t = (np.cos(angle) * x / max(w - 1, 1) + np.sin(angle) * y / max(h - 1, 1)).astype(np.float32)
+    return ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]
+
+
+def illumination_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random :func:`vignette`: (H, W, 1) float32 gain, 1 at its centre (within half a crop of the
+    crop's centre), falling to 0.4–0.9 at one crop side (max(H, W)) from it, never below 0.1."""
+    h, w = shape
+    side = float(max(h, w))
+    centre = ((h - 1) / 2 + rng.uniform(-0.5, 0.5) * side, (w - 1) / 2 + rng.uniform(-0.5, 0.5) * side)
+    return vignette(shape, centre, side, rng.uniform(0.4, 0.9))
+
+
+def ramp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random background ramp for an (H, W, C) image: (H, W, 1) float32 rising linearly from 0
+    across the image, in a random direction, to up to 0.3 of the image's 1–99 % range."""
+    h, w = image.shape[:2]
+    lo, hi = np.percentile(image[:: max(1, h // 64), :: max(1, w // 64)], [1, 99])
+    angle = rng.uniform(0, 2 * np.pi)
+    return np.float32(rng.uniform(0, 0.3) * (hi - lo)) * linear_ramp((h, w), angle)
+
+
+def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                      p: dict[str, float], blur_sigma: tuple[float, float] = BLUR_SIGMA) -> np.ndarray:
+    """Simulate another microscope on raw intensities (module docstring, "Acquisition").
+
+    Parameters
+    ----------
+    image : (H, W, 3) float32 in [0, 1]
+        Raw (not yet normalised) intensities.
+    mask : (H, W) uint8
+        1 on nuclei (picks the nuclei made saturated by ``dim_saturate``).
+    rng : numpy Generator
+    p : dict
+        Probability of each step of :data:`ACQUISITION` (0 skips it).
+    blur_sigma : (low, high)
+        Range of the defocus σ in px.
+
+    Returns
+    -------
+    image : (H, W, 3) float32 in [0, 1]
+    """
+    image = np.asarray(image, dtype=np.float32)
+    dark_background = float(np.median(image)) < 0.5
+    colour = colourfulness(image) > 0.02
+    # no draw while the step is off, so that the crops of the recipes before it stay the same
+    if p.get("illumination", 0) and rng.random() < p["illumination"]:
+        image = np.clip(image * illumination_field(image.shape[:2], rng) + ramp(image, rng), 0.0, 1.0)
+    if rng.random() < p.get("blur", 0):
+        sigma = rng.uniform(*blur_sigma)
+        image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=REFLECT)
+    if dark_background and rng.random() < p.get("dim_saturate", 0):
+        image = image * np.float32(rng.uniform(0.05, 0.4))
+        n, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
+        if n > 1:
+            k = min(int(rng.integers(1, 4)), max(1, (n - 1) // 3))  # a minority of the nuclei
+            chosen = rng.choice(np.arange(1, n), size=k, replace=False)
+            bright = np.isin(components, chosen)
+            image[bright] *= np.float32(rng.uniform(5.0, 40.0))
+        image = np.minimum(image, 1.0)
+    if colour and rng.random() < p.get("stain", 0):
+        image = _hed_jitter(image, rng)
+    if colour and p.get("dab", 0) and rng.random() < p["dab"]:
+        image = random_dab(image, mask, rng)
+    if rng.random() < p.get("noise", 0):
+        # grey noise on a grey image: per-channel noise would make fluorescence look coloured and
+        # pipeline.method.intensity would average it back to grey, at a third of the variance
+        shape = image.shape if colour else (*image.shape[:2], 1)
+        image = image + rng.normal(0.0, rng.uniform(0.005, 0.05), shape).astype(np.float32)
+    image = np.clip(image, 0.0, 1.0)
+    if rng.random() < p.get("low_bits", 0):
+        levels = np.float32(2 ** int(rng.integers(6, 9)) - 1)
+        image = np.round(image * levels) / levels
+    if rng.random() < p.get("jpeg", 0):
+        quality = int(rng.integers(30, 91))
+        ok, buf = cv2.imencode(".jpg", np.round(image * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR).astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+class Augmentation:
+    """``callable(image, classes, mask, border, weights, seed=None) -> same tuple``.
+
+    Geometry (image and targets), then the acquisition shift and the normalisation (image only),
+    then appearance transforms (image only); see the module docstring.
+
+    Parameters
+    ----------
+    geometric, photometric : list of albumentations transforms
+    acquisition : dict
+        Probabilities of the :func:`acquisition_shift` steps (empty: none).
+    normalize : dict or None
+        Keywords of :func:`pipeline.method.intensity.normalize_image` for the crop; None: do not
+        normalise (the image is then expected normalised already).
+    seed : int, optional
+    blur_sigma : (low, high)
+        Defocus σ range of :func:`acquisition_shift`, px.
+
+    Parameters (of the call)
+    ------------------------
+    image : ndarray
+        float32 (H, W, 3) in [0, 1].
+    classes, mask, border : ndarray
+        uint8 (H, W).
+    weights : ndarray
+        float32 (H, W) (float16 is accepted and returned as float32).
+    seed : int, optional
+        Reseed before transforming (see :meth:`reseed`); same seed + same input → same output.
+
+    Returns
+    -------
+    The five arrays transformed alike: image float32 (h, w, 3) clipped to [0, 1], the targets
+    uint8 (h, w), weights float32 (h, w); ``(h, w) = (crop, crop)`` when cropping.
+    """
+
+    def __init__(self, geometric: list, photometric: list | None = None, acquisition: dict | None = None,
+                 normalize: dict | None = None, seed: int | None = None,
+                 blur_sigma: tuple[float, float] = BLUR_SIGMA):
+        self.transforms = list(geometric) + list(photometric or [])
+        self.geometric = A.Compose(geometric, p=1.0) if geometric else None
+        self.photometric = A.Compose(photometric, p=1.0) if photometric else None
+        self.acquisition = {k: v for k, v in (acquisition or {}).items() if v}
+        self.normalize = normalize
+        self.blur_sigma = tuple(blur_sigma)
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """Seed the generators shared by all transforms (one numpy and one python generator for
+        the albumentations steps, an independent numpy generator for the acquisition shift)."""
+        self.seed = seed
+        for k, compose in enumerate((self.geometric, self.photometric)):
+            if compose is not None:
+                sub = None if seed is None else sample_seed(seed, k)
+                compose.set_random_state(np.random.default_rng(sub), random.Random(sub))
+        self.rng = np.random.default_rng(None if seed is None else sample_seed(seed, 2))
+
+    def __call__(self, image, classes, mask, border, weights, seed: int | None = None):
+        if seed is not None:
+            self.reseed(seed)
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if self.geometric is not None:
+            targets = np.stack([classes, mask, border, weights], axis=-1).astype(np.float32)
+            out = self.geometric(image=image, mask=targets)
+            t = out["mask"]
+            image = np.clip(out["image"], 0.0, 1.0, dtype=np.float32)
+            classes, mask, border = (np.ascontiguousarray(t[..., i]).astype(np.uint8) for i in range(3))
+            weights = np.ascontiguousarray(t[..., 3])
+        if self.acquisition:
+            image = acquisition_shift(image, mask, self.rng, self.acquisition, self.blur_sigma)
+        if self.normalize is not None:
+            image = normalize_image(image, **self.normalize)
+        if self.photometric is not None:
+            image = np.clip(self.photometric(image=image)["image"], 0.0, 1.0, dtype=np.float32)
+        return image, classes, mask, border, np.asarray(weights, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        names = ", ".join(type(t).__name__ for t in self.transforms)
+        steps = ", ".join(self.acquisition)
+        return f"Augmentation([{names}], acquisition=[{steps}], seed={self.seed})"
+
+
+def build_augmentation(cfg: AugmentConfig | Mapping, train: bool, seed: int | None = None) -> Augmentation:
+    """Build the augmentation from the ``augment`` section of ``params.yaml``.
+
+    Parameters
+    ----------
+    cfg : AugmentConfig or mapping
+        The ``augment`` section (keys in the module docstring; a mapping is checked by
+        :class:`pipeline.config.params.AugmentConfig`, whose defaults fill missing keys).
+    train : bool
+        True: the random train pipeline; False: the identity (validation, inference).
+    seed : int, optional
+        Initial seed of the shared generators (None: fresh entropy).
+
+    Returns
+    -------
+    augment : Augmentation
+        ``augment(image, classes, mask, border, weights, seed=None) -> same tuple``.
+    """
+    if not train:
+        return Augmentation([], seed=seed)
+    from pipeline.method.intensity import NORMALIZATION
+
+    if not isinstance(cfg, AugmentConfig):
+        cfg = AugmentConfig.from_dict(cfg)
+    normalize = dict(NORMALIZATION) if cfg.normalize else None
+    acquisition = {k: _probability(cfg, k) for k in ACQUISITION}
+    return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed, cfg.blur_sigma)

@@ -1,0 +1,433 @@
+"""``nuclei finetune``: adapt a model to the user's microscope from a few annotated images.
+
+:func:`finetune` (the Python API, also used by the napari widget) and the command:
+
+1. pair and check the images and labels (:mod:`pipeline.data.annotations`); every user error is one
+   line, raised before anything is written;
+2. bring each image to the model's canonical nucleus diameter from the exact median diameter of
+   its labels (:func:`pipeline.training.finetune_run.make_example`); record the users' typical diameter
+   (``user_diameter``, the median over images) in the model;
+3. honest validation: with >= 3 images, held-out folds of whole images (leave-one-out up to
+   :data:`MAX_FOLDS` folds); with fewer, the two halves of every image in turn. Each fold is
+   fine-tuned from the base and predicts its held-out pixels at :data:`CHECKPOINTS` points; the
+   number of steps with the best mean held-out score (0: the base) is chosen, with the watershed
+   thresholds (:data:`THRESHOLD_GRID`) on the held-out predictions at that point;
+4. the final fine-tune on every image for the chosen steps, written as a complete model
+   directory with the before/after scores and the provenance in ``config.yaml``.
+
+The time (``minutes``) is planned from a measured step time: all runs share it. A few crops of
+the base model's training data (DSB2018 ``stage1_train`` when ``../shared`` holds it) are mixed
+into every run against forgetting (:mod:`pipeline.training.guard`), and its check images
+other images of it are scored at every checkpoint beside the held-out ones: the steps and thresholds chosen are the
+best on the held-out images among those that keep the score on these checks within
+``max_forgetting`` of the base model's.
+
+Must not: hold a training loop (:class:`pipeline.training.finetune_run.FinetuneTrainer` is the Trainer's),
+build targets (:mod:`pipeline.method.targets`), segment differently from :class:`pipeline.model.segmenter.Segmenter`,
+or read a model folder's ``config.yaml`` other than through :func:`pipeline.config.model_folder.read_model_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config.model_folder import ModelDirConfig
+from pipeline.errors import NucleiError, before_work
+from pipeline.training.guard import FORGET_TOLERANCE, GUARD_ROOT, GUARD_SHARE, guard_examples
+
+DEFAULT_MINUTES = 8.0
+MIN_STEPS, MAX_STEPS = 4, 800
+#: Held-out scoring points per fold run (the step counts chosen among).
+CHECKPOINTS = 4
+MAX_FOLDS = 3
+BATCH_SIZE, CROP, LR = 4, 256, 5e-4
+MIN_NUCLEI = 5
+#: Smallest side (px at the network's scale) of a half image used as a held-out region.
+MIN_REGION = 96
+#: Watershed thresholds searched at every checkpoint (a network fine-tuned for a few steps is less
+#: confident than the base: the base's object threshold 0.99 removed most of its nuclei).
+THRESHOLD_GRID = {"marker_threshold": [0.5, 0.7, 0.9], "mask_threshold": [0.5, 0.7], "object_threshold": [0.8, 0.99]}
+
+
+def _check_output(out: Path, force: bool) -> None:
+    from pipeline.files.io import check_writable_folder
+    from pipeline.model.model_dir import CONFIG_NAME, WEIGHTS_NAME
+
+    if out.exists() and not out.is_dir():
+        raise NucleiError(f"{out}: exists and is not a folder")
+    if any((out / name).exists() for name in (CONFIG_NAME, WEIGHTS_NAME)) and not force:
+        raise NucleiError(f"{out}: already holds a model (use --force to replace it)")
+    check_writable_folder(out.parent if not out.exists() else out)
+
+
+def run_config(base_config: ModelDirConfig, steps: int, chunks: int, seed: int, base: Path, device: str, batch_size: int):
+    """The :class:`pipeline.config.params.Config` of one fine-tuning run: the base model's architecture,
+    loss and augmentation (from its recorded training parameters, defaults otherwise), ``chunks``
+    checkpoints of ``steps // chunks`` steps, cosine schedule, weights from ``base``."""
+    from pipeline.config.params import AugmentConfig, Config, LossConfig, TargetsConfig
+
+    params = base_config.training.get("params") or {}
+
+    def known(section, cls):
+        return {k: v for k, v in (params.get(section) or {}).items() if k in cls.__dataclass_fields__}
+
+    per_chunk = max(1, steps // chunks)
+    return Config.from_dict({
+        "seed": seed,
+        "model": {k: v for k, v in base_config.model.to_dict().items() if k != "encoder_weights"},
+        "loss": known("loss", LossConfig),
+        "augment": {**known("augment", AugmentConfig), "crop": CROP},
+        "targets": known("targets", TargetsConfig),
+        "train": {"epochs": chunks, "batch_size": batch_size, "lr": LR, "schedule": "cosine", "workers": 0,
+                  "precision": "auto", "samples_per_epoch": per_chunk * batch_size, "device": device,
+                  "val_every": 1, "init": str(base), "out": str(base)},
+    }, base / "config.yaml")
+
+
+def _train(config, items, weights, on_step=None, on_checkpoint=None):
+    """Run a :class:`FinetuneTrainer`; returns it (its ``model`` and ``history``)."""
+    import torch
+
+    from pipeline.training.finetune_run import FinetuneTrainer
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer = FinetuneTrainer(config, items, weights, on_step, on_checkpoint)
+        trainer.fit()
+        return trainer
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def plan_folds(examples: list, parts: list, model_config: ModelDirConfig, targets_kwargs: dict) -> tuple[str, list]:
+    """Held-out folds: (method, [(training examples, held-out examples), ...])."""
+    from pipeline.training.finetune_run import make_example, split_regions
+
+    if len(examples) >= 3:
+        k = min(len(examples), MAX_FOLDS)
+        return "leave-one-out" if k == len(examples) else f"{k}-fold", [
+            ([e for i, e in enumerate(examples) if i % k != f], [e for i, e in enumerate(examples) if i % k == f])
+            for f in range(k)]
+    halves = [[make_example(n, i, lab, e.diameter, model_config, targets_kwargs) for n, i, lab in split_regions(p)]
+              for e, p in zip(examples, parts, strict=True)]
+    if any(min(h.arrays["labels"].shape) < MIN_REGION for pair in halves for h in pair):
+        return "none (images too small to split into regions)", []
+    folds = [([pair[1 - f] for pair in halves], [pair[f] for pair in halves]) for f in range(2)]
+    if not all(any(e.labels.any() for e in held) for _, held in folds):
+        return "none (a half image without nuclei)", []
+    return "image halves", folds
+
+
+class _Progress:
+    """One progress bar over all planned steps (tqdm, time left) and the caller's callback."""
+
+    def __init__(self, total: int, callback=None):
+        from pipeline.progress import progress
+
+        self.bar = progress(None, desc="finetune", total=total, unit="step")
+        self.callback, self.done, self.message = callback, 0, "training"
+
+    def step(self) -> None:
+        self.done += 1
+        self.bar.update(1)
+        if self.callback is not None:
+            self.callback(min(self.done / max(self.bar.total, 1), 1.0), self.message)
+
+    def set_total(self, total: int) -> None:
+        self.bar.total = total
+        self.bar.refresh()
+
+
+def finetune(images, labels, base=None, minutes: float | None = None, out: str | Path = "finetuned",
+             force: bool = False, progress=None, guard: str | Path | None = "auto", device: str = "auto",
+             steps: int | None = None, seed: int = 0, max_forgetting: float | None = FORGET_TOLERANCE,
+             log=print) -> Path:
+    """Fine-tune a model on annotated images and write a model directory.
+
+    Parameters
+    ----------
+    images : list of str, Path or arrays
+        Image files, folders of images, or images ((H, W) or (H, W, C) arrays).
+    labels : str or Path (a folder) or list of str, Path or int arrays
+        Instance labels (0 = background): a folder paired by name (``<name>.tif``,
+        ``<name>_masks.tif``, PNG), or one per image.
+    base : str or Path, optional
+        The model directory to start from (default: the shipped model).
+    minutes : float, optional
+        Time bound of the whole command (default :data:`DEFAULT_MINUTES`).
+    out : str or Path
+        The model directory to write.
+    force : bool
+        Replace a model already in ``out``.
+    progress : callable(fraction: float, message: str), optional
+        Called after every training step.
+    guard : 'auto', path or None
+        Kaggle training root whose crops are mixed in against forgetting ('auto': DSB2018 in
+        ``../shared`` when present; None: none).
+    device : str
+    steps : int, optional
+        Fix the steps of every run instead of planning them from ``minutes``.
+    seed : int
+    max_forgetting : float or None
+        Largest drop of the DSB2018 score on the guard's check images (the base model's kind of
+        images) that the chosen steps and thresholds may cost; None: no bound (the best on the
+        held-out images). Needs the guard.
+    log : callable(str)
+        Receives the warnings and the before/after line.
+
+    Returns
+    -------
+    out : Path
+    """
+    from pipeline.config.model_folder import read_model_config
+    from pipeline.data.annotations import load_annotated
+    from pipeline.model.model_dir import available_model_dir
+    from pipeline.training.finetune_run import HeldOut, make_example
+
+    t0 = time.perf_counter()
+    with before_work():  # what the user gave: a problem here is a usage error
+        base = Path(base) if base is not None else available_model_dir()
+        if base is None:
+            raise NucleiError("finetune: no base model (models/default is missing); give one with --model")
+        base_config = read_model_config(base)
+        out = Path(out)
+        _check_output(out, force)
+        budget = 60.0 * (DEFAULT_MINUTES if minutes is None else float(minutes))
+        if budget <= 0:
+            raise NucleiError(f"--minutes {minutes}: must be positive")
+        annotated = load_annotated(images, labels, warn=lambda m: log(f"warning: {m}"))
+        n_nuclei = sum(a.n_nuclei for a in annotated)
+        if n_nuclei < MIN_NUCLEI:
+            raise NucleiError(f"{annotated[0].source}: {n_nuclei} nuclei in all the labels; "
+                              f"fine-tuning needs at least {MIN_NUCLEI}")
+    from pipeline.method.scale import median_diameter
+
+    diameters = [median_diameter(a.labels) for a in annotated]
+    user_diameter = float(np.nanmedian(diameters))
+    config = run_config(base_config, 1, 1, seed, base, device, BATCH_SIZE)
+    tkw = config.targets.make_targets_kwargs()
+    examples = [make_example(a.name, a.image, a.labels, d if np.isfinite(d) else user_diameter, base_config, tkw)
+                for a, d in zip(annotated, diameters, strict=True)]
+    guard_root = GUARD_ROOT if guard == "auto" else guard
+    guards = guard_examples(Path(guard_root), base_config, tkw) if guard_root else []
+    method, folds = plan_folds(examples, [(a.name, a.image, a.labels) for a in annotated], base_config, tkw)
+    checks = guard_examples(Path(guard_root), base_config, tkw, check=True) if guards and folds else []
+
+    def items_of(train):
+        items = {f"{k}:{e.name}": e.arrays for k, e in enumerate(train + guards)}
+        share = np.r_[np.full(len(train), (1 - GUARD_SHARE) / len(train)),
+                      np.full(len(guards), GUARD_SHARE / max(len(guards), 1))]
+        return items, (share if guards else None)
+
+    from pipeline.model.runtime import resolve_device
+
+    device = str(resolve_device(device))
+    held = [HeldOut(h, base_config, device) for _, h in folds]
+    check = HeldOut(checks, base_config, device) if checks else None
+    base_model, _ = _load(base, device)
+    t_eval = time.perf_counter()
+    base_probs = [h.probabilities(base_model) for h in held]
+    base_scores = [h.scores(p, base_config.postprocess.thresholds()) for h, p in zip(held, base_probs, strict=True)]
+    base_check_probs = check.probabilities(base_model) if check else None
+    check_probs = [[base_check_probs] if check else [] for _ in folds]  # fold -> checkpoint
+    t_eval = time.perf_counter() - t_eval
+    if steps is None:  # plan the steps from a measured step time
+        t_step = _step_time(run_config(base_config, 3, 1, seed, base, device, BATCH_SIZE), *items_of(examples))
+        spare = budget - (time.perf_counter() - t0) - 3 * (CHECKPOINTS + 1) * t_eval - 0.05 * budget
+        steps = int(np.clip(spare / ((len(folds) + 1) * t_step), MIN_STEPS, MAX_STEPS))
+    steps = max(CHECKPOINTS, steps // CHECKPOINTS * CHECKPOINTS)
+    bar = _Progress((len(folds) + 1) * steps, progress)
+
+    # validation runs: held-out probabilities at every checkpoint
+    probs = [[p] for p in base_probs]  # fold -> checkpoint -> list of probs
+    for f, (train, _) in enumerate(folds):
+        bar.message = f"validation run {f + 1}/{len(folds)}"
+
+        def checkpoint(model, done, f=f):
+            probs[f].append(held[f].probabilities(model))
+            if check:
+                check_probs[f].append(check.probabilities(model))
+            return float("nan")  # scored below, with the thresholds searched over all folds
+
+        _train(run_config(base_config, steps, CHECKPOINTS, seed, base, device, BATCH_SIZE), *items_of(train),
+               on_step=bar.step, on_checkpoint=checkpoint)
+    chosen, thresholds, before, after, curve = steps, base_config.postprocess.thresholds(), None, None, {}
+    forgetting = None
+    if folds:
+        floor = None
+        if check:
+            base_check = float(np.mean(check.scores(check_probs[0][0], thresholds)))
+            floor = None if max_forgetting is None else base_check - max_forgetting
+        settings = {}
+        for c in range(CHECKPOINTS + 1):
+            check_folds = range(len(folds)) if c else [0]  # checkpoint 0 is the base in every fold
+            choice = _tune([s for f in range(len(folds)) for s in held[f].samples(probs[f][c])], thresholds,
+                           [s for f in check_folds for s in check.samples(check_probs[f][c])] if check else None,
+                           floor)
+            if choice is not None:
+                settings[c * steps // CHECKPOINTS] = choice
+        curve = {k: v[1] for k, v in settings.items()}
+        chosen = max(curve, key=lambda s: (round(curve[s], 4), -s))
+        thresholds.update(settings[chosen][0])
+        before = float(np.mean([s for f in base_scores for s in f]))
+        after = curve[chosen]
+        if check:
+            forgetting = {"check_images": len(checks), "tolerance": max_forgetting, "base": base_check,
+                          "chosen": settings[chosen][2]}
+    bar.message = "final run"
+    left = budget - (time.perf_counter() - t0)
+    rate = bar.bar.format_dict.get("rate") or 0
+    if rate and chosen and left < chosen / rate:
+        log(f"note: time is short; the final run takes {int(left * rate)} of the {chosen} chosen steps")
+        chosen = max(CHECKPOINTS, int(left * rate * 0.9))
+    bar.set_total(bar.done + chosen)
+    if chosen:
+        model = _train(run_config(base_config, chosen, 1, seed, base, device, BATCH_SIZE), *items_of(examples),
+                       on_step=bar.step).model
+    else:
+        model = base_model
+    bar.bar.close()
+    elapsed = time.perf_counter() - t0
+    nuclei = f"{len(annotated)} image{'s' * (len(annotated) > 1)}, {n_nuclei} nuclei, {_duration(elapsed)}"
+    if folds:
+        line = f"held-out ({method}): base {before:.2f} -> fine-tuned {after:.2f} ({nuclei})"
+        if chosen == 0:
+            line += " with tuned thresholds; training did not beat the base weights on held-out images: they are kept"
+        if forgetting:
+            bound = "no bound" if max_forgetting is None else f"at most {max_forgetting:g} lost"
+            line += f"; base training images: {forgetting['base']:.2f} -> {forgetting['chosen']:.2f} ({bound})"
+    else:
+        line = f"no held-out validation ({method}): fine-tuned {chosen} steps ({nuclei})"
+    provenance = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base": str(base), "base_weights_sha256": base_config.weights_sha256,
+        "images": [{"name": a.name, "source": a.source, "sha256": a.sha256, "nuclei": a.n_nuclei,
+                    "diameter": round(float(d), 2) if np.isfinite(d) else None}
+                   for a, d in zip(annotated, diameters, strict=True)],
+        "steps": chosen, "batch_size": BATCH_SIZE, "crop": CROP, "lr": LR,
+        "guard": {"root": str(guard_root), "images": len(guards), "share": GUARD_SHARE,
+                  "forgetting": forgetting} if guards else None,
+        "validation": {"method": method, "folds": len(folds), "steps_planned": steps,
+                       "held_out_score_by_steps": curve, "before": before, "after": after},
+        "summary": line, "time_s": round(elapsed, 1),
+        "hardware": _hardware(device, config),
+        "base_training": base_config.training or None,
+    }
+    _write(out, model, base_config, thresholds, user_diameter, provenance)
+    log(line)
+    return out
+
+
+def _tune(samples: list, current: dict, checks: list | None = None,
+          floor: float | None = None) -> tuple[dict, float, float | None] | None:
+    """The best setting of :data:`THRESHOLD_GRID` and the ``current`` thresholds on held-out
+    ``samples`` among those whose mean DSB2018 score on the ``checks`` samples is at least ``floor``:
+    (setting, mean score on ``samples``, mean score on ``checks`` or None); None when none is."""
+    from pipeline.method.grid_search import best_setting, grid_search
+
+    fixed = {k: v for k, v in current.items() if k not in THRESHOLD_GRID}
+    grid = {k: sorted({*values, current[k]} - {None}) for k, values in THRESHOLD_GRID.items()}
+    table = grid_search(samples, grid, fixed)
+    if checks:
+        guard = grid_search(checks, grid, fixed).rename(columns={"dsb_score": "check_score"})
+        table = table.merge(guard[[*grid, "check_score"]], on=list(grid), sort=False)
+        table = table[table.check_score >= floor - 1e-9] if floor is not None else table
+    if table.empty:
+        return None
+    setting, scores = best_setting(table.drop(columns="check_score", errors="ignore"))
+    check_score = float(table.iloc[0]["check_score"]) if checks else None
+    return {k: setting[k] for k in grid}, scores["dsb_score"], check_score
+
+
+def _load(base: Path, device: str):
+    from pipeline.model.model_dir import load_model_dir
+
+    return load_model_dir(base, device)
+
+
+def _step_time(config, items, weights) -> float:
+    """Seconds per training step of ``config``, measured on its steps after the first."""
+    stamps = []
+    _train(config, items, weights, on_step=lambda: stamps.append(time.perf_counter()))
+    return float(np.mean(np.diff(stamps))) if len(stamps) > 1 else 1.0
+
+
+def _hardware(device: str, config) -> dict:
+    import torch
+
+    from pipeline.model.runtime import resolve_precision
+    from pipeline.training.trainer import hardware_summary
+
+    return hardware_summary(torch.device(device), resolve_precision(config.train.precision, device))
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def _write(out: Path, model, base_config: ModelDirConfig, thresholds: dict, user_diameter: float,
+           training: dict) -> None:
+    """Write the model directory: into a temporary sibling, then moved into place file by file."""
+    from pipeline.model.model_dir import CONFIG_NAME, WEIGHTS_NAME, save_model_dir
+
+    config = base_config.replace(postprocess=thresholds, user_diameter=round(user_diameter, 2), training=training,
+                                 weights_sha256=None, source=out / CONFIG_NAME)
+    tmp = out.parent / f".{out.name}.finetune-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_model_dir(tmp, model, config)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):  # the config last: it names the weights' checksum
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nuclei finetune``."""
+    parser.add_argument("images", nargs="+", help="annotated images (files or folders)")
+    parser.add_argument("--labels", required=True, metavar="DIR",
+                        help="folder of their labels: <name>.tif (as `nuclei segment` writes), <name>_masks.tif or PNG")
+    parser.add_argument("-o", "--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    parser.add_argument("--model", default=None, help="model to start from (default: the shipped model)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help=f"time bound of the whole command (default: {DEFAULT_MINUTES:g})")
+    parser.add_argument("--force", action="store_true", help="replace a model already in MODEL_DIR")
+    parser.add_argument("--max-forgetting", type=parse_max_forgetting, default=FORGET_TOLERANCE, metavar="D|none",
+                        help="largest DSB2018 drop allowed on the base model's kind of images (default: %(default)s; "
+                             "none: no bound, the most for your images)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+
+
+def parse_max_forgetting(text: str) -> float | None:
+    """``--max-forgetting``: a non-negative number, or 'none'."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a number >= 0 or 'none'")
+    return value
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``nuclei finetune``; returns the exit status."""
+    out = finetune(args.images, args.labels, base=args.model, minutes=args.minutes, out=args.out,
+                   force=args.force, device=args.device, max_forgetting=args.max_forgetting,
+                   log=lambda m: print(m, file=sys.stderr if m.startswith("warning") else sys.stdout))
+    print(f"model written to {out}  (use it: nuclei segment IMAGES -o OUT --model {out})")
+    return 0
