@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config.params import Config, DataConfig
-from pipeline.data.folds import read_index, split_folds
+from pipeline.data.folds import read_index, split_folds, table_groups
 from pipeline.data.sources import read_label_image, read_sample
 from pipeline.errors import NucleiError
 from pipeline.files.io import load_npz, write_labels, write_png
@@ -88,6 +88,35 @@ data:
     train_ids, val_ids = split_folds(index, "extra", "source")
     assert all(i.startswith("extra/") for i in val_ids) and len(val_ids) == 6
     assert not any(i.startswith("extra/") for i in train_ids)
+
+
+def test_groups_from_the_sources_own_table(tmp_path):
+    """A source that describes its images (Kromp et al.'s image_description.csv) is grouped by its
+    columns: the images of one diagnosis and preparation never straddle training and validation."""
+    extra = _folder_source(tmp_path / "extra", n=10)
+    kinds = ["cellline;cytospin"] * 4 + ["tumour;tissue section"] * 3 + ["tumour;cytospin"] * 2 + ["wilms;tissue section"]
+    (extra / "table.csv").write_text("Image_Name;Diagnosis;Preparation\n"
+                                     + "".join(f"img{i}.png;{k}\n" for i, k in enumerate(kinds)))
+    params = tmp_path / "params.yaml"
+    params.write_text(f"""data:
+  sources:
+    extra: {{root: {extra}, layout: folder, groups: table.csv, group_by: [Diagnosis, Preparation]}}
+  prepared: {tmp_path / 'prep'}
+  workers: 1
+  folds: 3
+""")
+    assert main(["prepare", "--params", str(params)]) == 0
+    index = read_index(tmp_path / "prep")
+    assert index.set_index("id")["group"].to_dict() == {f"extra/img{i}": f"extra:{k.replace(';', '/')}"
+                                                        for i, k in enumerate(kinds)}
+    assert (index.groupby("group")["group_fold"].nunique() == 1).all()  # a group lies in one fold
+    assert index["group_fold"].nunique() == 3
+    (extra / "table.csv").write_text("Image_Name;Diagnosis;Preparation\nimg0.png;a;b\n")
+    assert main(["prepare", "--params", str(params)]) == 1
+    with pytest.raises(NucleiError, match=r"table.csv: image img1 is not listed \(9 images missing\)"):
+        table_groups([f"img{i}" for i in range(10)], extra / "table.csv", ["Diagnosis"])
+    with pytest.raises(NucleiError, match="groups needs a table file and group_by"):
+        DataConfig.from_dict({"sources": {"x": {"root": "r", "layout": "folder", "groups": "t.csv"}}}, "p.yaml")
 
 
 def test_source_split_needs_a_source_name():

@@ -143,9 +143,12 @@ def mapping(value: Any) -> dict:
     return dict(value)
 
 
-def sources(value: Any) -> dict[str, dict[str, str]]:
-    """Labelled sources ``{name: {root: path, layout: kaggle | folder}}``, at least one; a name is
-    a folder name (letters, digits, ``_``, ``-``, ``.``)."""
+def sources(value: Any) -> dict[str, dict[str, Any]]:
+    """Labelled sources ``{name: {root: path, layout: kaggle | folder[, groups: TABLE, group_by:
+    [COLUMN, ...]]}}``, at least one; a name is a folder name (letters, digits, ``_``, ``-``,
+    ``.``). ``groups`` names a table in the root (CSV, any separator) whose first column is the
+    image id: the images' experiment groups are then the values of its ``group_by`` columns
+    instead of clusters of acquisition features."""
     shape = f"a mapping {{name: {{root: path, layout: {' | '.join(LAYOUTS)}}}}} with at least one source"
     if not isinstance(value, dict) or not value:
         raise Invalid(shape)
@@ -154,12 +157,19 @@ def sources(value: Any) -> dict[str, dict[str, str]]:
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name) \
                 or name.startswith("."):
             raise Invalid(f"{shape}; {name!r} is not a folder name")
-        if not isinstance(source, dict) or set(source) - {"root", "layout"} or "root" not in source:
+        if not isinstance(source, dict) or set(source) - {"root", "layout", "groups", "group_by"} \
+                or "root" not in source:
             raise Invalid(f"{shape}; source {name!r} needs root (and layout)")
         layout = source.get("layout", "kaggle")
         if layout not in LAYOUTS or not isinstance(source["root"], (str, Path)):
             raise Invalid(f"{shape}; source {name!r} has layout {layout!r}")
         checked[name] = {"root": str(source["root"]), "layout": layout}
+        if "groups" in source or "group_by" in source:
+            table, by = source.get("groups"), source.get("group_by")
+            if not isinstance(table, str) or not table or not isinstance(by, list) or not by \
+                    or not all(isinstance(c, str) and c for c in by):
+                raise Invalid(f"{shape}; source {name!r}: groups needs a table file and group_by a list of its columns")
+            checked[name] |= {"groups": table, "group_by": list(by)}
     return checked
 
 

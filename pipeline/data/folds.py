@@ -96,6 +96,43 @@ def acquisition_groups(features: pd.DataFrame, distance: float = 0.7) -> np.ndar
 
 
 
+def table_groups(ids, table: str | Path, by: list[str]) -> np.ndarray:
+    """Experiment groups of images from a table that describes them (a data set's own metadata).
+
+    Parameters
+    ----------
+    ids : sequence of str
+        Image ids (file stems).
+    table : str or Path
+        CSV file, any separator (``,``, ``;``, tab), whose first column holds the image ids.
+    by : list of str
+        Columns whose values, joined by ``/``, name an image's group (e.g. diagnosis and
+        preparation).
+
+    Returns
+    -------
+    groups : object ndarray of shape (len(ids),), str group names.
+
+    Raises
+    ------
+    NucleiError
+        An unreadable table, a missing column, or an image the table does not list (naming it).
+    """
+    table = Path(table)
+    try:
+        frame = pd.read_csv(table, sep=None, engine="python", dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise NucleiError(f"{table}: unreadable table ({exc})") from None
+    if missing := [c for c in by if c not in frame.columns]:
+        raise NucleiError(f"{table}: no column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
+    names = frame[by].agg("/".join, axis=1)
+    names.index = frame.iloc[:, 0].str.replace(r"\.(png|tiff?|jpe?g|bmp)$", "", case=False, regex=True)  # ids
+    ids = [str(i) for i in ids]
+    if unlisted := [i for i in ids if i not in names.index]:
+        raise NucleiError(f"{table}: image {unlisted[0]} is not listed ({len(unlisted)} images missing)")
+    return names.loc[ids].to_numpy(dtype=object)
+
+
 def grouped_folds(groups: np.ndarray, k: int) -> np.ndarray:
     """Assign whole groups to ``k`` folds, largest group first, each to the smallest fold so far.
 

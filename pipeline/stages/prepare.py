@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config.params import DataConfig, load_config
-from pipeline.data.folds import acquisition_groups, grouped_folds, read_index, stratified_folds
+from pipeline.data.folds import acquisition_groups, grouped_folds, read_index, stratified_folds, table_groups
 from pipeline.data.sources import list_sample_ids, read_sample, unlabelled_images
 from pipeline.errors import NucleiError
 from pipeline.files.io import save_npz, write_csv
@@ -65,7 +65,8 @@ def _prepare_one(task: tuple[Path, str, str, Path]) -> dict | str:
 
 
 def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, workers: int = 1,
-            layout: str = "kaggle", source: str = "") -> pd.DataFrame:
+            layout: str = "kaggle", source: str = "", groups: str | None = None,
+            group_by: list[str] | None = None) -> pd.DataFrame:
     """Convert one labelled source into label maps, an index and folds (``out/index.csv``).
 
     Bad samples (unreadable image, mask or label image of the wrong size, no masks) are reported
@@ -76,6 +77,10 @@ def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, wo
     root, layout : the source folder and its layout (:data:`pipeline.config.rules.LAYOUTS`).
     source : str
         The source's name, written to the ``source`` column.
+    groups, group_by : str and list of str, optional
+        A table in ``root`` whose first column is the image id, and the columns whose values make
+        an image's experiment group (:func:`pipeline.data.folds.table_groups`); default: clusters
+        of the acquisition features (:func:`pipeline.data.folds.acquisition_groups`).
 
     Returns
     -------
@@ -104,7 +109,8 @@ def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, wo
     index = pd.DataFrame(rows).sort_values("id").reset_index(drop=True)
     index.insert(1, "source", source)
     index["fold"] = stratified_folds(index["id"].tolist(), index["image_type"].tolist(), folds, seed)
-    index["group"] = acquisition_groups(index)
+    index["group"] = (table_groups(index["id"], root / groups, group_by) if groups
+                      else acquisition_groups(index))
     index["group_fold"] = grouped_folds(index["group"].to_numpy(), folds)
     if index["group"].nunique() < folds:  # too few experiments to hold each out: image folds
         index["group_fold"] = index["fold"]
@@ -125,7 +131,7 @@ def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = N
             raise NucleiError(f"no source {name!r} in data.sources ({', '.join(data.sources)})")
         spec = data.sources[name]
         prepare(spec["root"], Path(data.prepared) / name, folds=data.folds, seed=seed, workers=data.workers,
-                layout=spec["layout"], source=name)
+                layout=spec["layout"], source=name, groups=spec.get("groups"), group_by=spec.get("group_by"))
     return read_index(data.prepared)
 
 
