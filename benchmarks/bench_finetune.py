@@ -1,6 +1,6 @@
 """How much ``nuclei finetune`` lifts a source the base model never saw, and what it forgets.
 
-The shipped model (``models/default``) was trained on DSB2018 stage1_train only, so it is the
+The shipped model (``pipeline/shipped/model``) was trained on DSB2018 stage1_train only, so it is the
 leave-one-source-out base for ``/work/shared/extra/tissue_fluo_e2f`` (57 grey 512² images of dense
 tissue nuclei). Fine-tune on 1, 3 and 10 of its images (one per mouse and marker: no test image
 shares a mouse and marker with a training image), score a fixed test set of the other mice, before
@@ -38,7 +38,10 @@ from pipeline.method.metrics import image_metrics  # noqa: E402
 from pipeline.method.scale import median_diameter  # noqa: E402
 from pipeline.model.segmenter import Segmenter  # noqa: E402
 from pipeline.training.finetune import finetune, parse_max_forgetting  # noqa: E402
-from pipeline.training.guard import GUARD_ROOT, guard_ids  # noqa: E402
+from pipeline.training.guard import guard_ids  # noqa: E402
+
+#: DSB2018 stage1_train beside the checkout: the images of its held-out evaluation set.
+DSB_ROOT = ROOT.parent / "shared" / "dsb2018" / "stage1_train"
 
 SOURCE = Path("/work/shared/extra/tissue_fluo_e2f")
 #: Training pool (one image per mouse and marker); the test images are the other mice-and-markers'.
@@ -67,10 +70,10 @@ def dsb_eval_set(n: int = 8):
     """``n`` DSB2018 images spread over stage1_train, none of the guard's."""
     from pipeline.data.kaggle import list_kaggle_ids, read_kaggle_sample
 
-    used = {*guard_ids(GUARD_ROOT), *guard_ids(GUARD_ROOT, check=True)}
-    ids = [i for i in list_kaggle_ids(GUARD_ROOT) if i not in used]
+    used = {*guard_ids(DSB_ROOT), *guard_ids(DSB_ROOT, check=True)}
+    ids = [i for i in list_kaggle_ids(DSB_ROOT) if i not in used]
     chosen = [ids[int(k)] for k in np.linspace(3, len(ids) - 4, n)]
-    return [tuple(a.astype(np.float32) / 255 if a.dtype == np.uint8 else a for a in read_kaggle_sample(GUARD_ROOT / i))
+    return [tuple(a.astype(np.float32) / 255 if a.dtype == np.uint8 else a for a in read_kaggle_sample(DSB_ROOT / i))
             for i in chosen]
 
 
@@ -120,7 +123,7 @@ def main() -> int:
     parser.add_argument("--max-forgetting", default="0.03", help="as nuclei finetune's (a number or 'none')")
     parser.add_argument("--unbounded", type=int, nargs="*", default=[], metavar="N",
                         help="also fine-tune on N images with no bound on forgetting")
-    parser.add_argument("--base", type=Path, default=ROOT / "models" / "default",
+    parser.add_argument("--base", type=Path, default=ROOT / "pipeline" / "shipped" / "model",
                         help="the model to fine-tune (it must never have trained on the source)")
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: finetune.LR)")
     parser.add_argument("--test", type=int, default=16, help="test images of the source")
@@ -139,7 +142,7 @@ def main() -> int:
         table = diameter_policies(args.diameters, test)
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         return 0
-    dsb = dsb_eval_set() if GUARD_ROOT.is_dir() else []
+    dsb = dsb_eval_set() if DSB_ROOT.is_dir() else []
     base = args.base
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_finetune_"))
     rows = [{"model": "base", "images": 0, **{f"est_{k}": v for k, v in score(base, test, False).items()},

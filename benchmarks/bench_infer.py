@@ -17,7 +17,7 @@ For 256×256 and 1024×1024 inputs prints
 
     python benchmarks/bench_infer.py [--model DIR] [--threads 2] [--repeat 3] [--no-submit]
 
-``--model`` defaults to ``models/default`` when present, else a freshly built (untrained) model
+``--model`` defaults to ``pipeline/shipped/model`` when present, else a freshly built (untrained) model
 of the ``model`` section of params.yaml (same speed as a trained one).
 """
 
@@ -53,9 +53,9 @@ SIZES = (256, 1024)
 def model_dir(arg: str | None, tmp: Path) -> tuple[Path, str]:
     if arg:
         return Path(arg), arg
-    default = ROOT / "models" / "default"
+    default = ROOT / "pipeline" / "shipped" / "model"
     if (default / "config.yaml").is_file():
-        return default, "models/default"
+        return default, "pipeline/shipped/model"
     cfg = load_params(ROOT / "params.yaml")["model"]
     torch.manual_seed(0)
     save_model_dir(tmp / "model", build_model(cfg), {"model": cfg, "normalization": {"low": 1.0, "high": 99.8}})

@@ -88,7 +88,7 @@ def train_curves(params_path: str, epochs: int, samples: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=ROOT / "pipeline" / "shipped" / "model")
     parser.add_argument("--params", default=None, help="parameters naming the prepared data (data.prepared)")
     parser.add_argument("--split", default="stratified", choices=("stratified", "grouped"))
     parser.add_argument("--train-curves", metavar="PARAMS", default=None)

@@ -48,7 +48,7 @@ Every model runs through :class:`pipeline.model.segmenter.Segmenter` exactly as 
 condition and model: DSB2018 score, AP@0.5, median counting error (|pred − true| / true per
 image), and the predicted/true total; per model, the diameter estimate's accuracy, the goals, and
 the confidence calibration (the 2nd percentile that ``MIN_CONFIDENCE`` is set to). Default models:
-``--model`` models/default, ``--baseline`` none.
+``--model`` pipeline/shipped/model, ``--baseline`` none.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=ROOT / "pipeline" / "shipped" / "model")
     parser.add_argument("--baseline", type=Path, default=None, help="a second model to compare")
     parser.add_argument("--oracle", action="store_true", help="also run --model given the true diameter")
     parser.add_argument("--estimators", nargs="+", default=None, choices=("blob", "search"),

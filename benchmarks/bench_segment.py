@@ -20,6 +20,13 @@ Usage::
    tiles, which the network sees enlarged (small nuclei), against one fp32 forward pass of a plain
    U-Net of width 16 and depth 4 at 1024×1024, both on ``--threads`` threads, medians of
    ``--repeats`` runs side by side; goal: at most 2×.
+5. The costly case (issue 59, after SPEC section 6): a 4×4 mosaic of the first 16 dark (mean ≤ 60)
+   256×256 ``stage1_train`` images with 20–80 nuclei, in sorted id order (:func:`costly_mosaic`;
+   ``--stage1 DIR``, default ``../shared/dsb2018/stage1_train``; skipped when absent), which the
+   diameter estimate enlarges about 2×: the time per image through ``Segmenter.segment`` (five
+   images minus the first, divided by four) against one fp32 forward pass of the same plain U-Net,
+   median of ``--repeats`` such ratios (:func:`costly_ratio`; ``benchmarks/bench_backends.py``
+   prints it per inference backend).
 """
 
 from __future__ import annotations
@@ -37,19 +44,24 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "stage1_train"
+STAGE1 = ROOT.parent / "shared" / "dsb2018" / "stage1_train"
 BUDGET_S = 3.0
+#: The costly case: ``COSTLY_TILES`` tiles of 256×256 whose mean grey level (0–255, all channels) is at most
+#: ``COSTLY_MEAN`` and whose mask count lies in ``COSTLY_NUCLEI``, the first in sorted id order.
+COSTLY_TILES, COSTLY_MEAN, COSTLY_NUCLEI = 16, 60.0, (20, 80)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", type=Path, default=None, help="default: models/default, else models/trained/model"
+        "--model", type=Path, default=None, help="default: pipeline/shipped/model, else models/trained/model"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--large", type=int, default=0, metavar="N", help="also segment a synthetic NxN image"
     )
+    parser.add_argument("--stage1", type=Path, default=STAGE1, help="DSB2018 stage1_train (the costly case)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
@@ -70,7 +82,7 @@ def main() -> int:
     model_dir = args.model or available_model_dir()
     if model_dir is None:
         print(
-            "no model: expected models/default/ or models/trained/model/ (or pass --model)", file=sys.stderr
+            "no model: expected pipeline/shipped/model/ or models/trained/model/ (or pass --model)", file=sys.stderr
         )
         return 2
     print(
@@ -166,6 +178,16 @@ def main() -> int:
     )
     dense()
     envelope(model_dir, settings, args.repeats)
+    if args.stage1.is_dir():
+        segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
+        mosaic, _ = costly_mosaic(args.stage1)
+        per_image, reference, scale = costly_ratio(segmenter, mosaic, args.repeats)
+        print(f"\ncostly case: Segmenter.segment of the 4x4 mosaic of dark 256x256 stage1_train tiles with 20-80 nuclei "
+              f"(scale {scale:.2f}, {segmenter.predictor.precision}, backend {segmenter.predictor.backend}) "
+              f"{per_image:.2f} s per image; plain w16 d4 U-Net at 1024x1024 {reference:.2f} s: "
+              f"{per_image / reference:.2f}x (goal 2x)")
+    else:
+        print(f"\ncostly case skipped: {args.stage1} not found")
     if args.large:
         large(args.large, model_dir)
     return 0
@@ -183,6 +205,84 @@ def fluo_small_mosaic(side: int = 1024) -> np.ndarray:
     n = side // 256
     rows = [np.concatenate([tiles[(r * n + c) % len(tiles)] for c in range(n)], axis=1) for r in range(n)]
     return np.concatenate(rows, axis=0)
+
+
+def costly_mosaic(root: Path = STAGE1) -> tuple[np.ndarray, list[str]]:
+    """The costly case's image: uint8 (1024, 1024, 3), a 4×4 mosaic (row by row) of the first
+    :data:`COSTLY_TILES` images of the Kaggle-layout ``root``, in sorted id order, that are 256×256, dark
+    (mean ≤ :data:`COSTLY_MEAN` of 255, over every pixel and channel) and hold :data:`COSTLY_NUCLEI`
+    nuclei (mask files); and their ids."""
+    from PIL import Image
+
+    tiles, ids = [], []
+    low, high = COSTLY_NUCLEI
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        if not low <= len(list((folder / "masks").glob("*.png"))) <= high:
+            continue
+        with Image.open(folder / "images" / f"{folder.name}.png") as im:
+            tile = np.asarray(im.convert("RGB"))
+        if tile.shape[:2] != (256, 256) or tile.mean() > COSTLY_MEAN:
+            continue
+        tiles.append(tile)
+        ids.append(folder.name)
+        if len(tiles) == COSTLY_TILES:
+            break
+    if len(tiles) < COSTLY_TILES:
+        raise SystemExit(f"{root}: only {len(tiles)} images fit the costly case, need {COSTLY_TILES}")
+    n = int(COSTLY_TILES**0.5)
+    return np.concatenate([np.concatenate(tiles[r * n : (r + 1) * n], axis=1) for r in range(n)], axis=0), ids
+
+
+def reference_network():
+    """The yardstick of the speed ratios: a plain fp32 U-Net of width 16 and depth 4 (conv–BN–ReLU ×2
+    per level, transposed-convolution upsampling), channels-first, eval mode, batch norm not folded."""
+    from pipeline.model.networks import build_model
+
+    return build_model({"arch": "unet", "head": "sigmoid", "depth": 4, "width": 16, "upsampling": "transpose"}).eval()
+
+
+def time_reference(reference, side: int = 1024, passes: int = 3) -> float:
+    """Median seconds of one forward pass of ``reference`` on a (1, 3, side, side) input (after a warm-up)."""
+    import torch
+
+    x = torch.rand(1, 3, side, side)
+    seconds = []
+    with torch.inference_mode():
+        reference(x)
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            reference(x)
+            seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
+
+
+def per_image_seconds(segmenter, image: np.ndarray, runs: int = 5) -> tuple[float, object]:
+    """Seconds per image of ``segmenter.segment(image)`` as the CLI pays them: ``runs`` images in a
+    row, the first (warm-up: allocation, an exported backend's compilation) left out, the rest
+    averaged ((total − first) / (runs − 1)); and the last result."""
+    seconds = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = segmenter.segment(image)
+        seconds.append(time.perf_counter() - t0)
+    return sum(seconds[1:]) / (runs - 1), result
+
+
+def costly_ratio(segmenter, image: np.ndarray, repeats: int = 3, reference=None) -> tuple[float, float, float]:
+    """The median over ``repeats`` of (seconds per image of ``segmenter`` on ``image``,
+    :func:`per_image_seconds`) and of one reference forward pass at 1024² (:func:`time_reference`,
+    timed just before, on the same threads); returns (seconds per image, reference seconds, scale).
+    The ratio of the two is the figure to report (the machine's load drifts; each repeat is side by side)."""
+    reference = reference or reference_network()
+    own, ref = [], []
+    for _ in range(repeats):
+        ref.append(time_reference(reference))
+        seconds, result = per_image_seconds(segmenter, image)
+        own.append(seconds)
+    ratios = sorted(o / r for o, r in zip(own, ref, strict=True))
+    middle = ratios[len(ratios) // 2]
+    k = [o / r for o, r in zip(own, ref, strict=True)].index(middle)
+    return own[k], ref[k], result.scale
 
 
 def envelope(model_dir: Path, settings, repeats: int, ratio_goal: float = 2.0) -> None:

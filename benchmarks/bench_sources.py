@@ -3,7 +3,7 @@ median counting error, predicted / true nuclei, and the image types the Segmente
 
 Usage::
 
-    python benchmarks/bench_sources.py [--model models/default] [--extra ../shared/extra]
+    python benchmarks/bench_sources.py [--model pipeline/shipped/model] [--extra ../shared/extra]
         [--sources tissue_fluo_e2f he_cpm15 ...] [--every 1] [--tta auto] [--estimator blob|search]
         [--held-out params.yaml] [--out per_image.csv]
 
@@ -36,7 +36,7 @@ from pipeline.progress import progress  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models/default"))
+    parser.add_argument("--model", default=str(ROOT / "pipeline/shipped/model"))
     parser.add_argument("--extra", type=Path, default=ROOT.parent / "shared/extra")
     parser.add_argument("--sources", nargs="*", help="source folders of --extra (default: all)")
     parser.add_argument("--every", type=int, default=1, help="every n-th image of each source")

@@ -118,7 +118,7 @@ def child(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    p.add_argument("--model", type=Path, default=ROOT / "pipeline" / "shipped" / "model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=1024, help="side of the inference image, px")
     p.add_argument("--repeats", type=int, default=5, help="inference passes after the first")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python experiments/refinement.py --params PARAMS [--model models/default] [--threads 2]
+    python experiments/refinement.py --params PARAMS [--model pipeline/shipped/model] [--threads 2]
         [--out steps.csv]
 
 On the validation fold of ``PARAMS`` (``data.prepared``, ``data.split``, ``data.val_fold``; every
@@ -79,7 +79,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, required=True)
-    parser.add_argument("--model", default=str(ROOT / "models/default"))
+    parser.add_argument("--model", default=str(ROOT / "pipeline/shipped/model"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the per-image table here")
     args = parser.parse_args()

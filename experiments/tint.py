@@ -55,7 +55,7 @@ def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespa
     arguments, the ids of the prepared images of ``image_type`` (of one grouped fold with
     ``--fold``) and the Segmenter of the model (None when there is no such image, after saying so)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=ROOT / "pipeline" / "shipped" / "model")
     parser.add_argument("--prepared", type=Path, default=None,
                         help="prepared data (nuclei prepare; default: data.prepared of params.yaml, the embedded sample)")
     parser.add_argument("--fold", type=int, default=None,

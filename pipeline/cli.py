@@ -18,6 +18,8 @@ from pipeline.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, 
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("pipeline.batch.segment", "segment, count and measure nuclei in your own images"),
+    "measure": ("pipeline.batch.measure", "measure label images you already have (napari, Cellpose, StarDist, "
+                "QuPath): nuclei segment's tables and report"),
     "export": ("pipeline.batch.export", "label images (any tool) -> QuPath GeoJSON and/or Fiji ROI sets"),
     "submit": ("pipeline.stages.submit", "write a Kaggle submission for a test folder"),
     "score": ("pipeline.stages.score", "score a submission against a solution (DSB2018 metric)"),
@@ -30,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("pipeline.stages.tune", "grid-search post-processing thresholds on the validation fold"),
     "evaluate": ("pipeline.stages.evaluate", "stage: competition metric and companions on the validation fold"),
     "average": ("pipeline.model.average", "the weighted mean of model directories (a model soup)"),
+    "export-model": ("pipeline.model.interchange", "the network as TorchScript, ONNX or a bioimage.io package"),
     "pack": ("pipeline.data.pack", "prepared training data <-> small archives (to carry to a GPU machine)"),
 }
 

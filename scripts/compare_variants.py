@@ -67,7 +67,7 @@ VARIANTS: dict[str, dict] = {
     # Equal compute budget on the five sources (issue 36): about 30 minutes of fp32 training on one
     # core each, from scratch (`bench_models.py --threads 1` on an AVX-512 VM without AMX: 5.6, 1.7,
     # 5.0 and 3.9 crops/s, plus ~13 ms of augmentation a crop); run with `--base
-    # models/default/train_params.yaml --balance source`.
+    # pipeline/shipped/model/train_params.yaml --balance source`.
     **{f"budget5-{arch}": {**BUDGET, **FROM_SCRATCH, **cfg, "train.samples_per_epoch": n}
        for arch, cfg, n in (
            ("unet-w16-d4", {"model.arch": "unet", "model.width": 16, "model.depth": 4}, 2350),

@@ -31,7 +31,7 @@ from skimage.draw import disk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODEL = ROOT / "models" / "default"
+MODEL = ROOT / "pipeline" / "shipped" / "model"
 CASES: list[tuple[str, Callable[[Path], str]]] = []
 
 

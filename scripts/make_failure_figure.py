@@ -1,6 +1,6 @@
 """Picture of a model's worst validation images: image, true outlines, predicted outlines.
 
-    python scripts/make_failure_figure.py --params params.yaml -o models/default/failures.png [-n 4] [--per-type]
+    python scripts/make_failure_figure.py --params params.yaml -o pipeline/shipped/model/failures.png [-n 4] [--per-type]
 
 Reads the per-image scores written by ``nuclei evaluate`` (``<evaluate.out>/per_image.csv``), the
 prepared images and labels (``data.prepared``) and the post-processed labels

@@ -5,7 +5,7 @@ Usage::
     python scripts/make_report_screenshot.py [--model DIR] [--images 6] [--out docs/report.png]
 
 Segments a few images of the embedded sample (one per image type where possible) with the
-shipped model (``models/default``, else ``models/trained/model``), then renders the report in
+shipped model (``pipeline/shipped/model``, else ``models/trained/model``), then renders the report in
 headless Chromium (``apt-get install chromium``) and saves the screenshot.
 """
 
@@ -63,7 +63,7 @@ def main() -> int:
     model = args.model or available_model_dir()
     if model is None:
         print(
-            "no model: expected models/default/ or models/trained/model/ (or pass --model)", file=sys.stderr
+            "no model: expected pipeline/shipped/model/ or models/trained/model/ (or pass --model)", file=sys.stderr
         )
         return 2
     ids = sorted(d.name for d in SAMPLE.iterdir())

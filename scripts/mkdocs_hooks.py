@@ -1,6 +1,6 @@
 """MkDocs hook (``hooks:`` in mkdocs.yml): put the shipped model's card into the site.
 
-``models/default/MODEL_CARD.md`` lives beside the model it describes, outside ``docs/``; this hook
+``pipeline/shipped/model/MODEL_CARD.md`` lives beside the model it describes, outside ``docs/``; this hook
 adds it to the site as ``model-card.md``, with the figure it shows (``failures.png``), so that the
 card has one home and the site shows it. Build with ``make docs`` (``mkdocs build --strict``).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File, Files
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+MODEL = Path(__file__).resolve().parents[1] / "pipeline" / "shipped" / "model"
 
 
 def on_files(files: Files, config) -> Files:

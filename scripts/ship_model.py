@@ -1,6 +1,6 @@
-"""Copy a trained model directory into ``models/default`` with its tuned post-processing.
+"""Copy a trained model directory into ``pipeline/shipped/model`` with its tuned post-processing.
 
-    python scripts/ship_model.py --params PARAMS.yaml [-o models/default] [--stained-diameter PX] [--last]
+    python scripts/ship_model.py --params PARAMS.yaml [-o pipeline/shipped/model] [--stained-diameter PX] [--last]
 
 Reads the trained model named by ``predict.model`` of the parameter file, replaces the
 ``postprocess`` section of its config with the one of the parameter file (after
@@ -46,7 +46,7 @@ from pipeline.training.trainer import epoch_scores  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True, help="parameters of the run (predict.model, postprocess, evaluate.out)")
-    parser.add_argument("-o", "--out", default=str(ROOT / "models" / "default"))
+    parser.add_argument("-o", "--out", default=str(ROOT / "pipeline" / "shipped" / "model"))
     parser.add_argument("--stained-diameter", type=float, default=None, metavar="PX",
                         help="canonical nucleus diameter of stained images (default: the source model's, "
                              "else its diameter)")

@@ -209,3 +209,85 @@ def grey_segmenter(diameter=CANONICAL, **kw):
         "diameter": diameter,
     }
     return Segmenter(GreyPredictor(config), **kw)
+
+
+# --------------------------------------------------------------------------- multi-channel images with known truth
+
+#: Channel names of :func:`marker_field`'s images, and their column keys.
+MARKER_CHANNELS = ("DAPI", "Ki-67", "NF-kB", "gH2AX")
+MARKER_KEYS = ("DAPI", "Ki_67", "NF_kB", "gH2AX")
+
+
+def marker_field(shape=(256, 256), radius=8, spacing=28, seed=0, contrast=4.0, fraction=0.4, expansion=5,
+                 max_spots=4, spot_height=250.0, noise=20.0):
+    """A synthetic 4-channel fluorescence field with known truth (uint16 (4, H, W), ``MARKER_CHANNELS``).
+
+    - DAPI: discs of ``radius`` px (3000) on a grid of ``spacing`` px (jittered ±2) on 200;
+    - Ki-67: a random ``fraction`` of the nuclei positive at ``200 + 100 · contrast · lognormal(0, 0.2)``,
+      the others at ``200 + 100 · (1 + 0.1 N(0, 1))``, background 200;
+    - NF-kB: each cell (the nucleus grown by ``expansion`` px) at a cytoplasmic level c in 300..600 (even) and
+      its nucleus at ``ratio · c``, the ratio one of 0.5, 1, 2, 4; background 100;
+    - gH2AX: nuclei at 500 with 0..``max_spots`` Gaussian spots (sigma 1.2 px, height ``spot_height``, at
+      least 5 px apart) each, background 100.
+
+    Gaussian noise of sd ``noise`` on every channel. Returns (channels, labels int32, cells int32,
+    positive bool (N,), ratio (N,), spots int (N,)).
+    """
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    centres = [(r + rng.integers(-2, 3), c + rng.integers(-2, 3))
+               for r in range(spacing // 2 + 2, shape[0] - spacing // 2, spacing)
+               for c in range(spacing // 2 + 2, shape[1] - spacing // 2, spacing)]
+    for k, (r, c) in enumerate(centres, start=1):
+        rr, cc = disk((r, c), radius, shape=shape)
+        labels[rr, cc] = k
+    n = len(centres)
+    cells = expand_labels(labels, expansion)
+    inside = labels > 0
+    index = labels[inside] - 1
+    positive = rng.random(n) < fraction
+    level = np.where(positive, 200 + 100 * contrast * np.exp(0.2 * rng.standard_normal(n)),
+                     200 + 100 * (1 + 0.1 * rng.standard_normal(n)))
+    dapi = np.full(shape, 200.0)
+    dapi[inside] = 3000
+    marker = np.full(shape, 200.0)
+    marker[inside] = level[index]
+    cyto_level = 2.0 * rng.integers(150, 301, n)  # even: every nuclear level a whole number
+    ratio = rng.choice([0.5, 1.0, 2.0, 4.0], n)
+    nfkb = np.full(shape, 100.0)
+    ring = (cells > 0) & ~inside
+    nfkb[ring] = cyto_level[cells[ring] - 1]
+    nfkb[inside] = (ratio * cyto_level)[index]
+    spots = np.full(shape, 100.0)
+    spots[inside] = 500.0
+    counts = rng.integers(0, max_spots + 1, n)
+    yy, xx = np.mgrid[-6:7, -6:7]
+    for k, (r, c) in enumerate(centres):
+        placed: list[tuple[float, float]] = []
+        for _ in range(200):
+            if len(placed) == counts[k]:
+                break
+            angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(0, radius - 3)
+            y, x = r + distance * np.sin(angle), c + distance * np.cos(angle)
+            if all((y - py) ** 2 + (x - px) ** 2 >= 25 for py, px in placed):
+                placed.append((y, x))
+        counts[k] = len(placed)
+        for y, x in placed:
+            iy, ix = int(round(y)), int(round(x))
+            spots[iy - 6 : iy + 7, ix - 6 : ix + 7] += spot_height * np.exp(
+                -((yy + iy - y) ** 2 + (xx + ix - x) ** 2) / (2 * 1.2**2))
+    channels = np.stack([dapi, marker, nfkb, spots]) + noise * rng.standard_normal((4, *shape))
+    return np.clip(channels, 0, 65535).astype(np.uint16), labels, cells, positive, ratio, counts
+
+
+def write_ome(path: Path, channels: np.ndarray, names=MARKER_CHANNELS, pixel_size: float | None = None) -> Path:
+    """Write (C, H, W) channels as an OME-TIFF with channel names (and a pixel size, µm)."""
+    import tifffile
+
+    metadata = {"axes": "CYX", "Channel": {"Name": list(names)}}
+    if pixel_size is not None:
+        metadata.update(PhysicalSizeX=pixel_size, PhysicalSizeY=pixel_size)
+    tifffile.imwrite(path, channels, metadata=metadata, ome=True)
+    return path

@@ -94,3 +94,43 @@ def test_a_worker_killed_mid_run_has_its_tasks_rerun(tmp_path, inputs, model_dir
     assert victim not in client.scheduler_info()["workers"]  # it is gone (the nanny started a new one)
     assert (done["counts"]["status"] == "ok").all()
     assert_same_outputs(local_run, tmp_path)
+
+
+# --------------------------------------------------------------------------- channels, positivity, cells, spots
+
+CHANNEL_OPTIONS = dict(nuclear_channel="DAPI", positive=(("Ki-67", None),), spots=("gH2AX",))
+
+
+@pytest.fixture(scope="module")
+def channel_inputs(tmp_path_factory) -> Path:
+    """Two 4-channel OME-TIFFs and a 4-channel tiled OME-TIFF segmented out of core."""
+    from .conftest import MARKER_CHANNELS, marker_field, write_ome
+
+    folder = tmp_path_factory.mktemp("channel_inputs")
+    for k in range(2):
+        write_ome(folder / f"field{k}.tif", marker_field(shape=(160, 192), seed=60 + k)[0])
+    big = marker_field(shape=(400, 500), seed=62)[0]
+    tifffile.imwrite(folder / "big.tif", big, tile=(64, 64), compression="zlib", ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": list(MARKER_CHANNELS)}})
+    return folder
+
+
+def channel_run(inputs: Path, out: Path, model_dir: Path, **dask) -> None:
+    from pipeline.batch.settings import CellExpansion, MeasureOptions
+
+    options = MeasureOptions(**CHANNEL_OPTIONS, cell_expansion=CellExpansion(4, "px"))
+    counts = segment_images([inputs], out, model_dir, "cpu", measure=options, **SETTINGS, **dask)
+    assert (counts["status"] == "ok").all()
+
+
+def test_channels_positives_cells_and_spots_on_two_workers_are_the_local_runs(tmp_path, channel_inputs, model_dir,
+                                                                              cluster):
+    _, client = cluster
+    channel_run(channel_inputs, tmp_path / "local", model_dir)
+    channel_run(channel_inputs, tmp_path / "dask", model_dir, scheduler=client.scheduler.address)
+    local, dask = tmp_path / "local", tmp_path / "dask"
+    files = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file() and p.suffix in (".csv", ".tif"))
+    assert {"cells/field0.tif", "spots/field0.csv", "spots/big.csv", "tables/big.csv", "labels/big.tif"} <= set(files)
+    for name in files:  # bit for bit: tables, label images, cells, spots
+        assert filecmp.cmp(local / name, dask / name, shallow=False), name
+    assert "positive_Ki_67" in (local / "nuclei.csv").read_text().splitlines()[0]

@@ -48,6 +48,9 @@ def test_missing_sections_and_keys_take_the_defaults():
         ({"targets": {"border_radius_min": 5}}, r"need targets\.border_radius_min <= targets\.border_radius_max"),
         ({"data": {"split": "random"}}, r"data\.split must be one of stratified, grouped"),
         ({"predict": {"tta": "d8"}}, r"predict\.tta must be one of none, rot180, flips, d4, auto"),
+        ({"segment": {"backend": "tensorrt"}}, r"p\.yaml: segment\.backend must be one of torch, onnxruntime, openvino, auto, "
+                                              r"got 'tensorrt'"),
+        ({"predict": {"backend": "ORT"}}, r"predict\.backend must be one of torch, onnxruntime, openvino, auto"),
         ({"segment": {"block_size": 100, "block_margin": 50}}, r"segment\.block_size must exceed twice"),
         ({"seed": "zero"}, r"p\.yaml: seed must be a whole number"),
     ],

@@ -14,6 +14,7 @@ from pipeline.batch.segment import segment_images
 from pipeline.cli import main as cli_main
 from pipeline.config.params import ROOT
 from pipeline.errors import NucleiError
+from pipeline.files.io import write_labels, write_png
 from pipeline.method.metrics import dsb_score
 from pipeline.method.scale import median_diameter
 from pipeline.model.segmenter import Segmenter
@@ -24,12 +25,12 @@ from tests.train_fixtures import disc_image, tiny_params, write_prepared
 
 @pytest.fixture(autouse=True)
 def _small_and_quick(monkeypatch, tmp_path):
-    """One thread, 64-px crops (the synthetic images are small), no DSB2018 guard crops (a fresh
-    clone has no ../shared)."""
+    """One thread, 64-px crops (the synthetic images are small), and a guard of synthetic discs in the
+    shipped guard's layout (``mix/``, ``check/``) instead of its 32 DSB2018 images."""
     import pipeline.training.finetune as module
 
     monkeypatch.setattr(module, "CROP", 64)
-    monkeypatch.setattr(module, "GUARD_ROOT", tmp_path / "no-shared-data")
+    monkeypatch.setattr(module, "SHIPPED_GUARD", write_guard(tmp_path / "guard"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -46,6 +47,17 @@ def base_model(tmp_path_factory):
     params = tiny_params(root, epochs=4, samples_per_epoch=32, lr=0.02)
     params["data"]["val_fold"] = None
     return train(params)
+
+
+def write_guard(folder, n_mix=2, n_check=3, size=96, seed=7):
+    """A guard folder like the shipped one: ``mix/`` and ``check/`` in the folder layout."""
+    rng = np.random.default_rng(seed)
+    for part, n in (("mix", n_mix), ("check", n_check)):
+        for i in range(n):
+            image, labels = disc_image(size, 12, rng)
+            write_png(folder / part / "images" / f"g{i}.png", image)
+            write_labels(folder / part / "labels" / f"g{i}.tif", labels)
+    return folder
 
 
 def write_annotated(folder, n=3, size=96, seed=1, suffix=".tif"):
@@ -231,3 +243,40 @@ def test_guard_trains_on_its_images_and_checks_others(base_model, tmp_path):
     assert guard["images"] == 8 and forgetting["check_images"] >= 1
     assert forgetting["chosen"] >= forgetting["base"] - forgetting["tolerance"] - 1e-9
     assert "base training images: " in lines[-1]
+
+
+def test_the_shipped_guard_travels_with_the_package():
+    """32 CC0 DSB2018 images and their labels ship inside the package (at most 5 MB): the 8 mixed
+    in and the 24 checked are those the guard picks in the whole stage1_train, read back exactly."""
+    from pipeline.data.kaggle import read_kaggle_sample
+    from pipeline.data.sources import read_sample
+    from pipeline.training.guard import CHECK_IMAGES, GUARD_IMAGES, SHIPPED_GUARD, guard_ids, guard_layout
+
+    assert guard_layout(SHIPPED_GUARD) == "parts"
+    mix, check = ([p.stem for p in sorted((SHIPPED_GUARD / part / "images").glob("*.png"))] for part in ("mix", "check"))
+    assert len(mix) == GUARD_IMAGES and len(check) == CHECK_IMAGES and not set(mix) & set(check)
+    assert sum(f.stat().st_size for f in SHIPPED_GUARD.rglob("*") if f.is_file()) <= 5 * 2**20
+    dsb = ROOT.parent / "shared" / "dsb2018" / "stage1_train"
+    if not dsb.is_dir():
+        pytest.skip("no ../shared/dsb2018 beside the checkout")
+    assert mix == guard_ids(dsb) and check == sorted(guard_ids(dsb, check=True))
+    for part, image_id in (("mix", mix[0]), ("check", check[-1])):
+        image, labels = read_sample(SHIPPED_GUARD / part, "folder", image_id)
+        original, masks = read_kaggle_sample(dsb / image_id)
+        np.testing.assert_array_equal(image, original)
+        np.testing.assert_array_equal(labels, masks)
+
+
+def test_finetune_names_a_missing_guard_and_says_when_there_is_none(base_model, tmp_path, capsys):
+    images = write_annotated(tmp_path, n=1, size=200, suffix=".png")
+    args = ["finetune", str(images[0]), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "m"),
+            "--model", str(base_model), "--minutes", "0.1", "--device", "cpu"]
+    assert cli_main([*args, "--guard", str(tmp_path / "nowhere")]) == 2  # a usage error, before any work
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere: no such guard folder" in err and not (tmp_path / "m").exists()
+    assert cli_main([*args, "--guard", "none"]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "guard" in line] == [
+        "warning: no guard (--guard none): no images of the base model's kind are mixed in, and what "
+        "fine-tuning forgets is neither measured nor bounded"]
+    assert yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["training"]["guard"] is None

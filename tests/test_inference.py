@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.errors import NucleiError
 from pipeline.model.model_dir import save_model_dir
 from pipeline.model.networks import build_model
 from pipeline.model.predictor import Predictor, load_predictor, plan_tiles, tta_transforms
@@ -191,3 +192,104 @@ def test_load_predictor_from_model_dir(tmp_path):
     probs = predictor.predict(image((30, 30)))
     ref = Predictor(model, cfg, tta="flips").predict(image((30, 30)))
     np.testing.assert_allclose(probs, ref, atol=2e-2)  # weights stored in float16
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_exported_backends_give_torchs_probabilities(backend, head):
+    pytest.importorskip("onnx")
+    pytest.importorskip(backend)
+    model, cfg = tiny_unet(head)
+    images = [image((70, 90)), image((37, 41), seed=1)]  # padded to the stride; two shapes, one batch each
+    ref = Predictor(model, cfg, tta="d4", precision="fp32").predict_many(images)
+    predictor = Predictor(model, cfg, tta="d4", precision="fp32", backend=backend)
+    assert predictor.backend == backend
+    for got, expected in zip(predictor.predict_many(images), ref, strict=True):
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_tiled_prediction_through_onnxruntime_equals_torch():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model, cfg = tiny_unet("sigmoid")
+    img = image((150, 170))
+    ref = Predictor(model, cfg, tile_size=64, overlap=16, precision="fp32").predict(img)
+    got = Predictor(model, cfg, tile_size=64, overlap=16, precision="fp32", backend="onnxruntime").predict(img)
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_auto_backend_falls_back_to_torch_without_onnxruntime(monkeypatch):
+    import importlib.util
+
+    from pipeline.model import backends
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.split(".")[0] in ("onnxruntime", "openvino") else real(name, *a))
+    model, cfg = tiny_unet()
+    predictor = Predictor(model, cfg, precision="fp32", backend="auto")
+    assert (predictor.backend, predictor.precision) == ("torch", "fp32")
+    np.testing.assert_allclose(predictor.predict(image((30, 30))), Predictor(model, cfg).predict(image((30, 30))))
+    with pytest.raises(NucleiError, match=r"^backend 'onnxruntime' needs onnx and onnxruntime: pip install "
+                                          r"'nuclei-pipeline\[export\]'$"):
+        backends.resolve_backend("onnxruntime", "cpu", "fp32")
+
+
+def test_auto_backend_and_precision(monkeypatch):
+    from pipeline.model import backends, runtime
+
+    resolve = backends.resolve_backend
+    avx512_bf16, amx = frozenset({"avx512f", "avx512_bf16"}), frozenset({"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    for flags in (avx512_bf16, amx):
+        monkeypatch.setattr(backends, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: flags)
+        assert resolve("auto", "cpu", "auto") == ("openvino", "bf16")  # OpenVINO runs bf16 natively on both
+        assert resolve("auto", "cpu", "fp32") == ("openvino", "fp32")
+        assert resolve("openvino", "cpu", "auto") == ("openvino", "bf16")
+        assert resolve("onnxruntime", "cpu", "auto") == ("onnxruntime", "fp32")
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolve("auto", "cpu", "auto") == ("openvino", "fp32")
+    assert resolve("torch", "cpu", "auto") == ("torch", "fp32")
+    monkeypatch.setattr(backends, "installed", lambda name: name == "onnxruntime")
+    assert resolve("auto", "cpu", "auto") == ("onnxruntime", "fp32")
+    assert resolve("auto", "cpu", "bf16") == ("torch", "bf16")  # ONNX Runtime runs fp32 only
+    monkeypatch.setattr(backends, "cpu_flags", lambda: amx)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: amx)
+    assert resolve("auto", "cpu", "auto") == ("torch", "bf16")  # torch's bf16 with AMX rather than ONNX Runtime's fp32
+    monkeypatch.setattr(backends, "installed", lambda name: name == "torch")
+    assert resolve("auto", "cpu", "auto") == ("torch", "bf16")
+
+
+@pytest.mark.parametrize("backend, device, precision, message", [
+    ("tensorrt", "cpu", "fp32", r"^backend 'tensorrt' is not one of torch, onnxruntime, openvino, auto$"),
+    ("onnxruntime", "cuda:0", "fp32", r"^backend 'onnxruntime' runs on the CPU only"),
+    ("onnxruntime", "cpu", "bf16", r"^backend 'onnxruntime' runs in fp32 only \(precision bf16\)"),
+    ("openvino", "cpu", "fp16", r"^precision 'fp16' needs a CUDA GPU"),
+])
+def test_backend_errors_are_one_line(backend, device, precision, message, monkeypatch):
+    from pipeline.model import backends
+
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    with pytest.raises(NucleiError, match=message) as info:
+        backends.resolve_backend(backend, device, precision)
+    assert "\n" not in str(info.value)
+    model, cfg = tiny_unet()
+    if device == "cpu":
+        with pytest.raises(NucleiError, match=message):
+            Predictor(model, cfg, backend=backend, precision=precision)
+
+
+def test_openvino_in_bf16_stays_close_to_fp32():
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    model, cfg = tiny_unet("sigmoid")
+    img = image((64, 96))
+    predictor = Predictor(model, cfg, precision="bf16", backend="openvino")
+    assert (predictor.backend, predictor.precision) == ("openvino", "bf16")
+    assert np.abs(predictor.predict(img) - Predictor(model, cfg, precision="fp32").predict(img)).max() < 0.05

@@ -17,7 +17,7 @@ from pipeline.config.model_folder import (
 from pipeline.config.params import ROOT, ModelConfig, PostprocessConfig
 from pipeline.errors import NucleiError
 
-SHIPPED = ROOT / "models" / "default"
+SHIPPED = ROOT / "pipeline" / "shipped" / "model"
 TINY = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
 
 

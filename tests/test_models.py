@@ -174,7 +174,7 @@ def test_saved_provenance_holds_no_absolute_path(tmp_path):
     training = {
         "params": {"data": {"root": root.parent / "shared" / "dsb2018" / "stage1_train",
                             "prepared": "data/prepared"},
-                   "train": {"init": str(root / "models" / "default"), "out": tmp_path / "run"}},
+                   "train": {"init": str(root / "pipeline" / "shipped" / "model"), "out": tmp_path / "run"}},
         "sources": [str(root / "models" / "a"), "models/b"],
         "note": "trained on /work at night",  # prose that mentions a path is left alone
     }
@@ -183,7 +183,7 @@ def test_saved_provenance_holds_no_absolute_path(tmp_path):
     assert absolute_strings(written) == []
     params = written["training"]["params"]
     assert params["data"] == {"root": "../shared/dsb2018/stage1_train", "prepared": "data/prepared"}
-    assert params["train"]["init"] == "models/default"
+    assert params["train"]["init"] == "pipeline/shipped/model"
     assert (root / params["train"]["out"]).resolve() == (tmp_path / "run").resolve()
     assert written["training"]["sources"] == ["models/a", "models/b"]
     assert written["training"]["note"] == "trained on /work at night"
@@ -197,7 +197,7 @@ def test_portable_paths_of_another_system_keep_the_name():
 
 
 def test_shipped_model_config_holds_no_absolute_path():
-    config = yaml.safe_load((Path(ROOT) / "models" / "default" / "config.yaml").read_text())
+    config = yaml.safe_load((Path(ROOT) / "pipeline" / "shipped" / "model" / "config.yaml").read_text())
     assert absolute_strings(config) == []
 
 

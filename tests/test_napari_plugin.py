@@ -94,7 +94,7 @@ def test_segment_widget_adds_the_nuclei_of_nuclei_segment(qtbot, viewer, tmp_pat
     """Open the plugin's sample (a 256² fluorescence image), run the widget with the shipped
     model: its Labels layer is what ``nuclei segment`` writes for the same image."""
     model = available_model_dir()
-    assert model is not None, "the shipped model models/default is missing"
+    assert model is not None, "the shipped model pipeline/shipped/model is missing"
     viewer.open_sample(PLUGIN, "fluorescence")
     image = viewer.layers["nuclei sample"]
     panel = widgets.SegmentWidget(viewer)
@@ -167,6 +167,24 @@ def test_reader_opens_a_segment_output_folder(viewer, tmp_path, model_dir):  # n
         labels = viewer.layers[f"{name} nuclei"].data
         np.testing.assert_array_equal(labels, read_labels(out / "labels" / f"{name}.tif"))
         assert labels.max() == count
+        features = viewer.layers[f"{name} nuclei"].features  # nuclei.csv's rows, shown under the pointer
+        assert sorted(features["index"]) == list(range(1, count + 1))
+        assert {"area_px", "mean_intensity", "confidence"} <= set(features.columns)
+
+
+def test_reader_shows_every_channel_and_the_new_columns(viewer, tmp_path, model_dir):  # noqa: F811
+    from pipeline.batch.settings import MeasureOptions
+
+    from .conftest import MARKER_KEYS, marker_field, write_ome
+
+    write_ome(tmp_path / "field.tif", marker_field(shape=(96, 128), seed=1)[0])
+    out = tmp_path / "out"
+    segment_images([tmp_path / "field.tif"], out, model_dir, "cpu",
+                   measure=MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", 350.0),), spots=("gH2AX",)))
+    viewer.open(str(out), plugin=PLUGIN)
+    assert [layer.name for layer in viewer.layers] == [*(f"field {key}" for key in MARKER_KEYS), "field nuclei"]
+    features = viewer.layers["field nuclei"].features
+    assert {"mean_Ki_67", "positive_Ki_67", "spots_gH2AX", "confidence"} <= set(features.columns)
 
 
 # --------------------------------------------------------------------------- Fine-tune

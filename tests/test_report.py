@@ -74,7 +74,7 @@ def sample_report(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     picture = np.zeros((300, 400, 3), np.uint8)
     picture[100:200, 150:250] = (255, 127, 14)
     thumbs = {name: encode_png(thumbnail(picture, 120)) for name in ("alpha", "beta")}
-    html = render_report(counts, areas, thumbs, info={"model": "models/default"})
+    html = render_report(counts, areas, thumbs, info={"model": "pipeline/shipped/model"})
     path = tmp_path / "report.html"
     path.write_text(html)
     return path, counts

@@ -1,4 +1,4 @@
-"""The shipped model (models/default) on the embedded sample: a guard against silent regressions
+"""The shipped model (pipeline/shipped/model) on the embedded sample: a guard against silent regressions
 in loading, normalisation, inference or post-processing.
 
 The floor is the score measured when the model was shipped (see docs/results.md, "The embedded sample")
@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config.params import ROOT
 
-MODEL = ROOT / "models" / "default"
+MODEL = ROOT / "pipeline" / "shipped" / "model"
 #: DSB2018 score of the shipped model on the embedded sample, CPU, as `nuclei segment` runs it
 #: (test-time augmentation 'auto': the four flips for all 20 images; diameter estimated per image,
 #: the two bright-field images at the canonical diameter, stained images at stained_diameter 24 px;

@@ -229,3 +229,47 @@ def test_an_ome_zarr_folder_is_one_input_and_a_turned_tiff_is_read_whole(tmp_pat
     assert open_slide(tmp_path / "turned.tif") is None  # read whole, turned as shown (pipeline.files.tiff)
     plane = read_planes(tmp_path / "turned.tif")[0]
     assert plane.array.shape == (200, 300) and plane.orientation == 6
+
+
+def test_a_multichannel_slide_is_measured_block_by_block_as_whole(tmp_path):
+    """A 4-channel tiled OME-TIFF out of core with --nuclear-channel, --positive (a value and auto)
+    and --spots: every channel's columns equal those of the whole image on the same labels, the
+    positive calls and spots come out as made; --cell-expansion is flagged (no cells out of core)."""
+    from pipeline.batch.segment import segment_images
+    from pipeline.batch.settings import CellExpansion, MeasureOptions
+    from pipeline.files.io import read_labels
+    from pipeline.method.measure import channel_statistics
+    from pipeline.method.spots import spots_per_nucleus
+
+    from .conftest import MARKER_CHANNELS, MARKER_KEYS, marker_field
+
+    channels, truth, _, positive, _, spots = marker_field(shape=(400, 400), seed=50, contrast=10)
+    tifffile.imwrite(tmp_path / "slide.tif", channels, tile=(64, 64), compression="zlib", ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": list(MARKER_CHANNELS)}})
+    model_dir = save_threshold_model(tmp_path / "model")
+    options = MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", None), ("NF-kB", 1000.0)),
+                             spots=("gH2AX",), cell_expansion=CellExpansion(3, "px"))
+    counts = segment_images([tmp_path / "slide.tif"], tmp_path / "out", model_dir, "cpu", measure=options,
+                            tile_size=256, overlap=32, block_size=256, block_margin=40,
+                            slide_pixels=100_000).set_index("image")
+    row = counts.loc["slide"]
+    assert row["status"] == "ok" and row["count"] == truth.max() and "no cells grown" in row["flag"]
+    out = tmp_path / "out"
+    labels = read_labels(out / "labels" / "slide.tif")
+    table = pd.read_csv(out / "tables" / "slide.csv").set_index("label").sort_index()
+    whole = channel_statistics(labels, channels, list(MARKER_KEYS))
+    for key in MARKER_KEYS:
+        np.testing.assert_allclose(table[f"mean_{key}"].to_numpy(), whole[f"mean_{key}"], rtol=1e-12)
+        np.testing.assert_allclose(table[f"median_{key}"].to_numpy(), whole[f"median_{key}"], rtol=1e-12)
+    pairs = labels[truth > 0], truth[truth > 0]
+    order = np.zeros(truth.max() + 1, np.int64)
+    order[pairs[1]] = pairs[0]
+    calls = table.loc[order[1:], "positive_Ki_67"].astype(bool).to_numpy()
+    assert np.mean(calls == positive) == 1.0 and row["n_positive_Ki_67"] == positive.sum()
+    assert row["threshold_NF_kB"] == 1000.0 and table["positive_NF_kB"].notna().all()
+    found = pd.read_csv(out / "spots" / "slide.csv")
+    assert len(found) == spots.sum() == row["n_spots_gH2AX"]
+    counted = spots_per_nucleus(found, order[1:])
+    assert np.mean(counted == spots) == 1.0
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert len(nuclei) == truth.max() and "positive_Ki_67" in nuclei and nuclei["confidence"].between(0, 1).all()

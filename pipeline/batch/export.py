@@ -157,7 +157,7 @@ def export_labels(
             else:
                 intensity = image_intensity(*found, labels.shape)
                 row["image"] = str(found[0])
-            table = measure_nuclei(labels, intensity, pixel_size)
+            table = measure_nuclei(labels, intensity, pixel_size).drop(columns="confidence")  # no probabilities
             if found is None:
                 table = table.drop(columns=list(INTENSITY_COLUMNS))
             for fmt in formats:

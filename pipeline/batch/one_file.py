@@ -1,12 +1,16 @@
 """One input file of ``nuclei segment``: its images segmented, measured and written, its rows of the tables.
 
-:func:`segment_file` reads a file's planes (:func:`pipeline.files.io.read_planes`) and, for each,
-normalises, segments (:meth:`pipeline.model.segmenter.Segmenter.segment`), writes ``labels/<name>.tif``,
-``overlays/<name>.png`` and the ``--export`` files, and measures the nuclei, adding the rows to a
-:class:`pipeline.batch.output_folder.Tables`. A huge image that can be read piece by piece goes to
+:func:`segment_file` reads a file's planes (:func:`pipeline.files.io.read_planes`; with
+``--nuclear-channel`` its multi-channel images, :func:`read_images`) and, for each, normalises,
+segments (:meth:`pipeline.model.segmenter.Segmenter.segment`), measures the nuclei
+(:func:`pipeline.batch.measurements.measure_image`) and writes ``labels/<name>.tif``,
+``overlays/<name>.png``, the cells, spots and ``--export`` files (:func:`image_outputs`, shared
+with ``nuclei measure``), adding the rows to a :class:`pipeline.batch.output_folder.Tables`. A huge image that can be read piece by piece goes to
 :mod:`pipeline.batch.slide` instead (out of core). A bad input never raises: it is a 'failed' row, and its
 partial files (and the outputs an earlier run made of the same file) are removed. It runs in
 :func:`pipeline.batch.segment.segment_images`'s process or on a Dask worker (:mod:`pipeline.batch.cluster`).
+
+:func:`measure_file` does the same for ``nuclei measure``, with label images made elsewhere.
 
 Must not: list inputs, take the output folder's lock, or write the tables and report.
 """
@@ -18,32 +22,50 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pipeline.batch.export import read_label_image
+from pipeline.batch.measurements import Channels, measure_image, problems
 from pipeline.batch.outlines import FORMATS, export_path, write_export
 from pipeline.batch.output_folder import (
+    CELLS_COLUMN,
+    SPOTS_COLUMN,
     Tables,
+    cells_file,
     counts_row,
     image_files,
     labels_file,
     overlay_file,
     remove_files,
     slide_table_file,
+    spots_file,
     unique_name,
 )
-from pipeline.batch.settings import Settings
+from pipeline.batch.settings import MeasureOptions, Settings
 from pipeline.batch.slide import segment_slide
 from pipeline.errors import NucleiError
+from pipeline.files.channels import (
+    ChannelPattern,
+    channel_keys,
+    find_channel,
+    read_channel_files,
+    read_channel_images,
+)
 from pipeline.files.io import (
     Plane,
     as_rgb01,
     colour_channel,
     encode_png,
     read_planes,
+    write_csv,
     write_labels,
     write_png,
 )
 from pipeline.files.orientation import describe
+from pipeline.files.planes import ChannelImage
 from pipeline.files.slide_reader import slide_of
-from pipeline.method.measure import intensity_of, measure_nuclei
+from pipeline.method.intensity import normalize_image
+from pipeline.method.measure import intensity_of
 from pipeline.method.overlay import display_uint8, draw_outlines, thumbnail
 
 #: Smallest image side accepted, in pixels.
@@ -58,53 +80,123 @@ def warn(message: str) -> None:
     tqdm.write(f"nuclei: {message}", file=sys.stderr)
 
 
-def _segment_plane(
-    plane: Plane,
-    source: Path,
-    name: str,
-    segmenter,
-    settings: Settings,
-    run: Tables,
-    written: list[Path],
-) -> dict[str, Any]:
-    """Segment, measure and write one plane; returns its counts.csv row fields.
+def _segment_image(image: Plane | ChannelImage, source: Path, name: str, segmenter, settings: Settings,
+                   run: Tables, written: list[Path]) -> dict[str, Any]:
+    """Segment, measure and write one image; returns its counts.csv row fields.
 
-    ``plane.array`` is (H, W) or (H, W, C) in the file's units (:func:`pipeline.files.io.read_planes`);
-    the nuclei are measured on it (on its ``settings.channel`` alone when set), the network sees
-    it normalised. Files written are appended to ``written``.
+    A :class:`Plane` (each plane its own image): ``plane.array`` (H, W) or (H, W, C) in the file's
+    units (:func:`pipeline.files.io.read_planes`); the nuclei are measured on it (on its
+    ``settings.channel`` alone when set). A :class:`ChannelImage` (``--nuclear-channel``): its nuclear
+    channel is segmented and ``mean_intensity`` measured on it, and every channel is measured. The
+    network sees the image normalised. Files written are appended to ``written``.
     """
-    array = plane.array if settings.channel is None else colour_channel(plane.array, settings.channel)
-    pixel_size = settings.pixel_size or plane.pixel_size  # --pixel-size, else the file's metadata
-    del plane  # the caller holds no reference: the file's array is freed here
-    intensity = intensity_of(array)  # in the image's own units, whatever its pixel type
-    image = as_rgb01(array)
+    pixel_size = settings.pixel_size or image.pixel_size  # --pixel-size, else the file's metadata
+    array, intensity, channels = nuclear_image(image, source, settings.channel, settings.measure)
+    del image  # the caller holds no reference: the file's array is freed once measured
+    network = segmenter.normalize(as_rgb01(array))  # as the model was trained
     del array
-    image = segmenter.normalize(image)  # as the model was trained
-    result = segmenter.segment(image, diameter=settings.diameter, normalized=True, image_type=settings.image_type)
-    labels = result.labels
-    image = display_uint8(image)
+    result = segmenter.segment(network, diameter=settings.diameter, normalized=True, image_type=settings.image_type)
+    return image_outputs(
+        name, result.labels, display_uint8(network), intensity, channels, settings.measure, pixel_size, source,
+        run, written, exports=settings.exports, thumbnail_side=settings.segment.thumbnail,
+        segmentation=result)
+
+
+def nuclear_image(image: Plane | ChannelImage, source: Path, channel: str | None, options: MeasureOptions,
+                  segmented: bool = True):
+    """What one image gives the network and the measurements (``channel``: ``--channel``).
+
+    Returns
+    -------
+    array : (H, W) or (H, W, C) array
+        What is segmented: the plane (its ``--channel``), or the nuclear channel.
+    intensity : (H, W) float array
+        What ``mean_intensity`` is measured on (:func:`pipeline.method.measure.intensity_of`).
+    channels : Channels or None
+        Every channel of a :class:`ChannelImage`.
+
+    Raises
+    ------
+    NucleiError
+        An unknown nuclear channel, or (when ``segmented``) a constant one: nothing to segment.
+    """
+    if isinstance(image, Plane):
+        array = image.array if channel is None else colour_channel(image.array, channel)
+        return array, intensity_of(array), None
+    k = find_channel(options.nuclear_channel, image.names, source)
+    array = image.channels[k]
+    if segmented and array.min() == array.max():
+        raise NucleiError(f"{source}: the nuclear channel {channel_keys(image.names)[k]} is constant "
+                          f"({array.flat[0]:g}): no nuclei to segment")
+    return array, intensity_of(array), Channels(image.channels, image.names, k)
+
+
+def image_outputs(name: str, labels: np.ndarray, shown: np.ndarray, intensity: np.ndarray, channels: Channels | None,
+                  options: MeasureOptions, pixel_size: float | None, source: object, run: Tables, written: list[Path],
+                  *, exports: tuple[str, ...] = (), thumbnail_side: int = 320, segmentation=None,
+                  diameter: float | None = None) -> dict[str, Any]:
+    """Measure one image's nuclei and write its files: the one home of the outputs of an image,
+    segmented (``nuclei segment``) or with labels made elsewhere (``nuclei measure``).
+
+    Writes ``labels/<name>.tif``, ``overlays/<name>.png`` (positive nuclei in their own colours),
+    ``cells/<name>.tif``, ``spots/<name>.csv`` and the ``exports``; adds the ``nuclei.csv`` rows and
+    the thumbnail to ``run``; returns the ``counts.csv`` fields.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+    shown : (H, W, 3) uint8
+        The image the outlines are drawn on.
+    intensity, channels
+        :func:`nuclear_image`.
+    segmentation : pipeline.model.segmenter.Segmentation, optional
+        Its image type, diameter, scale, confidences and flag (None: labels made elsewhere).
+    diameter : float, optional
+        px, the spots' scale when there is no segmentation (default: the nuclei's median).
+    """
+    result = segmentation
+    spots_diameter = diameter if result is None else result.diameter
+    measured = measure_image(labels, intensity, channels, options, pixel_size,
+                             None if result is None else result.nucleus_confidence, spots_diameter, source)
+    for problem in problems(measured, source):
+        warn(f"warning: {problem}")
     written.append(run.outdir / labels_file(name))
     write_labels(written[-1], labels)
-    overlay = draw_outlines(image, labels)
-    del image
+    colours = measured.colours(int(labels.max(initial=0)))
+    overlay = draw_outlines(shown, labels, colours)
+    del shown
     written.append(run.outdir / overlay_file(name))
     write_png(written[-1], overlay)
-    run.thumbnails[name] = encode_png(thumbnail(overlay, settings.segment.thumbnail))
+    run.thumbnails[name] = encode_png(thumbnail(overlay, thumbnail_side))
     del overlay
-    table = measure_nuclei(labels, intensity, pixel_size)
-    exported = {}
-    for fmt in settings.exports:  # --export: geojson/<name>.geojson, rois/<name>.zip
-        exported[FORMATS[fmt].column] = export_path(fmt, name)
-        written.append(run.outdir / exported[FORMATS[fmt].column])
+    files: dict[str, Any] = {}
+    if measured.cells is not None:
+        files[CELLS_COLUMN] = cells_file(name)
+        written.append(run.outdir / files[CELLS_COLUMN])
+        write_labels(written[-1], measured.cells)
+    if measured.spots is not None:
+        files[SPOTS_COLUMN] = spots_file(name)
+        written.append(run.outdir / files[SPOTS_COLUMN])
+        write_csv(written[-1], measured.spots)
+    table = measured.table
+    for fmt in exports:  # --export: geojson/<name>.geojson, rois/<name>.zip
+        files[FORMATS[fmt].column] = export_path(fmt, name)
+        written.append(run.outdir / files[FORMATS[fmt].column])
         write_export(fmt, written[-1], labels, table)
     table.insert(0, "image", name)
     run.nuclei.append(table)
-    row = counts_row(name, len(table), table["area_px"].median(),  # NaN if none
-                     result.image_type, result.diameter, result.estimated, result.scale, result.confidence,
-                     result.flag, pixel_size, None if pixel_size is None else table["area_um2"].median())
+    flag = "; ".join(f for f in (result.flag if result else "", *measured.flags) if f)
+    median_um2 = None if pixel_size is None else table["area_um2"].median()
+    if result is None:
+        row = counts_row(name, len(table), table["area_px"].median(), None, None, None, None, None, flag,
+                         pixel_size, median_um2)
+    else:
+        row = counts_row(name, len(table), table["area_px"].median(),  # NaN if none
+                         result.image_type, result.diameter, result.estimated, result.scale, result.confidence,
+                         flag, pixel_size, median_um2)
     if pixel_size is not None:
         run.pixel_size = run.pixel_size or pixel_size
-    return {**row, **exported}
+    return {**row, **files, **measured.fields}
 
 
 def segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: Tables, **dask: Any) -> None:
@@ -122,33 +214,60 @@ def segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: Ta
         _segment_slide(slide, base_name, segmenter, cfg, run, **dask)
         return
     try:
-        planes = read_planes(source)
+        planes = read_images(source, cfg.measure)
     except Exception as exc:  # one bad file never stops the batch
         _fail(run, {**base, "image": base_name}, exc, source, [])
         return
-    small = [p for p in planes if min(p.array.shape[:2]) < MIN_SIDE]
+    planes = _large_enough(planes, source, base, base_name, run)
+    for k in range(len(planes)):
+        plane = planes[k]
+        name = unique_name(base_name + plane.tag, run.names) if plane.tag else base_name
+        row = {**base, "image": name, **image_fields(plane)}
+        del plane
+        written: list[Path] = []
+        try:  # the plane is handed over, not kept here: its memory is freed once converted
+            row.update(_segment_image(_take(planes, k), source, name, segmenter, cfg, run, written))
+        except Exception as exc:  # one bad image never stops the batch
+            _fail(run, row, exc, source, written)
+            continue
+        run.counts.append(row)
+
+
+def read_images(source: Path, options: MeasureOptions) -> list[Plane] | list[ChannelImage]:
+    """The images of one input: its planes, or with ``--nuclear-channel`` its multi-channel images
+    (:func:`pipeline.files.channels.read_channel_images`; ``--channel-files``: the files ``source``
+    stands for, :func:`pipeline.files.channels.read_channel_files`)."""
+    if options.channel_files is not None:
+        return [read_channel_files(source, ChannelPattern(options.channel_files), options.channel_values)]
+    if options.channels:
+        return read_channel_images(source)
+    return read_planes(source)
+
+
+def image_fields(image: Plane | ChannelImage) -> dict[str, Any]:
+    """The ``counts.csv`` fields of one image as read: series, plane, size, pixel type, orientation."""
+    array = image.array if isinstance(image, Plane) else image.channels[0]
+    return {"series": image.series, "plane": image.index, "height": array.shape[0], "width": array.shape[1],
+            "pixel_type": str(array.dtype), "orientation": describe(image.orientation)}
+
+
+def _large_enough(planes: list, source: Path, base: dict[str, Any], base_name: str, run: Tables) -> list:
+    """The planes of at least :data:`MIN_SIDE` px a side; one failed row for the others."""
+    def side(plane) -> int:
+        return min((plane.array if isinstance(plane, Plane) else plane.channels[0]).shape[:2])
+
+    def size(plane) -> tuple[int, int]:
+        return (plane.array if isinstance(plane, Plane) else plane.channels[0]).shape[:2]
+
+    small = [p for p in planes if side(p) < MIN_SIDE]
     if small:  # one line for them all (an H x W x 2 array saved as 256 pages of 256 x 2 px)
-        h, w = small[0].array.shape[:2]
+        h, w = size(small[0])
         what = f"{len(small)} of its {len(planes)} planes are" if len(planes) > 1 else "image is"
         error = NucleiError(
             f"{source}: {what} too small to segment ({w}x{h} px; at least {MIN_SIDE} px a side)"
         )
         _fail(run, {**base, "image": base_name}, error, source, [])
-        planes = [p for p in planes if min(p.array.shape[:2]) >= MIN_SIDE]
-    for k in range(len(planes)):
-        plane: Plane = planes[k]
-        name = unique_name(base_name + plane.tag, run.names) if plane.tag else base_name
-        height, width = plane.array.shape[:2]
-        row = {**base, "image": name, "series": plane.series, "plane": plane.index, "height": height,
-               "width": width, "pixel_type": str(plane.array.dtype), "orientation": describe(plane.orientation)}
-        del plane
-        written: list[Path] = []
-        try:  # the plane is handed over, not kept here: its memory is freed once converted
-            row.update(_segment_plane(_take(planes, k), source, name, segmenter, cfg, run, written))
-        except Exception as exc:  # one bad image never stops the batch
-            _fail(run, row, exc, source, written)
-            continue
-        run.counts.append(row)
+    return [p for p in planes if side(p) >= MIN_SIDE]
 
 
 def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: Tables, **dask: Any) -> None:
@@ -162,9 +281,10 @@ def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: Tables, **da
     try:
         fields, table, run.thumbnails[name] = segment_slide(
             slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail,
-            image_type=cfg.image_type, **dask)
+            image_type=cfg.image_type, options=cfg.measure, **dask)
     except Exception as exc:  # one bad image never stops the batch
-        outputs = [run.outdir / file for file in (labels_file(name), overlay_file(name), slide_table_file(name))]
+        outputs = [run.outdir / file for file in (labels_file(name), overlay_file(name), slide_table_file(name),
+                                                  spots_file(name))]
         _fail(run, row, exc, slide.path, [p for p in outputs if p.is_file() and p.stat().st_mtime >= started])
         return
     if cfg.exports:
@@ -207,3 +327,110 @@ def _failure(exc: Exception, source: Path) -> dict[str, Any]:
     else:  # a bug, or a library refusing this input: name it, keep the batch going
         message = f"{source}: unexpected error ({type(exc).__name__}: {exc})"
     return {"count": None, "status": "failed", "error": " ".join(message.split())}
+
+
+def finish_batch(run: Tables, options: MeasureOptions, thumbnail_side: int = 320) -> None:
+    """``--positive-scope batch``, once every image is measured: the calls of each ``auto`` channel
+    over the batch (:func:`pipeline.batch.measurements.batch_positivity`), then each image's overlay
+    (its thumbnail) and GeoJSON export redone with them. Images segmented out of core keep their
+    calls empty (flagged): their rows are streamed, not held. Never raises: a file that cannot be
+    rewritten is a warning."""
+    if options.positive_scope != "batch" or not any(value is None for _, value in options.positive):
+        return
+    from pipeline.batch.measurements import batch_positivity
+
+    rows = {row["image"]: row for row in run.counts if row.get("status") == "ok"}
+    images = [(rows[t["image"].iloc[0]], t) for t in run.nuclei
+              if hasattr(t, "iloc") and len(t) and t["image"].iloc[0] in rows]
+    batch_positivity(images, options)
+    for row, table in images:
+        try:
+            _recolour(run, row, table, options, thumbnail_side)
+        except Exception as exc:  # the tables hold the calls: a picture that cannot be redone is a warning
+            warn(f"warning: {row['image']}: overlay not redrawn with the batch's positive calls ({exc})")
+
+
+def _recolour(run: Tables, row: dict[str, Any], table, options: MeasureOptions, thumbnail_side: int) -> None:
+    """Redraw one image's overlay (outlines in the colours of its positive calls) and GeoJSON."""
+    from pipeline.batch.measurements import Measured
+    from pipeline.files.io import read_labels
+
+    name = row["image"]
+    labels = read_labels(run.outdir / labels_file(name))
+    colours = Measured(table).colours(int(labels.max(initial=0)))
+    overlay = read_planes(run.outdir / overlay_file(name))[0].array[..., :3]
+    overlay = draw_outlines(overlay, labels, colours)
+    write_png(run.outdir / overlay_file(name), overlay)
+    run.thumbnails[name] = encode_png(thumbnail(overlay, thumbnail_side))
+    if "geojson" in run.exports and row.get(FORMATS["geojson"].column):
+        write_export("geojson", run.outdir / row[FORMATS["geojson"].column], labels,
+                     table.drop(columns="image"))
+
+
+# --------------------------------------------------------------------------- nuclei measure
+
+
+def measure_file(source: Path, base_name: str, labels: dict[str, Path], channel: str | None, options: MeasureOptions,
+                 pixel_size: float | None, exports: tuple[str, ...], run: Tables, thumbnail_side: int = 320) -> None:
+    """Measure every image of one input file with its label image (``nuclei measure``), adding its
+    rows to ``run``; never raises for bad input.
+
+    ``labels`` maps casefolded names to the label files of ``--labels`` (:func:`find_labels`); each
+    image's label image must be its size. The outputs are those of ``nuclei segment``
+    (:func:`image_outputs`) less what only a segmentation knows (image type, diameter, scale,
+    confidence: empty).
+    """
+    base = {"source": str(source)}
+    try:
+        images = read_images(source, options)
+    except Exception as exc:  # one bad file never stops the batch
+        _fail(run, {**base, "image": base_name}, exc, source, [])
+        return
+    for k in range(len(images)):
+        image = images[k]
+        name = unique_name(base_name + image.tag, run.names) if image.tag else base_name
+        row = {**base, "image": name, **image_fields(image)}
+        written: list[Path] = []
+        try:
+            image = _take(images, k)
+            found = find_labels(name, labels, source)
+            nuclei = read_label_image(found)
+            array, intensity, channels = nuclear_image(image, source, channel, options, segmented=False)
+            if nuclei.shape != array.shape[:2]:
+                raise NucleiError(f"{found}: {nuclei.shape[1]}x{nuclei.shape[0]} px, but its image {source} is "
+                                  f"{array.shape[1]}x{array.shape[0]} px")
+            shown = display_uint8(normalize_image(as_rgb01(array)))
+            here = pixel_size or image.pixel_size
+            del image, array
+            row["labels_source"] = str(found)
+            row.update(image_outputs(name, nuclei, shown, intensity, channels, options, here, source, run, written,
+                                     exports=exports, thumbnail_side=thumbnail_side))
+        except Exception as exc:  # one bad image never stops the batch
+            _fail(run, row, exc, source, written)
+            continue
+        run.counts.append(row)
+
+
+def label_index(folder: Path) -> dict[str, Path]:
+    """The label images of a folder (TIFF, PNG), by casefolded file stem."""
+    from pipeline.files.inputs import list_inputs
+
+    files, _ = list_inputs([folder])
+    return {path.stem.casefold(): path for path in sorted(files)}
+
+
+def find_labels(name: str, labels: dict[str, Path], source: object) -> Path:
+    """The label image of output ``name``: ``<name>`` or ``<name>`` with the suffix another tool adds
+    (:data:`pipeline.batch.export.LABEL_SUFFIXES`: ``_masks``, ``_cp_masks``, ``_labels``, ...).
+
+    Raises
+    ------
+    NucleiError
+        None found, naming the image and what was looked for.
+    """
+    from pipeline.batch.export import LABEL_SUFFIXES
+
+    for candidate in (name, *(name + suffix for suffix in LABEL_SUFFIXES)):
+        if candidate.casefold() in labels:
+            return labels[candidate.casefold()]
+    raise NucleiError(f"{source}: no label image {name}.tif (or {name}_masks, {name}_labels, ...) in --labels")

@@ -165,11 +165,14 @@ def geojson_features(labels: np.ndarray, table: pd.DataFrame | None = None) -> d
 
 
 def _measurements_by_label(table: pd.DataFrame | None) -> dict[int, dict[str, float | None]]:
-    """label → {column: value} of the numeric columns of a ``nuclei.csv`` table (NaN → None)."""
+    """label → {column: value} of the numeric columns of a ``nuclei.csv`` table (NaN → None; the
+    positive calls 1.0 / 0.0)."""
     if table is None or table.empty:
         return {}
-    numeric = table.select_dtypes("number").drop(columns="label")
-    records = numeric.astype(object).where(numeric.notna(), None).to_dict("records")
+    numeric = table.select_dtypes(include=["number", "bool", "boolean"]).drop(columns="label")
+    calls = numeric.select_dtypes(include=["bool", "boolean"]).columns  # positive_<ch>: 1, 0 or null
+    numeric = numeric.astype({c: "Float64" for c in calls}).astype(object)
+    records = numeric.where(numeric.notna(), None).to_dict("records")
     return dict(zip(table["label"].astype(int).tolist(), records, strict=True))
 
 

@@ -6,12 +6,16 @@ Owns
   letter case aside (macOS and Windows file systems ignore it), the same on a rerun, and short
   enough for any file system (:func:`fit_name`);
 - the paths in the folder: ``labels/<name>.tif`` (:func:`labels_file`), ``overlays/<name>.png``
-  (:func:`overlay_file`), a huge image's ``tables/<name>.csv`` (:func:`slide_table_file`), every file of
+  (:func:`overlay_file`), a huge image's ``tables/<name>.csv`` (:func:`slide_table_file`), the cells
+  and spots of ``--cell-expansion`` / ``--spots`` (:func:`cells_file`, :func:`spots_file`), every file of
   one image (:func:`image_files`, the exports included) and the tables and report
   (:data:`COUNTS_CSV`, :data:`NUCLEI_CSV`, :data:`COLUMNS_CSV`, :data:`REPORT_HTML`);
 - the tables ``counts.csv``, ``nuclei.csv`` and ``columns.csv`` (:class:`Tables`): they list
   exactly the label files present, this run's and those an earlier run left that this run did
-  not replace; the ``counts.csv`` row of a segmented image, a plane or a slide (:func:`counts_row`);
+  not replace; their columns are the fixed ones (:data:`COUNT_COLUMNS`,
+  :func:`pipeline.method.measure.measurement_columns`) then those of the images' channels, cells,
+  spots and positive calls, in the order they first appear; the ``counts.csv`` row of a segmented
+  image, a plane or a slide (:func:`counts_row`);
   a slide's nuclei streamed through ``tables/<name>.csv`` (:class:`SlideTable`, :func:`write_nuclei_csv`);
 - the removal of a failed image's files (:func:`remove_files`), which never raises.
 
@@ -48,6 +52,10 @@ COUNT_COLUMNS = (
 #: Sub-folders of the output folder that hold one file per image: label images, overlays.
 LABELS, OVERLAYS = "labels", "overlays"
 IMAGE_FOLDERS = (LABELS, OVERLAYS)
+#: ... and those of ``--cell-expansion`` (cell label images) and ``--spots`` (one table per image).
+CELLS, SPOTS = "cells", "spots"
+#: ``counts.csv`` columns naming them (after :data:`COUNT_COLUMNS`, when written).
+CELLS_COLUMN, SPOTS_COLUMN = "cells_file", "spots_file"
 #: ... and the one that holds the ``nuclei.csv`` rows of each huge image (:mod:`pipeline.batch.slide`).
 SLIDE_TABLES = "tables"
 #: The tables and the report of the whole folder.
@@ -151,11 +159,22 @@ def slide_table_file(name: str) -> str:
     return f"{SLIDE_TABLES}/{name}.csv"
 
 
+def cells_file(name: str) -> str:
+    """The cells grown from the nuclei of output ``name`` (``cells/<name>.tif``)."""
+    return f"{CELLS}/{name}.tif"
+
+
+def spots_file(name: str) -> str:
+    """The spots of output ``name`` (``spots/<name>.csv``)."""
+    return f"{SPOTS}/{name}.csv"
+
+
 def image_files(name: str, exports: tuple[str, ...] | None = None) -> list[str]:
     """Every file output ``name`` may have, relative to the output folder: its label image, overlay,
-    slide table and the files of ``exports`` (default: every export format)."""
+    slide table, cells, spots and the files of ``exports`` (default: every export format)."""
     formats = tuple(FORMATS) if exports is None else exports
-    return [labels_file(name), overlay_file(name), slide_table_file(name), *(export_path(f, name) for f in formats)]
+    return [labels_file(name), overlay_file(name), slide_table_file(name), cells_file(name), spots_file(name),
+            *(export_path(f, name) for f in formats)]
 
 
 # --------------------------------------------------------------------------- the folder
@@ -183,7 +202,7 @@ def remove_leftovers(outdir: Path) -> list[str]:
     """Remove the temporary files a killed run left in ``outdir``, its :data:`IMAGE_FOLDERS` and
     :data:`SLIDE_TABLES`. Only safe under the folder's lock (no other run is writing); never raises
     (see :func:`remove_files`)."""
-    folders = [outdir, *(outdir / sub for sub in (*IMAGE_FOLDERS, SLIDE_TABLES))]
+    folders = [outdir, *(outdir / sub for sub in (*IMAGE_FOLDERS, SLIDE_TABLES, CELLS, SPOTS))]
     return remove_files([p for f in folders if f.is_dir() for p in f.iterdir() if _TEMPORARY.match(p.name)])
 
 
@@ -240,12 +259,14 @@ class Tables:
         self.earlier = dict(zip(earlier["image"], earlier["source"], strict=True)) if given is None else given
         if not {"status", "labels_file"} <= set(earlier.columns):
             earlier = pd.DataFrame(columns=list(COUNT_COLUMNS))  # an older table: nothing to carry
-        self._earlier = earlier[earlier["status"] == "ok"].reindex(columns=_count_columns(pixel_size, exports))
+        fixed = _count_columns(pixel_size, exports)
+        self._earlier = earlier[earlier["status"] == "ok"]
+        self._earlier = self._earlier.reindex(columns=[*fixed, *_extra(self._earlier.columns, COUNT_COLUMNS)])
         nuclei = None if self._earlier.empty else _read_table(outdir / NUCLEI_CSV, dtype={"image": str})
         columns = ["image", *measurement_columns(pixel_size)]
         self._earlier_nuclei = (
             pd.DataFrame(columns=columns) if nuclei is None or "image" not in nuclei
-            else nuclei[nuclei["image"].isin(self._earlier["image"])].reindex(columns=columns)
+            else nuclei[nuclei["image"].isin(self._earlier["image"])]
         )  # fmt: skip
         self._written_at, self._write_cost = -math.inf, 0.0
 
@@ -263,17 +284,29 @@ class Tables:
         """``counts.csv`` and ``nuclei.csv``: this run's images, then the earlier ones kept (the
         rows of huge images left out of ``nuclei.csv``: :meth:`write` streams them)."""
         counts, parts = self._sections()
-        columns = ["image", *measurement_columns(self.pixel_size)]
-        frames = [t for t in parts if isinstance(t, pd.DataFrame) and len(t)]
+        columns = self.nuclei_columns(parts)
+        frames = [t.reindex(columns=columns) for t in parts if isinstance(t, pd.DataFrame) and len(t)]
         nuclei = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
         return counts, nuclei[columns]
+
+    def nuclei_columns(self, parts: list | None = None) -> list[str]:
+        """The columns of ``nuclei.csv``: ``image``, :func:`pipeline.method.measure.measurement_columns`,
+        then those of the parts (tables, slide tables) in the order they first appear."""
+        parts = self._sections()[1] if parts is None else parts
+        columns = ["image", *measurement_columns(self.pixel_size)]
+        found = [c for t in parts for c in t.columns]
+        return [*columns, *_extra(found, columns)]
 
     def _sections(self) -> tuple[pd.DataFrame, list]:
         """``counts.csv``, and the parts of ``nuclei.csv`` in order (:attr:`nuclei`, then the earlier rows kept)."""
         kept = self._kept()
-        now = pd.DataFrame(self.counts, columns=list(COUNT_COLUMNS)).reindex(columns=_count_columns(self.pixel_size, self.exports))
+        fixed = _count_columns(self.pixel_size, self.exports)
+        extra = _extra([c for row in self.counts for c in row], COUNT_COLUMNS)
+        now = pd.DataFrame(self.counts, columns=[*COUNT_COLUMNS, *extra])
+        columns = [*fixed, *extra, *_extra(kept.columns, [*COUNT_COLUMNS, *extra])]
         counts = (
-            (pd.concat([now, kept], ignore_index=True) if len(kept) else now)
+            (pd.concat([now.reindex(columns=columns), kept.reindex(columns=columns)], ignore_index=True)
+             if len(kept) else now.reindex(columns=columns))
             .astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})
         )  # fmt: skip
         return counts, [*self.nuclei, self._earlier_nuclei[self._earlier_nuclei["image"].isin(kept["image"])]]
@@ -292,15 +325,16 @@ class Tables:
         else:  # huge images' rows: copied from their own files, in order, never all held
             write_nuclei_csv(self.outdir / NUCLEI_CSV, self._sections()[1], list(nuclei.columns))
         write_csv(self.outdir / COUNTS_CSV, counts)
-        write_csv(self.outdir / COLUMNS_CSV, column_dictionary(self.pixel_size))
+        fixed = 1 + len(measurement_columns(self.pixel_size))
+        write_csv(self.outdir / COLUMNS_CSV, column_dictionary(self.pixel_size, list(nuclei.columns[fixed:])))
         self._written_at = time.perf_counter()
         self._write_cost = self._written_at - start
         return counts, nuclei
 
 
-def counts_row(name: str, count: int, median_area_px: float, image_type: str, diameter: float | None,
-               estimated: bool, scale: float, confidence: float, flag: str, pixel_size: float | None = None,
-               median_area_um2: float | None = None) -> dict[str, Any]:
+def counts_row(name: str, count: int, median_area_px: float, image_type: str | None, diameter: float | None,
+               estimated: bool | None, scale: float | None, confidence: float | None, flag: str,
+               pixel_size: float | None = None, median_area_um2: float | None = None) -> dict[str, Any]:
     """The ``counts.csv`` fields of image ``name`` segmented (a plane, or a huge image out of core).
 
     Parameters
@@ -310,7 +344,8 @@ def counts_row(name: str, count: int, median_area_px: float, image_type: str, di
     count, median_area_px : int, float
         Its nuclei and their median area, px (NaN: none).
     image_type, diameter, estimated, scale, confidence, flag
-        As :class:`pipeline.model.segmenter.Segmentation` has them (``diameter`` px or None).
+        As :class:`pipeline.model.segmenter.Segmentation` has them (``diameter`` px or None); None
+        but the flag for labels made elsewhere (``nuclei measure``).
     pixel_size, median_area_um2 : float, optional
         µm, and the median area in µm² (only with a pixel size).
 
@@ -328,8 +363,8 @@ def counts_row(name: str, count: int, median_area_px: float, image_type: str, di
         "image_type": image_type,
         "diameter_px": None if diameter is None else round(diameter, 2),
         "diameter_estimated": estimated,
-        "scale": round(scale, 4),
-        "confidence": round(confidence, 3),
+        "scale": None if scale is None else round(scale, 4),
+        "confidence": None if confidence is None else round(confidence, 3),
         "flag": flag,
         "status": "ok",
         "labels_file": labels_file(name),
@@ -343,11 +378,12 @@ def counts_row(name: str, count: int, median_area_px: float, image_type: str, di
 
 @dataclass
 class SlideTable:
-    """The nuclei of a slide, streamed to ``tables/<name>.csv`` rather than held."""
+    """The nuclei of a slide, streamed to ``tables/<name>.csv`` rather than held (``columns``: its header)."""
 
     path: Path
     areas_px: np.ndarray
     pixel_size: float | None = None
+    columns: tuple[str, ...] = ()
 
     def areas(self, column: str) -> np.ndarray:
         """The nuclei's ``area_px`` or ``area_um2`` (none without a pixel size)."""
@@ -375,6 +411,12 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return info.st_dev, info.st_ino
+
+
+def _extra(found, known) -> list[str]:
+    """The names of ``found`` not in ``known``, each once, in order."""
+    known = set(known)
+    return [c for c in dict.fromkeys(found) if c not in known]
 
 
 def _count_columns(pixel_size: float | None, exports: tuple[str, ...] = ()) -> list[str]:

@@ -78,6 +78,65 @@ def area_histogram_svg(areas: np.ndarray, unit: str) -> str:
     return svg[svg.index("<svg") :]
 
 
+def marker_histogram_svg(means: np.ndarray, thresholds: np.ndarray, key: str) -> str:
+    """Draw the histogram of one channel's nucleus means with its thresholds.
+
+    Parameters
+    ----------
+    means : (N,) float array
+        ``mean_<key>`` of the nuclei, in the file's units.
+    thresholds : (M,) float array
+        The thresholds used (one per image; NaN where none was set), drawn as vertical lines.
+    key : str
+        The channel's column key.
+
+    Returns
+    -------
+    svg : str
+        An ``<svg>`` element. The x axis is logarithmic when the means are positive and span more than
+        a decade (marker levels are log-normal).
+    """
+    from matplotlib.figure import Figure
+
+    means = np.asarray(means, float)
+    means = means[np.isfinite(means)]
+    figure = Figure(figsize=(6.4, 2.6))
+    axes = figure.add_subplot()
+    positive = means.size and means.min() > 0 and means.max() > 10 * means.min()
+    bins = (np.geomspace(means.min(), means.max(), 80) if positive
+            else np.histogram_bin_edges(means, bins="auto")[:101] if means.size else 10)
+    axes.hist(means, bins=bins, color="#7f7f7f")
+    if positive:
+        axes.set_xscale("log")
+    shown = np.unique(np.round(np.asarray(thresholds, float)[np.isfinite(thresholds)], 6))
+    for value in shown[:50]:
+        axes.axvline(value, color="#d62728", linewidth=1.2 if shown.size == 1 else 0.6)
+    text = (f"threshold {shown[0]:.4g}" if shown.size == 1 else f"{shown.size} thresholds (one per image)"
+            if shown.size else "no threshold set")
+    axes.set_title(f"{key}: {text}", fontsize=9, loc="left")
+    axes.set_xlabel(f"nucleus mean of {key} (file's units)")
+    axes.set_ylabel("nuclei")
+    axes.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata=dict.fromkeys(("Date", "Creator", "Format", "Type")))
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def _markers(counts: pd.DataFrame, markers: dict[str, np.ndarray]) -> str:
+    """The section of the --positive channels: per channel its histogram and the fraction positive."""
+    parts = []
+    for key, means in markers.items():
+        n = counts.get(f"n_positive_{key}")
+        total = counts.loc[n.notna(), "count"].sum() if n is not None else 0
+        fraction = f"{n.sum() / total:.1%} positive ({int(n.sum())} of {int(total)} nuclei called)" if total else ""
+        thresholds = counts.get(f"threshold_{key}", pd.Series(dtype=float)).to_numpy(float)
+        parts.append(f'<h3 id="marker-{escape(key)}">{escape(key)}</h3><p>{escape(fraction)}</p>'
+                     + marker_histogram_svg(means, thresholds, key))
+    return f"<h2>Markers</h2>{''.join(parts)}" if parts else ""
+
+
 def _cell(value: object) -> str:
     if pd.isna(value):
         return "<td></td>"
@@ -128,6 +187,7 @@ def render_report(
     *,
     pixel_size: float | None = None,
     info: dict[str, str] | None = None,
+    markers: dict[str, np.ndarray] | None = None,
 ) -> str:
     """Render the run's report as one HTML page.
 
@@ -143,6 +203,9 @@ def render_report(
         Pixel side in µm (only shown, and used for the histogram's unit).
     info : dict of str to str, optional
         Extra facts listed under the title (model, device, date, ...).
+    markers : dict of str to (N,) float array, optional
+        The nucleus means of each ``--positive`` channel (its key): a histogram each, with the
+        ``threshold_<key>`` of ``counts``.
 
     Returns
     -------
@@ -187,6 +250,7 @@ def render_report(
 {_counts_table(counts)}
 <h2>Nucleus areas</h2>
 {histogram}
+{_markers(counts, markers or {})}
 <h2>Overlays</h2>
 {_gallery(counts, thumbnails)}
 </body>

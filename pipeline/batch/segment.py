@@ -7,6 +7,8 @@ writes, under ``OUTDIR``:
 - ``overlays/<name>.png``: the normalised image with each nucleus outlined in its own colour;
 - with ``--export``: ``geojson/<name>.geojson`` (QuPath) and/or ``rois/<name>.zip`` (Fiji's ROI
   Manager), the outlines of :mod:`pipeline.batch.outlines`;
+- with ``--nuclear-channel`` (:class:`pipeline.batch.settings.MeasureOptions`): every channel measured,
+  positive calls, ``cells/<name>.tif`` and ``spots/<name>.csv`` (:mod:`pipeline.batch.measurements`);
 
 and for the whole run ``nuclei.csv`` (one row per nucleus; intensities in the image's own
 units), ``counts.csv`` (one row per image, failures included, naming its output files),
@@ -31,6 +33,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batch.lock import folder_lock
-from pipeline.batch.one_file import segment_file, warn
+from pipeline.batch.one_file import finish_batch, segment_file, warn
 from pipeline.batch.outlines import FORMATS, parse_formats
 from pipeline.batch.output_folder import (
     COUNT_COLUMNS,
@@ -52,9 +55,16 @@ from pipeline.batch.output_folder import (
     remove_leftovers,
 )
 from pipeline.batch.report import render_report
-from pipeline.batch.settings import Settings, load_segmenter
+from pipeline.batch.settings import (
+    MeasureOptions,
+    Settings,
+    add_measure_arguments,
+    load_segmenter,
+    measure_options,
+)
 from pipeline.config.params import TTA_MODES, load_params
 from pipeline.errors import NucleiError, OutputError
+from pipeline.files.channels import ChannelPattern, output_stem
 from pipeline.files.inputs import IMAGE_SUFFIXES, file_kind, list_inputs
 from pipeline.files.io import COLOUR_CHANNELS, write_text
 from pipeline.method.image_types import IMAGE_TYPES
@@ -131,10 +141,9 @@ def segment_images(
         params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size, **settings
     )
     outdir = Path(outdir)
-    sources = _find_inputs(inputs, outdir, recursive)
+    sources, cfg.measure, names = find_images(inputs, outdir, recursive, cfg.measure)
     segmenter = load_segmenter(cfg)  # checks the model's thresholds once, up front
     check_output_folder(outdir)
-    names = output_names(sources)
     with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=warn):  # one run at a time
         for problem in remove_leftovers(outdir):  # of a killed run: no other run writes here now
             warn(f"error: {problem}")
@@ -153,6 +162,7 @@ def segment_images(
                     segment_file(source, name, segmenter, cfg, run)
                     run.write_soon()
         finally:  # also on Ctrl-C / SIGTERM
+            finish_batch(run, cfg.measure, cfg.segment.thumbnail)
             counts, nuclei = run.write()
             _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
     return counts.iloc[: len(run.counts)]
@@ -160,8 +170,6 @@ def segment_images(
 
 def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: Settings, segmenter,
                   seconds: float) -> None:
-    area = "area_um2" if run.pixel_size is not None else "area_px"
-    slides = [t.areas(area) for t in run.nuclei if not isinstance(t, pd.DataFrame)]  # streamed tables
     info = {
         "model": str(cfg.model_dir),
         "device": str(getattr(segmenter, "device", cfg.segment.device)),
@@ -170,11 +178,77 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: 
     }
     if cfg.channel is not None:
         info["channel"] = f"{cfg.channel} (--channel: that channel alone segmented and measured)"
+    write_report(counts, nuclei, run, cfg.measure, info)
+
+
+def write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, options: MeasureOptions,
+                 info: dict[str, str]) -> None:
+    """``report.html`` of a run (``nuclei segment`` and ``nuclei measure``): areas, each --positive
+    channel's histogram of nucleus means with its thresholds, overlays."""
+    area = "area_um2" if run.pixel_size is not None else "area_px"
+    slides = [t.areas(area) for t in run.nuclei if not isinstance(t, pd.DataFrame)]  # streamed tables
+    if options.channels:
+        info["channels"] = (f"--nuclear-channel {options.nuclear_channel} segmented, every channel measured"
+                            + (f" (--channel-files {options.channel_files})" if options.channel_files else ""))
+    if options.positive:
+        info["overlay colours"] = overlay_legend(counts)
     html = render_report(
         counts, np.concatenate([nuclei[area].dropna().to_numpy(float), *slides]), run.thumbnails,
-        pixel_size=run.pixel_size, info=info
+        pixel_size=run.pixel_size, info=info, markers=marker_means(nuclei, run.nuclei),
     )
     write_text(run.outdir / REPORT_HTML, html)
+
+
+def overlay_legend(counts: pd.DataFrame) -> str:
+    """The overlay's colours, in words (:data:`pipeline.method.overlay.POSITIVE_COLOURS`)."""
+    names = ("magenta", "yellow", "green", "orange")
+    keys = [c[len("threshold_"):] for c in counts.columns if c.startswith("threshold_")]
+    parts = [f"positive for {key}: {names[k % len(names)]}" for k, key in enumerate(keys)]
+    return ", ".join([*parts, "for several: white", "negative or not called: azure"])
+
+
+def marker_means(nuclei: pd.DataFrame, tables: list) -> dict[str, np.ndarray]:
+    """The nucleus means of each --positive channel (``mean_<key>`` of the tables with ``positive_<key>``),
+    streamed slide tables included."""
+    keys = [c[len("positive_"):] for c in nuclei.columns if c.startswith("positive_")]
+    means = {key: [nuclei[f"mean_{key}"].dropna().to_numpy(float)] for key in keys if f"mean_{key}" in nuclei}
+    for table in tables:
+        if not isinstance(table, pd.DataFrame):
+            wanted = [f"mean_{key}" for key in means if f"mean_{key}" in table.columns]
+            if wanted:
+                streamed = pd.read_csv(table.path, usecols=wanted)
+                for column in wanted:
+                    means[column[len("mean_"):]].append(streamed[column].dropna().to_numpy(float))
+    return {key: np.concatenate(parts) for key, parts in means.items()}
+
+
+def find_images(inputs: list[str | Path], outdir: Path, recursive: bool,
+                options: MeasureOptions) -> tuple[list[Path], MeasureOptions, list[str]]:
+    """The images of a batch, the options with the batch's channels, and the output names.
+
+    With ``--channel-files`` the files are grouped into images
+    (:meth:`pipeline.files.channels.ChannelPattern.group`): each source stands for one image's files
+    and is named by its ``{stem}``; files the pattern does not name are skipped with a warning.
+
+    Raises
+    ------
+    NucleiError
+        No image at all (usage error).
+    """
+    sources = _find_inputs(inputs, outdir, recursive)
+    if options.channel_files is None:
+        return sources, options, output_names(sources)
+    pattern = ChannelPattern(options.channel_files)
+    grouped, unmatched, values = pattern.group(sources)
+    if unmatched:
+        shown = ", ".join(map(str, unmatched[:SHOWN_OTHERS])) + (
+            f" and {len(unmatched) - SHOWN_OTHERS} more" if len(unmatched) > SHOWN_OTHERS else "")
+        warn(f"skipped {len(unmatched)} file{'s' if len(unmatched) > 1 else ''} that --channel-files "
+             f"{options.channel_files!r} does not name: {shown}")
+    if not grouped:
+        raise NucleiError(f"{', '.join(map(str, inputs))}: no files named as --channel-files {options.channel_files!r}")
+    names = output_names([output_stem(source, pattern) for source in grouped])
+    return grouped, replace(options, channel_values=values), names
 
 
 def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> list[Path]:
@@ -214,6 +288,8 @@ plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTD
 the tables keep listing the images of earlier runs whose label files remain. One run at a time
 writes to OUTDIR (a second one refuses, or waits with --wait).
 --export geojson,imagej adds OUTDIR/geojson/<name>.geojson (QuPath) and OUTDIR/rois/<name>.zip (Fiji).
+--nuclear-channel C measures every channel of each image (mean_<ch>, ...); --cell-expansion adds
+OUTDIR/cells/<name>.tif, --spots OUTDIR/spots/<name>.csv. Labels you already have: nuclei measure.
 exit status: 0 every image segmented, 1 some images failed (see counts.csv) or an output could
 not be written, 2 usage error, 130 interrupted (the tables describe the images done)."""
 
@@ -275,6 +351,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
     )
+    add_measure_arguments(parser)
 
 
 @contextlib.contextmanager
@@ -296,6 +373,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         params = load_params(args.params)
+        measure = measure_options(args)
         with _sigterm_as_interrupt():
             counts = segment_images(
                 args.inputs,
@@ -314,6 +392,7 @@ def main(args: argparse.Namespace) -> int:
                 exports=args.export,
                 scheduler=args.scheduler,
                 workers=args.workers,
+                measure=measure,
             )
     except OutputError as exc:  # disk full, read-only: after images were processed
         print(f"nuclei: error: {exc}", file=sys.stderr)

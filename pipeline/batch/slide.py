@@ -25,25 +25,45 @@ large (:func:`pipeline.files.planes.max_image_pixels`).
    tifffile/zarr read it lazily); the nuclei's rows go to ``tables/<name>.csv`` block by block; the
    overlay ``overlays/<name>.png`` is drawn at 1/f scale (longest side at most
    :data:`OVERLAY_SIDE`). Memory: a band of (block + margin) rows of labels, a few blocks, the overlay.
+5. **Channels** (``--nuclear-channel``, :mod:`pipeline.batch.measurements`): a slide of up to 4 channels
+   (colour samples, or an OME C axis) is segmented on its nuclear channel and every channel measured
+   block by block (a nucleus is whole in its block: the same values as the whole image); spots are
+   found per block and streamed to ``spots/<name>.csv``; the positive calls need every nucleus's
+   mean, so they are set once the table is complete (the background: the median of the blocks') and
+   the table is rewritten with them. Cells are not grown out of core (flagged), nor is a slide
+   called in ``--positive-scope batch``.
 
 Must not: parse command lines, or load models (callers hand a Segmenter, or a callable giving one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.batch.output_folder import SlideTable, counts_row, labels_file, overlay_file, slide_table_file
+from pipeline.batch.measurements import SPOT_FILE_COLUMNS, Channels, Measured, call_positive, measure_image
+from pipeline.batch.output_folder import (
+    SPOTS_COLUMN,
+    SlideTable,
+    counts_row,
+    labels_file,
+    overlay_file,
+    slide_table_file,
+    spots_file,
+)
+from pipeline.batch.settings import MeasureOptions
+from pipeline.files.channels import find_channel
 from pipeline.files.io import as_rgb01, atomic_path, colour_channel, encode_png
 from pipeline.files.slide_reader import Slide, opened_slide
+from pipeline.method.measure import measurement_columns
 
 #: Pixels of the mosaic of windows that plans a slide (normalisation, image type, diameter).
 SAMPLE_PIXELS = 4_000_000
@@ -71,18 +91,25 @@ class SlidePlan:
     margin: int  #: px
     min_size: int  #: px², nuclei left smaller by stitching are dropped
     channel: str | None = None  #: ``--channel``
+    nuclear: int | None = None  #: ``--nuclear-channel``: the index of the channel segmented
 
 
-def network_input(raw: np.ndarray, channel: str | None = None) -> np.ndarray:
+def network_input(raw: np.ndarray, channel: str | None = None, nuclear: int | None = None) -> np.ndarray:
     """Pixels as read → the (h, w, 3) float32 array normalisation starts from; per pixel, so a block
     gives the same values as the whole image would (float pixels are kept as they are: the
-    normalisation is decided on their percentiles)."""
-    if channel is not None:
-        raw = colour_channel(raw, channel)
+    normalisation is decided on their percentiles). ``nuclear``: that channel alone."""
+    raw = nuclear_plane(raw, channel, nuclear)
     if np.issubdtype(raw.dtype, np.floating):
         raw = raw.astype(np.float32)
         return np.ascontiguousarray(np.repeat(raw[..., None], 3, -1) if raw.ndim == 2 else _rgb(raw))
     return as_rgb01(raw)
+
+
+def nuclear_plane(raw: np.ndarray, channel: str | None = None, nuclear: int | None = None) -> np.ndarray:
+    """The pixels segmented: ``raw``, its ``--channel`` colour, or its channel ``nuclear``."""
+    if nuclear is not None:
+        return raw[..., nuclear] if raw.ndim == 3 else raw
+    return raw if channel is None else colour_channel(raw, channel)
 
 
 def _rgb(array: np.ndarray) -> np.ndarray:
@@ -105,7 +132,7 @@ def sample_mosaic(slide: Slide, n_pixels: int = SAMPLE_PIXELS, window: int = SAM
 
 
 def plan_slide(slide: Slide, segmenter, diameter: float | None = None, channel: str | None = None,
-               image_type: str | None = None) -> SlidePlan:
+               image_type: str | None = None, nuclear: int | None = None) -> SlidePlan:
     """Decide the normalisation, image type, nucleus diameter and blocks of a slide on
     :func:`sample_mosaic` (``diameter``: given, px, else estimated as for any image; ``image_type``:
     given, else typed as any image)."""
@@ -113,21 +140,21 @@ def plan_slide(slide: Slide, segmenter, diameter: float | None = None, channel: 
     from pipeline.method.intensity import normalization_of
     from pipeline.method.watershed import sizes_at_scale
 
-    sample = network_input(sample_mosaic(slide), channel)
+    sample = network_input(sample_mosaic(slide), channel, nuclear)
     normalization = normalization_of(sample, **segmenter.normalization)
     image = normalization(sample)
     image_type = image_type or image_type_of(image)
     diameter, estimated, scale = segmenter.scale_for(image, diameter, image_type)
     block, margin = segmenter.block_geometry(scale)
     min_size = int(sizes_at_scale(segmenter.thresholds, scale).get("min_size") or 0)
-    return SlidePlan(normalization, image_type, diameter, estimated, scale, block, margin, min_size, channel)
+    return SlidePlan(normalization, image_type, diameter, estimated, scale, block, margin, min_size, channel, nuclear)
 
 
 # --------------------------------------------------------------------------- one block
 
 
 def block_labels(path: str, outer: tuple[slice, slice], core: tuple[slice, slice], plan: SlidePlan,
-                 segmenter) -> tuple[np.ndarray, float]:
+                 segmenter) -> tuple[np.ndarray, float, np.ndarray]:
     """The nuclei one block owns.
 
     Parameters
@@ -144,15 +171,18 @@ def block_labels(path: str, outer: tuple[slice, slice], core: tuple[slice, slice
     owned : (h, w) uint16 or int32 array
         The owned nuclei (:func:`pipeline.method.blocks.owned_nuclei`) numbered 1..k.
     confidence : float
+    nuclei : (k + 1,) float32
+        Each owned nucleus's mean P(nucleus) (NaN at 0).
     """
     from pipeline.method.blocks import owned_nuclei
 
     if not hasattr(segmenter, "segment_block"):
         segmenter = segmenter()
-    image = plan.normalization(network_input(opened_slide(path).read(*outer), plan.channel))
-    labels, confidence = one_tile_at_a_time(segmenter).segment_block(image, plan.scale, plan.image_type)
-    owned = owned_nuclei(labels, core)
-    return owned.astype(np.uint16) if owned.max(initial=0) < 2**16 else owned, confidence
+    image = plan.normalization(network_input(opened_slide(path).read(*outer), plan.channel, plan.nuclear))
+    labels, confidence, per_label = one_tile_at_a_time(segmenter).segment_block(image, plan.scale, plan.image_type)
+    owned, kept = owned_nuclei(labels, core, return_kept=True)
+    nuclei = np.concatenate([[np.nan], np.asarray(per_label, np.float32)[kept]]).astype(np.float32)
+    return owned.astype(np.uint16) if owned.max(initial=0) < 2**16 else owned, confidence, nuclei
 
 
 def one_tile_at_a_time(segmenter):
@@ -181,6 +211,8 @@ class Stitcher:
         self.top = 0  #: image row of ``band[0]``
         self.count = 0  #: nuclei so far (the last label)
         self.min_size = min_size
+        #: the owned values of the nuclei the last :meth:`paste` kept, in their order
+        self.last_kept = np.zeros(0, np.int64)
 
     def paste(self, outer: tuple[slice, slice], owned: np.ndarray) -> np.ndarray:
         """Paste one block's owned nuclei; returns the kept ones as they are in the label image,
@@ -201,6 +233,7 @@ class Stitcher:
         kept[target > 0] = 0
         target[kept > 0] = kept[kept > 0] + self.count
         self.count += int(keep.sum())
+        self.last_kept = np.flatnonzero(keep)
         return kept
 
     def finished(self, upto: int) -> np.ndarray:
@@ -217,14 +250,16 @@ class Stitcher:
 def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: float | None = None,
                   diameter: float | None = None, channel: str | None = None, thumbnail_side: int = 320,
                   map_ordered: Callable[[Callable, list[tuple]], Iterator] | None = None,
-                  block_segmenter=None, image_type: str | None = None) -> tuple[dict[str, Any], SlideTable, bytes]:
+                  block_segmenter=None, image_type: str | None = None,
+                  options: MeasureOptions | None = None) -> tuple[dict[str, Any], SlideTable, bytes]:
     """Segment, measure and write one slide (module docstring).
 
     Parameters
     ----------
     slide : Slide
     name : str
-        Output name: ``labels/<name>.tif``, ``overlays/<name>.png``, ``tables/<name>.csv``.
+        Output name: ``labels/<name>.tif``, ``overlays/<name>.png``, ``tables/<name>.csv``
+        (``spots/<name>.csv`` with --spots).
     outdir : Path
     segmenter : Segmenter
         Plans the slide, and segments the blocks unless ``block_segmenter`` is given.
@@ -243,6 +278,11 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
         What :func:`block_labels` gets (a picklable callable returning a Segmenter on a worker).
     image_type : str, optional
         ``--image-type`` (:data:`pipeline.method.image_types.IMAGE_TYPES`); default: typed on the sample.
+    options : MeasureOptions, optional
+        ``--nuclear-channel`` and the rest (:mod:`pipeline.batch.measurements`): every channel measured
+        block by block, the spots of each block streamed, the positive calls set once every
+        nucleus is measured (the table rewritten with them). Cells are not grown out of core
+        (flagged).
 
     Returns
     -------
@@ -253,11 +293,15 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
         PNG of the overlay's thumbnail.
     """
     from pipeline.method.blocks import iter_blocks
-    from pipeline.method.measure import intensity_of, measure_nuclei, measurement_columns
+    from pipeline.method.measure import intensity_of
     from pipeline.method.overlay import draw_outlines, thumbnail
     from pipeline.model.segmenter import flag_of
 
-    plan = plan_slide(slide, segmenter, diameter, channel, image_type)
+    options = options or MeasureOptions()
+    names = slide.names or tuple("" for _ in range(slide.n_channels))
+    nuclear = find_channel(options.nuclear_channel, names, slide.path) if options.channels else None
+    block_options = replace(options, cell_expansion=None)  # cells are not grown out of core
+    plan = plan_slide(slide, segmenter, diameter, channel, image_type, nuclear)
     height, width = slide.shape
     blocks = list(iter_blocks((height, width), plan.block, plan.margin))
     run = map_ordered or (lambda function, items: (function(*item) for item in items))
@@ -267,53 +311,134 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     shown = np.zeros((-(-height // f), -(-width // f), 3), np.uint8)
     shown_labels = np.zeros(shown.shape[:2], np.uint32)
     stitcher = Stitcher(width, plan.min_size)
-    columns = ["image", *measurement_columns(pixel_size)]
     areas: list[np.ndarray] = []
     conf = [0.0, 0]
+    state: dict[str, Any] = {"columns": None, "fields": {}, "background": {}, "range": {}}
 
     def tiles() -> Iterator[np.ndarray]:
-        for k, ((outer, core), (owned, confidence)) in enumerate(zip(blocks, results, strict=True)):
+        for k, ((outer, core), (owned, confidence, nuclei)) in enumerate(zip(blocks, results, strict=True)):
             size = owned.size
             conf[0], conf[1] = conf[0] + confidence * size, conf[1] + size
             kept = stitcher.paste(outer, owned)
+            per_kept = np.concatenate([[np.nan], nuclei[stitcher.last_kept]])
             raw = slide.read(*outer)
-            table = measure_nuclei(kept, intensity_of(raw if channel is None else colour_channel(raw, channel)),
-                                   pixel_size)
-            table["label"] += stitcher.count - len(table)
+            plane = nuclear_plane(raw, channel, nuclear)
+            channels = None
+            if options.channels:
+                channels = Channels(np.moveaxis(raw, -1, 0) if raw.ndim == 3 else raw[None], names, nuclear)
+                for key, values in zip(channels.keys, channels.array, strict=True):
+                    low, high = state["range"].get(key, (math.inf, -math.inf))
+                    state["range"][key] = (min(low, float(values.min())), max(high, float(values.max())))
+            measured = measure_image(kept, intensity_of(plane), channels, block_options, pixel_size, per_kept,
+                                     plan.diameter, slide.path, call=False)
+            table = measured.table
+            first = stitcher.count - len(table)
+            table["label"] += first
             for axis, start in (("row", outer[0].start), ("col", outer[1].start)):
                 for column in (f"centroid_{axis}", f"bbox_min_{axis}", f"bbox_max_{axis}"):
                     table[column] += start
             table.insert(0, "image", name)
-            table[columns].to_csv(csv, header=False, index=False)
+            if state["columns"] is None:
+                state["columns"] = ["image", *measurement_columns(pixel_size), *table.columns[1 + len(
+                    measurement_columns(pixel_size)):]]
+                pd.DataFrame(columns=state["columns"]).to_csv(csv, index=False)
+            table[state["columns"]].to_csv(csv, header=False, index=False)
+            if measured.spots is not None and len(measured.spots):
+                spots = measured.spots.copy()
+                spots["nucleus"] += first
+                spots["y"] += outer[0].start
+                spots["x"] += outer[1].start
+                spots.to_csv(spots_csv, header=False, index=False)
+            for field, value in measured.fields.items():  # the spots of every block add up
+                state["fields"][field] = state["fields"].get(field, 0) + value if field.startswith("n_spots_") else value
+            for key, value in measured.background.items():
+                state["background"].setdefault(key, []).append(value)
             areas.append(table["area_px"].to_numpy())
-            _show(shown, plan.normalization(network_input(raw, channel)), outer, core, f)
+            _show(shown, plan.normalization(network_input(raw, channel, nuclear)), outer, core, f)
             last = k + 1 == len(blocks)
             if last or blocks[k + 1][0][0].start != outer[0].start:  # the end of a row of blocks
                 upto = height if last else outer[0].start + core[0].stop - plan.margin
                 upto = upto if last else stitcher.top + (upto - stitcher.top) // LABEL_TILE * LABEL_TILE
                 rows = stitcher.finished(upto)
-                first = -(-(upto - rows.shape[0]) // f) * f
-                shown_labels[first // f : -(-upto // f)] = rows[first - (upto - rows.shape[0]) :: f, ::f]
+                first_row = -(-(upto - rows.shape[0]) // f) * f
+                shown_labels[first_row // f : -(-upto // f)] = rows[first_row - (upto - rows.shape[0]) :: f, ::f]
                 yield from _tiles(rows, last)
 
     import tifffile
 
-    with atomic_path(outdir / labels_file(name)) as labels_tmp, \
-            atomic_path(outdir / slide_table_file(name)) as csv_tmp, open(csv_tmp, "w", newline="") as csv:
-        pd.DataFrame(columns=columns).to_csv(csv, index=False)
+    with contextlib.ExitStack() as stack:
+        labels_tmp = stack.enter_context(atomic_path(outdir / labels_file(name)))
+        csv_tmp = stack.enter_context(atomic_path(outdir / slide_table_file(name)))
+        csv = stack.enter_context(open(csv_tmp, "w", newline=""))
+        spots_csv = None
+        if options.spots:
+            spots_tmp = stack.enter_context(atomic_path(outdir / spots_file(name)))
+            spots_csv = stack.enter_context(open(spots_tmp, "w", newline=""))
+            pd.DataFrame(columns=list(SPOT_FILE_COLUMNS)).to_csv(spots_csv, index=False)
         tifffile.imwrite(labels_tmp, tiles(), shape=(height, width), dtype=np.uint32, tile=(LABEL_TILE,) * 2,
                          bigtiff=True, compression="zlib", photometric="minisblack")
-    overlay = draw_outlines(shown, shown_labels)
+        if state["columns"] is None:  # no block (an empty image)
+            pd.DataFrame(columns=["image", *measurement_columns(pixel_size)]).to_csv(csv, index=False)
+        csv.close()
+        fields, colours, flags = _slide_positivity(csv_tmp, state, options, stitcher.count)
+    overlay = draw_outlines(shown, shown_labels, colours)
     with atomic_path(outdir / overlay_file(name)) as tmp:
         tmp.write_bytes(encode_png(overlay))
     areas_px = np.concatenate(areas) if areas else np.zeros(0, np.int64)
     confidence = conf[0] / max(conf[1], 1)
     median_area = float(np.median(areas_px)) if areas_px.size else math.nan
+    flag = flag_of(plan.image_type, confidence, plan.estimated, plan.diameter, (height, width))
+    if options.cell_expansion is not None:
+        flags.append(CELLS_NOTE)
     row = counts_row(name, stitcher.count, median_area, plan.image_type, plan.diameter, plan.estimated, plan.scale,
-                     confidence, flag_of(plan.image_type, confidence, plan.estimated, plan.diameter, (height, width)),
-                     pixel_size, None if pixel_size is None else median_area * pixel_size**2)
-    table = SlideTable(outdir / slide_table_file(name), areas_px, pixel_size)
+                     confidence, "; ".join(f for f in (flag, *flags) if f), pixel_size,
+                     None if pixel_size is None else median_area * pixel_size**2)
+    row.update(fields)
+    if options.spots:
+        row[SPOTS_COLUMN] = spots_file(name)
+    table = SlideTable(outdir / slide_table_file(name), areas_px, pixel_size,
+                       tuple(state["columns"] or ["image", *measurement_columns(pixel_size)]))
     return row, table, encode_png(thumbnail(overlay, thumbnail_side))
+
+
+#: The flag of a slide segmented with --cell-expansion.
+CELLS_NOTE = "--cell-expansion: no cells grown for an image segmented out of core (docs/scale-out.md)"
+
+
+def _slide_positivity(path: Path, state: dict[str, Any], options: MeasureOptions,
+                      count: int) -> tuple[dict[str, Any], np.ndarray | None, list[str]]:
+    """The positive calls of a slide, once every nucleus is measured: its thresholds (the slide's
+    background: the median of its blocks'), ``positive_<key>`` written into its streamed table
+    (rewritten in chunks), the overlay's colours; returns the ``counts.csv`` fields, colours and flags."""
+    fields = dict(state["fields"])
+    if not options.positive or state["columns"] is None:
+        return fields, None, []
+    columns = [c for c in state["columns"] if c.startswith("positive_")]
+    keys = [c[len("positive_"):] for c in columns]
+    means = pd.read_csv(path, usecols=["label", *(f"mean_{k}" for k in keys)])
+    measured = Measured(means.assign(**{c: pd.array([pd.NA] * len(means), dtype="boolean") for c in columns}),
+                        fields)
+    for key in keys:
+        levels = np.array(state["background"].get(key, [(math.nan, math.nan)]), float)
+        level, noise = float(np.nanmedian(levels[:, 0])), float(np.nanmedian(levels[:, 1]))
+        measured.background[key] = (level, noise)
+        fields[f"background_{key}"], fields[f"noise_{key}"] = level, noise
+        low, high = state["range"].get(key, (0.0, 0.0))
+        if low == high:
+            measured.constant[key] = low
+    call_positive(measured, options)  # --positive-scope batch: 'auto' left uncalled here
+    if options.positive_scope == "batch":
+        measured.flags += [f"positive_{key}: not called for an image segmented out of core (--positive-scope batch)"
+                           for key, (_, value) in zip(keys, options.positive, strict=True) if value is None]
+    calls = measured.table[columns]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as out:
+        pd.DataFrame(columns=state["columns"]).to_csv(out, index=False)
+        start = 0
+        for chunk in pd.read_csv(path, chunksize=200_000):
+            chunk[columns] = calls.iloc[start : start + len(chunk)].to_numpy()
+            chunk[state["columns"]].to_csv(out, header=False, index=False)
+            start += len(chunk)
+    return fields, measured.colours(count), measured.flags
 
 
 def _show(shown: np.ndarray, image: np.ndarray, outer: tuple[slice, slice], core: tuple[slice, slice], f: int) -> None:

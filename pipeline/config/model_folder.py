@@ -1,6 +1,6 @@
 """A model folder's ``config.yaml``: read and checked in one place (:class:`ModelDirConfig`).
 
-A model folder (``models/default/``: ``config.yaml`` + ``weights.pt``, written and loaded by
+A model folder (``pipeline/shipped/model/``: ``config.yaml`` + ``weights.pt``, written and loaded by
 :mod:`pipeline.model.model_dir`) records how its network is used. :class:`ModelDirConfig` is that
 record as one frozen dataclass, in the manner of StarDist's ``Config2D``:
 
@@ -41,6 +41,7 @@ import yaml
 from pipeline.config.params import ModelConfig, PostprocessConfig
 from pipeline.config.rules import Section, flag, is_number, number, setting
 from pipeline.errors import NucleiError
+from pipeline.shipped import model_folder
 
 #: Version of the model-folder layout (``format_version`` in ``config.yaml``).
 FORMAT_VERSION = 1
@@ -183,7 +184,7 @@ def as_model_dir_config(config: ModelDirConfig | Mapping, source: str | Path = C
 
 
 def read_model_config(folder: str | Path) -> ModelDirConfig:
-    """Read and check ``<folder>/config.yaml``.
+    """Read and check ``<folder>/config.yaml`` (``'default'``: the shipped model).
 
     Raises
     ------
@@ -191,7 +192,7 @@ def read_model_config(folder: str | Path) -> ModelDirConfig:
         One line naming the folder or the file: folder or file missing, unreadable YAML, not a
         mapping, no or an unsupported ``format_version``, no ``model`` section, an invalid value.
     """
-    folder = Path(folder)
+    folder = model_folder(folder)
     if not folder.is_dir():
         raise NucleiError(f"{folder}: model directory not found")
     file = folder / CONFIG_NAME

@@ -17,7 +17,7 @@ Stages and library functions receive these objects (``config.train.epochs``), or
 stored in a model directory). :func:`load_params` (the raw mapping) remains for code that edits
 or forwards the file as it is.
 
-The small vocabularies of params.yaml (splits, floods, TTA modes, precisions, head names) are
+The small vocabularies of params.yaml (splits, floods, TTA modes, precisions, backends, head names) are
 declared here, and the modules that act on them import them from here; nothing is looked up
 lazily. The architectures are a registry (:data:`pipeline.model.networks.ARCHITECTURES`), checked
 when a network is built.
@@ -69,6 +69,9 @@ TTA_MODES = ("none", "rot180", "flips", "d4", "auto")
 HEAD_NAMES = ("softmax", "sigmoid")
 #: ``train.precision`` and the like (:func:`pipeline.model.runtime.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``predict.backend`` and ``segment.backend``: what runs the network's forward pass
+#: (:func:`pipeline.model.backends.resolve_backend`; 'auto': the fastest one installed, else torch).
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
 
 
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
@@ -77,8 +80,8 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     Parameters
     ----------
     path : str or Path, optional
-        A YAML file. Default: ``params.yaml`` in the working directory, else the one at the
-        repository root.
+        A YAML file. Default: ``params.yaml`` in the working directory; without one, {} (every
+        setting its default: what an installed package runs with, anywhere).
 
     Returns
     -------
@@ -86,6 +89,8 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
         The parsed file; top-level keys are the stage sections (``data``, ``targets``, ...).
     """
     path = _params_path(path)
+    if path is None:
+        return {}
     try:
         text = path.read_text()
     except OSError as exc:
@@ -99,9 +104,11 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     return params
 
 
-def _params_path(path: str | Path | None) -> Path:
+def _params_path(path: str | Path | None) -> Path | None:
+    """The file to read: ``path``, else ``params.yaml`` in the working directory (the DVC
+    pipeline's), else None: the defaults of the dataclasses below."""
     if path is None:
-        return DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else ROOT / DEFAULT_PARAMS
+        return DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None
     return Path(path)
 
 
@@ -115,7 +122,7 @@ def load_config(path: str | Path | None = None) -> Config:
         file and ``section.key``.
     """
     path = _params_path(path)
-    return Config.from_dict(load_params(path), path)
+    return Config.from_dict(load_params(path), path or "defaults")
 
 
 def as_config(params: Config | Mapping, source: str | Path = "params.yaml") -> Config:
@@ -238,7 +245,7 @@ class AugmentConfig(Section):
 
 _PRECISION = choice(PRECISIONS)
 #: The network settings that ``predict`` and ``segment`` share (:class:`pipeline.model.predictor.Predictor`).
-PREDICTOR_KEYS = ("tta", "tile_size", "overlap", "batch_size", "precision")
+PREDICTOR_KEYS = ("tta", "tile_size", "overlap", "batch_size", "precision", "backend")
 _TTA = choice(TTA_MODES)
 
 
@@ -271,13 +278,14 @@ class NetworkSection(Section):
     """The network settings that ``predict`` and ``segment`` share: the model directory, the
     device and the :class:`pipeline.model.predictor.Predictor` options (:data:`PREDICTOR_KEYS`)."""
 
-    model: str = setting("models/default", text)
+    model: str = setting("default", text)
     device: str = setting("auto", text)
     tta: str = setting("none", _TTA)
     tile_size: int = setting(1024, whole(1))
     overlap: int = setting(64, whole(0))
     batch_size: int = setting(4, whole(1))
     precision: str = setting("auto", _PRECISION)
+    backend: str = setting("auto", choice(BACKENDS))
 
     def predictor_options(self) -> dict[str, Any]:
         """:class:`pipeline.model.predictor.Predictor` keywords."""

@@ -21,7 +21,6 @@ from pipeline.errors import NucleiError
 from pipeline.files.inputs import IMAGE_SUFFIXES
 from pipeline.files.io import read_image, to_uint8
 
-#: The layouts of a source folder.
 #: Suffixes of a ``folder`` source's label images, in order of preference.
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 

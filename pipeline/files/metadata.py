@@ -1,4 +1,4 @@
-"""The physical pixel size an image file records: OME-TIFF, ImageJ TIFF and OME-Zarr metadata.
+"""The physical pixel size (and channel names) an image file records: OME-TIFF, ImageJ TIFF and OME-Zarr metadata.
 
 ``nuclei segment`` adds µm columns for an image whose file records its pixel size, unless
 ``--pixel-size`` gives one for every image. Only metadata written for microscopy counts: the OME
@@ -53,6 +53,22 @@ def ome_pixel_size(xml: str, image: int = 0) -> float | None:
              for a in "XY" if pixels.get(f"PhysicalSize{a}") is not None]
     sizes = [s for s in sizes if s is not None]
     return sum(sizes) / len(sizes) if sizes else None
+
+
+def ome_channel_names(xml: str, image: int = 0) -> list[str]:
+    """The ``Name`` of each ``Channel`` of the ``image``-th image of an OME-XML document, in order
+    ('' for a channel without one; an empty list when the document cannot be read)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return []
+    images = [e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Image"]
+    if len(images) <= image:
+        return []
+    pixels = next((e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return []
+    return [c.get("Name") or "" for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
 
 
 def tiff_pixel_size(tif, series: int = 0) -> float | None:

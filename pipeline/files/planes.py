@@ -1,6 +1,8 @@
-"""One image of a file (:class:`Plane`), and the largest image this machine can segment whole.
+"""One image of a file (:class:`Plane`), one multi-channel image (:class:`ChannelImage`), and the
+largest image this machine can segment whole.
 
-Shared by :mod:`pipeline.files.io` (every format) and :mod:`pipeline.files.tiff` (TIFF series and pages).
+Shared by :mod:`pipeline.files.io` (every format), :mod:`pipeline.files.tiff` (TIFF series and pages)
+and :mod:`pipeline.files.channels` (channels kept together).
 
 Must not: read or write files.
 """
@@ -29,6 +31,19 @@ class Plane(NamedTuple):
     array: np.ndarray  #: (H, W) or (H, W, C), C = 1..4, the file's pixel type, as shown
     orientation: int = 1  #: the file's Orientation tag, applied (:mod:`pipeline.files.orientation`)
     pixel_size: float | None = None  #: µm, from the file's OME / ImageJ metadata (:mod:`pipeline.files.metadata`)
+
+
+class ChannelImage(NamedTuple):
+    """One multi-channel image of a file, its channels kept together (``--nuclear-channel``;
+    :func:`pipeline.files.channels.read_channel_images`)."""
+
+    tag: str  #: as :attr:`Plane.tag`, the channel axis left out: '', '_p<k>', '_s<j>' or '_s<j>_p<k>'
+    series: int  #: TIFF series (0 for every other format)
+    index: int  #: image within its series (the planes of the axes other than Y, X and the channels)
+    channels: np.ndarray  #: (C, H, W), the file's pixel type, as shown (orientation applied)
+    names: tuple[str, ...]  #: each channel's name from the file's metadata ('' when it has none)
+    orientation: int = 1  #: the file's Orientation tag, applied
+    pixel_size: float | None = None  #: µm, from the file's OME / ImageJ metadata
 
 
 def max_image_pixels() -> int | None:

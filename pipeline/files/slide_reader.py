@@ -37,6 +37,11 @@ class Slide:
     array: Any
     axes: str  #: one letter per axis of ``array``: 'Y', 'X', 'C' (colour samples) or '1' (length 1)
     pixel_size: float | None = None
+    names: tuple[str, ...] = ()  #: the channels' names from the file's metadata (() when none)
+
+    @property
+    def n_channels(self) -> int:
+        return self.array.shape[self.axes.index("C")] if "C" in self.axes else 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,6 +112,16 @@ def _open_tiff(path: Path) -> Slide | None:
             axes = _axes(series.axes, series.shape, "C")
         contiguous = series.dataoffset is not None
         pixel_size = tiff_pixel_size(tif, 0)
+        names: tuple[str, ...] = ()
+        if axes is not None and "C" in axes:
+            n = series.shape[axes.index("C")]
+            if "S" in series.axes:
+                names = ("red", "green", "blue", "alpha")[:n]
+            elif tif.is_ome and tif.ome_metadata:
+                from pipeline.files.metadata import ome_channel_names
+
+                found = ome_channel_names(tif.ome_metadata, 0)
+                names = tuple(found) if len(found) == n else ()
     if axes is None:
         return None
     array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
@@ -117,7 +132,7 @@ def _open_tiff(path: Path) -> Slide | None:
         if not contiguous:  # one compressed piece: must be decoded whole
             return None
         array = tifffile.memmap(path, series=0, mode="r")
-    return Slide(path, array, axes, pixel_size)
+    return Slide(path, array, axes, pixel_size, names)
 
 
 def _open_zarr(path: Path) -> Slide:
@@ -138,7 +153,10 @@ def _open_zarr(path: Path) -> Slide:
     axes = _axes(names, array.shape, "C")
     if axes is None:
         raise NucleiError(f"{path}: OME-Zarr axes {names} of shape {array.shape}: expected y, x and up to 4 channels")
-    return Slide(path, array, axes, zarr_pixel_size(multiscales))
+    labels = [c.get("label", "") for c in (attrs.get("omero") or attrs.get("ome", {}).get("omero") or {}).get(
+        "channels", []) if isinstance(c, dict)]
+    names = tuple(str(v) for v in labels) if "C" in axes and len(labels) == array.shape[axes.index("C")] else ()
+    return Slide(path, array, axes, zarr_pixel_size(multiscales), names)
 
 
 @functools.lru_cache(maxsize=8)

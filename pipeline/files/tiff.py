@@ -1,8 +1,10 @@
-"""Reading TIFF files: every series and plane of a TIFF as images (:class:`pipeline.files.io.Plane`).
+"""Reading TIFF files: every series and plane of a TIFF as images (:class:`pipeline.files.io.Plane`),
+or with its channels kept together (:class:`pipeline.files.planes.ChannelImage`).
 
 Owns the mapping of a TIFF's axes (pages, Z, T, channels, colour samples) to planes, their
-names (``_p<k>``, ``_s<j>``) and the Orientation tag of each series. Called by
-:func:`pipeline.files.io.read_planes`, which checks the planes' values. Must not: write files.
+names (``_p<k>``, ``_s<j>``), the Orientation tag of each series and the channel names its OME or
+ImageJ metadata records. Called by :func:`pipeline.files.io.read_planes` and
+:func:`pipeline.files.channels.read_channel_images`, which check the values. Must not: write files.
 """
 
 from __future__ import annotations
@@ -15,7 +17,25 @@ import numpy as np
 from pipeline.errors import NucleiError, one_line
 from pipeline.files.metadata import tiff_pixel_size
 from pipeline.files.orientation import apply_orientation, tiff_orientation
-from pipeline.files.planes import Plane, check_size
+from pipeline.files.planes import ChannelImage, Plane, check_size
+
+
+def _reraise(path: Path, exc: Exception):
+    """A reading error as one line naming the file (tifffile raises many types for corrupt files)."""
+    if isinstance(exc, NucleiError):
+        raise exc
+    if isinstance(exc, MemoryError):
+        raise NucleiError(f"{path}: too large for this machine's memory") from None
+    raise NucleiError(f"{path}: not a readable TIFF ({one_line(exc)})") from None
+
+
+def _untag_single(path: Path, items: list):
+    """``items`` (planes or channel images of one file); a file of one image needs no tag."""
+    if not items:
+        raise NucleiError(f"{path}: not a readable TIFF (no image in it)")
+    if len(items) == 1:
+        items[0] = items[0]._replace(tag="")
+    return items
 
 
 def read_tiff_planes(path: Path) -> list[Plane]:
@@ -46,14 +66,80 @@ def read_tiff_planes(path: Path) -> list[Plane]:
                 for k, plane in enumerate(stack):
                     tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
                     planes.append(Plane(tag, s, k, apply_orientation(plane, code), code, size))
-    except NucleiError:
-        raise
-    except MemoryError:
-        raise NucleiError(f"{path}: too large for this machine's memory") from None
-    except Exception as exc:  # tifffile raises many types for corrupt files
-        raise NucleiError(f"{path}: not a readable TIFF ({one_line(exc)})") from None
-    if not planes:
-        raise NucleiError(f"{path}: not a readable TIFF (no image in it)")
-    if len(planes) == 1:
-        planes[0] = planes[0]._replace(tag="")
-    return planes
+    except Exception as exc:
+        _reraise(path, exc)
+    return _untag_single(path, planes)
+
+
+#: Axis letters a series' channels may lie along, by preference: OME / ImageJ channels, colour samples,
+#: then a plain multi-page TIFF's pages ('Q', 'I': the one axis besides Y and X).
+CHANNEL_AXES = ("C", "S")
+_PAGE_AXES = ("Q", "I")
+
+
+def channel_axis(axes: str) -> str | None:
+    """The axis letter of a TIFF series' channels (:data:`CHANNEL_AXES`; the pages of a series whose
+    only other axis is its pages), or None (one channel)."""
+    for axis in CHANNEL_AXES:
+        if axis in axes:
+            return axis
+    others = [a for a in axes if a not in "YX"]
+    return others[0] if len(others) == 1 and others[0] in _PAGE_AXES else None
+
+
+def read_tiff_channel_images(path: Path) -> list[ChannelImage]:
+    """Every series of a TIFF as multi-channel images, (C, Y, X) each.
+
+    The channels are the series' C axis (OME, ImageJ hyperstacks), else its colour samples S (an
+    RGB TIFF: red, green, blue), else the pages of a plain multi-page TIFF (its one axis besides Y
+    and X); every other axis (Z, T, ...) enumerates images, tagged ``_p<k>`` as
+    :func:`read_tiff_planes` tags planes. Channel names come from the OME ``Channel Name``
+    attributes or ImageJ's ``Labels`` ('' where none is recorded; 'red', 'green', 'blue' for
+    colour samples).
+    """
+    import tifffile
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    images: list[ChannelImage] = []
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for s, series in enumerate(tif.series):
+                axes = series.axes
+                if "Y" in axes and "X" in axes:
+                    check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
+                size = tiff_pixel_size(tif, s)
+                channel = channel_axis(axes)
+                array = series.asarray()
+                order = [i for i, a in enumerate(axes) if a not in ("Y", "X", channel)]
+                order += [axes.index(a) for a in (channel, "Y", "X") if a is not None and a in axes]
+                array = np.transpose(array, order)
+                if channel is None:
+                    array = array[..., None, :, :]
+                n = array.shape[-3]
+                stack = array.reshape((-1, *array.shape[-3:]))
+                names = _channel_names(tif, s, channel, n)
+                code = tiff_orientation(series.keyframe)
+                for k, image in enumerate(stack):
+                    tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
+                    shown = np.stack([apply_orientation(plane, code) for plane in image])
+                    images.append(ChannelImage(tag, s, k, shown, names, code, size))
+    except Exception as exc:
+        _reraise(path, exc)
+    return _untag_single(path, images)
+
+
+def _channel_names(tif, series: int, axis: str | None, n: int) -> tuple[str, ...]:
+    """The names of a series' ``n`` channels along ``axis``: OME ``Channel Name``, ImageJ ``Labels``,
+    colour names for RGB samples; '' for each channel without one."""
+    names: list[str] = []
+    if axis == "S" and n in (3, 4):
+        names = ["red", "green", "blue", "alpha"][:n]
+    elif tif.is_ome and tif.ome_metadata:
+        from pipeline.files.metadata import ome_channel_names
+
+        names = ome_channel_names(tif.ome_metadata, series)
+    elif tif.imagej_metadata and axis == "C":
+        labels = tif.imagej_metadata.get("Labels")
+        names = [str(v) for v in labels[:n]] if isinstance(labels, list | tuple) else []
+    names = [str(v or "").strip() for v in names]
+    return tuple(names[:n]) if len(names) >= n else tuple(names + [""] * (n - len(names)))

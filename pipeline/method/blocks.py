@@ -62,7 +62,7 @@ def iter_blocks(
             yield outer, core
 
 
-def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice]) -> np.ndarray:
+def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice], return_kept: bool = False):
     """The nuclei of a block that the block owns: those whose centroid lies in its ``core``.
 
     Parameters
@@ -77,6 +77,8 @@ def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice]) -> np.ndarray:
     -------
     owned : (h, w) int32
         The owned nuclei, renumbered 1..k in the order of their labels; the others set to 0.
+    kept : (k,) int
+        With ``return_kept``: the label in ``labels`` of owned nucleus 1..k.
     """
     from skimage.measure import regionprops_table
 
@@ -87,13 +89,13 @@ def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice]) -> np.ndarray:
     ]
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    return lut[labels]
+    return (lut[labels], keep) if return_kept else lut[labels]
 
 
 def segment_in_blocks(
-    shape: tuple[int, int], labels_of: Callable[[tuple[slice, slice]], tuple[np.ndarray, float]],
+    shape: tuple[int, int], labels_of: Callable[[tuple[slice, slice]], tuple[np.ndarray, float, np.ndarray]],
     block: int, margin: int,
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float, np.ndarray]:
     """Labels of an image segmented block by block (:func:`iter_blocks`), in memory.
 
     Parameters
@@ -101,7 +103,8 @@ def segment_in_blocks(
     shape : (int, int)
         Image height and width, px.
     labels_of : callable
-        ``labels_of(outer)`` → the (h, w) int labels of the block ``outer`` and its confidence.
+        ``labels_of(outer)`` → the (h, w) int labels of the block ``outer``, its confidence and
+        each of its labels' own (a float array indexed by label value).
     block, margin : int
         px (:func:`block_geometry`).
 
@@ -112,18 +115,22 @@ def segment_in_blocks(
         seen by two blocks is kept once); numbered in block order, not yet sequential.
     confidence : float
         The blocks' confidences weighted by their area.
+    nuclei : (labels.max() + 1,) float32
+        Each label's confidence, from the block that owns it (NaN for 0).
     """
     labels = np.zeros(shape, np.int32)
     n_labels, conf_sum, conf_weight = 0, 0.0, 0
+    nuclei = [np.full(1, np.nan, np.float32)]
     for outer, core in iter_blocks(shape, block, margin):
-        part, conf = labels_of(outer)
+        part, conf, per_label = labels_of(outer)
         size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
         conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
-        part = owned_nuclei(part, core)
+        part, kept = owned_nuclei(part, core, return_kept=True)
+        nuclei.append(np.asarray(per_label, np.float32)[kept])
         n_kept = int(part.max(initial=0))
         part[part > 0] += n_labels
         target = labels[outer]
         free = (part > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
         target[free] = part[free]
         n_labels += n_kept
-    return labels, conf_sum / max(conf_weight, 1)
+    return labels, conf_sum / max(conf_weight, 1), np.concatenate(nuclei)

@@ -49,6 +49,11 @@ class Head:
     #: The head's pixel-wise loss: a key of the ``loss`` section (its factor) and of
     #: :data:`pipeline.training.losses.PIXEL_LOSSES` (its formula, called on :meth:`batch_target`).
     pixel_loss_name: ClassVar[str]
+    #: What each output channel holds after :meth:`activate`, in order: (short name, meaning); the
+    #: documentation of exported networks (:mod:`pipeline.model.interchange`) says it.
+    channel_meanings: ClassVar[tuple[tuple[str, str], ...]]
+    #: :meth:`mask_and_marker` in words, in the channels' short names: (P(nucleus), marker image).
+    formulas: ClassVar[tuple[str, str]]
 
     # -- numpy: labels → target, probabilities → watershed inputs
 
@@ -122,6 +127,12 @@ class SoftmaxHead(Head):
     """3 classes: 0 = mask − border, 1 = border, 2 = background; softmax over the channels."""
 
     name, channels, pixel_loss_name = "softmax", 3, "weighted_ce"
+    channel_meanings = (
+        ("interior", "P(pixel is nucleus, away from a contact with another nucleus)"),
+        ("border", "P(pixel lies on the border between touching nuclei)"),
+        ("background", "P(pixel is background)"),
+    )
+    formulas = ("interior + border", "interior")
     #: Classes the Dice term is computed on (not background).
     DICE_CLASSES = (0, 1)
 
@@ -163,6 +174,11 @@ class SigmoidHead(Head):
     """2 independent channels (mask, border); elementwise sigmoid."""
 
     name, channels, pixel_loss_name = "sigmoid", 2, "bce"
+    channel_meanings = (
+        ("mask", "P(pixel belongs to a nucleus)"),
+        ("border", "P(pixel lies on the border between touching nuclei)"),
+    )
+    formulas = ("mask", "mask * (1 - border)")
 
     def encode_labels(self, labels: np.ndarray, border: np.ndarray) -> np.ndarray:
         """float32 (2, H, W) in {0, 1}: (labels > 0, border)."""

@@ -28,6 +28,41 @@ PALETTE = np.array(
 )
 
 
+#: Outline colour of the nuclei negative for every ``--positive`` channel (azure) ...
+NEGATIVE_COLOUR = np.array([0, 160, 255], np.uint8)
+#: ... of those positive for the k-th ``--positive`` channel (magenta, yellow, green, orange, then again) ...
+POSITIVE_COLOURS = np.array([[255, 0, 255], [255, 230, 0], [0, 255, 120], [255, 120, 0]], np.uint8)
+#: ... and of those positive for more than one (white); no call (no threshold): the negative colour.
+SEVERAL_COLOUR = np.array([255, 255, 255], np.uint8)
+
+
+def positive_colours(positive: np.ndarray, labels_present: np.ndarray, n_labels: int) -> np.ndarray:
+    """Outline colour of every label from its positive calls.
+
+    Parameters
+    ----------
+    positive : (N, K) float array
+        1.0 positive, 0.0 negative, NaN no call, for each nucleus of ``labels_present`` and each of
+        the K ``--positive`` channels.
+    labels_present : (N,) int
+        The label of each row.
+    n_labels : int
+        ``labels.max()``.
+
+    Returns
+    -------
+    colours : (n_labels + 1, 3) uint8
+        :data:`NEGATIVE_COLOUR`, :data:`POSITIVE_COLOURS` ``[k]`` or :data:`SEVERAL_COLOUR`.
+    """
+    colours = np.tile(NEGATIVE_COLOUR, (n_labels + 1, 1))
+    calls = np.nan_to_num(np.asarray(positive, np.float64).reshape(len(labels_present), -1)) > 0
+    count = calls.sum(axis=1)
+    first = calls.argmax(axis=1)
+    chosen = np.where((count > 1)[:, None], SEVERAL_COLOUR, POSITIVE_COLOURS[first % len(POSITIVE_COLOURS)])
+    colours[labels_present[count > 0]] = chosen[count > 0]
+    return colours
+
+
 def display_uint8(image: np.ndarray) -> np.ndarray:
     """Convert an image in [0, 1] to 8 bits for display, with no full-size float temporaries.
 
@@ -50,8 +85,8 @@ def display_uint8(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def draw_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Outline every nucleus in its own colour.
+def draw_outlines(image: np.ndarray, labels: np.ndarray, colours: np.ndarray | None = None) -> np.ndarray:
+    """Outline every nucleus in its own colour (or the colour ``colours`` gives its label).
 
     Parameters
     ----------
@@ -59,18 +94,20 @@ def draw_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
         The image to draw on (not modified).
     labels : (H, W) int array
         Instance labels, 0 = background.
+    colours : (labels.max() + 1, 3) uint8, optional
+        The colour of each label (:func:`positive_colours`).
 
     Returns
     -------
     overlay : (H, W, 3) uint8 array
-        ``image`` with the inner boundary pixels of nucleus ``k`` set to
+        ``image`` with the inner boundary pixels of nucleus ``k`` set to ``colours[k]``, else
         ``PALETTE[(k - 1) % len(PALETTE)]``.
     """
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image shape {image.shape} does not match labels shape {labels.shape}")
     overlay = image.copy()
     edge = find_boundaries(labels, mode="inner")
-    overlay[edge] = PALETTE[(labels[edge] - 1) % len(PALETTE)]
+    overlay[edge] = PALETTE[(labels[edge] - 1) % len(PALETTE)] if colours is None else colours[labels[edge]]
     return overlay
 
 

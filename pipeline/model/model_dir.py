@@ -1,4 +1,4 @@
-"""Model directories on disk: ``config.yaml`` + ``weights.pt`` (``models/default/``,
+"""Model directories on disk: ``config.yaml`` + ``weights.pt`` (``pipeline/shipped/model/``,
 ``models/trained/model/``).
 
 ``config.yaml`` is a :class:`pipeline.config.model_folder.ModelDirConfig` (the architecture, the
@@ -38,15 +38,17 @@ from pipeline.config.params import ROOT
 from pipeline.errors import NucleiError
 from pipeline.files.io import atomic_path
 from pipeline.model.networks import build_model, load_state_strict, read_tensors, unwrap_model
+from pipeline.shipped import DEFAULT_MODEL, model_folder
 
 WEIGHTS_NAME = "weights.pt"
 _HALF_MAX = torch.finfo(torch.float16).max
 
 
 def available_model_dir() -> Path | None:
-    """The shipped model ``models/default``, else the last ``nuclei train`` output
-    ``models/trained/model``; None when neither has a ``config.yaml``."""
-    for candidate in (ROOT / "models" / "default", ROOT / "models" / "trained" / "model"):
+    """The shipped model (:func:`pipeline.shipped.model_folder` of ``'default'``), else the last
+    ``nuclei train`` output ``models/trained/model`` of a checkout; None when neither has a
+    ``config.yaml``."""
+    for candidate in (model_folder(DEFAULT_MODEL), ROOT / "models" / "trained" / "model"):
         if (candidate / CONFIG_NAME).is_file():
             return candidate
     return None
@@ -99,7 +101,7 @@ def portable_paths(obj: Any, root: str | Path = ROOT) -> Any:
         Plain YAML data (e.g. the ``training`` provenance of a model directory).
     root : str or Path
         The repository the paths are made relative to (default: this checkout): a path inside it
-        becomes repository-relative (``models/default``), one beside it keeps the way there
+        becomes repository-relative (``pipeline/shipped/model``), one beside it keeps the way there
         (``../shared/dsb2018/stage1_train``), with ``/`` separators on every system. A path that
         cannot be made relative (another Windows drive, another system's path) is reduced to its
         last component.
@@ -169,7 +171,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
         weights that do not match the checksum or the architecture (missing / unexpected keys,
         wrong shapes).
     """
-    path = Path(path)
+    path = model_folder(path)
     config = read_model_config(path)
     file = path / WEIGHTS_NAME
     if not file.is_file():

@@ -12,7 +12,9 @@
   8 rotations/reflections; 'auto': the most of 'flips', 'rot180' and none that fits in
   :data:`AUTO_TTA_BUDGET`, per image) is applied per tile, inverted on the probabilities and
   averaged;
-- tiles of the same shape are batched, across images too; mixed precision on CUDA.
+- tiles of the same shape are batched, across images too; mixed precision on CUDA;
+- the forward pass runs in PyTorch, or in ONNX Runtime or OpenVINO on the network exported in
+  memory (``backend``, :mod:`pipeline.model.backends`); everything above stays here.
 
 The head (:mod:`pipeline.method.heads`) turns logits into probabilities. Must not: post-process,
 rescale or normalise images (that is :class:`pipeline.model.segmenter.Segmenter`), import the Segmenter
@@ -37,7 +39,6 @@ from pipeline.model.runtime import (
     autocast,
     prepare_model,
     resolve_device,
-    resolve_precision,
     to_channels_last,
 )
 
@@ -197,16 +198,24 @@ class Predictor:
         Tiles per forward pass.
     precision : {'auto', 'fp32', 'bf16', 'fp16'}
         Autocast of the forward pass (:func:`pipeline.model.runtime.resolve_precision`: 'auto' is bf16
-        on a CPU with AMX and on CUDA, fp32 elsewhere). The network and its inputs are
+        on a CPU with AMX and on CUDA, fp32 elsewhere; OpenVINO's 'auto' is bf16 on CPUs with native
+        bf16, ONNX Runtime's fp32: :func:`pipeline.model.backends.resolve_backend`). The network and its inputs are
         in channels-last memory format; the network is an eval-mode copy of ``model`` with batch
         norm folded into its convolutions (:func:`pipeline.model.networks.fuse_batchnorm`).
     stride : int, optional
         Override :func:`pipeline.model.networks.model_stride` (for custom modules).
+    backend : {'torch', 'onnxruntime', 'openvino', 'auto'}
+        What runs the forward pass (:func:`pipeline.model.backends.resolve_backend`; the resolved
+        name is the ``backend`` attribute, the precision it runs the ``precision`` attribute).
+        'onnxruntime' and 'openvino' export the network to ONNX on the first forward pass (in
+        memory) and run it on the CPU on torch's threads; 'auto' is OpenVINO, else ONNX Runtime,
+        when installed, on a CPU; torch otherwise.
     """
 
     def __init__(self, model, config: ModelDirConfig | ModelConfig | dict, device: str = "cpu", tta: str = "none",
                  tile_size: int = 512, overlap: int = 64, batch_size: int = 4, precision: str = "auto",
-                 stride: int | None = None):
+                 stride: int | None = None, backend: str = "torch"):
+        from pipeline.model.backends import resolve_backend
         from pipeline.model.networks import fuse_batchnorm, model_stride
 
         self.config = config
@@ -228,8 +237,9 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.backend, self.precision = resolve_backend(backend, self.device, precision)
         self.model = prepare_model(fuse_batchnorm(model), self.device)
+        self._exported = None  # the network in self.backend, made on the first forward pass
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         """The :class:`TilePlan` for an image of ``shape`` (H, W)."""
@@ -325,6 +335,8 @@ class Predictor:
         -------
         probs : (B, C, h, w) float32
         """
+        if self.backend != "torch":
+            return self._forward_exported(batch, transforms)
         import torch
 
         x = to_channels_last(torch.from_numpy(np.ascontiguousarray(batch)), self.device)
@@ -338,6 +350,23 @@ class Predictor:
                 total = p if total is None else total + p
         return (total / len(transforms)).float().cpu().numpy()
 
+    def _forward_exported(self, batch: np.ndarray, transforms: Sequence[tuple[int, bool]]) -> np.ndarray:
+        """:meth:`forward` through the exported network (the same transforms, in numpy)."""
+        if self._exported is None:
+            import torch
+
+            from pipeline.model.backends import ExportedNetwork
+
+            self._exported = ExportedNetwork(self.backend, self.model, self.head, self.stride, torch.get_num_threads(),
+                                             self.precision)
+        total = None
+        for k, flip in transforms:
+            x = np.rot90(batch[..., ::-1] if flip else batch, k, axes=(-2, -1))
+            p = np.rot90(self._exported(x), -k, axes=(-2, -1))
+            p = p[..., ::-1] if flip else p
+            total = p if total is None else total + p
+        return np.ascontiguousarray(total / len(transforms), dtype=np.float32)
+
 
 def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any) -> Predictor:
     """Load a model directory into a :class:`Predictor`.
@@ -349,7 +378,8 @@ def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any
     device : str
         'auto', 'cpu', 'cuda', ...
     **overrides
-        :class:`Predictor` keywords (``tta``, ``tile_size``, ``overlap``, ``batch_size``, ``precision``).
+        :class:`Predictor` keywords (``tta``, ``tile_size``, ``overlap``, ``batch_size``, ``precision``,
+        ``backend``).
 
     Returns
     -------

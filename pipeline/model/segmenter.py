@@ -11,7 +11,8 @@ A :class:`Segmenter` owns everything between an image as read and its labels:
 4. block-wise processing of huge images (bounded memory at any scale);
 5. the marker-controlled watershed with the model's own thresholds (sizes in canonical pixels,
    converted to the image's pixels);
-6. a per-image confidence and a flag when the count should not be trusted.
+6. a per-image confidence and a flag when the count should not be trusted, and each nucleus's
+   confidence (its mean P(nucleus), :attr:`Segmentation.nucleus_confidence`, block by block).
 
 ``nuclei segment``, ``nuclei submit``, ``nuclei predict`` and the evaluation go through it.
 
@@ -39,6 +40,7 @@ from pipeline.method.scale import (
     scaled_shape,
 )
 from pipeline.model.diameter import DiameterEstimator
+from pipeline.shipped import model_folder
 
 #: Below this confidence a count is flagged as not to be trusted: the 2nd percentile of a model's
 #: confidence on the grouped validation images under controlled shifts (docs/decisions.md,
@@ -80,6 +82,9 @@ class Segmentation:
     image_type : str
         :func:`pipeline.method.image_types.image_type_of` the image ('fluo-small', 'fluo-large', 'histology' or
         'brightfield'): it decides the thresholds and whether the diameter is estimated.
+    nucleus_confidence : (N + 1,) float32 or None
+        Each nucleus's mean P(nucleus) over its pixels (:func:`pipeline.method.watershed.nucleus_probability`),
+        indexed by label (NaN at 0), from the block that made it.
     """
 
     labels: np.ndarray
@@ -89,6 +94,7 @@ class Segmentation:
     confidence: float
     flag: str = ""
     image_type: str = ""
+    nucleus_confidence: np.ndarray | None = None
 
 
 def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter: float | None = None,
@@ -160,8 +166,10 @@ class Segmenter(DiameterEstimator):
     @classmethod
     def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "auto", tile_size: int = 1024,
                        overlap: int = 64, batch_size: int = 4, precision: str = "auto",
-                       block_size: int = 2048, block_margin: int = 128) -> Segmenter:
-        """Load a model directory (``config.yaml`` + ``weights.pt``).
+                       block_size: int = 2048, block_margin: int = 128, backend: str = "auto") -> Segmenter:
+        """Load a model directory (``config.yaml`` + ``weights.pt``); ``backend`` is what runs the
+        network (:func:`pipeline.model.backends.resolve_backend`: 'auto', the ``segment`` section's
+        default, is ONNX Runtime or OpenVINO on a CPU in fp32 when installed, else torch).
 
         Raises
         ------
@@ -170,11 +178,11 @@ class Segmenter(DiameterEstimator):
         """
         from pipeline.model.predictor import load_predictor
 
-        path = Path(path)
+        path = model_folder(path)
         if not path.is_dir():
             raise NucleiError(f"{path}: model directory not found")
         predictor = load_predictor(path, device=device, tta=tta, tile_size=tile_size, overlap=overlap,
-                                   batch_size=batch_size, precision=precision)
+                                   batch_size=batch_size, precision=precision, backend=backend)
         return cls(predictor, block_size, block_margin, source=path)
 
     @property
@@ -189,13 +197,15 @@ class Segmenter(DiameterEstimator):
 
         return normalize_image(image, **self.normalization)
 
-    def _labels(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
-        """Labels (on the image's grid) and confidence of one normalised image or block."""
-        from pipeline.method.watershed import postprocess_to_shape
+    def _labels(self, image: np.ndarray, scale: float,
+                image_type: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Labels (on the image's grid), confidence and each label's mean P(nucleus) of one
+        normalised image or block."""
+        from pipeline.method.watershed import nucleus_probability, postprocess_to_shape
 
         probs = self.predict_scaled(image, scale)
         labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, image_type, **self.thresholds)
-        return labels, confidence(probs, self.head)
+        return labels, confidence(probs, self.head), nucleus_probability(probs, self.head, labels)
 
     def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None) -> np.ndarray:
         """(C, h, w) float32 probabilities of a normalised image resized by ``scale``; ``tta``
@@ -229,9 +239,9 @@ class Segmenter(DiameterEstimator):
             image = self.normalize(image)
         image_type = image_type or image_type_of(image)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
-        labels, conf = self._segment_blocks(image, scale, image_type)
+        labels, conf, nuclei = self._segment_blocks(image, scale, image_type)
         flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2])
-        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type)
+        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type, nuclei)
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,
                   image_type: str | None = None) -> tuple[float | None, bool, float]:
@@ -264,32 +274,35 @@ class Segmenter(DiameterEstimator):
             diameter = diameter or self.diameter
         return diameter, estimated, scale_factor(diameter, self.config.diameter_for(image_type))
 
-    def _segment_blocks(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
-        """Labels (original grid) and confidence; block by block when the image is large.
+    def _segment_blocks(self, image: np.ndarray, scale: float,
+                        image_type: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Labels (original grid), confidence and each label's; block by block when the image is large.
 
         Blocks are cut in the image's pixels (:meth:`block_geometry`) and stitched by
         :func:`pipeline.method.blocks.segment_in_blocks`: each block keeps the nuclei whose centroid lies
         in its core, so every nucleus comes from the one block that sees it whole.
         """
-        from skimage.segmentation import relabel_sequential
-
-        from pipeline.method.watershed import remove_small, sizes_at_scale
+        from pipeline.method.watershed import keep_labels, sizes_at_scale
 
         height, width = image.shape[:2]
         block, margin = self.block_geometry(scale)
         if max(height, width) <= block:
             return self._labels(image, scale, image_type)
-        labels, conf = segment_in_blocks(
+        labels, conf, nuclei = segment_in_blocks(
             (height, width), lambda outer: self._labels(image[outer], scale, image_type), block, margin)
-        labels = remove_small(labels, sizes_at_scale(self.thresholds, scale)["min_size"])
-        return relabel_sequential(labels)[0].astype(np.int32), conf
+        count = np.bincount(labels.ravel(), minlength=nuclei.size)
+        keep = (count >= sizes_at_scale(self.thresholds, scale)["min_size"]) & (count > 0)
+        keep[0] = False  # renumbered 1..N in order, each nucleus keeping its confidence
+        return keep_labels(labels, keep), conf, np.concatenate([[np.nan], nuclei[keep]]).astype(np.float32)
 
     def block_geometry(self, scale: float) -> tuple[int, int]:
         """Block side and margin (px of the image) for an image resized by ``scale``
         (:func:`pipeline.method.blocks.block_geometry` of this segmenter's ``block_size``, ``block_margin``)."""
         return block_geometry(self.block_size, self.block_margin, scale)
 
-    def segment_block(self, image: np.ndarray, scale: float, image_type: str | None = None) -> tuple[np.ndarray, float]:
-        """Labels (int32 (h, w), on the block's grid) and confidence of one normalised block of an
-        image resized by ``scale`` (:meth:`scale_for` the whole image) of ``image_type``."""
+    def segment_block(self, image: np.ndarray, scale: float,
+                      image_type: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Labels (int32 (h, w), on the block's grid), confidence and each label's mean P(nucleus)
+        ((labels.max() + 1,) float32) of one normalised block of an image resized by ``scale``
+        (:meth:`scale_for` the whole image) of ``image_type``."""
         return self._labels(image, scale, image_type)

@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config.params import ROOT
 from pipeline.errors import NucleiError
 from pipeline.files.io import as_rgb01, read_labels, read_planes
 from pipeline.method.measure import intensity_of, measure_nuclei
+from pipeline.shipped import shipped
 
 LayerData = tuple[Any, dict[str, Any], str]
 
 #: The sample image (fluorescence, 256 × 256 px, 48 nuclei) of the plugin's sample data.
-SAMPLE_ID = "4185b9369f"
+SAMPLE = shipped("sample", "fluorescence.png")
 #: napari layer properties (features) carried by the centroid points.
-POINT_FEATURES = ("label", "area_px", "equivalent_diameter_px", "mean_intensity")
+POINT_FEATURES = ("label", "area_px", "equivalent_diameter_px", "mean_intensity", "confidence")
 
 _segmenters: dict[tuple[str, str, str], Any] = {}
 _segmenters_lock = threading.Lock()
@@ -87,7 +87,7 @@ def segment_array(
     """
     segmenter = get_segmenter(model_dir, tta, device)
     result = segmenter.segment(as_rgb01(array), diameter=diameter)
-    return result, measure_nuclei(result.labels, intensity_of(array))
+    return result, measure_nuclei(result.labels, intensity_of(array), confidence=result.nucleus_confidence)
 
 
 def result_layers(name: str, result: Any, table: pd.DataFrame, **placement: Any) -> list[LayerData]:
@@ -137,28 +137,58 @@ def get_reader(path: str | list[str]):
 
 
 def read_segment_output(folder: str | Path | list) -> list[LayerData]:
-    """Every image of a ``nuclei segment`` output folder with its labels.
+    """Every image of a ``nuclei segment`` (or ``nuclei measure``) output folder with its labels.
 
     Each segmented image (``counts.csv`` status ok) gives an Image layer (its source file's
-    plane, as stored; the overlay PNG if the source is gone) and a Labels layer
-    (``labels/<name>.tif``, as corrected since, if it was).
+    plane, as stored; with ``--nuclear-channel`` every channel, one layer each; the overlay PNG if
+    the source is gone) and a Labels layer (``labels/<name>.tif``, as corrected since, if it was)
+    whose features are the image's rows of ``nuclei.csv`` (every column, ``index`` = the label: napari
+    shows them under the pointer).
     """
     folder = Path(folder[0] if isinstance(folder, list) else folder)
     counts = pd.read_csv(folder / "counts.csv", dtype={"image": str, "source": str}, keep_default_na=False)
+    try:
+        nuclei = pd.read_csv(folder / "nuclei.csv", dtype={"image": str})
+        tables = {name: table.drop(columns="image") for name, table in nuclei.groupby("image", sort=False)}
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        tables = {}
     layers: list[LayerData] = []
     for row in counts[counts["status"] == "ok"].to_dict("records"):
         labels_file = folder / (row.get("labels_file") or f"labels/{row['image']}.tif")
         if not labels_file.is_file():
             continue
-        image = _source_plane(Path(row["source"]), row.get("series"), row.get("plane"))
-        if image is None and (folder / str(row.get("overlay_file") or "")).is_file():
-            image = read_planes(folder / row["overlay_file"])[0].array
-        if image is not None:
-            rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-            image = image if rgb or image.ndim == 2 else image[..., 0]
-            layers.append((image, {"name": row["image"], "rgb": rgb}, "image"))
-        layers.append((read_labels(labels_file), {"name": f"{row['image']} nuclei"}, "labels"))
+        if row.get("nuclear_channel"):
+            layers += _source_channels(Path(row["source"]), row)
+        else:
+            image = _source_plane(Path(row["source"]), row.get("series"), row.get("plane"))
+            if image is None and (folder / str(row.get("overlay_file") or "")).is_file():
+                image = read_planes(folder / row["overlay_file"])[0].array
+            if image is not None:
+                rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+                image = image if rgb or image.ndim == 2 else image[..., 0]
+                layers.append((image, {"name": row["image"], "rgb": rgb}, "image"))
+        meta: dict[str, Any] = {"name": f"{row['image']} nuclei"}
+        if row["image"] in tables:
+            meta["features"] = tables[row["image"]].rename(columns={"label": "index"}).reset_index(drop=True)
+        layers.append((read_labels(labels_file), meta, "labels"))
     return layers
+
+
+def _source_channels(source: Path, row: dict[str, Any]) -> list[LayerData]:
+    """The channels of one multi-channel image (``--nuclear-channel``), one Image layer each; none
+    when the source cannot be read (channel files: ``source`` holds ``{c}``)."""
+    from pipeline.files.channels import channel_keys, read_channel_images
+
+    try:
+        images = read_channel_images(source)
+    except NucleiError:
+        return []
+    found = [i for i in images if str(i.series) == str(row.get("series")) and str(i.index) == str(row.get("plane"))]
+    if not found:
+        return []
+    image = found[0]
+    return [(plane, {"name": f"{row['image']} {key}", "blending": "additive"}, "image")
+            for plane, key in zip(image.channels, channel_keys(image.names), strict=True)]
 
 
 def _source_plane(source: Path, series: Any, plane: Any) -> np.ndarray | None:
@@ -177,10 +207,8 @@ def _source_plane(source: Path, series: Any, plane: Any) -> np.ndarray | None:
 
 
 def sample_image() -> list[LayerData]:
-    """The plugin's sample: a 256 × 256 fluorescence image of the embedded DSB2018 sample."""
-    root = ROOT / "data" / "sample" / "stage1_train"
-    files = sorted(root.glob(f"{SAMPLE_ID}*/images/*.png"))
-    if not files:
-        raise NucleiError(f"{root}: the sample image {SAMPLE_ID} is not there (a checkout of the repository has it)")
-    array = read_planes(files[0])[0].array[..., :3]
-    return [(array, {"name": "nuclei sample", "rgb": True}, "image")]
+    """The plugin's sample: a 256 × 256 fluorescence image of DSB2018 shipped with the package
+    (:data:`SAMPLE`)."""
+    if not SAMPLE.is_file():
+        raise NucleiError(f"{SAMPLE}: the sample image is missing from the installed package")
+    return [(read_planes(SAMPLE)[0].array, {"name": "nuclei sample", "rgb": True}, "image")]

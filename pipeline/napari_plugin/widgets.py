@@ -32,10 +32,11 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from psygnal import Signal
 
-from pipeline.config.params import ROOT, TTA_MODES
+from pipeline.config.params import TTA_MODES
 from pipeline.errors import NucleiError, one_line
 from pipeline.model.model_dir import available_model_dir
 from pipeline.napari_plugin.layers import get_segmenter, image_array, result_layers, segment_array, summary
+from pipeline.shipped import DEFAULT_MODEL, model_folder
 
 #: Value of the model choice "a model folder…" (the folder field then says which).
 FOLDER = "folder"
@@ -66,8 +67,8 @@ def model_choices(widget: Any = None) -> list[tuple[str, str]]:
     choices = []
     shipped = available_model_dir()
     if shipped is not None:
-        where = shipped.relative_to(ROOT) if shipped.is_relative_to(ROOT) else shipped
-        choices.append((f"shipped ({where})", str(shipped)))
+        name = "shipped" if shipped == model_folder(DEFAULT_MODEL) else f"last trained ({shipped})"
+        choices.append((name, str(shipped)))
     choices += [(f"fine-tuned: {path.name}", str(path)) for path in reversed(MODELS.paths)]
     choices.append(("a model folder…", FOLDER))
     return choices

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config.params import ROOT, TTA_MODES, load_params
+from pipeline.config.params import TTA_MODES, load_params
 from pipeline.errors import NucleiError
-
-DEFAULT_MODEL = ROOT / "models" / "default"
+from pipeline.shipped import DEFAULT_MODEL
 
 
 def submission_for(root: str | Path, segmenter, check: bool = True
@@ -90,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei submit``."""
     parser.add_argument("test_root", metavar="TEST_ROOT", help="Kaggle test folder (<id>/images/<id>.png)")
     parser.add_argument("-o", "--output", default=None, help="submission CSV (default: submit.out of params)")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: the shipped model)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory (default: 'default', the shipped model)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: predict.device or auto)")
     parser.add_argument("--tta", choices=TTA_MODES, default=None,
                         help="test-time augmentation (default: predict.tta of params)")

@@ -41,7 +41,8 @@ import numpy as np
 
 from pipeline.config.model_folder import ModelDirConfig
 from pipeline.errors import NucleiError, before_work
-from pipeline.training.guard import FORGET_TOLERANCE, GUARD_ROOT, GUARD_SHARE, guard_examples
+from pipeline.shipped import model_folder
+from pipeline.training.guard import FORGET_TOLERANCE, GUARD_SHARE, SHIPPED_GUARD, guard_examples, guard_layout
 
 DEFAULT_MINUTES = 8.0
 MIN_STEPS, MAX_STEPS = 4, 800
@@ -170,8 +171,9 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
     progress : callable(fraction: float, message: str), optional
         Called after every training step.
     guard : 'auto', path or None
-        Kaggle training root whose crops are mixed in against forgetting ('auto': DSB2018 in
-        ``../shared`` when present; None: none).
+        Labelled images of the base model's kind, some mixed in against forgetting and others
+        scored to measure it (:mod:`pipeline.training.guard`; 'auto': the 32 DSB2018 images
+        shipped with the package; None: no guard, said in one line).
     device : str
     steps : int, optional
         Fix the steps of every run instead of planning them from ``minutes``.
@@ -194,9 +196,9 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
 
     t0 = time.perf_counter()
     with before_work():  # what the user gave: a problem here is a usage error
-        base = Path(base) if base is not None else available_model_dir()
+        base = model_folder(base) if base is not None else available_model_dir()
         if base is None:
-            raise NucleiError("finetune: no base model (models/default is missing); give one with --model")
+            raise NucleiError("finetune: no base model (the shipped model is missing); give one with --model")
         base_config = read_model_config(base)
         out = Path(out)
         _check_output(out, force)
@@ -208,6 +210,12 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
         if n_nuclei < MIN_NUCLEI:
             raise NucleiError(f"{annotated[0].source}: {n_nuclei} nuclei in all the labels; "
                               f"fine-tuning needs at least {MIN_NUCLEI}")
+        guard_root = SHIPPED_GUARD if guard == "auto" else guard
+        if guard_root is not None:
+            guard_layout(guard_root)
+    if guard_root is None:
+        log("warning: no guard (--guard none): no images of the base model's kind are mixed in, and what "
+            "fine-tuning forgets is neither measured nor bounded")
     from pipeline.method.scale import median_diameter
 
     diameters = [median_diameter(a.labels) for a in annotated]
@@ -216,10 +224,9 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
     tkw = config.targets.make_targets_kwargs()
     examples = [make_example(a.name, a.image, a.labels, d if np.isfinite(d) else user_diameter, base_config, tkw)
                 for a, d in zip(annotated, diameters, strict=True)]
-    guard_root = GUARD_ROOT if guard == "auto" else guard
-    guards = guard_examples(Path(guard_root), base_config, tkw) if guard_root else []
+    guards = guard_examples(guard_root, base_config, tkw) if guard_root is not None else []
     method, folds = plan_folds(examples, [(a.name, a.image, a.labels) for a in annotated], base_config, tkw)
-    checks = guard_examples(Path(guard_root), base_config, tkw, check=True) if guards and folds else []
+    checks = guard_examples(guard_root, base_config, tkw, check=True) if guards and folds else []
 
     def items_of(train):
         items = {f"{k}:{e.name}": e.arrays for k, e in enumerate(train + guards)}
@@ -408,7 +415,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-forgetting", type=parse_max_forgetting, default=FORGET_TOLERANCE, metavar="D|none",
                         help="largest DSB2018 drop allowed on the base model's kind of images (default: %(default)s; "
                              "none: no bound, the most for your images)")
+    parser.add_argument("--guard", default="auto", type=parse_guard, metavar="DIR|none",
+                        help="labelled images of the base model's kind, mixed in against forgetting and scored to "
+                             "measure it (default: the 32 DSB2018 images shipped with the package; a folder with "
+                             "mix/ and check/, or in the Kaggle or images/ + labels/ layout; none: no guard)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+
+
+def parse_guard(text: str) -> str | None:
+    """``--guard``: a folder, 'auto' (the shipped guard) or 'none'."""
+    return None if text.lower() == "none" else text
 
 
 def parse_max_forgetting(text: str) -> float | None:
@@ -427,7 +443,7 @@ def parse_max_forgetting(text: str) -> float | None:
 def main(args: argparse.Namespace) -> int:
     """Run ``nuclei finetune``; returns the exit status."""
     out = finetune(args.images, args.labels, base=args.model, minutes=args.minutes, out=args.out,
-                   force=args.force, device=args.device, max_forgetting=args.max_forgetting,
+                   force=args.force, device=args.device, max_forgetting=args.max_forgetting, guard=args.guard,
                    log=lambda m: print(m, file=sys.stderr if m.startswith("warning") else sys.stdout))
     print(f"model written to {out}  (use it: nuclei segment IMAGES -o OUT --model {out})")
     return 0

@@ -1,0 +1,273 @@
+"""What runs the network's forward pass: PyTorch, ONNX Runtime or OpenVINO (``backend`` of the
+``predict`` and ``segment`` sections).
+
+:class:`pipeline.model.predictor.Predictor` keeps the padding, tiling, test-time augmentation and
+batching; only the call of the network changes. The ``onnxruntime`` and ``openvino`` backends run
+the network with its head's activation (:class:`ProbabilityNetwork`), exported to ONNX in memory on
+first use (:func:`onnx_bytes`, under a second for the shipped network; nothing is written to disk),
+on the CPU in float32, on as many threads as torch uses (:class:`ExportedNetwork`). ``nuclei
+export-model`` (:mod:`pipeline.model.interchange`) writes the same exports to files.
+
+``auto`` is the fastest backend that holds the accuracy and is installed, on a CPU in float32:
+:data:`AUTO_ORDER` (measured by ``benchmarks/bench_backends.py``, docs/benchmarks.md), else torch.
+On a GPU, or where the precision is bf16 (a CPU with AMX), ``auto`` is torch.
+
+Must not: tile, augment or batch (the Predictor's), pick a device or a precision
+(:mod:`pipeline.model.runtime`), or write files (:mod:`pipeline.model.interchange`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config.params import BACKENDS
+from pipeline.errors import NucleiError, one_line
+from pipeline.method.heads import get_head
+from pipeline.model.runtime import cpu_flags, resolve_precision
+
+#: The backends ``auto`` tries, fastest first (CPU, fp32; ``benchmarks/bench_backends.py``).
+AUTO_ORDER = ("openvino", "onnxruntime")
+#: The packages each backend needs (ONNX export needs ``onnx``): the extras ``.[export]`` and ``.[openvino]``.
+PACKAGES = {"torch": (), "onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+EXTRAS = {"onnxruntime": "export", "openvino": "openvino"}
+#: ONNX opset of the exports (17: what ONNX Runtime ≥ 1.14, OpenVINO ≥ 2023 and deepImageJ read).
+ONNX_OPSET = 17
+#: Names of the exported network's input and output.
+INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+#: CPU flags with which OpenVINO runs bf16 natively, about twice as fast as its fp32, and precision
+#: 'auto' means bf16 for it: on grouped fold 0 of DSB2018 (133 images) bf16 scored 0.6870 against fp32's
+#: 0.6878 (``benchmarks/bench_backends.py --bf16``; the margin allowed: 0.005). torch's bf16 without AMX
+#: is slower than its fp32 (:data:`pipeline.model.runtime.FAST_BF16_FLAGS`).
+OPENVINO_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: OpenVINO's ``INFERENCE_PRECISION_HINT`` of each precision (its own default is bf16 where it can).
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def installed(backend: str) -> bool:
+    """Whether the packages of ``backend`` can be imported."""
+    for package in PACKAGES[backend]:
+        try:
+            if importlib.util.find_spec(package) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
+
+
+def resolve_backend(backend: str, device, precision: str) -> tuple[str, str]:
+    """The backend and the precision actually used.
+
+    Parameters
+    ----------
+    backend : {'torch', 'onnxruntime', 'openvino', 'auto'}
+    device : torch.device or str
+        The resolved device.
+    precision : {'auto', 'fp32', 'bf16', 'fp16'}
+        As asked (``precision`` of the ``predict`` / ``segment`` section).
+
+    Returns
+    -------
+    backend : {'torch', 'onnxruntime', 'openvino'}
+        'auto': on a CPU, OpenVINO when installed, else ONNX Runtime when installed and torch would
+        run fp32 (:data:`AUTO_ORDER`), else torch; torch on a GPU.
+    precision : {'fp32', 'bf16', 'fp16'}
+        torch: :func:`pipeline.model.runtime.resolve_precision` (bf16 with AMX and on GPUs);
+        openvino: 'auto' is bf16 on CPUs with native bf16 (:data:`OPENVINO_BF16_FLAGS`), fp32
+        elsewhere; onnxruntime: fp32.
+
+    Raises
+    ------
+    NucleiError
+        An unknown backend or precision; 'onnxruntime' or 'openvino' asked for on a GPU or without
+        its package; 'onnxruntime' in bf16.
+    """
+    if backend not in BACKENDS:
+        raise NucleiError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    torch_precision = resolve_precision(precision, device)  # checks the name; fp16 on a CPU refused
+    cpu = str(device).split(":")[0] == "cpu"
+    if backend == "auto":
+        if cpu:
+            for name in AUTO_ORDER:
+                if installed(name) and (name == "openvino" or torch_precision == "fp32"):
+                    return name, _exported_precision(name, precision)
+        return "torch", torch_precision
+    if backend == "torch":
+        return backend, torch_precision
+    if not cpu:
+        raise NucleiError(f"backend {backend!r} runs on the CPU only (device {device}); use backend torch or auto")
+    if backend == "onnxruntime" and precision not in ("auto", "fp32"):
+        raise NucleiError(f"backend 'onnxruntime' runs in fp32 only (precision {precision}); use precision fp32 "
+                          "or auto, or backend openvino")
+    if not installed(backend):
+        raise NucleiError(f"backend {backend!r} needs {' and '.join(PACKAGES[backend])}: "
+                          f"pip install 'nuclei-pipeline[{EXTRAS[backend]}]'")
+    return backend, _exported_precision(backend, precision)
+
+
+def _exported_precision(backend: str, precision: str) -> str:
+    """The precision ``backend`` (onnxruntime, openvino) runs for ``precision`` as asked."""
+    if backend == "openvino" and precision == "auto":
+        return "bf16" if any(flag in cpu_flags() for flag in OPENVINO_BF16_FLAGS) else "fp32"
+    return "fp32" if backend == "onnxruntime" or precision == "auto" else precision
+
+
+# --------------------------------------------------------------------------- the network, exported
+
+
+class ProbabilityNetwork(nn.Module):
+    """A segmentation network followed by its head's activation.
+
+    ``forward``: float32 ``(B, 3, H, W)`` normalised images → float32 ``(B, C, H, W)``
+    probabilities (:meth:`pipeline.method.heads.Head.activate`), ``H``, ``W`` multiples of the
+    network's stride.
+    """
+
+    def __init__(self, network: nn.Module, head: str):
+        super().__init__()
+        self.network = network
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return get_head(self.head).activate(self.network(x))
+
+
+def probability_network(model: nn.Module, head: str) -> ProbabilityNetwork:
+    """An export copy of ``model`` with its head's activation: batch norm folded
+    (:func:`pipeline.model.networks.fuse_batchnorm`), float32, on the CPU, channels-first, eval
+    mode, no gradients. ``model`` itself is not changed."""
+    from pipeline.model.networks import fuse_batchnorm
+
+    network = fuse_batchnorm(model).float().cpu().to(memory_format=torch.contiguous_format)
+    network = ProbabilityNetwork(network, head).eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
+    return network
+
+
+def trace_input(stride: int) -> torch.Tensor:
+    """The input exports are traced with: one image of 2 × 2 strides (a fixed pattern)."""
+    side = 2 * stride
+    ramp = torch.linspace(0, 1, side * side * 3).reshape(1, 3, side, side)
+    return ramp.contiguous()
+
+
+def check_input(stride: int) -> torch.Tensor:
+    """An input of another batch size and shape than :func:`trace_input` (dynamic shapes)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(2, 3, 3 * stride, 5 * stride, generator=generator)
+
+
+def onnx_bytes(network: nn.Module, stride: int, opset: int = ONNX_OPSET) -> bytes:
+    """The ONNX model of ``network`` (a :class:`ProbabilityNetwork`) as bytes.
+
+    Input ``input`` float32 ``(batch, 3, height, width)``, output ``probabilities`` float32
+    ``(batch, C, height, width)``, all three dynamic. Torch's TorchScript-based exporter is used
+    (``dynamo=False``: under a second for the shipped network, every torch since 2.2); where a
+    torch no longer has it, the ``torch.export``-based one (needs ``onnxscript``; several
+    seconds). Both need the ``onnx`` package (extra ``.[export]``).
+
+    Raises
+    ------
+    NucleiError
+        ``onnx`` is not installed, or neither exporter could export the network.
+    """
+    if importlib.util.find_spec("onnx") is None:
+        raise NucleiError("ONNX export needs the onnx package: pip install 'nuclei-pipeline[export]'")
+    x = trace_input(stride)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # the legacy exporter's deprecation notice; the head's shape check seen by the tracer
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(network, (x,), buffer, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                              **legacy)
+            return buffer.getvalue()
+        except Exception as exc:  # the exporter raises many types: try the other one
+            first = one_line(exc)
+    try:
+        from torch.export import Dim
+
+        side = {"min": 1, "max": 4096}
+        shapes = {"x": {0: Dim("batch", min=1, max=1024), 2: stride * Dim("height_strides", **side),
+                        3: stride * Dim("width_strides", **side)}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(network, (x,), None, dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=shapes, verbose=False)
+        return program.model_proto.SerializeToString()
+    except Exception as exc:  # the exporter raises many types
+        raise NucleiError(f"the network cannot be exported to ONNX ({first}; {one_line(exc)})") from None
+
+
+def onnxruntime_session(model: bytes | str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU ``InferenceSession`` of ``model`` (bytes or a file) on ``threads``
+    intra-op threads (default: torch's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+
+# --------------------------------------------------------------------------- running it
+
+
+class ExportedNetwork:
+    """A network with its head's activation, exported to ONNX and run by ONNX Runtime or OpenVINO.
+
+    Parameters
+    ----------
+    backend : {'onnxruntime', 'openvino'}
+    network : torch.nn.Module
+        Logits ``(B, 3, h, w) -> (B, C, h, w)`` (batch norm may be folded already).
+    head : str
+        The head whose activation the export includes.
+    stride : int
+        The network's stride.
+    threads : int
+        Intra-op threads (torch's, :func:`torch.get_num_threads`, when the Predictor makes it).
+    precision : {'fp32', 'bf16'}
+        OpenVINO's inference precision (ONNX Runtime: fp32 only).
+
+    Calling it maps float32 ``(B, 3, h, w)`` (``h``, ``w`` multiples of the stride) to float32
+    probabilities ``(B, C, h, w)``.
+    """
+
+    def __init__(self, backend: str, network, head: str, stride: int, threads: int, precision: str = "fp32"):
+        self.backend = backend
+        model = onnx_bytes(probability_network(network, head), stride)
+        if backend == "onnxruntime":
+            session = onnxruntime_session(model, threads)
+            self._run = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+        elif backend == "openvino":
+            import openvino as ov
+
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(model), "CPU", {
+                "INFERENCE_NUM_THREADS": int(threads),
+                "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
+                "PERFORMANCE_HINT": "LATENCY",
+            })
+            self._run = lambda x: compiled(x)[0]
+        else:
+            raise NucleiError(f"backend {backend!r} does not run an exported network")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
