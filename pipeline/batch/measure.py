@@ -21,10 +21,8 @@ Must not: segment or import torch.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -32,17 +30,13 @@ from pipeline.batch.lock import folder_lock
 from pipeline.batch.one_file import finish_batch, label_index, measure_file, warn
 from pipeline.batch.outlines import parse_formats
 from pipeline.batch.output_folder import (
-    COUNTS_CSV,
-    IMAGE_FOLDERS,
-    NUCLEI_CSV,
-    REPORT_HTML,
     Tables,
     check_output_folder,
     remove_leftovers,
 )
-from pipeline.batch.segment import find_images, write_report
-from pipeline.batch.settings import MeasureOptions, add_measure_arguments, measure_options
-from pipeline.errors import NucleiError, OutputError, UsageError
+from pipeline.batch.segment import find_images, run_batch, write_report
+from pipeline.batch.settings import MeasureOptions, add_measure_arguments, check_channels, measure_options
+from pipeline.errors import NucleiError, before_work
 from pipeline.files.io import COLOUR_CHANNELS
 from pipeline.progress import progress
 
@@ -87,12 +81,8 @@ def measure_images(inputs: list[str | Path], labels: str | Path, outdir: str | P
     options = measure or MeasureOptions()
     labels = Path(labels)
     outdir = Path(outdir)
-    try:
-        options.check()
-        if channel is not None and channel not in COLOUR_CHANNELS:
-            raise NucleiError(f"--channel must be one of {', '.join(COLOUR_CHANNELS)}, got {channel!r}")
-        if channel is not None and options.channels:
-            raise NucleiError("--channel and --nuclear-channel: give one")
+    with before_work():
+        check_channels(channel, options)
         if not labels.is_dir():
             raise NucleiError(f"{labels}: no such folder (--labels: the folder of label images)")
         found = label_index(labels)
@@ -100,10 +90,6 @@ def measure_images(inputs: list[str | Path], labels: str | Path, outdir: str | P
             raise NucleiError(f"{labels}: no label images in it (TIFF or PNG)")
         sources, options, names = find_images(inputs, outdir, recursive, options)
         check_output_folder(outdir)
-    except UsageError:
-        raise
-    except NucleiError as exc:
-        raise UsageError(str(exc)) from None
     with folder_lock(outdir, wait=wait, what="nuclei measure", note=warn):
         for problem in remove_leftovers(outdir):
             warn(f"error: {problem}")
@@ -152,20 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``nuclei measure``; 0 = every image measured, 1 = some failed, 2 = usage error."""
-    start = time.perf_counter()
-    try:
-        options = measure_options(args)
-        counts = measure_images(args.inputs, args.labels, args.out, args.pixel_size, args.recursive,
-                                channel=args.channel, measure=options, exports=args.export, wait=args.wait)
-    except OutputError as exc:
-        print(f"nuclei: error: {exc}", file=sys.stderr)
-        return 1
-    except NucleiError as exc:
-        print(f"nuclei: error: {exc}", file=sys.stderr)
-        return 2
-    ok = counts["status"] == "ok"
-    n_failed = int((~ok).sum())
-    done: dict[str, Any] = {"images": int(ok.sum()), "nuclei": int(counts.loc[ok, "count"].sum())}
-    print(f"{done['images']} images measured, {done['nuclei']} nuclei, {n_failed} failed, "
-          f"{time.perf_counter() - start:.1f} s -> {args.out}/ ({', '.join([COUNTS_CSV, NUCLEI_CSV, REPORT_HTML, *(f'{d}/' for d in IMAGE_FOLDERS)])})")
-    return 1 if n_failed else 0
+    return run_batch(lambda: measure_images(args.inputs, args.labels, args.out, args.pixel_size, args.recursive,
+                                            channel=args.channel, measure=measure_options(args),
+                                            exports=args.export, wait=args.wait),
+                     "measured", args.out, args.export)

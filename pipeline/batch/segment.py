@@ -32,7 +32,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -368,14 +368,41 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``nuclei segment``; 0 = every image segmented, 1 = some failed, 2 = usage error."""
+def run_batch(work: Callable[[], pd.DataFrame], verb: str, out: Path, exports: tuple[str, ...] = ()) -> int:
+    """Run a batch command's ``work`` (it returns the run's ``counts.csv`` rows) and print its summary.
+
+    Returns the exit status: 0 every image done; 1 some failed, or an output could not be written
+    after images were processed (:class:`~pipeline.errors.OutputError`); 2 any other
+    :class:`~pipeline.errors.NucleiError`, raised before any image was processed (a usage error).
+    """
     start = time.perf_counter()
     try:
+        counts = work()
+    except OutputError as exc:  # disk full, read-only: after images were processed
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 1
+    except NucleiError as exc:  # nothing was processed: a usage error
+        print(f"nuclei: error: {exc}", file=sys.stderr)
+        return 2
+    ok = counts["status"] == "ok"
+    n_failed = int((~ok).sum())
+    print(
+        f"{int(ok.sum())} images {verb}, {int(counts.loc[ok, 'count'].sum())} nuclei, "
+        f"{n_failed} failed, {time.perf_counter() - start:.1f} s -> {out}/ "
+        f"({', '.join([COUNTS_CSV, NUCLEI_CSV, REPORT_HTML, *(f'{d}/' for d in IMAGE_FOLDERS)])}"
+        f"{''.join(f', {FORMATS[f].folder}/' for f in exports)})"
+    )
+    return 1 if n_failed else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``nuclei segment``; 0 = every image segmented, 1 = some failed, 2 = usage error."""
+
+    def work() -> pd.DataFrame:
         params = load_params(args.params)
         measure = measure_options(args)
         with _sigterm_as_interrupt():
-            counts = segment_images(
+            return segment_images(
                 args.inputs,
                 args.out,
                 args.model,
@@ -394,18 +421,5 @@ def main(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 measure=measure,
             )
-    except OutputError as exc:  # disk full, read-only: after images were processed
-        print(f"nuclei: error: {exc}", file=sys.stderr)
-        return 1
-    except NucleiError as exc:  # nothing was processed: a usage error
-        print(f"nuclei: error: {exc}", file=sys.stderr)
-        return 2
-    ok = counts["status"] == "ok"
-    n_failed = int((~ok).sum())
-    print(
-        f"{int(ok.sum())} images segmented, {int(counts.loc[ok, 'count'].sum())} nuclei, "
-        f"{n_failed} failed, {time.perf_counter() - start:.1f} s -> {args.out}/ "
-        f"({', '.join([COUNTS_CSV, NUCLEI_CSV, REPORT_HTML, *(f'{d}/' for d in IMAGE_FOLDERS)])}"
-        f"{''.join(f', {FORMATS[f].folder}/' for f in args.export)})"
-    )
-    return 1 if n_failed else 0
+
+    return run_batch(work, "segmented", args.out, args.export)

@@ -226,15 +226,27 @@ class Settings:
             math.isfinite(settings.pixel_size) and settings.pixel_size > 0
         ):
             raise NucleiError(f"--pixel-size must be a positive number of µm, got {settings.pixel_size}")
-        if settings.channel is not None and settings.channel not in COLOUR_CHANNELS:
-            raise NucleiError(f"--channel must be one of {', '.join(COLOUR_CHANNELS)}, got {settings.channel!r}")
         if settings.image_type is not None and settings.image_type not in IMAGE_TYPES:
             raise NucleiError(f"--image-type must be one of {', '.join(IMAGE_TYPES)}, got {settings.image_type!r}")
-        settings.measure.check()
-        if settings.channel is not None and settings.measure.channels:
-            raise NucleiError("--channel and --nuclear-channel: give one (--channel segments and measures one colour "
-                              "of each image alone; --nuclear-channel segments one channel and measures them all)")
+        check_channels(settings.channel, settings.measure)
         return settings
+
+
+def check_channels(channel: str | None, measure: MeasureOptions) -> None:
+    """Check ``--channel`` (one colour of each image alone) against the measurement options
+    (``--nuclear-channel`` and the rest), for ``nuclei segment`` and ``nuclei measure``.
+
+    Raises
+    ------
+    NucleiError
+        An unknown colour, invalid measurement options, or both ``--channel`` and channels.
+    """
+    if channel is not None and channel not in COLOUR_CHANNELS:
+        raise NucleiError(f"--channel must be one of {', '.join(COLOUR_CHANNELS)}, got {channel!r}")
+    measure.check()
+    if channel is not None and measure.channels:
+        raise NucleiError("--channel and --nuclear-channel: give one (--channel segments and measures one colour "
+                          "of each image alone; --nuclear-channel segments one channel and measures them all)")
 
 
 #: The fields of :class:`Settings` that are per-run flags, not keys of the ``segment`` section.

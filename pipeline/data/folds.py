@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipeline.config.params import SPLITS, DataConfig
 from pipeline.errors import NucleiError
+from pipeline.files.inputs import IMAGE_SUFFIXES
 
 #: Columns every reader of ``index.csv`` relies on.
 INDEX_COLUMNS = ("id", "fold")
@@ -126,7 +127,7 @@ def table_groups(ids, table: str | Path, by: list[str]) -> np.ndarray:
     if missing := [c for c in by if c not in frame.columns]:
         raise NucleiError(f"{table}: no column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
     names = frame[by].agg("/".join, axis=1)
-    names.index = frame.iloc[:, 0].str.replace(r"\.(png|tiff?|jpe?g|bmp)$", "", case=False, regex=True)  # ids
+    names.index = [Path(v).stem if Path(v).suffix.lower() in IMAGE_SUFFIXES else v for v in frame.iloc[:, 0]]  # ids
     ids = [str(i) for i in ids]
     if unlisted := [i for i in ids if i not in names.index]:
         raise NucleiError(f"{table}: image {unlisted[0]} is not listed ({len(unlisted)} images missing)")

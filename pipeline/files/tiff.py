@@ -9,7 +9,9 @@ ImageJ metadata records. Called by :func:`pipeline.files.io.read_planes` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +22,42 @@ from pipeline.files.orientation import apply_orientation, tiff_orientation
 from pipeline.files.planes import ChannelImage, Plane, check_size
 
 
-def _reraise(path: Path, exc: Exception):
-    """A reading error as one line naming the file (tifffile raises many types for corrupt files)."""
-    if isinstance(exc, NucleiError):
-        raise exc
-    if isinstance(exc, MemoryError):
+@contextlib.contextmanager
+def _open_tiff(path: Path):
+    """The open ``tifffile.TiffFile``; any reading error becomes one line naming the file (tifffile
+    raises many types for corrupt files)."""
+    import tifffile
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # our one-line error says it all
+    try:
+        with tifffile.TiffFile(path) as tif:
+            yield tif
+    except NucleiError:
+        raise
+    except MemoryError:
         raise NucleiError(f"{path}: too large for this machine's memory") from None
-    raise NucleiError(f"{path}: not a readable TIFF ({one_line(exc)})") from None
+    except Exception as exc:
+        raise NucleiError(f"{path}: not a readable TIFF ({one_line(exc)})") from None
+
+
+def _series_stacks(path: Path, tif, last) -> Iterator[tuple[int, str, np.ndarray, int, float | None]]:
+    """Every series of an open TIFF as ``(index, axes, stack, orientation code, pixel size µm)``:
+    ``stack`` holds the axes ``last(axes)`` names (those the series has) last, in that order, and
+    every other axis flattened into its first."""
+    for s, series in enumerate(tif.series):
+        axes = series.axes
+        if "Y" in axes and "X" in axes:
+            check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
+        tail = [a for a in last(axes) if a is not None and a in axes]
+        order = [i for i, a in enumerate(axes) if a not in tail] + [axes.index(a) for a in tail]
+        array = np.transpose(series.asarray(), order)
+        stack = array.reshape((-1, *array.shape[len(axes) - len(tail):]))
+        yield s, axes, stack, tiff_orientation(series.keyframe), tiff_pixel_size(tif, s)  # µm, OME / ImageJ
+
+
+def _tag(series: int, k: int, n: int) -> str:
+    """The name suffix of image ``k`` of ``n`` in a series (``_s<series>_p<k>``)."""
+    return (f"_s{series}" if series else "") + (f"_p{k}" if n > 1 else "")
 
 
 def _untag_single(path: Path, items: list):
@@ -44,30 +75,11 @@ def read_tiff_planes(path: Path) -> list[Plane]:
     Every axis other than Y, X and the samples axis S (pages, Z, T, channels) enumerates planes;
     each series' Orientation tag is applied.
     """
-    import tifffile
-
-    logging.getLogger("tifffile").setLevel(logging.ERROR)  # our one-line error says it all
     planes: list[Plane] = []
-    try:
-        with tifffile.TiffFile(path) as tif:
-            for s, series in enumerate(tif.series):
-                size = tiff_pixel_size(tif, s)  # µm, from OME / ImageJ metadata
-                axes = series.axes
-                if "Y" in axes and "X" in axes:
-                    check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
-                array = series.asarray()
-                keep = "YXS"
-                order = [i for i, a in enumerate(axes) if a not in keep]
-                order += [axes.index(a) for a in keep if a in axes]
-                array = np.transpose(array, order)
-                n_extra = len(axes) - sum(a in axes for a in keep)
-                stack = array.reshape((-1,) + array.shape[n_extra:])
-                code = tiff_orientation(series.keyframe)
-                for k, plane in enumerate(stack):
-                    tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
-                    planes.append(Plane(tag, s, k, apply_orientation(plane, code), code, size))
-    except Exception as exc:
-        _reraise(path, exc)
+    with _open_tiff(path) as tif:
+        for s, _, stack, code, size in _series_stacks(path, tif, lambda axes: "YXS"):
+            planes += [Plane(_tag(s, k, len(stack)), s, k, apply_orientation(plane, code), code, size)
+                       for k, plane in enumerate(stack)]
     return _untag_single(path, planes)
 
 
@@ -97,34 +109,16 @@ def read_tiff_channel_images(path: Path) -> list[ChannelImage]:
     attributes or ImageJ's ``Labels`` ('' where none is recorded; 'red', 'green', 'blue' for
     colour samples).
     """
-    import tifffile
-
-    logging.getLogger("tifffile").setLevel(logging.ERROR)
     images: list[ChannelImage] = []
-    try:
-        with tifffile.TiffFile(path) as tif:
-            for s, series in enumerate(tif.series):
-                axes = series.axes
-                if "Y" in axes and "X" in axes:
-                    check_size(path, series.shape[axes.index("Y")], series.shape[axes.index("X")])
-                size = tiff_pixel_size(tif, s)
-                channel = channel_axis(axes)
-                array = series.asarray()
-                order = [i for i, a in enumerate(axes) if a not in ("Y", "X", channel)]
-                order += [axes.index(a) for a in (channel, "Y", "X") if a is not None and a in axes]
-                array = np.transpose(array, order)
-                if channel is None:
-                    array = array[..., None, :, :]
-                n = array.shape[-3]
-                stack = array.reshape((-1, *array.shape[-3:]))
-                names = _channel_names(tif, s, channel, n)
-                code = tiff_orientation(series.keyframe)
-                for k, image in enumerate(stack):
-                    tag = (f"_s{s}" if s else "") + (f"_p{k}" if len(stack) > 1 else "")
-                    shown = np.stack([apply_orientation(plane, code) for plane in image])
-                    images.append(ChannelImage(tag, s, k, shown, names, code, size))
-    except Exception as exc:
-        _reraise(path, exc)
+    with _open_tiff(path) as tif:
+        for s, axes, stack, code, size in _series_stacks(path, tif, lambda axes: (channel_axis(axes), "Y", "X")):
+            channel = channel_axis(axes)
+            if channel is None:
+                stack = stack[:, None]
+            names = _channel_names(tif, s, channel, stack.shape[1])
+            images += [ChannelImage(_tag(s, k, len(stack)), s, k,
+                                    np.stack([apply_orientation(plane, code) for plane in image]), names, code, size)
+                       for k, image in enumerate(stack)]
     return _untag_single(path, images)
 
 

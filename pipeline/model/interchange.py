@@ -541,11 +541,10 @@ def sample_image(sample: str | Path | None = None) -> np.ndarray:
     from pipeline.files.io import read_image
 
     if sample is None:
-        from pipeline.shipped import shipped
+        from pipeline.shipped import SAMPLE_IMAGE
 
-        default = shipped("sample", "fluorescence.png")
-        if default.is_file():
-            sample = default
+        if SAMPLE_IMAGE.is_file():
+            sample = SAMPLE_IMAGE
     if sample is not None:
         if not Path(sample).is_file():
             raise UsageError(f"{sample}: sample image not found")

@@ -19,12 +19,10 @@ import pandas as pd
 from pipeline.errors import NucleiError
 from pipeline.files.io import as_rgb01, read_labels, read_planes
 from pipeline.method.measure import intensity_of, measure_nuclei
-from pipeline.shipped import shipped
+from pipeline.shipped import SAMPLE_IMAGE
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: The sample image (fluorescence, 256 × 256 px, 48 nuclei) of the plugin's sample data.
-SAMPLE = shipped("sample", "fluorescence.png")
 #: napari layer properties (features) carried by the centroid points.
 POINT_FEATURES = ("label", "area_px", "equivalent_diameter_px", "mean_intensity", "confidence")
 
@@ -208,7 +206,7 @@ def _source_plane(source: Path, series: Any, plane: Any) -> np.ndarray | None:
 
 def sample_image() -> list[LayerData]:
     """The plugin's sample: a 256 × 256 fluorescence image of DSB2018 shipped with the package
-    (:data:`SAMPLE`)."""
-    if not SAMPLE.is_file():
-        raise NucleiError(f"{SAMPLE}: the sample image is missing from the installed package")
-    return [(read_planes(SAMPLE)[0].array, {"name": "nuclei sample", "rgb": True}, "image")]
+    (:data:`pipeline.shipped.SAMPLE_IMAGE`)."""
+    if not SAMPLE_IMAGE.is_file():
+        raise NucleiError(f"{SAMPLE_IMAGE}: the sample image is missing from the installed package")
+    return [(read_planes(SAMPLE_IMAGE)[0].array, {"name": "nuclei sample", "rgb": True}, "image")]

@@ -19,6 +19,9 @@ def shipped(*parts: str) -> Path:
     return Path(str(files(__name__).joinpath(*parts)))
 
 
+#: The napari sample and the bioimage.io test input: a 256 × 256 fluorescence image of DSB2018.
+SAMPLE_IMAGE = shipped("sample", "fluorescence.png")
+
 #: The name that stands for the shipped model wherever a model folder is asked for (``--model``,
 #: ``segment.model``, ``predict.model``, ``train.init``); a folder of that name is ``./default``.
 DEFAULT_MODEL = "default"
