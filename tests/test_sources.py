@@ -88,6 +88,10 @@ data:
     train_ids, val_ids = split_folds(index, "extra", "source")
     assert all(i.startswith("extra/") for i in val_ids) and len(val_ids) == 6
     assert not any(i.startswith("extra/") for i in train_ids)
+    # a source prepared into the folder for another run is read only when named (data.sources)
+    assert set(read_index(tmp_path / "prep", sources=["extra"])["source"]) == {"extra"}
+    with pytest.raises(NucleiError, match=r"prep/other/index.csv: no such file \(run `nuclei prepare` for source 'other'\)"):
+        read_index(tmp_path / "prep", sources=["dsb2018", "other"])
 
 
 def test_groups_from_the_sources_own_table(tmp_path):

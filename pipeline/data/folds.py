@@ -212,13 +212,14 @@ def validation_index(data: DataConfig) -> pd.DataFrame:
     """
     if data.val_fold is None:
         raise NucleiError("data.val_fold is null (training on every image): there is no validation fold to use")
-    index = read_index(data.prepared)
+    index = read_index(data.prepared, sources=list(data.sources))
     _, val_ids = split_folds(index, data.val_fold, data.split, Path(data.prepared) / "index.csv")
     return index[index["id"].isin(set(val_ids))].reset_index(drop=True)
 
 
 
-def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS) -> pd.DataFrame:
+def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS,
+               sources: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
     """Read the index of a prepared folder (written by :func:`prepare`).
 
     Parameters
@@ -226,6 +227,9 @@ def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS) -
     prepared : the prepared-data folder: one source (``index.csv`` in it) or a folder of sources
         (``<name>/index.csv``; read together, see the module docstring).
     columns : the columns the caller needs (default ``id`` and ``fold``).
+    sources : in a folder of sources, read only these (``data.sources``' names): a source prepared
+        into the same folder for another run (an evaluation-only source, say) is not trained on.
+        None reads every source in the folder.
 
     Returns
     -------
@@ -240,6 +244,12 @@ def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS) -
     prepared = Path(prepared)
     path = prepared / "index.csv"
     parts = sorted(prepared.glob("*/index.csv")) if not path.exists() and prepared.is_dir() else []
+    if parts and sources is not None:
+        found = {p.parent.name: p for p in parts}
+        if missing := [name for name in sources if name not in found]:
+            raise NucleiError(f"{prepared / missing[0] / 'index.csv'}: no such file (run `nuclei prepare` "
+                              f"for source {missing[0]!r})")
+        parts = [found[name] for name in sorted(sources)]
     index = pd.concat([_source_index(p) for p in parts], ignore_index=True) if parts else _read_csv(path)
     missing = [c for c in columns if c not in index.columns]
     if missing:

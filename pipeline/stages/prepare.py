@@ -123,7 +123,7 @@ def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = N
 
     Returns
     -------
-    index : the whole prepared folder's table (:func:`read_index`).
+    index : the table of ``data.sources`` in the prepared folder (:func:`read_index`).
     """
     names = list(data.sources) if names is None else names
     for name in names:
@@ -132,7 +132,7 @@ def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = N
         spec = data.sources[name]
         prepare(spec["root"], Path(data.prepared) / name, folds=data.folds, seed=seed, workers=data.workers,
                 layout=spec["layout"], source=name, groups=spec.get("groups"), group_by=spec.get("group_by"))
-    return read_index(data.prepared)
+    return read_index(data.prepared, sources=list(data.sources))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

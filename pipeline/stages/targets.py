@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else cfg.workers
     workers = max(1, min(workers, os.cpu_count() or 1))
 
-    index = read_index(prepared, columns=("id",))  # folds do not matter here
+    index = read_index(prepared, columns=("id",), sources=list(config.data.sources))  # folds do not matter here
     ids = index["id"].tolist()
     if {"height", "width"} <= set(index.columns):  # largest first: the workers finish together
         ids = (

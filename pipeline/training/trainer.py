@@ -142,7 +142,7 @@ class Trainer:
         data = self.config.data
         prepared = Path(data.prepared)
         targets = Path(self.config.targets.out)
-        index, source = read_index(prepared), prepared / "index.csv"
+        index, source = read_index(prepared, sources=list(data.sources)), prepared / "index.csv"
         self.val_fold, self.split = data.val_fold, data.split
         self.train_ids, self.val_ids = split_folds(index, self.val_fold, self.split, source)
         cfg, cuda = self.cfg, self.device.type == "cuda"
