@@ -189,7 +189,7 @@ def test_one_home_for_the_paths_and_the_counts_row():
 
     assert (labels_file("a b"), overlay_file("a b")) == ("labels/a b.tif", "overlays/a b.png")
     assert image_files("x") == ["labels/x.tif", "overlays/x.png", "tables/x.csv", "cells/x.tif", "spots/x.csv",
-                                "geojson/x.geojson", "rois/x.zip"]
+                                "tracks/x.csv", "tracks/x.xml", "geojson/x.geojson", "rois/x.zip"]
     row = counts_row("x", 3, 12.5, "fluo-small", 17.123456, True, 1.1679999, 0.98765, "", 0.5, 3.125)
     assert row == {"count": 3, "median_area_px": 12.5, "image_type": "fluo-small", "diameter_px": 17.12,
                    "diameter_estimated": True, "scale": 1.168, "confidence": 0.988, "flag": "", "status": "ok",

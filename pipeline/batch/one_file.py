@@ -43,6 +43,7 @@ from pipeline.batch.output_folder import (
 )
 from pipeline.batch.settings import MeasureOptions, Settings
 from pipeline.batch.slide import segment_slide
+from pipeline.batch.stack_file import segment_stack_image, stack_fields
 from pipeline.errors import NucleiError
 from pipeline.files.channels import (
     ChannelPattern,
@@ -64,6 +65,7 @@ from pipeline.files.io import (
 from pipeline.files.orientation import describe
 from pipeline.files.planes import ChannelImage
 from pipeline.files.slide_reader import slide_of
+from pipeline.files.stacks import Stack, frame_files, read_frames, read_stacks
 from pipeline.method.intensity import normalize_image
 from pipeline.method.measure import intensity_of
 from pipeline.method.overlay import display_uint8, draw_outlines, thumbnail
@@ -206,9 +208,13 @@ def segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: Ta
     ``map_ordered`` and ``block_segmenter``, to segment its blocks on a cluster)."""
     base = {"source": str(source)}
     try:
-        slide = slide_of(source, cfg.segment.slide_pixels)
+        stacks = read_source_stacks(source, cfg)
+        slide = None if stacks is not None else slide_of(source, cfg.segment.slide_pixels)
     except Exception as exc:  # one bad file never stops the batch
         _fail(run, {**base, "image": base_name}, exc, source, [])
+        return
+    if stacks is not None:
+        _segment_stacks(stacks, source, base_name, segmenter, cfg, run)
         return
     if slide is not None:
         _segment_slide(slide, base_name, segmenter, cfg, run, **dask)
@@ -231,6 +237,32 @@ def segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: Ta
             _fail(run, row, exc, source, written)
             continue
         run.counts.append(row)
+
+
+def read_source_stacks(source: Path, cfg: Settings) -> list[Stack] | None:
+    """The stacks of one input (:mod:`pipeline.files.stacks`): a ``--frames`` folder as one time-lapse,
+    a TIFF with Z or T axes (metadata or ``--axes``) as its series; None when it is not a stack."""
+    if cfg.stacks.frames:
+        return [read_frames(frame_files(source))]
+    if cfg.measure.channel_files is not None:  # ``source`` stands for one image's channel files
+        return None
+    return read_stacks(source, cfg.stacks.axes, cfg.measure.nuclear_channel)
+
+
+def _segment_stacks(stacks: list[Stack], source: Path, base_name: str, segmenter, cfg: Settings, run: Tables) -> None:
+    """Segment the stacks of one input (:mod:`pipeline.batch.stack_file`), adding their rows to ``run``."""
+    for k in range(len(stacks)):
+        stack = stacks[k]
+        name = unique_name(base_name + stack.tag, run.names) if stack.tag else base_name
+        row = {"source": str(source), "image": name, **stack_fields(stack)}
+        del stack
+        written: list[Path] = []
+        try:
+            rows = segment_stack_image(_take(stacks, k), source, name, segmenter, cfg, run, written)
+        except Exception as exc:  # one bad stack never stops the batch
+            _fail(run, row, exc, source, written)
+            continue
+        run.counts += [{**row, **fields} for fields in rows]
 
 
 def read_images(source: Path, options: MeasureOptions) -> list[Plane] | list[ChannelImage]:

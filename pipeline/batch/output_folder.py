@@ -56,6 +56,9 @@ IMAGE_FOLDERS = (LABELS, OVERLAYS)
 CELLS, SPOTS = "cells", "spots"
 #: ``counts.csv`` columns naming them (after :data:`COUNT_COLUMNS`, when written).
 CELLS_COLUMN, SPOTS_COLUMN = "cells_file", "spots_file"
+#: ... and the tracks of a time-lapse (``--track``): ``tracks/<name>.csv`` and TrackMate's ``tracks/<name>.xml``.
+TRACKS = "tracks"
+TRACKS_COLUMN, TRACKMATE_COLUMN = "tracks_file", "trackmate_file"
 #: ... and the one that holds the ``nuclei.csv`` rows of each huge image (:mod:`pipeline.batch.slide`).
 SLIDE_TABLES = "tables"
 #: The tables and the report of the whole folder.
@@ -169,12 +172,22 @@ def spots_file(name: str) -> str:
     return f"{SPOTS}/{name}.csv"
 
 
+def tracks_file(name: str) -> str:
+    """The tracks of time-lapse ``name`` (``tracks/<name>.csv``)."""
+    return f"{TRACKS}/{name}.csv"
+
+
+def trackmate_file(name: str) -> str:
+    """The tracks of time-lapse ``name`` for TrackMate (``tracks/<name>.xml``)."""
+    return f"{TRACKS}/{name}.xml"
+
+
 def image_files(name: str, exports: tuple[str, ...] | None = None) -> list[str]:
     """Every file output ``name`` may have, relative to the output folder: its label image, overlay,
-    slide table, cells, spots and the files of ``exports`` (default: every export format)."""
+    slide table, cells, spots, tracks and the files of ``exports`` (default: every export format)."""
     formats = tuple(FORMATS) if exports is None else exports
     return [labels_file(name), overlay_file(name), slide_table_file(name), cells_file(name), spots_file(name),
-            *(export_path(f, name) for f in formats)]
+            tracks_file(name), trackmate_file(name), *(export_path(f, name) for f in formats)]
 
 
 # --------------------------------------------------------------------------- the folder
@@ -202,7 +215,7 @@ def remove_leftovers(outdir: Path) -> list[str]:
     """Remove the temporary files a killed run left in ``outdir``, its :data:`IMAGE_FOLDERS` and
     :data:`SLIDE_TABLES`. Only safe under the folder's lock (no other run is writing); never raises
     (see :func:`remove_files`)."""
-    folders = [outdir, *(outdir / sub for sub in (*IMAGE_FOLDERS, SLIDE_TABLES, CELLS, SPOTS))]
+    folders = [outdir, *(outdir / sub for sub in (*IMAGE_FOLDERS, SLIDE_TABLES, CELLS, SPOTS, TRACKS))]
     return remove_files([p for f in folders if f.is_dir() for p in f.iterdir() if _TEMPORARY.match(p.name)])
 
 
@@ -272,12 +285,14 @@ class Tables:
 
     def _kept(self) -> pd.DataFrame:
         """The earlier rows whose label file is present and is not one this run wrote."""
-        seen = {_file_id(self.outdir / row["labels_file"]) for row in self.counts if row.get("status") == "ok"}
-        keep = []
-        for labels_file in self._earlier["labels_file"]:  # each file once (an older table may list one twice)
-            file_id = _file_id(self.outdir / str(labels_file))
-            keep.append(file_id is not None and file_id not in seen)
-            seen.add(file_id)
+        mine = {_file_id(self.outdir / row["labels_file"]) for row in self.counts if row.get("status") == "ok"}
+        frames = self._earlier["frame"] if "frame" in self._earlier else pd.Series(None, self._earlier.index)
+        keep, seen = [], set()
+        for labels_file, frame in zip(self._earlier["labels_file"], frames, strict=True):
+            file_id = _file_id(self.outdir / str(labels_file))  # each file (a time-lapse's frame) once:
+            key = (file_id, None if pd.isna(frame) else int(frame))  # an older table may list one twice
+            keep.append(file_id is not None and file_id not in mine and key not in seen)
+            seen.add(key)
         return self._earlier.loc[pd.Series(keep, self._earlier.index, bool)]
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:

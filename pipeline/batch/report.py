@@ -157,11 +157,12 @@ def _counts_table(counts: pd.DataFrame) -> str:
 
 
 def _gallery(counts: pd.DataFrame, thumbnails: dict[str, bytes]) -> str:
-    figures = []
+    figures, shown = [], set()
     for record in counts.to_dict("records"):
         png = thumbnails.get(record["image"])
-        if png is None:
+        if png is None or record["image"] in shown:  # a time-lapse: one overlay for its rows (frames)
             continue
+        shown.add(record["image"])
         name = escape(str(record["image"]))
         data = base64.b64encode(png).decode("ascii")
         extra = ""

@@ -58,11 +58,12 @@ from pipeline.batch.report import render_report
 from pipeline.batch.settings import (
     MeasureOptions,
     Settings,
+    StackOptions,
     add_measure_arguments,
     load_segmenter,
     measure_options,
 )
-from pipeline.config.params import TTA_MODES, load_params
+from pipeline.config.params import TTA_MODES, Z_METHODS, load_params
 from pipeline.errors import NucleiError, OutputError
 from pipeline.files.channels import ChannelPattern, output_stem
 from pipeline.files.inputs import IMAGE_SUFFIXES, file_kind, list_inputs
@@ -141,7 +142,7 @@ def segment_images(
         params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size, **settings
     )
     outdir = Path(outdir)
-    sources, cfg.measure, names = find_images(inputs, outdir, recursive, cfg.measure)
+    sources, cfg.measure, names = find_images(inputs, outdir, recursive, cfg.measure, cfg.stacks.frames)
     segmenter = load_segmenter(cfg)  # checks the model's thresholds once, up front
     check_output_folder(outdir)
     with folder_lock(outdir, wait=cfg.wait, what="nuclei segment", note=warn):  # one run at a time
@@ -222,9 +223,12 @@ def marker_means(nuclei: pd.DataFrame, tables: list) -> dict[str, np.ndarray]:
     return {key: np.concatenate(parts) for key, parts in means.items()}
 
 
-def find_images(inputs: list[str | Path], outdir: Path, recursive: bool,
-                options: MeasureOptions) -> tuple[list[Path], MeasureOptions, list[str]]:
+def find_images(inputs: list[str | Path], outdir: Path, recursive: bool, options: MeasureOptions,
+                frames: bool = False) -> tuple[list[Path], MeasureOptions, list[str]]:
     """The images of a batch, the options with the batch's channels, and the output names.
+
+    With ``frames`` (``--frames``) each input is a folder, one time-lapse whose image files are its
+    frames (:func:`pipeline.files.stacks.frame_files`).
 
     With ``--channel-files`` the files are grouped into images
     (:meth:`pipeline.files.channels.ChannelPattern.group`): each source stands for one image's files
@@ -235,6 +239,11 @@ def find_images(inputs: list[str | Path], outdir: Path, recursive: bool,
     NucleiError
         No image at all (usage error).
     """
+    if frames:
+        folders = [Path(i) for i in inputs]
+        if not_folders := [f for f in folders if not f.is_dir()]:
+            raise NucleiError(f"{not_folders[0]}: --frames takes folders (one time-lapse each, its images the frames)")
+        return folders, options, output_names(folders)
     sources = _find_inputs(inputs, outdir, recursive)
     if options.channel_files is None:
         return sources, options, output_names(sources)
@@ -290,6 +299,8 @@ writes to OUTDIR (a second one refuses, or waits with --wait).
 --export geojson,imagej adds OUTDIR/geojson/<name>.geojson (QuPath) and OUTDIR/rois/<name>.zip (Fiji).
 --nuclear-channel C measures every channel of each image (mean_<ch>, ...); --cell-expansion adds
 OUTDIR/cells/<name>.tif, --spots OUTDIR/spots/<name>.csv. Labels you already have: nuclei measure.
+A z-stack or time-lapse (Z or T axes in its OME / ImageJ metadata, or --axes; --frames: folders of frames)
+is segmented in 3D or frame by frame: labels/<name>.tif is a label stack; --track adds OUTDIR/tracks/.
 exit status: 0 every image segmented, 1 some images failed (see counts.csv) or an output could
 not be written, 2 usage error, 130 interrupted (the tables describe the images done)."""
 
@@ -352,6 +363,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
     )
     add_measure_arguments(parser)
+    add_stack_arguments(parser)
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """The z-stack and time-lapse options of ``nuclei segment`` (:class:`StackOptions`)."""
+    group = parser.add_argument_group("z-stacks and time-lapses (docs/stacks.md)")
+    group.add_argument(
+        "--axes", metavar="AXES",
+        help="the axes of every stack file, overriding its OME / ImageJ metadata: T time, Z depth, C channel, "
+             "then YX, e.g. ZYX, TYX, TZYX, ZCYX (default: the metadata's; a TIFF without Z or T is read plane "
+             "by plane)",
+    )
+    group.add_argument(
+        "--z-method", choices=Z_METHODS,
+        help="3D nuclei of a z-stack: stitch (each plane in 2D, labels linked across planes by overlap; coarse z; "
+             "the default) or ortho (the network on XY, XZ and YZ slices, a 3D watershed; fine z)",
+    )
+    group.add_argument(
+        "--anisotropy", type=float, metavar="A",
+        help="z step / pixel side of the stacks (default: from the file's voxel size, else 1)",
+    )
+    group.add_argument(
+        "--track", action="store_true",
+        help="link the nuclei of a time-lapse into tracks (divisions, gaps of one frame): tracks/<name>.csv and "
+             "tracks/<name>.xml (TrackMate); each nucleus keeps its track id as its label",
+    )
+    group.add_argument(
+        "--frames", action="store_true",
+        help="each INPUT is a folder holding one time-lapse, its image files the frames in name order",
+    )
+
+
+def stack_options(args: argparse.Namespace) -> StackOptions:
+    """The :class:`StackOptions` of parsed arguments (checked by :meth:`StackOptions.check`)."""
+    return StackOptions(axes=args.axes, z_method=args.z_method, anisotropy=args.anisotropy, track=args.track,
+                        frames=args.frames)
 
 
 @contextlib.contextmanager
@@ -387,7 +434,7 @@ def run_batch(work: Callable[[], pd.DataFrame], verb: str, out: Path, exports: t
     ok = counts["status"] == "ok"
     n_failed = int((~ok).sum())
     print(
-        f"{int(ok.sum())} images {verb}, {int(counts.loc[ok, 'count'].sum())} nuclei, "
+        f"{counts.loc[ok, 'image'].nunique()} images {verb}, {int(counts.loc[ok, 'count'].sum())} nuclei, "
         f"{n_failed} failed, {time.perf_counter() - start:.1f} s -> {out}/ "
         f"({', '.join([COUNTS_CSV, NUCLEI_CSV, REPORT_HTML, *(f'{d}/' for d in IMAGE_FOLDERS)])}"
         f"{''.join(f', {FORMATS[f].folder}/' for f in exports)})"
@@ -420,6 +467,7 @@ def main(args: argparse.Namespace) -> int:
                 scheduler=args.scheduler,
                 workers=args.workers,
                 measure=measure,
+                stacks=stack_options(args),
             )
 
     return run_batch(work, "segmented", args.out, args.export)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.params import SegmentConfig
+from pipeline.config.params import Z_METHODS, SegmentConfig
 from pipeline.errors import NucleiError
 from pipeline.files.io import COLOUR_CHANNELS
 from pipeline.method.image_types import IMAGE_TYPES
@@ -180,6 +180,40 @@ def measure_options(args: argparse.Namespace) -> MeasureOptions:
     return options
 
 
+@dataclass(frozen=True)
+class StackOptions:
+    """How z-stacks and time-lapses are read and segmented (docs/stacks.md)."""
+
+    #: ``--axes``: the axes of every stack, overriding its metadata (:func:`pipeline.files.stacks.check_axes`).
+    axes: str | None = None
+    #: ``--z-method`` as given; None: ``stitch``.
+    z_method: str | None = None
+    #: ``--anisotropy``: z step / pixel side; None: from the file's voxel size, else 1.
+    anisotropy: float | None = None
+    #: ``--track``: link the nuclei of a time-lapse's frames into tracks.
+    track: bool = False
+    #: ``--frames``: each folder given is one time-lapse, its image files the frames in name order.
+    frames: bool = False
+
+    @property
+    def method(self) -> str:
+        return self.z_method or Z_METHODS[0]
+
+    def check(self) -> StackOptions:
+        """The options with ``axes`` normalised; NucleiError (a usage error) for bad values."""
+        from pipeline.files.stacks import check_axes
+        from pipeline.method.volumes import check_anisotropy
+
+        if self.z_method is not None and self.z_method not in Z_METHODS:
+            raise NucleiError(f"--z-method must be one of {', '.join(Z_METHODS)}, got {self.z_method!r}")
+        if self.anisotropy is not None:
+            check_anisotropy(self.anisotropy)
+        if self.frames and self.axes is not None:
+            raise NucleiError("--frames and --axes: give one (--frames reads a folder of single images as a "
+                              "time-lapse; --axes reads the axes of stack files)")
+        return replace(self, axes=None if self.axes is None else check_axes(self.axes))
+
+
 @dataclass
 class Settings:
     """Everything :func:`segment_images` needs besides the inputs: the ``segment`` section of
@@ -199,6 +233,8 @@ class Settings:
     exports: tuple[str, ...] = ()
     #: Channels, positivity, cells, spots.
     measure: MeasureOptions = field(default_factory=MeasureOptions)
+    #: Z-stacks and time-lapses.
+    stacks: StackOptions = field(default_factory=StackOptions)
 
     @classmethod
     def from_params(
@@ -229,6 +265,7 @@ class Settings:
         if settings.image_type is not None and settings.image_type not in IMAGE_TYPES:
             raise NucleiError(f"--image-type must be one of {', '.join(IMAGE_TYPES)}, got {settings.image_type!r}")
         check_channels(settings.channel, settings.measure)
+        settings.stacks = settings.stacks.check()
         return settings
 
 
@@ -250,7 +287,7 @@ def check_channels(channel: str | None, measure: MeasureOptions) -> None:
 
 
 #: The fields of :class:`Settings` that are per-run flags, not keys of the ``segment`` section.
-FLAGS = ("model_dir", "pixel_size", "diameter", "channel", "image_type", "wait", "exports", "measure")
+FLAGS = ("model_dir", "pixel_size", "diameter", "channel", "image_type", "wait", "exports", "measure", "stacks")
 
 
 def load_segmenter(settings: Settings):

@@ -65,6 +65,9 @@ SPLITS = ("stratified", "grouped", "source")
 FLOODS = ("probability", "distance")
 #: ``predict.tta`` and ``segment.tta``: test-time augmentation (:class:`pipeline.model.predictor.Predictor`).
 TTA_MODES = ("none", "rot180", "flips", "d4", "auto")
+#: ``nuclei segment --z-method``: 3D nuclei from planes linked by overlap, or from the network on three
+#: orthogonal slicings and a 3D watershed (:func:`pipeline.model.stacks.segment_stack`).
+Z_METHODS = ("stitch", "ortho")
 #: ``model.head``: the heads of :data:`pipeline.method.heads.HEADS` (a test checks that they agree).
 HEAD_NAMES = ("softmax", "sigmoid")
 #: ``train.precision`` and the like (:func:`pipeline.model.runtime.resolve_precision`).

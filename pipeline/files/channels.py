@@ -48,7 +48,7 @@ def read_channel_images(path: str | Path) -> list[ChannelImage]:
     NucleiError
         As :func:`pipeline.files.io.read_planes`: missing, unreadable, too large, NaN values.
     """
-    from pipeline.files.io import TIFF_SUFFIXES, _check_array, read_planes
+    from pipeline.files.io import TIFF_SUFFIXES, check_array, read_planes
 
     path = Path(path)
     if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
@@ -66,7 +66,7 @@ def read_channel_images(path: str | Path) -> list[ChannelImage]:
     images = read_tiff_channel_images(path)
     for image in images:
         for plane in image.channels:
-            _check_array(plane, path)
+            check_array(plane, path)
         if image.names[-1:] == ("alpha",):  # RGBA samples: the alpha is no channel
             images[images.index(image)] = image._replace(channels=image.channels[:-1], names=image.names[:-1])
     return images

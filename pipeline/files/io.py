@@ -31,7 +31,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def _to_float01(array: np.ndarray) -> np.ndarray:
-    """Scale a checked (:func:`_check_array`) integer, boolean or float array to float32 in [0, 1]."""
+    """Scale a checked (:func:`check_array`) integer, boolean or float array to float32 in [0, 1]."""
     if array.dtype == bool:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
@@ -75,13 +75,8 @@ def read_planes(path: str | Path) -> list[Plane]:
         Missing, unreadable, truncated, too large or non-image files, NaN values; a FIFO or a
         device (never opened: :func:`pipeline.files.inputs.file_kind`).
     """
-    from pipeline.files.inputs import file_kind
-
     path = Path(path)
-    kind = file_kind(path)
-    if kind is not None:
-        what = {"missing": "no such file"}.get(kind, kind + (", not an image file" if kind.startswith("a ") else ""))
-        raise NucleiError(f"{path}: {what}")
+    check_file(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         from pipeline.files.tiff import read_tiff_planes
 
@@ -89,11 +84,22 @@ def read_planes(path: str | Path) -> list[Plane]:
     else:
         planes = [Plane("", 0, 0, *_read_pillow(path))]
     for plane in planes:
-        _check_array(plane.array, path)
+        check_array(plane.array, path)
     return planes
 
 
-def _check_array(array: np.ndarray, path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Raise a one-line NucleiError unless ``path`` is a regular file: missing, a folder, a FIFO or
+    a device (never opened: :func:`pipeline.files.inputs.file_kind`)."""
+    from pipeline.files.inputs import file_kind
+
+    kind = file_kind(path)
+    if kind is not None:
+        what = {"missing": "no such file"}.get(kind, kind + (", not an image file" if kind.startswith("a ") else ""))
+        raise NucleiError(f"{path}: {what}")
+
+
+def check_array(array: np.ndarray, path: Path) -> None:
     """Raise unless ``array`` is a (H, W) or (H, W, 1..4) image of a supported, finite type."""
     if array.ndim not in (2, 3):
         raise NucleiError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
@@ -376,11 +382,17 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
     """
     import tifffile
 
+    labels = uint16_labels(path, labels)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack")
+
+
+def uint16_labels(path: str | Path, labels: np.ndarray) -> np.ndarray:
+    """``labels`` as uint16, for the label file ``path``; NucleiError naming it when they do not fit."""
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
         raise NucleiError(f"{path}: labels out of the uint16 range (max {labels.max()})")
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(np.uint16), compression="zlib", photometric="minisblack")
+    return labels.astype(np.uint16)
 
 
 def read_labels(path: str | Path) -> np.ndarray:

@@ -71,6 +71,48 @@ def ome_channel_names(xml: str, image: int = 0) -> list[str]:
     return [c.get("Name") or "" for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
 
 
+def _ome_pixels(xml: str, image: int):
+    """The ``Pixels`` element of the ``image``-th image of an OME-XML document, or None."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    images = [e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Image"]
+    if len(images) <= image:
+        return None
+    return next((e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+
+
+#: Time units → seconds (OME's ``UnitsTime`` symbols and ImageJ's ``tunit`` spellings).
+_TO_S = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "min": 60.0, "minute": 60.0,
+         "minutes": 60.0, "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
+
+
+def _positive(value: Any, factor: float | None = 1.0) -> float | None:
+    """``value × factor`` when a positive, finite number, else None."""
+    try:
+        number = float(value) * factor if factor is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def tiff_spacing(tif, series: int = 0) -> tuple[float | None, float | None]:
+    """The z step (µm) and the frame interval (s) recorded in an open :class:`tifffile.TiffFile`:
+    OME ``PhysicalSizeZ`` and ``TimeIncrement``, ImageJ's ``spacing`` (in its ``unit``) and
+    ``finterval`` (in its ``tunit``, default s). None for each one not recorded."""
+    if tif.is_ome and tif.ome_metadata:
+        pixels = _ome_pixels(tif.ome_metadata, series)
+        if pixels is None:
+            return None, None
+        unit = (pixels.get("TimeIncrementUnit") or "s").strip().lower()
+        return (_um(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit")),
+                _positive(pixels.get("TimeIncrement"), _TO_S.get(unit)))
+    meta = tif.imagej_metadata or {}
+    unit = str(meta.get("tunit") or "s").strip().lower()
+    return _um(meta.get("spacing"), meta.get("unit")), _positive(meta.get("finterval"), _TO_S.get(unit))
+
+
 def tiff_pixel_size(tif, series: int = 0) -> float | None:
     """Pixel side (µm) recorded in an open :class:`tifffile.TiffFile` (OME or ImageJ), or None."""
     if tif.is_ome and tif.ome_metadata:

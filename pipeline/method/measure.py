@@ -78,6 +78,16 @@ COLUMN_DICTIONARY = {
     ),
     "cell_area": ("px", "area of the cell grown from the nucleus (--cell-expansion), nucleus included"),
     "cell_area_um2": ("µm²", "cell area (pixel size known)"),
+    # time-lapses and z-stacks (docs/stacks.md)
+    "frame": ("", "frame of a time-lapse, from 0 (one row per nucleus per frame)"),
+    "time_s": ("s", "time of the frame (frame × the file's frame interval)"),
+    "track_id": ("", "the nucleus's track (--track; tracks/<image>.csv); its label in every frame"),
+    "volume_voxels": ("voxels", "volume of a 3D nucleus of a z-stack"),
+    "volume_um3": ("µm³", "volume (voxel size known)"),
+    "centroid_z": ("planes", "centre of mass, plane (0 = first)"),
+    "z_min": ("planes", "first plane of the nucleus"),
+    "z_max": ("planes", "last plane of the nucleus"),
+    "z_extent": ("planes", "planes the nucleus spans (z_max - z_min + 1)"),
 }
 #: Per-channel ``nuclei.csv`` columns: prefix -> (unit, meaning); ``<prefix><key>``, key = :func:`pipeline.files.channels.channel_keys`.
 CHANNEL_COLUMNS = {

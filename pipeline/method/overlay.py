@@ -131,3 +131,40 @@ def thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+#: Most planes or frames a stack's overlay shows (:func:`montage`).
+MONTAGE_TILES = 16
+
+
+def montage(planes: np.ndarray, labels: np.ndarray, tiles: int = MONTAGE_TILES, gap: int = 4) -> np.ndarray:
+    """The overlay of a stack: up to ``tiles`` evenly spaced planes (or frames), each outlined,
+    side by side in rows, first to last, left to right.
+
+    A nucleus keeps its colour in every tile (the colour of its label: the same 3D nucleus, or
+    the same track). A montage rather than a maximum projection: a projection's outlines of
+    nuclei above one another would cross.
+
+    Parameters
+    ----------
+    planes : (N, H, W, 3) uint8
+        The planes as shown.
+    labels : (N, H, W) int
+    tiles : int
+    gap : int
+        Black px between tiles.
+
+    Returns
+    -------
+    overlay : (rows·(H + gap) − gap, cols·(W + gap) − gap, 3) uint8
+    """
+    n, height, width = labels.shape
+    picks = np.unique(np.linspace(0, n - 1, min(n, tiles)).round().astype(int))
+    cols = int(np.ceil(np.sqrt(len(picks))))
+    rows = int(np.ceil(len(picks) / cols))
+    out = np.zeros((rows * (height + gap) - gap, cols * (width + gap) - gap, 3), np.uint8)
+    for k, z in enumerate(picks):  # a loop over at most `tiles` planes
+        r, c = divmod(k, cols)
+        out[r * (height + gap): r * (height + gap) + height, c * (width + gap): c * (width + gap) + width] = \
+            draw_outlines(planes[z], labels[z])
+    return out

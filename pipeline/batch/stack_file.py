@@ -1,0 +1,209 @@
+"""One stack of ``nuclei segment``: a z-stack segmented in 3D, or a time-lapse segmented frame by
+frame (and tracked with ``--track``); its files and its rows of the tables.
+
+- ``ZYX`` (a z-stack): :func:`pipeline.model.stacks.segment_stack` (``--z-method stitch|ortho``), the
+  nuclei measured in 3D (:func:`pipeline.method.volumes.measure_volumes`); one ``counts.csv`` row.
+- ``TYX`` (a time-lapse): every frame segmented at the first frame's diameter; with ``--track`` the
+  nuclei linked into tracks (:func:`pipeline.method.tracking.track_labels`), each keeping its track
+  id as its label in every frame, ``tracks/<name>.csv`` and ``tracks/<name>.xml`` (TrackMate)
+  written; one ``counts.csv`` row per frame (``frame``), ``nuclei.csv`` rows with ``frame``.
+- ``TZYX``: both, when both ``--z-method`` and ``--track`` are given.
+
+``labels/<name>.tif`` is the label stack as an ImageJ hyperstack
+(:func:`pipeline.files.stacks.write_label_stack`), ``overlays/<name>.png`` a montage of up to
+:data:`pipeline.method.overlay.MONTAGE_TILES` planes or frames (:func:`pipeline.method.overlay.montage`).
+Channels are not measured in stacks (the nuclear channel is): ``--positive``, ``--cell-expansion``
+and ``--spots`` are flagged as not applied.
+
+Must not: list inputs, read files, or write the tables and report.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.batch.output_folder import (
+    TRACKMATE_COLUMN,
+    TRACKS_COLUMN,
+    Tables,
+    counts_row,
+    labels_file,
+    overlay_file,
+    trackmate_file,
+    tracks_file,
+)
+from pipeline.batch.settings import Settings
+from pipeline.errors import NucleiError
+from pipeline.files.io import as_rgb01, colour_channel, encode_png, write_csv, write_png
+from pipeline.files.stacks import Stack, write_label_stack
+from pipeline.method.measure import intensity_of, measure_nuclei
+from pipeline.method.overlay import display_uint8, montage, thumbnail
+from pipeline.progress import progress
+
+
+def stack_fields(stack: Stack) -> dict[str, Any]:
+    """The ``counts.csv`` fields of one stack as read: series, axes, size, pixel type."""
+    shape = stack.array.shape
+    return {"series": stack.series, "axes": stack.axes, "height": shape[len(stack.axes) - 2],
+            "width": shape[len(stack.axes) - 1], "pixel_type": str(stack.array.dtype)}
+
+
+def segment_stack_image(stack: Stack, source: Path, name: str, segmenter, cfg: Settings, run: Tables,
+                        written: list[Path]) -> list[dict[str, Any]]:
+    """Segment, measure and write one stack; returns its ``counts.csv`` rows' fields (one per frame
+    of a time-lapse). Files written are appended to ``written``.
+
+    Raises
+    ------
+    NucleiError
+        A time-lapse of z-stacks without both ``--z-method`` and ``--track``; the errors of
+        :func:`pipeline.model.stacks.segment_stack` and :func:`pipeline.method.tracking.track_labels`.
+    """
+    options = cfg.stacks
+    if stack.axes == "TZYX" and not (options.track and options.z_method):
+        raise NucleiError(f"{source}: a time-lapse of z-stacks (TZYX): give both --z-method and --track (3D nuclei "
+                          "tracked over time), or --axes to read it otherwise")
+    flags = []
+    if cfg.measure.positive or cfg.measure.cell_expansion or cfg.measure.spots:
+        flags.append("--positive, --cell-expansion and --spots are not applied to stacks")
+    if options.track and "T" not in stack.axes:
+        flags.append("--track: no time axis")
+    pixel_size = cfg.pixel_size or stack.pixel_size
+    grey = _planes(stack, cfg.channel)  # (N, H, W[, S]) what is segmented
+    intensity = np.stack([intensity_of(p) for p in grey]).reshape(stack.array.shape[:len(stack.axes)])
+    frames = stack.array.shape[0] if "T" in stack.axes else 1
+    per_frame = grey.reshape((frames, -1, *grey.shape[1:]))
+    del grey
+    if "Z" in stack.axes:
+        labels, shown, info = _segment_volumes(per_frame, segmenter, cfg, stack, pixel_size, flags)
+    else:
+        labels, shown, info = _segment_frames(per_frame[:, 0], segmenter, cfg, flags)
+    files: dict[str, str] = {}
+    tracks = None
+    if options.track and "T" in stack.axes:
+        from pipeline.files.trackmate import write_trackmate_xml
+        from pipeline.method.tracking import track_labels
+
+        labels, tracks = track_labels(labels, name=str(source), anisotropy=info.get("anisotropy") or 1.0)
+        files = {TRACKS_COLUMN: tracks_file(name), TRACKMATE_COLUMN: trackmate_file(name)}
+        written.append(run.outdir / files[TRACKS_COLUMN])
+        write_csv(written[-1], tracks)
+        written.append(run.outdir / files[TRACKMATE_COLUMN])
+        write_trackmate_xml(written[-1], tracks, pixel_size=pixel_size, frame_interval=stack.frame_interval,
+                            image_name=Path(source).name, shape=labels.shape[-2:], n_frames=frames,
+                            z_spacing=stack.z_spacing, planes=labels.shape[1] if labels.ndim == 4 else 1)
+    written.append(run.outdir / labels_file(name))
+    write_label_stack(written[-1], labels.reshape(stack.array.shape[:len(stack.axes)]), stack.axes, pixel_size,
+                      stack.z_spacing, stack.frame_interval)
+    flat = labels.reshape((-1, *labels.shape[-2:]))
+    overlay = montage(shown.reshape((-1, *shown.shape[-3:])), flat)
+    del shown
+    written.append(run.outdir / overlay_file(name))
+    write_png(written[-1], overlay)
+    run.thumbnails[name] = encode_png(thumbnail(overlay, cfg.segment.thumbnail))
+    del overlay
+    rows = []
+    voxel = _voxel_size(stack, pixel_size, info.get("anisotropy"))
+    for t in range(frames):
+        table = _measure(labels[t], intensity if frames == 1 else intensity[t], stack, pixel_size, voxel)
+        if "T" in stack.axes:
+            table.insert(1, "frame", t)
+            if stack.frame_interval:
+                table.insert(2, "time_s", t * stack.frame_interval)
+        if tracks is not None:
+            table.insert(2, "track_id", table["label"])  # the label is the track id in every frame
+        table.insert(0, "image", name)
+        run.nuclei.append(table)
+        size = "volume_voxels" if "Z" in stack.axes else "area_px"
+        row = counts_row(name, len(table), table[size].median() if size == "area_px" else math.nan,
+                         info.get("image_type"), info.get("diameter"), info.get("estimated"), info.get("scale"),
+                         info.get("confidence"), "; ".join(flags), pixel_size,
+                         table["area_um2"].median() if "area_um2" in table else None)
+        extra: dict[str, Any] = {"frame": t} if "T" in stack.axes else {}
+        if "Z" in stack.axes:
+            extra.update(planes=labels.shape[1], z_method=options.method, anisotropy=info.get("anisotropy"),
+                         median_volume_voxels=table["volume_voxels"].median())
+        rows.append({**row, **extra, **files})
+    if pixel_size is not None:
+        run.pixel_size = run.pixel_size or pixel_size
+    return rows
+
+
+def _planes(stack: Stack, channel: str | None) -> np.ndarray:
+    """(N, H, W[, S]) planes of a stack, frames major; one colour channel alone with ``--channel``."""
+    planes = stack.planes
+    if channel is not None:
+        planes = np.stack([colour_channel(p, channel) for p in planes])
+    return planes
+
+
+def _segment_volumes(per_frame: np.ndarray, segmenter, cfg: Settings, stack: Stack, pixel_size: float | None,
+                     flags: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """3D labels (T, Z, H, W) int32 of every frame's z-stack, the planes shown (T, Z, H, W, 3) uint8,
+    and the segmentation's fields (diameter, scale, anisotropy)."""
+    from pipeline.model.stacks import normalised_plane, segment_stack, stack_normalization
+
+    options = cfg.stacks
+    anisotropy = options.anisotropy
+    if anisotropy is None and stack.z_spacing and pixel_size:
+        anisotropy = stack.z_spacing / pixel_size
+    if anisotropy is None:
+        anisotropy = 1.0
+        if options.method == "ortho":
+            flags.append("anisotropy unknown (no voxel size in the file): 1 assumed, give --anisotropy")
+    labels, shown, diameter, info = [], [], cfg.diameter, {}
+    for planes in per_frame:
+        if planes.ndim == 4 and planes.shape[-1] != 3:  # grey + alpha, RGBA: as the 2D path reads them
+            planes = np.stack([as_rgb01(p) for p in planes])
+        result = segment_stack(segmenter, planes, options.method, anisotropy, diameter=diameter, progress=progress)
+        diameter = diameter or result.diameter  # every frame at the first one's diameter
+        labels.append(result.labels)
+        norm = stack_normalization(segmenter, planes)  # the contrast the network saw
+        shown.append(np.stack([display_uint8(normalised_plane(planes, z, norm)) for z in range(len(planes))]))
+        info = info or {"diameter": result.diameter, "scale": result.scale, "estimated": result.estimated,
+                        "image_type": result.image_type, "anisotropy": round(anisotropy, 4)}
+    return np.stack(labels), np.stack(shown), info
+
+
+def _segment_frames(frames: np.ndarray, segmenter, cfg: Settings,
+                    flags: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """2D labels (T, H, W) int32 of a time-lapse's frames, each normalised on its own and segmented
+    at the first frame's diameter; the frames shown (T, H, W, 3) uint8; the segmentation's fields."""
+    labels = np.zeros(frames.shape[:3], np.int32)
+    shown = np.zeros((*frames.shape[:3], 3), np.uint8)
+    diameter, info = cfg.diameter, {}
+    for t in progress(range(len(frames)), desc="frames", unit="frame"):
+        network = segmenter.normalize(as_rgb01(frames[t]))
+        result = segmenter.segment(network, diameter=diameter, normalized=True, image_type=cfg.image_type)
+        if t == 0:
+            diameter = diameter or result.diameter
+            info = {"diameter": result.diameter, "estimated": result.estimated, "scale": result.scale,
+                    "image_type": result.image_type, "confidence": result.confidence}
+            if result.flag:
+                flags.append(result.flag)
+        labels[t], shown[t] = result.labels, display_uint8(network)
+    return labels, shown, info
+
+
+def _voxel_size(stack: Stack, pixel_size: float | None, anisotropy: float | None):
+    """(z, y, x) µm of a z-stack's voxels, or None when the pixel size is unknown."""
+    if "Z" not in stack.axes or pixel_size is None:
+        return None
+    z = stack.z_spacing or (pixel_size * anisotropy if anisotropy else None)
+    return None if z is None else (z, pixel_size, pixel_size)
+
+
+def _measure(labels: np.ndarray, intensity: np.ndarray, stack: Stack, pixel_size: float | None,
+             voxel) -> pd.DataFrame:
+    """The ``nuclei.csv`` rows of one frame: 3D measurements of a z-stack, 2D of a time-lapse frame."""
+    if labels.ndim == 3:
+        from pipeline.method.volumes import measure_volumes
+
+        table = measure_volumes(labels, voxel, intensity)  # the 2D rows' names for rows and columns
+        return table.rename(columns={"centroid_y": "centroid_row", "centroid_x": "centroid_col"})
+    return measure_nuclei(labels, intensity, pixel_size)

@@ -1,0 +1,232 @@
+"""Z-stacks and time-lapses: reading a stack with its axes (OME, ImageJ, --axes), folders of frames,
+label stacks written as ImageJ hyperstacks, and ``nuclei segment`` on stacks (3D labels, tracks,
+one row per frame, bad input)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from pipeline.batch.settings import StackOptions
+from pipeline.errors import NucleiError
+from pipeline.files.io import write_png
+from pipeline.files.stacks import check_axes, frame_files, read_frames, read_stacks, write_label_stack
+from tests.conftest import counts_of, run_cli
+
+
+def _imagej(path, array, axes, spacing=None, pixel=None, **meta):
+    metadata = {"axes": axes, **meta}
+    if spacing:
+        metadata.update(spacing=spacing, unit="micron")
+    tifffile.imwrite(path, array, imagej=True, metadata=metadata, resolution=(1 / pixel, 1 / pixel) if pixel else None)
+    return path
+
+
+def test_stack_axes_from_metadata_and_from_the_user(tmp_path):
+    z = _imagej(tmp_path / "z.tif", np.zeros((5, 16, 20), np.uint16), "ZYX", spacing=2.0, pixel=0.5)
+    (stack,) = read_stacks(z)
+    assert (stack.axes, stack.array.shape, stack.z_spacing, stack.pixel_size) == ("ZYX", (5, 16, 20), 2.0, 0.5)
+    ome = tmp_path / "t.ome.tif"
+    tifffile.imwrite(ome, np.zeros((3, 4, 16, 16), np.uint8), ome=True,
+                     metadata={"axes": "TZYX", "PhysicalSizeZ": 3.0, "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25,
+                               "TimeIncrement": 2, "TimeIncrementUnit": "min"})
+    (stack,) = read_stacks(ome)
+    assert (stack.axes, stack.array.shape, stack.z_spacing, stack.frame_interval) == ("TZYX", (3, 4, 16, 16), 3.0, 120.0)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8), photometric="minisblack")
+    assert read_stacks(plain) is None  # no metadata, no --axes: plane by plane as before
+    (stack,) = read_stacks(plain, "TYX")
+    assert stack.axes == "TYX" and stack.array[2, 0, 0] == 128
+    assert read_stacks(tmp_path / "x.png") is None
+
+
+def test_channels_of_a_stack_need_the_nuclear_channel(tmp_path):
+    path = _imagej(tmp_path / "c.tif", np.stack([np.zeros((4, 8, 8), np.uint8), np.ones((4, 8, 8), np.uint8)], 1),
+                   "ZCYX", Labels=["DAPI", "GFP"] * 4)
+    with pytest.raises(NucleiError, match=r"c.tif: a stack of 2 channels: give --nuclear-channel"):
+        read_stacks(path)
+    (stack,) = read_stacks(path, channel="GFP")
+    assert stack.axes == "ZYX" and stack.array.shape == (4, 8, 8) and stack.array.max() == 1 and stack.channel == "GFP"
+
+
+@pytest.mark.parametrize("axes, shape, message", [
+    ("TZYX", (5, 8, 8), r"--axes TZYX names 4 axes but the image has 3"),
+    ("ZYX", (8, 8), r"a single plane \(8×8\), not a stack"),
+    ("QYX", (5, 8, 8), r"--axes must name each axis"),
+    ("ZZX", (5, 8, 8), r"--axes must name each axis"),
+    ("YXZ", (5, 8, 8), r"--axes must name each axis"),
+])
+def test_axes_that_do_not_fit(tmp_path, axes, shape, message):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), photometric="minisblack")
+    with pytest.raises(NucleiError, match=message):
+        read_stacks(path, check_axes(axes))
+
+
+def test_metadata_that_contradicts_the_shape(tmp_path):
+    path = tmp_path / "bad.tif"  # ImageJ says 10 slices, the file holds 5 pages
+    tifffile.imwrite(path, np.zeros((5, 8, 8), np.uint8), description="ImageJ=1.11a\nimages=10\nslices=10\n",
+                     metadata=None)
+    with pytest.raises(NucleiError, match=r"bad.tif: its ImageJ metadata \(images=10, slices=10\) does not fit its 5 "
+                                          r"planes; give --axes"):
+        read_stacks(path)
+    assert read_stacks(path, "ZYX")[0].array.shape == (5, 8, 8)  # the user says what it is
+
+
+def test_single_plane_stack(tmp_path):
+    path = _imagej(tmp_path / "one.tif", np.zeros((1, 2, 8, 8), np.uint8), "TCYX")
+    with pytest.raises(NucleiError, match="one.tif"):
+        read_stacks(path, "TZYX")
+
+
+def test_frames_in_name_order_and_of_one_size(tmp_path):
+    for t in (10, 2, 1):
+        write_png(tmp_path / f"f{t}.png", np.full((8, 8), t, np.uint8))
+    paths = frame_files(tmp_path)
+    assert [p.name for p in paths] == ["f1.png", "f2.png", "f10.png"]
+    stack = read_frames(paths)
+    assert stack.axes == "TYX" and stack.array[:, 0, 0].tolist() == [1, 2, 10]
+    write_png(tmp_path / "f11.png", np.zeros((8, 9), np.uint8))
+    with pytest.raises(NucleiError, match=r"f11.png: frame of 8×9, the movie's first frame \(f1.png\) is 8×8"):
+        read_frames(frame_files(tmp_path))
+
+
+def test_label_stack_is_an_imagej_hyperstack(tmp_path):
+    labels = np.zeros((3, 4, 8, 8), np.int32)
+    labels[1, 2, 3:5, 3:5] = 7
+    write_label_stack(tmp_path / "l.tif", labels, "TZYX", pixel_size=0.5, z_spacing=2.0, frame_interval=30.0)
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        assert tif.series[0].axes == "TZYX" and tif.series[0].dtype == np.uint16
+        meta = tif.imagej_metadata
+        assert (meta["frames"], meta["slices"], meta["spacing"], meta["finterval"]) == (3, 4, 2.0, 30.0)
+        np.testing.assert_array_equal(tif.asarray(), labels)
+    with pytest.raises(NucleiError, match="out of the uint16 range"):
+        write_label_stack(tmp_path / "big.tif", np.full((2, 4, 4), 70000), "ZYX")
+
+
+@pytest.mark.parametrize("options, message", [
+    (StackOptions(anisotropy=0.0), "--anisotropy must be a positive number"),
+    (StackOptions(anisotropy=float("nan")), "--anisotropy must be a positive number"),
+    (StackOptions(z_method="cubes"), "--z-method must be one of stitch, ortho"),
+    (StackOptions(frames=True, axes="TYX"), "--frames and --axes: give one"),
+])
+def test_stack_options_refused(options, message):
+    with pytest.raises(NucleiError, match=message):
+        options.check()
+
+
+# --------------------------------------------------------------------------- nuclei segment on stacks
+
+
+def _spheres(shape=(10, 64, 80), centres=((5, 20, 20), (5, 40, 56), (4, 20, 58)), radius=7):
+    """A uint8 z-stack of bright balls (radius in px, isotropic voxels) and its true labels."""
+    zz, yy, xx = np.indices(shape)
+    image, labels = np.full(shape, 20, np.uint8), np.zeros(shape, np.int32)
+    for k, (z, y, x) in enumerate(centres, start=1):
+        ball = (zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2
+        image[ball], labels[ball] = 200, k
+    return image, labels
+
+
+def _movie(frames=6, shape=(64, 80), step=2):
+    """A uint8 time-lapse of three discs moving ``step`` px right per frame."""
+    from tests.conftest import disks
+
+    return np.stack([disks(shape, ((20, 14 + step * t), (44, 30 + step * t), (20, 50 + step * t)), 7)[0]
+                     for t in range(frames)])
+
+
+def test_segment_a_z_stack_in_3d(tmp_path, model_dir):
+    image, truth = _spheres()
+    stack = _imagej(tmp_path / "cells.tif", image, "ZYX", spacing=1.0, pixel=1.0)
+    for method in ("stitch", "ortho"):
+        out = tmp_path / method
+        assert run_cli(stack, "-o", out, "--model", model_dir, "--z-method", method) == 0
+        row = counts_of(out).loc["cells"]
+        assert (row["axes"], row["count"], row["planes"], row["z_method"]) == ("ZYX", 3, 10, method)
+        with tifffile.TiffFile(out / "labels" / "cells.tif") as tif:
+            assert tif.series[0].axes == "ZYX"
+            labels = tif.asarray()
+        assert labels.shape == truth.shape and len(np.unique(labels)) == 4  # three 3D nuclei
+        nuclei = pd.read_csv(out / "nuclei.csv")
+        assert len(nuclei) == 3 and (nuclei["z_extent"] >= 9).all()  # each ball spans its planes as one nucleus
+        true_volume = (truth == 1).sum()
+        assert nuclei["volume_voxels"].between(0.7 * true_volume, 1.3 * true_volume).all()
+        assert np.isclose(nuclei["volume_um3"], nuclei["volume_voxels"]).all()  # 1 µm voxels
+        columns = pd.read_csv(out / "columns.csv", keep_default_na=False).set_index("column")
+        assert columns.loc["volume_um3", "unit"] == "µm³" and columns.loc["z_extent", "meaning"]
+
+
+def test_segment_and_track_a_time_lapse(tmp_path, model_dir):
+    movie = _imagej(tmp_path / "movie.tif", _movie(), "TYX", finterval=30.0)
+    out = tmp_path / "out"
+    assert run_cli(movie, "-o", out, "--model", model_dir, "--track") == 0
+    counts = counts_of(out).loc["movie"]
+    assert counts["frame"].tolist() == list(range(6)) and (counts["count"] == 3).all()  # one row per frame
+    with tifffile.TiffFile(out / "labels" / "movie.tif") as tif:
+        assert tif.series[0].axes == "TYX"
+        labels = tif.asarray()
+    # each nucleus keeps its track id as its label in every frame
+    centre_ids = [labels[t, 20, 14 + 2 * t] for t in range(6)]
+    assert len(set(centre_ids)) == 1 and centre_ids[0] > 0
+    tracks = pd.read_csv(out / "tracks" / "movie.csv")
+    assert tracks["track_id"].nunique() == 3 and len(tracks) == 18 and (tracks["parent_track_id"] == 0).all()
+    assert (out / "tracks" / "movie.xml").read_text().count("<Track ") == 3
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert set(nuclei["frame"]) == set(range(6)) and (nuclei["track_id"] == nuclei["label"]).all()
+    assert nuclei["time_s"].max() == 150.0
+
+
+def test_track_3d_nuclei_of_a_time_lapse_of_z_stacks(tmp_path, model_dir):
+    image = _spheres()[0]
+    movie = np.stack([np.roll(image, 2 * t, axis=2) for t in range(3)])  # balls moving 2 px right per frame
+    path = _imagej(tmp_path / "tz.tif", movie, "TZYX", spacing=1.0, pixel=1.0)
+    out = tmp_path / "out"
+    assert run_cli(path, "-o", out, "--model", model_dir, "--z-method", "stitch", "--track") == 0
+    counts = counts_of(out).loc["tz"]
+    assert counts["frame"].tolist() == [0, 1, 2] and (counts["count"] == 3).all()
+    tracks = pd.read_csv(out / "tracks" / "tz.csv")
+    assert tracks["track_id"].nunique() == 3 and "centroid_z" in tracks
+    labels = tifffile.imread(out / "labels" / "tz.tif")
+    assert labels.shape == movie.shape and len({labels[t, 5, 20, 20 + 2 * t] for t in range(3)}) == 1
+    xml = (out / "tracks" / "tz.xml").read_text()
+    assert 'nslices="10"' in xml and 'POSITION_Z="4.7' in xml and 'POSITION_Z="0.0"' not in xml
+
+
+def test_frames_folders_and_bad_stacks_fail_alone(tmp_path, model_dir, capsys):
+    good, uneven = tmp_path / "good", tmp_path / "uneven"
+    for t, frame in enumerate(_movie(4)):
+        write_png(good / f"t{t}.png", frame)
+        write_png(uneven / f"t{t}.png", frame if t < 3 else frame[:, :70])
+    out = tmp_path / "frames"
+    assert run_cli(good, uneven, "-o", out, "--model", model_dir, "--frames", "--track") == 1
+    counts = counts_of(out)
+    assert (counts.loc["good", "status"] == "ok").all() and len(counts.loc["good"]) == 4
+    assert "t3.png: frame of 64×70" in counts.loc["uneven", "error"]
+    # a TZYX stack needs both --z-method and --track; metadata that contradicts the shape
+    (tmp_path / "st").mkdir()
+    _imagej(tmp_path / "st" / "tz.tif", np.stack([_spheres()[0]] * 2), "TZYX")
+    tifffile.imwrite(tmp_path / "st" / "bad.tif", np.zeros((5, 32, 32), np.uint8),
+                     description="ImageJ=1.11a\nimages=10\nslices=10\n", metadata=None)
+    _imagej(tmp_path / "st" / "z.tif", _spheres()[0], "ZYX")
+    out = tmp_path / "st_out"
+    assert run_cli(tmp_path / "st", "-o", out, "--model", model_dir, "--track") == 1
+    counts = counts_of(out)
+    assert "tz.tif: a time-lapse of z-stacks (TZYX): give both --z-method and --track" in counts.loc["tz", "error"]
+    assert "bad.tif: its ImageJ metadata (images=10, slices=10) does not fit its 5 planes" in counts.loc["bad", "error"]
+    assert counts.loc["z", "status"] == "ok" and counts.loc["z", "flag"] == "--track: no time axis"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "tz.tif" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--anisotropy", "0"), "--anisotropy must be a positive number"),
+    (("--axes", "ZQX"), "--axes must name each axis"),
+    (("--frames",), "--frames takes folders"),
+])
+def test_stack_usage_errors(tmp_path, model_dir, capsys, argv, message):
+    image = _imagej(tmp_path / "z.tif", _spheres()[0], "ZYX")
+    assert run_cli(image, "-o", tmp_path / "out", "--model", model_dir, *argv) == 2
+    assert message in capsys.readouterr().err
