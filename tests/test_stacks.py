@@ -4,6 +4,10 @@ one row per frame, bad input)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -230,3 +234,25 @@ def test_stack_usage_errors(tmp_path, model_dir, capsys, argv, message):
     image = _imagej(tmp_path / "z.tif", _spheres()[0], "ZYX")
     assert run_cli(image, "-o", tmp_path / "out", "--model", model_dir, *argv) == 2
     assert message in capsys.readouterr().err
+
+
+IMAGEJ = Path("/usr/share/java/ij.jar")
+
+
+@pytest.mark.skipif(not (IMAGEJ.exists() and shutil.which("xvfb-run") and shutil.which("java")),
+                    reason="ImageJ not installed (apt-get install imagej xvfb)")
+def test_imagej_opens_the_label_stacks_as_hyperstacks(tmp_path, model_dir):
+    """Fiji / ImageJ 1.x, headless, reads our label stacks with their axes, voxel size and frame interval."""
+    image = _spheres()[0]
+    movie = np.stack([np.roll(image, 2 * t, axis=2) for t in range(3)])
+    path = _imagej(tmp_path / "tz.tif", movie, "TZYX", spacing=2.0, pixel=0.5, finterval=30.0)
+    out = tmp_path / "out"
+    assert run_cli(path, "-o", out, "--model", model_dir, "--z-method", "stitch", "--track") == 0
+    macro = tmp_path / "dims.ijm"
+    macro.write_text('open(getArgument()); getDimensions(w, h, c, z, t); getVoxelSize(pw, ph, pd, unit);\n'
+                     'print("dims " + w + " " + h + " " + z + " " + t + " " + pw + " " + pd + " " + unit + " "'
+                     ' + Stack.getFrameInterval() + " " + bitDepth());\n')
+    run = subprocess.run(["xvfb-run", "-a", "java", "-jar", str(IMAGEJ), "-batch", str(macro),
+                          str(out / "labels" / "tz.tif")], capture_output=True, text=True, timeout=120)
+    line = next(line for line in run.stdout.splitlines() if line.startswith("dims "))
+    assert line.split()[1:] == ["80", "64", "10", "3", "0.5", "2", "microns", "30", "16"]
