@@ -113,10 +113,11 @@ def test_finetune_improves_a_mis_sized_base_and_segment_loads_it(base_model, tmp
     assert len(table) == 1 and (tmp_path / "seg" / "labels" / "img0.tif").is_file()
 
 
-def test_one_image_validates_on_its_halves_and_cli_refuses_to_overwrite(base_model, tmp_path, capsys):
+def test_one_image_validates_on_its_halves_and_cli_refuses_to_overwrite(base_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pipeline.training.finetune.MAX_STEPS", 8)  # a minute holds validation, ends early
     images = write_annotated(tmp_path, n=1, size=200, suffix=".png")
     args = ["finetune", str(images[0]), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "m"),
-            "--model", str(base_model), "--minutes", "0.2", "--device", "cpu", "--max-forgetting", "none"]
+            "--model", str(base_model), "--minutes", "1", "--device", "cpu", "--max-forgetting", "none"]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "held-out (image halves): base " in out and "model written to" in out

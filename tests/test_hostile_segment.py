@@ -1,6 +1,7 @@
-"""The hostile pass over ``nuclei segment`` (``scripts/hostile_segment.py``, issue 41): every case
-is handled — one line per problem and no traceback, every other image still segmented, label files
-and tables that agree. Each case runs in its own temporary folder with the shipped model."""
+"""The hostile pass over ``nuclei segment`` and the newer commands (``scripts/hostile_segment.py``,
+issues 41 and 62): every case is handled — one line per problem and no traceback, every other
+image still segmented, label files and tables that agree. Each case runs in its own temporary
+folder with the shipped model; :data:`OPEN` lists the cases that wait for a change elsewhere."""
 
 from __future__ import annotations
 
@@ -17,11 +18,18 @@ hostile = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hostile)
 
 
+#: Cases whose fix lies outside the files of their issue: (title, reason). Strict: a fix makes them fail.
+OPEN: dict[str, str] = {}
+
+
 def test_the_pass_has_its_cases():
-    assert len(hostile.CASES) >= 28
+    assert len(hostile.CASES) >= 50
+    assert set(OPEN) <= {title for title, _ in hostile.CASES}
 
 
-@pytest.mark.parametrize("check", [c for _, c in hostile.CASES], ids=[t[:60] for t, _ in hostile.CASES])
+@pytest.mark.parametrize("check", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=OPEN[t])) if t in OPEN else c
+    for t, c in hostile.CASES], ids=[t[:60] for t, _ in hostile.CASES])
 def test_case_is_handled(check, tmp_path, monkeypatch):
     monkeypatch.setenv("CI", "1")  # no progress bars
     monkeypatch.chdir(tmp_path)

@@ -30,6 +30,7 @@ from pipeline.batch.output_folder import COUNTS_CSV, LABELS
 from pipeline.errors import NucleiError, one_line
 from pipeline.files.inputs import list_inputs
 from pipeline.files.io import check_writable_folder, read_planes
+from pipeline.method.labels import instance_labels
 from pipeline.method.measure import intensity_of, measure_nuclei
 from pipeline.progress import progress
 
@@ -43,8 +44,10 @@ INTENSITY_COLUMNS = ("mean_intensity", "integrated_intensity")
 def read_label_image(path: Path) -> np.ndarray:
     """Read a label image written by any tool → int32 (H, W), 0 = background.
 
-    A binary mask (values 0 and 1 only, or bool) becomes its 4-connected components, one nucleus
-    each (with a warning). Float files are accepted when their values are whole numbers.
+    :func:`pipeline.method.labels.instance_labels` makes the labels, as for ``nuclei finetune``:
+    any two-valued image (0 and one other value: 0/1, 0/255, bool) of several separate objects is
+    a binary mask, each 4-connected region one nucleus; ids beyond int32 are relabelled 1..N in
+    their order (each with a warning). Float files are accepted when their values are whole numbers.
 
     Raises
     ------
@@ -56,16 +59,17 @@ def read_label_image(path: Path) -> np.ndarray:
     if len(planes) > 1 or (array.ndim == 3 and array.shape[-1] > 1):
         raise NucleiError(f"{path}: not a label image (several planes or colour channels; expected one grey plane)")
     array = array.reshape(array.shape[:2])
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise NucleiError(f"{path}: not a label image (fractional values; expected whole numbers, one per nucleus)")
-    if array.min(initial=0) < 0 or array.max(initial=0) > np.iinfo(np.int32).max:
-        raise NucleiError(f"{path}: not a label image (values outside 0..2**31-1)")
-    labels = array.astype(np.int32)
-    if labels.max(initial=0) == 1:
-        from skimage.measure import label
-
-        labels = label(labels, connectivity=1).astype(np.int32)
-        _warn(f"{path}: a binary mask; each connected region is exported as one nucleus ({labels.max()})")
+    if array.dtype.kind == "f":
+        if not np.array_equal(array, np.round(array)):
+            raise NucleiError(f"{path}: not a label image (fractional values; expected whole numbers, one per nucleus)")
+        if array.min(initial=0) < 0 or array.max(initial=0) >= 2.0**63:
+            raise NucleiError(f"{path}: not a label image (values outside 0..2**63-1)")
+        array = array.astype(np.int64)
+    if array.min(initial=0) < 0:
+        raise NucleiError(f"{path}: not a label image (negative values; expected 0 = background)")
+    labels, note = instance_labels(array, str(path))
+    if note:
+        _warn(note)
     return labels
 
 

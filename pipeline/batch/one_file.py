@@ -352,10 +352,14 @@ def _take(items: list, k: int):
 
 def _failure(exc: Exception, source: Path) -> dict[str, Any]:
     """counts.csv fields of an image that failed: a one-line error naming the file."""
+    from pipeline.model.runtime import is_out_of_memory, requested_bytes
+
     if isinstance(exc, NucleiError):
         message = str(exc)
-    elif isinstance(exc, MemoryError):
-        message = f"{source}: out of memory (lower segment.block_size in params.yaml)"
+    elif is_out_of_memory(exc):  # MemoryError, or torch's allocator refusing
+        asked = requested_bytes(exc)
+        what = f"asked for {asked / 2**30:.1f} GiB at once; " if asked else ""
+        message = f"{source}: too large for this machine ({what}lower segment.block_size in params.yaml)"
     else:  # a bug, or a library refusing this input: name it, keep the batch going
         message = f"{source}: unexpected error ({type(exc).__name__}: {exc})"
     return {"count": None, "status": "failed", "error": " ".join(message.split())}

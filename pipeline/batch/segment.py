@@ -138,6 +138,10 @@ def segment_images(
     start = time.perf_counter()
     if workers is not None and workers < 1:
         raise NucleiError(f"--workers must be at least 1, got {workers}")
+    if scheduler is not None:  # checked before the output folder is touched
+        from pipeline.batch.cluster import scheduler_target
+
+        scheduler_target(scheduler)
     cfg = Settings.from_params(
         params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size, **settings
     )
@@ -152,7 +156,7 @@ def segment_images(
         run.write()  # from now on the tables describe the label files present, even if interrupted
         items = list(zip(sources, names, strict=True))
         try:
-            if scheduler or workers:
+            if scheduler is not None or workers:
                 from pipeline.batch.cluster import connect, segment_batch
 
                 with connect(scheduler, workers) as client:
@@ -356,7 +360,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, help="parameters file (default: params.yaml)")
     parser.add_argument(
         "--scheduler", metavar="ADDRESS",
-        help="segment on a Dask cluster: the scheduler's address (tcp://host:8786) or scheduler file; the "
+        help="segment on a Dask cluster: tcp://HOST:PORT (or HOST:PORT), tls://HOST:PORT with Dask's TLS settings, "
+             "or a scheduler file written by `dask scheduler --scheduler-file`; checked before connecting; the "
              "output folder and inputs must be visible to every worker (docs/scale-out.md)",
     )
     parser.add_argument(

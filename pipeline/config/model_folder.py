@@ -11,11 +11,17 @@ record as one frozen dataclass, in the manner of StarDist's ``Config2D``:
   of the section, such as ``out``, are ignored);
 - ``normalization``: the intensity normalisation (:class:`NormalizationConfig`; a folder whose
   section does not say ``saturation`` predates that rule and gets ``saturation: false``);
-- ``diameter``, ``stained_diameter``, ``user_diameter``: nucleus diameters in px (positive, or
-  null); :meth:`ModelDirConfig.diameter_for` is the one rule for the diameter a model resizes an
-  image to;
+- ``diameter``, ``stained_diameter``, ``user_diameter``: nucleus diameters in px (positive, at
+  most :data:`MAX_DIAMETER`, or null); :meth:`ModelDirConfig.diameter_for` is the one rule for the
+  diameter a model resizes an image to;
 - ``training``: free-form provenance; ``weights_sha256``: the checksum of ``weights.pt``;
   ``format_version``: :data:`FORMAT_VERSION`.
+
+The sizes a folder may claim are bounded before anything is read or built: ``config.yaml`` at
+most :data:`CONFIG_MAX_BYTES` (a sparse file of many GB is refused by its size, unread),
+``model.depth`` at most :data:`MAX_DEPTH` and ``model.width`` at most :data:`MAX_WIDTH`. Whether
+the architecture fits the weights, and the machine's memory, is checked by
+:func:`pipeline.model.model_dir.read_model_dir` (it needs torch), on a network without memory.
 
 Every value is checked whichever way a config is made (:meth:`ModelDirConfig.from_dict`, the
 constructor, :meth:`ModelDirConfig.replace`), with a one-line
@@ -50,6 +56,13 @@ CONFIG_NAME = "config.yaml"
 #: The image type whose nuclei a model resizes to its ``stained_diameter``: stained tissue
 #: (:data:`pipeline.method.image_types.HISTOLOGY`; a test checks that they agree).
 STAINED_IMAGE_TYPE = "histology"
+#: Largest ``config.yaml`` read (bytes; the shipped one is 12 kB): a larger file is refused unread.
+CONFIG_MAX_BYTES = 1_000_000
+#: Largest ``model.depth`` (2**8 = 256 px stride) and ``model.width`` (channels of the first level)
+#: of a model folder: a plain U-Net beyond them has billions of parameters.
+MAX_DEPTH, MAX_WIDTH = 8, 512
+#: Largest nucleus diameter a model folder may record, px.
+MAX_DIAMETER = 10_000.0
 #: Keys of a model folder's ``config.yaml``, in the order they are written.
 KEYS = ("format_version", "model", "postprocess", "normalization", "diameter", "stained_diameter",
         "user_diameter", "training", "weights_sha256")
@@ -189,8 +202,9 @@ def read_model_config(folder: str | Path) -> ModelDirConfig:
     Raises
     ------
     NucleiError
-        One line naming the folder or the file: folder or file missing, unreadable YAML, not a
-        mapping, no or an unsupported ``format_version``, no ``model`` section, an invalid value.
+        One line naming the folder or the file: folder or file missing, larger than
+        :data:`CONFIG_MAX_BYTES`, unreadable YAML, not a mapping, no or an unsupported
+        ``format_version``, no ``model`` section, an invalid value.
     """
     folder = model_folder(folder)
     if not folder.is_dir():
@@ -198,6 +212,10 @@ def read_model_config(folder: str | Path) -> ModelDirConfig:
     file = folder / CONFIG_NAME
     if not file.is_file():
         raise NucleiError(f"{file}: missing (not a model directory)")
+    size = file.stat().st_size
+    if size > CONFIG_MAX_BYTES:
+        raise NucleiError(f"{file}: {byte_size(size)}; a model's {CONFIG_NAME} is at most "
+                          f"{byte_size(CONFIG_MAX_BYTES)} (not read: a wrong, damaged or sparse file?)")
     try:
         values = yaml.safe_load(file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -213,21 +231,36 @@ def read_model_config(folder: str | Path) -> ModelDirConfig:
 # --------------------------------------------------------------------------- the values
 
 
+def byte_size(n: float) -> str:
+    """A number of bytes for messages, in decimal units: ``byte_size(36e12) == '36.0 TB'``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def _positive(value: Any, key: str, source: str) -> float | None:
-    """A diameter: None, or a positive number (as a float)."""
+    """A diameter: None, or a positive number up to :data:`MAX_DIAMETER` (as a float)."""
     if value is None:
         return None
     if not is_number(value) or not value > 0:
         raise NucleiError(f"{source}: {key} must be a positive number, got {value!r}")
+    if value > MAX_DIAMETER:
+        raise NucleiError(f"{source}: {key} must be at most {MAX_DIAMETER:g} px, got {value!r}")
     return float(value)
 
 
 def _model(value: Any, source: str) -> ModelConfig:
+    """The ``model`` section, its sizes bounded (:data:`MAX_DEPTH`, :data:`MAX_WIDTH`)."""
     if isinstance(value, ModelConfig):
         value = value.to_dict()
     if not isinstance(value, Mapping):
         raise NucleiError(f"{source}: no 'model' section")
-    return ModelConfig.from_dict({**value, "encoder_weights": None}, source)
+    model = ModelConfig.from_dict({**value, "encoder_weights": None}, source)
+    for key, most in (("depth", MAX_DEPTH), ("width", MAX_WIDTH)):
+        if getattr(model, key) > most:
+            raise NucleiError(f"{source}: model.{key} must be at most {most}, got {getattr(model, key)}")
+    return model
 
 
 def _postprocess(value: Any, source: str) -> PostprocessConfig:

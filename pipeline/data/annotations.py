@@ -4,8 +4,9 @@ checking the labels.
 Label images are found by the names ``nuclei segment`` gives (``<labels>/<name>.tif``, ``<name>``
 the image's file stem), Cellpose's ``<name>_masks.tif`` and PNG (``<name>.png``,
 ``<name>_masks.png``). Labels must be integer instance labels (0 = background) of the image's size;
-a binary mask (one value, several separate objects) is split into connected components with a
-warning.
+a binary mask (one value, several separate objects) is split into connected components and ids
+beyond int32 are relabelled, with a warning (:func:`pipeline.method.labels.instance_labels`, shared
+with ``nuclei export``).
 
 Must not: train, rescale or write anything.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NucleiError
+from pipeline.method.labels import instance_labels
 
 #: Label file names tried for an image of stem ``name``, in this order.
 LABEL_NAMES = ("{name}.tif", "{name}.tiff", "{name}_masks.tif", "{name}_masks.tiff", "{name}.png", "{name}_masks.png")
@@ -116,9 +118,9 @@ def check_labels(labels: np.ndarray, source: str, shape: tuple[int, int]) -> tup
     ------
     NucleiError
         Not 2-D, another size than the image, float or negative values.
-    """
-    from skimage.measure import label as connected_components
 
+    A binary mask is split and large ids relabelled by :func:`pipeline.method.labels.instance_labels`.
+    """
     labels = np.asarray(labels)
     if labels.ndim == 3 and labels.shape[-1] == 1:
         labels = labels[..., 0]
@@ -131,15 +133,7 @@ def check_labels(labels: np.ndarray, source: str, shape: tuple[int, int]) -> tup
         raise NucleiError(f"{source}: float label image; expected integer instance labels (0 = background)")
     if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)):
         raise NucleiError(f"{source}: label image of type {labels.dtype}; expected integer instance labels")
-    if labels.size and labels.min() < 0:
-        raise NucleiError(f"{source}: negative labels; expected 0 = background, 1..N nuclei")
-    values = np.unique(labels)
-    if values.size == 2 and values[0] == 0:  # one object value: a binary mask, or one nucleus
-        components, n = connected_components(labels > 0, return_num=True, connectivity=1)
-        if n > 1:
-            return components.astype(np.int32), (f"{source}: binary mask (one value, {n} separate objects); "
-                                                 "using its connected components as nuclei")
-    return labels.astype(np.int32), ""
+    return instance_labels(labels, source)  # binary masks split, ids beyond int32 relabelled
 
 
 def read_label_file(path: Path) -> np.ndarray:

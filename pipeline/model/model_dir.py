@@ -4,7 +4,12 @@
 ``config.yaml`` is a :class:`pipeline.config.model_folder.ModelDirConfig` (the architecture, the
 watershed thresholds, the normalisation, the nucleus diameters, the training provenance and
 ``weights_sha256``); ``weights.pt`` the state dict (half precision allowed). :func:`save_model_dir`
-writes both atomically, :func:`load_model_dir` checks and reads them. A model directory travels (it
+writes both atomically, :func:`load_model_dir` checks and reads them. :func:`read_model_dir` is the
+one validator of a folder (``segment``, ``finetune`` and every loader go through it): the schema of
+``config.yaml``, the size of ``weights.pt`` (at most :data:`WEIGHTS_MAX_BYTES`, refused unread),
+its checksum, and the architecture ``config.yaml`` asks for against the tensors ``weights.pt``
+holds and against the memory left, on a network built on torch's ``meta`` device (no memory)
+before any real network is allocated. A model directory travels (it
 ships in git), so what it records holds no absolute path of the machine that wrote it:
 :func:`portable_paths` rewrites them relative to the repository.
 
@@ -32,15 +37,23 @@ from pipeline.config.model_folder import (
     FORMAT_VERSION,
     ModelDirConfig,
     as_model_dir_config,
+    byte_size,
     read_model_config,
 )
 from pipeline.config.params import ROOT
 from pipeline.errors import NucleiError
 from pipeline.files.io import atomic_path
+from pipeline.model import networks, runtime
 from pipeline.model.networks import build_model, load_state_strict, read_tensors, unwrap_model
 from pipeline.shipped import DEFAULT_MODEL, model_folder
 
 WEIGHTS_NAME = "weights.pt"
+#: Largest ``weights.pt`` read (bytes): the largest smp encoder stored in float16 is 1.7 GB, the
+#: shipped model 16 MB. A larger file (or a sparse one claiming to be) is refused unread.
+WEIGHTS_MAX_BYTES = 2_000_000_000
+#: Memory that loading takes per parameter (bytes): the file, its float16 tensors, their float32
+#: copies and the float32 network.
+LOAD_BYTES_PER_PARAMETER = 12
 _HALF_MAX = torch.finfo(torch.float16).max
 
 
@@ -146,6 +159,100 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def read_model_dir(path: str | Path) -> tuple[ModelDirConfig, dict[str, torch.Tensor]]:
+    """Check a model directory without building its network: the one validator of a model folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder as the user gave it (``'default'``: the shipped model); messages name it.
+
+    Returns
+    -------
+    config : ModelDirConfig
+        ``config.yaml``, checked (:func:`pipeline.config.model_folder.read_model_config`: types,
+        ranges, its size).
+    state : dict of str to torch.Tensor
+        ``weights.pt`` as stored (float16 allowed), on the CPU.
+
+    Raises
+    ------
+    NucleiError
+        One line naming the file or the folder: everything :func:`read_model_config` refuses;
+        ``weights.pt`` missing, larger than :data:`WEIGHTS_MAX_BYTES` (refused unread), corrupt,
+        not matching the checksum, not a state dict; an architecture whose tensors are not those
+        of ``weights.pt`` (``weights.pt holds depth 2, width 4``); a network that needs more
+        memory than the machine has left (``too large for this machine``).
+    """
+    path = model_folder(path)
+    config = read_model_config(path)
+    file = path / WEIGHTS_NAME
+    if not file.is_file():
+        raise NucleiError(f"{file}: missing")
+    size = file.stat().st_size
+    if size > WEIGHTS_MAX_BYTES:
+        raise NucleiError(f"{file}: {byte_size(size)}; a model's {WEIGHTS_NAME} is at most "
+                          f"{byte_size(WEIGHTS_MAX_BYTES)} (not read: a wrong, damaged or sparse file?)")
+    data = file.read_bytes()
+    expected = config.weights_sha256
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise NucleiError(
+            f"{file}: contents do not match the checksum in {CONFIG_NAME} (truncated or replaced)"
+        )
+    state = read_tensors(file, data)
+    del data
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NucleiError(f"{file}: not a state dict of tensors")
+    parameters = _check_architecture(path, config, state)
+    need, left = LOAD_BYTES_PER_PARAMETER * parameters, runtime.available_memory()
+    if left is not None and need > left:
+        raise NucleiError(f"{path}: too large for this machine (a network of {parameters:,} parameters needs "
+                          f"about {byte_size(need)} to load; {byte_size(left)} of memory left)")
+    return config, state
+
+
+def _check_architecture(path: Path, config: ModelDirConfig, state: dict[str, torch.Tensor]) -> int:
+    """The parameters (and buffers) of ``config.model``'s network, built on the ``meta`` device (no
+    memory), after checking that its tensors are those of ``state``. An architecture that cannot
+    be built there (an encoder that computes with its tensors while it is built, such as smp's
+    ``mit_b*``) is checked when it is loaded instead (:func:`load_model_dir`: strictly, within
+    :func:`pipeline.model.runtime.memory_guard`), and counted by ``state``."""
+    try:
+        with torch.device("meta"):
+            network = networks.build_model(config.model)
+    except NucleiError as exc:
+        raise NucleiError(f"{path / CONFIG_NAME}: {exc}") from None
+    except Exception:  # noqa: BLE001 - not buildable without memory: checked when loaded
+        return sum(v.numel() for v in state.values())
+    own = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    held = {k: tuple(v.shape) for k, v in state.items()}
+    if own != held:
+        differences = {
+            "missing": [k for k in own if k not in held],
+            "unexpected": [k for k in held if k not in own],
+            f"other shapes ({WEIGHTS_NAME} vs asked)": [f"{k} {held[k]} vs {own[k]}" for k in own
+                                                       if k in held and held[k] != own[k]],
+        }
+        problems = [f"{label}: {', '.join(keys[:2])}{f' (+{len(keys) - 2} more)' if len(keys) > 2 else ''}"
+                    for label, keys in differences.items() if keys]
+        model = config.model
+        asked = f"arch {model.arch}, " + (f"depth {model.depth}, width {model.width}" if model.arch == "unet"
+                                          else f"encoder {model.encoder}")
+        holds = _unet_sizes(held) if config.model.arch == "unet" else None
+        raise NucleiError(f"{path / CONFIG_NAME}: the model section ({asked}) does not fit {WEIGHTS_NAME}"
+                          f"{f' ({WEIGHTS_NAME} holds {holds})' if holds else ''}: {'; '.join(problems)}")
+    return sum(v.numel() for v in network.state_dict().values())
+
+
+def _unet_sizes(shapes: dict[str, tuple]) -> str | None:
+    """``depth D, width W`` of the plain U-Net whose tensors have ``shapes``, or None."""
+    first = shapes.get("down.0.0.weight")
+    blocks = {k.split(".")[1] for k in shapes if k.startswith("down.")}
+    if not first or not all(b.isdigit() for b in blocks):
+        return None
+    return f"depth {len(blocks) - 1}, width {first[0]}"
+
+
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelDirConfig]:
     """Load a model directory written by :func:`save_model_dir`.
 
@@ -166,31 +273,17 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
     Raises
     ------
     NucleiError
-        Naming the file: folder or file missing, unreadable or truncated file, an invalid
-        ``config.yaml`` (unsupported ``format_version``, no ``model`` section, a bad value),
-        weights that do not match the checksum or the architecture (missing / unexpected keys,
-        wrong shapes).
+        Naming the file or the folder: everything :func:`read_model_dir` refuses (before any
+        network is built), and running out of memory while building it or moving it to
+        ``device`` (``<folder>: too large for this machine (asked for ...)``).
     """
     path = model_folder(path)
-    config = read_model_config(path)
-    file = path / WEIGHTS_NAME
-    if not file.is_file():
-        raise NucleiError(f"{file}: missing")
-    data = file.read_bytes()
-    expected = config.weights_sha256
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise NucleiError(
-            f"{file}: contents do not match the checksum in {CONFIG_NAME} (truncated or replaced)"
-        )
-    state = read_tensors(file, data)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NucleiError(f"{file}: not a state dict of tensors")
-    try:
+    config, state = read_model_dir(path)
+    parameters = sum(v.numel() for v in state.values())
+    with runtime.memory_guard(str(path), f"a network of {parameters:,} parameters"):
         model = build_model(config.model)
-    except NucleiError as exc:
-        raise NucleiError(f"{path / CONFIG_NAME}: {exc}") from None
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    load_state_strict(model, state, file, what="weights")
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), config
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        load_state_strict(model, state, path / WEIGHTS_NAME, what="weights")
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return model.to(device).eval(), config

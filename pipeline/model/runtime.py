@@ -9,7 +9,10 @@ Owns the one ``resolve_device`` of the project and the ``precision`` setting
   (docs/decisions.md, "bf16 only with AMX");
 - channels_last memory format for the network and its inputs, on CPU and GPU;
 - on a CPU, the C library's allocator keeps freed activation memory for reuse
-  (:func:`reuse_freed_memory`) instead of handing it back to the kernel after every layer.
+  (:func:`reuse_freed_memory`) instead of handing it back to the kernel after every layer;
+- the memory this machine has left (:func:`available_memory`), and a network too large for it:
+  :func:`memory_guard` turns a ``MemoryError`` or an allocator's ``RuntimeError`` (CPU or CUDA)
+  into one line, "too large for this machine", naming the model and the size asked for.
 
 Must not: read params.yaml (callers hand in the values), or import anything but torch lazily.
 """
@@ -21,9 +24,12 @@ import ctypes
 import functools
 import os
 import platform
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.config.model_folder import byte_size
 from pipeline.config.params import PRECISIONS
 from pipeline.errors import NucleiError
 
@@ -192,3 +198,81 @@ def set_threads(threads: int | None = None) -> int:
     n = int(threads or os.environ.get("OMP_NUM_THREADS") or cpu_count())
     torch.set_num_threads(n)
     return n
+
+
+# --------------------------------------------------------------------------- memory
+
+#: Parts of the messages of allocators that ran out of memory (torch's CPU allocator, CUDA, the C library).
+OUT_OF_MEMORY = ("can't allocate memory", "defaultcpuallocator", "out of memory", "cannot allocate memory")
+_UNITS = {"": 1, "b": 1, "bytes": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still take: ``MemAvailable`` of ``/proc/meminfo``, within
+    the cgroup's limit (a container's ``memory.max``) when there is one; elsewhere the free
+    physical pages; None when unknown."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+        except (AttributeError, OSError, ValueError):
+            return None
+    return max(0, min(found))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out (``MemoryError``, ``torch.cuda.OutOfMemoryError``,
+    the ``RuntimeError`` of torch's CPU allocator)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(part in str(exc).lower() for part in OUT_OF_MEMORY)
+
+
+def requested_bytes(exc: BaseException) -> float | None:
+    """The allocation an out-of-memory error names (``you tried to allocate 36000000000000 bytes``,
+    CUDA's ``Tried to allocate 20.00 GiB``), in bytes; None when it names none."""
+    match = re.search(r"allocate ([\d.]+) ?([KMGT]i?B|bytes|B)?", str(exc), re.IGNORECASE)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+
+
+@contextlib.contextmanager
+def memory_guard(what: str, size: str | None = None) -> Iterator[None]:
+    """A block that builds or runs a network: running out of memory in it is one line.
+
+    Parameters
+    ----------
+    what : str
+        What the message names first: the model folder as the user gave it.
+    size : str, optional
+        What was being built, e.g. ``a network of 7,763,041 parameters``.
+
+    Raises
+    ------
+    NucleiError
+        ``<what>: too large for this machine (asked for 36.0 TB at once; <size>)`` in place of a
+        ``MemoryError`` or an allocator's ``RuntimeError``; other errors pass unchanged.
+    """
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        asked = requested_bytes(exc)
+        parts = ([f"asked for {byte_size(asked)} at once"] if asked else []) + ([size] if size else [])
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        raise NucleiError(f"{what}: too large for this machine{detail}") from None

@@ -2,8 +2,12 @@
 
 :func:`finetune` (the Python API, also used by the napari widget) and the command:
 
-1. pair and check the images and labels (:mod:`pipeline.data.annotations`); every user error is one
-   line, raised before anything is written;
+1. pair and check the images and labels (:mod:`pipeline.data.annotations`), one image at a time
+   (:func:`read_annotated`): the same image given twice is used once, two different images of
+   one name are refused, an image larger than :data:`MAX_REGION_PIXELS` at the network's scale is
+   cut to its region richest in nuclei; every user error is one line, raised before anything is
+   written, and the base model folder is checked whole first
+   (:func:`pipeline.model.model_dir.read_model_dir`);
 2. bring each image to the model's canonical nucleus diameter from the exact median diameter of
    its labels (:func:`pipeline.training.finetune_run.make_example`); record the users' typical diameter
    (``user_diameter``, the median over images) in the model;
@@ -15,7 +19,9 @@
 4. the final fine-tune on every image for the chosen steps, written as a complete model
    directory with the before/after scores and the provenance in ``config.yaml``.
 
-The time (``minutes``) is planned from a measured step time: all runs share it. A few crops of
+The time (``minutes``) is planned from measured times (:func:`plan_time`: a training step, the
+start of a run, the held-out predictions and threshold search): all runs share it, and when it is
+short the plan gives up checkpoints, the guard's check images, held-out validation, then training. A few crops of
 the base model's training data (DSB2018 ``stage1_train`` when ``../shared`` holds it) are mixed
 into every run against forgetting (:mod:`pipeline.training.guard`), and its check images
 other images of it are scored at every checkpoint beside the held-out ones: the steps and thresholds chosen are the
@@ -24,16 +30,20 @@ best on the held-out images among those that keep the score on these checks with
 
 Must not: hold a training loop (:class:`pipeline.training.finetune_run.FinetuneTrainer` is the Trainer's),
 build targets (:mod:`pipeline.method.targets`), segment differently from :class:`pipeline.model.segmenter.Segmenter`,
-or read a model folder's ``config.yaml`` other than through :func:`pipeline.config.model_folder.read_model_config`.
+or read a model folder other than through :func:`pipeline.model.model_dir.read_model_dir` (its one validator).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import math
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,7 +55,17 @@ from pipeline.shipped import model_folder
 from pipeline.training.guard import FORGET_TOLERANCE, GUARD_SHARE, SHIPPED_GUARD, guard_examples, guard_layout
 
 DEFAULT_MINUTES = 8.0
+#: Largest ``--minutes`` (a day); 0, negative, NaN and infinite values are refused too.
+MAX_MINUTES = 24 * 60.0
+#: Pixels of an annotated image at the network's scale that fine-tuning uses (2048 x 2048):
+#: a larger image is cut to its region richest in nuclei
+#: (:func:`pipeline.training.finetune_run.bounded_region`), with a note. This bounds the memory of
+#: its training targets and held-out predictions whatever the image's size; reading an image
+#: still takes about 20 bytes per pixel of it, one image at a time.
+MAX_REGION_PIXELS = 2**22
 MIN_STEPS, MAX_STEPS = 4, 800
+#: Seconds kept at the end of ``--minutes`` for writing the model (at least; 3 % of the time left).
+RESERVE_SECONDS = 3.0
 #: Held-out scoring points per fold run (the step counts chosen among).
 CHECKPOINTS = 4
 MAX_FOLDS = 3
@@ -163,7 +183,11 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
     base : str or Path, optional
         The model directory to start from (default: the shipped model).
     minutes : float, optional
-        Time bound of the whole command (default :data:`DEFAULT_MINUTES`).
+        Time bound of the whole call, reading included (default :data:`DEFAULT_MINUTES`; above 0,
+        at most :data:`MAX_MINUTES`): the work is planned from measured times to end within it
+        (:func:`plan_time`: fewer checkpoints, no guard check images, no held-out validation, no
+        training, in this order, when time is short). Reading the images and the base model and
+        timing two training steps are not cut: a bound shorter than they take is exceeded by them.
     out : str or Path
         The model directory to write.
     force : bool
@@ -189,23 +213,19 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
     -------
     out : Path
     """
-    from pipeline.config.model_folder import read_model_config
-    from pipeline.data.annotations import load_annotated
-    from pipeline.model.model_dir import available_model_dir
-    from pipeline.training.finetune_run import HeldOut, make_example
+    from pipeline.model.model_dir import available_model_dir, read_model_dir
+    from pipeline.model.runtime import memory_guard
 
     t0 = time.perf_counter()
     with before_work():  # what the user gave: a problem here is a usage error
+        budget = 60.0 * check_minutes(DEFAULT_MINUTES if minutes is None else minutes)
         base = model_folder(base) if base is not None else available_model_dir()
         if base is None:
             raise NucleiError("finetune: no base model (the shipped model is missing); give one with --model")
-        base_config = read_model_config(base)
+        base_config, _ = read_model_dir(base)  # the one validator: schema, sizes, weights, memory
         out = Path(out)
         _check_output(out, force)
-        budget = 60.0 * (DEFAULT_MINUTES if minutes is None else float(minutes))
-        if budget <= 0:
-            raise NucleiError(f"--minutes {minutes}: must be positive")
-        annotated = load_annotated(images, labels, warn=lambda m: log(f"warning: {m}"))
+        annotated = read_annotated(images, labels, base_config, warn=lambda m: log(f"warning: {m}"))
         n_nuclei = sum(a.n_nuclei for a in annotated)
         if n_nuclei < MIN_NUCLEI:
             raise NucleiError(f"{annotated[0].source}: {n_nuclei} nuclei in all the labels; "
@@ -213,124 +233,307 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
         guard_root = SHIPPED_GUARD if guard == "auto" else guard
         if guard_root is not None:
             guard_layout(guard_root)
-    if guard_root is None:
-        log("warning: no guard (--guard none): no images of the base model's kind are mixed in, and what "
-            "fine-tuning forgets is neither measured nor bounded")
-    from pipeline.method.scale import median_diameter
+    with memory_guard(str(base), "while fine-tuning"):  # running out of memory: one line
+        if guard_root is None:
+            log("warning: no guard (--guard none): no images of the base model's kind are mixed in, and what "
+                "fine-tuning forgets is neither measured nor bounded")
+        from pipeline.method.scale import median_diameter
+        from pipeline.training.finetune_run import HeldOut, make_example
 
-    diameters = [median_diameter(a.labels) for a in annotated]
-    user_diameter = float(np.nanmedian(diameters))
-    config = run_config(base_config, 1, 1, seed, base, device, BATCH_SIZE)
-    tkw = config.targets.make_targets_kwargs()
-    examples = [make_example(a.name, a.image, a.labels, d if np.isfinite(d) else user_diameter, base_config, tkw)
-                for a, d in zip(annotated, diameters, strict=True)]
-    guards = guard_examples(guard_root, base_config, tkw) if guard_root is not None else []
-    method, folds = plan_folds(examples, [(a.name, a.image, a.labels) for a in annotated], base_config, tkw)
-    checks = guard_examples(guard_root, base_config, tkw, check=True) if guards and folds else []
+        diameters = [median_diameter(a.labels) for a in annotated]
+        user_diameter = float(np.nanmedian(diameters))
+        config = run_config(base_config, 1, 1, seed, base, device, BATCH_SIZE)
+        tkw = config.targets.make_targets_kwargs()
+        examples = [make_example(a.name, a.image, a.labels, d if np.isfinite(d) else user_diameter, base_config, tkw)
+                    for a, d in zip(annotated, diameters, strict=True)]
+        guards: list = []
 
-    def items_of(train):
-        items = {f"{k}:{e.name}": e.arrays for k, e in enumerate(train + guards)}
-        share = np.r_[np.full(len(train), (1 - GUARD_SHARE) / len(train)),
-                      np.full(len(guards), GUARD_SHARE / max(len(guards), 1))]
-        return items, (share if guards else None)
+        def items_of(train):
+            items = {f"{k}:{e.name}": e.arrays for k, e in enumerate(train + guards)}
+            share = np.r_[np.full(len(train), (1 - GUARD_SHARE) / len(train)),
+                          np.full(len(guards), GUARD_SHARE / max(len(guards), 1))]
+            return items, (share if guards else None)
 
-    from pipeline.model.runtime import resolve_device
+        from pipeline.model.runtime import resolve_device
 
-    device = str(resolve_device(device))
-    held = [HeldOut(h, base_config, device) for _, h in folds]
-    check = HeldOut(checks, base_config, device) if checks else None
-    base_model, _ = _load(base, device)
-    t_eval = time.perf_counter()
-    base_probs = [h.probabilities(base_model) for h in held]
-    base_scores = [h.scores(p, base_config.postprocess.thresholds()) for h, p in zip(held, base_probs, strict=True)]
-    base_check_probs = check.probabilities(base_model) if check else None
-    check_probs = [[base_check_probs] if check else [] for _ in folds]  # fold -> checkpoint
-    t_eval = time.perf_counter() - t_eval
-    if steps is None:  # plan the steps from a measured step time
-        t_step = _step_time(run_config(base_config, 3, 1, seed, base, device, BATCH_SIZE), *items_of(examples))
-        spare = budget - (time.perf_counter() - t0) - 3 * (CHECKPOINTS + 1) * t_eval - 0.05 * budget
-        steps = int(np.clip(spare / ((len(folds) + 1) * t_step), MIN_STEPS, MAX_STEPS))
-    steps = max(CHECKPOINTS, steps // CHECKPOINTS * CHECKPOINTS)
-    bar = _Progress((len(folds) + 1) * steps, progress)
+        device = str(resolve_device(device))
+        base_model, _ = _load(base, device)
+        plan, what = None, f"--minutes {budget / 60:g}"
+        if steps is None:  # plan from measured times: a step, a run's start, the held-out predictions
+            t_step, t_run = _step_time(run_config(base_config, 2, 1, seed, base, device, BATCH_SIZE), *items_of(examples))
+            plan = plan_time(t0 + budget - time.perf_counter(), 0, t_step, t_run, 0, 0, 0, what)
+        trains = plan is None or plan.steps > 0  # no time for a run: nothing more is read or predicted
+        t_guard = time.perf_counter()
+        guards = guard_examples(guard_root, base_config, tkw) if guard_root is not None and trains else []
+        t_guard = time.perf_counter() - t_guard
+        method, folds = plan_folds(examples, [(a.name, a.image, a.labels) for a in annotated], base_config, tkw)
+        if not trains:
+            method, folds = plan.reason, []
+        held = [HeldOut(h, base_config, device) for _, h in folds]
+        t_held = time.perf_counter()
+        base_probs = [h.probabilities(base_model) for h in held]
+        t_held = time.perf_counter() - t_held
+        t_tune = time.perf_counter()
+        base_scores = [h.scores(p, base_config.postprocess.thresholds()) for h, p in zip(held, base_probs, strict=True)]
+        t_tune = (time.perf_counter() - t_tune) * _grid_size(base_config.postprocess.thresholds())
+        if steps is None:
+            n_checks = _check_count(guard_root) if guards and folds else 0
+            held_px = sum(e.arrays["labels"].size for _, h in folds for e in h)
+            check_px = n_checks * np.mean([g.arrays["labels"].size for g in guards]) if n_checks else 0
+            check_cost = (t_held + t_tune) * check_px / max(held_px, 1)  # per fold and checkpoint
+            plan = plan_time(t0 + budget - time.perf_counter(), len(folds), t_step, t_run, t_held + t_tune,
+                             check_cost, t_guard * n_checks / max(len(guards), 1), what)
+            steps, checkpoints = plan.steps, plan.checkpoints
+            if not plan.validate:
+                method, folds, held, base_probs, base_scores = plan.reason or method, [], [], [], []
+            if plan.note:
+                log(f"note: {plan.note}")
+        else:
+            checkpoints = CHECKPOINTS
+            steps = max(checkpoints, steps // checkpoints * checkpoints)
+        checks = (guard_examples(guard_root, base_config, tkw, check=True)
+                  if guards and folds and (plan is None or plan.checks) else [])
+        check = HeldOut(checks, base_config, device) if checks else None
+        base_check_probs = check.probabilities(base_model) if check else None
+        check_probs = [[base_check_probs] if check else [] for _ in folds]  # fold -> checkpoint
+        bar = _Progress((len(folds) + 1) * steps, progress)
 
-    # validation runs: held-out probabilities at every checkpoint
-    probs = [[p] for p in base_probs]  # fold -> checkpoint -> list of probs
-    for f, (train, _) in enumerate(folds):
-        bar.message = f"validation run {f + 1}/{len(folds)}"
+        # validation runs: held-out probabilities at every checkpoint
+        probs = [[p] for p in base_probs]  # fold -> checkpoint -> list of probs
+        for f, (train, _) in enumerate(folds):
+            bar.message = f"validation run {f + 1}/{len(folds)}"
 
-        def checkpoint(model, done, f=f):
-            probs[f].append(held[f].probabilities(model))
+            def checkpoint(model, done, f=f):
+                probs[f].append(held[f].probabilities(model))
+                if check:
+                    check_probs[f].append(check.probabilities(model))
+                return float("nan")  # scored below, with the thresholds searched over all folds
+
+            _train(run_config(base_config, steps, checkpoints, seed, base, device, BATCH_SIZE), *items_of(train),
+                   on_step=bar.step, on_checkpoint=checkpoint)
+        chosen, thresholds, before, after, curve = steps, base_config.postprocess.thresholds(), None, None, {}
+        forgetting, settings = None, {}
+        if folds:
+            floor = None
             if check:
-                check_probs[f].append(check.probabilities(model))
-            return float("nan")  # scored below, with the thresholds searched over all folds
+                base_check = float(np.mean(check.scores(check_probs[0][0], thresholds)))
+                floor = None if max_forgetting is None else base_check - max_forgetting
+            for c in range(checkpoints + 1):
+                check_folds = range(len(folds)) if c else [0]  # checkpoint 0 is the base in every fold
+                choice = _tune([s for f in range(len(folds)) for s in held[f].samples(probs[f][c])], thresholds,
+                               [s for f in check_folds for s in check.samples(check_probs[f][c])] if check else None,
+                               floor)
+                if choice is not None:
+                    settings[c * steps // checkpoints] = choice
+            curve = {k: v[1] for k, v in settings.items()}
+            chosen = max(curve, key=lambda s: (round(curve[s], 4), -s))
+            thresholds.update(settings[chosen][0])
+            before = float(np.mean([s for f in base_scores for s in f]))
+            after = curve[chosen]
+            if check:
+                forgetting = {"check_images": len(checks), "tolerance": max_forgetting, "base": base_check,
+                              "chosen": settings[chosen][2]}
+        bar.message = "final run"
+        left = t0 + budget - time.perf_counter() - (plan.reserve if plan else 0)
+        rate = bar.bar.format_dict.get("rate") or 0
+        if rate and chosen and left < chosen / rate:
+            fit = int(left * rate * 0.9)
+            fit = fit if fit >= MIN_STEPS else 0
+            log(f"note: time is short; the final run takes {fit} of the {chosen} chosen steps")
+            chosen = fit
+            if not chosen and 0 in settings:  # the base weights: their own best thresholds
+                thresholds.update(settings[0][0])
+                after = curve[0]
+                if forgetting:
+                    forgetting["chosen"] = settings[0][2]
+        bar.set_total(bar.done + chosen)
+        if chosen:
+            model = _train(run_config(base_config, chosen, 1, seed, base, device, BATCH_SIZE), *items_of(examples),
+                           on_step=bar.step).model
+        else:
+            model = base_model
+        bar.bar.close()
+        elapsed = time.perf_counter() - t0
+        nuclei = f"{len(annotated)} image{'s' * (len(annotated) > 1)}, {n_nuclei} nuclei, {_duration(elapsed)}"
+        if folds:
+            line = f"held-out ({method}): base {before:.2f} -> fine-tuned {after:.2f} ({nuclei})"
+            if chosen == 0:
+                line += " with tuned thresholds; training did not beat the base weights on held-out images: they are kept"
+            if forgetting:
+                bound = "no bound" if max_forgetting is None else f"at most {max_forgetting:g} lost"
+                line += f"; base training images: {forgetting['base']:.2f} -> {forgetting['chosen']:.2f} ({bound})"
+        else:
+            line = f"no held-out validation ({method}): fine-tuned {chosen} steps ({nuclei})"
+        provenance = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "base": str(base), "base_weights_sha256": base_config.weights_sha256,
+            "images": [{"name": a.name, "source": a.source, "sha256": a.sha256, "nuclei": a.n_nuclei,
+                        "diameter": round(float(d), 2) if np.isfinite(d) else None}
+                       for a, d in zip(annotated, diameters, strict=True)],
+            "steps": chosen, "batch_size": BATCH_SIZE, "crop": CROP, "lr": LR,
+            "guard": {"root": str(guard_root), "images": len(guards), "share": GUARD_SHARE,
+                      "forgetting": forgetting} if guards else None,
+            "validation": {"method": method, "folds": len(folds), "steps_planned": steps,
+                           "held_out_score_by_steps": curve, "before": before, "after": after},
+            "summary": line, "time_s": round(elapsed, 1),
+            "hardware": _hardware(device, config),
+            "base_training": base_config.training or None,
+        }
+        _write(out, model, base_config, thresholds, user_diameter, provenance)
+        log(line)
+        return out
 
-        _train(run_config(base_config, steps, CHECKPOINTS, seed, base, device, BATCH_SIZE), *items_of(train),
-               on_step=bar.step, on_checkpoint=checkpoint)
-    chosen, thresholds, before, after, curve = steps, base_config.postprocess.thresholds(), None, None, {}
-    forgetting = None
+
+@dataclass(frozen=True)
+class TimePlan:
+    """What fits in the time left (:func:`plan_time`): held-out validation or not, with the guard's
+    check images or not, at how many checkpoints, and the steps of every run (0: no training)."""
+
+    validate: bool
+    checks: bool
+    checkpoints: int
+    steps: int
+    reserve: float
+    reason: str = ""
+    note: str = ""
+
+
+def plan_time(left: float, folds: int, t_step: float, t_run: float, held_cost: float, check_cost: float,
+              check_setup: float, what: str = "the time given") -> TimePlan:
+    """Fit fine-tuning's work into ``left`` seconds, from measured times.
+
+    The plan asks, in this order, for the first that leaves every run at least :data:`MIN_STEPS`
+    steps: validation at :data:`CHECKPOINTS`, 2 then 1 checkpoints with the guard's check images,
+    then without them; then no validation (the final run only); else no training at all (the
+    model written is the base with the user's diameter). Steps are as many as fit, at most
+    :data:`MAX_STEPS`.
+
+    Parameters
+    ----------
+    left : float
+        Seconds left of ``--minutes`` (reading, the model and the step time already spent).
+    folds : int
+        Validation runs (0: none possible).
+    t_step, t_run : float
+        Seconds per training step, and to start a run (build, load, first step's extra).
+    held_cost : float
+        Seconds to predict and score (every threshold setting) all held-out examples once.
+    check_cost : float
+        The same for the guard's check images, once per fold and checkpoint (0: no guard).
+    check_setup : float
+        Seconds to read the check images and build their examples.
+    what : str
+        The time limit in notes (``--minutes 2``).
+    """
+    reserve = max(RESERVE_SECONDS, 0.03 * left)  # the model written, the last line
+    left -= reserve
+
+    def fitting(fixed: float, runs: int, multiple: int = 1) -> int:
+        steps = int(max(0.0, left - fixed - runs * t_run) / (runs * max(t_step, 1e-6)))
+        return min(steps, MAX_STEPS) // multiple * multiple
+
     if folds:
-        floor = None
-        if check:
-            base_check = float(np.mean(check.scores(check_probs[0][0], thresholds)))
-            floor = None if max_forgetting is None else base_check - max_forgetting
-        settings = {}
-        for c in range(CHECKPOINTS + 1):
-            check_folds = range(len(folds)) if c else [0]  # checkpoint 0 is the base in every fold
-            choice = _tune([s for f in range(len(folds)) for s in held[f].samples(probs[f][c])], thresholds,
-                           [s for f in check_folds for s in check.samples(check_probs[f][c])] if check else None,
-                           floor)
-            if choice is not None:
-                settings[c * steps // CHECKPOINTS] = choice
-        curve = {k: v[1] for k, v in settings.items()}
-        chosen = max(curve, key=lambda s: (round(curve[s], 4), -s))
-        thresholds.update(settings[chosen][0])
-        before = float(np.mean([s for f in base_scores for s in f]))
-        after = curve[chosen]
-        if check:
-            forgetting = {"check_images": len(checks), "tolerance": max_forgetting, "base": base_check,
-                          "chosen": settings[chosen][2]}
-    bar.message = "final run"
-    left = budget - (time.perf_counter() - t0)
-    rate = bar.bar.format_dict.get("rate") or 0
-    if rate and chosen and left < chosen / rate:
-        log(f"note: time is short; the final run takes {int(left * rate)} of the {chosen} chosen steps")
-        chosen = max(CHECKPOINTS, int(left * rate * 0.9))
-    bar.set_total(bar.done + chosen)
-    if chosen:
-        model = _train(run_config(base_config, chosen, 1, seed, base, device, BATCH_SIZE), *items_of(examples),
-                       on_step=bar.step).model
+        for checks in ((True, False) if check_cost else (False,)):
+            per_checkpoint = held_cost + folds * check_cost * checks
+            once = (check_setup + 2 * check_cost) * checks + per_checkpoint  # base predictions, checkpoint 0
+            for k in sorted({CHECKPOINTS, 2, 1}, reverse=True):
+                steps = fitting(once + k * per_checkpoint, folds + 1, k)
+                if steps >= max(MIN_STEPS, k):
+                    note = "" if (checks or not check_cost) else (
+                        f"time is short ({what}): the guard's check images are not scored, forgetting is not measured")
+                    return TimePlan(True, checks, k, steps, reserve, note=note)
+    steps = fitting(0.0, 1)
+    reason = f"no time for it in {what}" if folds else ""
+    if steps >= MIN_STEPS:
+        return TimePlan(False, False, 1, steps, reserve, reason)
+    return TimePlan(False, False, 1, 0, reserve, reason or f"no time to train in {what}",
+                    f"no time to train in {what} after reading the images and the model; the model written "
+                    "is the base model with your images' nucleus diameter")
+
+
+def check_minutes(minutes) -> float:
+    """``minutes`` as a float in (0, :data:`MAX_MINUTES`]; a one-line NucleiError otherwise."""
+    try:
+        value = float(minutes)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and 0 < value <= MAX_MINUTES):
+        raise NucleiError(f"--minutes {minutes}: expected a number of minutes above 0 and at most {MAX_MINUTES:g}")
+    return value
+
+
+def read_annotated(images, labels, model_config: ModelDirConfig, warn=print) -> list:
+    """The annotated images fine-tuning uses (:class:`pipeline.data.annotations.Annotated`).
+
+    Image files paired with a label folder are read one at a time, each cut to its bounded
+    region (:data:`MAX_REGION_PIXELS`) before the next is read; arrays and explicit label lists
+    are read as :func:`pipeline.data.annotations.load_annotated` reads them, then cut.
+
+    - An image whose pixels equal an earlier one's (the same file under two paths or names, a
+      copy, the same array twice) is used once, and one line says which.
+    - Two different image files of one name (``a/x.png``, ``b/x.png``) would both be paired with
+      ``x.tif``: refused in one line naming both (in Python, a list of labels pairs them explicitly).
+
+    Raises
+    ------
+    NucleiError
+        As :func:`pipeline.data.annotations.load_annotated`, and two different images of one name.
+    """
+    from pipeline.data.annotations import load_annotated, pair_files
+
+    if isinstance(labels, (str, Path)) and all(isinstance(i, (str, Path)) for i in images):
+        pairs = pair_files(list(images), labels)
+        _refuse_same_names(pairs)
+        chunks = [([image], [lab]) for image, lab in pairs]
     else:
-        model = base_model
-    bar.bar.close()
-    elapsed = time.perf_counter() - t0
-    nuclei = f"{len(annotated)} image{'s' * (len(annotated) > 1)}, {n_nuclei} nuclei, {_duration(elapsed)}"
-    if folds:
-        line = f"held-out ({method}): base {before:.2f} -> fine-tuned {after:.2f} ({nuclei})"
-        if chosen == 0:
-            line += " with tuned thresholds; training did not beat the base weights on held-out images: they are kept"
-        if forgetting:
-            bound = "no bound" if max_forgetting is None else f"at most {max_forgetting:g} lost"
-            line += f"; base training images: {forgetting['base']:.2f} -> {forgetting['chosen']:.2f} ({bound})"
-    else:
-        line = f"no held-out validation ({method}): fine-tuned {chosen} steps ({nuclei})"
-    provenance = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base": str(base), "base_weights_sha256": base_config.weights_sha256,
-        "images": [{"name": a.name, "source": a.source, "sha256": a.sha256, "nuclei": a.n_nuclei,
-                    "diameter": round(float(d), 2) if np.isfinite(d) else None}
-                   for a, d in zip(annotated, diameters, strict=True)],
-        "steps": chosen, "batch_size": BATCH_SIZE, "crop": CROP, "lr": LR,
-        "guard": {"root": str(guard_root), "images": len(guards), "share": GUARD_SHARE,
-                  "forgetting": forgetting} if guards else None,
-        "validation": {"method": method, "folds": len(folds), "steps_planned": steps,
-                       "held_out_score_by_steps": curve, "before": before, "after": after},
-        "summary": line, "time_s": round(elapsed, 1),
-        "hardware": _hardware(device, config),
-        "base_training": base_config.training or None,
-    }
-    _write(out, model, base_config, thresholds, user_diameter, provenance)
-    log(line)
+        chunks = [(images, labels)]
+    out, seen, duplicates = [], {}, []
+    for chunk in chunks:
+        for annotated in load_annotated(*chunk, warn=warn):
+            digest = hashlib.sha256(np.ascontiguousarray(annotated.image).data).hexdigest()
+            if digest in seen:
+                duplicates.append(f"{annotated.source} is the same image as {seen[digest]}")
+                continue
+            seen[digest] = annotated.source
+            out.append(_bounded(annotated, model_config, warn))
+    if duplicates:
+        n = len(duplicates)
+        warn(f"{n} duplicate image{'s' * (n > 1)}, each used once: {'; '.join(duplicates)}")
     return out
+
+
+def _refuse_same_names(pairs: list) -> None:
+    """Refuse two different image files paired with one label file."""
+    first: dict = {}
+    for image, lab in pairs:
+        other = first.setdefault(Path(lab).resolve(), image)
+        if other != image and _file_sha256(other) != _file_sha256(image):
+            raise NucleiError(f"{other} and {image}: two different images named {image.stem!r}, both paired with "
+                              f"{lab}; rename one of them and its labels")
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _bounded(annotated, model_config: ModelDirConfig, warn):
+    """``annotated``, or its region richest in nuclei when it holds more than
+    :data:`MAX_REGION_PIXELS` at the network's scale (said in one line)."""
+    from pipeline.method.scale import median_diameter, scale_factor
+    from pipeline.training.finetune_run import bounded_region
+
+    canonical = max((d for d in (model_config.diameter, model_config.stained_diameter) if d), default=None)
+    factor = scale_factor(median_diameter(annotated.labels), canonical) if canonical else 1.0
+    rows, cols = bounded_region(annotated.labels, MAX_REGION_PIXELS, factor)
+    height, width = annotated.labels.shape
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    if (h, w) == (height, width):
+        return annotated
+    warn(f"{annotated.source}: {width}x{height} px; fine-tuning uses its {w}x{h} px region richest in nuclei "
+         f"(at most {MAX_REGION_PIXELS / 1e6:.1f} Mpx at the network's scale: a bound on memory)")
+    return dataclasses.replace(annotated, image=annotated.image[rows, cols].copy(),
+                               labels=annotated.labels[rows, cols].copy())
 
 
 def _tune(samples: list, current: dict, checks: list | None = None,
@@ -360,11 +563,31 @@ def _load(base: Path, device: str):
     return load_model_dir(base, device)
 
 
-def _step_time(config, items, weights) -> float:
-    """Seconds per training step of ``config``, measured on its steps after the first."""
+def _step_time(config, items, weights) -> tuple[float, float]:
+    """Seconds per training step of ``config`` (measured on its steps after the first), and the
+    seconds a run takes besides its steps (building, loading, the first step's extra)."""
     stamps = []
+    start = time.perf_counter()
     _train(config, items, weights, on_step=lambda: stamps.append(time.perf_counter()))
-    return float(np.mean(np.diff(stamps))) if len(stamps) > 1 else 1.0
+    total = time.perf_counter() - start
+    step = float(np.mean(np.diff(stamps))) if len(stamps) > 1 else total
+    return step, max(0.0, total - step * len(stamps))
+
+
+def _grid_size(current: dict) -> int:
+    """Threshold settings :func:`_tune` scores (:data:`THRESHOLD_GRID` and the ``current`` values)."""
+    return int(np.prod([len({*values, current[k]} - {None}) for k, values in THRESHOLD_GRID.items()]))
+
+
+def _check_count(root) -> int:
+    """Images of the guard ``root`` that are scored (its check images)."""
+    from pipeline.data.sources import list_sample_ids
+    from pipeline.training.guard import CHECK, guard_ids
+
+    layout = guard_layout(root)
+    if layout == "parts":
+        return len(list_sample_ids(Path(root) / CHECK, "folder"))
+    return len(guard_ids(root, check=True, layout=layout))
 
 
 def _hardware(device: str, config) -> dict:
@@ -409,8 +632,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of their labels: <name>.tif (as `nuclei segment` writes), <name>_masks.tif or PNG")
     parser.add_argument("-o", "--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     parser.add_argument("--model", default=None, help="model to start from (default: the shipped model)")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help=f"time bound of the whole command (default: {DEFAULT_MINUTES:g})")
+    parser.add_argument("--minutes", type=parse_minutes, default=None, metavar="M",
+                        help=f"time bound of the whole command, reading included (default: {DEFAULT_MINUTES:g}; "
+                             f"above 0, at most {MAX_MINUTES:g}): the work is planned to end in time (fewer "
+                             "checkpoints, no guard check images, no held-out validation, no training, in this "
+                             "order, when time is short); starting, reading the images and the model and timing "
+                             "two training steps are not cut (10-30 s on 2 cores)")
     parser.add_argument("--force", action="store_true", help="replace a model already in MODEL_DIR")
     parser.add_argument("--max-forgetting", type=parse_max_forgetting, default=FORGET_TOLERANCE, metavar="D|none",
                         help="largest DSB2018 drop allowed on the base model's kind of images (default: %(default)s; "
@@ -420,6 +647,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "measure it (default: the 32 DSB2018 images shipped with the package; a folder with "
                              "mix/ and check/, or in the Kaggle or images/ + labels/ layout; none: no guard)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+
+
+def parse_minutes(text: str) -> float:
+    """``--minutes``: a number above 0 and at most :data:`MAX_MINUTES`."""
+    try:
+        return check_minutes(text)
+    except NucleiError:
+        raise argparse.ArgumentTypeError(f"{text}: expected a number of minutes above 0 and at most "
+                                         f"{MAX_MINUTES:g}") from None
 
 
 def parse_guard(text: str) -> str | None:

@@ -1,6 +1,9 @@
 """One fine-tuning run of ``nuclei finetune``: annotated images at the network's scale, the
 :class:`pipeline.training.trainer.Trainer` over them in memory, and held-out scoring at checkpoints.
 
+- :func:`bounded_region`: where to cut an annotated image so that it holds at most a given number
+  of pixels at the network's scale (the part richest in nuclei): what bounds fine-tuning's memory
+  whatever the image size;
 - :func:`make_example`: an annotated image brought to the model's canonical nucleus diameter from
   the exact median diameter of its labels (as ``segment`` brings an image given ``--diameter``),
   with the training targets of :func:`pipeline.method.targets.rescaled_targets`;
@@ -66,6 +69,44 @@ def make_example(name: str, image: np.ndarray, labels: np.ndarray, diameter: flo
     arrays = rescaled_targets(image.astype(np.float32), labels, factor, **targets_kwargs)
     arrays["weights"] = arrays["weights"].astype(np.float32)
     return Example(name, image, labels, float(diameter), factor, image_type, arrays)
+
+
+def bounded_region(labels: np.ndarray, max_pixels: float, factor: float = 1.0) -> tuple[slice, slice]:
+    """The window of an annotated image that holds at most ``max_pixels`` at the network's scale.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        0 = background.
+    max_pixels : float
+        Pixels the window may hold once resized by ``factor``.
+    factor : float
+        The image's scale factor to the network (:func:`pipeline.method.scale.scale_factor`).
+
+    Returns
+    -------
+    rows, cols : slice
+        The whole image when it fits; else a window of at most ``max_pixels / factor**2`` pixels
+        (as square as the image allows) whose share of labelled pixels is the largest, found on
+        a grid of blocks (about 1/256 of a side) by one summed-area table.
+    """
+    height, width = labels.shape
+    area = max_pixels / factor**2
+    if height * width <= area:
+        return slice(0, height), slice(0, width)
+    h = int(min(height, np.sqrt(area)))
+    w = int(min(width, area // max(h, 1)))
+    h = int(min(height, area // max(w, 1)))
+    block = max(1, max(height, width) // 256)
+    grid = (labels[: height // block * block, : width // block * block] != 0)
+    grid = grid.reshape(height // block, block, width // block, block).sum(axis=(1, 3), dtype=np.int64)
+    bh, bw = max(1, min(h // block, grid.shape[0])), max(1, min(w // block, grid.shape[1]))
+    table = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1), np.int64)
+    table[1:, 1:] = grid.cumsum(0).cumsum(1)
+    sums = table[bh:, bw:] - table[:-bh, bw:] - table[bh:, :-bw] + table[:-bh, :-bw]
+    r, c = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    top, left = min(int(r) * block, height - h), min(int(c) * block, width - w)
+    return slice(top, top + h), slice(left, left + w)
 
 
 def split_regions(example_parts: tuple[str, np.ndarray, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
