@@ -220,10 +220,12 @@ def test_load_rejects_damaged_directories(tmp_path):
 
     weights.write_bytes(good_weights)
     config_file.write_text(yaml.safe_dump({**config, "model": {**TINY, "width": 8}}))
-    with pytest.raises(NucleiError, match="weights.pt: weights do not fit the model; wrong shapes"):
+    with pytest.raises(NucleiError, match=r"config.yaml: the model section \(arch unet, depth 2, width 8\) does not fit "
+                                          r"weights.pt \(weights.pt holds depth 2, width 4\)"):
         load_model_dir(model_dir)
     config_file.write_text(yaml.safe_dump({**config, "model": {**TINY, "depth": 3}}))
-    with pytest.raises(NucleiError, match="weights.pt: weights do not fit the model; missing keys"):
+    with pytest.raises(NucleiError, match=r"config.yaml: the model section \(arch unet, depth 3, width 4\) does not fit "
+                                          r"weights.pt \(weights.pt holds depth 2, width 4\): missing: down.3"):
         load_model_dir(model_dir)
 
     config_file.write_text(yaml.safe_dump({**config, "format_version": 99}))

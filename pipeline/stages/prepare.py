@@ -123,7 +123,7 @@ def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = N
 
     Returns
     -------
-    index : the table of ``data.sources`` in the prepared folder (:func:`read_index`).
+    index : the table of the sources ``names`` in the prepared folder (:func:`read_index`).
     """
     names = list(data.sources) if names is None else names
     for name in names:
@@ -132,7 +132,7 @@ def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = N
         spec = data.sources[name]
         prepare(spec["root"], Path(data.prepared) / name, folds=data.folds, seed=seed, workers=data.workers,
                 layout=spec["layout"], source=name, groups=spec.get("groups"), group_by=spec.get("group_by"))
-    return read_index(data.prepared, sources=list(data.sources))
+    return read_index(data.prepared, sources=names)  # the others may not be prepared yet (a DVC stage per source)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,8 +152,6 @@ def main(args: argparse.Namespace) -> int:
                         workers=data.workers, layout=args.layout, source=Path(args.root).name)
     else:
         index = prepare_sources(data, config.seed, args.source)
-        if args.source:
-            index = index[index["source"].isin(args.source)]
     counts = index.groupby("image_type").size().to_dict()
     by_source = index.groupby("source").size().to_dict()
     print(f"prepared {len(index)} images, {int(index.n_nuclei.sum())} nuclei; types {counts}; "
