@@ -108,7 +108,7 @@ def segment_stack_image(stack: Stack, source: Path, name: str, segmenter, cfg: S
     run.thumbnails[name] = encode_png(thumbnail(overlay, cfg.segment.thumbnail))
     del overlay
     rows = []
-    voxel = _voxel_size(stack, pixel_size, info.get("anisotropy"))
+    voxel = _voxel_size(stack, pixel_size, options.anisotropy)  # no µm³ from an assumed anisotropy
     for t in range(frames):
         table = _measure(labels[t], intensity if frames == 1 else intensity[t], stack, pixel_size, voxel)
         if "T" in stack.axes:
@@ -191,10 +191,11 @@ def _segment_frames(frames: np.ndarray, segmenter, cfg: Settings,
 
 
 def _voxel_size(stack: Stack, pixel_size: float | None, anisotropy: float | None):
-    """(z, y, x) µm of a z-stack's voxels, or None when the pixel size is unknown."""
+    """(z, y, x) µm of a z-stack's voxels: the z step is ``--anisotropy`` × the pixel size when given,
+    else the file's; None when the pixel size or the z step is unknown (no µm³ from a guess)."""
     if "Z" not in stack.axes or pixel_size is None:
         return None
-    z = stack.z_spacing or (pixel_size * anisotropy if anisotropy else None)
+    z = pixel_size * anisotropy if anisotropy else stack.z_spacing
     return None if z is None else (z, pixel_size, pixel_size)
 
 
