@@ -64,20 +64,7 @@ def save(path: Path, image: np.ndarray | None = None, **kwargs) -> Path:
 
 def segment(*argv, cwd: Path | None = None) -> tuple[int, str]:
     """``nuclei segment ARGV --model MODEL`` in this process: (exit status, stderr)."""
-    from pipeline.cli import main
-
-    err, here = io.StringIO(), Path.cwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                status = main(["segment", *map(str, argv), "--model", str(MODEL)])
-            except SystemExit as exc:  # argparse
-                status = exc.code
-    finally:
-        os.chdir(here)
-    return status, err.getvalue()
+    return nuclei("segment", *argv, "--model", MODEL, cwd=cwd)
 
 
 def nuclei(*argv, cwd: Path | None = None) -> tuple[int, str]:

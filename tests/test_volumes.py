@@ -14,7 +14,6 @@ from pipeline.method.synthetic import synthetic_nuclei_stack
 from pipeline.method.volumes import (
     area_to_voxels,
     check_anisotropy,
-    fill_holes_3d,
     measure_volumes,
     resize_labels_3d,
     resize_z,
@@ -23,6 +22,7 @@ from pipeline.method.volumes import (
     watershed_3d,
     watershed_3d_blocks,
 )
+from pipeline.method.watershed import fill_holes
 from pipeline.model.stacks import segment_stack
 
 from .conftest import grey_segmenter
@@ -154,7 +154,7 @@ def test_fill_holes_3d():
     labels[1:8, 1:8, 1:8] = 3
     labels[4, 4, 4] = 0  # a hole inside 3
     labels[0, 0, 0] = 0
-    filled = fill_holes_3d(labels)
+    filled = fill_holes(labels)  # the 2D post-processing's, in 3D
     assert filled[4, 4, 4] == 3 and filled[0, 0, 0] == 0
     assert labels[4, 4, 4] == 0  # a copy
 

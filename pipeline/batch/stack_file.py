@@ -146,7 +146,7 @@ def _segment_volumes(per_frame: np.ndarray, segmenter, cfg: Settings, stack: Sta
                      flags: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """3D labels (T, Z, H, W) int32 of every frame's z-stack, the planes shown (T, Z, H, W, 3) uint8,
     and the segmentation's fields (diameter, scale, anisotropy)."""
-    from pipeline.model.stacks import normalised_plane, segment_stack, stack_normalization
+    from pipeline.model.stacks import normalised_plane, segment_stack
 
     options = cfg.stacks
     anisotropy = options.anisotropy
@@ -163,8 +163,8 @@ def _segment_volumes(per_frame: np.ndarray, segmenter, cfg: Settings, stack: Sta
         result = segment_stack(segmenter, planes, options.method, anisotropy, diameter=diameter, progress=progress)
         diameter = diameter or result.diameter  # every frame at the first one's diameter
         labels.append(result.labels)
-        norm = stack_normalization(segmenter, planes)  # the contrast the network saw
-        shown.append(np.stack([display_uint8(normalised_plane(planes, z, norm)) for z in range(len(planes))]))
+        shown.append(np.stack([display_uint8(normalised_plane(planes, z, result.normalization))
+                               for z in range(len(planes))]))  # the contrast the network saw
         info = info or {"diameter": result.diameter, "scale": result.scale, "estimated": result.estimated,
                         "image_type": result.image_type, "anisotropy": round(anisotropy, 4)}
     return np.stack(labels), np.stack(shown), info

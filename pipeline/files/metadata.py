@@ -23,52 +23,18 @@ _TO_UM = {
 }  # fmt: skip
 
 
-def _um(value: Any, unit: str | None) -> float | None:
-    """``value`` in ``unit`` (default µm) as a positive, finite number of µm, else None."""
-    factor = _TO_UM.get((unit or "µm").strip().lower().replace("\\u00b5", "µ"))
+def _positive(value: Any, factor: float | None = 1.0) -> float | None:
+    """``value × factor`` when a positive, finite number, else None."""
     try:
-        size = float(value) * factor if factor is not None else math.nan
+        number = float(value) * factor if factor is not None else math.nan
     except (TypeError, ValueError):
         return None
-    return size if math.isfinite(size) and size > 0 else None
+    return number if math.isfinite(number) and number > 0 else None
 
 
-def ome_pixel_size(xml: str, image: int = 0) -> float | None:
-    """Pixel side (µm) of the ``image``-th image of an OME-XML document (None when not recorded).
-
-    The mean of ``PhysicalSizeX`` and ``PhysicalSizeY`` when both are given (they are equal for
-    every camera in practice), else the one given.
-    """
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    images = [e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Image"]
-    if len(images) <= image:
-        return None
-    pixels = next((e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return None
-    sizes = [_um(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit"))
-             for a in "XY" if pixels.get(f"PhysicalSize{a}") is not None]
-    sizes = [s for s in sizes if s is not None]
-    return sum(sizes) / len(sizes) if sizes else None
-
-
-def ome_channel_names(xml: str, image: int = 0) -> list[str]:
-    """The ``Name`` of each ``Channel`` of the ``image``-th image of an OME-XML document, in order
-    ('' for a channel without one; an empty list when the document cannot be read)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return []
-    images = [e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Image"]
-    if len(images) <= image:
-        return []
-    pixels = next((e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return []
-    return [c.get("Name") or "" for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
+def _um(value: Any, unit: str | None) -> float | None:
+    """``value`` in ``unit`` (default µm) as a positive, finite number of µm, else None."""
+    return _positive(value, _TO_UM.get((unit or "µm").strip().lower().replace("\\u00b5", "µ")))
 
 
 def _ome_pixels(xml: str, image: int):
@@ -83,18 +49,33 @@ def _ome_pixels(xml: str, image: int):
     return next((e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
 
 
+def ome_pixel_size(xml: str, image: int = 0) -> float | None:
+    """Pixel side (µm) of the ``image``-th image of an OME-XML document (None when not recorded).
+
+    The mean of ``PhysicalSizeX`` and ``PhysicalSizeY`` when both are given (they are equal for
+    every camera in practice), else the one given.
+    """
+    pixels = _ome_pixels(xml, image)
+    if pixels is None:
+        return None
+    sizes = [_um(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit"))
+             for a in "XY" if pixels.get(f"PhysicalSize{a}") is not None]
+    sizes = [s for s in sizes if s is not None]
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def ome_channel_names(xml: str, image: int = 0) -> list[str]:
+    """The ``Name`` of each ``Channel`` of the ``image``-th image of an OME-XML document, in order
+    ('' for a channel without one; an empty list when the document cannot be read)."""
+    pixels = _ome_pixels(xml, image)
+    if pixels is None:
+        return []
+    return [c.get("Name") or "" for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
+
+
 #: Time units → seconds (OME's ``UnitsTime`` symbols and ImageJ's ``tunit`` spellings).
 _TO_S = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "min": 60.0, "minute": 60.0,
          "minutes": 60.0, "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
-
-
-def _positive(value: Any, factor: float | None = 1.0) -> float | None:
-    """``value × factor`` when a positive, finite number, else None."""
-    try:
-        number = float(value) * factor if factor is not None else math.nan
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 def tiff_spacing(tif, series: int = 0) -> tuple[float | None, float | None]:

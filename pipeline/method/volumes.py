@@ -28,6 +28,7 @@ from pipeline.method.heads import mask_and_marker
 from pipeline.method.metrics import image_metrics, overlaps
 from pipeline.method.scale import resize_image
 from pipeline.method.watershed import (
+    fill_holes,
     for_image_type,
     keep_labels,
     remove_faint,
@@ -185,8 +186,8 @@ def watershed_3d(probs: np.ndarray, head: str, anisotropy: float = 1.0, scale: f
     2. flood over −P(mask) (or over −(distance to the background), measured with the z step
        ``anisotropy``) inside the foreground; foreground components without a marker become nuclei;
     3. nuclei whose highest P(mask − border) is under ``object_threshold`` are removed, holes
-       filled (:func:`fill_holes_3d`), nuclei under ``min_size`` removed, then those under
-       ``min_relative_size`` times the median volume.
+       filled (:func:`pipeline.method.watershed.fill_holes`), nuclei under ``min_size`` removed, then
+       those under ``min_relative_size`` times the median volume.
 
     Sizes are the 2D settings' areas (px² at the network's scale), turned into the voxels of the
     sphere as wide (:func:`area_to_voxels`) on this grid (``scale``, ``anisotropy``).
@@ -240,7 +241,7 @@ def watershed_3d(probs: np.ndarray, head: str, anisotropy: float = 1.0, scale: f
     del unmarked, foreground
 
     labels = remove_faint(labels, marker_p, settings["object_threshold"])
-    labels = remove_small(fill_holes_3d(labels), area_to_voxels(min_size, scale, anisotropy))
+    labels = remove_small(fill_holes(labels), area_to_voxels(min_size, scale, anisotropy))
     return remove_relatively_small(labels, min_relative_size)
 
 
@@ -293,53 +294,6 @@ def watershed_3d_blocks(probs: np.ndarray, head: str, block: int, margin: int, *
         del part, free
     labels = keep_labels(labels, np.bincount(labels.ravel()) > 0)
     return remove_relatively_small(labels, fraction)
-
-
-def fill_holes_3d(labels: np.ndarray) -> np.ndarray:
-    """Fill the holes of every object of an n-D label image: background enclosed by that object alone.
-
-    :func:`pipeline.method.watershed.fill_holes` in any dimension: a hole is a background component
-    (1-connected) that touches no face of the volume, and it takes the label of the object around
-    it when all its 1-neighbours belong to that one object. The work is proportional to the hole voxels.
-
-    Parameters
-    ----------
-    labels : (Z, H, W) int array (any dimension)
-
-    Returns
-    -------
-    labels : a copy with the holes filled.
-    """
-    labels = labels.copy()
-    background, n = ndi.label(labels == 0)
-    if n == 0:
-        return labels
-    touches_edge = np.zeros(n + 1, bool)
-    touches_edge[0] = True  # object voxels
-    for axis in range(labels.ndim):
-        for end in (0, -1):
-            touches_edge[np.take(background, end, axis=axis)] = True
-    coords = np.nonzero(~touches_edge[background])
-    hole = background[coords]
-    del background
-    if hole.size == 0:
-        return labels
-    neighbour_holes, neighbour_labels = [], []
-    for axis in range(labels.ndim):
-        for step in (-1, 1):  # holes never touch a face: no clipping
-            shifted = list(coords)
-            shifted[axis] = coords[axis] + step
-            values = labels[tuple(shifted)]
-            inside = values > 0
-            neighbour_holes.append(hole[inside])
-            neighbour_labels.append(values[inside])
-    pairs = np.unique(np.stack([np.concatenate(neighbour_holes), np.concatenate(neighbour_labels)]), axis=1)
-    n_owners = np.bincount(pairs[0], minlength=n + 1)
-    owner = np.zeros(n + 1, labels.dtype)
-    single = n_owners[pairs[0]] == 1
-    owner[pairs[0][single]] = pairs[1][single]
-    labels[coords] = owner[hole]
-    return labels
 
 
 # --------------------------------------------------------------------------- measurements and scores

@@ -77,19 +77,20 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 def fill_holes(labels: np.ndarray) -> np.ndarray:
     """Fill the holes of every object: background enclosed by that object alone.
 
-    A hole is a 4-connected background component that does not touch the image edge; it takes
-    the label of the object around it when all its 4-neighbours belong to one object (a gap
-    enclosed by several nuclei stays background). Vectorised; the work is proportional to the
-    number of hole pixels.
+    A hole is a background component (4-connected in 2D, 6-connected in 3D: neighbours along one
+    axis) that touches no edge or face of the image; it takes the label of the object around it
+    when all its neighbours belong to one object (a gap enclosed by several nuclei stays
+    background). Any dimension (2D images, 3D stacks). Vectorised; the work is proportional to
+    the number of hole pixels.
 
     Parameters
     ----------
-    labels : (H, W) int array
+    labels : (H, W) or (Z, H, W) int array
         Instance labels, 0 = background.
 
     Returns
     -------
-    labels : (H, W) int array
+    labels : int array of the same shape
         A copy with the holes filled.
     """
     labels = labels.copy()
@@ -98,24 +99,29 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
         return labels
     touches_edge = np.zeros(n + 1, bool)
     touches_edge[0] = True  # object pixels
-    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
-        touches_edge[edge] = True
-    ys, xs = np.nonzero(~touches_edge[background])
-    if ys.size == 0:
+    for axis in range(labels.ndim):
+        for end in (0, -1):
+            touches_edge[np.take(background, end, axis=axis)] = True
+    coords = np.nonzero(~touches_edge[background])
+    hole = background[coords]
+    del background
+    if hole.size == 0:
         return labels
-    hole = background[ys, xs]
     neighbour_holes, neighbour_labels = [], []
-    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):  # holes never touch the edge: no clipping
-        values = labels[ys + dy, xs + dx]
-        inside = values > 0
-        neighbour_holes.append(hole[inside])
-        neighbour_labels.append(values[inside])
+    for axis in range(labels.ndim):
+        for step in (-1, 1):  # holes never touch the edge: no clipping
+            shifted = list(coords)
+            shifted[axis] = coords[axis] + step
+            values = labels[tuple(shifted)]
+            inside = values > 0
+            neighbour_holes.append(hole[inside])
+            neighbour_labels.append(values[inside])
     pairs = np.unique(np.stack([np.concatenate(neighbour_holes), np.concatenate(neighbour_labels)]), axis=1)
     n_owners = np.bincount(pairs[0], minlength=n + 1)
     owner = np.zeros(n + 1, labels.dtype)
     single = n_owners[pairs[0]] == 1
     owner[pairs[0][single]] = pairs[1][single]
-    labels[ys, xs] = owner[hole]
+    labels[coords] = owner[hole]
     return labels
 
 

@@ -76,6 +76,9 @@ class StackSegmentation:
         ``diameter`` was estimated.
     image_type : str
         :func:`pipeline.method.image_types.image_type_of` the plane with the most signal.
+    normalization : Normalization or None
+        The stack's one intensity map (:func:`stack_normalization`): what the network saw, for
+        showing the planes (:func:`normalised_plane`).
     """
 
     labels: np.ndarray
@@ -85,6 +88,7 @@ class StackSegmentation:
     anisotropy: float
     estimated: bool = False
     image_type: str = ""
+    normalization: Normalization | None = None
 
 
 def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotropy: float = 1.0,
@@ -136,7 +140,7 @@ def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotro
         labels = _stitch(segmenter, stack, norm, diameter, image_type, iou_threshold, progress)
     else:
         labels = _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, progress, tta)
-    return StackSegmentation(labels, diameter, scale, method, anisotropy, estimated, image_type)
+    return StackSegmentation(labels, diameter, scale, method, anisotropy, estimated, image_type, norm)
 
 
 def stack_normalization(segmenter, stack: np.ndarray) -> Normalization:
