@@ -10,7 +10,7 @@ Usage::
 
 Prints, per source and expected type, how many images get each type. Expected: DSB2018 images keep
 the type ``prepare`` gives them raw (the reference of its folds); every image of ``tissue_fluo_e2f``
-(fluorescence) is fluorescence; the three H&E sources are ``histology``.
+and of the other fluorescence sources is fluorescence; the four H&E sources are ``histology``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from pipeline.method.intensity import normalize_image  # noqa: E402
 from pipeline.method.scale import resize_image  # noqa: E402
 from pipeline.progress import progress  # noqa: E402
 
-EXPECTED = {"tissue_fluo_e2f": "fluo", "he_cpm15": HISTOLOGY, "he_gbm40": HISTOLOGY, "he_tcga_glioma": HISTOLOGY}
+EXPECTED = {"tissue_fluo_e2f": "fluo", "fluo_kromp2020": "fluo", "fluo_ctc": "fluo", "he_cpm15": HISTOLOGY,
+            "he_gbm40": HISTOLOGY, "he_tcga_glioma": HISTOLOGY, "he_monuseg2018_train": HISTOLOGY}
 
 
 def shifted(image: np.ndarray, labels: np.ndarray, fluorescence: bool) -> dict[str, np.ndarray]:

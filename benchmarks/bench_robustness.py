@@ -25,6 +25,9 @@ and counting error are printed per source too. Conditions, applied to the image 
   they are. The
   brown follows the true outlines, so this measures whether brown nuclei are found (AP@0.5,
   counts) more than how well they are outlined;
+- ``pale``: large pale nuclei with textured chromatin, as in breast carcinoma at 40× (:func:`large_pale_nuclei`):
+  a stained crop zoomed ×1.5–2 and each nucleus's mean optical density brought 70 % of the way to
+  the level around it, its chromatin texture kept; other images are left as they are;
 - ``blue``: a grey image (fluorescence, bright-field) recorded in colour, its grey level in the
   blue channel alone (Hoechst, DAPI); stained images are left as they are;
 - ``tint``: every image through a colour camera whose white balance is off under a halogen lamp
@@ -79,10 +82,13 @@ from pipeline.model.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
 CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + (
-    "dim12+sat", "noise", "blur", "stain", "ihc", "blue", "tint", "composite", "uneven", "field8")
+    "dim12+sat", "noise", "blur", "stain", "ihc", "pale", "blue", "tint", "composite", "uneven", "field8")
 #: The ``ihc`` condition: the share of nuclei that are DAB-positive, the share of their haematoxylin
 #: optical density that stays, and their DAB optical density per unit of their haematoxylin's.
 DAB = {"positive": 0.5, "haematoxylin": 0.3, "dab": 1.0}
+#: The ``pale`` condition: the zoom that enlarges a stained crop's nuclei (drawn per image), and the
+#: share of each nucleus's mean optical density's excess over its surroundings that stays.
+PALE = {"zoom": (1.5, 2.0), "keep": 0.3}
 #: Channel gains of the ``tint`` condition (red, green, blue).
 TINT = np.array([1.0, 0.93, 0.78], np.float32)
 #: The ``uneven`` condition: illumination in the corners (centre 1) and the background ramp's top.
@@ -149,6 +155,10 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         positive = np.concatenate([[False], rng.random(int(labels.max())) < DAB["positive"]])[labels]
         out = dab_stain(grey / 255.0, positive, DAB["haematoxylin"], DAB["dab"])
         return np.clip(out * 255, 0, 255).astype(np.uint8), labels
+    if condition == "pale":
+        if not np.ptp(image, axis=-1).any():  # not stained
+            return image, labels
+        return large_pale_nuclei(image, labels, rng)
     if condition == "blue":
         if np.ptp(image, axis=-1).any():  # stained: already in colour
             return image, labels
@@ -183,6 +193,21 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
     if condition == "field8":
         return mosaic(image, labels, FIELD)
     raise ValueError(condition)
+
+
+def large_pale_nuclei(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Large pale nuclei, as in breast carcinoma at 40×, made from a stained uint8 (H, W, 3) crop and
+    its int32 labels: the crop zoomed ×1.5–2 (:data:`PALE`, centre kept, same size), then
+    :func:`pipeline.training.augment.pale_nuclei` with ``PALE['keep']``: each nucleus's mean
+    optical density brought most of the way to the level around it, its chromatin texture kept."""
+    from pipeline.training.augment import pale_nuclei
+
+    h, w = labels.shape
+    shape = scaled_shape(labels.shape, float(rng.uniform(*PALE["zoom"])))
+    r0, c0 = (shape[0] - h) // 2, (shape[1] - w) // 2
+    window = np.s_[r0:r0 + h, c0:c0 + w]
+    image, labels = resize_image(image, shape)[window], resize_labels(labels, shape)[window]
+    return pale_nuclei(image, labels, PALE["keep"]), labels
 
 
 def mosaic(image: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -313,3 +313,37 @@ def test_dab_turns_some_stained_nuclei_brown_and_fades_eosin():
     image, *targets = aug(colour, *sample[1:], seed=4)
     assert not np.array_equal(image, colour)
     assert all(np.array_equal(t, s) for t, s in zip(targets, sample[1:], strict=True))
+
+
+def test_pale_makes_stained_nuclei_pale_keeping_their_texture():
+    """``augment.pale``: each stained nucleus's mean optical density is brought towards its
+    surroundings' (a share ``keep`` of the excess stays), the texture inside it kept, nothing
+    made lighter than the surroundings; grey crops are left alone; off by default, and drawing
+    nothing while off, so the shipped recipe's crops are unchanged."""
+    import cv2
+
+    from pipeline.config.params import AugmentConfig
+    from pipeline.training.augment import acquisition_shift, pale_nuclei
+
+    assert AugmentConfig().pale is False
+    yy, xx = np.mgrid[:96, :128]
+    mask = np.zeros((96, 128), np.uint8)
+    for k in range(8):
+        mask[(yy - 24 - 48 * (k // 4)) ** 2 + (xx - 16 - 32 * (k % 4)) ** 2 < 10**2] = 1
+    grain = np.random.default_rng(0).normal(0, 0.06, mask.shape)
+    he = np.where(mask[..., None] > 0, np.array([0.35, 0.2, 0.55]) + grain[..., None],
+                  [0.92, 0.75, 0.85]).clip(0.01, 1).astype(np.float32)
+    _, labels = cv2.connectedComponents(mask, connectivity=4)
+    inner = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+    od = [-np.log(x.clip(1 / 255)).mean(-1) for x in (he, pale_nuclei(he, labels, 0.3))]
+    around = np.median(od[0][mask == 0])
+    assert np.mean(od[1][inner]) - around == pytest.approx(0.3 * (np.mean(od[0][inner]) - around), rel=0.1)
+    assert np.std(od[1][inner]) == pytest.approx(np.std(od[0][inner]), rel=0.1)  # texture kept
+    assert od[1].min() >= min(od[0].min(), around) - 1e-5  # no halo
+    grey = np.repeat(he.mean(axis=-1, keepdims=True), 3, axis=-1)
+    np.testing.assert_array_equal(acquisition_shift(grey, mask, np.random.default_rng(0), {"pale": 1.0}), grey)
+    assert not np.array_equal(acquisition_shift(he, mask, np.random.default_rng(2), {"pale": 1.0}), he)
+    rng_off, rng_before = np.random.default_rng(2), np.random.default_rng(2)
+    acquisition_shift(he, mask, rng_off, {"pale": 0})
+    acquisition_shift(he, mask, rng_before, {})
+    assert rng_off.random() == rng_before.random()  # off: no draw

@@ -360,3 +360,59 @@ def test_a_composite_bright_over_dense_tissue_is_fluorescence():
     stained = np.where(labels[..., None] > 0, [120, 60, 160], [235, 190, 215]).astype(np.uint8)
     assert is_transmitted(stained / 255)
     assert classify_image(stained) == image_type_of(normalize_image(stained)) == "histology"
+
+
+def test_densely_stained_tissue_is_not_taken_for_fluorescence():
+    """Dark H&E: nuclei and dense eosin over most of the image bring its mean level under DARK
+    (4 of MoNuSeg's 30 images), but its median lies in the tissue, not on a black background:
+    it stays stained (normalised over its tissue, in colour, typed histology). Fluorescence in a
+    tint, on its black background, stays fluorescence."""
+    from pipeline.method.colour import has_dark_background, median_position
+    from pipeline.method.image_types import HISTOLOGY, classify_image, image_type_of
+
+    labels = discs(spacing=24, radius=8)  # nuclei on 35 % of the image
+    yy, xx = np.mgrid[: labels.shape[0], : labels.shape[1]]
+    lumen = (yy - 128) ** 2 + (xx - 128) ** 2 < 28**2  # a little white
+    image = np.where(labels[..., None] > 0, [45, 12, 85], [130, 50, 115]).astype(np.float32)
+    image[lumen & (labels == 0)] = [240, 232, 240]
+    image = np.clip(image + RNG.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    sample = rescaled(image, *intensity_range(image))
+    assert sample.mean() < DARK and median_position(sample) > 0.2  # the case: dark, median in the tissue
+    assert not has_dark_background(sample)
+    out = normalize_image(image)
+    assert not is_colour_fluorescence(out) and np.ptp(out, axis=-1).max() > 0.3  # still in colour
+    assert classify_image(image) == HISTOLOGY and image_type_of(out) == HISTOLOGY
+
+    signal = (30 + 900 * (labels > 0) + RNG.normal(0, 20, labels.shape)).clip(0).astype(np.uint16)
+    tinted = np.dstack([signal // 2, signal // 4, signal])
+    assert has_dark_background(rescaled(tinted, *intensity_range(tinted)))
+    assert image_type_of(normalize_image(tinted)) != HISTOLOGY
+
+
+def test_the_pale_robustness_condition_enlarges_and_pales_stained_nuclei_keeping_their_texture():
+    """``bench_robustness.py``'s ``pale``: a stained crop's nuclei 1.5–2× larger, their optical
+    density's smooth level brought most of the way to their surroundings, the chromatin texture
+    (deviation from it) as strong as in the crop zoomed alone; fluorescence is left as it is."""
+    from benchmarks.bench_robustness import PALE, shifted
+    from pipeline.method.scale import median_diameter, resize_image, scaled_shape
+
+    labels = discs(spacing=40, radius=9)
+    grain = RNG.normal(0, 25, labels.shape)[..., None]
+    image = np.where(labels[..., None] > 0, np.array([90, 50, 140]) + grain, [235, 190, 215])
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    out, big = shifted("pale", image, labels, seed=0)
+    assert out.shape == image.shape and big.shape == labels.shape
+    zoom = median_diameter(big) / median_diameter(labels)
+    assert PALE["zoom"][0] - 0.05 <= zoom <= PALE["zoom"][1] + 0.05
+    h, w = labels.shape
+    shape = scaled_shape(labels.shape, zoom)
+    zoomed = resize_image(image, shape)[(shape[0] - h) // 2:][:h, (shape[1] - w) // 2:][:, :w]
+    density = [-np.log(np.clip(x.astype(np.float32), 1, 255) / 255).mean(-1) for x in (zoomed, out)]
+    inner = (big > 0) & (np.abs(np.gradient(big.astype(float))[0]) == 0)
+    around = np.median(density[0][big == 0])
+    excess = [np.mean(d[inner]) - around for d in density]
+    assert excess[1] < (PALE["keep"] + 0.1) * excess[0]  # paled
+    assert 0.8 < np.std(density[1][inner]) / np.std(density[0][inner]) < 1.25  # texture kept
+    grey = np.dstack([np.where(labels > 0, 200, 10).astype(np.uint8)] * 3)
+    same, same_labels = shifted("pale", grey, labels, seed=0)
+    assert same is grey and same_labels is labels

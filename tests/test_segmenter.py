@@ -80,6 +80,40 @@ def test_the_blob_estimate_is_refined_again_only_when_the_first_pass_moved_it(mo
     assert estimate == pytest.approx(expected[-1] * (moved if len(expected) == 1 else 1.02))
 
 
+def test_a_second_refinement_that_moves_the_estimate_further_than_the_first_is_not_kept(monkeypatch):
+    """Diverging: ×1.25 then ×2 (dense nuclei shrunk merge into clumps, a MoNuSeg breast image):
+    the first answer stays. Converging (×1.5 then ×1.02, the test above) takes the second."""
+    seg = grey_segmenter()
+    monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 16.0)
+    asked: list[float] = []
+
+    def measure(image, diameter):
+        asked.append(diameter)
+        return diameter * (1.25 if len(asked) == 1 else 2.0)
+
+    monkeypatch.setattr(seg, "_measure", measure)
+    image, _ = disc_image(10)
+    assert seg.estimate_diameter(seg.normalize(image)) == pytest.approx(20.0)
+    assert asked == pytest.approx([16.0, 20.0])
+
+
+@pytest.mark.parametrize(("probes", "image_type", "expected"), [
+    ({9: (9.0, 0.73), 18: (11.0, 0.75), 27: (28.0, 0.85)}, "histology", 28.0),  # vesicular: whole nuclei at 3x
+    ({9: (9.0, 0.80), 18: (19.0, 0.85), 27: (30.0, 0.86)}, "histology", 9.0),  # not enough more confident: kept
+    ({9: (9.0, 0.73), 18: (40.0, 0.90), 27: (60.0, 0.90)}, "histology", 9.0),  # clumps, not nuclei of that size
+    ({9: (9.0, 0.73), 18: (11.0, 0.75), 27: (28.0, 0.85)}, "fluo-small", 9.0),  # fluorescence: not probed
+])
+def test_stained_images_are_probed_for_nuclei_two_and_three_times_the_estimate(monkeypatch, probes, image_type,
+                                                                               expected):
+    """Large pale nuclei in H&E: the prior and the network agree on their specks (9 px); at 3x
+    the network finds nuclei of that size, more confidently, and they are taken."""
+    seg = grey_segmenter()
+    monkeypatch.setattr(seg, "_estimate_blob", lambda image, dark=None: 9.0)
+    monkeypatch.setattr(seg, "_probe", lambda image, diameter: probes[int(round(diameter))])
+    image, _ = disc_image(10, n=60)
+    assert seg.estimate_diameter(seg.normalize(image), image_type=image_type) == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(("larger_response", "confirms_larger", "expected_asked", "expected"), [
     (0.95, True, [4.5, 16.0], 16.0),  # spots inside nuclei: the nuclei's peak, confirmed, wins
     (0.95, False, [4.5, 16.0], 4.5),  # the network does not confirm the larger peak

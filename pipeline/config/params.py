@@ -240,6 +240,7 @@ class AugmentConfig(Section):
     dim_saturate: bool | float = setting(True, switch)
     stain: bool | float = setting(True, switch)
     dab: bool | float = setting(False, switch)
+    pale: bool | float = setting(False, switch)
     noise: bool | float = setting(True, switch)
     low_bits: bool | float = setting(True, switch)
     jpeg: bool | float = setting(True, switch)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.method.colour import DARK, is_stained, is_tinted_grey, subsample
+from pipeline.method.colour import DARK, is_stained, is_tinted_grey, median_position, subsample
 
 #: The four image types of the DSB2018 data (:func:`classify_image`), used to stratify the folds;
 #: the post-processing and the Segmenter treat stained (``HISTOLOGY``) and ``BRIGHTFIELD`` images
@@ -39,7 +39,7 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = T
     Returns
     -------
     image_type : str
-        ``histology`` for stained tissue (:func:`pipeline.method.intensity.is_stained`: a bright
+        ``histology`` for stained tissue (:func:`pipeline.method.colour.is_stained`: no dark
         background and colour in its darkest tiles; and, when ``raw``, not a grey scene through a
         tinted camera), ``brightfield`` for other images with a bright background
         (:func:`has_bright_background`: a mean above
@@ -67,33 +67,6 @@ def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = T
 #: mean level is above :data:`DARK` once normalised, so the mean alone typed 30 of its 57 images
 #: bright-field.
 BRIGHT_BACKGROUND = 0.6
-
-
-def median_position(image: np.ndarray, tiles: int = 4) -> float:
-    """Where the median grey level lies in the 1–99 % percentile range, measured in each of
-    ``tiles × tiles`` tiles and taken as the median over the tiles with contrast (a range of at least
-    a quarter of the widest tile's): 0 at the 1st percentile, 1 at the 99th; 1 for a constant image
-    (all background).
-    Unchanged by a gain and an offset, and nearly so by smooth uneven illumination (a vignette, a
-    ramp), which a single image-wide range mixes into the levels.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, C) real array (a subsample is enough)
-    tiles : int
-        Tiles a side (fewer where the image has fewer than 8 px a tile).
-    """
-    grey = np.asarray(image, dtype=np.float32)
-    grey = grey.mean(axis=2) if grey.ndim == 3 else grey
-    n = max(1, min(tiles, grey.shape[0] // 8, grey.shape[1] // 8))
-    th, tw = grey.shape[0] // n, grey.shape[1] // n
-    blocks = grey[: n * th, : n * tw].reshape(n, th, n, tw).transpose(0, 2, 1, 3).reshape(n * n, th * tw)
-    lo, mid, hi = np.percentile(blocks, [1, 50, 99], axis=1)
-    span = hi - lo
-    if float(span.max()) <= 0:
-        return 1.0
-    keep = span >= 0.25 * span.max()
-    return float(np.median((mid[keep] - lo[keep]) / span[keep]))
 
 
 def has_bright_background(image: np.ndarray) -> bool:
