@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -210,6 +214,32 @@ def test_exported_backends_give_torchs_probabilities(backend, head):
     for got, expected in zip(predictor.predict_many(images), ref, strict=True):
         assert got.dtype == np.float32 and got.shape == expected.shape
         assert np.abs(got - expected).max() < 1e-4
+
+
+def test_openvino_networks_dropped_in_any_order_leave_signals_deliverable():
+    """OpenVINO's CPU plugin points the thread's alternate signal stack at its own memory: two
+    networks dropped in the order they were made once left it on freed memory, and the next signal
+    (a DataLoader worker's SIGCHLD in the test suite) was a segmentation fault. Run in a child, so
+    that a crash fails this test only."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    script = textwrap.dedent("""
+        import gc, os, signal
+        import numpy as np, torch
+        from pipeline.model.backends import ExportedNetwork, openvino_core
+        first = ExportedNetwork("openvino", torch.nn.Conv2d(3, 3, 1), "softmax", 1, 1)
+        second = ExportedNetwork("openvino", torch.nn.Conv2d(3, 3, 1), "softmax", 1, 1)
+        assert first(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 3, 8, 8)
+        del first, second
+        gc.collect()
+        delivered = []
+        signal.signal(signal.SIGUSR1, lambda *_: delivered.append(1))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert delivered and openvino_core() is openvino_core()
+        print("delivered")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout.split()[-1:]) == (0, ["delivered"]), done.stderr[-2000:]
 
 
 def test_tiled_prediction_through_onnxruntime_equals_torch():

@@ -18,6 +18,7 @@ Must not: tile, augment or batch (the Predictor's), pick a device or a precision
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import io
@@ -49,6 +50,20 @@ INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
 OPENVINO_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: OpenVINO's ``INFERENCE_PRECISION_HINT`` of each precision (its own default is bf16 where it can).
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+@functools.cache
+def openvino_core():
+    """The process's one ``openvino.Core``, kept until exit.
+
+    OpenVINO's CPU plugin points the creating thread's alternate signal stack at its own memory
+    and, when destroyed, restores the stack it found. Two plugins destroyed in the order they were
+    made leave the thread on freed memory, and the next signal it takes (a child's SIGCHLD) is a
+    segmentation fault. One Core, never destroyed, makes one plugin (tests/test_backends.py).
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 def installed(backend: str) -> bool:
@@ -257,9 +272,7 @@ class ExportedNetwork:
             session = onnxruntime_session(model, threads)
             self._run = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
         elif backend == "openvino":
-            import openvino as ov
-
-            core = ov.Core()
+            core = openvino_core()
             compiled = core.compile_model(core.read_model(model), "CPU", {
                 "INFERENCE_NUM_THREADS": int(threads),
                 "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
