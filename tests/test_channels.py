@@ -165,6 +165,27 @@ def test_auto_threshold_splits_two_populations_and_refuses_one():
     assert "every nucleus measures the same" in positivity.auto_threshold(np.full(50, 7.0), 7.0, 1.0).reason
 
 
+def test_the_background_summed_piece_by_piece_is_that_of_all_pixels():
+    """positivity.Background (a slide's background, tile by tile): for pixels of up to 16 bits the
+    level and noise of all pixels at once, exactly (an even and an odd count); floats: the median of
+    the pieces'; NaN with no pixel."""
+    rng = np.random.default_rng(3)
+    for dtype, low, high in ((np.uint8, 0, 256), (np.uint16, 90, 400), (np.int16, -300, 300)):
+        for n in (9_999, 10_000):
+            pixels = rng.integers(low, high, n).astype(dtype)
+            background = positivity.Background()
+            for piece in np.array_split(pixels, 7):
+                background.add(piece)
+            level = float(np.median(pixels.astype(np.float64)))
+            noise = float(positivity.MAD_SD * np.median(np.abs(pixels - level)))
+            assert background.level() == (level, noise) == positivity.background_level(pixels, pixels >= low)
+    floats = positivity.Background()
+    for centre in (10.0, 20.0, 30.0):
+        floats.add(rng.normal(centre, 1.0, 1001).astype(np.float32))
+    assert floats.level()[0] == pytest.approx(20.0, abs=0.2)
+    assert all(np.isnan(positivity.Background().level()))
+
+
 def test_spots_are_counted_as_made():
     """0-4 spots of 12.5 noise sd per nucleus: every count exact; none found in nuclei without spots."""
     channels, labels, _, _, _, spots = marker_field(seed=2)
@@ -240,7 +261,8 @@ def test_positive_nuclei_reach_the_overlay_report_and_geojson(segmented):
     overlay = np.asarray(Image.open(out / "overlays" / "field1.png"))
     assert (overlay.reshape(-1, 3) == POSITIVE_COLOURS[0]).all(axis=1).any()  # positive nuclei in magenta
     html = (out / "report.html").read_text()
-    assert "<h2>Markers</h2>" in html and 'id="marker-Ki_67"' in html and "thresholds (one per image)" in html
+    assert "<h2>Channels</h2>" in html and 'id="channel-Ki_67"' in html and "thresholds (one per image)" in html
+    assert all(f'id="channel-{key}"' in html for key in MARKER_KEYS)  # every channel measured, called or not
     nuclei = pd.read_csv(out / "nuclei.csv").set_index(["image", "label"])
     collection = json.loads((out / counts.loc["field1", "geojson_file"]).read_text())
     for feature in collection["features"][:5]:
@@ -396,6 +418,50 @@ def test_measure_gives_segments_tables_from_the_same_labels(fields, segmented, t
     assert "nuclei measure" in units.loc["confidence", "meaning"]
     with pytest.raises(NucleiError, match="no such folder"):
         measure_images([folder], tmp_path / "nowhere", tmp_path / "x")
+
+
+def test_measure_keeps_label_ids_beyond_uint16_as_given(tmp_path):
+    """nuclei measure on 90,000 nuclei (2 × 2 squares on a 600 × 600 grid, ids from 65,536 up): every
+    nucleus measured under its own id, labels/ written in uint32; a few sparse ids up to 2**31-1, with
+    channels and cells, keep theirs in every output too."""
+    side = 300
+    ids = 65_536 + 3 * np.arange(side * side, dtype=np.int64).reshape(side, side)
+    labels = np.kron(ids, np.ones((2, 2), np.int64)).astype(np.uint32)
+    grey = np.random.default_rng(0).integers(0, 4000, labels.shape).astype(np.uint16)
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "grid.tif", grey)
+    tifffile.imwrite(tmp_path / "labels" / "grid.tif", labels)
+    counts = measure_images([tmp_path / "images" / "grid.tif"], tmp_path / "labels", tmp_path / "out").set_index("image")
+    assert counts.loc["grid", "status"] == "ok" and counts.loc["grid", "count"] == side * side
+    written = tifffile.imread(tmp_path / "out" / "labels" / "grid.tif")
+    assert written.dtype == np.uint32 and np.array_equal(written, labels)
+    nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv").set_index("label").sort_index()
+    assert np.array_equal(nuclei.index, ids.ravel()) and (nuclei["area_px"] == 4).all()
+    sums = grey.astype(float).reshape(side, 2, side, 2).sum(axis=(1, 3)).ravel()
+    np.testing.assert_allclose(nuclei["integrated_intensity"], sums)
+
+    sparse = np.zeros((64, 64), np.uint32)
+    for value, (r, c) in zip((2**31 - 1, 70_000, 3), ((10, 10), (30, 40), (50, 20)), strict=True):
+        sparse[r : r + 6, c : c + 6] = value
+    channels, *_ = marker_field(shape=(64, 64), seed=44)
+    write_ome(tmp_path / "sparse.tif", channels)
+    (tmp_path / "sparse_labels").mkdir()
+    tifffile.imwrite(tmp_path / "sparse_labels" / "sparse.tif", sparse)
+    options = MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", 300.0),), cell_expansion=CellExpansion(2, "px"),
+                             spots=("gH2AX",))
+    counts = measure_images([tmp_path / "sparse.tif"], tmp_path / "sparse_labels", tmp_path / "sparse", measure=options)
+    assert counts["status"].tolist() == ["ok"]
+    table = pd.read_csv(tmp_path / "sparse" / "nuclei.csv").set_index("label")
+    assert sorted(table.index) == [3, 70_000, 2**31 - 1] and (table["area_px"] == 36).all()
+    grown = int((grow_cells((sparse == 3).astype(np.int32), 2) > 0).sum())  # a 6 × 6 square grown by 2 px
+    assert (table["cell_area"] == grown).all() and table["positive_Ki_67"].notna().all()
+    cells = tifffile.imread(tmp_path / "sparse" / "cells" / "sparse.tif")
+    assert cells.dtype == np.uint32 and set(np.unique(cells)) == {0, 3, 70_000, 2**31 - 1}
+    assert np.array_equal(tifffile.imread(tmp_path / "sparse" / "labels" / "sparse.tif"), sparse)
+    spots = pd.read_csv(tmp_path / "sparse" / "spots" / "sparse.csv")
+    assert set(spots["nucleus"]) <= {3, 70_000, 2**31 - 1}
+    assert (spots.groupby("nucleus").size().reindex(table.index, fill_value=0) == table["spots_gH2AX"]).all()
 
 
 # --------------------------------------------------------------------------- confidence of each nucleus

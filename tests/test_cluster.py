@@ -130,7 +130,8 @@ def test_channels_positives_cells_and_spots_on_two_workers_are_the_local_runs(tm
     channel_run(channel_inputs, tmp_path / "dask", model_dir, scheduler=client.scheduler.address)
     local, dask = tmp_path / "local", tmp_path / "dask"
     files = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file() and p.suffix in (".csv", ".tif"))
-    assert {"cells/field0.tif", "spots/field0.csv", "spots/big.csv", "tables/big.csv", "labels/big.tif"} <= set(files)
+    assert {"cells/field0.tif", "cells/big.tif", "spots/field0.csv", "spots/big.csv", "tables/big.csv",
+            "labels/big.tif"} <= set(files)
     for name in files:  # bit for bit: tables, label images, cells, spots
         assert filecmp.cmp(local / name, dask / name, shallow=False), name
     assert "positive_Ki_67" in (local / "nuclei.csv").read_text().splitlines()[0]

@@ -239,8 +239,11 @@ def test_label_tiff_round_trip(tmp_path):
     write_labels(tmp_path / "l.tif", labels)
     assert tifffile.imread(tmp_path / "l.tif").dtype == np.uint16
     np.testing.assert_array_equal(read_labels(tmp_path / "l.tif"), labels)
-    with pytest.raises(NucleiError, match="uint16"):
-        write_labels(tmp_path / "big.tif", np.full((2, 2), 70000))
+    write_labels(tmp_path / "many.tif", np.full((2, 2), 70000))  # more than 65,535 nuclei: uint32, ids kept
+    assert tifffile.imread(tmp_path / "many.tif").dtype == np.uint32
+    assert (read_labels(tmp_path / "many.tif") == 70000).all()
+    with pytest.raises(NucleiError, match="big.tif: labels out of the uint32 range"):
+        write_labels(tmp_path / "big.tif", np.full((2, 2), -1))
     assert not (tmp_path / "big.tif").exists()
 
 

@@ -141,3 +141,24 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert (pixels.sum(axis=2) < 200).mean() > 0.001  # dark text was drawn
     orange = (abs(pixels - (255, 127, 14)).sum(axis=2) < 30).sum()
     assert orange > 2 * 25 * 25  # both thumbnails (a 30 x 30 px orange square each) are shown
+
+
+def test_every_measured_channel_has_its_histogram_and_only_called_ones_a_threshold():
+    """Each measured channel's nucleus means get a histogram; the threshold line and the fraction
+    positive only where the channel was called (--positive), one line per image's threshold."""
+    counts = pd.DataFrame({"image": ["a", "b"], "count": [60, 40], "status": ["ok", "ok"],
+                           "threshold_EdU": [300.0, 310.0], "n_positive_EdU": [20, 10]})
+    rng = np.random.default_rng(1)
+    channels = {"DAPI": rng.normal(3000, 200, 100), "EdU": np.concatenate([rng.normal(200, 20, 70),
+                                                                             rng.normal(800, 50, 30)]),
+                "GFP": rng.lognormal(5, 1, 100)}
+    html = render_report(counts, np.full(100, 50.0), {}, channels=channels)
+    assert "<h2>Channels</h2>" in html
+    sections = dict(re.findall(r'<h3 id="channel-(\w+)">.*?(<svg.*?</svg>)', html, re.S))
+    assert sorted(sections) == ["DAPI", "EdU", "GFP"]
+    threshold_colour = "#d62728"
+    assert threshold_colour in sections["EdU"] and "2 thresholds (one per image)" in sections["EdU"]
+    for key in ("DAPI", "GFP"):
+        assert threshold_colour not in sections[key] and "threshold" not in sections[key]
+    assert "30.0% positive (30 of 100 nuclei called)" in html and html.count("positive (") == 1
+    assert "<h2>Channels</h2>" not in render_report(counts, np.full(3, 5.0), {})  # no channel measured

@@ -1,4 +1,5 @@
-"""Huge images out of core (pipeline.batch.slide): lazy reading, seams, stitching rule, pixel size metadata.
+"""Huge images out of core (pipeline.batch.slide, pipeline.batch.slide_measure): lazy reading, seams, stitching rule,
+pixel size metadata, tables streamed and the final pass.
 
 The seam test segments a 4000 × 4000 tiled TIFF with the ideal stand-in network of
 test_segmenter.py (P(nucleus) = grey level: the Segmenter, blocks, watershed, stitching and
@@ -232,9 +233,9 @@ def test_an_ome_zarr_folder_is_one_input_and_a_turned_tiff_is_read_whole(tmp_pat
 
 
 def test_a_multichannel_slide_is_measured_block_by_block_as_whole(tmp_path):
-    """A 4-channel tiled OME-TIFF out of core with --nuclear-channel, --positive (a value and auto)
-    and --spots: every channel's columns equal those of the whole image on the same labels, the
-    positive calls and spots come out as made; --cell-expansion is flagged (no cells out of core)."""
+    """A 4-channel tiled OME-TIFF out of core with --nuclear-channel, --positive (a value and auto),
+    --spots and --cell-expansion: every channel's columns equal those of the whole image on the same
+    labels, the positive calls and spots come out as made, the cells are grown."""
     from pipeline.batch.segment import segment_images
     from pipeline.batch.settings import CellExpansion, MeasureOptions
     from pipeline.files.io import read_labels
@@ -253,7 +254,7 @@ def test_a_multichannel_slide_is_measured_block_by_block_as_whole(tmp_path):
                             tile_size=256, overlap=32, block_size=256, block_margin=40,
                             slide_pixels=100_000).set_index("image")
     row = counts.loc["slide"]
-    assert row["status"] == "ok" and row["count"] == truth.max() and "no cells grown" in row["flag"]
+    assert row["status"] == "ok" and row["count"] == truth.max() and row["cells_file"] == "cells/slide.tif"
     out = tmp_path / "out"
     labels = read_labels(out / "labels" / "slide.tif")
     table = pd.read_csv(out / "tables" / "slide.csv").set_index("label").sort_index()
@@ -273,3 +274,136 @@ def test_a_multichannel_slide_is_measured_block_by_block_as_whole(tmp_path):
     assert np.mean(counted == spots) == 1.0
     nuclei = pd.read_csv(out / "nuclei.csv")
     assert len(nuclei) == truth.max() and "positive_Ki_67" in nuclei and nuclei["confidence"].between(0, 1).all()
+
+
+# --------------------------------------------------------------------------- cells and the batch's threshold out of core
+
+
+@pytest.fixture(scope="module")
+def slide_and_memory(tmp_path_factory):
+    """One batch run twice, with --cell-expansion and --positive-scope batch: ``mixed`` (400 × 400, 40 %
+    Ki-67 positive, a tiled OME-TIFF) out of core beside ``negative`` (256 × 256, all negative) in
+    memory, then both in memory. The slide's final pass runs in 64-px tiles and 128-px chunks, so
+    that cells cross chunks. Returns {'slide' | 'memory': (output folder, counts by image)}."""
+    from pipeline.batch.segment import segment_images
+    from pipeline.batch.settings import CellExpansion, MeasureOptions
+
+    from .conftest import MARKER_CHANNELS, marker_field, write_ome
+
+    folder = tmp_path_factory.mktemp("batch")
+    mixed, *_ = marker_field(shape=(400, 400), seed=20, contrast=6)
+    negative, *_ = marker_field(seed=21, fraction=0.0)
+    tifffile.imwrite(folder / "mixed.tif", mixed, tile=(64, 64), compression="zlib", ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": list(MARKER_CHANNELS)}})
+    write_ome(folder / "negative.tif", negative)
+    model_dir = save_threshold_model(folder / "model")
+    options = MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", None), ("NF-kB", 1000.0)),
+                             positive_scope="batch", cell_expansion=CellExpansion(4, "px"))
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pipeline.batch.slide_measure.LABEL_TILE", 64)
+        patch.setattr("pipeline.batch.slide_measure.CELL_CHUNK", 128)
+        for name, slide_pixels in (("slide", 100_000), ("memory", 50_000_000)):
+            counts = segment_images([folder / "mixed.tif", folder / "negative.tif"], folder / name, model_dir, "cpu",
+                                    measure=options, tile_size=256, overlap=32, block_size=256, block_margin=40,
+                                    slide_pixels=slide_pixels)
+            runs[name] = folder / name, counts.set_index("image")
+    return runs
+
+
+def test_cells_grown_on_a_slide_chunk_by_chunk_are_those_of_the_whole_image(slide_and_memory):
+    """cells/<name>.tif of a slide (tiled uint32 BigTIFF, as its labels) equals the cells the in-memory
+    path grows on the same image, and so does every column of its nuclei, the cell columns summed
+    over the chunks included."""
+    from pipeline.files.io import read_labels
+    from pipeline.method.measure import grow_cells
+
+    (slide, slide_counts), (memory, memory_counts) = slide_and_memory["slide"], slide_and_memory["memory"]
+    assert (slide / "tables" / "mixed.csv").is_file() and not (memory / "tables" / "mixed.csv").exists()
+    labels = read_labels(slide / "labels" / "mixed.tif")
+    np.testing.assert_array_equal(labels, read_labels(memory / "labels" / "mixed.tif"))  # the same nuclei
+    with tifffile.TiffFile(slide / slide_counts.loc["mixed", "cells_file"]) as tif:
+        page = tif.pages.first
+        assert tif.is_bigtiff and page.is_tiled and page.dtype == np.uint32
+        cells = page.asarray().astype(np.int32)
+    np.testing.assert_array_equal(cells, read_labels(memory / memory_counts.loc["mixed", "cells_file"]))
+    np.testing.assert_array_equal(cells, grow_cells(labels, 4))
+    assert slide_counts.loc["mixed", "cell_expansion_px"] == 4 and not slide_counts.loc["mixed", "flag"]
+    out_of_core, in_memory = (pd.read_csv(folder / "nuclei.csv").query("image == 'mixed'").reset_index(drop=True)
+                              for folder in (slide, memory))
+    assert list(out_of_core.columns) == list(in_memory.columns)
+    grown = [c for c in in_memory.columns if c.startswith(("cell_area", "cyto_mean_", "nuc_cyto_ratio_"))]
+    assert len(grown) == 1 + 2 * 4 and out_of_core["cyto_mean_NF_kB"].notna().all()
+    pd.testing.assert_frame_equal(out_of_core, in_memory, check_dtype=False, rtol=1e-9)
+
+
+def test_a_slide_takes_the_batch_threshold_as_in_memory(slide_and_memory):
+    """--positive-scope batch with a slide in the batch: the same thresholds, counts and calls as the
+    same images in memory; the slide's streamed table and overlay carry the batch's calls."""
+    from pipeline.method.overlay import POSITIVE_COLOURS
+
+    (slide, slide_counts), (memory, memory_counts) = slide_and_memory["slide"], slide_and_memory["memory"]
+    for image in ("mixed", "negative"):
+        for column in ("background_Ki_67", "noise_Ki_67", "threshold_Ki_67", "n_positive_Ki_67",
+                       "fraction_positive_Ki_67", "threshold_NF_kB", "n_positive_NF_kB"):
+            assert slide_counts.loc[image, column] == pytest.approx(memory_counts.loc[image, column]), (image, column)
+    assert slide_counts.loc["mixed", "n_positive_Ki_67"] > 20 and slide_counts.loc["negative", "n_positive_Ki_67"] == 0
+    assert (slide_counts["flag"].fillna("") == "").all()  # no image left uncalled
+    out_of_core, in_memory = (pd.read_csv(folder / "nuclei.csv") for folder in (slide, memory))
+    for column in ("positive_Ki_67", "positive_NF_kB"):
+        assert out_of_core[column].notna().all()
+        assert out_of_core[column].tolist() == in_memory[column].tolist()
+    streamed = pd.read_csv(slide / "tables" / "mixed.csv")
+    assert streamed["positive_Ki_67"].tolist() == out_of_core.query("image == 'mixed'")["positive_Ki_67"].tolist()
+    magenta = [(np.asarray(Image.open(folder / "overlays" / "mixed.png"))[..., :3] == POSITIVE_COLOURS[0]).all(-1)
+               for folder in (slide, memory)]
+    assert magenta[0].any() and np.array_equal(*magenta)  # redrawn with the batch's calls
+
+
+def test_measure_out_of_core_gives_the_tables_of_the_whole_image(tmp_path, monkeypatch):
+    """nuclei measure of an image larger than slide_pixels with a tiled label image (ids sparse, up to
+    1.6 million): measured block by block, each nucleus whole in one block, the same nuclei.csv, label
+    and cell images, spots, calls and counts as measured in memory; a label image of one value or of
+    another size is one line naming it."""
+    from pipeline.batch.measure import measure_images
+    from pipeline.batch.settings import CellExpansion, MeasureOptions
+
+    from .conftest import MARKER_CHANNELS, marker_field
+
+    for constant, value in (("slide_measure.LABEL_TILE", 64), ("slide_measure.CELL_CHUNK", 128),
+                            ("slide.MEASURE_BLOCK", 128)):
+        monkeypatch.setattr(f"pipeline.batch.{constant}", value)
+    channels, truth, *_ = marker_field(shape=(400, 400), seed=50, contrast=10)
+    for name in ("slide", "flat", "small"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", channels, tile=(64, 64), compression="zlib", ome=True,
+                         metadata={"axes": "CYX", "Channel": {"Name": list(MARKER_CHANNELS)}})
+    ids = np.concatenate([[0], 70_000 + 7919 * np.random.default_rng(0).permutation(int(truth.max()))])
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "slide.tif", ids[truth].astype(np.uint32), tile=(64, 64), compression="zlib")
+    tifffile.imwrite(tmp_path / "labels" / "flat.tif", (truth > 0).astype(np.uint8) * 255, tile=(64, 64))
+    tifffile.imwrite(tmp_path / "labels" / "small.tif", truth[:300].astype(np.uint16), tile=(64, 64))
+    options = MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", None), ("NF-kB", 1000.0)), spots=("gH2AX",),
+                             cell_expansion=CellExpansion(5, "px"))
+    images = [tmp_path / f"{name}.tif" for name in ("slide", "flat", "small")]
+    out_of_core = measure_images(images, tmp_path / "labels", tmp_path / "ooc", measure=options,
+                                 slide_pixels=100_000).set_index("image")
+    in_memory = measure_images(images[:1], tmp_path / "labels", tmp_path / "mem", measure=options).set_index("image")
+    assert out_of_core.loc["flat", "error"] == (f"{tmp_path / 'labels' / 'flat.tif'}: one label value only (a binary "
+                                                "mask?): out of core, give instance labels (one value per nucleus)")
+    assert out_of_core.loc["small", "error"] == (f"{tmp_path / 'labels' / 'small.tif'}: 400x300 px, but its image "
+                                                 f"{tmp_path / 'small.tif'} is 400x400 px")
+    assert (tmp_path / "ooc" / "tables" / "slide.csv").is_file() and not (tmp_path / "mem" / "tables").exists()
+    row, expected = out_of_core.loc["slide"], in_memory.loc["slide"]
+    assert row["status"] == "ok" and row["count"] == truth.max() and not row["flag"]
+    for column in expected.index.drop(["pixel_size_um", "orientation"]):
+        assert row[column] == expected[column] or (pd.isna(row[column]) and pd.isna(expected[column])), column
+    blocks = pd.read_csv(tmp_path / "ooc" / "nuclei.csv")
+    pd.testing.assert_frame_equal(blocks.sort_values("label").reset_index(drop=True),
+                                  pd.read_csv(tmp_path / "mem" / "nuclei.csv"), rtol=1e-12)
+    for folder, dtype in (("labels", np.uint32), ("cells", np.uint32)):
+        written = tifffile.imread(tmp_path / "ooc" / folder / "slide.tif")
+        assert written.dtype == dtype and np.array_equal(written, tifffile.imread(tmp_path / "mem" / folder / "slide.tif"))
+    spots = pd.read_csv(tmp_path / "ooc" / "spots" / "slide.csv").sort_values(["nucleus", "y", "x"])
+    pd.testing.assert_frame_equal(spots.reset_index(drop=True), pd.read_csv(tmp_path / "mem" / "spots" / "slide.csv"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "ooc" / "overlays" / "slide.png")),
+                          np.asarray(Image.open(tmp_path / "mem" / "overlays" / "slide.png")))

@@ -13,7 +13,12 @@ for a plane) is ``DIR/<name>.tif`` (or ``.tiff``, ``.png``), or ``<name>`` with 
 (``_masks``, ``_cp_masks``, ``_labels``: :data:`pipeline.batch.export.LABEL_SUFFIXES`); so a
 ``nuclei segment`` output's ``labels/`` folder, corrected, is measured as it is. Each label image
 must be one grey plane of whole numbers of its image's size; a binary mask is split into its
-connected regions (:func:`pipeline.batch.export.read_label_image`).
+connected regions (:func:`pipeline.batch.export.read_label_image`). Label ids are kept as given (up to
+2**31-1; labels/ in uint32 beyond 65,535).
+
+An image larger than ``segment.slide_pixels`` (50 Mpx) read piece by piece, with a label image read
+piece by piece too (a tiled TIFF, as ``nuclei segment`` writes for a slide), is measured out of core
+(:func:`pipeline.batch.slide.measure_slide`), block by block, its table streamed.
 
 Must not: segment or import torch.
 """
@@ -27,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.batch.lock import folder_lock
-from pipeline.batch.one_file import finish_batch, label_index, measure_file, warn
+from pipeline.batch.one_file import SLIDE_PIXELS, finish_batch, label_index, measure_file, warn
 from pipeline.batch.outlines import parse_formats
 from pipeline.batch.output_folder import (
     Tables,
@@ -44,7 +49,7 @@ from pipeline.progress import progress
 def measure_images(inputs: list[str | Path], labels: str | Path, outdir: str | Path, pixel_size: float | None = None,
                    recursive: bool = False, *, channel: str | None = None,
                    measure: MeasureOptions | None = None, exports: tuple[str, ...] = (), wait: bool = False,
-                   thumbnail: int = 320) -> pd.DataFrame:
+                   thumbnail: int = 320, slide_pixels: int = SLIDE_PIXELS) -> pd.DataFrame:
     """Measure the nuclei of existing label images (module docstring).
 
     Parameters
@@ -66,6 +71,11 @@ def measure_images(inputs: list[str | Path], labels: str | Path, outdir: str | P
         ``--export`` formats.
     wait : bool
         Wait for another run holding the output folder.
+    thumbnail : int
+        px, the report's thumbnails.
+    slide_pixels : int
+        An image larger than this, read piece by piece with its label image, is measured out of core
+        (``segment.slide_pixels``' default, as ``nuclei segment``).
 
     Returns
     -------
@@ -97,7 +107,7 @@ def measure_images(inputs: list[str | Path], labels: str | Path, outdir: str | P
         run.write()
         try:
             for source, name in progress(list(zip(sources, names, strict=True)), desc="measure", unit="img"):
-                measure_file(source, name, found, channel, options, pixel_size, exports, run, thumbnail)
+                measure_file(source, name, found, channel, options, pixel_size, exports, run, thumbnail, slide_pixels)
                 run.write_soon()
         finally:
             finish_batch(run, options, thumbnail)

@@ -123,8 +123,9 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
     source : object
         The file, named by every error and flag.
     call : bool
-        Make the positive calls of ``--positive-scope image`` here (False: the caller calls them
-        later, :func:`call_positive`: a slide measured block by block).
+        Make the positive calls of ``--positive-scope image`` here, and measure the backgrounds they
+        need (False: the caller sets the backgrounds and calls later, :func:`call_positive`: a slide
+        measured block by block, its backgrounds from its final labels and cells).
 
     Returns
     -------
@@ -174,11 +175,8 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
         spot_parts.append(found[list(SPOT_FILE_COLUMNS)])
     table = pd.concat(parts, axis=1)
     for key in marked:
-        k = keys.index(key)
-        level, noise = positivity.background_level(channels.array[k], outside)
-        measured.background[key] = (level, noise)
-        measured.fields[f"background_{key}"] = level
-        measured.fields[f"noise_{key}"] = noise
+        if call:
+            set_background(measured, key, positivity.background_level(channels.array[keys.index(key)], outside))
         table[f"positive_{key}"] = pd.array([pd.NA] * len(table), dtype="boolean")
     for column, values in spot_columns.items():
         table[column] = values
@@ -190,6 +188,13 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
     if call:
         call_positive(measured, options)
     return measured
+
+
+def set_background(measured: Measured, key: str, background: tuple[float, float]) -> None:
+    """Record channel ``key``'s background (level, noise) (:func:`pipeline.method.positivity.background_level`)
+    for its threshold and as the ``counts.csv`` fields ``background_<key>``, ``noise_<key>``."""
+    measured.background[key] = background
+    measured.fields[f"background_{key}"], measured.fields[f"noise_{key}"] = background
 
 
 def thresholds_of(measured: Measured, options: MeasureOptions) -> dict[str, positivity.Threshold]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.batch.export import read_label_image
 from pipeline.batch.measurements import Channels, measure_image, problems
@@ -30,6 +31,7 @@ from pipeline.batch.outlines import FORMATS, export_path, write_export
 from pipeline.batch.output_folder import (
     CELLS_COLUMN,
     SPOTS_COLUMN,
+    SlideTable,
     Tables,
     cells_file,
     counts_row,
@@ -37,13 +39,14 @@ from pipeline.batch.output_folder import (
     labels_file,
     overlay_file,
     remove_files,
-    slide_table_file,
+    rewrite_table,
     spots_file,
     unique_name,
 )
 from pipeline.batch.settings import MeasureOptions, Settings
-from pipeline.batch.slide import segment_slide
+from pipeline.batch.slide import measure_slide, segment_slide, shown_labels
 from pipeline.batch.stack_file import segment_stack_image, stack_fields
+from pipeline.config.params import SegmentConfig
 from pipeline.errors import NucleiError
 from pipeline.files.channels import (
     ChannelPattern,
@@ -64,14 +67,17 @@ from pipeline.files.io import (
 )
 from pipeline.files.orientation import describe
 from pipeline.files.planes import ChannelImage
-from pipeline.files.slide_reader import slide_of
+from pipeline.files.slide_reader import open_slide, slide_of
 from pipeline.files.stacks import Stack, frame_files, read_frames, read_stacks
 from pipeline.method.intensity import normalize_image
+from pipeline.method.labels import dense_labels
 from pipeline.method.measure import intensity_of
 from pipeline.method.overlay import display_uint8, draw_outlines, thumbnail
 
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
+#: Images larger than this (px) are measured out of core by ``nuclei measure``: ``segment.slide_pixels``'s default.
+SLIDE_PIXELS = SegmentConfig().slide_pixels
 #: The flag of an image segmented out of core when ``--export`` was asked for.
 SLIDE_EXPORT_NOTE = "--export: outlines not written for an image segmented out of core (docs/scale-out.md)"
 
@@ -158,15 +164,23 @@ def image_outputs(name: str, labels: np.ndarray, shown: np.ndarray, intensity: n
     """
     result = segmentation
     spots_diameter = diameter if result is None else result.diameter
-    measured = measure_image(labels, intensity, channels, options, pixel_size,
-                             None if result is None else result.nucleus_confidence, spots_diameter, source)
+    dense, ids = dense_labels(labels)  # sparse ids (labels made elsewhere) measured as 1..N, given back below
+    confidence = None if result is None else result.nucleus_confidence
+    measured = measure_image(dense, intensity, channels, options, pixel_size,
+                             confidence if ids is None or confidence is None else confidence[ids], spots_diameter,
+                             source)
     for problem in problems(measured, source):
         warn(f"warning: {problem}")
     written.append(run.outdir / labels_file(name))
     write_labels(written[-1], labels)
-    colours = measured.colours(int(labels.max(initial=0)))
-    overlay = draw_outlines(shown, labels, colours)
-    del shown
+    colours = measured.colours(int(dense.max(initial=0)))
+    overlay = draw_outlines(shown, dense, colours)
+    del shown, dense
+    if ids is not None:
+        measured.table["label"] = ids[measured.table["label"].to_numpy()]
+        measured.cells = None if measured.cells is None else ids[measured.cells]
+        if measured.spots is not None:
+            measured.spots["nucleus"] = ids[measured.spots["nucleus"].to_numpy(np.int64)]
     written.append(run.outdir / overlay_file(name))
     write_png(written[-1], overlay)
     run.thumbnails[name] = encode_png(thumbnail(overlay, thumbnail_side))
@@ -315,11 +329,21 @@ def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: Tables, **da
             slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail,
             image_type=cfg.image_type, options=cfg.measure, **dask)
     except Exception as exc:  # one bad image never stops the batch
-        outputs = [run.outdir / file for file in (labels_file(name), overlay_file(name), slide_table_file(name),
-                                                  spots_file(name))]
-        _fail(run, row, exc, slide.path, [p for p in outputs if p.is_file() and p.stat().st_mtime >= started])
+        _fail(run, row, exc, slide.path, _written_since(run, name, started))
         return
-    if cfg.exports:
+    _add_slide(run, row, fields, table, cfg.exports, pixel_size)
+
+
+def _written_since(run: Tables, name: str, started: float) -> list[Path]:
+    """The outputs of a slide (:func:`pipeline.batch.output_folder.image_files`) written since ``started``."""
+    outputs = [run.outdir / file for file in image_files(name, ())]
+    return [p for p in outputs if p.is_file() and p.stat().st_mtime >= started]
+
+
+def _add_slide(run: Tables, row: dict[str, Any], fields: dict[str, Any], table, exports: tuple[str, ...],
+               pixel_size: float | None) -> None:
+    """Add a slide's rows to ``run`` (its flag saying that no ``--export`` files were written for it)."""
+    if exports:
         fields["flag"] = "; ".join(f for f in (fields["flag"], SLIDE_EXPORT_NOTE) if f)
     run.counts.append({**row, **fields})
     run.nuclei.append(table)
@@ -367,38 +391,68 @@ def _failure(exc: Exception, source: Path) -> dict[str, Any]:
 
 def finish_batch(run: Tables, options: MeasureOptions, thumbnail_side: int = 320) -> None:
     """``--positive-scope batch``, once every image is measured: the calls of each ``auto`` channel
-    over the batch (:func:`pipeline.batch.measurements.batch_positivity`), then each image's overlay
-    (its thumbnail) and GeoJSON export redone with them. Images segmented out of core keep their
-    calls empty (flagged): their rows are streamed, not held. Never raises: a file that cannot be
-    rewritten is a warning."""
+    over the batch (:func:`pipeline.batch.measurements.batch_positivity`), the nuclei of slides
+    included (their ids, means and calls read from their streamed tables, :func:`slide_calls`; the
+    calls written back in chunks), then each image's overlay (its thumbnail) and GeoJSON export
+    redone with them. Never raises: a file that cannot be rewritten is a warning."""
     if options.positive_scope != "batch" or not any(value is None for _, value in options.positive):
         return
     from pipeline.batch.measurements import batch_positivity
 
     rows = {row["image"]: row for row in run.counts if row.get("status") == "ok"}
-    images = [(rows[t["image"].iloc[0]], t) for t in run.nuclei
-              if hasattr(t, "iloc") and len(t) and t["image"].iloc[0] in rows]
-    batch_positivity(images, options)
-    for row, table in images:
+    images = []  # (row, table, its SlideTable or None)
+    for table in run.nuclei:
+        if isinstance(table, SlideTable):
+            if table.image in rows and any(c.startswith("positive_") for c in table.columns):
+                images.append((rows[table.image], slide_calls(table), table))
+        elif len(table) and table["image"].iloc[0] in rows:
+            images.append((rows[table["image"].iloc[0]], table, None))
+    batch_positivity([(row, table) for row, table, _ in images], options)
+    for row, table, slide in images:
+        if slide is not None:
+            try:
+                calls = table[[c for c in table.columns if c.startswith("positive_")]]
+                rewrite_table(slide.path, list(slide.columns),
+                              lambda chunk, calls=calls: chunk.assign(**{c: calls[c].loc[chunk.index].to_numpy()
+                                                                          for c in calls.columns}))
+            except Exception as exc:
+                warn(f"warning: {row['image']}: {slide.path} not rewritten with the batch's positive calls ({exc})")
         try:
-            _recolour(run, row, table, options, thumbnail_side)
+            _recolour(run, row, table, thumbnail_side, slide is not None)
         except Exception as exc:  # the tables hold the calls: a picture that cannot be redone is a warning
             warn(f"warning: {row['image']}: overlay not redrawn with the batch's positive calls ({exc})")
 
 
-def _recolour(run: Tables, row: dict[str, Any], table, options: MeasureOptions, thumbnail_side: int) -> None:
-    """Redraw one image's overlay (outlines in the colours of its positive calls) and GeoJSON."""
+def slide_calls(table: SlideTable) -> pd.DataFrame:
+    """A slide's ``label``, ``mean_<key>`` and ``positive_<key>`` columns (of its --positive channels),
+    read from its streamed table in chunks; the calls as booleans."""
+    positive = [c for c in table.columns if c.startswith("positive_")]
+    means = [f"mean_{c[len('positive_'):]}" for c in positive]
+    frame = table.read(["label", *means, *positive])
+    return frame.astype({c: "boolean" for c in positive})
+
+
+def _recolour(run: Tables, row: dict[str, Any], table: pd.DataFrame, thumbnail_side: int, slide: bool = False) -> None:
+    """Redraw one image's overlay (outlines in the colours of its positive calls) and GeoJSON (a slide:
+    its labels at the overlay's scale, :func:`pipeline.batch.slide.shown_labels`; it has no GeoJSON)."""
     from pipeline.batch.measurements import Measured
     from pipeline.files.io import read_labels
 
     name = row["image"]
-    labels = read_labels(run.outdir / labels_file(name))
-    colours = Measured(table).colours(int(labels.max(initial=0)))
+    labels = (shown_labels if slide else read_labels)(run.outdir / labels_file(name))
+    dense, ids = dense_labels(labels)
+    calls = table
+    if ids is not None:  # the rows of the labels shown, numbered as ``dense``
+        given = table["label"].to_numpy(np.int64)
+        where = np.minimum(np.searchsorted(ids, given), ids.size - 1)
+        calls = table[ids[where] == given].assign(label=where[ids[where] == given])
+    n_labels = max(int(dense.max(initial=0)), int(calls["label"].max()) if len(calls) else 0)
+    colours = Measured(calls).colours(n_labels)
     overlay = read_planes(run.outdir / overlay_file(name))[0].array[..., :3]
-    overlay = draw_outlines(overlay, labels, colours)
+    overlay = draw_outlines(overlay, dense, colours)
     write_png(run.outdir / overlay_file(name), overlay)
     run.thumbnails[name] = encode_png(thumbnail(overlay, thumbnail_side))
-    if "geojson" in run.exports and row.get(FORMATS["geojson"].column):
+    if not slide and "geojson" in run.exports and row.get(FORMATS["geojson"].column):
         write_export("geojson", run.outdir / row[FORMATS["geojson"].column], labels,
                      table.drop(columns="image"))
 
@@ -407,20 +461,30 @@ def _recolour(run: Tables, row: dict[str, Any], table, options: MeasureOptions, 
 
 
 def measure_file(source: Path, base_name: str, labels: dict[str, Path], channel: str | None, options: MeasureOptions,
-                 pixel_size: float | None, exports: tuple[str, ...], run: Tables, thumbnail_side: int = 320) -> None:
+                 pixel_size: float | None, exports: tuple[str, ...], run: Tables, thumbnail_side: int = 320,
+                 slide_pixels: int = SLIDE_PIXELS) -> None:
     """Measure every image of one input file with its label image (``nuclei measure``), adding its
     rows to ``run``; never raises for bad input.
 
     ``labels`` maps casefolded names to the label files of ``--labels`` (:func:`find_labels`); each
     image's label image must be its size. The outputs are those of ``nuclei segment``
     (:func:`image_outputs`) less what only a segmentation knows (image type, diameter, scale,
-    confidence: empty).
+    confidence: empty). An image larger than ``slide_pixels`` that is read piece by piece, whose label
+    image is too, is measured out of core (:func:`pipeline.batch.slide.measure_slide`), as ``nuclei
+    segment`` decides (:func:`pipeline.files.slide_reader.slide_of`).
     """
     base = {"source": str(source)}
     try:
-        images = read_images(source, options)
+        slide = None if options.channel_files is not None else slide_of(source, slide_pixels)
+        found = None if slide is None else find_labels(base_name, labels, source)
+        nuclei = None if found is None else open_slide(found)
+        if nuclei is None:  # labels that must be read whole: the image is read whole too
+            images = read_images(source, options)
     except Exception as exc:  # one bad file never stops the batch
         _fail(run, {**base, "image": base_name}, exc, source, [])
+        return
+    if nuclei is not None:
+        _measure_slide(slide, nuclei, base_name, channel, options, pixel_size, exports, run, thumbnail_side)
         return
     for k in range(len(images)):
         image = images[k]
@@ -445,6 +509,24 @@ def measure_file(source: Path, base_name: str, labels: dict[str, Path], channel:
             _fail(run, row, exc, source, written)
             continue
         run.counts.append(row)
+
+
+def _measure_slide(slide, nuclei, name: str, channel: str | None, options: MeasureOptions, pixel_size: float | None,
+                   exports: tuple[str, ...], run: Tables, thumbnail_side: int) -> None:
+    """Measure one huge image with its label image out of core (:func:`pipeline.batch.slide.measure_slide`),
+    adding its rows. ``--export`` files are not written for it: its flag says so."""
+    height, width = slide.shape
+    here = pixel_size or slide.pixel_size
+    row = {"source": str(slide.path), "image": name, "series": 0, "plane": 0, "height": height, "width": width,
+           "pixel_type": str(slide.dtype), "pixel_size_um": here, "labels_source": str(nuclei.path)}
+    started = time.time()
+    try:
+        fields, table, run.thumbnails[name] = measure_slide(slide, nuclei, name, run.outdir, here, channel, options,
+                                                            thumbnail_side)
+    except Exception as exc:  # one bad image never stops the batch
+        _fail(run, row, exc, slide.path, _written_since(run, name, started))
+        return
+    _add_slide(run, row, fields, table, exports, here)
 
 
 def label_index(folder: Path) -> dict[str, Path]:

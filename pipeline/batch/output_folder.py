@@ -16,7 +16,8 @@ Owns
   :func:`pipeline.method.measure.measurement_columns`) then those of the images' channels, cells,
   spots and positive calls, in the order they first appear; the ``counts.csv`` row of a segmented
   image, a plane or a slide (:func:`counts_row`);
-  a slide's nuclei streamed through ``tables/<name>.csv`` (:class:`SlideTable`, :func:`write_nuclei_csv`);
+  a slide's nuclei streamed through ``tables/<name>.csv`` (:class:`SlideTable`, :func:`write_nuclei_csv`;
+  read and rewritten in chunks, :func:`table_chunks`, :func:`rewrite_table`);
 - the removal of a failed image's files (:func:`remove_files`), which never raises.
 
 Must not: segment, read images, or remove files of another input. Other modules spell no path of
@@ -31,6 +32,7 @@ import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -391,20 +393,47 @@ def counts_row(name: str, count: int, median_area_px: float, image_type: str | N
     return row
 
 
+#: Rows of a streamed table read or rewritten at a time.
+CHUNK_ROWS = 200_000
+
+
 @dataclass
 class SlideTable:
-    """The nuclei of a slide, streamed to ``tables/<name>.csv`` rather than held (``columns``: its header)."""
+    """The nuclei of a slide, streamed to ``tables/<name>.csv`` rather than held (``columns``: its header;
+    ``image``: its output name)."""
 
     path: Path
     areas_px: np.ndarray
     pixel_size: float | None = None
     columns: tuple[str, ...] = ()
+    image: str = ""
 
     def areas(self, column: str) -> np.ndarray:
         """The nuclei's ``area_px`` or ``area_um2`` (none without a pixel size)."""
         if column == "area_px":
             return self.areas_px.astype(float)
         return self.areas_px * self.pixel_size**2 if self.pixel_size else np.zeros(0)
+
+    def read(self, columns: list[str]) -> pd.DataFrame:
+        """Some of its columns, whole (a few numbers per nucleus: read chunk by chunk, :func:`table_chunks`)."""
+        parts = list(table_chunks(self.path, columns))
+        return pd.concat(parts) if parts else pd.DataFrame(columns=columns)
+
+
+def table_chunks(path: Path, columns: list[str] | None = None, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """A streamed table (:class:`SlideTable`) ``rows`` at a time (``image`` as text); the index counts
+    the file's rows from 0. ``columns``: those alone."""
+    return pd.read_csv(path, usecols=columns, chunksize=rows,
+                       dtype={"image": str} if columns is None or "image" in columns else None)
+
+
+def rewrite_table(path: Path, columns: list[str], change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    """Rewrite a streamed table atomically, chunk by chunk (:func:`table_chunks`): each chunk
+    through ``change``, written with ``columns`` (missing ones empty)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as out:
+        pd.DataFrame(columns=columns).to_csv(out, index=False)
+        for chunk in table_chunks(path):
+            change(chunk).reindex(columns=columns).to_csv(out, header=False, index=False)
 
 
 def write_nuclei_csv(path: Path, tables: list, columns: list[str]) -> None:
@@ -413,8 +442,7 @@ def write_nuclei_csv(path: Path, tables: list, columns: list[str]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as out:
         pd.DataFrame(columns=columns).to_csv(out, index=False)
         for table in tables:
-            chunks = pd.read_csv(table.path, chunksize=200_000) if isinstance(table, SlideTable) else [table]
-            for chunk in chunks:
+            for chunk in table_chunks(table.path) if isinstance(table, SlideTable) else [table]:
                 chunk.reindex(columns=columns).to_csv(out, header=False, index=False)
 
 

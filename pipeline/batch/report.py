@@ -1,6 +1,7 @@
 """``report.html``: one self-contained page summarising a ``nuclei segment`` run.
 
-No network and no external files are needed to view it: the histogram is inline SVG and the
+No network and no external files are needed to view it: the histograms (nucleus areas, and each
+measured channel's nucleus means with its thresholds) are inline SVG and the
 overlay thumbnails are base64 PNGs. Each thumbnail links to the full-size overlay next to
 the page (``overlays/<stem>.png``).
 
@@ -78,15 +79,16 @@ def area_histogram_svg(areas: np.ndarray, unit: str) -> str:
     return svg[svg.index("<svg") :]
 
 
-def marker_histogram_svg(means: np.ndarray, thresholds: np.ndarray, key: str) -> str:
-    """Draw the histogram of one channel's nucleus means with its thresholds.
+def channel_histogram_svg(means: np.ndarray, thresholds: np.ndarray | None, key: str) -> str:
+    """Draw the histogram of one channel's nucleus means, with its thresholds when it was called.
 
     Parameters
     ----------
     means : (N,) float array
         ``mean_<key>`` of the nuclei, in the file's units.
-    thresholds : (M,) float array
-        The thresholds used (one per image; NaN where none was set), drawn as vertical lines.
+    thresholds : (M,) float array, or None
+        The thresholds used (one per image; NaN where none was set), drawn as vertical lines; None
+        for a channel not given to ``--positive`` (no line, no word of thresholds).
     key : str
         The channel's column key.
 
@@ -108,12 +110,13 @@ def marker_histogram_svg(means: np.ndarray, thresholds: np.ndarray, key: str) ->
     axes.hist(means, bins=bins, color="#7f7f7f")
     if positive:
         axes.set_xscale("log")
-    shown = np.unique(np.round(np.asarray(thresholds, float)[np.isfinite(thresholds)], 6))
+    thresholds = np.zeros(0) if thresholds is None else np.asarray(thresholds, float)
+    shown = np.unique(np.round(thresholds[np.isfinite(thresholds)], 6))
     for value in shown[:50]:
         axes.axvline(value, color="#d62728", linewidth=1.2 if shown.size == 1 else 0.6)
-    text = (f"threshold {shown[0]:.4g}" if shown.size == 1 else f"{shown.size} thresholds (one per image)"
-            if shown.size else "no threshold set")
-    axes.set_title(f"{key}: {text}", fontsize=9, loc="left")
+    text = (f": threshold {shown[0]:.4g}" if shown.size == 1 else f": {shown.size} thresholds (one per image)"
+            if shown.size else ": no threshold set" if thresholds.size else "")
+    axes.set_title(f"{key}{text}", fontsize=9, loc="left")
     axes.set_xlabel(f"nucleus mean of {key} (file's units)")
     axes.set_ylabel("nuclei")
     axes.spines[["top", "right"]].set_visible(False)
@@ -124,17 +127,20 @@ def marker_histogram_svg(means: np.ndarray, thresholds: np.ndarray, key: str) ->
     return svg[svg.index("<svg") :]
 
 
-def _markers(counts: pd.DataFrame, markers: dict[str, np.ndarray]) -> str:
-    """The section of the --positive channels: per channel its histogram and the fraction positive."""
+def _channels(counts: pd.DataFrame, channels: dict[str, np.ndarray]) -> str:
+    """The section of the measured channels: per channel its histogram of nucleus means, and for the
+    --positive channels (a ``threshold_<key>`` column) the thresholds and the fraction positive."""
     parts = []
-    for key, means in markers.items():
+    for key, means in channels.items():
+        called = f"threshold_{key}" in counts
         n = counts.get(f"n_positive_{key}")
         total = counts.loc[n.notna(), "count"].sum() if n is not None else 0
         fraction = f"{n.sum() / total:.1%} positive ({int(n.sum())} of {int(total)} nuclei called)" if total else ""
-        thresholds = counts.get(f"threshold_{key}", pd.Series(dtype=float)).to_numpy(float)
-        parts.append(f'<h3 id="marker-{escape(key)}">{escape(key)}</h3><p>{escape(fraction)}</p>'
-                     + marker_histogram_svg(means, thresholds, key))
-    return f"<h2>Markers</h2>{''.join(parts)}" if parts else ""
+        thresholds = counts[f"threshold_{key}"].to_numpy(float) if called else None
+        parts.append(f'<h3 id="channel-{escape(key)}">{escape(key)}</h3>'
+                     + (f"<p>{escape(fraction)}</p>" if fraction else "")
+                     + channel_histogram_svg(means, thresholds, key))
+    return f"<h2>Channels</h2>{''.join(parts)}" if parts else ""
 
 
 def _cell(value: object) -> str:
@@ -188,7 +194,7 @@ def render_report(
     *,
     pixel_size: float | None = None,
     info: dict[str, str] | None = None,
-    markers: dict[str, np.ndarray] | None = None,
+    channels: dict[str, np.ndarray] | None = None,
 ) -> str:
     """Render the run's report as one HTML page.
 
@@ -204,9 +210,9 @@ def render_report(
         Pixel side in µm (only shown, and used for the histogram's unit).
     info : dict of str to str, optional
         Extra facts listed under the title (model, device, date, ...).
-    markers : dict of str to (N,) float array, optional
-        The nucleus means of each ``--positive`` channel (its key): a histogram each, with the
-        ``threshold_<key>`` of ``counts``.
+    channels : dict of str to (N,) float array, optional
+        The nucleus means of each measured channel (its key): a histogram each, with the
+        ``threshold_<key>`` of ``counts`` for the ``--positive`` channels.
 
     Returns
     -------
@@ -251,7 +257,7 @@ def render_report(
 {_counts_table(counts)}
 <h2>Nucleus areas</h2>
 {histogram}
-{_markers(counts, markers or {})}
+{_channels(counts, channels or {})}
 <h2>Overlays</h2>
 {_gallery(counts, thumbnails)}
 </body>

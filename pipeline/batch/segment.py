@@ -3,7 +3,7 @@
 For every input image (PNG, TIFF, JPEG, BMP; 8/16-bit or float; grey, RGB or RGBA) the command
 writes, under ``OUTDIR``:
 
-- ``labels/<name>.tif``: uint16 instance labels (0 = background), a label layer in napari/Fiji;
+- ``labels/<name>.tif``: uint16 instance labels (uint32 beyond 65,535; 0 = background), a label layer in napari/Fiji;
 - ``overlays/<name>.png``: the normalised image with each nucleus outlined in its own colour;
 - with ``--export``: ``geojson/<name>.geojson`` (QuPath) and/or ``rois/<name>.zip`` (Fiji's ROI
   Manager), the outlines of :mod:`pipeline.batch.outlines`;
@@ -188,8 +188,8 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: 
 
 def write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, options: MeasureOptions,
                  info: dict[str, str]) -> None:
-    """``report.html`` of a run (``nuclei segment`` and ``nuclei measure``): areas, each --positive
-    channel's histogram of nucleus means with its thresholds, overlays."""
+    """``report.html`` of a run (``nuclei segment`` and ``nuclei measure``): areas, each measured
+    channel's histogram of nucleus means (with the thresholds of the --positive ones), overlays."""
     area = "area_um2" if run.pixel_size is not None else "area_px"
     slides = [t.areas(area) for t in run.nuclei if not isinstance(t, pd.DataFrame)]  # streamed tables
     if options.channels:
@@ -199,7 +199,7 @@ def write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, option
         info["overlay colours"] = overlay_legend(counts)
     html = render_report(
         counts, np.concatenate([nuclei[area].dropna().to_numpy(float), *slides]), run.thumbnails,
-        pixel_size=run.pixel_size, info=info, markers=marker_means(nuclei, run.nuclei),
+        pixel_size=run.pixel_size, info=info, channels=channel_means(nuclei, run.nuclei),
     )
     write_text(run.outdir / REPORT_HTML, html)
 
@@ -212,16 +212,17 @@ def overlay_legend(counts: pd.DataFrame) -> str:
     return ", ".join([*parts, "for several: white", "negative or not called: azure"])
 
 
-def marker_means(nuclei: pd.DataFrame, tables: list) -> dict[str, np.ndarray]:
-    """The nucleus means of each --positive channel (``mean_<key>`` of the tables with ``positive_<key>``),
-    streamed slide tables included."""
-    keys = [c[len("positive_"):] for c in nuclei.columns if c.startswith("positive_")]
-    means = {key: [nuclei[f"mean_{key}"].dropna().to_numpy(float)] for key in keys if f"mean_{key}" in nuclei}
+def channel_means(nuclei: pd.DataFrame, tables: list) -> dict[str, np.ndarray]:
+    """The nucleus means (``mean_<key>``) of every measured channel (each has a ``median_<key>`` column:
+    :data:`pipeline.method.measure.CHANNEL_COLUMNS`), streamed slide tables included."""
+    keys = [key for key in (c[len("median_"):] for c in nuclei.columns if c.startswith("median_"))
+            if f"mean_{key}" in nuclei]
+    means = {key: [nuclei[f"mean_{key}"].dropna().to_numpy(float)] for key in keys}
     for table in tables:
         if not isinstance(table, pd.DataFrame):
             wanted = [f"mean_{key}" for key in means if f"mean_{key}" in table.columns]
             if wanted:
-                streamed = pd.read_csv(table.path, usecols=wanted)
+                streamed = table.read(wanted)
                 for column in wanted:
                     means[column[len("mean_"):]].append(streamed[column].dropna().to_numpy(float))
     return {key: np.concatenate(parts) for key, parts in means.items()}
@@ -294,9 +295,9 @@ def _positive(text: str) -> float:
 
 
 _EPILOG = """\
-writes OUTDIR/labels/<name>.tif (uint16 labels), OUTDIR/overlays/<name>.png, OUTDIR/nuclei.csv,
-OUTDIR/counts.csv, OUTDIR/columns.csv (units) and OUTDIR/report.html; <name> is the file name
-without its ending (with its folder or ending added when two inputs share it), <name>_p<k> for
+writes OUTDIR/labels/<name>.tif (uint16 labels; uint32 beyond 65535), OUTDIR/overlays/<name>.png,
+OUTDIR/nuclei.csv, OUTDIR/counts.csv, OUTDIR/columns.csv (units) and OUTDIR/report.html; <name> is the
+file name without its ending (with its folder or ending added when two inputs share it), <name>_p<k> for
 plane k of a multi-page TIFF, <name>_s<j> for series j >= 1. Other files in OUTDIR are kept, and
 the tables keep listing the images of earlier runs whose label files remain. One run at a time
 writes to OUTDIR (a second one refuses, or waits with --wait).

@@ -21,17 +21,15 @@ large (:func:`pipeline.files.planes.max_image_pixels`).
    numbered 1, 2, ... in that order. A pasted nucleus is final (later blocks only fill free pixels),
    so it is measured at once, on its block.
 4. **Outputs, streamed**: rows finished by every block that can reach them are written as tiles of
-   ``labels/<name>.tif`` (uint32 tiled BigTIFF, zlib: it opens in napari, QuPath and Fiji, and
-   tifffile/zarr read it lazily); the nuclei's rows go to ``tables/<name>.csv`` block by block; the
-   overlay ``overlays/<name>.png`` is drawn at 1/f scale (longest side at most
-   :data:`OVERLAY_SIDE`). Memory: a band of (block + margin) rows of labels, a few blocks, the overlay.
-5. **Channels** (``--nuclear-channel``, :mod:`pipeline.batch.measurements`): a slide of up to 4 channels
-   (colour samples, or an OME C axis) is segmented on its nuclear channel and every channel measured
-   block by block (a nucleus is whole in its block: the same values as the whole image); spots are
-   found per block and streamed to ``spots/<name>.csv``; the positive calls need every nucleus's
-   mean, so they are set once the table is complete (the background: the median of the blocks') and
-   the table is rewritten with them. Cells are not grown out of core (flagged), nor is a slide
-   called in ``--positive-scope batch``.
+   ``labels/<name>.tif`` (uint32 tiled BigTIFF, :func:`pipeline.batch.slide_measure.write_label_tiff`);
+   the nuclei's rows go to ``tables/<name>.csv`` block by block; the overlay ``overlays/<name>.png`` is
+   drawn at 1/f scale (longest side at most :data:`OVERLAY_SIDE`). Memory: a band of (block + margin)
+   rows of labels, a few blocks, the overlay.
+
+Each block's nuclei are measured there, every channel with ``--nuclear-channel``, and streamed; the
+final pass over the finished labels (cells, backgrounds, positive calls) follows:
+:mod:`pipeline.batch.slide_measure`. ``nuclei measure`` of a slide with its label image
+(:func:`measure_slide`) measures it block by block the same way, with the outputs of a segmented slide.
 
 Must not: parse command lines, or load models (callers hand a Segmenter, or a callable giving one).
 """
@@ -47,32 +45,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from pipeline.batch.measurements import SPOT_FILE_COLUMNS, Channels, Measured, call_positive, measure_image
-from pipeline.batch.output_folder import (
-    SPOTS_COLUMN,
-    SlideTable,
-    counts_row,
-    labels_file,
-    overlay_file,
-    slide_table_file,
-    spots_file,
-)
+from pipeline.batch import slide_measure
+from pipeline.batch.measurements import measure_image
+from pipeline.batch.output_folder import SlideTable, counts_row, overlay_file, slide_table_file
 from pipeline.batch.settings import MeasureOptions
-from pipeline.files.channels import find_channel
+from pipeline.batch.slide_measure import (
+    Streams,
+    block_channels,
+    channel_plan,
+    copied_tiles,
+    finish_streams,
+    label_boxes,
+    label_tiles,
+    stream_block,
+    write_label_tiff,
+)
+from pipeline.errors import NucleiError
 from pipeline.files.io import as_rgb01, atomic_path, colour_channel, encode_png
-from pipeline.files.slide_reader import Slide, opened_slide
-from pipeline.method.measure import measurement_columns
+from pipeline.files.slide_reader import Slide, open_slide, opened_slide
+from pipeline.method.blocks import core_of
 
 #: Pixels of the mosaic of windows that plans a slide (normalisation, image type, diameter).
 SAMPLE_PIXELS = 4_000_000
 #: Side of one window of that mosaic, px.
 SAMPLE_WINDOW = 512
-#: Side of the label TIFF's tiles, px.
-LABEL_TILE = 512
 #: Longest side of a slide's overlay PNG, px.
 OVERLAY_SIDE = 4096
+#: Side of the blocks of :func:`measure_slide`, px (a nucleus is measured in the block where its box starts).
+MEASURE_BLOCK = 2048
 
 
 # --------------------------------------------------------------------------- plan
@@ -259,7 +260,7 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     slide : Slide
     name : str
         Output name: ``labels/<name>.tif``, ``overlays/<name>.png``, ``tables/<name>.csv``
-        (``spots/<name>.csv`` with --spots).
+        (``cells/<name>.tif`` with --cell-expansion, ``spots/<name>.csv`` with --spots).
     outdir : Path
     segmenter : Segmenter
         Plans the slide, and segments the blocks unless ``block_segmenter`` is given.
@@ -280,9 +281,10 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
         ``--image-type`` (:data:`pipeline.method.image_types.IMAGE_TYPES`); default: typed on the sample.
     options : MeasureOptions, optional
         ``--nuclear-channel`` and the rest (:mod:`pipeline.batch.measurements`): every channel measured
-        block by block, the spots of each block streamed, the positive calls set once every
-        nucleus is measured (the table rewritten with them). Cells are not grown out of core
-        (flagged).
+        block by block, the spots of each block streamed; then the final pass over the label image
+        (:func:`pipeline.batch.slide_measure.final_pass`: the cells, their sums, the backgrounds) and
+        the table rewritten with the cell columns and the positive calls (those of ``auto`` in
+        ``--positive-scope batch`` are set with the batch's, :func:`pipeline.batch.one_file.finish_batch`).
 
     Returns
     -------
@@ -291,6 +293,11 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     table : SlideTable
     thumbnail : bytes
         PNG of the overlay's thumbnail.
+
+    Raises
+    ------
+    NucleiError
+        A channel the slide does not have; --cell-expansion in µm without a pixel size.
     """
     from pipeline.method.blocks import iter_blocks
     from pipeline.method.measure import intensity_of
@@ -298,22 +305,22 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     from pipeline.model.segmenter import flag_of
 
     options = options or MeasureOptions()
-    names = slide.names or tuple("" for _ in range(slide.n_channels))
-    nuclear = find_channel(options.nuclear_channel, names, slide.path) if options.channels else None
-    block_options = replace(options, cell_expansion=None)  # cells are not grown out of core
+    names, nuclear, distance = channel_plan(slide, options, pixel_size)
+    block_options = replace(options, cell_expansion=None)  # cells are grown on the final labels (final_pass)
     plan = plan_slide(slide, segmenter, diameter, channel, image_type, nuclear)
     height, width = slide.shape
     blocks = list(iter_blocks((height, width), plan.block, plan.margin))
     run = map_ordered or (lambda function, items: (function(*item) for item in items))
     results = run(block_labels, [(str(slide.path), outer, core, plan, block_segmenter or segmenter)
                                  for outer, core in blocks])
-    f = max(1, math.ceil(max(height, width) / OVERLAY_SIDE))
+    f = overlay_factor((height, width))
     shown = np.zeros((-(-height // f), -(-width // f), 3), np.uint8)
     shown_labels = np.zeros(shown.shape[:2], np.uint32)
     stitcher = Stitcher(width, plan.min_size)
     areas: list[np.ndarray] = []
     conf = [0.0, 0]
-    state: dict[str, Any] = {"columns": None, "fields": {}, "background": {}, "range": {}}
+    state: dict[str, Any] = {"columns": None, "fields": {}, "range": {}}
+    tile = slide_measure.LABEL_TILE  # bands of whole rows of the label TIFF's tiles
 
     def tiles() -> Iterator[np.ndarray]:
         for k, ((outer, core), (owned, confidence, nuclei)) in enumerate(zip(blocks, results, strict=True)):
@@ -323,64 +330,27 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
             per_kept = np.concatenate([[np.nan], nuclei[stitcher.last_kept]])
             raw = slide.read(*outer)
             plane = nuclear_plane(raw, channel, nuclear)
-            channels = None
-            if options.channels:
-                channels = Channels(np.moveaxis(raw, -1, 0) if raw.ndim == 3 else raw[None], names, nuclear)
-                for key, values in zip(channels.keys, channels.array, strict=True):
-                    low, high = state["range"].get(key, (math.inf, -math.inf))
-                    state["range"][key] = (min(low, float(values.min())), max(high, float(values.max())))
+            channels = block_channels(raw, names, nuclear, state) if options.channels else None
             measured = measure_image(kept, intensity_of(plane), channels, block_options, pixel_size, per_kept,
                                      plan.diameter, slide.path, call=False)
-            table = measured.table
-            first = stitcher.count - len(table)
-            table["label"] += first
-            for axis, start in (("row", outer[0].start), ("col", outer[1].start)):
-                for column in (f"centroid_{axis}", f"bbox_min_{axis}", f"bbox_max_{axis}"):
-                    table[column] += start
-            table.insert(0, "image", name)
-            if state["columns"] is None:
-                state["columns"] = ["image", *measurement_columns(pixel_size), *table.columns[1 + len(
-                    measurement_columns(pixel_size)):]]
-                pd.DataFrame(columns=state["columns"]).to_csv(csv, index=False)
-            table[state["columns"]].to_csv(csv, header=False, index=False)
-            if measured.spots is not None and len(measured.spots):
-                spots = measured.spots.copy()
-                spots["nucleus"] += first
-                spots["y"] += outer[0].start
-                spots["x"] += outer[1].start
-                spots.to_csv(spots_csv, header=False, index=False)
-            for field, value in measured.fields.items():  # the spots of every block add up
-                state["fields"][field] = state["fields"].get(field, 0) + value if field.startswith("n_spots_") else value
-            for key, value in measured.background.items():
-                state["background"].setdefault(key, []).append(value)
-            areas.append(table["area_px"].to_numpy())
+            first = stitcher.count - len(measured.table)
+            ids = np.concatenate([[0], np.arange(first + 1, stitcher.count + 1)])
+            areas.append(stream_block(measured, outer, ids, name, state, streams.csv, streams.spots, pixel_size))
             _show(shown, plan.normalization(network_input(raw, channel, nuclear)), outer, core, f)
             last = k + 1 == len(blocks)
             if last or blocks[k + 1][0][0].start != outer[0].start:  # the end of a row of blocks
                 upto = height if last else outer[0].start + core[0].stop - plan.margin
-                upto = upto if last else stitcher.top + (upto - stitcher.top) // LABEL_TILE * LABEL_TILE
+                upto = upto if last else stitcher.top + (upto - stitcher.top) // tile * tile
                 rows = stitcher.finished(upto)
                 first_row = -(-(upto - rows.shape[0]) // f) * f
                 shown_labels[first_row // f : -(-upto // f)] = rows[first_row - (upto - rows.shape[0]) :: f, ::f]
-                yield from _tiles(rows, last)
-
-    import tifffile
+                yield from label_tiles(rows)
 
     with contextlib.ExitStack() as stack:
-        labels_tmp = stack.enter_context(atomic_path(outdir / labels_file(name)))
-        csv_tmp = stack.enter_context(atomic_path(outdir / slide_table_file(name)))
-        csv = stack.enter_context(open(csv_tmp, "w", newline=""))
-        spots_csv = None
-        if options.spots:
-            spots_tmp = stack.enter_context(atomic_path(outdir / spots_file(name)))
-            spots_csv = stack.enter_context(open(spots_tmp, "w", newline=""))
-            pd.DataFrame(columns=list(SPOT_FILE_COLUMNS)).to_csv(spots_csv, index=False)
-        tifffile.imwrite(labels_tmp, tiles(), shape=(height, width), dtype=np.uint32, tile=(LABEL_TILE,) * 2,
-                         bigtiff=True, compression="zlib", photometric="minisblack")
-        if state["columns"] is None:  # no block (an empty image)
-            pd.DataFrame(columns=["image", *measurement_columns(pixel_size)]).to_csv(csv, index=False)
-        csv.close()
-        fields, colours, flags = _slide_positivity(csv_tmp, state, options, stitcher.count)
+        streams = Streams(stack, outdir, name, options)
+        write_label_tiff(streams.labels, tiles(), (height, width))
+        fields, colours, flags, columns = finish_streams(stack, streams, slide, streams.labels, names, options,
+                                                         distance, stitcher.count, None, state, pixel_size)
     overlay = draw_outlines(shown, shown_labels, colours)
     with atomic_path(outdir / overlay_file(name)) as tmp:
         tmp.write_bytes(encode_png(overlay))
@@ -388,76 +358,140 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     confidence = conf[0] / max(conf[1], 1)
     median_area = float(np.median(areas_px)) if areas_px.size else math.nan
     flag = flag_of(plan.image_type, confidence, plan.estimated, plan.diameter, (height, width))
-    if options.cell_expansion is not None:
-        flags.append(CELLS_NOTE)
     row = counts_row(name, stitcher.count, median_area, plan.image_type, plan.diameter, plan.estimated, plan.scale,
                      confidence, "; ".join(f for f in (flag, *flags) if f), pixel_size,
                      None if pixel_size is None else median_area * pixel_size**2)
     row.update(fields)
-    if options.spots:
-        row[SPOTS_COLUMN] = spots_file(name)
-    table = SlideTable(outdir / slide_table_file(name), areas_px, pixel_size,
-                       tuple(state["columns"] or ["image", *measurement_columns(pixel_size)]))
+    table = SlideTable(outdir / slide_table_file(name), areas_px, pixel_size, tuple(columns), name)
     return row, table, encode_png(thumbnail(overlay, thumbnail_side))
 
 
-#: The flag of a slide segmented with --cell-expansion.
-CELLS_NOTE = "--cell-expansion: no cells grown for an image segmented out of core (docs/scale-out.md)"
+# --------------------------------------------------------------------------- nuclei measure of a slide
 
 
-def _slide_positivity(path: Path, state: dict[str, Any], options: MeasureOptions,
-                      count: int) -> tuple[dict[str, Any], np.ndarray | None, list[str]]:
-    """The positive calls of a slide, once every nucleus is measured: its thresholds (the slide's
-    background: the median of its blocks'), ``positive_<key>`` written into its streamed table
-    (rewritten in chunks), the overlay's colours; returns the ``counts.csv`` fields, colours and flags."""
-    fields = dict(state["fields"])
-    if not options.positive or state["columns"] is None:
-        return fields, None, []
-    columns = [c for c in state["columns"] if c.startswith("positive_")]
-    keys = [c[len("positive_"):] for c in columns]
-    means = pd.read_csv(path, usecols=["label", *(f"mean_{k}" for k in keys)])
-    measured = Measured(means.assign(**{c: pd.array([pd.NA] * len(means), dtype="boolean") for c in columns}),
-                        fields)
-    for key in keys:
-        levels = np.array(state["background"].get(key, [(math.nan, math.nan)]), float)
-        level, noise = float(np.nanmedian(levels[:, 0])), float(np.nanmedian(levels[:, 1]))
-        measured.background[key] = (level, noise)
-        fields[f"background_{key}"], fields[f"noise_{key}"] = level, noise
-        low, high = state["range"].get(key, (0.0, 0.0))
-        if low == high:
-            measured.constant[key] = low
-    call_positive(measured, options)  # --positive-scope batch: 'auto' left uncalled here
-    if options.positive_scope == "batch":
-        measured.flags += [f"positive_{key}: not called for an image segmented out of core (--positive-scope batch)"
-                           for key, (_, value) in zip(keys, options.positive, strict=True) if value is None]
-    calls = measured.table[columns]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as out:
-        pd.DataFrame(columns=state["columns"]).to_csv(out, index=False)
-        start = 0
-        for chunk in pd.read_csv(path, chunksize=200_000):
-            chunk[columns] = calls.iloc[start : start + len(chunk)].to_numpy()
-            chunk[state["columns"]].to_csv(out, header=False, index=False)
-            start += len(chunk)
-    return fields, measured.colours(count), measured.flags
+def measure_slide(slide: Slide, labels: Slide, name: str, outdir: Path, pixel_size: float | None = None,
+                  channel: str | None = None, options: MeasureOptions | None = None,
+                  thumbnail_side: int = 320) -> tuple[dict[str, Any], SlideTable, bytes]:
+    """``nuclei measure`` of a slide with its label image, both read piece by piece: the outputs of
+    :func:`segment_slide` but for what only a segmentation knows.
+
+    1. One pass over the labels (:func:`pipeline.batch.slide_measure.label_boxes`): each nucleus's bounding box and area.
+    2. Blocks of :data:`MEASURE_BLOCK` px: each nucleus is measured whole in the block where its box
+       starts, whose reach is the boxes of its nuclei (and the spots' context): the values of the
+       whole image (spots: their noise is that of the block's nuclei). Rows are streamed in block
+       order, each nucleus under its own id.
+    3. ``labels/<name>.tif`` copied tile by tile (uint32 tiled BigTIFF); the final pass
+       (:func:`pipeline.batch.slide_measure.final_pass`: cells, backgrounds) and the finished table; the
+       overlay at 1/f scale.
+
+    Parameters
+    ----------
+    slide, labels : Slide
+        The image and its label image (one plane of whole numbers, 0 = background, ids up to 2**31-1).
+    name : str
+        Output name (as :func:`segment_slide`).
+    outdir : Path
+    pixel_size : float, optional
+        µm.
+    channel : str, optional
+        ``--channel``.
+    options : MeasureOptions, optional
+    thumbnail_side : int
+
+    Returns
+    -------
+    row, table, thumbnail
+        As :func:`segment_slide`.
+
+    Raises
+    ------
+    NucleiError
+        One line naming the file: labels of another size than the image, not whole numbers, negative,
+        beyond 2**31-1, or of one value (a mask); a channel the image does not have; --cell-expansion in
+        µm without a pixel size.
+    """
+    from pipeline.method.intensity import normalization_of
+    from pipeline.method.labels import dense_labels
+    from pipeline.method.measure import intensity_of
+    from pipeline.method.overlay import display_uint8, draw_outlines, thumbnail
+    from pipeline.method.spots import spot_sigmas
+
+    options = options or MeasureOptions()
+    height, width = slide.shape
+    if labels.shape != slide.shape:
+        raise NucleiError(f"{labels.path}: {labels.shape[1]}x{labels.shape[0]} px, but its image {slide.path} is "
+                          f"{width}x{height} px")
+    names, nuclear, distance = channel_plan(slide, options, pixel_size)
+    boxes = label_boxes(labels)
+    count = len(boxes)
+    given = boxes["label"].to_numpy(np.int64)
+    ids = None if np.array_equal(given, np.arange(1, count + 1)) else np.concatenate([[0], given])
+    diameter = float(np.median(np.sqrt(4 * boxes["area_px"].to_numpy(np.float64) / np.pi))) if count else None
+    pad = int(3 * spot_sigmas(diameter)[1]) + 1 if options.spots and diameter else 0
+    block_of = ((boxes["bbox_min_row"] // MEASURE_BLOCK) * -(-width // MEASURE_BLOCK)
+                + boxes["bbox_min_col"] // MEASURE_BLOCK)  # row-major, as iter_chunks
+    block_options = replace(options, cell_expansion=None)  # cells are grown on the whole label image (final_pass)
+    state: dict[str, Any] = {"columns": None, "fields": {}, "range": {}}
+    areas: list[np.ndarray] = []
+    with contextlib.ExitStack() as stack:
+        streams = Streams(stack, outdir, name, options)
+        write_label_tiff(streams.labels, copied_tiles(labels), slide.shape)
+        for _, owned in boxes.groupby(block_of.to_numpy(), sort=True):
+            low = owned[["bbox_min_row", "bbox_min_col"]].min().to_numpy() - pad
+            high = owned[["bbox_max_row", "bbox_max_col"]].max().to_numpy() + pad
+            outer = (slice(max(int(low[0]), 0), min(int(high[0]), height)),
+                     slice(max(int(low[1]), 0), min(int(high[1]), width)))
+            part = labels.read(*outer)
+            part = np.where(np.isin(part, owned["label"].to_numpy()), part, 0)
+            dense, local = dense_labels(part)
+            local = np.arange(int(part.max(initial=0)) + 1) if local is None else local
+            raw = slide.read(*outer)
+            channels = block_channels(raw, names, nuclear, state) if options.channels else None
+            measured = measure_image(dense, intensity_of(nuclear_plane(raw, channel, nuclear)), channels,
+                                     block_options, pixel_size, None, diameter, slide.path, call=False)
+            areas.append(stream_block(measured, outer, local, name, state, streams.csv, streams.spots, pixel_size))
+        fields, colours, flags, columns = finish_streams(stack, streams, slide, labels.path, names, options, distance,
+                                                         count, ids, state, pixel_size)
+    f = overlay_factor(slide.shape)
+    normalization = normalization_of(network_input(sample_mosaic(slide), channel, nuclear))
+    small = slide.read(slice(0, None, f), slice(0, None, f))
+    shown = labels.read(slice(0, None, f), slice(0, None, f)).astype(np.int64)
+    shown = shown if ids is None or colours is None else np.searchsorted(ids, shown)  # colours are by rank
+    overlay = draw_outlines(display_uint8(normalization(network_input(small, channel, nuclear))), shown, colours)
+    with atomic_path(outdir / overlay_file(name)) as tmp:
+        tmp.write_bytes(encode_png(overlay))
+    areas_px = np.concatenate(areas) if areas else np.zeros(0, np.int64)
+    median_area = float(np.median(areas_px)) if areas_px.size else math.nan
+    row = counts_row(name, count, median_area, None, None, None, None, None, "; ".join(f for f in flags if f),
+                     pixel_size, None if pixel_size is None else median_area * pixel_size**2)
+    row.update(fields)
+    table = SlideTable(outdir / slide_table_file(name), areas_px, pixel_size, tuple(columns), name)
+    return row, table, encode_png(thumbnail(overlay, thumbnail_side))
+
+
+# --------------------------------------------------------------------------- the overlay
+
+
+def overlay_factor(shape: tuple[int, int]) -> int:
+    """f: a slide's overlay shows every f-th row and column of it (longest side at most :data:`OVERLAY_SIDE`)."""
+    return max(1, math.ceil(max(shape) / OVERLAY_SIDE))
+
+
+def shown_labels(path: Path) -> np.ndarray:
+    """A slide's ``labels/<name>.tif`` at the scale of its overlay: every f-th row and column
+    (:func:`overlay_factor`), read lazily; (ceil(H / f), ceil(W / f)) uint32."""
+    labels = open_slide(path)
+    if labels is None:
+        raise NucleiError(f"{path}: cannot be read piece by piece")
+    f = overlay_factor(labels.shape)
+    return labels.read(slice(0, None, f), slice(0, None, f))
 
 
 def _show(shown: np.ndarray, image: np.ndarray, outer: tuple[slice, slice], core: tuple[slice, slice], f: int) -> None:
     """Put every f-th row and column of a block's normalised core into the overlay's image."""
     from pipeline.method.overlay import display_uint8
 
-    r0, c0 = outer[0].start + core[0].start, outer[1].start + core[1].start
-    r1, c1 = outer[0].start + core[0].stop, outer[1].start + core[1].stop
+    (r0, r1), (c0, c1) = ((axis.start, axis.stop) for axis in core_of(outer, core))
     fr, fc = -(-r0 // f) * f, -(-c0 // f) * f  # the first rows/columns on the 1/f grid
     part = image[fr - outer[0].start : r1 - outer[0].start : f, fc - outer[1].start : c1 - outer[1].start : f]
     shown[fr // f : fr // f + part.shape[0], fc // f : fc // f + part.shape[1]] = display_uint8(part)
-
-
-def _tiles(rows: np.ndarray, last: bool) -> Iterator[np.ndarray]:
-    """The label TIFF's tiles of whole tile rows (padded with 0 past the image's last row/column)."""
-    for r in range(0, rows.shape[0], LABEL_TILE):
-        strip = rows[r : r + LABEL_TILE]
-        for c in range(0, rows.shape[1], LABEL_TILE):
-            tile = np.zeros((LABEL_TILE, LABEL_TILE), np.uint32)
-            part = strip[:, c : c + LABEL_TILE]
-            tile[: part.shape[0], : part.shape[1]] = part
-            yield tile

@@ -373,18 +373,35 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
-    """Write instance labels as a uint16 TIFF (zlib) atomically; opens in napari and Fiji.
+    """Write instance labels as a TIFF (zlib) atomically; opens in napari and Fiji.
+
+    uint16 when every id fits (up to 65,535), else uint32 (:func:`label_dtype`): ids are kept as given.
 
     Raises
     ------
     NucleiError
-        More than 65535 labels (they do not fit uint16).
+        Negative ids, or ids beyond uint32.
     """
     import tifffile
 
-    labels = uint16_labels(path, labels)
+    labels = np.asarray(labels)
+    labels = labels.astype(label_dtype(path, labels), copy=False)
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack")
+
+
+def label_dtype(path: str | Path, labels: np.ndarray) -> type:
+    """The pixel type a label file ``path`` stores ``labels`` in: uint16 when their ids fit, else uint32.
+
+    Raises
+    ------
+    NucleiError
+        Naming ``path``: negative ids, or ids beyond uint32.
+    """
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint32).max:
+        raise NucleiError(f"{path}: labels out of the uint32 range (min {low}, max {high})")
+    return np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
 
 
 def uint16_labels(path: str | Path, labels: np.ndarray) -> np.ndarray:

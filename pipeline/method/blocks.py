@@ -52,14 +52,34 @@ def iter_blocks(
     step = block_size - 2 * margin
     if step <= 0:
         raise ValueError(f"block_size {block_size} must exceed twice the margin {margin}")
-    for r0 in range(0, shape[0], step):
-        for c0 in range(0, shape[1], step):
-            r1, c1 = min(r0 + step, shape[0]), min(c0 + step, shape[1])
-            o_r0, o_c0 = max(r0 - margin, 0), max(c0 - margin, 0)
-            o_r1, o_c1 = min(r1 + margin, shape[0]), min(c1 + margin, shape[1])
+    yield from iter_chunks(shape, (step, step), margin)
+
+
+def iter_chunks(
+    shape: tuple[int, int], step: tuple[int, int], halo: int
+) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
+    """Cover an image with cores of ``step`` (rows, columns) px in row-major order, each with ``halo``
+    px of context on every side (clipped to the image); :func:`iter_blocks`' blocks are square ones.
+
+    Yields
+    ------
+    outer, core : (slice, slice)
+        As :func:`iter_blocks`: the chunk with its halo, in image coordinates, and its core relative to it.
+    """
+    for r0 in range(0, shape[0], step[0]):
+        for c0 in range(0, shape[1], step[1]):
+            r1, c1 = min(r0 + step[0], shape[0]), min(c0 + step[1], shape[1])
+            o_r0, o_c0 = max(r0 - halo, 0), max(c0 - halo, 0)
+            o_r1, o_c1 = min(r1 + halo, shape[0]), min(c1 + halo, shape[1])
             outer = (slice(o_r0, o_r1), slice(o_c0, o_c1))
             core = (slice(r0 - o_r0, r1 - o_r0), slice(c0 - o_c0, c1 - o_c0))
             yield outer, core
+
+
+def core_of(outer: tuple[slice, slice], core: tuple[slice, slice]) -> tuple[slice, slice]:
+    """A block's core in image pixels (``core`` is relative to ``outer``)."""
+    return (slice(outer[0].start + core[0].start, outer[0].start + core[0].stop),
+            slice(outer[1].start + core[1].start, outer[1].start + core[1].stop))
 
 
 def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice], return_kept: bool = False):

@@ -1,6 +1,7 @@
 """Per-nucleus measurements (``nuclei.csv``) from an instance label image: shape and intensity
 (:func:`measure_nuclei`), every channel of a multi-channel image (:func:`channel_statistics`) and
-the cells grown from the nuclei (:func:`grow_cells`, :func:`cell_statistics`).
+the cells grown from the nuclei (:func:`grow_cells`, :func:`cell_statistics`; summed piece by piece,
+:func:`cell_sums` and :func:`cell_columns`).
 
 The measurements are those of ``skimage.measure.regionprops`` (its definitions of perimeter,
 eccentricity and solidity, equal to it to float rounding; ``tests/test_segment.py`` checks), computed
@@ -340,22 +341,70 @@ def cell_statistics(labels: np.ndarray, cells: np.ndarray, channels: np.ndarray,
     """
     present = np.unique(labels[labels > 0]).astype(np.int64)
     n = int(max(present[-1] if present.size else 0, cells.max(initial=0))) + 1
+    return cell_columns(cell_sums(labels, cells, channels, n)[:, present], means, keys, pixel_size)
+
+
+def cell_sums(labels: np.ndarray, cells: np.ndarray, channels: np.ndarray, n: int) -> np.ndarray:
+    """The sums :func:`cell_columns` needs, per label value: summed over pieces of an image (a slide's
+    tiles, each pixel in one piece) they give those of the whole image.
+
+    Parameters
+    ----------
+    labels, cells : (H, W) int arrays
+        Nuclei and their cells (:func:`grow_cells`), values below ``n``.
+    channels : (C, H, W) array
+        As stored in the file.
+    n : int
+        Label values counted: 0 .. n - 1.
+
+    Returns
+    -------
+    sums : (2 + C, n) float64
+        Row 0 the cell's pixels (nucleus included), row 1 its pixels outside its nucleus (the
+        cytoplasm), rows 2.. each channel's sum over the cytoplasm; column ``v`` = label ``v``.
+    """
     cell_flat = cells.ravel()
-    area = np.bincount(cell_flat, minlength=n)[present]
     ring = np.flatnonzero((cell_flat > 0) & (labels.ravel() == 0))
     owner = cell_flat[ring].astype(np.int64)
-    ring_count = np.bincount(owner, minlength=n)[present].astype(np.float64)
+    sums = np.empty((2 + len(channels), n))
+    sums[0] = np.bincount(cell_flat, minlength=n)[:n]
+    sums[1] = np.bincount(owner, minlength=n)[:n]
+    for k, channel in enumerate(channels):
+        sums[2 + k] = np.bincount(owner, channel.ravel()[ring].astype(np.float64), minlength=n)[:n]
+    return sums
+
+
+def cell_columns(sums: np.ndarray, means: pd.DataFrame, keys: list[str] | tuple[str, ...],
+                 pixel_size: float | None = None) -> pd.DataFrame:
+    """The cell columns of :func:`cell_statistics` from the nuclei's :func:`cell_sums`.
+
+    Parameters
+    ----------
+    sums : (2 + C, N) float64
+        :func:`cell_sums` of the N nuclei of ``means``' rows, in their order.
+    means : pandas.DataFrame
+        N rows with ``mean_<key>`` of each key.
+    keys : sequence of C str
+    pixel_size : float, optional
+        µm; adds ``cell_area_um2``.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        N rows (a RangeIndex): ``cell_area``, ``cell_area_um2``, ``cyto_mean_<key>``, ``nuc_cyto_ratio_<key>``.
+    """
+    area, ring_count = sums[0], sums[1]
+    size = area.size
     table: dict[str, np.ndarray] = {"cell_area": area.astype(np.int64)}
     if pixel_size is not None:
         table["cell_area_um2"] = area * pixel_size**2
-    for key, channel in zip(keys, channels, strict=True):
-        total = np.bincount(owner, channel.ravel()[ring].astype(np.float64), minlength=n)[present]
-        cyto = np.divide(total, ring_count, out=np.full(present.size, np.nan), where=ring_count > 0)
+    for k, key in enumerate(keys):
+        cyto = np.divide(sums[2 + k], ring_count, out=np.full(size, np.nan), where=ring_count > 0)
         mean = means[f"mean_{key}"].to_numpy(np.float64)
         table[f"cyto_mean_{key}"] = cyto
-        table[f"nuc_cyto_ratio_{key}"] = np.divide(mean, cyto, out=np.full(present.size, np.nan),
+        table[f"nuc_cyto_ratio_{key}"] = np.divide(mean, cyto, out=np.full(size, np.nan),
                                                    where=np.nan_to_num(cyto) > 0)
-    return pd.DataFrame(table, index=pd.RangeIndex(present.size))
+    return pd.DataFrame(table, index=pd.RangeIndex(size))
 
 
 def _bands(labels: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:

@@ -4,7 +4,8 @@ A nucleus is positive for a channel when its mean (``mean_<ch>``) is above the t
 threshold is given (``VALUE``, in the file's units) or set by :func:`auto_threshold`:
 
 1. **Background.** The channel's level and noise outside every nucleus (and cell):
-   their median ``b`` and ``s = 1.4826 × MAD`` (:func:`background_level`).
+   their median ``b`` and ``s = 1.4826 × MAD`` (:func:`background_level`; piece by piece on a
+   slide, :class:`Background`).
 2. **Scale.** Each nucleus's mean becomes ``y = asinh((mean − b) / s)``: linear within a few
    noise units of the background, logarithmic above. Marker levels are log-normal (a log scale
    makes the positive population symmetric), but negative nuclei sit at the background, where a
@@ -85,12 +86,60 @@ def background_level(channel: np.ndarray, outside: np.ndarray) -> tuple[float, f
     level, noise : float
         In the file's units; NaN when there is no background pixel.
     """
-    pixels = np.asarray(channel)[outside]
-    if pixels.size == 0:
-        return math.nan, math.nan
-    pixels = pixels.astype(np.float64, copy=False)
-    level = float(np.median(pixels))
-    return level, float(MAD_SD * np.median(np.abs(pixels - level)))
+    background = Background()
+    background.add(np.asarray(channel)[outside])
+    return background.level()
+
+
+class Background:
+    """:func:`background_level` of a channel's background seen piece by piece (a slide's tiles, each
+    pixel in one piece).
+
+    Integer pixels of up to 16 bits are counted in a histogram, so the level and noise are exactly
+    those of all the pixels at once (the mean of the middle two values for an even count, as
+    ``np.median``); other pixels (floats, 32-bit) give the median of the pieces' levels and noises.
+    """
+
+    def __init__(self):
+        self.counts: np.ndarray | None = None  #: pixels of each value, from ``low``
+        self.low = 0
+        self.pieces: list[tuple[float, float]] = []
+
+    def add(self, pixels: np.ndarray) -> None:
+        """Count one piece's background pixels (any shape, as stored)."""
+        pixels = np.asarray(pixels)
+        if pixels.dtype.kind in "ui" and pixels.dtype.itemsize <= 2:
+            info = np.iinfo(pixels.dtype)
+            self.low = int(info.min)
+            counts = np.bincount((pixels.ravel().astype(np.int32) - self.low), minlength=int(info.max) - self.low + 1)
+            self.counts = counts if self.counts is None else self.counts + counts
+        elif pixels.size:
+            values = pixels.astype(np.float64, copy=False).ravel()
+            level = float(np.median(values))
+            self.pieces.append((level, float(MAD_SD * np.median(np.abs(values - level)))))
+
+    def level(self) -> tuple[float, float]:
+        """Level and noise (1.4826 × MAD), in the file's units; NaN when no pixel was added."""
+        if self.counts is not None and self.counts.any():
+            values = np.flatnonzero(self.counts)
+            counts = self.counts[values]
+            level = _middle(values + np.float64(self.low), counts)
+            deviation = np.abs(values + np.float64(self.low) - level)
+            order = np.argsort(deviation, kind="stable")
+            return level, float(MAD_SD * _middle(deviation[order], counts[order]))
+        if not self.pieces:
+            return math.nan, math.nan
+        levels = np.array(self.pieces)
+        return float(np.median(levels[:, 0])), float(np.median(levels[:, 1]))
+
+
+def _middle(values: np.ndarray, counts: np.ndarray) -> float:
+    """The median of ``values`` (ascending) repeated ``counts`` times: the mean of the middle two for
+    an even total."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1])
+    low, high = (values[np.searchsorted(ends, rank, side="right")] for rank in ((total - 1) // 2, total // 2))
+    return float((low + high) / 2)
 
 
 def noise_scale(noise: float, means: np.ndarray, level: float) -> float:
