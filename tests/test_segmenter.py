@@ -352,6 +352,22 @@ def test_blocks_at_any_scale_match_the_whole_image(diameter):
     assert image_metrics(whole.labels, blocks.labels)["mean_matched_iou"] > 0.99
 
 
+def test_every_block_takes_the_whole_images_augmentation():
+    """'auto' TTA is decided on the whole image at the network's scale: a block at its edge (here
+    64–112 px wide) is not augmented more than the rest, and every block gets the image's mode."""
+    from pipeline.model.predictor import resolve_tta
+
+    image, _ = disc_image(CANONICAL, n=10)  # 400²: 'flips'
+    for shape, mode in (((400, 400), "flips"), ((600, 600), "rot180"), ((800, 800), "none")):
+        field = np.tile(image, (2, 2, 1))[: shape[0], : shape[1]]
+        seg = grey_segmenter(block_size=208, block_margin=16)
+        seg.predictor.tta = "auto"
+        seg.segment(field, diameter=CANONICAL)
+        assert len(seg.predictor.calls) > 4 and min(min(c) for c in seg.predictor.calls) < 128  # a sliver
+        assert resolve_tta("auto", shape[0] * shape[1]) == seg.tta_for(shape, 1.0) == mode
+        assert set(seg.predictor.modes) == {mode}  # without it: 'flips' for every block of 208² or less
+
+
 def test_confidence_and_flag():
     clear = np.stack([np.r_[np.zeros(50), np.ones(50)].reshape(10, 10).astype(np.float32), np.zeros((10, 10), np.float32)])
     assert confidence(clear, "sigmoid") == 1.0

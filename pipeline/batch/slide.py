@@ -93,6 +93,7 @@ class SlidePlan:
     min_size: int  #: px², nuclei left smaller by stitching are dropped
     channel: str | None = None  #: ``--channel``
     nuclear: int | None = None  #: ``--nuclear-channel``: the index of the channel segmented
+    tta: str | None = None  #: every block's test-time augmentation (:meth:`~pipeline.model.segmenter.Segmenter.tta_for` the slide)
 
 
 def network_input(raw: np.ndarray, channel: str | None = None, nuclear: int | None = None) -> np.ndarray:
@@ -148,7 +149,8 @@ def plan_slide(slide: Slide, segmenter, diameter: float | None = None, channel: 
     diameter, estimated, scale = segmenter.scale_for(image, diameter, image_type)
     block, margin = segmenter.block_geometry(scale)
     min_size = int(sizes_at_scale(segmenter.thresholds, scale).get("min_size") or 0)
-    return SlidePlan(normalization, image_type, diameter, estimated, scale, block, margin, min_size, channel, nuclear)
+    return SlidePlan(normalization, image_type, diameter, estimated, scale, block, margin, min_size, channel, nuclear,
+                     segmenter.tta_for(slide.shape[:2], scale))
 
 
 # --------------------------------------------------------------------------- one block
@@ -180,7 +182,7 @@ def block_labels(path: str, outer: tuple[slice, slice], core: tuple[slice, slice
     if not hasattr(segmenter, "segment_block"):
         segmenter = segmenter()
     image = plan.normalization(network_input(opened_slide(path).read(*outer), plan.channel, plan.nuclear))
-    labels, confidence, per_label = one_tile_at_a_time(segmenter).segment_block(image, plan.scale, plan.image_type)
+    labels, confidence, per_label = one_tile_at_a_time(segmenter).segment_block(image, plan.scale, plan.image_type, plan.tta)
     owned, kept = owned_nuclei(labels, core, return_kept=True)
     nuclei = np.concatenate([[np.nan], np.asarray(per_label, np.float32)[kept]]).astype(np.float32)
     return owned.astype(np.uint16) if owned.max(initial=0) < 2**16 else owned, confidence, nuclei

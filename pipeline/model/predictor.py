@@ -48,17 +48,24 @@ from pipeline.model.runtime import (
 AUTO_TTA_BUDGET = 1024 * 1024
 
 
+def resolve_tta(mode: str, pixels: int | None = None) -> str:
+    """The test-time augmentation ``mode`` means for an image of ``pixels`` (H × W as the network
+    sees it): 'auto' → the first of 'flips', 'rot180' and 'none' whose passes × ``pixels`` fit in
+    :data:`AUTO_TTA_BUDGET` ('flips' when ``pixels`` is None); any other mode is itself."""
+    if mode != "auto":
+        return mode
+    return next((m for m in ("flips", "rot180") if pixels is None or len(tta_transforms(m)) * pixels
+                 <= AUTO_TTA_BUDGET), "none")
+
+
 def tta_transforms(mode: str, pixels: int | None = None) -> list[tuple[int, bool]]:
     """Test-time augmentations as ``(quarter turns k, flip first)`` pairs.
 
     'none' → identity; 'rot180' → identity and the half turn; 'flips' → identity, left-right,
-    up-down and both flips (k = 0 or 2); 'd4' → all 8 symmetries of the square; 'auto' → the
-    first of 'flips', 'rot180' and 'none' whose passes × ``pixels`` (H × W as the network sees
-    the image) fit in :data:`AUTO_TTA_BUDGET` ('flips' when ``pixels`` is None).
+    up-down and both flips (k = 0 or 2); 'd4' → all 8 symmetries of the square; 'auto' →
+    :func:`resolve_tta` for ``pixels``.
     """
-    if mode == "auto":
-        mode = next((m for m in ("flips", "rot180") if pixels is None or len(tta_transforms(m)) * pixels
-                     <= AUTO_TTA_BUDGET), "none")
+    mode = resolve_tta(mode, pixels)
     if mode == "none":
         return [(0, False)]
     if mode == "rot180":
@@ -186,7 +193,7 @@ class Predictor:
         'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available).
     tta : {'none', 'rot180', 'flips', 'd4', 'auto'}
         Test-time augmentation, averaged (:func:`tta_transforms`; 'auto' chooses per image by
-        its size).
+        its size; a block of a larger image gets that image's mode, passed as ``tta``).
     tile_size : int
         Images whose padded sides fit are run whole; larger ones are tiled with tiles of at most
         this side (rounded up to the stride), unless the whole image holds no more pixels than

@@ -197,13 +197,13 @@ class Segmenter(DiameterEstimator):
 
         return normalize_image(image, **self.normalization)
 
-    def _labels(self, image: np.ndarray, scale: float,
-                image_type: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    def _labels(self, image: np.ndarray, scale: float, image_type: str | None = None,
+                tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """Labels (on the image's grid), confidence and each label's mean P(nucleus) of one
-        normalised image or block."""
+        normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
         from pipeline.method.watershed import nucleus_probability, postprocess_to_shape
 
-        probs = self.predict_scaled(image, scale)
+        probs = self.predict_scaled(image, scale, tta)
         labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, image_type, **self.thresholds)
         return labels, confidence(probs, self.head), nucleus_probability(probs, self.head, labels)
 
@@ -288,8 +288,9 @@ class Segmenter(DiameterEstimator):
         block, margin = self.block_geometry(scale)
         if max(height, width) <= block:
             return self._labels(image, scale, image_type)
+        tta = self.tta_for((height, width), scale)  # one augmentation for every block, as for the image whole
         labels, conf, nuclei = segment_in_blocks(
-            (height, width), lambda outer: self._labels(image[outer], scale, image_type), block, margin)
+            (height, width), lambda outer: self._labels(image[outer], scale, image_type, tta), block, margin)
         count = np.bincount(labels.ravel(), minlength=nuclei.size)
         keep = (count >= sizes_at_scale(self.thresholds, scale)["min_size"]) & (count > 0)
         keep[0] = False  # renumbered 1..N in order, each nucleus keeping its confidence
@@ -300,9 +301,18 @@ class Segmenter(DiameterEstimator):
         (:func:`pipeline.method.blocks.block_geometry` of this segmenter's ``block_size``, ``block_margin``)."""
         return block_geometry(self.block_size, self.block_margin, scale)
 
-    def segment_block(self, image: np.ndarray, scale: float,
-                      image_type: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    def tta_for(self, shape: tuple[int, int], scale: float) -> str:
+        """The test-time augmentation of an image of ``shape`` (H, W) px resized by ``scale``
+        (:func:`pipeline.model.predictor.resolve_tta` of the predictor's for its pixels at the network's
+        scale). Every block of the image takes it: a block at the image's edge is no more augmented than the rest."""
+        from pipeline.model.predictor import resolve_tta
+
+        height, width = scaled_shape(tuple(shape), scale)
+        return resolve_tta(self.predictor.tta, height * width)
+
+    def segment_block(self, image: np.ndarray, scale: float, image_type: str | None = None,
+                      tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """Labels (int32 (h, w), on the block's grid), confidence and each label's mean P(nucleus)
         ((labels.max() + 1,) float32) of one normalised block of an image resized by ``scale``
-        (:meth:`scale_for` the whole image) of ``image_type``."""
-        return self._labels(image, scale, image_type)
+        (:meth:`scale_for` the whole image) of ``image_type``; ``tta``: :meth:`tta_for` the whole image."""
+        return self._labels(image, scale, image_type, tta)
