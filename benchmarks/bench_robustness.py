@@ -251,7 +251,8 @@ def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str
 
 def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -> list[dict]:
     rows = []
-    for condition in conditions:
+    for i, condition in enumerate(conditions, 1):
+        t0 = time.perf_counter()
         for k, (image_id, source, image_type, image, labels) in enumerate(items):
             img, true = shifted(condition, image, labels, seed=k)
             diameter = median_diameter(true) if oracle and true.max() else None
@@ -263,6 +264,9 @@ def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -
                 "diameter_true": median_diameter(true), "diameter": result.diameter,
                 "confidence": result.confidence,
             })
+        done = [r["dsb_score"] for r in rows[-len(items):]]
+        print(f"  [{i}/{len(conditions)}] {condition}: mean DSB score {np.mean(done):.3f} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     return rows
 
 

@@ -50,11 +50,15 @@ def through_camera(image: np.ndarray, gains, noise: float, jpeg: bool, rng: np.r
     return out
 
 
-def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespace, list[str], Segmenter | None]:
-    """Parse ``--model``, ``--prepared``, ``--fold``, ``--threads`` and ``--tta``; return the
-    arguments, the ids of the prepared images of ``image_type`` (of one grouped fold with
-    ``--fold``) and the Segmenter of the model (None when there is no such image, after saying so)."""
+def prepared_images(description: str, image_type: str | None,
+                    add_arguments=None) -> tuple[argparse.Namespace, list[str], Segmenter | None]:
+    """Parse ``--model``, ``--prepared``, ``--fold``, ``--threads`` and ``--tta`` (and what
+    ``add_arguments(parser)`` adds); return the arguments, the ids of the prepared images of
+    ``image_type`` (None: ``args.image_type``; of one grouped fold with ``--fold``) and the
+    Segmenter of the model (None when there is no such image, after saying so)."""
     parser = argparse.ArgumentParser(description=description)
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("--model", type=Path, default=ROOT / "pipeline" / "shipped" / "model")
     parser.add_argument("--prepared", type=Path, default=None,
                         help="prepared data (nuclei prepare; default: data.prepared of params.yaml, the embedded sample)")
@@ -64,6 +68,7 @@ def prepared_images(description: str, image_type: str) -> tuple[argparse.Namespa
     parser.add_argument("--tta", choices=TTA_MODES, default="auto",
                         help="test-time augmentation (default: %(default)s, as nuclei segment; none: one pass)")
     args = parser.parse_args()
+    image_type = image_type or args.image_type
 
     from pipeline.model.runtime import set_threads
 

@@ -124,6 +124,25 @@ def test_relatively_small_objects_dropped_at_any_scale():
     assert remove_relatively_small(one, 0.9).max() == 1  # the median of one nucleus is itself
 
 
+def test_enlarged_small_nuclei_come_back_on_the_original_grid_whole_and_apart():
+    """Nuclei of 10 px seen by the network enlarged 2.5x: post-processed on the original grid
+    (probabilities area-averaged back), each touching pair stays apart and every nucleus covers
+    its disc of the original grid (IoU >= 0.8 at 10 px, where one pixel of outline is 1/3 of the radius)."""
+    scale = 2.5
+    centres = [(20, 20), (20, 30.5), (45, 60), (70, 30), (70, 41)]  # two touching pairs, one apart
+    truth = [disc(SHAPE, c, 5) for c in centres]
+    big = (round(SHAPE[0] * scale), round(SHAPE[1] * scale))
+    enlarged = [disc(big, (y * scale + (scale - 1) / 2, x * scale + (scale - 1) / 2), 5 * scale) for y, x in centres]
+    for head in ("softmax", "sigmoid"):
+        labels = postprocess_to_shape(probs_for(enlarged, head), head, SHAPE, scale, min_size=10, min_marker_size=4)
+        assert labels.shape == SHAPE and labels.max() == len(centres)
+        found = [match(labels, obj) for obj in truth]
+        assert len({value for value, _ in found}) == len(centres) and all(value for value, _ in found)
+        for (value, _), obj in zip(found, truth):
+            iou = (obj & (labels == value)).sum() / (obj | (labels == value)).sum()
+            assert iou >= 0.8, (head, iou)
+
+
 def test_faint_objects_dropped_whatever_their_size():
     """object_threshold removes the nuclei the network is unsure of (peak P(mask - border) below
     it), large or small, and keeps a confident nucleus even when the image edge cuts it small."""

@@ -135,6 +135,7 @@ def postprocess(
     min_relative_size: float = 0.0,
     flood: str = "probability",
     object_threshold: float = 0.0,
+    markers: np.ndarray | None = None,
 ) -> np.ndarray:
     """Marker-controlled watershed of a probability map into instance labels.
 
@@ -159,6 +160,8 @@ def postprocess(
         Flood over −P(mask) or over −(distance to the background).
     object_threshold : float
         Nuclei whose maximum P(mask − border) is below this value are removed; 0 keeps them all.
+    markers : (H, W) int array, optional
+        The markers (0 = none), instead of :func:`find_markers` of ``probs``.
 
     Returns
     -------
@@ -169,9 +172,8 @@ def postprocess(
         raise ValueError(f"flood must be one of {FLOODS}, got {flood!r}")
     mask_p, marker_p = mask_and_marker(probs, head)
     foreground = mask_p > mask_threshold
-
-    markers, _ = ndi.label((marker_p > marker_threshold) & foreground)
-    markers = remove_small(markers, min_marker_size)
+    if markers is None:
+        markers = find_markers(probs, head, marker_threshold, mask_threshold, min_marker_size)
     if flood == "probability":
         relief = -mask_p
     else:
@@ -186,6 +188,26 @@ def postprocess(
     labels = remove_faint(labels, marker_p, object_threshold)
     labels = remove_small(fill_holes(labels), min_size)
     return remove_relatively_small(labels, min_relative_size)
+
+
+def find_markers(probs: np.ndarray, head: str, marker_threshold: float = 0.5, mask_threshold: float = 0.5,
+                 min_marker_size: int = 4) -> np.ndarray:
+    """The watershed's markers: connected components of P(mask − border) > ``marker_threshold``
+    within P(mask) > ``mask_threshold``, those under ``min_marker_size`` px dropped.
+
+    Parameters
+    ----------
+    probs : (C, H, W) float array
+        In the layout of ``head``.
+
+    Returns
+    -------
+    markers : (H, W) int32
+        0 = none, 1..N.
+    """
+    mask_p, marker_p = mask_and_marker(probs, head)
+    markers, _ = ndi.label((marker_p > marker_threshold) & (mask_p > mask_threshold))
+    return remove_small(markers, min_marker_size)
 
 
 def remove_faint(labels: np.ndarray, probability: np.ndarray, threshold: float) -> np.ndarray:
@@ -262,11 +284,14 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     ``image_type`` (:func:`for_image_type`).
 
     Sizes in ``kwargs`` (``min_marker_size``, ``min_size``) are in px at the network's scale.
-    Enlarged images (``scale > 1``, small nuclei) are post-processed at the network's scale and
-    the labels resized back by nearest neighbour, so that the 1–2 px gaps between touching nuclei
-    survive; others get their probabilities resized back and are post-processed at full
-    resolution (smooth outlines), with the sizes converted to px². ``min_relative_size`` is
-    applied last, on the original grid.
+    The probabilities are resized back to the original grid (area averaging when the image was
+    enlarged, bilinear when it was shrunk) and flooded there, with the sizes converted to px².
+    The markers of an enlarged image (``scale > 1``, small nuclei) are found at the network's
+    scale, where the 1–2 px gaps between touching nuclei are wide enough to part them, and resized
+    back by nearest neighbour. Enlarged images were once post-processed wholly at the network's
+    scale and their labels resized back by nearest neighbour, which jagged the outlines
+    (docs/decisions.md, "Enlarged images: outlines on the original grid").
+    ``min_relative_size`` is applied last, on the original grid.
 
     Parameters
     ----------
@@ -287,10 +312,11 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
 
     kwargs = for_image_type(kwargs, image_type)
     fraction = kwargs.pop("min_relative_size", 0.0)
+    markers = None
     if scale > 1:
-        labels = remove_small(resize_labels(postprocess(probs, head, **kwargs), tuple(shape)), 1)
-    else:
-        labels = postprocess(resize_probabilities(probs, tuple(shape)), head, **sizes_at_scale(kwargs, scale))
+        keys = ("marker_threshold", "mask_threshold", "min_marker_size")
+        markers = resize_labels(find_markers(probs, head, **{k: kwargs[k] for k in keys if k in kwargs}), tuple(shape))
+    labels = postprocess(resize_probabilities(probs, tuple(shape)), head, markers=markers, **sizes_at_scale(kwargs, scale))
     return remove_relatively_small(labels, fraction)
 
 
