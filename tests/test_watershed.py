@@ -138,7 +138,7 @@ def test_enlarged_small_nuclei_come_back_on_the_original_grid_whole_and_apart():
         assert labels.shape == SHAPE and labels.max() == len(centres)
         found = [match(labels, obj) for obj in truth]
         assert len({value for value, _ in found}) == len(centres) and all(value for value, _ in found)
-        for (value, _), obj in zip(found, truth):
+        for (value, _), obj in zip(found, truth, strict=True):
             iou = (obj & (labels == value)).sum() / (obj | (labels == value)).sum()
             assert iou >= 0.8, (head, iou)
 
