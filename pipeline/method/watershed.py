@@ -161,7 +161,7 @@ def postprocess(
     object_threshold : float
         Nuclei whose maximum P(mask − border) is below this value are removed; 0 keeps them all.
     markers : (H, W) int array, optional
-        The markers (0 = none), instead of :func:`find_markers` of ``probs``.
+        The markers (0 = none), instead of :func:`find_markers` of these probabilities.
 
     Returns
     -------
@@ -173,7 +173,7 @@ def postprocess(
     mask_p, marker_p = mask_and_marker(probs, head)
     foreground = mask_p > mask_threshold
     if markers is None:
-        markers = find_markers(probs, head, marker_threshold, mask_threshold, min_marker_size)
+        markers = find_markers(mask_p, marker_p, marker_threshold, mask_threshold, min_marker_size)
     if flood == "probability":
         relief = -mask_p
     else:
@@ -190,22 +190,21 @@ def postprocess(
     return remove_relatively_small(labels, min_relative_size)
 
 
-def find_markers(probs: np.ndarray, head: str, marker_threshold: float = 0.5, mask_threshold: float = 0.5,
-                 min_marker_size: int = 4) -> np.ndarray:
+def find_markers(mask_p: np.ndarray, marker_p: np.ndarray, marker_threshold: float = 0.5,
+                 mask_threshold: float = 0.5, min_marker_size: int = 4) -> np.ndarray:
     """The watershed's markers: connected components of P(mask − border) > ``marker_threshold``
     within P(mask) > ``mask_threshold``, those under ``min_marker_size`` px dropped.
 
     Parameters
     ----------
-    probs : (C, H, W) float array
-        In the layout of ``head``.
+    mask_p, marker_p : (H, W) float arrays
+        P(mask) and P(mask − border), as :func:`pipeline.method.heads.mask_and_marker` gives them.
 
     Returns
     -------
     markers : (H, W) int32
         0 = none, 1..N.
     """
-    mask_p, marker_p = mask_and_marker(probs, head)
     markers, _ = ndi.label((marker_p > marker_threshold) & (mask_p > mask_threshold))
     return remove_small(markers, min_marker_size)
 
@@ -315,7 +314,8 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     markers = None
     if scale > 1:
         keys = ("marker_threshold", "mask_threshold", "min_marker_size")
-        markers = resize_labels(find_markers(probs, head, **{k: kwargs[k] for k in keys if k in kwargs}), tuple(shape))
+        settings = {k: kwargs[k] for k in keys if k in kwargs}
+        markers = resize_labels(find_markers(*mask_and_marker(probs, head), **settings), tuple(shape))
     labels = postprocess(resize_probabilities(probs, tuple(shape)), head, markers=markers, **sizes_at_scale(kwargs, scale))
     return remove_relatively_small(labels, fraction)
 
