@@ -149,7 +149,7 @@ def test_tune_finds_and_writes_best(workspace, capsys):
     write_ideal_predictions(workspace)
     # the ideal maps have P(mask) = 0.8 on the rim: a mask threshold of 0.85 loses it
     assert run(tune, marker=[0.5, 0.95], mask=[0.5, 0.85], flood=["probability"], write="params.yaml", top=5,
-               balance="image", relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
+               balance="image", relative=[0.0], object=None, stained_object=None, stained_mask=None, dense_mask=None, also=[]) == 0
     out = capsys.readouterr().out
     assert "best" in out
     best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
@@ -214,7 +214,7 @@ def test_thresholds_are_tuned_on_all_folds_together(workspace):
     assert compare_variants.source_summary(per_image.drop(columns="source")) == {}
     # nuclei tune --also pools the same way
     assert run(tune, marker=[0.5], mask=[0.85, 0.5], flood=["probability"], write=None, top=5, balance="image",
-               relative=[0.0], object=None, stained_object=None, stained_mask=None, also=["fold1.yaml"]) == 0
+               relative=[0.0], object=None, stained_object=None, stained_mask=None, dense_mask=None, also=["fold1.yaml"]) == 0
     tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
     assert tuned["postprocess"]["mask_threshold"] == 0.5 and tuned["n_images"] == 4
 
@@ -307,7 +307,7 @@ def test_tuning_weighs_experiments_equally():
 def test_tune_balances_experiments_from_the_index(workspace, capsys):
     write_ideal_predictions(workspace)
     assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance="experiment",
-               relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
+               relative=[0.0], object=None, stained_object=None, stained_mask=None, dense_mask=None, also=[]) == 0
     assert "no 'group' column" in capsys.readouterr().out  # index.csv without a group column
     index = pd.read_csv(workspace / "prepared" / "index.csv")
     index["group"] = [0, 0, 1, 2]
@@ -316,7 +316,7 @@ def test_tune_balances_experiments_from_the_index(workspace, capsys):
     for balance, objective in (("experiment", "mean over 2 experiments"),  # a, b | c
                                ("source", "mean over 2 sources")):  # a | b, c
         assert run(tune, marker=[0.5], mask=[0.5], flood=["probability"], write=None, top=5, balance=balance,
-                   relative=[0.0], object=None, stained_object=None, stained_mask=None, also=[]) == 0
+                   relative=[0.0], object=None, stained_object=None, stained_mask=None, dense_mask=None, also=[]) == 0
         tuned = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
         assert tuned["objective"] == objective and tuned["n_images"] == 3
         assert 0.0 < tuned["group_score"] <= 1.0 and 0.0 < tuned["dsb_score"] <= 1.0

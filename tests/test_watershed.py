@@ -14,6 +14,8 @@ from pipeline.files.io import read_labels, save_npz
 from pipeline.method.watershed import (
     fill_holes,
     for_image_type,
+    mask_threshold_for,
+    nucleus_fraction,
     postprocess,
     postprocess_to_shape,
     remove_faint,
@@ -213,6 +215,61 @@ def test_stained_images_take_their_own_mask_threshold():
     np.testing.assert_array_equal(postprocess_to_shape(probs, "sigmoid", SHAPE, 1.0, "histology", **unset), grey)
     with pytest.raises(NucleiError, match="postprocess.stained_mask_threshold"):
         thresholds({"stained_mask_threshold": -0.1})
+
+
+def test_mask_threshold_follows_the_nucleus_fraction():
+    """mask_threshold × (1 − share of pixels with P(mask) > 0.5), floored at dense_mask_threshold;
+    None keeps it fixed, and a floor above mask_threshold never raises it."""
+    mask_p = np.zeros((10, 10), np.float32)
+    assert nucleus_fraction(mask_p) == 0.0 and mask_threshold_for(mask_p, 0.875, 0.6) == 0.875
+    mask_p[:2] = 0.9  # 20 % nucleus
+    assert nucleus_fraction(mask_p) == pytest.approx(0.2)
+    assert mask_threshold_for(mask_p, 0.875, 0.6) == pytest.approx(0.7)
+    mask_p[:6] = 0.51  # 60 %: 0.35, floored
+    assert mask_threshold_for(mask_p, 0.875, 0.6) == pytest.approx(0.6)
+    assert mask_threshold_for(mask_p, 0.875, None) == 0.875
+    assert mask_threshold_for(mask_p, 0.5, 0.9) == 0.5
+
+
+def soft_nuclei(centers: list[tuple[int, int]], shape=SHAPE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigmoid probabilities of nuclei of radius 8 whose outer 3 px the network is unsure of
+    (P(mask) 0.75), with the bool masks of their cores and wholes."""
+    cores = np.any([disc(shape, c, 5) for c in centers], axis=0)
+    wholes = np.any([disc(shape, c, 8) for c in centers], axis=0)
+    probs = np.zeros((2, *shape), np.float32)
+    probs[0][wholes] = 0.75
+    probs[0][cores] = 1.0
+    return probs, cores, wholes
+
+
+def test_dense_images_keep_the_soft_rims_that_sparse_ones_lose():
+    """With dense_mask_threshold set, 20 nuclei filling a third of the image are drawn whole (their
+    threshold drops to about 0.58), one nucleus alone is drawn to its sure core (about 0.86), and
+    a stained image keeps its fixed threshold; in 3D the volume's fraction decides the same way."""
+    from pipeline.method.volumes import watershed_3d
+
+    settings = dict(marker_threshold=0.9, mask_threshold=0.875, min_size=4, dense_mask_threshold=0.5)
+    dense, dense_cores, dense_wholes = soft_nuclei([(12 + 24 * i, 16 + 24 * j) for i in range(4) for j in range(5)])
+    sparse, sparse_cores, sparse_wholes = soft_nuclei([(48, 64)])
+    assert nucleus_fraction(dense[0]) > 0.3
+
+    labels = postprocess_to_shape(dense, "sigmoid", SHAPE, 1.0, "fluo-small", **settings)
+    assert labels.max() == 20
+    np.testing.assert_array_equal(labels > 0, dense_wholes)
+    np.testing.assert_array_equal(postprocess(dense, "sigmoid", **settings) > 0, dense_wholes)
+    fixed = settings | {"dense_mask_threshold": None}
+    np.testing.assert_array_equal(postprocess_to_shape(dense, "sigmoid", SHAPE, 1.0, "fluo-small", **fixed) > 0,
+                                  dense_cores)
+    np.testing.assert_array_equal(postprocess_to_shape(dense, "sigmoid", SHAPE, 1.0, "histology", **settings) > 0,
+                                  dense_cores)
+    np.testing.assert_array_equal(postprocess_to_shape(sparse, "sigmoid", SHAPE, 1.0, "fluo-small", **settings) > 0,
+                                  sparse_cores)
+
+    volume = np.repeat(dense[:, None], 3, axis=1)  # (C, Z, H, W): the same plane three times
+    labels_3d = watershed_3d(volume, "sigmoid", **settings)
+    np.testing.assert_array_equal(labels_3d > 0, np.repeat(dense_wholes[None], 3, axis=0))
+    with pytest.raises(NucleiError, match="postprocess.dense_mask_threshold"):
+        thresholds({"dense_mask_threshold": 1.5})
 
 
 def test_empty_map_gives_no_nuclei():

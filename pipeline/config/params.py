@@ -323,12 +323,13 @@ class PostprocessConfig(Section):
     object_threshold: float = setting(0.0, number(0, 1))
     stained_object_threshold: float | None = setting(None, optional(number(0, 1)))
     stained_mask_threshold: float | None = setting(None, optional(number(0, 1)))
+    dense_mask_threshold: float | None = setting(None, optional(number(0, 1)))
 
     #: The post-processing settings (a model directory's ``postprocess``): the keyword arguments of
     #: :func:`pipeline.method.watershed.postprocess_to_shape`.
     THRESHOLDS: ClassVar[tuple[str, ...]] = (
         "marker_threshold", "mask_threshold", "min_marker_size", "min_size", "min_relative_size", "flood",
-        "object_threshold", "stained_object_threshold", "stained_mask_threshold",
+        "object_threshold", "stained_object_threshold", "stained_mask_threshold", "dense_mask_threshold",
     )  # fmt: skip
 
     def thresholds(self) -> dict[str, Any]:

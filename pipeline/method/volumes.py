@@ -31,6 +31,7 @@ from pipeline.method.watershed import (
     fill_holes,
     for_image_type,
     keep_labels,
+    mask_threshold_for,
     remove_faint,
     remove_relatively_small,
     remove_small,
@@ -206,7 +207,9 @@ def watershed_3d(probs: np.ndarray, head: str, anisotropy: float = 1.0, scale: f
     marker_threshold, mask_threshold, min_marker_size, min_size, min_relative_size, flood, object_threshold
         As :func:`pipeline.method.watershed.postprocess` (sizes in px² at the network's scale).
     **stained
-        ``stained_object_threshold``, ``stained_mask_threshold`` (a model's thresholds as they come).
+        ``stained_object_threshold``, ``stained_mask_threshold``, ``dense_mask_threshold`` (a model's
+        thresholds as they come; the volume's nucleus fraction lowers its mask threshold as
+        :func:`pipeline.method.watershed.mask_threshold_for` says).
 
     Returns
     -------
@@ -223,7 +226,7 @@ def watershed_3d(probs: np.ndarray, head: str, anisotropy: float = 1.0, scale: f
     channels, shape = probs.shape[0], probs.shape[1:]
     mask_p, marker_p = mask_and_marker(probs.reshape(channels, -1, shape[2]), head)  # decoding is per voxel
     mask_p, marker_p = mask_p.reshape(shape), marker_p.reshape(shape)
-    foreground = mask_p > settings["mask_threshold"]
+    foreground = mask_p > mask_threshold_for(mask_p, settings["mask_threshold"], settings.get("dense_mask_threshold"))
 
     markers, _ = ndi.label((marker_p > marker_threshold) & foreground)
     markers = remove_small(markers, area_to_voxels(min_marker_size, scale, anisotropy))

@@ -5,7 +5,8 @@
 P(mask) and P(mask − border) come from the head's decoding
 (:meth:`pipeline.method.heads.Head.mask_and_marker`).
 
-1. foreground = P(mask) > ``mask_threshold``;
+1. foreground = P(mask) > ``mask_threshold``, lowered in dense images when
+   ``dense_mask_threshold`` is set (:func:`mask_threshold_for`);
 2. markers = connected components of P(mask − border) > ``marker_threshold`` inside the
    foreground; components smaller than ``min_marker_size`` pixels are dropped;
 3. the markers are flooded over −P(mask) (``flood='probability'``) or over the negated
@@ -136,6 +137,7 @@ def postprocess(
     flood: str = "probability",
     object_threshold: float = 0.0,
     markers: np.ndarray | None = None,
+    dense_mask_threshold: float | None = None,
 ) -> np.ndarray:
     """Marker-controlled watershed of a probability map into instance labels.
 
@@ -162,6 +164,9 @@ def postprocess(
         Nuclei whose maximum P(mask − border) is below this value are removed; 0 keeps them all.
     markers : (H, W) int array, optional
         The markers (0 = none), instead of :func:`find_markers` of these probabilities.
+    dense_mask_threshold : float, optional
+        The lowest the mask threshold goes in dense images (:func:`mask_threshold_for`); None
+        keeps ``mask_threshold`` as it is.
 
     Returns
     -------
@@ -171,6 +176,7 @@ def postprocess(
     if flood not in FLOODS:
         raise ValueError(f"flood must be one of {FLOODS}, got {flood!r}")
     mask_p, marker_p = mask_and_marker(probs, head)
+    mask_threshold = mask_threshold_for(mask_p, mask_threshold, dense_mask_threshold)
     foreground = mask_p > mask_threshold
     if markers is None:
         markers = find_markers(mask_p, marker_p, marker_threshold, mask_threshold, min_marker_size)
@@ -188,6 +194,45 @@ def postprocess(
     labels = remove_faint(labels, marker_p, object_threshold)
     labels = remove_small(fill_holes(labels), min_size)
     return remove_relatively_small(labels, min_relative_size)
+
+
+#: P(mask) above which a pixel counts towards an image's nucleus fraction (:func:`mask_threshold_for`).
+NUCLEUS_FRACTION_LEVEL = 0.5
+
+
+def nucleus_fraction(mask_p: np.ndarray) -> float:
+    """The share of an image (or volume) that is nucleus: the fraction of its pixels with P(mask)
+    > :data:`NUCLEUS_FRACTION_LEVEL`, in [0, 1]. ``mask_p``: any shape, float."""
+    return float(np.count_nonzero(mask_p > NUCLEUS_FRACTION_LEVEL)) / max(mask_p.size, 1)
+
+
+def mask_threshold_for(mask_p: np.ndarray, mask_threshold: float, dense_mask_threshold: float | None = None) -> float:
+    """The mask threshold of one image: ``mask_threshold`` times the share of the image that is not
+    nucleus (1 − :func:`nucleus_fraction`), and no lower than ``dense_mask_threshold``.
+
+    Nuclei that fill much of an image (cytospins, confluent cell lines, tissue sections) have
+    outlines the network draws too tight at the threshold that suits sparse nuclei; the lower
+    threshold draws them whole. The rule and its floor were fitted on DSB2018's grouped folds 1–4
+    and checked on sources it never saw (docs/decisions.md, "The mask threshold follows the
+    nucleus fraction").
+
+    Parameters
+    ----------
+    mask_p : float array, any shape
+        P(mask) of the whole image (or block, or volume) being post-processed.
+    mask_threshold : float
+        The threshold of an image with (almost) no nuclei, in [0, 1].
+    dense_mask_threshold : float or None
+        The floor, in [0, 1]; None returns ``mask_threshold`` unchanged.
+
+    Returns
+    -------
+    threshold : float
+    """
+    if dense_mask_threshold is None:
+        return float(mask_threshold)
+    lowered = mask_threshold * (1.0 - nucleus_fraction(mask_p))
+    return float(max(lowered, min(dense_mask_threshold, mask_threshold)))
 
 
 def find_markers(mask_p: np.ndarray, marker_p: np.ndarray, marker_threshold: float = 0.5,
@@ -266,13 +311,16 @@ def for_image_type(settings: dict[str, Any], image_type: str | None = None) -> d
     """The :func:`postprocess` keyword arguments of post-processing ``settings`` (a ``postprocess``
     section's thresholds) for an image of ``image_type``: a stained image (:data:`STAINED`) takes
     ``stained_object_threshold`` as its ``object_threshold`` and ``stained_mask_threshold`` as its
-    ``mask_threshold`` when they are set (not None).
+    ``mask_threshold`` when they are set (not None), and keeps its mask threshold whatever its
+    nucleus fraction (``dense_mask_threshold`` None: the rule was fitted on fluorescence only).
     """
     kwargs = dict(settings)
     for name in STAINED_SETTINGS:
         stained = kwargs.pop(f"stained_{name}", None)
         if stained is not None and image_type == STAINED:
             kwargs[name] = stained
+    if image_type == STAINED and "dense_mask_threshold" in kwargs:
+        kwargs["dense_mask_threshold"] = None
     return kwargs
 
 
@@ -290,7 +338,9 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     back by nearest neighbour. Enlarged images were once post-processed wholly at the network's
     scale and their labels resized back by nearest neighbour, which jagged the outlines
     (docs/decisions.md, "Enlarged images: outlines on the original grid").
-    ``min_relative_size`` is applied last, on the original grid.
+    A dense image's mask threshold (``dense_mask_threshold``, :func:`mask_threshold_for`) is decided
+    once, from the probabilities at the network's scale. ``min_relative_size`` is applied last, on
+    the original grid.
 
     Parameters
     ----------
@@ -311,11 +361,15 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
 
     kwargs = for_image_type(kwargs, image_type)
     fraction = kwargs.pop("min_relative_size", 0.0)
+    dense = kwargs.pop("dense_mask_threshold", None)
     markers = None
+    if scale > 1 or dense is not None:
+        mask_p, marker_p = mask_and_marker(probs, head)  # the nucleus fraction at the network's scale
+        kwargs["mask_threshold"] = mask_threshold_for(mask_p, kwargs.get("mask_threshold", 0.5), dense)
     if scale > 1:
         keys = ("marker_threshold", "mask_threshold", "min_marker_size")
         settings = {k: kwargs[k] for k in keys if k in kwargs}
-        markers = resize_labels(find_markers(*mask_and_marker(probs, head), **settings), tuple(shape))
+        markers = resize_labels(find_markers(mask_p, marker_p, **settings), tuple(shape))
     labels = postprocess(resize_probabilities(probs, tuple(shape)), head, markers=markers, **sizes_at_scale(kwargs, scale))
     return remove_relatively_small(labels, fraction)
 

@@ -266,8 +266,10 @@ def watershed_steps(config: ModelDirConfig) -> list[str]:
     mask, marker = head.formulas
     t = config.postprocess
     stained = (f" (stained images: {t.stained_mask_threshold:g})" if t.stained_mask_threshold is not None else "")
+    dense = (f"; in unstained images the threshold is multiplied by 1 minus the share of pixels with {mask} > 0.5, "
+             f"and no lower than {t.dense_mask_threshold:g}" if t.dense_mask_threshold is not None else "")
     steps = [
-        f"foreground = {mask} > {t.mask_threshold:g}{stained}",
+        f"foreground = {mask} > {t.mask_threshold:g}{stained}{dense}",
         f"markers = connected regions of ({marker}) > {t.marker_threshold:g} inside the foreground, "
         f"each of at least {t.min_marker_size} px",
         f"flood the markers over -({mask}) within the foreground (a marker-controlled watershed); a foreground "

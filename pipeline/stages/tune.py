@@ -3,7 +3,8 @@
 Every combination of marker threshold, mask threshold, flood relief, object threshold
 (``object_threshold``: the peak probability a nucleus must reach), relative minimum size
 (``min_relative_size``) and the object and mask thresholds of stained images
-(``stained_object_threshold``, ``stained_mask_threshold``) is applied to the
+(``stained_object_threshold``, ``stained_mask_threshold``) and the floor of the mask threshold
+of dense unstained images (``dense_mask_threshold``) is applied to the
 validation predictions (``<predict.out>/<id>.npz``) and scored against the prepared labels by
 the DSB2018 score; ``--also`` pools the validation predictions of more parameters files (the other
 folds of a cross-validation, each predicted by its own network) so that one set is tuned on all.
@@ -111,6 +112,19 @@ def write_params(path: str | Path, values: dict[str, Any]) -> None:
     write_text(path, new)
 
 
+def _threshold_or_none(text: str) -> float | None:
+    """A command-line threshold in [0, 1], or 'none'."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'none'") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei tune``."""
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
@@ -136,6 +150,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stained-mask", type=float, nargs="+", default=None,
                         help="stained_mask_threshold values to try: the mask threshold of stained "
                              "images (default: the current value)")
+    parser.add_argument("--dense-mask", type=_threshold_or_none, nargs="+", default=None,
+                        help="dense_mask_threshold values to try ('none': a fixed mask threshold): the "
+                             "lowest the mask threshold of unstained images goes as their nucleus "
+                             "fraction grows (default: the current value)")
     parser.add_argument("--write", metavar="PARAMS", default=None,
                         help="also set the best values in the postprocess section of this parameters file")
     parser.add_argument("--balance", choices=tuple(BALANCE_COLUMNS), default="image",
@@ -198,7 +216,8 @@ def main(args: argparse.Namespace) -> int:
             "min_relative_size": args.relative,
             "object_threshold": args.object or [current["object_threshold"]],
             "stained_object_threshold": args.stained_object or [current["stained_object_threshold"]],
-            "stained_mask_threshold": args.stained_mask or [current["stained_mask_threshold"]]}
+            "stained_mask_threshold": args.stained_mask or [current["stained_mask_threshold"]],
+            "dense_mask_threshold": args.dense_mask or [current["dense_mask_threshold"]]}
     fixed = {k: v for k, v in current.items() if k not in grid}
     table = grid_search(samples, grid, fixed, groups)
     print(table.head(args.top).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
