@@ -402,3 +402,25 @@ def test_invalid_model_settings_are_reported_once_up_front():
         Segmenter(GreyPredictor({"model": {"head": "sigmoid"}, "stained_diameter": 24}))
     with pytest.raises(NucleiError, match="block size"):
         grey_segmenter(block_size=100, block_margin=60)
+
+
+def test_the_diameter_estimate_sizes_nuclei_at_the_fixed_mask_threshold(monkeypatch):
+    """The estimate was calibrated on outlines at the fixed mask threshold: a dense field's lower
+    threshold (dense_mask_threshold) draws the unsure rims too and would size its nuclei larger,
+    so the search pass measures without it (cores of 11 px, not wholes of 17)."""
+    seg = grey_segmenter()
+    seg.thresholds = seg.thresholds | {"marker_threshold": 0.9, "mask_threshold": 0.875, "min_size": 4,
+                                       "dense_mask_threshold": 0.5}
+    shape = (96, 120)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centers = [(12 + 24 * i, 12 + 24 * j) for i in range(4) for j in range(5)]
+    probs = np.zeros((2, *shape), np.float32)
+    for cy, cx in centers:
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        probs[0][r2 <= 8**2] = np.maximum(probs[0][r2 <= 8**2], 0.75)  # unsure rim
+        probs[0][r2 <= 5**2] = 1.0  # sure core
+    monkeypatch.setattr(seg, "predict_scaled", lambda image, scale, tta=None: probs)
+    diameters, _ = seg._search_pass(np.zeros((*shape, 3), np.float32), 1.0)
+    assert diameters.size == 20
+    assert np.median(diameters) == pytest.approx(2 * np.sqrt(np.count_nonzero(
+        (yy - 12) ** 2 + (xx - 12) ** 2 <= 25) / np.pi), rel=0.01)
