@@ -159,6 +159,26 @@ def test_tune_finds_and_writes_best(workspace, capsys):
     assert yaml.safe_load(text)["postprocess"]["flood"] == "probability"
 
 
+def test_tune_tries_the_dense_mask_floor(workspace):
+    """--dense-mask takes thresholds and 'none'; at a mask threshold of 0.85, which loses the ideal
+    maps' 0.8 rims, a floor lets the threshold of images this full of nuclei drop below 0.8, and
+    tune keeps it."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    tune.add_arguments(parser)
+    assert parser.parse_args(["--dense-mask", "0.5", "none"]).dense_mask == [0.5, None]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dense-mask", "1.5"])
+    write_ideal_predictions(workspace)
+    tune.write_params(workspace / "params.yaml", {"mask_threshold": 0.85})  # what is there loses the rims
+    assert run(tune, marker=[0.5], mask=[0.85], flood=["probability"], write=None, top=5, balance="image",
+               relative=[0.0], object=None, stained_object=None, stained_mask=None, dense_mask=[None, 0.5],
+               also=[]) == 0
+    best = yaml.safe_load((workspace / "metrics" / "tuned_postprocess.yaml").read_text())
+    assert best["postprocess"]["dense_mask_threshold"] == 0.5
+
+
 def test_update_section_keeps_comments_and_other_sections():
     text = PARAMS.format(test_root="null")
     new = update_section(text, "postprocess", {"marker_threshold": 0.35, "flood": "distance", "extra": 3})
