@@ -54,6 +54,7 @@ from pipeline.config.model_folder import ModelDirConfig
 from pipeline.errors import NucleiError, UsageError
 from pipeline.files.io import atomic_path, write_json, write_png, write_text
 from pipeline.method.heads import get_head
+from pipeline.method.watershed import NUCLEUS_FRACTION_LEVEL
 from pipeline.model.backends import (
     INPUT_NAME,
     ONNX_OPSET,
@@ -266,7 +267,7 @@ def watershed_steps(config: ModelDirConfig) -> list[str]:
     mask, marker = head.formulas
     t = config.postprocess
     stained = (f" (stained images: {t.stained_mask_threshold:g})" if t.stained_mask_threshold is not None else "")
-    dense = (f"; in unstained images the threshold is multiplied by 1 minus the share of pixels with {mask} > 0.5, "
+    dense = (f"; in unstained images the threshold is multiplied by 1 minus the share of pixels with {mask} > {NUCLEUS_FRACTION_LEVEL:g}, "
              f"and no lower than {t.dense_mask_threshold:g}" if t.dense_mask_threshold is not None else "")
     steps = [
         f"foreground = {mask} > {t.mask_threshold:g}{stained}{dense}",
