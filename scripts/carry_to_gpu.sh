@@ -6,7 +6,7 @@
 #   carry/wheels/                  albumentations and the packages it needs, for Python 3.12 on
 #                                  x86-64, at the versions of this .venv.
 # Usage: scripts/carry_to_gpu.sh [PREPARED] (default data/generalist/prepared); PART_MIB=25;
-# JPEG=95 stores the images as JPEG of that quality (the eight sources: 2 parts of about 28 MiB
+# JPEG=95 stores the images as JPEG of that quality (the eight sources, folds 1-4: 2 parts of 29 MiB
 # instead of 6 lossless ones; the labels stay lossless); JPEG= (empty) keeps them lossless.
 set -euo pipefail
 cd "$(dirname "$0")/.."

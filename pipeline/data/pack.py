@@ -9,7 +9,7 @@ of it), so ``--part-mib`` splits the archive into parts of whole samples, carrie
 time, the indexes in the last part. :func:`unpack_prepared` writes the identical ``.npz`` files and
 indexes back; the targets are then rebuilt there with ``nuclei targets``. ``--jpeg 95`` stores
 the images as JPEG instead (lossy, within a few grey levels; the labels stay lossless): grouped
-folds 1–4 of the eight sources, 148.5 MiB of PNG images, take 48.1 MiB, two parts of 29 MiB::
+folds 1–4 of the eight sources, 148.5 MiB of PNG images, take 48.1 MiB (two parts of 29 and 27 MiB)::
 
     nuclei pack pack data/generalist/prepared carry/prepared.tar --part-mib 25 [--jpeg 95]
     python -m pipeline pack unpack carry/prepared.1-of-5.tar data/generalist/prepared   # each part
