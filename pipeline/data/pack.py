@@ -38,38 +38,28 @@ INDEX = "index.csv"
 MAX_LABEL = np.iinfo(np.uint16).max
 
 
-def _png(array: np.ndarray) -> bytes:
-    """PNG bytes of a (H, W) uint8/uint16 or (H, W, 3) RGB uint8 array (lossless)."""
+def _encode(array: np.ndarray, jpeg: int | None = None) -> bytes:
+    """PNG bytes of a (H, W) uint8/uint16 or (H, W, 3) RGB uint8 array (lossless), or, with
+    ``jpeg``, JPEG bytes of a uint8 one at that quality (1-100; lossy)."""
     import cv2
 
     if array.ndim == 3:
         array = array[..., ::-1]  # OpenCV writes BGR
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    ext, params = (".png", [cv2.IMWRITE_PNG_COMPRESSION, 9]) if jpeg is None else (".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(jpeg)])
+    ok, data = cv2.imencode(ext, np.ascontiguousarray(array), params)
     if not ok:
-        raise NucleiError(f"PNG encoding failed for an array of shape {array.shape}")
+        raise NucleiError(f"{ext[1:].upper()} encoding failed for an array of shape {array.shape}")
     return data.tobytes()
 
 
 def _unpng(data: bytes) -> np.ndarray:
-    """The array of :func:`_png`'s bytes (RGB order)."""
+    """The array of :func:`_encode`'s bytes (RGB order)."""
     import cv2
 
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise ValueError("not a PNG")
     return array[..., ::-1].copy() if array.ndim == 3 else array
-
-
-def _jpeg(array: np.ndarray, quality: int) -> bytes:
-    """JPEG bytes of a (H, W) or (H, W, 3) RGB uint8 array at ``quality`` (1-100; lossy)."""
-    import cv2
-
-    if array.ndim == 3:
-        array = array[..., ::-1]
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(array), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise NucleiError(f"JPEG encoding failed for an array of shape {array.shape}")
-    return data.tobytes()
 
 
 def encode_sample(image: np.ndarray, labels: np.ndarray, jpeg: int | None = None) -> tuple[bytes, bytes]:
@@ -84,7 +74,7 @@ def encode_sample(image: np.ndarray, labels: np.ndarray, jpeg: int | None = None
         raise NucleiError(f"labels outside 0-{MAX_LABEL} cannot be packed")
     grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
     image = image[..., 0] if grey else image
-    return _png(image) if jpeg is None else _jpeg(image, jpeg), _png(labels.astype(np.uint16))
+    return _encode(image, jpeg), _encode(labels.astype(np.uint16))
 
 
 def decode_sample(image_png: bytes, labels_png: bytes) -> tuple[np.ndarray, np.ndarray]:
