@@ -12,6 +12,12 @@ data-loader workers in the automatic precision (how many workers the cores can s
 measures forced bf16 instead of the automatic choice: on a CPU without native bf16 instructions,
 where ``auto`` picks fp32, it shows what that choice avoids (bf16 emulated in software).
 
+``--loader N`` first times N crops of the training set of ``--params`` (its sources, draw weights and
+augmentation, as ``nuclei train`` builds it) in this process after a warm-up that fills the cache:
+ms per crop, crops/s per loader worker, the share of each step (cProfile, a second pass), and the
+cache's bytes per pixel; the device runs then print how many workers keep the network fed. On a
+GPU the loader sets the pace: this is the figure that sizes ``train.workers``.
+
 Data: ``--data prepared`` uses ``data/prepared`` + ``data/targets`` (the stage outputs),
 ``--data synthetic`` writes disc images to a temporary folder, ``auto`` (default) takes the
 prepared data when present.
@@ -19,6 +25,7 @@ prepared data when present.
     python benchmarks/bench_train.py                          # quick: CPU (+ GPU if present)
     python benchmarks/bench_train.py --device cuda --steps 100 --batch-size 32 --workers 8
     python benchmarks/bench_train.py --precision bf16 --batch-size 8    # fp32 vs forced bf16
+    python benchmarks/bench_train.py --params P --loader 400 --device cpu   # the loader's cost per crop
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ def parse_args() -> argparse.Namespace:
                    help="the precision measured beside fp32 (bf16: forced, also on a CPU without native "
                         "bf16, to see what 'auto' avoids there)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--loader", type=int, default=0, metavar="N",
+                   help="first time N crops of the training set of --params in this process")
     return p.parse_args()
 
 
@@ -199,6 +208,95 @@ def measure(params: dict, args, device: torch.device, prepared: Path, targets: P
     }
 
 
+class _Step:
+    """An albumentations Compose of the augmentation, called through a method of its own class
+    so that the profile tells geometry and appearance apart."""
+
+    def __init__(self, compose):
+        self.compose = compose
+
+    def set_random_state(self, *args):
+        self.compose.set_random_state(*args)
+
+
+class _Geometry(_Step):
+    def __call__(self, **data):
+        return self.compose(**data)
+
+
+class _Appearance(_Step):
+    def __call__(self, **data):
+        return self.compose(**data)
+
+
+#: The steps of a training crop (functions of the profile), in the order they run.
+LOADER_STEPS = {"load or cache": "arrays", "crop": "random_crop", "to float": "unit_float",
+                "geometry": _Geometry.__call__, "acquisition": "acquisition_shift",
+                "normalise": "normalize_image", "appearance": _Appearance.__call__}
+
+
+def loader_cost(params_path: str, n: int) -> float:
+    """Time ``n`` crops of the training set ``nuclei train`` builds from ``params_path``, in this
+    process, after ``n`` crops of warm-up (the cache fills); print the figures and return crops/s."""
+    import cProfile
+    import pstats
+
+    import cv2
+
+    from pipeline.config.params import load_config
+    from pipeline.training.trainer import Trainer
+
+    trainer = Trainer(load_config(params_path))
+    trainer.setup_data()
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)  # as in a loader worker (pipeline.training.dataset.seed_worker)
+    dataset = trainer.loader.dataset
+    aug = dataset.transform
+    if aug.geometric is not None:
+        aug.geometric = _Geometry(aug.geometric)
+    if aug.photometric is not None:
+        aug.photometric = _Appearance(aug.photometric)
+    offset = len(dataset)
+    for i in range(n):
+        dataset[offset + i]
+    start = time.perf_counter()
+    for i in range(n):
+        dataset[2 * offset + i]
+    ms = 1000 * (time.perf_counter() - start) / n
+    profile = cProfile.Profile()
+    profile.enable()
+    for i in range(n):
+        dataset[3 * offset + i]
+    profile.disable()
+    cv2.setNumThreads(threads)
+    stats = pstats.Stats(profile).stats
+    total = max(sum(v[3] for k, v in stats.items() if k[2] == "__getitem__"), 1e-9)
+    def cumulative(step) -> float:
+        if callable(step):
+            code = step.__code__
+            return sum(v[3] for k, v in stats.items() if k == (code.co_filename, code.co_firstlineno, code.co_name))
+        return sum(v[3] for k, v in stats.items() if k[2] == step)
+
+    shares = {label: cumulative(step) / total for label, step in LOADER_STEPS.items()}
+    cached = list(dataset._cache.values())
+    pixels = sum(a["image"].shape[0] * a["image"].shape[1] for a in cached)
+    nbytes = sum(x.nbytes for a in cached for x in a.values())
+    print(f"loader ({len(dataset.ids)} training images, {n} crops of {aug.crop or 'whole'} px after {n} to "
+          f"warm up, OpenCV on one thread): {ms:.1f} ms per crop, {1000 / ms:.1f} crops/s per worker; "
+          f"cache {len(cached)} images, {nbytes / max(pixels, 1):.1f} bytes per pixel")
+    print("  steps (share of a crop's time): "
+          + ", ".join(f"{label} {100 * share:.0f} %" for label, share in shares.items()))
+    return 1000 / ms
+
+
+def _geometric_call(compose, **data):
+    return compose(**data)
+
+
+def _photometric_call(compose, **data):
+    return compose(**data)
+
+
 class _null:
     def __enter__(self):
         return None
@@ -232,6 +330,7 @@ def main() -> int:
         )
     )
     results = []
+    per_worker = loader_cost(args.params, args.loader) if args.loader else None
     with tempfile.TemporaryDirectory() as tmp:
         prepared, targets, what = data_folders(params, args.data, Path(tmp))
         print(f"data: {what}")
@@ -243,6 +342,8 @@ def main() -> int:
                 r = measure(params, args, device, prepared, targets, precision, workers)
                 results.append(r)
                 report(r)
+                if per_worker:
+                    print(f"  loader workers that keep this network fed: {r['network_images_per_s'] / per_worker:.2f}")
             fp32, auto = results[-len(runs)], results[-len(runs) + 1]
             print(
                 f"{device}: {auto['precision']} + channels_last / fp32 training throughput: "

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import NucleiError
-from pipeline.training.augment import build_augmentation, sample_seed
+from pipeline.training.augment import build_augmentation, random_crop, sample_seed, unit_float
 
 #: Every step off: tests switch on what they look at (missing keys take params.yaml's values).
 OFF = {
@@ -108,6 +108,36 @@ def test_small_images_are_reflect_padded_to_the_crop():
     assert 1 < out[2].sum() / mask.sum() < 4  # mirrored copies of the disc, with their masks
     assert np.array_equal(out[2], (out[0][..., 0] > 0.5).astype(np.uint8))
 
+
+def test_random_crop_is_one_window_of_every_array_and_reaches_every_position():
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 21, 3)).astype(np.float32)
+    labels = np.arange(40 * 21).reshape(40, 21)
+    # albumentations' PadIfNeeded (centred, BORDER_REFLECT_101) then RandomCrop, as training did before
+    padded = [np.pad(a, [(0, 0), (2, 3)] + [(0, 0)] * (a.ndim - 2), mode="reflect") for a in (image, labels)]
+    rows = set()
+    for _ in range(200):
+        crop_image, crop_labels = random_crop((image, labels), 26, rng)
+        assert crop_image.shape == (26, 26, 3) and crop_labels.shape == (26, 26) and crop_labels.dtype == labels.dtype
+        y = int(crop_labels[0, 2]) // 21  # column 2 of the crop is the image's column 0
+        assert np.array_equal(crop_labels, padded[1][y : y + 26])
+        assert np.array_equal(crop_image, padded[0][y : y + 26])
+        rows.add(y)
+    assert rows == set(range(40 - 26 + 1))  # every window, the last one included
+
+
+def test_stored_counts_give_the_crops_of_their_float_image():
+    image, classes, mask, border, weights = disc_sample()
+    counts = {np.uint8: np.round(image * 255).astype(np.uint8), np.uint16: np.round(image * 65535).astype(np.uint16)}
+    aug = build_augmentation({**ALL, "blur": True, "noise": True, "normalize": True}, train=True)
+    for dtype, stored in counts.items():
+        as_float = unit_float(stored)
+        assert as_float.dtype == np.float32 and np.allclose(as_float, image, atol=0.5 / 255)
+        for seed in range(3):
+            got = aug(stored, classes, mask, border, weights.astype(np.float16), seed=seed)
+            want = aug(as_float, classes, mask, border, weights, seed=seed)
+            assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True)), (dtype, seed)
+            assert got[0].dtype == np.float32 and got[4].dtype == np.float32
 
 def test_photometric_transforms_leave_targets_alone():
     cfg = {**OFF, "brightness_contrast": 1.0, "gamma": 1.0, "color_to_gray": 1.0}

@@ -88,6 +88,26 @@ def test_load_item_arrays_and_errors(data, tmp_path):
         load_item(prepared, bad, "img02")
 
 
+def test_training_loads_images_as_stored_and_crops_them_as_their_float_images(data):
+    prepared, targets = data
+    stored = load_item(prepared, targets, "img02", normalize=False, stored=True, labels=False)
+    as_float = load_item(prepared, targets, "img02", normalize=False)
+    assert "labels" not in stored and stored["image"].dtype == np.uint8 and stored["weights"].dtype == np.float16
+    assert as_float["image"].dtype == np.float32 and as_float["weights"].dtype == np.float32
+    assert load_npz(targets / "img02.npz", ("mask", "nothing")).keys() == {"mask"}
+    with pytest.raises(ValueError, match="cannot be normalised"):
+        load_item(prepared, targets, "img02", stored=True)
+    # a normalising augmentation crops first: the cache keeps the stored bytes, the crops are the same
+    ds = train_set(data, samples_per_epoch=6)
+    assert ds.stored and not ds.normalize_on_load
+    old = train_set(data, samples_per_epoch=6)
+    old.stored = False  # the float32 image, as loaded before the crop came first
+    for i in (0, 3, 8):
+        a, b = ds[i], old[i]
+        assert all(torch.equal(a[k], b[k]) for k in a), i
+    image_bytes = {name: d._cache["img00"]["image"].nbytes for name, d in (("stored", ds), ("float", old))}
+    assert image_bytes["float"] == 4 * image_bytes["stored"]
+
 def test_pad_to_multiple_reflects_bottom_right():
     a = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)
     p = pad_to_multiple(a, 4)

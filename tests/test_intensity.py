@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.method.colour import (
     COLOUR,
@@ -10,10 +11,12 @@ from pipeline.method.colour import (
     DARK,
     colourfulness,
     is_colour_fluorescence,
+    is_grey,
     is_tinted_grey,
     is_transmitted,
     nuclear_channel,
     rescaled,
+    tile_pixels,
 )
 from pipeline.method.intensity import intensity_range, normalize_image
 
@@ -416,3 +419,16 @@ def test_the_pale_robustness_condition_enlarges_and_pales_stained_nuclei_keeping
     grey = np.dstack([np.where(labels > 0, 200, 10).astype(np.uint8)] * 3)
     same, same_labels = shifted("pale", grey, labels, seed=0)
     assert same is grey and same_labels is labels
+
+
+def test_grey_and_colourfulness_fast_paths_answer_as_the_full_measure():
+    grey = np.repeat(RNG.random((37, 53, 1)).astype(np.float32), 3, axis=-1)
+    colour = grey.copy()
+    colour[5, 7, 2] += 0.5
+    assert is_grey(grey) and is_grey(grey[::3, ::2]) and is_grey(grey[..., :1]) and is_grey(np.zeros((4, 4, 3), bool))
+    assert not is_grey(colour) and not is_grey(colour.astype(np.float64))
+    assert colourfulness(grey) == 0.0 == colourfulness(grey, COLOUR_BLOCK)
+    for block in (1, COLOUR_BLOCK):  # the tiles' means, as tile_pixels' tiles averaged one by one
+        tiles = tile_pixels(colour, block).mean(axis=1)
+        want = float(np.abs(tiles - tiles.mean(axis=-1, keepdims=True)).mean())
+        assert colourfulness(colour, block) == pytest.approx(want, rel=1e-5) and want > 0

@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -429,11 +429,12 @@ def save_npz(path: str | Path, compress: bool = True, **arrays: np.ndarray) -> N
             (np.savez_compressed if compress else np.savez)(fh, **arrays)
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` file into a dict; a clear error naming a bad file."""
+def load_npz(path: str | Path, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Load the arrays of an ``.npz`` file into a dict: all of them, or those of ``keys`` that it
+    holds (the others are not decompressed); a clear error naming a bad file."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files if keys is None or k in keys}
     except FileNotFoundError:
         raise NucleiError(f"{path}: no such file") from None
     except Exception as exc:

@@ -11,8 +11,9 @@ uses the default probability below, a number in [0, 1] sets it, ``false`` / 0 di
 
 Geometry (image and targets together):
 
-- ``crop`` (int or null): reflect-pad to ``crop`` if smaller, then a random ``crop × crop``
-  window (p 1);
+- ``crop`` (int or null): a random ``crop × crop`` window, reflect-padded (centred) where the
+  image is smaller (p 1; :func:`random_crop`). It comes first, so that everything after it, the
+  conversion of a stored 8- or 16-bit image to float included, works on the crop's pixels only;
 - ``scale`` ([lo, hi] or null): isotropic zoom by a factor uniform in [lo, hi] (Affine, p 1):
   the jitter around the canonical nucleus diameter the training images were rescaled to;
 - ``flips``: horizontal and vertical flips, drawn independently (p 0.5 each);
@@ -129,14 +130,49 @@ def sample_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
+def unit_float(image: np.ndarray) -> np.ndarray:
+    """A stored image as float32 in [0, 1]: integer counts divided by the dtype's maximum (8-bit by
+    255, 16-bit by 65535), floats as they are. (H, W, C) in, (H, W, C) float32 out."""
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) * np.float32(1.0 / np.iinfo(image.dtype).max)
+    return np.asarray(image, dtype=np.float32)
+
+
+def random_crop(arrays: tuple[np.ndarray, ...], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random ``size`` × ``size`` window of arrays of one shape.
+
+    Where the arrays are smaller than ``size``, the window is their whole extent, reflect-padded
+    (``cv2.BORDER_REFLECT_101``, numpy's ``'reflect'``) evenly on both sides, as albumentations'
+    ``PadIfNeeded`` then ``RandomCrop`` do; reflection repeats where the pad exceeds the array.
+
+    Parameters
+    ----------
+    arrays : tuple of (H, W[, C]) arrays, any dtype
+    size : int
+    rng : numpy Generator
+        Draws the window's corner, uniform over every position.
+
+    Returns
+    -------
+    crops : list of (size, size[, C]) arrays, each of its input's dtype (views where no padding
+        was needed).
+    """
+    h, w = arrays[0].shape[:2]
+    y, x = int(rng.integers(0, max(h - size, 0) + 1)), int(rng.integers(0, max(w - size, 0) + 1))
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    crops = []
+    for a in arrays:
+        a = a[y : y + size, x : x + size]
+        if ph or pw:
+            pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (a.ndim - 2)
+            a = np.pad(a, pad, mode="reflect")
+        crops.append(a)
+    return crops
+
+
 def _geometric(cfg: AugmentConfig) -> list:
-    """The albumentations transforms of image and targets (module docstring, "Geometry")."""
+    """The albumentations transforms of image and targets after the crop (module docstring, "Geometry")."""
     t = []
-    if cfg.crop:
-        t += [
-            A.PadIfNeeded(cfg.crop, cfg.crop, border_mode=REFLECT),
-            A.RandomCrop(cfg.crop, cfg.crop),
-        ]
     if cfg.scale:
         lo, hi = cfg.scale
         t.append(A.Affine(scale=(lo, hi), keep_ratio=True, border_mode=REFLECT, p=DEFAULT_P["scale"]))
@@ -355,6 +391,8 @@ class Augmentation:
     Parameters
     ----------
     geometric, photometric : list of albumentations transforms
+    crop : int, optional
+        :func:`random_crop` of this size first (None: the whole image goes on).
     acquisition : dict
         Probabilities of the :func:`acquisition_shift` steps (empty: none).
     normalize : dict or None
@@ -367,7 +405,8 @@ class Augmentation:
     Parameters (of the call)
     ------------------------
     image : ndarray
-        float32 (H, W, 3) in [0, 1].
+        (H, W, 3): float in [0, 1], or uint8/uint16 counts as stored (converted by
+        :func:`unit_float` after the crop).
     classes, mask, border : ndarray
         uint8 (H, W).
     weights : ndarray
@@ -383,7 +422,8 @@ class Augmentation:
 
     def __init__(self, geometric: list, photometric: list | None = None, acquisition: dict | None = None,
                  normalize: dict | None = None, seed: int | None = None,
-                 blur_sigma: tuple[float, float] = BLUR_SIGMA):
+                 blur_sigma: tuple[float, float] = BLUR_SIGMA, crop: int | None = None):
+        self.crop = int(crop) if crop else None
         self.transforms = list(geometric) + list(photometric or [])
         self.geometric = A.Compose(geometric, p=1.0) if geometric else None
         self.photometric = A.Compose(photometric, p=1.0) if photometric else None
@@ -394,18 +434,23 @@ class Augmentation:
 
     def reseed(self, seed: int | None) -> None:
         """Seed the generators shared by all transforms (one numpy and one python generator for
-        the albumentations steps, an independent numpy generator for the acquisition shift)."""
+        the albumentations steps, independent numpy generators for the acquisition shift and the
+        crop)."""
         self.seed = seed
         for k, compose in enumerate((self.geometric, self.photometric)):
             if compose is not None:
                 sub = None if seed is None else sample_seed(seed, k)
                 compose.set_random_state(np.random.default_rng(sub), random.Random(sub))
         self.rng = np.random.default_rng(None if seed is None else sample_seed(seed, 2))
+        self.crop_rng = np.random.default_rng(None if seed is None else sample_seed(seed, 3))
 
     def __call__(self, image, classes, mask, border, weights, seed: int | None = None):
         if seed is not None:
             self.reseed(seed)
-        image = np.ascontiguousarray(image, dtype=np.float32)
+        if self.crop:
+            image, classes, mask, border, weights = random_crop(
+                (image, classes, mask, border, weights), self.crop, self.crop_rng)
+        image = np.ascontiguousarray(unit_float(image))
         if self.geometric is not None:
             targets = np.stack([classes, mask, border, weights], axis=-1).astype(np.float32)
             out = self.geometric(image=image, mask=targets)
@@ -422,7 +467,7 @@ class Augmentation:
         return image, classes, mask, border, np.asarray(weights, dtype=np.float32)
 
     def __repr__(self) -> str:
-        names = ", ".join(type(t).__name__ for t in self.transforms)
+        names = ", ".join([f"RandomCrop({self.crop})"] * bool(self.crop) + [type(t).__name__ for t in self.transforms])
         steps = ", ".join(self.acquisition)
         return f"Augmentation([{names}], acquisition=[{steps}], seed={self.seed})"
 
@@ -453,4 +498,4 @@ def build_augmentation(cfg: AugmentConfig | Mapping, train: bool, seed: int | No
         cfg = AugmentConfig.from_dict(cfg)
     normalize = dict(NORMALIZATION) if cfg.normalize else None
     acquisition = {k: _probability(cfg, k) for k in ACQUISITION}
-    return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed, cfg.blur_sigma)
+    return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed, cfg.blur_sigma, cfg.crop)

@@ -28,22 +28,34 @@ from pipeline.errors import NucleiError
 from pipeline.files.io import load_npz
 from pipeline.method.heads import TARGET_KEYS
 from pipeline.method.intensity import NORMALIZATION, normalize_image
-from pipeline.training.augment import sample_seed
+from pipeline.training.augment import sample_seed, unit_float
 
 
 def load_item(prepared: str | Path, targets: str | Path | None, image_id: str,
-              normalize: bool = True) -> dict[str, np.ndarray]:
+              normalize: bool = True, stored: bool = False, labels: bool = True) -> dict[str, np.ndarray]:
     """Load one image with its labels and (when ``targets`` is given) its training targets.
 
     The targets file holds the image and labels rescaled to the canonical nucleus diameter
-    (:mod:`pipeline.method.targets`); they replace the prepared ones when present.
+    (:mod:`pipeline.method.targets`); they replace the prepared ones when present, and the prepared
+    file is then not read.
+
+    Parameters
+    ----------
+    normalize : bool
+        Normalise the image by :func:`pipeline.method.intensity.normalize_image`.
+    stored : bool
+        Keep the image as stored (uint8/uint16 counts), for an augmentation that crops first and
+        converts the crop (:func:`pipeline.training.augment.unit_float`); needs ``normalize`` False.
+        Training targets stay as stored too (``weights`` float16).
+    labels : bool
+        Load the instance labels (training crops do without them).
 
     Returns
     -------
     arrays : dict
-        ``image`` float32 (H, W, 3), normalised by :func:`pipeline.method.intensity.normalize_image`
-        when ``normalize`` else raw in [0, 1]; ``labels`` int32 (H, W); with targets also
-        ``classes`` uint8, ``mask`` uint8, ``border`` uint8 and ``weights`` float32, all (H, W).
+        ``image`` float32 (H, W, 3), normalised when ``normalize`` else raw in [0, 1] (or as
+        stored); ``labels`` int32 (H, W) unless ``labels`` is False; with targets also ``classes``
+        uint8, ``mask`` uint8, ``border`` uint8 and ``weights`` float32, all (H, W).
 
     Raises
     ------
@@ -51,28 +63,31 @@ def load_item(prepared: str | Path, targets: str | Path | None, image_id: str,
         A missing or unreadable file, a missing array, or targets whose size differs from the
         image.
     """
-    path = Path(prepared) / f"{image_id}.npz"
-    prep = load_npz(path)
-    for key in ("image", "labels"):
-        if key not in prep:
-            raise NucleiError(f"{path}: no '{key}' array (re-run `nuclei prepare`)")
-    image, labels = prep["image"], prep["labels"]
+    if stored and normalize:
+        raise ValueError("load_item: a stored image cannot be normalised")
+    wanted = ("image", "labels") if labels else ("image",)
     tgt = None
     if targets is not None:
         tpath = Path(targets) / f"{image_id}.npz"
         if not tpath.exists():
             raise NucleiError(f"{tpath}: no such file (run `nuclei targets` first)")
-        tgt = load_npz(tpath)
-        if "image" in tgt and "labels" in tgt:  # rescaled to the canonical nucleus diameter
-            image, labels = tgt["image"], tgt["labels"]
+        tgt = load_npz(tpath, (*wanted, *TARGET_KEYS))
+    if tgt is not None and all(k in tgt for k in wanted):  # rescaled to the canonical nucleus diameter
+        path, prep = tpath, tgt
+    else:
+        path = Path(prepared) / f"{image_id}.npz"
+        prep = load_npz(path, wanted)
+    for key in wanted:
+        if key not in prep:
+            raise NucleiError(f"{path}: no '{key}' array (re-run `nuclei prepare`)")
+    image = prep["image"]
     if image.ndim != 3 or image.shape[-1] != 3:
         raise NucleiError(f"{path}: image has shape {image.shape}, expected (H, W, 3)")
-    scale = 1.0 / np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
-    image = image.astype(np.float32) * np.float32(scale)
-    out = {
-        "image": normalize_image(image, **NORMALIZATION) if normalize else image,
-        "labels": labels.astype(np.int32, copy=False),
-    }
+    if not stored:
+        image = unit_float(image)
+    out = {"image": normalize_image(image, **NORMALIZATION) if normalize else image}
+    if labels:
+        out["labels"] = prep["labels"].astype(np.int32, copy=False)
     if tgt is None:
         return out
     for key in TARGET_KEYS:
@@ -84,7 +99,8 @@ def load_item(prepared: str | Path, targets: str | Path | None, image_id: str,
                 "(re-run `nuclei targets`)"
             )
     out.update({k: tgt[k] for k in TARGET_KEYS})
-    out["weights"] = tgt["weights"].astype(np.float32)
+    if not stored:
+        out["weights"] = tgt["weights"].astype(np.float32)
     return out
 
 
@@ -201,7 +217,8 @@ class NucleiDataset(Dataset):
         Seeds the augmentation of every draw together with the sample index.
     cache_mb : float
         Keep loaded arrays in memory (per process, i.e. per data-loader worker) up to this
-        many megabytes; 0 disables the cache.
+        many megabytes; 0 disables the cache. Training images with a normalising augmentation
+        take 8 bytes a pixel (image as stored, targets, float16 weights), others 23.
 
     Notes
     -----
@@ -244,8 +261,11 @@ class NucleiDataset(Dataset):
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: dict[str, dict[str, np.ndarray]] = {}
         # training crops are normalised by the augmentation when it does so (as the Segmenter
-        # normalises an image), else every image is normalised whole on loading
+        # normalises an image), else every image is normalised whole on loading; such an
+        # augmentation (pipeline.training.augment.Augmentation) crops first and converts the crop, so
+        # images stay as stored (a quarter of float32's bytes in the cache); training items load no labels
         self.normalize_on_load = not (train and getattr(transform, "normalize", None) is not None)
+        self.stored = not self.normalize_on_load
         self._cached = 0
 
     def __len__(self) -> int:
@@ -255,7 +275,8 @@ class NucleiDataset(Dataset):
         """The arrays of :func:`load_item` for one id, from the in-memory cache when possible."""
         arrays = self._cache.get(image_id)
         if arrays is None:
-            arrays = load_item(self.prepared, self.targets, image_id, normalize=self.normalize_on_load)
+            arrays = load_item(self.prepared, self.targets, image_id, normalize=self.normalize_on_load,
+                               stored=self.stored, labels=not self.train)
             size = sum(a.nbytes for a in arrays.values())
             if self._cached + size <= self.cache_bytes:
                 self._cache[image_id] = arrays
