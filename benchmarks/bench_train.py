@@ -289,14 +289,6 @@ def loader_cost(params_path: str, n: int) -> float:
     return 1000 / ms
 
 
-def _geometric_call(compose, **data):
-    return compose(**data)
-
-
-def _photometric_call(compose, **data):
-    return compose(**data)
-
-
 class _null:
     def __enter__(self):
         return None

@@ -52,13 +52,13 @@ def _encode(array: np.ndarray, jpeg: int | None = None) -> bytes:
     return data.tobytes()
 
 
-def _unpng(data: bytes) -> np.ndarray:
+def _decode(data: bytes) -> np.ndarray:
     """The array of :func:`_encode`'s bytes (RGB order)."""
     import cv2
 
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
-        raise ValueError("not a PNG")
+        raise ValueError("not a PNG or JPEG image")
     return array[..., ::-1].copy() if array.ndim == 3 else array
 
 
@@ -72,17 +72,18 @@ def encode_sample(image: np.ndarray, labels: np.ndarray, jpeg: int | None = None
         raise NucleiError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
         raise NucleiError(f"labels outside 0-{MAX_LABEL} cannot be packed")
-    grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
-    image = image[..., 0] if grey else image
+    from pipeline.method.colour import is_grey  # not at the top: unpacking needs only numpy and OpenCV
+
+    image = image[..., 0] if is_grey(image) else image
     return _encode(image, jpeg), _encode(labels.astype(np.uint16))
 
 
 def decode_sample(image_png: bytes, labels_png: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`encode_sample` (PNG or JPEG image): (H, W, 3) uint8 image, (H, W) int32 labels."""
-    image = _unpng(image_png)
+    image = _decode(image_png)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
-    return image, _unpng(labels_png).astype(np.int32)
+    return image, _decode(labels_png).astype(np.int32)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -209,7 +209,7 @@ def is_stained(image: np.ndarray) -> bool:
     not black are a tinted camera's nuclei there. The one rule of
     :func:`pipeline.method.intensity.normalize_image` and
     :func:`pipeline.method.image_types.classify_image`."""
-    if image.ndim != 3 or image.shape[-1] < 2 or is_grey(image):
+    if image.ndim != 3 or is_grey(image):
         return False  # grey: no stain colour (the fast answer for every grey image)
     return stain_colour(image) > COLOUR and is_transmitted(image) and not has_dark_background(image)
 
