@@ -152,6 +152,11 @@ def test_source_balance():
     assert np.isclose(sqrt[90:].sum(), np.sqrt(10) / (np.sqrt(10) + np.sqrt(90)))
     nested = source_balance_weights(sources, groups, 0.0, 0.0)  # sources equal, then experiments equal
     assert np.isclose(nested[:60].sum(), 0.25) and np.isclose(nested[60:90].sum(), 0.25)
+    weighted = source_balance_weights(sources, groups, 0.0, 1.0, {"e2f": 3.0})  # e2f three times dsb's share
+    assert np.isclose(weighted[90:].sum(), 0.75) and np.allclose(weighted[:90], 0.25 / 90)
+    assert np.allclose(source_balance_weights(sources, groups, 0.5, 1.0, {}), sqrt)
+    with pytest.raises(ValueError, match="factors must be > 0"):
+        source_balance_weights(sources, groups, 0.5, 1.0, {"e2f": 0.0})
 
 
 def test_evaluate_reports_sources(tmp_path):

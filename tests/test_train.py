@@ -253,17 +253,39 @@ def test_group_balance_draws_from_experiments(data_root, tmp_path):
         train(params_for(data_root, tmp_path / "bad", group_balance=2))
 
 
-def test_validation_groups_images_by_source(data_root, tmp_path, capsys):
-    """With a ``source`` column the best epoch is chosen by the mean over sources (``train.val_balance``)."""
+def sourced_prepared(data_root: Path, folder: Path, **columns) -> Path:
+    """The prepared sample under ``folder`` (links) with ``columns`` added to its index."""
     import pandas as pd
 
-    sourced = tmp_path / "sourced" / "prepared"
-    sourced.mkdir(parents=True)
+    folder.mkdir(parents=True)
     for f in (data_root / "prepared").iterdir():
         if f.name != "index.csv":
-            (sourced / f.name).symlink_to(f)
-    index = pd.read_csv(data_root / "prepared" / "index.csv")
-    index.assign(source=["b", "b", "b", "a", "a", "a"]).to_csv(sourced / "index.csv", index=False)
+            (folder / f.name).symlink_to(f)
+    pd.read_csv(data_root / "prepared" / "index.csv").assign(**columns).to_csv(folder / "index.csv", index=False)
+    return folder
+
+
+def test_source_weights_multiply_a_sources_share_of_the_crops(data_root, tmp_path):
+    # training ids are folds 1 and 2: img01, img02 (source b) and img04, img05 (source a)
+    sourced = sourced_prepared(data_root, tmp_path / "sourced", source=["b", "b", "b", "a", "a", "a"],
+                               group=[0, 1, 1, 2, 3, 3])
+    params = params_for(data_root, tmp_path / "run", source_balance=0.0, source_weights={"a": 3})
+    params["data"]["prepared"] = str(sourced)
+    trainer = trainer_module.Trainer(as_config(params))
+    trainer.setup_data()
+    assert trainer.loader.dataset.ids == ["img01", "img02", "img04", "img05"]
+    np.testing.assert_allclose(np.diff(trainer.loader.dataset.draw_cdf, prepend=0), [1 / 8, 1 / 8, 3 / 8, 3 / 8])
+    params["train"]["source_weights"] = {"a": 1, "c": 2}
+    with pytest.raises(NucleiError, match=r"index\.csv: train\.source_weights names c, not among the training "
+                                          r"sources \(a, b\)"):
+        trainer_module.Trainer(as_config(params)).setup_data()
+    with pytest.raises(NucleiError, match=r"train\.source_weights.*a mapping \{source: factor > 0\}"):
+        train(params_for(data_root, tmp_path / "bad", source_weights={"a": 0}))
+
+
+def test_validation_groups_images_by_source(data_root, tmp_path, capsys):
+    """With a ``source`` column the best epoch is chosen by the mean over sources (``train.val_balance``)."""
+    sourced = sourced_prepared(data_root, tmp_path / "sourced" / "prepared", source=["b", "b", "b", "a", "a", "a"])
     params = params_for(data_root, tmp_path / "run", epochs=1)
     params["data"]["prepared"] = str(sourced)
     trainer = trainer_module.Trainer(as_config(params))

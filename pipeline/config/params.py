@@ -39,6 +39,7 @@ import yaml
 from pipeline.config.rules import (
     Section,
     choice,
+    factors,
     flag,
     fold,
     mapping,
@@ -270,6 +271,7 @@ class TrainConfig(Section):
     samples_per_epoch: int | None = setting(96, optional(whole(1)))
     group_balance: float = setting(1.0, number(0, 1))
     source_balance: float = setting(1.0, number(0, 1))
+    source_weights: dict = setting({}, factors)
     device: str = setting("auto", text)
     cache_mb: float = setting(1024, number(0))
     val_every: int = setting(1, whole(1))

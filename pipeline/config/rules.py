@@ -143,6 +143,16 @@ def mapping(value: Any) -> dict:
     return dict(value)
 
 
+def factors(value: Any) -> dict[str, float]:
+    """A mapping ``{name: factor}`` of numbers > 0 (``{}`` for null)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and is_number(v) and v > 0
+                                               for k, v in value.items()):
+        raise Invalid("a mapping {source: factor > 0}")
+    return {k: float(v) for k, v in value.items()}
+
+
 def sources(value: Any) -> dict[str, dict[str, Any]]:
     """Labelled sources ``{name: {root: path, layout: kaggle | folder[, groups: TABLE, group_by:
     [COLUMN, ...]]}}``, at least one; a name is a folder name (letters, digits, ``_``, ``-``,

@@ -16,7 +16,7 @@ Must not: decide what a head's target is (it hands over the arrays of
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +164,7 @@ def group_balance_weights(groups: Sequence, exponent: float) -> np.ndarray:
 
 
 def source_balance_weights(sources: Sequence, groups: Sequence, source_exponent: float,
-                           group_exponent: float) -> np.ndarray:
+                           group_exponent: float, factors: Mapping[str, float] | None = None) -> np.ndarray:
     """Draw probabilities of images that balance labelled sources, then experiments within each.
 
     Parameters
@@ -175,6 +175,9 @@ def source_balance_weights(sources: Sequence, groups: Sequence, source_exponent:
         A source of ``m`` images gets ``m ** source_exponent`` of the draws (1: in proportion to
         its images; 0: every source equally); within it, :func:`group_balance_weights` with
         ``group_exponent``. Both 1: every image equally.
+    factors : mapping of source to float > 0, optional
+        Multiplies a source's share before the shares are normalised (``train.source_weights``):
+        2 draws a source twice as often as the exponent alone would. Default 1 for every source.
 
     Returns
     -------
@@ -182,11 +185,15 @@ def source_balance_weights(sources: Sequence, groups: Sequence, source_exponent:
     """
     if not 0.0 <= source_exponent <= 1.0:
         raise ValueError(f"source_exponent must be in [0, 1], got {source_exponent}")
+    factors = dict(factors or {})
+    if any(f <= 0 for f in factors.values()):
+        raise ValueError(f"source factors must be > 0, got {factors}")
     sources, groups = np.asarray(sources), np.asarray(groups)
     p = np.zeros(len(sources), np.float64)
     for source in np.unique(sources):
         members = sources == source
-        p[members] = group_balance_weights(groups[members], group_exponent) * members.sum() ** source_exponent
+        share = members.sum() ** source_exponent * factors.get(source, 1.0)
+        p[members] = group_balance_weights(groups[members], group_exponent) * share
     return p / p.sum()
 
 

@@ -176,18 +176,24 @@ class Trainer:
             self.val_loader = make_loader(val_set, 1, None, min(cfg.workers, 1), cuda, self.seed)
 
     def draw_weights(self, index, cfg, source: Path):
-        """Draw probabilities of the training images for ``train.source_balance`` and
-        ``train.group_balance`` (None when both are 1: every image equally, the even schedule of
-        :class:`pipeline.training.dataset.NucleiDataset`); ``source`` is the index file, for the error of a
-        missing ``group`` column."""
+        """Draw probabilities of the training images for ``train.source_balance``,
+        ``train.source_weights`` and ``train.group_balance`` (None when all are neutral: every
+        image equally, the even schedule of :class:`pipeline.training.dataset.NucleiDataset`);
+        ``source`` is the index file, for the errors of an unknown source and a missing ``group``
+        column."""
         from pipeline.training.dataset import source_balance_weights
 
-        if cfg.group_balance == 1.0 and cfg.source_balance == 1.0:
+        if cfg.group_balance == 1.0 and cfg.source_balance == 1.0 and not cfg.source_weights:
             return None
+        names = sources_of(index, self.train_ids)
+        unknown = sorted(set(cfg.source_weights) - set(names))
+        if unknown:
+            raise NucleiError(f"{source}: train.source_weights names {', '.join(unknown)}, "
+                              f"not among the training sources ({', '.join(sorted(set(names)))})")
         if "group" not in index.columns:
             raise NucleiError(f"{source}: no column 'group' for train.group_balance (re-run `nuclei prepare`)")
         groups = index.set_index("id").loc[self.train_ids, "group"].to_numpy()
-        return source_balance_weights(sources_of(index, self.train_ids), groups, cfg.source_balance, cfg.group_balance)
+        return source_balance_weights(names, groups, cfg.source_balance, cfg.group_balance, cfg.source_weights)
 
     def setup_model(self) -> None:
         from pipeline.model.networks import build_model
