@@ -74,3 +74,12 @@ def test_replace_checks_and_as_config_passes_configs_through():
     assert config.train.replace(epochs=2).epochs == 2
     with pytest.raises(NucleiError, match="cli: train.epochs"):
         config.train.replace("cli", epochs=0)
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in [
+    *ROOT.glob("experiments/*.yaml"), *ROOT.glob("pipeline/shipped/model/train_params*.yaml")]))
+def test_committed_parameter_files_are_valid(path):
+    """The recipes committed beside the code (experiments, the shipped model's stages) still load:
+    a renamed or removed key fails here, not on a GPU machine."""
+    config = load_config(ROOT / path)
+    assert config.data.sources and config.train.epochs >= 1
