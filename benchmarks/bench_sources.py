@@ -9,8 +9,10 @@ Usage::
 
 A model that never trained on a source gives its leave-one-source-out figure (the shipped model has
 seen none of ``../shared/extra``). A model trained on them is scored on its validation fold only:
-``--held-out`` names its training parameters (``data.prepared``, ``data.split``, ``data.val_fold``).
-Sources are ``folder`` layouts (``images/`` + ``labels/``).
+``--held-out`` names its training parameters (``data.prepared``, ``data.split``, ``data.val_fold``);
+the sources are then that file's ``data.sources``, DSB2018's Kaggle layout included. Otherwise they
+are the ``folder`` layouts (``images/`` + ``labels/``) of ``--extra``. Two models' ``--out`` tables
+compare image by image with ``scripts/paired_diff.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.data.kaggle import read_kaggle_sample  # noqa: E402
 from pipeline.data.sources import list_sample_ids, read_label_image  # noqa: E402
 from pipeline.files.io import read_image  # noqa: E402
 from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
@@ -38,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "pipeline/shipped/model"))
     parser.add_argument("--extra", type=Path, default=ROOT.parent / "shared/extra")
-    parser.add_argument("--sources", nargs="*", help="source folders of --extra (default: all)")
+    parser.add_argument("--sources", nargs="*", help="source folders of --extra, or sources of --held-out (default: all)")
     parser.add_argument("--every", type=int, default=1, help="every n-th image of each source")
     parser.add_argument("--tta", default="auto", help="test-time augmentation, as segment.tta")
     parser.add_argument("--estimator", choices=("blob", "search"), help="diameter estimate (default: the Segmenter's)")
@@ -51,20 +54,23 @@ def main() -> None:
         from pipeline.config.params import load_config
         from pipeline.data.folds import validation_index
 
-        held_out = set(validation_index(load_config(args.held_out).data)["id"])
-    sources = args.sources or sorted(p.name for p in args.extra.iterdir() if (p / "images").is_dir())
+        data = load_config(args.held_out).data
+        held_out = set(validation_index(data)["id"])
+        roots = {name: (Path(spec["root"]), spec["layout"]) for name, spec in data.sources.items()}
+    else:
+        roots = {p.name: (p, "folder") for p in sorted(args.extra.iterdir()) if (p / "images").is_dir()}
+    sources = args.sources or list(roots)
     segmenter = Segmenter.from_model_dir(args.model, tta=args.tta)
     segmenter.estimator = args.estimator or segmenter.estimator
     rows, start = [], time.perf_counter()
     for source in sources:
-        root = args.extra / source
-        ids = [i for i in list_sample_ids(root, "folder") if held_out is None or f"{source}/{i}" in held_out]
+        root, layout = roots[source]
+        ids = [i for i in list_sample_ids(root, layout) if held_out is None or f"{source}/{i}" in held_out]
         for sample_id in progress(ids[:: args.every], desc=source):
-            image = read_image(next((root / "images").glob(f"{sample_id}.*")))
-            true = read_label_image(next((root / "labels").glob(f"{sample_id}.*")))
+            image, true = read_original(root, layout, sample_id)
             result = segmenter.segment(image)
             m = image_metrics(true, result.labels)
-            rows.append({"source": source, "id": sample_id, "image_type": result.image_type,
+            rows.append({"source": source, "id": f"{source}/{sample_id}", "image_type": result.image_type,
                          "diameter": result.diameter, "true_diameter": median_diameter(true),
                          **{k: m[k] for k in ("dsb_score", "ap50", "count_error", "n_true", "n_pred")}})
     table = pd.DataFrame(rows)
@@ -79,6 +85,15 @@ def main() -> None:
         types = ", ".join(f"{k} {v}" for k, v in g.image_type.value_counts().items())
         print(f"{s.Index:<16} {s.n_images:>3} {s.dsb_score:8.3f} {s.ap50:7.3f} "
               f"{s.count_error:9.3f} {s.n_pred:>6}/{s.n_true:<6}  {ratio:13.2f}  {types}")
+
+
+def read_original(root: Path, layout: str, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled sample as ``nuclei segment`` reads its image (the file itself, any bit depth) and its
+    labels (int32, shape (H, W))."""
+    if layout == "kaggle":
+        return read_image(root / sample_id / "images" / f"{sample_id}.png"), read_kaggle_sample(root / sample_id)[1]
+    return (read_image(next((root / "images").glob(f"{sample_id}.*"))),
+            read_label_image(next((root / "labels").glob(f"{sample_id}.*"))))
 
 
 if __name__ == "__main__":
