@@ -97,6 +97,28 @@ def test_a_second_refinement_that_moves_the_estimate_further_than_the_first_is_n
     assert asked == pytest.approx([16.0, 20.0])
 
 
+@pytest.mark.parametrize(("prior", "measured", "expected", "searched"), [
+    (1000.0, None, 70.0, True),  # a few nuclei filling a small image: nothing under the cap confirmed
+    (1000.0, 19.0, 19.0, False),  # the canonical start confirmed: no search
+    (30.0, None, 30.0, False),  # a prior under the cap stays, confirmed or not
+])
+def test_when_nothing_under_the_cap_is_confirmed_the_search_estimate_is_taken(monkeypatch, prior, measured,
+                                                                              expected, searched):
+    """A 320-px crop of a 63x image holds 2-3 nuclei of 50-80 px: the whole crop's blob response
+    rises past the cap (80 px) with no peak under it, and the network confirms no start (fewer
+    than 3 nuclei). The canonical size found nothing there; the multi-scale search finds them."""
+    seg = grey_segmenter()
+    monkeypatch.setattr("pipeline.method.scale.strongest_blob",
+                        lambda d, r, max_diameter=None: prior if max_diameter is None or prior <= max_diameter
+                        else float("nan"))
+    monkeypatch.setattr(seg, "_measure", lambda image, diameter: measured)
+    calls: list[bool] = []
+    monkeypatch.setattr(seg, "_estimate_search", lambda image: calls.append(True) or 70.0)
+    image, _ = disc_image(40)
+    assert seg.estimate_diameter(seg.normalize(image)) == pytest.approx(expected)
+    assert bool(calls) == searched
+
+
 @pytest.mark.parametrize(("probes", "image_type", "expected"), [
     ({9: (9.0, 0.73), 18: (11.0, 0.75), 27: (28.0, 0.85)}, "histology", 28.0),  # vesicular: whole nuclei at 3x
     ({9: (9.0, 0.80), 18: (19.0, 0.85), 27: (30.0, 0.86)}, "histology", 9.0),  # not enough more confident: kept
