@@ -119,6 +119,28 @@ def test_when_nothing_under_the_cap_is_confirmed_the_search_estimate_is_taken(mo
     assert bool(calls) == searched
 
 
+@pytest.mark.parametrize(("peaks", "refined_confidence", "expected"), [
+    ([4.0, 8.0], 0.81, 15.5),  # 20x H&E: specks at 4 px, nuclei at 16; the larger peak refined and taken
+    ([4.0, 8.0], 0.70, 4.0),  # found less confidently than the prior: the prior stays
+    ([4.0, 5.0], 0.81, 4.0),  # no peak beyond sqrt(2) x the prior: nothing else is tried
+])
+def test_an_unconfirmed_prior_gives_way_to_a_larger_peak_the_network_confirms(monkeypatch, peaks, refined_confidence,
+                                                                             expected):
+    """The prior (texture specks) finds under 3 nuclei; the nuclei's own peak, nearly as strong,
+    refines 8 -> 11 -> 15.5 px and is confirmed: it replaces the unconfirmed prior when the network is
+    at least as confident there."""
+    seg = grey_segmenter()
+    monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 4.0)
+    monkeypatch.setattr("pipeline.method.scale.blob_peaks", lambda *a, **k: np.array(peaks))
+    answers = {4.0: None, 8.0: 11.0, 11.0: 15.5, 15.5: 15.6}
+    monkeypatch.setattr(seg, "_measure", lambda image, diameter: answers[round(diameter, 1)])
+    monkeypatch.setattr(seg, "_probe", lambda image, diameter: (answers[round(diameter, 1)],
+                                                                0.74 if diameter == 4.0 else refined_confidence))
+    image, _ = disc_image(16)
+    estimate = seg.estimate_diameter(seg.normalize(image), image_type="fluo-small")
+    assert estimate == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(("probes", "image_type", "expected"), [
     ({9: (9.0, 0.73), 18: (11.0, 0.75), 27: (28.0, 0.85)}, "histology", 28.0),  # vesicular: whole nuclei at 3x
     ({9: (9.0, 0.80), 18: (19.0, 0.85), 27: (30.0, 0.86)}, "histology", 9.0),  # not enough more confident: kept
