@@ -263,7 +263,8 @@ def test_auto_backend_falls_back_to_torch_without_onnxruntime(monkeypatch):
     model, cfg = tiny_unet()
     predictor = Predictor(model, cfg, precision="fp32", backend="auto")
     assert (predictor.backend, predictor.precision) == ("torch", "fp32")
-    np.testing.assert_allclose(predictor.predict(image((30, 30))), Predictor(model, cfg).predict(image((30, 30))))
+    np.testing.assert_allclose(predictor.predict(image((30, 30))),
+                               Predictor(model, cfg, precision="fp32").predict(image((30, 30))))
     with pytest.raises(NucleiError, match=r"^backend 'onnxruntime' needs onnx and onnxruntime: pip install "
                                           r"'nuclei-pipeline\[export\]'$"):
         backends.resolve_backend("onnxruntime", "cpu", "fp32")

@@ -119,16 +119,19 @@ def test_when_nothing_under_the_cap_is_confirmed_the_search_estimate_is_taken(mo
     assert bool(calls) == searched
 
 
-@pytest.mark.parametrize(("peaks", "refined_confidence", "expected"), [
-    ([4.0, 8.0], 0.81, 15.5),  # 20x H&E: specks at 4 px, nuclei at 16; the larger peak refined and taken
-    ([4.0, 8.0], 0.70, 4.0),  # found less confidently than the prior: the prior stays
-    ([4.0, 5.0], 0.81, 4.0),  # no peak beyond sqrt(2) x the prior: nothing else is tried
+@pytest.mark.parametrize(("peaks", "refined_confidence", "found_at_prior", "searched", "expected"), [
+    ([4.0, 8.0], 0.81, 2, 12.0, 15.5),  # 20x H&E: specks at 4 px, nuclei at 16; the larger peak refined and taken
+    ([4.0, 8.0], 0.70, 2, 12.0, 4.0),  # found less confidently than the prior: the prior stays
+    ([4.0, 5.0], 0.81, 2, 12.0, 4.0),  # no peak beyond sqrt(2) x the prior: the prior stays
+    ([4.0, 5.0], 0.81, 0, 12.0, 12.0),  # no nucleus at all at the prior: the search's answer
+    ([4.0, 5.0], 0.81, 0, None, 4.0),  # the search finds nothing either: the prior stays
 ])
 def test_an_unconfirmed_prior_gives_way_to_a_larger_peak_the_network_confirms(monkeypatch, peaks, refined_confidence,
-                                                                             expected):
+                                                                             found_at_prior, searched, expected):
     """The prior (texture specks) finds under 3 nuclei; the nuclei's own peak, nearly as strong,
     refines 8 -> 11 -> 15.5 px and is confirmed: it replaces the unconfirmed prior when the network is
-    at least as confident there."""
+    at least as confident there. Where the network finds no nucleus at all at the prior (haze around
+    a sparse field peaks at 3-5 times its few nuclei), the multi-scale search answers."""
     seg = grey_segmenter()
     monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 4.0)
     monkeypatch.setattr("pipeline.method.scale.blob_peaks", lambda *a, **k: np.array(peaks))
@@ -136,6 +139,8 @@ def test_an_unconfirmed_prior_gives_way_to_a_larger_peak_the_network_confirms(mo
     monkeypatch.setattr(seg, "_measure", lambda image, diameter: answers[round(diameter, 1)])
     monkeypatch.setattr(seg, "_probe", lambda image, diameter: (answers[round(diameter, 1)],
                                                                 0.74 if diameter == 4.0 else refined_confidence))
+    monkeypatch.setattr(seg, "_estimate_search", lambda image: searched)
+    monkeypatch.setattr(seg, "_search_pass", lambda image, scale: (np.full(found_at_prior, 4.0), 0.74))
     image, _ = disc_image(16)
     estimate = seg.estimate_diameter(seg.normalize(image), image_type="fluo-small")
     assert estimate == pytest.approx(expected)

@@ -75,7 +75,9 @@ class DiameterEstimator:
           a peak, and the network, shown them enlarged, confirms the spots); a prior the network
           does not confirm (under 3 nuclei found) gives way to a larger peak nearly as strong that
           it confirms at least as confidently (:meth:`_confident_peak`: the specks of 20x H&E
-          peak at a quarter of the nuclei's size); in stained images
+          peak at a quarter of the nuclei's size), and to ``'search'``'s answer when the network
+          finds no nucleus at all there (a sparse field whose haze peaks at 3-5 times its few
+          nuclei); in stained images
           nuclei 2 and 3 times larger are probed (:data:`LARGER_PROBES`) and taken where the
           network finds nuclei of that size more confidently (large pale nuclei, whose specks
           and rims the prior finds, give no peak of their own);
@@ -157,12 +159,15 @@ class DiameterEstimator:
             estimate, confirmed = self._refine(image, start, cap)
             if confirmed:
                 break
-        if not confirmed and not prior <= cap:  # a few nuclei filling a small image (a crop at 63x):
-            # their whole-image response has no peak under the cap and the network confirms no start
+        if not confirmed:  # the network finds under 3 nuclei at every start
+            if prior <= cap:  # in 20x H&E the texture's specks peak at a quarter of the nuclei's size,
+                # and the nuclei's own peak is nearly as strong
+                peak = self._confident_peak(image, scale_space, float(estimate), cap)
+                if peak != estimate or self._search_pass(image, scale_factor(estimate, self.diameter))[0].size:
+                    return peak  # a larger peak confirmed, or nuclei at the prior too few to confirm it
+            # no nucleus at all at the prior (haze around a sparse field peaks at 3-5 times its
+            # nuclei), or a few nuclei filling a small image (a crop at 63x: no peak under the cap)
             return self._estimate_search(image) or float(estimate)
-        if not confirmed:  # under 3 nuclei found at the prior: in 20x H&E the texture's specks peak
-            # at a quarter of the nuclei, and the nuclei's own peak is nearly as strong
-            return self._confident_peak(image, scale_space, float(estimate), cap)
         if confirmed:  # nuclei with bright spots inside: the spots' peak, confirmed, beside the nuclei's
             for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
                 if peak <= math.sqrt(2) * estimate:
