@@ -100,7 +100,7 @@ def test_a_second_refinement_that_moves_the_estimate_further_than_the_first_is_n
 @pytest.mark.parametrize(("prior", "measured", "expected", "searched"), [
     (1000.0, None, 70.0, True),  # a few nuclei filling a small image: nothing under the cap confirmed
     (1000.0, 19.0, 19.0, False),  # the canonical start confirmed: no search
-    (30.0, None, 30.0, False),  # a prior under the cap stays, confirmed or not
+    (30.0, None, 30.0, False),  # under the cap, nuclei found there but too few to confirm it: the prior stays
 ])
 def test_when_nothing_under_the_cap_is_confirmed_the_search_estimate_is_taken(monkeypatch, prior, measured,
                                                                               expected, searched):

@@ -168,13 +168,13 @@ class DiameterEstimator:
             # no nucleus at all at the prior (haze around a sparse field peaks at 3-5 times its
             # nuclei), or a few nuclei filling a small image (a crop at 63x: no peak under the cap)
             return self._estimate_search(image) or float(estimate)
-        if confirmed:  # nuclei with bright spots inside: the spots' peak, confirmed, beside the nuclei's
-            for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
-                if peak <= math.sqrt(2) * estimate:
-                    break
-                nested, nested_confirmed = self._refine(image, float(peak), cap)
-                if nested_confirmed and nested > math.sqrt(2) * estimate:
-                    return nested
+        # confirmed; nuclei with bright spots inside: the spots' peak, confirmed, beside the nuclei's
+        for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
+            if peak <= math.sqrt(2) * estimate:
+                break
+            nested, nested_confirmed = self._refine(image, float(peak), cap)
+            if nested_confirmed and nested > math.sqrt(2) * estimate:
+                return nested
         return float(estimate)
 
     def _confident_peak(self, image: np.ndarray, scale_space: tuple[np.ndarray, np.ndarray], estimate: float,
