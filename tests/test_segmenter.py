@@ -124,7 +124,7 @@ def test_when_nothing_under_the_cap_is_confirmed_the_search_estimate_is_taken(mo
     ([4.0, 8.0], 0.70, 2, 12.0, 4.0),  # found less confidently than the prior: the prior stays
     ([4.0, 5.0], 0.81, 2, 12.0, 4.0),  # no peak beyond sqrt(2) x the prior: the prior stays
     ([4.0, 5.0], 0.81, 0, 12.0, 12.0),  # no nucleus at all at the prior: the search's answer
-    ([4.0, 5.0], 0.81, 0, None, 4.0),  # the search finds nothing either: the prior stays
+    ([4.0, 5.0], 0.81, 0, None, CANONICAL),  # nor does the search anywhere: the canonical size, nothing enlarged
 ])
 def test_an_unconfirmed_prior_gives_way_to_a_larger_peak_the_network_confirms(monkeypatch, peaks, refined_confidence,
                                                                              found_at_prior, searched, expected):
@@ -144,6 +144,19 @@ def test_an_unconfirmed_prior_gives_way_to_a_larger_peak_the_network_confirms(mo
     image, _ = disc_image(16)
     estimate = seg.estimate_diameter(seg.normalize(image), image_type="fluo-small")
     assert estimate == pytest.approx(expected)
+
+
+def test_an_image_where_the_network_finds_no_nucleus_at_any_scale_is_not_enlarged(monkeypatch):
+    """An empty field (a screen's empty well: camera noise) gives a scale-space prior at the noise's
+    grain, about 3 px; enlarged ~6x for it, the field took 3 s and found nothing. When the network
+    finds no nucleus at the prior nor at any of the search's scales, the estimate is the canonical
+    diameter: the image is segmented as it is."""
+    seg = grey_segmenter()
+    asked: list[float] = []
+    monkeypatch.setattr(seg, "_search_pass", lambda image, scale: asked.append(scale) or (np.zeros(0), 0.5))
+    noise = np.random.default_rng(0).normal(10, 3, (256, 256, 3)).clip(0, 255).astype(np.uint8)
+    assert seg.estimate_diameter(seg.normalize(noise)) == pytest.approx(CANONICAL)
+    assert len(asked) > 1  # the prior, then the search's scales
 
 
 @pytest.mark.parametrize(("probes", "image_type", "expected"), [

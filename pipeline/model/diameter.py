@@ -55,7 +55,7 @@ class DiameterEstimator:
     def estimate_diameter(self, image: np.ndarray, method: str | None = None,
                           image_type: str | None = None) -> float | None:
         """Median nucleus diameter of a normalised image, in its pixels (None: the model has no
-        canonical diameter, no nucleus was found, or the image is bright-field).
+        canonical diameter, ``'search'`` found no nucleus, or the image is bright-field).
 
         ``image_type`` is :func:`pipeline.method.image_types.image_type_of` the image (computed when not given). Bright-field
         images are not estimated: their contrast comes from whole cells, so the scale-space prior
@@ -77,7 +77,8 @@ class DiameterEstimator:
           it confirms at least as confidently (:meth:`_confident_peak`: the specks of 20x H&E
           peak at a quarter of the nuclei's size), and to ``'search'``'s answer when the network
           finds no nucleus at all there (a sparse field whose haze peaks at 3-5 times its few
-          nuclei); in stained images
+          nuclei), and the canonical diameter when the search finds none either (an empty
+          field is not enlarged for its noise's grain); in stained images
           nuclei 2 and 3 times larger are probed (:data:`LARGER_PROBES`) and taken where the
           network finds nuclei of that size more confidently (large pale nuclei, whose specks
           and rims the prior finds, give no peak of their own);
@@ -167,7 +168,7 @@ class DiameterEstimator:
                     return peak  # a larger peak confirmed, or nuclei at the prior too few to confirm it
             # no nucleus at all at the prior (haze around a sparse field peaks at 3-5 times its
             # nuclei), or a few nuclei filling a small image (a crop at 63x: no peak under the cap)
-            return self._estimate_search(image) or float(estimate)
+            return self._estimate_search(image) or min(self.diameter, cap)  # no nucleus at any scale: none enlarged
         # confirmed; nuclei with bright spots inside: the spots' peak, confirmed, beside the nuclei's
         for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
             if peak <= math.sqrt(2) * estimate:
