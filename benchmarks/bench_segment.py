@@ -27,6 +27,8 @@ Usage::
    images minus the first, divided by four) against one fp32 forward pass of the same plain U-Net,
    median of ``--repeats`` such ratios (:func:`costly_ratio`; ``benchmarks/bench_backends.py``
    prints it per inference backend).
+6. An empty field (a screen's empty well): 1024×1024 of dark camera noise (:func:`empty_field`),
+   timed as the costly case; the nuclei found (none expected) and the scale it was segmented at.
 """
 
 from __future__ import annotations
@@ -188,9 +190,21 @@ def main() -> int:
               f"{per_image / reference:.2f}x (goal 2x)")
     else:
         print(f"\ncostly case skipped: {args.stage1} not found")
+    segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
+    empty = empty_field()
+    per_image, reference, scale = costly_ratio(segmenter, empty, args.repeats)
+    print(f"\nempty field: Segmenter.segment of 1024x1024 dark camera noise (scale {scale:.2f}, "
+          f"{segmenter.segment(empty).labels.max()} nuclei found) {per_image:.2f} s per image; plain w16 d4 "
+          f"U-Net at 1024x1024 {reference:.2f} s: {per_image / reference:.2f}x")
     if args.large:
         large(args.large, model_dir)
     return 0
+
+
+def empty_field(side: int = 1024, seed: int = 0) -> np.ndarray:
+    """An empty field: uint8 (side, side, 3) camera noise, grey level 10 ± 3 (a dark well with no
+    cell)."""
+    return np.random.default_rng(seed).normal(10, 3, (side, side, 3)).clip(0, 255).astype(np.uint8)
 
 
 def fluo_small_mosaic(side: int = 1024) -> np.ndarray:
