@@ -163,8 +163,9 @@ class DiameterEstimator:
         if not confirmed:  # the network finds under 3 nuclei at every start
             if prior <= cap:  # in 20x H&E the texture's specks peak at a quarter of the nuclei's size,
                 # and the nuclei's own peak is nearly as strong
-                peak = self._confident_peak(image, scale_space, float(estimate), cap)
-                if peak != estimate or self._search_pass(image, scale_factor(estimate, self.diameter))[0].size:
+                found, confidence = self._search_pass(image, scale_factor(estimate, self.diameter))
+                peak = self._confident_peak(image, scale_space, float(estimate), cap, confidence)
+                if peak != estimate or found.size:
                     return peak  # a larger peak confirmed, or nuclei at the prior too few to confirm it
             # no nucleus at all at the prior (haze around a sparse field peaks at 3-5 times its
             # nuclei), or a few nuclei filling a small image (a crop at 63x: no peak under the cap)
@@ -179,20 +180,18 @@ class DiameterEstimator:
         return float(estimate)
 
     def _confident_peak(self, image: np.ndarray, scale_space: tuple[np.ndarray, np.ndarray], estimate: float,
-                        cap: float) -> float:
-        """For an estimate the network did not confirm: the refinement of a larger scale-space peak
-        nearly as strong (:data:`NESTED_RESPONSE`, over ``√2 · estimate``, under ``cap``) that the
-        network confirms (3 nuclei or more) and finds at least as confidently as the estimate, the
-        largest such; else ``estimate``."""
+                        cap: float, confidence: float) -> float:
+        """For an estimate the network did not confirm (its ``confidence`` there): the refinement of a
+        larger scale-space peak nearly as strong (:data:`NESTED_RESPONSE`, over ``√2 · estimate``,
+        under ``cap``) that the network confirms (3 nuclei or more) and finds at least as
+        confidently, the largest such; else ``estimate``."""
         from pipeline.method.scale import blob_peaks
 
-        larger = [float(p) for p in blob_peaks(*scale_space, NESTED_RESPONSE, cap) if p > math.sqrt(2) * estimate]
-        if not larger:
-            return estimate
-        _, base_confidence = self._probe(image, estimate)
-        for peak in larger[::-1]:
-            refined, confirmed = self._refine(image, peak, cap)
-            if confirmed and self._probe(image, refined)[1] >= base_confidence:
+        for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
+            if peak <= math.sqrt(2) * estimate:
+                break
+            refined, confirmed = self._refine(image, float(peak), cap)
+            if confirmed and self._probe(image, refined)[1] >= confidence:
                 return refined
         return estimate
 
