@@ -180,8 +180,8 @@ def main() -> int:
     )
     dense()
     envelope(model_dir, settings, args.repeats)
+    segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
     if args.stage1.is_dir():
-        segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
         mosaic, _ = costly_mosaic(args.stage1)
         per_image, reference, scale = costly_ratio(segmenter, mosaic, args.repeats)
         print(f"\ncostly case: Segmenter.segment of the 4x4 mosaic of dark 256x256 stage1_train tiles with 20-80 nuclei "
@@ -190,7 +190,6 @@ def main() -> int:
               f"{per_image / reference:.2f}x (goal 2x)")
     else:
         print(f"\ncostly case skipped: {args.stage1} not found")
-    segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
     empty = empty_field()
     per_image, reference, scale = costly_ratio(segmenter, empty, args.repeats)
     print(f"\nempty field: Segmenter.segment of 1024x1024 dark camera noise (scale {scale:.2f}, "

@@ -74,7 +74,7 @@ class DiameterEstimator:
           and taken when the network confirms it (the bright spots inside nuclei give such
           a peak, and the network, shown them enlarged, confirms the spots); a prior the network
           does not confirm (under 3 nuclei found) gives way to a larger peak nearly as strong that
-          it confirms at least as confidently (:meth:`_confident_peak`: the specks of 20x H&E
+          it confirms at least as confidently (:meth:`_larger_peak`: the specks of 20x H&E
           peak at a quarter of the nuclei's size), and to ``'search'``'s answer when the network
           finds no nucleus at all there (a sparse field whose haze peaks at 3-5 times its few
           nuclei), and the canonical diameter when the search finds none either (an empty
@@ -145,7 +145,7 @@ class DiameterEstimator:
         return float(best)
 
     def _estimate_blob(self, image: np.ndarray, dark: bool | None = None) -> float | None:
-        from pipeline.method.scale import blob_peaks, blob_scale_space, strongest_blob
+        from pipeline.method.scale import blob_scale_space, strongest_blob
 
         cap = largest_diameter(image.shape)
         scale_space = blob_scale_space(image, dark=dark)  # stained images: dark nuclei, whatever their grey levels
@@ -164,34 +164,32 @@ class DiameterEstimator:
             if prior <= cap:  # in 20x H&E the texture's specks peak at a quarter of the nuclei's size,
                 # and the nuclei's own peak is nearly as strong
                 found, confidence = self._search_pass(image, scale_factor(estimate, self.diameter))
-                peak = self._confident_peak(image, scale_space, float(estimate), cap, confidence)
+                peak = self._larger_peak(image, scale_space, float(estimate), cap,
+                                         lambda refined: self._probe(image, refined)[1] >= confidence)
                 if peak != estimate or found.size:
                     return peak  # a larger peak confirmed, or nuclei at the prior too few to confirm it
             # no nucleus at all at the prior (haze around a sparse field peaks at 3-5 times its
             # nuclei), or a few nuclei filling a small image (a crop at 63x: no peak under the cap)
             return self._estimate_search(image) or min(self.diameter, cap)  # no nucleus at any scale: none enlarged
         # confirmed; nuclei with bright spots inside: the spots' peak, confirmed, beside the nuclei's
-        for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
-            if peak <= math.sqrt(2) * estimate:
-                break
-            nested, nested_confirmed = self._refine(image, float(peak), cap)
-            if nested_confirmed and nested > math.sqrt(2) * estimate:
-                return nested
-        return float(estimate)
+        return self._larger_peak(image, scale_space, float(estimate), cap,
+                                 lambda refined: refined > math.sqrt(2) * estimate)
 
-    def _confident_peak(self, image: np.ndarray, scale_space: tuple[np.ndarray, np.ndarray], estimate: float,
-                        cap: float, confidence: float) -> float:
-        """For an estimate the network did not confirm (its ``confidence`` there): the refinement of a
-        larger scale-space peak nearly as strong (:data:`NESTED_RESPONSE`, over ``√2 · estimate``,
-        under ``cap``) that the network confirms (3 nuclei or more) and finds at least as
-        confidently, the largest such; else ``estimate``."""
+    def _larger_peak(self, image: np.ndarray, scale_space: tuple[np.ndarray, np.ndarray], estimate: float,
+                     cap: float, accept) -> float:
+        """The refinement of the largest scale-space peak nearly as strong as the strongest
+        (:data:`NESTED_RESPONSE`, over ``√2 · estimate``, under ``cap``) that the network confirms
+        (3 nuclei or more) and ``accept(refined)`` takes; else ``estimate``. For a confirmed estimate
+        the refinement must stay over ``√2 · estimate`` (bright spots inside nuclei); for one the network
+        did not confirm, it must be found at least as confidently (20x H&E specks,
+        :meth:`_estimate_blob`)."""
         from pipeline.method.scale import blob_peaks
 
         for peak in blob_peaks(*scale_space, NESTED_RESPONSE, cap)[::-1]:
             if peak <= math.sqrt(2) * estimate:
                 break
             refined, confirmed = self._refine(image, float(peak), cap)
-            if confirmed and self._probe(image, refined)[1] >= confidence:
+            if confirmed and accept(refined):
                 return refined
         return estimate
 
