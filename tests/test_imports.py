@@ -18,7 +18,7 @@ from .import_graph import PACKAGE, import_graph
 
 #: Folder (or top-level module) of ``pipeline`` → its floor (docs/ARCHITECTURE.md, "Floors").
 FLOORS = {
-    "__init__": 0, "errors": 0, "progress": 0, "shipped": 0,
+    "__init__": 0, "arguments": 0, "errors": 0, "progress": 0, "shipped": 0,
     "config": 1,
     "files": 2, "method": 2,
     "data": 3,

@@ -127,8 +127,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["pack", "unpack", str(tmp_path / "junk.tar"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "junk.tar: not a packed training set" in err
-    assert main(["pack", "pack", str(tmp_path), str(tmp_path / "x.tar"), "--part-mib", "0"]) == 2  # usage
-    assert capsys.readouterr().err == "nuclei: error: --part-mib must be a positive number, got 0.0\n"
-    assert main(["pack", "pack", str(tmp_path), str(tmp_path / "x.tar"), "--jpeg", "0"]) == 2
-    assert capsys.readouterr().err == "nuclei: error: --jpeg must be a quality from 1 to 100, got 0\n"
+    for option, value, expected in (("--part-mib", "0", "0: expected a number above 0"),
+                                    ("--jpeg", "0", "0: expected a whole number from 1 to 100")):
+        with pytest.raises(SystemExit) as exit_:  # argparse's usage error, before any work
+            main(["pack", "pack", str(tmp_path), str(tmp_path / "x.tar"), option, value])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.endswith(f"error: argument {option}: {expected}\n")
     assert not (tmp_path / "out" / "index.csv").exists()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.arguments import POSITIVE
 from pipeline.batch.outlines import FORMATS, export_path, parse_formats, write_export
 from pipeline.batch.output_folder import COUNTS_CSV, LABELS
 from pipeline.errors import NucleiError, one_line
@@ -207,15 +208,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images", nargs="+", default=(), metavar="IMAGE",
         help="the images (files and/or folders), paired by name: <name>.png for <name>.tif, <name>_masks.png, ...",
     )  # fmt: skip
-    parser.add_argument("--pixel-size", type=float, metavar="UM", help="pixel side in µm (adds µm measurements)")
+    parser.add_argument("--pixel-size", type=POSITIVE, metavar="UM", help="pixel side in µm (adds µm measurements)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``nuclei export``; 0 = all exported, 1 = some failed, 2 = usage error."""
     start = time.perf_counter()
-    if args.pixel_size is not None and not args.pixel_size > 0:
-        print(f"nuclei: error: --pixel-size must be a positive number of µm, got {args.pixel_size}", file=sys.stderr)
-        return 2
     try:
         done = export_labels(args.labels, args.out, args.to, args.images, args.pixel_size)
     except NucleiError as exc:

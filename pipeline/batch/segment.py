@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import signal
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.arguments import POSITIVE, number
 from pipeline.batch.lock import folder_lock
 from pipeline.batch.one_file import finish_batch, segment_file, warn
 from pipeline.batch.outlines import FORMATS, parse_formats
@@ -284,16 +284,6 @@ def _find_inputs(inputs: list[str | Path], outdir: Path, recursive: bool) -> lis
 # --------------------------------------------------------------------------- command line
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
 _EPILOG = """\
 writes OUTDIR/labels/<name>.tif (uint16 labels; uint32 beyond 65535), OUTDIR/overlays/<name>.png,
 OUTDIR/nuclei.csv, OUTDIR/counts.csv, OUTDIR/columns.csv (units) and OUTDIR/report.html; <name> is the
@@ -321,10 +311,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (GPU if present)")
     parser.add_argument(
-        "--pixel-size", type=_positive, metavar="UM", help="pixel side in µm (adds µm columns)"
+        "--pixel-size", type=POSITIVE, metavar="UM", help="pixel side in µm (adds µm columns)"
     )
     parser.add_argument(
-        "--diameter", type=_positive, metavar="PX",
+        "--diameter", type=POSITIVE, metavar="PX",
         help="median nucleus diameter in px (default: estimated per image)",
     )
     parser.add_argument(
@@ -366,7 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "output folder and inputs must be visible to every worker (docs/scale-out.md)",
     )
     parser.add_argument(
-        "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
+        "--workers", type=number(integer=True, at_least=1), metavar="N", help="start a local Dask cluster of N worker processes"
     )
     add_measure_arguments(parser)
     add_stack_arguments(parser)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import NucleiError, UsageError
+from pipeline.arguments import POSITIVE, number
+from pipeline.errors import NucleiError
 from pipeline.files.io import atomic_path, load_npz, save_npz
 from pipeline.progress import progress
 
@@ -218,9 +219,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pack", help="prepared folder -> archive (or parts)")
     p.add_argument("prepared", type=Path)
     p.add_argument("archive", type=Path)
-    p.add_argument("--part-mib", type=float, default=None,
+    p.add_argument("--part-mib", type=POSITIVE, default=None,
                    help="split into parts of at most this many MiB (<stem>.<k>-of-<n>.tar) when larger")
-    p.add_argument("--jpeg", type=int, default=None, metavar="QUALITY",
+    p.add_argument("--jpeg", type=number(integer=True, at_least=1, at_most=100), default=None, metavar="QUALITY",
                    help="store the images as JPEG of this quality, 1-100 (lossy; labels stay lossless)")
     u = sub.add_parser("unpack", help="archives (or parts, in order) -> prepared folder")
     u.add_argument("archives", type=Path, nargs="+")
@@ -230,10 +231,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """``nuclei pack pack|unpack``."""
     if args.action == "pack":
-        if args.part_mib is not None and not args.part_mib > 0:
-            raise UsageError(f"--part-mib must be a positive number, got {args.part_mib}")
-        if args.jpeg is not None and not 1 <= args.jpeg <= 100:
-            raise UsageError(f"--jpeg must be a quality from 1 to 100, got {args.jpeg}")
         for name in pack_prepared(args.prepared, args.archive,
                                   None if args.part_mib is None else int(args.part_mib * 2**20), args.jpeg):
             print(f"{name}: {name.stat().st_size / 2**20:.1f} MiB")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.arguments import number
 from pipeline.config.params import load_config
 from pipeline.errors import NucleiError
 from pipeline.method.grid_search import BALANCE_COLUMNS, best_setting, grid_search
@@ -112,17 +113,7 @@ def write_params(path: str | Path, values: dict[str, Any]) -> None:
     write_text(path, new)
 
 
-def _threshold_or_none(text: str) -> float | None:
-    """A command-line threshold in [0, 1], or 'none'."""
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'none'") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
-    return value
+UNIT = number(at_least=0, at_most=1)  # a threshold or fraction
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,25 +123,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="more parameters files whose validation predictions are pooled with those of "
                              "--params: the other folds of a cross-validation, each with its data.val_fold "
                              "and predict.out, so that one set of thresholds is tuned on all of them")
-    parser.add_argument("--marker", type=float, nargs="+", default=GRID["marker_threshold"],
+    parser.add_argument("--marker", type=UNIT, nargs="+", default=GRID["marker_threshold"],
                         help="marker thresholds to try (default: %(default)s)")
-    parser.add_argument("--mask", type=float, nargs="+", default=GRID["mask_threshold"],
+    parser.add_argument("--mask", type=UNIT, nargs="+", default=GRID["mask_threshold"],
                         help="mask thresholds to try (default: %(default)s)")
     parser.add_argument("--flood", nargs="+", choices=("probability", "distance"), default=GRID["flood"],
                         help="flood reliefs to try (default: both)")
-    parser.add_argument("--relative", type=float, nargs="+", default=GRID["min_relative_size"],
+    parser.add_argument("--relative", type=UNIT, nargs="+", default=GRID["min_relative_size"],
                         help="min_relative_size values to try: nuclei smaller than this fraction of the "
                              "image's median nucleus are removed (default: %(default)s)")
-    parser.add_argument("--object", type=float, nargs="+", default=None,
+    parser.add_argument("--object", type=UNIT, nargs="+", default=None,
                         help="object_threshold values to try: nuclei whose highest P(mask - border) is "
                              "below it are removed (default: the current value)")
-    parser.add_argument("--stained-object", type=float, nargs="+", default=None,
+    parser.add_argument("--stained-object", type=UNIT, nargs="+", default=None,
                         help="stained_object_threshold values to try: the object threshold of stained "
                              "(colour, e.g. H&E) images (default: the current value)")
-    parser.add_argument("--stained-mask", type=float, nargs="+", default=None,
+    parser.add_argument("--stained-mask", type=UNIT, nargs="+", default=None,
                         help="stained_mask_threshold values to try: the mask threshold of stained "
                              "images (default: the current value)")
-    parser.add_argument("--dense-mask", type=_threshold_or_none, nargs="+", default=None,
+    parser.add_argument("--dense-mask", type=number(at_least=0, at_most=1, none=True), nargs="+", default=None,
                         help="dense_mask_threshold values to try ('none': a fixed mask threshold): the "
                              "lowest the mask threshold of unstained images goes as their nucleus "
                              "fraction grows (default: the current value)")
@@ -159,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--balance", choices=tuple(BALANCE_COLUMNS), default="image",
                         help="objective: mean over images, over experiments (acquisition groups) or over "
                              "labelled sources (default: %(default)s)")
-    parser.add_argument("--top", type=int, default=10, help="rows of the table to print (default: %(default)s)")
+    parser.add_argument("--top", type=number(integer=True, at_least=1), default=10, help="rows of the table to print (default: %(default)s)")
 
 
 def validation_samples(config, by: str | None = "group") -> tuple[

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.arguments import number
 from pipeline.config.model_folder import ModelDirConfig
 from pipeline.errors import NucleiError, before_work
 from pipeline.shipped import model_folder
@@ -632,14 +633,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of their labels: <name>.tif (as `nuclei segment` writes), <name>_masks.tif or PNG")
     parser.add_argument("-o", "--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     parser.add_argument("--model", default=None, help="model to start from (default: the shipped model)")
-    parser.add_argument("--minutes", type=parse_minutes, default=None, metavar="M",
+    parser.add_argument("--minutes", type=number(above=0, at_most=MAX_MINUTES), default=None, metavar="M",
                         help=f"time bound of the whole command, reading included (default: {DEFAULT_MINUTES:g}; "
                              f"above 0, at most {MAX_MINUTES:g}): the work is planned to end in time (fewer "
                              "checkpoints, no guard check images, no held-out validation, no training, in this "
                              "order, when time is short); starting, reading the images and the model and timing "
                              "two training steps are not cut (10-30 s on 2 cores)")
     parser.add_argument("--force", action="store_true", help="replace a model already in MODEL_DIR")
-    parser.add_argument("--max-forgetting", type=parse_max_forgetting, default=FORGET_TOLERANCE, metavar="D|none",
+    parser.add_argument("--max-forgetting", type=number(at_least=0, none=True), default=FORGET_TOLERANCE, metavar="D|none",
                         help="largest DSB2018 drop allowed on the base model's kind of images (default: %(default)s; "
                              "none: no bound, the most for your images)")
     parser.add_argument("--guard", default="auto", type=parse_guard, metavar="DIR|none",
@@ -649,31 +650,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
 
 
-def parse_minutes(text: str) -> float:
-    """``--minutes``: a number above 0 and at most :data:`MAX_MINUTES`."""
-    try:
-        return check_minutes(text)
-    except NucleiError:
-        raise argparse.ArgumentTypeError(f"{text}: expected a number of minutes above 0 and at most "
-                                         f"{MAX_MINUTES:g}") from None
-
-
 def parse_guard(text: str) -> str | None:
     """``--guard``: a folder, 'auto' (the shipped guard) or 'none'."""
     return None if text.lower() == "none" else text
-
-
-def parse_max_forgetting(text: str) -> float | None:
-    """``--max-forgetting``: a non-negative number, or 'none'."""
-    if text.lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text}: expected a number >= 0 or 'none'")
-    return value
 
 
 def main(args: argparse.Namespace) -> int:

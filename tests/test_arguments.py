@@ -1,0 +1,58 @@
+"""Number options: one checker (`pipeline.arguments.number`) and one wording in every command."""
+
+import argparse
+
+import pytest
+
+from pipeline.arguments import POSITIVE, number
+from pipeline.cli import main
+
+
+@pytest.mark.parametrize(("kind", "text", "value"), [
+    (POSITIVE, "2.5", 2.5),
+    (POSITIVE, "1e-3", 0.001),
+    (number(at_least=0, none=True), "0", 0.0),
+    (number(at_least=0, none=True), "None", None),
+    (number(at_least=0, at_most=1, none=True), "null", None),
+    (number(at_least=0, at_most=1), "1", 1.0),
+    (number(integer=True, at_least=1, at_most=100), "100", 100),
+])
+def test_numbers_within_their_bounds_are_read(kind, text, value):
+    assert kind(text) == value and type(kind(text)) is type(value)
+
+
+@pytest.mark.parametrize(("kind", "text", "message"), [
+    (POSITIVE, "0", "0: expected a number above 0"),
+    (POSITIVE, "-2", "-2: expected a number above 0"),
+    (POSITIVE, "nan", "nan: expected a number above 0"),
+    (POSITIVE, "inf", "inf: expected a number above 0"),
+    (POSITIVE, "twenty", "twenty: expected a number above 0"),
+    (POSITIVE, "none", "none: expected a number above 0"),  # 'none' only where it means something
+    (number(at_least=0, none=True), "-1", "-1: expected a number >= 0 or 'none'"),
+    (number(at_least=0, at_most=1), "1.5", "1.5: expected a number from 0 to 1"),
+    (number(integer=True, at_least=1), "2.5", "2.5: expected a whole number >= 1"),
+    (number(integer=True, at_least=1, at_most=100), "0", "0: expected a whole number from 1 to 100"),
+])
+def test_a_number_out_of_bounds_says_what_was_expected(kind, text, message):
+    with pytest.raises(argparse.ArgumentTypeError) as error:
+        kind(text)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["segment", "in", "-o", "out", "--diameter", "0"], "argument --diameter: 0: expected a number above 0"),
+    (["segment", "in", "-o", "out", "--workers", "0"], "argument --workers: 0: expected a whole number >= 1"),
+    (["export", "labels", "-o", "out", "--pixel-size", "-1"],
+     "argument --pixel-size: -1: expected a number above 0"),
+    (["tune", "--marker", "0.7", "1.5"], "argument --marker: 1.5: expected a number from 0 to 1"),
+    (["tune", "--dense-mask", "none", "2"], "argument --dense-mask: 2: expected a number from 0 to 1 or 'none'"),
+    (["pack", "pack", "a", "b.tar", "--part-mib", "-5"], "argument --part-mib: -5: expected a number above 0"),
+])
+def test_commands_reject_a_bad_number_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"error: {message}") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
