@@ -25,9 +25,10 @@ and counting error are printed per source too. Conditions, applied to the image 
   they are. The
   brown follows the true outlines, so this measures whether brown nuclei are found (AP@0.5,
   counts) more than how well they are outlined;
-- ``pale``: large pale nuclei with textured chromatin, as in breast carcinoma at 40× (:func:`large_pale_nuclei`):
-  a stained crop zoomed ×1.5–2 and each nucleus's mean optical density brought 70 % of the way to
-  the level around it, its chromatin texture kept; other images are left as they are;
+- ``pale``: large pale vesicular nuclei with textured chromatin, as in breast carcinoma at 40×
+  (:func:`large_pale_nuclei`): a stained crop zoomed ×1.5–2 and the inside of each nucleus brought
+  70 % of the way to the optical density around it, its rim (the outer fifth of its radius) and
+  chromatin texture kept; other images are left as they are;
 - ``blue``: a grey image (fluorescence, bright-field) recorded in colour, its grey level in the
   blue channel alone (Hoechst, DAPI); stained images are left as they are;
 - ``tint``: every image through a colour camera whose white balance is off under a halogen lamp
@@ -198,8 +199,9 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
 def large_pale_nuclei(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Large pale nuclei, as in breast carcinoma at 40×, made from a stained uint8 (H, W, 3) crop and
     its int32 labels: the crop zoomed ×1.5–2 (:data:`PALE`, centre kept, same size), then
-    :func:`pipeline.training.augment.pale_nuclei` with ``PALE['keep']``: each nucleus's mean
-    optical density brought most of the way to the level around it, its chromatin texture kept."""
+    :func:`pipeline.training.augment.pale_nuclei` with ``PALE['keep']``: the inside of each
+    nucleus brought most of the way to the optical density around it, its rim and chromatin
+    texture kept."""
     from pipeline.training.augment import pale_nuclei
 
     h, w = labels.shape

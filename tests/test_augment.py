@@ -345,30 +345,34 @@ def test_dab_turns_some_stained_nuclei_brown_and_fades_eosin():
     assert all(np.array_equal(t, s) for t, s in zip(targets, sample[1:], strict=True))
 
 
-def test_pale_makes_stained_nuclei_pale_keeping_their_texture():
-    """``augment.pale``: each stained nucleus's mean optical density is brought towards its
-    surroundings' (a share ``keep`` of the excess stays), the texture inside it kept, nothing
-    made lighter than the surroundings; grey crops are left alone; off by default, and drawing
-    nothing while off, so the shipped recipe's crops are unchanged."""
+def test_pale_makes_stained_nuclei_pale_and_vesicular_keeping_their_rim_and_texture():
+    """``augment.pale``: inside each stained nucleus the optical density is brought towards its
+    surroundings' (a share ``keep`` of the mean excess stays), the texture kept; its rim (the outer
+    ``PALE_RIM`` of its radius) is left as it is, so the nucleus stays outlined, as a vesicular one is;
+    nothing made lighter than the surroundings; grey crops are left alone; off by default, and
+    drawing nothing while off, so the shipped recipe's crops are unchanged."""
     import cv2
 
     from pipeline.config.params import AugmentConfig
-    from pipeline.training.augment import acquisition_shift, pale_nuclei
+    from pipeline.training.augment import PALE_RIM, acquisition_shift, pale_nuclei
 
-    assert AugmentConfig().pale is False
+    assert AugmentConfig().pale is False and PALE_RIM == 0.2
     yy, xx = np.mgrid[:96, :128]
-    mask = np.zeros((96, 128), np.uint8)
+    centre = np.full((96, 128), np.inf)
     for k in range(8):
-        mask[(yy - 24 - 48 * (k // 4)) ** 2 + (xx - 16 - 32 * (k % 4)) ** 2 < 10**2] = 1
+        centre = np.minimum(centre, np.hypot(yy - 24 - 48 * (k // 4), xx - 16 - 32 * (k % 4)))
+    mask = (centre < 10).astype(np.uint8)  # eight discs of radius 10 px
     grain = np.random.default_rng(0).normal(0, 0.06, mask.shape)
     he = np.where(mask[..., None] > 0, np.array([0.35, 0.2, 0.55]) + grain[..., None],
                   [0.92, 0.75, 0.85]).clip(0.01, 1).astype(np.float32)
     _, labels = cv2.connectedComponents(mask, connectivity=4)
-    inner = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+    core, rim = centre < 5.5, (centre >= 8.5) & (centre < 10)  # depth > 0.4 r; depth < 0.15 r
     od = [-np.log(x.clip(1 / 255)).mean(-1) for x in (he, pale_nuclei(he, labels, 0.3))]
     around = np.median(od[0][mask == 0])
-    assert np.mean(od[1][inner]) - around == pytest.approx(0.3 * (np.mean(od[0][inner]) - around), rel=0.1)
-    assert np.std(od[1][inner]) == pytest.approx(np.std(od[0][inner]), rel=0.1)  # texture kept
+    assert np.mean(od[1][core]) - around == pytest.approx(0.3 * (np.mean(od[0][core]) - around), rel=0.1)
+    assert np.std(od[1][core]) == pytest.approx(np.std(od[0][core]), rel=0.1)  # texture kept
+    np.testing.assert_allclose(od[1][rim], od[0][rim], atol=1e-5)  # the rim outlines it still
+    np.testing.assert_allclose(od[1][mask == 0], od[0][mask == 0], atol=1e-5)  # outside: untouched
     assert od[1].min() >= min(od[0].min(), around) - 1e-5  # no halo
     grey = np.repeat(he.mean(axis=-1, keepdims=True), 3, axis=-1)
     np.testing.assert_array_equal(acquisition_shift(grey, mask, np.random.default_rng(0), {"pale": 1.0}), grey)
