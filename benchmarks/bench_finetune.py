@@ -33,11 +33,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.arguments import number  # noqa: E402
 from pipeline.files.io import read_image, read_labels  # noqa: E402
 from pipeline.method.metrics import image_metrics  # noqa: E402
 from pipeline.method.scale import median_diameter  # noqa: E402
 from pipeline.model.segmenter import Segmenter  # noqa: E402
-from pipeline.training.finetune import finetune, parse_max_forgetting  # noqa: E402
+from pipeline.training.finetune import finetune  # noqa: E402
 from pipeline.training.guard import guard_ids  # noqa: E402
 
 #: DSB2018 stage1_train beside the checkout: the images of its held-out evaluation set.
@@ -120,7 +121,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--guard-ablation", type=int, nargs="*", default=[], metavar="N",
                         help="also fine-tune on N images without the forgetting guard")
-    parser.add_argument("--max-forgetting", default="0.03", help="as nuclei finetune's (a number or 'none')")
+    parser.add_argument("--max-forgetting", type=number(at_least=0, none=True), default=0.03,
+                        help="as nuclei finetune's (a number or 'none')")
     parser.add_argument("--unbounded", type=int, nargs="*", default=[], metavar="N",
                         help="also fine-tune on N images with no bound on forgetting")
     parser.add_argument("--base", type=Path, default=ROOT / "pipeline" / "shipped" / "model",
@@ -148,7 +150,7 @@ def main() -> int:
     rows = [{"model": "base", "images": 0, **{f"est_{k}": v for k, v in score(base, test, False).items()},
              **{f"exact_{k}": v for k, v in score(base, test, True).items()},
              "dsb2018": score(base, dsb, True)["dsb"] if dsb else np.nan}]
-    bound = parse_max_forgetting(args.max_forgetting)
+    bound = args.max_forgetting
     runs = ([(n, "auto", bound, "") for n in args.sizes] + [(n, None, None, "-noguard") for n in args.guard_ablation]
             + [(n, "auto", None, "-unbounded") for n in args.unbounded])
     for n, guard, max_forgetting, suffix in runs:

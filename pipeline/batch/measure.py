@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.arguments import POSITIVE
 from pipeline.batch.lock import folder_lock
 from pipeline.batch.one_file import SLIDE_PIXELS, finish_batch, label_index, measure_file, warn
 from pipeline.batch.outlines import parse_formats
@@ -130,14 +131,12 @@ exit status: 0 every image measured, 1 some failed (see counts.csv), 2 usage err
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nuclei measure``."""
-    from pipeline.batch.segment import _positive
-
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("--labels", required=True, type=Path, metavar="DIR", help="the folder of label images")
     parser.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    parser.add_argument("--pixel-size", type=_positive, metavar="UM", help="pixel side in µm (adds µm columns)")
+    parser.add_argument("--pixel-size", type=POSITIVE, metavar="UM", help="pixel side in µm (adds µm columns)")
     parser.add_argument("--channel", choices=tuple(COLOUR_CHANNELS), help="measure this colour channel alone")
     parser.add_argument("--export", type=parse_formats, default=(), metavar="FORMATS",
                         help="also write the outlines: geojson (QuPath), imagej (Fiji), or geojson,imagej")
