@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import math
 import os
 import shutil
 import sys
@@ -452,15 +451,16 @@ def plan_time(left: float, folds: int, t_step: float, t_run: float, held_cost: f
                     "is the base model with your images' nucleus diameter")
 
 
+#: ``--minutes``: above 0 and at most :data:`MAX_MINUTES` (the argparse type; :func:`check_minutes` for Python callers).
+MINUTES = number(above=0, at_most=MAX_MINUTES)
+
+
 def check_minutes(minutes) -> float:
-    """``minutes`` as a float in (0, :data:`MAX_MINUTES`]; a one-line NucleiError otherwise."""
+    """``minutes`` as a float in (0, :data:`MAX_MINUTES`] (:data:`MINUTES`); a one-line NucleiError otherwise."""
     try:
-        value = float(minutes)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not (math.isfinite(value) and 0 < value <= MAX_MINUTES):
-        raise NucleiError(f"--minutes {minutes}: expected a number of minutes above 0 and at most {MAX_MINUTES:g}")
-    return value
+        return MINUTES(str(float(minutes)))
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise NucleiError(f"--minutes {minutes}: expected {MINUTES.__name__}") from None
 
 
 def read_annotated(images, labels, model_config: ModelDirConfig, warn=print) -> list:
@@ -633,7 +633,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of their labels: <name>.tif (as `nuclei segment` writes), <name>_masks.tif or PNG")
     parser.add_argument("-o", "--out", required=True, metavar="MODEL_DIR", help="model directory to write")
     parser.add_argument("--model", default=None, help="model to start from (default: the shipped model)")
-    parser.add_argument("--minutes", type=number(above=0, at_most=MAX_MINUTES), default=None, metavar="M",
+    parser.add_argument("--minutes", type=MINUTES, default=None, metavar="M",
                         help=f"time bound of the whole command, reading included (default: {DEFAULT_MINUTES:g}; "
                              f"above 0, at most {MAX_MINUTES:g}): the work is planned to end in time (fewer "
                              "checkpoints, no guard check images, no held-out validation, no training, in this "
