@@ -28,7 +28,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data.kaggle import read_kaggle_sample  # noqa: E402
+from pipeline.data.kaggle import read_kaggle_labels  # noqa: E402
 from pipeline.data.sources import list_sample_ids, read_label_image  # noqa: E402
 from pipeline.files.io import read_image  # noqa: E402
 from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
@@ -91,7 +91,8 @@ def read_original(root: Path, layout: str, sample_id: str) -> tuple[np.ndarray, 
     """A labelled sample as ``nuclei segment`` reads its image (the file itself, any bit depth) and its
     labels (int32, shape (H, W))."""
     if layout == "kaggle":
-        return read_image(root / sample_id / "images" / f"{sample_id}.png"), read_kaggle_sample(root / sample_id)[1]
+        image = read_image(root / sample_id / "images" / f"{sample_id}.png")
+        return image, read_kaggle_labels(root / sample_id, image.shape[:2])
     return (read_image(next((root / "images").glob(f"{sample_id}.*"))),
             read_label_image(next((root / "labels").glob(f"{sample_id}.*"))))
 

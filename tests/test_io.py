@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipeline.data.kaggle import iter_kaggle_root, masks_to_labels, read_kaggle_sample
+from pipeline.data.kaggle import iter_kaggle_root, masks_to_labels, read_kaggle_labels, read_kaggle_sample
 from pipeline.errors import NucleiError
 from pipeline.files.inputs import list_images, list_inputs
 from pipeline.files.io import (
@@ -140,8 +140,11 @@ def test_read_kaggle_sample_and_errors(tmp_path, capsys):
     rgb, labels = read_kaggle_sample(tmp_path / "good")
     assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3) and np.array_equal(rgb[..., 0], GREY8)
     assert labels.max() == 2
+    assert np.array_equal(read_kaggle_labels(tmp_path / "good", (20, 30)), labels)  # the masks alone, as read with the image
     with pytest.raises(NucleiError, match=r"m0.png: mask size 30x21 differs from image size 30x20"):
         read_kaggle_sample(tmp_path / "wrongsize")
+    with pytest.raises(NucleiError, match=r"m0.png: mask size 30x20 differs from image size 31x20"):
+        read_kaggle_labels(tmp_path / "good", (20, 31))
     with pytest.raises(NucleiError, match="nomasks/masks: no mask files"):
         read_kaggle_sample(tmp_path / "nomasks")
     seen = [i for i, _, _ in iter_kaggle_root(tmp_path, on_error="warn")]

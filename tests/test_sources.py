@@ -168,3 +168,33 @@ def test_evaluate_reports_sources(tmp_path):
     metrics, _, by_type = summarise(per_image.assign(**dict.fromkeys(PRECISION_KEYS, 0.5)))
     assert metrics["by_source"]["a"]["n_images"] == 2
     assert np.isclose(metrics["by_source"]["b"]["dsb_score"], 0.9)
+
+
+def test_a_type_subset_of_a_prepared_source_outside_its_held_out_fold_is_a_folder_source(tmp_path, sample_root, capsys):
+    """``scripts/type_subset.py`` (how the H&E variant trains on DSB2018's stained images): the images of
+    one type, never one of grouped fold 0, written as a folder source that prepares to the same pixels."""
+    import importlib.util
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("type_subset", ROOT / "scripts" / "type_subset.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"seed: 0\ndata:\n  sources:\n    dsb2018: {{root: {sample_root}, layout: kaggle}}\n"
+                      f"  prepared: {tmp_path / 'prep'}\n  workers: 1\n")
+    assert main(["prepare", "--params", str(params)]) == 0
+    index = pd.read_csv(tmp_path / "prep" / "dsb2018" / "index.csv")
+    image_type = index["image_type"].mode()[0]
+    expected = index[(index.image_type == image_type) & (index.group_fold != 0)]
+    assert 0 < len(expected) < len(index[index.image_type == image_type])  # fold 0 holds some of them
+    out = tmp_path / "subset"
+    assert script.main([str(tmp_path / "prep" / "dsb2018"), "-o", str(out), "--image-type", image_type]) == 0
+    assert f"{len(expected)} {image_type} images of {tmp_path / 'prep' / 'dsb2018'} outside grouped fold 0" in capsys.readouterr().out
+    assert sorted(p.stem for p in (out / "images").glob("*.png")) == sorted(expected["id"])
+    for sample_id in expected["id"][:3]:
+        stored = load_npz(tmp_path / "prep" / "dsb2018" / f"{sample_id}.npz")
+        image, labels = read_sample(out, "folder", sample_id)
+        assert np.array_equal(image, stored["image"]) and np.array_equal(labels, stored["labels"])
+    assert script.main([str(tmp_path / "prep" / "other"), "-o", str(out)]) == 2
+    assert "other/index.csv: no such file" in capsys.readouterr().err

@@ -62,9 +62,10 @@ def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_the_wheel_holds_the_model_the_guard_and_the_sample(wheel):
+def test_the_wheel_holds_the_models_the_guard_and_the_sample(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("pipeline/shipped/model/config.yaml", "pipeline/shipped/model/weights.pt",
+                 "pipeline/shipped/he/config.yaml", "pipeline/shipped/he/weights.pt", "pipeline/shipped/he/MODEL_CARD.md",
                  "pipeline/shipped/sample/fluorescence.png", "pipeline/napari_plugin/napari.yaml",
                  "pipeline/shipped/guard/README.md"):
         assert name in names, name
@@ -82,6 +83,11 @@ def test_the_installed_package_segments_from_any_folder(fresh, tmp_path):
     assert result.returncode == 0, result.stderr
     counts = pd.read_csv(tmp_path / "out" / "counts.csv")
     assert counts["count"].iloc[0] > 10 and (tmp_path / "out" / "labels" / "cells.tif").is_file()
+    variant = run(fresh, "nuclei", "segment", "cells.png", "-o", "out_he", "--model", "he", cwd=tmp_path)
+    assert variant.returncode == 0, variant.stderr
+    report = (tmp_path / "out_he" / "report.html").read_text()
+    assert str(Path("pipeline", "shipped", "he")) in report and str(fresh.parent) in report  # the installed variant
+    assert pd.read_csv(tmp_path / "out_he" / "counts.csv")["count"].iloc[0] > 0
 
 
 def test_the_installed_package_finetunes_with_the_shipped_guard(fresh, tmp_path):

@@ -307,7 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output folder")
     parser.add_argument(
-        "--model", type=Path, metavar="DIR", help="model directory (default: the shipped model)"
+        "--model", type=Path, metavar="DIR",
+        help="model directory, or 'he': the shipped H&E variant, non-commercial (default: the shipped model)"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (GPU if present)")
     parser.add_argument(

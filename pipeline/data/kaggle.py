@@ -93,22 +93,40 @@ def read_kaggle_sample(sample_dir: str | Path, masks: bool = True) -> tuple[np.n
             raise NucleiError(f"{image_path}: image missing (expected <id>/images/<id>.png)")
         image_path = candidates[0]
     image = to_uint8(read_image(image_path))
-    if not masks:
-        return image, None
-    mask_dir = sample_dir / "masks"
+    return image, (read_kaggle_labels(sample_dir, image.shape[:2]) if masks else None)
+
+
+def read_kaggle_labels(sample_dir: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """The labels of one Kaggle sample folder, from its ``<id>/masks/*.png``.
+
+    Parameters
+    ----------
+    sample_dir : the sample's folder
+    shape : (H, W) of its image, in pixels; every mask must have it
+
+    Returns
+    -------
+    labels : int32 ndarray of shape (H, W) (see :func:`masks_to_labels`)
+
+    Raises
+    ------
+    NucleiError
+        Missing or empty ``masks/`` folder, a mask whose size differs from ``shape``.
+    """
+    mask_dir = Path(sample_dir) / "masks"
     mask_files = sorted(mask_dir.glob("*.png")) if mask_dir.is_dir() else []
     if not mask_files:
         raise NucleiError(f"{mask_dir}: no mask files (expected masks/*.png)")
     arrays = []
     for mask_file in mask_files:
         mask = read_mask(mask_file)
-        if mask.shape != image.shape[:2]:
+        if mask.shape != tuple(shape):
             raise NucleiError(
                 f"{mask_file}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
-                f"{image.shape[1]}x{image.shape[0]}"
+                f"{shape[1]}x{shape[0]}"
             )
         arrays.append(mask)
-    return image, masks_to_labels(arrays)
+    return masks_to_labels(arrays)
 
 
 def list_kaggle_ids(root: str | Path) -> list[str]:

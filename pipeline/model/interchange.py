@@ -745,7 +745,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "to resize to, the stride, the output channels and the watershed thresholds that turn probabilities "
         "into nuclei. Needs the extra .[export] (onnx, onnxruntime); .[bioimageio] validates the package."
     )
-    parser.add_argument("model", help="a model folder (config.yaml + weights.pt), or 'default' for the shipped model")
+    parser.add_argument("model", help="a model folder (config.yaml + weights.pt), or 'default' or 'he' for a shipped model")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder: one sub-folder per format")
     parser.add_argument("--format", dest="formats", action="append", choices=FORMATS, metavar="FORMAT",
                         help=f"one of {', '.join(FORMATS)}; repeat for several (default: all three)")

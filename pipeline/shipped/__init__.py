@@ -1,6 +1,6 @@
-"""What ships inside the package: the default model (``model/``), the images of the forgetting
-guard of ``nuclei finetune`` (``guard/``) and the napari sample (``sample/``), found with
-:mod:`importlib.resources` wherever the package is installed.
+"""What ships inside the package: the default model (``model/``), the H&E variant (``he/``), the
+images of the forgetting guard of ``nuclei finetune`` (``guard/``) and the napari sample
+(``sample/``), found with :mod:`importlib.resources` wherever the package is installed.
 
 Must not: import any other module of the package.
 """
@@ -25,8 +25,16 @@ SAMPLE_IMAGE = shipped("sample", "fluorescence.png")
 #: The name that stands for the shipped model wherever a model folder is asked for (``--model``,
 #: ``segment.model``, ``predict.model``, ``train.init``); a folder of that name is ``./default``.
 DEFAULT_MODEL = "default"
+#: The name of the shipped H&E variant (``he/``: the default network trained further on four H&E
+#: sources, one of them CC BY-NC-SA 4.0, so its weights are for non-commercial use; its card says
+#: when it beats the default); a folder of that name is ``./he``.
+HE_MODEL = "he"
+#: Each shipped model's name and its folder in the package.
+SHIPPED_MODELS = {DEFAULT_MODEL: "model", HE_MODEL: "he"}
 
 
 def model_folder(ref: str | Path) -> Path:
-    """A model reference as a folder: :data:`DEFAULT_MODEL` is the shipped model, anything else a path."""
-    return shipped("model") if str(ref) == DEFAULT_MODEL else Path(ref)
+    """A model reference as a folder: a name of :data:`SHIPPED_MODELS` is that shipped model,
+    anything else a path."""
+    name = SHIPPED_MODELS.get(str(ref))
+    return shipped(name) if name else Path(ref)
