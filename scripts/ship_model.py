@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.arguments import POSITIVE  # noqa: E402
 from pipeline.config.params import (  # noqa: E402
     ROOT,
     PostprocessConfig,  # noqa: E402
@@ -47,14 +48,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True, help="parameters of the run (predict.model, postprocess, evaluate.out)")
     parser.add_argument("-o", "--out", default=str(ROOT / "pipeline" / "shipped" / "model"))
-    parser.add_argument("--stained-diameter", type=float, default=None, metavar="PX",
+    parser.add_argument("--stained-diameter", type=POSITIVE, default=None, metavar="PX",
                         help="canonical nucleus diameter of stained images (default: the source model's, "
                              "else its diameter)")
     parser.add_argument("--last", action="store_true",
                         help="ship the last epoch (<train.out>/last.ckpt), not the best validation epoch")
     args = parser.parse_args()
-    if args.stained_diameter is not None and not args.stained_diameter > 0:
-        parser.error(f"--stained-diameter must be a positive number of pixels, got {args.stained_diameter}")
     params = load_params(args.params)
     source = Path(params["predict"]["model"])
     model, config = load_model_dir(source)

@@ -56,3 +56,29 @@ def test_commands_reject_a_bad_number_before_any_work(argv, message, tmp_path, m
     err = capsys.readouterr().err
     assert err.splitlines()[-1].endswith(f"error: {message}") and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), [
+    ("ship_model.py", ["--params", "p.yaml", "--stained-diameter", "0"],
+     "argument --stained-diameter: 0: expected a number above 0"),
+    ("type_subset.py", ["prepared", "-o", "out", "--val-fold", "-1"],
+     "argument --val-fold: -1: expected a whole number >= 0"),
+])
+def test_the_maintainers_scripts_use_the_same_checker(script, argv, message, tmp_path, monkeypatch, capsys):
+    """``scripts/ship_model.py`` and ``scripts/type_subset.py`` read their numbers with
+    :func:`pipeline.arguments.number` too: one wording, before any work."""
+    import importlib.util
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(script[:-3], ROOT / "scripts" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+    assert list(tmp_path.iterdir()) == []
