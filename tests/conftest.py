@@ -4,8 +4,10 @@ predictor (``grey_segmenter``). Test modules import helpers from here, never fro
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -19,6 +21,14 @@ SAMPLE_ROOT = ROOT / "data" / "sample" / "stage1_train"
 SAMPLE_SOLUTION = ROOT / "data" / "sample" / "solution.csv"
 #: Canonical nucleus diameter (px) of :func:`grey_segmenter`.
 CANONICAL = 20.0
+
+
+def load_script(name: str) -> ModuleType:
+    """A maintainer's script of ``scripts/`` (``name``: its file name) imported as a module."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem, ROOT / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ import pytest
 from pipeline.arguments import POSITIVE, number
 from pipeline.cli import main
 
+from .conftest import load_script
+
 
 @pytest.mark.parametrize(("kind", "text", "value"), [
     (POSITIVE, "2.5", 2.5),
@@ -58,7 +60,6 @@ def test_commands_reject_a_bad_number_before_any_work(argv, message, tmp_path, m
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-
 @pytest.mark.parametrize(("script", "argv", "message"), [
     ("ship_model.py", ["--params", "p.yaml", "--stained-diameter", "0"],
      "argument --stained-diameter: 0: expected a number above 0"),
@@ -68,13 +69,7 @@ def test_commands_reject_a_bad_number_before_any_work(argv, message, tmp_path, m
 def test_the_maintainers_scripts_use_the_same_checker(script, argv, message, tmp_path, monkeypatch, capsys):
     """``scripts/ship_model.py`` and ``scripts/type_subset.py`` read their numbers with
     :func:`pipeline.arguments.number` too: one wording, before any work."""
-    import importlib.util
-
-    from .conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location(script[:-3], ROOT / "scripts" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(script)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", [script, *argv])
     with pytest.raises(SystemExit) as exit_:

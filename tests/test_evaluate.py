@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,8 @@ from pipeline.model.networks import build_model
 from pipeline.stages import evaluate, postprocess, predict, tune
 from pipeline.stages.tune import update_section
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_script
+
 TINY = {"arch": "unet", "head": "softmax", "depth": 2, "width": 4, "upsampling": "bilinear"}
 IDS = ["a", "b", "c", "d"]
 TYPES = ["fluo-small", "fluo-small", "histology", "fluo-small"]
@@ -193,12 +193,7 @@ def test_update_section_keeps_comments_and_other_sections():
 
 def test_thresholds_are_tuned_on_all_folds_together(workspace):
     """compare_variants tunes one set of thresholds on the pooled out-of-fold predictions."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_variants",
-                                                  ROOT / "scripts" / "compare_variants.py")
-    compare_variants = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare_variants)
+    compare_variants = load_script("compare_variants.py")
     write_ideal_predictions(workspace)  # fold 0: a, b, c (rim P(mask) 0.8)
     # fold 1 (image d) from a second "model" whose rim is at P(mask) 0.9: alone it would be
     # indifferent between mask thresholds 0.5 and 0.85; pooled, fold 0 decides for 0.5

@@ -5,17 +5,13 @@ folder with the shipped model; :data:`OPEN` lists the cases that wait for a chan
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from .conftest import ROOT
+from .conftest import load_script
 
 pytestmark = pytest.mark.slow
 
-_spec = importlib.util.spec_from_file_location("hostile_segment", ROOT / "scripts" / "hostile_segment.py")
-hostile = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hostile)
+hostile = load_script("hostile_segment.py")
 
 
 #: Cases whose fix lies outside the files of their issue: (title, reason). Strict: a fix makes them fail.

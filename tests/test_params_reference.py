@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 from pipeline.config.params import SECTIONS
 
-from .conftest import ROOT
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_params_reference", ROOT / "scripts" / "make_params_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 def test_committed_page_equals_the_generated_one():
-    script = load_script()
+    script = load_script("make_params_reference.py")
     assert script.PAGE.read_text(encoding="utf-8") == script.render(), (
         "docs/parameters.md is out of date: run python scripts/make_params_reference.py"
     )
 
 
 def test_page_lists_every_key_with_its_default_and_rule():
-    page = load_script().render()
+    page = load_script("make_params_reference.py").render()
     for section in SECTIONS:
         assert f"## `{section.NAME}`" in page
         for field in dataclasses.fields(section):

@@ -15,7 +15,7 @@ from pipeline.errors import NucleiError
 from pipeline.files.io import load_npz, write_labels, write_png
 from pipeline.training.dataset import source_balance_weights
 
-from .conftest import disc
+from .conftest import disc, load_script
 
 
 def synthetic_nuclei(seed: int, shape=(64, 80)) -> tuple[np.ndarray, np.ndarray]:
@@ -173,13 +173,7 @@ def test_evaluate_reports_sources(tmp_path):
 def test_a_type_subset_of_a_prepared_source_outside_its_held_out_fold_is_a_folder_source(tmp_path, sample_root, capsys):
     """``scripts/type_subset.py`` (how the H&E variant trains on DSB2018's stained images): the images of
     one type, never one of grouped fold 0, written as a folder source that prepares to the same pixels."""
-    import importlib.util
-
-    from .conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("type_subset", ROOT / "scripts" / "type_subset.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("type_subset.py")
     params = tmp_path / "params.yaml"
     params.write_text(f"seed: 0\ndata:\n  sources:\n    dsb2018: {{root: {sample_root}, layout: kaggle}}\n"
                       f"  prepared: {tmp_path / 'prep'}\n  workers: 1\n")
