@@ -17,11 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.arguments import number  # noqa: E402
+from pipeline.data.folds import read_index  # noqa: E402
 from pipeline.data.pack import INDEX  # noqa: E402
 from pipeline.errors import NucleiError  # noqa: E402
 from pipeline.files.io import load_npz, write_labels, write_png  # noqa: E402
@@ -32,9 +31,9 @@ from pipeline.progress import progress  # noqa: E402
 def type_subset(prepared: Path, out: Path, image_type: str, val_fold: int) -> int:
     """Write the subset (see the module's docstring); returns the number of images in it."""
     index_path = prepared / INDEX
-    if not index_path.is_file():
+    if not index_path.is_file():  # one source's folder, not a folder of sources (read_index would read it whole)
         raise NucleiError(f"{index_path}: no such file (a source prepared by `nuclei prepare`)")
-    index = pd.read_csv(index_path)
+    index = read_index(prepared, columns=("id", "image_type", "group_fold"))  # ids as text, columns checked
     chosen = index[(index["image_type"] == image_type) & (index["group_fold"] != val_fold)]
     if chosen.empty:
         raise NucleiError(f"{index_path}: no {image_type} image outside grouped fold {val_fold}")
