@@ -132,6 +132,19 @@ def save_threshold_model(path: Path) -> Path:
     return path
 
 
+def add_stained_network(folder: Path, network: Path, name: str = "stained") -> Path:
+    """Give the model folder ``folder`` the model folder ``network`` as its stained network:
+    copied to ``folder/name``, which ``folder``'s config names (``stained_model``)."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(network, folder / name)
+    config = yaml.safe_load((folder / "config.yaml").read_text()) | {"stained_model": name}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A model directory holding the threshold U-Net (:func:`save_threshold_model`)."""
@@ -219,6 +232,24 @@ def grey_segmenter(diameter=CANONICAL, **kw):
         "diameter": diameter,
     }
     return Segmenter(GreyPredictor(config), **kw)
+
+
+class InvertedPredictor(GreyPredictor):
+    """P(nucleus) = 1 − grey level: dark nuclei on a bright background, as in H&E."""
+
+    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
+        probs = super().predict(image, tta)
+        probs[0] = 1.0 - probs[0]
+        return probs
+
+
+def stain(image: np.ndarray) -> np.ndarray:
+    """A grey image of dark nuclei on a bright background (uint8 RGB) as a stained one: a pink
+    cast, and the darker the more purple (a stain's hue, not a tinted camera's gains:
+    pipeline.method.intensity.is_tinted_grey); the same grey mean."""
+    darkness = (235 - image.astype(np.float32))[..., :1]
+    stained = image + np.array([12, 0, -12]) + darkness * np.array([0, -0.3, 0.3])
+    return np.clip(np.rint(stained), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- multi-channel images with known truth

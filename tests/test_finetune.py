@@ -284,3 +284,41 @@ def test_finetune_names_a_missing_guard_and_says_when_there_is_none(base_model, 
         "warning: no guard (--guard none): no images of the base model's kind are mixed in, and what "
         "fine-tuning forgets is neither measured nor bounded"]
     assert yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["training"]["guard"] is None
+
+
+def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_images(base_model, tmp_path, capsys):
+    """A base with a stained network (``stained_model``): stained images fine-tune that network,
+    fluorescence images the base's own; either way the folder written holds the one network it
+    fine-tuned, and names no stained network."""
+    import shutil
+
+    from pipeline.config.model_folder import read_model_config
+    from pipeline.training.finetune import _starting_network
+
+    from .conftest import add_stained_network, stain
+
+    base = add_stained_network(shutil.copytree(base_model, tmp_path / "base"), base_model)
+    config = read_model_config(base)
+    rng = np.random.default_rng(3)
+    fluo = [types_image(disc_image(96, 14, rng)[0]) for _ in range(3)]
+    stained = [types_image(stain(255 - f.image)) for f in fluo]
+    assert _starting_network(base, config, fluo, print) == (base, config)
+    assert _starting_network(base, config, stained[:1] + fluo, print)[0] == base  # most are not stained
+    assert _starting_network(base, config, stained[:2] + fluo[:1], print)[0] == base / "stained"
+    assert "2 of 3 images are stained: fine-tuning the model's stained network" in capsys.readouterr().out
+
+    images = write_annotated(tmp_path / "user")
+    for path in images:
+        Image.fromarray(stain(255 - np.asarray(Image.open(path)))).save(path)
+    out = finetune(images, tmp_path / "user" / "labels", base=base, out=tmp_path / "model", steps=8, guard=None,
+                   device="cpu")
+    written = read_model_config(out)
+    assert written.stained_model is None and not (out / "stained").exists()
+    assert (ROOT / written.training["base"]).resolve() == (base / "stained").resolve()
+
+
+def types_image(image):
+    """An annotated-image stand-in (only its pixels are read)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(image=image)

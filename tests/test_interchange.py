@@ -152,7 +152,19 @@ def test_cli_writes_the_requested_formats(tmp_path, capsys):
                        "--format", "torchscript"])
     assert status == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["onnx", "torchscript"]
-    assert "max |difference| from PyTorch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "max |difference| from PyTorch" in out and "second network" not in out
+
+
+def test_a_models_stained_network_is_named_for_its_own_export(tmp_path, capsys):
+    """A model folder with a stained network exports its own network and names the other's folder."""
+    from .conftest import add_stained_network
+
+    model_dir = add_stained_network(save_threshold_model(tmp_path / "m"), save_threshold_model(tmp_path / "s"))
+    assert cli_main(["export-model", str(model_dir), "-o", str(tmp_path / "out"), "--format", "torchscript"]) == 0
+    assert (f"with a second network; export it too: nuclei export-model {model_dir / 'stained'} -o OUT"
+            in capsys.readouterr().out)
+    assert cli_main(["export-model", str(model_dir / "stained"), "-o", str(tmp_path / "out2"), "--format", "torchscript"]) == 0
 
 
 @pytest.mark.parametrize("broken", ["missing", "no_weights", "bad_config"])

@@ -33,7 +33,7 @@ def trained_sources(name: str) -> set[str]:
     """Every source named by the training stages that made a shipped network, following ``train.init``
     into the shipped model a stage started from."""
     sources: set[str] = set()
-    for path in model_folder(name).glob("train_params*.yaml"):
+    for path in model_folder(name).glob("**/train_params*.yaml"):  # its stained network's too
         params = yaml.safe_load(path.read_text(encoding="utf-8"))
         sources |= set(params["data"]["sources"])
         init = str(params.get("train", {}).get("init"))

@@ -88,6 +88,9 @@ def test_writers_cannot_build_a_config_that_would_not_read_back():
     ({"model": None}, "no 'model' section"),
     ({"training": [1, 2]}, r"training must be a mapping, got \[1, 2\]"),
     ({"weights_sha256": 12}, "weights_sha256 must be a string, got 12"),
+    ({"stained_model": "../other"}, r"stained_model must be a folder inside the model folder \(such as 'stained'\), got '\.\./other'"),
+    ({"stained_model": "/abs/he"}, "stained_model must be a folder inside the model folder"),
+    ({"stained_model": 3}, "stained_model must be a folder inside the model folder"),
     ({"diamter": 20}, "unknown key 'diamter'"),
 ])
 def test_each_invalid_value_is_one_line_naming_the_file_and_the_key(tmp_path, change, message):

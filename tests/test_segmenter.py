@@ -17,7 +17,7 @@ from pipeline.method.metrics import image_metrics
 from pipeline.method.scale import median_diameter
 from pipeline.model.segmenter import MIN_CONFIDENCE, Segmenter
 
-from .conftest import CANONICAL, GreyPredictor, grey_segmenter
+from .conftest import CANONICAL, GreyPredictor, InvertedPredictor, grey_segmenter, stain
 
 
 def disc_image(diameter: float, n: int = 4, dtype=np.uint8, bright=200, bg=20):
@@ -223,24 +223,6 @@ def test_an_embryo_is_not_taken_for_one_nucleus(embryo, method):
     result = seg.segment(image)
     assert result.diameter == pytest.approx(median_diameter(true), rel=0.25)
     assert image_metrics(true, result.labels)["ap50"] > 0.7  # 69 of 77 nuclei; 5 without the cap
-
-
-class InvertedPredictor(GreyPredictor):
-    """P(nucleus) = 1 − grey level: dark nuclei on a bright background, as in H&E."""
-
-    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
-        probs = super().predict(image, tta)
-        probs[0] = 1.0 - probs[0]
-        return probs
-
-
-def stain(image: np.ndarray) -> np.ndarray:
-    """A grey image of dark nuclei on a bright background (uint8 RGB) as a stained one: a pink
-    cast, and the darker the more purple (a stain's hue, not a tinted camera's gains:
-    pipeline.method.intensity.is_tinted_grey); the same grey mean."""
-    darkness = (235 - image.astype(np.float32))[..., :1]
-    stained = image + np.array([12, 0, -12]) + darkness * np.array([0, -0.3, 0.3])
-    return np.clip(np.rint(stained), 0, 255).astype(np.uint8)
 
 
 def test_stained_images_take_the_stained_object_threshold():
@@ -486,3 +468,82 @@ def test_the_diameter_estimate_sizes_nuclei_at_the_fixed_mask_threshold(monkeypa
     assert diameters.size == 20
     assert np.median(diameters) == pytest.approx(2 * np.sqrt(np.count_nonzero(
         (yy - 12) ** 2 + (xx - 12) ** 2 <= 25) / np.pi), rel=0.01)
+
+
+# --------------------------------------------------------------------------- a stained network of its own
+
+
+class Loads:
+    """A picklable stand-in loader of a stained Segmenter that counts its calls."""
+
+    def __init__(self, segmenter):
+        self.segmenter, self.calls = segmenter, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.segmenter
+
+
+def test_a_models_stained_network_segments_its_stained_images_and_only_those():
+    """With a stained network (config ``stained_model``), a stained image goes to it whole
+    (diameter, network, thresholds) and a fluorescence image never does: the stand-in for
+    fluorescence would take an H&E image's bright background for nuclei, the stained one finds its
+    dark discs. The stained network is loaded once, on the first stained image."""
+    fluo, true = disc_image(20, n=4)
+    stained_image = stain(255 - fluo)
+    inner = Segmenter(InvertedPredictor(grey_segmenter().predictor.config | {"stained_diameter": 30.0}))
+    loads = Loads(inner)
+    seg = Segmenter(GreyPredictor(grey_segmenter().predictor.config), stained=loads)
+    assert seg.segmenter_for("fluo-large") is seg and loads.calls == 0
+    grey = seg.segment(fluo)
+    assert loads.calls == 0 and grey.labels.max() == true.max() and not inner.predictor.calls
+    result = seg.segment(stained_image)
+    assert loads.calls == 1 and result.image_type == "histology" and result.scale == pytest.approx(30 / result.diameter)
+    assert image_metrics(true, result.labels)["dsb_score"] > 0.9
+    assert seg.segmenter_for("histology") is inner and loads.calls == 1
+    calls = len(seg.predictor.calls)
+    normalized = seg.normalize(stained_image)
+    assert seg.scale_for(normalized)[2] == pytest.approx(30 / 20, rel=0.2)  # the stained network's diameter
+    labels, _, _ = seg.segment_block(normalized, 1.5)
+    assert labels.max() == true.max()
+    seg.predict_scaled(normalized, 1.0, image_type="histology")
+    assert len(seg.predictor.calls) == calls  # none of it reached the fluorescence network
+    seg.predict_scaled(normalized, 1.0)  # untyped (a window of an image): this model's own network
+    assert len(seg.predictor.calls) == calls + 1
+
+
+def test_a_model_folders_stained_network_is_loaded_on_first_use_and_checked(tmp_path):
+    """``stained_model: stained`` names a model folder inside the folder; the Segmenter stays
+    picklable until it is loaded (a Dask worker loads its own), and a missing or unfit inner folder
+    is one line naming it, when the first stained image comes."""
+    import pickle
+
+    import yaml
+
+    from .conftest import add_stained_network, save_threshold_model
+
+    network = save_threshold_model(tmp_path / "network")
+
+    def folder(name, **changes):
+        path = add_stained_network(save_threshold_model(tmp_path / name), network)
+        for key, value in changes.items():
+            inner = yaml.safe_load((path / "stained" / "config.yaml").read_text()) | {key: value}
+            (path / "stained" / "config.yaml").write_text(yaml.safe_dump(inner))
+        return path
+
+    seg = Segmenter.from_model_dir(folder("m"), device="cpu", backend="torch")
+    assert seg.config.stained_model == "stained"
+    pickle.loads(pickle.dumps(seg)).segmenter_for("fluo-small")
+    inner = seg.segmenter_for("histology")
+    assert inner.source == tmp_path / "m" / "stained" and inner.config.stained_model is None
+    assert seg.segmenter_for("histology") is inner and seg.segmenter_for("brightfield") is seg
+    with pytest.raises(NucleiError, match=r"normalization differs from .*m2/config\.yaml's"):
+        Segmenter.from_model_dir(folder("m2", normalization={"low": 2.0, "high": 99.8}), backend="torch").segmenter_for("histology")
+    with pytest.raises(NucleiError, match="names its own stained_model"):
+        Segmenter.from_model_dir(folder("m3", stained_model="stained"), backend="torch").segmenter_for("histology")
+    missing = folder("m4")
+    import shutil
+
+    shutil.rmtree(missing / "stained")
+    with pytest.raises(NucleiError, match=r"m4/stained: model directory not found \(stained_model of .*m4/config\.yaml\)"):
+        Segmenter.from_model_dir(missing, backend="torch").segmenter_for("histology")

@@ -22,7 +22,7 @@ from pipeline.files.metadata import ome_pixel_size, tiff_pixel_size
 from pipeline.files.slide_reader import open_slide, slide_of
 from pipeline.method.blocks import iter_blocks
 
-from .conftest import disks, grey_segmenter, grid_centres, run_cli, save_threshold_model
+from .conftest import InvertedPredictor, disks, grey_segmenter, grid_centres, run_cli, save_threshold_model, stain
 
 
 def seam_image(side: int, step: int, radius: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +79,21 @@ def test_nuclei_across_block_seams_are_found_once_whole_with_one_label(tmp_path)
     rows, cols = np.nonzero(truth == 1)
     assert abs(first["centroid_row"] - rows.mean()) < 1 and abs(first["centroid_col"] - cols.mean()) < 1
     assert (tmp_path / "out" / "overlays" / "slide.png").is_file()
+
+
+def test_a_stained_slide_is_segmented_block_by_block_by_the_models_stained_network(tmp_path):
+    """A model with a stained network (``stained_model``) plans a stained slide with it and runs
+    every block through it: its dark nuclei are found, and the other network sees no pixel."""
+    from pipeline.model.segmenter import Segmenter
+
+    image, truth = seam_image(1200, 512 - 2 * 64)
+    path = tmp_path / "stained.tif"
+    tifffile.imwrite(path, stain(np.dstack([255 - image] * 3)), tile=(256, 256), photometric="rgb")
+    fluorescence = grey_segmenter(block_size=512, block_margin=64)
+    inner = Segmenter(InvertedPredictor(fluorescence.predictor.config), block_size=512, block_margin=64)
+    routed = Segmenter(fluorescence.predictor, block_size=512, block_margin=64, stained=inner)
+    row, _, _ = segment_slide(open_slide(path), "stained", tmp_path / "out", routed, diameter=20.0)
+    assert row["count"] == truth.max() and not fluorescence.predictor.calls and inner.predictor.calls
 
 
 def test_stitching_keeps_the_earlier_block_and_drops_a_nucleus_seen_twice():

@@ -28,6 +28,8 @@ from .conftest import ROOT, SAMPLE_ROOT, SAMPLE_SOLUTION
 
 pytestmark = pytest.mark.slow
 
+#: An H&E-like image of the embedded sample (typed stained tissue: the default's stained network runs it).
+STAINED_SAMPLE = "420f43d21dba"
 #: PyPI's default limit on one file.
 PYPI_FILE_LIMIT = 100 * 2**20
 
@@ -65,6 +67,7 @@ def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_wheel_holds_the_models_the_guard_and_the_sample(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("pipeline/shipped/model/config.yaml", "pipeline/shipped/model/weights.pt",
+                 "pipeline/shipped/model/stained/config.yaml", "pipeline/shipped/model/stained/weights.pt",
                  "pipeline/shipped/he/config.yaml", "pipeline/shipped/he/weights.pt", "pipeline/shipped/he/MODEL_CARD.md",
                  "pipeline/shipped/sample/fluorescence.png", "pipeline/napari_plugin/napari.yaml",
                  "pipeline/shipped/guard/README.md"):
@@ -83,6 +86,13 @@ def test_the_installed_package_segments_from_any_folder(fresh, tmp_path):
     assert result.returncode == 0, result.stderr
     counts = pd.read_csv(tmp_path / "out" / "counts.csv")
     assert counts["count"].iloc[0] > 10 and (tmp_path / "out" / "labels" / "cells.tif").is_file()
+    shutil.copy(next(SAMPLE_ROOT.glob(f"{STAINED_SAMPLE}*/images/*.png")), tmp_path / "tissue.png")
+    stained = run(fresh, "nuclei", "segment", "tissue.png", "-o", "out_tissue", cwd=tmp_path)
+    assert stained.returncode == 0, stained.stderr
+    counts = pd.read_csv(tmp_path / "out_tissue" / "counts.csv")
+    assert counts["image_type"].iloc[0] == "histology" and counts["count"].iloc[0] > 10
+    report = (tmp_path / "out_tissue" / "report.html").read_text()
+    assert f"its stained network {fresh.parent}" in report  # the installed default's stained/ ran it
     variant = run(fresh, "nuclei", "segment", "cells.png", "-o", "out_he", "--model", "he", cwd=tmp_path)
     assert variant.returncode == 0, variant.stderr
     report = (tmp_path / "out_he" / "report.html").read_text()

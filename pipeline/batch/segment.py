@@ -176,7 +176,7 @@ def segment_images(
 def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: Settings, segmenter,
                   seconds: float) -> None:
     info = {
-        "model": str(cfg.model_dir),
+        "model": str(cfg.model_dir) + _stained_note(segmenter, cfg.model_dir),
         "device": str(getattr(segmenter, "device", cfg.segment.device)),
         "time": f"{seconds:.1f} s",
         "written": time.strftime("%Y-%m-%d %H:%M"),
@@ -184,6 +184,13 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: 
     if cfg.channel is not None:
         info["channel"] = f"{cfg.channel} (--channel: that channel alone segmented and measured)"
     write_report(counts, nuclei, run, cfg.measure, info)
+
+
+def _stained_note(segmenter, model_dir: Path) -> str:
+    """'' or, for a model with a stained network, which network segmented the stained images."""
+    config = getattr(segmenter, "config", None)
+    name = getattr(config, "stained_model", None)
+    return f" (stained images, image type histology: its stained network {Path(model_dir) / name})" if name else ""
 
 
 def write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, options: MeasureOptions,

@@ -14,6 +14,9 @@ record as one frozen dataclass, in the manner of StarDist's ``Config2D``:
 - ``diameter``, ``stained_diameter``, ``user_diameter``: nucleus diameters in px (positive, at
   most :data:`MAX_DIAMETER`, or null); :meth:`ModelDirConfig.diameter_for` is the one rule for the
   diameter a model resizes an image to;
+- ``stained_model``: a model folder inside this one (a relative path, such as ``stained``) whose
+  network runs the stained images (:data:`STAINED_IMAGE_TYPE`), or null: one network for every
+  image (:meth:`pipeline.model.segmenter.Segmenter.segmenter_for`);
 - ``training``: free-form provenance; ``weights_sha256``: the checksum of ``weights.pt``;
   ``format_version``: :data:`FORMAT_VERSION`.
 
@@ -65,7 +68,7 @@ MAX_DEPTH, MAX_WIDTH = 8, 512
 MAX_DIAMETER = 10_000.0
 #: Keys of a model folder's ``config.yaml``, in the order they are written.
 KEYS = ("format_version", "model", "postprocess", "normalization", "diameter", "stained_diameter",
-        "user_diameter", "training", "weights_sha256")
+        "user_diameter", "stained_model", "training", "weights_sha256")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class ModelDirConfig:
     stained_diameter: float | None = None
     #: Median nucleus diameter (px) of the images a fine-tuned model was adapted to (None: not fine-tuned).
     user_diameter: float | None = None
+    #: A model folder inside this one (relative path) whose network runs stained images (None: this one's).
+    stained_model: str | None = None
     training: dict = field(default_factory=dict)
     weights_sha256: str | None = None
     format_version: int = FORMAT_VERSION
@@ -133,6 +138,7 @@ class ModelDirConfig:
             object.__setattr__(self, key, _positive(getattr(self, key), key, source))
         if self.stained_diameter is not None and self.diameter is None:
             raise NucleiError(f"{source}: stained_diameter needs a diameter")
+        object.__setattr__(self, "stained_model", _inner_folder(self.stained_model, "stained_model", source))
         training = {} if self.training is None else self.training
         if not isinstance(training, Mapping):
             raise NucleiError(f"{source}: training must be a mapping, got {training!r}")
@@ -161,7 +167,7 @@ class ModelDirConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain ``config.yaml`` mapping (:data:`KEYS` order; null ``stained_diameter``,
-        ``user_diameter`` and ``weights_sha256`` left out)."""
+        ``user_diameter``, ``stained_model`` and ``weights_sha256`` left out)."""
         out: dict[str, Any] = {
             "format_version": self.format_version,
             "model": self.model.to_dict(),
@@ -169,7 +175,7 @@ class ModelDirConfig:
             "normalization": self.normalization.to_dict(),
             "diameter": self.diameter,
         }
-        for key in ("stained_diameter", "user_diameter"):
+        for key in ("stained_diameter", "user_diameter", "stained_model"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["training"] = dict(self.training)
@@ -248,6 +254,17 @@ def _positive(value: Any, key: str, source: str) -> float | None:
     if value > MAX_DIAMETER:
         raise NucleiError(f"{source}: {key} must be at most {MAX_DIAMETER:g} px, got {value!r}")
     return float(value)
+
+
+def _inner_folder(value: Any, key: str, source: str) -> str | None:
+    """A folder inside the model folder: None, or a relative POSIX path of plain names (no
+    ``..``, no ``.``, not absolute), as written."""
+    if value is None:
+        return None
+    parts = value.split("/") if isinstance(value, str) else []
+    if not parts or any(part in ("", ".", "..") or "\\" in part for part in parts):
+        raise NucleiError(f"{source}: {key} must be a folder inside the model folder (such as 'stained'), got {value!r}")
+    return value
 
 
 def _model(value: Any, source: str) -> ModelConfig:

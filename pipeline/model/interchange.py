@@ -777,5 +777,18 @@ def main(args: argparse.Namespace) -> int:
         if args.test:
             notes.append("bioimageio.core test passed")
     print("; ".join(notes))
+    stained = stained_network(args.model)
+    if stained is not None:
+        print(f"note: this model segments stained images (H&E, IHC) with a second network; export it too: "
+              f"nuclei export-model {stained} -o OUT")
     return 0
+
+
+def stained_network(model_dir: str | Path) -> Path | None:
+    """The folder of a model folder's stained network (config ``stained_model``), or None."""
+    from pipeline.config.model_folder import read_model_config
+    from pipeline.shipped import model_folder
+
+    config = read_model_config(model_dir)
+    return None if config.stained_model is None else model_folder(model_dir) / config.stained_model
 

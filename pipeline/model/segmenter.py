@@ -14,6 +14,11 @@ A :class:`Segmenter` owns everything between an image as read and its labels:
 6. a per-image confidence and a flag when the count should not be trusted, and each nucleus's
    confidence (its mean P(nucleus), :attr:`Segmentation.nucleus_confidence`, block by block).
 
+A model folder may hand its stained images to a second network (``stained_model`` in its config: a
+model folder inside it). The image type decides (:meth:`Segmenter.segmenter_for`): every public
+method that is given or computes an image's type runs it through that folder's Segmenter, loaded
+on first use, with its own thresholds and diameters.
+
 ``nuclei segment``, ``nuclei submit``, ``nuclei predict`` and the evaluation go through it.
 
 Must not: read or write files other than the model directory, parse command lines, or read a model
@@ -23,6 +28,7 @@ folder's ``config.yaml`` itself or decide which diameter a model resizes an imag
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +132,9 @@ class Segmenter(DiameterEstimator):
         ``block_margin`` px of context (at the network's scale) on each side.
     source : str or Path
         The model directory, for error messages.
+    stained : Segmenter or callable, optional
+        The Segmenter of stained images (:meth:`segmenter_for`), or a picklable callable
+        that loads it on first use; None: this one segments every image.
 
     Raises
     ------
@@ -134,7 +143,7 @@ class Segmenter(DiameterEstimator):
     """
 
     def __init__(self, predictor, block_size: int = 2048, block_margin: int = 128,
-                 source: str | Path = "model"):
+                 source: str | Path = "model", stained=None):
         from pipeline.config.model_folder import CONFIG_NAME, as_model_dir_config
 
         self.predictor = predictor
@@ -151,6 +160,7 @@ class Segmenter(DiameterEstimator):
         self.block_size, self.block_margin = int(block_size), int(block_margin)
         #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
         self.estimator = "blob"
+        self._stained = stained
 
     @property
     def diameter(self) -> float | None:
@@ -181,9 +191,33 @@ class Segmenter(DiameterEstimator):
         path = model_folder(path)
         if not path.is_dir():
             raise NucleiError(f"{path}: model directory not found")
-        predictor = load_predictor(path, device=device, tta=tta, tile_size=tile_size, overlap=overlap,
-                                   batch_size=batch_size, precision=precision, backend=backend)
-        return cls(predictor, block_size, block_margin, source=path)
+        options = dict(device=device, tta=tta, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                       precision=precision, backend=backend)
+        segmenter = cls(load_predictor(path, **options), block_size, block_margin, source=path)
+        if segmenter.config.stained_model is not None:
+            options.update(block_size=block_size, block_margin=block_margin)
+            segmenter._stained = functools.partial(_load_stained, path, segmenter.config, options)
+        return segmenter
+
+    def segmenter_for(self, image_type: str | None) -> Segmenter:
+        """The Segmenter that runs images of ``image_type``: for stained images
+        (:data:`pipeline.config.model_folder.STAINED_IMAGE_TYPE`), the one of the model's
+        ``stained_model`` folder when it names one (loaded on first use); else this one."""
+        from pipeline.config.model_folder import STAINED_IMAGE_TYPE
+
+        if image_type != STAINED_IMAGE_TYPE or self._stained is None:
+            return self
+        if not isinstance(self._stained, Segmenter):
+            self._stained = self._stained()
+        return self._stained
+
+    def _routed(self, image: np.ndarray, image_type: str | None) -> tuple[Segmenter, str | None]:
+        """(:meth:`segmenter_for`, the type) of a normalised image; the type is computed only when
+        the model has a stained network and it was not given."""
+        if self._stained is None:
+            return self, image_type
+        image_type = image_type or image_type_of(image)
+        return self.segmenter_for(image_type), image_type
 
     @property
     def device(self):
@@ -203,13 +237,18 @@ class Segmenter(DiameterEstimator):
         normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
         from pipeline.method.watershed import nucleus_probability, postprocess_to_shape
 
-        probs = self.predict_scaled(image, scale, tta)
+        probs = self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)), tta)
         labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, image_type, **self.thresholds)
         return labels, confidence(probs, self.head), nucleus_probability(probs, self.head, labels)
 
-    def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None) -> np.ndarray:
+    def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None,
+                       image_type: str | None = None) -> np.ndarray:
         """(C, h, w) float32 probabilities of a normalised image resized by ``scale``; ``tta``
-        overrides the predictor's test-time augmentation."""
+        overrides the predictor's test-time augmentation; ``image_type``, when given, picks the
+        network (:meth:`segmenter_for`; not computed: a window of an image is not typed apart)."""
+        routed = self.segmenter_for(image_type)
+        if routed is not self:
+            return routed.predict_scaled(image, scale, tta, image_type)
         return self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)), tta)
 
 
@@ -238,6 +277,9 @@ class Segmenter(DiameterEstimator):
         if not normalized:
             image = self.normalize(image)
         image_type = image_type or image_type_of(image)
+        routed = self.segmenter_for(image_type)
+        if routed is not self:  # the same normalisation (checked when it was loaded)
+            return routed.segment(image, diameter, normalized=True, image_type=image_type)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         labels, conf, nuclei = self._segment_blocks(image, scale, image_type)
         flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2])
@@ -262,6 +304,9 @@ class Segmenter(DiameterEstimator):
             type (:meth:`pipeline.config.model_folder.ModelDirConfig.diameter_for`: stained images
             have their own), whether the diameter was estimated or given.
         """
+        routed, image_type = self._routed(image, image_type)
+        if routed is not self:
+            return routed.scale_for(image, diameter, image_type)
         if self.diameter is None:
             return None, False, 1.0
         image_type = image_type or image_type_of(image)
@@ -315,4 +360,27 @@ class Segmenter(DiameterEstimator):
         """Labels (int32 (h, w), on the block's grid), confidence and each label's mean P(nucleus)
         ((labels.max() + 1,) float32) of one normalised block of an image resized by ``scale``
         (:meth:`scale_for` the whole image) of ``image_type``; ``tta``: :meth:`tta_for` the whole image."""
-        return self._labels(image, scale, image_type, tta)
+        routed, image_type = self._routed(image, image_type)
+        return routed._labels(image, scale, image_type, tta)
+
+
+def _load_stained(folder: Path, config, options: dict) -> Segmenter:
+    """The Segmenter of ``config.stained_model`` inside the model folder ``folder`` (``options``:
+    :meth:`Segmenter.from_model_dir`'s). It must normalise as the folder does and name no stained
+    network of its own.
+
+    Raises
+    ------
+    NucleiError
+        One line naming the inner folder: missing, broken, or not fit to be the stained network.
+    """
+    inner = Path(folder) / config.stained_model
+    if not inner.is_dir():
+        raise NucleiError(f"{inner}: model directory not found (stained_model of {Path(folder) / 'config.yaml'})")
+    stained = Segmenter.from_model_dir(inner, **options)
+    if stained.config.stained_model is not None:
+        raise NucleiError(f"{inner}: a stained network names its own stained_model; only one level is read")
+    if stained.config.normalization != config.normalization:
+        raise NucleiError(f"{inner}: normalization differs from {Path(folder) / 'config.yaml'}'s; "
+                          "both networks must read the same input")
+    return stained

@@ -136,6 +136,7 @@ def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotro
     progress = progress or _quiet
     norm = stack_normalization(segmenter, stack)
     diameter, estimated, scale, image_type = _scale_of(segmenter, stack, norm, diameter)
+    segmenter = segmenter.segmenter_for(image_type)  # a model's stained network, for stained stacks
     if method == "stitch":
         labels = _stitch(segmenter, stack, norm, diameter, image_type, iou_threshold, progress)
     else:

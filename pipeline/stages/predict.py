@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
         image = segmenter.normalize(load())
         image_type = image_type_of(image)
         _, _, scale = segmenter.scale_for(image, image_type=image_type)
-        probs = segmenter.predict_scaled(image, scale)
+        probs = segmenter.predict_scaled(image, scale, image_type=image_type)
         write_prediction(out / f"{image_id}.npz", probs, segmenter.head, image.shape[:2], scale, image_type)
     print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
     return 0

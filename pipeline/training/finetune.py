@@ -226,6 +226,7 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
         out = Path(out)
         _check_output(out, force)
         annotated = read_annotated(images, labels, base_config, warn=lambda m: log(f"warning: {m}"))
+        base, base_config = _starting_network(base, base_config, annotated, log)
         n_nuclei = sum(a.n_nuclei for a in annotated)
         if n_nuclei < MIN_NUCLEI:
             raise NucleiError(f"{annotated[0].source}: {n_nuclei} nuclei in all the labels; "
@@ -605,13 +606,34 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 
+def _starting_network(base: Path, base_config: ModelDirConfig, annotated: list, log) -> tuple[Path, ModelDirConfig]:
+    """The model folder fine-tuning starts from: the base's stained network (``stained_model``) when
+    most of the labelled images are stained, else the base itself. Either way the folder written
+    holds the one network it fine-tuned, for the user's kind of images."""
+    from pipeline.config.model_folder import STAINED_IMAGE_TYPE
+    from pipeline.method.image_types import image_type_of
+    from pipeline.method.intensity import normalize_image
+    from pipeline.model.model_dir import read_model_dir
+
+    if base_config.stained_model is None:
+        return base, base_config
+    norm = base_config.normalization.to_dict()
+    stained = sum(image_type_of(normalize_image(a.image, **norm)) == STAINED_IMAGE_TYPE for a in annotated)
+    if 2 * stained <= len(annotated):
+        return base, base_config
+    inner = Path(base) / base_config.stained_model
+    log(f"{stained} of {len(annotated)} images are stained: fine-tuning the model's stained network ({inner})")
+    config, _ = read_model_dir(inner)
+    return inner, config
+
+
 def _write(out: Path, model, base_config: ModelDirConfig, thresholds: dict, user_diameter: float,
            training: dict) -> None:
     """Write the model directory: into a temporary sibling, then moved into place file by file."""
     from pipeline.model.model_dir import CONFIG_NAME, WEIGHTS_NAME, save_model_dir
 
     config = base_config.replace(postprocess=thresholds, user_diameter=round(user_diameter, 2), training=training,
-                                 weights_sha256=None, source=out / CONFIG_NAME)
+                                 stained_model=None, weights_sha256=None, source=out / CONFIG_NAME)
     tmp = out.parent / f".{out.name}.finetune-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
