@@ -256,3 +256,26 @@ def test_imagej_opens_the_label_stacks_as_hyperstacks(tmp_path, model_dir):
                           str(out / "labels" / "tz.tif")], capture_output=True, text=True, timeout=120)
     line = next(line for line in run.stdout.splitlines() if line.startswith("dims "))
     assert line.split()[1:] == ["80", "64", "10", "3", "0.5", "2", "microns", "30", "16"]
+
+
+@pytest.mark.parametrize("method", ["stitch", "ortho"])
+def test_a_stained_stack_is_segmented_by_the_models_stained_network(method):
+    """A model with a stained network (``stained_model``) segments a stained z-stack with it, plane
+    by plane or slice by slice: the dark discs are found, and the other network sees no pixel."""
+    from pipeline.model.segmenter import Segmenter
+    from pipeline.model.stacks import segment_stack
+
+    from .conftest import InvertedPredictor, grey_segmenter, stain
+
+    plane = np.full((96, 96), 235, np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    centres = [(24, 24), (24, 72), (72, 24), (72, 72)]
+    for cy, cx in centres:
+        plane[(yy - cy) ** 2 + (xx - cx) ** 2 <= 10**2] = 60
+    stack = np.stack([stain(np.dstack([plane] * 3))] * 4)
+    fluorescence = grey_segmenter()
+    inner = Segmenter(InvertedPredictor(fluorescence.predictor.config))
+    routed = Segmenter(fluorescence.predictor, stained=inner)
+    result = segment_stack(routed, stack, method=method, diameter=20.0)
+    assert result.image_type == "histology" and result.labels.max() == len(centres)
+    assert not fluorescence.predictor.calls and inner.predictor.calls
