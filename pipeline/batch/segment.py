@@ -189,8 +189,8 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: 
 def _stained_note(segmenter, model_dir: Path) -> str:
     """'' or, for a model with a stained network, which network segmented the stained images."""
     config = getattr(segmenter, "config", None)
-    name = getattr(config, "stained_model", None)
-    return f" (stained images, image type histology: its stained network {Path(model_dir) / name})" if name else ""
+    folder = config.stained_folder(model_dir) if config is not None else None
+    return f" (stained images, image type histology: its stained network {folder})" if folder else ""
 
 
 def write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, options: MeasureOptions,

@@ -196,6 +196,11 @@ class ModelDirConfig:
             return self.stained_diameter
         return self.diameter
 
+    def stained_folder(self, folder: str | Path) -> Path | None:
+        """The folder of this model's stained network, inside the model folder ``folder``
+        (``stained_model``; None: this model's network runs every image)."""
+        return None if self.stained_model is None else model_folder(folder) / self.stained_model
+
 
 def as_model_dir_config(config: ModelDirConfig | Mapping, source: str | Path = CONFIG_NAME) -> ModelDirConfig:
     """``config`` itself when it is a :class:`ModelDirConfig`, else the mapping checked into one."""

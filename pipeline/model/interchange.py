@@ -787,8 +787,6 @@ def main(args: argparse.Namespace) -> int:
 def stained_network(model_dir: str | Path) -> Path | None:
     """The folder of a model folder's stained network (config ``stained_model``), or None."""
     from pipeline.config.model_folder import read_model_config
-    from pipeline.shipped import model_folder
 
-    config = read_model_config(model_dir)
-    return None if config.stained_model is None else model_folder(model_dir) / config.stained_model
+    return read_model_config(model_dir).stained_folder(model_dir)
 

@@ -374,7 +374,7 @@ def _load_stained(folder: Path, config, options: dict) -> Segmenter:
     NucleiError
         One line naming the inner folder: missing, broken, or not fit to be the stained network.
     """
-    inner = Path(folder) / config.stained_model
+    inner = config.stained_folder(folder)
     if not inner.is_dir():
         raise NucleiError(f"{inner}: model directory not found (stained_model of {Path(folder) / 'config.yaml'})")
     stained = Segmenter.from_model_dir(inner, **options)

@@ -621,7 +621,7 @@ def _starting_network(base: Path, base_config: ModelDirConfig, annotated: list, 
     stained = sum(image_type_of(normalize_image(a.image, **norm)) == STAINED_IMAGE_TYPE for a in annotated)
     if 2 * stained <= len(annotated):
         return base, base_config
-    inner = Path(base) / base_config.stained_model
+    inner = base_config.stained_folder(base)
     log(f"{stained} of {len(annotated)} images are stained: fine-tuning the model's stained network ({inner})")
     config, _ = read_model_dir(inner)
     return inner, config
