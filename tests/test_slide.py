@@ -22,7 +22,15 @@ from pipeline.files.metadata import ome_pixel_size, tiff_pixel_size
 from pipeline.files.slide_reader import open_slide, slide_of
 from pipeline.method.blocks import iter_blocks
 
-from .conftest import InvertedPredictor, disks, grey_segmenter, grid_centres, run_cli, save_threshold_model, stain
+from .conftest import (
+    InvertedPredictor,
+    disks,
+    grey_segmenter,
+    grid_centres,
+    run_cli,
+    save_threshold_model,
+    stain,
+)
 
 
 def seam_image(side: int, step: int, radius: int = 10) -> tuple[np.ndarray, np.ndarray]:
