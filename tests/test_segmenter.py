@@ -35,7 +35,7 @@ def disc_image(diameter: float, n: int = 4, dtype=np.uint8, bright=200, bg=20):
 
 
 @pytest.mark.parametrize("method", ["blob", "search"])
-@pytest.mark.parametrize("diameter", [8, 30, 120])
+@pytest.mark.parametrize("diameter", [8, 30, 120, 250])  # 250: over 8 × the canonical 20 px (100x oil)
 def test_discs_of_any_size_are_found_once_without_a_diameter(diameter, method):
     image, true = disc_image(diameter)
     seg = grey_segmenter()

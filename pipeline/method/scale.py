@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 
 #: Factors outside this range are clipped (a guard against absurd estimates and memory blow-up).
-MIN_FACTOR, MAX_FACTOR = 1 / 8, 4.0
+#: 1/16 brings nuclei of 320 px (100x oil on an unbinned camera) to the canonical 20; at 1/8,
+#: 290-px nuclei reached the network at 36 px and were lost (docs/decisions.md, "A few very large nuclei").
+MIN_FACTOR, MAX_FACTOR = 1 / 16, 4.0
 #: Median of (:func:`blob_diameter` / true median nucleus diameter) on 40 training images of
 #: stage1_train (grouped folds 1-4), each at ×0.5, ×1, ×2 and ×4: the estimate is divided by it.
 BLOB_CALIBRATION = 1.17
@@ -23,6 +25,13 @@ BLOB_CALIBRATION = 1.17
 #: shorter side; every estimate beyond 1/4 was a whole structure taken for one nucleus (an embryo
 #: ringed by small nuclei, a tissue section), off by 2-5 octaves.
 MIN_NUCLEI_ACROSS = 4
+#: When the strongest scale-space response lies beyond the cap, a peak under it stands for the nuclei
+#: only when its response is at least this fraction of the strongest. On the robustness crops
+#: (docs/decisions.md, "A few very large nuclei"), every such peak that was nuclei responded at
+#: 0.65-0.99 of the strongest; the rest, at 0.03-0.11, were the finest scale's noise or the seam
+#: where the fine scales, computed on crops, meet the shrunk image's: taken for nuclei, they had
+#: 2-9 nuclei of 110-360 px cut into hundreds of 4-8-px pieces.
+FALLBACK_RESPONSE = 0.3
 #: σ (px) of :func:`blob_scale_space`: quarter octaves from 1.4 to 64.
 SCALE_SPACE_SIGMAS = 2.0 ** np.arange(0.5, 6.01, 0.25)
 
@@ -258,13 +267,14 @@ def strongest_blob(diameters: np.ndarray, response: np.ndarray, max_diameter: fl
     diameters, response : (K,) float arrays
     max_diameter : float, optional
         Largest diameter to return. When the strongest response lies beyond it (a large bright
-        structure such as an embryo or a tissue section, not a nucleus), the strongest local peak
-        of the response at or below it is returned instead.
+        structure such as an embryo or a tissue section, not a nucleus, or a few very large
+        nuclei), the strongest local peak of the response at or below it is returned instead,
+        if its response is at least :data:`FALLBACK_RESPONSE` of the strongest.
 
     Returns
     -------
     diameter : float
-        nan for an empty scale space, or when no peak lies at or below ``max_diameter``.
+        nan for an empty scale space, or when no such peak lies at or below ``max_diameter``.
     """
     if not response.size:
         return float("nan")
@@ -272,7 +282,7 @@ def strongest_blob(diameters: np.ndarray, response: np.ndarray, max_diameter: fl
     if max_diameter is None or diameters[best] <= max_diameter:
         return float(diameters[best])
     # a response still rising at max_diameter belongs to the larger structure
-    peaks = blob_peaks(diameters, response, max_diameter=max_diameter)
+    peaks = blob_peaks(diameters, response, FALLBACK_RESPONSE, max_diameter=max_diameter)
     return float(peaks[np.argmax(response[np.searchsorted(diameters, peaks)])]) if peaks.size else float("nan")
 
 

@@ -14,8 +14,9 @@ from pipeline.method.heads import confidence
 from pipeline.method.image_types import BRIGHTFIELD, HISTOLOGY, image_type_of
 from pipeline.method.scale import content_window, largest_diameter, nucleus_diameters, scale_factor
 
-#: Diameter search: the passes run at ``canonical · 2**k`` px for these k.
-SEARCH_OCTAVES = (-1, 0, 1, 2, 3)
+#: Diameter search: the passes run at ``canonical · 2**k`` px for these k (those under the cap):
+#: up to 16 × the canonical size, as far as :data:`pipeline.method.scale.MIN_FACTOR` shrinks.
+SEARCH_OCTAVES = (-1, 0, 1, 2, 3, 4)
 #: Side (px, at the network's scale) of the window each search pass looks at.
 SEARCH_WINDOW = 384
 #: The ``'blob'`` estimate is refined a second time only when the first refinement moved it by more than
@@ -82,7 +83,7 @@ class DiameterEstimator:
           nuclei 2 and 3 times larger are probed (:data:`LARGER_PROBES`) and taken where the
           network finds nuclei of that size more confidently (large pale nuclei, whose specks
           and rims the prior finds, give no peak of their own);
-        - ``'search'``: a first pass at five scales (:data:`SEARCH_OCTAVES`: nuclei of
+        - ``'search'``: a first pass at up to six scales (:data:`SEARCH_OCTAVES`: nuclei of
           ``canonical · 2**k`` px brought to the canonical size). At the right scale the nuclei
           come out at about the canonical size and are confident; at too large a scale they are
           cut into canonical-size pieces, which also changes their implied size from pass to
