@@ -184,4 +184,6 @@ def score(segmenter, image: np.ndarray, labels: np.ndarray) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -148,4 +148,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

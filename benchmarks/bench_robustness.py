@@ -297,12 +297,6 @@ def main() -> int:
     set_threads(args.threads)
     params = load_params(args.params)
     conditions = tuple(c for c in CONDITIONS if c in (args.conditions or CONDITIONS))
-    items = samples(params, args.params, args.images, args.crop)
-    types = pd.Series([t for _, _, t, _, _ in items]).value_counts().to_dict()
-    data = params["data"]
-    print(f"{len(items)} images of fold {data['val_fold']} ({data.get('split', 'stratified')} split) of "
-          f"{data['prepared']}, centre crops <= {args.crop} px; types {types}; torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores; tta {args.tta}")
     runs = [("model", args.model, False, None)]
     if args.estimators:
         runs = [(f"model ({e})", args.model, False, e) for e in args.estimators]
@@ -310,11 +304,19 @@ def main() -> int:
         runs.append(("model, true diameter", args.model, True, None))
     if args.baseline:
         runs.insert(0, ("baseline", args.baseline, False, None))
+    segmenters = {path: Segmenter.from_model_dir(path, device="cpu", tta=args.tta) for _, path, *_ in runs}  # checked first
+    estimators = {path: segmenter.estimator for path, segmenter in segmenters.items()}
+    items = samples(params, args.params, args.images, args.crop)
+    types = pd.Series([t for _, _, t, _, _ in items]).value_counts().to_dict()
+    data = params["data"]
+    print(f"{len(items)} images of fold {data['val_fold']} ({data.get('split', 'stratified')} split) of "
+          f"{data['prepared']}, centre crops <= {args.crop} px; types {types}; torch threads "
+          f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores; tta {args.tta}")
     frames = []
     for name, path, oracle, estimator in runs:
         t0 = time.perf_counter()
-        segmenter = Segmenter.from_model_dir(path, device="cpu", tta=args.tta)
-        segmenter.estimator = estimator or segmenter.estimator
+        segmenter = segmenters[path]
+        segmenter.estimator = estimator or estimators[path]
         frame = pd.DataFrame(evaluate(segmenter, items, oracle, conditions))
         frame.insert(0, "run", name)
         frames.append(frame)
@@ -366,4 +368,6 @@ def by_source(table: pd.DataFrame, conditions) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

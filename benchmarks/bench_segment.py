@@ -388,4 +388,6 @@ def large(size: int, model_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

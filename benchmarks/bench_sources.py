@@ -98,4 +98,6 @@ def read_original(root: Path, layout: str, sample_id: str) -> tuple[np.ndarray, 
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -154,4 +154,6 @@ def rss_mb() -> float:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

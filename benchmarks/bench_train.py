@@ -363,4 +363,6 @@ def report(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

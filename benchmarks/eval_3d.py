@@ -93,5 +93,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from pipeline.errors import run_main
+
     np.seterr(all="ignore")
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from pipeline import __version__
-from pipeline.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NucleiError, UsageError
+from pipeline.errors import run_main
 
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,22 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     ``EXIT_INTERRUPTED`` 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_from_argv(argv)
-    try:
-        parser = build_parser(command)
-        args = parser.parse_args(argv)
+
+    def run() -> int:
+        args = build_parser(command).parse_args(argv)
         return int(args._main(args) or 0)
-    except UsageError as exc:
-        print(f"nuclei: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except NucleiError as exc:
-        print(f"nuclei: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        return EXIT_OK
-    except KeyboardInterrupt:
-        print("nuclei: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+    return run_main(run, "nuclei")
 
 
 def entry_point() -> None:

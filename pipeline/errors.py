@@ -4,6 +4,8 @@ statuses of every ``nuclei`` command.
 Must not: import anything from the package (every module imports it).
 """
 
+import os
+import sys
 from contextlib import contextmanager
 
 #: Exit statuses of every command: done; some or all of the work failed (a :class:`NucleiError`);
@@ -44,3 +46,29 @@ class OutputError(NucleiError):
 def one_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type name when it has none."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def run_main(main, prog: str | None = None) -> int:
+    """Run a command's ``main()`` and return its exit status, a user's error as one line.
+
+    A :class:`UsageError` prints ``<prog>: error: <message>`` and gives :data:`EXIT_USAGE`; any
+    other :class:`NucleiError` the same line and :data:`EXIT_FAILED`; Ctrl-C ``<prog>: interrupted``
+    and :data:`EXIT_INTERRUPTED`; output piped into ``head`` and closed early, :data:`EXIT_OK`.
+    ``prog`` defaults to the running script's file name. Every other exception propagates (a bug:
+    its traceback is wanted). Used by ``nuclei`` and by every script in ``benchmarks/`` and ``scripts/``.
+    """
+    prog = prog or os.path.basename(sys.argv[0]) or "nuclei"
+    try:
+        return int(main() or 0)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NucleiError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -60,4 +60,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -66,4 +66,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -1,11 +1,25 @@
-"""Number options: one checker (`pipeline.arguments.number`) and one wording in every command."""
+"""Number options: one checker (`pipeline.arguments.number`) and one wording in every command; a user's
+error is one line and an exit status (`pipeline.errors.run_main`) in `nuclei` and the maintainers' scripts."""
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.arguments import POSITIVE, number
 from pipeline.cli import main
+from pipeline.config.params import ROOT
+from pipeline.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    NucleiError,
+    UsageError,
+    run_main,
+)
 
 from .conftest import load_script
 
@@ -77,3 +91,29 @@ def test_the_maintainers_scripts_use_the_same_checker(script, argv, message, tmp
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("raised", "status", "line"), [
+    (UsageError("a.tif: no such file"), EXIT_USAGE, "prog: error: a.tif: no such file"),
+    (NucleiError("model/config.yaml: bad key"), EXIT_FAILED, "prog: error: model/config.yaml: bad key"),
+    (KeyboardInterrupt(), EXIT_INTERRUPTED, "prog: interrupted"),
+])
+def test_run_main_turns_a_users_error_into_one_line_and_its_exit_status(raised, status, line, capsys):
+    def main():
+        raise raised
+
+    assert run_main(main, "prog") == status
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert run_main(lambda: None, "prog") == EXIT_OK and run_main(lambda: 3, "prog") == 3
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_main(lambda: 1 / 0, "prog")
+
+
+@pytest.mark.parametrize("script", ["benchmarks/bench_sources.py", "benchmarks/bench_robustness.py"])
+def test_the_benchmarks_name_a_missing_model_in_one_line(script, tmp_path):
+    """The benchmark scripts report a user's error as ``nuclei`` does: one line, exit status 1."""
+    missing = tmp_path / "no-model"
+    done = subprocess.run([sys.executable, str(ROOT / script), "--model", str(missing)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == EXIT_FAILED, done.stderr
+    assert done.stderr.strip().splitlines() == [f"{Path(script).name}: error: {missing}: model directory not found"]
