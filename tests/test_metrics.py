@@ -225,3 +225,19 @@ def test_group_summary_means_scores_and_takes_the_median_counting_error():
     both = group_summary(table, ["run", "source"])
     assert list(both.columns) == ["n_images", "dsb_score", "ap50", "count_error"]
     assert both.loc[("b", "y"), "n_images"] == 2 and both.loc[("a", "y"), "count_error"] == 0.5
+
+
+def test_the_robustness_benchmarks_whole_count_leaves_out_only_small_edge_fragments():
+    """``bench_robustness.py``'s diagnostic count: a nucleus the crop's edge cut to under
+    ``min_area`` px is left out; a large one at the edge, and a small one inside, still count."""
+    from benchmarks.bench_robustness import whole_count
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:20, 10:20] = 1  # inside, 100 px
+    labels[0:3, 5:8] = 2  # edge fragment, 9 px
+    labels[30:40, 30:40] = 3  # at the edge, 100 px
+    labels[25:27, 5:7] = 4  # small, inside
+    labels[37:40, 0:2] = 7  # edge fragment in a corner, 6 px (labels need not be consecutive)
+    assert whole_count(labels, 25.0) == 3
+    assert whole_count(labels, 0.0) == 5  # nothing is small enough
+    assert whole_count(np.zeros((8, 8), np.int32), 25.0) == 0
