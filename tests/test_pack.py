@@ -77,6 +77,36 @@ def test_parts_of_whole_samples_unpacked_in_order(tmp_path):
         pack_prepared(prepared, tmp_path / "small.tar", 3000 + 2 * tarfile.RECORDSIZE)
 
 
+def test_chosen_sources_are_packed_without_their_validation_fold(tmp_path):
+    """``--sources`` and ``--leave-out-fold``: only the sources named, and none of the images of
+    the grouped fold left out, in the samples or in the indexes unpacked, the rest as they were."""
+    rng = np.random.default_rng(2)
+    prepared = tmp_path / "prepared"
+    for source in ("a", "b", "c"):
+        (prepared / source).mkdir(parents=True)
+        _prepared(prepared / source, rng)
+        index = pd.read_csv(prepared / source / "index.csv")
+        index.assign(group_fold=[0, 1, 2]).to_csv(prepared / source / "index.csv", index=False)
+    archive = tmp_path / "carry" / "train.tar"
+    assert main(["pack", "pack", str(prepared), str(archive), "--sources", "a", "c", "--leave-out-fold", "0"]) == 0
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert names == {"a/index.csv", "c/index.csv"} | {f"{s}/{k}/{f}.png" for s in "ac" for k in ("colour", "empty")
+                                                      for f in ("image", "labels")}
+    out = tmp_path / "out"
+    assert unpack_prepared(archive, out) == 4
+    for source in ("a", "c"):
+        back = pd.read_csv(out / source / "index.csv")
+        assert back["id"].tolist() == ["colour", "empty"] and back["group_fold"].tolist() == [1, 2]
+        assert back["fold"].tolist() == [1, 2]  # the other columns as they were
+        np.testing.assert_array_equal(load_npz(out / source / "colour.npz")["image"],
+                                      load_npz(prepared / source / "colour.npz")["image"])
+    assert not (out / "b").exists()
+    pd.DataFrame({"id": ["x"], "fold": [0]}).to_csv(prepared / "a" / "index.csv", index=False)
+    with pytest.raises(NucleiError, match=r"missing column\(s\) group_fold"):
+        pack_prepared(prepared, tmp_path / "no-folds.tar", sources=["a"], leave_out_fold=0)
+
+
 def test_jpeg_images_are_smaller_and_close_and_labels_stay_exact(tmp_path):
     """``--jpeg``: a smooth image (as microscope images are) comes back within a few grey levels, in a
     fraction of the PNG's bytes; labels and indexes are exact."""

@@ -12,6 +12,7 @@ the images as JPEG instead (lossy, within a few grey levels; the labels stay los
 folds 1–4 of the eight sources, 148.5 MiB of PNG images, take 48.1 MiB (two parts of 29 and 27 MiB)::
 
     nuclei pack pack data/generalist/prepared carry/prepared.tar --part-mib 25 [--jpeg 95]
+        [--sources dsb2018 he_gbm40 ...] [--leave-out-fold 0]
     python -m pipeline pack unpack carry/prepared.1-of-5.tar data/generalist/prepared   # each part
 
 Unpacking needs only numpy and OpenCV, so that a bare GPU machine can do it. A folder is complete
@@ -123,21 +124,30 @@ def _parts(samples: list[list[tuple[str, bytes]]], indexes: list[tuple[str, byte
 
 
 def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | None = None,
-                  jpeg: int | None = None) -> list[Path]:
+                  jpeg: int | None = None, sources: list[str] | None = None,
+                  leave_out_fold: int | None = None) -> list[Path]:
     """Write the prepared folder ``prepared`` (``index.csv`` + ``<id>.npz``, or a folder of such
     sources) into the tar ``archive``; with ``part_bytes``, when it does not fit in that many bytes,
     into parts ``<stem>.<k>-of-<n>.tar`` of whole samples, the indexes in the last. ``jpeg``: store
     the images as JPEG of this quality (lossy, about a third of the PNG bytes at 95; the labels stay
-    lossless).
+    lossless). ``sources``: in a folder of sources, only these. ``leave_out_fold``: leave out the
+    images of this grouped fold (``group_fold``), from the samples and the indexes alike, so that
+    what is carried to train on holds no validation image (``data.val_fold: null`` there).
 
     Returns the archives written. Raises NucleiError naming a missing or unreadable index
-    (:func:`pipeline.data.folds.read_index`) or sample file, or a sample larger than a part.
+    (:func:`pipeline.data.folds.read_index`) or sample file, an index without ``group_fold``, or a
+    sample larger than a part.
     """
     from pipeline.data.folds import read_index  # here, not at the top: unpacking needs no scipy
 
     prepared, archive = Path(prepared), Path(archive)
-    ids = read_index(prepared, ("id",))["id"].tolist()
-    indexes = [prepared / INDEX] if (prepared / INDEX).exists() else sorted(prepared.glob(f"*/{INDEX}"))
+    columns = ("id",) if leave_out_fold is None else ("id", "group_fold")
+    index = read_index(prepared, columns, sources)
+    if leave_out_fold is not None:
+        index = index[index["group_fold"] != leave_out_fold]
+    ids = index["id"].tolist()
+    indexes = [prepared / INDEX] if (prepared / INDEX).exists() else sorted(
+        prepared / name / INDEX for name in (sources or [p.parent.name for p in prepared.glob(f"*/{INDEX}")]))
     samples = []
     for sample_id in progress(ids, desc="pack", unit="img"):
         path = prepared / f"{sample_id}.npz"
@@ -148,8 +158,8 @@ def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | N
             raise NucleiError(f"{path}: cannot pack ({exc})") from None
         image_name = f"{sample_id}/image.{'png' if jpeg is None else 'jpg'}"
         samples.append([(image_name, image_data), (f"{sample_id}/labels.png", labels_png)])
-    parts = _parts(samples, [(index.relative_to(prepared).as_posix(), index.read_bytes()) for index in indexes],
-                   part_bytes)
+    parts = _parts(samples, [(path.relative_to(prepared).as_posix(), _index_bytes(path, leave_out_fold))
+                             for path in indexes], part_bytes)
     n = len(parts)
     names = [archive] if n == 1 else [archive.with_name(f"{archive.stem}.{k}-of-{n}{archive.suffix}")
                                       for k in range(1, n + 1)]
@@ -161,6 +171,16 @@ def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | N
             for member, data in members:
                 _add(tar, member, data)
     return names
+
+
+def _index_bytes(path: Path, leave_out_fold: int | None) -> bytes:
+    """An index file's bytes, less its rows of grouped fold ``leave_out_fold`` (None: all of it)."""
+    if leave_out_fold is None:
+        return path.read_bytes()
+    import pandas as pd
+
+    index = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
+    return index[index["group_fold"] != leave_out_fold].to_csv(index=False).encode()
 
 
 def _index_ids(data: bytes) -> list[str]:
@@ -223,6 +243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="split into parts of at most this many MiB (<stem>.<k>-of-<n>.tar) when larger")
     p.add_argument("--jpeg", type=number(integer=True, at_least=1, at_most=100), default=None, metavar="QUALITY",
                    help="store the images as JPEG of this quality, 1-100 (lossy; labels stay lossless)")
+    p.add_argument("--sources", nargs="+", default=None, metavar="NAME",
+                   help="in a folder of sources, pack only these")
+    p.add_argument("--leave-out-fold", type=number(integer=True, at_least=0), default=None, metavar="K",
+                   help="leave out the images of grouped fold K (group_fold), to train on the rest elsewhere")
     u = sub.add_parser("unpack", help="archives (or parts, in order) -> prepared folder")
     u.add_argument("archives", type=Path, nargs="+")
     u.add_argument("prepared", type=Path)
@@ -232,7 +256,8 @@ def main(args: argparse.Namespace) -> int:
     """``nuclei pack pack|unpack``."""
     if args.action == "pack":
         for name in pack_prepared(args.prepared, args.archive,
-                                  None if args.part_mib is None else int(args.part_mib * 2**20), args.jpeg):
+                                  None if args.part_mib is None else int(args.part_mib * 2**20), args.jpeg,
+                                  args.sources, args.leave_out_fold):
             print(f"{name}: {name.stat().st_size / 2**20:.1f} MiB")
     else:
         for archive in args.archives:
