@@ -103,7 +103,7 @@ def test_chosen_sources_are_packed_without_their_validation_fold(tmp_path):
                                       load_npz(prepared / source / "colour.npz")["image"])
     assert not (out / "b").exists()
     pd.DataFrame({"id": ["x"], "fold": [0]}).to_csv(prepared / "a" / "index.csv", index=False)
-    with pytest.raises(NucleiError, match=r"missing column\(s\) group_fold"):
+    with pytest.raises(NucleiError, match=r"a/index.csv: missing column\(s\) group_fold"):
         pack_prepared(prepared, tmp_path / "no-folds.tar", sources=["a"], leave_out_fold=0)
 
 

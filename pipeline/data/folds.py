@@ -250,10 +250,11 @@ def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS,
             raise NucleiError(f"{prepared / missing[0] / 'index.csv'}: no such file (run `nuclei prepare` "
                               f"for source {missing[0]!r})")
         parts = [found[name] for name in sorted(sources)]
-    index = pd.concat([_source_index(p) for p in parts], ignore_index=True) if parts else _read_csv(path)
-    missing = [c for c in columns if c not in index.columns]
-    if missing:
-        raise NucleiError(f"{path}: missing column(s) {', '.join(missing)}")
+    tables = [(p, _source_index(p)) for p in parts] if parts else [(path, _read_csv(path))]
+    for source_path, table in tables:  # the file that lacks a column is the one named
+        if missing := [c for c in columns if c not in table.columns]:
+            raise NucleiError(f"{source_path}: missing column(s) {', '.join(missing)}")
+    index = pd.concat([t for _, t in tables], ignore_index=True)
     if index.empty:
         raise NucleiError(f"{path}: no images listed")
     return index
