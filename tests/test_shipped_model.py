@@ -85,19 +85,17 @@ def test_a_few_very_large_nuclei_are_found_whole(zoom):
     enlarged 2-3x as at 100x: 140-220-px nuclei, two to a field. The scale-space's weak
     finest-scale peak was taken for them, and each was cut into 15-480 pieces of 5 px
     (docs/decisions.md, "A few very large nuclei")."""
+    from benchmarks.bench_robustness import centre_crop, shifted
     from pipeline.data.sources import read_sample
     from pipeline.method.metrics import image_metrics
-    from pipeline.method.scale import median_diameter, resize_image, resize_labels, scaled_shape
+    from pipeline.method.scale import median_diameter
     from pipeline.model.segmenter import Segmenter
 
     kromp = ROOT.parent / "shared" / "extra" / "fluo_kromp2020"
     if not kromp.is_dir():
         pytest.skip("no ../shared/extra/fluo_kromp2020 beside the checkout")
-    image, labels = read_sample(kromp, "folder", "normal_29")
-    (r, c), side = ((s - 320) // 2 for s in labels.shape), 320
-    image, labels = image[r:r + side, c:c + side], labels[r:r + side, c:c + side]
-    shape = scaled_shape(labels.shape, zoom)
-    image, labels = resize_image(image, shape), resize_labels(labels, shape)
+    image, labels = centre_crop(*read_sample(kromp, "folder", "normal_29"), 320)
+    image, labels = shifted(f"x{zoom}", image, labels, seed=0)  # the robustness benchmark's ×2, ×3
     result = Segmenter.from_model_dir(MODEL, device="cpu").segment(image)
     assert result.diameter == pytest.approx(median_diameter(labels), rel=0.2)
     metrics = image_metrics(labels, result.labels)
