@@ -159,6 +159,36 @@ def test_an_image_where_the_network_finds_no_nucleus_at_any_scale_is_not_enlarge
     assert len(asked) > 1  # the prior, then the search's scales
 
 
+def test_one_estimate_runs_each_network_pass_once(monkeypatch):
+    """The steps of one estimate ask for the same pass more than once (an unconfirmed prior is counted
+    by its refinement and again for its confidence); each scale runs the network once per estimate,
+    with the same answer, and a second estimate runs its own passes."""
+    from pipeline.model import diameter
+
+    class NoMemory:  # every pass runs, as before the memory of passes
+        by_scale = None
+
+        def __setattr__(self, name, value):
+            pass
+
+    seg = grey_segmenter()
+    scales: list[float] = []
+    predict = seg.predict_scaled
+    monkeypatch.setattr(seg, "predict_scaled", lambda image, scale, tta=None: scales.append(scale)
+                        or predict(image, scale, tta))
+    noise = seg.normalize(np.random.default_rng(0).normal(10, 3, (256, 256, 3)).clip(0, 255).astype(np.uint8))
+    with monkeypatch.context() as m:
+        m.setattr(diameter, "_PASSES", NoMemory())
+        unshared = seg.estimate_diameter(noise)
+    assert len(scales) > len(set(scales))  # this image's estimate repeats passes
+    scales.clear()
+    assert seg.estimate_diameter(noise) == unshared
+    assert len(scales) == len(set(scales))
+    first = len(scales)
+    seg.estimate_diameter(noise)
+    assert sorted(scales[first:]) == sorted(scales[:first])
+
+
 @pytest.mark.parametrize(("probes", "image_type", "expected"), [
     ({9: (9.0, 0.73), 18: (11.0, 0.75), 27: (28.0, 0.85)}, "histology", 28.0),  # vesicular: whole nuclei at 3x
     ({9: (9.0, 0.80), 18: (19.0, 0.85), 27: (30.0, 0.86)}, "histology", 9.0),  # not enough more confident: kept

@@ -7,6 +7,7 @@ Must not: segment whole images (the Segmenter does), or read files.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -46,6 +47,11 @@ LARGER_PROBES = (2.0, 3.0)
 #: images, where a gain of 0.05 also took clumps twice the size of a dark image's nuclei (0.78 →
 #: 0.84); over DSB2018's 107 stained images and the three other H&E sources no probe is taken.
 CONSISTENT_OCTAVES, CONFIDENCE_GAIN = 1 / 3, 0.075
+
+#: The network passes of the estimate under way in this thread, by scale: the steps of one estimate
+#: ask for the same pass more than once (an unconfirmed prior is counted again, and a probe's
+#: confidence is its refinement's first pass), and each runs once.
+_PASSES = threading.local()
 
 
 class DiameterEstimator:
@@ -107,7 +113,13 @@ class DiameterEstimator:
         image_type = image_type or image_type_of(image)
         if image_type == BRIGHTFIELD:
             return None
-        method = method or self.estimator
+        _PASSES.by_scale = {}
+        try:
+            return self._estimate(image, method or self.estimator, image_type)
+        finally:
+            _PASSES.by_scale = None
+
+    def _estimate(self, image: np.ndarray, method: str, image_type: str) -> float | None:
         if method == "blob":
             estimate = self._estimate_blob(image, dark=image_type == HISTOLOGY)
             if image_type == HISTOLOGY and estimate is not None:
@@ -234,13 +246,20 @@ class DiameterEstimator:
     def _search_pass(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
         """Equivalent diameters (px at the network's scale) of the nuclei found, and the
         confidence, in the window with the most structure (:data:`SEARCH_WINDOW` px at the
-        network's scale) of a normalised image resized by ``scale``."""
+        network's scale) of a normalised image resized by ``scale``; once per scale within one
+        estimate (:data:`_PASSES`)."""
         from pipeline.method.watershed import for_image_type, postprocess
 
+        passes = getattr(_PASSES, "by_scale", None)
+        if passes is not None and scale in passes:
+            return passes[scale]
         window = content_window(image, max(16, int(round(SEARCH_WINDOW / scale))))
         probs = self.predict_scaled(image[window], scale, tta="none")  # a size, not outlines: one pass
         # sizes at the fixed mask threshold the estimate was calibrated with: the lower threshold
         # of dense images (dense_mask_threshold) is for outlines, and would size nuclei ~6 % larger
         settings = for_image_type(self.thresholds) | {"dense_mask_threshold": None}
         labels = postprocess(probs, self.head, **settings)
-        return nucleus_diameters(labels), confidence(probs, self.head)
+        found = nucleus_diameters(labels), confidence(probs, self.head)
+        if passes is not None:
+            passes[scale] = found
+        return found
