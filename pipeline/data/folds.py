@@ -242,6 +242,21 @@ def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS,
         Missing or unreadable file, missing columns, no rows.
     """
     prepared = Path(prepared)
+    tables = index_tables(prepared, columns, sources)
+    index = pd.concat([_prefixed(path, table) if path.parent != prepared else table for path, table in tables],
+                      ignore_index=True)
+    if index.empty:
+        raise NucleiError(f"{prepared / 'index.csv'}: no images listed")
+    return index
+
+
+def index_tables(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS,
+                 sources: list[str] | tuple[str, ...] | None = None) -> list[tuple[Path, pd.DataFrame]]:
+    """The index files of a prepared folder that :func:`read_index` reads, each with its table as
+    stored (its own ids, unprefixed): ``[(path, table)]``, one source's ``index.csv``, or the sources'
+    ``<name>/index.csv`` in name order. Raises NucleiError naming a missing or unreadable file, or the
+    file that lacks one of ``columns``."""
+    prepared = Path(prepared)
     path = prepared / "index.csv"
     parts = sorted(prepared.glob("*/index.csv")) if not path.exists() and prepared.is_dir() else []
     if parts and sources is not None:
@@ -250,15 +265,11 @@ def read_index(prepared: str | Path, columns: tuple[str, ...] = INDEX_COLUMNS,
             raise NucleiError(f"{prepared / missing[0] / 'index.csv'}: no such file (run `nuclei prepare` "
                               f"for source {missing[0]!r})")
         parts = [found[name] for name in sorted(sources)]
-    tables = [(p, _source_index(p)) for p in parts] if parts else [(path, _read_csv(path))]
+    tables = [(p, _read_csv(p)) for p in (parts or [path])]
     for source_path, table in tables:  # the file that lacks a column is the one named
         if missing := [c for c in columns if c not in table.columns]:
             raise NucleiError(f"{source_path}: missing column(s) {', '.join(missing)}")
-    index = pd.concat([t for _, t in tables], ignore_index=True)
-    if index.empty:
-        raise NucleiError(f"{path}: no images listed")
-    return index
-
+    return tables
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -271,9 +282,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 
-def _source_index(path: Path) -> pd.DataFrame:
+def _prefixed(path: Path, table: pd.DataFrame) -> pd.DataFrame:
     """One source's index inside a folder of sources: ids and groups prefixed by the source."""
-    index = _read_csv(path)
+    index = table.copy()
     name = path.parent.name
     index["id"] = name + "/" + index["id"].astype(str)
     index["source"] = name

@@ -135,19 +135,22 @@ def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | N
     what is carried to train on holds no validation image (``data.val_fold: null`` there).
 
     Returns the archives written. Raises NucleiError naming a missing or unreadable index
-    (:func:`pipeline.data.folds.read_index`) or sample file, an index without ``group_fold``, or a
-    sample larger than a part.
+    (:func:`pipeline.data.folds.index_tables`) or sample file, an index without ``group_fold``, no
+    image to pack, or a sample larger than a part.
     """
-    from pipeline.data.folds import read_index  # here, not at the top: unpacking needs no scipy
+    from pipeline.data.folds import index_tables  # here, not at the top: unpacking needs no scipy
 
     prepared, archive = Path(prepared), Path(archive)
-    columns = ("id",) if leave_out_fold is None else ("id", "group_fold")
-    index = read_index(prepared, columns, sources)
-    if leave_out_fold is not None:
-        index = index[index["group_fold"] != leave_out_fold]
-    ids = index["id"].tolist()
-    indexes = [prepared / INDEX] if (prepared / INDEX).exists() else sorted(
-        prepared / name / INDEX for name in (sources or [p.parent.name for p in prepared.glob(f"*/{INDEX}")]))
+    tables = index_tables(prepared, ("id",) if leave_out_fold is None else ("id", "group_fold"), sources)
+    if leave_out_fold is not None:  # one filter, for the samples and the indexes alike
+        tables = [(path, table[table["group_fold"] != leave_out_fold]) for path, table in tables]
+    if sum(len(table) for _, table in tables) == 0:
+        raise NucleiError(f"{prepared / INDEX}: no images to pack")
+    indexes = [(path.relative_to(prepared).as_posix(),
+                path.read_bytes() if leave_out_fold is None else table.to_csv(index=False).encode())
+               for path, table in tables]
+    ids = [(path.parent.relative_to(prepared) / sample_id).as_posix()
+           for path, table in tables for sample_id in table["id"]]
     samples = []
     for sample_id in progress(ids, desc="pack", unit="img"):
         path = prepared / f"{sample_id}.npz"
@@ -158,8 +161,7 @@ def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | N
             raise NucleiError(f"{path}: cannot pack ({exc})") from None
         image_name = f"{sample_id}/image.{'png' if jpeg is None else 'jpg'}"
         samples.append([(image_name, image_data), (f"{sample_id}/labels.png", labels_png)])
-    parts = _parts(samples, [(path.relative_to(prepared).as_posix(), _index_bytes(path, leave_out_fold))
-                             for path in indexes], part_bytes)
+    parts = _parts(samples, indexes, part_bytes)
     n = len(parts)
     names = [archive] if n == 1 else [archive.with_name(f"{archive.stem}.{k}-of-{n}{archive.suffix}")
                                       for k in range(1, n + 1)]
@@ -171,16 +173,6 @@ def pack_prepared(prepared: str | Path, archive: str | Path, part_bytes: int | N
             for member, data in members:
                 _add(tar, member, data)
     return names
-
-
-def _index_bytes(path: Path, leave_out_fold: int | None) -> bytes:
-    """An index file's bytes, less its rows of grouped fold ``leave_out_fold`` (None: all of it)."""
-    if leave_out_fold is None:
-        return path.read_bytes()
-    import pandas as pd
-
-    index = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
-    return index[index["group_fold"] != leave_out_fold].to_csv(index=False).encode()
 
 
 def _index_ids(data: bytes) -> list[str]:
