@@ -130,9 +130,10 @@ def centre_crop(image: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.nd
 FRAGMENT = 0.25
 
 
-def whole_count(labels: np.ndarray, min_area: float) -> int:
-    """Nuclei of an int32 (H, W) label image, less those touching its edge with under ``min_area`` px."""
-    areas = np.bincount(labels.ravel())
+def whole_count(labels: np.ndarray, min_area: float, areas: np.ndarray | None = None) -> int:
+    """Nuclei of an int32 (H, W) label image, less those touching its edge with under ``min_area`` px;
+    ``areas``: the label image's ``np.bincount``, when the caller has it."""
+    areas = np.bincount(labels.ravel()) if areas is None else areas
     edge = np.zeros(areas.size, bool)
     edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
     present = areas > 0
@@ -275,17 +276,17 @@ def evaluate(segmenter: Segmenter, items, oracle: bool, conditions=CONDITIONS) -
         t0 = time.perf_counter()
         for k, (image_id, source, image_type, image, labels) in enumerate(items):
             img, true = shifted(condition, image, labels, seed=k)
-            diameter = median_diameter(true) if oracle and true.max() else None
-            result = segmenter.segment(img, diameter=diameter)
+            true_diameter = median_diameter(true)
+            result = segmenter.segment(img, diameter=true_diameter if oracle and true.max() else None)
             m = image_metrics(true, result.labels)
-            areas = np.bincount(true.ravel())[1:]
-            min_area = FRAGMENT * float(np.median(areas[areas > 0])) if areas.any() else 0.0
-            whole_true, whole_pred = whole_count(true, min_area), whole_count(result.labels, min_area)
+            areas = np.bincount(true.ravel())
+            min_area = FRAGMENT * float(np.median(areas[1:][areas[1:] > 0])) if areas[1:].any() else 0.0
+            whole_true, whole_pred = whole_count(true, min_area, areas), whole_count(result.labels, min_area)
             rows.append({
                 "condition": condition, "id": image_id, "source": source, "image_type": image_type,
                 **{k: m[k] for k in ("dsb_score", "ap50", "n_true", "n_pred", "count_error")},
                 "count_error_whole": abs(whole_pred - whole_true) / whole_true if whole_true else np.nan,
-                "diameter_true": median_diameter(true), "diameter": result.diameter,
+                "diameter_true": true_diameter, "diameter": result.diameter,
                 "confidence": result.confidence,
             })
         done = [r["dsb_score"] for r in rows[-len(items):]]

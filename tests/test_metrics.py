@@ -239,5 +239,6 @@ def test_the_robustness_benchmarks_whole_count_leaves_out_only_small_edge_fragme
     labels[25:27, 5:7] = 4  # small, inside
     labels[37:40, 0:2] = 7  # edge fragment in a corner, 6 px (labels need not be consecutive)
     assert whole_count(labels, 25.0) == 3
+    assert whole_count(labels, 25.0, np.bincount(labels.ravel())) == 3  # the areas given
     assert whole_count(labels, 0.0) == 5  # nothing is small enough
     assert whole_count(np.zeros((8, 8), np.int32), 25.0) == 0
