@@ -164,7 +164,13 @@ def test_a_models_stained_network_is_named_for_its_own_export(tmp_path, capsys):
     assert cli_main(["export-model", str(model_dir), "-o", str(tmp_path / "out"), "--format", "torchscript"]) == 0
     assert (f"with a second network; export it too: nuclei export-model {model_dir / 'stained'} -o OUT"
             in capsys.readouterr().out)
+    described = json.loads((tmp_path / "out" / "torchscript" / "model.json").read_text())
+    assert described["stained_model"] == "stained" and "second network" in described["image_types"]
+    assert "stained tissue (H&E, IHC) is segmented by the model's second network" in (
+        tmp_path / "out" / "torchscript" / "README.md").read_text()
     assert cli_main(["export-model", str(model_dir / "stained"), "-o", str(tmp_path / "out2"), "--format", "torchscript"]) == 0
+    described = json.loads((tmp_path / "out2" / "torchscript" / "model.json").read_text())
+    assert described["stained_model"] is None and described["image_types"] == "every image type"
 
 
 @pytest.mark.parametrize("broken", ["missing", "no_weights", "bad_config"])

@@ -225,6 +225,11 @@ def export_description(config: ModelDirConfig, stride: int, source: str = "") ->
             "steps": watershed_steps(config),
         },
         "labels": "not part of the network: a Fiji or QuPath user gets probability maps, not labels",
+        "stained_model": config.stained_model,
+        "image_types": (
+            f"unstained images (fluorescence, bright-field); stained tissue (H&E, IHC) is segmented by the "
+            f"model's second network, its folder {config.stained_model!r}, which is exported on its own"
+        ) if config.stained_model else "every image type",
         "validation": validation_summary(config),
         "training_data": training_sources(config),
         "licence": f"{LICENCE} (the project's licence, under which the weights ship); the training data's own "
@@ -315,6 +320,7 @@ Files: {', '.join(f'`{f}`' for f in files)}; `{DESCRIPTION_FILE}` holds everythi
 depth {d['architecture']['depth']}, width {d['architecture']['width']}) with its {out['activation']}. The
 marker-controlled watershed that turns probabilities into nuclei is not part of it: a Fiji or QuPath user
 gets probability maps and applies the steps at the end of this page there (or runs `nuclei segment`).
+Images it is for: {d.get('image_types', 'every image type')}.
 
 {how_to_load}
 
@@ -765,7 +771,8 @@ def main(args: argparse.Namespace) -> int:
     """``nuclei export-model``: write the exports and say what was checked."""
     formats = list(dict.fromkeys(args.formats or FORMATS))
     written = export_model(args.model, args.out, formats, sample=args.sample, zip_package=args.zip, test=args.test)
-    checked = json.loads((next(iter(written.values())) / DESCRIPTION_FILE).read_text()).get("checked", {})
+    description = json.loads((next(iter(written.values())) / DESCRIPTION_FILE).read_text())
+    checked = description.get("checked", {})
     diffs = ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.1e}" for k, v in checked.items() if k.startswith("max_abs"))
     for fmt, folder in written.items():
         print(f"{fmt}: {folder}")
@@ -777,16 +784,10 @@ def main(args: argparse.Namespace) -> int:
         if args.test:
             notes.append("bioimageio.core test passed")
     print("; ".join(notes))
-    stained = stained_network(args.model)
-    if stained is not None:
+    if description.get("stained_model"):
+        from pipeline.shipped import model_folder
+
         print(f"note: this model segments stained images (H&E, IHC) with a second network; export it too: "
-              f"nuclei export-model {stained} -o OUT")
+              f"nuclei export-model {model_folder(args.model) / description['stained_model']} -o OUT")
     return 0
-
-
-def stained_network(model_dir: str | Path) -> Path | None:
-    """The folder of a model folder's stained network (config ``stained_model``), or None."""
-    from pipeline.config.model_folder import read_model_config
-
-    return read_model_config(model_dir).stained_folder(model_dir)
 
