@@ -286,22 +286,27 @@ def test_finetune_names_a_missing_guard_and_says_when_there_is_none(base_model, 
     assert yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["training"]["guard"] is None
 
 
-def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_images(base_model, tmp_path, capsys):
+def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_images(base_model, tmp_path, capsys,
+                                                                                   monkeypatch):
     """A base with a stained network (``stained_model``): stained images fine-tune that network,
     fluorescence images the base's own; either way the folder written holds the one network it
     fine-tuned, and names no stained network."""
     import shutil
 
     from pipeline.config.model_folder import read_model_config
+    from pipeline.method import image_types as types
     from pipeline.training.finetune import _starting_network
+    from pipeline.training.finetune_run import image_types_of
 
     from .conftest import add_stained_network, stain
 
     base = add_stained_network(shutil.copytree(base_model, tmp_path / "base"), base_model)
     config = read_model_config(base)
     rng = np.random.default_rng(3)
-    fluo = [types_image(disc_image(96, 14, rng)[0]) for _ in range(3)]
-    stained = [types_image(stain(255 - f.image)) for f in fluo]
+    fluo_images = [disc_image(96, 14, rng)[0] for _ in range(3)]
+    fluo = image_types_of([i.astype(np.float32) / 255 for i in fluo_images], config)
+    stained = image_types_of([stain(255 - i).astype(np.float32) / 255 for i in fluo_images], config)
+    assert "histology" not in fluo and stained == ["histology"] * 3
     assert _starting_network(base, config, fluo, print) == (base, config)
     assert _starting_network(base, config, stained[:1] + fluo, print)[0] == base  # most are not stained
     assert _starting_network(base, config, stained[:2] + fluo[:1], print)[0] == base / "stained"
@@ -310,15 +315,12 @@ def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_imag
     images = write_annotated(tmp_path / "user")
     for path in images:
         Image.fromarray(stain(255 - np.asarray(Image.open(path)))).save(path)
+    typed = []
+    type_of = types.image_type_of
+    monkeypatch.setattr(types, "image_type_of", lambda image: typed.append(image.shape) or type_of(image))
     out = finetune(images, tmp_path / "user" / "labels", base=base, out=tmp_path / "model", steps=8, guard=None,
                    device="cpu")
+    assert len(typed) == len(images)  # each image typed once, for the network and for its scale
     written = read_model_config(out)
     assert written.stained_model is None and not (out / "stained").exists()
     assert (ROOT / written.training["base"]).resolve() == (base / "stained").resolve()
-
-
-def types_image(image):
-    """An annotated-image stand-in (only its pixels are read)."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(image=image)

@@ -226,7 +226,10 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
         out = Path(out)
         _check_output(out, force)
         annotated = read_annotated(images, labels, base_config, warn=lambda m: log(f"warning: {m}"))
-        base, base_config = _starting_network(base, base_config, annotated, log)
+        from pipeline.training.finetune_run import image_types_of
+
+        image_types = image_types_of([a.image for a in annotated], base_config)  # a stained network normalises alike
+        base, base_config = _starting_network(base, base_config, image_types, log)
         n_nuclei = sum(a.n_nuclei for a in annotated)
         if n_nuclei < MIN_NUCLEI:
             raise NucleiError(f"{annotated[0].source}: {n_nuclei} nuclei in all the labels; "
@@ -245,8 +248,8 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
         user_diameter = float(np.nanmedian(diameters))
         config = run_config(base_config, 1, 1, seed, base, device, BATCH_SIZE)
         tkw = config.targets.make_targets_kwargs()
-        examples = [make_example(a.name, a.image, a.labels, d if np.isfinite(d) else user_diameter, base_config, tkw)
-                    for a, d in zip(annotated, diameters, strict=True)]
+        examples = [make_example(a.name, a.image, a.labels, d if np.isfinite(d) else user_diameter, base_config, tkw,
+                                 image_type=t) for a, d, t in zip(annotated, diameters, image_types, strict=True)]
         guards: list = []
 
         def items_of(train):
@@ -606,23 +609,20 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 
-def _starting_network(base: Path, base_config: ModelDirConfig, annotated: list, log) -> tuple[Path, ModelDirConfig]:
+def _starting_network(base: Path, base_config: ModelDirConfig, image_types: list[str], log) -> tuple[Path, ModelDirConfig]:
     """The model folder fine-tuning starts from: the base's stained network (``stained_model``) when
-    most of the labelled images are stained, else the base itself. Either way the folder written
-    holds the one network it fine-tuned, for the user's kind of images."""
+    most of the labelled images (their ``image_types``) are stained, else the base itself. Either
+    way the folder written holds the one network it fine-tuned, for the user's kind of images."""
     from pipeline.config.model_folder import STAINED_IMAGE_TYPE
-    from pipeline.method.image_types import image_type_of
-    from pipeline.method.intensity import normalize_image
     from pipeline.model.model_dir import read_model_dir
 
     if base_config.stained_model is None:
         return base, base_config
-    norm = base_config.normalization.to_dict()
-    stained = sum(image_type_of(normalize_image(a.image, **norm)) == STAINED_IMAGE_TYPE for a in annotated)
-    if 2 * stained <= len(annotated):
+    stained = image_types.count(STAINED_IMAGE_TYPE)
+    if 2 * stained <= len(image_types):
         return base, base_config
     inner = base_config.stained_folder(base)
-    log(f"{stained} of {len(annotated)} images are stained: fine-tuning the model's stained network ({inner})")
+    log(f"{stained} of {len(image_types)} images are stained: fine-tuning the model's stained network ({inner})")
     config, _ = read_model_dir(inner)
     return inner, config
 

@@ -26,6 +26,16 @@ from pipeline.config.model_folder import ModelDirConfig
 from pipeline.training.trainer import Trainer
 
 
+def image_types_of(images: list[np.ndarray], model_config: ModelDirConfig) -> list[str]:
+    """:func:`pipeline.method.image_types.image_type_of` each image (float32 (H, W, 3) in [0, 1]),
+    normalised as the model directory ``model_config`` normalises."""
+    from pipeline.method.image_types import image_type_of
+    from pipeline.method.intensity import normalize_image
+
+    norm = model_config.normalization.to_dict()
+    return [image_type_of(normalize_image(image, **norm)) for image in images]
+
+
 @dataclass
 class Example:
     """An annotated image (or region) ready for training and held-out scoring.
@@ -55,15 +65,14 @@ class Example:
 
 
 def make_example(name: str, image: np.ndarray, labels: np.ndarray, diameter: float, model_config: ModelDirConfig,
-                 targets_kwargs: dict) -> Example:
+                 targets_kwargs: dict, image_type: str | None = None) -> Example:
     """An :class:`Example` of ``image`` (float32 (H, W, 3) in [0, 1]) and ``labels`` (int32 (H, W))
-    whose nuclei are ``diameter`` px, for a model directory's ``model_config``."""
-    from pipeline.method.image_types import image_type_of
-    from pipeline.method.intensity import normalize_image
+    whose nuclei are ``diameter`` px, for a model directory's ``model_config``; ``image_type``: the
+    image's type (:func:`image_types_of`), when the caller has it."""
     from pipeline.method.scale import scale_factor
     from pipeline.method.targets import rescaled_targets
 
-    image_type = image_type_of(normalize_image(image, **model_config.normalization.to_dict()))
+    image_type = image_type or image_types_of([image], model_config)[0]
     canonical = model_config.diameter_for(image_type)
     factor = scale_factor(diameter, canonical) if canonical else 1.0
     arrays = rescaled_targets(image.astype(np.float32), labels, factor, **targets_kwargs)
