@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("pipeline.stages.tune", "grid-search post-processing thresholds on the validation fold"),
     "evaluate": ("pipeline.stages.evaluate", "stage: competition metric and companions on the validation fold"),
     "average": ("pipeline.model.average", "the weighted mean of model directories (a model soup)"),
+    "widen": ("pipeline.model.widen", "a plain U-Net widened, computing what it computed (a warm start)"),
     "export-model": ("pipeline.model.interchange", "the network as TorchScript, ONNX or a bioimage.io package"),
     "pack": ("pipeline.data.pack", "prepared training data <-> small archives (to carry to a GPU machine)"),
 }
