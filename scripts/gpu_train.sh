@@ -21,7 +21,7 @@ if compgen -G "carry/wheels/*.whl" > /dev/null; then
 fi
 if [ -d carry/site ]; then export PYTHONPATH=$PWD/carry/site${PYTHONPATH:+:$PYTHONPATH}; fi
 # every PARAMS reads the same data.prepared (the first's), each builds the targets of its sources
-prepared=$($PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['data']['prepared'])" "$1") || exit 1
+prepared=$($PY scripts/param_value.py "$1" data.prepared) || exit 1
 {
   nvidia-smi -L; nproc
   for part in carry/prepared*.tar; do $PY -m pipeline pack unpack "$part" "$prepared" || exit 1; done
@@ -38,7 +38,7 @@ done
 wait
 for params in "$@"; do
   name=$(basename "${params%.*}")
-  model=$($PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['train']['out'])" "$params")/model
+  model=$($PY scripts/param_value.py "$params" train.out)/model
   tail -2 "$OUT/$name.log"
   if [ -f "$model/weights.pt" ]; then
     mkdir -p "$OUT/$name" && cp "$model/config.yaml" "$OUT/$name/"

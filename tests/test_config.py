@@ -83,3 +83,23 @@ def test_committed_parameter_files_are_valid(path):
     a renamed or removed key fails here, not on a GPU machine."""
     config = load_config(ROOT / path)
     assert config.data.sources and config.train.epochs >= 1
+
+
+def test_shell_scripts_read_settings_checked_through_load_config(tmp_path):
+    """``scripts/param_value.py`` (what ``scripts/gpu_train.sh`` reads its paths with) prints the
+    checked values, defaults included, and refuses an unknown setting or an invalid file in one line."""
+    import subprocess
+    import sys
+
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"seed": 3, "data": {"prepared": "elsewhere/prepared"}}))
+    script = [sys.executable, str(ROOT / "scripts" / "param_value.py")]
+    done = subprocess.run([*script, str(params), "data.prepared", "train.out", "seed"], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split() == ["elsewhere/prepared", TrainConfig().out, "3"]
+    for args, message in [(["data.nothing"], "no setting 'data.nothing'"), (["data._fields"], "no setting")]:
+        done = subprocess.run([*script, str(params), *args], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    params.write_text(yaml.safe_dump({"data": {"folds": "five"}}))
+    done = subprocess.run([*script, str(params), "data.folds"], capture_output=True, text=True)
+    assert done.returncode != 0 and "data.folds" in done.stderr and "Traceback" not in done.stderr
