@@ -128,7 +128,8 @@ def render() -> str:
     source = Path(config.__file__)
     code_notes, lines = comments(source), field_lines(source)
     yaml_notes = yaml_comments(ROOT / "params.yaml")
-    out = [HEADER, "## `seed`\n", "Random seed of the folds, the training crops and the network's initialisation; "
+    out = [HEADER, "## `seed`\n", "Random seed of the training crops and the network's initialisation (the folds have their own, "
+           "`data.fold_seed`); "
            "default `0`, a whole number.\n"]
     for section in config.SECTIONS:
         doc = inspect.getdoc(section) or ""

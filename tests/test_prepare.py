@@ -96,3 +96,15 @@ def test_prepare_stage_on_sample(tmp_path, sample_root):
     assert arrays["image"].dtype == np.uint8 and arrays["labels"].dtype == np.int32
     assert arrays["labels"].max() == row.n_nuclei == len(list((sample_root / row.id / "masks").glob("*.png")))
     assert index.n_nuclei.max() >= 100
+
+    # the run's seed (crops, initialisation) changes no split; data.fold_seed draws the image folds
+    out = {}
+    for name, seeds in {"seed": "seed: 7\n", "fold_seed": "seed: 0\n"}.items():
+        params.write_text(params.read_text().replace("seed: 0\n", seeds, 1)
+                          + ("  fold_seed: 7\n" if name == "fold_seed" else ""))
+        assert main(["prepare", "--params", str(params)]) == 0
+        out[name] = pd.read_csv(tmp_path / "dsb2018" / "index.csv")
+        params.write_text(params.read_text().replace(seeds, "seed: 0\n", 1).replace("  fold_seed: 7\n", ""))
+    assert out["seed"]["fold"].tolist() == index["fold"].tolist()
+    assert out["fold_seed"]["fold"].tolist() != index["fold"].tolist()
+    assert out["fold_seed"]["group_fold"].tolist() == index["group_fold"].tolist()  # experiments: no seed

@@ -146,6 +146,7 @@ class DataConfig(Section):
     test_root: str | None = setting(None, optional(text))
     prepared: str = setting("data/prepared", text)
     folds: int = setting(5, whole(2))
+    fold_seed: int = setting(0, whole(0))  # shuffles the image-stratified folds (column fold); apart from seed, so that a training run's seed changes no split and prepares nothing again
     val_fold: int | str | None = setting(0, fold)  # None: train on every image; a source name: split 'source'
     split: str = setting("grouped", choice(SPLITS))
     workers: int = setting(2, whole(0))

@@ -75,6 +75,7 @@ def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, wo
     Parameters
     ----------
     root, layout : the source folder and its layout (:data:`pipeline.config.rules.LAYOUTS`).
+    folds, seed : the number of folds, and the seed of the image-stratified ones (``data.fold_seed``).
     source : str
         The source's name, written to the ``source`` column.
     groups, group_by : str and list of str, optional
@@ -118,8 +119,9 @@ def prepare(root: str | Path, out: str | Path, folds: int = 5, seed: int = 0, wo
     return index
 
 
-def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = None) -> pd.DataFrame:
-    """Prepare the sources ``names`` (default all) of ``data.sources`` into ``data.prepared/<name>``.
+def prepare_sources(data: DataConfig, names: list[str] | None = None) -> pd.DataFrame:
+    """Prepare the sources ``names`` (default all) of ``data.sources`` into ``data.prepared/<name>``,
+    their image-stratified folds drawn with ``data.fold_seed``.
 
     Returns
     -------
@@ -130,7 +132,7 @@ def prepare_sources(data: DataConfig, seed: int = 0, names: list[str] | None = N
         if name not in data.sources:
             raise NucleiError(f"no source {name!r} in data.sources ({', '.join(data.sources)})")
         spec = data.sources[name]
-        prepare(spec["root"], Path(data.prepared) / name, folds=data.folds, seed=seed, workers=data.workers,
+        prepare(spec["root"], Path(data.prepared) / name, folds=data.folds, seed=data.fold_seed, workers=data.workers,
                 layout=spec["layout"], source=name, groups=spec.get("groups"), group_by=spec.get("group_by"))
     return read_index(data.prepared, sources=names)  # the others may not be prepared yet (a DVC stage per source)
 
@@ -148,10 +150,10 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.params)
     data = config.data
     if args.root:
-        index = prepare(args.root, args.out or data.prepared, folds=data.folds, seed=config.seed,
+        index = prepare(args.root, args.out or data.prepared, folds=data.folds, seed=data.fold_seed,
                         workers=data.workers, layout=args.layout, source=Path(args.root).name)
     else:
-        index = prepare_sources(data, config.seed, args.source)
+        index = prepare_sources(data, args.source)
     counts = index.groupby("image_type").size().to_dict()
     by_source = index.groupby("source").size().to_dict()
     print(f"prepared {len(index)} images, {int(index.n_nuclei.sum())} nuclei; types {counts}; "
