@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -221,8 +222,12 @@ def test_png_round_trip_keeps_channel_order(tmp_path, channels):
     assert not [p for p in tmp_path.iterdir() if p.name != "a.png"]  # no temporary file left
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), array)
     assert Image.open(tmp_path / "a.png").mode == {None: "L", 3: "RGB", 4: "RGBA"}[channels]
-    with pytest.raises(ValueError, match="uint8"):
-        encode_png(array.astype(np.uint16))
+    deep = array.astype(np.uint16) * 257  # 16-bit PNG, as packed labels are
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(encode_png(deep), np.uint8), cv2.IMREAD_UNCHANGED),
+                                  deep if channels is None else cv2.cvtColor(deep, {3: cv2.COLOR_RGB2BGR,
+                                                                                   4: cv2.COLOR_RGBA2BGRA}[channels]))
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        encode_png(array.astype(np.float32))
     with pytest.raises(ValueError, match="shape"):
         encode_png(np.zeros((4, 4, 2), np.uint8))
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.arguments import POSITIVE, number
 from pipeline.errors import NucleiError
-from pipeline.files.io import atomic_path, load_npz, save_npz
+from pipeline.files.io import atomic_path, encode_png, load_npz, save_npz
 from pipeline.progress import progress
 
 #: The index of a prepared folder (:func:`pipeline.stages.prepare.prepare`).
@@ -41,16 +41,19 @@ MAX_LABEL = np.iinfo(np.uint16).max
 
 
 def _encode(array: np.ndarray, jpeg: int | None = None) -> bytes:
-    """PNG bytes of a (H, W) uint8/uint16 or (H, W, 3) RGB uint8 array (lossless), or, with
-    ``jpeg``, JPEG bytes of a uint8 one at that quality (1-100; lossy)."""
+    """PNG bytes of a (H, W) uint8/uint16 or (H, W, 3) RGB uint8 array (lossless, zlib level 9:
+    what travels is small), or, with ``jpeg``, JPEG bytes of a uint8 one at that quality (1-100; lossy)."""
     import cv2
 
-    if array.ndim == 3:
-        array = array[..., ::-1]  # OpenCV writes BGR
-    ext, params = (".png", [cv2.IMWRITE_PNG_COMPRESSION, 9]) if jpeg is None else (".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(jpeg)])
-    ok, data = cv2.imencode(ext, np.ascontiguousarray(array), params)
+    if jpeg is None:
+        try:
+            return encode_png(array, compression=9)
+        except ValueError as exc:
+            raise NucleiError(str(exc)) from None
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(array[..., ::-1] if array.ndim == 3 else array),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(jpeg)])
     if not ok:
-        raise NucleiError(f"{ext[1:].upper()} encoding failed for an array of shape {array.shape}")
+        raise NucleiError(f"JPEG encoding failed for an array of shape {array.shape}")
     return data.tobytes()
 
 

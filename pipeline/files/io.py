@@ -349,12 +349,13 @@ PNG_COMPRESSION = 1
 
 
 def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
-    """Encode a uint8 (H, W) grey or (H, W, 3|4) RGB(A) image as PNG bytes (zlib level ``compression``)."""
+    """Encode a uint8 or uint16 (H, W) grey or (H, W, 3|4) RGB(A) image as PNG bytes (zlib level
+    ``compression``, 0-9)."""
     import cv2
 
     image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"encode_png expects uint8, got {image.dtype}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png expects uint8 or uint16, got {image.dtype}")
     if image.ndim == 3 and image.shape[2] in (3, 4):  # OpenCV's channel order is BGR(A)
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     elif image.ndim != 2:
@@ -366,7 +367,7 @@ def encode_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write a uint8 (H, W) or (H, W, 3|4) RGB(A) image as PNG atomically (:func:`encode_png`)."""
+    """Write a uint8 or uint16 (H, W) or (H, W, 3|4) RGB(A) image as PNG atomically (:func:`encode_png`)."""
     data = encode_png(image)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
