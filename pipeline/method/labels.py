@@ -95,7 +95,8 @@ def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _numbered(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``labels`` (non-empty, ids >= 0) numbered 1..N in the order of their ids, as int32, and the
-    (N + 1,) int64 ids (0 first)."""
+    (N + 1,) ids (0 first): int64, or uint64 for uint64 labels (ids up to 2**64-1)."""
     values, inverse = np.unique(labels, return_inverse=True)
-    ids = np.concatenate([[0], values[values != 0]]).astype(np.int64)
+    ids = np.concatenate([np.zeros(1, values.dtype), values[values != 0]])
+    ids = ids.astype(np.int64) if np.can_cast(ids.dtype, np.int64) else ids
     return (inverse.reshape(labels.shape) + (values[0] != 0)).astype(np.int32), ids
