@@ -1,14 +1,15 @@
 """Copy a trained model directory into ``pipeline/shipped/model`` with its tuned post-processing.
 
     python scripts/ship_model.py --params PARAMS.yaml [-o pipeline/shipped/model] [--stained-diameter PX] [--last]
+                                 [--storage float16|int8]
 
 Reads the trained model named by ``predict.model`` of the parameter file, replaces the
 ``postprocess`` section of its config with the one of the parameter file (after
 ``nuclei tune --write PARAMS.yaml``), records the validation figures of
-``<evaluate.out>/metrics.json`` when present, and writes the model directory with float16
-weights (``pipeline.model.model_dir.save_model_dir``). When the exported model is the last epoch, the
-float32 weights of ``<train.out>/last.ckpt`` are the source, and the script prints the largest
-difference between float32 and float16 probabilities on a sample image. ``--stained-diameter``
+``<evaluate.out>/metrics.json`` when present, and writes the model directory with float16 (or,
+``--storage int8``, int8) weights (``pipeline.model.model_dir.save_model_dir``). When the exported
+model is the last epoch, the float32 weights of ``<train.out>/last.ckpt`` are the source, and the
+script prints the largest difference between float32 and stored probabilities on a sample image. ``--stained-diameter``
 sets the canonical diameter of stained images (``stained_diameter`` in ``config.yaml``); the
 validation figures are then recorded only if ``predict.model`` resized stained images to the
 same diameter (figures measured at another scale would not describe the shipped model).
@@ -38,7 +39,7 @@ from pipeline.config.params import (  # noqa: E402
 from pipeline.data.kaggle import read_kaggle_sample  # noqa: E402
 from pipeline.method.image_types import HISTOLOGY  # noqa: E402
 from pipeline.method.intensity import normalize_image  # noqa: E402
-from pipeline.model.model_dir import load_model_dir, save_model_dir  # noqa: E402
+from pipeline.model.model_dir import STORAGES, load_model_dir, save_model_dir  # noqa: E402
 from pipeline.model.predictor import Predictor  # noqa: E402
 from pipeline.training.checkpoints import load_checkpoint  # noqa: E402
 from pipeline.training.trainer import epoch_scores  # noqa: E402
@@ -53,6 +54,8 @@ def main() -> int:
                              "else its diameter)")
     parser.add_argument("--last", action="store_true",
                         help="ship the last epoch (<train.out>/last.ckpt), not the best validation epoch")
+    parser.add_argument("--storage", choices=STORAGES[1:], default="float16",
+                        help="how the weights are stored (int8: a quarter of float32, for a large network)")
     args = parser.parse_args()
     params = load_params(args.params)
     source = Path(params["predict"]["model"])
@@ -84,18 +87,18 @@ def main() -> int:
     elif metrics_file.is_file():
         print(f"{metrics_file}: not recorded: measured with stained images at {evaluated_at} px, shipped at "
               f"{shipped_at} px; evaluate a model directory shipped with --stained-diameter first")
-    save_model_dir(args.out, model, config.replace(training=training), half=True)
+    save_model_dir(args.out, model, config.replace(training=training), storage=args.storage)
 
     print(f"shipped {source} -> {args.out}")
     if not from_float32:
-        print("the best epoch is not the last checkpoint's: its weights were float16 already")
+        print("the best epoch is not the last checkpoint's: its weights were stored in float16 already")
         return 0
     shipped, _ = load_model_dir(args.out)
     sample = sorted((ROOT / "data" / "sample" / "stage1_train").iterdir())[0]
     image = normalize_image(read_kaggle_sample(sample, masks=False)[0], **config.normalization.to_dict())
     a = Predictor(model, config, precision="fp32").predict(image)
     b = Predictor(shipped, config, precision="fp32").predict(image)
-    print(f"float16 vs float32 probabilities on {sample.name[:12]}: max |diff| {np.abs(a - b).max():.2e}")
+    print(f"{args.storage} vs float32 probabilities on {sample.name[:12]}: max |diff| {np.abs(a - b).max():.2e}")
     return 0
 
 

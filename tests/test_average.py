@@ -22,7 +22,7 @@ def tiny_dir(path, seed, model_cfg=TINY, mask_threshold=0.5):
         model(torch.rand(2, 3, 16, 16) * (seed + 1))  # train mode: running statistics move
     config = {"model": model_cfg, "postprocess": {"mask_threshold": mask_threshold}, "diameter": 20.0,
               "training": {"epochs": seed}}
-    save_model_dir(path, model.eval(), config, half=False)
+    save_model_dir(path, model.eval(), config, storage="float32")
     return path
 
 

@@ -36,7 +36,7 @@ def random_model_dir(path: Path) -> Path:
                 module.running_var.uniform_(0.5, 2.0)
     config = {"model": RANDOM_TINY, "postprocess": {"marker_threshold": 0.6, "mask_threshold": 0.4},
               "normalization": {"low": 1.0, "high": 99.8, "saturation": True}, "diameter": 20.0}
-    return save_model_dir(path, model, config, half=False)
+    return save_model_dir(path, model, config, storage="float32")
 
 
 def pytorch_probabilities(model_dir: Path, x: np.ndarray) -> np.ndarray:

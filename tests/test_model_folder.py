@@ -54,7 +54,7 @@ def test_write_then_read_is_lossless(tmp_path):
     assert loaded == config.replace(weights_sha256=loaded.weights_sha256)
     assert loaded.diameter == 18.0 and isinstance(loaded.diameter, float)
     assert read_model_config(tmp_path / "m") == loaded
-    save_model_dir(tmp_path / "again", model, loaded, half=True)
+    save_model_dir(tmp_path / "again", model, loaded, storage="float16")
     assert read_model_config(tmp_path / "again").to_dict() == loaded.to_dict()
 
 

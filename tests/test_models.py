@@ -10,6 +10,7 @@ import yaml
 
 from pipeline.config.params import ROOT, PostprocessConfig
 from pipeline.errors import NucleiError
+from pipeline.model import model_dir
 from pipeline.model.model_dir import load_model_dir, portable_paths, save_model_dir
 from pipeline.model.networks import ARCHITECTURES, build_model, count_parameters, fuse_batchnorm, model_stride
 
@@ -122,13 +123,14 @@ def trained_tiny(head="softmax"):
     return model.eval()
 
 
-@pytest.mark.parametrize("half", [False, True])
-def test_save_load_round_trip(tmp_path, half):
+@pytest.mark.parametrize("storage, tolerance", [("float32", 0.0), ("float16", 2e-2), ("int8", 5e-2)])
+def test_save_load_round_trip(tmp_path, monkeypatch, storage, tolerance):
+    monkeypatch.setattr(model_dir, "INT8_MIN_ELEMENTS", 0)  # every weight of the tiny network
     model = trained_tiny()
     model.down[0][1].running_var[0] = 1e6  # beyond float16: must stay float32
     training = {"epochs": 1, "data": tmp_path, "score": np.float64(0.25), "size": (256, 256)}
     config = {"model": TINY, "postprocess": {"marker_threshold": 0.5}, "training": training}
-    save_model_dir(tmp_path / "m", model, config, half=half)
+    save_model_dir(tmp_path / "m", model, config, storage=storage)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.yaml", "weights.pt"]
     loaded, cfg = load_model_dir(tmp_path / "m")
     assert not loaded.training
@@ -137,13 +139,64 @@ def test_save_load_round_trip(tmp_path, half):
     data = Path(os.path.relpath(tmp_path, ROOT)).as_posix()  # absolute paths are written relative
     assert cfg.training == {"epochs": 1, "data": data, "score": 0.25, "size": [256, 256]}
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert loaded.down[0][1].running_var[0] == 1e6
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         expected, got = model(x), loaded(x)
-    if half:
-        assert torch.allclose(expected, got, atol=2e-2)
-    else:
+    assert torch.allclose(expected, got, atol=tolerance, rtol=0)
+    if storage == "float32":
         assert torch.equal(expected, got)
+
+
+def test_int8_storage_is_a_quarter_and_within_half_a_step_per_channel(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_dir, "INT8_MIN_ELEMENTS", 100)  # every convolution of the tiny network
+    torch.manual_seed(0)
+    model = build_model({**TINY, "width": 32}).eval()
+    with torch.no_grad():
+        model.down[0][0].weight[1] = 0.0  # a channel of zeros stays zeros
+        model.down[0][0].weight[2] *= 1000  # channels have their own scales
+    sizes = {}
+    for storage in ("float32", "float16", "int8"):
+        save_model_dir(tmp_path / storage, model, {"model": {**TINY, "width": 32}}, storage=storage)
+        sizes[storage] = (tmp_path / storage / "weights.pt").stat().st_size
+    assert sizes["int8"] < 0.3 * sizes["float32"] and sizes["int8"] < 0.6 * sizes["float16"]
+    stored = torch.load(tmp_path / "int8" / "weights.pt", weights_only=True)
+    assert stored["down.0.0.weight"].dtype == torch.int8 and stored["down.0.0.weight:scale"].shape == (32,)
+    assert stored["down.0.1.weight"].dtype == torch.float16  # vectors (batch norm) stay float16
+    loaded, _ = load_model_dir(tmp_path / "int8")
+    for key, value in model.state_dict().items():
+        got = loaded.state_dict()[key]
+        if value.ndim >= 2:  # at most half a step of the channel's largest magnitude / 127
+            step = value.abs().reshape(len(value), -1).amax(dim=1) / 127
+            error = (got - value).abs().reshape(len(value), -1).amax(dim=1)
+            assert bool((error <= step / 2 + 1e-6 * step.clamp(min=1)).all()), key
+    assert not loaded.down[0][0].weight[1].any()
+
+
+def test_int8_storage_keeps_small_tensors_float16(tmp_path):
+    model = build_model({**TINY, "depth": 3, "width": 64}).eval()  # three tensors of 2^20 or more weights
+    save_model_dir(tmp_path, model, {"model": {**TINY, "depth": 3, "width": 64}}, storage="int8")
+    stored = torch.load(tmp_path / "weights.pt", weights_only=True)
+    quantised = sorted(k for k, v in stored.items() if v.dtype == torch.int8)
+    assert quantised == sorted(k for k, v in model.state_dict().items() if v.numel() >= model_dir.INT8_MIN_ELEMENTS)
+    assert quantised and all(stored[k].dtype == torch.float16 for k, v in model.state_dict().items()
+                             if v.is_floating_point() and k not in quantised)
+
+
+def test_scales_that_do_not_fit_their_tensor_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_dir, "INT8_MIN_ELEMENTS", 0)
+    model = build_model(TINY).eval()
+    save_model_dir(tmp_path, model, {"model": TINY}, storage="int8")
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    state = torch.load(tmp_path / "weights.pt", weights_only=True)
+    state["down.0.0.weight:scale"] = state["down.0.0.weight:scale"][:2]
+    torch.save(state, tmp_path / "weights.pt")
+    config["weights_sha256"] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(NucleiError, match=r"weights\.pt: down\.0\.0\.weight:scale \(2,\) does not scale down\.0\.0\.weight"):
+        load_model_dir(tmp_path)
+    with pytest.raises(NucleiError, match="weights storage 'int4'"):
+        save_model_dir(tmp_path / "x", model, {"model": TINY}, storage="int4")
 
 
 def test_save_unwraps_wrappers_and_clears_encoder_weights(tmp_path):
@@ -153,7 +206,7 @@ def test_save_unwraps_wrappers_and_clears_encoder_weights(tmp_path):
             self.module = module
 
     model = trained_tiny()
-    save_model_dir(tmp_path, Wrapper(model), {"model": {**TINY, "encoder_weights": "/x.pt"}}, half=False)
+    save_model_dir(tmp_path, Wrapper(model), {"model": {**TINY, "encoder_weights": "/x.pt"}}, storage="float32")
     loaded, cfg = load_model_dir(tmp_path)
     assert cfg.model.encoder_weights is None
     assert torch.equal(loaded.head.weight, model.head.weight)

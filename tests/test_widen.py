@@ -56,7 +56,7 @@ def test_the_new_channels_learn():
 def test_widen_model_dir_and_the_command(tmp_path, capsys):
     cfg = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
     source = save_model_dir(tmp_path / "narrow", trained_like(cfg), {
-        "model": cfg, "postprocess": {"mask_threshold": 0.6}, "diameter": 20.0, "training": {"epochs": 3}}, half=False)
+        "model": cfg, "postprocess": {"mask_threshold": 0.6}, "diameter": 20.0, "training": {"epochs": 3}}, storage="float32")
     assert main(["widen", str(source), "--width", "6", "-o", str(tmp_path / "wide")]) == 0
     assert "widened to width 6" in capsys.readouterr().out
     wide, config = load_model_dir(tmp_path / "wide")

@@ -3,7 +3,8 @@
 
 ``config.yaml`` is a :class:`pipeline.config.model_folder.ModelDirConfig` (the architecture, the
 watershed thresholds, the normalisation, the nucleus diameters, the training provenance and
-``weights_sha256``); ``weights.pt`` the state dict (half precision allowed). :func:`save_model_dir`
+``weights_sha256``); ``weights.pt`` the state dict, stored as float32, float16 or int8
+(:data:`STORAGES`; an int8 tensor carries its scales beside it, :func:`quantise`). :func:`save_model_dir`
 writes both atomically, :func:`load_model_dir` checks and reads them. :func:`read_model_dir` is the
 one validator of a folder (``segment``, ``finetune`` and every loader go through it): the schema of
 ``config.yaml``, the size of ``weights.pt`` (at most :data:`WEIGHTS_MAX_BYTES`, refused unread),
@@ -55,6 +56,17 @@ WEIGHTS_MAX_BYTES = 2_000_000_000
 #: copies and the float32 network.
 LOAD_BYTES_PER_PARAMETER = 12
 _HALF_MAX = torch.finfo(torch.float16).max
+#: How ``weights.pt`` stores floating-point tensors: ``float16`` (the default: half the size of
+#: float32) or ``int8`` (float16, but each tensor of at least :data:`INT8_MIN_ELEMENTS` weights
+#: rounded to 255 levels per output channel, :func:`quantise`).
+STORAGES = ("float32", "float16", "int8")
+#: The smallest tensor ``int8`` storage quantises: the deepest layers of a wide U-Net (most of its
+#: size). Quantised too, the middle layers (192–384 channels) multiply the error of the
+#: probabilities tenfold; these alone add none to float16's (docs/decisions.md).
+INT8_MIN_ELEMENTS = 2**20
+#: The key suffix of an int8 tensor's scales in ``weights.pt`` (``down.0.0.weight:scale``): no
+#: module's parameter name holds a ``:``.
+SCALE_SUFFIX = ":scale"
 
 
 def available_model_dir() -> Path | None:
@@ -67,7 +79,8 @@ def available_model_dir() -> Path | None:
     return None
 
 
-def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | Mapping, half: bool = True) -> Path:
+def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | Mapping,
+                   storage: str = "float16") -> Path:
     """Write a model directory: ``weights.pt`` then ``config.yaml``, each atomically.
 
     Parameters
@@ -82,9 +95,9 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
         ``<path>/config.yaml``). ``format_version`` and ``weights_sha256`` are set here;
         absolute paths anywhere in it are written relative to the repository
         (:func:`portable_paths`).
-    half : bool
-        Store floating-point tensors as float16 (half the size; loaded back as float32);
-        a tensor with values beyond the float16 range stays float32.
+    storage : {'float16', 'int8', 'float32'}
+        How floating-point tensors are stored (:data:`STORAGES`); all are loaded back as
+        float32. A tensor with values beyond the float16 range stays float32.
 
     Returns
     -------
@@ -92,7 +105,11 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
     """
     path = Path(path)
     config = as_model_dir_config(config, path / CONFIG_NAME)
-    state = {k: _storage(v, half) for k, v in unwrap_model(model).state_dict().items()}
+    if storage not in STORAGES:
+        raise NucleiError(f"weights storage {storage!r}: expected one of {', '.join(STORAGES)}")
+    state = {}
+    for key, tensor in unwrap_model(model).state_dict().items():
+        state.update(_stored(key, tensor, storage))
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -139,11 +156,64 @@ def portable_paths(obj: Any, root: str | Path = ROOT) -> Any:
     return obj
 
 
-def _storage(tensor: torch.Tensor, half: bool) -> torch.Tensor:
-    """A CPU copy for saving: float16 when asked and every value fits, else unchanged dtype."""
+def _stored(key: str, tensor: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
+    """The entries of ``weights.pt`` for one tensor (a CPU copy): int8 with its scales
+    (``key:scale``) for a weight of two or more dimensions and :data:`INT8_MIN_ELEMENTS` elements,
+    float16 when asked and every value fits, else the tensor unchanged."""
     tensor = tensor.detach().cpu()
-    fits = tensor.numel() == 0 or bool(tensor.abs().max() <= _HALF_MAX)
-    return tensor.half() if half and tensor.is_floating_point() and fits else tensor
+    if not tensor.is_floating_point() or storage == "float32" or tensor.numel() == 0:
+        return {key: tensor}
+    if storage == "int8" and tensor.ndim >= 2 and tensor.numel() >= INT8_MIN_ELEMENTS:
+        q, scale = quantise(tensor)
+        return {key: q, key + SCALE_SUFFIX: scale}
+    return {key: tensor.half() if bool(tensor.abs().max() <= _HALF_MAX) else tensor}
+
+
+def quantise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation per output channel (the first dimension).
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Floating point, shape (C, ...) with at least two dimensions.
+
+    Returns
+    -------
+    q : torch.Tensor
+        int8, the shape of ``weight``, in [-127, 127].
+    scale : torch.Tensor
+        float32, shape (C,): ``weight ≈ q * scale`` along the first dimension; the largest
+        magnitude of each channel over 127 (1 for a channel of zeros). The error of each weight
+        is at most half its channel's scale.
+    """
+    w = weight.detach().float()
+    scale = w.abs().reshape(len(w), -1).amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    q = torch.round(w / scale.reshape(shape)).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantised(state: dict[str, torch.Tensor], file: Path) -> dict[str, torch.Tensor]:
+    """``state`` with each int8 tensor that has scales (``key:scale``, :func:`quantise`) restored as
+    float32 and the scales removed; a state without scales is returned as it is.
+
+    Raises
+    ------
+    NucleiError
+        Naming ``file``: scales without their tensor, or not of its dtype or shape.
+    """
+    scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in state.items() if k.endswith(SCALE_SUFFIX)}
+    if not scales:
+        return state
+    out = {k: v for k, v in state.items() if not k.endswith(SCALE_SUFFIX)}
+    for key, scale in scales.items():
+        q = out.get(key)
+        if q is None or q.dtype != torch.int8 or q.ndim < 2 or tuple(scale.shape) != (len(q),):
+            found = "missing" if q is None else f"{q.dtype} {tuple(q.shape)}"
+            raise NucleiError(f"{file}: {key}{SCALE_SUFFIX} {tuple(scale.shape)} does not scale {key} ({found})")
+        out[key] = q.float() * scale.float().reshape((-1,) + (1,) * (q.ndim - 1))
+    return out
 
 
 def _plain(obj: Any) -> Any:
@@ -173,7 +243,8 @@ def read_model_dir(path: str | Path) -> tuple[ModelDirConfig, dict[str, torch.Te
         ``config.yaml``, checked (:func:`pipeline.config.model_folder.read_model_config`: types,
         ranges, its size).
     state : dict of str to torch.Tensor
-        ``weights.pt`` as stored (float16 allowed), on the CPU.
+        ``weights.pt`` on the CPU, float16 as stored, int8 tensors restored as float32
+        (:func:`dequantised`).
 
     Raises
     ------
@@ -203,6 +274,7 @@ def read_model_dir(path: str | Path) -> tuple[ModelDirConfig, dict[str, torch.Te
     del data
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NucleiError(f"{file}: not a state dict of tensors")
+    state = dequantised(state, file)
     parameters = _check_architecture(path, config, state)
     need, left = LOAD_BYTES_PER_PARAMETER * parameters, runtime.available_memory()
     if left is not None and need > left:
