@@ -65,12 +65,9 @@ def main() -> int:
     variants = [("float16", "float16", None)] + [(f"int8, tensors >= {n:,}", "int8", n) for n in args.int8_min_elements]
     print(f"{len(images)} images, {args.crop} px; against float32")
     print(f"{'storage':30s} {'MB':>6s} {'mean |d|':>9s} {'p99.9':>9s} {'max':>9s} {'P>0.5 flips':>11s}")
-    default = model_dir.INT8_MIN_ELEMENTS
     for name, storage, minimum in variants:
         with tempfile.TemporaryDirectory() as tmp:
-            model_dir.INT8_MIN_ELEMENTS = minimum if minimum is not None else default
-            save_model_dir(tmp, model, config, storage=storage)
-            model_dir.INT8_MIN_ELEMENTS = default
+            save_model_dir(tmp, model, config, storage=storage, int8_min_elements=minimum or 0)
             size = (Path(tmp) / model_dir.WEIGHTS_NAME).stat().st_size
             stored, _ = load_model_dir(tmp)
         got = probabilities(stored, config, images)

@@ -55,7 +55,8 @@ def main() -> int:
     parser.add_argument("--last", action="store_true",
                         help="ship the last epoch (<train.out>/last.ckpt), not the best validation epoch")
     parser.add_argument("--storage", choices=STORAGES[1:], default="float16",
-                        help="how the weights are stored (int8: a quarter of float32, for a large network)")
+                        help="how the weights are stored (int8: tensors of 2^20 weights or more in int8, the rest float16; "
+                             "a w24 d5 takes 20.6 MB instead of 35)")
     args = parser.parse_args()
     params = load_params(args.params)
     source = Path(params["predict"]["model"])

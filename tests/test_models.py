@@ -124,13 +124,12 @@ def trained_tiny(head="softmax"):
 
 
 @pytest.mark.parametrize("storage, tolerance", [("float32", 0.0), ("float16", 2e-2), ("int8", 5e-2)])
-def test_save_load_round_trip(tmp_path, monkeypatch, storage, tolerance):
-    monkeypatch.setattr(model_dir, "INT8_MIN_ELEMENTS", 0)  # every weight of the tiny network
+def test_save_load_round_trip(tmp_path, storage, tolerance):
     model = trained_tiny()
     model.down[0][1].running_var[0] = 1e6  # beyond float16: must stay float32
     training = {"epochs": 1, "data": tmp_path, "score": np.float64(0.25), "size": (256, 256)}
     config = {"model": TINY, "postprocess": {"marker_threshold": 0.5}, "training": training}
-    save_model_dir(tmp_path / "m", model, config, storage=storage)
+    save_model_dir(tmp_path / "m", model, config, storage=storage, int8_min_elements=0)  # every weight
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.yaml", "weights.pt"]
     loaded, cfg = load_model_dir(tmp_path / "m")
     assert not loaded.training
@@ -148,8 +147,7 @@ def test_save_load_round_trip(tmp_path, monkeypatch, storage, tolerance):
         assert torch.equal(expected, got)
 
 
-def test_int8_storage_is_a_quarter_and_within_half_a_step_per_channel(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_dir, "INT8_MIN_ELEMENTS", 100)  # every convolution of the tiny network
+def test_int8_storage_is_a_quarter_and_within_half_a_step_per_channel(tmp_path):
     torch.manual_seed(0)
     model = build_model({**TINY, "width": 32}).eval()
     with torch.no_grad():
@@ -157,7 +155,8 @@ def test_int8_storage_is_a_quarter_and_within_half_a_step_per_channel(tmp_path, 
         model.down[0][0].weight[2] *= 1000  # channels have their own scales
     sizes = {}
     for storage in ("float32", "float16", "int8"):
-        save_model_dir(tmp_path / storage, model, {"model": {**TINY, "width": 32}}, storage=storage)
+        save_model_dir(tmp_path / storage, model, {"model": {**TINY, "width": 32}}, storage=storage,
+                       int8_min_elements=100)  # every convolution of the tiny network
         sizes[storage] = (tmp_path / storage / "weights.pt").stat().st_size
     assert sizes["int8"] < 0.3 * sizes["float32"] and sizes["int8"] < 0.6 * sizes["float16"]
     stored = torch.load(tmp_path / "int8" / "weights.pt", weights_only=True)
@@ -183,10 +182,9 @@ def test_int8_storage_keeps_small_tensors_float16(tmp_path):
                              if v.is_floating_point() and k not in quantised)
 
 
-def test_scales_that_do_not_fit_their_tensor_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_dir, "INT8_MIN_ELEMENTS", 0)
+def test_scales_that_do_not_fit_their_tensor_are_refused(tmp_path):
     model = build_model(TINY).eval()
-    save_model_dir(tmp_path, model, {"model": TINY}, storage="int8")
+    save_model_dir(tmp_path, model, {"model": TINY}, storage="int8", int8_min_elements=0)
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     state = torch.load(tmp_path / "weights.pt", weights_only=True)
     state["down.0.0.weight:scale"] = state["down.0.0.weight:scale"][:2]

@@ -80,7 +80,7 @@ def available_model_dir() -> Path | None:
 
 
 def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | Mapping,
-                   storage: str = "float16") -> Path:
+                   storage: str = "float16", int8_min_elements: int = INT8_MIN_ELEMENTS) -> Path:
     """Write a model directory: ``weights.pt`` then ``config.yaml``, each atomically.
 
     Parameters
@@ -98,6 +98,8 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
     storage : {'float16', 'int8', 'float32'}
         How floating-point tensors are stored (:data:`STORAGES`); all are loaded back as
         float32. A tensor with values beyond the float16 range stays float32.
+    int8_min_elements : int
+        With ``int8``, the smallest tensor quantised (:data:`INT8_MIN_ELEMENTS`).
 
     Returns
     -------
@@ -109,7 +111,7 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
         raise NucleiError(f"weights storage {storage!r}: expected one of {', '.join(STORAGES)}")
     state = {}
     for key, tensor in unwrap_model(model).state_dict().items():
-        state.update(_stored(key, tensor, storage))
+        state.update(_stored(key, tensor, storage, int8_min_elements))
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -156,14 +158,14 @@ def portable_paths(obj: Any, root: str | Path = ROOT) -> Any:
     return obj
 
 
-def _stored(key: str, tensor: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
+def _stored(key: str, tensor: torch.Tensor, storage: str, int8_min_elements: int) -> dict[str, torch.Tensor]:
     """The entries of ``weights.pt`` for one tensor (a CPU copy): int8 with its scales
-    (``key:scale``) for a weight of two or more dimensions and :data:`INT8_MIN_ELEMENTS` elements,
+    (``key:scale``) for a weight of two or more dimensions and ``int8_min_elements`` elements,
     float16 when asked and every value fits, else the tensor unchanged."""
     tensor = tensor.detach().cpu()
     if not tensor.is_floating_point() or storage == "float32" or tensor.numel() == 0:
         return {key: tensor}
-    if storage == "int8" and tensor.ndim >= 2 and tensor.numel() >= INT8_MIN_ELEMENTS:
+    if storage == "int8" and tensor.ndim >= 2 and tensor.numel() >= int8_min_elements:
         q, scale = quantise(tensor)
         return {key: q, key + SCALE_SUFFIX: scale}
     return {key: tensor.half() if bool(tensor.abs().max() <= _HALF_MAX) else tensor}
