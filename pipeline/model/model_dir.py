@@ -191,9 +191,14 @@ def quantise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().float()
     scale = w.abs().reshape(len(w), -1).amax(dim=1) / 127.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    shape = (-1,) + (1,) * (w.ndim - 1)
-    q = torch.round(w / scale.reshape(shape)).clamp_(-127, 127).to(torch.int8)
+    q = torch.round(w / _per_channel(scale, w.ndim)).clamp_(-127, 127).to(torch.int8)
     return q, scale
+
+
+def _per_channel(scale: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``scale`` of shape (C,) as float32 of shape (C, 1, ...) with ``ndim`` dimensions, to
+    broadcast over a weight's first dimension."""
+    return scale.float().reshape((-1,) + (1,) * (ndim - 1))
 
 
 def dequantised(state: dict[str, torch.Tensor], file: Path) -> dict[str, torch.Tensor]:
@@ -214,7 +219,7 @@ def dequantised(state: dict[str, torch.Tensor], file: Path) -> dict[str, torch.T
         if q is None or q.dtype != torch.int8 or q.ndim < 2 or tuple(scale.shape) != (len(q),):
             found = "missing" if q is None else f"{q.dtype} {tuple(q.shape)}"
             raise NucleiError(f"{file}: {key}{SCALE_SUFFIX} {tuple(scale.shape)} does not scale {key} ({found})")
-        out[key] = q.float() * scale.float().reshape((-1,) + (1,) * (q.ndim - 1))
+        out[key] = q.float() * _per_channel(scale, q.ndim)
     return out
 
 
