@@ -171,18 +171,19 @@ def test_finetune_on_a_model_folder_with_a_bad_diameter_is_a_one_line_usage_erro
 
 def test_each_shipped_model_is_found_by_its_name_and_loads_with_its_own_thresholds(tmp_path, monkeypatch):
     """``default`` and ``he`` name the package's folders wherever a model folder is asked for; the H&E
-    variant is the default's network trained further, so it shares its architecture and scales; a
-    folder that happens to be called ``he`` is given as ``./he``."""
+    variant is the default's stained network trained further, so it shares that network's architecture
+    and the default's scales; a folder that happens to be called ``he`` is given as ``./he``."""
     from pipeline.model.model_dir import load_model_dir
     from pipeline.shipped import DEFAULT_MODEL, HE_MODEL, SHIPPED_MODELS, model_folder
 
     assert model_folder(DEFAULT_MODEL) == SHIPPED and model_folder(HE_MODEL) == SHIPPED.parent / "he"
     assert set(SHIPPED_MODELS) == {DEFAULT_MODEL, HE_MODEL}
     default, he = read_model_config(DEFAULT_MODEL), read_model_config(HE_MODEL)
-    assert he.model == default.model and (he.diameter, he.stained_diameter) == (default.diameter, default.stained_diameter)
+    stained = read_model_config(SHIPPED / default.stained_model)
+    assert he.model == stained.model != default.model and (he.diameter, he.stained_diameter) == (default.diameter, default.stained_diameter)
     assert he.weights_sha256 != default.weights_sha256
     assert set(he.training["params"]["data"]["sources"]) >= {"he_monuseg2018_train", "he_gbm40"}
     network, config = load_model_dir(HE_MODEL)  # the checksum is verified on loading
-    assert config == he and sum(p.numel() for p in network.parameters()) > 7_000_000
+    assert config == he and sum(p.numel() for p in network.parameters()) > 17_000_000
     monkeypatch.chdir(tmp_path)
     assert model_folder("./he").resolve() == (tmp_path / "he").resolve()

@@ -25,7 +25,7 @@ SAMPLE_IMAGE = shipped("sample", "fluorescence.png")
 #: The name that stands for the shipped model wherever a model folder is asked for (``--model``,
 #: ``segment.model``, ``predict.model``, ``train.init``); a folder of that name is ``./default``.
 DEFAULT_MODEL = "default"
-#: The name of the shipped H&E variant (``he/``: the default network trained further on four H&E
+#: The name of the shipped H&E variant (``he/``: the default's stained network trained further on four H&E
 #: sources, one of them CC BY-NC-SA 4.0, so its weights are for non-commercial use; its card says
 #: when it beats the default); a folder of that name is ``./he``.
 HE_MODEL = "he"
