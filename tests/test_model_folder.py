@@ -179,7 +179,7 @@ def test_each_shipped_model_is_found_by_its_name_and_loads_with_its_own_threshol
     assert model_folder(DEFAULT_MODEL) == SHIPPED and model_folder(HE_MODEL) == SHIPPED.parent / "he"
     assert set(SHIPPED_MODELS) == {DEFAULT_MODEL, HE_MODEL}
     default, he = read_model_config(DEFAULT_MODEL), read_model_config(HE_MODEL)
-    stained = read_model_config(SHIPPED / default.stained_model)
+    stained = read_model_config(default.stained_folder(DEFAULT_MODEL))
     assert he.model == stained.model != default.model and (he.diameter, he.stained_diameter) == (default.diameter, default.stained_diameter)
     assert he.weights_sha256 != default.weights_sha256
     assert set(he.training["params"]["data"]["sources"]) >= {"he_monuseg2018_train", "he_gbm40"}
