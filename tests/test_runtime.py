@@ -117,3 +117,43 @@ def test_prepare_model_reuses_freed_memory_on_cpu_only(monkeypatch):
     monkeypatch.setattr(runtime, "reuse_freed_memory", lambda: calls.append(1) or True)
     model = runtime.prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu")
     assert calls == [1] and model.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+AS_AVX2_PROBE = """
+import json, os, sys
+from pipeline.model import runtime
+from pipeline.model.backends import resolve_backend
+print(json.dumps({"argv": sys.argv[1:], "isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                  "aten": os.environ.get("ATEN_CPU_CAPABILITY"),
+                  "wide": sorted(f for f in runtime.cpu_flags() if f.startswith(("avx512", "amx"))),
+                  "avx2": "avx2" in runtime.cpu_flags() or not runtime.cpu_flags(),
+                  "torch": runtime.resolve_precision("auto", "cpu"),
+                  "auto": resolve_backend("auto", "cpu", "auto")}))
+"""
+
+
+def test_as_avx2_runs_a_script_as_on_an_avx2_only_cpu(tmp_path):
+    """benchmarks/as_avx2.py: oneDNN held to AVX2 in a re-executed process, the AVX-512 and AMX
+    flags hidden, so precision 'auto' is fp32 for every backend; the script's own arguments kept."""
+    import json
+    import os
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(AS_AVX2_PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "as_avx2.py"), str(probe), "--threads", "2"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["argv"] == ["--threads", "2"]
+    assert (seen["isa"], seen["aten"]) == ("AVX2", "avx2")
+    assert seen["wide"] == [] and seen["avx2"]
+    assert seen["torch"] == "fp32" and seen["auto"][1] == "fp32"
+
+
+def test_as_avx2_names_a_missing_script_in_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "as_avx2.py"), str(tmp_path / "nope.py")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.strip() == f"{tmp_path / 'nope.py'}: no such script"
