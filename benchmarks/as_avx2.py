@@ -12,9 +12,9 @@ Two things make a CPU with AVX-512 BF16 or AMX behave as an AVX2-only laptop or 
    (:func:`pipeline.model.runtime.cpu_flags`). Precision ``auto`` then picks fp32 for torch and
    for OpenVINO, as it does on such a CPU.
 
-The figures track a real AVX2-only CPU. On the 2-core AMX Xeon, ``bench_segment.py``'s costly case
-read 4.88× held to AVX2 (session 51), where a 2-core AVX2-only AMD EPYC VM read 4.92×. Absolute times still come from the faster
-core's clock and caches.
+The figures track a real AVX2-only CPU: ``bench_segment.py``'s costly case read 4.88× on the 2-core
+AMX Xeon held to AVX2 (session 51), 4.92× on a 2-core AVX2-only AMD EPYC VM. Absolute times still
+come from the faster core's clock and caches.
 """
 
 from __future__ import annotations

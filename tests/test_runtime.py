@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import resource
 import subprocess
@@ -135,9 +137,6 @@ print(json.dumps({"argv": sys.argv[1:], "isa": os.environ.get("ONEDNN_MAX_CPU_IS
 def test_as_avx2_runs_a_script_as_on_an_avx2_only_cpu(tmp_path):
     """benchmarks/as_avx2.py: oneDNN held to AVX2 in a re-executed process, the AVX-512 and AMX
     flags hidden, so precision 'auto' is fp32 for every backend; the script's own arguments kept."""
-    import json
-    import os
-
     probe = tmp_path / "probe.py"
     probe.write_text(AS_AVX2_PROBE)
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
