@@ -18,6 +18,8 @@ from pipeline.errors import NucleiError
 from pipeline.model import runtime
 from pipeline.model.runtime import autocast_dtype, resolve_device, resolve_precision
 
+from .conftest import ROOT
+
 
 def test_forced_precisions_on_cpu():
     assert resolve_precision("fp32", "cpu") == "fp32"
@@ -100,7 +102,7 @@ def test_reuse_freed_memory_stops_refaulting_freed_blocks():
     faults = {}
     for setting in ("default", "reuse"):
         out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD, setting], capture_output=True, text=True,
-                             check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+                             check=True, cwd=ROOT).stdout.split()
         assert out[0] == str(setting == "reuse")
         faults[setting] = [int(f) for f in out[1:]]
     pages = (64 << 20) // resource.getpagesize()
@@ -121,6 +123,7 @@ def test_prepare_model_reuses_freed_memory_on_cpu_only(monkeypatch):
     assert calls == [1] and model.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+AS_AVX2 = ROOT / "benchmarks" / "as_avx2.py"
 AS_AVX2_PROBE = """
 import json, os, sys
 from pipeline.model import runtime
@@ -140,8 +143,7 @@ def test_as_avx2_runs_a_script_as_on_an_avx2_only_cpu(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(AS_AVX2_PROBE)
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
-    root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, str(root / "benchmarks" / "as_avx2.py"), str(probe), "--threads", "2"],
+    run = subprocess.run([sys.executable, str(AS_AVX2), str(probe), "--threads", "2"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
@@ -152,7 +154,6 @@ def test_as_avx2_runs_a_script_as_on_an_avx2_only_cpu(tmp_path):
 
 
 def test_as_avx2_names_a_missing_script_in_one_line(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, str(root / "benchmarks" / "as_avx2.py"), str(tmp_path / "nope.py")],
+    run = subprocess.run([sys.executable, str(AS_AVX2), str(tmp_path / "nope.py")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stderr.strip() == f"{tmp_path / 'nope.py'}: no such script"
