@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_backends.py [--model DIR] [--threads 2] [--repeats 3] [--limit N]
-                                        [--backends torch onnxruntime openvino] [--bf16]
+                                        [--backends torch onnxruntime openvino] [--bf16] [--int8]
 
 For each backend, in fp32, through ``Segmenter.segment`` (the path of ``nuclei segment``; the segment
 section's settings: TTA, tiles, blocks) on ``--threads`` threads:
@@ -21,8 +21,9 @@ section's settings: TTA, tiles, blocks) on ``--threads`` threads:
 
 ``--bf16`` adds OpenVINO in bf16 (precision 'bf16': its ``INFERENCE_PRECISION_HINT``; precision 'auto'
 chooses it on CPUs with native bf16, ``pipeline.model.backends.OPENVINO_BF16_FLAGS``), reported beside
-the fp32 backends: a lower precision may only be a default where its DSB2018 score stays within 0.005 of
-fp32's.
+the fp32 backends; ``--int8`` adds the model folder's int8 network (``nuclei quantise``, run by OpenVINO;
+precision 'auto' chooses it wherever the folder has one). A lower precision may only be a default where
+its DSB2018 score stays within 0.005 of fp32's.
 The timings are medians of repeats taken side by side with the reference; on a machine shared with
 other work say so beside the figures (docs/benchmarks.md).
 """
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="score the first N images of fold 0 only")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "openvino"])
     parser.add_argument("--bf16", action="store_true", help="also OpenVINO in bf16")
+    parser.add_argument("--int8", action="store_true", help="also the model folder's int8 network, if any (OpenVINO)")
     parser.add_argument("--prepared", type=Path, default=PREPARED, help="prepared DSB2018 with grouped folds")
     parser.add_argument("--stage1", type=Path, default=ROOT.parent / "shared" / "dsb2018" / "stage1_train")
     parser.add_argument("--skip", nargs="*", default=[], choices=["costly", "brightfield", "score"])
@@ -68,22 +70,24 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    flags = set()
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        pass
+    from pipeline.model.runtime import cpu_flags
+
+    flags = cpu_flags()  # as the package sees them (benchmarks/as_avx2.py hides some)
     isa = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else \
         "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
     print(f"model {args.model}; CPU {platform.processor() or platform.machine()} ({isa}), {os.cpu_count()} cores visible, "
           f"{args.threads} threads; torch {torch.__version__}; load average {load:.2f} at the start")
     options = {**SegmentConfig().segmenter_options(), "device": "cpu"}
+    from pipeline.config.model_folder import read_model_config
     from pipeline.model.backends import resolve_backend
 
-    print("backend auto, precision auto here: {} in {}".format(*resolve_backend("auto", "cpu", "auto")))
+    has_int8 = read_model_config(args.model).int8_network is not None
+    print("backend auto, precision auto here: {} in {}".format(*resolve_backend("auto", "cpu", "auto", has_int8)))
     variants = [(b, b, "fp32") for b in args.backends]
     if args.bf16:
         variants.append(("openvino-bf16", "openvino", "bf16"))
+    if args.int8 and has_int8:
+        variants.append(("openvino-int8", "openvino", "auto"))  # auto: the folder's int8 network
     reference = reference_network()
     costly = None if "costly" in args.skip else costly_mosaic(args.stage1)[0]
     brightfield = [] if "brightfield" in args.skip else brightfield_images()

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.data.kaggle import read_kaggle_labels  # noqa: E402
-from pipeline.data.sources import list_sample_ids, read_label_image  # noqa: E402
+from pipeline.data.sources import image_file, list_sample_ids, read_label_image  # noqa: E402
 from pipeline.files.io import read_image  # noqa: E402
 from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
 from pipeline.method.scale import median_diameter  # noqa: E402
@@ -90,11 +90,10 @@ def main() -> None:
 def read_original(root: Path, layout: str, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A labelled sample as ``nuclei segment`` reads its image (the file itself, any bit depth) and its
     labels (int32, shape (H, W))."""
+    image = read_image(image_file(root, layout, sample_id))
     if layout == "kaggle":
-        image = read_image(root / sample_id / "images" / f"{sample_id}.png")
         return image, read_kaggle_labels(root / sample_id, image.shape[:2])
-    return (read_image(next((root / "images").glob(f"{sample_id}.*"))),
-            read_label_image(next((root / "labels").glob(f"{sample_id}.*"))))
+    return image, read_label_image(next((root / "labels").glob(f"{sample_id}.*")))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipeline.stages.evaluate", "stage: competition metric and companions on the validation fold"),
     "average": ("pipeline.model.average", "the weighted mean of model directories (a model soup)"),
     "widen": ("pipeline.model.widen", "a plain U-Net widened, computing what it computed (a warm start)"),
+    "quantise": ("pipeline.model.int8", "add an int8 network to a model folder (OpenVINO; faster on CPUs)"),
     "export-model": ("pipeline.model.interchange", "the network as TorchScript, ONNX or a bioimage.io package"),
     "pack": ("pipeline.data.pack", "prepared training data <-> small archives (to carry to a GPU machine)"),
 }

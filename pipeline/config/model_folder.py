@@ -68,7 +68,7 @@ MAX_DEPTH, MAX_WIDTH = 8, 512
 MAX_DIAMETER = 10_000.0
 #: Keys of a model folder's ``config.yaml``, in the order they are written.
 KEYS = ("format_version", "model", "postprocess", "normalization", "diameter", "stained_diameter",
-        "user_diameter", "stained_model", "training", "weights_sha256")
+        "user_diameter", "stained_model", "int8_network", "training", "weights_sha256")
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,9 @@ class ModelDirConfig:
     user_diameter: float | None = None
     #: A model folder inside this one (relative path) whose network runs stained images (None: this one's).
     stained_model: str | None = None
+    #: This folder's network in int8, an OpenVINO IR file inside the folder (``nuclei quantise``,
+    #: :mod:`pipeline.model.int8`; None: none). Made from these weights: new weights drop it.
+    int8_network: str | None = None
     training: dict = field(default_factory=dict)
     weights_sha256: str | None = None
     format_version: int = FORMAT_VERSION
@@ -139,6 +142,7 @@ class ModelDirConfig:
         if self.stained_diameter is not None and self.diameter is None:
             raise NucleiError(f"{source}: stained_diameter needs a diameter")
         object.__setattr__(self, "stained_model", _inner_folder(self.stained_model, "stained_model", source))
+        object.__setattr__(self, "int8_network", _inner_file(self.int8_network, "int8_network", ".xml", source))
         training = {} if self.training is None else self.training
         if not isinstance(training, Mapping):
             raise NucleiError(f"{source}: training must be a mapping, got {training!r}")
@@ -167,7 +171,7 @@ class ModelDirConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain ``config.yaml`` mapping (:data:`KEYS` order; null ``stained_diameter``,
-        ``user_diameter``, ``stained_model`` and ``weights_sha256`` left out)."""
+        ``user_diameter``, ``stained_model``, ``int8_network`` and ``weights_sha256`` left out)."""
         out: dict[str, Any] = {
             "format_version": self.format_version,
             "model": self.model.to_dict(),
@@ -175,7 +179,7 @@ class ModelDirConfig:
             "normalization": self.normalization.to_dict(),
             "diameter": self.diameter,
         }
-        for key in ("stained_diameter", "user_diameter", "stained_model"):
+        for key in ("stained_diameter", "user_diameter", "stained_model", "int8_network"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["training"] = dict(self.training)
@@ -200,6 +204,11 @@ class ModelDirConfig:
         """The folder of this model's stained network, inside the model folder ``folder``
         (``stained_model``; None: this model's network runs every image)."""
         return None if self.stained_model is None else model_folder(folder) / self.stained_model
+
+    def int8_file(self, folder: str | Path) -> Path | None:
+        """The IR file of this model's int8 network inside the model folder ``folder``
+        (``int8_network``; None: none)."""
+        return None if self.int8_network is None else model_folder(folder) / self.int8_network
 
 
 def as_model_dir_config(config: ModelDirConfig | Mapping, source: str | Path = CONFIG_NAME) -> ModelDirConfig:
@@ -261,14 +270,23 @@ def _positive(value: Any, key: str, source: str) -> float | None:
     return float(value)
 
 
-def _inner_folder(value: Any, key: str, source: str) -> str | None:
-    """A folder inside the model folder: None, or a relative POSIX path of plain names (no
-    ``..``, no ``.``, not absolute), as written."""
-    if value is None:
-        return None
+def _is_inner(value: Any) -> bool:
+    """Whether ``value`` is a relative POSIX path of plain names (no ``..``, no ``.``, not absolute)."""
     parts = value.split("/") if isinstance(value, str) else []
-    if not parts or any(part in ("", ".", "..") or "\\" in part for part in parts):
+    return bool(parts) and not any(part in ("", ".", "..") or "\\" in part for part in parts)
+
+
+def _inner_folder(value: Any, key: str, source: str) -> str | None:
+    """A folder inside the model folder: None, or a path :func:`_is_inner`, as written."""
+    if value is not None and not _is_inner(value):
         raise NucleiError(f"{source}: {key} must be a folder inside the model folder (such as 'stained'), got {value!r}")
+    return value
+
+
+def _inner_file(value: Any, key: str, suffix: str, source: str) -> str | None:
+    """A file inside the model folder whose name ends in ``suffix``: None, or a path :func:`_is_inner`."""
+    if value is not None and not (_is_inner(value) and value.endswith(suffix)):
+        raise NucleiError(f"{source}: {key} must be a {suffix} file inside the model folder, got {value!r}")
     return value
 
 

@@ -48,6 +48,24 @@ def list_sample_ids(root: str | Path, layout: str) -> list[str]:
     return ids
 
 
+def image_file(root: str | Path, layout: str, sample_id: str) -> Path:
+    """The image file of a sample of a source, as ``nuclei segment`` would read it.
+
+    Raises
+    ------
+    NucleiError
+        No such image.
+    """
+    root = Path(root)
+    if layout == "kaggle":
+        path = root / sample_id / "images" / f"{sample_id}.png"
+    else:
+        path = _folder_images(root).get(sample_id, root / "images" / sample_id)
+    if not path.is_file():
+        raise NucleiError(f"{path}: image missing")
+    return path
+
+
 def unlabelled_images(root: str | Path) -> list[str]:
     """Image file names of a ``folder`` source's ``images/`` without a label image."""
     root = Path(root)

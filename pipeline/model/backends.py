@@ -10,7 +10,9 @@ export-model`` (:mod:`pipeline.model.interchange`) writes the same exports to fi
 
 ``auto`` is the fastest backend that holds the accuracy and is installed, on a CPU in float32:
 :data:`AUTO_ORDER` (measured by ``benchmarks/bench_backends.py``, docs/benchmarks.md), else torch.
-On a GPU, or where the precision is bf16 (a CPU with AMX), ``auto`` is torch.
+On a GPU, or where the precision is bf16 (a CPU with AMX), ``auto`` is torch. A model folder with an
+int8 network (``int8_network``, :mod:`pipeline.model.int8`) has OpenVINO run it at precision ``auto``
+(:func:`read_int8_network`) instead of exporting its float network; ``fp32`` and ``bf16`` run the float one.
 
 Must not: tile, augment or batch (the Predictor's), pick a device or a precision
 (:mod:`pipeline.model.runtime`), or write files (:mod:`pipeline.model.interchange`).
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config.model_folder import CONFIG_NAME
 from pipeline.config.params import BACKENDS
 from pipeline.errors import NucleiError, one_line
 from pipeline.method.heads import get_head
@@ -50,6 +53,8 @@ INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
 OPENVINO_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: OpenVINO's ``INFERENCE_PRECISION_HINT`` of each precision (its own default is bf16 where it can).
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+#: Where a model folder's int8 network (:mod:`pipeline.model.int8`) records the sha-256 of the weights it was made from.
+RT_SHA = ["nuclei", "weights_sha256"]
 
 
 @functools.cache
@@ -77,7 +82,7 @@ def installed(backend: str) -> bool:
     return True
 
 
-def resolve_backend(backend: str, device, precision: str) -> tuple[str, str]:
+def resolve_backend(backend: str, device, precision: str, int8: bool = False) -> tuple[str, str]:
     """The backend and the precision actually used.
 
     Parameters
@@ -87,16 +92,18 @@ def resolve_backend(backend: str, device, precision: str) -> tuple[str, str]:
         The resolved device.
     precision : {'auto', 'fp32', 'bf16', 'fp16'}
         As asked (``precision`` of the ``predict`` / ``segment`` section).
+    int8 : bool
+        The model folder has an int8 network (``int8_network``, :mod:`pipeline.model.int8`).
 
     Returns
     -------
     backend : {'torch', 'onnxruntime', 'openvino'}
         'auto': on a CPU, OpenVINO when installed, else ONNX Runtime when installed and torch would
         run fp32 (:data:`AUTO_ORDER`), else torch; torch on a GPU.
-    precision : {'fp32', 'bf16', 'fp16'}
-        torch: :func:`pipeline.model.runtime.resolve_precision` (bf16 with AMX and on GPUs);
-        openvino: 'auto' is bf16 on CPUs with native bf16 (:data:`OPENVINO_BF16_FLAGS`), fp32
-        elsewhere; onnxruntime: fp32.
+    precision : {'fp32', 'bf16', 'fp16', 'int8'}
+        openvino: 'auto' is int8 when the folder has an int8 network, else bf16 on CPUs with native
+        bf16 (:data:`OPENVINO_BF16_FLAGS`), else fp32; torch:
+        :func:`pipeline.model.runtime.resolve_precision` (bf16 with AMX and on GPUs); onnxruntime: fp32.
 
     Raises
     ------
@@ -112,7 +119,7 @@ def resolve_backend(backend: str, device, precision: str) -> tuple[str, str]:
         if cpu:
             for name in AUTO_ORDER:
                 if installed(name) and (name == "openvino" or torch_precision == "fp32"):
-                    return name, _exported_precision(name, precision)
+                    return name, _exported_precision(name, precision, int8)
         return "torch", torch_precision
     if backend == "torch":
         return backend, torch_precision
@@ -124,12 +131,15 @@ def resolve_backend(backend: str, device, precision: str) -> tuple[str, str]:
     if not installed(backend):
         raise NucleiError(f"backend {backend!r} needs {' and '.join(PACKAGES[backend])}: "
                           f"pip install 'nuclei-pipeline[{EXTRAS[backend]}]'")
-    return backend, _exported_precision(backend, precision)
+    return backend, _exported_precision(backend, precision, int8)
 
 
-def _exported_precision(backend: str, precision: str) -> str:
-    """The precision ``backend`` (onnxruntime, openvino) runs for ``precision`` as asked."""
+def _exported_precision(backend: str, precision: str, int8: bool = False) -> str:
+    """The precision ``backend`` (onnxruntime, openvino) runs for ``precision`` as asked (``int8``:
+    the model folder has an int8 network)."""
     if backend == "openvino" and precision == "auto":
+        if int8:
+            return "int8"
         return "bf16" if any(flag in cpu_flags() for flag in OPENVINO_BF16_FLAGS) else "fp32"
     return "fp32" if backend == "onnxruntime" or precision == "auto" else precision
 
@@ -244,6 +254,30 @@ def onnxruntime_session(model: bytes | str | Path, threads: int | None = None):
 # --------------------------------------------------------------------------- running it
 
 
+def read_int8_network(path: str | Path, weights_sha256: str | None):
+    """The int8 network of a model folder, checked, as an ``openvino.Model``.
+
+    Raises
+    ------
+    NucleiError
+        One line naming the file: missing, unreadable, or made from other weights than
+        ``weights_sha256`` (the folder's ``config.yaml``).
+    """
+    path = Path(path)
+    if not path.is_file() or not path.with_suffix(".bin").is_file():
+        raise NucleiError(f"{path}: int8 network missing (its .xml and .bin); run nuclei quantise again "
+                          f"or remove int8_network from {CONFIG_NAME}")
+    try:
+        model = openvino_core().read_model(str(path))
+    except Exception as exc:  # OpenVINO raises its own RuntimeError subclasses
+        raise NucleiError(f"{path}: unreadable int8 network ({str(exc).strip().splitlines()[0]})") from None
+    made_from = model.get_rt_info(RT_SHA).astype(str) if model.has_rt_info(RT_SHA) else None
+    if weights_sha256 is not None and made_from != weights_sha256:
+        raise NucleiError(f"{path}: made from other weights than this folder's weights.pt; run nuclei quantise "
+                          f"again or remove int8_network from {CONFIG_NAME}")
+    return model
+
+
 class ExportedNetwork:
     """A network with its head's activation, exported to ONNX and run by ONNX Runtime or OpenVINO.
 
@@ -258,22 +292,32 @@ class ExportedNetwork:
         The network's stride.
     threads : int
         Intra-op threads (torch's, :func:`torch.get_num_threads`, when the Predictor makes it).
-    precision : {'fp32', 'bf16'}
-        OpenVINO's inference precision (ONNX Runtime: fp32 only).
+    precision : {'fp32', 'bf16', 'int8'}
+        OpenVINO's inference precision (ONNX Runtime: fp32 only), as resolved; 'int8' runs ``int8_file``
+        instead of exporting ``network`` (its float parts in bf16 where the CPU has it).
+    int8_file : Path, optional
+        The model folder's int8 network (:func:`read_int8_network` checks that
+        it was made from ``network``'s weights, ``weights_sha256``).
+    weights_sha256 : str, optional
 
     Calling it maps float32 ``(B, 3, h, w)`` (``h``, ``w`` multiples of the stride) to float32
     probabilities ``(B, C, h, w)``.
     """
 
-    def __init__(self, backend: str, network, head: str, stride: int, threads: int, precision: str = "fp32"):
+    def __init__(self, backend: str, network, head: str, stride: int, threads: int, precision: str = "fp32",
+                 int8_file: Path | None = None, weights_sha256: str | None = None):
         self.backend = backend
-        model = onnx_bytes(probability_network(network, head), stride)
+        if precision == "int8":
+            model = read_int8_network(int8_file, weights_sha256)
+            precision = "bf16" if any(flag in cpu_flags() for flag in OPENVINO_BF16_FLAGS) else "fp32"
+        else:
+            model = onnx_bytes(probability_network(network, head), stride)
         if backend == "onnxruntime":
             session = onnxruntime_session(model, threads)
             self._run = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
         elif backend == "openvino":
             core = openvino_core()
-            compiled = core.compile_model(core.read_model(model), "CPU", {
+            compiled = core.compile_model(core.read_model(model) if isinstance(model, bytes) else model, "CPU", {
                 "INFERENCE_NUM_THREADS": int(threads),
                 "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
                 "PERFORMANCE_HINT": "LATENCY",

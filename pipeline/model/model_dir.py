@@ -94,7 +94,7 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
         What ``config.yaml`` records (a mapping is checked into one first, naming
         ``<path>/config.yaml``). ``format_version`` and ``weights_sha256`` are set here;
         absolute paths anywhere in it are written relative to the repository
-        (:func:`portable_paths`).
+        (:func:`portable_paths`). An ``int8_network`` is dropped: it was made from other weights.
     storage : {'float16', 'int8', 'float32'}
         How floating-point tensors are stored (:data:`STORAGES`); all are loaded back as
         float32. A tensor with values beyond the float16 range stays float32.
@@ -115,13 +115,20 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    config = config.replace(format_version=FORMAT_VERSION, weights_sha256=hashlib.sha256(data).hexdigest())
+    config = config.replace(format_version=FORMAT_VERSION, weights_sha256=hashlib.sha256(data).hexdigest(),
+                            int8_network=None)
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path / WEIGHTS_NAME) as tmp:
         tmp.write_bytes(data)
-    with atomic_path(path / CONFIG_NAME) as tmp:
-        tmp.write_text(yaml.safe_dump(portable_paths(_plain(config.to_dict())), sort_keys=False))
+    write_model_config(path, config)
     return path
+
+
+def write_model_config(path: str | Path, config: ModelDirConfig) -> Path:
+    """Write ``<path>/config.yaml`` atomically (paths made portable: :func:`portable_paths`); returns the file."""
+    with atomic_path(Path(path) / CONFIG_NAME) as tmp:
+        tmp.write_text(yaml.safe_dump(portable_paths(_plain(config.to_dict())), sort_keys=False))
+    return Path(path) / CONFIG_NAME
 
 
 def portable_paths(obj: Any, root: str | Path = ROOT) -> Any:

@@ -206,7 +206,8 @@ class Predictor:
     precision : {'auto', 'fp32', 'bf16', 'fp16'}
         Autocast of the forward pass (:func:`pipeline.model.runtime.resolve_precision`: 'auto' is bf16
         on a CPU with AMX and on CUDA, fp32 elsewhere; OpenVINO's 'auto' is bf16 on CPUs with native
-        bf16, ONNX Runtime's fp32: :func:`pipeline.model.backends.resolve_backend`). The network and its inputs are
+        bf16, or int8 where the folder has an int8 network; ONNX Runtime's fp32:
+        :func:`pipeline.model.backends.resolve_backend`). The network and its inputs are
         in channels-last memory format; the network is an eval-mode copy of ``model`` with batch
         norm folded into its convolutions (:func:`pipeline.model.networks.fuse_batchnorm`).
     stride : int, optional
@@ -217,11 +218,15 @@ class Predictor:
         'onnxruntime' and 'openvino' export the network to ONNX on the first forward pass (in
         memory) and run it on the CPU on torch's threads; 'auto' is OpenVINO, else ONNX Runtime,
         when installed, on a CPU; torch otherwise.
+    int8_file : Path, optional
+        The model folder's int8 network (``int8_network``, :mod:`pipeline.model.int8`), which OpenVINO
+        runs at precision 'auto' (:func:`pipeline.model.backends.resolve_backend`; the resolved
+        ``precision`` attribute is then 'int8').
     """
 
     def __init__(self, model, config: ModelDirConfig | ModelConfig | dict, device: str = "cpu", tta: str = "none",
                  tile_size: int = 512, overlap: int = 64, batch_size: int = 4, precision: str = "auto",
-                 stride: int | None = None, backend: str = "torch"):
+                 stride: int | None = None, backend: str = "torch", int8_file: Path | None = None):
         from pipeline.model.backends import resolve_backend
         from pipeline.model.networks import fuse_batchnorm, model_stride
 
@@ -244,9 +249,18 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
-        self.backend, self.precision = resolve_backend(backend, self.device, precision)
+        self.backend, self.precision = resolve_backend(backend, self.device, precision, int8_file is not None)
+        self.int8_file = int8_file
+        if self.precision == "int8":  # a missing or stale int8 network is refused before any image
+            from pipeline.model.backends import read_int8_network
+
+            read_int8_network(int8_file, self._weights_sha256())
         self.model = prepare_model(fuse_batchnorm(model), self.device)
         self._exported = None  # the network in self.backend, made on the first forward pass
+
+    def _weights_sha256(self) -> str | None:
+        """The model folder's weights checksum (None: the config is not a folder's)."""
+        return self.config.weights_sha256 if isinstance(self.config, ModelDirConfig) else None
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         """The :class:`TilePlan` for an image of ``shape`` (H, W)."""
@@ -365,7 +379,7 @@ class Predictor:
             from pipeline.model.backends import ExportedNetwork
 
             self._exported = ExportedNetwork(self.backend, self.model, self.head, self.stride, torch.get_num_threads(),
-                                             self.precision)
+                                             self.precision, self.int8_file, self._weights_sha256())
         total = None
         for k, flip in transforms:
             x = np.rot90(batch[..., ::-1] if flip else batch, k, axes=(-2, -1))
@@ -398,7 +412,7 @@ def load_predictor(model_dir: str | Path, device: str = "auto", **overrides: Any
 
     device = resolve_device(device)
     model, config = load_model_dir(model_dir, device)
-    return Predictor(model, config, device=device, **overrides)
+    return Predictor(model, config, device=device, int8_file=config.int8_file(model_dir), **overrides)
 
 
 def predictor_options(cfg: PredictConfig | dict[str, Any]) -> dict[str, Any]:
