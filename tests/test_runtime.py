@@ -153,6 +153,17 @@ def test_as_avx2_runs_a_script_as_on_an_avx2_only_cpu(tmp_path):
     assert seen["torch"] == "fp32" and seen["auto"][1] == "fp32"
 
 
+def test_as_avx2_vnni_lets_onednn_use_avx_vnni(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(AS_AVX2_PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
+    run = subprocess.run([sys.executable, str(AS_AVX2), "--vnni", str(probe), "x"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["argv"] == ["x"] and seen["isa"] == "AVX2_VNNI" and seen["wide"] == []
+
+
 def test_as_avx2_names_a_missing_script_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, str(AS_AVX2), str(tmp_path / "nope.py")],
                          capture_output=True, text=True, timeout=60)
