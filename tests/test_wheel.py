@@ -67,6 +67,7 @@ def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_wheel_holds_the_models_the_guard_and_the_sample(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("pipeline/shipped/model/config.yaml", "pipeline/shipped/model/weights.pt",
+                 "pipeline/shipped/model/network_int8.xml", "pipeline/shipped/model/network_int8.bin",
                  "pipeline/shipped/model/stained/config.yaml", "pipeline/shipped/model/stained/weights.pt",
                  "pipeline/shipped/he/config.yaml", "pipeline/shipped/he/weights.pt", "pipeline/shipped/he/MODEL_CARD.md",
                  "pipeline/shipped/sample/fluorescence.png", "pipeline/napari_plugin/napari.yaml",
