@@ -90,6 +90,13 @@ def test_auto_is_int8_only_through_openvino_with_an_int8_network():
         resolve_precision("int8", "cpu")  # not a setting: auto picks it
 
 
+def test_auto_keeps_the_float_network_off_x86(monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert resolve_backend("openvino", "cpu", "auto", int8=True)[1] in ("fp32", "bf16")
+
+
 def test_new_weights_drop_it_and_stale_ones_are_refused(quantised, tmp_path):
     from pipeline.model.model_dir import load_model_dir, save_model_dir
 

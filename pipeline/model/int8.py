@@ -9,7 +9,7 @@ IR records the sha-256 of the weights it was made from:
 :func:`pipeline.model.backends.read_int8_network` refuses it for any other weights, and new weights
 (:func:`pipeline.model.model_dir.save_model_dir`) drop the key.
 
-Precision ``auto`` (and ``int8``) then runs it wherever OpenVINO does
+Precision ``auto`` then runs it wherever OpenVINO runs on an x86-64 CPU
 (:func:`pipeline.model.backends.resolve_backend`): on the costly small-nucleus case it is about 1.4×
 faster than bf16 on AVX-512 CPUs without AMX and 1.7× faster than fp32 on AVX2-only ones, at the same
 score (docs/decisions.md, "int8 through OpenVINO").
