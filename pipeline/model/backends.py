@@ -10,9 +10,10 @@ export-model`` (:mod:`pipeline.model.interchange`) writes the same exports to fi
 
 ``auto`` is the fastest backend that holds the accuracy and is installed, on a CPU in float32:
 :data:`AUTO_ORDER` (measured by ``benchmarks/bench_backends.py``, docs/benchmarks.md), else torch.
-On a GPU, or where the precision is bf16 (a CPU with AMX), ``auto`` is torch. A model folder with an
-int8 network (``int8_network``, :mod:`pipeline.model.int8`) has OpenVINO run it at precision ``auto``
-(:func:`read_int8_network`) instead of exporting its float network; ``fp32`` and ``bf16`` run the float one.
+On a GPU ``auto`` is torch; on a CPU with AMX (torch in bf16) it is OpenVINO when installed, else
+torch. A model folder with an int8 network (``int8_network``, :mod:`pipeline.model.int8`) has
+OpenVINO run it at precision ``auto`` on x86-64 (:func:`read_int8_network`) instead of exporting its
+float network; ``fp32`` and ``bf16`` run the float one.
 
 Must not: tile, augment or batch (the Predictor's), pick a device or a precision
 (:mod:`pipeline.model.runtime`), or write files (:mod:`pipeline.model.interchange`).
