@@ -137,16 +137,24 @@ print(json.dumps({"argv": sys.argv[1:], "isa": os.environ.get("ONEDNN_MAX_CPU_IS
 """
 
 
+def probe_as_avx2(tmp_path, *argv: str) -> dict:
+    """What :data:`AS_AVX2_PROBE` sees when ``benchmarks/as_avx2.py`` runs it (``argv``: the options
+    before the probe, then the probe's own arguments after ``--``), from an environment without
+    oneDNN's settings."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(AS_AVX2_PROBE)
+    split = argv.index("--")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
+    run = subprocess.run([sys.executable, str(AS_AVX2), *argv[:split], str(probe), *argv[split + 1:]],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def test_as_avx2_runs_a_script_as_on_an_avx2_only_cpu(tmp_path):
     """benchmarks/as_avx2.py: oneDNN held to AVX2 in a re-executed process, the AVX-512 and AMX
     flags hidden, so precision 'auto' is fp32 for every backend; the script's own arguments kept."""
-    probe = tmp_path / "probe.py"
-    probe.write_text(AS_AVX2_PROBE)
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
-    run = subprocess.run([sys.executable, str(AS_AVX2), str(probe), "--threads", "2"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = probe_as_avx2(tmp_path, "--", "--threads", "2")
     assert seen["argv"] == ["--threads", "2"]
     assert (seen["isa"], seen["aten"]) == ("AVX2", "avx2")
     assert seen["wide"] == [] and seen["avx2"]
@@ -154,13 +162,7 @@ def test_as_avx2_runs_a_script_as_on_an_avx2_only_cpu(tmp_path):
 
 
 def test_as_avx2_vnni_lets_onednn_use_avx_vnni(tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text(AS_AVX2_PROBE)
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
-    run = subprocess.run([sys.executable, str(AS_AVX2), "--vnni", str(probe), "x"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = probe_as_avx2(tmp_path, "--vnni", "--", "x")
     assert seen["argv"] == ["x"] and seen["isa"] == "AVX2_VNNI" and seen["wide"] == []
 
 

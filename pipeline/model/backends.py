@@ -147,8 +147,13 @@ def _exported_precision(backend: str, precision: str, int8: bool = False) -> str
     if backend == "openvino" and precision == "auto":
         if int8 and platform.machine().lower() in INT8_MACHINES:
             return "int8"
-        return "bf16" if any(flag in cpu_flags() for flag in OPENVINO_BF16_FLAGS) else "fp32"
+        return _openvino_float_precision()
     return "fp32" if backend == "onnxruntime" or precision == "auto" else precision
+
+
+def _openvino_float_precision() -> str:
+    """OpenVINO's float precision on this CPU: bf16 where it is native (:data:`OPENVINO_BF16_FLAGS`), else fp32."""
+    return "bf16" if any(flag in cpu_flags() for flag in OPENVINO_BF16_FLAGS) else "fp32"
 
 
 # --------------------------------------------------------------------------- the network, exported
@@ -316,7 +321,7 @@ class ExportedNetwork:
         self.backend = backend
         if precision == "int8":
             model = read_int8_network(int8_file, weights_sha256)
-            precision = "bf16" if any(flag in cpu_flags() for flag in OPENVINO_BF16_FLAGS) else "fp32"
+            precision = _openvino_float_precision()  # of the parts left in float
         else:
             model = onnx_bytes(probability_network(network, head), stride)
         if backend == "onnxruntime":
