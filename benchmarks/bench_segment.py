@@ -29,6 +29,9 @@ Usage::
    prints it per inference backend).
 6. An empty field (a screen's empty well): 1024×1024 of dark camera noise (:func:`empty_field`),
    timed as the costly case; the nuclei found (none expected) and the scale it was segmented at.
+7. The dense case, for a model with a dense network (``dense_model``): a 2×2 mosaic of the first four
+   ``tissue_fluo_e2f`` images (``--extra DIR``, default ``../shared/extra``; skipped when absent),
+   timed as the costly case with the dense network and with the first network alone, side by side.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def main() -> int:
         "--large", type=int, default=0, metavar="N", help="also segment a synthetic NxN image"
     )
     parser.add_argument("--stage1", type=Path, default=STAGE1, help="DSB2018 stage1_train (the costly case)")
+    parser.add_argument("--extra", type=Path, default=STAGE1.parents[1] / "extra", help="the extra sources (the dense case)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
@@ -195,9 +199,42 @@ def main() -> int:
     print(f"\nempty field: Segmenter.segment of 1024x1024 dark camera noise (scale {scale:.2f}, "
           f"{segmenter.segment(empty).labels.max()} nuclei found) {per_image:.2f} s per image; plain w16 d4 "
           f"U-Net at 1024x1024 {reference:.2f} s: {per_image / reference:.2f}x")
+    if segmenter.config.dense_model is not None and (args.extra / DENSE_SOURCE).is_dir():
+        dense_case(segmenter, dense_mosaic(args.extra / DENSE_SOURCE), args.repeats)
     if args.large:
         large(args.large, model_dir)
     return 0
+
+
+#: The source of the dense case (section 7): intestinal tissue sections, nuclei packed.
+DENSE_SOURCE = "tissue_fluo_e2f"
+
+
+def dense_mosaic(root: Path) -> np.ndarray:
+    """The dense case's image: uint8 (2h, 2w, 3), a 2×2 mosaic of the first four images (sorted by
+    name) of the ``folder``-layout source ``root``, each cropped to the smallest one's shape."""
+    from pipeline.files.io import read_image
+
+    tiles = [(read_image(p) * 255).round().astype(np.uint8) for p in sorted((root / "images").iterdir())[:4]]
+    h, w = min(t.shape[0] for t in tiles), min(t.shape[1] for t in tiles)
+    tiles = [t[:h, :w] for t in tiles]
+    return np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
+
+
+def dense_case(segmenter, image: np.ndarray, repeats: int) -> None:
+    """Print section 7: seconds of ``segmenter`` on a dense image, with its dense network and with
+    its first network alone (a copy without the route), each against the reference pass."""
+    import copy
+
+    alone = copy.copy(segmenter)
+    alone._dense = None
+    reference = reference_network()
+    routed_s, ref_routed, _ = costly_ratio(segmenter, image, repeats, reference)
+    alone_s, ref_alone, scale = costly_ratio(alone, image, repeats, reference)
+    print(f"\ndense case: Segmenter.segment of a {image.shape[1]}x{image.shape[0]} mosaic of four {DENSE_SOURCE} "
+          f"images (scale {scale:.2f}) {routed_s:.2f} s with the dense network, {alone_s:.2f} s with the first "
+          f"network alone: {routed_s / ref_routed:.2f}x and {alone_s / ref_alone:.2f}x the plain w16 d4 U-Net's pass "
+          f"({routed_s / ref_routed / (alone_s / ref_alone):.2f}x)")
 
 
 def empty_field(side: int = 1024, seed: int = 0) -> np.ndarray:

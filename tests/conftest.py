@@ -135,12 +135,22 @@ def save_threshold_model(path: Path) -> Path:
 def add_stained_network(folder: Path, network: Path, name: str = "stained") -> Path:
     """Give the model folder ``folder`` the model folder ``network`` as its stained network:
     copied to ``folder/name``, which ``folder``'s config names (``stained_model``)."""
+    return _add_inner_network(folder, network, name, stained_model=name)
+
+
+def add_dense_network(folder: Path, network: Path, name: str = "dense", fraction: float = 0.5) -> Path:
+    """Give the model folder ``folder`` the model folder ``network`` as its dense network, for
+    images whose nuclei cover more than ``fraction`` of them (``dense_model``, ``dense_fraction``)."""
+    return _add_inner_network(folder, network, name, dense_model=name, dense_fraction=fraction)
+
+
+def _add_inner_network(folder: Path, network: Path, name: str, **keys) -> Path:
     import shutil
 
     import yaml
 
     shutil.copytree(network, folder / name)
-    config = yaml.safe_load((folder / "config.yaml").read_text()) | {"stained_model": name}
+    config = yaml.safe_load((folder / "config.yaml").read_text()) | keys
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return folder
 

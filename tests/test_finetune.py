@@ -286,6 +286,28 @@ def test_finetune_names_a_missing_guard_and_says_when_there_is_none(base_model, 
     assert yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["training"]["guard"] is None
 
 
+def test_a_model_with_a_dense_network_fine_tunes_it_on_mostly_dense_images(base_model, tmp_path, capsys):
+    """A base with a dense network (``dense_model``): when most labelled images have nuclei over
+    more than its ``dense_fraction`` of their pixels, fine-tuning starts from that network; stained
+    images still go to the stained network first, and sparse ones to the base's own."""
+    import shutil
+
+    from pipeline.config.model_folder import read_model_config
+    from pipeline.training.finetune import _starting_network
+
+    from .conftest import add_dense_network, add_stained_network
+
+    base = add_dense_network(add_stained_network(shutil.copytree(base_model, tmp_path / "base"), base_model), base_model)
+    config = read_model_config(base)
+    assert config.dense_fraction == 0.5
+    fluo = ["fluo-large"] * 3
+    assert _starting_network(base, config, fluo, [0.2, 0.6, 0.3], print) == (base, config)  # 1 of 3 dense
+    assert _starting_network(base, config, fluo, [0.2, 0.6, 0.7], print)[0] == base / "dense"
+    assert "2 of 3 images have nuclei over more than 50% of their pixels: fine-tuning the model's dense network" in \
+        capsys.readouterr().out
+    assert _starting_network(base, config, ["histology"] * 2 + fluo[:1], [0.7] * 3, print)[0] == base / "stained"
+
+
 def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_images(base_model, tmp_path, capsys,
                                                                                    monkeypatch):
     """A base with a stained network (``stained_model``): stained images fine-tune that network,
@@ -307,9 +329,9 @@ def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_imag
     fluo = image_types_of([i.astype(np.float32) / 255 for i in fluo_images], config)
     stained = image_types_of([stain(255 - i).astype(np.float32) / 255 for i in fluo_images], config)
     assert "histology" not in fluo and stained == ["histology"] * 3
-    assert _starting_network(base, config, fluo, print) == (base, config)
-    assert _starting_network(base, config, stained[:1] + fluo, print)[0] == base  # most are not stained
-    assert _starting_network(base, config, stained[:2] + fluo[:1], print)[0] == base / "stained"
+    assert _starting_network(base, config, fluo, [0.2] * 3, print) == (base, config)
+    assert _starting_network(base, config, stained[:1] + fluo, [0.2] * 4, print)[0] == base  # most are not stained
+    assert _starting_network(base, config, stained[:2] + fluo[:1], [0.2] * 3, print)[0] == base / "stained"
     assert "2 of 3 images are stained: fine-tuning the model's stained network" in capsys.readouterr().out
 
     images = write_annotated(tmp_path / "user")

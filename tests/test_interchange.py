@@ -245,3 +245,18 @@ def test_shipped_model_bioimageio_package_passes_bioimageio_core(tmp_path):
     assert interchange.validate_bioimageio(folder / interchange.RDF_FILE)
     pytest.importorskip("bioimageio.core")
     interchange.test_bioimageio(folder / interchange.RDF_FILE)
+
+
+def test_a_models_dense_network_is_named_for_its_own_export(tmp_path, capsys):
+    """A model folder with a dense network exports its own network and names the dense one's folder
+    and the nucleus fraction that sends an image to it."""
+    from .conftest import add_dense_network
+
+    model_dir = add_dense_network(save_threshold_model(tmp_path / "m"), save_threshold_model(tmp_path / "d"), fraction=0.45)
+    assert cli_main(["export-model", str(model_dir), "-o", str(tmp_path / "out"), "--format", "torchscript"]) == 0
+    assert (f"(nuclei over more than 45% of the pixels) with a third network; export it too: nuclei export-model "
+            f"{model_dir / 'dense'} -o OUT" in capsys.readouterr().out)
+    described = json.loads((tmp_path / "out" / "torchscript" / "model.json").read_text())
+    assert (described["dense_model"], described["dense_fraction"]) == ("dense", 0.45)
+    assert "over more than 45% of the pixels are segmented again by a third network, its folder 'dense'" in (
+        tmp_path / "out" / "torchscript" / "README.md").read_text()

@@ -91,6 +91,11 @@ def test_writers_cannot_build_a_config_that_would_not_read_back():
     ({"stained_model": "../other"}, r"stained_model must be a folder inside the model folder \(such as 'stained'\), got '\.\./other'"),
     ({"stained_model": "/abs/he"}, "stained_model must be a folder inside the model folder"),
     ({"stained_model": 3}, "stained_model must be a folder inside the model folder"),
+    ({"dense_model": "../dense", "dense_fraction": 0.5}, "dense_model must be a folder inside the model folder"),
+    ({"dense_model": "dense", "dense_fraction": None}, "dense_model and dense_fraction are given together or not at all"),
+    ({"dense_model": None, "dense_fraction": 0.5}, "dense_model and dense_fraction are given together or not at all"),
+    ({"dense_model": "dense", "dense_fraction": 1.0}, "dense_fraction must be a number between 0 and 1, got 1.0"),
+    ({"dense_model": "dense", "dense_fraction": "half"}, "dense_fraction must be a number between 0 and 1, got 'half'"),
     ({"diamter": 20}, "unknown key 'diamter'"),
 ])
 def test_each_invalid_value_is_one_line_naming_the_file_and_the_key(tmp_path, change, message):

@@ -577,3 +577,124 @@ def test_a_model_folders_stained_network_is_loaded_on_first_use_and_checked(tmp_
     shutil.rmtree(missing / "stained")
     with pytest.raises(NucleiError, match=r"m4/stained: model directory not found \(stained_model of .*m4/config\.yaml\)"):
         Segmenter.from_model_dir(missing, backend="torch").segmenter_for("histology")
+
+
+# --------------------------------------------------------------------------- a dense network of its own
+
+
+class LeftHalfPredictor(GreyPredictor):
+    """A stand-in dense network: the grey level's nuclei in the left half of the image only, so
+    that its labels are told apart from the first network's."""
+
+    def predict(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
+        probs = super().predict(image, tta)
+        probs[:, :, probs.shape[2] // 2:] = 0.0
+        return probs
+
+
+def packed_discs(diameter: int = 20, gap: int = 3, n: int = 6):
+    """An n × n grid of discs ``gap`` px apart (nuclei over about 60 % of the image); (RGB, labels)."""
+    spacing = diameter + gap
+    labels = np.zeros((spacing * n, spacing * n), np.int32)
+    for i in range(n):
+        for j in range(n):
+            rr, cc = disk((spacing * i + spacing / 2, spacing * j + spacing / 2), diameter / 2, shape=labels.shape)
+            labels[rr, cc] = i * n + j + 1
+    grey = np.where(labels > 0, 200, 20).astype(np.uint8)
+    return np.dstack([grey] * 3), labels
+
+
+def dense_pair(fraction: float = 0.5):
+    """(Segmenter over the grey level with a dense network, that network's Segmenter, its loader)."""
+    config = grey_segmenter().predictor.config | {"dense_model": "dense", "dense_fraction": fraction}
+    inner = Segmenter(LeftHalfPredictor(grey_segmenter().predictor.config))
+    loads = Loads(inner)
+    return Segmenter(GreyPredictor(config), dense=loads), inner, loads
+
+
+def test_a_dense_image_is_run_again_by_the_models_dense_network_and_a_sparse_one_never():
+    """With a dense network (``dense_model``, ``dense_fraction``), an unstained image whose nuclei
+    this network finds over more than the fraction of its pixels is segmented by the dense one
+    (its probabilities, at the same scale), loaded once on first use; sparse and stained images
+    never reach it."""
+    from pipeline.method.watershed import nucleus_fraction
+
+    seg, inner, loads = dense_pair()
+    sparse, sparse_true = disc_image(20, n=4)
+    result = seg.segment(sparse)
+    assert loads.calls == 0 and result.labels.max() == sparse_true.max() and not inner.predictor.calls
+
+    packed, true = packed_discs()
+    assert nucleus_fraction(true > 0) > 0.5
+    result = seg.segment(packed)
+    assert loads.calls == 1 and len(inner.predictor.calls) == 1
+    assert inner.predictor.calls[0] == seg.predictor.calls[-1]  # the same resized image
+    left = np.unique(true[:, : true.shape[1] // 2 - 12])  # the discs wholly in the left half
+    assert 0 < result.labels.max() < true.max() and result.labels.max() >= len(left) - 1
+    assert result.scale == pytest.approx(CANONICAL / result.diameter)
+    seg.segment(packed)
+    assert loads.calls == 1 and len(inner.predictor.calls) == 2  # loaded once
+
+    calls = len(inner.predictor.calls)
+    labels, _, _ = seg.segment_block(seg.normalize(packed), 1.0, "fluo-large")
+    assert len(inner.predictor.calls) == calls + 1 and labels.max() == result.labels.max()
+    stained = stain(255 - packed)
+    assert seg.segment(stained).image_type == "histology" and len(inner.predictor.calls) == calls + 1
+
+    higher, inner2, loads2 = dense_pair(fraction=0.9)
+    assert higher.segment(packed).labels.max() == true.max() and loads2.calls == 0
+
+
+def test_the_dense_network_keeps_each_copys_batch_size_and_loads_once():
+    """:func:`pipeline.batch.slide.one_tile_at_a_time` copies a Segmenter to run its network one
+    tile at a time; the copies share one dense network, each asking for its own batch size."""
+    from pipeline.batch.slide import one_tile_at_a_time
+
+    seg, inner, loads = dense_pair()
+    seg.predictor.batch_size = inner.predictor.batch_size = 4
+    assert seg.dense_for(0.2) is seg and seg.dense_for(0.7, "histology") is seg and loads.calls == 0
+    assert seg.dense_for(0.7) is inner and loads.calls == 1
+    copy = one_tile_at_a_time(seg)
+    one = copy.dense_for(0.7)
+    assert one is not inner and one.predictor.batch_size == 1 and inner.predictor.batch_size == 4
+    assert copy.dense_for(0.8) is one and one_tile_at_a_time(seg).dense_for(0.9) is one and loads.calls == 1
+
+
+def test_a_model_folders_dense_network_is_loaded_on_first_use_and_checked(tmp_path):
+    """``dense_model: dense`` names a model folder inside the folder: the Segmenter stays picklable
+    until it is loaded, and an unfit inner folder (another diameter or normalisation, a second
+    network of its own, missing) is one line naming it, when the first dense image comes."""
+    import pickle
+    import shutil
+
+    import yaml
+
+    from .conftest import add_dense_network, save_threshold_model
+
+    network = save_threshold_model(tmp_path / "network")
+    (network / "config.yaml").write_text(yaml.safe_dump(yaml.safe_load((network / "config.yaml").read_text())
+                                                        | {"diameter": 20.0}, sort_keys=False))
+
+    def folder(name, **changes):
+        path = add_dense_network(shutil.copytree(network, tmp_path / name), network)
+        for key, value in changes.items():
+            inner = yaml.safe_load((path / "dense" / "config.yaml").read_text()) | {key: value}
+            (path / "dense" / "config.yaml").write_text(yaml.safe_dump(inner))
+        return path
+
+    seg = Segmenter.from_model_dir(folder("m"), device="cpu", backend="torch")
+    assert (seg.config.dense_model, seg.config.dense_fraction) == ("dense", 0.5)
+    assert pickle.loads(pickle.dumps(seg)).dense_for(0.1) is not None
+    inner = seg.dense_for(0.8)
+    assert inner.source == tmp_path / "m" / "dense" and inner is seg.dense_for(0.9) and seg.dense_for(0.5) is seg
+    pickle.loads(pickle.dumps(seg)).dense_for(0.9)  # loaded, still picklable (a Dask worker's copy)
+    cases = {"m2": ({"normalization": {"low": 2.0, "high": 99.8}}, r"normalization differs from .*m2/config\.yaml's"),
+             "m3": ({"diameter": 30.0}, r"diameter 30\.0 differs from .*m3/config\.yaml's 20\.0"),
+             "m4": ({"dense_model": "dense", "dense_fraction": 0.5}, "a dense network names its own dense_model")}
+    for name, (changes, message) in cases.items():
+        with pytest.raises(NucleiError, match=message):
+            Segmenter.from_model_dir(folder(name, **changes), backend="torch").dense_for(0.9)
+    missing = folder("m6")
+    shutil.rmtree(missing / "dense")
+    with pytest.raises(NucleiError, match=r"m6/dense: model directory not found \(dense_model of .*m6/config\.yaml\)"):
+        Segmenter.from_model_dir(missing, backend="torch").dense_for(0.9)

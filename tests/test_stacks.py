@@ -279,3 +279,23 @@ def test_a_stained_stack_is_segmented_by_the_models_stained_network(method):
     result = segment_stack(routed, stack, method=method, diameter=20.0)
     assert result.image_type == "histology" and result.labels.max() == len(centres)
     assert not fluorescence.predictor.calls and inner.predictor.calls
+
+
+@pytest.mark.parametrize("method", ["stitch", "ortho"])
+def test_a_dense_stack_is_segmented_by_the_models_dense_network_and_a_sparse_one_is_not(method):
+    """A model with a dense network (``dense_model``) runs it on a stack whose nuclei cover more than
+    its ``dense_fraction``: plane by plane (``stitch``, as 2D images) or once for the whole stack
+    (``ortho``, decided on the XY planes); a sparse stack never reaches it."""
+    from pipeline.model.stacks import segment_stack
+
+    from .test_segmenter import dense_pair, packed_discs
+
+    packed, true = packed_discs(n=4)
+    sparse = np.where(true % 4 == 1, packed[..., 0], 20).astype(np.uint8)  # a quarter of the discs
+    for image, dense in ((sparse, False), (packed[..., 0], True)):
+        seg, inner, loads = dense_pair()
+        result = segment_stack(seg, np.stack([image] * 4), method=method, diameter=20.0)
+        assert loads.calls == int(dense) and bool(inner.predictor.calls) == dense
+        found = result.labels.max()
+        # the dense stand-in sees only the left half of each plane
+        assert found < true.max() if dense else found == np.count_nonzero(np.unique(true) % 4 == 1)

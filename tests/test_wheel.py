@@ -69,6 +69,7 @@ def test_the_wheel_holds_the_models_the_guard_and_the_sample(wheel):
     for name in ("pipeline/shipped/model/config.yaml", "pipeline/shipped/model/weights.pt",
                  "pipeline/shipped/model/network_int8.xml", "pipeline/shipped/model/network_int8.bin",
                  "pipeline/shipped/model/stained/config.yaml", "pipeline/shipped/model/stained/weights.pt",
+                 "pipeline/shipped/model/dense/config.yaml", "pipeline/shipped/model/dense/weights.pt",
                  "pipeline/shipped/he/config.yaml", "pipeline/shipped/he/weights.pt", "pipeline/shipped/he/MODEL_CARD.md",
                  "pipeline/shipped/sample/fluorescence.png", "pipeline/napari_plugin/napari.yaml",
                  "pipeline/shipped/guard/README.md"):
@@ -94,6 +95,10 @@ def test_the_installed_package_segments_from_any_folder(fresh, tmp_path):
     assert counts["image_type"].iloc[0] == "histology" and counts["count"].iloc[0] > 10
     report = (tmp_path / "out_tissue" / "report.html").read_text()
     assert f"its stained network {fresh.parent}" in report  # the installed default's stained/ ran it
+    assert f"its dense network {fresh.parent}" in report
+    dense = run(fresh, "python", "-c", "from pipeline.model.segmenter import Segmenter; "
+                "print(Segmenter.from_model_dir('default').dense_for(0.9).source)", cwd=tmp_path)
+    assert dense.returncode == 0 and str(Path("pipeline", "shipped", "model", "dense")) in dense.stdout, dense.stderr
     variant = run(fresh, "nuclei", "segment", "cells.png", "-o", "out_he", "--model", "he", cwd=tmp_path)
     assert variant.returncode == 0, variant.stderr
     report = (tmp_path / "out_he" / "report.html").read_text()

@@ -176,7 +176,7 @@ def segment_images(
 def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: Settings, segmenter,
                   seconds: float) -> None:
     info = {
-        "model": str(cfg.model_dir) + _stained_note(segmenter, cfg.model_dir),
+        "model": str(cfg.model_dir) + _networks_note(segmenter, cfg.model_dir),
         "device": str(getattr(segmenter, "device", cfg.segment.device)),
         "time": f"{seconds:.1f} s",
         "written": time.strftime("%Y-%m-%d %H:%M"),
@@ -186,11 +186,18 @@ def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: 
     write_report(counts, nuclei, run, cfg.measure, info)
 
 
-def _stained_note(segmenter, model_dir: Path) -> str:
-    """'' or, for a model with a stained network, which network segmented the stained images."""
+def _networks_note(segmenter, model_dir: Path) -> str:
+    """'' or, for a model with more networks than one, which images its other networks segmented."""
     config = getattr(segmenter, "config", None)
-    folder = config.stained_folder(model_dir) if config is not None else None
-    return f" (stained images, image type histology: its stained network {folder})" if folder else ""
+    if config is None:
+        return ""
+    notes = []
+    if config.stained_model is not None:
+        notes.append(f"stained images, image type histology: its stained network {config.stained_folder(model_dir)}")
+    if config.dense_model is not None:
+        notes.append(f"unstained images with nuclei over more than {config.dense_fraction:.0%} of the pixels: "
+                     f"its dense network {config.dense_folder(model_dir)}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, options: MeasureOptions,

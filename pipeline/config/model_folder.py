@@ -17,6 +17,10 @@ record as one frozen dataclass, in the manner of StarDist's ``Config2D``:
 - ``stained_model``: a model folder inside this one (a relative path, such as ``stained``) whose
   network runs the stained images (:data:`STAINED_IMAGE_TYPE`), or null: one network for every
   image (:meth:`pipeline.model.segmenter.Segmenter.segmenter_for`);
+- ``dense_model`` and ``dense_fraction``: a model folder inside this one whose network runs again
+  the unstained images (or blocks) in which this network finds nuclei covering more than
+  ``dense_fraction`` of the pixels (:func:`pipeline.method.watershed.nucleus_fraction`), or null:
+  no second pass (:meth:`pipeline.model.segmenter.Segmenter.dense_for`);
 - ``training``: free-form provenance; ``weights_sha256``: the checksum of ``weights.pt``;
   ``format_version``: :data:`FORMAT_VERSION`.
 
@@ -68,7 +72,8 @@ MAX_DEPTH, MAX_WIDTH = 8, 512
 MAX_DIAMETER = 10_000.0
 #: Keys of a model folder's ``config.yaml``, in the order they are written.
 KEYS = ("format_version", "model", "postprocess", "normalization", "diameter", "stained_diameter",
-        "user_diameter", "stained_model", "int8_network", "training", "weights_sha256")
+        "user_diameter", "stained_model", "dense_model", "dense_fraction", "int8_network", "training",
+        "weights_sha256")
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,11 @@ class ModelDirConfig:
     user_diameter: float | None = None
     #: A model folder inside this one (relative path) whose network runs stained images (None: this one's).
     stained_model: str | None = None
+    #: A model folder inside this one (relative path) whose network runs again the unstained images
+    #: this network finds dense: nuclei over more than ``dense_fraction`` of the pixels (None: none).
+    dense_model: str | None = None
+    #: ... that share, in (0, 1); given with ``dense_model`` and only with it.
+    dense_fraction: float | None = None
     #: This folder's network in int8, an OpenVINO IR file inside the folder (``nuclei quantise``,
     #: :mod:`pipeline.model.int8`; None: none). Made from these weights: new weights drop it.
     int8_network: str | None = None
@@ -142,6 +152,13 @@ class ModelDirConfig:
         if self.stained_diameter is not None and self.diameter is None:
             raise NucleiError(f"{source}: stained_diameter needs a diameter")
         object.__setattr__(self, "stained_model", _inner_folder(self.stained_model, "stained_model", source))
+        object.__setattr__(self, "dense_model", _inner_folder(self.dense_model, "dense_model", source))
+        if (self.dense_model is None) != (self.dense_fraction is None):
+            raise NucleiError(f"{source}: dense_model and dense_fraction are given together or not at all")
+        if self.dense_fraction is not None:
+            if not is_number(self.dense_fraction) or not 0 < self.dense_fraction < 1:
+                raise NucleiError(f"{source}: dense_fraction must be a number between 0 and 1, got {self.dense_fraction!r}")
+            object.__setattr__(self, "dense_fraction", float(self.dense_fraction))
         object.__setattr__(self, "int8_network", _inner_file(self.int8_network, "int8_network", ".xml", source))
         training = {} if self.training is None else self.training
         if not isinstance(training, Mapping):
@@ -171,7 +188,8 @@ class ModelDirConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain ``config.yaml`` mapping (:data:`KEYS` order; null ``stained_diameter``,
-        ``user_diameter``, ``stained_model``, ``int8_network`` and ``weights_sha256`` left out)."""
+        ``user_diameter``, ``stained_model``, ``dense_model``, ``dense_fraction``, ``int8_network`` and
+        ``weights_sha256`` left out)."""
         out: dict[str, Any] = {
             "format_version": self.format_version,
             "model": self.model.to_dict(),
@@ -179,7 +197,7 @@ class ModelDirConfig:
             "normalization": self.normalization.to_dict(),
             "diameter": self.diameter,
         }
-        for key in ("stained_diameter", "user_diameter", "stained_model", "int8_network"):
+        for key in ("stained_diameter", "user_diameter", "stained_model", "dense_model", "dense_fraction", "int8_network"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["training"] = dict(self.training)
@@ -204,6 +222,16 @@ class ModelDirConfig:
         """The folder of this model's stained network, inside the model folder ``folder``
         (``stained_model``; None: this model's network runs every image)."""
         return None if self.stained_model is None else model_folder(folder) / self.stained_model
+
+    def dense_folder(self, folder: str | Path) -> Path | None:
+        """The folder of this model's dense network, inside the model folder ``folder``
+        (``dense_model``; None: none)."""
+        return None if self.dense_model is None else model_folder(folder) / self.dense_model
+
+    def without_routes(self, **changes: Any) -> ModelDirConfig:
+        """A copy naming no second network (``stained_model``, ``dense_model``), with ``changes``:
+        the config of a folder written with one network (averaged, widened, fine-tuned)."""
+        return self.replace(stained_model=None, dense_model=None, dense_fraction=None, **changes)
 
     def int8_file(self, folder: str | Path) -> Path | None:
         """The IR file of this model's int8 network inside the model folder ``folder``

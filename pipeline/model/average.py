@@ -102,7 +102,7 @@ def average_model_dirs(sources: list[str | Path], out: str | Path, weights: list
     state = average_state([m.state_dict() for m in models], fractions)
     model = models[0]
     model.load_state_dict(state)
-    config = configs[0].replace(weights_sha256=None, stained_model=None, training={
+    config = configs[0].without_routes(weights_sha256=None, training={
         "average": [
             {"source": str(s), "weight": round(f, 6), "training": c.training or None}
             for s, f, c in zip(sources, fractions, configs, strict=True)

@@ -230,6 +230,12 @@ def export_description(config: ModelDirConfig, stride: int, source: str = "") ->
             f"unstained images (fluorescence, bright-field); stained tissue (H&E, IHC) is segmented by the "
             f"model's second network, its folder {config.stained_model!r}, which is exported on its own"
         ) if config.stained_model else "every image type",
+        "dense_model": config.dense_model,
+        "dense_fraction": config.dense_fraction,
+        "dense_images": (
+            f"unstained images whose nuclei this network finds over more than {config.dense_fraction:.0%} of "
+            f"the pixels are segmented again by a third network, its folder {config.dense_model!r}, exported on its own"
+        ) if config.dense_model else None,
         "validation": validation_summary(config),
         "training_data": training_sources(config),
         "licence": f"{LICENCE} (the project's licence, under which the weights ship); the training data's own "
@@ -320,7 +326,7 @@ Files: {', '.join(f'`{f}`' for f in files)}; `{DESCRIPTION_FILE}` holds everythi
 depth {d['architecture']['depth']}, width {d['architecture']['width']}) with its {out['activation']}. The
 marker-controlled watershed that turns probabilities into nuclei is not part of it: a Fiji or QuPath user
 gets probability maps and applies the steps at the end of this page there (or runs `nuclei segment`).
-Images it is for: {d.get('image_types', 'every image type')}.
+Images it is for: {d.get('image_types', 'every image type')}{'; ' + d['dense_images'] if d.get('dense_images') else ''}.
 
 {how_to_load}
 
@@ -789,5 +795,10 @@ def main(args: argparse.Namespace) -> int:
 
         print(f"note: this model segments stained images (H&E, IHC) with a second network; export it too: "
               f"nuclei export-model {model_folder(args.model) / description['stained_model']} -o OUT")
+    if description.get("dense_model"):
+        from pipeline.shipped import model_folder
+
+        print(f"note: this model segments dense unstained images (nuclei over more than "
+              f"{description['dense_fraction']:.0%} of the pixels) with a third network; export it too: nuclei export-model {model_folder(args.model) / description['dense_model']} -o OUT")
     return 0
 

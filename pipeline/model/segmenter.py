@@ -17,7 +17,10 @@ A :class:`Segmenter` owns everything between an image as read and its labels:
 A model folder may hand its stained images to a second network (``stained_model`` in its config: a
 model folder inside it). The image type decides (:meth:`Segmenter.segmenter_for`): every public
 method that is given or computes an image's type runs it through that folder's Segmenter, loaded
-on first use, with its own thresholds and diameters.
+on first use, with its own thresholds and diameters. It may also run again, with a third network,
+the unstained images (or blocks) in which its own network finds nuclei over much of the pixels
+(``dense_model`` and ``dense_fraction``: :meth:`Segmenter.dense_for`): dense tissue sections, whose
+touching nuclei a wider network parts better than the one fast enough for every image.
 
 ``nuclei segment``, ``nuclei submit``, ``nuclei predict`` and the evaluation go through it.
 
@@ -28,6 +31,7 @@ folder's ``config.yaml`` itself or decide which diameter a model resizes an imag
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass
@@ -135,6 +139,9 @@ class Segmenter(DiameterEstimator):
     stained : Segmenter or callable, optional
         The Segmenter of stained images (:meth:`segmenter_for`), or a picklable callable
         that loads it on first use; None: this one segments every image.
+    dense : Segmenter or callable, optional
+        The Segmenter that runs again the unstained images this one finds dense (:meth:`dense_for`),
+        or a picklable callable that loads it on first use; None: none.
 
     Raises
     ------
@@ -143,7 +150,7 @@ class Segmenter(DiameterEstimator):
     """
 
     def __init__(self, predictor, block_size: int = 2048, block_margin: int = 128,
-                 source: str | Path = "model", stained=None):
+                 source: str | Path = "model", stained=None, dense=None):
         from pipeline.config.model_folder import CONFIG_NAME, as_model_dir_config
 
         self.predictor = predictor
@@ -161,6 +168,7 @@ class Segmenter(DiameterEstimator):
         #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
         self.estimator = "blob"
         self._stained = stained
+        self._dense = None if dense is None else SecondNetwork(dense)
 
     @property
     def diameter(self) -> float | None:
@@ -196,7 +204,10 @@ class Segmenter(DiameterEstimator):
         segmenter = cls(load_predictor(path, **options), block_size, block_margin, source=path)
         if segmenter.config.stained_model is not None:
             options.update(block_size=block_size, block_margin=block_margin)
-            segmenter._stained = functools.partial(_load_stained, path, segmenter.config, options)
+            segmenter._stained = functools.partial(_load_inner, path, segmenter.config, "stained_model", options)
+        if segmenter.config.dense_model is not None:
+            options.update(block_size=block_size, block_margin=block_margin)
+            segmenter._dense = SecondNetwork(functools.partial(_load_inner, path, segmenter.config, "dense_model", options))
         return segmenter
 
     def segmenter_for(self, image_type: str | None) -> Segmenter:
@@ -210,6 +221,18 @@ class Segmenter(DiameterEstimator):
         if not isinstance(self._stained, Segmenter):
             self._stained = self._stained()
         return self._stained
+
+    def dense_for(self, fraction: float, image_type: str | None = None) -> Segmenter:
+        """The Segmenter that segments an unstained image (or block, or stack) in which this
+        network finds nuclei over ``fraction`` of the pixels (:func:`pipeline.method.watershed.nucleus_fraction`
+        of its probabilities, in [0, 1]): the model's dense network (``dense_model``, loaded on
+        first use, with the batch size of this Segmenter's network) when ``fraction`` exceeds its
+        ``dense_fraction``, else this one. Stained images are never run again."""
+        from pipeline.config.model_folder import STAINED_IMAGE_TYPE
+
+        if self._dense is None or image_type == STAINED_IMAGE_TYPE or fraction <= self.config.dense_fraction:
+            return self
+        return self._dense.get(getattr(self.predictor, "batch_size", None))
 
     def _routed(self, image: np.ndarray, image_type: str | None) -> tuple[Segmenter, str | None]:
         """(:meth:`segmenter_for`, the type) of a normalised image; the type is computed only when
@@ -235,11 +258,17 @@ class Segmenter(DiameterEstimator):
                 tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """Labels (on the image's grid), confidence and each label's mean P(nucleus) of one
         normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
-        from pipeline.method.watershed import nucleus_probability, postprocess_to_shape
+        from pipeline.method.heads import mask_and_marker
+        from pipeline.method.watershed import nucleus_fraction, nucleus_probability, postprocess_to_shape
 
-        probs = self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)), tta)
-        labels = postprocess_to_shape(probs, self.head, image.shape[:2], scale, image_type, **self.thresholds)
-        return labels, confidence(probs, self.head), nucleus_probability(probs, self.head, labels)
+        resized = resize_image(image, scaled_shape(image.shape[:2], scale))
+        probs = self.predictor.predict(resized, tta)
+        routed = self if self._dense is None else self.dense_for(nucleus_fraction(mask_and_marker(probs, self.head)[0]),
+                                                                 image_type)
+        if routed is not self:
+            probs = routed.predictor.predict(resized, tta)
+        labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)
+        return labels, confidence(probs, routed.head), nucleus_probability(probs, routed.head, labels)
 
     def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None,
                        image_type: str | None = None) -> np.ndarray:
@@ -364,23 +393,55 @@ class Segmenter(DiameterEstimator):
         return routed._labels(image, scale, image_type, tta)
 
 
-def _load_stained(folder: Path, config, options: dict) -> Segmenter:
-    """The Segmenter of ``config.stained_model`` inside the model folder ``folder`` (``options``:
-    :meth:`Segmenter.from_model_dir`'s). It must normalise as the folder does and name no stained
-    network of its own.
+class SecondNetwork:
+    """A model folder's network loaded on first use (``load``: a picklable callable returning its
+    Segmenter, or the Segmenter itself), shared by the copies of the Segmenter that names it
+    (:func:`pipeline.batch.slide.one_tile_at_a_time`'s), each asking for its own batch size: the
+    copies share the one network's weights."""
+
+    def __init__(self, load):
+        self._load, self._by_batch = load, {}
+
+    def get(self, batch_size: int | None = None) -> Segmenter:
+        """The Segmenter, its network run in batches of ``batch_size`` (None: as loaded)."""
+        if not self._by_batch:
+            loaded = self._load if isinstance(self._load, Segmenter) else self._load()
+            self._by_batch[None] = loaded
+            self._by_batch[getattr(loaded.predictor, "batch_size", None)] = loaded
+        if batch_size not in self._by_batch:
+            segmenter, predictor = copy.copy(self._by_batch[None]), copy.copy(self._by_batch[None].predictor)
+            predictor.batch_size, segmenter.predictor = batch_size, predictor
+            self._by_batch[batch_size] = segmenter
+        return self._by_batch[batch_size]
+
+
+#: What a model folder's second network does, by its ``config.yaml`` key (error messages).
+ROLES = {"stained_model": "stained", "dense_model": "dense"}
+
+
+def _load_inner(folder: Path, config, key: str, options: dict) -> Segmenter:
+    """The Segmenter of the model folder that ``config``'s ``key`` (``stained_model`` or
+    ``dense_model``) names inside the model folder ``folder`` (``options``:
+    :meth:`Segmenter.from_model_dir`'s). It must normalise as the folder does and name no second
+    network of its own; a dense network, handed images at the folder's scale, must have its
+    ``diameter``.
 
     Raises
     ------
     NucleiError
-        One line naming the inner folder: missing, broken, or not fit to be the stained network.
+        One line naming the inner folder: missing, broken, or not fit for its role.
     """
-    inner = config.stained_folder(folder)
+    inner = model_folder(folder) / getattr(config, key)
     if not inner.is_dir():
-        raise NucleiError(f"{inner}: model directory not found (stained_model of {Path(folder) / 'config.yaml'})")
-    stained = Segmenter.from_model_dir(inner, **options)
-    if stained.config.stained_model is not None:
-        raise NucleiError(f"{inner}: a stained network names its own stained_model; only one level is read")
-    if stained.config.normalization != config.normalization:
+        raise NucleiError(f"{inner}: model directory not found ({key} of {Path(folder) / 'config.yaml'})")
+    loaded = Segmenter.from_model_dir(inner, **options)
+    for own in ROLES:
+        if getattr(loaded.config, own) is not None:
+            raise NucleiError(f"{inner}: a {ROLES[key]} network names its own {own}; only one level is read")
+    if loaded.config.normalization != config.normalization:
         raise NucleiError(f"{inner}: normalization differs from {Path(folder) / 'config.yaml'}'s; "
                           "both networks must read the same input")
-    return stained
+    if key == "dense_model" and loaded.config.diameter != config.diameter:
+        raise NucleiError(f"{inner}: diameter {loaded.config.diameter} differs from {Path(folder) / 'config.yaml'}'s "
+                          f"{config.diameter}; a dense network is handed images at the folder's scale")
+    return loaded

@@ -11,7 +11,9 @@
 
 Both normalise the stack once (one intensity map for every plane: an empty plane stays dark rather
 than being stretched to noise) and estimate one nucleus diameter, on the planes with the most
-signal.
+signal. A model's dense network (:meth:`pipeline.model.segmenter.Segmenter.dense_for`) takes a
+plane, with ``stitch``, as it takes a 2D image; with ``ortho``, the whole stack when its network
+finds nuclei over more than the model's ``dense_fraction`` of the XY planes.
 
 Memory (``ortho``): the work grid holds the normalised stack (one float32 per voxel, grey) and the
 sum of the three views' probabilities (one float32 per voxel and channel); the network sees one
@@ -32,6 +34,7 @@ import numpy as np
 
 from pipeline.config.params import Z_METHODS
 from pipeline.errors import NucleiError
+from pipeline.method.heads import mask_and_marker
 from pipeline.method.image_types import image_type_of
 from pipeline.method.intensity import Normalization, normalization_of
 from pipeline.method.scale import resize_image, resize_probabilities, scaled_shape
@@ -43,6 +46,7 @@ from pipeline.method.volumes import (
     stitch_planes,
     watershed_3d_blocks,
 )
+from pipeline.method.watershed import nucleus_fraction
 
 #: Test-time augmentation of the ``ortho`` slices unless asked otherwise: the three views are averaged
 #: already, and the four flips would make the costliest path four times as costly.
@@ -201,18 +205,15 @@ def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, prog
     planes = max(2, int(round(depth * anisotropy * factor)))
     channels = _channels(norm, stack)
 
-    # XY: the acquired planes (interpolated planes would hold nothing new), then resampled along z
+    # XY: the acquired planes (interpolated planes would hold nothing new), then resampled along z;
+    # a dense stack (the model's dense network, Segmenter.dense_for) is run again by that network
     batch = max(1, int(getattr(segmenter.predictor, "batch_size", 1)))
-    grey = np.empty((depth, work_h, work_w, channels), np.float32)
-    xy = None
-    for start in progress(range(0, depth, batch), desc="XY slices", total=-(-depth // batch), unit="batch"):
-        index = range(start, min(start + batch, depth))
-        planes_xy = [resize_image(normalised_plane(stack, z, norm), (work_h, work_w)) for z in index]
-        for z, plane, probs in zip(index, planes_xy, _predict(segmenter, planes_xy, net_scale, tta), strict=True):
-            if xy is None:
-                xy = np.empty((probs.shape[0], depth, work_h, work_w), np.float32)
-            grey[z] = plane[..., :channels]
-            xy[:, z] = probs
+    grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress)
+    fraction = float(np.mean([nucleus_fraction(mask_and_marker(xy[:, z], segmenter.head)[0]) for z in range(depth)]))
+    dense = segmenter.dense_for(fraction, image_type)
+    if dense is not segmenter:
+        segmenter = dense
+        grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress)
     total = np.empty((xy.shape[0], planes, work_h, work_w), np.float32)
     for c in range(xy.shape[0]):
         resize_z(xy[c], planes, out=total[c])
@@ -239,6 +240,23 @@ def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, prog
                                  image_type=image_type, **segmenter.thresholds)
     del total
     return resize_labels_3d(labels, (depth, height, width))
+
+
+def _xy(segmenter, stack, norm, shape, channels, net_scale, tta, batch, progress):
+    """The planes of a stack on the work grid ``shape`` (float32 (Z, h, w, channels)) and their
+    probabilities (float32 (C, Z, h, w)), ``batch`` planes at a time."""
+    depth = stack.shape[0]
+    grey = np.empty((depth, *shape, channels), np.float32)
+    xy = None
+    for start in progress(range(0, depth, batch), desc="XY slices", total=-(-depth // batch), unit="batch"):
+        index = range(start, min(start + batch, depth))
+        planes_xy = [resize_image(normalised_plane(stack, z, norm), shape) for z in index]
+        for z, plane, probs in zip(index, planes_xy, _predict(segmenter, planes_xy, net_scale, tta), strict=True):
+            if xy is None:
+                xy = np.empty((probs.shape[0], depth, *shape), np.float32)
+            grey[z] = plane[..., :channels]
+            xy[:, z] = probs
+    return grey, xy
 
 
 def _channels(norm: Normalization, stack: np.ndarray) -> int:

@@ -115,7 +115,7 @@ def widen_model_dir(source: str | Path, out: str | Path, width: int, seed: int =
     wide_config = dataclasses.replace(config.model, width=width)
     wide = build_model(wide_config)
     wide.load_state_dict(widen_state(model.float(), wide))
-    config = config.replace(model=wide_config, weights_sha256=None, stained_model=None, training={
+    config = config.without_routes(model=wide_config, weights_sha256=None, training={
         "widened": {"source": str(source), "width": config.model.width, "seed": seed,
                     "training": config.training or None}})
     return save_model_dir(out, wide, config)

@@ -229,7 +229,8 @@ def finetune(images, labels, base=None, minutes: float | None = None, out: str |
         from pipeline.training.finetune_run import image_types_of
 
         image_types = image_types_of([a.image for a in annotated], base_config)  # a stained network normalises alike
-        base, base_config = _starting_network(base, base_config, image_types, log)
+        fractions = [float(np.count_nonzero(a.labels)) / a.labels.size for a in annotated]
+        base, base_config = _starting_network(base, base_config, image_types, fractions, log)
         n_nuclei = sum(a.n_nuclei for a in annotated)
         if n_nuclei < MIN_NUCLEI:
             raise NucleiError(f"{annotated[0].source}: {n_nuclei} nuclei in all the labels; "
@@ -609,20 +610,28 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 
-def _starting_network(base: Path, base_config: ModelDirConfig, image_types: list[str], log) -> tuple[Path, ModelDirConfig]:
+def _starting_network(base: Path, base_config: ModelDirConfig, image_types: list[str], fractions: list[float],
+                      log) -> tuple[Path, ModelDirConfig]:
     """The model folder fine-tuning starts from: the base's stained network (``stained_model``) when
-    most of the labelled images (their ``image_types``) are stained, else the base itself. Either
-    way the folder written holds the one network it fine-tuned, for the user's kind of images."""
+    most of the labelled images (their ``image_types``) are stained; else its dense network
+    (``dense_model``) when most have nuclei over more than its ``dense_fraction`` of their pixels
+    (``fractions``: the labelled share of each image, the share the Segmenter routes on); else the
+    base itself. Either way the folder written holds the one network it fine-tuned, for the user's
+    kind of images."""
     from pipeline.config.model_folder import STAINED_IMAGE_TYPE
     from pipeline.model.model_dir import read_model_dir
 
-    if base_config.stained_model is None:
-        return base, base_config
     stained = image_types.count(STAINED_IMAGE_TYPE)
-    if 2 * stained <= len(image_types):
+    if base_config.stained_model is not None and 2 * stained > len(image_types):
+        inner = base_config.stained_folder(base)
+        log(f"{stained} of {len(image_types)} images are stained: fine-tuning the model's stained network ({inner})")
+    elif base_config.dense_model is not None and 2 * sum(f > base_config.dense_fraction for f in fractions) > len(fractions):
+        inner = base_config.dense_folder(base)
+        dense = sum(f > base_config.dense_fraction for f in fractions)
+        log(f"{dense} of {len(fractions)} images have nuclei over more than {base_config.dense_fraction:.0%} of their "
+            f"pixels: fine-tuning the model's dense network ({inner})")
+    else:
         return base, base_config
-    inner = base_config.stained_folder(base)
-    log(f"{stained} of {len(image_types)} images are stained: fine-tuning the model's stained network ({inner})")
     config, _ = read_model_dir(inner)
     return inner, config
 
@@ -632,8 +641,8 @@ def _write(out: Path, model, base_config: ModelDirConfig, thresholds: dict, user
     """Write the model directory: into a temporary sibling, then moved into place file by file."""
     from pipeline.model.model_dir import CONFIG_NAME, WEIGHTS_NAME, save_model_dir
 
-    config = base_config.replace(postprocess=thresholds, user_diameter=round(user_diameter, 2), training=training,
-                                 stained_model=None, weights_sha256=None, source=out / CONFIG_NAME)
+    config = base_config.without_routes(postprocess=thresholds, user_diameter=round(user_diameter, 2),
+                                        training=training, weights_sha256=None, source=out / CONFIG_NAME)
     tmp = out.parent / f".{out.name}.finetune-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
