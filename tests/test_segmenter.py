@@ -641,6 +641,11 @@ def test_a_dense_image_is_run_again_by_the_models_dense_network_and_a_sparse_one
     stained = stain(255 - packed)
     assert seg.segment(stained).image_type == "histology" and len(inner.predictor.calls) == calls + 1
 
+    normalized = seg.normalize(packed)
+    assert seg.dense_for_probs(seg.predictor.predict(normalized)) is inner  # what `nuclei predict` asks
+    assert seg.dense_for_probs(seg.predictor.predict(seg.normalize(sparse))) is seg
+    assert seg.dense_for_probs(seg.predictor.predict(normalized), "histology") is seg
+
     higher, inner2, loads2 = dense_pair(fraction=0.9)
     assert higher.segment(packed).labels.max() == true.max() and loads2.calls == 0
 

@@ -234,6 +234,16 @@ class Segmenter(DiameterEstimator):
             return self
         return self._dense.get(getattr(self.predictor, "batch_size", None))
 
+    def dense_for_probs(self, probs: np.ndarray, image_type: str | None = None) -> Segmenter:
+        """:meth:`dense_for` an image (or block) whose probabilities under this network are
+        ``probs`` ((C, h, w) float32, at the network's scale)."""
+        from pipeline.method.heads import mask_and_marker
+        from pipeline.method.watershed import nucleus_fraction
+
+        if self._dense is None:
+            return self
+        return self.dense_for(nucleus_fraction(mask_and_marker(probs, self.head)[0]), image_type)
+
     def _routed(self, image: np.ndarray, image_type: str | None) -> tuple[Segmenter, str | None]:
         """(:meth:`segmenter_for`, the type) of a normalised image; the type is computed only when
         the model has a stained network and it was not given."""
@@ -258,13 +268,11 @@ class Segmenter(DiameterEstimator):
                 tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """Labels (on the image's grid), confidence and each label's mean P(nucleus) of one
         normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
-        from pipeline.method.heads import mask_and_marker
-        from pipeline.method.watershed import nucleus_fraction, nucleus_probability, postprocess_to_shape
+        from pipeline.method.watershed import nucleus_probability, postprocess_to_shape
 
         resized = resize_image(image, scaled_shape(image.shape[:2], scale))
         probs = self.predictor.predict(resized, tta)
-        routed = self if self._dense is None else self.dense_for(nucleus_fraction(mask_and_marker(probs, self.head)[0]),
-                                                                 image_type)
+        routed = self.dense_for_probs(probs, image_type)
         if routed is not self:
             probs = routed.predictor.predict(resized, tta)
         labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)

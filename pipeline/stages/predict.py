@@ -88,6 +88,9 @@ def main(args: argparse.Namespace) -> int:
         image_type = image_type_of(image)
         _, _, scale = segmenter.scale_for(image, image_type=image_type)
         probs = segmenter.predict_scaled(image, scale, image_type=image_type)
-        write_prediction(out / f"{image_id}.npz", probs, segmenter.head, image.shape[:2], scale, image_type)
+        dense = segmenter.dense_for_probs(probs, image_type)  # a model's dense network, for dense images
+        if dense is not segmenter:
+            probs = dense.predict_scaled(image, scale)
+        write_prediction(out / f"{image_id}.npz", probs, dense.head, image.shape[:2], scale, image_type)
     print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
     return 0
