@@ -790,15 +790,14 @@ def main(args: argparse.Namespace) -> int:
         if args.test:
             notes.append("bioimageio.core test passed")
     print("; ".join(notes))
-    if description.get("stained_model"):
-        from pipeline.shipped import model_folder
+    from pipeline.shipped import model_folder
 
+    if description.get("stained_model"):
         print(f"note: this model segments stained images (H&E, IHC) with a second network; export it too: "
               f"nuclei export-model {model_folder(args.model) / description['stained_model']} -o OUT")
     if description.get("dense_model"):
-        from pipeline.shipped import model_folder
-
         print(f"note: this model segments dense unstained images (nuclei over more than "
-              f"{description['dense_fraction']:.0%} of the pixels) with a third network; export it too: nuclei export-model {model_folder(args.model) / description['dense_model']} -o OUT")
+              f"{description['dense_fraction']:.0%} of the pixels) with a third network; export it too: "
+              f"nuclei export-model {model_folder(args.model) / description['dense_model']} -o OUT")
     return 0
 

@@ -167,7 +167,7 @@ class Segmenter(DiameterEstimator):
         self.block_size, self.block_margin = int(block_size), int(block_margin)
         #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
         self.estimator = "blob"
-        self._stained = stained
+        self._stained = None if stained is None else SecondNetwork(stained)
         self._dense = None if dense is None else SecondNetwork(dense)
 
     @property
@@ -202,12 +202,11 @@ class Segmenter(DiameterEstimator):
         options = dict(device=device, tta=tta, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                        precision=precision, backend=backend)
         segmenter = cls(load_predictor(path, **options), block_size, block_margin, source=path)
+        inner = dict(options, block_size=block_size, block_margin=block_margin)
         if segmenter.config.stained_model is not None:
-            options.update(block_size=block_size, block_margin=block_margin)
-            segmenter._stained = functools.partial(_load_inner, path, segmenter.config, "stained_model", options)
+            segmenter._stained = SecondNetwork(functools.partial(_load_inner, path, segmenter.config, "stained_model", inner))
         if segmenter.config.dense_model is not None:
-            options.update(block_size=block_size, block_margin=block_margin)
-            segmenter._dense = SecondNetwork(functools.partial(_load_inner, path, segmenter.config, "dense_model", options))
+            segmenter._dense = SecondNetwork(functools.partial(_load_inner, path, segmenter.config, "dense_model", inner))
         return segmenter
 
     def segmenter_for(self, image_type: str | None) -> Segmenter:
@@ -218,9 +217,7 @@ class Segmenter(DiameterEstimator):
 
         if image_type != STAINED_IMAGE_TYPE or self._stained is None:
             return self
-        if not isinstance(self._stained, Segmenter):
-            self._stained = self._stained()
-        return self._stained
+        return self._stained.get()
 
     def dense_for(self, fraction: float, image_type: str | None = None) -> Segmenter:
         """The Segmenter that segments an unstained image (or block, or stack) in which this
@@ -402,10 +399,10 @@ class Segmenter(DiameterEstimator):
 
 
 class SecondNetwork:
-    """A model folder's network loaded on first use (``load``: a picklable callable returning its
-    Segmenter, or the Segmenter itself), shared by the copies of the Segmenter that names it
-    (:func:`pipeline.batch.slide.one_tile_at_a_time`'s), each asking for its own batch size: the
-    copies share the one network's weights."""
+    """A model folder's stained or dense network, loaded on first use (``load``: a picklable callable
+    returning its Segmenter, or the Segmenter itself), shared by the copies of the Segmenter that
+    names it (:func:`pipeline.batch.slide.one_tile_at_a_time`'s), each asking for its own batch size:
+    the copies share the one network's weights."""
 
     def __init__(self, load):
         self._load, self._by_batch = load, {}

@@ -622,12 +622,12 @@ def _starting_network(base: Path, base_config: ModelDirConfig, image_types: list
     from pipeline.model.model_dir import read_model_dir
 
     stained = image_types.count(STAINED_IMAGE_TYPE)
+    dense = 0 if base_config.dense_model is None else sum(f > base_config.dense_fraction for f in fractions)
     if base_config.stained_model is not None and 2 * stained > len(image_types):
         inner = base_config.stained_folder(base)
         log(f"{stained} of {len(image_types)} images are stained: fine-tuning the model's stained network ({inner})")
-    elif base_config.dense_model is not None and 2 * sum(f > base_config.dense_fraction for f in fractions) > len(fractions):
+    elif 2 * dense > len(fractions):
         inner = base_config.dense_folder(base)
-        dense = sum(f > base_config.dense_fraction for f in fractions)
         log(f"{dense} of {len(fractions)} images have nuclei over more than {base_config.dense_fraction:.0%} of their "
             f"pixels: fine-tuning the model's dense network ({inner})")
     else:
