@@ -12,7 +12,7 @@ tissue, :meth:`pipeline.model.segmenter.Segmenter.segmenter_for`; dense: unstain
 fraction over ``dense_fraction`` under the first network, :meth:`~pipeline.model.segmenter.Segmenter.dense_for_probs`)
 are run by it at the folder's scale, and :func:`pipeline.method.grid_search.grid_search` scores
 every combination of its object, marker and mask thresholds on them (mean DSB2018 score over
-images). It prints the table's best rows with each source's mean and the row of the network's
+images, or over sources with ``--balance source``). It prints the table's best rows with each source's mean and the row of the network's
 current thresholds. ``--write`` puts the best row into that network's ``config.yaml``. Issue 58,
 session 54: docs/decisions.md, "The dense network trained further, and its own thresholds".
 """
@@ -104,6 +104,8 @@ def main() -> int:
     parser.add_argument("--marker", type=unit, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--mask", type=unit, nargs="+", default=[0.3, 0.4, 0.5, 0.6],
                         help="mask thresholds (dense: the floor, dense_mask_threshold; stained: stained_mask_threshold)")
+    parser.add_argument("--balance", choices=["image", "source"], default="image",
+                        help="objective: mean over images or over sources, each counting once (default: image)")
     parser.add_argument("--write", action="store_true", help="set the best row in the network's config.yaml")
     args = parser.parse_args()
     keys = KEYS[args.network]
@@ -113,7 +115,8 @@ def main() -> int:
     grid = dict(zip(keys, ([*args.object], [*args.marker], [*args.mask]), strict=True))
     grid = {k: sorted(set(v) | {current[k]}) for k, v in grid.items()}
     fixed = {k: v for k, v in routed.thresholds.items() if k not in keys}
-    table = grid_search(samples, grid, fixed).drop(columns="min_relative_size")
+    groups = sources if args.balance == "source" else None
+    table = grid_search(samples, grid, fixed, groups).drop(columns="min_relative_size")
     is_current = (table[list(keys)] == pd.Series(current)).all(axis=1)
     for row in table.index[:5].union(table.index[is_current]):  # each source's mean at the rows shown
         setting = fixed | table.loc[row, list(keys)].to_dict()

@@ -70,7 +70,10 @@ def main(args: argparse.Namespace) -> int:
     normalised, its nucleus diameter estimated, resized to the model's canonical diameter; the
     file holds the probabilities at that scale (``probs`` float16 (C, h, w)), ``head``, the
     original ``shape``, the ``scale`` and the ``image_type``, from which ``nuclei postprocess``
-    makes labels on the original pixel grid exactly as the Segmenter does.
+    makes labels on the original pixel grid exactly as the Segmenter does, with params.yaml's
+    thresholds. A dense image of a model folder with a dense network (the default's ``dense/``) is
+    predicted by that network, but ``nuclei postprocess`` still applies params.yaml's thresholds to
+    it, where ``nuclei segment`` applies the dense network's own ``config.yaml``.
     """
     from pipeline.data.predictions import write_prediction
     from pipeline.method.image_types import image_type_of
