@@ -9,12 +9,14 @@ MODEL is a model folder that names a ``dense_model`` or ``stained_model`` (the d
 is in ``--folds`` (the networks' training folds; fold 0 stays held out) is read as ``nuclei segment``
 reads it. The images the folder routes to the network named by ``--network`` (stained: typed stained
 tissue, :meth:`pipeline.model.segmenter.Segmenter.segmenter_for`; dense: unstained with a nucleus
-fraction over ``dense_fraction`` under the first network, :meth:`~pipeline.model.segmenter.Segmenter.dense_for_probs`)
-are run by it at the folder's scale, and :func:`pipeline.method.grid_search.grid_search` scores
-every combination of its object, marker and mask thresholds on them (mean DSB2018 score over
-images, or over sources with ``--balance source``). It prints the table's best rows with each source's mean and the row of the network's
-current thresholds. ``--write`` puts the best row into that network's ``config.yaml``. Issue 58,
-session 54: docs/decisions.md, "The dense network trained further, and its own thresholds".
+fraction over ``dense_fraction`` under the first network,
+:meth:`~pipeline.model.segmenter.Segmenter.dense_for_probs`) are run by it at the folder's scale,
+and :func:`pipeline.method.grid_search.grid_search` scores every combination of its object, marker
+and mask thresholds on them (mean DSB2018 score over images, or over sources with ``--balance
+source``). It prints the table's best rows with each source's mean, and the row of the network's
+current thresholds. ``--write`` puts the best row into
+that network's ``config.yaml``. Issue 58, session 54: docs/decisions.md, "The dense network trained
+further, and its own thresholds".
 """
 
 from __future__ import annotations

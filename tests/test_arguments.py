@@ -82,8 +82,8 @@ def test_commands_reject_a_bad_number_before_any_work(argv, message, tmp_path, m
     ("tune_routed.py", ["model", "--marker", "0.7", "1.5"], "argument --marker: 1.5: expected a number from 0 to 1"),
 ])
 def test_the_maintainers_scripts_use_the_same_checker(script, argv, message, tmp_path, monkeypatch, capsys):
-    """``scripts/ship_model.py``, ``scripts/type_subset.py`` and ``scripts/tune_routed.py`` read their numbers with
-    :func:`pipeline.arguments.number` too: one wording, before any work."""
+    """The maintainers' scripts (``ship_model.py``, ``type_subset.py``, ``tune_routed.py``) read their
+    numbers with :func:`pipeline.arguments.number` too: one wording, before any work."""
     module = load_script(script)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", [script, *argv])
