@@ -211,9 +211,9 @@ def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, prog
     grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress)
     fraction = float(np.mean([nucleus_fraction(mask_and_marker(xy[:, z], segmenter.head)[0]) for z in range(depth)]))
     dense = segmenter.dense_for(fraction, image_type)
-    if dense is not segmenter:
+    if dense is not segmenter:  # the same planes, not normalised and resized again
         segmenter = dense
-        grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress)
+        grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress, grey)
     total = np.empty((xy.shape[0], planes, work_h, work_w), np.float32)
     for c in range(xy.shape[0]):
         resize_z(xy[c], planes, out=total[c])
@@ -242,15 +242,21 @@ def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, prog
     return resize_labels_3d(labels, (depth, height, width))
 
 
-def _xy(segmenter, stack, norm, shape, channels, net_scale, tta, batch, progress):
+def _xy(segmenter, stack, norm, shape, channels, net_scale, tta, batch, progress, grey=None):
     """The planes of a stack on the work grid ``shape`` (float32 (Z, h, w, channels)) and their
-    probabilities (float32 (C, Z, h, w)), ``batch`` planes at a time."""
+    probabilities (float32 (C, Z, h, w)), ``batch`` planes at a time. ``grey``: those planes, made
+    by an earlier call (another network's pass), read instead of normalising the stack again: with
+    one channel, every channel of a plane is that one (:func:`_channels`)."""
     depth = stack.shape[0]
-    grey = np.empty((depth, *shape, channels), np.float32)
+    made = grey is not None
+    grey = grey if made else np.empty((depth, *shape, channels), np.float32)
     xy = None
     for start in progress(range(0, depth, batch), desc="XY slices", total=-(-depth // batch), unit="batch"):
         index = range(start, min(start + batch, depth))
-        planes_xy = [resize_image(normalised_plane(stack, z, norm), shape) for z in index]
+        if made:
+            planes_xy = [np.repeat(grey[z], 3 // channels, axis=-1) for z in index]
+        else:
+            planes_xy = [resize_image(normalised_plane(stack, z, norm), shape) for z in index]
         for z, plane, probs in zip(index, planes_xy, _predict(segmenter, planes_xy, net_scale, tta), strict=True):
             if xy is None:
                 xy = np.empty((probs.shape[0], depth, *shape), np.float32)
