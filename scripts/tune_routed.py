@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_sources import read_original  # noqa: E402
@@ -37,11 +36,11 @@ from pipeline.config.params import load_config  # noqa: E402
 from pipeline.data.folds import read_index  # noqa: E402
 from pipeline.data.sources import list_sample_ids  # noqa: E402
 from pipeline.errors import NucleiError, run_main  # noqa: E402
-from pipeline.files.io import atomic_path  # noqa: E402
 from pipeline.method.grid_search import grid_search  # noqa: E402
 from pipeline.method.image_types import image_type_of  # noqa: E402
 from pipeline.method.metrics import dsb_score  # noqa: E402
 from pipeline.method.watershed import postprocess_to_shape  # noqa: E402
+from pipeline.model.model_dir import write_model_config  # noqa: E402
 from pipeline.model.segmenter import Segmenter  # noqa: E402
 from pipeline.progress import progress  # noqa: E402
 
@@ -130,12 +129,10 @@ def main() -> int:
     print("current:\n" + table[is_current].to_string(float_format="%.4f"))
     if args.write:
         best = {k: float(table.loc[0, k]) for k in keys}
-        config_file = routed.config.source
-        values = yaml.safe_load(Path(config_file).read_text())
-        values["postprocess"].update(best)
-        with atomic_path(config_file) as tmp:
-            tmp.write_text(yaml.safe_dump(values, sort_keys=False))
-        print(f"{config_file}: postprocess {best}")
+        config = routed.config  # checked and written as save_model_dir writes it
+        written = write_model_config(Path(config.source).parent,
+                                     config.replace(postprocess=config.postprocess.thresholds() | best))
+        print(f"{written}: postprocess {best}")
     return 0
 
 
