@@ -4,7 +4,8 @@ movie, and label stacks written as ImageJ hyperstacks.
 A TIFF series is a stack when its OME or ImageJ metadata gives it a Z or a T axis, or when
 ``--axes`` names them (:func:`stack_axes`); the stack is then :data:`STACK_AXES` ``ZYX`` (a
 z-stack), ``TYX`` (a time-lapse) or ``TZYX`` (a time-lapse of z-stacks), with colour samples
-(RGB planes) kept last and a channel axis reduced to the nuclear channel (``--nuclear-channel``).
+(RGB planes) kept last and a channel axis reduced to the nuclear channel (``--nuclear-channel``;
+every channel is kept beside it, :attr:`Stack.channels`, to be measured).
 Axes of size 1 are dropped. Any other file, or a series without Z and T, is not a stack: it is
 read plane by plane as before (:func:`pipeline.files.io.read_planes`).
 
@@ -41,6 +42,9 @@ class Stack(NamedTuple):
     z_spacing: float | None = None  #: µm between planes
     frame_interval: float | None = None  #: s between frames
     channel: str = ""  #: the nuclear channel's name when the file had several ('' otherwise)
+    #: every channel when the file had several: (C, *shape of ``array``), as stored; None otherwise
+    channels: np.ndarray | None = None
+    channel_names: tuple[str, ...] = ()  #: their names in the metadata
 
     @property
     def planes(self) -> np.ndarray:
@@ -154,17 +158,19 @@ def read_stacks(path: str | Path, axes: str | None = None, channel: str | None =
             keep = [a for a in layout if a in "TZCYXS"]
             if extra := [a for a in layout if a not in keep]:
                 raise NucleiError(f"{path}: axis {extra[0]} of {layout} is neither time, depth nor channel: give --axes")
-            name = ""
+            name, every, names = "", None, ()
             if "C" in layout:
                 names = _channel_names(tif, s, "C", array.shape[layout.index("C")])
                 if channel is None:
                     raise NucleiError(f"{path}: a stack of {array.shape[layout.index('C')]} channels: give --nuclear-channel "
                                       "(the channel holding the nuclei)")
                 k = find_channel(channel, names, path)
+                every = np.moveaxis(array, layout.index("C"), 0)  # (C, the other axes)
                 array, layout = np.take(array, k, axis=layout.index("C")), layout.replace("C", "")
                 name = channel_keys(names)[k]
             order = [layout.index(a) for a in "TZYXS" if a in layout]
             array, layout = np.transpose(array, order), "".join(a for a in "TZYXS" if a in layout)
+            every = None if every is None or "S" in layout else np.transpose(every, [0, *(o + 1 for o in order)])
             planar = layout.replace("S", "")
             if planar not in STACK_AXES:
                 raise NucleiError(f"{path}: a stack of a single plane ({'×'.join(map(str, array.shape[-2:]))}): "
@@ -174,11 +180,15 @@ def read_stacks(path: str | Path, axes: str | None = None, channel: str | None =
                 lead, planes = array.shape[:len(planar) - 2], array.reshape((-1, *array.shape[len(planar) - 2:]))
                 planes = np.stack([apply_orientation(p, code) for p in planes])
                 array = planes.reshape((*lead, *planes.shape[1:]))
+                if every is not None:
+                    turned = np.stack([apply_orientation(p, code) for p in every.reshape((-1, *every.shape[-2:]))])
+                    every = turned.reshape((*every.shape[:-2], *turned.shape[1:]))
             check_array(array.reshape((-1, *array.shape[len(planar) - 2:]))[0], path)  # type, size
             if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
                 raise NucleiError(f"{path}: image contains NaN or infinite values")
             z, dt = tiff_spacing(tif, s)
-            stacks.append(Stack(f"_s{s}" if s else "", s, planar, array, tiff_pixel_size(tif, s), z, dt, name))
+            stacks.append(Stack(f"_s{s}" if s else "", s, planar, array, tiff_pixel_size(tif, s), z, dt, name, every,
+                                tuple(names)))
     return stacks or None  # no series at all: read_planes says what is wrong
 
 
