@@ -149,8 +149,8 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
         measured.fields["nuclear_channel"] = keys[channels.nuclear]
     pixels = labelled_pixels(labels)
     parts = [table, channel_statistics(labels, channels.array, keys, pixels)]
-    constant = measured.constant = {key: float(plane.flat[0]) for key, plane in zip(keys, channels.array, strict=True)
-                                    if plane.size and plane.min() == plane.max()}
+    measured.constant = {key: float(plane.flat[0]) for key, plane in zip(keys, channels.array, strict=True)
+                         if plane.size and plane.min() == plane.max()}
     outside = labels == 0
     if options.cell_expansion is not None:
         distance = options.cell_expansion.pixels(pixel_size, source)
@@ -158,21 +158,7 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
         measured.cells = grow_cells(labels, distance)
         outside = measured.cells == 0
         parts.append(cell_statistics(labels, measured.cells, channels.array, keys, parts[1], pixel_size))
-    spot_parts, spot_columns = [], {}
-    for key in spotted:
-        k = keys.index(key)
-        if keys[k] in constant:
-            measured.flags.append(f"spots_{keys[k]}: channel {keys[k]} is constant ({constant[keys[k]]:g}), no spots counted")
-            spot_columns[f"spots_{keys[k]}"] = np.full(len(table), np.nan)
-            continue
-        size = diameter if diameter else float(np.median(table["equivalent_diameter_px"])) if len(table) else 0.0
-        from pipeline.method.spots import detect_spots, spots_per_nucleus
-
-        found = detect_spots(channels.array[k], labels, size) if size > 0 else None
-        found = found if found is not None else pd.DataFrame(columns=["nucleus", "y", "x", "intensity"])
-        spot_columns[f"spots_{keys[k]}"] = spots_per_nucleus(found, table["label"].to_numpy(np.int64))
-        found.insert(0, "channel", keys[k])
-        spot_parts.append(found[list(SPOT_FILE_COLUMNS)])
+    spot_parts, spot_columns = _count_spots(measured, labels, channels, spotted, diameter)
     table = pd.concat(parts, axis=1)
     for key in marked:
         if call:
@@ -188,6 +174,34 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
     if call:
         call_positive(measured, options)
     return measured
+
+
+def _count_spots(measured: Measured, labels: np.ndarray, channels: Channels, spotted: list[str],
+                diameter: float | None) -> tuple[list[pd.DataFrame], dict[str, np.ndarray]]:
+    """The spots of each channel key in ``spotted`` (``--spots``), in the nuclei of ``labels``
+    (:func:`pipeline.method.spots.detect_spots`; ``diameter`` px as in :func:`measure_image`).
+
+    Returns the ``spots/<name>.csv`` rows of each channel, and the column ``spots_<key>`` of
+    ``measured.table`` (the nuclei's spot counts, float (N,); NaN for a constant channel, which
+    is flagged on ``measured``).
+    """
+    table, keys, constant = measured.table, channels.keys, measured.constant
+    spot_parts, spot_columns = [], {}
+    for key in spotted:
+        k = keys.index(key)
+        if keys[k] in constant:
+            measured.flags.append(f"spots_{keys[k]}: channel {keys[k]} is constant ({constant[keys[k]]:g}), no spots counted")
+            spot_columns[f"spots_{keys[k]}"] = np.full(len(table), np.nan)
+            continue
+        size = diameter if diameter else float(np.median(table["equivalent_diameter_px"])) if len(table) else 0.0
+        from pipeline.method.spots import detect_spots, spots_per_nucleus
+
+        found = detect_spots(channels.array[k], labels, size) if size > 0 else None
+        found = found if found is not None else pd.DataFrame(columns=["nucleus", "y", "x", "intensity"])
+        spot_columns[f"spots_{keys[k]}"] = spots_per_nucleus(found, table["label"].to_numpy(np.int64))
+        found.insert(0, "channel", keys[k])
+        spot_parts.append(found[list(SPOT_FILE_COLUMNS)])
+    return spot_parts, spot_columns
 
 
 def set_background(measured: Measured, key: str, background: tuple[float, float]) -> None:

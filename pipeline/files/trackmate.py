@@ -186,11 +186,7 @@ def write_trackmate_xml(
     if shape is None:
         shape = (int(math.ceil(spots["centroid_y"].max())) + 1, int(math.ceil(spots["centroid_x"].max())) + 1) \
             if len(spots) else (1, 1)
-    x = spots["centroid_x"].to_numpy(np.float64) * scale
-    y = spots["centroid_y"].to_numpy(np.float64) * scale
-    z = (spots["centroid_z"].to_numpy(np.float64) * (z_spacing or scale) if "centroid_z" in spots
-         else np.zeros(len(spots)))  # 3D nuclei: planes × the z step
-    t = spots["frame"].to_numpy(np.int64) * dt
+    xyzt = _positions(spots, scale, z_spacing or scale, dt)
 
     root = ET.Element("TrackMate", version=TRACKMATE_VERSION)
     ET.SubElement(root, "Log").text = f"Tracks written by nuclei-pipeline for {image_name or 'a time-lapse'}.\n"
@@ -200,10 +196,34 @@ def write_trackmate_xml(
     _declare(declarations, "SpotFeatures", _SPOT_FEATURES)
     _declare(declarations, "EdgeFeatures", _EDGE_FEATURES)
     _declare(declarations, "TrackFeatures", _TRACK_FEATURES)
+    radius = _add_spots(model, spots, frames, xyzt, scale)
+    _add_tracks(model, edges, spots["frame"].to_numpy(np.int64), xyzt)
+    _add_settings(root, image_name, shape, frames, planes, (scale, z_spacing or scale, dt), radius)
+    ET.SubElement(root, "GUIState", state="ConfigureViews")
 
+    ET.indent(root, space="  ")
+    with atomic_path(path) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="UTF-8", xml_declaration=True)
+
+
+def _positions(spots: pd.DataFrame, scale: float, z_step: float, dt: float) -> tuple[np.ndarray, ...]:
+    """``(x, y, z, t)``: float64 (N,) each, the spots' positions in the file's units (``z`` 0 for 2D
+    nuclei; 3D: planes × ``z_step``)."""
+    x = spots["centroid_x"].to_numpy(np.float64) * scale
+    y = spots["centroid_y"].to_numpy(np.float64) * scale
+    z = (spots["centroid_z"].to_numpy(np.float64) * z_step if "centroid_z" in spots
+         else np.zeros(len(spots)))  # 3D nuclei: planes × the z step
+    t = spots["frame"].to_numpy(np.int64) * dt
+    return x, y, z, t
+
+
+def _add_spots(model: ET.Element, spots: pd.DataFrame, frames: int, xyzt: tuple[np.ndarray, ...],
+               scale: float) -> np.ndarray:
+    """Add ``AllSpots`` (one ``SpotsInFrame`` per frame) to ``model``; returns the spots' radii (float64
+    (N,), the file's units)."""
+    x, y, z, t = xyzt
     all_spots = ET.SubElement(model, "AllSpots", nspots=str(len(spots)))
-    frame_of = spots["frame"].to_numpy(np.int64)
-    starts = np.searchsorted(frame_of, np.arange(frames + 1))
+    starts = np.searchsorted(spots["frame"].to_numpy(np.int64), np.arange(frames + 1))
     size = spots["area"].to_numpy(np.float64)
     radius = (np.sqrt(size / np.pi) if "centroid_z" not in spots else np.cbrt(3 * size / (4 * np.pi))) * scale
     area = size * scale**2  # 3D nuclei: voxels × the pixel area (TrackMate's AREA is 2D)
@@ -216,7 +236,13 @@ def write_trackmate_xml(
                 "POSITION_Y": _f(y[i]), "POSITION_Z": _f(z[i]), "POSITION_T": _f(t[i]), "FRAME": str(f),
                 "RADIUS": _f(radius[i]), "VISIBILITY": "1", "AREA": _f(area[i]), "LABEL": str(label[i]),
             })
+    return radius
 
+
+def _add_tracks(model: ET.Element, edges: pd.DataFrame, frame_of: np.ndarray, xyzt: tuple[np.ndarray, ...]) -> None:
+    """Add ``AllTracks`` (one ``Track`` per lineage, with its edges) and ``FilteredTracks`` (all of
+    them) to ``model``; ``frame_of`` (N,) is each spot's frame."""
+    x, y, z, t = xyzt
     all_tracks = ET.SubElement(model, "AllTracks")
     filtered = []
     src, tgt = edges["source"].to_numpy(), edges["target"].to_numpy()
@@ -247,11 +273,17 @@ def write_trackmate_xml(
     for lineage in filtered:
         ET.SubElement(filtered_tracks, "TrackID", TRACK_ID=str(lineage))
 
+
+def _add_settings(root: ET.Element, image_name: str, shape: tuple[int, int], frames: int, planes: int,
+                  steps: tuple[float, float, float], radius: np.ndarray) -> None:
+    """Add ``Settings`` to ``root``: the image's data (``steps``: pixel side, z step, frame interval),
+    the manual detector (the spots' median ``radius``) and tracker, no filters."""
+    scale, z_step, dt = steps
     settings = ET.SubElement(root, "Settings")
     height, width = shape
     ET.SubElement(settings, "ImageData", filename=image_name, folder="", width=str(width), height=str(height),
                   nslices=str(planes), nframes=str(frames), pixelwidth=_f(scale), pixelheight=_f(scale),
-                  voxeldepth=_f(z_spacing or scale), timeinterval=_f(dt))
+                  voxeldepth=_f(z_step), timeinterval=_f(dt))
     ET.SubElement(settings, "BasicSettings", xstart="0", xend=str(width - 1), ystart="0", yend=str(height - 1),
                   zstart="0", zend=str(planes - 1), tstart="0", tend=str(frames - 1))
     median_radius = float(np.median(radius)) if len(radius) else 1.0
@@ -263,8 +295,3 @@ def write_trackmate_xml(
     analyzers = ET.SubElement(settings, "AnalyzerCollection")
     for tag in ("SpotAnalyzers", "EdgeAnalyzers", "TrackAnalyzers"):
         ET.SubElement(analyzers, tag)
-    ET.SubElement(root, "GUIState", state="ConfigureViews")
-
-    ET.indent(root, space="  ")
-    with atomic_path(path) as tmp:
-        ET.ElementTree(root).write(tmp, encoding="UTF-8", xml_declaration=True)

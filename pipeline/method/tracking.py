@@ -268,8 +268,6 @@ def track_labels(
     NucleiError
         Frames of different sizes.
     """
-    from laptrack import LapTrack
-
     stack = _as_stack(labels, name)
     if max_distance is not None and not max_distance > 0:
         raise ValueError(f"max_distance must be > 0 px, got {max_distance}")
@@ -277,15 +275,34 @@ def track_labels(
         raise ValueError(f"gap_frames must be >= 0, got {gap_frames}")
     objects = stack_objects(stack)
     columns = track_columns(stack.ndim - 1)
-    tracked = np.zeros(stack.shape, np.int32)
     if objects.empty:
-        return tracked, pd.DataFrame({c: pd.Series(dtype=np.float64 if c.startswith("centroid") else np.int64)
-                                      for c in columns})
+        return np.zeros(stack.shape, np.int32), pd.DataFrame(
+            {c: pd.Series(dtype=np.float64 if c.startswith("centroid") else np.int64) for c in columns})
     if max_distance is None:
         max_distance = default_max_distance(objects["area"].to_numpy() * (anisotropy if stack.ndim == 4 else 1),
                                             stack.ndim - 1)
-    cutoff = float(max_distance) ** 2  # the costs are squared distances
-    tracker = LapTrack(
+    frame = objects["frame"].to_numpy()
+    starts = np.searchsorted(frame, np.arange(stack.shape[0] + 1))
+    yx = objects[_CENTROIDS[stack.ndim - 1]].to_numpy()
+    if stack.ndim == 4:  # planes → px of y and x
+        yx = yx * np.array([anisotropy, 1.0, 1.0])
+    coords = [yx[starts[t]:starts[t + 1]] for t in range(stack.shape[0])]
+    graph = _tracker(float(max_distance), gap_frames, divisions).predict(coords)
+    track_id, parent = _graph_tracks(graph, frame, starts)
+    if divisions:
+        track_id, parent = _check_divisions(track_id, parent, frame, objects["area"].to_numpy(), yx)
+    track_id, parent_of = _renumber(track_id, parent)
+    table = objects.assign(track_id=track_id, parent_track_id=parent_of[track_id - 1])
+    table = table[columns].sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
+    return _relabel(stack, objects["label"].to_numpy(), track_id, starts), table
+
+
+def _tracker(max_distance: float, gap_frames: int, divisions: bool):
+    """laptrack's LAP tracker on squared distances, every link cut at ``max_distance`` px."""
+    from laptrack import LapTrack
+
+    cutoff = max_distance ** 2  # the costs are squared distances
+    return LapTrack(
         metric="sqeuclidean", cutoff=cutoff,
         gap_closing_metric="sqeuclidean", gap_closing_cutoff=cutoff if gap_frames > 0 else False,
         gap_closing_max_frame_count=gap_frames + 1,
@@ -299,35 +316,42 @@ def track_labels(
         segment_start_cost=cutoff, segment_end_cost=cutoff,
         no_splitting_cost=cutoff, no_merging_cost=cutoff,
     )
-    frame = objects["frame"].to_numpy()
-    starts = np.searchsorted(frame, np.arange(stack.shape[0] + 1))
-    yx = objects[_CENTROIDS[stack.ndim - 1]].to_numpy()
-    if stack.ndim == 4:  # planes → px of y and x
-        yx = yx * np.array([anisotropy, 1.0, 1.0])
-    coords = [yx[starts[t]:starts[t + 1]] for t in range(stack.shape[0])]
-    graph = tracker.predict(coords)
 
+
+def _graph_tracks(graph, frame: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Track id (N,) int64 of every object and parent of every track ({track: parent track or 0})
+    from laptrack's graph, whose nodes are (frame, index within frame) (:func:`_segments`)."""
     # (frame, index within frame) → row of `objects`; nodes in frame order, then label order
     nodes = [(int(t), int(i)) for t, i in zip(frame, np.arange(len(frame)) - starts[frame], strict=True)]
     successors = {n: sorted(graph.successors(n)) for n in graph.nodes if graph.out_degree(n)}
     predecessors = {n: sorted(graph.predecessors(n)) for n in graph.nodes if graph.in_degree(n)}
     track_of, parent = _segments(successors, predecessors, nodes)
-    track_id = np.array([track_of[n] for n in nodes], np.int64)
-    if divisions:
-        track_id, parent = _check_divisions(track_id, parent, frame, objects["area"].to_numpy(), yx)
-    # number the tracks 1, 2, ... in the order of their first object (frame, then label)
+    return np.array([track_of[n] for n in nodes], np.int64), parent
+
+
+def _renumber(track_id: np.ndarray, parent: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Number the tracks 1, 2, ... in the order of their first object (objects in frame, then label
+    order). Returns the new ``track_id`` (N,) int64 and ``parent_of`` (number of tracks,) int64: the
+    new parent id of track ``k`` at ``k - 1`` (0: none)."""
     first_seen = np.unique(track_id, return_index=True)[1]
     old_ids = track_id[np.sort(first_seen)]
     renumber = dict(zip(old_ids.tolist(), range(1, old_ids.size + 1), strict=True))
     renumber[0] = 0
     track_id = np.array([renumber[k] for k in track_id.tolist()], np.int64)
     parent_of = np.array([renumber[parent[k]] for k in old_ids.tolist()], np.int64)
-    table = objects.assign(track_id=track_id, parent_track_id=parent_of[track_id - 1])
-    table = table[columns].sort_values(["track_id", "frame"], kind="stable").reset_index(drop=True)
+    return track_id, parent_of
 
+
+def _relabel(stack: np.ndarray, label: np.ndarray, track_id: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``stack`` (T, ...) with each nucleus's label replaced by its track id: int32, 0 = background.
+
+    ``label`` and ``track_id`` (N,) per object, objects in frame order (frame ``t``'s at
+    ``starts[t]:starts[t + 1]``), labels sorted within a frame.
+    """
+    tracked = np.zeros(stack.shape, np.int32)
     for t in range(stack.shape[0]):
         rows = slice(starts[t], starts[t + 1])
-        present, ids = objects["label"].to_numpy()[rows], track_id[rows]
+        present, ids = label[rows], track_id[rows]
         if present.size:
             lookup_size = int(present.max()) + 1
             if lookup_size <= 4 * stack[t].size:
@@ -338,4 +362,4 @@ def track_labels(
                 where = np.searchsorted(present, stack[t])
                 hit = stack[t] > 0
                 tracked[t][hit] = ids[where[hit]]
-    return tracked, table
+    return tracked
