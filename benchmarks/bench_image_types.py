@@ -5,7 +5,7 @@ and fluorescence as a composite with a cell marker).
 
 Usage::
 
-    python benchmarks/bench_image_types.py [--dsb ../shared/dsb2018/stage1_train]
+    python -m benchmarks.bench_image_types [--dsb ../shared/dsb2018/stage1_train]
         [--extra ../shared/extra] [--every 1]
 
 Prints, per source and expected type, how many images get each type. Expected: DSB2018 images keep
@@ -22,22 +22,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.bench_robustness import shifted as robustness_shift  # noqa: E402
-from pipeline.data.kaggle import list_kaggle_ids, read_kaggle_sample  # noqa: E402
-from pipeline.files.io import read_image, read_labels, to_uint8  # noqa: E402
-from pipeline.method.image_types import (  # noqa: E402
+from pipeline.data.kaggle import list_kaggle_ids, read_kaggle_sample
+from pipeline.files.io import read_image, read_labels, to_uint8
+from pipeline.method.image_types import (
     FLUO_LARGE,
     FLUO_SMALL,
     HISTOLOGY,
     classify_image,
-    image_type_of,  # noqa: E402
+    image_type_of,
 )
-from pipeline.method.intensity import normalize_image  # noqa: E402
-from pipeline.method.scale import resize_image  # noqa: E402
-from pipeline.progress import progress  # noqa: E402
+from pipeline.method.intensity import normalize_image
+from pipeline.method.scale import resize_image
+from pipeline.progress import progress
+from pipeline.training.shifts import shifted as robustness_shift
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {"tissue_fluo_e2f": "fluo", "fluo_kromp2020": "fluo", "fluo_ctc": "fluo", "he_cpm15": HISTOLOGY,
             "he_gbm40": HISTOLOGY, "he_tcga_glioma": HISTOLOGY, "he_monuseg2018_train": HISTOLOGY}

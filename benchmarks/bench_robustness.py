@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_robustness.py [--model DIR] [--baseline DIR] [--oracle]
+    python -m benchmarks.bench_robustness [--model DIR] [--baseline DIR] [--oracle]
         [--params PARAMS] [--images 40] [--crop 320] [--tta auto] [--out table.csv]
 
 Images: the validation fold (``data.val_fold`` of ``data.split``, by default the fold grouped by
@@ -20,31 +20,32 @@ and counting error are printed per source too. Conditions, applied to the image 
 - ``blur``: Gaussian blur, σ = 2 px;
 - ``stain``: H&E stain jitter in HED space (every stain scaled ×0.75–1.25, fixed seed);
 - ``ihc``: immunohistochemistry of a nuclear antigen (Ki-67, ER) on a stained image: haematoxylin
-  counterstain alone (eosin removed) and half of the nuclei DAB-positive, brown (:data:`DAB`,
+  counterstain alone (eosin removed) and half of the nuclei DAB-positive, brown (``DAB``,
   :func:`pipeline.training.augment.dab_stain`: their haematoxylin moved into DAB); other images are left as
   they are. The
   brown follows the true outlines, so this measures whether brown nuclei are found (AP@0.5,
   counts) more than how well they are outlined;
 - ``pale``: large pale vesicular nuclei with textured chromatin, as in breast carcinoma at 40×
-  (:func:`large_pale_nuclei`): a stained crop zoomed ×1.5–2 and the inside of each nucleus brought
+  (``large_pale_nuclei``): a stained crop zoomed ×1.5–2 and the inside of each nucleus brought
   70 % of the way to the optical density around it, its rim (the outer fifth of its radius) and
   chromatin texture kept; other images are left as they are;
 - ``blue``: a grey image (fluorescence, bright-field) recorded in colour, its grey level in the
   blue channel alone (Hoechst, DAPI); stained images are left as they are;
 - ``tint``: every image through a colour camera whose white balance is off under a halogen lamp
-  (channel gains :data:`TINT`: yellowish);
+  (channel gains ``TINT``: yellowish);
 - ``composite``: a fluorescence image's nuclear stain in blue beside a whole-cell marker in green
   (each nucleus's cell body, the nucleus grown by its radius, at a random level, as bright as the
   nuclei); stained and bright-field images are left as they are.
 - ``uneven``: uneven illumination, as a wide-field microscope's: the image times a vignette that
-  falls from 1 at the centre to :data:`VIGNETTE` in the corners, plus a background ramp rising
-  across the image to :data:`RAMP` of its 1–99 % range (stray light, autofluorescence).
+  falls from 1 at the centre to ``VIGNETTE`` in the corners, plus a background ramp rising
+  across the image to ``RAMP`` of its 1–99 % range (stray light, autofluorescence).
 - ``field8``: a field of view 8 × as wide at the same magnification (a tiled scan, a large camera):
-  an 8 × 8 mosaic of the image (:data:`FIELD` tiles a side; about 2,700 px for a 320-px crop),
+  an 8 × 8 mosaic of the image (``FIELD`` tiles a side; about 2,700 px for a 320-px crop),
   the tiles a nucleus diameter apart on the image's background level, nuclei at their own size:
   whether the diameter estimate sees small nuclei in a large image.
 
-``noise`` is drawn independently in each colour channel, as a colour camera's.
+``noise`` is drawn independently in each colour channel, as a colour camera's. The conditions and
+their constants (in double back quotes here) are :mod:`pipeline.training.shifts`.
 
 Every model runs through :class:`pipeline.model.segmenter.Segmenter` exactly as ``nuclei segment`` does
 (estimated diameter, test-time augmentation ``--tta``, by default 'auto' as ``segment.tta``;
@@ -53,7 +54,7 @@ condition and model: DSB2018 score, AP@0.5, median counting error (|pred − tru
 image), and the predicted/true total; per model, the diameter estimate's accuracy, the goals, and
 the confidence calibration (the 2nd percentile that ``MIN_CONFIDENCE`` is set to), and, as a
 diagnostic, the median counting error without the fragments of nuclei that the crop cut
-(:data:`FRAGMENT`, :func:`whole_count`). Default models:
+(``FRAGMENT``, ``whole_count``). Default models:
 ``--model`` pipeline/shipped/model, ``--baseline`` none.
 """
 
@@ -68,36 +69,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.config.params import TTA_MODES, as_config, load_params
+from pipeline.data.folds import validation_index
+from pipeline.files.io import load_npz, write_csv
+from pipeline.method.image_types import BRIGHTFIELD
+from pipeline.method.metrics import group_summary, image_metrics
+from pipeline.method.scale import median_diameter
+from pipeline.model.segmenter import MIN_CONFIDENCE, Segmenter
+from pipeline.training.shifts import CONDITIONS, FRAGMENT, centre_crop, shifted, whole_count
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.config.params import (  # noqa: E402
-    TTA_MODES,  # noqa: E402
-    as_config,
-    load_params,
-)
-from pipeline.data.folds import validation_index  # noqa: E402
-from pipeline.files.io import load_npz, write_csv  # noqa: E402
-from pipeline.method.image_types import BRIGHTFIELD, classify_image  # noqa: E402
-from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
-from pipeline.method.scale import median_diameter, resize_image, resize_labels, scaled_shape  # noqa: E402
-from pipeline.model.segmenter import MIN_CONFIDENCE, Segmenter  # noqa: E402
-
-SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
-CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + (
-    "dim12+sat", "noise", "blur", "stain", "ihc", "pale", "blue", "tint", "composite", "uneven", "field8")
-#: The ``ihc`` condition: the share of nuclei that are DAB-positive, the share of their haematoxylin
-#: optical density that stays, and their DAB optical density per unit of their haematoxylin's.
-DAB = {"positive": 0.5, "haematoxylin": 0.3, "dab": 1.0}
-#: The ``pale`` condition: the zoom that enlarges a stained crop's nuclei (drawn per image), and the
-#: share of each nucleus's mean optical density's excess over its surroundings that stays.
-PALE = {"zoom": (1.5, 2.0), "keep": 0.3}
-#: Channel gains of the ``tint`` condition (red, green, blue).
-TINT = np.array([1.0, 0.93, 0.78], np.float32)
-#: The ``uneven`` condition: illumination in the corners (centre 1) and the background ramp's top.
-VIGNETTE, RAMP = 0.4, 0.3
-#: Tiles a side of the ``field8`` condition's mosaic.
-FIELD = 8
 #: The conditions :data:`pipeline.model.segmenter.MIN_CONFIDENCE` is calibrated on (its 2nd percentile).
 CALIBRATION = ("x0.5", "x1", "x2", "noise", "stain")
 
@@ -114,140 +95,6 @@ def confidence_calibration(rows: pd.DataFrame, threshold: float = MIN_CONFIDENCE
             f"({', '.join(CALIBRATION)}); below MIN_CONFIDENCE {threshold}: {low.sum()} images, median "
             f"counting error {rows.loc[low, 'count_error'].median():.3f} (above: "
             f"{rows.loc[~low, 'count_error'].median():.3f})")
-
-
-def centre_crop(image: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """The centred window of at most ``side`` px a side of an image and its labels."""
-    h, w = labels.shape
-    r0, c0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    window = (slice(r0, r0 + side), slice(c0, c0 + side))
-    return image[window], labels[window]
-
-
-#: A nucleus touching the crop's edge with less than this fraction of the truth's median area is a
-#: fragment the crop made; the diagnostic count (``count_error_whole``) leaves such fragments out of
-#: the truth and the prediction alike.
-FRAGMENT = 0.25
-
-
-def whole_count(labels: np.ndarray, min_area: float, areas: np.ndarray | None = None) -> int:
-    """Nuclei of an int32 (H, W) label image, less those touching its edge with under ``min_area`` px;
-    ``areas``: the label image's ``np.bincount``, when the caller has it."""
-    areas = np.bincount(labels.ravel()) if areas is None else areas
-    edge = np.zeros(areas.size, bool)
-    edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
-    present = areas > 0
-    present[0] = False
-    return int((present & ~(edge & (areas < min_area))).sum())
-
-
-def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(image, labels)`` under ``condition``; image uint8/uint16/float (H, W, 3), labels int32."""
-    rng = np.random.default_rng(seed)
-    if condition.startswith("x"):
-        shape = scaled_shape(labels.shape, float(condition[1:]))
-        return resize_image(image, shape), resize_labels(labels, shape)
-    grey = image.astype(np.float32)
-    if condition == "dim12+sat":
-        out = (100 + grey / 255.0 * 512).astype(np.uint16)
-        if labels.max():
-            areas = np.bincount(labels.ravel())[1:]
-            out[labels == int(np.argmax(areas)) + 1] = 65535
-        return out, labels
-    if condition == "noise":
-        lo, hi = np.percentile(grey, [1, 99])
-        noisy = grey + rng.normal(0, 0.1 * max(hi - lo, 1.0), grey.shape)
-        return np.clip(noisy, 0, 255).astype(np.uint8), labels
-    if condition == "blur":
-        import cv2
-
-        return cv2.GaussianBlur(image, (0, 0), 2.0), labels
-    if condition == "stain":
-        from skimage.color import hed2rgb, rgb2hed
-
-        hed = rgb2hed(np.clip(grey / 255.0, 1e-6, 1.0)) * rng.uniform(0.75, 1.25, 3)
-        return np.clip(hed2rgb(hed) * 255, 0, 255).astype(np.uint8), labels
-    if condition == "ihc":
-        if not np.ptp(image, axis=-1).any():  # not stained
-            return image, labels
-        from pipeline.training.augment import dab_stain
-
-        positive = np.concatenate([[False], rng.random(int(labels.max())) < DAB["positive"]])[labels]
-        out = dab_stain(grey / 255.0, positive, DAB["haematoxylin"], DAB["dab"])
-        return np.clip(out * 255, 0, 255).astype(np.uint8), labels
-    if condition == "pale":
-        if not np.ptp(image, axis=-1).any():  # not stained
-            return image, labels
-        return large_pale_nuclei(image, labels, rng)
-    if condition == "blue":
-        if np.ptp(image, axis=-1).any():  # stained: already in colour
-            return image, labels
-        blue = np.zeros_like(image)
-        blue[..., 2] = image[..., 0]
-        return blue, labels
-    if condition == "tint":  # a colour camera under a halogen lamp, white balance off: yellowish
-        return np.clip(grey * TINT, 0, 255).astype(np.uint8), labels
-    if condition == "composite":
-        if np.ptp(image, axis=-1).any() or classify_image(image) == BRIGHTFIELD:  # stained, bright-field: no
-            return image, labels  # fluorescent nuclear stain to combine
-        import cv2
-        from skimage.segmentation import expand_labels
-
-        radius = max(2.0, median_diameter(labels) / 2) if labels.max() else 5.0
-        cells = expand_labels(labels, distance=radius)  # cell bodies around the nuclei
-        level = np.concatenate([[0.0], rng.uniform(0.4, 1.0, int(cells.max()))])[cells]
-        body = cv2.GaussianBlur(level.astype(np.float32), (0, 0), radius / 4)
-        lo, hi = np.percentile(grey[..., 0], [1, 99.8])
-        out = np.zeros_like(image)
-        out[..., 2] = image[..., 0]  # the nuclear stain in blue
-        out[..., 1] = np.clip(lo + body * (hi - lo), 0, 255).astype(image.dtype)  # a cell marker in green
-        return out, labels
-    if condition == "uneven":  # the training augmentation's vignette and ramp, fixed: centred, left to right
-        from pipeline.training.augment import linear_ramp, vignette
-
-        centre = ((labels.shape[0] - 1) / 2, (labels.shape[1] - 1) / 2)
-        lo, hi = np.percentile(grey, [1, 99])
-        field = (grey * vignette(labels.shape, centre, float(np.hypot(*centre)), VIGNETTE)
-                 + np.float32(RAMP * (hi - lo)) * linear_ramp(labels.shape, 0.0))
-        return np.clip(field, 0, 255).astype(np.uint8), labels
-    if condition == "field8":
-        return mosaic(image, labels, FIELD)
-    raise ValueError(condition)
-
-
-def large_pale_nuclei(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Large pale nuclei, as in breast carcinoma at 40×, made from a stained uint8 (H, W, 3) crop and
-    its int32 labels: the crop zoomed ×1.5–2 (:data:`PALE`, centre kept, same size), then
-    :func:`pipeline.training.augment.pale_nuclei` with ``PALE['keep']``: the inside of each
-    nucleus brought most of the way to the optical density around it, its rim and chromatin
-    texture kept."""
-    from pipeline.training.augment import pale_nuclei
-
-    h, w = labels.shape
-    shape = scaled_shape(labels.shape, float(rng.uniform(*PALE["zoom"])))
-    r0, c0 = (shape[0] - h) // 2, (shape[1] - w) // 2
-    window = np.s_[r0:r0 + h, c0:c0 + w]
-    image, labels = resize_image(image, shape)[window], resize_labels(labels, shape)[window]
-    return pale_nuclei(image, labels, PALE["keep"]), labels
-
-
-def mosaic(image: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """An ``n`` × ``n`` mosaic of an image with its labels (each tile's nuclei labelled apart), the
-    tiles a nucleus diameter apart on the image's background level (the median of its pixels
-    outside the nuclei), so that no nucleus cut by the image's edge meets another across a seam."""
-    gap = int(round(median_diameter(labels))) if labels.max() else 8
-    background = np.median(image[labels == 0], axis=0) if (labels == 0).any() else np.median(image, axis=(0, 1))
-    h, w = labels.shape
-    step_y, step_x = h + gap, w + gap
-    out_image = np.empty((n * step_y - gap, n * step_x - gap, *image.shape[2:]), image.dtype)
-    out_image[...] = background.astype(image.dtype)
-    out_labels = np.zeros(out_image.shape[:2], np.int32)
-    count = int(labels.max())
-    for k in range(n * n):
-        window = np.s_[(k // n) * step_y:(k // n) * step_y + h, (k % n) * step_x:(k % n) * step_x + w]
-        out_image[window] = image
-        out_labels[window] = np.where(labels > 0, labels + k * count, 0)
-    return out_image, out_labels
 
 
 def samples(params: dict, params_path: str, n: int, crop: int) -> list[tuple[str, str, str, np.ndarray, np.ndarray]]:

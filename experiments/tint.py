@@ -8,7 +8,7 @@ with and without a camera's noise (σ 4 of 255, independent in each channel) and
 camera: DSB2018 score, AP@0.5, median counting error, the share of images flagged as bright-field
 (their counts are not to be trusted), and the median diameter the image was segmented for.
 
-    python experiments/tint.py --prepared /path/to/prepared --threads 2
+    python -m experiments.tint --prepared /path/to/prepared --threads 2
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.config.params import TTA_MODES, load_params
+from pipeline.data.folds import read_index
+from pipeline.files.io import load_npz
+from pipeline.method.image_types import BRIGHTFIELD
+from pipeline.method.metrics import group_summary, image_metrics
+from pipeline.model.segmenter import Segmenter
+from pipeline.training.shifts import TINT
 
-from benchmarks.bench_robustness import TINT  # noqa: E402
-from pipeline.config.params import TTA_MODES, load_params  # noqa: E402
-from pipeline.data.folds import read_index  # noqa: E402
-from pipeline.files.io import load_npz  # noqa: E402
-from pipeline.method.image_types import BRIGHTFIELD  # noqa: E402
-from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
-from pipeline.model.segmenter import Segmenter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Channel gains (red, green, blue) of each camera; "grey" is the image as it is.
 CAMERAS = {"grey": (1.0, 1.0, 1.0), "yellow": tuple(TINT), "blue": (0.8, 0.9, 1.0)}

@@ -399,7 +399,7 @@ def test_the_pale_robustness_condition_enlarges_and_pales_stained_nuclei_keeping
     as it is."""
     from scipy import ndimage as ndi
 
-    from benchmarks.bench_robustness import PALE, shifted
+    from pipeline.training.shifts import PALE, shifted
     from pipeline.method.scale import median_diameter, resize_image, scaled_shape
 
     labels = discs(spacing=40, radius=9)

@@ -230,7 +230,7 @@ def test_group_summary_means_scores_and_takes_the_median_counting_error():
 def test_the_robustness_benchmarks_whole_count_leaves_out_only_small_edge_fragments():
     """``bench_robustness.py``'s diagnostic count: a nucleus the crop's edge cut to under
     ``min_area`` px is left out; a large one at the edge, and a small one inside, still count."""
-    from benchmarks.bench_robustness import whole_count
+    from pipeline.training.shifts import whole_count
 
     labels = np.zeros((40, 40), np.int32)
     labels[10:20, 10:20] = 1  # inside, 100 px
