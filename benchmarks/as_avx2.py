@@ -1,7 +1,8 @@
 """Run a benchmark script as it would run on an x86-64 CPU with AVX2 only, on one with AVX-512 or AMX.
 
-Usage: ``python benchmarks/as_avx2.py [--vnni] SCRIPT [ARGS ...]``, e.g.
-``python benchmarks/as_avx2.py benchmarks/bench_segment.py --threads 2 --repeats 3``.
+Usage: ``python -m benchmarks.as_avx2 [--vnni] (-m MODULE | SCRIPT) [ARGS ...]``, e.g.
+``python -m benchmarks.as_avx2 -m benchmarks.bench_segment --threads 2 --repeats 3`` (a module as
+``python -m`` runs it, from the repository root; or a script file).
 ``--vnni``: an AVX2 CPU with AVX-VNNI (8-bit dot products: Intel since Alder Lake, AMD since Zen 4),
 whose int8 is faster than plain AVX2's (the costly case in int8: 1.78× against 2.92×, session 52);
 the host must have ``avx_vnni`` itself.
@@ -22,6 +23,7 @@ come from the faster core's clock and caches.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 import sys
@@ -33,25 +35,43 @@ ENV_VNNI = {**ENV, "ONEDNN_MAX_CPU_ISA": "AVX2_VNNI"}
 HIDDEN = ("avx512", "amx")
 
 
+def _exists(script_args: list[str]) -> str | None:
+    """What is missing from ``SCRIPT ...`` or ``-m MODULE ...``, in one line; None when it is there."""
+    module = script_args[:1] == ["-m"]
+    name = (script_args[1:2] if module else script_args[:1]) or ["MODULE" if module else "SCRIPT"]
+    if not module:
+        return None if os.path.isfile(name[0]) else f"{name[0]}: no such script"
+    try:
+        found = importlib.util.find_spec(name[0]) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"{name[0]}: no such module"
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.split("\n\n")[1])
         return 0 if argv else 2
     vnni = argv[0] == "--vnni"
     script_args = argv[1:] if vnni else argv
-    if not script_args or not os.path.isfile(script_args[0]):
-        print(f"{script_args[0] if script_args else 'SCRIPT'}: no such script", file=sys.stderr)
+    missing = _exists(script_args)
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     env = ENV_VNNI if vnni else ENV
     if any(os.environ.get(key) != value for key, value in env.items()):
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], {**os.environ, **env})
-    argv = script_args
+        this = ["-m", __spec__.name] if __spec__ else [os.path.abspath(__file__)]  # as it was started
+        os.execve(sys.executable, [sys.executable, *this, *argv], {**os.environ, **env})
     from pipeline.model import backends, runtime
 
     flags = frozenset(flag for flag in runtime.cpu_flags() if not flag.startswith(HIDDEN))
     runtime.cpu_flags = backends.cpu_flags = lambda: flags
-    sys.argv = list(argv)
-    runpy.run_path(argv[0], run_name="__main__")
+    if script_args[0] == "-m":
+        sys.argv = script_args[1:]
+        runpy.run_module(script_args[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(script_args)
+        runpy.run_path(script_args[0], run_name="__main__")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_backends.py [--model DIR] [--threads 2] [--repeats 3] [--limit N]
+    python -m benchmarks.bench_backends [--model DIR] [--threads 2] [--repeats 3] [--limit N]
                                         [--backends torch onnxruntime openvino] [--bf16] [--int8]
 
 For each backend, in fp32, through ``Segmenter.segment`` (the path of ``nuclei segment``; the segment
@@ -34,14 +34,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 PREPARED = Path("/work/s34/gen2/data/generalist2/prepared/dsb2018")
 #: A lower precision may replace fp32 only within this DSB2018 score (issue 59).
 SCORE_MARGIN = 0.005
@@ -63,8 +61,8 @@ def main() -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     import torch
-    from bench_segment import costly_mosaic, per_image_seconds, reference_network, time_reference
 
+    from benchmarks.bench_segment import costly_mosaic, per_image_seconds, reference_network, time_reference
     from pipeline.config.params import SegmentConfig
     from pipeline.model.segmenter import Segmenter
 

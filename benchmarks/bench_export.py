@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_export.py [--size 1024] [--nuclei 1500] [--repeats 3]
+    python -m benchmarks.bench_export [--size 1024] [--nuclei 1500] [--repeats 3]
 
 On a dense synthetic field (``--nuclei`` touching nuclei in ``--size``² px, a watershed of random
 seeds: the worst case for tracing), prints the median seconds of

@@ -11,7 +11,7 @@ checks), ``--unbounded N`` with the guard but no bound on forgetting; ``--lr`` s
 fine-tuning learning rate (an ablation). ``--base`` names another leave-one-source-out base (a model
 that never trained on the source), for when the shipped model has.
 
-    python benchmarks/bench_finetune.py --sizes 1 3 10 --minutes 6 --unbounded 3 --test 12
+    python -m benchmarks.bench_finetune --sizes 1 3 10 --minutes 6 --unbounded 3 --test 12
 
 Prints one table; the CPU (cores, bf16 flags, load) is printed first: wall times depend on it.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -30,16 +29,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.arguments import number
+from pipeline.files.io import read_image, read_labels
+from pipeline.method.metrics import image_metrics
+from pipeline.method.scale import median_diameter
+from pipeline.model.segmenter import Segmenter
+from pipeline.training.finetune import finetune
+from pipeline.training.guard import guard_ids
 
-from pipeline.arguments import number  # noqa: E402
-from pipeline.files.io import read_image, read_labels  # noqa: E402
-from pipeline.method.metrics import image_metrics  # noqa: E402
-from pipeline.method.scale import median_diameter  # noqa: E402
-from pipeline.model.segmenter import Segmenter  # noqa: E402
-from pipeline.training.finetune import finetune  # noqa: E402
-from pipeline.training.guard import guard_ids  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: DSB2018 stage1_train beside the checkout: the images of its held-out evaluation set.
 DSB_ROOT = ROOT.parent / "shared" / "dsb2018" / "stage1_train"

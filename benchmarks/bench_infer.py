@@ -15,7 +15,7 @@ For 256×256 and 1024×1024 inputs prints
 - seconds for ``nuclei submit`` of the embedded sample (20 images) in a fresh process, CPU,
   without TTA (``flips`` costs about 4×, ``d4`` 8× the network time).
 
-    python benchmarks/bench_infer.py [--model DIR] [--threads 2] [--repeat 3] [--no-submit]
+    python -m benchmarks.bench_infer [--model DIR] [--threads 2] [--repeat 3] [--no-submit]
 
 ``--model`` defaults to ``pipeline/shipped/model`` when present, else a freshly built (untrained) model
 of the ``model`` section of params.yaml (same speed as a trained one).

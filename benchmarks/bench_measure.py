@@ -13,7 +13,7 @@ truth where a threshold was set, and how often none was (for 0 % and 100 % none 
 answer). Rules: a two-Gaussian mixture on ``asinh((mean − b) / s)`` (the one kept,
 :mod:`pipeline.method.positivity`), Otsu on ``log(mean − b)``, and the mixture on ``log``.
 
-    python benchmarks/bench_measure.py [--repeats 3] [--rules]
+    python -m benchmarks.bench_measure [--repeats 3] [--rules]
 """
 
 from __future__ import annotations

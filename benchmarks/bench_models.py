@@ -7,7 +7,7 @@ CPU with native bf16 and on GPUs) with channels_last. The rates set the crop cou
 equal-budget variants in ``scripts/compare_variants.py`` (``--threads 1``: one core each, two
 variants side by side on the 2-core VM).
 
-    python benchmarks/bench_models.py [--device cpu|cuda] [--threads 2] [--size 256] [--batch 8]
+    python -m benchmarks.bench_models [--device cpu|cuda] [--threads 2] [--size 256] [--batch 8]
 """
 
 from __future__ import annotations

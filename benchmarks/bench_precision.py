@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_precision.py [--model DIR] [--params PARAMS] [--split stratified]
+    python -m benchmarks.bench_precision [--model DIR] [--params PARAMS] [--split stratified]
 
 Segments the embedded sample (20 images) and the validation fold of ``--params`` (``data.val_fold``
 of ``--split``) with the same model through :class:`pipeline.model.segmenter.Segmenter`, in fp32 and in
@@ -18,25 +18,23 @@ side by side with the time each run took.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.config.params import (  # noqa: E402
-    TTA_MODES,  # noqa: E402
+from pipeline.config.params import (
+    TTA_MODES,
     load_config,
     load_params,
 )
-from pipeline.data.folds import validation_index  # noqa: E402
-from pipeline.data.kaggle import iter_kaggle_root  # noqa: E402
-from pipeline.files.io import load_npz  # noqa: E402
-from pipeline.method.metrics import dsb_score  # noqa: E402
-from pipeline.model.segmenter import Segmenter  # noqa: E402
+from pipeline.data.folds import validation_index
+from pipeline.data.kaggle import iter_kaggle_root
+from pipeline.files.io import load_npz
+from pipeline.method.metrics import dsb_score
+from pipeline.model.segmenter import Segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SAMPLE = ROOT / "data" / "sample" / "stage1_train"
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_rle_metrics.py [ROOT] [--reference-images N]
+    python -m benchmarks.bench_rle_metrics [ROOT] [--reference-images N]
 
 ROOT defaults to ``../shared/dsb2018/stage1_train`` (relative to the repository root). Reading
 the masks is timed separately from the timed work. The submission is scored against a

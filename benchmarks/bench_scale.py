@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_scale.py [--side 20000] [--cell 40] [--images 12] [--skip-slide] [--skip-workers]
+    python -m benchmarks.bench_scale [--side 20000] [--cell 40] [--images 12] [--skip-slide] [--skip-workers]
 
 1. **A huge image, out of core.** A synthetic grey fluorescence image of ``--side``² px (tiled
    BigTIFF, zlib, written tile by tile), one nucleus of 16–22 px per 40 × 40 px cell at a random

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_segment.py [--model DIR] [--threads 2] [--repeats 3]
+    python -m benchmarks.bench_segment [--model DIR] [--threads 2] [--repeats 3]
 
 1. Time per 1024×1024 image on the CPU (torch threads = ``--threads``), split into stages
    (read, normalise, nucleus-diameter estimate, network at the estimated scale, watershed,

@@ -3,7 +3,7 @@ median counting error, predicted / true nuclei, and the image types the Segmente
 
 Usage::
 
-    python benchmarks/bench_sources.py [--model pipeline/shipped/model] [--extra ../shared/extra]
+    python -m benchmarks.bench_sources [--model pipeline/shipped/model] [--extra ../shared/extra]
         [--sources tissue_fluo_e2f he_cpm15 ...] [--every 1] [--tta auto] [--estimator blob|search]
         [--held-out params.yaml] [--out per_image.csv]
 
@@ -18,23 +18,21 @@ compare image by image with ``scripts/paired_diff.py``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.data.kaggle import read_kaggle_labels
+from pipeline.data.sources import image_file, list_sample_ids, read_label_image
+from pipeline.files.io import read_image
+from pipeline.method.metrics import group_summary, image_metrics
+from pipeline.method.scale import median_diameter
+from pipeline.model.segmenter import Segmenter
+from pipeline.progress import progress
 
-from pipeline.data.kaggle import read_kaggle_labels  # noqa: E402
-from pipeline.data.sources import image_file, list_sample_ids, read_label_image  # noqa: E402
-from pipeline.files.io import read_image  # noqa: E402
-from pipeline.method.metrics import group_summary, image_metrics  # noqa: E402
-from pipeline.method.scale import median_diameter  # noqa: E402
-from pipeline.model.segmenter import Segmenter  # noqa: E402
-from pipeline.progress import progress  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

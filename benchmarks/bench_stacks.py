@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_stacks.py [--planes 100] [--size 512] [--anisotropy 4] [--threads 2]
+    python -m benchmarks.bench_stacks [--planes 100] [--size 512] [--anisotropy 4] [--threads 2]
                                       [--cases stitch,ortho,frame] [--model default]
 
 One synthetic fluorescence stack (:func:`pipeline.method.synthetic.synthetic_nuclei_stack`:
@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
@@ -77,8 +76,8 @@ def main() -> int:
         del image
         results = {}
         for case in args.cases.split(","):
-            command = [sys.executable, __file__, "--case", case, "--stack", str(path), "--anisotropy",
-                       str(args.anisotropy), "--threads", str(args.threads), "--repeats", str(args.repeats),
+            command = [sys.executable, "-m", "benchmarks.bench_stacks", "--case", case, "--stack", str(path),
+                       "--anisotropy", str(args.anisotropy), "--threads", str(args.threads), "--repeats", str(args.repeats),
                        "--model", args.model]
             out = subprocess.run(command, capture_output=True, text=True, check=False)
             if out.returncode:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_storage.py --model DIR [--weights CKPT] [--images FILE ...]
+    python -m benchmarks.bench_storage --model DIR [--weights CKPT] [--images FILE ...]
                                        [--int8-min-elements N ...] [--crop PX]
 
 Stores the network of ``--model`` (float32 weights from ``--weights``, a training run's
@@ -17,22 +17,20 @@ difference of the probabilities, and the fraction of pixels whose P(nucleus) cro
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.files.io import read_image
+from pipeline.method.intensity import normalize_image
+from pipeline.model import model_dir
+from pipeline.model.model_dir import load_model_dir, save_model_dir
+from pipeline.model.predictor import Predictor
+from pipeline.training.checkpoints import load_checkpoint
 
-from pipeline.files.io import read_image  # noqa: E402
-from pipeline.method.intensity import normalize_image  # noqa: E402
-from pipeline.model import model_dir  # noqa: E402
-from pipeline.model.model_dir import load_model_dir, save_model_dir  # noqa: E402
-from pipeline.model.predictor import Predictor  # noqa: E402
-from pipeline.training.checkpoints import load_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SOURCES = ("he_tcga_glioma", "he_cpm15", "he_gbm40")
 

@@ -10,7 +10,7 @@
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_targets.py [--root ../shared/dsb2018/stage1_train]
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_targets [--root ../shared/dsb2018/stage1_train]
         [--workers 2] [--cache /tmp/dsb_labels.npz] [--largest N]
 
 Reading the 29k mask PNGs into label maps is timed separately and is not part of the budget;

@@ -22,10 +22,10 @@ Data: ``--data prepared`` uses ``data/prepared`` + ``data/targets`` (the stage o
 ``--data synthetic`` writes disc images to a temporary folder, ``auto`` (default) takes the
 prepared data when present.
 
-    python benchmarks/bench_train.py                          # quick: CPU (+ GPU if present)
-    python benchmarks/bench_train.py --device cuda --steps 100 --batch-size 32 --workers 8
-    python benchmarks/bench_train.py --precision bf16 --batch-size 8    # fp32 vs forced bf16
-    python benchmarks/bench_train.py --params P --loader 400 --device cpu   # the loader's cost per crop
+    python -m benchmarks.bench_train                          # quick: CPU (+ GPU if present)
+    python -m benchmarks.bench_train --device cuda --steps 100 --batch-size 32 --workers 8
+    python -m benchmarks.bench_train --precision bf16 --batch-size 8    # fp32 vs forced bf16
+    python -m benchmarks.bench_train --params P --loader 400 --device cpu   # the loader's cost per crop
 """
 
 from __future__ import annotations
@@ -40,18 +40,17 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
+from pipeline.config.params import load_params
+from pipeline.model.networks import build_model, count_parameters
+from pipeline.model.runtime import prepare_model, resolve_precision, set_threads
+from pipeline.training.augment import build_augmentation
+from pipeline.training.dataset import EpochSampler, NucleiDataset, make_loader, read_index
+from pipeline.training.losses import build_loss
+from pipeline.training.steps import train_step
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from pipeline.config.params import load_params  # noqa: E402
-from pipeline.model.networks import build_model, count_parameters  # noqa: E402
-from pipeline.model.runtime import prepare_model, resolve_precision, set_threads  # noqa: E402
-from pipeline.training.augment import build_augmentation  # noqa: E402
-from pipeline.training.dataset import EpochSampler, NucleiDataset, make_loader, read_index  # noqa: E402
-from pipeline.training.losses import build_loss  # noqa: E402
-from pipeline.training.steps import train_step  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/eval_3d.py [--model default] [--stacks 3] [--threads 2] [--size 160] [--nuclei 40] [--apart]
+    python -m benchmarks.eval_3d [--model default] [--stacks 3] [--threads 2] [--size 160] [--nuclei 40] [--apart]
 
 Synthetic fluorescence stacks (:func:`pipeline.method.synthetic.synthetic_nuclei_stack`: ellipsoids of
 mean semi-axis ``--radius`` px, about half of them touching another in a random direction (none with
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 #: (name, anisotropy, planes) of the conditions; both hold 48 px of depth.
 CONDITIONS = (("isotropic", 1.0, 48), ("anisotropic 1:4", 4.0, 12))

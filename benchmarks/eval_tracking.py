@@ -56,7 +56,7 @@ divisions, 421 one-frame gaps:
 divisions found (clean) 0.756 / 0.956 / 0.956 / 0.933: :data:`~pipeline.method.tracking.DISTANCE_FACTOR` 0.75.
 Cost: a 100-frame 512 × 512 movie of 361 nuclei, 3.2-4.4 s (32-44 ms a frame), peak RSS +33 MB.
 
-    python benchmarks/eval_tracking.py [--root /work/shared/dsb2018/stage1_train] [--compare] [--factors 0.5,0.75,1] [--no-cost]
+    python -m benchmarks.eval_tracking [--root /work/shared/dsb2018/stage1_train] [--compare] [--factors 0.5,0.75,1] [--no-cost]
 """
 
 from __future__ import annotations
@@ -74,10 +74,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.method.metrics import iou_matrix  # noqa: E402
-from pipeline.method.tracking import DISTANCE_FACTOR, default_max_distance, stack_objects, track_labels  # noqa: E402
+from pipeline.method.metrics import iou_matrix
+from pipeline.method.tracking import DISTANCE_FACTOR, default_max_distance, stack_objects, track_labels
 
 ROOT = "/work/shared/dsb2018/stage1_train"
 N_IMAGES, MIN_NUCLEI, MAX_NUCLEI = 10, 20, 150

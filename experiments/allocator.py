@@ -2,7 +2,7 @@
 
 Usage::
 
-    python experiments/allocator.py [--model DIR] [--threads 2] [--size 1024] [--repeats 5]
+    python -m experiments.allocator [--model DIR] [--threads 2] [--size 1024] [--repeats 5]
         [--arch unet-w32-d4 --arch smp-resnet18 ...]
 
 ``pipeline.model.runtime.prepare_model`` makes a process that runs a network on the CPU keep freed
@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def timed(step, runs: int) -> dict:
@@ -143,7 +142,7 @@ def main() -> int:
     for arch in (None, *args.arch):
         results = {}
         for setting in ("default", "reuse"):
-            cmd = [sys.executable, __file__, "--child", setting, "--model", str(args.model),
+            cmd = [sys.executable, "-m", "experiments.allocator", "--child", setting, "--model", str(args.model),
                    "--threads", str(args.threads), "--size", str(args.size), "--repeats", str(args.repeats),
                    "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
             run = subprocess.run(cmd + (["--child-arch", arch] if arch else []), env=env, capture_output=True,

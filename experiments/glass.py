@@ -10,7 +10,7 @@ score, AP@0.5, median counting error, the share of images typed as stained (``hi
 others get no diameter estimate and the thresholds of grey images) and the median diameter the
 image was segmented for.
 
-    python experiments/glass.py --prepared /path/to/prepared --threads 2
+    python -m experiments.glass --prepared /path/to/prepared --threads 2
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments.tint import prepared_images, print_summary, scores
+from pipeline.files.io import load_npz
+from pipeline.method.image_types import HISTOLOGY
 
-from experiments.tint import prepared_images, print_summary, scores  # noqa: E402
-from pipeline.files.io import load_npz  # noqa: E402
-from pipeline.method.image_types import HISTOLOGY  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Grey level and noise (σ) of the empty glass.
 GLASS, GLASS_NOISE = 242.0, 2.0

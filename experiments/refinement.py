@@ -2,7 +2,7 @@
 
 Usage::
 
-    python experiments/refinement.py --params PARAMS [--model pipeline/shipped/model] [--threads 2]
+    python -m experiments.refinement --params PARAMS [--model pipeline/shipped/model] [--threads 2]
         [--out steps.csv]
 
 On the validation fold of ``PARAMS`` (``data.prepared``, ``data.split``, ``data.val_fold``; every
@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import pipeline.model.segmenter as segmenter_module
+from pipeline.config.params import load_config
+from pipeline.data.folds import validation_index
+from pipeline.files.io import load_npz
+from pipeline.method.scale import median_diameter
+from pipeline.model.segmenter import Segmenter
+from pipeline.progress import progress
 
-import pipeline.model.segmenter as segmenter_module  # noqa: E402
-from pipeline.config.params import load_config  # noqa: E402
-from pipeline.data.folds import validation_index  # noqa: E402
-from pipeline.files.io import load_npz  # noqa: E402
-from pipeline.method.scale import median_diameter  # noqa: E402
-from pipeline.model.segmenter import Segmenter  # noqa: E402
-from pipeline.progress import progress  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TOLERANCES = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, math.inf)
 

@@ -10,8 +10,8 @@ true median diameter given. Printed per setting: DSB2018 score,
 AP@0.5, median counting error and median diameter; then the DSB2018 score per experiment
 (acquisition group) with the estimate.
 
-    python experiments/stained_scale.py --prepared /path/to/prepared --fold 2 --model MODEL --threads 2
-    python experiments/stained_scale.py --image-type fluo-small --diameters 20 16 14 --fold 0 ...
+    python -m experiments.stained_scale --prepared /path/to/prepared --fold 2 --model MODEL --threads 2
+    python -m experiments.stained_scale --image-type fluo-small --diameters 20 16 14 --fold 0 ...
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments.tint import prepared_images, print_summary, scores
+from pipeline.files.io import load_npz
+from pipeline.method.image_types import HISTOLOGY, IMAGE_TYPES
+from pipeline.method.scale import median_diameter
 
-from experiments.tint import prepared_images, print_summary, scores  # noqa: E402
-from pipeline.files.io import load_npz  # noqa: E402
-from pipeline.method.image_types import HISTOLOGY, IMAGE_TYPES  # noqa: E402
-from pipeline.method.scale import median_diameter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: stained_diameter settings compared (px at the network's scale): the canonical 20, ×1.2, ×1.4.
 DIAMETERS = (20.0, 24.0, 28.0)

@@ -1,6 +1,6 @@
 """The package's shape: modules per folder, the longest functions, the largest modules.
 
-    python scripts/code_stats.py [REPO]
+    python -m scripts.code_stats [REPO]
 
 Prints what the layout decisions quote (docs/decisions.md, "The package's folders follow the data's
 path"); ``REPO`` defaults to this checkout (give another worktree to compare a revision).

@@ -11,7 +11,7 @@ fold's score, the mean over experiments (acquisition groups) of their mean score
 F1@0.5 and counting error over all out-of-fold images, with the
 training time (summed over folds) and hardware.
 
-    python scripts/compare_variants.py --base params.yaml --runs runs/ --folds 0 1 2 3 4 \\
+    python -m scripts.compare_variants --base params.yaml --runs runs/ --folds 0 1 2 3 4 \\
         --variants budget-unet-w16-d4-sigmoid budget-unet-w32-d4-sigmoid
 
 Variants are defined in :data:`VARIANTS`; ``--set key=value`` adds overrides to all of them,
@@ -34,7 +34,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 #: The training schedule of the equal-budget variants (validation only after the last epoch, no TTA).
 BUDGET = {"train.epochs": 4, "train.val_every": 4, "train.batch_size": 8, "train.workers": 0, "predict.tta": "none"}

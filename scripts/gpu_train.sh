@@ -21,7 +21,7 @@ if compgen -G "carry/wheels/*.whl" > /dev/null; then
 fi
 if [ -d carry/site ]; then export PYTHONPATH=$PWD/carry/site${PYTHONPATH:+:$PYTHONPATH}; fi
 # every PARAMS reads the same data.prepared (the first's), each builds the targets of its sources
-prepared=$($PY scripts/param_value.py "$1" data.prepared) || exit 1
+prepared=$($PY -m scripts.param_value "$1" data.prepared) || exit 1
 {
   nvidia-smi -L; nproc
   for part in carry/prepared*.tar; do $PY -m pipeline pack unpack "$part" "$prepared" || exit 1; done
@@ -38,7 +38,7 @@ done
 wait
 for params in "$@"; do
   name=$(basename "${params%.*}")
-  model=$($PY scripts/param_value.py "$params" train.out)/model
+  model=$($PY -m scripts.param_value "$params" train.out)/model
   tail -2 "$OUT/$name.log"
   if [ -f "$model/weights.pt" ]; then
     mkdir -p "$OUT/$name" && cp "$model/config.yaml" "$OUT/$name/"

@@ -9,7 +9,7 @@ Each case builds its inputs in a fresh temporary folder, runs the command line a
 expects: one line per problem and no traceback, every other image still segmented, label files
 and tables that agree. Prints one line per case and exits 1 if any case is not handled.
 
-    python scripts/hostile_segment.py [--model DIR] [--keep] [-k WORDS]
+    python -m scripts.hostile_segment [--model DIR] [--keep] [-k WORDS]
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from PIL import Image
 from skimage.draw import disk
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 MODEL = ROOT / "pipeline" / "shipped" / "model"
 CASES: list[tuple[str, Callable[[Path], str]]] = []
 

@@ -1,6 +1,6 @@
 """Picture of a model's worst validation images: image, true outlines, predicted outlines.
 
-    python scripts/make_failure_figure.py --params params.yaml -o pipeline/shipped/model/failures.png [-n 4] [--per-type]
+    python -m scripts.make_failure_figure --params params.yaml -o pipeline/shipped/model/failures.png [-n 4] [--per-type]
 
 Reads the per-image scores written by ``nuclei evaluate`` (``<evaluate.out>/per_image.csv``), the
 prepared images and labels (``data.prepared``) and the post-processed labels
@@ -12,20 +12,17 @@ image type and score.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config.params import load_params  # noqa: E402
-from pipeline.files.io import atomic_path, load_npz, read_labels  # noqa: E402
-from pipeline.method.overlay import draw_outlines  # noqa: E402
+from pipeline.config.params import load_params
+from pipeline.files.io import atomic_path, load_npz, read_labels
+from pipeline.method.overlay import draw_outlines
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Write the forgetting guard that ships with the package (``pipeline/shipped/guard/``).
 
-    python scripts/make_guard.py [STAGE1_TRAIN]
+    python -m scripts.make_guard [STAGE1_TRAIN]
 
 From DSB2018 ``stage1_train`` (CC0; default ``../shared/dsb2018/stage1_train``) it takes the ids
 :func:`pipeline.training.guard.guard_ids` picks there: 8 images whose crops ``nuclei finetune``
@@ -15,12 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.data.kaggle import read_kaggle_sample
+from pipeline.files.io import write_labels, write_png
+from pipeline.training.guard import guard_ids
 
-from pipeline.data.kaggle import read_kaggle_sample  # noqa: E402
-from pipeline.files.io import write_labels, write_png  # noqa: E402
-from pipeline.training.guard import guard_ids  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "pipeline" / "shipped" / "guard"
 README = """# The forgetting guard of `nuclei finetune`
@@ -33,7 +32,7 @@ instance labels (the union of the competition's masks, a smaller nucleus keeping
 - `check/`: 24 others, never trained on, scored at every checkpoint: the steps and thresholds
   chosen may not cost more than `--max-forgetting` of the base model's score on them.
 
-Written by `python scripts/make_guard.py` (the ids `pipeline.training.guard.guard_ids` picks in
+Written by `python -m scripts.make_guard` (the ids `pipeline.training.guard.guard_ids` picks in
 the whole `stage1_train`). Layout: `images/<id>.png` (RGB), `labels/<id>.tif` (uint16).
 """
 

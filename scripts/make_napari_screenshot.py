@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/make_napari_screenshot.py [--out docs/napari.png] [--size 1400x860]
+    python -m scripts.make_napari_screenshot [--out docs/napari.png] [--size 1400x860]
 
 Opens napari (the ``.[napari]`` extra), the plugin's sample image and the "Segment nuclei" dock
 widget through the plugin's manifest, segments with the shipped model and saves a screenshot of

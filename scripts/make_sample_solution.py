@@ -1,6 +1,6 @@
 """Write the Kaggle solution file of a Kaggle-layout training root.
 
-Usage: ``python scripts/make_sample_solution.py [ROOT] [OUT.csv]``, by default
+Usage: ``python -m scripts.make_sample_solution [ROOT] [OUT.csv]``, by default
 ``data/sample/stage1_train`` → ``data/sample/solution.csv`` (relative to the repository root).
 The file has the Kaggle stage-1 solution columns ``ImageId,EncodedPixels,Height,Width,Usage``
 (Usage = Public), one row per nucleus of the label map that ``pipeline.files.io`` reads (overlaps

@@ -1,6 +1,6 @@
 """Paired per-image differences between two evaluations of the same images, per source.
 
-    python scripts/paired_diff.py OLD/per_image.csv NEW/per_image.csv [--metric dsb_score]
+    python -m scripts.paired_diff OLD/per_image.csv NEW/per_image.csv [--metric dsb_score]
 
 Reads two ``per_image.csv`` files written by ``nuclei evaluate`` (``metrics/per_image.csv``),
 pairs the images by ``id`` and prints, per source, the mean of each, the mean difference new − old

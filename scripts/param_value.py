@@ -1,6 +1,6 @@
 """Print settings of a parameters file, read and checked as every stage reads it.
 
-    python scripts/param_value.py PARAMS data.prepared [train.out ...]
+    python -m scripts.param_value PARAMS data.prepared [train.out ...]
 
 One value a line (``section.key``, or ``seed``); for shell scripts such as ``scripts/gpu_train.sh``,
 so that they read the parameters through :func:`pipeline.config.params.load_config`, not as raw
@@ -10,13 +10,10 @@ YAML. An unknown setting or an invalid file is one line on stderr, exit 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config.params import load_config  # noqa: E402
-from pipeline.errors import UsageError  # noqa: E402
+from pipeline.config.params import load_config
+from pipeline.errors import UsageError
 
 
 def param_value(config, name: str, params: str | Path = "params.yaml"):

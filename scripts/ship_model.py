@@ -1,6 +1,6 @@
 """Copy a trained model directory into ``pipeline/shipped/model`` with its tuned post-processing.
 
-    python scripts/ship_model.py --params PARAMS.yaml [-o pipeline/shipped/model] [--stained-diameter PX] [--last]
+    python -m scripts.ship_model --params PARAMS.yaml [-o pipeline/shipped/model] [--stained-diameter PX] [--last]
                                  [--storage float16|int8]
 
 Reads the trained model named by ``predict.model`` of the parameter file, replaces the
@@ -22,27 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.arguments import POSITIVE  # noqa: E402
-from pipeline.config.params import (  # noqa: E402
+from pipeline.arguments import POSITIVE
+from pipeline.config.params import (
     ROOT,
-    PostprocessConfig,  # noqa: E402
+    PostprocessConfig,
     load_params,
 )
-from pipeline.data.kaggle import read_kaggle_sample  # noqa: E402
-from pipeline.method.image_types import HISTOLOGY  # noqa: E402
-from pipeline.method.intensity import normalize_image  # noqa: E402
-from pipeline.model.model_dir import STORAGES, load_model_dir, save_model_dir  # noqa: E402
-from pipeline.model.predictor import Predictor  # noqa: E402
-from pipeline.training.checkpoints import load_checkpoint  # noqa: E402
-from pipeline.training.trainer import epoch_scores  # noqa: E402
+from pipeline.data.kaggle import read_kaggle_sample
+from pipeline.method.image_types import HISTOLOGY
+from pipeline.method.intensity import normalize_image
+from pipeline.model.model_dir import STORAGES, load_model_dir, save_model_dir
+from pipeline.model.predictor import Predictor
+from pipeline.training.checkpoints import load_checkpoint
+from pipeline.training.trainer import epoch_scores
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Grid-search the post-processing thresholds of a model folder's stained or dense network on the
 images routed to it in the training folds.
 
-    python scripts/tune_routed.py MODEL --network dense|stained --params experiments/sources8.yaml
+    python -m scripts.tune_routed MODEL --network dense|stained --params experiments/sources8.yaml
         [--folds 1 2 3 4] [--write]
 
 MODEL is a model folder that names a ``dense_model`` or ``stained_model`` (the default:
@@ -22,27 +22,24 @@ further, and its own thresholds".
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_sources import read_original  # noqa: E402
-
-from pipeline.arguments import number  # noqa: E402
-from pipeline.config.model_folder import STAINED_IMAGE_TYPE  # noqa: E402
-from pipeline.config.params import load_config  # noqa: E402
-from pipeline.data.folds import read_index  # noqa: E402
-from pipeline.data.sources import list_sample_ids  # noqa: E402
-from pipeline.errors import NucleiError, run_main  # noqa: E402
-from pipeline.method.grid_search import grid_search  # noqa: E402
-from pipeline.method.image_types import image_type_of  # noqa: E402
-from pipeline.method.metrics import dsb_score  # noqa: E402
-from pipeline.method.watershed import postprocess_to_shape  # noqa: E402
-from pipeline.model.model_dir import write_model_config  # noqa: E402
-from pipeline.model.segmenter import Segmenter  # noqa: E402
-from pipeline.progress import progress  # noqa: E402
+from benchmarks.bench_sources import read_original
+from pipeline.arguments import number
+from pipeline.config.model_folder import STAINED_IMAGE_TYPE
+from pipeline.config.params import load_config
+from pipeline.data.folds import read_index
+from pipeline.data.sources import list_sample_ids
+from pipeline.errors import NucleiError, run_main
+from pipeline.method.grid_search import grid_search
+from pipeline.method.image_types import image_type_of
+from pipeline.method.metrics import dsb_score
+from pipeline.method.watershed import postprocess_to_shape
+from pipeline.model.model_dir import write_model_config
+from pipeline.model.segmenter import Segmenter
+from pipeline.progress import progress
 
 #: The thresholds searched, by network: the object threshold, the marker threshold and the mask
 #: threshold that applies to the images it is routed (the floor of dense ones; stained ones' own).

@@ -1,6 +1,6 @@
 """Write the images of one image type of a prepared source, out of its held-out fold, as a new source.
 
-    python scripts/type_subset.py PREPARED -o OUT [--image-type histology] [--val-fold 0]
+    python -m scripts.type_subset PREPARED -o OUT [--image-type histology] [--val-fold 0]
 
 Reads ``PREPARED/index.csv`` (a source prepared by ``nuclei prepare``: ``data.prepared/<source>``, or
 the ``--out`` of ``nuclei prepare --root``), keeps the images of ``--image-type``
@@ -17,15 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.arguments import number  # noqa: E402
-from pipeline.data.folds import read_index  # noqa: E402
-from pipeline.data.pack import INDEX  # noqa: E402
-from pipeline.errors import NucleiError  # noqa: E402
-from pipeline.files.io import load_npz, write_labels, write_png  # noqa: E402
-from pipeline.method.image_types import IMAGE_TYPES  # noqa: E402
-from pipeline.progress import progress  # noqa: E402
+from pipeline.arguments import number
+from pipeline.data.folds import read_index
+from pipeline.data.pack import INDEX
+from pipeline.errors import NucleiError
+from pipeline.files.io import load_npz, write_labels, write_png
+from pipeline.method.image_types import IMAGE_TYPES
+from pipeline.progress import progress
 
 
 def type_subset(prepared: Path, out: Path, image_type: str, val_fold: int) -> int:

@@ -114,7 +114,7 @@ def test_run_main_turns_a_users_error_into_one_line_and_its_exit_status(raised, 
 def test_the_benchmarks_name_a_missing_model_in_one_line(script, tmp_path):
     """The benchmark scripts report a user's error as ``nuclei`` does: one line, exit status 1."""
     missing = tmp_path / "no-model"
-    done = subprocess.run([sys.executable, str(ROOT / script), "--model", str(missing)],
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{Path(script).stem}", "--model", str(missing)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == EXIT_FAILED, done.stderr
     assert done.stderr.strip().splitlines() == [f"{Path(script).name}: error: {missing}: model directory not found"]

@@ -86,20 +86,20 @@ def test_committed_parameter_files_are_valid(path):
 
 
 def test_shell_scripts_read_settings_checked_through_load_config(tmp_path):
-    """``scripts/param_value.py`` (what ``scripts/gpu_train.sh`` reads its paths with) prints the
+    """``python -m scripts.param_value`` (what ``scripts/gpu_train.sh`` reads its paths with) prints the
     checked values, defaults included, and refuses an unknown setting or an invalid file in one line."""
     import subprocess
     import sys
 
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump({"seed": 3, "data": {"prepared": "elsewhere/prepared"}}))
-    script = [sys.executable, str(ROOT / "scripts" / "param_value.py")]
+    script = [sys.executable, "-m", "scripts.param_value"]
     done = subprocess.run([*script, str(params), "data.prepared", "train.out", "seed"], capture_output=True,
-                          text=True, check=True)
+                          text=True, check=True, cwd=ROOT)
     assert done.stdout.split() == ["elsewhere/prepared", TrainConfig().out, "3"]
     for args, message in [(["data.nothing"], "no setting 'data.nothing'"), (["data._fields"], "no setting")]:
-        done = subprocess.run([*script, str(params), *args], capture_output=True, text=True)
+        done = subprocess.run([*script, str(params), *args], capture_output=True, text=True, cwd=ROOT)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     params.write_text(yaml.safe_dump({"data": {"folds": "five"}}))
-    done = subprocess.run([*script, str(params), "data.folds"], capture_output=True, text=True)
+    done = subprocess.run([*script, str(params), "data.folds"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode != 0 and "data.folds" in done.stderr and "Traceback" not in done.stderr

@@ -123,7 +123,7 @@ def test_prepare_model_reuses_freed_memory_on_cpu_only(monkeypatch):
     assert calls == [1] and model.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-AS_AVX2 = ROOT / "benchmarks" / "as_avx2.py"
+AS_AVX2 = [sys.executable, "-m", "benchmarks.as_avx2"]
 AS_AVX2_PROBE = """
 import json, os, sys
 from pipeline.model import runtime
@@ -145,8 +145,8 @@ def probe_as_avx2(tmp_path, *argv: str) -> dict:
     probe.write_text(AS_AVX2_PROBE)
     split = argv.index("--")
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
-    run = subprocess.run([sys.executable, str(AS_AVX2), *argv[:split], str(probe), *argv[split + 1:]],
-                         capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run([*AS_AVX2, *argv[:split], str(probe), *argv[split + 1:]],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -167,6 +167,5 @@ def test_as_avx2_vnni_lets_onednn_use_avx_vnni(tmp_path):
 
 
 def test_as_avx2_names_a_missing_script_in_one_line(tmp_path):
-    run = subprocess.run([sys.executable, str(AS_AVX2), str(tmp_path / "nope.py")],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run([*AS_AVX2, str(tmp_path / "nope.py")], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert run.returncode == 2 and run.stderr.strip() == f"{tmp_path / 'nope.py'}: no such script"

@@ -582,8 +582,8 @@ def test_ship_model_records_validation_figures_only_at_the_stained_scale_they_we
 
 
 def ship_model(params: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
-    """Run ``scripts/ship_model.py --params params -o out *options``; assert that it succeeded."""
-    command = [sys.executable, str(ROOT / "scripts" / "ship_model.py"), "--params", str(params), "-o", str(out), *options]
+    """Run ``python -m scripts.ship_model --params params -o out *options``; assert that it succeeded."""
+    command = [sys.executable, "-m", "scripts.ship_model", "--params", str(params), "-o", str(out), *options]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return result

@@ -1,0 +1,1 @@
+"""Benchmarks (README.md): run from the repository root as python -m benchmarks.NAME."""

@@ -1,0 +1,1 @@
+"""Experiments (README.md): run from the repository root as python -m experiments.NAME."""
