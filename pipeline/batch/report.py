@@ -3,7 +3,10 @@
 No network and no external files are needed to view it: the histograms (nucleus areas, and each
 measured channel's nucleus means with its thresholds) are inline SVG and the
 overlay thumbnails are base64 PNGs. Each thumbnail links to the full-size overlay next to
-the page (``overlays/<stem>.png``).
+the page (``overlays/<stem>.png``). The table of images fits a laptop screen: each row leads with
+the name (shortened in the middle, linked to its overlay thumbnail), the count, the median area and
+the flag (clamped to two lines; a click unfolds it); the other ``counts.csv`` fields fold into a
+``<details>`` per row. Plain HTML and CSS: no script.
 
 Must not: read or write files (it returns the HTML text).
 """
@@ -36,14 +39,25 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2e
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
 .summary span { display: inline-block; margin-right: 2em; }
 .summary b { font-size: 1.3em; }
+ul.muted { overflow-wrap: anywhere; }
 .warn { color: #b35900; font-weight: 600; }
 table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.name { white-space: nowrap; }
 tr.failed td { background: #fdecea; color: #8a1f11; }
+details.clamp summary { display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 2;
+  overflow: hidden; cursor: pointer; max-width: 40em; overflow-wrap: anywhere; }
+details.clamp summary::-webkit-details-marker { display: none; }
+details.clamp[open] summary { display: block; }
+details.more summary { cursor: pointer; color: #555; white-space: nowrap; }
+details.more dl { display: grid; grid-template-columns: auto auto; gap: 0 1em; margin: 0.3em 0;
+  max-width: 30em; overflow-wrap: anywhere; }
+details.more dt { color: #777; overflow-wrap: normal; white-space: nowrap; } details.more dd { margin: 0; }
 .gallery { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; text-align: center; font-size: 0.85em; max-width: 320px; overflow-wrap: anywhere; }
 figure img { display: block; border: 1px solid #ccc; image-rendering: auto; }
+figcaption details.clamp summary { max-width: none; }
 .muted { color: #777; }
 """
 
@@ -143,32 +157,78 @@ def _channels(counts: pd.DataFrame, channels: dict[str, np.ndarray]) -> str:
     return f"<h2>Channels</h2>{''.join(parts)}" if parts else ""
 
 
-def _cell(value: object) -> str:
-    if pd.isna(value):
-        return "<td></td>"
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        text = f"{value:.1f}" if isinstance(value, (float, np.floating)) else str(value)
-        return f'<td class="num">{text}</td>'
-    return f"<td>{escape(str(value))}</td>"
+def short_name(name: str, width: int = 36) -> str:
+    """``name`` shortened in the middle to at most ``width`` characters ('very_long_pre…_suffix.tif'):
+    its start and its end (plane, series, file ending) stay."""
+    if len(name) <= width:
+        return name
+    tail = (width - 1) // 2
+    return f"{name[: width - 1 - tail]}…{name[len(name) - tail :]}"
 
 
-def _counts_table(counts: pd.DataFrame) -> str:
-    columns = [c for c in counts.columns if c != "source" and not c.endswith("_file")]
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+def _text(value: object, decimals: int | None = None) -> str:
+    """A table value as text: '' for NA; a float with ``decimals``, else as a whole number when it
+    is one or is 10⁴ or more, else with 4 significant digits; anything else as it is."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        whole = float(value).is_integer() or abs(value) >= 1e4
+        return f"{value:.{decimals}f}" if decimals is not None else f"{value:.0f}" if whole else f"{value:.4g}"
+    return str(value)
+
+
+def _clamped(text: str, warn: bool = True) -> str:
+    """``text`` clamped to two lines (in the warning colour when ``warn``); a click, or its tooltip,
+    shows it all."""
+    css = ' class="warn"' if warn else ""
+    return (f'<details class="clamp"><summary title="{escape(text)}"{css}>{escape(text)}</summary></details>'
+            if text else "")
+
+
+def _median_column(counts: pd.DataFrame) -> str:
+    """The median nucleus size shown up front: in µm² when the run has it, else in px."""
+    um2 = "median_area_um2" in counts and counts["median_area_um2"].notna().any()
+    return "median_area_um2" if um2 else "median_area_px"
+
+
+def _counts_table(counts: pd.DataFrame, anchors: dict[str, str]) -> str:
+    """The table of images: name, count, median area and flag (or error) first; every other
+    ``counts.csv`` field (but the source and the files) folded into a "more" cell per row."""
+    median = _median_column(counts)
+    lead = ("image", "count", median, "flag", "status", "error")
+    rest = [c for c in counts.columns if c not in lead and c != "source" and not c.endswith("_file")]
+    head = f"<th>image</th><th>count</th><th>{escape(median)}</th><th>flag</th><th></th>"
     rows = []
-    for record in counts[columns].to_dict("records"):
-        css = ' class="failed"' if record.get("status") != "ok" else ""
-        rows.append(f"<tr{css}>" + "".join(_cell(record[c]) for c in columns) + "</tr>")
+    for record in counts.to_dict("records"):
+        failed = record.get("status") != "ok"
+        name = str(record["image"])
+        shown = escape(short_name(name))
+        if name in anchors:
+            shown = f'<a href="#{anchors[name]}">{shown}</a>'
+        said = [": ".join(filter(None, (_text(record.get("status")), _text(record.get("error")))))] if failed else []
+        note = "; ".join(filter(None, (*said, _text(record.get("flag")))))
+        fields = [(c, _text(record[c])) for c in rest]
+        more = "".join(f"<dt>{escape(c)}</dt><dd>{escape(v)}</dd>" for c, v in fields if v)
+        more = f'<details class="more"><summary>more</summary><dl>{more}</dl></details>' if more else ""
+        css = ' class="failed"' if failed else ""
+        rows.append(
+            f'<tr{css}><td class="name" title="{escape(name)}">{shown}</td>'
+            f'<td class="num">{_text(record.get("count"), 0)}</td>'
+            f'<td class="num">{_text(record.get(median), 1)}</td>'
+            f'<td class="flag">{_clamped(note, warn=not failed)}</td>'
+            f"<td>{more}</td></tr>"
+        )
     return f'<table id="counts"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _gallery(counts: pd.DataFrame, thumbnails: dict[str, bytes]) -> str:
-    figures, shown = [], set()
+def _gallery(counts: pd.DataFrame, thumbnails: dict[str, bytes]) -> tuple[str, dict[str, str]]:
+    """The overlay thumbnails, and the id of each image's figure (by name) for the table's links."""
+    figures, anchors = [], {}
     for record in counts.to_dict("records"):
         png = thumbnails.get(record["image"])
-        if png is None or record["image"] in shown:  # a time-lapse: one overlay for its rows (frames)
+        if png is None or record["image"] in anchors:  # a time-lapse: one overlay for its rows (frames)
             continue
-        shown.add(record["image"])
+        anchors[record["image"]] = anchor = f"overlay-{len(anchors)}"
         name = escape(str(record["image"]))
         data = base64.b64encode(png).decode("ascii")
         extra = ""
@@ -176,15 +236,16 @@ def _gallery(counts: pd.DataFrame, thumbnails: dict[str, bytes]) -> str:
             how = "estimated" if record.get("diameter_estimated") else "given"
             extra += f" · diameter {float(record['diameter_px']):.1f} px ({how})"
         if isinstance(record.get("flag"), str) and record["flag"]:
-            extra += f' · <span class="warn">{escape(record["flag"])}</span>'
+            extra += _clamped(record["flag"])
         figures.append(
-            f'<figure><a href="{escape(overlay_file(str(record["image"])))}"><img alt="{name}" '
+            f'<figure id="{anchor}"><a href="{escape(overlay_file(str(record["image"])))}"><img alt="{name}" '
             f'src="data:image/png;base64,{data}"></a>'
-            f"<figcaption>{name} · nuclei: {int(record['count'])}{extra}</figcaption></figure>"
+            f'<figcaption><span title="{name}">{escape(short_name(str(record["image"])))}</span>'
+            f" · nuclei: {int(record['count'])}{extra}</figcaption></figure>"
         )
     if not figures:
-        return '<p class="muted">No overlays.</p>'
-    return f'<div class="gallery">{"".join(figures)}</div>'
+        return '<p class="muted">No overlays.</p>', anchors
+    return f'<div class="gallery">{"".join(figures)}</div>', anchors
 
 
 def render_report(
@@ -241,6 +302,7 @@ def render_report(
         if len(areas)
         else '<p class="muted">No nuclei found.</p>'
     )
+    gallery, anchors = _gallery(counts, thumbnails)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -254,12 +316,12 @@ def render_report(
 <p class="summary">{summary}</p>
 <ul class="muted">{facts_html}</ul>
 <h2>Counts per image</h2>
-{_counts_table(counts)}
+{_counts_table(counts, anchors)}
 <h2>Nucleus areas</h2>
 {histogram}
 {_channels(counts, channels or {})}
 <h2>Overlays</h2>
-{_gallery(counts, thumbnails)}
+{gallery}
 </body>
 </html>
 """
