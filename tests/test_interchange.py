@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli_main
+from pipeline.errors import NucleiError
 from pipeline.method.heads import get_head
-from pipeline.model import interchange
+from pipeline.model import bioimageio_package, interchange
+from pipeline.model.export_docs import DESCRIPTION_FILE, README_FILE
 from pipeline.model.model_dir import available_model_dir, load_model_dir, save_model_dir
 from pipeline.model.networks import build_model, model_stride
+from pipeline.model.onnx_export import ONNX_FILE
+from pipeline.model.torchscript import TORCHSCRIPT_FILE
 
 from .conftest import SAMPLE_ROOT, TINY, save_threshold_model
 
@@ -50,8 +54,8 @@ def exported_probabilities(out: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     """Probabilities of the TorchScript file (torch.jit.load) and of the ONNX file (ONNX Runtime)."""
     import onnxruntime as ort
 
-    script = torch.jit.load(str(out / "torchscript" / interchange.TORCHSCRIPT_FILE))
-    session = ort.InferenceSession(str(out / "onnx" / interchange.ONNX_FILE), providers=["CPUExecutionProvider"])
+    script = torch.jit.load(str(out / "torchscript" / TORCHSCRIPT_FILE))
+    session = ort.InferenceSession(str(out / "onnx" / ONNX_FILE), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         ts = script(torch.from_numpy(x)).numpy()
     return {"torchscript": ts, "onnx": session.run(["probabilities"], {"input": x})[0]}
@@ -75,7 +79,7 @@ def test_torchscript_and_onnx_equal_pytorch_at_another_size(tmp_path, kind):
 def test_onnx_file_is_opset_17_with_dynamic_batch_height_width(tmp_path):
     onnx = pytest.importorskip("onnx")
     interchange.export_model(random_model_dir(tmp_path / "m"), tmp_path / "out", ["onnx"])
-    proto = onnx.load(str(tmp_path / "out" / "onnx" / interchange.ONNX_FILE))
+    proto = onnx.load(str(tmp_path / "out" / "onnx" / ONNX_FILE))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     for value in (proto.graph.input[0], proto.graph.output[0]):
         dims = value.type.tensor_type.shape.dim
@@ -88,7 +92,7 @@ def test_onnx_file_is_opset_17_with_dynamic_batch_height_width(tmp_path):
 def test_each_export_documents_normalisation_scale_channels_and_watershed(tmp_path):
     interchange.export_model(random_model_dir(tmp_path / "m"), tmp_path / "out", ["torchscript"])
     folder = tmp_path / "out" / "torchscript"
-    description = json.loads((folder / interchange.DESCRIPTION_FILE).read_text())
+    description = json.loads((folder / DESCRIPTION_FILE).read_text())
     norm = description["input"]["normalisation"]
     assert (norm["low_percentile"], norm["high_percentile"], norm["saturation_rule"]) == (1.0, 99.8, True)
     assert description["input"]["channel_order"] == "RGB" and "grey" in description["input"]["grey_images"]
@@ -98,12 +102,12 @@ def test_each_export_documents_normalisation_scale_channels_and_watershed(tmp_pa
     assert description["postprocess"]["thresholds"]["marker_threshold"] == 0.6
     assert description["postprocess"]["thresholds"]["mask_threshold"] == 0.4
     assert description["checked"]["max_abs_difference_torchscript"] < 1e-4
-    readme = (folder / interchange.README_FILE).read_text()
+    readme = (folder / README_FILE).read_text()
     for words in ("probability maps, not labels", "multiples of **4**", "percentiles 1 and 99.8", "20 px across",
                   "mask > 0.4", "> 0.6", "Marker-controlled Watershed", "P(mask) − P(border)"):
         assert words in readme, words
     extra = {"model.json": ""}
-    torch.jit.load(str(folder / interchange.TORCHSCRIPT_FILE), _extra_files=extra)
+    torch.jit.load(str(folder / TORCHSCRIPT_FILE), _extra_files=extra)
     assert json.loads(extra["model.json"])["output"]["name"] == "probabilities"
 
 
@@ -114,7 +118,7 @@ def test_bioimageio_package_is_complete_and_validates(tmp_path):
     folder = written["bioimageio"]
     import yaml
 
-    rdf = yaml.safe_load((folder / interchange.RDF_FILE).read_text())
+    rdf = yaml.safe_load((folder / bioimageio_package.RDF_FILE).read_text())
     files = {rdf["documentation"], *rdf["covers"], rdf["inputs"][0]["test_tensor"]["source"],
              rdf["outputs"][0]["test_tensor"]["source"], *(w["source"] for w in rdf["weights"].values())}
     assert all((folder / f).is_file() for f in files)
@@ -124,24 +128,24 @@ def test_bioimageio_package_is_complete_and_validates(tmp_path):
     assert rdf["inputs"][0]["preprocessing"][0]["kwargs"]["max_percentile"] == 99.8
     assert rdf["outputs"][0]["data"]["range"] == [0.0, 1.0]
     # the expected output is the exported network's on the test input after bioimage.io's preprocessing
-    test_input = np.load(folder / interchange.TEST_INPUT_FILE)
-    normalised = interchange.scale_range(test_input, 1.0, 99.8)
+    test_input = np.load(folder / bioimageio_package.TEST_INPUT_FILE)
+    normalised = bioimageio_package.scale_range(test_input, 1.0, 99.8)
     expected = pytorch_probabilities(tmp_path / "m", normalised)
-    assert np.abs(np.load(folder / interchange.TEST_OUTPUT_FILE) - expected).max() < 1e-4
+    assert np.abs(np.load(folder / bioimageio_package.TEST_OUTPUT_FILE) - expected).max() < 1e-4
     documentation = (folder / rdf["documentation"]).read_text()
     assert "probability maps, not labels" in documentation and "scale_range" in documentation
     assert written["bioimageio_zip"].stat().st_size > 0
     pytest.importorskip("bioimageio.spec")
-    assert interchange.validate_bioimageio(folder / interchange.RDF_FILE)
+    assert bioimageio_package.validate_bioimageio(folder / bioimageio_package.RDF_FILE)
 
 
 def test_an_invalid_package_is_reported_in_one_line(tmp_path):
     pytest.importorskip("bioimageio.spec")
     pytest.importorskip("onnxruntime")
     folder = interchange.export_model(random_model_dir(tmp_path / "m"), tmp_path / "out", ["bioimageio"])["bioimageio"]
-    (folder / interchange.TEST_INPUT_FILE).write_bytes(b"not the file the rdf hashed")
-    with pytest.raises(interchange.NucleiError, match=r"rdf\.yaml: not a valid bioimage\.io package") as info:
-        interchange.validate_bioimageio(folder / interchange.RDF_FILE)
+    (folder / bioimageio_package.TEST_INPUT_FILE).write_bytes(b"not the file the rdf hashed")
+    with pytest.raises(NucleiError, match=r"rdf\.yaml: not a valid bioimage\.io package") as info:
+        bioimageio_package.validate_bioimageio(folder / bioimageio_package.RDF_FILE)
     assert "\n" not in str(info.value)
 
 
@@ -242,9 +246,9 @@ def test_shipped_model_bioimageio_package_passes_bioimageio_core(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("bioimageio.spec")
     folder = interchange.export_model(shipped_model(), tmp_path / "out", ["bioimageio"])["bioimageio"]
-    assert interchange.validate_bioimageio(folder / interchange.RDF_FILE)
+    assert bioimageio_package.validate_bioimageio(folder / bioimageio_package.RDF_FILE)
     pytest.importorskip("bioimageio.core")
-    interchange.test_bioimageio(folder / interchange.RDF_FILE)
+    bioimageio_package.test_bioimageio(folder / bioimageio_package.RDF_FILE)
 
 
 def test_a_models_dense_network_is_named_for_its_own_export(tmp_path, capsys):
