@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff check pipeline tests benchmarks experiments scripts
 
 bench: install
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do m=benchmarks.$$(basename $$b .py); echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

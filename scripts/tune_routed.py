@@ -1,7 +1,7 @@
 """Grid-search the post-processing thresholds of a model folder's stained or dense network on the
 images routed to it in the training folds.
 
-    python -m scripts.tune_routed MODEL --network dense|stained --params experiments/sources8.yaml
+    python -m scripts.tune_routed MODEL --network dense|stained --params evaluation/sources8.yaml
         [--folds 1 2 3 4] [--write]
 
 MODEL is a model folder that names a ``dense_model`` or ``stained_model`` (the default:
@@ -92,7 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--network", choices=sorted(KEYS), default="dense")
-    parser.add_argument("--params", default="experiments/sources8.yaml")
+    parser.add_argument("--params", default="evaluation/sources8.yaml")
     unit = number(at_least=0, at_most=1)
     parser.add_argument("--sources", nargs="+", help="only these of data.sources (default: all; leave out "
                         "a source the network never trained on, to keep it for the leave-one-source-out check)")

@@ -77,9 +77,10 @@ def test_replace_checks_and_as_config_passes_configs_through():
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in [
-    *ROOT.glob("experiments/*.yaml"), *ROOT.glob("pipeline/shipped/**/train_params*.yaml")]))
+    *ROOT.glob("recipes/*.yaml"), *ROOT.glob("evaluation/*.yaml"),
+    *ROOT.glob("pipeline/shipped/**/train_params*.yaml")]))
 def test_committed_parameter_files_are_valid(path):
-    """The recipes committed beside the code (experiments, the shipped models' stages) still load:
+    """The recipes committed beside the code (recipes/, evaluation/, the shipped models' stages) still load:
     a renamed or removed key fails here, not on a GPU machine."""
     config = load_config(ROOT / path)
     assert config.data.sources and config.train.epochs >= 1

@@ -12,7 +12,7 @@ from .conftest import load_script
 def test_committed_page_equals_the_generated_one():
     script = load_script("make_params_reference.py")
     assert script.PAGE.read_text(encoding="utf-8") == script.render(), (
-        "docs/parameters.md is out of date: run python scripts/make_params_reference.py"
+        "docs/parameters.md is out of date: run python -m scripts.make_params_reference"
     )
 
 
