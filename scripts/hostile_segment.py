@@ -1,15 +1,17 @@
-"""Hostile pass over ``nuclei segment`` (issue 41): output names, the file system's limits, odd
-files, two runs into one folder, image orientation, image type and diameter flags; and over the
-newer commands (issue 62): model folders that say absurd things, ``--scheduler`` addresses,
-fine-tuning's limits (``--minutes``, huge images, label ids beyond int32, duplicate and
-same-named images), binary masks in ``nuclei export``.
+"""Hostile pass over ``nuclei segment`` with the shipped model, and over the newer commands.
 
-Each case builds its inputs in a fresh temporary folder, runs the command line as a user would
+Issue 41's cases are here: output names, the file system's limits, odd files, two runs into one
+folder, image orientation, image type and diameter flags. The newer commands' cases (issue 62: model folders that say absurd things, ``--scheduler``
+addresses, fine-tuning's limits, binary masks in ``nuclei export``) have their one home in
+``tests/test_reliability4.py``; this pass runs that file after its own cases and counts them too.
+
+Each case here builds its inputs in a fresh temporary folder, runs the command line as a user would
 (in this process, or in other processes where two runs meet), and checks what a demanding user
 expects: one line per problem and no traceback, every other image still segmented, label files
-and tables that agree. Prints one line per case and exits 1 if any case is not handled.
+and tables that agree. Prints one line per case, then the count of both parts, and exits 1 if any
+case is not handled.
 
-    python -m scripts.hostile_segment [--model DIR] [--keep] [-k WORDS]
+    python -m scripts.hostile_segment [--model DIR] [--keep] [-k WORDS] [--no-tests]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -32,8 +35,12 @@ import tifffile
 from PIL import Image
 from skimage.draw import disk
 
+from pipeline.errors import NucleiError
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "pipeline" / "shipped" / "model"
+#: The newer commands' cases (issue 62), whose one home is this test file.
+TESTS = ROOT / "tests" / "test_reliability4.py"
 CASES: list[tuple[str, Callable[[Path], str]]] = []
 
 
@@ -427,214 +434,13 @@ def _(tmp: Path) -> str:
     return err.strip().splitlines()[-1][-60:]
 
 
-# --------------------------------------------------------------------------- 7. model folders (issue 62)
-
-
-def model_copy(tmp: Path, section: str | None = None, key: str = "", value=None, name: str = "my_model") -> Path:
-    """A copy of the model whose config.yaml says ``section.key: value`` (``section`` None: ``key``)."""
-    import yaml
-
-    folder = tmp / name
-    shutil.copytree(MODEL, folder)
-    values = yaml.safe_load((folder / "config.yaml").read_text())
-    (values[section] if section else values)[key] = value
-    (folder / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    return folder
-
-
-def annotated(tmp: Path, n: int = 1, shape=(160, 200)) -> tuple[list[Path], Path]:
-    """``n`` images in tmp/images and their uint16 labels in tmp/labels (the discs of nuclei_image)."""
-    from skimage.measure import label
-
-    paths = []
-    for k in range(n):
-        image = nuclei_image(shape, seed=k)
-        paths.append(save(tmp / "images" / f"a{k}.png", image))
-        (tmp / "labels").mkdir(exist_ok=True)
-        tifffile.imwrite(tmp / "labels" / f"a{k}.tif", label(image > 100).astype(np.uint16))
-    return paths, tmp / "labels"
-
-
-def both_refuse(tmp: Path, folder: Path, *words: str) -> str:
-    """segment and finetune with the model ``folder``: one line each naming it, exit 2, nothing written."""
-    images, labels = annotated(tmp)
-    status, err = nuclei("segment", images[0], "-o", tmp / "out", "--model", folder)
-    assert status == 2, (status, err[-300:])
-    line = one_line(err, str(folder), *words)
-    status, err = nuclei("finetune", images[0], "--labels", labels, "-o", tmp / "ft", "--model", folder,
-                         "--guard", "none")
-    assert status == 2, (status, err[-300:])
-    one_line(err, str(folder), *words)
-    assert not (tmp / "ft").exists()
-    return line.split(": error: ", 1)[1][-90:]
-
-
-for _title, _args, _words in (
-    ("config.yaml with diameter: twenty", (None, "diameter", "twenty"), ("diameter must be a positive number",)),
-    ("config.yaml with diameter: -5: the folder the user gave is named", (None, "diameter", -5), ("diameter",)),
-    ("a network section of depth 12", ("model", "depth", 12), ("model.depth must be at most",)),
-    ("a network section of width 100,000", ("model", "width", 100_000), ("model.width must be at most",)),
-    ("a network section of depth 6 for weights of depth 5", ("model", "depth", 6), ("does not fit weights.pt",)),
-):
-    @case(f"model folder, {_title}: segment and finetune say one line, exit 2")
-    def _(tmp: Path, args=_args, words=_words) -> str:
-        return both_refuse(tmp, model_copy(tmp, *args), *words)
-
-
-for _name in ("weights.pt", "config.yaml"):
-    @case(f"model folder with a sparse {_name} of 8 GB: refused by its size, unread, exit 2")
-    def _(tmp: Path, name: str = _name) -> str:
-        folder = model_copy(tmp, None, "diameter", 20.0)
-        os.truncate(folder / name, 8 * 2**30)
-        return both_refuse(tmp, folder, name, "8.6 GB")
-
-
-# --------------------------------------------------------------------------- 8. --scheduler (issue 62)
-
-
-def scheduler_refused(tmp: Path, address: str | Path, *words: str) -> str:
-    status, err = segment(save(tmp / "a.png"), "-o", tmp / "out", "--scheduler", address)
-    assert status == 2, (status, err[-300:])
-    return one_line(err, *words).split(": error: ", 1)[1][:90] + "..."
-
-
-for _title, _address, _word in (
-    ("garbage", "garbage", "no port"),
-    ("inproc://", "inproc://127.0.0.1/1234/1", "in-process"),
-    ("tls:// without Dask's TLS settings", "tls://127.0.0.1:8786", "TLS settings"),
-    ("ucx://", "ucx://127.0.0.1:8786", "ucx://"),
-    ("an empty string", "", "empty"),
-):
-    @case(f"--scheduler {_title}: one line, exit 2, nothing contacted")
-    def _(tmp: Path, address: str = _address, word: str = _word) -> str:
-        return scheduler_refused(tmp, address, word)
-
-
-@case("--scheduler a folder path: one line, exit 2")
-def _(tmp: Path) -> str:
-    (tmp / "sched").mkdir()
-    return scheduler_refused(tmp, tmp / "sched", "a folder, not a scheduler file")
-
-
-for _title, _text in (("empty", ""), ("holding a JSON list", "[1, 2]"), ("without an address", '{"id": "x"}')):
-    @case(f"--scheduler a scheduler file {_title}: one line naming it, exit 2")
-    def _(tmp: Path, text: str = _text) -> str:
-        (tmp / "sched.json").write_text(text)
-        return scheduler_refused(tmp, tmp / "sched.json", str(tmp / "sched.json"))
-
-
-# --------------------------------------------------------------------------- 9. fine-tuning's limits (issue 62)
-
-
-def finetune(tmp: Path, *argv) -> tuple[int, str]:
-    return nuclei("finetune", *argv, "--model", MODEL, "--guard", "none", "-o", tmp / "ft")
-
-
-@case("finetune --minutes nan, inf, 0 and 1e9: one line each, exit 2")
-def _(tmp: Path) -> str:
-    images, labels = annotated(tmp)
-    for minutes in ("nan", "inf", "0", "1e9"):
-        status, err = finetune(tmp, images[0], "--labels", labels, f"--minutes={minutes}")
-        assert status == 2 and "Traceback" not in err and f"--minutes: {minutes}: expected" in err, err[-300:]
-    return err.strip().splitlines()[-1].split("error: ", 1)[1][-70:]
-
-
-@case("finetune a/x.png and b/x.png (different images, one name): refused naming both, exit 2")
-def _(tmp: Path) -> str:
-    images, labels = annotated(tmp)
-    save(tmp / "a" / "a0.png", nuclei_image(seed=0)), save(tmp / "b" / "a0.png", nuclei_image(seed=5))
-    status, err = finetune(tmp, tmp / "a" / "a0.png", tmp / "b" / "a0.png", "--labels", labels)
-    assert status == 2, (status, err[-300:])
-    line = one_line(err, str(tmp / "a" / "a0.png"), str(tmp / "b" / "a0.png"), "a0.tif")
-    return line.split(": error: ", 1)[1][-70:]
-
-
-@case("finetune on uint32 and int64 labels with ids beyond 2**32, one image given twice: relabelled, used once")
-def _(tmp: Path) -> str:
-    import yaml
-
-    images, labels = annotated(tmp, n=2)
-    for k, (dtype, offset) in enumerate(((np.uint32, 2**32 - 100), (np.int64, 2**40))):
-        lab = tifffile.imread(labels / f"a{k}.tif").astype(dtype)
-        lab[lab > 0] += dtype(offset)
-        tifffile.imwrite(labels / f"a{k}.tif", lab)
-    shutil.copy(images[0], tmp / "images" / "copy.png"), shutil.copy(labels / "a0.tif", labels / "copy.tif")
-    start = time.perf_counter()
-    status, err = finetune(tmp, tmp / "images", "--labels", labels, "--minutes", "0.3")
-    assert status == 0, err[-500:]
-    assert "Traceback" not in err and err.count("relabelled") >= 2 and "same image as" in err, err[-500:]
-    recorded = yaml.safe_load((tmp / "ft" / "config.yaml").read_text())["training"]["images"]
-    truth = [len(np.unique(tifffile.imread(labels / f"a{k}.tif"))) - 1 for k in range(2)]
-    assert [r["nuclei"] for r in recorded] == truth, (recorded, truth)
-    return f"{len(recorded)} images, {truth} nuclei, none merged ({time.perf_counter() - start:.0f} s for --minutes 0.3)"
-
-
-@case("finetune one 6000 x 6000 image: cut to its region richest in nuclei, memory bounded")
-def _(tmp: Path) -> str:
-    side, spacing = 6000, 24
-    yy, xx = np.ogrid[:side, :side]
-    inside = ((yy % spacing - spacing // 2) ** 2 + (xx % spacing - spacing // 2) ** 2) <= 64
-    save(tmp / "images" / "big.png", np.where(inside, 200, 20).astype(np.uint8))
-    (tmp / "labels").mkdir()
-    ids = ((yy // spacing) * (side // spacing) + xx // spacing + 1).astype(np.uint16)
-    tifffile.imwrite(tmp / "labels" / "big.tif", np.where(inside, ids, np.uint16(0)))
-    del inside, ids
-    code = ("import resource, sys; from pipeline.cli import main\n"
-            "status = main(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "1"}
-    done = subprocess.run([sys.executable, "-c", code, "finetune", tmp / "images" / "big.png", "--labels",
-                           tmp / "labels", "-o", tmp / "ft", "--model", MODEL, "--guard", "none", "--minutes", "0.5"],
-                          capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, done.stderr[-500:]
-    assert "region richest in nuclei" in done.stderr and "Traceback" not in done.stderr
-    peak = int(done.stdout.strip().splitlines()[-1]) * 1024
-    assert peak < 4e9, f"peak resident memory {peak / 1e9:.1f} GB"
-    return f"peak resident memory {peak / 1e9:.1f} GB (the image alone, float32 RGB: 0.4 GB)"
-
-
-# --------------------------------------------------------------------------- 10. binary masks in export (issue 62)
-
-
-@case("nuclei export of a 0/255 mask of three objects: three nuclei")
-def _(tmp: Path) -> str:
-    import json
-
-    mask = np.zeros((80, 120), np.uint8)
-    for r, c in ((20, 20), (40, 60), (60, 100)):
-        rr, cc = disk((r, c), 8, shape=mask.shape)
-        mask[rr, cc] = 255
-    save(tmp / "cells_mask.png", mask)
-    status, err = nuclei("export", tmp / "cells_mask.png", "--to", "geojson,imagej", "-o", tmp / "out")
-    assert status == 0, err[-300:]
-    features = json.loads((tmp / "out" / "geojson" / "cells_mask.geojson").read_text())["features"]
-    assert sorted(f["properties"]["label"] for f in features) == [1, 2, 3], [f["properties"]["label"] for f in features]
-    return one_line(err, "binary mask").split("nuclei: ", 1)[1][-70:]
-
-
-@case("nuclei export of uint32 labels with ids beyond 2**31: relabelled, none lost")
-def _(tmp: Path) -> str:
-    labels = np.zeros((64, 64), np.uint32)
-    labels[4:14, 4:14], labels[20:30, 20:30], labels[40:50, 4:14] = 2**32 - 1, 2**31, 7
-    tifffile.imwrite(tmp / "ids.tif", labels)
-    status, err = nuclei("export", tmp / "ids.tif", "--to", "geojson", "-o", tmp / "out")
-    assert status == 0, err[-300:]
-    return one_line(err, "relabelled").split("nuclei: ", 1)[1][-60:]
-
-
-def main() -> int:
-    global MODEL
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=MODEL)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
-    parser.add_argument("-k", metavar="WORDS", default="", help="run only the cases whose title holds WORDS")
-    args = parser.parse_args()
-    MODEL = args.model.resolve()
-    os.environ.setdefault("CI", "1")  # no progress bars
+def run_cases(words: str, keep: bool) -> tuple[int, int]:
+    """Run the cases of :data:`CASES` whose title holds ``words``: (handled, run)."""
     handled = 0
     root = tempfile.mkdtemp(prefix="hostile-")
     try:
         for k, (title, check) in enumerate(CASES, start=1):
-            if args.k not in title:
+            if words not in title:
                 continue
             tmp = Path(root) / f"case{k:02d}"
             tmp.mkdir()
@@ -647,11 +453,50 @@ def main() -> int:
             print(f"{'handled' if ok else 'NOT HANDLED'}  {k:2d}. {title} ({time.perf_counter() - start:.1f} s)\n"
                   f"              {detail}", flush=True)
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    ran = sum(args.k in title for title, _ in CASES)
+    return handled, sum(words in title for title, _ in CASES)
+
+
+def run_tests(path: Path = TESTS) -> tuple[int, int]:
+    """Run the test file ``path`` (the newer commands' cases) with pytest in a child process, one line
+    per test that failed: (passed or skipped, run)."""
+    with tempfile.TemporaryDirectory(prefix="hostile-tests-") as tmp:
+        report = Path(tmp) / "report.xml"
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                               str(path)], cwd=ROOT, capture_output=True, text=True)
+        if not report.is_file():
+            raise NucleiError(f"{path}: pytest wrote no report (exit {done.returncode}): {done.stdout[-300:]}")
+        cases = list(ElementTree.parse(report).getroot().iter("testcase"))
+    failed = 0
+    for case in cases:
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if problem is not None:
+            failed += 1
+            print(f"NOT HANDLED  {path.relative_to(ROOT)}::{case.get('name')}\n"
+                  f"              {(problem.get('message') or '').strip()[:200]}", flush=True)
+    return len(cases) - failed, len(cases)
+
+
+def main() -> int:
+    global MODEL
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    parser.add_argument("-k", metavar="WORDS", default="",
+                        help=f"run only the cases whose title holds WORDS (and not {TESTS.name})")
+    parser.add_argument("--no-tests", action="store_true", help=f"leave out {TESTS.relative_to(ROOT)}")
+    args = parser.parse_args()
+    MODEL = args.model.resolve()
+    os.environ.setdefault("CI", "1")  # no progress bars
+    handled, ran = run_cases(args.k, args.keep)
     print(f"{handled} of {ran} cases handled")
-    return 0 if handled == ran else 1
+    if args.no_tests or args.k:
+        return 0 if handled == ran else 1
+    passed, tests = run_tests()
+    print(f"{TESTS.relative_to(ROOT)} (the newer commands' cases): {passed} of {tests} handled\n"
+          f"{handled + passed} of {ran + tests} cases handled in all")
+    return 0 if handled == ran and passed == tests else 1
 
 
 if __name__ == "__main__":
