@@ -1,23 +1,21 @@
-"""The parameter reference page docs/parameters.md is what scripts/make_params_reference.py writes."""
+"""The parameter reference page docs/parameters.md is what docs_tools/make_params_reference.py writes."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from docs_tools import make_params_reference as script
 from pipeline.config.params import SECTIONS
-
-from .conftest import load_script
 
 
 def test_committed_page_equals_the_generated_one():
-    script = load_script("make_params_reference.py")
     assert script.PAGE.read_text(encoding="utf-8") == script.render(), (
-        "docs/parameters.md is out of date: run python -m scripts.make_params_reference"
+        "docs/parameters.md is out of date: run python -m docs_tools.make_params_reference"
     )
 
 
 def test_page_lists_every_key_with_its_default_and_rule():
-    page = load_script("make_params_reference.py").render()
+    page = script.render()
     for section in SECTIONS:
         assert f"## `{section.NAME}`" in page
         for field in dataclasses.fields(section):

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m scripts.make_napari_screenshot [--out docs/napari.png] [--size 1400x860]
+    python -m docs_tools.make_napari_screenshot [--out docs/napari.png] [--size 1400x860]
 
 Opens napari (the ``.[napari]`` extra), the plugin's sample image and the "Segment nuclei" dock
 widget through the plugin's manifest, segments with the shipped model and saves a screenshot of
@@ -33,7 +33,8 @@ def main() -> int:
         if xvfb is None:
             raise SystemExit("no display and no xvfb-run: apt-get install xvfb (see this script's docstring)")
         env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}
-        os.execvpe(xvfb, [xvfb, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv], env)
+        this = ["-m", __spec__.name, *sys.argv[1:]] if __spec__ else sys.argv  # again, as it was started
+        os.execvpe(xvfb, [xvfb, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *this], env)
 
     import napari
     from qtpy.QtWidgets import QApplication

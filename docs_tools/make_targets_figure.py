@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m scripts.make_targets_figure [--root data/sample/stage1_train] [--ids ID ID]
+    python -m docs_tools.make_targets_figure [--root data/sample/stage1_train] [--ids ID ID]
         [-o docs/targets.png]
 
 Targets are computed with the ``targets`` parameters of ``params.yaml``.

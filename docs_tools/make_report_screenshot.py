@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m scripts.make_report_screenshot [--model DIR] [--images 6] [--out docs/report.png]
+    python -m docs_tools.make_report_screenshot [--model DIR] [--images 6] [--out docs/report.png]
 
 Segments a few images of the embedded sample (one per image type where possible) with the
 shipped model (``pipeline/shipped/model``, else ``models/trained/model``), then renders the report in
