@@ -29,7 +29,7 @@ demo: install
 	print(f\"validation DSB2018 score {m['dsb_score']:.4f} ({m['n_images']} validation images)\")"
 
 lint: install
-	$(BIN)/ruff check pipeline tests benchmarks experiments scripts
+	$(BIN)/ruff check pipeline tests benchmarks experiments scripts docs_tools
 
 bench: install
 	for b in benchmarks/bench_*.py; do m=benchmarks.$$(basename $$b .py); echo "== $$m"; $(BIN)/python -m $$m || exit 1; done
