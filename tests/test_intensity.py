@@ -399,8 +399,8 @@ def test_the_pale_robustness_condition_enlarges_and_pales_stained_nuclei_keeping
     as it is."""
     from scipy import ndimage as ndi
 
-    from pipeline.training.shifts import PALE, shifted
     from pipeline.method.scale import median_diameter, resize_image, scaled_shape
+    from pipeline.training.shifts import PALE, shifted
 
     labels = discs(spacing=40, radius=9)
     grain = RNG.normal(0, 25, labels.shape)[..., None]

@@ -85,11 +85,11 @@ def test_a_few_very_large_nuclei_are_found_whole(zoom):
     enlarged 2-3x as at 100x: 140-220-px nuclei, two to a field. The scale-space's weak
     finest-scale peak was taken for them, and each was cut into 15-480 pieces of 5 px
     (docs/decisions.md, "A few very large nuclei")."""
-    from pipeline.training.shifts import centre_crop, shifted
     from pipeline.data.sources import read_sample
     from pipeline.method.metrics import image_metrics
     from pipeline.method.scale import median_diameter
     from pipeline.model.segmenter import Segmenter
+    from pipeline.training.shifts import centre_crop, shifted
 
     kromp = ROOT.parent / "shared" / "extra" / "fluo_kromp2020"
     if not kromp.is_dir():
