@@ -29,7 +29,8 @@ Usage::
    prints it per inference backend).
 6. An empty field (a screen's empty well): 1024×1024 of dark camera noise (:func:`empty_field`),
    timed as the costly case; the nuclei found (none expected) and the scale it was segmented at.
-7. The dense case, for a model with a dense network (``dense_model``): a 2×2 mosaic of the first four
+7. The dense case, for a model that runs dense images again (a ``networks`` entry with
+   ``nucleus_fraction_above``): a 2×2 mosaic of the first four
    ``tissue_fluo_e2f`` images (``--extra DIR``, default ``../shared/extra``; skipped when absent),
    timed as the costly case with the dense network and with the first network alone, side by side.
 """
@@ -46,6 +47,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.config.routing import needs_second_pass
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "stage1_train"
@@ -199,7 +202,7 @@ def main() -> int:
     print(f"\nempty field: Segmenter.segment of 1024x1024 dark camera noise (scale {scale:.2f}, "
           f"{segmenter.segment(empty).labels.max()} nuclei found) {per_image:.2f} s per image; plain w16 d4 "
           f"U-Net at 1024x1024 {reference:.2f} s: {per_image / reference:.2f}x")
-    if segmenter.config.dense_model is not None and (args.extra / DENSE_SOURCE).is_dir():
+    if needs_second_pass(segmenter.config.routes) and (args.extra / DENSE_SOURCE).is_dir():
         dense_case(segmenter, dense_mosaic(args.extra / DENSE_SOURCE), args.repeats)
     if args.large:
         large(args.large, model_dir)
@@ -227,7 +230,8 @@ def dense_case(segmenter, image: np.ndarray, repeats: int) -> None:
     import copy
 
     alone = copy.copy(segmenter)
-    alone._dense = None
+    alone._networks = {name: network for name, network in segmenter._networks.items()
+                       if segmenter.config.route(name).nucleus_fraction_above is None}
     reference = reference_network()
     routed_s, ref_routed, _ = costly_ratio(segmenter, image, repeats, reference)
     alone_s, ref_alone, scale = costly_ratio(alone, image, repeats, reference)

@@ -4,13 +4,12 @@ images routed to it in the training folds.
     python -m scripts.tune_routed MODEL --network dense|stained --params evaluation/sources8.yaml
         [--folds 1 2 3 4] [--write]
 
-MODEL is a model folder that names a ``dense_model`` or ``stained_model`` (the default:
+MODEL is a model folder that declares a ``dense`` or ``stained`` network (``networks``; the default:
 ``pipeline/shipped/model``). Every labelled image of the parameter file's sources whose grouped fold
 is in ``--folds`` (the networks' training folds; fold 0 stays held out) is read as ``nuclei segment``
-reads it. The images the folder routes to the network named by ``--network`` (stained: typed stained
-tissue, :meth:`pipeline.model.segmenter.Segmenter.segmenter_for`; dense: unstained with a nucleus
-fraction over ``dense_fraction`` under the first network,
-:meth:`~pipeline.model.segmenter.Segmenter.dense_for_probs`) are run by it at the folder's scale,
+reads it. The images the folder routes to the network named by ``--network``
+(:meth:`pipeline.model.segmenter.Segmenter.network_for`, as ``nuclei segment`` and ``nuclei
+predict`` route them) are run by it at the scale ``nuclei segment`` gives them,
 and :func:`pipeline.method.grid_search.grid_search` scores every combination of its object, marker
 and mask thresholds on them (mean DSB2018 score over images, or over sources with ``--balance
 source``). It prints the table's best rows with each source's mean, and the row of the network's
@@ -28,7 +27,6 @@ import pandas as pd
 
 from benchmarks.bench_sources import read_original
 from pipeline.arguments import number
-from pipeline.config.model_folder import STAINED_IMAGE_TYPE
 from pipeline.config.params import load_config
 from pipeline.data.folds import read_index
 from pipeline.data.sources import list_sample_ids
@@ -56,9 +54,8 @@ def routed_samples(model: str, params: str, folds: list[int], network: str,
     unknown = sorted(set(sources or []) - set(data.sources))
     if unknown:
         raise NucleiError(f"{params}: data.sources has no {', '.join(unknown)}")
-    first = Segmenter.from_model_dir(model, tta="auto")
-    if getattr(first.config, f"{network}_model") is None:
-        raise NucleiError(f"{model}: its config.yaml names no {network}_model")
+    segmenter = Segmenter.from_model_dir(model, tta="auto")
+    route = segmenter.config.route(network)
     fold_of = read_index(data.prepared, sources=list(data.sources)).set_index("id")["group_fold"]
     samples, names, routed_to = [], [], None
     for source, spec in data.sources.items():
@@ -68,20 +65,19 @@ def routed_samples(model: str, params: str, folds: list[int], network: str,
         ids = [i for i in list_sample_ids(root, layout) if fold_of.get(f"{source}/{i}") in folds]
         for sample_id in progress(ids, desc=source):
             image, true = read_original(root, layout, sample_id)
-            x = first.normalize(image)
+            x = segmenter.normalize(image)
             image_type = image_type_of(x)
-            if (image_type == STAINED_IMAGE_TYPE) != (network == "stained"):
+            if route.image_types and image_type not in route.image_types:
+                continue  # never routed to it: not run
+            first = segmenter.network_for(image_type)
+            _, _, scale = first.scale_for(x, None, image_type)
+            probs = first.predict_scaled(x, scale)
+            routed = first.network_for_probs(probs, image_type)  # run again, when the folder routes such images
+            if routed.route != network:
                 continue
-            if network == "stained":  # it runs the image as a model folder of its own, at its scale
-                routed = first.segmenter_for(image_type)
-                _, _, scale = routed.scale_for(x, None, image_type)
-            else:  # at the first network's scale, when that network finds the image dense
-                _, _, scale = first.scale_for(x, None, image_type)
-                routed = first.dense_for_probs(first.predict_scaled(x, scale), image_type)
-                if routed is first:
-                    continue
             routed_to = routed
-            samples.append((routed.predict_scaled(x, scale), routed.head, true, scale, image_type))
+            samples.append((probs if routed is first else routed.predict_scaled(x, scale), routed.head, true, scale,
+                            image_type))
             names.append(source)
     if routed_to is None:
         raise NucleiError(f"{model}: no image of folds {folds} is routed to its {network} network")

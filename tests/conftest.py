@@ -132,25 +132,33 @@ def save_threshold_model(path: Path) -> Path:
     return path
 
 
+#: A model folder's ``networks`` entry routing stained images to its ``stained/`` network.
+STAINED_ROUTE = {"networks": [{"name": "stained", "folder": "stained", "image_type": ["histology"]}]}
+
+
 def add_stained_network(folder: Path, network: Path, name: str = "stained") -> Path:
-    """Give the model folder ``folder`` the model folder ``network`` as its stained network:
-    copied to ``folder/name``, which ``folder``'s config names (``stained_model``)."""
-    return _add_inner_network(folder, network, name, stained_model=name)
+    """Give the model folder ``folder`` the model folder ``network`` as its stained network
+    (:func:`add_network`, for images typed stained tissue)."""
+    return add_network(folder, network, name, image_type=["histology"])
 
 
 def add_dense_network(folder: Path, network: Path, name: str = "dense", fraction: float = 0.5) -> Path:
     """Give the model folder ``folder`` the model folder ``network`` as its dense network, for
-    images whose nuclei cover more than ``fraction`` of them (``dense_model``, ``dense_fraction``)."""
-    return _add_inner_network(folder, network, name, dense_model=name, dense_fraction=fraction)
+    images whose nuclei cover more than ``fraction`` of them (:func:`add_network`)."""
+    return add_network(folder, network, name, nucleus_fraction_above=fraction)
 
 
-def _add_inner_network(folder: Path, network: Path, name: str, **keys) -> Path:
+def add_network(folder: Path, network: Path, name: str, **rule) -> Path:
+    """Give the model folder ``folder`` one more network: ``network`` copied to ``folder/name`` and
+    a ``networks`` entry with the ``rule`` (:mod:`pipeline.config.routing`) in its ``config.yaml``,
+    the only change; returns ``folder``."""
     import shutil
 
     import yaml
 
     shutil.copytree(network, folder / name)
-    config = yaml.safe_load((folder / "config.yaml").read_text()) | keys
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["networks"] = [*config.get("networks", []), {"name": name, "folder": name, **rule}]
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return folder
 

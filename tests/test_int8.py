@@ -152,4 +152,4 @@ def test_the_shipped_model_carries_a_valid_int8_network():
     assert config.int8_network == int8.INT8_XML
     read_int8_network(config.int8_file(folder), config.weights_sha256)
     # the stained network stays in float (int8 lost up to 0.008 on stained sources: docs/decisions.md)
-    assert read_model_config(config.stained_folder(folder)).int8_network is None
+    assert read_model_config(config.network_folder(folder, config.route("stained"))).int8_network is None

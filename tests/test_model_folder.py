@@ -9,7 +9,6 @@ import yaml
 from pipeline.cli import main as cli_main
 from pipeline.config.model_folder import (
     NORMALIZATION,
-    STAINED_IMAGE_TYPE,
     ModelDirConfig,
     NormalizationConfig,
     read_model_config,
@@ -88,14 +87,19 @@ def test_writers_cannot_build_a_config_that_would_not_read_back():
     ({"model": None}, "no 'model' section"),
     ({"training": [1, 2]}, r"training must be a mapping, got \[1, 2\]"),
     ({"weights_sha256": 12}, "weights_sha256 must be a string, got 12"),
-    ({"stained_model": "../other"}, r"stained_model must be a folder inside the model folder \(such as 'stained'\), got '\.\./other'"),
-    ({"stained_model": "/abs/he"}, "stained_model must be a folder inside the model folder"),
-    ({"stained_model": 3}, "stained_model must be a folder inside the model folder"),
-    ({"dense_model": "../dense", "dense_fraction": 0.5}, "dense_model must be a folder inside the model folder"),
-    ({"dense_model": "dense", "dense_fraction": None}, "dense_model and dense_fraction are given together or not at all"),
-    ({"dense_model": None, "dense_fraction": 0.5}, "dense_model and dense_fraction are given together or not at all"),
-    ({"dense_model": "dense", "dense_fraction": 1.0}, "dense_fraction must be a number between 0 and 1, got 1.0"),
-    ({"dense_model": "dense", "dense_fraction": "half"}, "dense_fraction must be a number between 0 and 1, got 'half'"),
+    ({"networks": "stained"}, "networks must be a list, got 'stained'"),
+    ({"networks": [{"name": "he", "folder": "../other", "image_type": "histology"}]},
+     r"networks\[0\]: folder must be a folder inside the model folder \(such as 'stained'\), got '\.\./other'"),
+    ({"networks": [{"name": "he", "folder": "/abs/he", "image_type": "histology"}]}, r"networks\[0\]: folder must be"),
+    ({"networks": [{"name": "main", "folder": "x", "image_type": "histology"}]}, r"networks\[0\]: name must be a word other than 'main'"),
+    ({"networks": [{"name": "x", "folder": "x"}]}, r"networks\[0\]: no rule \(image_type or nucleus_fraction_above\)"),
+    ({"networks": [{"name": "x", "folder": "x", "image_type": "tissue"}]}, r"networks\[0\]: image_type must be one or a list of"),
+    ({"networks": [{"name": "x", "folder": "x", "nucleus_fraction_above": 1.0}]},
+     r"networks\[0\]: nucleus_fraction_above must be a number between 0 and 1, got 1\.0"),
+    ({"networks": [{"name": "x", "folder": "x", "image_type": "histology", "diameter": 3}]}, r"networks\[0\]: unknown key 'diameter'"),
+    ({"networks": [{"name": "x", "folder": "a", "image_type": "histology"}, {"name": "x", "folder": "b", "image_type": "brightfield"}]},
+     "networks: name 'x' given twice"),
+    ({"stained_model": "stained"}, "stained_model and networks are given together"),
     ({"diamter": 20}, "unknown key 'diamter'"),
 ])
 def test_each_invalid_value_is_one_line_naming_the_file_and_the_key(tmp_path, change, message):
@@ -105,6 +109,41 @@ def test_each_invalid_value_is_one_line_naming_the_file_and_the_key(tmp_path, ch
         read_model_config(folder)
     assert str(info.value).startswith(f"{folder / 'config.yaml'}: ")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"stained_model": "../other"}, r"networks\[0\]: folder must be a folder inside the model folder"),
+    ({"stained_model": 3}, r"networks\[0\]: folder must be a folder inside the model folder"),
+    ({"dense_model": "../dense", "dense_fraction": 0.5}, r"networks\[0\]: folder must be a folder inside"),
+    ({"dense_model": "dense", "dense_fraction": None}, "dense_model and dense_fraction are given together or not at all"),
+    ({"dense_fraction": 0.5}, "dense_model and dense_fraction are given together or not at all"),
+    ({"dense_model": "dense", "dense_fraction": 1.0}, "nucleus_fraction_above must be a number between 0 and 1, got 1.0"),
+    ({"dense_model": "dense", "dense_fraction": "half"}, "nucleus_fraction_above must be a number between 0 and 1, got 'half'"),
+])
+def test_a_folder_written_before_networks_is_checked_the_same_way(tmp_path, change, message):
+    """``stained_model``, ``dense_model`` and ``dense_fraction`` (folders written before
+    ``networks``) are read as routes, with the routes' checks."""
+    folder = tmp_path / "x"
+    write_config(folder, {**{k: v for k, v in shipped_values().items() if k != "networks"}, **change})
+    with pytest.raises(NucleiError, match=message) as info:
+        read_model_config(folder)
+    assert str(info.value).startswith(f"{folder / 'config.yaml'}: ") and "\n" not in str(info.value)
+
+
+def test_a_folder_written_before_networks_reads_as_its_routes(tmp_path):
+    """The default's routes, written the old way, read as the same routes and write back as ``networks``."""
+    from pipeline.config.routing import IMAGE_TYPES, STAINED, Route
+
+    values = {k: v for k, v in shipped_values().items() if k != "networks"}
+    write_config(tmp_path / "old", {**values, "stained_model": "stained", "dense_model": "dense", "dense_fraction": 0.5})
+    old = read_model_config(tmp_path / "old")
+    unstained = tuple(t for t in IMAGE_TYPES if t != STAINED)  # stained images were never run again
+    assert old.routes == (Route("stained", "stained", (STAINED,)), Route("dense", "dense", unstained, 0.5))
+    assert old.to_dict()["networks"][1] == {"name": "dense", "folder": "dense", "image_type": list(unstained),
+                                            "nucleus_fraction_above": 0.5}
+    assert "stained_model" not in old.to_dict()
+    write_config(tmp_path / "plain", values)  # one network
+    assert read_model_config(tmp_path / "plain").networks == (old.networks[0],) and old.networks[0].name == "main"
 
 
 def test_unreadable_folders_keep_their_messages(tmp_path):
@@ -122,9 +161,10 @@ def test_unreadable_folders_keep_their_messages(tmp_path):
 
 
 def test_diameter_for_stained_and_other_images():
+    from pipeline.config import routing
     from pipeline.method.image_types import HISTOLOGY, IMAGE_TYPES
 
-    assert STAINED_IMAGE_TYPE == HISTOLOGY  # the config's name of stained tissue is the image type's
+    assert (routing.STAINED, routing.IMAGE_TYPES) == (HISTOLOGY, IMAGE_TYPES)  # the config's names are the classifier's
     stained = ModelDirConfig(model=TINY, diameter=20.0, stained_diameter=24.0)
     plain = ModelDirConfig(model=TINY, diameter=20.0)
     for image_type in IMAGE_TYPES:
@@ -184,7 +224,7 @@ def test_each_shipped_model_is_found_by_its_name_and_loads_with_its_own_threshol
     assert model_folder(DEFAULT_MODEL) == SHIPPED and model_folder(HE_MODEL) == SHIPPED.parent / "he"
     assert set(SHIPPED_MODELS) == {DEFAULT_MODEL, HE_MODEL}
     default, he = read_model_config(DEFAULT_MODEL), read_model_config(HE_MODEL)
-    stained = read_model_config(default.stained_folder(DEFAULT_MODEL))
+    stained = read_model_config(default.network_folder(DEFAULT_MODEL, default.route("stained")))
     assert he.model == stained.model != default.model and (he.diameter, he.stained_diameter) == (default.diameter, default.stained_diameter)
     assert he.weights_sha256 != default.weights_sha256
     assert set(he.training["params"]["data"]["sources"]) >= {"he_monuseg2018_train", "he_gbm40"}

@@ -17,7 +17,7 @@ from pipeline.method.metrics import image_metrics
 from pipeline.method.scale import median_diameter
 from pipeline.model.segmenter import MIN_CONFIDENCE, Segmenter
 
-from .conftest import CANONICAL, GreyPredictor, InvertedPredictor, grey_segmenter, stain
+from .conftest import CANONICAL, STAINED_ROUTE, GreyPredictor, InvertedPredictor, grey_segmenter, stain
 
 
 def disc_image(diameter: float, n: int = 4, dtype=np.uint8, bright=200, bg=20):
@@ -515,7 +515,7 @@ class Loads:
 
 
 def test_a_models_stained_network_segments_its_stained_images_and_only_those():
-    """With a stained network (config ``stained_model``), a stained image goes to it whole
+    """With a stained network (a route by image type), a stained image goes to it whole
     (diameter, network, thresholds) and a fluorescence image never does: the stand-in for
     fluorescence would take an H&E image's bright background for nuclei, the stained one finds its
     dark discs. The stained network is loaded once, on the first stained image."""
@@ -523,14 +523,14 @@ def test_a_models_stained_network_segments_its_stained_images_and_only_those():
     stained_image = stain(255 - fluo)
     inner = Segmenter(InvertedPredictor(grey_segmenter().predictor.config | {"stained_diameter": 30.0}))
     loads = Loads(inner)
-    seg = Segmenter(GreyPredictor(grey_segmenter().predictor.config), stained=loads)
-    assert seg.segmenter_for("fluo-large") is seg and loads.calls == 0
+    seg = Segmenter(GreyPredictor(grey_segmenter().predictor.config | STAINED_ROUTE), networks={"stained": loads})
+    assert seg.network_for("fluo-large") is seg and loads.calls == 0
     grey = seg.segment(fluo)
     assert loads.calls == 0 and grey.labels.max() == true.max() and not inner.predictor.calls
     result = seg.segment(stained_image)
     assert loads.calls == 1 and result.image_type == "histology" and result.scale == pytest.approx(30 / result.diameter)
     assert image_metrics(true, result.labels)["dsb_score"] > 0.9
-    assert seg.segmenter_for("histology") is inner and loads.calls == 1
+    assert seg.network_for("histology") is inner and loads.calls == 1
     calls = len(seg.predictor.calls)
     normalized = seg.normalize(stained_image)
     assert seg.scale_for(normalized)[2] == pytest.approx(30 / 20, rel=0.2)  # the stained network's diameter
@@ -543,7 +543,7 @@ def test_a_models_stained_network_segments_its_stained_images_and_only_those():
 
 
 def test_a_model_folders_stained_network_is_loaded_on_first_use_and_checked(tmp_path):
-    """``stained_model: stained`` names a model folder inside the folder; the Segmenter stays
+    """A ``networks`` entry names a model folder inside the folder; the Segmenter stays
     picklable until it is loaded (a Dask worker loads its own), and a missing or unfit inner folder
     is one line naming it, when the first stained image comes."""
     import pickle
@@ -562,21 +562,21 @@ def test_a_model_folders_stained_network_is_loaded_on_first_use_and_checked(tmp_
         return path
 
     seg = Segmenter.from_model_dir(folder("m"), device="cpu", backend="torch")
-    assert seg.config.stained_model == "stained"
-    pickle.loads(pickle.dumps(seg)).segmenter_for("fluo-small")
-    inner = seg.segmenter_for("histology")
-    assert inner.source == tmp_path / "m" / "stained" and inner.config.stained_model is None
-    assert seg.segmenter_for("histology") is inner and seg.segmenter_for("brightfield") is seg
+    assert seg.config.route("stained").folder == "stained"
+    pickle.loads(pickle.dumps(seg)).network_for("fluo-small")
+    inner = seg.network_for("histology")
+    assert inner.source == tmp_path / "m" / "stained" and not inner.config.routes and inner.route == "stained"
+    assert seg.network_for("histology") is inner and seg.network_for("brightfield") is seg
     with pytest.raises(NucleiError, match=r"normalization differs from .*m2/config\.yaml's"):
-        Segmenter.from_model_dir(folder("m2", normalization={"low": 2.0, "high": 99.8}), backend="torch").segmenter_for("histology")
-    with pytest.raises(NucleiError, match="names its own stained_model"):
-        Segmenter.from_model_dir(folder("m3", stained_model="stained"), backend="torch").segmenter_for("histology")
+        Segmenter.from_model_dir(folder("m2", normalization={"low": 2.0, "high": 99.8}), backend="torch").network_for("histology")
+    with pytest.raises(NucleiError, match="the stained network declares networks of its own"):
+        Segmenter.from_model_dir(folder("m3", stained_model="stained"), backend="torch").network_for("histology")
     missing = folder("m4")
     import shutil
 
     shutil.rmtree(missing / "stained")
-    with pytest.raises(NucleiError, match=r"m4/stained: model directory not found \(stained_model of .*m4/config\.yaml\)"):
-        Segmenter.from_model_dir(missing, backend="torch").segmenter_for("histology")
+    with pytest.raises(NucleiError, match=r"m4/stained: model directory not found \(network 'stained' of .*m4/config\.yaml\)"):
+        Segmenter.from_model_dir(missing, backend="torch").network_for("histology")
 
 
 # --------------------------------------------------------------------------- a dense network of its own
@@ -609,11 +609,12 @@ def dense_pair(fraction: float = 0.5):
     config = grey_segmenter().predictor.config | {"dense_model": "dense", "dense_fraction": fraction}
     inner = Segmenter(LeftHalfPredictor(grey_segmenter().predictor.config))
     loads = Loads(inner)
-    return Segmenter(GreyPredictor(config), dense=loads), inner, loads
+    return Segmenter(GreyPredictor(config), networks={"dense": loads}), inner, loads
 
 
 def test_a_dense_image_is_run_again_by_the_models_dense_network_and_a_sparse_one_never():
-    """With a dense network (``dense_model``, ``dense_fraction``), an unstained image whose nuclei
+    """With a dense network (a folder written before ``networks``: ``dense_model``, ``dense_fraction``,
+    read as a route for unstained images), an unstained image whose nuclei
     this network finds over more than the fraction of its pixels is segmented by the dense one
     (its probabilities, at the same scale), loaded once on first use; sparse and stained images
     never reach it."""
@@ -642,9 +643,10 @@ def test_a_dense_image_is_run_again_by_the_models_dense_network_and_a_sparse_one
     assert seg.segment(stained).image_type == "histology" and len(inner.predictor.calls) == calls + 1
 
     normalized = seg.normalize(packed)
-    assert seg.dense_for_probs(seg.predictor.predict(normalized)) is inner  # what `nuclei predict` asks
-    assert seg.dense_for_probs(seg.predictor.predict(seg.normalize(sparse))) is seg
-    assert seg.dense_for_probs(seg.predictor.predict(normalized), "histology") is seg
+    assert seg.network_for_probs(seg.predictor.predict(normalized), "fluo-large") is inner  # what `nuclei predict` asks
+    assert seg.network_for_probs(seg.predictor.predict(seg.normalize(sparse)), "fluo-small") is seg
+    assert seg.network_for_probs(seg.predictor.predict(normalized), "histology") is seg
+    assert inner.network_for_probs(inner.predictor.predict(normalized), "fluo-large") is inner  # one level deep
 
     higher, inner2, loads2 = dense_pair(fraction=0.9)
     assert higher.segment(packed).labels.max() == true.max() and loads2.calls == 0
@@ -657,16 +659,18 @@ def test_the_dense_network_keeps_each_copys_batch_size_and_loads_once():
 
     seg, inner, loads = dense_pair()
     seg.predictor.batch_size = inner.predictor.batch_size = 4
-    assert seg.dense_for(0.2) is seg and seg.dense_for(0.7, "histology") is seg and loads.calls == 0
-    assert seg.dense_for(0.7) is inner and loads.calls == 1
+    assert seg.network_for("fluo-small", 0.2) is seg and seg.network_for("histology", 0.7) is seg and loads.calls == 0
+    assert seg.network_for("fluo-small") is seg and loads.calls == 0  # the first pass
+    assert seg.network_for("fluo-small", 0.7) is inner and loads.calls == 1
     copy = one_tile_at_a_time(seg)
-    one = copy.dense_for(0.7)
+    one = copy.network_for("fluo-small", 0.7)
     assert one is not inner and one.predictor.batch_size == 1 and inner.predictor.batch_size == 4
-    assert copy.dense_for(0.8) is one and one_tile_at_a_time(seg).dense_for(0.9) is one and loads.calls == 1
+    assert copy.network_for("fluo-large", 0.8) is one and one_tile_at_a_time(seg).network_for("fluo-small", 0.9) is one
+    assert loads.calls == 1
 
 
 def test_a_model_folders_dense_network_is_loaded_on_first_use_and_checked(tmp_path):
-    """``dense_model: dense`` names a model folder inside the folder: the Segmenter stays picklable
+    """A ``networks`` entry with ``nucleus_fraction_above`` names a model folder inside the folder: the Segmenter stays picklable
     until it is loaded, and an unfit inner folder (another diameter or normalisation, a second
     network of its own, missing) is one line naming it, when the first dense image comes."""
     import pickle
@@ -688,18 +692,19 @@ def test_a_model_folders_dense_network_is_loaded_on_first_use_and_checked(tmp_pa
         return path
 
     seg = Segmenter.from_model_dir(folder("m"), device="cpu", backend="torch")
-    assert (seg.config.dense_model, seg.config.dense_fraction) == ("dense", 0.5)
-    assert pickle.loads(pickle.dumps(seg)).dense_for(0.1) is not None
-    inner = seg.dense_for(0.8)
-    assert inner.source == tmp_path / "m" / "dense" and inner is seg.dense_for(0.9) and seg.dense_for(0.5) is seg
-    pickle.loads(pickle.dumps(seg)).dense_for(0.9)  # loaded, still picklable (a Dask worker's copy)
+    assert seg.config.route("dense").nucleus_fraction_above == 0.5
+    assert pickle.loads(pickle.dumps(seg)).network_for("fluo-small", 0.1) is not None
+    inner = seg.network_for("fluo-small", 0.8)
+    assert inner.source == tmp_path / "m" / "dense" and inner is seg.network_for(None, 0.9)
+    assert seg.network_for("fluo-small", 0.5) is seg
+    pickle.loads(pickle.dumps(seg)).network_for("fluo-small", 0.9)  # loaded, still picklable (a Dask worker's copy)
     cases = {"m2": ({"normalization": {"low": 2.0, "high": 99.8}}, r"normalization differs from .*m2/config\.yaml's"),
              "m3": ({"diameter": 30.0}, r"diameter 30\.0 differs from .*m3/config\.yaml's 20\.0"),
-             "m4": ({"dense_model": "dense", "dense_fraction": 0.5}, "a dense network names its own dense_model")}
+             "m4": ({"dense_model": "dense", "dense_fraction": 0.5}, "the dense network declares networks of its own")}
     for name, (changes, message) in cases.items():
         with pytest.raises(NucleiError, match=message):
-            Segmenter.from_model_dir(folder(name, **changes), backend="torch").dense_for(0.9)
+            Segmenter.from_model_dir(folder(name, **changes), backend="torch").network_for("fluo-small", 0.9)
     missing = folder("m6")
     shutil.rmtree(missing / "dense")
-    with pytest.raises(NucleiError, match=r"m6/dense: model directory not found \(dense_model of .*m6/config\.yaml\)"):
-        Segmenter.from_model_dir(missing, backend="torch").dense_for(0.9)
+    with pytest.raises(NucleiError, match=r"m6/dense: model directory not found \(network 'dense' of .*m6/config\.yaml\)"):
+        Segmenter.from_model_dir(missing, backend="torch").network_for("fluo-small", 0.9)

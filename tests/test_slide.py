@@ -23,6 +23,7 @@ from pipeline.files.slide_reader import open_slide, slide_of
 from pipeline.method.blocks import iter_blocks
 
 from .conftest import (
+    STAINED_ROUTE,
     InvertedPredictor,
     disks,
     grey_segmenter,
@@ -90,7 +91,7 @@ def test_nuclei_across_block_seams_are_found_once_whole_with_one_label(tmp_path)
 
 
 def test_a_stained_slide_is_segmented_block_by_block_by_the_models_stained_network(tmp_path):
-    """A model with a stained network (``stained_model``) plans a stained slide with it and runs
+    """A model with a stained network (a route by image type) plans a stained slide with it and runs
     every block through it: its dark nuclei are found, and the other network sees no pixel."""
     from pipeline.model.segmenter import Segmenter
 
@@ -99,7 +100,8 @@ def test_a_stained_slide_is_segmented_block_by_block_by_the_models_stained_netwo
     tifffile.imwrite(path, stain(np.dstack([255 - image] * 3)), tile=(256, 256), photometric="rgb")
     fluorescence = grey_segmenter(block_size=512, block_margin=64)
     inner = Segmenter(InvertedPredictor(fluorescence.predictor.config), block_size=512, block_margin=64)
-    routed = Segmenter(fluorescence.predictor, block_size=512, block_margin=64, stained=inner)
+    fluorescence.predictor.config = fluorescence.predictor.config | STAINED_ROUTE
+    routed = Segmenter(fluorescence.predictor, block_size=512, block_margin=64, networks={"stained": inner})
     row, _, _ = segment_slide(open_slide(path), "stained", tmp_path / "out", routed, diameter=20.0)
     assert row["count"] == truth.max() and not fluorescence.predictor.calls and inner.predictor.calls
 

@@ -260,12 +260,12 @@ def test_imagej_opens_the_label_stacks_as_hyperstacks(tmp_path, model_dir):
 
 @pytest.mark.parametrize("method", ["stitch", "ortho"])
 def test_a_stained_stack_is_segmented_by_the_models_stained_network(method):
-    """A model with a stained network (``stained_model``) segments a stained z-stack with it, plane
+    """A model with a stained network (a route by image type) segments a stained z-stack with it, plane
     by plane or slice by slice: the dark discs are found, and the other network sees no pixel."""
     from pipeline.model.segmenter import Segmenter
     from pipeline.model.stacks import segment_stack
 
-    from .conftest import InvertedPredictor, grey_segmenter, stain
+    from .conftest import STAINED_ROUTE, InvertedPredictor, grey_segmenter, stain
 
     plane = np.full((96, 96), 235, np.uint8)
     yy, xx = np.mgrid[:96, :96]
@@ -275,7 +275,8 @@ def test_a_stained_stack_is_segmented_by_the_models_stained_network(method):
     stack = np.stack([stain(np.dstack([plane] * 3))] * 4)
     fluorescence = grey_segmenter()
     inner = Segmenter(InvertedPredictor(fluorescence.predictor.config))
-    routed = Segmenter(fluorescence.predictor, stained=inner)
+    fluorescence.predictor.config = fluorescence.predictor.config | STAINED_ROUTE
+    routed = Segmenter(fluorescence.predictor, networks={"stained": inner})
     result = segment_stack(routed, stack, method=method, diameter=20.0)
     assert result.image_type == "histology" and result.labels.max() == len(centres)
     assert not fluorescence.predictor.calls and inner.predictor.calls
@@ -283,8 +284,8 @@ def test_a_stained_stack_is_segmented_by_the_models_stained_network(method):
 
 @pytest.mark.parametrize("method", ["stitch", "ortho"])
 def test_a_dense_stack_is_segmented_by_the_models_dense_network_and_a_sparse_one_is_not(method):
-    """A model with a dense network (``dense_model``) runs it on a stack whose nuclei cover more than
-    its ``dense_fraction``: plane by plane (``stitch``, as 2D images) or once for the whole stack
+    """A model with a dense network (a route by nucleus fraction) runs it on a stack whose nuclei cover
+    more than its fraction: plane by plane (``stitch``, as 2D images) or once for the whole stack
     (``ortho``, decided on the XY planes); a sparse stack never reaches it."""
     from pipeline.model.stacks import segment_stack
 

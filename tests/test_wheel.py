@@ -97,7 +97,7 @@ def test_the_installed_package_segments_from_any_folder(fresh, tmp_path):
     assert f"its stained network {fresh.parent}" in report  # the installed default's stained/ ran it
     assert f"its dense network {fresh.parent}" in report
     dense = run(fresh, "python", "-c", "from pipeline.model.segmenter import Segmenter; "
-                "print(Segmenter.from_model_dir('default').dense_for(0.9).source)", cwd=tmp_path)
+                "print(Segmenter.from_model_dir('default').network_for('fluo-small', 0.9).source)", cwd=tmp_path)
     assert dense.returncode == 0 and str(Path("pipeline", "shipped", "model", "dense")) in dense.stdout, dense.stderr
     variant = run(fresh, "nuclei", "segment", "cells.png", "-o", "out_he", "--model", "he", cwd=tmp_path)
     assert variant.returncode == 0, variant.stderr

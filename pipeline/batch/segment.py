@@ -191,12 +191,8 @@ def _networks_note(segmenter, model_dir: Path) -> str:
     config = getattr(segmenter, "config", None)
     if config is None:
         return ""
-    notes = []
-    if config.stained_model is not None:
-        notes.append(f"stained images, image type histology: its stained network {config.stained_folder(model_dir)}")
-    if config.dense_model is not None:
-        notes.append(f"unstained images with nuclei over more than {config.dense_fraction:.0%} of the pixels: "
-                     f"its dense network {config.dense_folder(model_dir)}")
+    notes = [f"{route.describe()}: its {route.name} network {config.network_folder(model_dir, route)}"
+             for route in config.routes]
     return f" ({'; '.join(notes)})" if notes else ""
 
 

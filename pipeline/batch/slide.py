@@ -146,7 +146,7 @@ def plan_slide(slide: Slide, segmenter, diameter: float | None = None, channel: 
     normalization = normalization_of(sample, **segmenter.normalization)
     image = normalization(sample)
     image_type = image_type or image_type_of(image)
-    segmenter = segmenter.segmenter_for(image_type)  # a model's stained network, for stained slides
+    segmenter = segmenter.network_for(image_type)  # the network of the slide's type (routing)
     diameter, estimated, scale = segmenter.scale_for(image, diameter, image_type)
     block, margin = segmenter.block_geometry(scale)
     min_size = int(sizes_at_scale(segmenter.thresholds, scale).get("min_size") or 0)
@@ -182,7 +182,7 @@ def block_labels(path: str, outer: tuple[slice, slice], core: tuple[slice, slice
 
     if not hasattr(segmenter, "segment_block"):
         segmenter = segmenter()
-    segmenter = segmenter.segmenter_for(plan.image_type)
+    segmenter = segmenter.network_for(plan.image_type)
     image = plan.normalization(network_input(opened_slide(path).read(*outer), plan.channel, plan.nuclear))
     labels, confidence, per_label = one_tile_at_a_time(segmenter).segment_block(image, plan.scale, plan.image_type, plan.tta)
     owned, kept = owned_nuclei(labels, core, return_kept=True)

@@ -14,13 +14,12 @@ record as one frozen dataclass, in the manner of StarDist's ``Config2D``:
 - ``diameter``, ``stained_diameter``, ``user_diameter``: nucleus diameters in px (positive, at
   most :data:`MAX_DIAMETER`, or null); :meth:`ModelDirConfig.diameter_for` is the one rule for the
   diameter a model resizes an image to;
-- ``stained_model``: a model folder inside this one (a relative path, such as ``stained``) whose
-  network runs the stained images (:data:`STAINED_IMAGE_TYPE`), or null: one network for every
-  image (:meth:`pipeline.model.segmenter.Segmenter.segmenter_for`);
-- ``dense_model`` and ``dense_fraction``: a model folder inside this one whose network runs again
-  the unstained images (or blocks) in which this network finds nuclei covering more than
-  ``dense_fraction`` of the pixels (:func:`pipeline.method.watershed.nucleus_fraction`), or null:
-  no second pass (:meth:`pipeline.model.segmenter.Segmenter.dense_for`);
+- ``networks``: the further networks of the folder, each a model folder inside this one with the
+  rule saying which images it runs (:mod:`pipeline.config.routing`: :class:`~pipeline.config.routing.Route`,
+  and :func:`~pipeline.config.routing.network_for`, the one rule); none: this folder's network runs
+  every image. Folders written before it name them with ``stained_model``, ``dense_model`` and
+  ``dense_fraction``, read as routes (:func:`~pipeline.config.routing.legacy_routes`) and written
+  back as ``networks``;
 - ``training``: free-form provenance; ``weights_sha256``: the checksum of ``weights.pt``;
   ``format_version``: :data:`FORMAT_VERSION`.
 
@@ -38,7 +37,7 @@ it back gives an equal config.
 
 Must not: import any module of the package outside ``pipeline.config`` and ``pipeline.errors``,
 read weights, or know about networks and images (the image type of stained tissue is
-:data:`STAINED_IMAGE_TYPE`, equal to :data:`pipeline.method.image_types.HISTOLOGY`: a test checks it).
+:data:`pipeline.config.routing.STAINED`).
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ from typing import Any, ClassVar
 import yaml
 
 from pipeline.config.params import ModelConfig, PostprocessConfig
+from pipeline.config.routing import MAIN, MAIN_ROUTE, STAINED, Route, is_inner, legacy_routes, read_routes
 from pipeline.config.rules import Section, flag, is_number, number, setting
 from pipeline.errors import NucleiError
 from pipeline.shipped import model_folder
@@ -60,9 +60,6 @@ from pipeline.shipped import model_folder
 FORMAT_VERSION = 1
 #: The file of a model folder that :class:`ModelDirConfig` describes.
 CONFIG_NAME = "config.yaml"
-#: The image type whose nuclei a model resizes to its ``stained_diameter``: stained tissue
-#: (:data:`pipeline.method.image_types.HISTOLOGY`; a test checks that they agree).
-STAINED_IMAGE_TYPE = "histology"
 #: Largest ``config.yaml`` read (bytes; the shipped one is 12 kB): a larger file is refused unread.
 CONFIG_MAX_BYTES = 1_000_000
 #: Largest ``model.depth`` (2**8 = 256 px stride) and ``model.width`` (channels of the first level)
@@ -72,8 +69,9 @@ MAX_DEPTH, MAX_WIDTH = 8, 512
 MAX_DIAMETER = 10_000.0
 #: Keys of a model folder's ``config.yaml``, in the order they are written.
 KEYS = ("format_version", "model", "postprocess", "normalization", "diameter", "stained_diameter",
-        "user_diameter", "stained_model", "dense_model", "dense_fraction", "int8_network", "training",
-        "weights_sha256")
+        "user_diameter", "networks", "int8_network", "training", "weights_sha256")
+#: Keys of folders written before ``networks``, read as routes (:func:`pipeline.config.routing.legacy_routes`).
+LEGACY_ROUTE_KEYS = ("stained_model", "dense_model", "dense_fraction")
 
 
 @dataclass(frozen=True)
@@ -123,13 +121,10 @@ class ModelDirConfig:
     stained_diameter: float | None = None
     #: Median nucleus diameter (px) of the images a fine-tuned model was adapted to (None: not fine-tuned).
     user_diameter: float | None = None
-    #: A model folder inside this one (relative path) whose network runs stained images (None: this one's).
-    stained_model: str | None = None
-    #: A model folder inside this one (relative path) whose network runs again the unstained images
-    #: this network finds dense: nuclei over more than ``dense_fraction`` of the pixels (None: none).
-    dense_model: str | None = None
-    #: ... that share, in (0, 1); given with ``dense_model`` and only with it.
-    dense_fraction: float | None = None
+    #: The folder's further networks and their rules (:mod:`pipeline.config.routing`; empty: this
+    #: folder's network runs every image). Given as :class:`~pipeline.config.routing.Route` or
+    #: ``config.yaml`` mappings.
+    routes: tuple[Route, ...] = ()
     #: This folder's network in int8, an OpenVINO IR file inside the folder (``nuclei quantise``,
     #: :mod:`pipeline.model.int8`; None: none). Made from these weights: new weights drop it.
     int8_network: str | None = None
@@ -151,14 +146,7 @@ class ModelDirConfig:
             object.__setattr__(self, key, _positive(getattr(self, key), key, source))
         if self.stained_diameter is not None and self.diameter is None:
             raise NucleiError(f"{source}: stained_diameter needs a diameter")
-        object.__setattr__(self, "stained_model", _inner_folder(self.stained_model, "stained_model", source))
-        object.__setattr__(self, "dense_model", _inner_folder(self.dense_model, "dense_model", source))
-        if (self.dense_model is None) != (self.dense_fraction is None):
-            raise NucleiError(f"{source}: dense_model and dense_fraction are given together or not at all")
-        if self.dense_fraction is not None:
-            if not is_number(self.dense_fraction) or not 0 < self.dense_fraction < 1:
-                raise NucleiError(f"{source}: dense_fraction must be a number between 0 and 1, got {self.dense_fraction!r}")
-            object.__setattr__(self, "dense_fraction", float(self.dense_fraction))
+        object.__setattr__(self, "routes", read_routes(list(self.routes), source))
         object.__setattr__(self, "int8_network", _inner_file(self.int8_network, "int8_network", ".xml", source))
         training = {} if self.training is None else self.training
         if not isinstance(training, Mapping):
@@ -179,17 +167,21 @@ class ModelDirConfig:
         """
         if not isinstance(values, Mapping):
             raise NucleiError(f"{source}: expected a mapping")
-        unknown = [k for k in values if k not in KEYS]
+        unknown = [k for k in values if k not in KEYS and k not in LEGACY_ROUTE_KEYS]
         if unknown:
             raise NucleiError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
         if not isinstance(values.get("model"), Mapping):
             raise NucleiError(f"{source}: no 'model' section")
-        return cls(**{"normalization": None, **values}, source=str(source))  # none recorded: LEGACY_SATURATION
+        values = dict(values)
+        legacy = {key: values.pop(key) for key in LEGACY_ROUTE_KEYS if key in values}
+        if legacy and "networks" in values:
+            raise NucleiError(f"{source}: {next(iter(legacy))} and networks are given together (networks replaces it)")
+        routes = legacy_routes(legacy, str(source)) if legacy else read_routes(values.pop("networks", None), str(source))
+        return cls(**{"normalization": None, **values}, routes=routes, source=str(source))  # none recorded: LEGACY_SATURATION
 
     def to_dict(self) -> dict[str, Any]:
         """The plain ``config.yaml`` mapping (:data:`KEYS` order; null ``stained_diameter``,
-        ``user_diameter``, ``stained_model``, ``dense_model``, ``dense_fraction``, ``int8_network`` and
-        ``weights_sha256`` left out)."""
+        ``user_diameter``, ``int8_network`` and ``weights_sha256``, and empty ``networks``, left out)."""
         out: dict[str, Any] = {
             "format_version": self.format_version,
             "model": self.model.to_dict(),
@@ -197,9 +189,13 @@ class ModelDirConfig:
             "normalization": self.normalization.to_dict(),
             "diameter": self.diameter,
         }
-        for key in ("stained_diameter", "user_diameter", "stained_model", "dense_model", "dense_fraction", "int8_network"):
+        for key in ("stained_diameter", "user_diameter"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.routes:
+            out["networks"] = [route.to_dict() for route in self.routes]
+        if self.int8_network is not None:
+            out["int8_network"] = self.int8_network
         out["training"] = dict(self.training)
         if self.weights_sha256 is not None:
             out["weights_sha256"] = self.weights_sha256
@@ -211,27 +207,41 @@ class ModelDirConfig:
 
     def diameter_for(self, image_type: str | None = None) -> float | None:
         """The nucleus diameter (px) this model resizes an image of ``image_type`` to: the
-        ``stained_diameter`` for stained images (:data:`STAINED_IMAGE_TYPE`) when set, else the
+        ``stained_diameter`` for stained images (:data:`~pipeline.config.routing.STAINED`) when set, else the
         ``diameter`` (None: no rescaling). The one rule: the Segmenter, ``finetune`` and the
         shipping script all ask it."""
-        if image_type == STAINED_IMAGE_TYPE and self.stained_diameter is not None:
+        if image_type == STAINED and self.stained_diameter is not None:
             return self.stained_diameter
         return self.diameter
 
-    def stained_folder(self, folder: str | Path) -> Path | None:
-        """The folder of this model's stained network, inside the model folder ``folder``
-        (``stained_model``; None: this model's network runs every image)."""
-        return None if self.stained_model is None else model_folder(folder) / self.stained_model
+    @property
+    def networks(self) -> tuple[Route, ...]:
+        """Every network of the folder: its own (:data:`pipeline.config.routing.MAIN_ROUTE`) first, then the routes."""
+        return (MAIN_ROUTE, *self.routes)
 
-    def dense_folder(self, folder: str | Path) -> Path | None:
-        """The folder of this model's dense network, inside the model folder ``folder``
-        (``dense_model``; None: none)."""
-        return None if self.dense_model is None else model_folder(folder) / self.dense_model
+    def route(self, name: str) -> Route:
+        """The network called ``name`` (:attr:`networks`).
+
+        Raises
+        ------
+        NucleiError
+            No such network, naming the known ones.
+        """
+        for route in self.networks:
+            if route.name == name:
+                return route
+        raise NucleiError(f"{self.source}: no network {name!r} (this folder has {', '.join(r.name for r in self.networks)})")
+
+    def network_folder(self, folder: str | Path, route: Route) -> Path:
+        """The model folder holding ``route``'s network, inside the model folder ``folder``
+        (``folder`` itself for :data:`~pipeline.config.routing.MAIN`)."""
+        folder = model_folder(folder)
+        return folder if route.name == MAIN else folder / route.folder
 
     def without_routes(self, **changes: Any) -> ModelDirConfig:
-        """A copy naming no second network (``stained_model``, ``dense_model``), with ``changes``:
-        the config of a folder written with one network (averaged, widened, fine-tuned)."""
-        return self.replace(stained_model=None, dense_model=None, dense_fraction=None, **changes)
+        """A copy naming no further network (``networks``), with ``changes``: the config of a
+        folder written with one network (averaged, widened, fine-tuned)."""
+        return self.replace(routes=(), **changes)
 
     def int8_file(self, folder: str | Path) -> Path | None:
         """The IR file of this model's int8 network inside the model folder ``folder``
@@ -298,22 +308,9 @@ def _positive(value: Any, key: str, source: str) -> float | None:
     return float(value)
 
 
-def _is_inner(value: Any) -> bool:
-    """Whether ``value`` is a relative POSIX path of plain names (no ``..``, no ``.``, not absolute)."""
-    parts = value.split("/") if isinstance(value, str) else []
-    return bool(parts) and not any(part in ("", ".", "..") or "\\" in part for part in parts)
-
-
-def _inner_folder(value: Any, key: str, source: str) -> str | None:
-    """A folder inside the model folder: None, or a path :func:`_is_inner`, as written."""
-    if value is not None and not _is_inner(value):
-        raise NucleiError(f"{source}: {key} must be a folder inside the model folder (such as 'stained'), got {value!r}")
-    return value
-
-
 def _inner_file(value: Any, key: str, suffix: str, source: str) -> str | None:
-    """A file inside the model folder whose name ends in ``suffix``: None, or a path :func:`_is_inner`."""
-    if value is not None and not (_is_inner(value) and value.endswith(suffix)):
+    """A file inside the model folder whose name ends in ``suffix``: None, or a path :func:`~pipeline.config.routing.is_inner`."""
+    if value is not None and not (is_inner(value) and value.endswith(suffix)):
         raise NucleiError(f"{source}: {key} must be a {suffix} file inside the model folder, got {value!r}")
     return value
 

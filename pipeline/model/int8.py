@@ -4,7 +4,9 @@
 network on images as ``nuclei segment`` shows them to it (normalised, resized to the model's nucleus
 diameter; crops of :data:`CROP` px), quantises it with NNCF's post-training quantisation (weights
 per channel, activations per tensor; the ``mixed`` preset) and writes it into the folder as an
-OpenVINO IR (:data:`INT8_XML` and its ``.bin``), named by ``int8_network`` in ``config.yaml``. The
+OpenVINO IR (:data:`INT8_XML` and its ``.bin``), named by ``int8_network`` in ``config.yaml``; every
+network of a folder (:attr:`~pipeline.config.model_folder.ModelDirConfig.networks`) is calibrated on
+the images routed to it and written into its own folder, or those named (``--network``). The
 IR records the sha-256 of the weights it was made from:
 :func:`pipeline.model.backends.read_int8_network` refuses it for any other weights, and new weights
 (:func:`pipeline.model.model_dir.save_model_dir`) drop the key.
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.model_folder import read_model_config
+from pipeline.config.routing import MAIN, needs_second_pass
 from pipeline.errors import NucleiError
 from pipeline.shipped import model_folder
 
@@ -55,7 +58,8 @@ def network_view(segmenter, image: np.ndarray):
     Returns
     -------
     routed : Segmenter
-        ``segmenter`` or its stained network's (:meth:`~pipeline.model.segmenter.Segmenter.segmenter_for`).
+        The network the model routes the image to (:meth:`~pipeline.model.segmenter.Segmenter.network_for`,
+        by type, then, when the model runs dense images again, by the first pass's nucleus fraction).
     view : (h, w, 3) float32
         Normalised and resized by the estimated scale (:meth:`~pipeline.model.segmenter.Segmenter.scale_for`).
     """
@@ -64,9 +68,12 @@ def network_view(segmenter, image: np.ndarray):
 
     normalised = segmenter.normalize(image)
     image_type = image_type_of(normalised)
-    routed = segmenter.segmenter_for(image_type)
+    routed = segmenter.network_for(image_type)
     _, _, scale = routed.scale_for(normalised, None, image_type)
-    return routed, resize_image(normalised, scaled_shape(normalised.shape[:2], scale))
+    view = resize_image(normalised, scaled_shape(normalised.shape[:2], scale))
+    if needs_second_pass(routed.config.routes) and routed.route == MAIN:
+        routed = routed.network_for_probs(routed.predictor.predict(view), image_type)
+    return routed, view
 
 
 def calibration_crops(view: np.ndarray, stride: int, rng: np.random.Generator, side: int = CROP,
@@ -156,9 +163,9 @@ def write_int8_network(folder: str | Path, model) -> Path:
     return xml
 
 
-def quantise_model_dir(folder: str | Path, images: Iterable[np.ndarray], stained: bool = False,
+def quantise_model_dir(folder: str | Path, images: Iterable[np.ndarray], networks: Sequence[str] | None = None,
                        seed: int = 0, crops: int = CROPS, float_layers: Sequence[str] = FLOAT_LAYERS) -> list[Path]:
-    """Quantise a model folder's network (and, with ``stained``, its stained network) in place.
+    """Quantise a model folder's networks in place, each on the calibration images routed to it.
 
     Parameters
     ----------
@@ -166,8 +173,9 @@ def quantise_model_dir(folder: str | Path, images: Iterable[np.ndarray], stained
         A model folder (``'default'``: the shipped one).
     images : iterable of (H, W, 3) arrays
         Calibration images as read (any units); each goes to the network that runs it.
-    stained : bool
-        Also quantise the stained network (``stained_model``) on the stained images.
+    networks : sequence of str, optional
+        The names of the networks to quantise (:attr:`~pipeline.config.model_folder.ModelDirConfig.networks`;
+        None: every network of the folder).
     seed : int
         Draws the crops.
     crops : int
@@ -179,26 +187,32 @@ def quantise_model_dir(folder: str | Path, images: Iterable[np.ndarray], stained
     -------
     written : list of Path
         The ``.xml`` of each network quantised.
+
+    Raises
+    ------
+    NucleiError
+        An unknown network name, or no calibration image routed to a network asked for.
     """
     from pipeline.model.segmenter import Segmenter
 
     folder = model_folder(folder)
     segmenter = Segmenter.from_model_dir(folder, precision="fp32", backend="torch")
+    wanted = {segmenter.config.route(name).name for name in networks} if networks else None
     rng = np.random.default_rng(seed)
-    pools: dict[int, tuple[object, list[np.ndarray]]] = {}
+    pools: dict[str, tuple[object, list[np.ndarray]]] = {}
     for image in images:
         routed, view = network_view(segmenter, image)
-        if routed is not segmenter and not stained:
-            continue
-        pools.setdefault(id(routed), (routed, []))[1].extend(calibration_crops(view, routed.predictor.stride, rng))
+        if wanted is None or routed.route in wanted:
+            pools.setdefault(routed.route, (routed, []))[1].extend(calibration_crops(view, routed.predictor.stride, rng))
+    missing = sorted(wanted - set(pools)) if wanted is not None else ([] if pools else ["any network"])
+    if missing:
+        raise NucleiError(f"no calibration image reached {', '.join(missing)}: give images of the kind it runs")
     written = []
-    for routed, pool in pools.values():
+    for name, (routed, pool) in pools.items():
         chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=min(crops, len(pool)), replace=False))]
-        target = folder if routed is segmenter else segmenter.config.stained_folder(folder)
+        print(f"quantise: network {name}: {len(chosen)} crops of {len(pool)}")
         model = quantise_network(routed.predictor, chosen, routed.config.weights_sha256, float_layers)
-        written.append(write_int8_network(target, model))
-    if not written:
-        raise NucleiError("no calibration image reached the network: give images of the kind it runs")
+        written.append(write_int8_network(segmenter.config.network_folder(folder, segmenter.config.route(name)), model))
     return written
 
 
@@ -236,7 +250,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", help="calibrate on the training folds of this parameter file's sources instead")
     parser.add_argument("--sources", nargs="+", help="with --params: only these sources")
     parser.add_argument("--per-source", type=int, default=16, help="with --params: images per source (default 16)")
-    parser.add_argument("--stained", action="store_true", help="also quantise the stained network (stained images)")
+    parser.add_argument("--network", action="append", metavar="NAME",
+                        help="quantise only this network of the folder (repeatable; 'main': its own; "
+                             "default: every network, each on the images routed to it)")
     parser.add_argument("--seed", type=int, default=0, help="draws the images and crops (default 0)")
     parser.add_argument("--float-layers", nargs="*", default=list(FLOAT_LAYERS), metavar="MODULE",
                         help=f"modules kept in float (default: {' '.join(FLOAT_LAYERS)})")
@@ -257,7 +273,7 @@ def main(args: argparse.Namespace) -> int:
     if not files:
         raise NucleiError("no calibration images found")
     images = (read_image(path) for path in progress(files, desc="calibration images"))
-    for xml in quantise_model_dir(args.model, images, stained=args.stained, seed=args.seed,
+    for xml in quantise_model_dir(args.model, images, networks=args.network, seed=args.seed,
                                   float_layers=args.float_layers):
         print(f"wrote {xml} (and {xml.with_suffix('.bin').name})")
     return 0

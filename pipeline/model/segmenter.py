@@ -14,13 +14,14 @@ A :class:`Segmenter` owns everything between an image as read and its labels:
 6. a per-image confidence and a flag when the count should not be trusted, and each nucleus's
    confidence (its mean P(nucleus), :attr:`Segmentation.nucleus_confidence`, block by block).
 
-A model folder may hand its stained images to a second network (``stained_model`` in its config: a
-model folder inside it). The image type decides (:meth:`Segmenter.segmenter_for`): every public
-method that is given or computes an image's type runs it through that folder's Segmenter, loaded
-on first use, with its own thresholds and diameters. It may also run again, with a third network,
-the unstained images (or blocks) in which its own network finds nuclei over much of the pixels
-(``dense_model`` and ``dense_fraction``: :meth:`Segmenter.dense_for`): dense tissue sections, whose
-touching nuclei a wider network parts better than the one fast enough for every image.
+A model folder may declare further networks (``networks`` in its config: model folders inside it,
+each with its rule; :mod:`pipeline.config.routing`). :meth:`Segmenter.network_for` asks the one rule
+(:func:`pipeline.config.routing.network_for`): every public method that is given or computes an
+image's type runs it through the Segmenter of the network that takes that type (the default's
+``stained``), loaded on first use, with its own thresholds and diameters; and an image (or block)
+in which the folder's own network finds nuclei over much of the pixels is run again by the network
+that takes such images (the default's ``dense``: dense tissue sections, whose touching nuclei a wider
+network parts better than the one fast enough for every image).
 
 ``nuclei segment``, ``nuclei submit``, ``nuclei predict`` and the evaluation go through it.
 
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config.routing import MAIN, Route, needs_second_pass, network_for
 from pipeline.errors import NucleiError
 from pipeline.method.blocks import block_geometry, segment_in_blocks
 from pipeline.method.heads import confidence
@@ -136,12 +138,13 @@ class Segmenter(DiameterEstimator):
         ``block_margin`` px of context (at the network's scale) on each side.
     source : str or Path
         The model directory, for error messages.
-    stained : Segmenter or callable, optional
-        The Segmenter of stained images (:meth:`segmenter_for`), or a picklable callable
-        that loads it on first use; None: this one segments every image.
-    dense : Segmenter or callable, optional
-        The Segmenter that runs again the unstained images this one finds dense (:meth:`dense_for`),
-        or a picklable callable that loads it on first use; None: none.
+    networks : dict, optional
+        The Segmenter of each route of the config (:attr:`~pipeline.config.model_folder.ModelDirConfig.routes`),
+        by route name, or a picklable callable that loads it on first use (:meth:`network_for`);
+        a route left out runs on this network.
+    route : str
+        The name of this network in its model folder (:data:`pipeline.config.routing.MAIN`: the
+        folder's own, which alone routes images to the others).
 
     Raises
     ------
@@ -150,7 +153,7 @@ class Segmenter(DiameterEstimator):
     """
 
     def __init__(self, predictor, block_size: int = 2048, block_margin: int = 128,
-                 source: str | Path = "model", stained=None, dense=None):
+                 source: str | Path = "model", networks: dict | None = None, route: str = MAIN):
         from pipeline.config.model_folder import CONFIG_NAME, as_model_dir_config
 
         self.predictor = predictor
@@ -167,8 +170,8 @@ class Segmenter(DiameterEstimator):
         self.block_size, self.block_margin = int(block_size), int(block_margin)
         #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
         self.estimator = "blob"
-        self._stained = None if stained is None else SecondNetwork(stained)
-        self._dense = None if dense is None else SecondNetwork(dense)
+        self.route = route
+        self._networks = {name: RoutedNetwork(load) for name, load in (networks or {}).items()}
 
     @property
     def diameter(self) -> float | None:
@@ -203,51 +206,41 @@ class Segmenter(DiameterEstimator):
                        precision=precision, backend=backend)
         segmenter = cls(load_predictor(path, **options), block_size, block_margin, source=path)
         inner = dict(options, block_size=block_size, block_margin=block_margin)
-        if segmenter.config.stained_model is not None:
-            segmenter._stained = SecondNetwork(functools.partial(_load_inner, path, segmenter.config, "stained_model", inner))
-        if segmenter.config.dense_model is not None:
-            segmenter._dense = SecondNetwork(functools.partial(_load_inner, path, segmenter.config, "dense_model", inner))
+        segmenter._networks = {route.name: RoutedNetwork(functools.partial(_load_inner, path, segmenter.config, route, inner))
+                               for route in segmenter.config.routes}
         return segmenter
 
-    def segmenter_for(self, image_type: str | None) -> Segmenter:
-        """The Segmenter that runs images of ``image_type``: for stained images
-        (:data:`pipeline.config.model_folder.STAINED_IMAGE_TYPE`), the one of the model's
-        ``stained_model`` folder when it names one (loaded on first use); else this one."""
-        from pipeline.config.model_folder import STAINED_IMAGE_TYPE
+    def network_for(self, image_type: str | None, nucleus_fraction: float | None = None) -> Segmenter:
+        """The Segmenter of the network that runs an image (or block, or stack) of ``image_type``:
+        the route :func:`pipeline.config.routing.network_for` picks (the one rule) among the
+        model's, loaded on first use and run in batches of this network's batch size; this one for
+        the folder's own network, and always for a routed network (routes are one level deep).
 
-        if image_type != STAINED_IMAGE_TYPE or self._stained is None:
+        ``nucleus_fraction``: share of the pixels, in [0, 1], that this network finds to be nucleus
+        (:func:`pipeline.method.watershed.nucleus_fraction` of its probabilities), once it ran: the
+        second pass's question (None: the first pass)."""
+        if self.route != MAIN or not self._networks:
             return self
-        return self._stained.get()
+        network = self._networks.get(network_for(self.config.routes, image_type, nucleus_fraction).name)
+        return self if network is None else network.get(getattr(self.predictor, "batch_size", None))
 
-    def dense_for(self, fraction: float, image_type: str | None = None) -> Segmenter:
-        """The Segmenter that segments an unstained image (or block, or stack) in which this
-        network finds nuclei over ``fraction`` of the pixels (:func:`pipeline.method.watershed.nucleus_fraction`
-        of its probabilities, in [0, 1]): the model's dense network (``dense_model``, loaded on
-        first use, with the batch size of this Segmenter's network) when ``fraction`` exceeds its
-        ``dense_fraction``, else this one. Stained images are never run again."""
-        from pipeline.config.model_folder import STAINED_IMAGE_TYPE
-
-        if self._dense is None or image_type == STAINED_IMAGE_TYPE or fraction <= self.config.dense_fraction:
-            return self
-        return self._dense.get(getattr(self.predictor, "batch_size", None))
-
-    def dense_for_probs(self, probs: np.ndarray, image_type: str | None = None) -> Segmenter:
-        """:meth:`dense_for` an image (or block) whose probabilities under this network are
-        ``probs`` ((C, h, w) float32, at the network's scale)."""
+    def network_for_probs(self, probs: np.ndarray, image_type: str | None = None) -> Segmenter:
+        """:meth:`network_for` an image (or block) of ``image_type`` whose probabilities under this
+        network are ``probs`` ((C, h, w) float32, at the network's scale): the second pass."""
         from pipeline.method.heads import mask_and_marker
         from pipeline.method.watershed import nucleus_fraction
 
-        if self._dense is None:
+        if self.route != MAIN or not needs_second_pass(self.config.routes):
             return self
-        return self.dense_for(nucleus_fraction(mask_and_marker(probs, self.head)[0]), image_type)
+        return self.network_for(image_type, nucleus_fraction(mask_and_marker(probs, self.head)[0]))
 
     def _routed(self, image: np.ndarray, image_type: str | None) -> tuple[Segmenter, str | None]:
-        """(:meth:`segmenter_for`, the type) of a normalised image; the type is computed only when
-        the model has a stained network and it was not given."""
-        if self._stained is None:
+        """(:meth:`network_for`, the type) of a normalised image; the type is computed only when
+        the model routes images and it was not given."""
+        if not self._networks:
             return self, image_type
         image_type = image_type or image_type_of(image)
-        return self.segmenter_for(image_type), image_type
+        return self.network_for(image_type), image_type
 
     @property
     def device(self):
@@ -269,7 +262,7 @@ class Segmenter(DiameterEstimator):
 
         resized = resize_image(image, scaled_shape(image.shape[:2], scale))
         probs = self.predictor.predict(resized, tta)
-        routed = self.dense_for_probs(probs, image_type)
+        routed = self.network_for_probs(probs, image_type)
         if routed is not self:
             probs = routed.predictor.predict(resized, tta)
         labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)
@@ -279,8 +272,8 @@ class Segmenter(DiameterEstimator):
                        image_type: str | None = None) -> np.ndarray:
         """(C, h, w) float32 probabilities of a normalised image resized by ``scale``; ``tta``
         overrides the predictor's test-time augmentation; ``image_type``, when given, picks the
-        network (:meth:`segmenter_for`; not computed: a window of an image is not typed apart)."""
-        routed = self.segmenter_for(image_type)
+        network (:meth:`network_for`; not computed: a window of an image is not typed apart)."""
+        routed = self.network_for(image_type)
         if routed is not self:
             return routed.predict_scaled(image, scale, tta, image_type)
         return self.predictor.predict(resize_image(image, scaled_shape(image.shape[:2], scale)), tta)
@@ -311,7 +304,7 @@ class Segmenter(DiameterEstimator):
         if not normalized:
             image = self.normalize(image)
         image_type = image_type or image_type_of(image)
-        routed = self.segmenter_for(image_type)
+        routed = self.network_for(image_type)
         if routed is not self:  # the same normalisation (checked when it was loaded)
             return routed.segment(image, diameter, normalized=True, image_type=image_type)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
@@ -358,22 +351,20 @@ class Segmenter(DiameterEstimator):
         """Labels (original grid), confidence and each label's; block by block when the image is large.
 
         Blocks are cut in the image's pixels (:meth:`block_geometry`) and stitched by
-        :func:`pipeline.method.blocks.segment_in_blocks`: each block keeps the nuclei whose centroid lies
+        :func:`pipeline.method.blocks.segment_in_blocks`, by the rule a slide's blocks are
+        (:func:`pipeline.method.blocks.paste_nuclei`): each block keeps the nuclei whose centroid lies
         in its core, so every nucleus comes from the one block that sees it whole.
         """
-        from pipeline.method.watershed import keep_labels, sizes_at_scale
+        from pipeline.method.watershed import sizes_at_scale
 
         height, width = image.shape[:2]
         block, margin = self.block_geometry(scale)
         if max(height, width) <= block:
             return self._labels(image, scale, image_type)
         tta = self.tta_for((height, width), scale)  # one augmentation for every block, as for the image whole
-        labels, conf, nuclei = segment_in_blocks(
-            (height, width), lambda outer: self._labels(image[outer], scale, image_type, tta), block, margin)
-        count = np.bincount(labels.ravel(), minlength=nuclei.size)
-        keep = (count >= sizes_at_scale(self.thresholds, scale)["min_size"]) & (count > 0)
-        keep[0] = False  # renumbered 1..N in order, each nucleus keeping its confidence
-        return keep_labels(labels, keep), conf, np.concatenate([[np.nan], nuclei[keep]]).astype(np.float32)
+        min_size = int(sizes_at_scale(self.thresholds, scale).get("min_size") or 0)
+        return segment_in_blocks((height, width), lambda outer: self._labels(image[outer], scale, image_type, tta),
+                                 block, margin, min_size)
 
     def block_geometry(self, scale: float) -> tuple[int, int]:
         """Block side and margin (px of the image) for an image resized by ``scale``
@@ -398,8 +389,8 @@ class Segmenter(DiameterEstimator):
         return routed._labels(image, scale, image_type, tta)
 
 
-class SecondNetwork:
-    """A model folder's stained or dense network, loaded on first use (``load``: a picklable callable
+class RoutedNetwork:
+    """One route's network of a model folder, loaded on first use (``load``: a picklable callable
     returning its Segmenter, or the Segmenter itself), shared by the copies of the Segmenter that
     names it (:func:`pipeline.batch.slide.one_tile_at_a_time`'s), each asking for its own batch size:
     the copies share the one network's weights."""
@@ -420,33 +411,28 @@ class SecondNetwork:
         return self._by_batch[batch_size]
 
 
-#: What a model folder's second network does, by its ``config.yaml`` key (error messages).
-ROLES = {"stained_model": "stained", "dense_model": "dense"}
-
-
-def _load_inner(folder: Path, config, key: str, options: dict) -> Segmenter:
-    """The Segmenter of the model folder that ``config``'s ``key`` (``stained_model`` or
-    ``dense_model``) names inside the model folder ``folder`` (``options``:
-    :meth:`Segmenter.from_model_dir`'s). It must normalise as the folder does and name no second
-    network of its own; a dense network, handed images at the folder's scale, must have its
-    ``diameter``.
+def _load_inner(folder: Path, config, route: Route, options: dict) -> Segmenter:
+    """The Segmenter of ``route``'s network, the model folder it names inside the model folder
+    ``folder`` whose config is ``config`` (``options``: :meth:`Segmenter.from_model_dir`'s). It must
+    normalise as the folder does and declare no network of its own; a network that runs images
+    again (``nucleus_fraction_above``), handed them at the folder's scale, must have its ``diameter``.
 
     Raises
     ------
     NucleiError
-        One line naming the inner folder: missing, broken, or not fit for its role.
+        One line naming the inner folder: missing, broken, or not fit for its route.
     """
-    inner = model_folder(folder) / getattr(config, key)
+    inner = config.network_folder(folder, route)
+    owner = model_folder(folder) / "config.yaml"
     if not inner.is_dir():
-        raise NucleiError(f"{inner}: model directory not found ({key} of {Path(folder) / 'config.yaml'})")
+        raise NucleiError(f"{inner}: model directory not found (network {route.name!r} of {owner})")
     loaded = Segmenter.from_model_dir(inner, **options)
-    for own in ROLES:
-        if getattr(loaded.config, own) is not None:
-            raise NucleiError(f"{inner}: a {ROLES[key]} network names its own {own}; only one level is read")
+    loaded.route = route.name
+    if loaded.config.routes:
+        raise NucleiError(f"{inner}: the {route.name} network declares networks of its own; only one level is read")
     if loaded.config.normalization != config.normalization:
-        raise NucleiError(f"{inner}: normalization differs from {Path(folder) / 'config.yaml'}'s; "
-                          "both networks must read the same input")
-    if key == "dense_model" and loaded.config.diameter != config.diameter:
-        raise NucleiError(f"{inner}: diameter {loaded.config.diameter} differs from {Path(folder) / 'config.yaml'}'s "
-                          f"{config.diameter}; a dense network is handed images at the folder's scale")
+        raise NucleiError(f"{inner}: normalization differs from {owner}'s; both networks must read the same input")
+    if route.nucleus_fraction_above is not None and loaded.config.diameter != config.diameter:
+        raise NucleiError(f"{inner}: diameter {loaded.config.diameter} differs from {owner}'s "
+                          f"{config.diameter}; a network that runs images again is handed them at the folder's scale")
     return loaded

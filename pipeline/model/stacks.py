@@ -11,7 +11,7 @@
 
 Both normalise the stack once (one intensity map for every plane: an empty plane stays dark rather
 than being stretched to noise) and estimate one nucleus diameter, on the planes with the most
-signal. A model's dense network (:meth:`pipeline.model.segmenter.Segmenter.dense_for`) takes a
+signal. A model's network for dense images (:meth:`pipeline.model.segmenter.Segmenter.network_for`) takes a
 plane, with ``stitch``, as it takes a 2D image; with ``ortho``, the whole stack when its network
 finds nuclei over more than the model's ``dense_fraction`` of the XY planes.
 
@@ -140,7 +140,7 @@ def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotro
     progress = progress or _quiet
     norm = stack_normalization(segmenter, stack)
     diameter, estimated, scale, image_type = _scale_of(segmenter, stack, norm, diameter)
-    segmenter = segmenter.segmenter_for(image_type)  # a model's stained network, for stained stacks
+    segmenter = segmenter.network_for(image_type)  # the network of the stack's type (routing)
     if method == "stitch":
         labels = _stitch(segmenter, stack, norm, diameter, image_type, iou_threshold, progress)
     else:
@@ -206,11 +206,11 @@ def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, prog
     channels = _channels(norm, stack)
 
     # XY: the acquired planes (interpolated planes would hold nothing new), then resampled along z;
-    # a dense stack (the model's dense network, Segmenter.dense_for) is run again by that network
+    # a dense stack is run again by the network the model routes dense images to (Segmenter.network_for)
     batch = max(1, int(getattr(segmenter.predictor, "batch_size", 1)))
     grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress)
     fraction = float(np.mean([nucleus_fraction(mask_and_marker(xy[:, z], segmenter.head)[0]) for z in range(depth)]))
-    dense = segmenter.dense_for(fraction, image_type)
+    dense = segmenter.network_for(image_type, fraction)
     if dense is not segmenter:  # the same planes, not normalised and resized again
         segmenter = dense
         grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress, grey)

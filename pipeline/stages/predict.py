@@ -70,10 +70,11 @@ def main(args: argparse.Namespace) -> int:
     normalised, its nucleus diameter estimated, resized to the model's canonical diameter; the
     file holds the probabilities at that scale (``probs`` float16 (C, h, w)), ``head``, the
     original ``shape``, the ``scale`` and the ``image_type``, from which ``nuclei postprocess``
-    makes labels on the original pixel grid exactly as the Segmenter does, with params.yaml's
-    thresholds. A dense image of a model folder with a dense network (the default's ``dense/``) is
-    predicted by that network, but ``nuclei postprocess`` still applies params.yaml's thresholds to
-    it, where ``nuclei segment`` applies the dense network's own ``config.yaml``.
+    makes labels on the original pixel grid exactly as the Segmenter does. Each image is predicted
+    by the network its model folder routes it to (:meth:`pipeline.model.segmenter.Segmenter.network_for`:
+    by type, then again when the first pass finds it dense), and the file names that network
+    (``network``), whose thresholds ``nuclei postprocess`` applies: params.yaml's for the folder's
+    own network, the network's own ``config.yaml``'s for the others, as ``nuclei segment`` does.
     """
     from pipeline.data.predictions import write_prediction
     from pipeline.method.image_types import image_type_of
@@ -90,10 +91,11 @@ def main(args: argparse.Namespace) -> int:
         image = segmenter.normalize(load())
         image_type = image_type_of(image)
         _, _, scale = segmenter.scale_for(image, image_type=image_type)
-        probs = segmenter.predict_scaled(image, scale, image_type=image_type)
-        dense = segmenter.dense_for_probs(probs, image_type)  # a model's dense network, for dense images
-        if dense is not segmenter:
-            probs = dense.predict_scaled(image, scale)
-        write_prediction(out / f"{image_id}.npz", probs, dense.head, image.shape[:2], scale, image_type)
+        first = segmenter.network_for(image_type)
+        probs = first.predict_scaled(image, scale)
+        routed = first.network_for_probs(probs, image_type)  # run again when the model routes such images
+        if routed is not first:
+            probs = routed.predict_scaled(image, scale)
+        write_prediction(out / f"{image_id}.npz", probs, routed.head, image.shape[:2], scale, image_type, routed.route)
     print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
     return 0

@@ -35,6 +35,7 @@ import yaml
 
 from pipeline.arguments import number
 from pipeline.config.params import load_config
+from pipeline.config.routing import MAIN
 from pipeline.errors import NucleiError
 from pipeline.method.grid_search import BALANCE_COLUMNS, best_setting, grid_search
 
@@ -158,7 +159,9 @@ def validation_samples(config, by: str | None = "group") -> tuple[
     """The samples :func:`grid_search` takes, for the validation fold of ``config`` (a
     :class:`pipeline.config.params.Config`): the predictions in ``predict.out`` with the prepared labels,
     and the value of each in the ``by`` column of ``index.csv`` (``group``: its experiment;
-    ``source``: its labelled source), None without that column or with ``by`` None.
+    ``source``: its labelled source), None without that column or with ``by`` None. Images that a
+    routed network of the model folder predicted (their file's ``network``) are left out: their
+    labels take that network's own thresholds, not params.yaml's (:mod:`pipeline.stages.postprocess`).
 
     Raises
     ------
@@ -170,14 +173,19 @@ def validation_samples(config, by: str | None = "group") -> tuple[
     from pipeline.files.io import load_npz
 
     pred_dir, prepared = Path(config.predict.out), Path(config.data.prepared)
-    samples, index = [], validation_index(config.data)
+    samples, index, kept = [], validation_index(config.data), []
     for image_id in index["id"]:
         file = pred_dir / f"{image_id}.npz"
         if not file.is_file():
             raise NucleiError(f"{file}: no such file (run `nuclei predict` first)")
-        probs, head, _, scale, image_type = read_prediction(file)
-        samples.append((probs, head, load_npz(prepared / f"{image_id}.npz")["labels"], scale, image_type))
-    return samples, (index[by].tolist() if by is not None and by in index.columns else None)
+        p = read_prediction(file)
+        kept.append(p.network == MAIN)
+        if kept[-1]:
+            samples.append((p.probs, p.head, load_npz(prepared / f"{image_id}.npz")["labels"], p.scale, p.image_type))
+    if not all(kept):
+        print(f"tune: {len(kept) - sum(kept)} of {len(kept)} images predicted by a routed network left out "
+              "(they take its own thresholds)")
+    return samples, (index[by][kept].tolist() if by is not None and by in index.columns else None)
 
 
 def pooled_samples(configs, by: str | None = "group") -> tuple[list[tuple], list | None]:
