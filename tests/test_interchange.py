@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli_main
+from pipeline.config.model_folder import read_model_config
 from pipeline.errors import NucleiError
 from pipeline.method.heads import get_head
 from pipeline.model import bioimageio_package, interchange
@@ -66,7 +67,7 @@ def test_torchscript_and_onnx_equal_pytorch_at_another_size(tmp_path, kind):
     pytest.importorskip("onnxruntime")
     model_dir = (save_threshold_model(tmp_path / "m") if kind == "threshold" else random_model_dir(tmp_path / "m"))
     written = interchange.export_model(model_dir, tmp_path / "out", ["torchscript", "onnx"])
-    assert set(written) == {"torchscript", "onnx"}
+    assert set(written) == {"main"} and set(written["main"]) == {"torchscript", "onnx"}
     stride = model_stride(TINY if kind == "threshold" else RANDOM_TINY)
     x = np.random.default_rng(1).random((3, 3, 9 * stride, 13 * stride), dtype=np.float32)  # not the traced 1×2×2 strides
     expected = pytorch_probabilities(model_dir, x)
@@ -114,7 +115,7 @@ def test_each_export_documents_normalisation_scale_channels_and_watershed(tmp_pa
 def test_bioimageio_package_is_complete_and_validates(tmp_path):
     pytest.importorskip("onnxruntime")
     written = interchange.export_model(random_model_dir(tmp_path / "m"), tmp_path / "out", ["bioimageio"],
-                                       zip_package=True)
+                                       zip_package=True)["main"]
     folder = written["bioimageio"]
     import yaml
 
@@ -142,7 +143,7 @@ def test_bioimageio_package_is_complete_and_validates(tmp_path):
 def test_an_invalid_package_is_reported_in_one_line(tmp_path):
     pytest.importorskip("bioimageio.spec")
     pytest.importorskip("onnxruntime")
-    folder = interchange.export_model(random_model_dir(tmp_path / "m"), tmp_path / "out", ["bioimageio"])["bioimageio"]
+    folder = interchange.export_model(random_model_dir(tmp_path / "m"), tmp_path / "out", ["bioimageio"])["main"]["bioimageio"]
     (folder / bioimageio_package.TEST_INPUT_FILE).write_bytes(b"not the file the rdf hashed")
     with pytest.raises(NucleiError, match=r"rdf\.yaml: not a valid bioimage\.io package") as info:
         bioimageio_package.validate_bioimageio(folder / bioimageio_package.RDF_FILE)
@@ -160,21 +161,67 @@ def test_cli_writes_the_requested_formats(tmp_path, capsys):
     assert "max |difference| from PyTorch" in out and "second network" not in out
 
 
-def test_a_models_stained_network_is_named_for_its_own_export(tmp_path, capsys):
-    """A model folder with a stained network exports its own network and names the other's folder."""
-    from .conftest import add_stained_network
+def routed_model_dir(tmp_path: Path) -> Path:
+    """A threshold model folder with a stained network (:data:`RANDOM_TINY`, random weights) and a
+    dense one (nucleus fraction above 0.45)."""
+    from .conftest import add_dense_network, add_stained_network
 
-    model_dir = add_stained_network(save_threshold_model(tmp_path / "m"), save_threshold_model(tmp_path / "s"))
-    assert cli_main(["export-model", str(model_dir), "-o", str(tmp_path / "out"), "--format", "torchscript"]) == 0
-    assert (f"with a second network; export it too: nuclei export-model {model_dir / 'stained'} -o OUT"
-            in capsys.readouterr().out)
-    described = json.loads((tmp_path / "out" / "torchscript" / "model.json").read_text())
-    assert described["stained_model"] == "stained" and "second network" in described["image_types"]
-    assert "stained tissue (H&E, IHC) is segmented by the model's second network" in (
-        tmp_path / "out" / "torchscript" / "README.md").read_text()
-    assert cli_main(["export-model", str(model_dir / "stained"), "-o", str(tmp_path / "out2"), "--format", "torchscript"]) == 0
-    described = json.loads((tmp_path / "out2" / "torchscript" / "model.json").read_text())
-    assert described["stained_model"] is None and described["image_types"] == "every image type"
+    model_dir = add_stained_network(save_threshold_model(tmp_path / "m"), random_model_dir(tmp_path / "s"))
+    return add_dense_network(model_dir, save_threshold_model(tmp_path / "d"), fraction=0.45)
+
+
+def test_every_network_of_a_folder_is_exported_with_its_rule(tmp_path, capsys):
+    """The folder's own network into OUT, each route's into OUT/<name>/; each description names the
+    images its network runs and lists the folder's networks with their rules."""
+    model_dir, out = routed_model_dir(tmp_path), tmp_path / "out"
+    assert cli_main(["export-model", str(model_dir), "-o", str(out), "--format", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    assert f"torchscript: {out / 'stained' / 'torchscript'}" in printed and "export it too" not in printed
+    assert "network stained: images of type histology" in printed
+    described = {name: json.loads((out / sub / "torchscript" / DESCRIPTION_FILE).read_text())
+                 for name, sub in (("main", "."), ("stained", "stained"), ("dense", "dense"))}
+    assert [d["network"] for d in described.values()] == ["main", "stained", "dense"]
+    for name, folder in (("main", model_dir), ("stained", model_dir / "stained")):  # each its own network's
+        assert described[name]["weights_sha256"] == read_model_config(folder).weights_sha256
+    assert described["stained"]["weights_sha256"] != described["main"]["weights_sha256"]
+    networks = described["main"]["networks"]
+    assert [(n["name"], n["folder"]) for n in networks] == [("main", "."), ("stained", "stained"), ("dense", "dense")]
+    assert networks[1]["rule"] == "images of type histology" and "more than 45% of the pixels" in networks[2]["rule"]
+    assert all(d["networks"] == networks for d in described.values())
+    assert "segmented by network 'stained'" in described["main"]["image_types"]
+    assert "segmented again by network 'dense'" in described["main"]["image_types"]
+    assert described["dense"]["image_types"].startswith("images in which the folder's own network finds nuclei")
+    assert "`stained` (folder `stained`): images of type histology" in (out / "torchscript" / README_FILE).read_text()
+    extra = {"model.json": ""}  # the TorchScript file of the stained export is the stained network's
+    torch.jit.load(str(out / "stained" / "torchscript" / TORCHSCRIPT_FILE), _extra_files=extra)
+    assert json.loads(extra["model.json"])["network"] == "stained"
+
+
+def test_network_option_exports_that_network_alone_into_out(tmp_path, capsys):
+    model_dir, out = routed_model_dir(tmp_path), tmp_path / "out"
+    assert cli_main(["export-model", str(model_dir), "-o", str(out), "--format", "torchscript", "--network", "stained"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["torchscript"]
+    described = json.loads((out / "torchscript" / DESCRIPTION_FILE).read_text())
+    assert described["network"] == "stained"
+    assert described["weights_sha256"] == read_model_config(model_dir / "stained").weights_sha256
+    assert described["source_model"] == str(model_dir / "stained")
+    assert "network stained" not in capsys.readouterr().out  # one network: no heading
+
+
+def test_unknown_network_is_a_usage_error_in_one_line(tmp_path, capsys):
+    model_dir = routed_model_dir(tmp_path)
+    status = cli_main(["export-model", str(model_dir), "-o", str(tmp_path / "out"), "--network", "nope"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith("nuclei: error: ") and "'nope'" in err and "main, stained, dense" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_routes_describes_one_network(tmp_path):
+    written = interchange.export_model(save_threshold_model(tmp_path / "m"), tmp_path / "out", ["torchscript"])
+    described = json.loads((written["main"]["torchscript"] / DESCRIPTION_FILE).read_text())
+    assert (described["network"], described["image_types"], described["networks"]) == ("main", "every image type", [])
+    assert not any(key in described for key in ("stained_model", "dense_model", "dense_fraction"))
 
 
 @pytest.mark.parametrize("broken", ["missing", "no_weights", "bad_config"])
@@ -233,7 +280,7 @@ def test_shipped_model_round_trips_on_a_sample_crop(tmp_path):
     pytest.importorskip("onnxruntime")
     model_dir = shipped_model()
     _, config = load_model_dir(model_dir)
-    interchange.export_model(model_dir, tmp_path / "out", ["torchscript", "onnx"])
+    interchange.export_model(model_dir, tmp_path / "out", ["torchscript", "onnx"], network="main")
     x = sample_crop(model_stride(config.model))
     expected = pytorch_probabilities(model_dir, x)
     for fmt, got in exported_probabilities(tmp_path / "out", x).items():
@@ -245,22 +292,7 @@ def test_shipped_model_round_trips_on_a_sample_crop(tmp_path):
 def test_shipped_model_bioimageio_package_passes_bioimageio_core(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("bioimageio.spec")
-    folder = interchange.export_model(shipped_model(), tmp_path / "out", ["bioimageio"])["bioimageio"]
+    folder = interchange.export_model(shipped_model(), tmp_path / "out", ["bioimageio"], network="main")["main"]["bioimageio"]
     assert bioimageio_package.validate_bioimageio(folder / bioimageio_package.RDF_FILE)
     pytest.importorskip("bioimageio.core")
     bioimageio_package.test_bioimageio(folder / bioimageio_package.RDF_FILE)
-
-
-def test_a_models_dense_network_is_named_for_its_own_export(tmp_path, capsys):
-    """A model folder with a dense network exports its own network and names the dense one's folder
-    and the nucleus fraction that sends an image to it."""
-    from .conftest import add_dense_network
-
-    model_dir = add_dense_network(save_threshold_model(tmp_path / "m"), save_threshold_model(tmp_path / "d"), fraction=0.45)
-    assert cli_main(["export-model", str(model_dir), "-o", str(tmp_path / "out"), "--format", "torchscript"]) == 0
-    assert (f"(nuclei over more than 45% of the pixels) with a third network; export it too: nuclei export-model "
-            f"{model_dir / 'dense'} -o OUT" in capsys.readouterr().out)
-    described = json.loads((tmp_path / "out" / "torchscript" / "model.json").read_text())
-    assert (described["dense_model"], described["dense_fraction"]) == ("dense", 0.45)
-    assert "over more than 45% of the pixels are segmented again by a third network, its folder 'dense'" in (
-        tmp_path / "out" / "torchscript" / "README.md").read_text()

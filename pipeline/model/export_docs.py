@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.config.model_folder import ModelDirConfig
+from pipeline.config.routing import MAIN, MAIN_ROUTE, Route
 from pipeline.method.heads import get_head
 from pipeline.method.watershed import NUCLEUS_FRACTION_LEVEL
 from pipeline.model.backends import INPUT_NAME, OUTPUT_NAME
@@ -51,24 +52,32 @@ _HOW_TO_LOAD = {
 }
 
 
-def export_description(config: ModelDirConfig, stride: int, source: str = "") -> dict[str, Any]:
+def export_description(config: ModelDirConfig, stride: int, source: str = "", routes: tuple[Route, ...] = (),
+                       network: Route = MAIN_ROUTE) -> dict[str, Any]:
     """What a user of an exported network needs besides the network: a JSON-ready mapping.
 
     Parameters
     ----------
     config : ModelDirConfig
-        The model folder's config (normalisation, diameters, thresholds, head).
+        The config of the network's own model folder (normalisation, diameters, thresholds, head).
     stride : int
         The network's stride.
     source : str
         The model folder, as given (recorded).
+    routes : tuple of Route
+        The routes of the model folder the network belongs to (:attr:`ModelDirConfig.routes`; for
+        its own network, ``config.routes``).
+    network : Route
+        Which of that folder's networks this is (:data:`pipeline.config.routing.MAIN_ROUTE`: its own).
 
     Returns
     -------
     description : dict
         ``input`` (layout, channel order, normalisation), ``scale`` (canonical diameter and how to
         resize), ``output`` (channels and their meaning), ``postprocess`` (the watershed's
-        thresholds and how to apply them elsewhere).
+        thresholds and how to apply them elsewhere), ``network``, ``image_types`` and ``networks``
+        (this network's name, the images it runs, and every network of its model folder with its
+        rule).
     """
     return {
         "exported_by": f"nuclei-pipeline {__version__} (nuclei export-model)",
@@ -85,7 +94,7 @@ def export_description(config: ModelDirConfig, stride: int, source: str = "") ->
             "steps": watershed_steps(config),
         },
         "labels": "not part of the network: a Fiji or QuPath user gets probability maps, not labels",
-        **_networks_description(config),
+        **_networks_description(routes, network),
         "validation": validation_summary(config),
         "training_data": training_sources(config),
         "licence": f"{LICENCE} (the project's licence, under which the weights ship); the training data's own "
@@ -157,21 +166,21 @@ def _output_description(config: ModelDirConfig) -> dict[str, Any]:
     }
 
 
-def _networks_description(config: ModelDirConfig) -> dict[str, Any]:
-    """The images this network segments, and the model folder's other networks."""
-    return {
-        "stained_model": config.stained_model,
-        "image_types": (
-            f"unstained images (fluorescence, bright-field); stained tissue (H&E, IHC) is segmented by the "
-            f"model's second network, its folder {config.stained_model!r}, which is exported on its own"
-        ) if config.stained_model else "every image type",
-        "dense_model": config.dense_model,
-        "dense_fraction": config.dense_fraction,
-        "dense_images": (
-            f"unstained images whose nuclei this network finds over more than {config.dense_fraction:.0%} of "
-            f"the pixels are segmented again by a third network, its folder {config.dense_model!r}, exported on its own"
-        ) if config.dense_model else None,
-    }
+def _networks_description(routes: tuple[Route, ...], network: Route) -> dict[str, Any]:
+    """The description's ``network`` (this one's name), ``image_types`` (the images it runs, in
+    words) and ``networks`` (every network of the model folder: name, folder, rule)."""
+    if network.name != MAIN:
+        images = (f"{network.describe()} (network {network.name!r} of its model folder"
+                  + (f", after network {MAIN!r} ran" if network.nucleus_fraction_above is not None else "") + ")")
+    elif not routes:
+        images = "every image type"
+    else:
+        images = "every image, but " + "; ".join(
+            f"{route.describe()} are segmented {'again ' if route.nucleus_fraction_above is not None else ''}"
+            f"by network {route.name!r}" for route in routes)
+    networks = [{"name": MAIN, "folder": ".", "rule": "every image the other networks do not take"}] if routes else []
+    networks += [{"name": route.name, "folder": route.folder, "rule": route.describe()} for route in routes]
+    return {"network": network.name, "image_types": images, "networks": networks}
 
 
 def validation_summary(config: ModelDirConfig) -> dict[str, Any] | None:
@@ -247,7 +256,7 @@ Files: {', '.join(f'`{f}`' for f in files)}; `{DESCRIPTION_FILE}` holds everythi
 depth {d['architecture']['depth']}, width {d['architecture']['width']}) with its {out['activation']}. The
 marker-controlled watershed that turns probabilities into nuclei is not part of it: a Fiji or QuPath user
 gets probability maps and applies the steps at the end of this page there (or runs `nuclei segment`).
-Images it is for: {d.get('image_types', 'every image type')}{'; ' + d['dense_images'] if d.get('dense_images') else ''}.
+Images it is for: {d['image_types']}.{_networks_text(d)}
 
 {how_to_load}
 
@@ -313,6 +322,15 @@ def _validation_text(validation: dict[str, Any] | None) -> str:
         ap = f"{m['ap50']:.3f}" if "ap50" in m else ""
         lines.append(f"| {name} | {m.get('n_images', '')} | {m['dsb_score']:.3f} | {ap} |")
     return "\n".join(lines)
+
+
+def _networks_text(d: dict[str, Any]) -> str:
+    networks = d.get("networks") or []
+    if not networks:
+        return ""
+    listed = "; ".join(f"`{n['name']}` (folder `{n['folder']}`): {n['rule']}" for n in networks)
+    return (f" This is network `{d['network']}` of a model folder with {len(networks)}, each exported on its own "
+            f"by `nuclei export-model` (the folder's own into `OUT`, the others into `OUT/<name>/`): {listed}.")
 
 
 def _data_text(d: dict[str, Any]) -> str:

@@ -5,15 +5,19 @@ Every export is the network *with its head's activation*: float32 ``(B, 3, H, W)
 probabilities ``(B, C, H, W)`` out (:class:`pipeline.model.backends.ProbabilityNetwork`), batch norm folded into the
 convolutions, with dynamic batch, height and width (height and width multiples of the network's
 stride, :func:`pipeline.model.networks.model_stride`). The rest of the recipe stays outside the
-network and is written down beside each export instead (:func:`export_description`, a
+network and is written down beside each export instead (:func:`pipeline.model.export_docs.export_description`, a
 ``model.json`` and a ``README.md``): the intensity normalisation, the resizing to the canonical
 nucleus diameter, the meaning of the output channels and the watershed that turns them into
 nuclei. A Fiji (deepImageJ) or QuPath user therefore gets probability maps, not labels.
 
-``nuclei export-model MODEL -o OUT [--format torchscript|onnx|bioimageio ...]`` writes
+``nuclei export-model MODEL -o OUT [--network NAME] [--format torchscript|onnx|bioimageio ...]``
+exports every network of the model folder (:attr:`pipeline.config.model_folder.ModelDirConfig.networks`):
+its own into ``OUT``, each route's into ``OUT/<name>/`` (``--network NAME``: only that one, into
+``OUT``); each export's description names the images its network runs and the folder's networks
+with their rules (:mod:`pipeline.config.routing`). For one network it writes
 
 - ``OUT/torchscript/``: ``model.torchscript.pt`` (``torch.jit.trace``), ``model.json``, ``README.md``;
-- ``OUT/onnx/``: ``model.onnx`` (opset :data:`ONNX_OPSET`), ``model.json``, ``README.md``;
+- ``OUT/onnx/``: ``model.onnx`` (opset :data:`pipeline.model.backends.ONNX_OPSET`), ``model.json``, ``README.md``;
 - ``OUT/bioimageio/``: a bioimage.io model package (spec 0.5): ``rdf.yaml``, both weights, a test
   input and its expected output (``.npy``; the same as sample tensors, ``.tif``), ``cover.png``,
   ``README.md`` (its documentation), ``model.json``; ``--zip`` also writes ``OUT/bioimageio.zip``
@@ -36,12 +40,12 @@ Must not: run the watershed or normalise inside the exported network (both are d
 exported), or read params.yaml (a model folder carries every setting an export documents).
 """
 
-
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,7 @@ import torch
 from torch import nn
 
 from pipeline.config.model_folder import ModelDirConfig
+from pipeline.config.routing import MAIN, Route
 from pipeline.errors import NucleiError, UsageError
 from pipeline.files.io import write_json, write_text
 from pipeline.model.backends import (
@@ -99,11 +104,8 @@ def round_trip(network: nn.Module, stride: int, onnx: bytes | None = None,
 def _load(model_dir: str | Path) -> tuple[nn.Module, ModelDirConfig, Path]:
     """The model folder ``model_dir`` (``default``: the shipped model), or a UsageError in one line."""
     from pipeline.model.model_dir import load_model_dir
-    from pipeline.shipped import model_folder
 
-    path = model_folder(model_dir)
-    if not path.is_dir():
-        raise UsageError(f"{path}: model directory not found")
+    path = _folder(model_dir)
     try:
         model, config = load_model_dir(path, "cpu")
     except NucleiError as exc:
@@ -111,43 +113,81 @@ def _load(model_dir: str | Path) -> tuple[nn.Module, ModelDirConfig, Path]:
     return model, config, path
 
 
+def _folder(model_dir: str | Path) -> Path:
+    """The model folder ``model_dir`` names (``default``: the shipped model), or a UsageError."""
+    from pipeline.shipped import model_folder
+
+    path = model_folder(model_dir)
+    if not path.is_dir():
+        raise UsageError(f"{path}: model directory not found")
+    return path
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What to write for each network (:func:`export_model`'s arguments)."""
+
+    formats: tuple[str, ...]
+    sample: str | Path | None = None
+    zip_package: bool = False
+    test: bool = False
+
 
 def export_model(model_dir: str | Path, out: str | Path, formats: tuple[str, ...] | list[str] = FORMATS,
-                 sample: str | Path | None = None, zip_package: bool = False,
-                 test: bool = False) -> dict[str, Path]:
-    """Export a model folder's network to ``formats`` under ``out``.
+                 sample: str | Path | None = None, zip_package: bool = False, test: bool = False,
+                 network: str | None = None) -> dict[str, dict[str, Path]]:
+    """Export the networks of a model folder to ``formats`` under ``out``.
 
     Parameters
     ----------
     model_dir : str or Path
         A model folder (``config.yaml`` + ``weights.pt``), or ``default`` for the shipped model.
     out : str or Path
-        The output folder; each format gets a sub-folder (``out/torchscript``, ...).
+        The output folder: the folder's own network's exports in ``out``, each other network's
+        (:attr:`ModelDirConfig.routes`) in ``out/<name>``; each format gets a sub-folder
+        (``out/torchscript``, ...).
     formats : sequence of str
         Some of :data:`FORMATS`.
     sample : str or Path, optional
         The image of the bioimage.io test input and cover (default: the napari sample shipped with
         the package, a 256 × 256 DSB2018 fluorescence image, else synthetic nuclei).
     zip_package : bool
-        Also write ``out/bioimageio.zip``.
+        Also write ``bioimageio.zip`` beside each ``bioimageio`` folder.
     test : bool
         Run ``bioimageio.core``'s test of the package (needs the extra ``.[bioimageio]``).
+    network : str, optional
+        Export only this network (``main``: the folder's own; else a route's name), into ``out``.
 
     Returns
     -------
     written : dict
-        Format → its folder (``bioimageio_zip`` → the zip when written).
+        Network name → {format → its folder (``bioimageio_zip`` → the zip when written)}.
 
     Raises
     ------
     UsageError
-        An unknown format, a missing or broken model folder, ``test`` without bioimageio.core.
+        An unknown format or network, a missing or broken model folder, ``test`` without bioimageio.core.
     NucleiError
         An export whose output differs from PyTorch's by more than :data:`TOLERANCE`, a bioimage.io
         package that does not validate or whose test fails.
     """
     _check_request(formats, test)
-    return _export_network(model_dir, str(model_dir), Path(out), formats, sample, zip_package, test)
+    from pipeline.config.model_folder import read_model_config
+
+    path, out = _folder(model_dir), Path(out)
+    try:
+        config = read_model_config(path)
+        chosen = [(config.route(network), out)] if network is not None else [
+            (route, out if route.name == MAIN else out / route.name) for route in config.networks]
+    except NucleiError as exc:
+        raise UsageError(str(exc)) from None
+    request = _Request(tuple(formats), sample, zip_package, test)
+    written = {}
+    for route, where in chosen:
+        folder = config.network_folder(path, route)
+        source = str(model_dir) if route.name == MAIN else str(folder)
+        written[route.name] = _export_network(folder, source, where, request, config.routes, route)
+    return written
 
 
 def _check_request(formats: tuple[str, ...] | list[str], test: bool) -> None:
@@ -162,16 +202,17 @@ def _check_request(formats: tuple[str, ...] | list[str], test: bool) -> None:
         raise UsageError("--test needs bioimageio.core: pip install bioimageio.core")
 
 
-def _export_network(model_dir: str | Path, source: str, out: Path, formats: tuple[str, ...] | list[str],
-                    sample: str | Path | None, zip_package: bool, test: bool) -> dict[str, Path]:
-    """The network of the model folder ``model_dir`` (``source``: as the user named it) to ``formats``
-    under ``out``, checked (:func:`round_trip`); :func:`export_model`'s result."""
+def _export_network(model_dir: Path, source: str, out: Path, request: _Request, routes: tuple[Route, ...],
+                    route: Route) -> dict[str, Path]:
+    """The network of the model folder ``model_dir`` (``source``: as the user named it; ``route`` of a
+    folder with ``routes``) to the requested formats under ``out``, checked (:func:`round_trip`)."""
     from pipeline.model.networks import model_stride
 
     model, config, path = _load(model_dir)
+    formats = request.formats
     stride = model_stride(config.model)
     network = probability_network(model, config.model.head)
-    description = export_description(config, stride, source)
+    description = export_description(config, stride, source, routes, route)
     need_onnx = any(f in formats for f in ("onnx", "bioimageio"))
     script = torchscript_module(network, stride) if any(f in formats for f in ("torchscript", "bioimageio")) else None
     onnx = onnx_with_metadata(onnx_bytes(network, stride), description) if need_onnx else None
@@ -186,7 +227,7 @@ def _export_network(model_dir: str | Path, source: str, out: Path, formats: tupl
     for fmt in formats:
         folder = written[fmt] = out / fmt
         if fmt == "bioimageio":
-            write_bioimageio(folder, network, script, onnx, config, stride, dict(description), sample)
+            write_bioimageio(folder, network, script, onnx, config, stride, dict(description), request.sample)
             continue
         if fmt == "torchscript":
             save_torchscript(script, folder / TORCHSCRIPT_FILE, description)
@@ -197,9 +238,9 @@ def _export_network(model_dir: str | Path, source: str, out: Path, formats: tupl
     if "bioimageio" in formats:
         folder = written["bioimageio"]
         validate_bioimageio(folder / RDF_FILE)
-        if test:
+        if request.test:
             test_bioimageio(folder / RDF_FILE)
-        if zip_package:
+        if request.zip_package:
             written["bioimageio_zip"] = zip_folder(folder, out / "bioimageio.zip")
     return written
 
@@ -210,14 +251,19 @@ def _export_network(model_dir: str | Path, source: str, out: Path, formats: tupl
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei export-model``."""
     parser.description = (
-        "Export a model folder's network (with its sigmoid/softmax: probabilities, not labels) as TorchScript, "
-        "ONNX and/or a bioimage.io package (Fiji deepImageJ, QuPath, ilastik, bioimage.io). Each export folder "
+        "Export a model folder's networks (with their sigmoid/softmax: probabilities, not labels) as TorchScript, "
+        "ONNX and/or a bioimage.io package (Fiji deepImageJ, QuPath, ilastik, bioimage.io): the folder's own "
+        "network into OUT, each of its other networks (config.yaml's networks) into OUT/<name>/. Each export folder "
         "holds README.md and model.json: the input normalisation (percentiles, RGB order), the nucleus diameter "
-        "to resize to, the stride, the output channels and the watershed thresholds that turn probabilities "
-        "into nuclei. Needs the extra .[export] (onnx, onnxruntime); .[bioimageio] validates the package."
+        "to resize to, the stride, the output channels, the watershed thresholds that turn probabilities "
+        "into nuclei and the images the network is for. Needs the extra .[export] (onnx, onnxruntime); "
+        ".[bioimageio] validates the package."
     )
     parser.add_argument("model", help="a model folder (config.yaml + weights.pt), or 'default' or 'he' for a shipped model")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder: one sub-folder per format")
+    parser.add_argument("--network", metavar="NAME", default=None,
+                        help=f"export only this network, into OUT: {MAIN!r} (the folder's own) or the name of one "
+                             "of its networks (default: all)")
     parser.add_argument("--format", dest="formats", action="append", choices=FORMATS, metavar="FORMAT",
                         help=f"one of {', '.join(FORMATS)}; repeat for several (default: all three)")
     parser.add_argument("--sample", type=Path, default=None,
@@ -228,35 +274,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run bioimageio.core's test of the package (pip install bioimageio.core)")
     parser.epilog = ("Example: nuclei export-model default -o exported --format onnx --format bioimageio --zip "
                      "writes exported/onnx/ (model.onnx, model.json, README.md), exported/bioimageio/ (rdf.yaml, "
-                     "weights, test tensors, cover, documentation) and exported/bioimageio.zip. Details: "
+                     "weights, test tensors, cover, documentation) and exported/bioimageio.zip, and the same for "
+                     "the stained and dense networks in exported/stained/ and exported/dense/. Details: "
                      "docs/interop.md, 'Exporting the network'.")
 
 
 def main(args: argparse.Namespace) -> int:
     """``nuclei export-model``: write the exports and say what was checked."""
     formats = list(dict.fromkeys(args.formats or FORMATS))
-    written = export_model(args.model, args.out, formats, sample=args.sample, zip_package=args.zip, test=args.test)
-    description = json.loads((next(iter(written.values())) / DESCRIPTION_FILE).read_text())
+    written = export_model(args.model, args.out, formats, sample=args.sample, zip_package=args.zip, test=args.test,
+                           network=args.network)
+    for name, folders in written.items():
+        description = json.loads((next(iter(folders.values())) / DESCRIPTION_FILE).read_text())
+        if len(written) > 1:
+            print(f"network {name}: {description['image_types']}")
+        for fmt, folder in folders.items():
+            print(f"{fmt}: {folder}")
+        print("; ".join(_checked(description, "bioimageio" in folders, args.test)))
+    return 0
+
+
+def _checked(description: dict, bioimageio: bool, test: bool) -> list[str]:
+    """What was checked of one network's exports, in words."""
     checked = description.get("checked", {})
     diffs = ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.1e}" for k, v in checked.items() if k.startswith("max_abs"))
-    for fmt, folder in written.items():
-        print(f"{fmt}: {folder}")
     notes = [f"max |difference| from PyTorch: {diffs}" if diffs else "round trip not checked (install onnxruntime)"]
-    if "bioimageio" in written:
+    if bioimageio:
         spec = importlib.util.find_spec("bioimageio.spec")
         notes.append("bioimage.io package valid (bioimageio.spec)" if spec else
                      "bioimage.io package not validated: pip install 'nuclei-pipeline[bioimageio]'")
-        if args.test:
+        if test:
             notes.append("bioimageio.core test passed")
-    print("; ".join(notes))
-    from pipeline.shipped import model_folder
-
-    if description.get("stained_model"):
-        print(f"note: this model segments stained images (H&E, IHC) with a second network; export it too: "
-              f"nuclei export-model {model_folder(args.model) / description['stained_model']} -o OUT")
-    if description.get("dense_model"):
-        print(f"note: this model segments dense unstained images (nuclei over more than "
-              f"{description['dense_fraction']:.0%} of the pixels) with a third network; export it too: "
-              f"nuclei export-model {model_folder(args.model) / description['dense_model']} -o OUT")
-    return 0
-
+    return notes
