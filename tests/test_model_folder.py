@@ -132,13 +132,14 @@ def test_a_folder_written_before_networks_is_checked_the_same_way(tmp_path, chan
 
 def test_a_folder_written_before_networks_reads_as_its_routes(tmp_path):
     """The default's routes, written the old way, read as the same routes and write back as ``networks``."""
-    from pipeline.config.routing import IMAGE_TYPES, STAINED, Route
+    from pipeline.config.params import HISTOLOGY, IMAGE_TYPES
+    from pipeline.config.routing import Route
 
     values = {k: v for k, v in shipped_values().items() if k != "networks"}
     write_config(tmp_path / "old", {**values, "stained_model": "stained", "dense_model": "dense", "dense_fraction": 0.5})
     old = read_model_config(tmp_path / "old")
-    unstained = tuple(t for t in IMAGE_TYPES if t != STAINED)  # stained images were never run again
-    assert old.routes == (Route("stained", "stained", (STAINED,)), Route("dense", "dense", unstained, 0.5))
+    unstained = tuple(t for t in IMAGE_TYPES if t != HISTOLOGY)  # stained images were never run again
+    assert old.routes == (Route("stained", "stained", (HISTOLOGY,)), Route("dense", "dense", unstained, 0.5))
     assert old.to_dict()["networks"][1] == {"name": "dense", "folder": "dense", "image_type": list(unstained),
                                             "nucleus_fraction_above": 0.5}
     assert "stained_model" not in old.to_dict()
@@ -161,10 +162,7 @@ def test_unreadable_folders_keep_their_messages(tmp_path):
 
 
 def test_diameter_for_stained_and_other_images():
-    from pipeline.config import routing
-    from pipeline.method.image_types import HISTOLOGY, IMAGE_TYPES
-
-    assert (routing.STAINED, routing.IMAGE_TYPES) == (HISTOLOGY, IMAGE_TYPES)  # the config's names are the classifier's
+    from pipeline.config.params import HISTOLOGY, IMAGE_TYPES
     stained = ModelDirConfig(model=TINY, diameter=20.0, stained_diameter=24.0)
     plain = ModelDirConfig(model=TINY, diameter=20.0)
     for image_type in IMAGE_TYPES:

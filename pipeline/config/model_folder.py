@@ -37,7 +37,7 @@ it back gives an equal config.
 
 Must not: import any module of the package outside ``pipeline.config`` and ``pipeline.errors``,
 read weights, or know about networks and images (the image type of stained tissue is
-:data:`pipeline.config.routing.STAINED`).
+:data:`pipeline.config.params.HISTOLOGY`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from typing import Any, ClassVar
 
 import yaml
 
-from pipeline.config.params import ModelConfig, PostprocessConfig
-from pipeline.config.routing import MAIN, MAIN_ROUTE, STAINED, Route, is_inner, legacy_routes, read_routes
+from pipeline.config.params import HISTOLOGY, ModelConfig, PostprocessConfig
+from pipeline.config.routing import MAIN, MAIN_ROUTE, Route, is_inner, legacy_routes, read_routes
 from pipeline.config.rules import Section, flag, is_number, number, setting
 from pipeline.errors import NucleiError
 from pipeline.shipped import model_folder
@@ -207,10 +207,10 @@ class ModelDirConfig:
 
     def diameter_for(self, image_type: str | None = None) -> float | None:
         """The nucleus diameter (px) this model resizes an image of ``image_type`` to: the
-        ``stained_diameter`` for stained images (:data:`~pipeline.config.routing.STAINED`) when set, else the
+        ``stained_diameter`` for stained images (:data:`~pipeline.config.params.HISTOLOGY`) when set, else the
         ``diameter`` (None: no rescaling). The one rule: the Segmenter, ``finetune`` and the
         shipping script all ask it."""
-        if image_type == STAINED and self.stained_diameter is not None:
+        if image_type == HISTOLOGY and self.stained_diameter is not None:
             return self.stained_diameter
         return self.diameter
 

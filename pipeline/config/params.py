@@ -73,6 +73,11 @@ Z_METHODS = ("stitch", "ortho")
 HEAD_NAMES = ("softmax", "sigmoid")
 #: ``train.precision`` and the like (:func:`pipeline.model.runtime.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Image types (:func:`pipeline.method.image_types.classify_image`), as written to ``index.csv``,
+#: ``counts.csv``, the prediction files and a route's ``image_type`` (:mod:`pipeline.config.routing`):
+#: fluorescence (a dark background) small or large, bright-field (grey on a bright background) and
+#: ``histology``, stained tissue (H&E, IHC: colour on a bright background).
+IMAGE_TYPES = FLUO_SMALL, FLUO_LARGE, BRIGHTFIELD, HISTOLOGY = ("fluo-small", "fluo-large", "brightfield", "histology")
 #: ``predict.backend`` and ``segment.backend``: what runs the network's forward pass
 #: (:func:`pipeline.model.backends.resolve_backend`; 'auto': the fastest one installed, else torch).
 BACKENDS = ("torch", "onnxruntime", "openvino", "auto")

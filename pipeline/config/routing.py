@@ -24,7 +24,7 @@ Each routed network post-processes with the thresholds, and resizes to the diame
 folder's ``config.yaml``. Routes are one level deep: an inner folder declares none.
 
 Folders written before ``networks`` existed name their routes with ``stained_model`` (image type
-:data:`STAINED`) and ``dense_model`` with ``dense_fraction`` (unstained images only);
+:data:`~pipeline.config.params.HISTOLOGY`) and ``dense_model`` with ``dense_fraction`` (unstained images only);
 :func:`legacy_routes` reads them as the routes above.
 
 Must not: import any module of the package outside ``pipeline.config`` and ``pipeline.errors``, or
@@ -37,14 +37,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.config.params import HISTOLOGY, IMAGE_TYPES
 from pipeline.config.rules import is_number
 from pipeline.errors import NucleiError
 
-#: The image types (:func:`pipeline.method.image_types.classify_image`), as written to ``index.csv``,
-#: the prediction files and a route's ``image_type`` (a test checks they agree with the classifier's).
-IMAGE_TYPES = ("fluo-small", "fluo-large", "brightfield", "histology")
-#: The image type of stained tissue (H&E, IHC: colour on a bright background).
-STAINED = "histology"
 #: The name of a model folder's own network.
 MAIN = "main"
 #: Keys of one entry of ``networks``.
@@ -189,7 +185,7 @@ def _route(entry: Any, k: int, source: str) -> Route:
 
 def legacy_routes(values: Mapping, source: str) -> tuple[Route, ...]:
     """The routes of a folder written before ``networks`` (module docstring): ``stained_model``
-    runs :data:`STAINED` images; ``dense_model`` runs again, when the nucleus share exceeds
+    runs :data:`~pipeline.config.params.HISTOLOGY` images; ``dense_model`` runs again, when the nucleus share exceeds
     ``dense_fraction``, the other types' images (stained images were never run again).
 
     Raises
@@ -202,10 +198,10 @@ def legacy_routes(values: Mapping, source: str) -> tuple[Route, ...]:
         raise NucleiError(f"{source}: dense_model and dense_fraction are given together or not at all")
     entries = []
     if stained is not None:
-        entries.append({"name": "stained", "folder": stained, "image_type": [STAINED]})
+        entries.append({"name": "stained", "folder": stained, "image_type": [HISTOLOGY]})
     if dense is not None:
         entries.append({"name": "dense", "folder": dense, "nucleus_fraction_above": fraction,
-                        "image_type": [t for t in IMAGE_TYPES if t != STAINED]})
+                        "image_type": [t for t in IMAGE_TYPES if t != HISTOLOGY]})
     return read_routes(entries, source)
 
 

@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config.params import BRIGHTFIELD, FLUO_LARGE, FLUO_SMALL, HISTOLOGY, IMAGE_TYPES  # noqa: F401 (the vocabulary)
 from pipeline.method.colour import DARK, is_stained, is_tinted_grey, median_position, subsample
-
-#: The four image types of the DSB2018 data (:func:`classify_image`), used to stratify the folds;
-#: the post-processing and the Segmenter treat stained (``HISTOLOGY``) and ``BRIGHTFIELD`` images
-#: apart. Plain strings, as written to ``index.csv`` and the prediction files.
-IMAGE_TYPES = FLUO_SMALL, FLUO_LARGE, BRIGHTFIELD, HISTOLOGY = ("fluo-small", "fluo-large", "brightfield", "histology")
 
 
 def classify_image(image: np.ndarray, n_pixels: int | None = None, raw: bool = True) -> str:

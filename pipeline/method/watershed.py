@@ -33,9 +33,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from pipeline.config.params import FLOODS
+from pipeline.config.params import FLOODS, HISTOLOGY
 from pipeline.method.heads import mask_and_marker
-from pipeline.method.image_types import HISTOLOGY
 
 
 def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -298,18 +297,13 @@ def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
     return remove_small(labels, int(np.ceil(fraction * np.median(areas))))
 
 
-#: The image type (:func:`pipeline.method.image_types.classify_image`) that takes ``stained_object_threshold``:
-#: colour images, H&E and other stains.
-STAINED = HISTOLOGY
-
-
 #: The settings a stained image takes from ``stained_<name>`` when that is set.
 STAINED_SETTINGS = ("object_threshold", "mask_threshold")
 
 
 def for_image_type(settings: dict[str, Any], image_type: str | None = None) -> dict[str, Any]:
     """The :func:`postprocess` keyword arguments of post-processing ``settings`` (a ``postprocess``
-    section's thresholds) for an image of ``image_type``: a stained image (:data:`STAINED`) takes
+    section's thresholds) for an image of ``image_type``: a stained image (:data:`~pipeline.config.params.HISTOLOGY`) takes
     ``stained_object_threshold`` as its ``object_threshold`` and ``stained_mask_threshold`` as its
     ``mask_threshold`` when they are set (not None), and keeps its mask threshold whatever its
     nucleus fraction (``dense_mask_threshold`` None: the rule was fitted on fluorescence only).
@@ -317,9 +311,9 @@ def for_image_type(settings: dict[str, Any], image_type: str | None = None) -> d
     kwargs = dict(settings)
     for name in STAINED_SETTINGS:
         stained = kwargs.pop(f"stained_{name}", None)
-        if stained is not None and image_type == STAINED:
+        if stained is not None and image_type == HISTOLOGY:
             kwargs[name] = stained
-    if image_type == STAINED and "dense_mask_threshold" in kwargs:
+    if image_type == HISTOLOGY and "dense_mask_threshold" in kwargs:
         kwargs["dense_mask_threshold"] = None
     return kwargs
 
