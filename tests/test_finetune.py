@@ -117,7 +117,7 @@ def test_finetune_improves_a_mis_sized_base_and_segment_loads_it(base_model, tmp
 
 
 def test_one_image_validates_on_its_halves_and_cli_refuses_to_overwrite(base_model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("pipeline.training.finetune.MAX_STEPS", 8)  # a minute holds validation, ends early
+    monkeypatch.setattr("pipeline.training.finetune_time.MAX_STEPS", 8)  # a minute holds validation, ends early
     images = write_annotated(tmp_path, n=1, size=200, suffix=".png")
     args = ["finetune", str(images[0]), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "m"),
             "--model", str(base_model), "--minutes", "1", "--device", "cpu", "--max-forgetting", "none"]
@@ -196,7 +196,8 @@ def test_thresholds_keep_the_base_training_images_within_the_tolerance():
     from skimage.draw import disk
 
     from pipeline.method.watershed import postprocess_to_shape
-    from pipeline.training.finetune import _tune
+    from pipeline.training.finetune import THRESHOLD_GRID
+    from pipeline.training.finetune_validation import tune_thresholds
     from pipeline.training.guard import FORGET_TOLERANCE
 
     held_labels = np.zeros((64, 64), np.int32)
@@ -209,14 +210,14 @@ def test_thresholds_keep_the_base_training_images_within_the_tolerance():
     checks = [(_softmax_probs(check_labels, 0.99, blob), "softmax", check_labels, 1.0, None)]
     current = {"marker_threshold": 0.9, "mask_threshold": 0.9, "object_threshold": 0.5, "min_marker_size": 4,
                "min_size": 10, "flood": "probability", "min_relative_size": 0.0}
-    free, free_score, _ = _tune(held, current)
+    free, free_score, _ = tune_thresholds(held, current, THRESHOLD_GRID)
     assert free["marker_threshold"] == 0.5 and free["mask_threshold"] == 0.5 and free_score > 0.9
     base_check = dsb_score(check_labels, postprocess_to_shape(checks[0][0], "softmax", (64, 64), **current))
     assert base_check == 1.0
-    setting, score, check_score = _tune(held, current, checks, base_check - FORGET_TOLERANCE)
+    setting, score, check_score = tune_thresholds(held, current, THRESHOLD_GRID, checks, base_check - FORGET_TOLERANCE)
     assert check_score >= base_check - FORGET_TOLERANCE and score < free_score
     assert max(setting.values()) > 0.6 >= max(free.values())  # some threshold now rejects the 0.6 blob
-    assert _tune(held, current, checks, 2.0) is None  # nothing reaches an impossible floor
+    assert tune_thresholds(held, current, THRESHOLD_GRID, checks, 2.0) is None  # nothing reaches an impossible floor
 
 
 def write_kaggle_root(root, n=6, size=64, seed=3):

@@ -10,7 +10,9 @@
 - :class:`HeldOut`: probabilities and DSB2018 scores of a network on held-out examples, through
   the Segmenter's own steps (normalisation, rescaling, network, watershed);
 - :class:`FinetuneTrainer`: the Trainer's loop with an :class:`pipeline.training.dataset.ArrayDataset`,
-  no files written, a callback after every step and the held-out scoring as its validation.
+  no files written, a callback after every step and the held-out scoring as its validation;
+  :func:`train_run` runs one, :func:`step_time` times one, :class:`RunProgress` is the one
+  progress bar over all runs.
 
 Must not: parse command lines, pair files, choose the plan (:mod:`pipeline.training.finetune`), write files,
 or decide the diameter a model resizes an image to (:meth:`pipeline.config.model_folder.ModelDirConfig.diameter_for`).
@@ -18,6 +20,7 @@ or decide the diameter a model resizes an image to (:meth:`pipeline.config.model
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,3 +243,49 @@ class FinetuneTrainer(Trainer):
 
     def on_epoch_end(self, epoch: int, row: dict, improved: bool, history: list[dict]) -> None:
         self.history.append(dict(row))
+
+
+def train_run(config, items: dict, draw_weights=None, on_step=None, on_checkpoint=None) -> FinetuneTrainer:
+    """Run a :class:`FinetuneTrainer` (its arguments); returns it (its ``model`` and ``history``).
+    Torch's deterministic-algorithms setting is as before, whatever the run set."""
+    import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer = FinetuneTrainer(config, items, draw_weights, on_step, on_checkpoint)
+        trainer.fit()
+        return trainer
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def step_time(config, items: dict, draw_weights=None) -> tuple[float, float]:
+    """Seconds per training step of a run of ``config`` (measured on its steps after the first), and
+    the seconds a run takes besides its steps (building, loading, the first step's extra)."""
+    stamps = []
+    start = time.perf_counter()
+    train_run(config, items, draw_weights, on_step=lambda: stamps.append(time.perf_counter()))
+    total = time.perf_counter() - start
+    step = float(np.mean(np.diff(stamps))) if len(stamps) > 1 else total
+    return step, max(0.0, total - step * len(stamps))
+
+
+class RunProgress:
+    """One progress bar over all planned steps of all runs (tqdm, time left), and the caller's
+    ``callback(fraction, message)`` after every step; ``message`` names the run."""
+
+    def __init__(self, total: int, callback=None):
+        from pipeline.progress import progress
+
+        self.bar = progress(None, desc="finetune", total=total, unit="step")
+        self.callback, self.done, self.message = callback, 0, "training"
+
+    def step(self) -> None:
+        self.done += 1
+        self.bar.update(1)
+        if self.callback is not None:
+            self.callback(min(self.done / max(self.bar.total, 1), 1.0), self.message)
+
+    def set_total(self, total: int) -> None:
+        self.bar.total = total
+        self.bar.refresh()
