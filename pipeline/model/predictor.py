@@ -225,7 +225,8 @@ class Predictor:
     """
 
     def __init__(self, model, config: ModelDirConfig | ModelConfig | dict, device: str = "cpu", tta: str = "none",
-                 tile_size: int = 512, overlap: int = 64, batch_size: int = 4, precision: str = "auto",
+                 tile_size: int = PredictConfig.tile_size, overlap: int = PredictConfig.overlap,
+                 batch_size: int = PredictConfig.batch_size, precision: str = PredictConfig.precision,
                  stride: int | None = None, backend: str = "torch", int8_file: Path | None = None):
         from pipeline.model.backends import resolve_backend
         from pipeline.model.networks import fuse_batchnorm, model_stride

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config.params import SegmentConfig
 from pipeline.config.routing import MAIN, Route, needs_second_pass, network_for
 from pipeline.errors import NucleiError
 from pipeline.method.blocks import block_geometry, segment_in_blocks
@@ -152,7 +153,7 @@ class Segmenter(DiameterEstimator):
         An invalid config (a mapping checked here, once), or blocks too small for their margin.
     """
 
-    def __init__(self, predictor, block_size: int = 2048, block_margin: int = 128,
+    def __init__(self, predictor, block_size: int = SegmentConfig.block_size, block_margin: int = SegmentConfig.block_margin,
                  source: str | Path = "model", networks: dict | None = None, route: str = MAIN):
         from pipeline.config.model_folder import CONFIG_NAME, as_model_dir_config
 
@@ -185,9 +186,11 @@ class Segmenter(DiameterEstimator):
         return self.config.user_diameter
 
     @classmethod
-    def from_model_dir(cls, path: str | Path, device: str = "auto", tta: str = "auto", tile_size: int = 1024,
-                       overlap: int = 64, batch_size: int = 4, precision: str = "auto",
-                       block_size: int = 2048, block_margin: int = 128, backend: str = "auto") -> Segmenter:
+    def from_model_dir(cls, path: str | Path, device: str = SegmentConfig.device, tta: str = SegmentConfig.tta,
+                       tile_size: int = SegmentConfig.tile_size, overlap: int = SegmentConfig.overlap,
+                       batch_size: int = SegmentConfig.batch_size, precision: str = SegmentConfig.precision,
+                       block_size: int = SegmentConfig.block_size, block_margin: int = SegmentConfig.block_margin,
+                       backend: str = SegmentConfig.backend) -> Segmenter:
         """Load a model directory (``config.yaml`` + ``weights.pt``); ``backend`` is what runs the
         network (:func:`pipeline.model.backends.resolve_backend`: 'auto', the ``segment`` section's
         default, is ONNX Runtime or OpenVINO on a CPU in fp32 when installed, else torch).
