@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("pipeline.stages.score", "score a submission against a solution (DSB2018 metric)"),
     "average": ("pipeline.model.average", "the weighted mean of model directories (a model soup)"),
     "widen": ("pipeline.model.widen", "a plain U-Net widened, computing what it computed (a warm start)"),
-    "quantise": ("pipeline.model.int8", "add an int8 network to a model folder (OpenVINO; faster on CPUs)"),
+    "quantise": ("pipeline.model.quantise", "add an int8 network to a model folder (OpenVINO; faster on CPUs)"),
     "pack": ("pipeline.data.pack", "prepared training data <-> small archives (to carry to a GPU machine)"),
 }
 

@@ -110,7 +110,7 @@ def test_a_route_added_to_config_yaml_is_used_by_predict_and_postprocess(tmp_pat
 def test_a_route_added_to_config_yaml_is_quantised_on_the_images_routed_to_it(tmp_path):
     pytest.importorskip("nncf")
     from pipeline.config.model_folder import read_model_config
-    from pipeline.model.int8 import INT8_XML, quantise_model_dir
+    from pipeline.model.quantise import INT8_XML, quantise_model_dir
 
     model = model_with_route(tmp_path, True)
     images = [np.dstack([disks(shape=(96, 128), value=v)[0]] * 3) for v in (150, 200)]

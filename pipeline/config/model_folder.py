@@ -126,7 +126,7 @@ class ModelDirConfig:
     #: ``config.yaml`` mappings.
     routes: tuple[Route, ...] = ()
     #: This folder's network in int8, an OpenVINO IR file inside the folder (``nuclei quantise``,
-    #: :mod:`pipeline.model.int8`; None: none). Made from these weights: new weights drop it.
+    #: :mod:`pipeline.model.quantise`; None: none). Made from these weights: new weights drop it.
     int8_network: str | None = None
     training: dict = field(default_factory=dict)
     weights_sha256: str | None = None

@@ -11,7 +11,7 @@ export-model`` (:mod:`pipeline.model.interchange`) writes the same exports to fi
 ``auto`` is the fastest backend that holds the accuracy and is installed, on a CPU in float32:
 :data:`AUTO_ORDER` (measured by ``benchmarks/bench_backends.py``, docs/benchmarks.md), else torch.
 On a GPU ``auto`` is torch; on a CPU with AMX (torch in bf16) it is OpenVINO when installed, else
-torch. A model folder with an int8 network (``int8_network``, :mod:`pipeline.model.int8`) has
+torch. A model folder with an int8 network (``int8_network``, :mod:`pipeline.model.quantise`) has
 OpenVINO run it at precision ``auto`` on x86-64 (:func:`read_int8_network`) instead of exporting its
 float network; ``fp32`` and ``bf16`` run the float one.
 
@@ -59,7 +59,7 @@ OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
 #: where it was measured faster at the same score (AVX2, AVX2 with VNNI, AVX-512). Elsewhere (ARM: Apple
 #: silicon) OpenVINO's int8 is unmeasured, and 'auto' keeps the float network.
 INT8_MACHINES = ("x86_64", "amd64")
-#: Where a model folder's int8 network (:mod:`pipeline.model.int8`) records the sha-256 of the weights it was made from.
+#: Where a model folder's int8 network (:mod:`pipeline.model.quantise`) records the sha-256 of the weights it was made from.
 RT_SHA = ["nuclei", "weights_sha256"]
 
 
@@ -99,7 +99,7 @@ def resolve_backend(backend: str, device, precision: str, int8: bool = False) ->
     precision : {'auto', 'fp32', 'bf16', 'fp16'}
         As asked (``precision`` of the ``predict`` / ``segment`` section).
     int8 : bool
-        The model folder has an int8 network (``int8_network``, :mod:`pipeline.model.int8`).
+        The model folder has an int8 network (``int8_network``, :mod:`pipeline.model.quantise`).
 
     Returns
     -------

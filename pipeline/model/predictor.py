@@ -219,7 +219,7 @@ class Predictor:
         memory) and run it on the CPU on torch's threads; 'auto' is OpenVINO, else ONNX Runtime,
         when installed, on a CPU; torch otherwise.
     int8_file : Path, optional
-        The model folder's int8 network (``int8_network``, :mod:`pipeline.model.int8`), which OpenVINO
+        The model folder's int8 network (``int8_network``, :mod:`pipeline.model.quantise`), which OpenVINO
         runs at precision 'auto' (:func:`pipeline.model.backends.resolve_backend`; the resolved
         ``precision`` attribute is then 'int8').
     """

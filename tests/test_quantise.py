@@ -1,4 +1,4 @@
-"""The int8 network of a model folder (pipeline/model/int8.py): ``nuclei quantise`` writes it, precision
+"""The int8 network of a model folder (pipeline/model/quantise.py): ``nuclei quantise`` writes it, precision
 'auto' and 'int8' run it through OpenVINO, and a folder whose weights changed refuses it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pipeline.cli import main as cli_main
 from pipeline.config.model_folder import ModelDirConfig, read_model_config
 from pipeline.errors import NucleiError
 from pipeline.files.io import write_png
-from pipeline.model import int8
+from pipeline.model import quantise
 from pipeline.model.backends import RT_SHA, read_int8_network, resolve_backend
 from pipeline.model.predictor import load_predictor
 from pipeline.model.runtime import resolve_precision
@@ -40,17 +40,17 @@ def disk_images(n: int = 4) -> list[np.ndarray]:
 def quantised(tmp_path_factory):
     """The threshold U-Net's model folder with an int8 network, made from :func:`disk_images`."""
     folder = save_threshold_model(tmp_path_factory.mktemp("int8") / "tiny")
-    written = int8.quantise_model_dir(folder, disk_images())
-    assert written == [folder / int8.INT8_XML]
+    written = quantise.quantise_model_dir(folder, disk_images())
+    assert written == [folder / quantise.INT8_XML]
     return folder
 
 
 def test_quantise_writes_the_network_and_names_it(quantised):
     config = read_model_config(quantised)
-    assert config.int8_network == int8.INT8_XML
+    assert config.int8_network == quantise.INT8_XML
     assert (quantised / "network_int8.bin").stat().st_size > 0
     assert not list(quantised.glob(".int8-*"))  # the temporary folder is gone
-    model = read_int8_network(quantised / int8.INT8_XML, config.weights_sha256)
+    model = read_int8_network(quantised / quantise.INT8_XML, config.weights_sha256)
     assert model.get_rt_info(RT_SHA).astype(str) == config.weights_sha256
     # integer convolutions: the quantised graph holds FakeQuantize (activations) and int8 weights
     types = {op.get_type_name() for op in model.get_ops()}
@@ -102,11 +102,11 @@ def test_new_weights_drop_it_and_stale_ones_are_refused(quantised, tmp_path):
 
     folder = shutil.copytree(quantised, tmp_path / "copy")
     model, config = load_model_dir(folder)
-    assert config.int8_network == int8.INT8_XML
+    assert config.int8_network == quantise.INT8_XML
     save_model_dir(folder, model, config, storage="float32")  # new weights.pt bytes
     assert read_model_config(folder).int8_network is None
     # a hand-edited config naming the old int8 network again: refused, naming the file
-    values = yaml.safe_load((folder / "config.yaml").read_text()) | {"int8_network": int8.INT8_XML}
+    values = yaml.safe_load((folder / "config.yaml").read_text()) | {"int8_network": quantise.INT8_XML}
     (folder / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     with pytest.raises(NucleiError, match="network_int8.xml: made from other weights"):
         Segmenter.from_model_dir(folder)  # refused on loading, before any image
@@ -127,12 +127,12 @@ def test_int8_network_key_is_a_file_inside_the_folder(value):
 def test_calibration_crops_lie_on_the_stride():
     rng = np.random.default_rng(0)
     view = np.random.default_rng(1).random((600, 300, 3), dtype=np.float32)
-    crops = int8.calibration_crops(view, 32, rng)
+    crops = quantise.calibration_crops(view, 32, rng)
     assert len(crops) == round(4 * 600 * 300 / 256**2)
     assert all(c.shape == (1, 3, 256, 256) and c.dtype == np.float32 for c in crops)
-    small = int8.calibration_crops(view[:100, :70], 32, rng)
+    small = quantise.calibration_crops(view[:100, :70], 32, rng)
     assert [c.shape for c in small] == [(1, 3, 96, 64)]
-    assert int8.calibration_crops(view[:20], 32, rng) == []
+    assert quantise.calibration_crops(view[:20], 32, rng) == []
 
 
 def test_cli_quantises_a_folder_of_images(tmp_path):
@@ -142,14 +142,14 @@ def test_cli_quantises_a_folder_of_images(tmp_path):
     for k, image in enumerate(disk_images(3)):
         write_png(images / f"{k}.png", image)
     assert cli_main(["quantise", str(folder), str(images)]) == 0
-    assert read_model_config(folder).int8_network == int8.INT8_XML
+    assert read_model_config(folder).int8_network == quantise.INT8_XML
     assert cli_main(["quantise", str(folder)]) == 2  # neither images nor --params
 
 
 def test_the_shipped_model_carries_a_valid_int8_network():
     folder = model_folder("default")
     config = read_model_config(folder)
-    assert config.int8_network == int8.INT8_XML
+    assert config.int8_network == quantise.INT8_XML
     read_int8_network(config.int8_file(folder), config.weights_sha256)
     # the stained network stays in float (int8 lost up to 0.008 on stained sources: docs/decisions.md)
     assert read_model_config(config.network_folder(folder, config.route("stained"))).int8_network is None
