@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 from pipeline.config.params import ROOT, load_params
 from pipeline.data.kaggle import read_kaggle_sample
 from pipeline.method.heads import get_head
-from pipeline.method.targets import border_mask
+from pipeline.method.training_targets import border_mask
 from pipeline.method.watershed import postprocess
 from pipeline.model.model_dir import load_model_dir, save_model_dir
 from pipeline.model.networks import build_model

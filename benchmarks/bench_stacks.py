@@ -107,7 +107,7 @@ def run_case(args) -> int:
 
     from pipeline.config.params import SegmentConfig
     from pipeline.model.segmenter import Segmenter
-    from pipeline.model.stacks import segment_stack
+    from pipeline.model.stack_segmenter import segment_stack
 
     torch.set_num_threads(args.threads)
     stack = np.load(args.stack)

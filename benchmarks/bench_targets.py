@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.config.params import load_config
 from pipeline.data.kaggle import list_kaggle_ids, read_kaggle_sample
 from pipeline.files.io import save_npz
-from pipeline.method.targets import make_targets
+from pipeline.method.training_targets import make_targets
 from pipeline.method.weight_maps import separation_weights, separation_weights_exact
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,7 +56,7 @@ def main() -> int:
     from pipeline.method.synthetic import synthetic_nuclei_stack
     from pipeline.method.volumes import volume_metrics
     from pipeline.model.segmenter import Segmenter
-    from pipeline.model.stacks import segment_stack
+    from pipeline.model.stack_segmenter import segment_stack
 
     torch.set_num_threads(args.threads)
     options = SegmentConfig().segmenter_options()

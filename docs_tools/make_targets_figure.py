@@ -25,7 +25,7 @@ from skimage.color import label2rgb  # noqa: E402
 from pipeline.config.params import load_config  # noqa: E402
 from pipeline.data.kaggle import read_kaggle_sample  # noqa: E402
 from pipeline.files.io import atomic_path  # noqa: E402
-from pipeline.method.targets import make_targets  # noqa: E402
+from pipeline.method.training_targets import make_targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a crowded small-fluorescence image and an H&E-like tissue image, both with touching nuclei

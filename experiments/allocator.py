@@ -71,7 +71,7 @@ def child(args: argparse.Namespace) -> dict:
 
     from pipeline.config.params import LossConfig
     from pipeline.method.heads import TARGET_KEYS
-    from pipeline.method.targets import make_targets
+    from pipeline.method.training_targets import make_targets
     from pipeline.model import runtime
     from pipeline.model.model_dir import load_model_dir
     from pipeline.model.networks import build_model

@@ -7,7 +7,7 @@ import torch
 from pipeline.config.params import HEAD_NAMES
 from pipeline.errors import NucleiError
 from pipeline.method.heads import HEADS, TARGET_KEYS, Head, get_head, mask_and_marker
-from pipeline.method.targets import border_mask, make_targets
+from pipeline.method.training_targets import border_mask, make_targets
 
 
 def test_registry_names_every_head_once():

@@ -76,7 +76,7 @@ def test_a_route_added_to_config_yaml_is_used_by_segment_on_planes_and_slides(tm
 @pytest.mark.parametrize("method", ["stitch", "ortho"])
 def test_a_route_added_to_config_yaml_is_used_for_z_stacks(tmp_path, route, method):
     from pipeline.model.segmenter import Segmenter
-    from pipeline.model.stacks import segment_stack
+    from pipeline.model.stack_segmenter import segment_stack
 
     segmenter = Segmenter.from_model_dir(model_with_route(tmp_path, route), device="cpu", backend="torch")
     plane, truth = disks(shape=(96, 128))

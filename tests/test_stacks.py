@@ -263,7 +263,7 @@ def test_a_stained_stack_is_segmented_by_the_models_stained_network(method):
     """A model with a stained network (a route by image type) segments a stained z-stack with it, plane
     by plane or slice by slice: the dark discs are found, and the other network sees no pixel."""
     from pipeline.model.segmenter import Segmenter
-    from pipeline.model.stacks import segment_stack
+    from pipeline.model.stack_segmenter import segment_stack
 
     from .conftest import STAINED_ROUTE, InvertedPredictor, grey_segmenter, stain
 
@@ -287,7 +287,7 @@ def test_a_dense_stack_is_segmented_by_the_models_dense_network_and_a_sparse_one
     """A model with a dense network (a route by nucleus fraction) runs it on a stack whose nuclei cover
     more than its fraction: plane by plane (``stitch``, as 2D images) or once for the whole stack
     (``ortho``, decided on the XY planes); a sparse stack never reaches it."""
-    from pipeline.model.stacks import segment_stack
+    from pipeline.model.stack_segmenter import segment_stack
 
     from .test_segmenter import dense_pair, packed_discs
 

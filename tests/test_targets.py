@@ -12,7 +12,7 @@ from pipeline.cli import main as cli_main
 from pipeline.errors import NucleiError
 from pipeline.files.io import load_npz, save_npz
 from pipeline.method.heads import get_head
-from pipeline.method.targets import (
+from pipeline.method.training_targets import (
     border_mask,
     make_targets,
     nucleus_radii,

@@ -23,7 +23,7 @@ from pipeline.method.volumes import (
     watershed_3d_blocks,
 )
 from pipeline.method.watershed import fill_holes
-from pipeline.model.stacks import segment_stack
+from pipeline.model.stack_segmenter import segment_stack
 
 from .conftest import grey_segmenter
 

@@ -9,7 +9,7 @@ import pandas as pd
 from skimage.draw import disk
 
 from pipeline.files.io import save_npz, write_csv
-from pipeline.method.targets import make_targets
+from pipeline.method.training_targets import make_targets
 
 
 def disc_image(

@@ -1,7 +1,7 @@
 """One stack of ``nuclei segment``: a z-stack segmented in 3D, or a time-lapse segmented frame by
 frame (and tracked with ``--track``); its files and its rows of the tables.
 
-- ``ZYX`` (a z-stack): :func:`pipeline.model.stacks.segment_stack` (``--z-method stitch|ortho``), the
+- ``ZYX`` (a z-stack): :func:`pipeline.model.stack_segmenter.segment_stack` (``--z-method stitch|ortho``), the
   nuclei measured in 3D (:func:`pipeline.method.volumes.measure_volumes`); one ``counts.csv`` row.
 - ``TYX`` (a time-lapse): every frame segmented at the first frame's diameter; with ``--track`` the
   nuclei linked into tracks (:func:`pipeline.method.tracking.track_labels`), each keeping its track
@@ -62,7 +62,8 @@ def segment_stack_image(stack: Stack, source: Path, name: str, segmenter, cfg: S
     ------
     NucleiError
         A time-lapse of z-stacks without both ``--z-method`` and ``--track``; the errors of
-        :func:`pipeline.model.stacks.segment_stack` and :func:`pipeline.method.tracking.track_labels`.
+        :func:`pipeline.model.stack_segmenter.segment_stack`, :func:`pipeline.method.tracking.track_labels` and
+        :func:`pipeline.batch.measurements.measure_image`.
     """
     options = cfg.stacks
     if stack.axes == "TZYX" and not (options.track and options.z_method):
@@ -146,7 +147,7 @@ def _segment_volumes(per_frame: np.ndarray, segmenter, cfg: Settings, stack: Sta
                      flags: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """3D labels (T, Z, H, W) int32 of every frame's z-stack, the planes shown (T, Z, H, W, 3) uint8,
     and the segmentation's fields (diameter, scale, anisotropy)."""
-    from pipeline.model.stacks import normalised_plane, segment_stack
+    from pipeline.model.stack_segmenter import normalised_plane, segment_stack
 
     options = cfg.stacks
     anisotropy = options.anisotropy

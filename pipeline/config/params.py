@@ -67,7 +67,7 @@ FLOODS = ("probability", "distance")
 #: ``predict.tta`` and ``segment.tta``: test-time augmentation (:class:`pipeline.model.predictor.Predictor`).
 TTA_MODES = ("none", "rot180", "flips", "d4", "auto")
 #: ``nuclei segment --z-method``: 3D nuclei from planes linked by overlap, or from the network on three
-#: orthogonal slicings and a 3D watershed (:func:`pipeline.model.stacks.segment_stack`).
+#: orthogonal slicings and a 3D watershed (:func:`pipeline.model.stack_segmenter.segment_stack`).
 Z_METHODS = ("stitch", "ortho")
 #: ``model.head``: the heads of :data:`pipeline.method.heads.HEADS` (a test checks that they agree).
 HEAD_NAMES = ("softmax", "sigmoid")
@@ -193,7 +193,7 @@ class TargetsConfig(Section):
             raise self.error(source, "need targets.border_radius_min <= targets.border_radius_max")
 
     def make_targets_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`pipeline.method.targets.make_targets`."""
+        """The keyword arguments of :func:`pipeline.method.training_targets.make_targets`."""
         keys = ("w0", "sigma", "border_radius_min", "border_radius_max", "border_scale", "class_weight_max")
         return {k: getattr(self, k) for k in keys}
 

@@ -14,7 +14,7 @@ in one root re-prepares that source alone.
 ``.npz`` path below the folder, as for every stage that writes per-image files), groups
 ``<source>:<group>``. A folder holding ``index.csv`` itself is one source with plain ids.
 
-Must not: compute training targets (:mod:`pipeline.method.targets`) or import torch.
+Must not: compute training targets (:mod:`pipeline.method.training_targets`) or import torch.
 """
 
 from __future__ import annotations

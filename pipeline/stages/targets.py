@@ -4,12 +4,12 @@ The stage reads the prepared index and ``<prepared>/<id>.npz`` (``image``, ``lab
 image to the canonical nucleus diameter ``targets.diameter`` (its median nucleus equivalent
 diameter rescaled to it: image by area/bilinear resampling, labels by nearest neighbour;
 :mod:`pipeline.method.scale`), builds the targets from the rescaled labels
-(:func:`pipeline.method.targets.rescaled_targets`), and writes ``<out>/<id>.npz`` with the rescaled
+(:func:`pipeline.method.training_targets.rescaled_targets`), and writes ``<out>/<id>.npz`` with the rescaled
 ``image`` uint8 and ``labels`` int32, ``classes`` uint8, ``mask`` uint8, ``border`` uint8,
 ``weights`` float16 and the ``scale`` factor, in parallel over images. ``targets.diameter: null``
 keeps every image at its own scale.
 
-Must not: compute targets itself (:mod:`pipeline.method.targets`), import torch, or keep defaults
+Must not: compute targets itself (:mod:`pipeline.method.training_targets`), import torch, or keep defaults
 of the ``targets`` section (they are :class:`pipeline.config.params.TargetsConfig`).
 """
 
@@ -27,7 +27,7 @@ from pipeline.data.folds import read_index
 from pipeline.errors import NucleiError
 from pipeline.files.io import load_npz, save_npz
 from pipeline.method.scale import median_diameter, scale_factor
-from pipeline.method.targets import rescaled_targets
+from pipeline.method.training_targets import rescaled_targets
 from pipeline.progress import progress
 
 

@@ -36,7 +36,7 @@ def load_item(prepared: str | Path, targets: str | Path | None, image_id: str,
     """Load one image with its labels and (when ``targets`` is given) its training targets.
 
     The targets file holds the image and labels rescaled to the canonical nucleus diameter
-    (:mod:`pipeline.method.targets`); they replace the prepared ones when present, and the prepared
+    (:mod:`pipeline.method.training_targets`); they replace the prepared ones when present, and the prepared
     file is then not read.
 
     Parameters
@@ -325,7 +325,7 @@ class ArrayDataset(NucleiDataset):
     items : dict of str -> dict of arrays
         Per id, what :func:`load_item` returns with targets and ``normalize=False``: ``image``
         float32 (H, W, 3) raw in [0, 1], ``labels`` int32 and the :data:`pipeline.method.heads.TARGET_KEYS`
-        arrays (H, W) (e.g. :func:`pipeline.method.targets.rescaled_targets`), ``weights`` float32.
+        arrays (H, W) (e.g. :func:`pipeline.method.training_targets.rescaled_targets`), ``weights`` float32.
     **kwargs
         The other :class:`NucleiDataset` keywords (``train``, ``transform``, ``samples_per_epoch``,
         ``draw_weights``, ``stride``, ``seed``); ids are the keys of ``items`` in order.

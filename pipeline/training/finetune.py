@@ -31,7 +31,7 @@ the best on the held-out images among those that keep the score on these checks 
 ``max_forgetting`` of the base model's.
 
 Must not: hold a training loop (:class:`pipeline.training.finetune_run.FinetuneTrainer` is the Trainer's),
-build targets (:mod:`pipeline.method.targets`), segment differently from :class:`pipeline.model.segmenter.Segmenter`,
+build targets (:mod:`pipeline.method.training_targets`), segment differently from :class:`pipeline.model.segmenter.Segmenter`,
 or read a model folder other than through :func:`pipeline.model.model_dir.read_model_dir` (its one validator).
 """
 

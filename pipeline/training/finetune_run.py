@@ -6,7 +6,7 @@
   whatever the image size;
 - :func:`make_example`: an annotated image brought to the model's canonical nucleus diameter from
   the exact median diameter of its labels (as ``segment`` brings an image given ``--diameter``),
-  with the training targets of :func:`pipeline.method.targets.rescaled_targets`;
+  with the training targets of :func:`pipeline.method.training_targets.rescaled_targets`;
 - :class:`HeldOut`: probabilities and DSB2018 scores of a network on held-out examples, through
   the Segmenter's own steps (normalisation, rescaling, network, watershed);
 - :class:`FinetuneTrainer`: the Trainer's loop with an :class:`pipeline.training.dataset.ArrayDataset`,
@@ -73,7 +73,7 @@ def make_example(name: str, image: np.ndarray, labels: np.ndarray, diameter: flo
     whose nuclei are ``diameter`` px, for a model directory's ``model_config``; ``image_type``: the
     image's type (:func:`image_types_of`), when the caller has it."""
     from pipeline.method.scale import scale_factor
-    from pipeline.method.targets import rescaled_targets
+    from pipeline.method.training_targets import rescaled_targets
 
     image_type = image_type or image_types_of([image], model_config)[0]
     canonical = model_config.diameter_for(image_type)

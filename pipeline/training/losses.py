@@ -1,6 +1,6 @@
 """Training losses: the loss formulas, and their weighted combination for any head.
 
-Targets come from the ``targets`` stage (``pipeline.method.targets``): ``classes`` 0 = mask − border,
+Targets come from the ``targets`` stage (``pipeline.method.training_targets``): ``classes`` 0 = mask − border,
 1 = border, 2 = background; ``mask`` and ``border`` 0/1; ``weights`` the U-Net weight map
 (class balance + separation term). All functions take logits, compute in float32 (safe under
 autocast) and return a scalar tensor.
