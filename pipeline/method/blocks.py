@@ -1,10 +1,13 @@
-"""Blocks of a large image: their geometry, and the rule that makes every nucleus come from one block.
+"""Blocks of a large image: their geometry, and the one rule that stitches them.
 
 An image too large for the network at once is cut into overlapping blocks (:func:`iter_blocks`,
 sized by :func:`block_geometry`); each block keeps the nuclei it owns, those whose centroid lies in
-its core (:func:`owned_nuclei`). :func:`segment_in_blocks` stitches an image held in memory
-(:meth:`pipeline.model.segmenter.Segmenter.segment`); :mod:`pipeline.batch.slide` uses the same blocks and rule
-for images read piece by piece.
+its core (:func:`owned_nuclei`), and pastes them, in row-major block order, by one rule
+(:func:`paste_nuclei`): where no earlier block put a nucleus, a nucleus that would lose more than
+half of its pixels to earlier blocks being the same nucleus seen twice, and dropped.
+:func:`segment_in_blocks` stitches an image held in memory
+(:meth:`pipeline.model.segmenter.Segmenter.segment`); :class:`pipeline.batch.slide.Stitcher`
+pastes the blocks of an image read piece by piece into a band of rows with the same rule.
 
 Must not: run a network or load a model (callers hand a function giving a block's labels).
 """
@@ -112,9 +115,50 @@ def owned_nuclei(labels: np.ndarray, core: tuple[slice, slice], return_kept: boo
     return (lut[labels], keep) if return_kept else lut[labels]
 
 
+def paste_nuclei(target: np.ndarray, owned: np.ndarray, count: int, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paste one block's owned nuclei into the label image under it: the stitching rule of every block.
+
+    A nucleus goes where no earlier block put one. One that would lose more than half of its pixels
+    to earlier blocks is the same nucleus seen twice (two blocks' outlines of one nucleus, each
+    centroid in its own block's core) and is dropped whole; one left smaller than ``min_size`` too.
+    A pasted nucleus is final: later blocks only fill free pixels.
+
+    Parameters
+    ----------
+    target : (h, w) int array
+        The label image under the block (0 = free), written in place (a view of it).
+    owned : (h, w) int array
+        The block's owned nuclei (:func:`owned_nuclei`), numbered 1..k.
+    count : int
+        Nuclei pasted so far (the last label of ``target``'s image).
+    min_size : int
+        px²; nuclei left smaller are dropped (at least 1 px is kept).
+
+    Returns
+    -------
+    kept : (h, w) int32
+        The kept nuclei as pasted, numbered 1..k' in the order of ``owned``: label ``count + j`` in
+        the image.
+    keep : (k',) int64
+        The value in ``owned`` of kept nucleus 1..k'.
+    """
+    owned = owned.astype(np.int64, copy=False)
+    taken_px = target > 0
+    total = np.bincount(owned.ravel(), minlength=1)
+    taken = np.bincount(owned[taken_px], minlength=total.size)
+    keep = (total > 0) & (2 * taken <= total) & (total - taken >= max(min_size, 1))
+    keep[0] = False
+    lut = np.zeros(total.size, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    kept = lut[owned]
+    kept[taken_px] = 0
+    target[kept > 0] = kept[kept > 0] + count
+    return kept, np.flatnonzero(keep)
+
+
 def segment_in_blocks(
     shape: tuple[int, int], labels_of: Callable[[tuple[slice, slice]], tuple[np.ndarray, float, np.ndarray]],
-    block: int, margin: int,
+    block: int, margin: int, min_size: int,
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """Labels of an image segmented block by block (:func:`iter_blocks`), in memory.
 
@@ -127,15 +171,17 @@ def segment_in_blocks(
         each of its labels' own (a float array indexed by label value).
     block, margin : int
         px (:func:`block_geometry`).
+    min_size : int
+        px²: nuclei left smaller by stitching are dropped (:func:`paste_nuclei`).
 
     Returns
     -------
     labels : (H, W) int32
-        Each block's owned nuclei (:func:`owned_nuclei`) where no earlier block put one (a nucleus
-        seen by two blocks is kept once); numbered in block order, not yet sequential.
+        Each block's owned nuclei (:func:`owned_nuclei`) pasted in block order by
+        :func:`paste_nuclei`, numbered 1..N in that order.
     confidence : float
         The blocks' confidences weighted by their area.
-    nuclei : (labels.max() + 1,) float32
+    nuclei : (N + 1,) float32
         Each label's confidence, from the block that owns it (NaN for 0).
     """
     labels = np.zeros(shape, np.int32)
@@ -145,12 +191,8 @@ def segment_in_blocks(
         part, conf, per_label = labels_of(outer)
         size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
         conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
-        part, kept = owned_nuclei(part, core, return_kept=True)
-        nuclei.append(np.asarray(per_label, np.float32)[kept])
-        n_kept = int(part.max(initial=0))
-        part[part > 0] += n_labels
-        target = labels[outer]
-        free = (part > 0) & (target == 0)  # a nucleus seen by two blocks is kept once
-        target[free] = part[free]
-        n_labels += n_kept
+        part, owned = owned_nuclei(part, core, return_kept=True)
+        _, keep = paste_nuclei(labels[outer], part, n_labels, min_size)
+        nuclei.append(np.asarray(per_label, np.float32)[owned[keep - 1]])
+        n_labels += keep.size
     return labels, conf_sum / max(conf_weight, 1), np.concatenate(nuclei)
