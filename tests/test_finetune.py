@@ -287,10 +287,11 @@ def test_finetune_names_a_missing_guard_and_says_when_there_is_none(base_model, 
     assert yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["training"]["guard"] is None
 
 
-def test_a_model_with_a_dense_network_fine_tunes_it_on_mostly_dense_images(base_model, tmp_path, capsys):
-    """A base with a dense network (``dense_model``): when most labelled images have nuclei over
-    more than its ``dense_fraction`` of their pixels, fine-tuning starts from that network; stained
-    images still go to the stained network first, and sparse ones to the base's own."""
+def test_a_model_with_routes_fine_tunes_the_network_most_images_pick(base_model, tmp_path, capsys):
+    """A base with a stained and a dense network (``networks``): each labelled image picks its
+    network by the one rule (:func:`pipeline.config.routing.network_for` of its type and labelled
+    share); the network most images pick is fine-tuned, a tie keeps the base's own, and one line
+    says which network and how many images picked each."""
     import shutil
 
     from pipeline.config.model_folder import read_model_config
@@ -300,18 +301,32 @@ def test_a_model_with_a_dense_network_fine_tunes_it_on_mostly_dense_images(base_
 
     base = add_dense_network(add_stained_network(shutil.copytree(base_model, tmp_path / "base"), base_model), base_model)
     config = read_model_config(base)
-    assert config.dense_fraction == 0.5
+    assert config.route("dense").nucleus_fraction_above == 0.5
     fluo = ["fluo-large"] * 3
-    assert _starting_network(base, config, fluo, [0.2, 0.6, 0.3], print) == (base, config)  # 1 of 3 dense
-    assert _starting_network(base, config, fluo, [0.2, 0.6, 0.7], print)[0] == base / "dense"
-    assert "2 of 3 images have nuclei over more than 50% of their pixels: fine-tuning the model's dense network" in \
-        capsys.readouterr().out
-    assert _starting_network(base, config, ["histology"] * 2 + fluo[:1], [0.7] * 3, print)[0] == base / "stained"
+
+    def start(types, fractions):
+        folder, _ = _starting_network(base, config, types, fractions, print)
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 1, lines
+        return folder, lines[0]
+
+    assert start(fluo, [0.2, 0.6, 0.3]) == (
+        base, f"networks your 3 images pick: main 2, stained 0, dense 1; fine-tuning the main network ({base})")
+    assert start(fluo, [0.2, 0.6, 0.7]) == (
+        base / "dense",
+        f"networks your 3 images pick: main 1, stained 0, dense 2; fine-tuning the dense network ({base / 'dense'})")
+    # stained images pick the stained network whatever their share: 2 stained, 1 dense
+    assert start(["histology"] * 2 + fluo[:1], [0.7] * 3)[0] == base / "stained"
+    assert start(["histology"] * 2 + fluo[:2], [0.7, 0.7, 0.2, 0.7])[0] == base / "stained"  # 2 of 4: the most, not half
+    folder, line = start(["histology"] + fluo[:2], [0.2, 0.7, 0.2])  # 1 each: a tie
+    assert folder == base and line.endswith(f"main 1, stained 1, dense 1; a tie, fine-tuning the main network ({base})")
+    assert _starting_network(base_model, read_model_config(base_model), fluo, [0.7] * 3, print)[0] == base_model
+    assert capsys.readouterr().out == ""  # no routes: no choice, no line
 
 
 def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_images(base_model, tmp_path, capsys,
                                                                                    monkeypatch):
-    """A base with a stained network (``stained_model``): stained images fine-tune that network,
+    """A base with a stained network (``networks``): stained images fine-tune that network,
     fluorescence images the base's own; either way the folder written holds the one network it
     fine-tuned, and names no stained network."""
     import shutil
@@ -333,7 +348,8 @@ def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_imag
     assert _starting_network(base, config, fluo, [0.2] * 3, print) == (base, config)
     assert _starting_network(base, config, stained[:1] + fluo, [0.2] * 4, print)[0] == base  # most are not stained
     assert _starting_network(base, config, stained[:2] + fluo[:1], [0.2] * 3, print)[0] == base / "stained"
-    assert "2 of 3 images are stained: fine-tuning the model's stained network" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"networks your 3 images pick: main 1, stained 2; fine-tuning the stained network ({base / 'stained'})")
 
     images = write_annotated(tmp_path / "user")
     for path in images:
@@ -345,5 +361,5 @@ def test_a_model_with_a_stained_network_fine_tunes_the_network_of_the_users_imag
                    device="cpu")
     assert len(typed) == len(images)  # each image typed once, for the network and for its scale
     written = read_model_config(out)
-    assert written.stained_model is None and not (out / "stained").exists()
+    assert written.routes == () and not (out / "stained").exists()
     assert (ROOT / written.training["base"]).resolve() == (base / "stained").resolve()

@@ -483,25 +483,27 @@ def _duration(seconds: float) -> str:
 
 def _starting_network(base: Path, base_config: ModelDirConfig, image_types: list[str], fractions: list[float],
                       log) -> tuple[Path, ModelDirConfig]:
-    """The model folder fine-tuning starts from: the base's stained network (``stained_model``) when
-    most of the labelled images (their ``image_types``) are stained; else its dense network
-    (``dense_model``) when most have nuclei over more than its ``dense_fraction`` of their pixels
-    (``fractions``: the labelled share of each image, the share the Segmenter routes on); else the
-    base itself. Either way the folder written holds the one network it fine-tuned, for the user's
-    kind of images."""
-    from pipeline.config.model_folder import STAINED_IMAGE_TYPE
+    """The model folder fine-tuning starts from: the network of the base that most of the labelled
+    images pick (:attr:`ModelDirConfig.networks`). Each image picks its route by the one rule,
+    :func:`pipeline.config.routing.network_for` of its type (``image_types``) and of the labelled
+    share of its pixels (``fractions``, the share the Segmenter routes on); a tie keeps the base's
+    own network. A base with routes says the choice in one line (the network, and the images each
+    network got). Either way the folder written holds the one network it fine-tuned, for the
+    user's kind of images."""
+    from pipeline.config.routing import MAIN_ROUTE, network_for
     from pipeline.model.model_dir import read_model_dir
 
-    stained = image_types.count(STAINED_IMAGE_TYPE)
-    dense = 0 if base_config.dense_model is None else sum(f > base_config.dense_fraction for f in fractions)
-    if base_config.stained_model is not None and 2 * stained > len(image_types):
-        inner = base_config.stained_folder(base)
-        log(f"{stained} of {len(image_types)} images are stained: fine-tuning the model's stained network ({inner})")
-    elif 2 * dense > len(fractions):
-        inner = base_config.dense_folder(base)
-        log(f"{dense} of {len(fractions)} images have nuclei over more than {base_config.dense_fraction:.0%} of their "
-            f"pixels: fine-tuning the model's dense network ({inner})")
-    else:
+    if not base_config.routes:
+        return base, base_config
+    picks = [network_for(base_config.routes, t, f).name for t, f in zip(image_types, fractions, strict=True)]
+    counts = {route.name: picks.count(route.name) for route in base_config.networks}
+    leaders = [name for name, n in counts.items() if n == max(counts.values())]
+    route = base_config.route(leaders[0]) if len(leaders) == 1 else MAIN_ROUTE
+    inner = base_config.network_folder(base, route)
+    tie = "a tie, " if len(leaders) > 1 else ""
+    log(f"networks your {len(picks)} images pick: {', '.join(f'{name} {n}' for name, n in counts.items())}; "
+        f"{tie}fine-tuning the {route.name} network ({inner})")
+    if route.name == MAIN_ROUTE.name:
         return base, base_config
     config, _ = read_model_dir(inner)
     return inner, config
