@@ -185,16 +185,24 @@ def test_image_type_and_diameter_on_the_command_line(tmp_path, model_dir):  # no
 def test_one_home_for_the_paths_and_the_counts_row():
     """Every module writes the folder's paths and ``counts.csv`` rows through output_folder: a plane's row
     and a slide's row have the same fields, rounded the same way, each one a column of counts.csv."""
-    from pipeline.batch.output_folder import COUNT_COLUMNS, counts_row, image_files, labels_file, overlay_file
+    from types import SimpleNamespace
+
+    from pipeline.batch.output_folder import COUNT_COLUMNS, CountsRow, image_files, labels_file, overlay_file
 
     assert (labels_file("a b"), overlay_file("a b")) == ("labels/a b.tif", "overlays/a b.png")
     assert image_files("x") == ["labels/x.tif", "overlays/x.png", "tables/x.csv", "cells/x.tif", "spots/x.csv",
                                 "tracks/x.csv", "tracks/x.xml", "geojson/x.geojson", "rois/x.zip"]
-    row = counts_row("x", 3, 12.5, "fluo-small", 17.123456, True, 1.1679999, 0.98765, "", 0.5, 3.125)
+    result = SimpleNamespace(image_type="fluo-small", diameter=17.123456, estimated=True, scale=1.1679999,
+                             confidence=0.98765)
+    row = CountsRow.segmented(result, name="x", count=3, median_area_px=12.5, pixel_size=0.5, median_area_um2=3.125,
+                              extra={"cells_file": "cells/x.tif"}).fields()
     assert row == {"count": 3, "median_area_px": 12.5, "image_type": "fluo-small", "diameter_px": 17.12,
                    "diameter_estimated": True, "scale": 1.168, "confidence": 0.988, "flag": "", "status": "ok",
                    "labels_file": "labels/x.tif", "overlay_file": "overlays/x.png", "median_area_um2": 3.125,
-                   "pixel_size_um": 0.5}
-    assert set(row) <= set(COUNT_COLUMNS)
-    unscaled = counts_row("x", 0, float("nan"), "histology", None, False, 1.0, 1.0, "flag")
+                   "pixel_size_um": 0.5, "cells_file": "cells/x.tif"}
+    assert set(row) - {"cells_file"} <= set(COUNT_COLUMNS)
+    unscaled = CountsRow(name="x", count=0, median_area_px=float("nan"), image_type="histology", estimated=False,
+                         scale=1.0, confidence=1.0, flag="flag").fields()
     assert unscaled["diameter_px"] is None and "median_area_um2" not in unscaled and "pixel_size_um" not in unscaled
+    with pytest.raises(TypeError):  # keywords only: no positional 11-argument call
+        CountsRow("x", 0, 1.0)

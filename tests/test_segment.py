@@ -271,20 +271,20 @@ def test_a_failing_file_never_removes_another_inputs_outputs(tmp_path, model_dir
 
 def test_outputs_of_a_partly_written_image_are_removed(tmp_path, model_dir, monkeypatch):
     """An image whose overlay cannot be written loses its label file, not another's."""
-    import pipeline.batch.one_file
+    import pipeline.batch.output_folder
 
     image, _ = disks()
     Image.fromarray(image).save(tmp_path / "a.png")
     Image.fromarray(image).save(tmp_path / "b.png")
     out = tmp_path / "out"
-    real = pipeline.batch.one_file.write_png
+    real = pipeline.batch.output_folder.write_png
 
     def write_png(path, array):
         if path.name == "b.png":
             raise OSError(28, "No space left on device")
         real(path, array)
 
-    monkeypatch.setattr(pipeline.batch.one_file, "write_png", write_png)
+    monkeypatch.setattr(pipeline.batch.output_folder, "write_png", write_png)
     counts = segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir).set_index("image")
     assert list(counts["status"]) == ["ok", "failed"]
     assert [p.name for p in (out / "labels").iterdir()] == ["a.tif"]
@@ -601,3 +601,16 @@ def test_recursive_kaggle_layout_skips_masks(tmp_path, model_dir):
     Image.fromarray(image).save(tmp_path / "kaggle" / "masks" / "plain.png")
     counts = segment_images([tmp_path / "kaggle"], tmp_path / "out", model_dir, recursive=True)
     assert sorted(counts["image"]) == ["plain", "s1", "s2"]
+
+
+def test_a_napari_layer_is_segmented_and_measured_as_nuclei_segment_does(tmp_path, model_dir):
+    """The plugin's ``segment_array`` goes through the batch's path: the same labels and nuclei rows."""
+    from pipeline.napari_plugin.layers import segment_array
+
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    segment_images([tmp_path / "a.png"], tmp_path / "out", model_dir, "cpu")
+    result, table = segment_array(image, model_dir, device="cpu")
+    assert np.array_equal(result.labels, read_labels(tmp_path / "out" / "labels" / "a.tif")) and len(table) == 3
+    nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv").drop(columns="image")
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), nuclei, check_dtype=False, rtol=1e-9)

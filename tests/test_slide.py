@@ -63,8 +63,8 @@ def test_nuclei_across_block_seams_are_found_once_whole_with_one_label(tmp_path)
     slide = open_slide(path)
     assert slide is not None and slide.shape == (side, side)
 
-    row, table, _ = segment_slide(slide, "slide", tmp_path / "out", grey_segmenter(block_size=block, block_margin=margin),
-                                  diameter=20.0)
+    row, table, overlay = segment_slide(slide, "slide", tmp_path / "out",
+                                        grey_segmenter(block_size=block, block_margin=margin), diameter=20.0)
     n_true = int(truth.max())
     assert row["count"] == n_true > 600
 
@@ -87,7 +87,7 @@ def test_nuclei_across_block_seams_are_found_once_whole_with_one_label(tmp_path)
     first = nuclei.set_index("label").loc[labels[truth == 1][0]]
     rows, cols = np.nonzero(truth == 1)
     assert abs(first["centroid_row"] - rows.mean()) < 1 and abs(first["centroid_col"] - cols.mean()) < 1
-    assert (tmp_path / "out" / "overlays" / "slide.png").is_file()
+    assert overlay.dtype == np.uint8 and overlay.shape == (side, side, 3)  # the caller writes it (Tables.write_overlay)
 
 
 def test_a_stained_slide_is_segmented_block_by_block_by_the_models_stained_network(tmp_path):

@@ -300,3 +300,71 @@ def test_a_dense_stack_is_segmented_by_the_models_dense_network_and_a_sparse_one
         found = result.labels.max()
         # the dense stand-in sees only the left half of each plane
         assert found < true.max() if dense else found == np.count_nonzero(np.unique(true) % 4 == 1)
+
+
+# --------------------------------------------------------------------------- channels of stacks
+
+
+def _marked(image: np.ndarray, labels: np.ndarray, positive: set[int]) -> np.ndarray:
+    """A marker channel for ``image``: bright (180) in the nuclei of ``positive``, dim (30) in the
+    others, 10 outside."""
+    marker = np.full(image.shape, 10, np.uint8)
+    marker[labels > 0] = 30
+    marker[np.isin(labels, list(positive))] = 180
+    return marker
+
+
+def test_a_two_channel_movie_measures_each_frame_as_a_plane(tmp_path, model_dir):
+    """A TCYX time-lapse with --nuclear-channel: every frame's channels measured as a plane's, the
+    positive nuclei (two of three, known) called in every frame, the cells a label stack."""
+    from tests.conftest import disks
+
+    centres = [((20, 14 + 2 * t), (44, 30 + 2 * t), (20, 50 + 2 * t)) for t in range(4)]
+    frames = [disks((64, 80), c, 7) for c in centres]
+    dapi = np.stack([image for image, _ in frames])
+    marker = np.stack([_marked(image, labels, {1, 3}) for image, labels in frames])
+    path = _imagej(tmp_path / "movie.tif", np.stack([dapi, marker], 1), "TCYX", Labels=["DAPI", "Ki67"] * 4)
+    out = tmp_path / "out"
+    assert run_cli(path, "-o", out, "--model", model_dir, "--nuclear-channel", "DAPI", "--positive", "Ki67=100",
+                   "--cell-expansion", "3px", "--spots", "Ki67") == 0
+    counts = counts_of(out).loc["movie"]
+    assert counts["frame"].tolist() == [0, 1, 2, 3] and (counts["count"] == 3).all()
+    assert (counts["n_positive_Ki67"] == 2).all() and (counts["threshold_Ki67"] == 100).all()
+    assert (counts["cells_file"] == "cells/movie.tif").all() and counts["flag"].isna().all()
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert len(nuclei) == 12 and set(nuclei["frame"]) == {0, 1, 2, 3}
+    for _, row in nuclei.iterrows():  # the nuclei at the 1st and 3rd centres are the positive ones
+        true = frames[row["frame"]][1][int(round(row["centroid_row"])), int(round(row["centroid_col"]))]
+        assert bool(row["positive_Ki67"]) == (true in (1, 3))
+        assert row["mean_Ki67"] == pytest.approx(180 if true in (1, 3) else 30, abs=10)
+    with tifffile.TiffFile(out / "cells" / "movie.tif") as tif:
+        assert tif.series[0].axes == "TYX" and tif.series[0].shape == (4, 64, 80)
+    spots = pd.read_csv(out / "spots" / "movie.csv")
+    assert list(spots.columns[:2]) == ["frame", "channel"]
+
+
+def test_a_two_channel_z_stack_measures_its_3d_nuclei_channels(tmp_path, model_dir):
+    """A ZCYX z-stack with --nuclear-channel: each 3D nucleus's channels measured over its voxels (as
+    :func:`pipeline.method.measure.channel_statistics` of the 3D labels), the positive ones (known)
+    called in 3D; --cell-expansion is flagged as not applied (cells are 2D)."""
+    from pipeline.batch.stack_file import NOT_IN_3D
+    from pipeline.method.measure import channel_statistics
+
+    image, truth = _spheres()
+    marker = _marked(image, truth, {2})
+    path = _imagej(tmp_path / "cells.tif", np.stack([image, marker], 1), "ZCYX", spacing=1.0, pixel=1.0,
+                   Labels=["DAPI", "Ki67"] * 10)
+    out = tmp_path / "out"
+    assert run_cli(path, "-o", out, "--model", model_dir, "--z-method", "stitch", "--nuclear-channel", "DAPI",
+                   "--positive", "Ki67=100", "--cell-expansion", "3px") == 0
+    row = counts_of(out).loc["cells"]
+    assert (row["count"], row["n_positive_Ki67"], row["flag"]) == (3, 1, NOT_IN_3D)
+    assert not (out / "cells").exists()
+    labels = tifffile.imread(out / "labels" / "cells.tif")
+    nuclei = pd.read_csv(out / "nuclei.csv").set_index("label")
+    whole = channel_statistics(labels, np.stack([image, marker]), ["DAPI", "Ki67"]).set_index(nuclei.index)
+    for column in ("mean_DAPI", "median_Ki67", "integrated_Ki67"):
+        np.testing.assert_allclose(nuclei[column], whole[column])
+    positive = nuclei.index[nuclei["positive_Ki67"].astype(bool)]
+    assert list(positive) == [labels[5, 40, 56]]  # the second ball, and only it
+    assert (nuclei["volume_voxels"] > 1000).all()  # the 3D measurements kept beside the channels'

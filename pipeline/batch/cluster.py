@@ -252,15 +252,16 @@ def segment_batch(client, items: list[tuple[Path, str]], segmenter, settings, ru
     """Segment ``items`` (source, output name) on the cluster, adding their rows to ``run`` (a
     :class:`pipeline.batch.output_folder.Tables`) in input order; huge images are stitched here, their
     blocks segmented on the workers."""
-    from pipeline.batch.one_file import segment_file
-    from pipeline.files.slide_reader import slide_of
+    from pipeline.batch.one_file import segment_file, source_of
 
     model = ModelRef.of(settings.model_dir, settings.segment.segmenter_options())
-    def is_slide(source: Path) -> bool:
+
+    def is_slide(source: Path) -> bool:  # decided as on a worker, without reading the file
         try:
-            return slide_of(source, settings.segment.slide_pixels) is not None
+            found = source_of(source, settings.segment.slide_pixels, settings.measure, settings.stacks, read=False)
         except Exception:  # unreadable: a worker records the failure, as for any bad file
             return False
+        return found.kind == "slide"
 
     on_client = [is_slide(source) for source, _ in items]
     files = [(str(source), name, model, settings, str(run.outdir), settings.pixel_size, run.earlier,

@@ -1,24 +1,33 @@
-"""One input file of ``nuclei segment``: its images segmented, measured and written, its rows of the tables.
+"""One input file of ``nuclei segment`` or ``nuclei measure``: what it is, its images segmented or
+measured and written, its rows of the tables.
 
-:func:`segment_file` reads a file's planes (:func:`pipeline.files.io.read_planes`; with
-``--nuclear-channel`` its multi-channel images, :func:`read_images`) and, for each, normalises,
-segments (:meth:`pipeline.model.segmenter.Segmenter.segment`), measures the nuclei
-(:func:`pipeline.batch.measurements.measure_image`) and writes ``labels/<name>.tif``,
-``overlays/<name>.png``, the cells, spots and ``--export`` files (:func:`image_outputs`, shared
-with ``nuclei measure``), adding the rows to a :class:`pipeline.batch.output_folder.Tables`. A huge image that can be read piece by piece goes to
-:mod:`pipeline.batch.slide` instead (out of core). A bad input never raises: it is a 'failed' row, and its
-partial files (and the outputs an earlier run made of the same file) are removed. It runs in
-:func:`pipeline.batch.segment.segment_images`'s process or on a Dask worker (:mod:`pipeline.batch.cluster`).
+One path for every input:
 
-:func:`measure_file` does the same for ``nuclei measure``, with label images made elsewhere.
+1. **What it is** is decided once, by :func:`source_of`: one or more planes (each its own image;
+   with ``--nuclear-channel`` multi-channel images), a huge image read piece by piece (a slide), or
+   z-stacks and time-lapses (:data:`SOURCE_KINDS`);
+2. **its images**, one at a time (:func:`each_image`, the one loop), are segmented into one
+   result each (:meth:`pipeline.model.segmenter.Segmenter.segment`; a slide block by block,
+   :mod:`pipeline.batch.slide`; a stack in 3D or frame by frame, :mod:`pipeline.batch.stack_file`)
+   or read with their label image (``nuclei measure``);
+3. **every output** is written through the output folder's writers: the label image, the overlay
+   and its thumbnail (:meth:`pipeline.batch.output_folder.Tables.write_overlay`), the ``counts.csv``
+   row (:class:`pipeline.batch.output_folder.CountsRow`), the ``nuclei.csv`` rows; a plane's
+   measurements, cells, spots and ``--export`` files by :func:`image_outputs`, shared by both
+   commands; the channels of every kind measured by :func:`pipeline.batch.measurements.measure_image`.
+
+A bad input never raises: it is a 'failed' row, and its partial files (and the outputs an earlier
+run made of the same file) are removed. It runs in :func:`pipeline.batch.segment.segment_images`'s
+process or on a Dask worker (:mod:`pipeline.batch.cluster`).
 
 Must not: list inputs, take the output folder's lock, or write the tables and report.
 """
 
 from __future__ import annotations
 
-import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +40,10 @@ from pipeline.batch.outlines import FORMATS, export_path, write_export
 from pipeline.batch.output_folder import (
     CELLS_COLUMN,
     SPOTS_COLUMN,
+    CountsRow,
     SlideTable,
     Tables,
     cells_file,
-    counts_row,
     image_files,
     labels_file,
     overlay_file,
@@ -42,8 +51,9 @@ from pipeline.batch.output_folder import (
     rewrite_table,
     spots_file,
     unique_name,
+    warn,
 )
-from pipeline.batch.settings import MeasureOptions, Settings
+from pipeline.batch.settings import MeasureOptions, Settings, StackOptions
 from pipeline.batch.slide import measure_slide, segment_slide, shown_labels
 from pipeline.batch.stack_file import segment_stack_image, stack_fields
 from pipeline.config.params import SegmentConfig
@@ -67,8 +77,8 @@ from pipeline.files.io import (
 )
 from pipeline.files.orientation import describe
 from pipeline.files.planes import ChannelImage
-from pipeline.files.slide_reader import open_slide, slide_of
-from pipeline.files.stacks import Stack, frame_files, read_frames, read_stacks
+from pipeline.files.slide_reader import Slide, open_slide, slide_of
+from pipeline.files.stacks import frame_files, read_frames, read_stacks
 from pipeline.method.intensity import normalize_image
 from pipeline.method.labels import dense_labels
 from pipeline.method.measure import intensity_of
@@ -80,12 +90,87 @@ MIN_SIDE = 8
 SLIDE_PIXELS = SegmentConfig().slide_pixels
 #: The flag of an image segmented out of core when ``--export`` was asked for.
 SLIDE_EXPORT_NOTE = "--export: outlines not written for an image segmented out of core (docs/scale-out.md)"
+#: What an input is (:func:`source_of`): planes (each an image), a huge image read piece by piece,
+#: z-stacks (``ZYX``), time-lapses (``TYX``, ``TZYX``; a ``--frames`` folder).
+SOURCE_KINDS = ("plane", "slide", "stack", "movie")
+
+__all__ = ["SLIDE_PIXELS", "SOURCE_KINDS", "Source", "each_image", "finish_batch", "image_outputs", "measure_file",
+           "segment_file", "segment_plane", "source_of", "warn"]
 
 
-def warn(message: str) -> None:
-    from tqdm import tqdm
+# --------------------------------------------------------------------------- what an input is
 
-    tqdm.write(f"nuclei: {message}", file=sys.stderr)
+
+@dataclass
+class Source:
+    """One input as :func:`source_of` found it: ``kind`` (:data:`SOURCE_KINDS`; None when not read)
+    and ``items``, its images: :class:`Plane` or :class:`ChannelImage` (planes), one
+    :class:`pipeline.files.slide_reader.Slide`, or :class:`pipeline.files.stacks.Stack` (stacks,
+    movies). ``labels``: a slide's label image read piece by piece (``nuclei measure``)."""
+
+    path: Path
+    kind: str | None
+    items: list
+    labels: Slide | None = None
+
+
+def source_of(path: Path, slide_pixels: int, options: MeasureOptions, stacks: StackOptions | None = None,
+              labels: dict[str, Path] | None = None, name: str = "", read: bool = True) -> Source:
+    """Decide what one input is, and read it: the one place that decides.
+
+    In order: a ``--frames`` folder is a time-lapse; the files of ``--channel-files`` are a plane; a
+    file read piece by piece larger than ``slide_pixels`` is a slide
+    (:func:`pipeline.files.slide_reader.slide_of`; with ``--axes`` none is: the user says it is a
+    stack), and for ``nuclei measure`` (``labels``: its label files by casefolded name,
+    :func:`label_index`) only when its label image ``name`` is read piece by piece too; a TIFF with
+    Z or T axes is a z-stack or a time-lapse (:func:`pipeline.files.stacks.read_stacks`; ``stacks``
+    None: stacks are not read, ``nuclei measure``); anything else is its planes
+    (:func:`read_images`). ``read`` False: only a slide is opened, anything else has kind None and
+    is not read.
+
+    Raises
+    ------
+    NucleiError
+        The errors of the readers (one line naming the file).
+    """
+    frames = stacks is not None and stacks.frames
+    if not frames and options.channel_files is None and not (stacks is not None and stacks.axes):
+        slide = slide_of(path, slide_pixels)  # never a stack without --axes: one plane, up to 4 colours
+        nuclei = None if slide is None or labels is None else open_slide(find_labels(name, labels, path))
+        if slide is not None and (labels is None or nuclei is not None):
+            return Source(path, "slide", [slide], nuclei)
+    if not read:
+        return Source(path, None, [])
+    if frames:
+        return Source(path, "movie", [read_frames(frame_files(path))])
+    found = None if stacks is None or options.channel_files is not None else read_stacks(
+        path, stacks.axes, options.nuclear_channel)
+    if found is not None:
+        return Source(path, "movie" if any("T" in stack.axes for stack in found) else "stack", found)
+    return Source(path, "plane", read_images(path, options))
+
+
+def each_image(source: Source, base_name: str, run: Tables, fields: Callable[[Any], dict[str, Any]],
+               work: Callable[[Any, str, dict[str, Any], list[Path]], list[dict[str, Any]]]) -> None:
+    """The one loop over the images of an input: each named (``base_name`` and its tag, unique in
+    the batch), its row started with ``fields(image)``, then ``work(image, name, row, written)``
+    gives its rows' fields (a time-lapse: one per frame), added to ``run``. An image that fails is
+    a failed row and its files (``written``) are removed; the batch goes on. The image is handed
+    over, not kept here: its memory is freed once ``work`` is done with it."""
+    items = source.items
+    for k in range(len(items)):
+        item = items[k]
+        tag = getattr(item, "tag", "")
+        name = unique_name(base_name + tag, run.names) if tag else base_name
+        row = {"source": str(source.path), "image": name, **fields(item)}
+        del item
+        written: list[Path] = []
+        try:
+            rows = work(_take(items, k), name, row, written)
+        except Exception as exc:  # one bad image never stops the batch
+            _fail(run, row, exc, source.path, written)
+            continue
+        run.counts += [{**row, **made} for made in rows]
 
 
 def _segment_image(image: Plane | ChannelImage, source: Path, name: str, segmenter, settings: Settings,
@@ -101,13 +186,35 @@ def _segment_image(image: Plane | ChannelImage, source: Path, name: str, segment
     pixel_size = settings.pixel_size or image.pixel_size  # --pixel-size, else the file's metadata
     array, intensity, channels = nuclear_image(image, source, settings.channel, settings.measure)
     del image  # the caller holds no reference: the file's array is freed once measured
-    network = segmenter.normalize(as_rgb01(array))  # as the model was trained
+    result, shown = segment_plane(array, segmenter, settings.diameter, settings.image_type)
     del array
-    result = segmenter.segment(network, diameter=settings.diameter, normalized=True, image_type=settings.image_type)
     return image_outputs(
-        name, result.labels, display_uint8(network), intensity, channels, settings.measure, pixel_size, source,
+        name, result.labels, shown, intensity, channels, settings.measure, pixel_size, source,
         run, written, exports=settings.exports, thumbnail_side=settings.segment.thumbnail,
         segmentation=result)
+
+
+def segment_plane(array: np.ndarray, segmenter, diameter: float | None = None, image_type: str | None = None):
+    """One plane segmented as ``nuclei segment`` segments every plane (and the napari plugin a layer).
+
+    Parameters
+    ----------
+    array : (H, W) or (H, W, C) array
+        As stored; normalised as the model was trained (:meth:`pipeline.model.segmenter.Segmenter.normalize`).
+    diameter : float, optional
+        px; estimated when None.
+    image_type : str, optional
+        ``--image-type``; typed when None.
+
+    Returns
+    -------
+    result : pipeline.model.segmenter.Segmentation
+    shown : (H, W, 3) uint8
+        The image the network saw, to draw the outlines on.
+    """
+    network = segmenter.normalize(as_rgb01(array))
+    result = segmenter.segment(network, diameter=diameter, normalized=True, image_type=image_type)
+    return result, display_uint8(network)
 
 
 def nuclear_image(image: Plane | ChannelImage, source: Path, channel: str | None, options: MeasureOptions,
@@ -181,9 +288,7 @@ def image_outputs(name: str, labels: np.ndarray, shown: np.ndarray, intensity: n
         measured.cells = None if measured.cells is None else ids[measured.cells]
         if measured.spots is not None:
             measured.spots["nucleus"] = ids[measured.spots["nucleus"].to_numpy(np.int64)]
-    written.append(run.outdir / overlay_file(name))
-    write_png(written[-1], overlay)
-    run.thumbnails[name] = encode_png(thumbnail(overlay, thumbnail_side))
+    run.write_overlay(name, overlay, thumbnail_side, written)
     del overlay
     files: dict[str, Any] = {}
     if measured.cells is not None:
@@ -203,80 +308,42 @@ def image_outputs(name: str, labels: np.ndarray, shown: np.ndarray, intensity: n
     run.nuclei.append(table)
     flag = "; ".join(f for f in (result.flag if result else "", *measured.flags) if f)
     median_um2 = None if pixel_size is None else table["area_um2"].median()
-    if result is None:
-        row = counts_row(name, len(table), table["area_px"].median(), None, None, None, None, None, flag,
-                         pixel_size, median_um2)
-    else:
-        row = counts_row(name, len(table), table["area_px"].median(),  # NaN if none
-                         result.image_type, result.diameter, result.estimated, result.scale, result.confidence,
-                         flag, pixel_size, median_um2)
+    made = dict(name=name, count=len(table), median_area_px=table["area_px"].median(),  # NaN if none
+                flag=flag, pixel_size=pixel_size, median_area_um2=median_um2, extra={**files, **measured.fields})
+    row = CountsRow(**made) if result is None else CountsRow.segmented(result, **made)
     if pixel_size is not None:
         run.pixel_size = run.pixel_size or pixel_size
-    return {**row, **files, **measured.fields}
+    return row.fields()
 
 
 def segment_file(source: Path, base_name: str, segmenter, cfg: Settings, run: Tables, **dask: Any) -> None:
-    """Segment every plane of one input file, adding its rows to ``run``; never raises for bad input.
+    """Segment every image of one input file (:func:`source_of`, :func:`each_image`), adding its rows to
+    ``run``; never raises for bad input.
 
-    A huge image that can be read piece by piece goes to :mod:`pipeline.batch.slide` (``dask``: its
-    ``map_ordered`` and ``block_segmenter``, to segment its blocks on a cluster)."""
-    base = {"source": str(source)}
+    A huge image read piece by piece goes to :mod:`pipeline.batch.slide` (``dask``: its
+    ``map_ordered`` and ``block_segmenter``, to segment its blocks on a cluster), stacks to
+    :mod:`pipeline.batch.stack_file`, planes to :meth:`pipeline.model.segmenter.Segmenter.segment`."""
     try:
-        stacks = read_source_stacks(source, cfg)
-        slide = None if stacks is not None else slide_of(source, cfg.segment.slide_pixels)
+        found = source_of(source, cfg.segment.slide_pixels, cfg.measure, cfg.stacks)
     except Exception as exc:  # one bad file never stops the batch
-        _fail(run, {**base, "image": base_name}, exc, source, [])
+        _fail(run, {"source": str(source), "image": base_name}, exc, source, [])
         return
-    if stacks is not None:
-        _segment_stacks(stacks, source, base_name, segmenter, cfg, run)
-        return
-    if slide is not None:
-        _segment_slide(slide, base_name, segmenter, cfg, run, **dask)
-        return
-    try:
-        planes = read_images(source, cfg.measure)
-    except Exception as exc:  # one bad file never stops the batch
-        _fail(run, {**base, "image": base_name}, exc, source, [])
-        return
-    planes = _large_enough(planes, source, base, base_name, run)
-    for k in range(len(planes)):
-        plane = planes[k]
-        name = unique_name(base_name + plane.tag, run.names) if plane.tag else base_name
-        row = {**base, "image": name, **image_fields(plane)}
-        del plane
-        written: list[Path] = []
-        try:  # the plane is handed over, not kept here: its memory is freed once converted
-            row.update(_segment_image(_take(planes, k), source, name, segmenter, cfg, run, written))
-        except Exception as exc:  # one bad image never stops the batch
-            _fail(run, row, exc, source, written)
-            continue
-        run.counts.append(row)
+    if found.kind == "slide":
+        pixel_size = cfg.pixel_size or found.items[0].pixel_size  # --pixel-size, else the file's metadata
 
+        def work(slide, name, row, written):
+            return _slide_outputs(run, name, row, written, cfg.exports, pixel_size, cfg.segment.thumbnail, lambda: (
+                segment_slide(slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel,
+                              image_type=cfg.image_type, options=cfg.measure, **dask)))
 
-def read_source_stacks(source: Path, cfg: Settings) -> list[Stack] | None:
-    """The stacks of one input (:mod:`pipeline.files.stacks`): a ``--frames`` folder as one time-lapse,
-    a TIFF with Z or T axes (metadata or ``--axes``) as its series; None when it is not a stack."""
-    if cfg.stacks.frames:
-        return [read_frames(frame_files(source))]
-    if cfg.measure.channel_files is not None:  # ``source`` stands for one image's channel files
-        return None
-    return read_stacks(source, cfg.stacks.axes, cfg.measure.nuclear_channel)
-
-
-def _segment_stacks(stacks: list[Stack], source: Path, base_name: str, segmenter, cfg: Settings, run: Tables) -> None:
-    """Segment the stacks of one input (:mod:`pipeline.batch.stack_file`), adding their rows to ``run``."""
-    for k in range(len(stacks)):
-        stack = stacks[k]
-        name = unique_name(base_name + stack.tag, run.names) if stack.tag else base_name
-        row = {"source": str(source), "image": name, **stack_fields(stack)}
-        del stack
-        written: list[Path] = []
-        try:
-            rows = segment_stack_image(_take(stacks, k), source, name, segmenter, cfg, run, written)
-        except Exception as exc:  # one bad stack never stops the batch
-            _fail(run, row, exc, source, written)
-            continue
-        run.counts += [{**row, **fields} for fields in rows]
+        each_image(found, base_name, run, lambda slide: slide_fields(slide, pixel_size), work)
+    elif found.kind in ("stack", "movie"):
+        each_image(found, base_name, run, stack_fields, lambda stack, name, row, written: segment_stack_image(
+            stack, source, name, segmenter, cfg, run, written))
+    else:
+        found.items = _large_enough(found.items, source, base_name, run)
+        each_image(found, base_name, run, image_fields, lambda image, name, row, written: [_segment_image(
+            image, source, name, segmenter, cfg, run, written)])
 
 
 def read_images(source: Path, options: MeasureOptions) -> list[Plane] | list[ChannelImage]:
@@ -297,57 +364,48 @@ def image_fields(image: Plane | ChannelImage) -> dict[str, Any]:
             "pixel_type": str(array.dtype), "orientation": describe(image.orientation)}
 
 
-def _large_enough(planes: list, source: Path, base: dict[str, Any], base_name: str, run: Tables) -> list:
-    """The planes of at least :data:`MIN_SIDE` px a side; one failed row for the others."""
-    def side(plane) -> int:
-        return min((plane.array if isinstance(plane, Plane) else plane.channels[0]).shape[:2])
+def slide_fields(slide: Slide, pixel_size: float | None) -> dict[str, Any]:
+    """The ``counts.csv`` fields of a slide as read (``pixel_size``: µm, given or the file's)."""
+    height, width = slide.shape
+    return {"series": 0, "plane": 0, "height": height, "width": width, "pixel_type": str(slide.dtype),
+            "pixel_size_um": pixel_size}
 
+
+def _large_enough(planes: list, source: Path, base_name: str, run: Tables) -> list:
+    """The planes of at least :data:`MIN_SIDE` px a side; one failed row for the others."""
     def size(plane) -> tuple[int, int]:
         return (plane.array if isinstance(plane, Plane) else plane.channels[0]).shape[:2]
 
-    small = [p for p in planes if side(p) < MIN_SIDE]
+    small = [p for p in planes if min(size(p)) < MIN_SIDE]
     if small:  # one line for them all (an H x W x 2 array saved as 256 pages of 256 x 2 px)
         h, w = size(small[0])
         what = f"{len(small)} of its {len(planes)} planes are" if len(planes) > 1 else "image is"
         error = NucleiError(
             f"{source}: {what} too small to segment ({w}x{h} px; at least {MIN_SIDE} px a side)"
         )
-        _fail(run, {**base, "image": base_name}, error, source, [])
-    return [p for p in planes if side(p) >= MIN_SIDE]
+        _fail(run, {"source": str(source), "image": base_name}, error, source, [])
+    return [p for p in planes if min(size(p)) >= MIN_SIDE]
 
 
-def _segment_slide(slide, name: str, segmenter, cfg: Settings, run: Tables, **dask: Any) -> None:
-    """Segment one huge image out of core (:func:`pipeline.batch.slide.segment_slide`), adding its rows.
-    ``--export`` files are not written for it: its flag says so."""
-    height, width = slide.shape
-    pixel_size = cfg.pixel_size or slide.pixel_size  # --pixel-size, else the file's metadata
-    row = {"source": str(slide.path), "image": name, "series": 0, "plane": 0, "height": height, "width": width,
-           "pixel_type": str(slide.dtype), "pixel_size_um": pixel_size}
+def _slide_outputs(run: Tables, name: str, row: dict[str, Any], written: list[Path], exports: tuple[str, ...],
+                   pixel_size: float | None, thumbnail_side: int, make: Callable) -> list[dict[str, Any]]:
+    """A slide segmented or measured out of core (``make()``: :func:`pipeline.batch.slide.segment_slide`
+    or :func:`~pipeline.batch.slide.measure_slide`): its overlay written, its table added to ``run``;
+    returns its row's fields, the flag saying that no ``--export`` files were written for it. On an
+    error, ``written`` gets the files it wrote (:func:`pipeline.batch.output_folder.image_files` written since)."""
     started = time.time()
     try:
-        fields, table, run.thumbnails[name] = segment_slide(
-            slide, name, run.outdir, segmenter, pixel_size, cfg.diameter, cfg.channel, cfg.segment.thumbnail,
-            image_type=cfg.image_type, options=cfg.measure, **dask)
-    except Exception as exc:  # one bad image never stops the batch
-        _fail(run, row, exc, slide.path, _written_since(run, name, started))
-        return
-    _add_slide(run, row, fields, table, cfg.exports, pixel_size)
-
-
-def _written_since(run: Tables, name: str, started: float) -> list[Path]:
-    """The outputs of a slide (:func:`pipeline.batch.output_folder.image_files`) written since ``started``."""
-    outputs = [run.outdir / file for file in image_files(name, ())]
-    return [p for p in outputs if p.is_file() and p.stat().st_mtime >= started]
-
-
-def _add_slide(run: Tables, row: dict[str, Any], fields: dict[str, Any], table, exports: tuple[str, ...],
-               pixel_size: float | None) -> None:
-    """Add a slide's rows to ``run`` (its flag saying that no ``--export`` files were written for it)."""
+        fields, table, overlay = make()
+        run.write_overlay(name, overlay, thumbnail_side, written)
+    except Exception:
+        outputs = [run.outdir / file for file in image_files(name, ())]
+        written += [p for p in outputs if p.is_file() and p.stat().st_mtime >= started]
+        raise
     if exports:
         fields["flag"] = "; ".join(f for f in (fields["flag"], SLIDE_EXPORT_NOTE) if f)
-    run.counts.append({**row, **fields})
     run.nuclei.append(table)
     run.pixel_size = run.pixel_size or pixel_size
+    return [fields]
 
 
 def _fail(run: Tables, row: dict[str, Any], exc: Exception, source: Path, written: list[Path]) -> None:
@@ -393,20 +451,21 @@ def finish_batch(run: Tables, options: MeasureOptions, thumbnail_side: int = 320
     """``--positive-scope batch``, once every image is measured: the calls of each ``auto`` channel
     over the batch (:func:`pipeline.batch.measurements.batch_positivity`), the nuclei of slides
     included (their ids, means and calls read from their streamed tables, :func:`slide_calls`; the
-    calls written back in chunks), then each image's overlay (its thumbnail) and GeoJSON export
-    redone with them. Never raises: a file that cannot be rewritten is a warning."""
+    calls written back in chunks; a time-lapse's frames each on its own), then each image's overlay (its
+    thumbnail) and GeoJSON export redone with them (a stack's montage is not). Never raises: a file
+    that cannot be rewritten is a warning."""
     if options.positive_scope != "batch" or not any(value is None for _, value in options.positive):
         return
     from pipeline.batch.measurements import batch_positivity
 
-    rows = {row["image"]: row for row in run.counts if row.get("status") == "ok"}
-    images = []  # (row, table, its SlideTable or None)
+    rows = {(row["image"], row.get("frame")): row for row in run.counts if row.get("status") == "ok"}
+    images = []  # (row, table, its SlideTable or None): a time-lapse's frames each with its own row
     for table in run.nuclei:
         if isinstance(table, SlideTable):
-            if table.image in rows and any(c.startswith("positive_") for c in table.columns):
-                images.append((rows[table.image], slide_calls(table), table))
-        elif len(table) and table["image"].iloc[0] in rows:
-            images.append((rows[table["image"].iloc[0]], table, None))
+            if (table.image, None) in rows and any(c.startswith("positive_") for c in table.columns):
+                images.append((rows[table.image, None], slide_calls(table), table))
+        elif len(table) and (key := (table["image"].iloc[0], _frame(table))) in rows:
+            images.append((rows[key], table, None))
     batch_positivity([(row, table) for row, table, _ in images], options)
     for row, table, slide in images:
         if slide is not None:
@@ -417,10 +476,17 @@ def finish_batch(run: Tables, options: MeasureOptions, thumbnail_side: int = 320
                                                                           for c in calls.columns}))
             except Exception as exc:
                 warn(f"warning: {row['image']}: {slide.path} not rewritten with the batch's positive calls ({exc})")
+        if "axes" in row:  # a stack's montage keeps its outlines (its tables have the calls)
+            continue
         try:
             _recolour(run, row, table, thumbnail_side, slide is not None)
         except Exception as exc:  # the tables hold the calls: a picture that cannot be redone is a warning
             warn(f"warning: {row['image']}: overlay not redrawn with the batch's positive calls ({exc})")
+
+
+def _frame(table: pd.DataFrame) -> int | None:
+    """The frame of a time-lapse's ``nuclei.csv`` rows, None for any other image's."""
+    return int(table["frame"].iloc[0]) if "frame" in table else None
 
 
 def slide_calls(table: SlideTable) -> pd.DataFrame:
@@ -471,62 +537,39 @@ def measure_file(source: Path, base_name: str, labels: dict[str, Path], channel:
     (:func:`image_outputs`) less what only a segmentation knows (image type, diameter, scale,
     confidence: empty). An image larger than ``slide_pixels`` that is read piece by piece, whose label
     image is too, is measured out of core (:func:`pipeline.batch.slide.measure_slide`), as ``nuclei
-    segment`` decides (:func:`pipeline.files.slide_reader.slide_of`).
+    segment`` decides (:func:`source_of`; stacks are read plane by plane).
     """
-    base = {"source": str(source)}
     try:
-        slide = None if options.channel_files is not None else slide_of(source, slide_pixels)
-        found = None if slide is None else find_labels(base_name, labels, source)
-        nuclei = None if found is None else open_slide(found)
-        if nuclei is None:  # labels that must be read whole: the image is read whole too
-            images = read_images(source, options)
+        found = source_of(source, slide_pixels, options, labels=labels, name=base_name)
     except Exception as exc:  # one bad file never stops the batch
-        _fail(run, {**base, "image": base_name}, exc, source, [])
+        _fail(run, {"source": str(source), "image": base_name}, exc, source, [])
         return
-    if nuclei is not None:
-        _measure_slide(slide, nuclei, base_name, channel, options, pixel_size, exports, run, thumbnail_side)
-        return
-    for k in range(len(images)):
-        image = images[k]
-        name = unique_name(base_name + image.tag, run.names) if image.tag else base_name
-        row = {**base, "image": name, **image_fields(image)}
-        written: list[Path] = []
-        try:
-            image = _take(images, k)
-            found = find_labels(name, labels, source)
-            nuclei = read_label_image(found)
-            array, intensity, channels = nuclear_image(image, source, channel, options, segmented=False)
-            if nuclei.shape != array.shape[:2]:
-                raise NucleiError(f"{found}: {nuclei.shape[1]}x{nuclei.shape[0]} px, but its image {source} is "
-                                  f"{array.shape[1]}x{array.shape[0]} px")
-            shown = display_uint8(normalize_image(as_rgb01(array)))
-            here = pixel_size or image.pixel_size
-            del image, array
-            row["labels_source"] = str(found)
-            row.update(image_outputs(name, nuclei, shown, intensity, channels, options, here, source, run, written,
-                                     exports=exports, thumbnail_side=thumbnail_side))
-        except Exception as exc:  # one bad image never stops the batch
-            _fail(run, row, exc, source, written)
-            continue
-        run.counts.append(row)
+    if found.kind == "slide":
+        nuclei, here = found.labels, pixel_size or found.items[0].pixel_size
 
+        def work(slide, name, row, written):
+            return _slide_outputs(run, name, row, written, exports, here, thumbnail_side, lambda: measure_slide(
+                slide, nuclei, name, run.outdir, here, channel, options))
 
-def _measure_slide(slide, nuclei, name: str, channel: str | None, options: MeasureOptions, pixel_size: float | None,
-                   exports: tuple[str, ...], run: Tables, thumbnail_side: int) -> None:
-    """Measure one huge image with its label image out of core (:func:`pipeline.batch.slide.measure_slide`),
-    adding its rows. ``--export`` files are not written for it: its flag says so."""
-    height, width = slide.shape
-    here = pixel_size or slide.pixel_size
-    row = {"source": str(slide.path), "image": name, "series": 0, "plane": 0, "height": height, "width": width,
-           "pixel_type": str(slide.dtype), "pixel_size_um": here, "labels_source": str(nuclei.path)}
-    started = time.time()
-    try:
-        fields, table, run.thumbnails[name] = measure_slide(slide, nuclei, name, run.outdir, here, channel, options,
-                                                            thumbnail_side)
-    except Exception as exc:  # one bad image never stops the batch
-        _fail(run, row, exc, slide.path, _written_since(run, name, started))
+        each_image(found, base_name, run, lambda slide: {**slide_fields(slide, here), "labels_source": str(nuclei.path)},
+                   work)
         return
-    _add_slide(run, row, fields, table, exports, here)
+
+    def measure(image, name, row, written):
+        found = find_labels(name, labels, source)
+        nuclei = read_label_image(found)
+        array, intensity, channels = nuclear_image(image, source, channel, options, segmented=False)
+        if nuclei.shape != array.shape[:2]:
+            raise NucleiError(f"{found}: {nuclei.shape[1]}x{nuclei.shape[0]} px, but its image {source} is "
+                              f"{array.shape[1]}x{array.shape[0]} px")
+        shown = display_uint8(normalize_image(as_rgb01(array)))
+        here = pixel_size or image.pixel_size
+        del image, array
+        row["labels_source"] = str(found)
+        return [image_outputs(name, nuclei, shown, intensity, channels, options, here, source, run, written,
+                              exports=exports, thumbnail_side=thumbnail_side)]
+
+    each_image(found, base_name, run, image_fields, measure)
 
 
 def label_index(folder: Path) -> dict[str, Path]:

@@ -15,7 +15,7 @@ Owns
   not replace; their columns are the fixed ones (:data:`COUNT_COLUMNS`,
   :func:`pipeline.method.measure.measurement_columns`) then those of the images' channels, cells,
   spots and positive calls, in the order they first appear; the ``counts.csv`` row of a segmented
-  image, a plane or a slide (:func:`counts_row`);
+  image (:class:`CountsRow`);
   a slide's nuclei streamed through ``tables/<name>.csv`` (:class:`SlideTable`, :func:`write_nuclei_csv`;
   read and rewritten in chunks, :func:`table_chunks`, :func:`rewrite_table`);
 - the removal of a failed image's files (:func:`remove_files`), which never raises.
@@ -30,10 +30,11 @@ import hashlib
 import math
 import os
 import re
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batch.outlines import FORMATS, export_path
-from pipeline.files.io import atomic_path, check_writable_folder, write_csv
+from pipeline.files.io import atomic_path, check_writable_folder, encode_png, write_csv, write_png
 from pipeline.method.measure import column_dictionary, measurement_columns
+from pipeline.method.overlay import thumbnail
 
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
 COUNT_COLUMNS = (
@@ -68,6 +70,14 @@ COUNTS_CSV, NUCLEI_CSV, COLUMNS_CSV, REPORT_HTML = "counts.csv", "nuclei.csv", "
 #: Longest output name, in UTF-8 bytes: file names are limited to 255 bytes (143 on eCryptfs), and
 #: the temporary files of :func:`pipeline.files.io.atomic_path` add ~20; longer names are shortened.
 MAX_NAME_BYTES = 120
+
+
+def warn(message: str) -> None:
+    """Print one line of the batch's warnings and errors (``nuclei: <message>``) to stderr, above its
+    progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"nuclei: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- names
@@ -328,6 +338,13 @@ class Tables:
         )  # fmt: skip
         return counts, [*self.nuclei, self._earlier_nuclei[self._earlier_nuclei["image"].isin(kept["image"])]]
 
+    def write_overlay(self, name: str, overlay: np.ndarray, side: int, written: list[Path]) -> None:
+        """Write ``overlays/<name>.png`` (``overlay``: (H, W, 3) uint8; appended to ``written``) and
+        keep its thumbnail (longest side ``side`` px) for the report: the one writer of overlays."""
+        written.append(self.outdir / overlay_file(name))
+        write_png(written[-1], overlay)
+        self.thumbnails[name] = encode_png(thumbnail(overlay, side))
+
     def write_soon(self) -> None:
         """:meth:`write`, unless the last rewrite is more recent than 10 times its cost."""
         if time.perf_counter() - self._written_at >= 10 * self._write_cost:
@@ -349,48 +366,61 @@ class Tables:
         return counts, nuclei
 
 
-def counts_row(name: str, count: int, median_area_px: float, image_type: str | None, diameter: float | None,
-               estimated: bool | None, scale: float | None, confidence: float | None, flag: str,
-               pixel_size: float | None = None, median_area_um2: float | None = None) -> dict[str, Any]:
-    """The ``counts.csv`` fields of image ``name`` segmented (a plane, or a huge image out of core).
+@dataclass(kw_only=True)
+class CountsRow:
+    """The ``counts.csv`` fields of one image segmented or measured: a plane, a slide, a z-stack or a
+    time-lapse's frame; the one place that says them (``nuclei segment`` and ``nuclei measure``).
 
-    Parameters
-    ----------
-    name : str
-        Output name (its ``labels_file`` and ``overlay_file``).
-    count, median_area_px : int, float
-        Its nuclei and their median area, px (NaN: none).
-    image_type, diameter, estimated, scale, confidence, flag
-        As :class:`pipeline.model.segmenter.Segmentation` has them (``diameter`` px or None); None
-        but the flag for labels made elsewhere (``nuclei measure``).
-    pixel_size, median_area_um2 : float, optional
-        µm, and the median area in µm² (only with a pixel size).
-
-    Returns
-    -------
-    row : dict
-        ``count``, ``median_area_px``, ``image_type``, ``diameter_px`` (2 decimals),
-        ``diameter_estimated``, ``scale`` (4), ``confidence`` (3), ``flag``, ``status`` 'ok',
-        ``labels_file``, ``overlay_file``; ``median_area_um2`` and ``pixel_size_um`` with a pixel size.
-        The caller adds the image's own fields (source, plane, size, exports).
+    ``name``: output name (its ``labels_file`` and ``overlay_file``); ``count`` and ``median_area_px``
+    (NaN: none); ``image_type``, ``diameter`` (px), ``estimated``, ``scale``, ``confidence`` as
+    :class:`pipeline.model.segmenter.Segmentation` has them (None for labels made elsewhere,
+    ``nuclei measure``); ``flag``; ``pixel_size`` (µm) and ``median_area_um2`` (only with a pixel
+    size); ``extra``: the fields that follow them, in order (files, channels, frame, ...). The caller
+    adds the image's own fields as read (source, plane, size).
     """
-    row = {
-        "count": count,
-        "median_area_px": median_area_px,
-        "image_type": image_type,
-        "diameter_px": None if diameter is None else round(diameter, 2),
-        "diameter_estimated": estimated,
-        "scale": None if scale is None else round(scale, 4),
-        "confidence": None if confidence is None else round(confidence, 3),
-        "flag": flag,
-        "status": "ok",
-        "labels_file": labels_file(name),
-        "overlay_file": overlay_file(name),
-    }
-    if pixel_size is not None:
-        row["median_area_um2"] = median_area_um2
-        row["pixel_size_um"] = pixel_size
-    return row
+
+    name: str
+    count: int
+    median_area_px: float
+    image_type: str | None = None
+    diameter: float | None = None
+    estimated: bool | None = None
+    scale: float | None = None
+    confidence: float | None = None
+    flag: str = ""
+    pixel_size: float | None = None
+    median_area_um2: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def segmented(cls, result: Any, **fields: Any) -> CountsRow:
+        """The row of an image segmented as ``result`` says (its image type, diameter, estimated, scale
+        and confidence; ``fields`` give the rest and may replace them)."""
+        made = {key: getattr(result, key, None) for key in ("image_type", "diameter", "estimated", "scale", "confidence")}
+        return cls(**{**made, **fields})
+
+    def fields(self) -> dict[str, Any]:
+        """``count``, ``median_area_px``, ``image_type``, ``diameter_px`` (2 decimals),
+        ``diameter_estimated``, ``scale`` (4), ``confidence`` (3), ``flag``, ``status`` 'ok',
+        ``labels_file``, ``overlay_file``; ``median_area_um2`` and ``pixel_size_um`` with a pixel
+        size; then :attr:`extra`."""
+        row = {
+            "count": self.count,
+            "median_area_px": self.median_area_px,
+            "image_type": self.image_type,
+            "diameter_px": None if self.diameter is None else round(self.diameter, 2),
+            "diameter_estimated": self.estimated,
+            "scale": None if self.scale is None else round(self.scale, 4),
+            "confidence": None if self.confidence is None else round(self.confidence, 3),
+            "flag": self.flag,
+            "status": "ok",
+            "labels_file": labels_file(self.name),
+            "overlay_file": overlay_file(self.name),
+        }
+        if self.pixel_size is not None:
+            row["median_area_um2"] = self.median_area_um2
+            row["pixel_size_um"] = self.pixel_size
+        return {**row, **self.extra}
 
 
 #: Rows of a streamed table read or rewritten at a time.

@@ -136,15 +136,9 @@ def segment_images(
         are recorded in ``counts`` instead.
     """
     start = time.perf_counter()
-    if workers is not None and workers < 1:
-        raise NucleiError(f"--workers must be at least 1, got {workers}")
-    if scheduler is not None:  # checked before the output folder is touched
-        from pipeline.batch.cluster import scheduler_target
-
-        scheduler_target(scheduler)
-    cfg = Settings.from_params(
-        params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size, **settings
-    )
+    _check_cluster(scheduler, workers)  # before the output folder is touched
+    cfg = Settings.from_params(params, params_path, model_dir=model_dir, device=device, pixel_size=pixel_size,
+                               **settings)
     outdir = Path(outdir)
     sources, cfg.measure, names = find_images(inputs, outdir, recursive, cfg.measure, cfg.stacks.frames)
     segmenter = load_segmenter(cfg)  # checks the model's thresholds once, up front
@@ -154,23 +148,39 @@ def segment_images(
             warn(f"error: {problem}")
         run = Tables(outdir, cfg.pixel_size, names, cfg.exports)
         run.write()  # from now on the tables describe the label files present, even if interrupted
-        items = list(zip(sources, names, strict=True))
         try:
-            if scheduler is not None or workers:
-                from pipeline.batch.cluster import connect, segment_batch
-
-                with connect(scheduler, workers) as client:
-                    segment_batch(client, items, segmenter, cfg, run,
-                                  lambda todo: progress(todo, desc="segment", unit="img"))
-            else:
-                for source, name in progress(items, desc="segment", unit="img"):
-                    segment_file(source, name, segmenter, cfg, run)
-                    run.write_soon()
+            _segment_items(list(zip(sources, names, strict=True)), segmenter, cfg, run, scheduler, workers)
         finally:  # also on Ctrl-C / SIGTERM
             finish_batch(run, cfg.measure, cfg.segment.thumbnail)
             counts, nuclei = run.write()
             _write_report(counts, nuclei, run, cfg, segmenter, time.perf_counter() - start)
     return counts.iloc[: len(run.counts)]
+
+
+def _check_cluster(scheduler: str | None, workers: int | None) -> None:
+    """``--scheduler`` and ``--workers`` checked (:func:`pipeline.batch.cluster.scheduler_target`)."""
+    if workers is not None and workers < 1:
+        raise NucleiError(f"--workers must be at least 1, got {workers}")
+    if scheduler is not None:
+        from pipeline.batch.cluster import scheduler_target
+
+        scheduler_target(scheduler)
+
+
+def _segment_items(items: list[tuple[Path, str]], segmenter, cfg: Settings, run: Tables, scheduler: str | None,
+                   workers: int | None) -> None:
+    """Segment ``items`` (source, output name), adding their rows to ``run`` in order: here, one
+    file at a time (:func:`pipeline.batch.one_file.segment_file`), or on a Dask cluster
+    (:func:`pipeline.batch.cluster.segment_batch`)."""
+    if scheduler is not None or workers:
+        from pipeline.batch.cluster import connect, segment_batch
+
+        with connect(scheduler, workers) as client:
+            segment_batch(client, items, segmenter, cfg, run, lambda todo: progress(todo, desc="segment", unit="img"))
+        return
+    for source, name in progress(items, desc="segment", unit="img"):
+        segment_file(source, name, segmenter, cfg, run)
+        run.write_soon()
 
 
 def _write_report(counts: pd.DataFrame, nuclei: pd.DataFrame, run: Tables, cfg: Settings, segmenter,

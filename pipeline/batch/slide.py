@@ -48,7 +48,7 @@ import numpy as np
 
 from pipeline.batch import slide_measure
 from pipeline.batch.measurements import measure_image
-from pipeline.batch.output_folder import SlideTable, counts_row, overlay_file, slide_table_file
+from pipeline.batch.output_folder import CountsRow, SlideTable, slide_table_file
 from pipeline.batch.settings import MeasureOptions
 from pipeline.batch.slide_measure import (
     Streams,
@@ -62,9 +62,9 @@ from pipeline.batch.slide_measure import (
     write_label_tiff,
 )
 from pipeline.errors import NucleiError
-from pipeline.files.io import as_rgb01, atomic_path, colour_channel, encode_png
+from pipeline.files.io import as_rgb01, colour_channel
 from pipeline.files.slide_reader import Slide, open_slide, opened_slide
-from pipeline.method.blocks import core_of, paste_nuclei
+from pipeline.method.blocks import core_of
 
 #: Pixels of the mosaic of windows that plans a slide (normalisation, image type, diameter).
 SAMPLE_PIXELS = 4_000_000
@@ -209,9 +209,7 @@ def one_tile_at_a_time(segmenter):
 
 class Stitcher:
     """Pastes blocks' owned nuclei, in row-major block order, into a band of rows of the label
-    image by the rule of :func:`pipeline.method.blocks.paste_nuclei` (module docstring, step 3;
-    :func:`pipeline.method.blocks.segment_in_blocks` stitches an image in memory by the same one)
-    and hands out the rows no later block can change."""
+    image (module docstring, step 3) and hands out the rows no later block can change."""
 
     def __init__(self, width: int, min_size: int):
         self.band = np.zeros((0, width), np.uint32)
@@ -228,8 +226,19 @@ class Stitcher:
         if rows.stop > self.band.shape[0]:
             self.band = np.concatenate([self.band, np.zeros((rows.stop - self.band.shape[0], self.band.shape[1]),
                                                             np.uint32)])
-        kept, self.last_kept = paste_nuclei(self.band[rows, outer[1]], owned, self.count, self.min_size)
-        self.count += self.last_kept.size
+        target = self.band[rows, outer[1]]
+        owned = owned.astype(np.int64, copy=False)
+        total = np.bincount(owned.ravel(), minlength=1)
+        taken = np.bincount(owned[target > 0], minlength=total.size)
+        keep = (total > 0) & (2 * taken <= total) & (total - taken >= max(self.min_size, 1))
+        keep[0] = False
+        lut = np.zeros(total.size, np.int32)
+        lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        kept = lut[owned]
+        kept[target > 0] = 0
+        target[kept > 0] = kept[kept > 0] + self.count
+        self.count += int(keep.sum())
+        self.last_kept = np.flatnonzero(keep)
         return kept
 
     def finished(self, upto: int) -> np.ndarray:
@@ -244,36 +253,30 @@ class Stitcher:
 
 
 def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: float | None = None,
-                  diameter: float | None = None, channel: str | None = None, thumbnail_side: int = 320,
+                  diameter: float | None = None, channel: str | None = None,
                   map_ordered: Callable[[Callable, list[tuple]], Iterator] | None = None,
                   block_segmenter=None, image_type: str | None = None,
-                  options: MeasureOptions | None = None) -> tuple[dict[str, Any], SlideTable, bytes]:
+                  options: MeasureOptions | None = None) -> tuple[dict[str, Any], SlideTable, np.ndarray]:
     """Segment, measure and write one slide (module docstring).
 
     Parameters
     ----------
     slide : Slide
     name : str
-        Output name: ``labels/<name>.tif``, ``overlays/<name>.png``, ``tables/<name>.csv``
-        (``cells/<name>.tif`` with --cell-expansion, ``spots/<name>.csv`` with --spots).
+        Output name: ``labels/<name>.tif``, ``tables/<name>.csv`` (``cells/<name>.tif`` with
+        --cell-expansion, ``spots/<name>.csv`` with --spots); the caller writes ``overlays/<name>.png``.
     outdir : Path
     segmenter : Segmenter
         Plans the slide, and segments the blocks unless ``block_segmenter`` is given.
-    pixel_size : float, optional
-        µm; adds the µm columns.
-    diameter : float, optional
-        px; estimated when not given.
-    channel : str, optional
-        ``--channel``.
-    thumbnail_side : int
-        px, of the thumbnail returned for the report.
+    pixel_size, diameter : float, optional
+        µm (adds the µm columns); px (estimated when not given).
+    channel, image_type : str, optional
+        ``--channel``; ``--image-type`` (default: typed on the sample).
     map_ordered : callable, optional
         ``map_ordered(function, argument_tuples)`` yields ``function(*arguments)`` in order
         (:func:`pipeline.batch.cluster.ordered_map` runs them on Dask workers); default: here, one by one.
     block_segmenter : optional
         What :func:`block_labels` gets (a picklable callable returning a Segmenter on a worker).
-    image_type : str, optional
-        ``--image-type`` (:data:`pipeline.method.image_types.IMAGE_TYPES`); default: typed on the sample.
     options : MeasureOptions, optional
         ``--nuclear-channel`` and the rest (:mod:`pipeline.batch.measurements`): every channel measured
         block by block, the spots of each block streamed; then the final pass over the label image
@@ -284,10 +287,10 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     Returns
     -------
     row : dict
-        The ``counts.csv`` fields of the slide.
+        The ``counts.csv`` fields of the slide (:class:`pipeline.batch.output_folder.CountsRow`).
     table : SlideTable
-    thumbnail : bytes
-        PNG of the overlay's thumbnail.
+    overlay : (ceil(H / f), ceil(W / f), 3) uint8
+        The outlines drawn at 1/f scale (:func:`overlay_factor`).
 
     Raises
     ------
@@ -295,85 +298,108 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
         A channel the slide does not have; --cell-expansion in µm without a pixel size.
     """
     from pipeline.method.blocks import iter_blocks
-    from pipeline.method.measure import intensity_of
-    from pipeline.method.overlay import draw_outlines, thumbnail
+    from pipeline.method.overlay import draw_outlines
     from pipeline.model.segmenter import flag_of
 
     options = options or MeasureOptions()
     names, nuclear, distance = channel_plan(slide, options, pixel_size)
-    block_options = replace(options, cell_expansion=None)  # cells are grown on the final labels (final_pass)
     plan = plan_slide(slide, segmenter, diameter, channel, image_type, nuclear)
-    height, width = slide.shape
-    blocks = list(iter_blocks((height, width), plan.block, plan.margin))
+    blocks = list(iter_blocks(slide.shape, plan.block, plan.margin))
     run = map_ordered or (lambda function, items: (function(*item) for item in items))
     results = run(block_labels, [(str(slide.path), outer, core, plan, block_segmenter or segmenter)
                                  for outer, core in blocks])
-    f = overlay_factor((height, width))
-    shown = np.zeros((-(-height // f), -(-width // f), 3), np.uint8)
-    shown_labels = np.zeros(shown.shape[:2], np.uint32)
-    stitcher = Stitcher(width, plan.min_size)
-    areas: list[np.ndarray] = []
-    conf = [0.0, 0]
-    state: dict[str, Any] = {"columns": None, "fields": {}, "range": {}}
-    tile = slide_measure.LABEL_TILE  # bands of whole rows of the label TIFF's tiles
-
-    def tiles() -> Iterator[np.ndarray]:
-        for k, ((outer, core), (owned, confidence, nuclei)) in enumerate(zip(blocks, results, strict=True)):
-            size = owned.size
-            conf[0], conf[1] = conf[0] + confidence * size, conf[1] + size
-            kept = stitcher.paste(outer, owned)
-            per_kept = np.concatenate([[np.nan], nuclei[stitcher.last_kept]])
-            raw = slide.read(*outer)
-            plane = nuclear_plane(raw, channel, nuclear)
-            channels = block_channels(raw, names, nuclear, state) if options.channels else None
-            measured = measure_image(kept, intensity_of(plane), channels, block_options, pixel_size, per_kept,
-                                     plan.diameter, slide.path, call=False)
-            first = stitcher.count - len(measured.table)
-            ids = np.concatenate([[0], np.arange(first + 1, stitcher.count + 1)])
-            areas.append(stream_block(measured, outer, ids, name, state, streams.csv, streams.spots, pixel_size))
-            _show(shown, plan.normalization(network_input(raw, channel, nuclear)), outer, core, f)
-            last = k + 1 == len(blocks)
-            if last or blocks[k + 1][0][0].start != outer[0].start:  # the end of a row of blocks
-                upto = height if last else outer[0].start + core[0].stop - plan.margin
-                upto = upto if last else stitcher.top + (upto - stitcher.top) // tile * tile
-                rows = stitcher.finished(upto)
-                first_row = -(-(upto - rows.shape[0]) // f) * f
-                shown_labels[first_row // f : -(-upto // f)] = rows[first_row - (upto - rows.shape[0]) :: f, ::f]
-                yield from label_tiles(rows)
-
+    done = _Stitched(slide.shape, plan.min_size)
     with contextlib.ExitStack() as stack:
         streams = Streams(stack, outdir, name, options)
-        write_label_tiff(streams.labels, tiles(), (height, width))
+        write_label_tiff(streams.labels, _stitched_tiles(slide, name, blocks, results, plan, options, names,
+                                                         pixel_size, streams, done), slide.shape)
         fields, colours, flags, columns = finish_streams(stack, streams, slide, streams.labels, names, options,
-                                                         distance, stitcher.count, None, state, pixel_size)
-    overlay = draw_outlines(shown, shown_labels, colours)
-    with atomic_path(outdir / overlay_file(name)) as tmp:
-        tmp.write_bytes(encode_png(overlay))
+                                                         distance, done.stitcher.count, None, done.state, pixel_size)
+    confidence = done.confidence[0] / max(done.confidence[1], 1)
+    flag = flag_of(plan.image_type, confidence, plan.estimated, plan.diameter, slide.shape)
+    row, table = _slide_row(name, outdir, done.stitcher.count, done.areas, pixel_size, fields, columns,
+                            [flag, *flags], plan, confidence)
+    return row, table, draw_outlines(done.shown, done.shown_labels, colours)
+
+
+def _slide_row(name: str, outdir: Path, count: int, areas: list[np.ndarray], pixel_size: float | None,
+               fields: dict[str, Any], columns: list[str], flags: list[str], plan: SlidePlan | None = None,
+               confidence: float | None = None) -> tuple[dict[str, Any], SlideTable]:
+    """A slide's ``counts.csv`` fields (:class:`pipeline.batch.output_folder.CountsRow`; ``plan``: how it
+    was segmented, None for labels made elsewhere) and its streamed table, from its nuclei's areas
+    (px, block by block) and the fields and columns of :func:`pipeline.batch.slide_measure.finish_streams`."""
     areas_px = np.concatenate(areas) if areas else np.zeros(0, np.int64)
-    confidence = conf[0] / max(conf[1], 1)
     median_area = float(np.median(areas_px)) if areas_px.size else math.nan
-    flag = flag_of(plan.image_type, confidence, plan.estimated, plan.diameter, (height, width))
-    row = counts_row(name, stitcher.count, median_area, plan.image_type, plan.diameter, plan.estimated, plan.scale,
-                     confidence, "; ".join(f for f in (flag, *flags) if f), pixel_size,
-                     None if pixel_size is None else median_area * pixel_size**2)
-    row.update(fields)
-    table = SlideTable(outdir / slide_table_file(name), areas_px, pixel_size, tuple(columns), name)
-    return row, table, encode_png(thumbnail(overlay, thumbnail_side))
+    made = dict(name=name, count=count, median_area_px=median_area, flag="; ".join(f for f in flags if f),
+                pixel_size=pixel_size, median_area_um2=None if pixel_size is None else median_area * pixel_size**2,
+                extra=fields)
+    row = CountsRow(**made) if plan is None else CountsRow.segmented(plan, confidence=confidence, **made)
+    return row.fields(), SlideTable(outdir / slide_table_file(name), areas_px, pixel_size, tuple(columns), name)
+
+
+class _Stitched:
+    """What :func:`_stitched_tiles` gathers while it stitches a slide: the :class:`Stitcher`, the
+    overlay's image and labels at 1/f scale, each block's areas, the confidence (sum, pixels), and the
+    streamed table's state (:func:`pipeline.batch.slide_measure.stream_block`)."""
+
+    def __init__(self, shape: tuple[int, int], min_size: int):
+        self.f = overlay_factor(shape)
+        self.shown = np.zeros((-(-shape[0] // self.f), -(-shape[1] // self.f), 3), np.uint8)
+        self.shown_labels = np.zeros(self.shown.shape[:2], np.uint32)
+        self.stitcher = Stitcher(shape[1], min_size)
+        self.areas: list[np.ndarray] = []
+        self.confidence = [0.0, 0]
+        self.state: dict[str, Any] = {"columns": None, "fields": {}, "range": {}}
+
+
+def _stitched_tiles(slide: Slide, name: str, blocks: list, results: Iterator, plan: SlidePlan,
+                    options: MeasureOptions, names: tuple[str, ...], pixel_size: float | None, streams: Streams,
+                    done: _Stitched) -> Iterator[np.ndarray]:
+    """Paste each block's nuclei in block order, measure and stream them, draw the overlay's image,
+    and yield the label image's finished rows as bands of its tiles
+    (:func:`pipeline.batch.slide_measure.label_tiles`)."""
+    from pipeline.method.measure import intensity_of
+
+    height, f, stitcher, nuclear = slide.shape[0], done.f, done.stitcher, plan.nuclear
+    block_options = replace(options, cell_expansion=None)  # cells are grown on the final labels (final_pass)
+    tile = slide_measure.LABEL_TILE  # bands of whole rows of the label TIFF's tiles
+    for k, ((outer, core), (owned, confidence, nuclei)) in enumerate(zip(blocks, results, strict=True)):
+        done.confidence[0] += confidence * owned.size
+        done.confidence[1] += owned.size
+        kept = stitcher.paste(outer, owned)
+        per_kept = np.concatenate([[np.nan], nuclei[stitcher.last_kept]])
+        raw = slide.read(*outer)
+        plane = nuclear_plane(raw, plan.channel, nuclear)
+        channels = block_channels(raw, names, nuclear, done.state) if options.channels else None
+        measured = measure_image(kept, intensity_of(plane), channels, block_options, pixel_size, per_kept,
+                                 plan.diameter, slide.path, call=False)
+        first = stitcher.count - len(measured.table)
+        ids = np.concatenate([[0], np.arange(first + 1, stitcher.count + 1)])
+        done.areas.append(stream_block(measured, outer, ids, name, done.state, streams.csv, streams.spots,
+                                       pixel_size))
+        _show(done.shown, plan.normalization(network_input(raw, plan.channel, nuclear)), outer, core, f)
+        last = k + 1 == len(blocks)
+        if last or blocks[k + 1][0][0].start != outer[0].start:  # the end of a row of blocks
+            upto = height if last else outer[0].start + core[0].stop - plan.margin
+            upto = upto if last else stitcher.top + (upto - stitcher.top) // tile * tile
+            rows = stitcher.finished(upto)
+            first_row = -(-(upto - rows.shape[0]) // f) * f
+            done.shown_labels[first_row // f : -(-upto // f)] = rows[first_row - (upto - rows.shape[0]) :: f, ::f]
+            yield from label_tiles(rows)
 
 
 # --------------------------------------------------------------------------- nuclei measure of a slide
 
 
 def measure_slide(slide: Slide, labels: Slide, name: str, outdir: Path, pixel_size: float | None = None,
-                  channel: str | None = None, options: MeasureOptions | None = None,
-                  thumbnail_side: int = 320) -> tuple[dict[str, Any], SlideTable, bytes]:
+                  channel: str | None = None,
+                  options: MeasureOptions | None = None) -> tuple[dict[str, Any], SlideTable, np.ndarray]:
     """``nuclei measure`` of a slide with its label image, both read piece by piece: the outputs of
     :func:`segment_slide` but for what only a segmentation knows.
 
     1. One pass over the labels (:func:`pipeline.batch.slide_measure.label_boxes`): each nucleus's bounding box and area.
-    2. Blocks of :data:`MEASURE_BLOCK` px: each nucleus is measured whole in the block where its box
-       starts, whose reach is the boxes of its nuclei (and the spots' context): the values of the
-       whole image (spots: their noise is that of the block's nuclei). Rows are streamed in block
+    2. Blocks of :data:`MEASURE_BLOCK` px (:func:`_measured_blocks`): each nucleus is measured whole in
+       the block where its box starts: the values of the whole image. Rows are streamed in block
        order, each nucleus under its own id.
     3. ``labels/<name>.tif`` copied tile by tile (uint32 tiled BigTIFF); the final pass
        (:func:`pipeline.batch.slide_measure.final_pass`: cells, backgrounds) and the finished table; the
@@ -383,19 +409,17 @@ def measure_slide(slide: Slide, labels: Slide, name: str, outdir: Path, pixel_si
     ----------
     slide, labels : Slide
         The image and its label image (one plane of whole numbers, 0 = background, ids up to 2**31-1).
-    name : str
-        Output name (as :func:`segment_slide`).
-    outdir : Path
+    name, outdir
+        As :func:`segment_slide`.
     pixel_size : float, optional
         µm.
     channel : str, optional
         ``--channel``.
     options : MeasureOptions, optional
-    thumbnail_side : int
 
     Returns
     -------
-    row, table, thumbnail
+    row, table, overlay
         As :func:`segment_slide`.
 
     Raises
@@ -406,45 +430,23 @@ def measure_slide(slide: Slide, labels: Slide, name: str, outdir: Path, pixel_si
         µm without a pixel size.
     """
     from pipeline.method.intensity import normalization_of
-    from pipeline.method.labels import dense_labels
-    from pipeline.method.measure import intensity_of
-    from pipeline.method.overlay import display_uint8, draw_outlines, thumbnail
-    from pipeline.method.spots import spot_sigmas
+    from pipeline.method.overlay import display_uint8, draw_outlines
 
     options = options or MeasureOptions()
-    height, width = slide.shape
     if labels.shape != slide.shape:
         raise NucleiError(f"{labels.path}: {labels.shape[1]}x{labels.shape[0]} px, but its image {slide.path} is "
-                          f"{width}x{height} px")
+                          f"{slide.shape[1]}x{slide.shape[0]} px")
     names, nuclear, distance = channel_plan(slide, options, pixel_size)
     boxes = label_boxes(labels)
     count = len(boxes)
     given = boxes["label"].to_numpy(np.int64)
     ids = None if np.array_equal(given, np.arange(1, count + 1)) else np.concatenate([[0], given])
-    diameter = float(np.median(np.sqrt(4 * boxes["area_px"].to_numpy(np.float64) / np.pi))) if count else None
-    pad = int(3 * spot_sigmas(diameter)[1]) + 1 if options.spots and diameter else 0
-    block_of = ((boxes["bbox_min_row"] // MEASURE_BLOCK) * -(-width // MEASURE_BLOCK)
-                + boxes["bbox_min_col"] // MEASURE_BLOCK)  # row-major, as iter_chunks
-    block_options = replace(options, cell_expansion=None)  # cells are grown on the whole label image (final_pass)
     state: dict[str, Any] = {"columns": None, "fields": {}, "range": {}}
-    areas: list[np.ndarray] = []
     with contextlib.ExitStack() as stack:
         streams = Streams(stack, outdir, name, options)
         write_label_tiff(streams.labels, copied_tiles(labels), slide.shape)
-        for _, owned in boxes.groupby(block_of.to_numpy(), sort=True):
-            low = owned[["bbox_min_row", "bbox_min_col"]].min().to_numpy() - pad
-            high = owned[["bbox_max_row", "bbox_max_col"]].max().to_numpy() + pad
-            outer = (slice(max(int(low[0]), 0), min(int(high[0]), height)),
-                     slice(max(int(low[1]), 0), min(int(high[1]), width)))
-            part = labels.read(*outer)
-            part = np.where(np.isin(part, owned["label"].to_numpy()), part, 0)
-            dense, local = dense_labels(part)
-            local = np.arange(int(part.max(initial=0)) + 1) if local is None else local
-            raw = slide.read(*outer)
-            channels = block_channels(raw, names, nuclear, state) if options.channels else None
-            measured = measure_image(dense, intensity_of(nuclear_plane(raw, channel, nuclear)), channels,
-                                     block_options, pixel_size, None, diameter, slide.path, call=False)
-            areas.append(stream_block(measured, outer, local, name, state, streams.csv, streams.spots, pixel_size))
+        areas = _measured_blocks(slide, labels, boxes, name, channel, options, names, nuclear, pixel_size, streams,
+                                 state)
         fields, colours, flags, columns = finish_streams(stack, streams, slide, labels.path, names, options, distance,
                                                          count, ids, state, pixel_size)
     f = overlay_factor(slide.shape)
@@ -453,15 +455,43 @@ def measure_slide(slide: Slide, labels: Slide, name: str, outdir: Path, pixel_si
     shown = labels.read(slice(0, None, f), slice(0, None, f)).astype(np.int64)
     shown = shown if ids is None or colours is None else np.searchsorted(ids, shown)  # colours are by rank
     overlay = draw_outlines(display_uint8(normalization(network_input(small, channel, nuclear))), shown, colours)
-    with atomic_path(outdir / overlay_file(name)) as tmp:
-        tmp.write_bytes(encode_png(overlay))
-    areas_px = np.concatenate(areas) if areas else np.zeros(0, np.int64)
-    median_area = float(np.median(areas_px)) if areas_px.size else math.nan
-    row = counts_row(name, count, median_area, None, None, None, None, None, "; ".join(f for f in flags if f),
-                     pixel_size, None if pixel_size is None else median_area * pixel_size**2)
-    row.update(fields)
-    table = SlideTable(outdir / slide_table_file(name), areas_px, pixel_size, tuple(columns), name)
-    return row, table, encode_png(thumbnail(overlay, thumbnail_side))
+    row, table = _slide_row(name, outdir, count, areas, pixel_size, fields, columns, flags)
+    return row, table, overlay
+
+
+def _measured_blocks(slide: Slide, labels: Slide, boxes, name: str, channel: str | None, options: MeasureOptions,
+                     names: tuple[str, ...], nuclear: int | None, pixel_size: float | None, streams: Streams,
+                     state: dict[str, Any]) -> list[np.ndarray]:
+    """Measure the nuclei of ``boxes`` (:func:`pipeline.batch.slide_measure.label_boxes`) block by block,
+    each whole in the block where its box starts, whose reach is the boxes of its nuclei and the
+    spots' context (spots: their noise is that of the block's nuclei); stream their rows in block
+    order under their own ids. Returns each block's areas, px."""
+    from pipeline.method.labels import dense_labels
+    from pipeline.method.measure import intensity_of
+    from pipeline.method.spots import spot_sigmas
+
+    height, width = slide.shape
+    diameter = float(np.median(np.sqrt(4 * boxes["area_px"].to_numpy(np.float64) / np.pi))) if len(boxes) else None
+    pad = int(3 * spot_sigmas(diameter)[1]) + 1 if options.spots and diameter else 0
+    block_of = ((boxes["bbox_min_row"] // MEASURE_BLOCK) * -(-width // MEASURE_BLOCK)
+                + boxes["bbox_min_col"] // MEASURE_BLOCK)  # row-major, as iter_chunks
+    block_options = replace(options, cell_expansion=None)  # cells are grown on the whole label image (final_pass)
+    areas: list[np.ndarray] = []
+    for _, owned in boxes.groupby(block_of.to_numpy(), sort=True):
+        low = owned[["bbox_min_row", "bbox_min_col"]].min().to_numpy() - pad
+        high = owned[["bbox_max_row", "bbox_max_col"]].max().to_numpy() + pad
+        outer = (slice(max(int(low[0]), 0), min(int(high[0]), height)),
+                 slice(max(int(low[1]), 0), min(int(high[1]), width)))
+        part = labels.read(*outer)
+        part = np.where(np.isin(part, owned["label"].to_numpy()), part, 0)
+        dense, local = dense_labels(part)
+        local = np.arange(int(part.max(initial=0)) + 1) if local is None else local
+        raw = slide.read(*outer)
+        channels = block_channels(raw, names, nuclear, state) if options.channels else None
+        measured = measure_image(dense, intensity_of(nuclear_plane(raw, channel, nuclear)), channels,
+                                 block_options, pixel_size, None, diameter, slide.path, call=False)
+        areas.append(stream_block(measured, outer, local, name, state, streams.csv, streams.spots, pixel_size))
+    return areas
 
 
 # --------------------------------------------------------------------------- the overlay

@@ -3,8 +3,9 @@
 Layer data tuples are napari's ``(data, metadata, layer_type)``. Nothing here imports Qt or
 napari, so that it is testable and usable without a window.
 
-Must not: segment (that is :class:`pipeline.model.segmenter.Segmenter`), measure
-(:mod:`pipeline.method.measure`) or draw widgets.
+Must not: segment or measure but through ``nuclei segment``'s own path
+(:func:`pipeline.batch.one_file.segment_plane`, :func:`pipeline.batch.measurements.measure_image`), or
+draw widgets.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import NucleiError
-from pipeline.files.io import as_rgb01, read_labels, read_planes
-from pipeline.method.measure import intensity_of, measure_nuclei
+from pipeline.files.io import read_labels, read_planes
+from pipeline.method.measure import intensity_of
 from pipeline.shipped import SAMPLE_IMAGE
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -62,7 +63,8 @@ def segment_array(
     array: np.ndarray, model_dir: str | Path, diameter: float | None = None, tta: str = "auto",
     device: str = "auto",
 ) -> tuple[Any, pd.DataFrame]:
-    """Segment one image plane as ``nuclei segment`` does, and measure its nuclei.
+    """Segment one image plane as ``nuclei segment`` does (:func:`pipeline.batch.one_file.segment_plane`),
+    and measure its nuclei as it does (:func:`pipeline.batch.measurements.measure_image`).
 
     Parameters
     ----------
@@ -80,12 +82,16 @@ def segment_array(
     result : pipeline.model.segmenter.Segmentation
         ``labels`` int32 (H, W), diameter, confidence, flag.
     table : pandas.DataFrame
-        The ``nuclei.csv`` rows (:func:`pipeline.method.measure.measure_nuclei`, intensities in the
-        image's units).
+        The ``nuclei.csv`` rows (intensities in the image's units).
     """
-    segmenter = get_segmenter(model_dir, tta, device)
-    result = segmenter.segment(as_rgb01(array), diameter=diameter)
-    return result, measure_nuclei(result.labels, intensity_of(array), confidence=result.nucleus_confidence)
+    from pipeline.batch.measurements import measure_image
+    from pipeline.batch.one_file import segment_plane
+    from pipeline.batch.settings import MeasureOptions
+
+    result, _ = segment_plane(array, get_segmenter(model_dir, tta, device), diameter)
+    measured = measure_image(result.labels, intensity_of(array), None, MeasureOptions(), None,
+                             result.nucleus_confidence, result.diameter, "layer")
+    return result, measured.table
 
 
 def result_layers(name: str, result: Any, table: pd.DataFrame, **placement: Any) -> list[LayerData]:
