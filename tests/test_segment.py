@@ -290,6 +290,29 @@ def test_outputs_of_a_partly_written_image_are_removed(tmp_path, model_dir, monk
     assert [p.name for p in (out / "labels").iterdir()] == ["a.tif"]
 
 
+def test_an_image_failing_after_its_overlay_leaves_no_thumbnail_in_the_report(tmp_path, model_dir, monkeypatch):
+    """An export that cannot be written fails its image after the overlay was drawn: the overlay is
+    removed, the report is written without it, the batch goes on."""
+    import pipeline.batch.one_file
+
+    image, _ = disks()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image).save(tmp_path / "b.png")
+    real = pipeline.batch.one_file.write_export
+
+    def write_export(fmt, path, labels, table):
+        if path.stem == "b":
+            raise OSError(28, "No space left on device")
+        real(fmt, path, labels, table)
+
+    monkeypatch.setattr(pipeline.batch.one_file, "write_export", write_export)
+    out = tmp_path / "out"
+    counts = segment_images([tmp_path / "a.png", tmp_path / "b.png"], out, model_dir, exports=("geojson",))
+    assert list(counts["status"]) == ["ok", "failed"] and sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png"]
+    html = (out / "report.html").read_text()
+    assert html.count("<figcaption>") == 1 and '<figcaption><span title="a">' in html  # a's thumbnail alone
+
+
 # --------------------------------------------------------------------------- large images
 
 

@@ -420,6 +420,7 @@ def _fail(run: Tables, row: dict[str, Any], exc: Exception, source: Path, writte
     warn(f"error: {row['error']}")
     run.counts.append(row)
     name = row["image"]
+    run.thumbnails.pop(name, None)  # its overlay, written before the failure, is removed with it
     if run.earlier.get(name) == str(source):
         written = [*written, *(run.outdir / file for file in image_files(name))]
     for problem in remove_files(written):
