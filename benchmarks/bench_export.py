@@ -67,7 +67,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from pipeline.batch.outlines import nucleus_polygons, write_geojson, write_imagej_rois
-    from pipeline.method.measure import measure_nuclei
+    from pipeline.method.features import measure_nuclei
 
     labels = dense_field(args.size, args.nuclei)
     intensity = np.ones(labels.shape, np.float32)

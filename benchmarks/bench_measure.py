@@ -2,8 +2,8 @@
 
 Default: on a synthetic 1024 × 1024 field of about 1,500 nuclei with 4 channels (a nuclear stain, a
 marker positive in 40 % of the nuclei, a nuclear/cytoplasmic signal, spots), the time of
-:func:`pipeline.batch.measurements.measure_image` measuring every channel with cells (5 px) and spots
-(one channel) and an ``auto`` positive call, as a ratio to :func:`pipeline.method.measure.measure_nuclei`
+:func:`pipeline.batch.image_features.measure_image` measuring every channel with cells (5 px) and spots
+(one channel) and an ``auto`` positive call, as a ratio to :func:`pipeline.method.features.measure_nuclei`
 alone (the shape and one intensity: what ``nuclei segment`` measured before), median of ``--repeats``.
 
 ``--rules``: the candidate ``auto`` rules on synthetic populations of per-nucleus means (300 nuclei,
@@ -63,9 +63,9 @@ def field(size: int = 1024, spacing: int = 26, radius: int = 9, seed: int = 0):
 
 
 def cost(repeats: int) -> None:
-    from pipeline.batch.measurements import Channels, measure_image
+    from pipeline.batch.image_features import Channels, measure_image
     from pipeline.batch.settings import CellExpansion, MeasureOptions
-    from pipeline.method.measure import intensity_of, measure_nuclei
+    from pipeline.method.features import intensity_of, measure_nuclei
 
     labels, channels = field()
     n = int(labels.max())

@@ -80,8 +80,8 @@ def main() -> int:
     from pipeline.batch.segment import Settings, segment_images
     from pipeline.config.params import load_params
     from pipeline.files.io import read_image, write_labels, write_png
+    from pipeline.method.features import measure_nuclei
     from pipeline.method.heads import confidence
-    from pipeline.method.measure import measure_nuclei
     from pipeline.method.overlay import display_uint8, draw_outlines
     from pipeline.method.watershed import postprocess_to_shape
     from pipeline.model.model_dir import available_model_dir
@@ -375,7 +375,7 @@ def dense(n: int = 1500, size: int = 1024) -> None:
     from skimage.measure import regionprops_table
     from skimage.segmentation import expand_labels
 
-    from pipeline.method.measure import measure_nuclei
+    from pipeline.method.features import measure_nuclei
 
     rng = np.random.default_rng(0)
     labels = np.zeros((size, size), np.int32)

@@ -25,7 +25,7 @@ from pipeline.errors import NucleiError
 from pipeline.files.channels import ChannelPattern, channel_keys, find_channel, read_channel_images
 from pipeline.files.io import read_labels
 from pipeline.method import positivity
-from pipeline.method.measure import cell_statistics, channel_statistics, grow_cells
+from pipeline.method.features import cell_statistics, channel_statistics, grow_cells
 from pipeline.method.overlay import POSITIVE_COLOURS
 from pipeline.method.spots import detect_spots, spots_per_nucleus
 
@@ -105,7 +105,7 @@ def test_every_intensity_column_equals_regionprops(dtype):
     skimage.measure.regionprops on the same labels (values not sequential, a nucleus of one pixel)."""
     from skimage.measure import regionprops
 
-    from pipeline.method.measure import measure_nuclei
+    from pipeline.method.features import measure_nuclei
 
     channels, labels, *_ = marker_field(shape=(128, 160), seed=3)
     labels = np.where(labels > 0, labels * 7 + 3, 0)  # sparse values

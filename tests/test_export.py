@@ -25,7 +25,7 @@ from pipeline.batch.outlines import (
     write_geojson,
     write_imagej_rois,
 )
-from pipeline.method.measure import measure_nuclei
+from pipeline.method.features import measure_nuclei
 
 from .conftest import disc, rasterise
 

@@ -278,7 +278,7 @@ def test_images_beyond_the_memory_limit_are_too_large_not_truncated(tmp_path, mo
 
 def test_read_planes_keeps_the_files_units(tmp_path):
     from pipeline.files.io import read_planes
-    from pipeline.method.measure import intensity_of
+    from pipeline.method.features import intensity_of
 
     data = GREY8.astype(np.float32) * 3.0 - 5.0
     tifffile.imwrite(tmp_path / "f.tif", data)

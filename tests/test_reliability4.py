@@ -424,7 +424,7 @@ def test_an_image_beyond_the_region_bound_is_cropped_before_its_examples(model_d
 
 def test_the_time_plan_gives_up_checkpoints_then_checks_then_validation_then_training():
     """Measured times in, plan out (no clock): each shorter time left gives up one more thing."""
-    from pipeline.training.finetune import CHECKPOINTS, MAX_STEPS, plan_time
+    from pipeline.training.finetune_time import CHECKPOINTS, MAX_STEPS, plan_time
 
     times = dict(folds=3, t_step=1.0, t_run=2.0, held_cost=50.0, check_cost=10.0, check_setup=3.0, what="--minutes M")
     plans = {left: plan_time(left, **times) for left in (3000, 300, 250, 150, 60, 8)}

@@ -25,7 +25,7 @@ from pipeline.batch.segment import COUNT_COLUMNS, segment_images
 from pipeline.errors import NucleiError
 from pipeline.files.io import read_labels
 from pipeline.method.blocks import iter_blocks
-from pipeline.method.measure import measure_nuclei, measurement_columns
+from pipeline.method.features import measure_nuclei, measurement_columns
 from pipeline.method.overlay import PALETTE, draw_outlines
 
 from .conftest import counts_of, disks, grid_centres, run_cli
@@ -377,9 +377,9 @@ def test_measurements_match_regionprops(monkeypatch, band_rows):
     from skimage.measure import regionprops_table
     from skimage.segmentation import expand_labels
 
-    import pipeline.method.measure
+    import pipeline.method.features
 
-    monkeypatch.setattr(pipeline.method.measure, "BAND_ROWS", band_rows)
+    monkeypatch.setattr(pipeline.method.features, "BAND_ROWS", band_rows)
     rng = np.random.default_rng(3)
     labels = np.zeros((2000, 90), np.int32)
     points = np.c_[rng.integers(0, 2000, 300), rng.integers(0, 90, 300)]

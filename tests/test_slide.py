@@ -1,4 +1,4 @@
-"""Huge images out of core (pipeline.batch.slide, pipeline.batch.slide_measure): lazy reading, seams, stitching rule,
+"""Huge images out of core (pipeline.batch.slide, pipeline.batch.slide_tables): lazy reading, seams, stitching rule,
 pixel size metadata, tables streamed and the final pass.
 
 The seam test segments a 4000 × 4000 tiled TIFF with the ideal stand-in network of
@@ -264,7 +264,7 @@ def test_a_multichannel_slide_is_measured_block_by_block_as_whole(tmp_path):
     from pipeline.batch.segment import segment_images
     from pipeline.batch.settings import CellExpansion, MeasureOptions
     from pipeline.files.io import read_labels
-    from pipeline.method.measure import channel_statistics
+    from pipeline.method.features import channel_statistics
     from pipeline.method.spots import spots_per_nucleus
 
     from .conftest import MARKER_CHANNELS, MARKER_KEYS, marker_field
@@ -326,8 +326,8 @@ def slide_and_memory(tmp_path_factory):
                              positive_scope="batch", cell_expansion=CellExpansion(4, "px"))
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("pipeline.batch.slide_measure.LABEL_TILE", 64)
-        patch.setattr("pipeline.batch.slide_measure.CELL_CHUNK", 128)
+        patch.setattr("pipeline.batch.slide_tables.LABEL_TILE", 64)
+        patch.setattr("pipeline.batch.slide_tables.CELL_CHUNK", 128)
         for name, slide_pixels in (("slide", 100_000), ("memory", 50_000_000)):
             counts = segment_images([folder / "mixed.tif", folder / "negative.tif"], folder / name, model_dir, "cpu",
                                     measure=options, tile_size=256, overlap=32, block_size=256, block_margin=40,
@@ -341,7 +341,7 @@ def test_cells_grown_on_a_slide_chunk_by_chunk_are_those_of_the_whole_image(slid
     path grows on the same image, and so does every column of its nuclei, the cell columns summed
     over the chunks included."""
     from pipeline.files.io import read_labels
-    from pipeline.method.measure import grow_cells
+    from pipeline.method.features import grow_cells
 
     (slide, slide_counts), (memory, memory_counts) = slide_and_memory["slide"], slide_and_memory["memory"]
     assert (slide / "tables" / "mixed.csv").is_file() and not (memory / "tables" / "mixed.csv").exists()
@@ -395,7 +395,7 @@ def test_measure_out_of_core_gives_the_tables_of_the_whole_image(tmp_path, monke
 
     from .conftest import MARKER_CHANNELS, marker_field
 
-    for constant, value in (("slide_measure.LABEL_TILE", 64), ("slide_measure.CELL_CHUNK", 128),
+    for constant, value in (("slide_tables.LABEL_TILE", 64), ("slide_tables.CELL_CHUNK", 128),
                             ("slide.MEASURE_BLOCK", 128)):
         monkeypatch.setattr(f"pipeline.batch.{constant}", value)
     channels, truth, *_ = marker_field(shape=(400, 400), seed=50, contrast=10)

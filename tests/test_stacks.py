@@ -345,10 +345,10 @@ def test_a_two_channel_movie_measures_each_frame_as_a_plane(tmp_path, model_dir)
 
 def test_a_two_channel_z_stack_measures_its_3d_nuclei_channels(tmp_path, model_dir):
     """A ZCYX z-stack with --nuclear-channel: each 3D nucleus's channels measured over its voxels (as
-    :func:`pipeline.method.measure.channel_statistics` of the 3D labels), the positive ones (known)
+    :func:`pipeline.method.features.channel_statistics` of the 3D labels), the positive ones (known)
     called in 3D; --cell-expansion is flagged as not applied (cells are 2D)."""
     from pipeline.batch.stack_file import NOT_IN_3D
-    from pipeline.method.measure import channel_statistics
+    from pipeline.method.features import channel_statistics
 
     image, truth = _spheres()
     marker = _marked(image, truth, {2})

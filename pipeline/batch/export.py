@@ -4,7 +4,7 @@
 ``<name>.tif``/``.png`` (0 = background, one integer value per nucleus),
 ``DIR/geojson/<name>.geojson`` and/or ``DIR/rois/<name>.zip`` (:mod:`pipeline.batch.outlines`, the same
 files as ``nuclei segment --export``). Each nucleus carries the ``nuclei.csv`` measurements
-(:mod:`pipeline.method.measure`): with intensities when its image is found, else the geometric ones.
+(:mod:`pipeline.method.features`): with intensities when its image is found, else the geometric ones.
 The image of ``<name>`` is
 
 - the file of ``--images`` whose name is ``<name>``, or ``<name>`` without a label suffix of
@@ -31,8 +31,8 @@ from pipeline.batch.output_folder import COUNTS_CSV, LABELS
 from pipeline.errors import NucleiError, one_line
 from pipeline.files.inputs import list_inputs
 from pipeline.files.io import check_writable_folder, read_planes
+from pipeline.method.features import intensity_of, measure_nuclei
 from pipeline.method.labels import instance_labels
-from pipeline.method.measure import intensity_of, measure_nuclei
 from pipeline.progress import progress
 
 #: Name endings that label files of other tools add to their image's name (Cellpose, StarDist,
@@ -98,7 +98,7 @@ def find_image(label_file: Path, images: dict[str, Path]) -> tuple[Path, tuple[i
 
 
 def image_intensity(image: Path, where: tuple[int, int] | None, shape: tuple[int, int]) -> np.ndarray:
-    """The grey level measured (:func:`pipeline.method.measure.intensity_of`) of an image plane.
+    """The grey level measured (:func:`pipeline.method.features.intensity_of`) of an image plane.
 
     Raises
     ------

@@ -33,12 +33,13 @@ import pandas as pd
 
 from pipeline.arguments import POSITIVE
 from pipeline.batch.lock import folder_lock
-from pipeline.batch.one_file import SLIDE_PIXELS, finish_batch, label_index, measure_file, warn
+from pipeline.batch.one_file import SLIDE_PIXELS, finish_batch, label_index, measure_file
 from pipeline.batch.outlines import parse_formats
 from pipeline.batch.output_folder import (
     Tables,
     check_output_folder,
     remove_leftovers,
+    warn,
 )
 from pipeline.batch.segment import find_images, run_batch, write_report
 from pipeline.batch.settings import MeasureOptions, add_measure_arguments, check_channels, measure_options

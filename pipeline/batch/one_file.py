@@ -14,7 +14,7 @@ One path for every input:
    and its thumbnail (:meth:`pipeline.batch.output_folder.Tables.write_overlay`), the ``counts.csv``
    row (:class:`pipeline.batch.output_folder.CountsRow`), the ``nuclei.csv`` rows; a plane's
    measurements, cells, spots and ``--export`` files by :func:`image_outputs`, shared by both
-   commands; the channels of every kind measured by :func:`pipeline.batch.measurements.measure_image`.
+   commands; the channels of every kind measured by :func:`pipeline.batch.image_features.measure_image`.
 
 A bad input never raises: it is a 'failed' row, and its partial files (and the outputs an earlier
 run made of the same file) are removed. It runs in :func:`pipeline.batch.segment.segment_images`'s
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batch.export import read_label_image
-from pipeline.batch.measurements import Channels, measure_image, problems
+from pipeline.batch.image_features import Channels, measure_image, problems
 from pipeline.batch.outlines import FORMATS, export_path, write_export
 from pipeline.batch.output_folder import (
     CELLS_COLUMN,
@@ -79,9 +79,9 @@ from pipeline.files.orientation import describe
 from pipeline.files.planes import ChannelImage
 from pipeline.files.slide_reader import Slide, open_slide, slide_of
 from pipeline.files.stacks import frame_files, read_frames, read_stacks
+from pipeline.method.features import intensity_of
 from pipeline.method.intensity import normalize_image
-from pipeline.method.labels import dense_labels
-from pipeline.method.measure import intensity_of
+from pipeline.method.labels import indexable_labels
 from pipeline.method.overlay import display_uint8, draw_outlines, thumbnail
 
 #: Smallest image side accepted, in pixels.
@@ -95,7 +95,7 @@ SLIDE_EXPORT_NOTE = "--export: outlines not written for an image segmented out o
 SOURCE_KINDS = ("plane", "slide", "stack", "movie")
 
 __all__ = ["SLIDE_PIXELS", "SOURCE_KINDS", "Source", "each_image", "finish_batch", "image_outputs", "measure_file",
-           "segment_file", "segment_plane", "source_of", "warn"]
+           "segment_file", "segment_plane", "source_of"]
 
 
 # --------------------------------------------------------------------------- what an input is
@@ -226,7 +226,7 @@ def nuclear_image(image: Plane | ChannelImage, source: Path, channel: str | None
     array : (H, W) or (H, W, C) array
         What is segmented: the plane (its ``--channel``), or the nuclear channel.
     intensity : (H, W) float array
-        What ``mean_intensity`` is measured on (:func:`pipeline.method.measure.intensity_of`).
+        What ``mean_intensity`` is measured on (:func:`pipeline.method.features.intensity_of`).
     channels : Channels or None
         Every channel of a :class:`ChannelImage`.
 
@@ -271,18 +271,18 @@ def image_outputs(name: str, labels: np.ndarray, shown: np.ndarray, intensity: n
     """
     result = segmentation
     spots_diameter = diameter if result is None else result.diameter
-    dense, ids = dense_labels(labels)  # sparse ids (labels made elsewhere) measured as 1..N, given back below
+    indexed, ids = indexable_labels(labels)  # sparse ids (labels made elsewhere) measured as 1..N, given back below
     confidence = None if result is None else result.nucleus_confidence
-    measured = measure_image(dense, intensity, channels, options, pixel_size,
+    measured = measure_image(indexed, intensity, channels, options, pixel_size,
                              confidence if ids is None or confidence is None else confidence[ids], spots_diameter,
                              source)
     for problem in problems(measured, source):
         warn(f"warning: {problem}")
     written.append(run.outdir / labels_file(name))
     write_labels(written[-1], labels)
-    colours = measured.colours(int(dense.max(initial=0)))
-    overlay = draw_outlines(shown, dense, colours)
-    del shown, dense
+    colours = measured.colours(int(indexed.max(initial=0)))
+    overlay = draw_outlines(shown, indexed, colours)
+    del shown, indexed
     if ids is not None:
         measured.table["label"] = ids[measured.table["label"].to_numpy()]
         measured.cells = None if measured.cells is None else ids[measured.cells]
@@ -450,14 +450,14 @@ def _failure(exc: Exception, source: Path) -> dict[str, Any]:
 
 def finish_batch(run: Tables, options: MeasureOptions, thumbnail_side: int = 320) -> None:
     """``--positive-scope batch``, once every image is measured: the calls of each ``auto`` channel
-    over the batch (:func:`pipeline.batch.measurements.batch_positivity`), the nuclei of slides
+    over the batch (:func:`pipeline.batch.image_features.batch_positivity`), the nuclei of slides
     included (their ids, means and calls read from their streamed tables, :func:`slide_calls`; the
     calls written back in chunks; a time-lapse's frames each on its own), then each image's overlay (its
     thumbnail) and GeoJSON export redone with them (a stack's montage is not). Never raises: a file
     that cannot be rewritten is a warning."""
     if options.positive_scope != "batch" or not any(value is None for _, value in options.positive):
         return
-    from pipeline.batch.measurements import batch_positivity
+    from pipeline.batch.image_features import batch_positivity
 
     rows = {(row["image"], row.get("frame")): row for row in run.counts if row.get("status") == "ok"}
     images = []  # (row, table, its SlideTable or None): a time-lapse's frames each with its own row
@@ -502,21 +502,21 @@ def slide_calls(table: SlideTable) -> pd.DataFrame:
 def _recolour(run: Tables, row: dict[str, Any], table: pd.DataFrame, thumbnail_side: int, slide: bool = False) -> None:
     """Redraw one image's overlay (outlines in the colours of its positive calls) and GeoJSON (a slide:
     its labels at the overlay's scale, :func:`pipeline.batch.slide.shown_labels`; it has no GeoJSON)."""
-    from pipeline.batch.measurements import Measured
+    from pipeline.batch.image_features import Measured
     from pipeline.files.io import read_labels
 
     name = row["image"]
     labels = (shown_labels if slide else read_labels)(run.outdir / labels_file(name))
-    dense, ids = dense_labels(labels)
+    indexed, ids = indexable_labels(labels)
     calls = table
-    if ids is not None:  # the rows of the labels shown, numbered as ``dense``
+    if ids is not None:  # the rows of the labels shown, numbered as ``indexed``
         given = table["label"].to_numpy(np.int64)
         where = np.minimum(np.searchsorted(ids, given), ids.size - 1)
         calls = table[ids[where] == given].assign(label=where[ids[where] == given])
-    n_labels = max(int(dense.max(initial=0)), int(calls["label"].max()) if len(calls) else 0)
+    n_labels = max(int(indexed.max(initial=0)), int(calls["label"].max()) if len(calls) else 0)
     colours = Measured(calls).colours(n_labels)
     overlay = read_planes(run.outdir / overlay_file(name))[0].array[..., :3]
-    overlay = draw_outlines(overlay, dense, colours)
+    overlay = draw_outlines(overlay, indexed, colours)
     write_png(run.outdir / overlay_file(name), overlay)
     run.thumbnails[name] = encode_png(thumbnail(overlay, thumbnail_side))
     if not slide and "geojson" in run.exports and row.get(FORMATS["geojson"].column):

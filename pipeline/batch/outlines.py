@@ -131,7 +131,7 @@ def geojson_features(labels: np.ndarray, table: pd.DataFrame | None = None) -> d
     labels : (H, W) int array
         Instance labels, 0 = background.
     table : pandas.DataFrame, optional
-        ``nuclei.csv`` rows of this image (:func:`pipeline.method.measure.measure_nuclei`), with a
+        ``nuclei.csv`` rows of this image (:func:`pipeline.method.features.measure_nuclei`), with a
         ``label`` column; its numeric columns become each nucleus's ``measurements``.
 
     Returns

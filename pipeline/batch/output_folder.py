@@ -13,7 +13,7 @@ Owns
 - the tables ``counts.csv``, ``nuclei.csv`` and ``columns.csv`` (:class:`Tables`): they list
   exactly the label files present, this run's and those an earlier run left that this run did
   not replace; their columns are the fixed ones (:data:`COUNT_COLUMNS`,
-  :func:`pipeline.method.measure.measurement_columns`) then those of the images' channels, cells,
+  :func:`pipeline.method.features.measurement_columns`) then those of the images' channels, cells,
   spots and positive calls, in the order they first appear; the ``counts.csv`` row of a segmented
   image (:class:`CountsRow`);
   a slide's nuclei streamed through ``tables/<name>.csv`` (:class:`SlideTable`, :func:`write_nuclei_csv`;
@@ -43,7 +43,7 @@ import pandas as pd
 
 from pipeline.batch.outlines import FORMATS, export_path
 from pipeline.files.io import atomic_path, check_writable_folder, encode_png, write_csv, write_png
-from pipeline.method.measure import column_dictionary, measurement_columns
+from pipeline.method.features import column_dictionary, measurement_columns
 from pipeline.method.overlay import thumbnail
 
 #: Columns of ``counts.csv`` (``median_area_um2`` only with a pixel size).
@@ -317,7 +317,7 @@ class Tables:
         return counts, nuclei[columns]
 
     def nuclei_columns(self, parts: list | None = None) -> list[str]:
-        """The columns of ``nuclei.csv``: ``image``, :func:`pipeline.method.measure.measurement_columns`,
+        """The columns of ``nuclei.csv``: ``image``, :func:`pipeline.method.features.measurement_columns`,
         then those of the parts (tables, slide tables) in the order they first appear."""
         parts = self._sections()[1] if parts is None else parts
         columns = ["image", *measurement_columns(self.pixel_size)]

@@ -8,7 +8,7 @@ writes, under ``OUTDIR``:
 - with ``--export``: ``geojson/<name>.geojson`` (QuPath) and/or ``rois/<name>.zip`` (Fiji's ROI
   Manager), the outlines of :mod:`pipeline.batch.outlines`;
 - with ``--nuclear-channel`` (:class:`pipeline.batch.settings.MeasureOptions`): every channel measured,
-  positive calls, ``cells/<name>.tif`` and ``spots/<name>.csv`` (:mod:`pipeline.batch.measurements`);
+  positive calls, ``cells/<name>.tif`` and ``spots/<name>.csv`` (:mod:`pipeline.batch.image_features`);
 
 and for the whole run ``nuclei.csv`` (one row per nucleus; intensities in the image's own
 units), ``counts.csv`` (one row per image, failures included, naming its output files),
@@ -41,7 +41,7 @@ import pandas as pd
 
 from pipeline.arguments import POSITIVE, number
 from pipeline.batch.lock import folder_lock
-from pipeline.batch.one_file import finish_batch, segment_file, warn
+from pipeline.batch.one_file import finish_batch, segment_file
 from pipeline.batch.outlines import FORMATS, parse_formats
 from pipeline.batch.output_folder import (
     COUNT_COLUMNS,
@@ -53,6 +53,7 @@ from pipeline.batch.output_folder import (
     check_output_folder,
     output_names,
     remove_leftovers,
+    warn,
 )
 from pipeline.batch.report import render_report
 from pipeline.batch.settings import (
@@ -234,7 +235,7 @@ def overlay_legend(counts: pd.DataFrame) -> str:
 
 def channel_means(nuclei: pd.DataFrame, tables: list) -> dict[str, np.ndarray]:
     """The nucleus means (``mean_<key>``) of every measured channel (each has a ``median_<key>`` column:
-    :data:`pipeline.method.measure.CHANNEL_COLUMNS`), streamed slide tables included."""
+    :data:`pipeline.method.features.CHANNEL_COLUMNS`), streamed slide tables included."""
     keys = [key for key in (c[len("median_"):] for c in nuclei.columns if c.startswith("median_"))
             if f"mean_{key}" in nuclei]
     means = {key: [nuclei[f"mean_{key}"].dropna().to_numpy(float)] for key in keys}

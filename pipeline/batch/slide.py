@@ -21,14 +21,14 @@ large (:func:`pipeline.files.planes.max_image_pixels`).
    numbered 1, 2, ... in that order. A pasted nucleus is final (later blocks only fill free pixels),
    so it is measured at once, on its block.
 4. **Outputs, streamed**: rows finished by every block that can reach them are written as tiles of
-   ``labels/<name>.tif`` (uint32 tiled BigTIFF, :func:`pipeline.batch.slide_measure.write_label_tiff`);
+   ``labels/<name>.tif`` (uint32 tiled BigTIFF, :func:`pipeline.batch.slide_tables.write_label_tiff`);
    the nuclei's rows go to ``tables/<name>.csv`` block by block; the overlay ``overlays/<name>.png`` is
    drawn at 1/f scale (longest side at most :data:`OVERLAY_SIDE`). Memory: a band of (block + margin)
    rows of labels, a few blocks, the overlay.
 
 Each block's nuclei are measured there, every channel with ``--nuclear-channel``, and streamed; the
 final pass over the finished labels (cells, backgrounds, positive calls) follows:
-:mod:`pipeline.batch.slide_measure`. ``nuclei measure`` of a slide with its label image
+:mod:`pipeline.batch.slide_tables`. ``nuclei measure`` of a slide with its label image
 (:func:`measure_slide`) measures it block by block the same way, with the outputs of a segmented slide.
 
 Must not: parse command lines, or load models (callers hand a Segmenter, or a callable giving one).
@@ -46,11 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.batch import slide_measure
-from pipeline.batch.measurements import measure_image
+from pipeline.batch import slide_tables
+from pipeline.batch.image_features import measure_image
 from pipeline.batch.output_folder import CountsRow, SlideTable, slide_table_file
 from pipeline.batch.settings import MeasureOptions
-from pipeline.batch.slide_measure import (
+from pipeline.batch.slide_tables import (
     Streams,
     block_channels,
     channel_plan,
@@ -278,9 +278,9 @@ def segment_slide(slide: Slide, name: str, outdir: Path, segmenter, pixel_size: 
     block_segmenter : optional
         What :func:`block_labels` gets (a picklable callable returning a Segmenter on a worker).
     options : MeasureOptions, optional
-        ``--nuclear-channel`` and the rest (:mod:`pipeline.batch.measurements`): every channel measured
+        ``--nuclear-channel`` and the rest (:mod:`pipeline.batch.image_features`): every channel measured
         block by block, the spots of each block streamed; then the final pass over the label image
-        (:func:`pipeline.batch.slide_measure.final_pass`: the cells, their sums, the backgrounds) and
+        (:func:`pipeline.batch.slide_tables.final_pass`: the cells, their sums, the backgrounds) and
         the table rewritten with the cell columns and the positive calls (those of ``auto`` in
         ``--positive-scope batch`` are set with the batch's, :func:`pipeline.batch.one_file.finish_batch`).
 
@@ -327,7 +327,7 @@ def _slide_row(name: str, outdir: Path, count: int, areas: list[np.ndarray], pix
                confidence: float | None = None) -> tuple[dict[str, Any], SlideTable]:
     """A slide's ``counts.csv`` fields (:class:`pipeline.batch.output_folder.CountsRow`; ``plan``: how it
     was segmented, None for labels made elsewhere) and its streamed table, from its nuclei's areas
-    (px, block by block) and the fields and columns of :func:`pipeline.batch.slide_measure.finish_streams`."""
+    (px, block by block) and the fields and columns of :func:`pipeline.batch.slide_tables.finish_streams`."""
     areas_px = np.concatenate(areas) if areas else np.zeros(0, np.int64)
     median_area = float(np.median(areas_px)) if areas_px.size else math.nan
     made = dict(name=name, count=count, median_area_px=median_area, flag="; ".join(f for f in flags if f),
@@ -340,7 +340,7 @@ def _slide_row(name: str, outdir: Path, count: int, areas: list[np.ndarray], pix
 class _Stitched:
     """What :func:`_stitched_tiles` gathers while it stitches a slide: the :class:`Stitcher`, the
     overlay's image and labels at 1/f scale, each block's areas, the confidence (sum, pixels), and the
-    streamed table's state (:func:`pipeline.batch.slide_measure.stream_block`)."""
+    streamed table's state (:func:`pipeline.batch.slide_tables.stream_block`)."""
 
     def __init__(self, shape: tuple[int, int], min_size: int):
         self.f = overlay_factor(shape)
@@ -357,12 +357,12 @@ def _stitched_tiles(slide: Slide, name: str, blocks: list, results: Iterator, pl
                     done: _Stitched) -> Iterator[np.ndarray]:
     """Paste each block's nuclei in block order, measure and stream them, draw the overlay's image,
     and yield the label image's finished rows as bands of its tiles
-    (:func:`pipeline.batch.slide_measure.label_tiles`)."""
-    from pipeline.method.measure import intensity_of
+    (:func:`pipeline.batch.slide_tables.label_tiles`)."""
+    from pipeline.method.features import intensity_of
 
     height, f, stitcher, nuclear = slide.shape[0], done.f, done.stitcher, plan.nuclear
     block_options = replace(options, cell_expansion=None)  # cells are grown on the final labels (final_pass)
-    tile = slide_measure.LABEL_TILE  # bands of whole rows of the label TIFF's tiles
+    tile = slide_tables.LABEL_TILE  # bands of whole rows of the label TIFF's tiles
     for k, ((outer, core), (owned, confidence, nuclei)) in enumerate(zip(blocks, results, strict=True)):
         done.confidence[0] += confidence * owned.size
         done.confidence[1] += owned.size
@@ -397,12 +397,12 @@ def measure_slide(slide: Slide, labels: Slide, name: str, outdir: Path, pixel_si
     """``nuclei measure`` of a slide with its label image, both read piece by piece: the outputs of
     :func:`segment_slide` but for what only a segmentation knows.
 
-    1. One pass over the labels (:func:`pipeline.batch.slide_measure.label_boxes`): each nucleus's bounding box and area.
+    1. One pass over the labels (:func:`pipeline.batch.slide_tables.label_boxes`): each nucleus's bounding box and area.
     2. Blocks of :data:`MEASURE_BLOCK` px (:func:`_measured_blocks`): each nucleus is measured whole in
        the block where its box starts: the values of the whole image. Rows are streamed in block
        order, each nucleus under its own id.
     3. ``labels/<name>.tif`` copied tile by tile (uint32 tiled BigTIFF); the final pass
-       (:func:`pipeline.batch.slide_measure.final_pass`: cells, backgrounds) and the finished table; the
+       (:func:`pipeline.batch.slide_tables.final_pass`: cells, backgrounds) and the finished table; the
        overlay at 1/f scale.
 
     Parameters
@@ -462,12 +462,12 @@ def measure_slide(slide: Slide, labels: Slide, name: str, outdir: Path, pixel_si
 def _measured_blocks(slide: Slide, labels: Slide, boxes, name: str, channel: str | None, options: MeasureOptions,
                      names: tuple[str, ...], nuclear: int | None, pixel_size: float | None, streams: Streams,
                      state: dict[str, Any]) -> list[np.ndarray]:
-    """Measure the nuclei of ``boxes`` (:func:`pipeline.batch.slide_measure.label_boxes`) block by block,
+    """Measure the nuclei of ``boxes`` (:func:`pipeline.batch.slide_tables.label_boxes`) block by block,
     each whole in the block where its box starts, whose reach is the boxes of its nuclei and the
     spots' context (spots: their noise is that of the block's nuclei); stream their rows in block
     order under their own ids. Returns each block's areas, px."""
-    from pipeline.method.labels import dense_labels
-    from pipeline.method.measure import intensity_of
+    from pipeline.method.features import intensity_of
+    from pipeline.method.labels import indexable_labels
     from pipeline.method.spots import spot_sigmas
 
     height, width = slide.shape
@@ -484,11 +484,11 @@ def _measured_blocks(slide: Slide, labels: Slide, boxes, name: str, channel: str
                  slice(max(int(low[1]), 0), min(int(high[1]), width)))
         part = labels.read(*outer)
         part = np.where(np.isin(part, owned["label"].to_numpy()), part, 0)
-        dense, local = dense_labels(part)
+        indexed, local = indexable_labels(part)
         local = np.arange(int(part.max(initial=0)) + 1) if local is None else local
         raw = slide.read(*outer)
         channels = block_channels(raw, names, nuclear, state) if options.channels else None
-        measured = measure_image(dense, intensity_of(nuclear_plane(raw, channel, nuclear)), channels,
+        measured = measure_image(indexed, intensity_of(nuclear_plane(raw, channel, nuclear)), channels,
                                  block_options, pixel_size, None, diameter, slide.path, call=False)
         areas.append(stream_block(measured, outer, local, name, state, streams.csv, streams.spots, pixel_size))
     return areas

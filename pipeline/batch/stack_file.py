@@ -14,7 +14,7 @@ frame (and tracked with ``--track``); its files and its rows of the tables.
 :data:`pipeline.method.overlay.MONTAGE_TILES` planes or frames (:func:`pipeline.method.overlay.montage`).
 
 The channels of a stack read with ``--nuclear-channel`` (:attr:`pipeline.files.stacks.Stack.channels`)
-are measured as a plane's are (:func:`pipeline.batch.measurements.measure_image`): a time-lapse's
+are measured as a plane's are (:func:`pipeline.batch.image_features.measure_image`): a time-lapse's
 frame by frame (``--positive``, ``--cell-expansion``: ``cells/<name>.tif`` a label stack,
 ``--spots``: ``spots/<name>.csv`` with ``frame``); a z-stack's 3D nuclei with every channel and
 ``--positive`` in 3D (:func:`measure_frame`), ``--cell-expansion`` and ``--spots`` flagged as not
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.batch.measurements import Channels, Measured, measure_image, problems
+from pipeline.batch.image_features import Channels, Measured, measure_image, problems
 from pipeline.batch.output_folder import (
     CELLS_COLUMN,
     SPOTS_COLUMN,
@@ -52,7 +52,7 @@ from pipeline.batch.settings import MeasureOptions, Settings
 from pipeline.errors import NucleiError
 from pipeline.files.io import as_rgb01, colour_channel, write_csv
 from pipeline.files.stacks import Stack, write_label_stack
-from pipeline.method.measure import intensity_of, measurement_columns
+from pipeline.method.features import intensity_of, measurement_columns
 from pipeline.method.overlay import display_uint8, montage
 from pipeline.progress import progress
 
@@ -79,7 +79,7 @@ def segment_stack_image(stack: Stack, source: Path, name: str, segmenter, cfg: S
     NucleiError
         A time-lapse of z-stacks without both ``--z-method`` and ``--track``; the errors of
         :func:`pipeline.model.stack_segmenter.segment_stack`, :func:`pipeline.method.tracking.track_labels` and
-        :func:`pipeline.batch.measurements.measure_image`.
+        :func:`pipeline.batch.image_features.measure_image`.
     """
     options = cfg.stacks
     if stack.axes == "TZYX" and not (options.track and options.z_method):
@@ -144,7 +144,7 @@ def _frame_channels(stack: Stack, t: int) -> Channels | None:
 def measure_frame(labels: np.ndarray, intensity: np.ndarray, channels: Channels | None, options: MeasureOptions,
                   pixel_size: float | None, voxel, diameter: float | None, source: object) -> Measured:
     """One frame of a stack measured: a time-lapse's frame as a plane is
-    (:func:`pipeline.batch.measurements.measure_image`); a z-stack's 3D nuclei by
+    (:func:`pipeline.batch.image_features.measure_image`); a z-stack's 3D nuclei by
     :func:`pipeline.method.volumes.measure_volumes`, their channels and positive calls by
     ``measure_image`` on the planes laid end to end, (Z·H, W): those depend on each nucleus's voxels,
     not on their neighbours, so they are the 3D nuclei's (cells and spots, which do, are not measured).

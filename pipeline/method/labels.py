@@ -9,7 +9,7 @@ and ``nuclei finetune`` (:func:`pipeline.data.annotations.check_labels`) make of
   values, never wrapped (``2**32 + 1`` would otherwise become 1 and merge with nucleus 1);
 - anything else keeps its values (a single nucleus of value 255 stays 255).
 
-Measurements index arrays by label id; :func:`dense_labels` numbers sparse ids (a few nuclei of ids up
+Measurements index arrays by label id; :func:`indexable_labels` numbers sparse ids (a few nuclei of ids up
 to 2**31-1) 1..N for them and gives the ids back, so that the outputs keep the ids as given.
 
 Must not: read files, or accept fractional or negative values (the callers check their files).
@@ -71,7 +71,7 @@ def instance_labels(labels: np.ndarray, source: str = "labels") -> tuple[np.ndar
     return relabelled, f"{source}: label ids up to {high} (beyond 2**31-1) relabelled 1..{len(ids) - 1}"
 
 
-def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def indexable_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels numbered for arrays indexed by id, and the ids to give back.
 
     Parameters
@@ -81,11 +81,11 @@ def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
     Returns
     -------
-    dense : (H, W) int array
+    indexed : (H, W) int array
         ``labels`` itself when its largest id is at most its number of pixels (arrays indexed by id
         are then no larger than the image), else int32 numbered 1..N in the order of the ids.
     ids : (N + 1,) int64 or None
-        ``ids[k]`` the id of ``dense`` label ``k`` (``ids[0] = 0``); None when ``dense`` is ``labels``.
+        ``ids[k]`` the id of ``indexed`` label ``k`` (``ids[0] = 0``); None when ``indexed`` is ``labels``.
     """
     labels = np.asarray(labels)
     if int(labels.max(initial=0)) <= labels.size:

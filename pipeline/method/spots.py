@@ -82,7 +82,7 @@ def detect_spots(channel: np.ndarray, labels: np.ndarray, diameter: float) -> pd
     """
     from skimage.feature import blob_log
 
-    from pipeline.method.measure import channel_statistics, labelled_pixels
+    from pipeline.method.features import channel_statistics, labelled_pixels
 
     empty = pd.DataFrame({"nucleus": np.zeros(0, np.int64), "y": np.zeros(0, np.int64), "x": np.zeros(0, np.int64),
                           "intensity": np.zeros(0), "sigma": np.zeros(0)})

@@ -9,5 +9,5 @@ Importing this package imports neither napari nor Qt (the base install has neith
 imports the modules the manifest names when it needs them.
 
 Must not: hold segmentation, measurement or training logic (:class:`pipeline.model.segmenter.Segmenter`,
-:mod:`pipeline.method.measure`, :func:`pipeline.training.finetune.finetune` do that).
+:mod:`pipeline.method.features`, :func:`pipeline.training.finetune.finetune` do that).
 """

@@ -4,7 +4,7 @@ Layer data tuples are napari's ``(data, metadata, layer_type)``. Nothing here im
 napari, so that it is testable and usable without a window.
 
 Must not: segment or measure but through ``nuclei segment``'s own path
-(:func:`pipeline.batch.one_file.segment_plane`, :func:`pipeline.batch.measurements.measure_image`), or
+(:func:`pipeline.batch.one_file.segment_plane`, :func:`pipeline.batch.image_features.measure_image`), or
 draw widgets.
 """
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline.errors import NucleiError
 from pipeline.files.io import read_labels, read_planes
-from pipeline.method.measure import intensity_of
+from pipeline.method.features import intensity_of
 from pipeline.shipped import SAMPLE_IMAGE
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -64,7 +64,7 @@ def segment_array(
     device: str = "auto",
 ) -> tuple[Any, pd.DataFrame]:
     """Segment one image plane as ``nuclei segment`` does (:func:`pipeline.batch.one_file.segment_plane`),
-    and measure its nuclei as it does (:func:`pipeline.batch.measurements.measure_image`).
+    and measure its nuclei as it does (:func:`pipeline.batch.image_features.measure_image`).
 
     Parameters
     ----------
@@ -84,7 +84,7 @@ def segment_array(
     table : pandas.DataFrame
         The ``nuclei.csv`` rows (intensities in the image's units).
     """
-    from pipeline.batch.measurements import measure_image
+    from pipeline.batch.image_features import measure_image
     from pipeline.batch.one_file import segment_plane
     from pipeline.batch.settings import MeasureOptions
 

@@ -62,9 +62,6 @@ from pipeline.training.finetune_time import (
     check_minutes,
     plan_time,
 )
-from pipeline.training.finetune_time import (
-    MAX_STEPS as MAX_STEPS,  # re-exported: the command's bounds, as before
-)
 from pipeline.training.finetune_validation import (
     Choice,
     Validation,

@@ -6,7 +6,7 @@ measure``), block by block; each block's nuclei are measured there and their row
 (:class:`Streams`, :func:`stream_block`), and once every block is done the rest is made here
 (:func:`finish_streams`):
 
-1. **Channels** (``--nuclear-channel``, :mod:`pipeline.batch.measurements`): a slide of up to 4 channels
+1. **Channels** (``--nuclear-channel``, :mod:`pipeline.batch.image_features`): a slide of up to 4 channels
    (colour samples, or an OME C axis) is segmented on its nuclear channel and every channel measured
    block by block (a nucleus is whole in its block: the same values as the whole image); each block's
    rows are streamed to ``tables/<name>.csv`` (:func:`stream_block`) and its spots to
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.batch.measurements import (
+from pipeline.batch.image_features import (
     SPOT_FILE_COLUMNS,
     Channels,
     Measured,
@@ -69,8 +69,8 @@ from pipeline.files.channels import channel_keys, find_channel
 from pipeline.files.io import atomic_path
 from pipeline.files.slide_reader import Slide, open_slide
 from pipeline.method.blocks import core_of, iter_chunks
+from pipeline.method.features import labelled_pixels, measurement_columns
 from pipeline.method.labels import INT32_MAX
-from pipeline.method.measure import labelled_pixels, measurement_columns
 from pipeline.method.positivity import Background
 
 #: Side of the label TIFF's tiles, px.
@@ -275,7 +275,7 @@ class FinalSums:
     marked: dict[str, int]  #: the --positive channels: key -> channel index
     #: (count + 1,) the labels' ids, ascending, 0 first, when they are not 1..count (labels made elsewhere)
     ids: np.ndarray | None = None
-    #: (2 + C, count + 1) :func:`pipeline.method.measure.cell_sums` by label (by rank in ``ids``; None: no cells)
+    #: (2 + C, count + 1) :func:`pipeline.method.features.cell_sums` by label (by rank in ``ids``; None: no cells)
     cells: np.ndarray | None = None
     #: each --positive channel's background outside the nuclei (and cells)
     background: dict[str, Background] = field(default_factory=dict)
@@ -293,9 +293,9 @@ class FinalSums:
 def final_pass(labels: Slide, image: Slide, sums: FinalSums) -> Iterator[np.ndarray]:
     """The final pass over a slide's finished label image, band by band of :data:`LABEL_TILE` rows and
     chunk by chunk of :data:`CELL_CHUNK` columns: the cells grown from the nuclei
-    (:func:`pipeline.method.measure.grow_cells`) on each chunk with a halo of ``floor(D) + 1`` px (every
+    (:func:`pipeline.method.features.grow_cells`) on each chunk with a halo of ``floor(D) + 1`` px (every
     nucleus within ``D`` of the chunk's pixels: the same cells as grown on the whole image), their
-    :func:`~pipeline.method.measure.cell_sums` and the backgrounds of the --positive channels outside
+    :func:`~pipeline.method.features.cell_sums` and the backgrounds of the --positive channels outside
     the nuclei and cells, each pixel counted once, added to ``sums``.
 
     Parameters
@@ -311,7 +311,7 @@ def final_pass(labels: Slide, image: Slide, sums: FinalSums) -> Iterator[np.ndar
     tile : (LABEL_TILE, LABEL_TILE) uint32
         The cells' label TIFF tiles in row-major order (with --cell-expansion; none without).
     """
-    from pipeline.method.measure import cell_sums, grow_cells
+    from pipeline.method.features import cell_sums, grow_cells
 
     halo = 0 if sums.distance is None else int(math.floor(sums.distance)) + 1
     for outer, core in iter_chunks(labels.shape, (LABEL_TILE, CELL_CHUNK), halo):
@@ -331,14 +331,14 @@ def final_pass(labels: Slide, image: Slide, sums: FinalSums) -> Iterator[np.ndar
 def _finish_table(path: Path, state: dict[str, Any], options: MeasureOptions, final: FinalSums | None,
                   count: int, pixel_size: float | None) -> tuple[dict[str, Any], np.ndarray | None, list[str], list[str]]:
     """A slide's table once every nucleus is measured and the final pass done: the cell columns
-    (:func:`pipeline.method.measure.cell_columns` of the final pass's sums) and the positive calls
+    (:func:`pipeline.method.features.cell_columns` of the final pass's sums) and the positive calls
     (thresholds from the final pass's backgrounds; ``auto`` in ``--positive-scope batch`` left for
     the batch) written in, the table rewritten in chunks.
 
     Returns the ``counts.csv`` fields, the overlay's colours (None without --positive; by rank,
     :meth:`FinalSums.rank`), the flags and the table's columns.
     """
-    from pipeline.method.measure import cell_columns
+    from pipeline.method.features import cell_columns
 
     fields, columns = dict(state["fields"]), list(state["columns"] or ["image", *measurement_columns(pixel_size)])
     if final is None:

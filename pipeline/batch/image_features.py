@@ -3,9 +3,9 @@
 The one home of these measurements for ``nuclei segment`` (:mod:`pipeline.batch.one_file`, and
 block by block :mod:`pipeline.batch.slide`) and ``nuclei measure``:
 
-- :func:`measure_image`: the ``nuclei.csv`` rows of one image (:func:`pipeline.method.measure.measure_nuclei`,
-  then per channel :func:`~pipeline.method.measure.channel_statistics`, the cells
-  :func:`~pipeline.method.measure.grow_cells` / :func:`~pipeline.method.measure.cell_statistics`, the spots
+- :func:`measure_image`: the ``nuclei.csv`` rows of one image (:func:`pipeline.method.features.measure_nuclei`,
+  then per channel :func:`~pipeline.method.features.channel_statistics`, the cells
+  :func:`~pipeline.method.features.grow_cells` / :func:`~pipeline.method.features.cell_statistics`, the spots
   :func:`pipeline.method.spots.detect_spots`, the positive calls :mod:`pipeline.method.positivity`), its
   ``counts.csv`` fields and flags, its cells and spots, and the overlay's colours;
 - :func:`call_positive` (one image's calls from its thresholds) and :func:`batch_positivity`
@@ -31,7 +31,7 @@ import pandas as pd
 from pipeline.batch.settings import MeasureOptions
 from pipeline.files.channels import channel_keys, describe_channels, find_channel
 from pipeline.method import positivity
-from pipeline.method.measure import (
+from pipeline.method.features import (
     cell_statistics,
     channel_statistics,
     grow_cells,
@@ -108,7 +108,7 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
     labels : (H, W) int array
         Nuclei, 0 = background.
     intensity : (H, W) float array
-        What ``mean_intensity`` is measured on (:func:`pipeline.method.measure.intensity_of` the
+        What ``mean_intensity`` is measured on (:func:`pipeline.method.features.intensity_of` the
         plane, or the nuclear channel).
     channels : Channels, optional
         The image's channels (with --nuclear-channel / --channel-files): each measured.
