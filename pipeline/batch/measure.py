@@ -33,7 +33,7 @@ import pandas as pd
 
 from pipeline.arguments import POSITIVE
 from pipeline.batch.lock import folder_lock
-from pipeline.batch.one_file import SLIDE_PIXELS, finish_batch, label_index, measure_file
+from pipeline.batch.one_file import finish_batch, label_index, measure_file
 from pipeline.batch.outlines import parse_formats
 from pipeline.batch.output_folder import (
     Tables,
@@ -43,6 +43,7 @@ from pipeline.batch.output_folder import (
 )
 from pipeline.batch.segment import find_images, run_batch, write_report
 from pipeline.batch.settings import MeasureOptions, add_measure_arguments, check_channels, measure_options
+from pipeline.config.params import SegmentConfig
 from pipeline.errors import NucleiError, before_work
 from pipeline.files.io import COLOUR_CHANNELS
 from pipeline.progress import progress
@@ -51,7 +52,7 @@ from pipeline.progress import progress
 def measure_images(inputs: list[str | Path], labels: str | Path, outdir: str | Path, pixel_size: float | None = None,
                    recursive: bool = False, *, channel: str | None = None,
                    measure: MeasureOptions | None = None, exports: tuple[str, ...] = (), wait: bool = False,
-                   thumbnail: int = 320, slide_pixels: int = SLIDE_PIXELS) -> pd.DataFrame:
+                   thumbnail: int = SegmentConfig.thumbnail, slide_pixels: int = SegmentConfig.slide_pixels) -> pd.DataFrame:
     """Measure the nuclei of existing label images (module docstring).
 
     Parameters

@@ -86,15 +86,13 @@ from pipeline.method.overlay import display_uint8, draw_outlines, thumbnail
 
 #: Smallest image side accepted, in pixels.
 MIN_SIDE = 8
-#: Images larger than this (px) are measured out of core by ``nuclei measure``: ``segment.slide_pixels``'s default.
-SLIDE_PIXELS = SegmentConfig().slide_pixels
 #: The flag of an image segmented out of core when ``--export`` was asked for.
 SLIDE_EXPORT_NOTE = "--export: outlines not written for an image segmented out of core (docs/scale-out.md)"
 #: What an input is (:func:`source_of`): planes (each an image), a huge image read piece by piece,
 #: z-stacks (``ZYX``), time-lapses (``TYX``, ``TZYX``; a ``--frames`` folder).
 SOURCE_KINDS = ("plane", "slide", "stack", "movie")
 
-__all__ = ["SLIDE_PIXELS", "SOURCE_KINDS", "Source", "each_image", "finish_batch", "image_outputs", "measure_file",
+__all__ = ["SOURCE_KINDS", "Source", "each_image", "finish_batch", "image_outputs", "measure_file",
            "segment_file", "segment_plane", "source_of"]
 
 
@@ -248,7 +246,7 @@ def nuclear_image(image: Plane | ChannelImage, source: Path, channel: str | None
 
 def image_outputs(name: str, labels: np.ndarray, shown: np.ndarray, intensity: np.ndarray, channels: Channels | None,
                   options: MeasureOptions, pixel_size: float | None, source: object, run: Tables, written: list[Path],
-                  *, exports: tuple[str, ...] = (), thumbnail_side: int = 320, segmentation=None,
+                  *, exports: tuple[str, ...] = (), thumbnail_side: int = SegmentConfig.thumbnail, segmentation=None,
                   diameter: float | None = None) -> dict[str, Any]:
     """Measure one image's nuclei and write its files: the one home of the outputs of an image,
     segmented (``nuclei segment``) or with labels made elsewhere (``nuclei measure``).
@@ -448,7 +446,7 @@ def _failure(exc: Exception, source: Path) -> dict[str, Any]:
     return {"count": None, "status": "failed", "error": " ".join(message.split())}
 
 
-def finish_batch(run: Tables, options: MeasureOptions, thumbnail_side: int = 320) -> None:
+def finish_batch(run: Tables, options: MeasureOptions, thumbnail_side: int = SegmentConfig.thumbnail) -> None:
     """``--positive-scope batch``, once every image is measured: the calls of each ``auto`` channel
     over the batch (:func:`pipeline.batch.image_features.batch_positivity`), the nuclei of slides
     included (their ids, means and calls read from their streamed tables, :func:`slide_calls`; the
@@ -528,8 +526,8 @@ def _recolour(run: Tables, row: dict[str, Any], table: pd.DataFrame, thumbnail_s
 
 
 def measure_file(source: Path, base_name: str, labels: dict[str, Path], channel: str | None, options: MeasureOptions,
-                 pixel_size: float | None, exports: tuple[str, ...], run: Tables, thumbnail_side: int = 320,
-                 slide_pixels: int = SLIDE_PIXELS) -> None:
+                 pixel_size: float | None, exports: tuple[str, ...], run: Tables, thumbnail_side: int = SegmentConfig.thumbnail,
+                 slide_pixels: int = SegmentConfig.slide_pixels) -> None:
     """Measure every image of one input file with its label image (``nuclei measure``), adding its
     rows to ``run``; never raises for bad input.
 
