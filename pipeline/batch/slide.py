@@ -64,7 +64,7 @@ from pipeline.batch.slide_tables import (
 from pipeline.errors import NucleiError
 from pipeline.files.io import as_rgb01, colour_channel
 from pipeline.files.slide_reader import Slide, open_slide, opened_slide
-from pipeline.method.blocks import core_of
+from pipeline.method.blocks import core_of, paste_nuclei
 
 #: Pixels of the mosaic of windows that plans a slide (normalisation, image type, diameter).
 SAMPLE_PIXELS = 4_000_000
@@ -209,7 +209,9 @@ def one_tile_at_a_time(segmenter):
 
 class Stitcher:
     """Pastes blocks' owned nuclei, in row-major block order, into a band of rows of the label
-    image (module docstring, step 3) and hands out the rows no later block can change."""
+    image by the rule of :func:`pipeline.method.blocks.paste_nuclei` (module docstring, step 3;
+    :func:`pipeline.method.blocks.segment_in_blocks` stitches an image in memory by the same one)
+    and hands out the rows no later block can change."""
 
     def __init__(self, width: int, min_size: int):
         self.band = np.zeros((0, width), np.uint32)
@@ -226,19 +228,8 @@ class Stitcher:
         if rows.stop > self.band.shape[0]:
             self.band = np.concatenate([self.band, np.zeros((rows.stop - self.band.shape[0], self.band.shape[1]),
                                                             np.uint32)])
-        target = self.band[rows, outer[1]]
-        owned = owned.astype(np.int64, copy=False)
-        total = np.bincount(owned.ravel(), minlength=1)
-        taken = np.bincount(owned[target > 0], minlength=total.size)
-        keep = (total > 0) & (2 * taken <= total) & (total - taken >= max(self.min_size, 1))
-        keep[0] = False
-        lut = np.zeros(total.size, np.int32)
-        lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        kept = lut[owned]
-        kept[target > 0] = 0
-        target[kept > 0] = kept[kept > 0] + self.count
-        self.count += int(keep.sum())
-        self.last_kept = np.flatnonzero(keep)
+        kept, self.last_kept = paste_nuclei(self.band[rows, outer[1]], owned, self.count, self.min_size)
+        self.count += self.last_kept.size
         return kept
 
     def finished(self, upto: int) -> np.ndarray:
