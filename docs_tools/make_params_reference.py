@@ -6,8 +6,8 @@ Every key of every section comes from the dataclasses of :mod:`pipeline.config.p
 values its rule accepts (the rule's own description, as the error message states it), the rules
 between values (the messages of each section's ``check``), the section's docstring, and the
 meaning from the comment beside the key in ``pipeline/config/params.py`` or, where that has none, in the
-repository's ``params.yaml`` (whose values equal the defaults: ``tests/test_config.py``).
-``tests/test_params_reference.py`` fails when the committed page differs from what this script
+repository's ``params.yaml`` (whose values equal the defaults: ``tests/config/test_params.py``).
+``tests/config/test_params_reference.py`` fails when the committed page differs from what this script
 writes, so the page cannot drift from the code. ``--check`` exits 1 instead of writing when the
 page is out of date.
 """

@@ -2,8 +2,9 @@
 
 Issue 41's cases are here: output names, the file system's limits, odd files, two runs into one
 folder, image orientation, image type and diameter flags. The newer commands' cases (issue 62: model folders that say absurd things, ``--scheduler``
-addresses, fine-tuning's limits, binary masks in ``nuclei export``) have their one home in
-``tests/test_reliability4.py``; this pass runs that file after its own cases and counts them too.
+addresses, fine-tuning's limits, binary masks in ``nuclei export``) have their one home beside the
+tests of the module each checks, marked ``@pytest.mark.hostile``; this pass runs them (``pytest -m
+hostile``) after its own cases and counts them too.
 
 Each case here builds its inputs in a fresh temporary folder, runs the command line as a user would
 (in this process, or in other processes where two runs meet), and checks what a demanding user
@@ -39,8 +40,10 @@ from pipeline.errors import NucleiError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "pipeline" / "shipped" / "model"
-#: The newer commands' cases (issue 62), whose one home is this test file.
-TESTS = ROOT / "tests" / "test_reliability4.py"
+#: The newer commands' cases (issue 62): the tests marked ``hostile`` under this folder.
+TESTS = ROOT / "tests"
+#: The pytest marker of those cases.
+MARKER = "hostile"
 CASES: list[tuple[str, Callable[[Path], str]]] = []
 
 
@@ -459,12 +462,12 @@ def run_cases(words: str, keep: bool) -> tuple[int, int]:
 
 
 def run_tests(path: Path = TESTS) -> tuple[int, int]:
-    """Run the test file ``path`` (the newer commands' cases) with pytest in a child process, one line
-    per test that failed: (passed or skipped, run)."""
+    """Run the tests marked :data:`MARKER` under ``path`` (the newer commands' cases) with pytest in a
+    child process, one line per test that failed: (passed or skipped, run)."""
     with tempfile.TemporaryDirectory(prefix="hostile-tests-") as tmp:
         report = Path(tmp) / "report.xml"
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                               str(path)], cwd=ROOT, capture_output=True, text=True)
+                               "-m", MARKER, str(path)], cwd=ROOT, capture_output=True, text=True)
         if not report.is_file():
             raise NucleiError(f"{path}: pytest wrote no report (exit {done.returncode}): {done.stdout[-300:]}")
         cases = list(ElementTree.parse(report).getroot().iter("testcase"))
@@ -473,7 +476,7 @@ def run_tests(path: Path = TESTS) -> tuple[int, int]:
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
         if problem is not None:
             failed += 1
-            print(f"NOT HANDLED  {path.relative_to(ROOT)}::{case.get('name')}\n"
+            print(f"NOT HANDLED  {case.get('classname')}::{case.get('name')}\n"
                   f"              {(problem.get('message') or '').strip()[:200]}", flush=True)
     return len(cases) - failed, len(cases)
 
@@ -484,8 +487,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument("-k", metavar="WORDS", default="",
-                        help=f"run only the cases whose title holds WORDS (and not {TESTS.name})")
-    parser.add_argument("--no-tests", action="store_true", help=f"leave out {TESTS.relative_to(ROOT)}")
+                        help=f"run only the cases whose title holds WORDS (and not the tests marked {MARKER})")
+    parser.add_argument("--no-tests", action="store_true", help=f"leave out the tests marked {MARKER}")
     args = parser.parse_args()
     MODEL = args.model.resolve()
     os.environ.setdefault("CI", "1")  # no progress bars
@@ -494,7 +497,7 @@ def main() -> int:
     if args.no_tests or args.k:
         return 0 if handled == ran else 1
     passed, tests = run_tests()
-    print(f"{TESTS.relative_to(ROOT)} (the newer commands' cases): {passed} of {tests} handled\n"
+    print(f"tests marked {MARKER} (the newer commands' cases): {passed} of {tests} handled\n"
           f"{handled + passed} of {ran + tests} cases handled in all")
     return 0 if handled == ran and passed == tests else 1
 

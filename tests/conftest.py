@@ -350,3 +350,10 @@ def write_ome(path: Path, channels: np.ndarray, names=MARKER_CHANNELS, pixel_siz
         metadata.update(PhysicalSizeX=pixel_size, PhysicalSizeY=pixel_size)
     tifffile.imwrite(path, channels, metadata=metadata, ome=True)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _quiet_hostile(request, monkeypatch):
+    """The hostile cases (``@pytest.mark.hostile``) read their one error line without progress bars."""
+    if request.node.get_closest_marker("hostile"):
+        monkeypatch.setenv("CI", "1")

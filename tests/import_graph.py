@@ -1,4 +1,4 @@
-"""The package's import graph, for tests/test_imports.py and tests/test_dvc_deps.py.
+"""The package's import graph, for tests/test_imports.py and tests/stages/test_dvc_deps.py.
 
 A link is any ``import`` / ``from ... import`` of a ``pipeline`` module, at module level or inside
 a function, and any string that names a ``pipeline`` module (``importlib.import_module`` targets,

@@ -1,5 +1,5 @@
 """The hostile pass over ``nuclei segment`` (``scripts/hostile_segment.py``, issue 41; the newer
-commands' cases, issue 62, are tests/test_reliability4.py, which the script also runs): every case
+commands' cases, issue 62, are the tests marked ``hostile``, which the script also runs): every case
 is handled — one line per problem and no traceback, every other image still segmented, label files
 and tables that agree. Each case runs in its own temporary folder with the shipped model;
 :data:`OPEN` lists the cases that wait for a change elsewhere."""

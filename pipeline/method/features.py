@@ -4,7 +4,7 @@ the cells grown from the nuclei (:func:`grow_cells`, :func:`cell_statistics`; su
 :func:`cell_sums` and :func:`cell_columns`).
 
 The measurements are those of ``skimage.measure.regionprops`` (its definitions of perimeter,
-eccentricity and solidity, equal to it to float rounding; ``tests/test_segment.py`` checks), computed
+eccentricity and solidity, equal to it to float rounding; ``tests/batch/test_segment.py`` checks), computed
 for every nucleus at once: sums over the labelled pixels with ``np.bincount`` and shifted
 comparisons of the label image, band by band of :data:`BAND_ROWS` rows so that memory stays
 bounded on huge images; only the convex hull of the solidity is a loop over nuclei, each within

@@ -18,7 +18,7 @@ blob detector (``skimage.feature.blob_log``), at sizes relative to the nucleus:
    noise units and more are found. Measured on synthetic nuclei of 19 and 31 px with 0-5 Gaussian
    spots (sigma 1.2 and 2 px) in Gaussian noise: every spot of 8 noise sd found (count exact in
    every nucleus), 96-100 % of nuclei exact at 6 sd, 69-94 % at 5 sd (spots missed, never added);
-   under 0.002 false spots per nucleus without spots (``tests/test_channels.py``).
+   under 0.002 false spots per nucleus without spots (``tests/batch/test_image_features.py``).
 4. **Per nucleus.** A spot belongs to the nucleus under its centre; spots outside nuclei are dropped.
 
 Must not: read files or know the output's layout beyond the returned table.
