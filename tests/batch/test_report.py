@@ -77,9 +77,13 @@ def sample_report(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     picture = np.zeros((300, 400, 3), np.uint8)
     picture[100:200, 150:250] = (255, 127, 14)
     thumbs = {name: encode_png(thumbnail(picture, 120)) for name in ("alpha", "beta")}
-    html = render_report(counts, areas, thumbs, info={"model": "pipeline/shipped/model"})
+    return write_report(tmp_path, counts, areas, thumbs, info={"model": "pipeline/shipped/model"})
+
+
+def write_report(tmp_path: Path, counts: pd.DataFrame, *args, **kwargs) -> tuple[Path, pd.DataFrame]:
+    """``report.html`` of :func:`render_report` ``(counts, *args, **kwargs)`` in ``tmp_path``, and ``counts``."""
     path = tmp_path / "report.html"
-    path.write_text(html)
+    path.write_text(render_report(counts, *args, **kwargs))
     return path, counts
 
 
@@ -200,11 +204,8 @@ def wide_report(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     counts = counts.astype({c: "Int64" for c in ("series", "plane", "height", "width", "count")})  # as written
     picture = np.zeros((300, 400, 3), np.uint8)
     thumbs = {name: encode_png(thumbnail(picture, 60)) for name in names[:-1]}
-    html = render_report(counts, rng.lognormal(5, 0.4, 500), thumbs, pixel_size=0.325,
-                         info={"model": "/a/long/path/" * 20})
-    path = tmp_path / "report.html"
-    path.write_text(html)
-    return path, counts
+    return write_report(tmp_path, counts, rng.lognormal(5, 0.4, 500), thumbs, pixel_size=0.325,
+                        info={"model": "/a/long/path/" * 20})
 
 
 def test_the_table_leads_with_count_area_and_flag_and_folds_the_rest(tmp_path):
