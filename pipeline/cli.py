@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "QuPath): nuclei segment's tables and report"),
     "export": ("pipeline.batch.export", "label images (any tool) -> QuPath GeoJSON and/or Fiji ROI sets"),
     "finetune": ("pipeline.training.finetune", "adapt a model to your images from a few annotated ones"),
-    "export-model": ("pipeline.model.interchange", "the network as TorchScript, ONNX or a bioimage.io package"),
+    "export-model": ("pipeline.model.interchange", "each network as TorchScript, ONNX or a bioimage.io package"),
     "prepare": ("pipeline.stages.prepare", "stage: Kaggle layout -> label maps, index, folds"),
     "targets": ("pipeline.stages.targets", "stage: label maps -> 3-class targets and weight maps"),
     "train": ("pipeline.stages.train", "stage: train the U-Net"),
@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("pipeline.stages.score", "score a submission against a solution (DSB2018 metric)"),
     "average": ("pipeline.model.average", "the weighted mean of model directories (a model soup)"),
     "widen": ("pipeline.model.widen", "a plain U-Net widened, computing what it computed (a warm start)"),
-    "quantise": ("pipeline.model.quantise", "add an int8 network to a model folder (OpenVINO; faster on CPUs)"),
+    "quantise": ("pipeline.model.quantise", "add int8 networks to a model folder (OpenVINO; faster on CPUs)"),
     "pack": ("pipeline.data.pack", "prepared training data <-> small archives (to carry to a GPU machine)"),
 }
 
