@@ -121,11 +121,6 @@ def network_for(routes: Sequence[Route], image_type: str | None,
                  and (not route.image_types or image_type in route.image_types)), MAIN_ROUTE)
 
 
-def needs_image_type(routes: Sequence[Route]) -> bool:
-    """Whether any route's rule reads the image type (so a caller must compute it)."""
-    return any(route.image_types for route in routes)
-
-
 def needs_second_pass(routes: Sequence[Route]) -> bool:
     """Whether any route runs again an image after the folder's own network."""
     return any(route.nucleus_fraction_above is not None for route in routes)
