@@ -76,7 +76,7 @@ class Measured:
         """The overlay's colour of each label (:func:`pipeline.method.overlay.positive_colours`), None
         without --positive."""
         columns = positive_columns(self.table)
-        if not columns:
+        if not columns or self.table.empty:  # no nucleus (an empty well): nothing to colour
             return None
         calls = self.table[columns].astype("Float64").to_numpy(np.float64, na_value=np.nan)
         return positive_colours(calls, self.table["label"].to_numpy(np.int64), n_labels)

@@ -485,3 +485,28 @@ def test_each_nucleus_has_its_confidence_whole_or_in_blocks():
         assert conf.shape == (result.labels.max() + 1,) and np.isnan(conf[0])
         np.testing.assert_allclose(conf[matched(truth, result.labels)], level[1:], atol=1e-5)
     assert whole.labels.max() == blocks.labels.max() == truth.max()  # numbered in block order: matched above
+
+
+# --------------------------------------------------------------------------- empty images (issue 89)
+
+
+@pytest.mark.hostile
+def test_an_image_without_nuclei_is_a_result_with_any_positive_option(tmp_path, model_dir):
+    """An empty well: no nucleus found (segment) or given (measure), with --positive auto or a value,
+    in either scope, is count 0, no call, status ok (it failed with a ValueError from the overlay)."""
+    channels, *_ = marker_field(shape=(64, 64), seed=45, fraction=0.5)
+    empty = (200 + 20 * np.random.default_rng(46).standard_normal(channels.shape)).astype(channels.dtype)
+    empty[0] = 200  # a dark DAPI channel (one brighter pixel: not constant) in which the network finds nothing
+    empty[0, 0, 0] = 201
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    write_ome(tmp_path / "images" / "empty.tif", empty)
+    tifffile.imwrite(tmp_path / "labels" / "empty.tif", np.zeros((64, 64), np.uint16))
+    for k, (value, scope) in enumerate([(None, "image"), (300.0, "image"), (None, "batch")]):
+        options = MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", value),), positive_scope=scope)
+        counts = measure_images([tmp_path / "images"], tmp_path / "labels", tmp_path / f"measure{k}", measure=options)
+        assert counts["status"].tolist() == ["ok"] and counts["count"].tolist() == [0], counts.get("error")
+        assert pd.isna(counts["fraction_positive_Ki_67"].iloc[0])
+    found = segment_images([tmp_path / "images" / "empty.tif"], tmp_path / "segment", model_dir, "cpu",
+                           measure=MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", None),)))
+    assert found["status"].tolist() == ["ok"] and found["count"].tolist() == [0], found.get("error")
