@@ -17,20 +17,22 @@ Must not: train, or average networks of different architectures.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
 
-from pipeline.errors import NucleiError
+from pipeline.arguments import number
+from pipeline.errors import NucleiError, before_work
 from pipeline.model.model_dir import load_model_dir, save_model_dir
 
 
 def weight_fractions(weights: list[float]) -> list[float]:
-    """``weights`` divided by their sum; ValueError unless non-negative with a positive sum."""
+    """``weights`` divided by their sum; ValueError unless finite, non-negative, with a positive sum."""
     weights = [float(w) for w in weights]
     total = sum(weights)
-    if not weights or min(weights) < 0 or total <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    if not weights or not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < total < math.inf:
+        raise ValueError(f"weights must be finite and non-negative with a positive sum, got {weights}")
     return [w / total for w in weights]
 
 
@@ -74,7 +76,7 @@ def average_model_dirs(sources: list[str | Path], out: str | Path, weights: list
     out : str or Path
         The directory to write (weights in half precision, as shipped); may not be a source.
     weights : list of float, optional
-        One per source (default: equal).
+        One per source (default: equal): finite, non-negative, with a positive sum.
 
     Returns
     -------
@@ -83,8 +85,16 @@ def average_model_dirs(sources: list[str | Path], out: str | Path, weights: list
     Raises
     ------
     NucleiError
-        Naming the directory: unreadable, or of another architecture than the first.
+        Naming the directory: unreadable, or of another architecture than the first; weights that
+        are not one per source, not finite, negative or all zero; ``out`` a source; an average whose
+        weights are not finite (never written: :func:`~pipeline.model.model_dir.save_model_dir`).
     """
+    return write_average(out, *read_sources(sources, out, weights))
+
+
+def read_sources(sources: list[str | Path], out: str | Path, weights: list[float] | None = None) -> tuple:
+    """Check what :func:`average_model_dirs` is asked and read its sources, before any work:
+    (sources as Paths, their weights' fractions, their networks, their configurations)."""
     sources = [Path(s) for s in sources]
     weights = [1.0] * len(sources) if weights is None else list(weights)
     if len(sources) < 2 or len(weights) != len(sources):
@@ -99,6 +109,11 @@ def average_model_dirs(sources: list[str | Path], out: str | Path, weights: list
     for source, config in zip(sources[1:], configs[1:], strict=True):
         if config.model != configs[0].model:
             raise NucleiError(f"{source}: another architecture than {sources[0]} ({config.model.to_dict()})")
+    return sources, fractions, models, configs
+
+
+def write_average(out: str | Path, sources: list[Path], fractions: list[float], models: tuple, configs: tuple) -> Path:
+    """Write the average of :func:`read_sources`' networks to ``out``; returns ``out``."""
     state = average_state([m.state_dict() for m in models], fractions)
     model = models[0]
     model.load_state_dict(state)
@@ -115,11 +130,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei average``."""
     parser.add_argument("sources", nargs="+", help="model directories (the first gives the configuration)")
     parser.add_argument("-o", "--out", required=True, help="the model directory to write")
-    parser.add_argument("--weights", type=float, nargs="+", help="one per source (default: equal)")
+    parser.add_argument("--weights", type=number(at_least=0), nargs="+",
+                        help="one per source, non-negative, not all 0 (default: equal)")
 
 
 def main(args: argparse.Namespace) -> int:
     """``nuclei average``: the weighted mean of model directories."""
-    out = average_model_dirs(args.sources, args.out, args.weights)
+    with before_work():  # bad weights, a missing or unreadable source, -o a source: exit 2, nothing written
+        read = read_sources(args.sources, args.out, args.weights)
+    out = write_average(args.out, *read)
     print(f"average of {len(args.sources)} models written to {out}")
     return 0

@@ -95,6 +95,7 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
         ``<path>/config.yaml``). ``format_version`` and ``weights_sha256`` are set here;
         absolute paths anywhere in it are written relative to the repository
         (:func:`portable_paths`). An ``int8_network`` is dropped: it was made from other weights.
+        A network holding NaN or infinite weights is refused, nothing written (:func:`check_finite`).
     storage : {'float16', 'int8', 'float32'}
         How floating-point tensors are stored (:data:`STORAGES`); all are loaded back as
         float32. A tensor with values beyond the float16 range stays float32.
@@ -109,6 +110,7 @@ def save_model_dir(path: str | Path, model: nn.Module, config: ModelDirConfig | 
     config = as_model_dir_config(config, path / CONFIG_NAME)
     if storage not in STORAGES:
         raise NucleiError(f"weights storage {storage!r}: expected one of {', '.join(STORAGES)}")
+    check_finite(unwrap_model(model).state_dict(), f"{path / WEIGHTS_NAME}: not written")
     state = {}
     for key, tensor in unwrap_model(model).state_dict().items():
         state.update(_stored(key, tensor, storage, int8_min_elements))
@@ -230,6 +232,16 @@ def dequantised(state: dict[str, torch.Tensor], file: Path) -> dict[str, torch.T
     return out
 
 
+def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise NucleiError (``<what>: the network holds non-finite weights (NaN or infinite) in <key>, ...``)
+    unless every floating-point tensor of ``state`` is finite: a network of NaN weights finds no nucleus
+    and says nothing. One vectorised test per tensor (about 10 ms for the shipped 7.8 M weights)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+        raise NucleiError(f"{what}: the network holds non-finite weights (NaN or infinite) in {shown}")
+
+
 def _plain(obj: Any) -> Any:
     """Convert paths, tuples and numpy / torch scalars and arrays to YAML-safe Python types."""
     if isinstance(obj, dict):
@@ -265,7 +277,8 @@ def read_model_dir(path: str | Path) -> tuple[ModelDirConfig, dict[str, torch.Te
     NucleiError
         One line naming the file or the folder: everything :func:`read_model_config` refuses;
         ``weights.pt`` missing, larger than :data:`WEIGHTS_MAX_BYTES` (refused unread), corrupt,
-        not matching the checksum, not a state dict; an architecture whose tensors are not those
+        not matching the checksum, not a state dict, holding NaN or infinite weights
+        (:func:`check_finite`); an architecture whose tensors are not those
         of ``weights.pt`` (``weights.pt holds depth 2, width 4``); a network that needs more
         memory than the machine has left (``too large for this machine``).
     """
@@ -289,6 +302,7 @@ def read_model_dir(path: str | Path) -> tuple[ModelDirConfig, dict[str, torch.Te
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NucleiError(f"{file}: not a state dict of tensors")
     state = dequantised(state, file)
+    check_finite(state, str(file))
     parameters = _check_architecture(path, config, state)
     need, left = LOAD_BYTES_PER_PARAMETER * parameters, runtime.available_memory()
     if left is not None and need > left:

@@ -259,19 +259,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.errors import UsageError
-    from pipeline.files.inputs import list_images
+    """``nuclei quantise``: usage errors (no images or --params, a missing or unusable model folder,
+    a folder without images) exit 2 before any work."""
+    from pipeline.errors import before_work
+    from pipeline.files.inputs import IMAGE_SUFFIXES, list_images
     from pipeline.files.io import read_image
+    from pipeline.model.model_dir import read_model_dir
     from pipeline.progress import progress
 
-    if bool(args.images) == bool(args.params):
-        raise UsageError("give calibration images or --params, one of the two")
-    if args.params:
-        files = training_images(args.params, args.sources, args.per_source, args.seed)
-    else:
-        files = list_images(args.images)
-    if not files:
-        raise NucleiError("no calibration images found")
+    with before_work():
+        if bool(args.images) == bool(args.params):
+            raise NucleiError("give calibration images or --params, one of the two")
+        read_model_dir(args.model)  # the one validator of a model folder: config.yaml, weights.pt
+        if args.params:
+            files = training_images(args.params, args.sources, args.per_source, args.seed)
+        else:
+            files = list_images(args.images)
+        if not files:
+            named = args.params or ", ".join(args.images)
+            raise NucleiError(f"{named}: no calibration images found ({', '.join(IMAGE_SUFFIXES)})")
     images = (read_image(path) for path in progress(files, desc="calibration images"))
     for xml in quantise_model_dir(args.model, images, networks=args.network, seed=args.seed,
                                   float_layers=args.float_layers):

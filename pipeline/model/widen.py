@@ -23,9 +23,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import NucleiError
+from pipeline.arguments import number
+from pipeline.config.model_folder import MAX_WIDTH, byte_size
+from pipeline.errors import NucleiError, before_work
+from pipeline.model import runtime
 from pipeline.model.model_dir import load_model_dir, save_model_dir
 from pipeline.model.networks import UNet, build_model
+
+#: Memory that widening takes per parameter of the wide network (bytes): the fresh float32 network,
+#: its state's float32 copy, the float16 state and its serialised bytes written.
+WIDEN_BYTES_PER_PARAMETER = 14
 
 
 def _old_channels(name: str, dim: int, old: int, new: int) -> torch.Tensor:
@@ -101,20 +108,42 @@ def widen_model_dir(source: str | Path, out: str | Path, width: int, seed: int =
     """Write ``source``'s network widened to ``width`` (:func:`widen_state`) as a model directory
     with ``source``'s configuration (``model.width`` changed); ``seed`` draws the new filters.
 
-    Raises NucleiError naming the directory: not a plain U-Net, a width not above its own, or ``out``
-    the source itself."""
+    Raises NucleiError naming the directory: not a plain U-Net, a width not above its own or above
+    :data:`~pipeline.config.model_folder.MAX_WIDTH`, a wide network larger than the memory left, or
+    ``out`` the source itself (:func:`check_widening`, before anything is allocated)."""
+    return write_widened(out, *check_widening(source, out, width), seed)
+
+
+def check_widening(source: str | Path, out: str | Path, width: int) -> tuple:
+    """What :func:`widen_model_dir` is asked, checked before any wide network is allocated (its
+    size counted on torch's ``meta`` device): (source as a Path, its network, its configuration,
+    the wide network's ``model`` section)."""
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise NucleiError(f"{out}: is the source; write the widened model elsewhere")
     model, config = load_model_dir(source)
     if config.model.arch != "unet":
         raise NucleiError(f"{source}: model.arch is {config.model.arch!r}; only a plain 'unet' is widened")
-    if width <= config.model.width:
-        raise NucleiError(f"{source}: width {width} is not above the network's {config.model.width}")
-    torch.manual_seed(seed)
+    if not config.model.width < width <= MAX_WIDTH:
+        raise NucleiError(f"{source}: --width {width}: expected a width above the network's {config.model.width} "
+                          f"and at most {MAX_WIDTH}")
     wide_config = dataclasses.replace(config.model, width=width)
-    wide = build_model(wide_config)
-    wide.load_state_dict(widen_state(model.float(), wide))
+    with torch.device("meta"):
+        parameters = sum(v.numel() for v in build_model(wide_config).state_dict().values())
+    need, left = WIDEN_BYTES_PER_PARAMETER * parameters, runtime.available_memory()
+    if left is not None and need > left:
+        raise NucleiError(f"{source}: --width {width}: too large for this machine (a network of {parameters:,} "
+                          f"parameters needs about {byte_size(need)}; {byte_size(left)} of memory left)")
+    return source, model, config, wide_config
+
+
+def write_widened(out: str | Path, source: Path, model, config, wide_config, seed: int = 0) -> Path:
+    """Build :func:`check_widening`'s wide network (new filters drawn with ``seed``), fill it
+    (:func:`widen_state`) and write it to ``out``; returns ``out``."""
+    torch.manual_seed(seed)
+    with runtime.memory_guard(str(source), f"a network of width {wide_config.width}"):
+        wide = build_model(wide_config)
+        wide.load_state_dict(widen_state(model.float(), wide))
     config = config.without_routes(model=wide_config, weights_sha256=None, training={
         "widened": {"source": str(source), "width": config.model.width, "seed": seed,
                     "training": config.training or None}})
@@ -124,13 +153,16 @@ def widen_model_dir(source: str | Path, out: str | Path, width: int, seed: int =
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nuclei widen``."""
     parser.add_argument("source", help="a model directory whose network is a plain U-Net (model.arch: unet)")
-    parser.add_argument("--width", type=int, required=True, help="the new width (channels of the first level)")
+    parser.add_argument("--width", type=number(integer=True, at_least=1, at_most=MAX_WIDTH), required=True,
+                        help=f"the new width (channels of the first level), above the network's, at most {MAX_WIDTH}")
     parser.add_argument("-o", "--out", required=True, help="the model directory to write")
     parser.add_argument("--seed", type=int, default=0, help="draws the new channels' filters (default 0)")
 
 
 def main(args: argparse.Namespace) -> int:
     """``nuclei widen``: the network widened, computing what it computed."""
-    out = widen_model_dir(args.source, args.out, args.width, args.seed)
+    with before_work():  # -o the source, a width not above the network's, too large: exit 2, nothing built
+        checked = check_widening(args.source, args.out, args.width)
+    out = write_widened(args.out, *checked, args.seed)
     print(f"{args.source} widened to width {args.width}, written to {out}")
     return 0

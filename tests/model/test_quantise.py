@@ -153,3 +153,29 @@ def test_the_shipped_model_carries_a_valid_int8_network():
     read_int8_network(config.int8_file(folder), config.weights_sha256)
     # the stained network stays in float (int8 lost up to 0.008 on stained sources: docs/decisions.md)
     assert read_model_config(config.network_folder(folder, config.route("stained"))).int8_network is None
+
+
+def quantise_cli(capsys, *argv) -> tuple[int, str]:
+    try:
+        status = cli_main(["quantise", *map(str, argv)])
+    except SystemExit as exc:  # argparse
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.hostile
+def test_quantise_usage_errors_exit_2_in_one_line_naming_the_folder(tmp_path, capsys):
+    folder = save_threshold_model(tmp_path / "model")
+    image = tmp_path / "x.png"
+    write_png(image, disk_images(1)[0])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(folder / "config.yaml", no_weights / "config.yaml")
+    for argv, words in (((no_weights, image), "weights.pt"), ((tmp_path / "missing", image), "missing"),
+                        ((folder, empty), "empty")):
+        status, err = quantise_cli(capsys, *argv)
+        lines = [line for line in err.strip().splitlines() if "error" in line]
+        assert status == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in err, err
+    assert read_model_config(folder).int8_network is None  # nothing written

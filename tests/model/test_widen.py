@@ -72,7 +72,7 @@ def test_widen_model_dir_and_the_command(tmp_path, capsys):
 def test_what_cannot_be_widened_is_refused_in_one_line(tmp_path, capsys):
     cfg = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
     source = save_model_dir(tmp_path / "narrow", trained_like(cfg), {"model": cfg})
-    with pytest.raises(NucleiError, match="width 4 is not above the network's 4"):
+    with pytest.raises(NucleiError, match="width 4: expected a width above the network's 4"):
         widen_model_dir(source, tmp_path / "w", 4)
     with pytest.raises(NucleiError, match="is the source"):
         widen_model_dir(source, source, 8)
@@ -81,3 +81,36 @@ def test_what_cannot_be_widened_is_refused_in_one_line(tmp_path, capsys):
     assert main(["widen", str(smp), "--width", "32", "-o", str(tmp_path / "w")]) != 0
     err = capsys.readouterr().err
     assert "only a plain 'unet' is widened" in err and "Traceback" not in err
+
+
+def widen_cli(capsys, *argv) -> tuple[int, str]:
+    try:
+        status = main(["widen", *map(str, argv)])
+    except SystemExit as exc:  # argparse
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("width", ["100000", "0", "-3", "8", "16", "many"])
+def test_a_width_that_cannot_be_is_a_usage_error_before_any_work(tmp_path, capsys, width):
+    cfg = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 16, "upsampling": "transpose"}
+    source = save_model_dir(tmp_path / "narrow", trained_like(cfg), {"model": cfg})
+    status, err = widen_cli(capsys, source, "--width", width, "-o", tmp_path / "w")
+    assert status == 2, err
+    assert "Traceback" not in err and "width" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.hostile
+def test_widen_into_its_source_or_beyond_the_memory_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    cfg = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
+    source = save_model_dir(tmp_path / "narrow", trained_like(cfg), {"model": cfg})
+    status, err = widen_cli(capsys, source, "--width", 8, "-o", source)
+    assert status == 2 and "is the source" in err, err
+    from pipeline.model import runtime
+
+    monkeypatch.setattr(runtime, "available_memory", lambda: 1_000_000)  # 1 MB left
+    status, err = widen_cli(capsys, source, "--width", 512, "-o", tmp_path / "w")
+    assert status == 2 and "too large for this machine" in err and "Traceback" not in err, err
+    assert not (tmp_path / "w").exists()
