@@ -263,12 +263,14 @@ def find_images(inputs: list[str | Path], outdir: Path, recursive: bool, options
     Raises
     ------
     NucleiError
-        No image at all (usage error).
+        No image at all, or (``frames``) an input that is not a folder of images (usage error).
     """
     if frames:
+        from pipeline.files.stacks import frame_files
+
         folders = [Path(i) for i in inputs]
-        if not_folders := [f for f in folders if not f.is_dir()]:
-            raise NucleiError(f"{not_folders[0]}: --frames takes folders (one time-lapse each, its images the frames)")
+        for folder in folders:  # each a folder holding frames, or a usage error
+            frame_files(folder)
         return folders, options, output_names(folders)
     sources = _find_inputs(inputs, outdir, recursive)
     if options.channel_files is None:

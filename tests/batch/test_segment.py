@@ -637,3 +637,14 @@ def test_a_napari_layer_is_segmented_and_measured_as_nuclei_segment_does(tmp_pat
     assert np.array_equal(result.labels, read_labels(tmp_path / "out" / "labels" / "a.tif")) and len(table) == 3
     nuclei = pd.read_csv(tmp_path / "out" / "nuclei.csv").drop(columns="image")
     pd.testing.assert_frame_equal(table.reset_index(drop=True), nuclei, check_dtype=False, rtol=1e-9)
+
+
+@pytest.mark.hostile
+def test_frames_of_a_folder_without_images_is_a_usage_error(tmp_path, model_dir, capsys):
+    empty = tmp_path / "movie"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no frames here")
+    assert run_cli(empty, "-o", tmp_path / "out", "--model", model_dir, "--frames") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{empty}: no image files" in err
+    assert not (tmp_path / "out" / "counts.csv").exists()  # nothing processed
