@@ -183,12 +183,14 @@ def measure_frame(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
 
 def _track(labels: np.ndarray, stack: Stack, source: Path, name: str, pixel_size: float | None,
            info: dict[str, Any], run: Tables, written: list[Path]) -> tuple[np.ndarray, dict[str, str]]:
-    """``--track``: the labels numbered by track, ``tracks/<name>.csv`` and ``tracks/<name>.xml`` written;
-    returns the labels and the ``counts.csv`` fields naming the files."""
+    """``--track``: the labels numbered by track, ``tracks/<name>.csv`` and ``tracks/<name>.xml`` written
+    (their ``label`` is the nucleus's label in ``labels/<name>.tif``: its track id); returns the labels and
+    the ``counts.csv`` fields naming the files."""
     from pipeline.files.trackmate import write_trackmate_xml
     from pipeline.method.tracking import track_labels
 
     labels, tracks = track_labels(labels, name=str(source), anisotropy=info.get("anisotropy") or 1.0)
+    tracks["label"] = tracks["track_id"]  # the written stack labels each nucleus with its track id
     files = {TRACKS_COLUMN: tracks_file(name), TRACKMATE_COLUMN: trackmate_file(name)}
     written.append(run.outdir / files[TRACKS_COLUMN])
     write_csv(written[-1], tracks)
