@@ -143,7 +143,8 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
         return measured
     keys = channels.keys
     marked = positive_keys(options, keys, channels.names, source)  # unknown channels: before any work
-    spotted = [keys[find_channel(channel, channels.names, source, "--spots")] for channel in options.spots]
+    spotted = list(dict.fromkeys(  # a channel named twice (by name, key or index) is one --spots
+        keys[find_channel(channel, channels.names, source, "--spots")] for channel in options.spots))
     measured.fields["channels"] = describe_channels(channels.names)
     if channels.nuclear is not None:
         measured.fields["nuclear_channel"] = keys[channels.nuclear]

@@ -81,24 +81,43 @@ def safe_key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
 
 
+#: Channel keys whose columns (``mean_<key>``, ``integrated_<key>``) are columns of every image's
+#: nuclei (``mean_intensity``, ``integrated_intensity``: :data:`pipeline.method.features.COLUMN_DICTIONARY`);
+#: a channel of that name is keyed ``<key>__c<k>`` (:func:`channel_keys`).
+RESERVED_KEYS = ("intensity",)
+
+
 def channel_keys(names: tuple[str, ...] | list[str]) -> list[str]:
     """The column key of each channel (``mean_<key>``): its name made safe (:func:`safe_key`), or
     ``c<k>`` for channel ``k`` when it has none, when the name is a number (``c<number>``: the
-    ``{c}`` of channel files ``_c0``, ``_c1``) or when two channels' names make the same key.
+    ``{c}`` of channel files ``_c0``, ``_c1``) or when two channels' names make the same key
+    (letter case aside). A name whose columns are those of every image (:data:`RESERVED_KEYS`) is
+    keyed ``<key>__c<k>``: no name makes a ``__`` (``columns.csv`` says which channel it was). Keys
+    never collide, letter case aside.
 
     >>> channel_keys(['DAPI', 'Ki-67', '', 'DAPI'])
     ['c0', 'Ki_67', 'c2', 'c3']
     >>> channel_keys(['1', '2'])
     ['c1', 'c2']
+    >>> channel_keys(['DAPI', 'intensity'])
+    ['DAPI', 'intensity__c1']
     """
     keys = []
     for k, name in enumerate(names):
         key = safe_key(name)
-        keys.append(f"c{key}" if key.isdigit() else key or f"c{k}")
+        key = f"c{key}" if key.isdigit() else key or f"c{k}"
+        keys.append(f"{key}__c{k}" if key.casefold() in RESERVED_KEYS else key)
     seen: dict[str, int] = {}
     for key in keys:
         seen[key.casefold()] = seen.get(key.casefold(), 0) + 1
-    return [f"c{k}" if seen[key.casefold()] > 1 else key for k, key in enumerate(keys)]
+    keys = [f"c{k}" if seen[key.casefold()] > 1 else key for k, key in enumerate(keys)]
+    taken: set[str] = set()
+    for k, key in enumerate(keys):  # a name 'c1' beside the c1 of two channels of one name
+        while key.casefold() in taken:
+            key = f"{key}_{k}"
+        keys[k] = key
+        taken.add(key.casefold())
+    return keys
 
 
 def describe_channels(names: tuple[str, ...] | list[str]) -> str:

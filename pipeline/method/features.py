@@ -16,6 +16,7 @@ Must not: segment, normalise or write files.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import cv2
@@ -120,7 +121,12 @@ def describe_column(column: str) -> tuple[str, str]:
     for prefix in sorted(CHANNEL_COLUMNS, key=len, reverse=True):  # cyto_mean_ before mean_
         if column.startswith(prefix):
             unit, meaning = CHANNEL_COLUMNS[prefix]
-            return unit, meaning.format(key=column[len(prefix):])
+            key = column[len(prefix):]
+            renamed = re.fullmatch(r"(.+)__c(\d+)", key)  # pipeline.files.channels.channel_keys' renaming
+            if renamed:
+                meaning += (f" (channel {renamed[2]} of the file, named '{renamed[1]}': renamed, as "
+                            f"{prefix}{renamed[1]} would be a column of every image or of another channel)")
+            return unit, meaning.format(key=key)
     return "", ""
 
 

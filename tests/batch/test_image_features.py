@@ -510,3 +510,48 @@ def test_an_image_without_nuclei_is_a_result_with_any_positive_option(tmp_path, 
     found = segment_images([tmp_path / "images" / "empty.tif"], tmp_path / "segment", model_dir, "cpu",
                            measure=MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", None),)))
     assert found["status"].tolist() == ["ok"] and found["count"].tolist() == [0], found.get("error")
+
+
+# --------------------------------------------------------------------------- hostile (issue 89)
+
+
+@pytest.mark.hostile
+def test_a_channel_named_twice_by_spots_is_counted_once(tmp_path, capsys):
+    """--spots gH2AX --spots gH2AX (or the same channel by name and by index): one option."""
+    channels, labels, *_ = marker_field(seed=41, shape=(128, 128))
+    (tmp_path / "images").mkdir()
+    write_ome(tmp_path / "images" / "f.tif", channels)
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "f.tif", labels.astype(np.uint16))
+    out = tmp_path / "out"
+    from pipeline.cli import main as cli_main
+
+    status = cli_main(["measure", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"), "-o", str(out),
+                       "--nuclear-channel", "DAPI", "--spots", "gH2AX", "--spots", "gH2AX", "--spots", "3"])
+    assert status == 0, capsys.readouterr().err
+    counts, nuclei = counts_of(out), pd.read_csv(out / "nuclei.csv")
+    spots = pd.read_csv(out / counts.loc["f", "spots_file"])
+    assert len(spots) == counts.loc["f", "n_spots_gH2AX"] == nuclei["spots_gH2AX"].sum() > 0
+    assert not spots.duplicated().any()
+
+
+@pytest.mark.hostile
+def test_a_channel_named_intensity_keeps_both_columns_and_says_so(tmp_path, capsys):
+    """OME channel names come from the microscope: 'intensity' would make mean_intensity, the
+    nucleus's own column. The channel's columns are renamed, and columns.csv says how."""
+    channels, labels, *_ = marker_field(seed=42, shape=(128, 128))
+    (tmp_path / "images").mkdir()
+    write_ome(tmp_path / "images" / "f.tif", channels, names=("DAPI", "intensity", "NF-kB", "gH2AX"))
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "f.tif", labels.astype(np.uint16))
+    out = tmp_path / "out"
+    measure_images([tmp_path / "images"], tmp_path / "labels", out,
+                   measure=MeasureOptions(nuclear_channel="DAPI", positive=(("intensity", 350.0),)))
+    counts, nuclei = counts_of(out), pd.read_csv(out / "nuclei.csv")
+    assert counts.loc["f", "status"] == "ok" and counts.loc["f", "count"] == labels.max()
+    assert not nuclei.columns.duplicated().any()
+    assert {"mean_intensity", "mean_intensity__c1", "integrated_intensity__c1", "positive_intensity__c1"} <= set(nuclei.columns)
+    np.testing.assert_allclose(nuclei["mean_intensity"], nuclei["mean_DAPI"])  # the nuclear channel's own
+    described = pd.read_csv(out / "columns.csv").set_index("column")["meaning"]
+    assert "channel 1 of the file, named 'intensity'" in described["mean_intensity__c1"]
+    assert (out / "report.html").is_file()
