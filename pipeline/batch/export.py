@@ -29,7 +29,7 @@ from pipeline.arguments import POSITIVE
 from pipeline.batch.outlines import FORMATS, export_path, parse_formats, write_export
 from pipeline.batch.output_folder import COUNTS_CSV, LABELS
 from pipeline.errors import NucleiError, one_line
-from pipeline.files.inputs import list_inputs
+from pipeline.files.inputs import by_stem, list_inputs
 from pipeline.files.io import check_writable_folder, read_planes
 from pipeline.method.features import intensity_of, measure_nuclei
 from pipeline.method.labels import instance_labels
@@ -144,11 +144,7 @@ def export_labels(
     files, _ = list_inputs(label_files)
     if not files:
         raise NucleiError(f"{', '.join(map(str, label_files))}: no label images found")
-    names: dict[str, Path] = {}
-    for path in files:
-        other = names.setdefault(path.stem.casefold(), path)
-        if other != path:
-            raise NucleiError(f"{path}: same name as {other}; export them to different folders")
+    by_stem(files, "export them to different folders")
     image_files = {p.stem.casefold(): p for p in list_inputs(images)[0]} if images else {}
     outdir = check_writable_folder(outdir)
     rows = []

@@ -88,7 +88,8 @@ def measure_images(inputs: list[str | Path], labels: str | Path, outdir: str | P
     Raises
     ------
     UsageError
-        Before any work: no labels folder, no images, bad options, an unusable output folder.
+        Before any work: no labels folder, no images, two label images of one name (``x.tif`` and
+        ``x.png``: one line naming both), bad options, an unusable output folder.
     """
     start = time.perf_counter()
     options = measure or MeasureOptions()

@@ -572,11 +572,12 @@ def measure_file(source: Path, base_name: str, labels: dict[str, Path], channel:
 
 
 def label_index(folder: Path) -> dict[str, Path]:
-    """The label images of a folder (TIFF, PNG), by casefolded file stem."""
-    from pipeline.files.inputs import list_inputs
+    """The label images of a folder (TIFF, PNG), by casefolded file stem; NucleiError naming both
+    for two of one stem (``x.tif``, ``x.png``: :func:`pipeline.files.inputs.by_stem`)."""
+    from pipeline.files.inputs import by_stem, list_inputs
 
     files, _ = list_inputs([folder])
-    return {path.stem.casefold(): path for path in sorted(files)}
+    return by_stem(sorted(files), "keep one of them in --labels (which to measure is ambiguous)")
 
 
 def find_labels(name: str, labels: dict[str, Path], source: object) -> Path:

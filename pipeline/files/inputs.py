@@ -46,6 +46,23 @@ def file_kind(path: str | Path) -> str | None:
     return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
 
 
+def by_stem(files: Iterable[str | Path], advice: str) -> dict[str, Path]:
+    """``files`` by casefolded file stem: the one rule for files found by name (``x`` → ``x.tif``).
+
+    Raises
+    ------
+    NucleiError
+        Two files of one stem (``x.tif`` and ``x.png``, ``a/x.tif`` and ``b/X.tif``): which one is
+        meant is ambiguous; one line naming both, then ``advice``.
+    """
+    found: dict[str, Path] = {}
+    for path in map(Path, files):
+        other = found.setdefault(path.stem.casefold(), path)
+        if other != path:
+            raise NucleiError(f"{path}: same name as {other}; {advice}")
+    return found
+
+
 def list_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[Path]:
     """The image files of ``inputs``: the first list of :func:`list_inputs`."""
     return list_inputs(inputs, recursive)[0]
