@@ -10,14 +10,18 @@ draw widgets.
 
 from __future__ import annotations
 
+import csv
+import math
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import NucleiError
+from pipeline.config.params import SegmentConfig
+from pipeline.errors import NucleiError, one_line
 from pipeline.files.io import read_labels, read_planes
 from pipeline.method.features import intensity_of
 from pipeline.shipped import SAMPLE_IMAGE
@@ -26,6 +30,15 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 #: napari layer properties (features) carried by the centroid points.
 POINT_FEATURES = ("label", "area_px", "equivalent_diameter_px", "mean_intensity", "confidence")
+
+#: ``counts.csv`` columns every ``nuclei segment`` / ``nuclei measure`` output has: a folder whose
+#: ``counts.csv`` header lacks one is not claimed by the reader (another tool's table).
+OWN_COLUMNS = ("image", "source", "count", "status")
+#: A label image of more pixels than this is opened lazily (the size ``nuclei segment`` reads piece
+#: by piece, ``segment.slide_pixels``): napari reads the tiles it shows.
+LAZY_PIXELS = SegmentConfig.slide_pixels
+#: Most bytes of ``counts.csv``'s first line read to decide whether a folder is ours.
+HEADER_BYTES = 65_536
 
 _segmenters: dict[tuple[str, str, str], Any] = {}
 _segmenters_lock = threading.Lock()
@@ -127,9 +140,17 @@ def summary(result: Any, table: pd.DataFrame) -> str:
 
 
 def is_segment_output(path: str | Path) -> bool:
-    """Whether ``path`` is a ``nuclei segment`` output folder (``counts.csv`` and ``labels/``)."""
+    """Whether ``path`` is a folder ``nuclei segment`` or ``nuclei measure`` wrote: a ``labels/``
+    folder and a ``counts.csv`` whose header holds :data:`OWN_COLUMNS` (only its first line is read)."""
     path = Path(path)
-    return path.is_dir() and (path / "counts.csv").is_file() and (path / "labels").is_dir()
+    if not (path.is_dir() and (path / "counts.csv").is_file() and (path / "labels").is_dir()):
+        return False
+    try:
+        with open(path / "counts.csv", "rb") as f:
+            header = next(csv.reader([f.readline(HEADER_BYTES).decode("utf-8")]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return set(OWN_COLUMNS) <= set(header)
 
 
 def get_reader(path: str | list[str]):
@@ -145,37 +166,90 @@ def read_segment_output(folder: str | Path | list) -> list[LayerData]:
 
     Each segmented image (``counts.csv`` status ok) gives an Image layer (its source file's
     plane, as stored; with ``--nuclear-channel`` every channel, one layer each; the overlay PNG if
-    the source is gone) and a Labels layer (``labels/<name>.tif``, as corrected since, if it was)
-    whose features are the image's rows of ``nuclei.csv`` (every column, ``index`` = the label: napari
-    shows them under the pointer).
+    the source is gone) and a Labels layer (``labels/<name>.tif``, as corrected since, if it was:
+    :func:`open_labels`) whose features are the image's rows of ``nuclei.csv`` (every column,
+    ``index`` = the label: napari shows them under the pointer). A label image that cannot be read,
+    or a ``labels_file`` / ``overlay_file`` outside the folder, skips that image with one warning.
+
+    Raises
+    ------
+    NucleiError
+        ``counts.csv`` unreadable, in one line.
     """
     folder = Path(folder[0] if isinstance(folder, list) else folder)
-    counts = pd.read_csv(folder / "counts.csv", dtype={"image": str, "source": str}, keep_default_na=False)
+    try:
+        counts = pd.read_csv(folder / "counts.csv", dtype={"image": str, "source": str}, keep_default_na=False)
+        missing = [c for c in OWN_COLUMNS if c not in counts.columns]
+        if missing:
+            raise ValueError(f"no {missing[0]} column: not written by nuclei segment")
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise NucleiError(f"{folder / 'counts.csv'}: unreadable ({one_line(exc)})") from None
     try:
         nuclei = pd.read_csv(folder / "nuclei.csv", dtype={"image": str})
         tables = {name: table.drop(columns="image") for name, table in nuclei.groupby("image", sort=False)}
-    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, pd.errors.ParserError):
         tables = {}
     layers: list[LayerData] = []
     for row in counts[counts["status"] == "ok"].to_dict("records"):
-        labels_file = folder / (row.get("labels_file") or f"labels/{row['image']}.tif")
-        if not labels_file.is_file():
+        labels_file = _inside(folder, row.get("labels_file") or f"labels/{row['image']}.tif", row["image"])
+        if labels_file is None or not labels_file.is_file():
             continue
-        if row.get("nuclear_channel"):
-            layers += _source_channels(Path(row["source"]), row)
-        else:
-            image = _source_plane(Path(row["source"]), row.get("series"), row.get("plane"))
-            if image is None and (folder / str(row.get("overlay_file") or "")).is_file():
-                image = read_planes(folder / row["overlay_file"])[0].array
-            if image is not None:
-                rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-                image = image if rgb or image.ndim == 2 else image[..., 0]
-                layers.append((image, {"name": row["image"], "rgb": rgb}, "image"))
+        try:
+            labels = open_labels(labels_file)
+        except NucleiError as exc:
+            warnings.warn(f"{exc}; skipped", stacklevel=2)
+            continue
+        layers += _image_layers(folder, row)
         meta: dict[str, Any] = {"name": f"{row['image']} nuclei"}
         if row["image"] in tables:
             meta["features"] = tables[row["image"]].rename(columns={"label": "index"}).reset_index(drop=True)
-        layers.append((read_labels(labels_file), meta, "labels"))
+        layers.append((labels, meta, "labels"))
     return layers
+
+
+def open_labels(path: Path) -> Any:
+    """A label image for a Labels layer: read whole (int32 (H, W)) up to :data:`LAZY_PIXELS`, beyond
+    opened lazily (a dask array over tifffile's zarr store or a memory map: napari reads the tiles
+    it shows; a label image in one compressed piece is read whole).
+
+    Raises
+    ------
+    NucleiError
+        Naming the file: unreadable (empty, truncated, not an image).
+    """
+    from pipeline.files.slide_reader import open_slide
+
+    slide = open_slide(path) if path.stat().st_size else None
+    if slide is not None and math.prod(slide.shape) > LAZY_PIXELS and "C" not in slide.axes:
+        import dask.array as da
+
+        key = tuple(0 if axis == "1" else slice(None) for axis in slide.axes)
+        return da.from_array(slide.array, chunks=getattr(slide.array, "chunks", "auto"))[key]
+    return read_labels(path)
+
+
+def _inside(folder: Path, name: Any, image: str) -> Path | None:
+    """``folder / name`` when it lies inside ``folder``; else None, said in one warning."""
+    path = folder / str(name)
+    if path.resolve().is_relative_to(folder.resolve()):
+        return path
+    warnings.warn(f"{folder / 'counts.csv'}: {image}: {name} lies outside the folder; not read, skipped", stacklevel=3)
+    return None
+
+
+def _image_layers(folder: Path, row: dict[str, Any]) -> list[LayerData]:
+    """The Image layers of one ``counts.csv`` row: its source's channels or plane, else its overlay."""
+    if row.get("nuclear_channel"):
+        return _source_channels(Path(row["source"]), row)
+    image = _source_plane(Path(row["source"]), row.get("series"), row.get("plane"))
+    overlay = _inside(folder, row["overlay_file"], row["image"]) if row.get("overlay_file") else None
+    if image is None and overlay is not None and overlay.is_file():
+        image = read_planes(overlay)[0].array
+    if image is None:
+        return []
+    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+    image = image if rgb or image.ndim == 2 else image[..., 0]
+    return [(image, {"name": row["image"], "rgb": rgb}, "image")]
 
 
 def _source_channels(source: Path, row: dict[str, Any]) -> list[LayerData]:
