@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batch.settings import MeasureOptions
+from pipeline.errors import NucleiError
 from pipeline.files.channels import channel_keys, describe_channels, find_channel
 from pipeline.method import positivity
 from pipeline.method.features import (
@@ -93,9 +94,13 @@ def positive_keys(options: MeasureOptions, keys: list[str], names: tuple[str, ..
     Raises
     ------
     NucleiError
-        A channel the image does not have.
+        A channel the image does not have, or named twice (by its name and its index).
     """
-    return [keys[find_channel(channel, names, source, "--positive")] for channel, _ in options.positive]
+    found = [keys[find_channel(channel, names, source, "--positive")] for channel, _ in options.positive]
+    for key in {k for k in found if found.count(k) > 1}:
+        given = ", ".join(repr(c) for (c, _), k in zip(options.positive, found, strict=True) if k == key)
+        raise NucleiError(f"{source}: --positive names channel {key} twice ({given})")
+    return found
 
 
 def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels | None, options: MeasureOptions,

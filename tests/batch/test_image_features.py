@@ -555,3 +555,19 @@ def test_a_channel_named_intensity_keeps_both_columns_and_says_so(tmp_path, caps
     described = pd.read_csv(out / "columns.csv").set_index("column")["meaning"]
     assert "channel 1 of the file, named 'intensity'" in described["mean_intensity__c1"]
     assert (out / "report.html").is_file()
+
+
+@pytest.mark.hostile
+def test_positive_naming_one_channel_twice_is_one_line(tmp_path):
+    """--positive Ki-67=350 --positive 1=350: one channel by its name and its index, two thresholds
+    for one column. As --positive Ki-67=... twice (a usage error), refused: here per image, in one
+    line, since only the file says which channel index 1 is."""
+    channels, labels, *_ = marker_field(seed=43, shape=(128, 128))
+    (tmp_path / "images").mkdir()
+    write_ome(tmp_path / "images" / "f.tif", channels)
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "f.tif", labels.astype(np.uint16))
+    counts = measure_images([tmp_path / "images"], tmp_path / "labels", tmp_path / "out",
+                            measure=MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", 350.0), ("1", 350.0))))
+    assert list(counts["status"]) == ["failed"]
+    assert counts["error"].iloc[0] == f"{tmp_path / 'images' / 'f.tif'}: --positive names channel Ki_67 twice ('Ki-67', '1')"
