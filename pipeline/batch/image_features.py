@@ -233,20 +233,23 @@ def thresholds_of(measured: Measured, options: MeasureOptions) -> dict[str, posi
             found[key] = positivity.Threshold(math.nan, "batch")
         else:
             means = measured.table[f"mean_{key}"].to_numpy(np.float64)
-            level, noise = measured.background[key]
+            level, _ = measured.background[key]
             if not math.isfinite(level):
                 found[key] = positivity.Threshold(math.nan, "no background pixel to set it from")
             else:
-                found[key] = positivity.auto_threshold(means, level, positivity.noise_scale(noise, means, level))
+                found[key] = positivity.auto_threshold(means, level)
     return found
 
 
 def call_positive(measured: Measured, options: MeasureOptions,
                   thresholds: dict[str, positivity.Threshold] | None = None) -> None:
     """Fill ``positive_<key>`` and the ``counts.csv`` fields ``threshold_<key>``, ``n_positive_<key>``,
-    ``fraction_positive_<key>`` of one image from its thresholds (default :func:`thresholds_of`);
-    a threshold that could not be set leaves them empty and adds a flag."""
+    ``fraction_positive_<key>``, ``separation_<key>`` of one image from its thresholds (default
+    :func:`thresholds_of`); a threshold that could not be set leaves them empty and adds a flag, one
+    set on weak evidence adds a flag too."""
     thresholds = thresholds_of(measured, options) if thresholds is None else thresholds
+    auto = {c[len("positive_"):] for c, (_, value) in zip(positive_columns(measured.table), options.positive,
+                                                           strict=False) if value is None}
     for key, threshold in thresholds.items():
         column = f"positive_{key}"
         calls = positivity.call_positive(measured.table[f"mean_{key}"].to_numpy(np.float64), threshold.value)
@@ -255,9 +258,15 @@ def call_positive(measured: Measured, options: MeasureOptions,
         measured.fields[f"threshold_{key}"] = threshold.value if threshold.ok else None
         measured.fields[f"n_positive_{key}"] = int(np.nansum(calls)) if threshold.ok else None
         measured.fields[f"fraction_positive_{key}"] = (float(np.nansum(calls) / n) if threshold.ok and n else None)
+        if key in auto:
+            measured.fields[f"separation_{key}"] = (round(threshold.separation, 3) if math.isfinite(threshold.separation)
+                                                    else None)
         if not threshold.ok and threshold.reason != "batch":
             measured.flags.append(f"{column}: no threshold ({threshold.reason})"
                                   + ("" if "means nothing" in threshold.reason else f"; give --positive {key}=VALUE"))
+        elif threshold.ok and threshold.weak:
+            measured.flags.append(f"{column}: weak separation ({threshold.weak}): best threshold set, check it "
+                                  f"or give --positive {key}=VALUE")
 
 
 def problems(measured: Measured, source: object) -> list[str]:
@@ -271,10 +280,12 @@ def problems(measured: Measured, source: object) -> list[str]:
 def batch_positivity(images: list[tuple[dict[str, Any], pd.DataFrame]], options: MeasureOptions) -> None:
     """One ``auto`` threshold over the batch for each --positive channel (``--positive-scope batch``).
 
-    The means of every image's nuclei are pooled on one scale, ``asinh((mean − b_image) / s)``
-    with each image's own background level ``b_image`` and ``s`` the median of the images'
-    noise scales (:func:`pipeline.method.positivity.noise_scale`); the threshold found there is each
-    image's ``b_image + s · sinh(y*)`` in its own units.
+    Every image's means are put in its own unit, ``(mean − b_image) / u_image`` with its background
+    level ``b_image`` and its noise ``u_image`` (:func:`pipeline.method.positivity.noise_scale`), so
+    that images scaled differently (a gain, a per-image contrast stretch) pool as one; the threshold
+    found there is each image's ``b_image + u_image · z*`` in its own units
+    (:func:`pipeline.method.positivity.pool_fields`). An image whose background is one value (noise
+    0) is put in units of its nuclei's median distance from it, and flagged.
 
     Parameters
     ----------
@@ -291,17 +302,18 @@ def batch_positivity(images: list[tuple[dict[str, Any], pd.DataFrame]], options:
             key = columns[j][len("positive_"):] if j < len(columns) else None
             if key is not None and f"background_{key}" in row and not _constant(row, key):
                 found.append((row, table, key))
-        scales = [positivity.noise_scale(_number(row.get(f"noise_{key}")), table[f"mean_{key}"].to_numpy(np.float64),
-                                         _number(row.get(f"background_{key}"))) for row, table, key in found]
-        scale = float(np.median(scales)) if scales else 1.0
-        ys = [np.arcsinh((table[f"mean_{key}"].to_numpy(np.float64) - _number(row[f"background_{key}"])) / scale)
-              for row, table, key in found]
-        pooled = positivity.scaled_threshold(np.concatenate(ys) if ys else np.zeros(0))
-        for row, table, key in found:
-            level = _number(row[f"background_{key}"])
-            here = positivity.from_scaled(pooled.value, level, scale) if pooled.ok else math.nan
+        means = [table[f"mean_{key}"].to_numpy(np.float64) for _, table, key in found]
+        levels = [_number(row[f"background_{key}"]) for row, _, key in found]
+        noises = [_number(row.get(f"noise_{key}")) for row, _, key in found]
+        units = [positivity.noise_scale(noise, m, b) for noise, m, b in zip(noises, means, levels, strict=True)]
+        pooled, here = positivity.pool_fields(means, levels, units)
+        for (row, table, key), threshold, noise, unit in zip(found, here, noises, units, strict=True):
             measured = Measured(table, row)
-            call_positive(measured, options, {key: positivity.Threshold(here, f"{pooled.reason} over the batch")})
+            call_positive(measured, options, {key: positivity.Threshold(
+                threshold, f"{pooled.reason} over the batch", pooled.separation, pooled.weak and f"{pooled.weak} over the batch")})
+            if not noise > 0 and len(table):
+                measured.flags.append(f"noise_{key}: 0 (a background of one value): means pooled in units of {unit:.4g}, "
+                                      "the nuclei's median distance from it")
             if measured.flags:
                 row["flag"] = "; ".join(f for f in (row.get("flag"), *measured.flags) if f)
 
