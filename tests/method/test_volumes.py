@@ -14,10 +14,12 @@ from pipeline.method.synthetic import synthetic_nuclei_stack
 from pipeline.method.volumes import (
     area_to_voxels,
     check_anisotropy,
+    estimate_anisotropy,
     measure_volumes,
     resize_labels_3d,
     resize_z,
     stitch_planes,
+    trim_to_signal,
     volume_metrics,
     watershed_3d,
     watershed_3d_blocks,
@@ -68,6 +70,23 @@ def sigmoid_probs(labels, border_width=1):
     return np.stack([labels > 0, border]).astype(np.float32)
 
 # --------------------------------------------------------------------------- stitching
+
+
+def glowing_balls(shape=(30, 48, 96), centres=((15, 24, 24), (15, 24, 72)), radius=8, glow=0.3):
+    """A stack of two uniform balls (grey 1 over a background of 0.1) whose light reaches the planes
+    above and below (``glow`` of the ball's level over its disc at mid-plane, out to the stack's
+    faces), the true labels, and the labels a 2D segmentation linked across planes gives: each ball's
+    sections, and its glowing disc in every plane above and below it (out of focus)."""
+    truth = balls(shape, centres, radius)
+    signal = np.where(truth > 0, 1.0, 0.1).astype(np.float32)
+    through = truth.copy()
+    for k, (_, y, x) in enumerate(centres, start=1):
+        disc = balls((1, *shape[1:]), [(0, y, x)], radius)[0] > 0
+        beyond = ~(truth == k).any(axis=(1, 2))
+        ghost = beyond[:, None, None] & disc[None]
+        signal[ghost] = 0.1 + glow * 0.9
+        through[ghost] = k
+    return signal, truth, through
 
 
 def test_stitch_links_a_balls_planes_and_keeps_touching_balls_apart():
@@ -122,6 +141,41 @@ def test_watershed_3d_splits_touching_ellipsoids(anisotropy, flood):
     merged = watershed_3d(np.stack([probs[0], np.zeros_like(probs[1])]), "sigmoid", anisotropy,
                           marker_threshold=0.5, mask_threshold=0.5)
     assert merged.max() == 1  # without the border channel they are one object: the split is the watershed's
+
+
+def test_trim_ends_each_nucleus_where_its_signal_ends():
+    signal, truth, through = glowing_balls()
+    assert (measure_volumes(through)["z_extent"] == 30).all()  # run through every plane
+    trimmed = trim_to_signal(through, signal)
+    found, true = measure_volumes(trimmed), measure_volumes(truth)
+    assert len(found) == 2 and (np.abs(found["z_extent"].to_numpy() - true["z_extent"].to_numpy()) <= 2).all()
+    assert volume_metrics(truth, trimmed)["dsb_score"] >= 0.8
+    # a nucleus brighter than the level everywhere is left as it is
+    assert same_partition(trim_to_signal(truth, signal), truth)
+
+
+def test_trim_splits_nuclei_stacked_along_z_and_drops_dim_ghosts():
+    truth = balls((40, 40, 40), [(10, 20, 20), (30, 20, 20)], 7)
+    signal = np.where(truth > 0, 1.0, 0.1).astype(np.float32)
+    merged = (truth > 0).astype(np.int32)  # linked into one object by dim sections between them
+    merged[15:26, 17:24, 17:24] = 1
+    merged[:, :2] = 2  # a slab of background of its own: no signal above the background
+    trimmed = trim_to_signal(merged, signal)
+    assert trimmed.max() == 2 and volume_metrics(truth, trimmed)["ap50"] == 1.0
+    with pytest.raises(ValueError, match="fraction"):
+        trim_to_signal(truth, signal, 1.0)
+
+
+@pytest.mark.parametrize("anisotropy", [1.0, 2.0, 4.0])
+def test_estimate_anisotropy_of_round_nuclei(anisotropy):
+    _, labels = synthetic_nuclei_stack((int(64 / anisotropy), 128, 128), 30, 8.0, anisotropy, seed=1)
+    found = estimate_anisotropy(labels > 0)
+    assert found is not None and abs(math.log2(found / anisotropy)) < math.log2(1.3)
+
+
+def test_estimate_anisotropy_without_nuclei_or_depth():
+    assert estimate_anisotropy(np.zeros((8, 32, 32))) is None
+    assert estimate_anisotropy(balls((2, 64, 64), [(0, 32, 32)], 20) > 0) is None  # not a nucleus deep
 
 
 def test_watershed_3d_sizes_in_voxels():
@@ -260,8 +314,9 @@ def test_segment_stack_estimates_one_diameter_and_takes_colour(method):
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "x", None])
 def test_bad_anisotropy(value):
     stack, _ = clean_stack(4.0)
-    with pytest.raises(NucleiError, match="--anisotropy must be a positive number"):
-        segment_stack(grey_segmenter(), stack, "ortho", value)
+    if value is not None:  # None: not given, estimated (test_segment_stack_estimates_the_anisotropy)
+        with pytest.raises(NucleiError, match="--anisotropy must be a positive number"):
+            segment_stack(grey_segmenter(), stack, "ortho", value)
     with pytest.raises(NucleiError, match="--anisotropy"):
         check_anisotropy(value)
 
