@@ -397,12 +397,13 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--z-method", choices=Z_METHODS,
-        help="3D nuclei of a z-stack: stitch (each plane in 2D, labels linked across planes by overlap; coarse z; "
-             "the default) or ortho (the network on XY, XZ and YZ slices, a 3D watershed; fine z)",
+        help="3D nuclei of a z-stack: ortho (the network on XY, XZ and YZ slices, a 3D watershed; the default) or "
+             "stitch (each plane in 2D, labels linked across planes by overlap; coarse z)",
     )
     group.add_argument(
         "--anisotropy", type=float, metavar="A",
-        help="z step / pixel side of the stacks (default: from the file's voxel size, else 1)",
+        help="z step / pixel side of the stacks (default: from the file's voxel size, else estimated from the "
+             "nuclei, taken as deep as wide)",
     )
     group.add_argument(
         "--track", action="store_true",

@@ -186,9 +186,9 @@ class StackOptions:
 
     #: ``--axes``: the axes of every stack, overriding its metadata (:func:`pipeline.files.stacks.check_axes`).
     axes: str | None = None
-    #: ``--z-method`` as given; None: ``stitch``.
+    #: ``--z-method`` as given; None: the first of ``Z_METHODS`` (``ortho``).
     z_method: str | None = None
-    #: ``--anisotropy``: z step / pixel side; None: from the file's voxel size, else 1.
+    #: ``--anisotropy``: z step / pixel side; None: from the file's voxel size, else estimated from the nuclei.
     anisotropy: float | None = None
     #: ``--track``: link the nuclei of a time-lapse's frames into tracks.
     track: bool = False

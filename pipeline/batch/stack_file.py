@@ -93,7 +93,7 @@ def segment_stack_image(stack: Stack, source: Path, name: str, segmenter, cfg: S
     per_frame = grey.reshape((frames, -1, *grey.shape[1:]))
     del grey
     if "Z" in stack.axes:
-        labels, shown, info = _segment_volumes(per_frame, segmenter, cfg, stack, pixel_size, flags)
+        labels, shown, info = _segment_volumes(per_frame, segmenter, cfg, stack, pixel_size, flags, source)
     else:
         labels, shown, info = _segment_frames(per_frame[:, 0], segmenter, cfg, flags)
     files: dict[str, str] = {}
@@ -252,32 +252,57 @@ def _planes(stack: Stack, channel: str | None) -> np.ndarray:
     return planes
 
 
+def stack_anisotropy(stack: Stack, pixel_size: float | None, given: float | None) -> float | None:
+    """A z-stack's anisotropy (z step / pixel size): ``--anisotropy`` when given, else the file's
+    voxel size; None when neither says (then :func:`pipeline.model.stack_segmenter.segment_stack`
+    estimates it from the nuclei)."""
+    if given is not None:
+        return given
+    if stack.z_spacing and pixel_size:
+        return stack.z_spacing / pixel_size
+    return None
+
+
+def anisotropy_note(result) -> str | None:
+    """The one line saying that a stack's anisotropy was not given and what was used instead
+    (``result``: a :class:`pipeline.model.stack_segmenter.StackSegmentation`); None when it was given."""
+    if result.anisotropy_estimated is None:
+        return None
+    if result.anisotropy_estimated:
+        return (f"anisotropy not given (no voxel size in the file, no --anisotropy): {result.anisotropy:.2f} "
+                "estimated from the nuclei, taken as deep as wide; give --anisotropy")
+    return "anisotropy not given (no voxel size in the file, no --anisotropy) nor estimable: 1 assumed, give --anisotropy"
+
+
 def _segment_volumes(per_frame: np.ndarray, segmenter, cfg: Settings, stack: Stack, pixel_size: float | None,
-                     flags: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                     flags: list[str], source: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """3D labels (T, Z, H, W) int32 of every frame's z-stack, the planes shown (T, Z, H, W, 3) uint8,
-    and the segmentation's fields (diameter, scale, anisotropy)."""
+    and the segmentation's fields (diameter, scale, anisotropy). An anisotropy estimated on the
+    first frame is used for the others; the line saying so is a flag and a warning."""
     from pipeline.model.stack_segmenter import normalised_plane, segment_stack
 
     options = cfg.stacks
-    anisotropy = options.anisotropy
-    if anisotropy is None and stack.z_spacing and pixel_size:
-        anisotropy = stack.z_spacing / pixel_size
-    if anisotropy is None:
-        anisotropy = 1.0
-        if options.method == "ortho":
-            flags.append("anisotropy unknown (no voxel size in the file): 1 assumed, give --anisotropy")
+    anisotropy = stack_anisotropy(stack, pixel_size, options.anisotropy)
     labels, shown, diameter, info = [], [], cfg.diameter, {}
     for planes in per_frame:
         if planes.ndim == 4 and planes.shape[-1] != 3:  # grey + alpha, RGBA: as the 2D path reads them
             planes = np.stack([as_rgb01(p) for p in planes])
-        result = segment_stack(segmenter, planes, options.method, anisotropy, diameter=diameter, progress=progress)
+        try:
+            result = segment_stack(segmenter, planes, options.method, anisotropy, diameter=diameter,
+                                   progress=progress)
+        except NucleiError as exc:
+            raise NucleiError(f"{source}: {exc}") from None
         diameter = diameter or result.diameter  # every frame at the first one's diameter
+        if anisotropy is None:
+            anisotropy, note = result.anisotropy, anisotropy_note(result)
+            flags.append(note)
+            warn(f"warning: {source}: {note}")
         labels.append(result.labels)
         shown.append(np.stack([display_uint8(normalised_plane(planes, z, result.normalization))
                                for z in range(len(planes))]))  # the contrast the network saw
         info = info or {"diameter": result.diameter, "scale": result.scale, "estimated": result.estimated,
                         "z_method": options.method,
-                        "image_type": result.image_type, "anisotropy": round(anisotropy, 4)}
+                        "image_type": result.image_type, "anisotropy": round(result.anisotropy, 4)}
     return np.stack(labels), np.stack(shown), info
 
 

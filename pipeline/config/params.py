@@ -66,9 +66,11 @@ SPLITS = ("stratified", "grouped", "source")
 FLOODS = ("probability", "distance")
 #: ``predict.tta`` and ``segment.tta``: test-time augmentation (:class:`pipeline.model.predictor.Predictor`).
 TTA_MODES = ("none", "rot180", "flips", "d4", "auto")
-#: ``nuclei segment --z-method``: 3D nuclei from planes linked by overlap, or from the network on three
-#: orthogonal slicings and a 3D watershed (:func:`pipeline.model.stack_segmenter.segment_stack`).
-Z_METHODS = ("stitch", "ortho")
+#: ``nuclei segment --z-method``: 3D nuclei from the network on three orthogonal slicings and a 3D
+#: watershed, or from planes linked by overlap (:func:`pipeline.model.stack_segmenter.segment_stack`).
+#: The first is the default: ``ortho`` holds on real stacks where ``stitch`` does not (docs/decisions.md,
+#: "The default z-method"; ``benchmarks/validate_stacks.py``).
+Z_METHODS = ("ortho", "stitch")
 #: ``model.head``: the heads of :data:`pipeline.method.heads.HEADS` (a test checks that they agree).
 HEAD_NAMES = ("softmax", "sigmoid")
 #: ``train.precision`` and the like (:func:`pipeline.model.runtime.resolve_precision`).

@@ -9,13 +9,20 @@
   (:func:`pipeline.method.volumes.watershed_3d`) makes the nuclei, whose labels are resampled back
   to the stack's planes (nearest). Cellpose's ``do_3D`` is the peer.
 
+Both end each nucleus where its signal ends (:func:`pipeline.method.volumes.trim_to_signal`: the
+planes of a nucleus whose signal is under half its brightest plane's are out-of-focus light, not
+nucleus). With no anisotropy given (no voxel size in the file, no ``--anisotropy``), it is
+estimated from the nuclei, taken as deep as they are wide
+(:func:`pipeline.method.volumes.estimate_anisotropy`): on the XY planes' P(nucleus) (``ortho``,
+before the stack is resampled), on the stitched nuclei (``stitch``, where it is only reported).
+
 Both normalise the stack once (one intensity map for every plane: an empty plane stays dark rather
 than being stretched to noise) and estimate one nucleus diameter, on the planes with the most
 signal. A model's network for dense images (:meth:`pipeline.model.segmenter.Segmenter.network_for`) takes a
 plane, with ``stitch``, as it takes a 2D image; with ``ortho``, the whole stack when its network
 finds nuclei over more than the model's ``dense_fraction`` of the XY planes.
 
-Memory (``ortho``): the work grid holds the normalised stack (one float32 per voxel, grey) and the
+Memory (``ortho``): checked before the work grid is allocated (:func:`check_work_grid`); it holds the normalised stack (one float32 per voxel, grey) and the
 sum of the three views' probabilities (one float32 per voxel and channel); the network sees one
 slice at a time. Its y and x are the stack's, or the network's scale when that is coarser (large
 nuclei), and it has ``Z · anisotropy`` planes at that pixel size: 512 × 512 × 100 planes at
@@ -27,12 +34,13 @@ Must not: read or write files, parse options, or know the 2D post-processing's d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config.params import Z_METHODS
+from pipeline.config.params import BRIGHTFIELD, HISTOLOGY, Z_METHODS
 from pipeline.errors import NucleiError
 from pipeline.method.heads import mask_and_marker
 from pipeline.method.image_types import image_type_of
@@ -41,9 +49,11 @@ from pipeline.method.scale import resize_image, resize_probabilities, scaled_sha
 from pipeline.method.volumes import (
     STITCH_IOU,
     check_anisotropy,
+    estimate_anisotropy,
     resize_labels_3d,
     resize_z,
     stitch_planes,
+    trim_to_signal,
     watershed_3d_blocks,
 )
 from pipeline.method.watershed import nucleus_fraction
@@ -55,9 +65,17 @@ ORTHO_TTA = "none"
 #: 1.6 GB; :func:`pipeline.method.volumes.watershed_3d_blocks`), with a margin of
 #: :data:`BLOCK_MARGIN` nucleus diameters of context on each side.
 BLOCK_VOXELS, BLOCK_MARGIN = 48_000_000, 2.0
-#: The diameter is estimated on this many planes, those with the most signal (the largest standard
-#: deviation of their grey levels), and the median taken.
-DIAMETER_PLANES = 3
+#: The diameter is estimated on this many planes spread evenly through the stack (the centres of equal
+#: slabs), and the median of the estimates taken. The planes with the most signal (the largest
+#: standard deviation of their grey levels; 3 of them until issue 87) are, in a noisy stack, the
+#: noisiest, often side by side, and a noisy plane can be taken for one of small nuclei (6 px for
+#: nuclei of 25 on a real confocal stack); nuclei lie through the whole depth, and a median of 9
+#: outvotes up to 4 such planes.
+DIAMETER_PLANES = 9
+#: ``ortho``'s work grid (floats per voxel: the grey planes, the probabilities' sum) may take at most
+#: this share of the memory this machine has left (:func:`pipeline.model.runtime.available_memory`):
+#: the network, the watershed's blocks and the slices need the rest.
+WORK_GRID_SHARE = 0.5
 
 
 @dataclass
@@ -75,7 +93,7 @@ class StackSegmentation:
     method : str
         'stitch' or 'ortho'.
     anisotropy : float
-        z step / pixel size.
+        z step / pixel size: as given, or estimated (``anisotropy_estimated``; 1 when it could not be).
     estimated : bool
         ``diameter`` was estimated.
     image_type : str
@@ -93,9 +111,11 @@ class StackSegmentation:
     estimated: bool = False
     image_type: str = ""
     normalization: Normalization | None = None
+    #: None: the anisotropy was given; True: estimated from the nuclei; False: not estimable, 1 assumed.
+    anisotropy_estimated: bool | None = None
 
 
-def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotropy: float = 1.0,
+def segment_stack(segmenter, stack: np.ndarray, method: str = Z_METHODS[0], anisotropy: float | None = None,
                   diameter: float | None = None, iou_threshold: float = STITCH_IOU,
                   progress: Callable[..., Iterable] | None = None, tta: str = ORTHO_TTA) -> StackSegmentation:
     """Segment the nuclei of a z-stack in 3D.
@@ -105,10 +125,11 @@ def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotro
     segmenter : pipeline.model.segmenter.Segmenter
     stack : (Z, H, W) or (Z, H, W, 3) array
         Raw pixel values (any units), Z ≥ 2.
-    method : {'stitch', 'ortho'}
-        See the module docstring: ``stitch`` for coarse z, ``ortho`` for fine z.
-    anisotropy : float
+    method : {'ortho', 'stitch'}
+        See the module docstring (the first of :data:`pipeline.config.params.Z_METHODS` by default).
+    anisotropy : float, optional
         z step / pixel size (from the voxel size or ``--anisotropy``); ``ortho`` resamples z by it.
+        None: estimated from the nuclei (1 when it cannot be; ``result.anisotropy_estimated``).
     diameter : float, optional
         Nucleus diameter in px (y, x); estimated once for the stack when not given.
     iou_threshold : float
@@ -127,9 +148,10 @@ def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotro
     Raises
     ------
     NucleiError
-        An anisotropy that is not a positive number, a stack of one plane, an unknown method.
+        An anisotropy that is not a positive number, a stack of one plane, an unknown method;
+        ``ortho``'s work grid larger than this machine's memory allows (:func:`check_work_grid`).
     """
-    anisotropy = check_anisotropy(anisotropy)
+    anisotropy = None if anisotropy is None else check_anisotropy(anisotropy)
     if method not in Z_METHODS:
         raise NucleiError(f"--z-method must be one of {', '.join(Z_METHODS)}, got {method!r}")
     stack = np.asarray(stack)
@@ -144,8 +166,33 @@ def segment_stack(segmenter, stack: np.ndarray, method: str = "stitch", anisotro
     if method == "stitch":
         labels = _stitch(segmenter, stack, norm, diameter, image_type, iou_threshold, progress)
     else:
-        labels = _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, progress, tta)
-    return StackSegmentation(labels, diameter, scale, method, anisotropy, estimated, image_type, norm)
+        labels, found = _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, progress, tta)
+    labels = trim_to_signal(labels, nucleus_signal(stack, image_type))
+    how = None  # given
+    if anisotropy is None:
+        found = found if method == "ortho" else estimate_anisotropy(labels > 0)
+        how, anisotropy = found is not None, float(found or 1.0)
+    return StackSegmentation(labels, diameter, scale, method, anisotropy, estimated, image_type, norm, how)
+
+
+def nucleus_signal(stack: np.ndarray, image_type: str) -> np.ndarray:
+    """(Z, H, W) float32: the grey levels of a (Z, H, W[, 3]) stack in its own units, negated for the
+    image types whose nuclei are darker than their background (bright-field, stained tissue), so
+    that a nucleus is always brighter than the background."""
+    grey = stack.mean(axis=-1, dtype=np.float32) if stack.ndim == 4 else stack.astype(np.float32)
+    return np.negative(grey, out=grey) if image_type in (BRIGHTFIELD, HISTOLOGY) else grey
+
+
+def check_work_grid(shape: tuple[int, ...], floats: int, available: int | None) -> None:
+    """NucleiError unless ``ortho``'s work grid of ``shape`` voxels (z, y, x), ``floats`` float32
+    each, fits in :data:`WORK_GRID_SHARE` of ``available`` bytes (None: unknown, not checked)."""
+    from pipeline.config.model_folder import byte_size
+
+    need = 4 * floats * math.prod(shape)
+    if available is not None and need > WORK_GRID_SHARE * available:
+        raise NucleiError(f"--z-method ortho: a work grid of {' x '.join(map(str, shape))} voxels "
+                          f"({byte_size(need)}) is more than this machine can hold ({byte_size(available)} free); "
+                          "check the anisotropy (z step / pixel size), or give --z-method stitch")
 
 
 def stack_normalization(segmenter, stack: np.ndarray) -> Normalization:
@@ -168,8 +215,9 @@ def normalised_plane(stack: np.ndarray, z: int, norm: Normalization) -> np.ndarr
 
 
 def _scale_of(segmenter, stack, norm, diameter):
-    """(diameter, estimated, scale, image type) of a stack: the median of the estimates on the
-    :data:`DIAMETER_PLANES` planes with the most signal (the given diameter when there is one)."""
+    """(diameter, estimated, scale, image type) of a stack: the median of the estimates on
+    :data:`DIAMETER_PLANES` planes spread through it (the given diameter when there is one); the
+    image type of the plane with the most signal."""
     sample = stack[:, ::4, ::4].astype(np.float32)
     grey = sample.mean(axis=-1) if sample.ndim == 4 else sample
     order = np.argsort(grey.reshape(len(grey), -1).std(axis=1))[::-1]
@@ -178,8 +226,9 @@ def _scale_of(segmenter, stack, norm, diameter):
     if diameter is not None:
         diameter, estimated, scale = segmenter.scale_for(best, diameter, image_type)
         return diameter, estimated, scale, image_type
-    found = [segmenter.scale_for(normalised_plane(stack, int(z), norm), None, image_type)[0]
-             for z in order[:DIAMETER_PLANES]]
+    depth = len(stack)
+    spread = np.unique(((np.arange(DIAMETER_PLANES) + 0.5) * depth / DIAMETER_PLANES).astype(int))
+    found = [segmenter.scale_for(normalised_plane(stack, int(z), norm), None, image_type)[0] for z in spread]
     found = [d for d in found if d is not None]
     if not found:  # a model without a canonical diameter
         return None, False, 1.0, image_type
@@ -197,13 +246,20 @@ def _stitch(segmenter, stack, norm, diameter, image_type, iou_threshold, progres
 
 
 def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, progress, tta):
-    """(Z, H, W) int32 from the averaged XY, XZ and YZ probabilities on an isotropic work grid."""
+    """(Z, H, W) int32 from the averaged XY, XZ and YZ probabilities on an isotropic work grid, and
+    the anisotropy estimated from the XY planes' P(nucleus) (None: given, or not estimable, 1 used)."""
+    from pipeline.method.heads import get_head
+    from pipeline.model.runtime import available_memory
+
     depth, height, width = stack.shape[:3]
     factor = min(scale, 1.0)  # the work grid: the stack's pixels, or the network's when coarser
     net_scale = scale / factor  # the slices' further resize for the network (≥ 1)
     work_h, work_w = scaled_shape((height, width), factor)
-    planes = max(2, int(round(depth * anisotropy * factor)))
     channels = _channels(norm, stack)
+    floats = get_head(segmenter.head).channels + channels
+    if anisotropy is not None:  # refused before any network runs
+        planes = max(2, int(round(depth * anisotropy * factor)))
+        check_work_grid((planes, work_h, work_w), floats, available_memory())
 
     # XY: the acquired planes (interpolated planes would hold nothing new), then resampled along z;
     # a dense stack is run again by the network the model routes dense images to (Segmenter.network_for)
@@ -214,6 +270,12 @@ def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, prog
     if dense is not segmenter:  # the same planes, not normalised and resized again
         segmenter = dense
         grey, xy = _xy(segmenter, stack, norm, (work_h, work_w), channels, net_scale, tta, batch, progress, grey)
+    found = None
+    if anisotropy is None:
+        found = estimate_anisotropy(np.stack([mask_and_marker(xy[:, z], segmenter.head)[0] for z in range(depth)]))
+        anisotropy = found or 1.0
+        planes = max(2, int(round(depth * anisotropy * factor)))
+        check_work_grid((planes, work_h, work_w), floats, available_memory())
     total = np.empty((xy.shape[0], planes, work_h, work_w), np.float32)
     for c in range(xy.shape[0]):
         resize_z(xy[c], planes, out=total[c])
@@ -239,7 +301,7 @@ def _ortho(segmenter, stack, norm, diameter, scale, anisotropy, image_type, prog
     labels = watershed_3d_blocks(total, segmenter.head, block, margin, anisotropy=1.0, scale=net_scale,
                                  image_type=image_type, **segmenter.thresholds)
     del total
-    return resize_labels_3d(labels, (depth, height, width))
+    return resize_labels_3d(labels, (depth, height, width)), found
 
 
 def _xy(segmenter, stack, norm, shape, channels, net_scale, tta, batch, progress, grey=None):

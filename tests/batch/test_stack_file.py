@@ -1,12 +1,19 @@
-"""One stack of ``nuclei segment``: the tracking parts (``--track``: the tracks table and the label stack agree)."""
+"""One stack of ``nuclei segment``: the tracking parts (``--track``: the tracks table and the label stack agree),
+and a z-stack's anisotropy (``--anisotropy``, the file's voxel size, else estimated from its nuclei and
+said in one line)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import tifffile
 
-from tests.conftest import disks, run_cli
+from pipeline.batch.stack_file import anisotropy_note, stack_anisotropy
+from pipeline.files.stacks import Stack
+from pipeline.method.synthetic import synthetic_nuclei_stack
+from pipeline.model.stack_segmenter import StackSegmentation
+from tests.conftest import counts_of, disks, run_cli
 
 
 def _movie(frames: int = 6, shape: tuple[int, int] = (64, 96)) -> np.ndarray:
@@ -33,3 +40,45 @@ def test_tracks_table_label_is_the_track_id_of_the_label_stack(tmp_path, model_d
     assert (tracks["label"] == tracks["track_id"]).all()
     xml = (out / "tracks" / "movie.xml").read_text()
     assert 'LABEL="3"' in xml and 'LABEL="1"' in xml  # TrackMate's LABEL: the label in the stack
+
+
+# --------------------------------------------------------------------------- a z-stack's anisotropy
+
+
+def _stack(z_spacing=None) -> Stack:
+    return Stack("", 0, "ZYX", np.zeros((4, 8, 8), np.uint8), 0.5, z_spacing)
+
+
+@pytest.mark.parametrize("z_spacing, pixel_size, given, expected", [
+    (2.0, 0.5, None, 4.0),   # the file's voxel size
+    (2.0, 0.5, 3.0, 3.0),    # --anisotropy first
+    (None, 0.5, None, None),  # neither: estimated by segment_stack
+    (2.0, None, None, None),  # a z step without a pixel size says nothing
+])
+def test_stack_anisotropy(z_spacing, pixel_size, given, expected):
+    assert stack_anisotropy(_stack(z_spacing), pixel_size, given) == expected
+
+
+def test_anisotropy_note_says_what_was_used():
+    labels = np.zeros((2, 4, 4), np.int32)
+    assert anisotropy_note(StackSegmentation(labels, 20.0, 1.0, "ortho", 4.0)) is None  # given
+    estimated = anisotropy_note(StackSegmentation(labels, 20.0, 1.0, "ortho", 2.345, anisotropy_estimated=True))
+    assert "anisotropy not given" in estimated and "2.35 estimated from the nuclei" in estimated
+    assumed = anisotropy_note(StackSegmentation(labels, 20.0, 1.0, "ortho", 1.0, anisotropy_estimated=False))
+    assert "1 assumed" in assumed and "\n" not in assumed
+
+
+def test_a_stack_without_voxel_size_has_its_anisotropy_estimated(tmp_path, model_dir, capsys):
+    """No voxel size in the file, no --anisotropy: the nuclei (as deep as wide) give it, one line says
+    so (flag and warning), and no µm³ is made from it."""
+    image, _ = synthetic_nuclei_stack((16, 96, 96), 10, 9.0, 3.0, touching=False, seed=3)
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, image, imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    assert run_cli(path, "-o", out, "--model", model_dir) == 0
+    row = counts_of(out).loc["plain"]
+    assert row["z_method"] == "ortho" and "estimated from the nuclei" in row["flag"]
+    assert 3.0 / 1.5 <= row["anisotropy"] <= 3.0 * 1.5
+    assert "anisotropy not given" in capsys.readouterr().err
+    nuclei = pd.read_csv(out / "nuclei.csv")
+    assert len(nuclei) and "volume_um3" not in nuclei

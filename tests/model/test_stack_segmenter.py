@@ -113,12 +113,93 @@ def test_label_stack_is_an_imagej_hyperstack(tmp_path):
 @pytest.mark.parametrize("options, message", [
     (StackOptions(anisotropy=0.0), "--anisotropy must be a positive number"),
     (StackOptions(anisotropy=float("nan")), "--anisotropy must be a positive number"),
-    (StackOptions(z_method="cubes"), "--z-method must be one of stitch, ortho"),
+    (StackOptions(z_method="cubes"), "--z-method must be one of ortho, stitch"),
     (StackOptions(frames=True, axes="TYX"), "--frames and --axes: give one"),
 ])
 def test_stack_options_refused(options, message):
     with pytest.raises(NucleiError, match=message):
         options.check()
+
+
+def test_the_default_z_method_is_ortho():
+    """``ortho`` holds on real stacks, ``stitch`` does not (docs/decisions.md, benchmarks/validate_stacks.py)."""
+    from pipeline.model.stack_segmenter import segment_stack
+
+    assert StackOptions().method == "ortho" == StackOptions().check().method
+    assert StackOptions(z_method="stitch").method == "stitch"
+    assert segment_stack.__defaults__[0] == "ortho"
+
+
+# --------------------------------------------------------------------------- segment_stack on hard stacks
+
+
+def _glowing(shape=(30, 48, 96), centres=((15, 24, 24), (15, 24, 72)), radius=8):
+    """A uint8 stack of two balls (200 on 20) whose out-of-focus light fills their discs in every
+    plane above and below them (at 80: a third of the way up), and the true labels."""
+    zz, yy, xx = np.indices(shape)
+    image, truth = np.full(shape, 20, np.uint8), np.zeros(shape, np.int32)
+    for k, (z, y, x) in enumerate(centres, start=1):
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+        ball = disc & ((zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= radius**2)
+        image[disc], image[ball], truth[ball] = 80, 200, k
+    return image, truth
+
+
+def _sees_dim_light():
+    """The grey-level stand-in network calling nucleus down to a quarter of the brightest level: as a
+    2D network takes a nucleus's out-of-focus light above and below it for a nucleus."""
+    from tests.conftest import grey_segmenter
+
+    segmenter = grey_segmenter()
+    segmenter.thresholds = {**segmenter.thresholds, "mask_threshold": 0.25, "marker_threshold": 0.25}
+    return segmenter
+
+
+@pytest.mark.parametrize("method", ["ortho", "stitch"])
+def test_nuclei_end_where_their_signal_ends(method):
+    """Nuclei seen by the network through every plane are ended at half their peak signal: their
+    depth is the true one, not the stack's."""
+    from pipeline.method.volumes import measure_volumes, volume_metrics
+    from pipeline.model.stack_segmenter import segment_stack
+
+    image, truth = _glowing()
+    result = segment_stack(_sees_dim_light(), image, method, 1.0, diameter=16.0)
+    found = measure_volumes(result.labels)
+    # the balls are 17 planes deep, not 30; ``ortho`` takes their caps' planes with the light around
+    # them (the disc of the glow), whose mean falls under half the peak a few planes early
+    assert len(found) == 2 and found["z_extent"].between(12, 19).all()
+    assert volume_metrics(truth, result.labels)["ap50"] == 1.0
+
+
+@pytest.mark.parametrize("method", ["ortho", "stitch"])
+@pytest.mark.parametrize("anisotropy", [1.0, 2.0])
+def test_segment_stack_estimates_the_anisotropy(method, anisotropy):
+    """Without a voxel size, the anisotropy is estimated from nuclei taken as deep as wide."""
+    from pipeline.method.synthetic import synthetic_nuclei_stack
+    from pipeline.model.stack_segmenter import segment_stack
+    from tests.conftest import grey_segmenter
+
+    image, _ = synthetic_nuclei_stack((int(48 / anisotropy), 96, 96), 12, 9.0, anisotropy, touching=False, seed=2)
+    result = segment_stack(grey_segmenter(), image, method, None, diameter=18.0)
+    assert result.anisotropy_estimated is True
+    assert anisotropy / 1.4 <= result.anisotropy <= anisotropy * 1.4
+    given = segment_stack(grey_segmenter(), image, method, anisotropy, diameter=18.0)
+    assert given.anisotropy_estimated is None and given.anisotropy == anisotropy
+
+
+@pytest.mark.hostile
+def test_ortho_refuses_a_work_grid_too_large_before_allocating_it(tmp_path, model_dir, monkeypatch):
+    """Issue 89: a huge --anisotropy is one line naming the file and the size, before any network runs."""
+    import pipeline.model.stack_segmenter as stack_segmenter
+
+    calls = []
+    monkeypatch.setattr(stack_segmenter, "_xy", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    image = _imagej(tmp_path / "deep.tif", _spheres()[0], "ZYX")
+    out = tmp_path / "out"
+    assert run_cli(image, "-o", out, "--model", model_dir, "--z-method", "ortho", "--anisotropy", "1e9") == 1
+    error = counts_of(out).loc["deep", "error"]
+    assert error.startswith(f"{image}: --z-method ortho: a work grid of 10000000000 x 64 x 80 voxels")
+    assert "TB" in error and "\n" not in error and not calls
 
 
 # --------------------------------------------------------------------------- nuclei segment on stacks
@@ -220,7 +301,8 @@ def test_frames_folders_and_bad_stacks_fail_alone(tmp_path, model_dir, capsys):
     counts = counts_of(out)
     assert "tz.tif: a time-lapse of z-stacks (TZYX): give both --z-method and --track" in counts.loc["tz", "error"]
     assert "bad.tif: its ImageJ metadata (images=10, slices=10) does not fit its 5 planes" in counts.loc["bad", "error"]
-    assert counts.loc["z", "status"] == "ok" and counts.loc["z", "flag"] == "--track: no time axis"
+    assert counts.loc["z", "status"] == "ok" and counts.loc["z", "flag"].startswith("--track: no time axis; ")
+    assert "anisotropy not given" in counts.loc["z", "flag"]  # no voxel size in z.tif: said in one line
     err = capsys.readouterr().err
     assert "Traceback" not in err and "tz.tif" in err
 
