@@ -1,7 +1,7 @@
 """Grid-search the post-processing thresholds of a model folder's stained or dense network on the
 images routed to it in the training folds.
 
-    python -m scripts.tune_routed MODEL --network dense|stained --params evaluation/sources8.yaml
+    python -m scripts.tune_routed MODEL --network dense|stained --params evaluation/sources.yaml
         [--folds 1 2 3 4] [--write]
 
 MODEL is a model folder that declares a ``dense`` or ``stained`` network (``networks``; the default:
@@ -88,7 +88,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--network", choices=sorted(KEYS), default="dense")
-    parser.add_argument("--params", default="evaluation/sources8.yaml")
+    parser.add_argument("--params", default="evaluation/sources.yaml")
     unit = number(at_least=0, at_most=1)
     parser.add_argument("--sources", nargs="+", help="only these of data.sources (default: all; leave out "
                         "a source the network never trained on, to keep it for the leave-one-source-out check)")
