@@ -1,5 +1,7 @@
 """Every labelled source segmented as ``nuclei segment`` does: per source, DSB2018 score, AP@0.5,
-median counting error, predicted / true nuclei, and the image types the Segmenter gave.
+median counting error, predicted / true nuclei and their ratio (the median counting error hides
+whether nuclei are split or merged: a ratio over 1 is nuclei cut into pieces), and the image types
+the Segmenter gave.
 
 Usage::
 
@@ -82,7 +84,7 @@ def main() -> None:
         ratio = np.median(g.diameter / g.true_diameter) if g.diameter.notna().any() else np.nan
         types = ", ".join(f"{k} {v}" for k, v in g.image_type.value_counts().items())
         print(f"{s.Index:<16} {s.n_images:>3} {s.dsb_score:8.3f} {s.ap50:7.3f} "
-              f"{s.count_error:9.3f} {s.n_pred:>6}/{s.n_true:<6}  {ratio:13.2f}  {types}")
+              f"{s.count_error:9.3f} {s.n_pred:>6}/{s.n_true:<6} {s.pred_per_true:5.2f}  {ratio:13.2f}  {types}")
 
 
 def read_original(root: Path, layout: str, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
