@@ -271,3 +271,77 @@ def test_trackmate_xml_pixels_and_no_tracks(tmp_path):
     assert len(xml["model"].find("AllSpots")) == 3  # frames 0..2
     write_trackmate_xml(path, tracks.iloc[:0])
     assert read_trackmate(path)["spots"] == {}
+
+
+# --------------------------------------------------------------------------- divisions found, none invented
+
+
+def _parents(tracks: pd.DataFrame, truth: dict) -> dict[str, str]:
+    """{nucleus name: its mother's name} of the divisions the tracks report."""
+    names = {k: name for name, ks in names_of(tracks, truth).items() for k in ks}
+    first = tracks.drop_duplicates("track_id")
+    return {names[k]: names[p] for k, p in first[["track_id", "parent_track_id"]].to_numpy() if p}
+
+
+def test_daughter_segmented_late_is_still_a_daughter():
+    """M divides after frame 3; D1 is seen from frame 4, D2 only from frame 6 (missed for two frames),
+    on the other side of M: both are M's daughters, M's track ends at frame 3."""
+    nuclei = {
+        "M": {t: (48.0, 60.0, 10.0) for t in range(4)},
+        "D1": {t: (40.0 - (t - 4), 60.0, 10 / np.sqrt(2)) for t in range(4, T)},
+        "D2": {t: (56.0 + (t - 4), 61.0, 10 / np.sqrt(2)) for t in range(6, T)},
+        "A": {t: (20.0, 20.0 + t, 9.0) for t in range(T)},
+    }
+    labels, truth = draw(nuclei)
+    _, tracks = track_labels(labels)
+    assert _parents(tracks, truth) == {"D1": "M", "D2": "M"}
+    ids = {k: next(iter(v)) for k, v in names_of(tracks, truth).items()}
+    assert all(len(v) == 1 for v in names_of(tracks, truth).values())
+    assert tracks[tracks.track_id == ids["M"]].frame.max() == 3
+    _, tracks = track_labels(labels, divisions=False)
+    assert (tracks.parent_track_id == 0).all()
+
+
+def test_nucleus_cut_in_two_for_two_frames_is_not_a_division():
+    """The segmentation cuts A in two halves in frames 3 and 4, whole again from frame 5: the
+    halves fuse again, which daughters never do."""
+    labels, _ = draw({"A": {t: (40.0, 40.0 + t, 9.0) for t in range(T)}})
+    for t in (3, 4):
+        half = labels[t].copy()
+        half[:40][labels[t][:40] > 0] = 999
+        labels[t] = half
+    _, tracks = track_labels(labels)
+    assert (tracks.parent_track_id == 0).all()
+    assert tracks[~tracks.frame.isin([3, 4])].track_id.nunique() == 1
+
+
+def test_touching_nuclei_segmented_as_one_then_apart_are_not_a_division():
+    """Two touching nuclei segmented as one object, then apart: no division when the two are
+    unequal (a third of each other's area), nor when they were one object for a single frame."""
+    for big, small, merged_frames in ((9.0, 5.0, 3), (7.0, 7.0, 1)):
+        nuclei = {"P": {t: (40.0, 40.0, big) for t in range(T)},
+                  "Q": {t: (40.0, 40.0 + big + small - 1, small) for t in range(T)}}
+        labels, _ = draw(nuclei)
+        for t in range(merged_frames):
+            labels[t][labels[t] > 0] = 1
+        _, tracks = track_labels(labels)
+        assert (tracks.parent_track_id == 0).all(), (big, small, merged_frames)
+
+
+def test_shifted_field_has_no_division():
+    """A field of 30 touching and apart nuclei moved 3 px a frame, with one nucleus in 20 cut in two
+    and one pair in 20 merged in each frame (never the same twice running): no division reported."""
+    rng = np.random.default_rng(3)
+    centres = [(r + rng.uniform(-3, 3), c + rng.uniform(-3, 3)) for r in range(14, 90, 16) for c in range(14, 90, 16)]
+    radii = rng.uniform(5.5, 8.5, len(centres))
+    nuclei = {f"N{i}": {t: (r, c + 3 * t, radius) for t in range(10)}
+              for i, ((r, c), radius) in enumerate(zip(centres, radii, strict=True))}
+    labels, _ = draw(nuclei, frames=10, shape=(100, 130))
+    for t in range(1, 10, 2):  # every other frame: a nucleus cut, a touching pair merged
+        values = [v for v in np.unique(labels[t]) if v]
+        cut, pair = rng.choice(values, 3, replace=False)[[0]], rng.choice(values, 2, replace=False)
+        rr, cc = np.nonzero(labels[t] == cut[0])
+        labels[t][rr[rr < rr.mean()], cc[rr < rr.mean()]] = 65000
+        labels[t][np.isin(labels[t], pair)] = pair[0]
+    _, tracks = track_labels(labels)
+    assert (tracks.parent_track_id == 0).all()
