@@ -82,3 +82,29 @@ def test_a_stack_without_voxel_size_has_its_anisotropy_estimated(tmp_path, model
     assert "anisotropy not given" in capsys.readouterr().err
     nuclei = pd.read_csv(out / "nuclei.csv")
     assert len(nuclei) and "volume_um3" not in nuclei
+
+
+def test_a_division_in_the_tracks_table_and_trackmate_file(tmp_path, model_dir):
+    """A disc dividing after frame 3 into two discs of half its area, 10 px either side: the tracks
+    table gives both daughters the mother's track as parent, and the TrackMate file one split."""
+    shape, frames = (64, 96), 8
+    movie = []
+    for t in range(frames):
+        if t < 4:
+            movie.append(disks(shape, [(32, 40), (14, 80)], 8)[0])
+        else:
+            image = disks(shape, [(32, 30 - (t - 4)), (32, 50 + (t - 4))], 6)[0]
+            movie.append(np.maximum(image, disks(shape, [(14, 80)], 8)[0]))
+    path = tmp_path / "division.tif"
+    tifffile.imwrite(path, np.stack(movie), imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "out"
+    assert run_cli(path, "-o", out, "--model", model_dir, "--track") == 0
+    tracks = pd.read_csv(out / "tracks" / "division.csv")
+    first = tracks.drop_duplicates("track_id").set_index("track_id")
+    daughters = first[first["parent_track_id"] > 0]
+    assert len(daughters) == 2 and daughters["parent_track_id"].nunique() == 1
+    mother = int(daughters["parent_track_id"].iloc[0])
+    assert tracks.loc[tracks.track_id == mother, "frame"].max() == 3 and (daughters["frame"] == 4).all()
+    assert tracks["track_id"].nunique() == 4  # the mother, her daughters and the disc standing still
+    xml = (out / "tracks" / "division.xml").read_text()
+    assert xml.count('NUMBER_SPLITS="1"') == 1
