@@ -28,8 +28,8 @@ What a division looks like, and what only resembles one (issue 87): the mother e
 daughters of about half her area start near her, on either side, in the next frame or a few
 frames on; neither fuses with her sister again. A nucleus cut in two by the segmentation for a
 frame or a few, two touching nuclei segmented as one and then apart (unequal, or as one for a
-single frame) are what the rules turn down (``benchmarks/validate_tracking.py``: fields shifted frame by
-frame, no division; eval_tracking's synthetic movies with daughters seen late).
+single frame) are what the rules turn down (``benchmarks/validate_tracking.py``: fields shifted
+frame by frame, no division; eval_tracking's synthetic movies with daughters seen late).
 
 Track ids are numbered 1, 2, ... in the order of their first frame, then of their input label
 there.
@@ -38,9 +38,9 @@ Why laptrack (``benchmarks/eval_tracking.py --compare``: 10 DSB2018 movies, 20 f
 45 divisions): links found 0.995 on clean labels and 0.958 of the matchable ones with segmentation
 errors (trackpy 0.991 / 0.954, btrack 0.983 / 0.936), divisions 0.96 found at 0.96 precision on
 clean labels (trackpy has no divisions; btrack 0.02: its division hypotheses need mitotic-phase
-labels from a classifier), 14-17 ms a frame (trackpy 3-5, btrack 6-9). laptrack is pure Python on
-scipy, scikit-learn, networkx and pydantic (BSD-3, maintained); btrack ships a compiled library
-(whose 0.7.0 wheel needs a newer libstdc++ than Debian 12's), cvxopt and h5py.
+labels from a classifier; with issue 87's rules laptrack's are 0.93 found at 0.96 precision),
+14-17 ms a frame (trackpy 3-5, btrack 6-9). laptrack is pure Python on scipy, scikit-learn,
+networkx and pydantic (BSD-3, maintained); btrack ships a compiled library (whose 0.7.0 wheel needs a newer libstdc++ than Debian 12's), cvxopt and h5py.
 
 Must not: read or write files, or import torch.
 """
