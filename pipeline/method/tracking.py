@@ -40,7 +40,8 @@ errors (trackpy 0.991 / 0.954, btrack 0.983 / 0.936), divisions 0.96 found at 0.
 clean labels (trackpy has no divisions; btrack 0.02: its division hypotheses need mitotic-phase
 labels from a classifier; with issue 87's rules laptrack's are 0.93 found at 0.96 precision),
 14-17 ms a frame (trackpy 3-5, btrack 6-9). laptrack is pure Python on scipy, scikit-learn,
-networkx and pydantic (BSD-3, maintained); btrack ships a compiled library (whose 0.7.0 wheel needs a newer libstdc++ than Debian 12's), cvxopt and h5py.
+networkx and pydantic (BSD-3, maintained); btrack ships a compiled library (whose 0.7.0 wheel
+needs a newer libstdc++ than Debian 12's), cvxopt and h5py.
 
 Must not: read or write files, or import torch.
 """
