@@ -58,6 +58,10 @@ from pipeline.progress import progress
 
 #: The flag of a z-stack measured with --cell-expansion or --spots.
 NOT_IN_3D = "--cell-expansion and --spots are not applied to z-stacks (cells and spots are 2D)"
+#: A z-stack's nuclei are flagged when their median depth (z extent × anisotropy, px) is more than this
+#: many times their diameter, or less than its inverse: nuclei are roughly as deep as wide, so the
+#: voxel size (or --anisotropy) is wrong, or the nuclei run through planes they are not in.
+DEPTH_RATIO = 2.0
 #: The flag of a stack without a channel axis measured with --positive, --cell-expansion or --spots.
 NO_CHANNELS = "--positive, --cell-expansion and --spots are not applied: the stack has no channel axis"
 
@@ -274,6 +278,26 @@ def anisotropy_note(result) -> str | None:
     return "anisotropy not given (no voxel size in the file, no --anisotropy) nor estimable: 1 assumed, give --anisotropy"
 
 
+def depth_note(labels: np.ndarray, anisotropy: float) -> str | None:
+    """The line flagging 3D nuclei (``labels``, (Z, H, W)) whose median depth, z extent × ``anisotropy``
+    (px), is not within :data:`DEPTH_RATIO` of their median width (the diameter of the disc as large as
+    a nucleus's largest section, px); None when it is, or when there are no nuclei."""
+    from pipeline.method.volumes import section_profiles
+
+    _, counts = section_profiles(labels, np.zeros(labels.shape, np.float32))
+    present = counts[1:].any(axis=1)
+    if not present.any():
+        return None
+    in_plane = counts[1:][present] > 0
+    extent = labels.shape[0] - np.argmax(in_plane[:, ::-1], axis=1) - np.argmax(in_plane, axis=1)
+    depth = float(np.median(extent)) * anisotropy
+    width = float(np.median(2 * np.sqrt(counts[1:][present].max(axis=1) / np.pi)))
+    if 1 / DEPTH_RATIO <= depth / width <= DEPTH_RATIO:
+        return None
+    return (f"nuclei {depth / width:.1f} times as deep as wide (median z extent × anisotropy {depth:.0f} px, "
+            f"width {width:.0f} px): check the voxel size or --anisotropy")
+
+
 def _segment_volumes(per_frame: np.ndarray, segmenter, cfg: Settings, stack: Stack, pixel_size: float | None,
                      flags: list[str], source: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """3D labels (T, Z, H, W) int32 of every frame's z-stack, the planes shown (T, Z, H, W, 3) uint8,
@@ -297,6 +321,8 @@ def _segment_volumes(per_frame: np.ndarray, segmenter, cfg: Settings, stack: Sta
             anisotropy, note = result.anisotropy, anisotropy_note(result)
             flags.append(note)
             warn(f"warning: {source}: {note}")
+        if not labels and (note := depth_note(result.labels, result.anisotropy)):
+            flags.append(note)
         labels.append(result.labels)
         shown.append(np.stack([display_uint8(normalised_plane(planes, z, result.normalization))
                                for z in range(len(planes))]))  # the contrast the network saw

@@ -4,6 +4,8 @@ said in one line)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,6 +84,28 @@ def test_a_stack_without_voxel_size_has_its_anisotropy_estimated(tmp_path, model
     assert "anisotropy not given" in capsys.readouterr().err
     nuclei = pd.read_csv(out / "nuclei.csv")
     assert len(nuclei) and "volume_um3" not in nuclei
+
+
+def test_depth_note_flags_nuclei_not_as_deep_as_wide():
+    from pipeline.batch.stack_file import depth_note
+
+    zz, yy, xx = np.indices((24, 48, 48))
+    ball = ((zz - 12) ** 2 + (yy - 24) ** 2 + (xx - 24) ** 2 <= 8**2).astype(np.int32)  # 17 planes, 17 px
+    assert depth_note(ball, 1.0) is None
+    assert re.match(r"nuclei 4\.\d times as deep as wide", depth_note(ball, 4.0))  # a z step 4x too large
+    assert re.match(r"nuclei 0\.\d times as deep as wide", depth_note(ball, 0.25))
+    assert depth_note(np.zeros_like(ball), 4.0) is None
+
+
+def test_a_wrong_anisotropy_is_flagged(tmp_path, model_dir):
+    image, _ = synthetic_nuclei_stack((32, 96, 96), 8, 8.0, 1.0, touching=False, seed=4)
+    path = tmp_path / "iso.tif"
+    tifffile.imwrite(path, image, imagej=True, metadata={"axes": "ZYX"})
+    for anisotropy, flagged in (("1", False), ("5", True)):
+        out = tmp_path / anisotropy
+        assert run_cli(path, "-o", out, "--model", model_dir, "--anisotropy", anisotropy) == 0
+        flag = counts_of(out).loc["iso", "flag"]
+        assert ("as deep as wide" in str(flag)) == flagged
 
 
 def test_a_division_in_the_tracks_table_and_trackmate_file(tmp_path, model_dir):
