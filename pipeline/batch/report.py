@@ -5,7 +5,7 @@ measured channel's nucleus means with its thresholds) are inline SVG and the
 overlay thumbnails are base64 PNGs. Each thumbnail links to the full-size overlay next to
 the page (``overlays/<stem>.png``). The table of images fits a laptop screen: each row leads with
 the name (shortened in the middle, linked to its overlay thumbnail), the count, the median area and
-the flag (clamped to two lines; a click unfolds it); the other ``counts.csv`` fields fold into a
+the flag (clamped to two lines; a click unfolds it), the failed and flagged images first; the other ``counts.csv`` fields fold into a
 ``<details>`` per row. Plain HTML and CSS: no script.
 
 Must not: read or write files (it returns the HTML text).
@@ -191,6 +191,16 @@ def _median_column(counts: pd.DataFrame) -> str:
     return "median_area_um2" if um2 else "median_area_px"
 
 
+def flagged_first(counts: pd.DataFrame) -> pd.DataFrame:
+    """``counts`` with the images that failed first, then the flagged ones (a non-empty ``flag``),
+    then the rest, each group in its own order (a stable sort): the rows to check lead the page."""
+    failed = (counts["status"] != "ok").to_numpy() if "status" in counts else np.zeros(len(counts), bool)
+    flag = counts["flag"] if "flag" in counts else pd.Series("", index=counts.index)
+    flagged = flag.fillna("").astype(str).str.len().to_numpy() > 0
+    rank = np.where(failed, 0, np.where(flagged, 1, 2))
+    return counts.iloc[np.argsort(rank, kind="stable")]
+
+
 def _counts_table(counts: pd.DataFrame, anchors: dict[str, str]) -> str:
     """The table of images: name, count, median area and flag (or error) first; every other
     ``counts.csv`` field (but the source and the files) folded into a "more" cell per row."""
@@ -280,11 +290,14 @@ def render_report(
     html : str
         A complete, self-contained HTML document.
     """
+    counts = flagged_first(counts)
     ok = counts["status"] == "ok"
     n_nuclei = int(counts.loc[ok, "count"].sum())
+    n_flagged = int((ok & counts.get("flag", pd.Series("", index=counts.index)).fillna("").astype(str).ne("")).sum())
     summary = (
         f'<span>images <b id="n-images">{int(ok.sum())}</b></span>'
         f'<span>nuclei <b id="n-nuclei">{n_nuclei}</b></span>'
+        f'<span>flagged <b id="n-flagged">{n_flagged}</b></span>'
         f'<span>failed <b id="n-failed">{int((~ok).sum())}</b></span>'
     )
     facts = dict(info or {})

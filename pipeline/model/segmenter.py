@@ -48,10 +48,13 @@ from pipeline.method.heads import confidence
 from pipeline.method.image_types import BRIGHTFIELD, image_type_of
 from pipeline.method.scale import (
     diameter_problem,
+    largest_diameter,
+    median_diameter,
     resize_image,
     scale_factor,
     scaled_shape,
 )
+from pipeline.method.trust import PROBE_FACTORS, image_signals, scale_signals, trust_flags
 from pipeline.model.diameter import DiameterEstimator
 from pipeline.shipped import model_folder
 
@@ -108,22 +111,27 @@ class Segmentation:
     flag: str = ""
     image_type: str = ""
     nucleus_confidence: np.ndarray | None = None
+    signals: dict | None = None
 
 
 def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter: float | None = None,
-            shape: tuple[int, ...] | None = None) -> str:
+            shape: tuple[int, ...] | None = None, signals: dict | None = None) -> str:
     """Why the count of an image of ``image_type`` segmented with ``confidence`` should not be
     trusted ('' when it can be): bright-field (the text depends on whether the diameter was
-    ``estimated``), low confidence, and, for a ``diameter`` (px) given for an image of ``shape``
-    (H, W), a diameter that cannot hold (:func:`pipeline.method.scale.diameter_problem`)."""
-    flag = ""
+    ``estimated``), low confidence, the named failures whose ``signals``
+    (:meth:`Segmenter.trust_signals`) are over their limits (:func:`pipeline.method.trust.trust_flags`),
+    and, for a ``diameter`` (px) given for an image of ``shape`` (H, W), a diameter that cannot hold
+    (:func:`pipeline.method.scale.diameter_problem`)."""
+    flags = []
     if image_type == BRIGHTFIELD:
-        flag = BRIGHTFIELD_FLAG if estimated else BRIGHTFIELD_GIVEN_FLAG
+        flags.append(BRIGHTFIELD_FLAG if estimated else BRIGHTFIELD_GIVEN_FLAG)
     elif confidence < MIN_CONFIDENCE:
-        flag = f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay"
+        flags.append(f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay")
+    if signals and image_type != BRIGHTFIELD:
+        flags.extend(trust_flags(signals))
     if diameter is not None and not estimated and shape is not None:
-        flag = "; ".join(f for f in (diameter_problem(diameter, shape), flag) if f)
-    return flag
+        flags.insert(0, diameter_problem(diameter, shape))
+    return "; ".join(f for f in flags if f)
 
 
 class Segmenter(DiameterEstimator):
@@ -172,6 +180,8 @@ class Segmenter(DiameterEstimator):
         #: Default method of :meth:`estimate_diameter` (chosen by measurement, see the README).
         self.estimator = "blob"
         self.route = route
+        #: Diameter factors of the scale probes (:meth:`trust_signals`; () : none).
+        self.probe_factors = PROBE_FACTORS
         self._networks = {name: RoutedNetwork(load) for name, load in (networks or {}).items()}
 
     @property
@@ -311,9 +321,48 @@ class Segmenter(DiameterEstimator):
         if routed is not self:  # the same normalisation (checked when it was loaded)
             return routed.segment(image, diameter, normalized=True, image_type=image_type)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
+        probes = self.scale_probes(image, diameter) if self._probed(diameter, estimated, image_type) else None
         labels, conf, nuclei = self._segment_blocks(image, scale, image_type)
-        flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2])
-        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type, nuclei)
+        signals = self.trust_signals(image, labels, diameter, image_type, probes)
+        flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2], signals)
+        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type, nuclei, signals)
+
+    def _probed(self, diameter: float | None, estimated: bool, image_type: str) -> bool:
+        """Whether :meth:`segment` asks the network at other scales (:meth:`scale_probes`): an
+        estimated diameter of a model that has one, not a bright-field image (not estimated)."""
+        return bool(estimated and diameter and self.diameter is not None and self.probe_factors
+                    and image_type != BRIGHTFIELD)
+
+    def trust_signals(self, image: np.ndarray, labels: np.ndarray, diameter: float | None, image_type: str,
+                      probes: tuple | None = None) -> dict:
+        """The signals of :mod:`pipeline.method.trust` for a normalised image and its ``labels``
+        ((H, W) int) segmented for ``diameter`` px: the image's own (:func:`~pipeline.method.trust.image_signals`,
+        at the median diameter of the nuclei found; none without nuclei) and the scale signals of ``probes``
+        (:meth:`scale_probes`' answer, :func:`~pipeline.method.trust.scale_signals`), with the probes'
+        own figures (``probe_<factor>_<diameter|confidence|count>``). Bright-field: none."""
+        if image_type == BRIGHTFIELD:
+            return {}
+        found = median_diameter(labels)
+        signals = image_signals(image, labels, found, image_type) if np.isfinite(found) else {}
+        if probes is not None:
+            base, by_factor = probes
+            signals |= scale_signals(by_factor, base, diameter)
+            signals |= {f"probe_{f:g}_{k}": v for f, probe in {1.0: base, **by_factor}.items()
+                        for k, v in zip(("diameter", "confidence", "count"), probe, strict=True) if v is not None}
+        return signals
+
+    def scale_probes(self, image: np.ndarray, diameter: float) -> tuple[tuple, dict[float, tuple]]:
+        """The network's answer in the window with the most structure of a normalised image
+        at ``diameter`` px and at each of :attr:`probe_factors` × it (under
+        :func:`pipeline.method.scale.largest_diameter`): (median diameter found, px, or None under 3
+        nuclei; confidence; nuclei found), that at ``diameter`` first, then by factor."""
+        def probe(d: float) -> tuple:
+            scale = scale_factor(d, self.diameter)
+            found, conf = self._search_pass(image, scale)
+            return (float(np.median(found) / scale) if found.size >= 3 else None), conf, int(found.size)
+
+        cap = largest_diameter(image.shape)
+        return probe(diameter), {f: probe(f * diameter) for f in self.probe_factors if f * diameter <= cap}
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,
                   image_type: str | None = None) -> tuple[float | None, bool, float]:

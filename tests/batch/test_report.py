@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.batch.output_folder import COUNT_COLUMNS
-from pipeline.batch.report import HEADLESS_CHROMIUM_FLAGS, render_report, short_name
+from pipeline.batch.report import HEADLESS_CHROMIUM_FLAGS, flagged_first, render_report, short_name
 from pipeline.files.io import encode_png
 from pipeline.method.overlay import thumbnail
 
@@ -93,9 +93,9 @@ def test_report_content(tmp_path):
     cells = _Cells()
     cells.feed(html)
     assert cells.rows[0] == ["image", "count", "median_area_px", "flag", ""]
-    assert cells.rows[1] == ["alpha", "17", "212.5", "", ""]
-    assert cells.rows[3] == ["<gamma>", "", "", "failed: in/<gamma>.png: not an image file", ""]
-    assert cells.figures == {"n-images": "2", "n-nuclei": "17", "n-failed": "1"}
+    assert cells.rows[1] == ["<gamma>", "", "", "failed: in/<gamma>.png: not an image file", ""]  # failed first
+    assert cells.rows[2] == ["alpha", "17", "212.5", "", ""]
+    assert cells.figures == {"n-images": "2", "n-nuclei": "17", "n-flagged": "0", "n-failed": "1"}
     assert "<gamma>" not in html.replace("&lt;gamma&gt;", "")  # names are escaped
     assert html.count('<tr class="failed">') == 1
     assert "<svg" in html and "nucleus area (px)" in html
@@ -116,6 +116,24 @@ def test_report_shows_diameter_and_flag(tmp_path):
     html = render_report(counts, np.array([10.0, 20.0]), thumbs)
     assert "diameter 18.2 px (estimated)" in html and "diameter 40.0 px (given)" in html
     assert html.count('class="warn"') == 2 and "bright-field image" in html  # in the table and the gallery
+
+
+def test_flagged_images_are_listed_first_in_the_table_and_the_gallery():
+    """The rows to check lead: failed images, then flagged ones, then the rest, each in run order."""
+    counts = pd.DataFrame({
+        "image": ["a", "b", "c", "d", "e"], "count": pd.array([5, 3, None, 7, 2], "Int64"),
+        "status": ["ok", "ok", "failed", "ok", "ok"],
+        "flag": ["", "low confidence (0.70 < 0.78): check the overlay", None, "", "out of focus"],
+    })
+    assert flagged_first(counts)["image"].tolist() == ["c", "b", "e", "a", "d"]
+    picture = np.zeros((30, 40, 3), np.uint8)
+    thumbs = {name: encode_png(thumbnail(picture, 20)) for name in "abde"}
+    html = render_report(counts, np.array([10.0]), thumbs)
+    cells = _Cells()
+    cells.feed(html)
+    assert [row[0] for row in cells.rows[1:]] == ["c", "b", "e", "a", "d"]
+    assert cells.figures["n-flagged"] == "2"
+    assert [html.index(f'alt="{n}"') for n in "bead"] == sorted(html.index(f'alt="{n}"') for n in "bead")
 
 
 def test_report_without_nuclei_or_images(tmp_path):
@@ -214,7 +232,7 @@ def test_the_table_leads_with_count_area_and_flag_and_folds_the_rest(tmp_path):
     cells = _Cells()
     cells.feed(html)
     assert cells.rows[0] == ["image", "count", "median_area_um2", "flag", ""]
-    first = cells.rows[1]
+    first = next(row for row in cells.rows[1:] if row[0] == short_name(counts["image"].iloc[0]))  # unflagged: after
     assert first[0] == short_name(counts["image"].iloc[0]) and first[1] == str(counts["count"].iloc[0])
     assert first[2] == "20.5" and first[3] == "" and first[4].startswith("more")
     assert "pixel_typeuint16" in first[4] and "pixel_size_um0.325" in first[4] and "scale0.8123" in first[4]

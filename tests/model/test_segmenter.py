@@ -708,3 +708,46 @@ def test_a_model_folders_dense_network_is_loaded_on_first_use_and_checked(tmp_pa
     shutil.rmtree(missing / "dense")
     with pytest.raises(NucleiError, match=r"m6/dense: model directory not found \(network 'dense' of .*m6/config\.yaml\)"):
         Segmenter.from_model_dir(missing, backend="torch").network_for("fluo-small", 0.9)
+
+
+def test_bright_spots_inside_dim_nuclei_counted_as_nuclei_are_flagged_in_words():
+    """Chromocentres: a network that outlines the bright spots of dim nuclei gets a count of spots;
+    the flag says so (fragments of one nucleus counted apart), and the signals come with the result."""
+    from ..method.test_trust import spotted_nuclei
+
+    image, _, spots = spotted_nuclei()
+    result = grey_segmenter().segment((image * 255).astype(np.uint8))
+    assert result.labels.max() > 36  # spots, not the 36 nuclei
+    assert "several to one larger blob" in result.flag
+    assert result.signals["fragmented"] > 0.3
+
+
+def test_the_scale_probes_ask_the_network_at_other_scales_and_change_no_label():
+    """The scale signals cost one window pass per probe (tta 'none', before the segmentation's own);
+    the labels are those of a Segmenter that probes nothing; a given diameter is not probed."""
+    from pipeline.method.trust import PROBE_FACTORS
+
+    image, _ = disc_image(20.0, n=5)
+    plain = grey_segmenter()
+    plain.probe_factors = ()
+    probing = grey_segmenter()
+    quiet, probed = plain.segment(image), probing.segment(image)
+    np.testing.assert_array_equal(quiet.labels, probed.labels)
+    asked = [f for f in PROBE_FACTORS if f * probed.diameter <= image.shape[0] / 4]  # those under the cap
+    assert len(probing.predictor.modes) - len(plain.predictor.modes) == len(asked) + 1 == 3
+    assert probing.predictor.modes[-1] is None  # the segmentation's pass comes last
+    assert {f"probe_{f:g}_confidence" for f in (1.0, *asked)} <= set(probed.signals)
+    assert np.isnan(probed.signals["larger_scale"])  # separate discs: no other scale explains them
+    given = probing.segment(image, diameter=20.0)
+    assert "probe_1_confidence" not in given.signals and given.flag == ""
+
+
+def test_flag_of_joins_the_named_signals_but_not_for_bright_field():
+    from pipeline.method.trust import PHRASES
+    from pipeline.model.segmenter import BRIGHTFIELD_FLAG, flag_of
+
+    signals = {"fragmented": 0.8, "blurred": 0.1}
+    assert flag_of("fluo-small", 0.9, signals=signals) == PHRASES["fragmented"]
+    assert flag_of("fluo-small", 0.5, signals=signals).startswith("low confidence (0.50 < 0.78)")
+    assert flag_of("brightfield", 0.9, signals=signals) == BRIGHTFIELD_FLAG
+    assert flag_of("fluo-small", 0.9) == ""

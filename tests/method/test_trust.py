@@ -1,0 +1,107 @@
+"""The trust signals on synthetic images that show each failure: bright spots inside dim nuclei
+(chromocentres) or pale stained nuclei cut into pieces, dim nuclei missed beside a bright object,
+saturated objects, blurred (out-of-focus) nuclei, and other scales that explain the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.draw import disk
+
+from pipeline.method import trust
+from pipeline.method.image_types import HISTOLOGY
+from pipeline.method.scale import median_diameter
+
+
+def spotted_nuclei(shape=(240, 240), diameter=22, spacing=40, body=0.35, spot=1.0, bg=0.05, seed=0):
+    """Dim nuclei of ``diameter`` px, each with 3-5 bright spots of 0.2-0.3 its diameter, apart
+    (chromocentres); returns ((H, W, 3) float32 image in [0, 1], nuclei labels, spot labels)."""
+    rng = np.random.default_rng(seed)
+    grey = np.full(shape, bg, np.float32)
+    nuclei, spots = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    for r in range(spacing // 2, shape[0] - diameter // 2, spacing):
+        for c in range(spacing // 2, shape[1] - diameter // 2, spacing):
+            rr, cc = disk((r, c), diameter / 2, shape=shape)
+            grey[rr, cc], nuclei[rr, cc] = body, nuclei.max() + 1
+            n = rng.integers(3, 6)
+            for angle in rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n) / n:  # apart from each other
+                dr, dc = 0.27 * diameter * np.sin(angle), 0.27 * diameter * np.cos(angle)
+                rr, cc = disk((r + dr, c + dc), rng.uniform(0.1, 0.15) * diameter, shape=shape)
+                grey[rr, cc], spots[rr, cc] = spot, spots.max() + 1
+    grey = ndimage.gaussian_filter(grey, 1.0) + rng.normal(0, 0.02, shape).astype(np.float32)
+    return np.dstack([np.clip(grey, 0, 1)] * 3), nuclei, spots
+
+
+def test_spots_inside_dim_nuclei_counted_as_nuclei_are_fragmentation():
+    image, nuclei, spots = spotted_nuclei()
+    signal = trust.grey_signal(image, "fluo-small")
+    assert trust.fragmentation(signal, spots, median_diameter(spots)) > trust.FRAGMENTED
+    assert trust.fragmentation(signal, nuclei, median_diameter(nuclei)) == 0.0
+    assert trust.uncovered(signal, spots, median_diameter(spots)) > trust.uncovered(signal, nuclei, 22.0)
+
+
+def test_pale_stained_nuclei_cut_into_pieces_are_fragmentation():
+    """H&E: large pale nuclei (dark on white once inverted) whose dark specks were outlined."""
+    image, nuclei, specks = spotted_nuclei(body=0.3, seed=1)
+    stained = 1.0 - image  # dark nuclei, darker specks, on a bright background
+    signal = trust.grey_signal(stained, HISTOLOGY)
+    assert trust.fragmentation(signal, specks, median_diameter(specks)) > trust.FRAGMENTED
+    assert trust.fragmentation(signal, nuclei, median_diameter(nuclei)) < trust.FRAGMENTED / 3
+
+
+def bright_object_field(radius=18):
+    """Dim nuclei (0.3) on 0.05 and one bright object (1.0, ``radius`` px) in the middle;
+    returns (image, all labels, the object's label alone)."""
+    _, nuclei, _ = spotted_nuclei()
+    grey = np.where(nuclei > 0, 0.3, 0.05).astype(np.float32)
+    rr, cc = disk((120, 120), radius, shape=grey.shape)
+    grey[rr, cc] = 1.0
+    everything = nuclei.copy()
+    everything[rr, cc] = nuclei.max() + 1
+    alone = np.zeros_like(nuclei)
+    alone[rr, cc] = 1
+    return np.dstack([grey] * 3), everything, alone
+
+
+def test_dim_nuclei_missed_beside_a_bright_object_leave_the_signal_uncovered():
+    image, everything, alone = bright_object_field()
+    assert (alone > 0).mean() < 0.02  # a rare bright object: Otsu alone would call the dim nuclei background
+    signal = trust.grey_signal(image, "fluo-small")
+    assert trust.uncovered(signal, alone, 36.0) > trust.UNCOVERED
+    assert trust.uncovered(signal, everything, median_diameter(everything)) < 0.05
+
+
+def test_a_saturated_object_larger_than_the_nuclei_is_seen():
+    image, everything, _ = bright_object_field(radius=18)
+    assert trust.saturated_nuclei(image, everything) > trust.SATURATED_NUCLEI
+    dim, _, _ = bright_object_field(radius=1)
+    assert trust.saturated_nuclei(dim * 0.9, everything) == 0.0
+
+
+def test_blurred_nuclei_have_wider_edges():
+    _, nuclei, _ = spotted_nuclei()
+    sharp = ndimage.gaussian_filter(np.where(nuclei > 0, 0.8, 0.05).astype(np.float32), 1.0)
+    blurred = ndimage.gaussian_filter(sharp, 22 / 4)
+    width_sharp = trust.edge_width(sharp, nuclei, 22.0)
+    width_blurred = trust.edge_width(blurred / blurred.max(), nuclei, 22.0)
+    assert width_sharp < trust.BLURRED < width_blurred
+
+
+@pytest.mark.parametrize(("probes", "larger", "smaller"), [
+    ({2.0: (43.0, 0.90, 12)}, 0.05, np.nan),  # nuclei twice the size, found as confidently: a rival scale
+    ({2.0: (22.0, 0.95, 12)}, np.nan, np.nan),  # asked 2×, found the same nuclei: no rival
+    ({2.0: (43.0, 0.90, 2)}, np.nan, np.nan),  # too few to say
+    ({0.5: (10.0, 0.80, 40), 4.0: (80.0, 0.7, 3)}, -0.15, -0.05),
+])
+def test_scale_signals_are_the_confidence_gained_at_a_consistent_other_scale(probes, larger, smaller):
+    signals = trust.scale_signals(probes, (21.0, 0.85, 20), 21.0)
+    np.testing.assert_allclose([signals["larger_scale"], signals["smaller_scale"]], [larger, smaller])
+
+
+def test_each_signal_over_its_limit_is_one_phrase_and_none_under():
+    over = {"larger_scale": 0.02, "smaller_scale": -0.5, "fragmented": 0.9, "uncovered": 0.0,
+            "saturated": 5.0, "blurred": np.nan}
+    assert trust.trust_flags(over) == [trust.PHRASES["larger_scale"], trust.PHRASES["fragmented"],
+                                       trust.PHRASES["saturated"]]
+    assert trust.trust_flags({}) == []
