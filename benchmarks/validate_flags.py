@@ -48,6 +48,8 @@ def main() -> None:
     args = _arguments()
     segmenter = Segmenter.from_model_dir(args.model, tta=args.tta)
     ids = _images(args)
+    if args.cached_only and args.cache:
+        ids = [i for i in ids if (args.cache / f"{i[0]}/{i[1]}.npz").exists()]
     rows, nuclei = [], []
     for source, sample_id, root, layout, fold in progress(ids, desc="images"):
         image, true = read_original(root, layout, sample_id)
@@ -59,6 +61,8 @@ def main() -> None:
     if args.out:
         table.to_csv(args.out, index=False)
     _report(table, nuclei, args)
+    if args.timing:
+        _timing(segmenter, ids, args.timing)
 
 
 def _arguments() -> argparse.Namespace:
@@ -68,11 +72,15 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--folds", choices=("0", "all", "others"), default="0")
     parser.add_argument("--sources", nargs="*")
     parser.add_argument("--every", type=int, default=1, help="every n-th image of folds 1-4 (fold 0: all)")
+    parser.add_argument("--every0", type=int, default=1, help="every n-th image of fold 0 (a quick look)")
     parser.add_argument("--tta", default="auto")
     parser.add_argument("--cache", type=Path, help="folder keeping each image's segmentation")
     parser.add_argument("--resignal", action="store_true", help="recompute the image signals of cached images")
+    parser.add_argument("--cached-only", action="store_true", help="only the images in --cache (a run under way)")
     parser.add_argument("--out", type=Path, help="write the per-image table here")
     parser.add_argument("--small", action="store_true", help="3 images of 2 sources (CI)")
+    parser.add_argument("--timing", type=int, default=0, metavar="N",
+                        help="also time N images of each source segmented with and without the scale probes")
     args = parser.parse_args()
     if args.small:
         args.sources, args.every = args.sources or ["fluo_ctc", "he_cpm15"], 1
@@ -91,8 +99,8 @@ def _images(args) -> list[tuple[str, str, Path, str, int]]:
         if args.sources and name not in args.sources:
             continue
         rows = index[index.id.str.startswith(f"{name}/")]
-        rows = rows[rows.group_fold == 0] if args.folds == "0" else pd.concat(
-            [rows[rows.group_fold == 0], rows[rows.group_fold != 0].iloc[:: args.every]])
+        rows = rows[rows.group_fold == 0].iloc[:: args.every0] if args.folds == "0" else pd.concat(
+            [rows[rows.group_fold == 0].iloc[:: args.every0], rows[rows.group_fold != 0].iloc[:: args.every]])
         rows = rows.iloc[:3] if args.small else rows
         rows = rows[rows.group_fold != 0].iloc[:: args.every] if args.folds == "others" else rows
         root = (ROOT / spec["root"]).resolve()  # relative to the repository root, as nuclei prepare reads it
@@ -216,6 +224,25 @@ def _report(table: pd.DataFrame, nuclei: pd.DataFrame, args) -> None:
         print(f"  {phrase_key:<15} {int((hit & fold0.bad).sum()):>3} / {int((hit & ~fold0.bad).sum()):>3}")
     print("\nseconds per image (with the scale probes):", f"{fold0.seconds.median():.2f} median, {fold0.seconds.sum():.0f} total")
     _diameter_table(fold0)
+
+
+def _timing(segmenter: Segmenter, ids: list, n: int) -> None:
+    """Seconds per image segmented without the scale probes, then with them, on ``n`` images per source."""
+    factors, rows = segmenter.probe_factors, []
+    for source in dict.fromkeys(i[0] for i in ids):
+        for _, sample_id, root, layout, _ in [i for i in ids if i[0] == source][:n]:
+            image, _ = read_original(root, layout, sample_id)
+            times = []
+            for probes in ((), factors):
+                for network in (segmenter, *[r.get() for r in segmenter._networks.values()]):
+                    network.probe_factors = probes
+                start = time.perf_counter()
+                segmenter.segment(image)
+                times.append(time.perf_counter() - start)
+            rows.append((source, *times))
+    t = pd.DataFrame(rows, columns=["source", "without", "with"]).groupby("source").median()
+    t["ratio"] = t["with"] / t["without"]
+    print("\nseconds per image (median) without / with the scale probes\n" + t.round(2).to_string())
 
 
 def _phrase_word(key: str) -> str:

@@ -27,16 +27,21 @@ PROBE_FACTORS = (0.5, 2.0, 4.0)
 PROBE_OCTAVES, PROBE_MARGIN = 1 / 3, 0.0
 #: Fragmentation: the share of the nuclei that lie, 3 or more, in one smoothed blob of signal of
 #: which they cover under :data:`BLOB_COVER` (bright spots inside dim nuclei, pieces of pale H&E
-#: nuclei); flagged over :data:`FRAGMENTED`.
+#: nuclei); flagged over :data:`FRAGMENTED`. Synthetic spotted nuclei (tests/method/test_trust.py):
+#: 1.0 with the spots as nuclei, 0 with the nuclei; 0.3 of the nuclei in pieces is a count off by more
+#: than the 25 % that makes an image bad (benchmarks/validate_flags.py).
 BLOB_COVER, FRAGMENTED = 0.5, 0.3
 #: Missed signal: the share of the image's foreground (smoothed signal over its Otsu level) more
-#: than a quarter diameter from any nucleus; flagged over :data:`UNCOVERED`.
-UNCOVERED = 0.35
+#: than a quarter diameter from any nucleus; flagged over :data:`UNCOVERED`: a quarter of the signal
+#: missed, as a quarter of the count makes an image bad (synthetic: 0.92 with only a bright object
+#: found among dim nuclei, 0 with all).
+UNCOVERED = 0.25
 #: Saturation: a clipped plateau (normalised value 1 in every channel) larger than this many
 #: median nuclei is a saturated object that took the image's contrast.
 SATURATED_NUCLEI = 2.0
-#: Out of focus: nucleus edges wider than this fraction of the diameter (10-90 % rise).
-BLURRED = 0.35
+#: Out of focus: nucleus edges wider than this fraction of the diameter (10-90 % rise): synthetic
+#: discs of 22 px with σ 1 px edges measure 0.13, blurred by σ = diameter / 4 0.45, by σ = diameter / 3 0.51.
+BLURRED = 0.45
 
 #: An Otsu class this rare (share of the pixels) is a few bright objects, not the nuclei
 #: (:func:`foreground_level`).
