@@ -12,6 +12,9 @@ In one run, side by side:
 - **Shifted, no division**: a real field (``gowt1_01`` frame 0 and its labels from the same
   segmentation) moved a few px each frame for :data:`SHIFT_FRAMES` frames and segmented anew each
   frame: any division reported is invented.
+- **Shifted fields** (full run): :data:`N_FIELDS` DSB2018 ``stage1_train`` fluorescence fields
+  (:func:`fluorescence_fields`), each shifted for 4 and for :data:`SHIFT_FRAMES` frames: the
+  divisions reported.
 - **Synthetic**: the first :data:`N_SYNTHETIC` movies of ``benchmarks/eval_tracking.py`` (DSB2018
   masks moving, leaving, dividing), clean and with segmentation errors, scored as there.
 
@@ -57,6 +60,8 @@ SHIFT_FRAMES = 8
 #: px per frame (y, x) of the shifted movie.
 SHIFT_STEP = (3, 2)
 N_SYNTHETIC = 4
+#: Fluorescence fields of DSB2018 shifted frame by frame (the full run).
+N_FIELDS = 12
 #: Frames a daughter may start after the mother's end and still count as found.
 DIVISION_TOLERANCE = 5
 #: Synthetic "late daughters": each daughter missing from up to this many of her first frames.
@@ -375,6 +380,40 @@ def synthetic_rows(n_movies: int) -> list[dict]:
     return rows
 
 
+def fluorescence_fields(n: int) -> list[str]:
+    """The first ``n`` DSB2018 ``stage1_train`` ids (sorted) of grey fluorescence fields (equal
+    colour channels, dark background: mean < 80) with at least 60 nuclei."""
+    from pipeline.data.kaggle import read_kaggle_sample
+
+    chosen = []
+    for sample in sorted(p.name for p in Path(DSB_ROOT).iterdir()):
+        if len(chosen) == n:
+            break
+        if len(list(Path(DSB_ROOT, sample, "masks").glob("*.png"))) < 60:
+            continue
+        image = read_kaggle_sample(Path(DSB_ROOT, sample), masks=False)[0][::8, ::8].astype(int)
+        if np.ptp(image.mean(axis=2) - image[..., 0]) < 3 and image.mean() < 80:
+            chosen.append(sample)
+    return chosen
+
+
+def shifted_fields_rows(n: int) -> list[dict]:
+    """Divisions reported on ``n`` fluorescence fields (:func:`fluorescence_fields`), each shifted for
+    4 and for :data:`SHIFT_FRAMES` frames and segmented anew: all invented."""
+    from pipeline.data.kaggle import read_kaggle_sample
+
+    reported = {"tool": 0, "nearest": 0}
+    fields = fluorescence_fields(n)
+    for sample in fields:
+        image = read_kaggle_sample(Path(DSB_ROOT, sample), masks=False)[0]
+        for frames in (4, SHIFT_FRAMES):
+            labels = segment_movie(shifted_movie(image, frames), f"dsb {sample} shifted {frames} {SHIFT_STEP}")
+            for row in score_trackers("", labels, None, {}):
+                reported[row["tracker"]] += row["divisions reported"]
+    return [{"set": f"DSB2018 {len(fields)} fields shifted, 4 and {SHIFT_FRAMES} frames", "tracker": tracker,
+             "divisions reported": count} for tracker, count in reported.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT)
@@ -400,6 +439,8 @@ def main() -> None:
     shifted = segment_movie(movie, f"dsb {sample} shifted {shift_frames} {SHIFT_STEP}")
     rows += score_trackers(f"DSB2018 {sample[:8]} shifted, {shift_frames} frames", shifted, moved.astype(np.int32),
                            {})
+    if not args.small:
+        rows += shifted_fields_rows(N_FIELDS)
     rows += synthetic_rows(2 if args.small else N_SYNTHETIC)
     table = pd.DataFrame(rows)
     if "divisions" in table:
