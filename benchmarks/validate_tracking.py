@@ -90,13 +90,18 @@ def read_frames(root: Path, frames: range) -> np.ndarray:
 
 def segment_movie(frames: np.ndarray, key: str) -> np.ndarray:
     """(T, H, W) int32 labels of ``frames`` as ``nuclei segment`` makes them for a time-lapse (the
-    default settings and shipped model), cached under :data:`CACHE` by model folder and ``key``."""
+    default settings and shipped model), cached under :data:`CACHE` by model folder, the code that
+    segments (``pipeline/model``, ``method``, ``config``, ``batch/stack_file.py``) and ``key``."""
     from pipeline.batch.settings import Settings, load_segmenter
     from pipeline.batch.stack_file import _segment_frames
 
     settings = Settings.from_params({})
     model = settings.model_dir
+    package = Path(__file__).resolve().parents[1] / "pipeline"
+    code = [p for folder in ("model", "method", "config") for p in (package / folder).glob("*.py")
+            if p.name != "tracking.py"] + [package / "batch" / "stack_file.py"]
     stamp = "".join(f"{p.name}{p.stat().st_mtime_ns}" for p in sorted(model.rglob("*")) if p.is_file())
+    stamp += hashlib.sha1(b"".join(p.read_bytes() for p in sorted(code))).hexdigest()
     digest = hashlib.sha1(f"{model}{stamp}{key}{frames.shape}".encode()).hexdigest()[:16]
     path = CACHE / f"{digest}.npz"
     if path.exists():
