@@ -233,11 +233,12 @@ def thresholds_of(measured: Measured, options: MeasureOptions) -> dict[str, posi
             found[key] = positivity.Threshold(math.nan, "batch")
         else:
             means = measured.table[f"mean_{key}"].to_numpy(np.float64)
-            level, _ = measured.background[key]
+            level, noise = measured.background[key]
             if not math.isfinite(level):
                 found[key] = positivity.Threshold(math.nan, "no background pixel to set it from")
             else:
-                found[key] = positivity.auto_threshold(means, level)
+                floor = positivity.mean_precision(noise, measured.table["area_px"].to_numpy(np.float64))
+                found[key] = positivity.auto_threshold(means, level, floor=floor)
     return found
 
 
@@ -306,7 +307,9 @@ def batch_positivity(images: list[tuple[dict[str, Any], pd.DataFrame]], options:
         levels = [_number(row[f"background_{key}"]) for row, _, key in found]
         noises = [_number(row.get(f"noise_{key}")) for row, _, key in found]
         units = [positivity.noise_scale(noise, m, b) for noise, m, b in zip(noises, means, levels, strict=True)]
-        pooled, here = positivity.pool_fields(means, levels, units)
+        floors = [positivity.mean_precision(1.0, table["area_px"].to_numpy(np.float64)) for _, table, _ in found
+                  if "area_px" in table]  # in units of each image's noise
+        pooled, here = positivity.pool_fields(means, levels, units, float(np.median(floors)) if floors else 0.0)
         for (row, table, key), threshold, noise, unit in zip(found, here, noises, units, strict=True):
             measured = Measured(table, row)
             call_positive(measured, options, {key: positivity.Threshold(

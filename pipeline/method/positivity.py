@@ -14,7 +14,10 @@ threshold is given (``VALUE``, in the file's units) or set by :func:`auto_thresh
    background). ``s`` is chosen by maximum likelihood (as Box and Cox choose a power): the
    likelihood of the means themselves (the fit on ``y`` times the Jacobian ``1/√((mean − b)² + s²)``)
    over ``s`` = ``m · 2^k``, ``k = −6..6``, ``m`` the median of ``|mean − b|``: the scale on which
-   the means look most like two Gaussians, from logarithmic to linear, whatever the noise.
+   the means look most like two Gaussians, from logarithmic to linear. Never under the precision
+   of a nucleus's mean, ``noise / √(median area)`` (:func:`mean_precision`): below it the log
+   scale stretches noise, and nuclei tied at a clipped background become a population of zero
+   width that the likelihood prefers to any other.
 3. **Two populations.** A mixture of two Gaussians is fitted to ``y`` (EM from Otsu's split) and
    compared with one Gaussian (at its own best scale). **No threshold** (NaN, with the reason) only
    when: fewer than :data:`MIN_NUCLEI` nuclei; every nucleus the same; the smaller population under
@@ -168,7 +171,8 @@ def noise_scale(noise: float, means: np.ndarray, level: float) -> float:
     return spread if math.isfinite(spread) and spread > 0 else 1.0
 
 
-def auto_threshold(means: np.ndarray, level: float | np.ndarray, scale: float | None = None) -> Threshold:
+def auto_threshold(means: np.ndarray, level: float | np.ndarray, scale: float | None = None,
+                   floor: float = 0.0) -> Threshold:
     """The threshold separating two populations of per-nucleus means (module docstring).
 
     Parameters
@@ -178,7 +182,9 @@ def auto_threshold(means: np.ndarray, level: float | np.ndarray, scale: float | 
     level : float or (N,) float
         The background level (:func:`background_level`) of each nucleus's image.
     scale : float, optional
-        ``s``, in the file's units (default: chosen by maximum likelihood).
+        ``s``, in the file's units (default: chosen by maximum likelihood, :func:`choose_scale`).
+    floor : float
+        The smallest ``s`` to choose: the precision of a nucleus's mean (:func:`mean_precision`).
 
     Returns
     -------
@@ -195,7 +201,7 @@ def auto_threshold(means: np.ndarray, level: float | np.ndarray, scale: float | 
     if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
         return Threshold(math.nan, "every nucleus measures the same")
     if scale is None:
-        scale, one = choose_scale(d)
+        scale, one = choose_scale(d, floor)
     else:
         one = _one_gaussian_x(d, scale)
     y = np.arcsinh(d / scale)
@@ -210,17 +216,29 @@ SCALE_STEPS = tuple(2.0**k for k in range(-6, 7))
 SCALE_SAMPLE = 5000
 
 
-def choose_scale(d: np.ndarray) -> tuple[float, float]:
+def mean_precision(noise: float, area: np.ndarray) -> float:
+    """The noise of a nucleus's mean, ``noise / √(median area)``: the smallest ``s`` worth choosing
+    (below it asinh stretches noise, and nuclei tied at a clipped background, into a population of
+    their own); 0 when unknown. ``area`` (N,) px."""
+    area = np.asarray(area, np.float64)
+    area = area[np.isfinite(area) & (area > 0)]
+    if not area.size or not (math.isfinite(noise) and noise > 0):
+        return 0.0
+    return float(noise / math.sqrt(float(np.median(area))))
+
+
+def choose_scale(d: np.ndarray, floor: float = 0.0) -> tuple[float, float]:
     """The ``s`` of ``asinh(d / s)`` on which ``d`` (means minus background, (N,) float) is most
-    likely a mixture of two Gaussians, and the best log-likelihood of one Gaussian over the same
-    scales (both of ``d`` itself, Jacobian included)."""
+    likely a mixture of two Gaussians, of :data:`SCALE_STEPS` times their median distance from 0
+    and ``floor`` (the steps under ``floor`` left out), and the best log-likelihood of one Gaussian
+    over the same scales (both of ``d`` itself, Jacobian included)."""
     d = np.asarray(d, np.float64)
     sample = np.sort(d)[np.linspace(0, d.size - 1, SCALE_SAMPLE).astype(int)] if d.size > SCALE_SAMPLE else d
     typical = float(np.median(np.abs(d)))
     typical = typical if typical > 0 else float(np.abs(d).max())
     best, best_one = (-math.inf, typical), -math.inf
-    for step in SCALE_STEPS:
-        s = typical * step
+    scales = [typical * step for step in SCALE_STEPS if typical * step > floor]
+    for s in ([floor] if floor > 0 else []) + scales:
         jacobian = float(np.sum(_log_jacobian(sample, s)))
         likelihood = _two_gaussians(np.arcsinh(sample / s))[3] + jacobian
         best = max(best, (likelihood, s))
@@ -228,7 +246,8 @@ def choose_scale(d: np.ndarray) -> tuple[float, float]:
     return best[1], best_one
 
 
-def pool_fields(means: list[np.ndarray], levels: list[float], units: list[float]) -> tuple[Threshold, list[float]]:
+def pool_fields(means: list[np.ndarray], levels: list[float], units: list[float],
+                floor: float = 0.0) -> tuple[Threshold, list[float]]:
     """One :func:`auto_threshold` over several fields (``--positive-scope batch``), each field's means
     put in its own unit first: ``(mean − b_i) / u_i``, so that fields scaled differently (a gain, a
     per-image contrast stretch) pool as one.
@@ -239,6 +258,8 @@ def pool_fields(means: list[np.ndarray], levels: list[float], units: list[float]
         Each field's ``mean_<ch>``, in its file's units.
     levels, units : list of float
         Each field's background level ``b_i`` and unit ``u_i`` (:func:`noise_scale`).
+    floor : float
+        The smallest ``s``, in units of ``u`` (:func:`auto_threshold`).
 
     Returns
     -------
@@ -248,7 +269,7 @@ def pool_fields(means: list[np.ndarray], levels: list[float], units: list[float]
         Each field's threshold in its own units, ``b_i + u_i · value`` (NaN without one).
     """
     pooled = [(np.asarray(m, np.float64) - b) / u for m, b, u in zip(means, levels, units, strict=True)]
-    found = auto_threshold(np.concatenate(pooled) if pooled else np.zeros(0), 0.0)
+    found = auto_threshold(np.concatenate(pooled) if pooled else np.zeros(0), 0.0, floor=floor)
     return found, [b + u * found.value for b, u in zip(levels, units, strict=True)]
 
 
@@ -321,14 +342,24 @@ def _floor(y: np.ndarray) -> float:
     return max(1e-6, 1e-3 * float(np.ptp(y)))
 
 
-def _two_gaussians(y: np.ndarray, iterations: int = 500) -> tuple[tuple, tuple, tuple, float]:
+#: Where EM starts besides Otsu's split: the splits at these quantiles of ``y`` (small groups at
+#: either end, which a start from Otsu's split can miss).
+EM_STARTS = (0.1, 0.9)
+
+
+def _two_gaussians(y: np.ndarray) -> tuple[tuple, tuple, tuple, float]:
     """Weights, means (ascending), standard deviations and log-likelihood of a two-Gaussian mixture
-    fitted by EM from Otsu's split of ``y``."""
+    fitted to ``y`` by EM, the best of the starts from Otsu's split and from :data:`EM_STARTS`."""
     from skimage.filters import threshold_otsu
 
+    splits = [threshold_otsu(y, nbins=256), *np.quantile(y, EM_STARTS)]
+    fits = [_em(y, y > split) for split in splits]
+    return max(fits, key=lambda fit: fit[3])
+
+
+def _em(y: np.ndarray, upper: np.ndarray, iterations: int = 500) -> tuple[tuple, tuple, tuple, float]:
+    """:func:`_two_gaussians` from one start: ``upper`` (N,) bool, the nuclei of the upper population."""
     floor = _floor(y)
-    split = threshold_otsu(y, nbins=256)
-    upper = y > split
     if not upper.any() or upper.all():
         upper = y > np.median(y)
     r = upper.astype(np.float64)  # responsibility of the upper population

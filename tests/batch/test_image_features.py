@@ -146,46 +146,6 @@ def test_cells_give_the_cytoplasm_and_the_ratio_as_made():
     assert np.isnan(table.loc[0, "cyto_mean_x"]) and np.isnan(table.loc[0, "nuc_cyto_ratio_x"])
 
 
-def test_auto_threshold_splits_two_populations_and_refuses_one():
-    """Two populations at several contrasts: the calls agree with the truth; one population (all
-    negative, all positive), one nucleus or a constant channel: no threshold, with the reason."""
-    rng = np.random.default_rng(0)
-    for contrast, least in ((3, 0.98), (5, 0.99), (10, 0.995)):
-        truth = rng.random(300) < 0.3
-        means = np.where(truth, 100 + 20 * contrast * np.exp(0.3 * rng.standard_normal(300)),
-                         100 + 20 * (1 + 0.15 * rng.standard_normal(300)))
-        threshold = positivity.auto_threshold(means, 100.0, 10.0)
-        assert threshold.ok and np.mean((means > threshold.value) == truth) >= least
-    negative = 100 + 20 * (1 + 0.15 * rng.standard_normal(300))
-    positive = 100 + 200 * np.exp(0.3 * rng.standard_normal(300))
-    for means in (negative, positive):
-        refused = positivity.auto_threshold(means, 100.0, 10.0)
-        assert not refused.ok and "one population" in refused.reason
-    assert "1 nuclei, fewer than 10" in positivity.auto_threshold(np.array([500.0]), 100.0, 10.0).reason
-    assert "every nucleus measures the same" in positivity.auto_threshold(np.full(50, 7.0), 7.0, 1.0).reason
-
-
-def test_the_background_summed_piece_by_piece_is_that_of_all_pixels():
-    """positivity.Background (a slide's background, tile by tile): for pixels of up to 16 bits the
-    level and noise of all pixels at once, exactly (an even and an odd count); floats: the median of
-    the pieces'; NaN with no pixel."""
-    rng = np.random.default_rng(3)
-    for dtype, low, high in ((np.uint8, 0, 256), (np.uint16, 90, 400), (np.int16, -300, 300)):
-        for n in (9_999, 10_000):
-            pixels = rng.integers(low, high, n).astype(dtype)
-            background = positivity.Background()
-            for piece in np.array_split(pixels, 7):
-                background.add(piece)
-            level = float(np.median(pixels.astype(np.float64)))
-            noise = float(positivity.MAD_SD * np.median(np.abs(pixels - level)))
-            assert background.level() == (level, noise) == positivity.background_level(pixels, pixels >= low)
-    floats = positivity.Background()
-    for centre in (10.0, 20.0, 30.0):
-        floats.add(rng.normal(centre, 1.0, 1001).astype(np.float32))
-    assert floats.level()[0] == pytest.approx(20.0, abs=0.2)
-    assert all(np.isnan(positivity.Background().level()))
-
-
 def test_spots_are_counted_as_made():
     """0-4 spots of 12.5 noise sd per nucleus: every count exact; none found in nuclei without spots."""
     channels, labels, _, _, _, spots = marker_field(seed=2)
@@ -295,6 +255,34 @@ def test_batch_scope_sets_one_threshold_where_one_image_has_one_population(tmp_p
     assert nuclei["positive_Ki_67"].notna().all()
     overlay = np.asarray(Image.open(tmp_path / "batch" / "overlays" / "mixed.png"))
     assert (overlay.reshape(-1, 3) == POSITIVE_COLOURS[0]).all(axis=1).any()  # redrawn with the batch's calls
+
+
+def test_auto_reports_its_separation_and_the_batch_pools_fields_scaled_differently(tmp_path):
+    """nuclei measure with --positive Ki-67=auto on two fields, the second's marker stretched 3× (its
+    background, noise and nuclei: a per-image contrast stretch): each field's calls as made, its
+    ``separation_Ki_67`` (Ashman's D) in counts.csv; over the batch too (each field pooled in its own
+    noise units: with one scale the stretched field's negatives, 300 above its background, were
+    called positive)."""
+    truths = {}
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for name, seed, gain in (("plain", 31, 1), ("stretched", 32, 3)):
+        channels, labels, _, positive, _, _ = marker_field(seed=seed, contrast=6, fraction=0.4)
+        channels[1] = channels[1] * gain
+        write_ome(tmp_path / "images" / f"{name}.tif", channels)
+        tifffile.imwrite(tmp_path / "labels" / f"{name}.tif", labels.astype(np.uint16))
+        truths[name] = positive
+    for scope in ("image", "batch"):
+        options = MeasureOptions(nuclear_channel="DAPI", positive=(("Ki-67", None),), positive_scope=scope)
+        counts = measure_images([tmp_path / "images"], tmp_path / "labels", tmp_path / scope,
+                                measure=options).set_index("image")
+        nuclei = pd.read_csv(tmp_path / scope / "nuclei.csv")
+        for name, positive in truths.items():
+            calls = nuclei[nuclei["image"] == name].sort_values("label")["positive_Ki_67"].astype(bool).to_numpy()
+            assert np.array_equal(calls, positive), (scope, name)
+            assert counts.loc[name, "separation_Ki_67"] >= positivity.MIN_SEPARATION
+            flag = counts.loc[name, "flag"]
+            assert pd.isna(flag) or flag == "", flag
 
 
 def test_channels_in_separate_files(tmp_path, model_dir):
