@@ -237,7 +237,8 @@ def thresholds_of(measured: Measured, options: MeasureOptions) -> dict[str, posi
             if not math.isfinite(level):
                 found[key] = positivity.Threshold(math.nan, "no background pixel to set it from")
             else:
-                floor = positivity.mean_precision(noise, measured.table["area_px"].to_numpy(np.float64))
+                area = measured.table["area_px"] if "area_px" in measured.table else pd.Series([], dtype=float)
+                floor = positivity.mean_precision(noise, area.to_numpy(np.float64))
                 found[key] = positivity.auto_threshold(means, level, floor=floor)
     return found
 

@@ -489,11 +489,11 @@ def _frame(table: pd.DataFrame) -> int | None:
 
 
 def slide_calls(table: SlideTable) -> pd.DataFrame:
-    """A slide's ``label``, ``mean_<key>`` and ``positive_<key>`` columns (of its --positive channels),
-    read from its streamed table in chunks; the calls as booleans."""
+    """A slide's ``label``, ``area_px``, ``mean_<key>`` and ``positive_<key>`` columns (of its --positive
+    channels), read from its streamed table in chunks; the calls as booleans."""
     positive = [c for c in table.columns if c.startswith("positive_")]
     means = [f"mean_{c[len('positive_'):]}" for c in positive]
-    frame = table.read(["label", *means, *positive])
+    frame = table.read(["label", "area_px", *means, *positive])
     return frame.astype({c: "boolean" for c in positive})
 
 

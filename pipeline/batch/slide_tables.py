@@ -354,7 +354,7 @@ def _finish_table(path: Path, state: dict[str, Any], options: MeasureOptions, fi
     calls, colours, flags = None, None, []
     if final.marked:
         positive = [f"positive_{key}" for key in final.marked]
-        means = pd.concat(list(table_chunks(path, ["label", *(f"mean_{key}" for key in final.marked)])))
+        means = pd.concat(list(table_chunks(path, ["label", "area_px", *(f"mean_{key}" for key in final.marked)])))
         measured = Measured(means.assign(**{c: pd.array([pd.NA] * len(means), dtype="boolean") for c in positive}),
                             fields)
         for key in final.marked:
