@@ -3,7 +3,7 @@
 In one run, side by side, for each ``--z-method`` and a baseline:
 
 - **Real** (``gonuclear3d``: two confocal stacks of Arabidopsis ovule nuclei, 100³ voxels, z
-  0.284 µm and y/x 0.127 µm, 54 and 32 nuclei; ``/work/shared/validation/README.md``). Each stack
+  0.284 µm and y/x 0.127 µm, 54 and 32 nuclei; ``../shared/validation/README.md``). Each stack
   is read as ``nuclei segment`` reads it (:func:`pipeline.files.stacks.read_stacks`), its anisotropy
   taken as ``nuclei segment`` takes it (:func:`pipeline.batch.stack_file.stack_anisotropy`: the
   file's voxel size), and segmented by :func:`pipeline.model.stack_segmenter.segment_stack` with the
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path("/work/shared/validation/gonuclear3d")
+ROOT = Path(__file__).resolve().parents[2] / "shared/validation/gonuclear3d"
 #: ``--small``: the central planes kept of each real stack (all of its 100 × 100 px: a 2D network needs
 #: the context of whole planes, a 40³ cube holds a nucleus or two); the synthetic stack's shape.
 SMALL_PLANES, SMALL_SYNTHETIC = 32, (24, 64, 64)
