@@ -17,7 +17,7 @@ Usage::
         [--sources dsb2018 ...] [--every 1] [--cache DIR] [--out per_image.csv] [--small]
 
 ``--cache`` keeps each image's segmentation (labels, confidences, signals) so that a rerun only
-recomputes the image signals (``--resignal``) and the tables. ``--small``: 3 images of 2 sources (CI).
+recomputes the image signals (``--resignal``) and the tables. ``--small``: 2 images of 2 sources (CI).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pandas as pd
 from benchmarks.bench_sources import read_original
 from pipeline.method.metrics import _iou, image_metrics, overlaps
 from pipeline.method.scale import median_diameter
-from pipeline.method.trust import image_signals
+from pipeline.method.trust import PROBE_FACTORS, image_signals, scale_signals
 from pipeline.model.segmenter import Segmenter, flag_of
 from pipeline.progress import progress
 
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A bad image: count off by more than this fraction, or a DSB2018 score under BAD_SCORE.
 BAD_COUNT, BAD_SCORE = 0.25, 0.30
 #: The signals a fitted score may use (NaN → 0 after the flags' sense: absent = not over).
-FEATURES = ("confidence", "larger_scale", "smaller_scale", "fragmented", "uncovered", "saturated", "blurred")
+FEATURES = ("confidence", "larger_scale", "smaller_scale", "scale_drift", "fragmented", "uncovered", "saturated",
+            "blurred")
 
 
 def main() -> None:
@@ -78,7 +79,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--resignal", action="store_true", help="recompute the image signals of cached images")
     parser.add_argument("--cached-only", action="store_true", help="only the images in --cache (a run under way)")
     parser.add_argument("--out", type=Path, help="write the per-image table here")
-    parser.add_argument("--small", action="store_true", help="3 images of 2 sources (CI)")
+    parser.add_argument("--small", action="store_true", help="2 images of 2 sources (CI)")
     parser.add_argument("--timing", type=int, default=0, metavar="N",
                         help="also time N images of each source segmented with and without the scale probes")
     args = parser.parse_args()
@@ -101,7 +102,7 @@ def _images(args) -> list[tuple[str, str, Path, str, int]]:
         rows = index[index.id.str.startswith(f"{name}/")]
         rows = rows[rows.group_fold == 0].iloc[:: args.every0] if args.folds == "0" else pd.concat(
             [rows[rows.group_fold == 0].iloc[:: args.every0], rows[rows.group_fold != 0].iloc[:: args.every]])
-        rows = rows.iloc[:3] if args.small else rows
+        rows = rows.iloc[:2] if args.small else rows
         rows = rows[rows.group_fold != 0].iloc[:: args.every] if args.folds == "others" else rows
         root = (ROOT / spec["root"]).resolve()  # relative to the repository root, as nuclei prepare reads it
         out += [(name, i.split("/", 1)[1], root, spec["layout"], int(f)) for i, f in zip(rows.id, rows.group_fold, strict=True)]
@@ -137,6 +138,10 @@ def _one_image(segmenter: Segmenter, image: np.ndarray, true: np.ndarray, args, 
     found = median_diameter(labels)
     if args.resignal and made["image_type"] != "brightfield" and np.isfinite(found):
         signals |= image_signals(segmenter.normalize(image), labels, found, made["image_type"])
+    if args.resignal and "probe_1_confidence" in signals:  # the scale signals again, from the probes kept
+        probes = {f: (signals.get(f"probe_{f:g}_diameter"), signals[f"probe_{f:g}_confidence"],
+                      int(signals[f"probe_{f:g}_count"])) for f in (1.0, *PROBE_FACTORS) if f"probe_{f:g}_confidence" in signals}
+        signals |= scale_signals({f: p for f, p in probes.items() if f != 1.0}, probes[1.0], made["diameter"])
     m = image_metrics(true, labels)
     inter, true_area, pred_area = overlaps(true, labels)
     ids = np.unique(labels[labels > 0])
@@ -165,7 +170,7 @@ def _auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 def _design(table: pd.DataFrame) -> np.ndarray:
     """The fitted score's inputs: :data:`FEATURES`, absent signals at their 'not over' value."""
-    fill = {"larger_scale": -0.3, "smaller_scale": -0.3, "fragmented": 0.0, "uncovered": 0.0,
+    fill = {"larger_scale": -0.3, "smaller_scale": -0.3, "scale_drift": 0.0, "fragmented": 0.0, "uncovered": 0.0,
             "saturated": 0.0, "blurred": 0.0}
     cols = [table[c].astype(float).fillna(fill.get(c, 0.0)) if c in table else pd.Series(fill.get(c, 0.0), table.index)
             for c in FEATURES]
@@ -219,7 +224,7 @@ def _report(table: pd.DataFrame, nuclei: pd.DataFrame, args) -> None:
     views = [_flag_rows(loso, n0, "LOSO")] + ([_flag_rows(fold0, n0, "folds1-4")] if "fitted" in fold0 else [])
     print(pd.concat(views).round(3).to_string(index=False))
     print("\nwhich signal flags which image (fold 0): bad / good")
-    for phrase_key in ("larger_scale", "smaller_scale", "fragmented", "uncovered", "saturated", "blurred", "low confidence"):
+    for phrase_key in ("larger_scale", "smaller_scale", "scale_drift", "fragmented", "uncovered", "saturated", "blurred", "low confidence"):
         hit = fold0.flag.fillna("").str.contains(_phrase_word(phrase_key), regex=False)
         print(f"  {phrase_key:<15} {int((hit & fold0.bad).sum()):>3} / {int((hit & ~fold0.bad).sum()):>3}")
     print("\nseconds per image (with the scale probes):", f"{fold0.seconds.median():.2f} median, {fold0.seconds.sum():.0f} total")

@@ -25,6 +25,11 @@ PROBE_FACTORS = (0.5, 2.0, 4.0)
 #: many octaves), at least 3 of them, and the network is at least as confident there as at the
 #: diameter used, less this margin.
 PROBE_OCTAVES, PROBE_MARGIN = 1 / 3, 0.0
+#: Scale drift: the size of the nuclei found at 2 × the diameter over that at 0.5 × (octaves). An
+#: answer that holds whatever scale it is asked at drifts by 0; one that follows the scale asked, by 2
+#: (nuclei cut or merged as told). Flagged over half an octave: the nuclei found change size by
+#: more than √2 over a 4-fold change of scale (set a priori, between the two).
+DRIFT = 0.5
 #: Fragmentation: the share of the nuclei that lie, 3 or more, in one smoothed blob of signal of
 #: which they cover under :data:`BLOB_COVER` (bright spots inside dim nuclei, pieces of pale H&E
 #: nuclei); flagged over :data:`FRAGMENTED`. Synthetic spotted nuclei (tests/method/test_trust.py):
@@ -53,6 +58,8 @@ PHRASES = {
                     "or pieces of pale nuclei, counted as nuclei): check the overlay, or give --diameter",
     "smaller_scale": "nuclei may be smaller than the diameter used (clumps counted as one): check the overlay, "
                      "or give --diameter",
+    "scale_drift": "the nuclei found change size with the scale they are looked for at (touching nuclei "
+                   "merged, or nuclei cut): count uncertain, check the overlay, or give --diameter",
     "fragmented": "many nuclei lie several to one larger blob (spots or fragments of one nucleus counted apart)",
     "uncovered": "much of the stained signal lies outside the nuclei found (dim nuclei missed?)",
     "saturated": "saturated objects larger than a nucleus (debris, dust, clumps): dim nuclei may be missed",
@@ -61,11 +68,16 @@ PHRASES = {
 
 
 def grey_signal(image: np.ndarray, image_type: str) -> np.ndarray:
-    """(H, W) float32 nuclear signal of a normalised (H, W, 3) image in [0, 1]: its mean grey level,
-    inverted for stained (histology) and bright-field images, whose nuclei are dark."""
+    """(H, W) float32 nuclear signal of a normalised (H, W, 3) image in [0, 1]: its mean grey level;
+    for stained (histology) images the haematoxylin of a colour deconvolution (eosin and cytoplasm
+    left out), for bright-field ones the grey level inverted (their nuclei are dark)."""
     grey = np.asarray(image, np.float32)
+    if image_type == HISTOLOGY and grey.ndim == 3 and grey.shape[2] == 3:
+        from skimage.color import rgb2hed
+
+        return rgb2hed(np.clip(grey, 0, 1))[..., 0].astype(np.float32)
     grey = grey.mean(axis=2) if grey.ndim == 3 else grey
-    return 1.0 - grey if image_type in (HISTOLOGY, BRIGHTFIELD) else grey
+    return 1.0 - grey if image_type == BRIGHTFIELD else grey
 
 
 def _smooth(signal: np.ndarray, sigma: float) -> np.ndarray:
@@ -169,14 +181,18 @@ def scale_signals(probes: dict[float, tuple[float | None, float, int]], base: tu
     :data:`PROBE_FACTORS` to (median diameter found, px of the image, or None; confidence; nuclei
     found), ``base`` the same at ``diameter`` px itself. Returns ``larger_scale`` / ``smaller_scale``:
     the confidence gained (may be < 0; NaN: no probe consistent) at the best larger / smaller probe whose
-    nuclei are about the size asked (:data:`PROBE_OCTAVES`, 3 or more)."""
-    out = {"larger_scale": float("nan"), "smaller_scale": float("nan")}
+    nuclei are about the size asked (:data:`PROBE_OCTAVES`, 3 or more); ``scale_drift``: log2 of
+    the diameter found at 2 × over that at 0.5 × (NaN unless both found some)."""
+    out = {"larger_scale": float("nan"), "smaller_scale": float("nan"), "scale_drift": float("nan")}
     for factor, (found, conf, count) in probes.items():
         if found is None or count < 3 or abs(math.log2(found / (factor * diameter))) > PROBE_OCTAVES:
             continue
         key = "larger_scale" if factor > 1 else "smaller_scale"
         gain = conf - base[1]
         out[key] = gain if not np.isfinite(out[key]) else max(out[key], gain)
+    low, high = probes.get(0.5, (None,))[0], probes.get(2.0, (None,))[0]
+    if low and high:
+        out["scale_drift"] = math.log2(high / low)
     return out
 
 
@@ -194,6 +210,7 @@ def trust_flags(signals: dict[str, float]) -> list[str]:
     """The phrases (:data:`PHRASES`) of the signals over their limits, in :data:`PHRASES` order."""
     over = {"larger_scale": signals.get("larger_scale", np.nan) >= -PROBE_MARGIN,
             "smaller_scale": signals.get("smaller_scale", np.nan) >= -PROBE_MARGIN,
+            "scale_drift": signals.get("scale_drift", np.nan) > DRIFT,
             "fragmented": signals.get("fragmented", np.nan) > FRAGMENTED,
             "uncovered": signals.get("uncovered", np.nan) > UNCOVERED,
             "saturated": signals.get("saturated", np.nan) > SATURATED_NUCLEI,

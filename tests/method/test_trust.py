@@ -99,6 +99,18 @@ def test_scale_signals_are_the_confidence_gained_at_a_consistent_other_scale(pro
     np.testing.assert_allclose([signals["larger_scale"], signals["smaller_scale"]], [larger, smaller])
 
 
+@pytest.mark.parametrize(("low", "high", "drift"), [
+    (20.0, 22.0, np.log2(1.1)),  # the same nuclei whatever the scale asked: they hold
+    (12.0, 36.0, np.log2(3.0)),  # the nuclei follow the scale asked: merged when shrunk, cut when enlarged
+    (None, 36.0, np.nan),
+])
+def test_scale_drift_is_how_far_the_nuclei_found_follow_the_scale_asked(low, high, drift):
+    probes = {0.5: (low, 0.8, 10), 2.0: (high, 0.8, 10)}
+    found = trust.scale_signals(probes, (21.0, 0.85, 20), 21.0)["scale_drift"]
+    np.testing.assert_allclose(found, drift)
+    assert bool(trust.trust_flags({"scale_drift": found})) == (drift > trust.DRIFT)
+
+
 def test_each_signal_over_its_limit_is_one_phrase_and_none_under():
     over = {"larger_scale": 0.02, "smaller_scale": -0.5, "fragmented": 0.9, "uncovered": 0.0,
             "saturated": 5.0, "blurred": np.nan}
