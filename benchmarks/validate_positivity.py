@@ -4,7 +4,7 @@ In one run, side by side, the tool and the baseline on the same nuclei:
 
 - **Real, true nuclei** (``positivity_e2f8``: six fields of mouse intestine stained for E2F8, 8-bit,
   3 confocal with a background clipped at 0, 3 widefield; the authors' labels and per-nucleus calls;
-  ``/work/shared/validation/README.md``). Measured by ``nuclei measure``'s own function
+  ``../shared/validation/README.md``). Measured by ``nuclei measure``'s own function
   (:func:`pipeline.batch.measure.measure_images`, in-process) on the true labels: ``auto`` per image,
   and ``--positive-scope batch`` over the six fields. The baseline: Otsu's threshold on each field's
   nuclear means (``skimage.filters.threshold_otsu``).
@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-ROOT = Path("/work/shared/validation/positivity_e2f8")
+ROOT = Path(__file__).resolve().parents[2] / "shared/validation/positivity_e2f8"
 #: Fraction of positive nuclei in the synthetic fields.
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 #: Median marker level above the background of the positives over that of the negatives.
@@ -363,7 +363,9 @@ def main() -> int:
         report["synthetic"] = synthetic = score_synthetic(conditions, draws)
         print_synthetic(synthetic)
     if args.json:
-        args.json.write_text(json.dumps({k: _plain(v) for k, v in report.items()}, indent=1, default=str))
+        from pipeline.files.io import write_text
+
+        write_text(args.json, json.dumps({k: _plain(v) for k, v in report.items()}, indent=1, default=str))
     return 0
 
 

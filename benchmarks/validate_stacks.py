@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--synthetic", type=int, default=3, help="StarDist-like stacks (seeds 0..N-1)")
     parser.add_argument("--model", default="default", help="a model folder (default: the shipped model)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the summary here (a record per set and method)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -150,6 +151,10 @@ def main() -> int:
     print("\n3D DSB2018 score and AP@0.5 on voxels, means over the stacks; median z extents in planes:\n")
     with pd.option_context("display.width", 200):
         print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    if args.json:
+        from pipeline.files.io import write_json
+
+        write_json(args.json, summary.reset_index().to_dict(orient="records"))
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 
