@@ -310,6 +310,9 @@ def _late_divisions(track_id: np.ndarray, parent: dict, frame: np.ndarray, area:
                 and np.linalg.norm(yx[r[0]] - yx[mother_row]) <= max_distance)
 
     orphans = {k: r for k, r in rows.items() if not parent.get(k) and frame[r[0]] > 0}
+    by_start: dict[int, list[int]] = {}
+    for k, r in orphans.items():
+        by_start.setdefault(int(frame[r[0]]), []).append(k)
     track_id = track_id.copy()
     next_id = max(rows) + 1
     for mother in sorted(rows, key=lambda k: frame[rows[k][0]]):
@@ -324,8 +327,9 @@ def _late_divisions(track_id: np.ndarray, parent: dict, frame: np.ndarray, area:
             if before.size and area[p] > MAX_GROWTH * np.median(before):
                 continue
             heir = [r[i + 1:]] if i < r.size - 1 and plausible(r[i + 1:], p) else []
-            late = sorted((k for k, o in orphans.items() if k != mother and 0 < frame[o[0]] - frame[p] <= DAUGHTER_FRAMES
-                           and plausible(o, p)), key=lambda k: np.linalg.norm(yx[orphans[k][0]] - yx[p]))
+            starting = [k for t in range(frame[p] + 1, frame[p] + DAUGHTER_FRAMES + 1) for k in by_start.get(t, ())]
+            late = sorted((k for k in starting if k in orphans and k != mother and plausible(orphans[k], p)),
+                          key=lambda k: np.linalg.norm(yx[orphans[k][0]] - yx[p]))
             daughters = heir + [orphans[k] for k in late[:2 - len(heir)]]
             if (len(daughters) < 2 or not _alike(r[:i + 1], [d[0] for d in daughters], area)
                     or _remerged(daughters, frame, area, n_frames) or not _opposite(p, [d[0] for d in daughters], yx)):
