@@ -3,7 +3,7 @@
 In one run, side by side:
 
 - **Real** (``gowt1_01``: Cell Tracking Challenge Fluo-N2DH-GOWT1 sequence 01, 92 frames downsampled
-  2× to 512², 27 tracks, 2 divisions; ``/work/shared/validation/README.md``). Each frame segmented
+  2× to 512², 27 tracks, 2 divisions; ``../shared/validation/README.md``). Each frame segmented
   with the shipped default model by the function ``nuclei segment`` runs on a time-lapse
   (:func:`pipeline.batch.stack_file._segment_frames`: every frame at the first frame's diameter),
   then linked by :func:`pipeline.method.tracking.track_labels` (the tool) and, on the same labels,
@@ -37,7 +37,7 @@ Segmentations are cached in ``$TMPDIR/nuclei_validate_tracking/`` (by model fold
 ``--small`` (CI): frames :data:`SMALL_FRAMES` of ``gowt1_01`` (a division among them), 5-frame
 shifted movies, 2 synthetic movies: about a minute on 2 cores with an empty cache.
 
-    python -m benchmarks.validate_tracking [--small] [--root /work/shared/validation/gowt1_01]
+    python -m benchmarks.validate_tracking [--small] [--root ../shared/validation/gowt1_01]
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path("/work/shared/validation/gowt1_01")
-DSB_ROOT = "/work/shared/dsb2018/stage1_train"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = SHARED / "validation/gowt1_01"
+DSB_ROOT = str(SHARED / "dsb2018/stage1_train")
 #: --small: ten frames of gowt1_01 around its first division (man_track.txt: track 16 ends at frame
 #: 16, its daughters start at 17 and 21; the other division's daughters are never segmented).
 SMALL_FRAMES = range(13, 23)
