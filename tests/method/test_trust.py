@@ -41,10 +41,27 @@ def test_spots_inside_dim_nuclei_counted_as_nuclei_are_fragmentation():
     assert trust.uncovered(signal, spots, median_diameter(spots)) > trust.uncovered(signal, nuclei, 22.0)
 
 
+def test_clusters_of_touching_nuclei_are_not_fragmentation():
+    """Four touching nuclei make one blob, which they cover (0.64-0.72): not pieces of one nucleus."""
+    rng = np.random.default_rng(0)
+    shape = (240, 240)
+    labels, grey = np.zeros(shape, np.int32), np.full(shape, 0.05, np.float32)
+    for r in range(40, 240, 70):
+        for c in range(40, 240, 70):
+            for dr, dc in ((0, 0), (0, 20), (20, 0), (20, 20)):
+                rr, cc = disk((r + dr, c + dc), 11, shape=shape)
+                labels[rr, cc], grey[rr, cc] = labels.max() + 1, rng.uniform(0.5, 0.9)
+    assert trust.fragmentation(ndimage.gaussian_filter(grey, 1.0), labels, 20.0) == 0.0
+
+
 def test_pale_stained_nuclei_cut_into_pieces_are_fragmentation():
     """H&E: large pale nuclei (dark on white once inverted) whose dark specks were outlined."""
+    from skimage.color import hed2rgb
+
     image, nuclei, specks = spotted_nuclei(body=0.3, seed=1)
-    stained = 1.0 - image  # dark nuclei, darker specks, on a bright background
+    hed = np.zeros(image.shape, np.float32)
+    hed[..., 0], hed[..., 1] = image[..., 0], 0.1  # haematoxylin where the nuclei are, eosin everywhere
+    stained = hed2rgb(hed)  # pale purple nuclei, darker specks, on pink
     signal = trust.grey_signal(stained, HISTOLOGY)
     assert trust.fragmentation(signal, specks, median_diameter(specks)) > trust.FRAGMENTED
     assert trust.fragmentation(signal, nuclei, median_diameter(nuclei)) < trust.FRAGMENTED / 3
