@@ -420,11 +420,12 @@ def shifted_fields_rows(n: int) -> list[dict]:
              "divisions reported": count} for tracker, count in reported.items()]
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--small", action="store_true", help=f"frames {SMALL_FRAMES.start}-{SMALL_FRAMES.stop - 1}, "
                         "2 synthetic movies, a 5-frame shifted movie (CI)")
+    parser.add_argument("--json", type=Path, help="also write the table here (a record per set and tracker)")
     args = parser.parse_args()
     started = time.perf_counter()
     frames = SMALL_FRAMES if args.small else range(len(list((args.root / "frames").glob("t*.png"))))
@@ -455,7 +456,13 @@ def main() -> None:
         table = table.drop(columns="divisions")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.drop(columns="s").to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    if args.json:
+        from pipeline.files.io import write_json
+
+        write_json(args.json, table.drop(columns="s").astype(object).where(table.drop(columns="s").notna(), None)
+                   .to_dict(orient="records"))
     print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":

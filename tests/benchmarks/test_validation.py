@@ -1,0 +1,59 @@
+"""The validation commands on real data (docs/validation.md) run in CI on a cut of each set (``--small``).
+
+Each runs as a user runs it, ``python -m benchmarks.validate_X --small``, and its figures are
+checked against what docs/validation.md claims of the capability: the tool at least as good as
+the plain baseline of the same run. The full runs are by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VALIDATION = ROOT.parent / "shared" / "validation"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not VALIDATION.is_dir(), reason="../shared/validation is not beside the checkout")]
+
+
+def _run(module: str, tmp_path: Path, *args: str):
+    out = tmp_path / f"{module}.json"
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--small", "--json", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_auto_positivity_calls_every_real_field_and_beats_otsu_on_the_pooled_nuclei(tmp_path):
+    report = _run("validate_positivity", tmp_path)
+    real = report["real"]
+    assert len(real) == 2 and all(field["tool"]["call"] for field in real)
+
+    def pooled(method):
+        return sum(f[method]["f1"] * f["nuclei"] for f in real) / sum(f["nuclei"] for f in real)
+
+    assert pooled("tool") >= pooled("otsu")
+    assert all(s["tool"]["call"] for s in report["synthetic"] if s["contrast"] >= 5)
+
+
+def test_ortho_the_default_beats_planes_linked_by_overlap_on_real_stacks(tmp_path):
+    summary = {(r["set"], r["method"]): r for r in _run("validate_stacks", tmp_path)}
+    assert summary["gonuclear3d", "ortho"]["dsb_score"] > summary["gonuclear3d", "baseline"]["dsb_score"]
+    assert summary["gonuclear3d", "ortho"]["dsb_score"] > summary["gonuclear3d", "stitch"]["dsb_score"]
+    # nuclei end where their signal ends: no object runs through twice the true depth
+    assert summary["gonuclear3d", "ortho"]["z_extent_pred"] < 2 * summary["gonuclear3d", "ortho"]["z_extent_true"]
+
+
+def test_tracks_find_the_division_and_invent_none_on_shifted_fields(tmp_path):
+    rows = _run("validate_tracking", tmp_path)
+    tool = {r["set"]: r for r in rows if r["tracker"] == "tool"}
+    nearest = {r["set"]: r for r in rows if r["tracker"] == "nearest"}
+    gowt1 = next(name for name in tool if name.startswith("gowt1_01 frames"))
+    assert tool[gowt1]["TRA"] >= 0.95 and tool[gowt1]["TRA"] >= nearest[gowt1]["TRA"] - 0.005
+    assert tool[gowt1]["divisions found"] == "1/1"
+    assert all(row["divisions reported"] == 0 for name, row in tool.items() if "shifted" in name)
