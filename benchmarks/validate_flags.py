@@ -81,7 +81,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="write the per-image table here")
     parser.add_argument("--small", action="store_true", help="2 images of 2 sources (CI)")
     parser.add_argument("--timing", type=int, default=0, metavar="N",
-                        help="also time N images of each source segmented with and without the scale probes")
+                        help="also time N images of each source segmented with and without the trust signals")
     args = parser.parse_args()
     if args.small:
         args.sources, args.every = args.sources or ["fluo_ctc", "he_cpm15"], 1
@@ -232,8 +232,11 @@ def _report(table: pd.DataFrame, nuclei: pd.DataFrame, args) -> None:
 
 
 def _timing(segmenter: Segmenter, ids: list, n: int) -> None:
-    """Seconds per image segmented without the scale probes, then with them, on ``n`` images per source."""
-    factors, rows = segmenter.probe_factors, []
+    """Seconds per image segmented without the trust signals (today's: no probes, no image signals),
+    then with them, on ``n`` images per source."""
+    import pipeline.model.segmenter as module
+
+    factors, signals, rows = segmenter.probe_factors, module.image_signals, []
     for source in dict.fromkeys(i[0] for i in ids):
         for _, sample_id, root, layout, _ in [i for i in ids if i[0] == source][:n]:
             image, _ = read_original(root, layout, sample_id)
@@ -241,13 +244,14 @@ def _timing(segmenter: Segmenter, ids: list, n: int) -> None:
             for probes in ((), factors):
                 for network in (segmenter, *[r.get() for r in segmenter._networks.values()]):
                     network.probe_factors = probes
+                module.image_signals = signals if probes else (lambda *a: {})
                 start = time.perf_counter()
                 segmenter.segment(image)
                 times.append(time.perf_counter() - start)
             rows.append((source, *times))
     t = pd.DataFrame(rows, columns=["source", "without", "with"]).groupby("source").median()
     t["ratio"] = t["with"] / t["without"]
-    print("\nseconds per image (median) without / with the scale probes\n" + t.round(2).to_string())
+    print("\nseconds per image (median) without / with the trust signals\n" + t.round(2).to_string())
 
 
 def _phrase_word(key: str) -> str:

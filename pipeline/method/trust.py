@@ -56,6 +56,9 @@ BLURRED = 0.45
 #: (:func:`foreground_level`).
 RARE_BRIGHT = 0.05
 
+#: Images over this many pixels are measured on every n-th pixel (:func:`image_signals`).
+MAX_PIXELS = 4_000_000
+
 #: The phrases of ``flag``, by signal.
 PHRASES = {
     "larger_scale": "nuclei may be larger than the diameter used (spots inside nuclei, such as chromocentres, "
@@ -202,7 +205,11 @@ def scale_signals(probes: dict[float, tuple[float | None, float, int]], base: tu
 
 def image_signals(image: np.ndarray, labels: np.ndarray, diameter: float, image_type: str) -> dict[str, float]:
     """Every signal computed from a normalised (H, W, 3) ``image``, its ``labels`` ((H, W) int) and
-    the ``diameter`` (px) it was segmented for: ``fragmented``, ``uncovered``, ``saturated``, ``blurred``."""
+    the ``diameter`` (px) it was segmented for: ``fragmented``, ``uncovered``, ``saturated``, ``blurred``;
+    on every n-th pixel of an image over :data:`MAX_PIXELS` (bounded time and memory)."""
+    step = max(1, math.ceil(math.sqrt(labels.size / MAX_PIXELS)))
+    if step > 1:  # a large image: every step-th pixel (the signals are shares and widths, not counts)
+        image, labels, diameter = image[::step, ::step], labels[::step, ::step], diameter / step
     signal = grey_signal(image, image_type)
     return {"fragmented": fragmentation(signal, labels, diameter),
             "uncovered": uncovered(signal, labels, diameter),

@@ -134,3 +134,12 @@ def test_each_signal_over_its_limit_is_one_phrase_and_none_under():
     assert trust.trust_flags(over) == [trust.PHRASES["larger_scale"], trust.PHRASES["fragmented"],
                                        trust.PHRASES["saturated"]]
     assert trust.trust_flags({}) == []
+
+
+def test_a_large_image_is_measured_on_every_nth_pixel_alike(monkeypatch):
+    image, nuclei, spots = spotted_nuclei()
+    whole = trust.image_signals(image, spots, median_diameter(spots), "fluo-small")
+    monkeypatch.setattr(trust, "MAX_PIXELS", image.shape[0] * image.shape[1] // 4)  # every 2nd pixel
+    strided = trust.image_signals(image, spots, median_diameter(spots), "fluo-small")
+    assert whole["fragmented"] > trust.FRAGMENTED and strided["fragmented"] > trust.FRAGMENTED
+    assert set(whole) == set(strided)
