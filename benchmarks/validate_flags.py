@@ -138,10 +138,11 @@ def _one_image(segmenter: Segmenter, image: np.ndarray, true: np.ndarray, args, 
     found = median_diameter(labels)
     if args.resignal and made["image_type"] != "brightfield" and np.isfinite(found):
         signals |= image_signals(segmenter.normalize(image), labels, found, made["image_type"])
-    if args.resignal and "probe_1_confidence" in signals:  # the scale signals again, from the probes kept
+    if args.resignal and made["diameter"]:  # the scale signals again, from the probes kept
         probes = {f: (signals.get(f"probe_{f:g}_diameter"), signals[f"probe_{f:g}_confidence"],
-                      int(signals[f"probe_{f:g}_count"])) for f in (1.0, *PROBE_FACTORS) if f"probe_{f:g}_confidence" in signals}
-        signals |= scale_signals({f: p for f, p in probes.items() if f != 1.0}, probes[1.0], made["diameter"])
+                      int(signals[f"probe_{f:g}_count"])) for f in PROBE_FACTORS if f"probe_{f:g}_confidence" in signals}
+        if probes:
+            signals |= scale_signals(probes, (made["diameter"], made["confidence"], 0), made["diameter"])
     m = image_metrics(true, labels)
     inter, true_area, pred_area = overlaps(true, labels)
     ids = np.unique(labels[labels > 0])

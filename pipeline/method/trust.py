@@ -19,8 +19,8 @@ import numpy as np
 from pipeline.method.image_types import BRIGHTFIELD, HISTOLOGY
 
 #: The diameter factors (× the diameter the image was segmented for) at which the Segmenter asks
-#: the network again, in the window with the most structure (one pass each, tta 'none', and one at
-#: the diameter itself): the scale signals. A probe at 4 × was never consistent on the 300 images of
+#: the network again, in the window with the most structure (one pass each, tta 'none'): the scale
+#: signals. A probe at 4 × was never consistent on the 300 images of
 #: grouped fold 0 (benchmarks/validate_flags.py) and cost a pass: left out.
 PROBE_FACTORS = (0.5, 2.0)
 #: A probe "explains the image" when the nuclei it finds are of about the size asked (within this
@@ -186,7 +186,8 @@ def scale_signals(probes: dict[float, tuple[float | None, float, int]], base: tu
                   diameter: float) -> dict[str, float]:
     """The scale signals from the network's answers in one window: ``probes`` maps a factor of
     :data:`PROBE_FACTORS` to (median diameter found, px of the image, or None; confidence; nuclei
-    found), ``base`` the same at ``diameter`` px itself. Returns ``larger_scale`` / ``smaller_scale``:
+    found), ``base`` the same at ``diameter`` px itself (the Segmenter gives the whole image's
+    confidence). Returns ``larger_scale`` / ``smaller_scale``:
     the confidence gained (may be < 0; NaN: no probe consistent) at the best larger / smaller probe whose
     nuclei are about the size asked (:data:`PROBE_OCTAVES`, 3 or more); ``scale_drift``: log2 of
     the diameter found at 2 × over that at 0.5 × (NaN unless both found some)."""

@@ -11,8 +11,10 @@ A :class:`Segmenter` owns everything between an image as read and its labels:
 4. block-wise processing of huge images (bounded memory at any scale);
 5. the marker-controlled watershed with the model's own thresholds (sizes in canonical pixels,
    converted to the image's pixels);
-6. a per-image confidence and a flag when the count should not be trusted, and each nucleus's
-   confidence (its mean P(nucleus), :attr:`Segmentation.nucleus_confidence`, block by block).
+6. a per-image confidence and a flag when the count should not be trusted, saying why in words
+   (the signals of :mod:`pipeline.method.trust`, two of them from the network asked again at half and
+   twice the diameter in one window), and each nucleus's confidence (its mean P(nucleus),
+   :attr:`Segmentation.nucleus_confidence`, block by block).
 
 A model folder may declare further networks (``networks`` in its config: model folders inside it,
 each with its rule; :mod:`pipeline.config.routing`). :meth:`Segmenter.network_for` asks the one rule
@@ -101,6 +103,9 @@ class Segmentation:
     nucleus_confidence : (N + 1,) float32 or None
         Each nucleus's mean P(nucleus) over its pixels (:func:`pipeline.method.watershed.nucleus_probability`),
         indexed by label (NaN at 0), from the block that made it.
+    signals : dict or None
+        The trust signals behind ``flag`` (:meth:`Segmenter.trust_signals`: name → float), with the
+        scale probes' own figures; empty for bright-field images.
     """
 
     labels: np.ndarray
@@ -323,7 +328,7 @@ class Segmenter(DiameterEstimator):
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         probes = self.scale_probes(image, diameter) if self._probed(diameter, estimated, image_type) else None
         labels, conf, nuclei = self._segment_blocks(image, scale, image_type)
-        signals = self.trust_signals(image, labels, diameter, image_type, probes)
+        signals = self.trust_signals(image, labels, diameter, image_type, probes, conf)
         flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2], signals)
         return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type, nuclei, signals)
 
@@ -334,35 +339,34 @@ class Segmenter(DiameterEstimator):
                     and image_type != BRIGHTFIELD)
 
     def trust_signals(self, image: np.ndarray, labels: np.ndarray, diameter: float | None, image_type: str,
-                      probes: tuple | None = None) -> dict:
+                      probes: dict | None = None, conf: float = 1.0) -> dict:
         """The signals of :mod:`pipeline.method.trust` for a normalised image and its ``labels``
         ((H, W) int) segmented for ``diameter`` px: the image's own (:func:`~pipeline.method.trust.image_signals`,
         at the median diameter of the nuclei found; none without nuclei) and the scale signals of ``probes``
-        (:meth:`scale_probes`' answer, :func:`~pipeline.method.trust.scale_signals`), with the probes'
-        own figures (``probe_<factor>_<diameter|confidence|count>``). Bright-field: none."""
+        (:meth:`scale_probes`' answer, :func:`~pipeline.method.trust.scale_signals`, against the image's
+        confidence ``conf``), with the probes' own figures (``probe_<factor>_<diameter|confidence|count>``).
+        Bright-field: none."""
         if image_type == BRIGHTFIELD:
             return {}
         found = median_diameter(labels)
         signals = image_signals(image, labels, found, image_type) if np.isfinite(found) else {}
         if probes is not None:
-            base, by_factor = probes
-            signals |= scale_signals(by_factor, base, diameter)
-            signals |= {f"probe_{f:g}_{k}": v for f, probe in {1.0: base, **by_factor}.items()
+            signals |= scale_signals(probes, (diameter, conf, 0), diameter)
+            signals |= {f"probe_{f:g}_{k}": v for f, probe in probes.items()
                         for k, v in zip(("diameter", "confidence", "count"), probe, strict=True) if v is not None}
         return signals
 
-    def scale_probes(self, image: np.ndarray, diameter: float) -> tuple[tuple, dict[float, tuple]]:
-        """The network's answer in the window with the most structure of a normalised image
-        at ``diameter`` px and at each of :attr:`probe_factors` × it (under
-        :func:`pipeline.method.scale.largest_diameter`): (median diameter found, px, or None under 3
-        nuclei; confidence; nuclei found), that at ``diameter`` first, then by factor."""
+    def scale_probes(self, image: np.ndarray, diameter: float) -> dict[float, tuple]:
+        """The network's answer in the window with the most structure of a normalised image at
+        each of :attr:`probe_factors` × ``diameter`` px (under :func:`pipeline.method.scale.largest_diameter`),
+        by factor: (median diameter found, px, or None under 3 nuclei; confidence; nuclei found)."""
         def probe(d: float) -> tuple:
             scale = scale_factor(d, self.diameter)
             found, conf = self._search_pass(image, scale)
             return (float(np.median(found) / scale) if found.size >= 3 else None), conf, int(found.size)
 
         cap = largest_diameter(image.shape)
-        return probe(diameter), {f: probe(f * diameter) for f in self.probe_factors if f * diameter <= cap}
+        return {f: probe(f * diameter) for f in self.probe_factors if f * diameter <= cap}
 
     def scale_for(self, image: np.ndarray, diameter: float | None = None,
                   image_type: str | None = None) -> tuple[float | None, bool, float]:

@@ -14,9 +14,9 @@ from pipeline.method.image_types import HISTOLOGY
 from pipeline.method.scale import median_diameter
 
 
-def spotted_nuclei(shape=(240, 240), diameter=22, spacing=40, body=0.35, spot=1.0, bg=0.05, seed=0):
-    """Dim nuclei of ``diameter`` px, each with 3-5 bright spots of 0.2-0.3 its diameter, apart
-    (chromocentres); returns ((H, W, 3) float32 image in [0, 1], nuclei labels, spot labels)."""
+def spotted_nuclei(shape=(240, 240), diameter=22, spacing=40, body=0.35, spot=1.0, bg=0.05, seed=0, spot_radius=(0.1, 0.15)):
+    """Dim nuclei of ``diameter`` px, each with 3-5 bright spots, apart, of radius ``spot_radius``
+    × its diameter (chromocentres); returns ((H, W, 3) float32 image in [0, 1], nuclei labels, spot labels)."""
     rng = np.random.default_rng(seed)
     grey = np.full(shape, bg, np.float32)
     nuclei, spots = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
@@ -27,7 +27,7 @@ def spotted_nuclei(shape=(240, 240), diameter=22, spacing=40, body=0.35, spot=1.
             n = rng.integers(3, 6)
             for angle in rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n) / n:  # apart from each other
                 dr, dc = 0.27 * diameter * np.sin(angle), 0.27 * diameter * np.cos(angle)
-                rr, cc = disk((r + dr, c + dc), rng.uniform(0.1, 0.15) * diameter, shape=shape)
+                rr, cc = disk((r + dr, c + dc), rng.uniform(*spot_radius) * diameter, shape=shape)
                 grey[rr, cc], spots[rr, cc] = spot, spots.max() + 1
     grey = ndimage.gaussian_filter(grey, 1.0) + rng.normal(0, 0.02, shape).astype(np.float32)
     return np.dstack([np.clip(grey, 0, 1)] * 3), nuclei, spots

@@ -715,9 +715,9 @@ def test_bright_spots_inside_dim_nuclei_counted_as_nuclei_are_flagged_in_words()
     the flag says so (fragments of one nucleus counted apart), and the signals come with the result."""
     from ..method.test_trust import spotted_nuclei
 
-    image, _, spots = spotted_nuclei()
-    result = grey_segmenter().segment((image * 255).astype(np.uint8))
-    assert result.labels.max() > 36  # spots, not the 36 nuclei
+    image, nuclei, _ = spotted_nuclei(shape=(280, 280), diameter=32, spacing=56, spot_radius=(0.08, 0.12))
+    result = grey_segmenter().segment((image * 255).astype(np.uint8))  # spots 0.16-0.24 of the nuclei's diameter
+    assert result.labels.max() > 3 * nuclei.max()  # the spots, not the 25 nuclei
     assert "several to one larger blob" in result.flag
     assert result.signals["fragmented"] > 0.3
 
@@ -734,12 +734,12 @@ def test_the_scale_probes_ask_the_network_at_other_scales_and_change_no_label():
     quiet, probed = plain.segment(image), probing.segment(image)
     np.testing.assert_array_equal(quiet.labels, probed.labels)
     asked = [f for f in PROBE_FACTORS if f * probed.diameter <= image.shape[0] / 4]  # those under the cap
-    assert len(probing.predictor.modes) - len(plain.predictor.modes) == len(asked) + 1 == 3
+    assert len(probing.predictor.modes) - len(plain.predictor.modes) == len(asked) == 2
     assert probing.predictor.modes[-1] is None  # the segmentation's pass comes last
-    assert {f"probe_{f:g}_confidence" for f in (1.0, *asked)} <= set(probed.signals)
+    assert {f"probe_{f:g}_confidence" for f in asked} <= set(probed.signals)
     assert np.isnan(probed.signals["larger_scale"])  # separate discs: no other scale explains them
     given = probing.segment(image, diameter=20.0)
-    assert "probe_1_confidence" not in given.signals and given.flag == ""
+    assert "probe_2_confidence" not in given.signals and given.flag == ""
 
 
 def test_flag_of_joins_the_named_signals_but_not_for_bright_field():
