@@ -351,7 +351,8 @@ def envelope(model_dir: Path, settings, repeats: int, ratio_goal: float = 2.0) -
     segmenter = Segmenter.from_model_dir(model_dir, **{**settings.segmenter_options(), "device": "cpu"})
     reference = build_model({"arch": "unet", "head": "sigmoid", "depth": 4, "width": 16}).eval()
     x = torch.rand(1, 3, 1024, 1024)
-    seg_s, ref_s = [], []
+    seg_s, ref_s, bare_s = [], [], []
+    probes = segmenter.probe_factors
     with torch.inference_mode():
         reference(x)  # warm-up
         result = segmenter.segment(mosaic)
@@ -362,11 +363,17 @@ def envelope(model_dir: Path, settings, repeats: int, ratio_goal: float = 2.0) -
             t0 = time.perf_counter()
             result = segmenter.segment(mosaic)
             seg_s.append(time.perf_counter() - t0)
-    seg, ref = statistics.median(seg_s), statistics.median(ref_s)
+            segmenter.probe_factors = ()  # the flag's scale probes (pipeline.method.trust) left out
+            t0 = time.perf_counter()
+            segmenter.segment(mosaic)
+            bare_s.append(time.perf_counter() - t0)
+            segmenter.probe_factors = probes
+    seg, ref, bare = statistics.median(seg_s), statistics.median(ref_s), statistics.median(bare_s)
     print(f"\nspeed envelope: Segmenter.segment of a 1024x1024 mosaic of small-nucleus fluorescence tiles "
           f"(scale {result.scale:.2f}, {segmenter.predictor.precision}, tta {settings.tta}) {seg:.2f} s; one fp32 "
           f"forward pass of a plain w16 d4 U-Net at 1024x1024 {ref:.2f} s: {seg / ref:.2f}x "
-          f"({'within' if seg / ref <= ratio_goal else 'OVER'} the {ratio_goal:g}x envelope)")
+          f"({'within' if seg / ref <= ratio_goal else 'OVER'} the {ratio_goal:g}x envelope); without the "
+          f"flag's scale probes {bare:.2f} s ({bare / ref:.2f}x; the probes cost {seg / bare:.2f}x)")
 
 
 def dense(n: int = 1500, size: int = 1024) -> None:
