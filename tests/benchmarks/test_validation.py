@@ -57,3 +57,21 @@ def test_tracks_find_the_division_and_invent_none_on_shifted_fields(tmp_path):
     assert tool[gowt1]["TRA"] >= 0.95 and tool[gowt1]["TRA"] >= nearest[gowt1]["TRA"] - 0.005
     assert tool[gowt1]["divisions found"] == "1/1"
     assert all(row["divisions reported"] == 0 for name, row in tool.items() if "shifted" in name)
+
+
+def test_validate_flags_scores_each_image_with_the_old_and_the_new_flag_and_the_diameter(tmp_path):
+    out = tmp_path / "flags.csv"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.validate_flags", "--small", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import pandas as pd
+
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 4 and table["source"].nunique() == 2
+    assert {"flag_baseline", "flag", "bad", "scale_drift", "probe_2_count"} <= set(table.columns)
+    # the bad rule: count off by more than 25 %, or DSB2018 under 0.30
+    bad = (table["count_error"].astype(float) > 0.25) | (table["dsb_score"].astype(float) < 0.30)
+    assert (table["bad"].astype(str) == bad.astype(str)).all()
+    ratio = table["diameter"].astype(float) / table["true_diameter"].astype(float)
+    assert ratio.between(0.5, 2.0).all()
+    assert "recall" in done.stdout and "within 25 %" in done.stdout
