@@ -60,9 +60,15 @@ def segment_cli(capsys, *argv) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-def finetune_cli(capsys, *argv) -> tuple[int, str]:
+def nuclei_cli(capsys, command: str, *argv) -> tuple[int, str]:
+    """``nuclei COMMAND ARGV...`` in this process: its exit status (argparse's usage errors
+    included) and what it wrote to stderr."""
     try:
-        status = cli_main(["finetune", *map(str, argv)])
+        status = cli_main([command, *map(str, argv)])
     except SystemExit as exc:  # argparse
         status = exc.code
     return status, capsys.readouterr().err
+
+
+def finetune_cli(capsys, *argv) -> tuple[int, str]:
+    return nuclei_cli(capsys, "finetune", *argv)

@@ -11,6 +11,8 @@ from pipeline.model.average import average_model_dirs, average_state
 from pipeline.model.model_dir import load_model_dir, save_model_dir
 from pipeline.model.networks import build_model
 
+from ..hostile import nuclei_cli
+
 TINY = {"arch": "unet", "head": "sigmoid", "depth": 2, "width": 4, "upsampling": "transpose"}
 
 
@@ -97,11 +99,7 @@ def test_command_line(tmp_path, capsys):
 
 
 def average_cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        status = main(["average", *map(str, argv)])
-    except SystemExit as exc:  # argparse
-        status = exc.code
-    return status, capsys.readouterr().err
+    return nuclei_cli(capsys, "average", *argv)
 
 
 @pytest.mark.hostile

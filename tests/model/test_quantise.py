@@ -21,6 +21,8 @@ from pipeline.model.segmenter import Segmenter
 from pipeline.shipped import model_folder
 from tests.conftest import disks, grid_centres, save_threshold_model
 
+from ..hostile import nuclei_cli
+
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
 
@@ -156,11 +158,7 @@ def test_the_shipped_model_carries_a_valid_int8_network():
 
 
 def quantise_cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        status = cli_main(["quantise", *map(str, argv)])
-    except SystemExit as exc:  # argparse
-        status = exc.code
-    return status, capsys.readouterr().err
+    return nuclei_cli(capsys, "quantise", *argv)
 
 
 @pytest.mark.hostile

@@ -10,6 +10,8 @@ from pipeline.model.model_dir import load_model_dir, save_model_dir
 from pipeline.model.networks import build_model
 from pipeline.model.widen import widen_model_dir, widen_state
 
+from ..hostile import nuclei_cli
+
 
 def trained_like(cfg: dict, seed: int = 0) -> torch.nn.Module:
     """A network with random weights and moved batch-norm statistics, in eval mode."""
@@ -84,11 +86,7 @@ def test_what_cannot_be_widened_is_refused_in_one_line(tmp_path, capsys):
 
 
 def widen_cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        status = main(["widen", *map(str, argv)])
-    except SystemExit as exc:  # argparse
-        status = exc.code
-    return status, capsys.readouterr().err
+    return nuclei_cli(capsys, "widen", *argv)
 
 
 @pytest.mark.hostile
