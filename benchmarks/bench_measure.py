@@ -100,8 +100,8 @@ def rules() -> None:
 
     from pipeline.method import positivity
 
-    def gmm_asinh(m, b, s):
-        return positivity.auto_threshold(m, b, s).value
+    def gmm_asinh(m, b, s):  # as shipped: the scale chosen, no finer than the precision of a mean
+        return positivity.auto_threshold(m, b, floor=positivity.mean_precision(s, np.full(m.shape, area))).value
 
     def otsu_log(m, b, s):
         return b + math.exp(threshold_otsu(np.log(np.maximum(m - b, 1e-3))))
@@ -110,9 +110,9 @@ def rules() -> None:
         found = positivity.scaled_threshold(np.log(np.maximum(m - b, s * 1e-2)))
         return b + math.exp(found.value) if found.ok else math.nan
 
-    candidates = {"mixture on asinh (kept)": gmm_asinh, "Otsu on log": otsu_log, "mixture on log": gmm_log}
     rng = np.random.default_rng(0)
     b, s, area = 100.0, 10.0, 300
+    candidates = {"mixture on asinh (kept)": gmm_asinh, "Otsu on log": otsu_log, "mixture on log": gmm_log}
     print("rule agreement (where a threshold was set) / draws without a threshold, of 20")
     for above in (0.0, 20.0):
         for fraction in (0.0, 0.03, 0.3, 0.7, 1.0):
