@@ -94,6 +94,8 @@ def _images(args) -> list[tuple[str, str, Path, str, int]]:
     from pipeline.data.folds import read_index
 
     data = load_config(args.params).data
+    if args.small and not (ROOT / data.prepared / "index.csv").exists():
+        return _first_images(data, args.sources)
     index = read_index(data.prepared, sources=list(data.sources))
     out = []
     for name, spec in data.sources.items():
@@ -106,6 +108,20 @@ def _images(args) -> list[tuple[str, str, Path, str, int]]:
         rows = rows[rows.group_fold != 0].iloc[:: args.every] if args.folds == "others" else rows
         root = (ROOT / spec["root"]).resolve()  # relative to the repository root, as nuclei prepare reads it
         out += [(name, i.split("/", 1)[1], root, spec["layout"], int(f)) for i, f in zip(rows.id, rows.group_fold, strict=True)]
+    return out
+
+
+def _first_images(data, sources: list[str]) -> list[tuple[str, str, Path, str, int]]:
+    """``--small`` without a prepared index (a clean checkout, CI): the first 2 images of each of
+    ``sources``, whatever their fold (counted as fold 0; said in one line)."""
+    from pipeline.data.sources import list_sample_ids
+
+    print(f"{data.prepared}/index.csv not found: the first 2 images of each source, whatever their fold")
+    out = []
+    for name in sources:
+        spec = data.sources[name]
+        root = (ROOT / spec["root"]).resolve()
+        out += [(name, sample_id, root, spec["layout"], 0) for sample_id in list_sample_ids(root, spec["layout"])[:2]]
     return out
 
 
