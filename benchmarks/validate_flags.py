@@ -158,7 +158,7 @@ def _one_image(segmenter: Segmenter, image: np.ndarray, true: np.ndarray, args, 
         probes = {f: (signals.get(f"probe_{f:g}_diameter"), signals[f"probe_{f:g}_confidence"],
                       int(signals[f"probe_{f:g}_count"])) for f in PROBE_FACTORS if f"probe_{f:g}_confidence" in signals}
         if probes:
-            signals |= scale_signals(probes, (made["diameter"], made["confidence"], 0), made["diameter"])
+            signals |= scale_signals(probes, made["confidence"], made["diameter"])
     m = image_metrics(true, labels)
     inter, true_area, pred_area = overlaps(true, labels)
     ids = np.unique(labels[labels > 0])

@@ -113,13 +113,27 @@ def fragmentation(signal: np.ndarray, labels: np.ndarray, diameter: float) -> fl
     """Share of the nuclei (0-1) lying 3 or more in one blob of the smoothed ``signal`` ((H, W)
     float, σ = diameter / 4 px, over half its :func:`foreground_level` above the background) of which they cover
     under :data:`BLOB_COVER` of the pixels. ``labels`` (H, W) int; ``diameter`` px. NaN without nuclei."""
+    return _fragmentation(*_foreground(signal, diameter), labels)
+
+
+def uncovered(signal: np.ndarray, labels: np.ndarray, diameter: float) -> float:
+    """Share (0-1) of the foreground of ``signal`` ((H, W) float smoothed at σ = diameter / 4 px,
+    over its :func:`foreground_level`) further than diameter / 4 px from every nucleus of ``labels``."""
+    return _uncovered(*_foreground(signal, diameter), labels, diameter)
+
+
+def _foreground(signal: np.ndarray, diameter: float) -> tuple[np.ndarray, float]:
+    """``signal`` smoothed at σ = diameter / 4 px, and its :func:`foreground_level`."""
+    smooth = _smooth(signal, diameter / 4)
+    return smooth, foreground_level(smooth.ravel())
+
+
+def _fragmentation(smooth: np.ndarray, level: float, labels: np.ndarray) -> float:
     from scipy import ndimage
 
     n = int(labels.max(initial=0))
     if n == 0:
         return float("nan")
-    smooth = _smooth(signal, diameter / 4)
-    level = foreground_level(smooth.ravel())
     background = float(np.median(smooth[smooth < level])) if (smooth < level).any() else 0.0
     blobs, _ = ndimage.label(smooth > background + 0.5 * (level - background))
     ids, first = np.unique(labels[labels > 0], return_index=True)
@@ -133,13 +147,10 @@ def fragmentation(signal: np.ndarray, labels: np.ndarray, diameter: float) -> fl
     return float(crowded.sum() / max(ids.size, 1))
 
 
-def uncovered(signal: np.ndarray, labels: np.ndarray, diameter: float) -> float:
-    """Share (0-1) of the foreground of ``signal`` ((H, W) float smoothed at σ = diameter / 4 px,
-    over its :func:`foreground_level`) further than diameter / 4 px from every nucleus of ``labels``."""
+def _uncovered(smooth: np.ndarray, level: float, labels: np.ndarray, diameter: float) -> float:
     from scipy import ndimage
 
-    smooth = _smooth(signal, diameter / 4)
-    foreground = smooth > foreground_level(smooth.ravel())
+    foreground = smooth > level
     total = int(foreground.sum())
     if total == 0:
         return 0.0
@@ -183,12 +194,12 @@ def edge_width(signal: np.ndarray, labels: np.ndarray, diameter: float) -> float
     return 0.8 * contrast / slope / diameter
 
 
-def scale_signals(probes: dict[float, tuple[float | None, float, int]], base: tuple[float | None, float, int],
+def scale_signals(probes: dict[float, tuple[float | None, float, int]], confidence: float,
                   diameter: float) -> dict[str, float]:
     """The scale signals from the network's answers in one window: ``probes`` maps a factor of
     :data:`PROBE_FACTORS` to (median diameter found, px of the image, or None; confidence; nuclei
-    found), ``base`` the same at ``diameter`` px itself (the Segmenter gives the whole image's
-    confidence). Returns ``larger_scale`` / ``smaller_scale``:
+    found), ``confidence`` the network's at ``diameter`` px itself (the Segmenter gives the whole
+    image's). Returns ``larger_scale`` / ``smaller_scale``:
     the confidence gained (may be < 0; NaN: no probe consistent) at the best larger / smaller probe whose
     nuclei are about the size asked (:data:`PROBE_OCTAVES`, 3 or more); ``scale_drift``: log2 of
     the diameter found at 2 × over that at 0.5 × (NaN unless both found some)."""
@@ -197,7 +208,7 @@ def scale_signals(probes: dict[float, tuple[float | None, float, int]], base: tu
         if found is None or count < 3 or abs(math.log2(found / (factor * diameter))) > PROBE_OCTAVES:
             continue
         key = "larger_scale" if factor > 1 else "smaller_scale"
-        gain = conf - base[1]
+        gain = conf - confidence
         out[key] = gain if not np.isfinite(out[key]) else max(out[key], gain)
     low, high = probes.get(0.5, (None,))[0], probes.get(2.0, (None,))[0]
     if low and high:
@@ -213,8 +224,9 @@ def image_signals(image: np.ndarray, labels: np.ndarray, diameter: float, image_
     if step > 1:  # a large image: every step-th pixel (the signals are shares and widths, not counts)
         image, labels, diameter = image[::step, ::step], labels[::step, ::step], diameter / step
     signal = grey_signal(image, image_type)
-    return {"fragmented": fragmentation(signal, labels, diameter),
-            "uncovered": uncovered(signal, labels, diameter),
+    smooth, level = _foreground(signal, diameter)  # one smoothing for both signals
+    return {"fragmented": _fragmentation(smooth, level, labels),
+            "uncovered": _uncovered(smooth, level, labels, diameter),
             "saturated": saturated_nuclei(image, labels),
             "blurred": edge_width(signal, labels, diameter)}
 

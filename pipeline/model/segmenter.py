@@ -351,7 +351,7 @@ class Segmenter(DiameterEstimator):
         found = median_diameter(labels)
         signals = image_signals(image, labels, found, image_type) if np.isfinite(found) else {}
         if probes is not None:
-            signals |= scale_signals(probes, (diameter, conf, 0), diameter)
+            signals |= scale_signals(probes, conf, diameter)
             signals |= {f"probe_{f:g}_{k}": v for f, probe in probes.items()
                         for k, v in zip(("diameter", "confidence", "count"), probe, strict=True) if v is not None}
         return signals

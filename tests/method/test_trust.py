@@ -112,7 +112,7 @@ def test_blurred_nuclei_have_wider_edges():
     ({0.5: (10.0, 0.80, 40), 4.0: (80.0, 0.7, 3)}, -0.15, -0.05),
 ])
 def test_scale_signals_are_the_confidence_gained_at_a_consistent_other_scale(probes, larger, smaller):
-    signals = trust.scale_signals(probes, (21.0, 0.85, 20), 21.0)
+    signals = trust.scale_signals(probes, 0.85, 21.0)
     np.testing.assert_allclose([signals["larger_scale"], signals["smaller_scale"]], [larger, smaller])
 
 
@@ -123,7 +123,7 @@ def test_scale_signals_are_the_confidence_gained_at_a_consistent_other_scale(pro
 ])
 def test_scale_drift_is_how_far_the_nuclei_found_follow_the_scale_asked(low, high, drift):
     probes = {0.5: (low, 0.8, 10), 2.0: (high, 0.8, 10)}
-    found = trust.scale_signals(probes, (21.0, 0.85, 20), 21.0)["scale_drift"]
+    found = trust.scale_signals(probes, 0.85, 21.0)["scale_drift"]
     np.testing.assert_allclose(found, drift)
     assert bool(trust.trust_flags({"scale_drift": found})) == (drift > trust.DRIFT)
 
