@@ -43,6 +43,14 @@ and counting error are printed per source too. Conditions, applied to the image 
   an 8 × 8 mosaic of the image (``FIELD`` tiles a side; about 2,700 px for a 320-px crop),
   the tiles a nucleus diameter apart on the image's background level, nuclei at their own size:
   whether the diameter estimate sees small nuclei in a large image.
+- ``debris``: bright objects that are not nuclei on a fluorescence field's background
+  (:func:`pipeline.training.augment.bright_debris`): a few blobs 1–2 diameters wide (even images)
+  or clusters of fragments 0.2–0.4 of a diameter (odd images), 5–50 × the nuclei's brightness on
+  0.5–3 % of the pixels (``DEBRIS``), stored in 16 bits; stained and bright-field images are left
+  as they are. Whether dim nuclei survive bright debris (issue 88).
+- ``chromo``: 1–6 bright foci in every nucleus of a fluorescence field, 0.1–0.25 of its diameter
+  across, 1.5–4 × its brightness (:func:`pipeline.training.augment.chromocentres`, the
+  chromocentres of mouse nuclei): whether the diameter estimate takes the foci for nuclei.
 
 ``noise`` is drawn independently in each colour channel, as a colour camera's. The conditions and
 their constants (in double back quotes here) are :mod:`pipeline.training.shifts`.

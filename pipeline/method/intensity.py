@@ -10,7 +10,11 @@ background) to float32 [0, 1] the same way for training and for segmentation:
   at the image's maximum (within 1 % of the range, for noise or compression after clipping) —
   a few saturated nuclei, a pasted-in bright object — the upper percentile is taken over the
   other pixels, so the saturated objects clip at 1 and the dim nuclei beside them keep their
-  contrast.
+  contrast;
+- nor do objects far brighter than the nuclei (:func:`bright_objects`): on a dark background, the
+  objects whose mean is over :data:`BRIGHT_RATIO` times the typical object's (saturated or not:
+  debris, dust, apoptotic fragments, 5–50 × the nuclei) are left out of the upper percentile too,
+  and clip at 1. Part of the saturation rule (``saturation``), and off with it.
 
 Fluorescence in colour becomes grey: the network learnt fluorescence from grey images. An image
 whose normalised channels differ (colour, as :func:`pipeline.method.image_types.classify_image`
@@ -57,6 +61,7 @@ from pipeline.method.colour import (
     tile_pixels,
 )
 from pipeline.method.field_of_view import outside_field
+from pipeline.method.image_types import has_bright_background
 
 #: The defaults of :func:`normalize_image` (``low``, ``high``, ``saturation``), those of new models: declared
 #: with a model folder's schema (:class:`pipeline.config.model_folder.NormalizationConfig`).
@@ -64,6 +69,106 @@ _LOW, _HIGH, _SATURATION = NORMALIZATION["low"], NORMALIZATION["high"], NORMALIZ
 #: Shares of all pixels at the image's maximum between which the image counts as saturated (more
 #: than that is not a few saturated objects but the image's own upper level, e.g. a binary image).
 SATURATED_SHARE = (5e-4, 0.1)
+
+
+#: :func:`bright_objects`: an object is far brighter than the nuclei when its mean excess over the
+#: background is over BRIGHT_RATIO times that of the typical object (the median over object pixels
+#: of their object's mean). A priori, not fitted: a nucleus doubles its DNA before dividing and
+#: condenses it when it does (mitotic nuclei are 2–3 × as bright), so 4 × is beyond any nucleus of
+#: the same stain; debris, dust and apoptotic fragments are 5–50 ×.
+BRIGHT_RATIO = 4.0
+#: The typical object's level: this percentile over object pixels of their object's mean excess
+#: (the median: bright objects on under half of the object pixels do not set it, :data:`RARE`).
+TYPICAL = 50
+#: :func:`bright_objects`' first objects: over this many times the noise above the background.
+DETECT = 3.0
+#: Objects smaller than this (px) are noise to :func:`bright_objects`' typical level.
+MIN_OBJECT = 9
+#: Bright objects are rare: on under this share of the object pixels. More are nuclei of varied
+#: brightness (a GFP-tagged line: 15 × between the dimmest and brightest nuclei of ``fluo_ctc``'s
+#: GOWT1 frames), not debris.
+RARE = 0.5
+
+
+def bright_objects(grey: np.ndarray, lo: float) -> np.ndarray | None:
+    """The objects far brighter than an image's nuclei (module docstring), which
+    :func:`normalize_image` keeps from setting the top of the range.
+
+    Objects are the 8-connected pixels over :data:`DETECT` times the noise above the background
+    (the darkest tenth of the pixels; the noise their spread up to the median), then over half the
+    typical object's
+    level (:func:`_typical`), so that dim halos join no bright object to the nuclei; those whose
+    mean is over :data:`BRIGHT_RATIO` times the typical object's are far brighter, when they are
+    rare (:data:`RARE`).
+
+    Parameters
+    ----------
+    grey : (H, W) real array, a dark-background (fluorescence) image's grey level
+    lo : float, the image's black level (its low percentile), in its units
+
+    Returns
+    -------
+    mask : (H, W) bool, those objects grown by 2 px, or None when there are none, or they are not
+        rare.
+    """
+    import cv2
+
+    excess = np.asarray(grey, np.float32) - np.float32(lo)
+    # the background: the darkest tenth of the pixels (dense tissue has its median inside the
+    # nuclei), its noise their spread up to the median
+    background, middle = (float(v) for v in np.percentile(excess, [10, 50]))
+    lower = excess[excess <= middle]
+    noise = 1.4826 * float(np.median(np.abs(lower - background)))
+    if noise == 0:  # most pixels at one level (8-bit, black clipped): the spread below the top tenth
+        noise = float(np.std(excess[excess <= np.percentile(excess, 90)]))
+    if float(excess.max()) <= background:
+        return None
+    objects = excess - background > DETECT * max(noise, 1e-6)
+    if not objects.any():
+        return None
+    # objects at half the typical level, so that dim halos join no bright object to the nuclei
+    level, components = _object_levels(excess, objects)
+    objects = excess > 0.5 * _typical(level, components)
+    level, components = _object_levels(excess, objects)
+    bright = level > BRIGHT_RATIO * max(_typical(level, components), 1e-6)
+    bright[0] = False
+    mask = bright[components]
+    if not mask.any() or mask.sum() > RARE * objects.sum():  # many: the nuclei vary (GFP), no debris
+        return None
+    return cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def _below_bright_objects(image: np.ndarray, lo: float, hi: float, high: float) -> float:
+    """The top of a fluorescence image's range with its :func:`bright_objects` left out: the ``high``
+    percentile of the other pixels (of a :data:`MAX_SAMPLES` sample), when that is lower than ``hi``."""
+    sample = subsample(image, MAX_SAMPLES)
+    grey = sample.mean(axis=-1, dtype=np.float32) if sample.ndim == 3 else sample.astype(np.float32)
+    mask = bright_objects(grey, lo)
+    if mask is None or mask.all():
+        return hi
+    capped = float(np.percentile(grey[~mask], high))
+    return capped if lo < capped < hi else hi
+
+
+def _typical(level: np.ndarray, components: np.ndarray) -> float:
+    """The typical object's level: the :data:`TYPICAL` percentile over the pixels of the objects
+    of at least :data:`MIN_OBJECT` px of their object's level."""
+    areas = np.bincount(components.ravel(), minlength=level.size)
+    counted = areas >= MIN_OBJECT
+    counted[0] = False
+    if not counted.any():
+        return 0.0
+    return float(np.percentile(np.repeat(level[counted], areas[counted]), TYPICAL))
+
+
+def _object_levels(excess: np.ndarray, objects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of ``excess`` over each 8-connected component of ``objects`` ((n,) float64, 0 for
+    the background) and the (H, W) int32 components."""
+    import cv2
+
+    n, components = cv2.connectedComponents(objects.astype(np.uint8), connectivity=8)
+    flat = components.ravel()
+    return np.bincount(flat, excess.ravel(), n) / np.maximum(np.bincount(flat, minlength=n), 1), components
 
 
 def intensity_range(image: np.ndarray, low: float = _LOW, high: float = _HIGH,
@@ -152,6 +257,8 @@ def _decide(image: np.ndarray, low: float, high: float, saturation: bool) -> tup
         tissue = tissue_pixels(image, lo, hi, field)
         range_ = intensity_range(tissue, low, high, saturation) if tissue is not None else (lo, hi)
         return Normalization(*range_, stained=True, white=hi), field
+    elif saturation and not has_bright_background(sample):  # fluorescence: rare bright objects
+        return Normalization(lo, _below_bright_objects(image, lo, hi, high)), None
     else:
         return Normalization(lo, hi), None
     grey = "mean" if channel is None else channel

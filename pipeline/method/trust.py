@@ -23,6 +23,12 @@ from pipeline.method.image_types import BRIGHTFIELD, HISTOLOGY
 #: signals. A probe at 4 × was never consistent on the 300 images of
 #: grouped fold 0 (benchmarks/validate_flags.py) and cost a pass: left out.
 PROBE_FACTORS = (0.5, 2.0)
+#: Below this confidence a count is flagged as not to be trusted: the 2nd percentile of a model's
+#: confidence on the grouped validation images under controlled shifts (docs/decisions.md,
+#: "Confidence flag at 0.78"); ``benchmarks/bench_robustness.py`` prints the calibration for any
+#: model. The diameter estimate looks for textured nuclei at larger scales under it too
+#: (:meth:`pipeline.model.diameter.DiameterEstimator._textured_nuclei`).
+MIN_CONFIDENCE = 0.78
 #: A probe "explains the image" when the nuclei it finds are of about the size asked (within this
 #: many octaves), at least 3 of them, and the network is at least as confident there as at the
 #: diameter used, less this margin.

@@ -297,6 +297,50 @@ def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
     return remove_small(labels, int(np.ceil(fraction * np.median(areas))))
 
 
+#: :func:`remove_bright_fragments`: a label is a bright fragment when over half its pixels reach
+#: CLIPPED (the top of the normalised range, where :func:`pipeline.method.intensity.bright_objects`
+#: clips the objects far brighter than the nuclei) and its area is under FRAGMENT_AREA times a
+#: nucleus's (of the diameter segmented for): apoptotic bodies and bright debris
+#: (``bench_robustness.py`` ``debris``: 0.2–0.4 of a diameter, outlined larger and in clusters by
+#: the network), not nuclei; a saturated nucleus of its own size stays.
+CLIPPED, FRAGMENT_AREA = 0.99, 0.5
+#: The share of an image's pixels at :data:`CLIPPED` over which it holds objects far brighter than
+#: its nuclei. The top percentile leaves 0.2 % of the pixels at the top (99.8th,
+#: :data:`pipeline.config.model_folder.NORMALIZATION`); the objects that
+#: :func:`pipeline.method.intensity.bright_objects` left out of it add theirs (debris: 0.5–3 %). Under
+#: it, a small clipped nucleus is one of the image's brightest nuclei, and stays.
+BRIGHT_SHARE = 0.005
+
+
+def remove_bright_fragments(labels: np.ndarray, image: np.ndarray, diameter: float) -> np.ndarray:
+    """Remove the labels that are clipped bright (over half their pixels at :data:`CLIPPED`) and
+    under :data:`FRAGMENT_AREA` of the area of a nucleus ``diameter`` px across, in an image with
+    bright objects (over :data:`BRIGHT_SHARE` of its pixels clipped); renumber 1..N.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    image : (H, W) or (H, W, C) float array
+        The normalised image (grey: its channels' mean), in [0, 1], on the labels' grid.
+    diameter : float
+        The nucleus diameter (px of ``labels``) the image was segmented for.
+
+    Returns
+    -------
+    labels : (H, W) int32; ``labels`` itself when none is removed
+    """
+    grey = image.mean(axis=-1) if image.ndim == 3 else image
+    top = grey >= CLIPPED
+    if not labels.max() or top.mean() <= BRIGHT_SHARE:
+        return labels
+    areas = np.bincount(labels.ravel())
+    clipped = np.bincount(labels.ravel(), top.ravel(), areas.size) > 0.5 * areas
+    fragment = clipped & (areas < FRAGMENT_AREA * np.pi / 4 * diameter**2)
+    fragment[0] = False
+    return keep_labels(labels, ~fragment) if fragment.any() else labels
+
+
 #: The settings a stained image takes from ``stained_<name>`` when that is set.
 STAINED_SETTINGS = ("object_threshold", "mask_threshold")
 

@@ -123,7 +123,9 @@ def _input_description(config: ModelDirConfig, stride: int) -> dict[str, Any]:
             "saturation_rule_in_words": (
                 "when 0.05-10 % of the pixels sit at the image's maximum (within 1 % of the range: "
                 "saturated nuclei, a pasted-in bright object), the high percentile is taken over the "
-                "other pixels, so the saturated objects clip at 1 and dim nuclei keep their contrast"
+                "other pixels, so the saturated objects clip at 1 and dim nuclei keep their contrast; "
+                "on a dark background, objects over 4 times as bright as the typical object (debris) "
+                "are left out of the high percentile the same way"
             ) if norm.saturation else "off",
             "colour_rules": (
                 "colour fluorescence on a dark background is normalised as one grey image (its blue "

@@ -47,7 +47,7 @@ from pipeline.config.routing import MAIN, Route, needs_second_pass, network_for
 from pipeline.errors import NucleiError
 from pipeline.method.blocks import block_geometry, segment_in_blocks
 from pipeline.method.heads import confidence
-from pipeline.method.image_types import BRIGHTFIELD, image_type_of
+from pipeline.method.image_types import BRIGHTFIELD, HISTOLOGY, image_type_of
 from pipeline.method.scale import (
     diameter_problem,
     largest_diameter,
@@ -56,14 +56,10 @@ from pipeline.method.scale import (
     scale_factor,
     scaled_shape,
 )
-from pipeline.method.trust import PROBE_FACTORS, image_signals, scale_signals, trust_flags
+from pipeline.method.trust import MIN_CONFIDENCE, PROBE_FACTORS, image_signals, scale_signals, trust_flags
 from pipeline.model.diameter import DiameterEstimator
 from pipeline.shipped import model_folder
 
-#: Below this confidence a count is flagged as not to be trusted: the 2nd percentile of a model's
-#: confidence on the grouped validation images under controlled shifts (docs/decisions.md,
-#: "Confidence flag at 0.78"); ``benchmarks/bench_robustness.py`` prints the calibration for any model.
-MIN_CONFIDENCE = 0.78
 #: A fine-tuned model's ``user_diameter`` (the median nucleus diameter of the images it was fine-tuned on,
 #: ``nuclei finetune``) replaces an estimate further than this many octaves from it, and a missing one
 #: (bright-field images, nothing found); chosen by ``benchmarks/bench_finetune.py --diameters`` (docs/finetune.md).
@@ -276,7 +272,11 @@ class Segmenter(DiameterEstimator):
                 tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """Labels (on the image's grid), confidence and each label's mean P(nucleus) of one
         normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
-        from pipeline.method.watershed import nucleus_probability, postprocess_to_shape
+        from pipeline.method.watershed import (
+            nucleus_probability,
+            postprocess_to_shape,
+            remove_bright_fragments,
+        )
 
         resized = resize_image(image, scaled_shape(image.shape[:2], scale))
         probs = self.predictor.predict(resized, tta)
@@ -284,6 +284,8 @@ class Segmenter(DiameterEstimator):
         if routed is not self:
             probs = routed.predictor.predict(resized, tta)
         labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)
+        if self.diameter and image_type not in (HISTOLOGY, BRIGHTFIELD):  # fluorescence: bright debris
+            labels = remove_bright_fragments(labels, image, self.diameter / scale)  # are no nuclei
         return labels, confidence(probs, routed.head), nucleus_probability(probs, routed.head, labels)
 
     def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None,

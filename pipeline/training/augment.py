@@ -517,3 +517,108 @@ def build_augmentation(cfg: AugmentConfig | Mapping, train: bool, seed: int | No
     normalize = dict(NORMALIZATION) if cfg.normalize else None
     acquisition = {k: _probability(cfg, k) for k in ACQUISITION}
     return Augmentation(_geometric(cfg), _photometric(cfg), acquisition, normalize, seed, cfg.blur_sigma, cfg.crop)
+
+
+def _discs(shape: tuple[int, int], centres: np.ndarray, radii: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """(H, W) float32 of filled discs (rows of ``centres`` (row, col) px, ``radii`` px), each at its
+    level (the brightest where they overlap), edges softened by a Gaussian of σ 0.5 px."""
+    out = np.zeros(shape, np.float32)
+    order = np.argsort(levels, kind="stable")  # the brightest drawn last
+    for (y, x), r, v in zip(np.rint(centres[order]).astype(int), radii[order], levels[order], strict=True):
+        cv2.circle(out, (int(x), int(y)), max(1, int(round(r))), float(v), -1)
+    return cv2.GaussianBlur(out, (0, 0), 0.5)
+
+
+def bright_debris(level: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float,
+                  brightness: float, fragments: bool) -> np.ndarray:
+    """Bright objects that are not nuclei pasted on the background of a fluorescence field: a few
+    blobs 1–2 nucleus diameters wide (saturated debris, dust, a mitotic clump), or small bright
+    fragments 0.2–0.4 of a diameter in 1–3 clusters (apoptotic bodies), ``brightness`` times the
+    nuclei's median excess over the background and covering ``share`` of the pixels, never on a
+    nucleus (``bench_robustness.py`` ``debris``).
+
+    Parameters
+    ----------
+    level : (H, W) float32, the field's grey level
+    labels : (H, W) int, 0 = background, one id per nucleus (with at least one nucleus)
+    share : float, the share of pixels to cover (fewer when the background has no room)
+    brightness, fragments
+        The objects' excess over the background, as a multiple of the nuclei's; fragments or blobs.
+
+    Returns
+    -------
+    level : (H, W) float32, the objects added (unclipped)
+    """
+    from scipy import ndimage as ndi
+
+    from pipeline.method.scale import median_diameter
+
+    diameter = max(median_diameter(labels), 4.0)
+    background = float(np.median(level[labels == 0]))
+    excess = max(float(np.median(level[labels > 0])) - background, 1.0)
+    room = ndi.distance_transform_edt(labels == 0)  # px to the nearest nucleus
+    target, covered, objects = share * labels.size, 0.0, []
+    clusters = rng.uniform(0, 1, (int(rng.integers(1, 4)), 2)) * labels.shape
+    for _ in range(10_000):
+        if covered >= target:
+            break
+        if fragments:
+            r = diameter * rng.uniform(0.1, 0.2)
+            centre = clusters[rng.integers(len(clusters))] + rng.normal(0, 1.5 * diameter, 2)
+        else:
+            r = diameter * rng.uniform(0.5, 1.0)
+            centre = rng.uniform(0, 1, 2) * labels.shape
+        y, x = np.clip(np.rint(centre).astype(int), 0, np.array(labels.shape) - 1)
+        if room[y, x] > r + 1:
+            objects.append((y, x, r))
+            covered += np.pi * r * r
+    if not objects:
+        return level
+    centres, radii = np.array([o[:2] for o in objects], float), np.array([o[2] for o in objects])
+    return np.maximum(level, background + _discs(labels.shape, centres, radii,
+                                                 np.full(len(objects), brightness * excess)))
+
+
+def chromocentres(level: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                  spots: tuple[int, int] = (1, 6), size: tuple[float, float] = (0.1, 0.25),
+                  brightness: tuple[float, float] = (1.5, 4.0)) -> np.ndarray:
+    """Bright sub-nuclear foci, as the chromocentres of mouse nuclei: in each nucleus, a number of
+    spots in ``spots`` (inclusive), each ``size`` of the nucleus's equivalent diameter across and
+    ``brightness`` times the nucleus's mean excess over the background, inside the nucleus
+    (``bench_robustness.py`` ``chromo``).
+
+    Parameters
+    ----------
+    level : (H, W) float32, the field's grey level
+    labels : (H, W) int, 0 = background, one id per nucleus
+
+    Returns
+    -------
+    level : (H, W) float32, the spots added (unclipped)
+    """
+    from scipy import ndimage as ndi
+
+    n = int(labels.max())
+    if not n:
+        return level
+    background = float(np.median(level[labels == 0])) if (labels == 0).any() else 0.0
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=n + 1)[1:]
+    mean = np.bincount(flat, level.ravel(), n + 1)[1:] / np.maximum(area, 1)
+    depth = ndi.distance_transform_edt(labels > 0)
+    counts = rng.integers(spots[0], spots[1] + 1, n)
+    owner = np.repeat(np.arange(1, n + 1), counts)
+    diameters = 2 * np.sqrt(area / np.pi)
+    radii = diameters[owner - 1] * rng.uniform(*size, owner.size) / 2
+    # a random pixel of the nucleus at least a spot radius from its edge (its deepest pixel if none)
+    pixels = np.flatnonzero(flat)
+    order = pixels[np.argsort(flat[pixels], kind="stable")]
+    start = np.concatenate([[0], np.cumsum(area)])[:-1]
+    picks = order[start[owner - 1] + (rng.random(owner.size) * area[owner - 1]).astype(int)]
+    inside = depth.ravel()[picks] > radii
+    deepest = ndi.maximum_position(depth, labels, np.arange(1, n + 1))
+    centres = np.where(inside[:, None], np.column_stack(np.unravel_index(picks, labels.shape)),
+                       np.array(deepest, float).reshape(-1, 2)[owner - 1])
+    levels = background + rng.uniform(*brightness, owner.size) * np.maximum(mean[owner - 1] - background, 1.0)
+    spots_ = _discs(labels.shape, centres, radii, levels)
+    return np.where(labels > 0, np.maximum(level, spots_), level).astype(np.float32)

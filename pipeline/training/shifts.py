@@ -16,7 +16,8 @@ from pipeline.method.scale import median_diameter, resize_image, resize_labels, 
 
 SCALES = (0.5, 1.0, 2.0, 3.0, 4.0)
 CONDITIONS = tuple(f"x{s:g}" for s in SCALES) + (
-    "dim12+sat", "noise", "blur", "stain", "ihc", "pale", "blue", "tint", "composite", "uneven", "field8")
+    "dim12+sat", "noise", "blur", "stain", "ihc", "pale", "blue", "tint", "composite", "uneven", "field8",
+    "debris", "chromo")
 #: The ``ihc`` condition: the share of nuclei that are DAB-positive, the share of their haematoxylin
 #: optical density that stays, and their DAB optical density per unit of their haematoxylin's.
 DAB = {"positive": 0.5, "haematoxylin": 0.3, "dab": 1.0}
@@ -29,6 +30,12 @@ TINT = np.array([1.0, 0.93, 0.78], np.float32)
 VIGNETTE, RAMP = 0.4, 0.3
 #: Tiles a side of the ``field8`` condition's mosaic.
 FIELD = 8
+#: The ``debris`` condition: the share of pixels the bright objects cover and their brightness (a
+#: multiple of the nuclei's excess over the background), each drawn per image (log-uniform).
+DEBRIS = {"share": (0.005, 0.03), "brightness": (5.0, 50.0)}
+#: Grey levels (8-bit) are stored ×DEPTH in 16 bits by ``debris`` and ``chromo``, so that objects
+#: brighter than the image's own maximum keep their level.
+DEPTH = 16
 
 
 def centre_crop(image: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +134,19 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
         return np.clip(field, 0, 255).astype(np.uint8), labels
     if condition == "field8":
         return mosaic(image, labels, FIELD)
+    if condition in ("debris", "chromo"):
+        if not labels.max() or np.ptp(image, axis=-1).any() or classify_image(image) == BRIGHTFIELD:
+            return image, labels  # stained or bright-field: not a fluorescence field
+        from pipeline.training.augment import bright_debris, chromocentres
+
+        level = grey[..., 0]
+        if condition == "debris":  # blobs (even seeds) or clusters of fragments (odd seeds)
+            share, brightness = (float(np.exp(rng.uniform(*np.log(DEBRIS[k])))) for k in ("share", "brightness"))
+            level = bright_debris(level, labels, rng, share, brightness, fragments=bool(seed % 2))
+        else:
+            level = chromocentres(level, labels, rng)
+        out = np.clip(np.rint(level * DEPTH), 0, 65535).astype(np.uint16)
+        return np.repeat(out[..., None], image.shape[-1], axis=-1), labels
     raise ValueError(condition)
 
 

@@ -437,3 +437,63 @@ def test_grey_and_colourfulness_fast_paths_answer_as_the_full_measure():
         tiles = tile_pixels(colour, block).mean(axis=1)
         want = float(np.abs(tiles - tiles.mean(axis=-1, keepdims=True)).mean())
         assert colourfulness(colour, block) == pytest.approx(want, rel=1e-5) and want > 0
+
+
+def _field(labels, levels=(40, 80), background=5.0):
+    """A uint8 (H, W, 3) fluorescence field of ``labels``, each nucleus at a level in ``levels``."""
+    grey = np.full(labels.shape, background)
+    level = RNG.uniform(*levels, labels.max() + 1)
+    grey[labels > 0] = level[labels[labels > 0]]
+    grey += RNG.normal(0, 1.5, grey.shape)
+    return np.dstack([np.clip(grey, 0, 255).astype(np.uint8)] * 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])  # saturated blobs, clusters of bright fragments
+def test_bright_debris_does_not_set_the_top_of_the_range(seed):
+    """``debris``: objects 5–50× as bright as the nuclei beside them on 0.5–3 % of the pixels are
+    left out of the top percentile, so the dim nuclei keep the contrast they have without them."""
+    from pipeline.training.shifts import shifted
+
+    labels = discs(spacing=40, radius=9)
+    image = _field(labels)
+    debris, same = shifted("debris", image, labels, seed=seed)
+    assert same is labels and debris.dtype == np.uint16
+    extra = (debris[..., 0].astype(np.float32) / 16 - image[..., 0]) > 100
+    assert not extra[labels > 0].any() and 0.002 < extra.mean() < 0.04  # on the background only
+    clean = np.median(normalize_image(image)[labels > 0])
+    plain = np.median(normalize_image(debris, saturation=False)[labels > 0])
+    robust = normalize_image(debris)
+    assert plain < 0.3 * clean
+    assert np.median(robust[labels > 0]) > 0.8 * clean
+    assert robust[extra].mean() > 0.95  # the debris saturate
+
+
+def test_nuclei_of_ordinary_brightness_set_the_top_as_before():
+    """Nuclei 2–3× as bright as the others (mitotic, 4N) and chromocentres up to 4× their nucleus
+    are no debris: the range stays the percentile range."""
+    from pipeline.training.shifts import shifted
+
+    labels = discs(spacing=40, radius=9)
+    image = _field(labels, levels=(30, 90))
+    for shown in (image, shifted("chromo", image, labels, seed=0)[0]):
+        assert intensity_range(shown) == intensity_range(shown, saturation=False)
+        assert normalize_image(shown).max() == 1.0
+        np.testing.assert_array_equal(normalize_image(shown), normalize_image(shown, saturation=False))
+
+
+def test_the_chromocentre_condition_puts_bright_foci_inside_the_nuclei_only():
+    from pipeline.training.shifts import shifted
+
+    labels = discs(spacing=40, radius=9)
+    image = _field(labels, levels=(60, 60))
+    out, same = shifted("chromo", image, labels, seed=3)
+    level = out[..., 0].astype(np.float32) / 16
+    assert same is labels
+    assert np.abs(level - image[..., 0])[labels == 0].max() == 0  # nothing outside the nuclei
+    foci = level - image[..., 0] > 20
+    per_nucleus = np.bincount(labels[foci], minlength=labels.max() + 1)[1:]
+    assert (per_nucleus > 0).mean() > 0.9 and foci.sum() < 0.3 * (labels > 0).sum()
+    assert level.max() <= 5 + 4.0 * 55 + 10  # at most 4× the nucleus's excess over the background
+    stained = np.dstack([np.full(labels.shape, 200, np.uint8), np.full(labels.shape, 100, np.uint8),
+                         np.full(labels.shape, 150, np.uint8)])
+    assert shifted("chromo", stained, labels, seed=0)[0] is stained

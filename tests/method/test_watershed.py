@@ -327,3 +327,23 @@ def test_postprocess_command(tmp_path, monkeypatch):
     assert main(argparse.Namespace(params="params.yaml")) == 0
     labels = read_labels(tmp_path / "post" / "img1.tif")
     assert labels.shape == SHAPE and labels.max() == 3
+
+
+def test_small_clipped_objects_are_removed_and_a_saturated_nucleus_is_kept():
+    """Bright fragments (under a quarter of a nucleus's area, clipped at the top of the normalised
+    range) are no nuclei; a dim nucleus of the same size and a saturated nucleus stay."""
+    from pipeline.method.watershed import remove_bright_fragments
+
+    labels = np.zeros((64, 96), np.int32)
+    labels[5:25, 5:25] = 1  # a nucleus, 20 px (segmented for 20 px)
+    labels[5:25, 40:60] = 2  # a saturated nucleus
+    labels[40:46, 5:11] = 3  # a bright fragment: 6 x 6 px
+    labels[40:46, 40:46] = 4  # a dim one of the same size
+    image = np.where(labels > 0, 0.4, 0.02).astype(np.float32)
+    image[np.isin(labels, [2, 3])] = 1.0
+    out = remove_bright_fragments(labels, np.dstack([image] * 3), diameter=20.0)
+    assert out.max() == 3 and not out[40:46, 5:11].any() and out[40:46, 40:46].all() and out[5:25, 40:60].all()
+    assert remove_bright_fragments(labels, image, diameter=5.0) is labels  # at 5 px, 6 px is no fragment
+    few = np.pad(labels * np.isin(labels, [1, 3, 4]), ((0, 400), (0, 400)))  # one of a large image's brightest
+    shown = np.pad(np.where(labels == 2, 0.4, image), ((0, 400), (0, 400)), constant_values=0.02)
+    assert remove_bright_fragments(few, shown, diameter=20.0) is few  # under 0.5 % clipped: no debris

@@ -135,15 +135,37 @@ def test_an_unconfirmed_prior_gives_way_to_a_larger_peak_the_network_confirms(mo
     seg = grey_segmenter()
     monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 4.0)
     monkeypatch.setattr("pipeline.method.scale.blob_peaks", lambda *a, **k: np.array(peaks))
-    answers = {4.0: None, 8.0: 11.0, 11.0: 15.5, 15.5: 15.6}
-    monkeypatch.setattr(seg, "_measure", lambda image, diameter: answers[round(diameter, 1)])
-    monkeypatch.setattr(seg, "_probe", lambda image, diameter: (answers[round(diameter, 1)],
+    answers = {4.0: None, 8.0: 11.0, 11.0: 15.5, 15.5: 15.6}  # elsewhere: under 3 nuclei
+    monkeypatch.setattr(seg, "_measure", lambda image, diameter: answers.get(round(diameter, 1)))
+    monkeypatch.setattr(seg, "_probe", lambda image, diameter: (answers.get(round(diameter, 1)),
                                                                 0.74 if diameter == 4.0 else refined_confidence))
     monkeypatch.setattr(seg, "_estimate_search", lambda image: searched)
     monkeypatch.setattr(seg, "_search_pass", lambda image, scale: (np.full(found_at_prior, 4.0), 0.74))
     image, _ = disc_image(16)
     estimate = seg.estimate_diameter(seg.normalize(image), image_type="fluo-small")
     assert estimate == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("at_prior", "at_nuclei", "expected"), [
+    (0.70, 0.92, 20.5),  # unsure at the foci, sure at the nuclei: the nuclei's size
+    (0.85, 0.92, 4.0),  # sure at the prior: no larger size is looked for
+    (0.70, 0.74, 4.0),  # no more confident at the larger size: the prior stays
+])
+def test_nuclei_with_bright_foci_are_sized_by_the_nuclei_when_the_network_is_unsure_at_the_foci(
+        monkeypatch, at_prior, at_nuclei, expected):
+    """Chromocentres: the prior (4 px foci) is confirmed by the network, but unsure (window
+    confidence under MIN_CONFIDENCE); asked at 2 and 3 times it, the network settles on nuclei of
+    20 px, confidently: that size is taken (a real confocal DAPI field of mouse tissue: 3.95 px for
+    nuclei of 22.8 px, now 19.7)."""
+    seg = grey_segmenter()
+    monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 4.0)
+    monkeypatch.setattr("pipeline.method.scale.blob_peaks", lambda *a, **k: np.array([4.0]))
+    answers = {4.0: 4.0, 8.0: 16.0, 12.0: 19.0, 16.0: 20.5, 19.0: 20.5, 20.5: 20.5}
+    monkeypatch.setattr(seg, "_measure", lambda image, diameter: answers.get(round(diameter, 1)))
+    monkeypatch.setattr(seg, "_probe", lambda image, diameter: (answers.get(round(diameter, 1)),
+                                                                at_prior if diameter == 4.0 else at_nuclei))
+    image, _ = disc_image(16)
+    assert seg.estimate_diameter(seg.normalize(image), image_type="fluo-small") == pytest.approx(expected)
 
 
 def test_an_image_where_the_network_finds_no_nucleus_at_any_scale_is_not_enlarged(monkeypatch):
@@ -193,7 +215,7 @@ def test_one_estimate_runs_each_network_pass_once(monkeypatch):
     ({9: (9.0, 0.73), 18: (11.0, 0.75), 27: (28.0, 0.85)}, "histology", 28.0),  # vesicular: whole nuclei at 3x
     ({9: (9.0, 0.80), 18: (19.0, 0.85), 27: (30.0, 0.86)}, "histology", 9.0),  # not enough more confident: kept
     ({9: (9.0, 0.73), 18: (40.0, 0.90), 27: (60.0, 0.90)}, "histology", 9.0),  # clumps, not nuclei of that size
-    ({9: (9.0, 0.73), 18: (11.0, 0.75), 27: (28.0, 0.85)}, "fluo-small", 9.0),  # fluorescence: not probed
+    ({9: (9.0, 0.80), 18: (11.0, 0.75), 27: (28.0, 0.95)}, "fluo-small", 9.0),  # fluorescence, sure: not probed
 ])
 def test_stained_images_are_probed_for_nuclei_two_and_three_times_the_estimate(monkeypatch, probes, image_type,
                                                                                expected):
