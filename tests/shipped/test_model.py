@@ -100,3 +100,30 @@ def test_a_few_very_large_nuclei_are_found_whole(zoom):
     assert result.diameter == pytest.approx(median_diameter(labels), rel=0.2)
     metrics = image_metrics(labels, result.labels)
     assert (metrics["n_true"], metrics["n_pred"], metrics["ap50"]) == (2, 2, 1.0), metrics
+
+
+@pytest.mark.parametrize("kind", ["blob", "fragments"])
+def test_dim_nuclei_survive_bright_debris(kind):
+    """Issue 88: a Hoechst field of 38 plain nuclei and one saturated blob at its edge was counted
+    as 1 nucleus. Here 36 nuclei (16-bit, at 1/16 of the range), and a saturated blob three nuclei
+    wide at the edge, or clusters of bright fragments (``bench_robustness.py`` ``debris``): the
+    nuclei are sized and counted as without them."""
+    import numpy as np
+    from skimage.draw import disk
+
+    from pipeline.method.scale import median_diameter
+    from pipeline.model.segmenter import Segmenter
+    from pipeline.training.shifts import shifted
+
+    image, true = nuclei_like(20, n=6)
+    if kind == "blob":
+        field = np.pad(image[..., 0].astype(np.uint16) * 16, ((0, 0), (0, 60)), constant_values=320)
+        true = np.pad(true, ((0, 0), (0, 60)))
+        rr, cc = disk((field.shape[0] // 2, field.shape[1] - 20), 30, shape=field.shape)
+        field[rr, cc] = 65535
+        image = np.dstack([field] * 3)
+    else:
+        image, true = shifted("debris", image, true, seed=1)
+    result = Segmenter.from_model_dir(MODEL, device="cpu").segment(image)
+    assert result.diameter == pytest.approx(median_diameter(true), rel=0.2)
+    assert abs(int(result.labels.max()) - int(true.max())) <= 0.1 * true.max(), (result.labels.max(), true.max())
