@@ -315,7 +315,9 @@ BRIGHT_SHARE = 0.005
 def remove_bright_fragments(labels: np.ndarray, image: np.ndarray, diameter: float) -> np.ndarray:
     """Remove the labels that are clipped bright (over half their pixels at :data:`CLIPPED`) and
     under :data:`FRAGMENT_AREA` of the area of a nucleus ``diameter`` px across, in an image with
-    bright objects (over :data:`BRIGHT_SHARE` of its pixels clipped); renumber 1..N.
+    bright objects (over :data:`BRIGHT_SHARE` of its pixels clipped) whose nuclei do not clip
+    themselves (the clipped labels cover under half of the labels' area: in a saturated image, the
+    small ones are the poles of nuclei in a z-stack's planes); renumber 1..N.
 
     Parameters
     ----------
@@ -336,6 +338,9 @@ def remove_bright_fragments(labels: np.ndarray, image: np.ndarray, diameter: flo
         return labels
     areas = np.bincount(labels.ravel())
     clipped = np.bincount(labels.ravel(), top.ravel(), areas.size) > 0.5 * areas
+    clipped[0] = False
+    if areas[clipped].sum() >= 0.5 * areas[1:].sum():  # the nuclei themselves clip (saturated)
+        return labels
     fragment = clipped & (areas < FRAGMENT_AREA * np.pi / 4 * diameter**2)
     fragment[0] = False
     return keep_labels(labels, ~fragment) if fragment.any() else labels

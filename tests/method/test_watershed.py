@@ -339,11 +339,14 @@ def test_small_clipped_objects_are_removed_and_a_saturated_nucleus_is_kept():
     labels[5:25, 40:60] = 2  # a saturated nucleus
     labels[40:46, 5:11] = 3  # a bright fragment: 6 x 6 px
     labels[40:46, 40:46] = 4  # a dim one of the same size
+    labels[5:25, 70:90] = 5  # another nucleus
     image = np.where(labels > 0, 0.4, 0.02).astype(np.float32)
     image[np.isin(labels, [2, 3])] = 1.0
     out = remove_bright_fragments(labels, np.dstack([image] * 3), diameter=20.0)
-    assert out.max() == 3 and not out[40:46, 5:11].any() and out[40:46, 40:46].all() and out[5:25, 40:60].all()
+    assert out.max() == 4 and not out[40:46, 5:11].any() and out[40:46, 40:46].all() and out[5:25, 40:60].all()
     assert remove_bright_fragments(labels, image, diameter=5.0) is labels  # at 5 px, 6 px is no fragment
-    few = np.pad(labels * np.isin(labels, [1, 3, 4]), ((0, 400), (0, 400)))  # one of a large image's brightest
+    few = np.pad(labels * np.isin(labels, [1, 3, 4, 5]), ((0, 400), (0, 400)))  # one of a large image's brightest
     shown = np.pad(np.where(labels == 2, 0.4, image), ((0, 400), (0, 400)), constant_values=0.02)
     assert remove_bright_fragments(few, shown, diameter=20.0) is few  # under 0.5 % clipped: no debris
+    saturated = np.where(labels > 0, 1.0, 0.02).astype(np.float32)  # every nucleus clips: none is debris
+    assert remove_bright_fragments(labels, saturated, diameter=20.0) is labels
