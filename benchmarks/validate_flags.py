@@ -102,10 +102,9 @@ def _images(args) -> list[tuple[str, str, Path, str, int]]:
         if args.sources and name not in args.sources:
             continue
         rows = index[index.id.str.startswith(f"{name}/")]
-        rows = rows[rows.group_fold == 0].iloc[:: args.every0] if args.folds == "0" else pd.concat(
-            [rows[rows.group_fold == 0].iloc[:: args.every0], rows[rows.group_fold != 0].iloc[:: args.every]])
+        fold0, others = rows[rows.group_fold == 0].iloc[:: args.every0], rows[rows.group_fold != 0].iloc[:: args.every]
+        rows = {"0": fold0, "others": others}.get(args.folds, pd.concat([fold0, others]))
         rows = rows.iloc[:2] if args.small else rows
-        rows = rows[rows.group_fold != 0].iloc[:: args.every] if args.folds == "others" else rows
         root = (ROOT / spec["root"]).resolve()  # relative to the repository root, as nuclei prepare reads it
         out += [(name, i.split("/", 1)[1], root, spec["layout"], int(f)) for i, f in zip(rows.id, rows.group_fold, strict=True)]
     return out
@@ -227,7 +226,9 @@ def _flag_rows(table: pd.DataFrame, nuclei: pd.DataFrame, view: str) -> pd.DataF
 
 def _report(table: pd.DataFrame, nuclei: pd.DataFrame, args) -> None:
     fold0 = table[table.fold == 0].copy()
-    if (table.fold != 0).any():
+    if fold0.empty:  # --folds others: folds 1-4 reported as they are (what a fit would see)
+        fold0, nuclei = table.copy(), nuclei.assign(fold=0)
+    elif (table.fold != 0).any():
         fold0["fitted"] = fitted_badness(table[table.fold != 0], fold0)
     loso = fold0.copy()
     for source in loso.source.unique():
@@ -235,7 +236,8 @@ def _report(table: pd.DataFrame, nuclei: pd.DataFrame, args) -> None:
         loso.loc[mine, "fitted"] = fitted_badness(fold0[~mine], fold0[mine])
     pd.set_option("display.width", 200, "display.max_columns", 30, "display.max_rows", 200)
     n0 = nuclei[nuclei.fold == 0]
-    print(f"model {args.model}: {len(fold0)} images of fold 0 ({len(table) - len(fold0)} of folds 1-4), "
+    which = "fold 0" if (table.fold == 0).any() else "folds 1-4 (--folds others: no fold-0 view)"
+    print(f"model {args.model}: {len(fold0)} images of {which} ({len(table) - len(fold0)} of folds 1-4 besides), "
           f"{int(fold0.bad.sum())} bad (count off > {BAD_COUNT:.0%} or DSB2018 < {BAD_SCORE})")
     print("\nflags: baseline (today's: bright-field, low confidence) | flag (with the named signals)")
     views = [_flag_rows(loso, n0, "LOSO")] + ([_flag_rows(fold0, n0, "folds1-4")] if "fitted" in fold0 else [])
