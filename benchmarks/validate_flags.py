@@ -225,18 +225,17 @@ def _flag_rows(table: pd.DataFrame, nuclei: pd.DataFrame, view: str) -> pd.DataF
 
 
 def _report(table: pd.DataFrame, nuclei: pd.DataFrame, args) -> None:
-    fold0 = table[table.fold == 0].copy()
-    if fold0.empty:  # --folds others: folds 1-4 reported as they are (what a fit would see)
-        fold0, nuclei = table.copy(), nuclei.assign(fold=0)
-    elif (table.fold != 0).any():
+    has_fold0 = bool((table.fold == 0).any())  # else --folds others: folds 1-4 reported as they are
+    fold0 = table[table.fold == 0].copy() if has_fold0 else table.copy()
+    n0 = nuclei[nuclei.fold == 0] if has_fold0 else nuclei
+    if has_fold0 and (table.fold != 0).any():
         fold0["fitted"] = fitted_badness(table[table.fold != 0], fold0)
     loso = fold0.copy()
     for source in loso.source.unique():
         mine = loso.source == source
         loso.loc[mine, "fitted"] = fitted_badness(fold0[~mine], fold0[mine])
     pd.set_option("display.width", 200, "display.max_columns", 30, "display.max_rows", 200)
-    n0 = nuclei[nuclei.fold == 0]
-    which = "fold 0" if (table.fold == 0).any() else "folds 1-4 (--folds others: no fold-0 view)"
+    which = "fold 0" if has_fold0 else "folds 1-4 (--folds others: no fold-0 view)"
     print(f"model {args.model}: {len(fold0)} images of {which} ({len(table) - len(fold0)} of folds 1-4 besides), "
           f"{int(fold0.bad.sum())} bad (count off > {BAD_COUNT:.0%} or DSB2018 < {BAD_SCORE})")
     print("\nflags: baseline (today's: bright-field, low confidence) | flag (with the named signals)")

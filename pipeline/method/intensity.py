@@ -96,10 +96,9 @@ def bright_objects(grey: np.ndarray, lo: float) -> np.ndarray | None:
 
     Objects are the 8-connected pixels over :data:`DETECT` times the noise above the background
     (the darkest tenth of the pixels; the noise their spread up to the median), then over half the
-    typical object's
-    level (:func:`_typical`), so that dim halos join no bright object to the nuclei; those whose
-    mean is over :data:`BRIGHT_RATIO` times the typical object's are far brighter, when they are
-    rare (:data:`RARE`).
+    typical object's level (:func:`_typical`), so that dim halos join no bright object to the
+    nuclei; those whose mean is over :data:`BRIGHT_RATIO` times the typical object's are far
+    brighter, when they are rare (:data:`RARE`).
 
     Parameters
     ----------

@@ -312,6 +312,15 @@ CLIPPED, FRAGMENT_AREA = 0.99, 0.5
 BRIGHT_SHARE = 0.005
 
 
+def bright_clipped(image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The grey level of a normalised (H, W[, C]) float image ((H, W): its channels' mean) and its
+    pixels at :data:`CLIPPED` ((H, W) bool), when those are over :data:`BRIGHT_SHARE` of it: an
+    image with objects far brighter than its nuclei, or whose nuclei saturate; else None."""
+    grey = image.mean(axis=-1) if image.ndim == 3 else image
+    top = grey >= CLIPPED
+    return (grey, top) if top.mean() > BRIGHT_SHARE else None
+
+
 def remove_bright_fragments(labels: np.ndarray, image: np.ndarray, diameter: float) -> np.ndarray:
     """Remove the labels that are clipped bright (over half their pixels at :data:`CLIPPED`) and
     under :data:`FRAGMENT_AREA` of the area of a nucleus ``diameter`` px across, in an image with
@@ -332,10 +341,10 @@ def remove_bright_fragments(labels: np.ndarray, image: np.ndarray, diameter: flo
     -------
     labels : (H, W) int32; ``labels`` itself when none is removed
     """
-    grey = image.mean(axis=-1) if image.ndim == 3 else image
-    top = grey >= CLIPPED
-    if not labels.max() or top.mean() <= BRIGHT_SHARE:
+    found = bright_clipped(image)
+    if not labels.max() or found is None:
         return labels
+    top = found[1]
     areas = np.bincount(labels.ravel())
     clipped = np.bincount(labels.ravel(), top.ravel(), areas.size) > 0.5 * areas
     clipped[0] = False

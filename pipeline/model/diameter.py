@@ -70,12 +70,12 @@ def without_bright_objects(image: np.ndarray) -> np.ndarray:
     the strongest scale-space response, and the network's refinement, at their own size."""
     import cv2
 
-    from pipeline.method.watershed import BRIGHT_SHARE, CLIPPED
+    from pipeline.method.watershed import bright_clipped
 
-    grey = image.mean(axis=-1) if image.ndim == 3 else image
-    clipped = grey >= CLIPPED
-    if clipped.mean() <= BRIGHT_SHARE or clipped.all():
+    found = bright_clipped(image)
+    if found is None or found[1].all():
         return image
+    grey, clipped = found
     n, objects = cv2.connectedComponents(clipped.astype(np.uint8), connectivity=8)
     kernel = np.ones((5, 5), np.uint8)
     around = cv2.dilate(objects.astype(np.float32), kernel).astype(np.int64)  # each ring pixel's object
