@@ -156,7 +156,7 @@ def test_nuclei_with_bright_foci_are_sized_by_the_nuclei_when_the_network_is_uns
     """Chromocentres: the prior (4 px foci) is confirmed by the network, but unsure (window
     confidence under MIN_CONFIDENCE); asked at 2 and 3 times it, the network settles on nuclei of
     20 px, confidently: that size is taken (a real confocal DAPI field of mouse tissue: 3.95 px for
-    nuclei of 22.8 px, now 19.7)."""
+    nuclei of 22.8 px, now 17.7)."""
     seg = grey_segmenter()
     monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 4.0)
     monkeypatch.setattr("pipeline.method.scale.blob_peaks", lambda *a, **k: np.array([4.0]))
