@@ -121,7 +121,7 @@ def measure_image(labels: np.ndarray, intensity: np.ndarray, channels: Channels 
     pixel_size : float, optional
         µm.
     confidence : (labels.max() + 1,) float, optional
-        Each label's mean P(nucleus) (None: labels made elsewhere).
+        Each label's confidence (None: labels made elsewhere).
     diameter : float, optional
         Nucleus diameter, px, the spots' size is relative to (default: the median
         ``equivalent_diameter_px`` of the image's nuclei).

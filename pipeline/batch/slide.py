@@ -176,7 +176,7 @@ def block_labels(path: str, outer: tuple[slice, slice], core: tuple[slice, slice
         The owned nuclei (:func:`pipeline.method.blocks.owned_nuclei`) numbered 1..k.
     confidence : float
     nuclei : (k + 1,) float32
-        Each owned nucleus's mean P(nucleus) (NaN at 0).
+        Each owned nucleus's confidence (NaN at 0).
     """
     from pipeline.method.blocks import owned_nuclei
 

@@ -75,8 +75,8 @@ COLUMN_DICTIONARY = {
     ),
     "integrated_intensity": ("image units × px", "mean_intensity × area_px"),
     "confidence": (
-        "", "mean P(nucleus) of the network over the nucleus's pixels, 0-1 (empty for nuclei measure: labels "
-        "made elsewhere have no probabilities)",
+        "", "P(the nucleus is right: it matches a true nucleus), 0-1, from the network's probabilities in and "
+        "around it (empty for nuclei measure: labels made elsewhere have no probabilities)",
     ),
     "cell_area": ("px", "area of the cell grown from the nucleus (--cell-expansion), nucleus included"),
     "cell_area_um2": ("µm²", "cell area (pixel size known)"),
@@ -177,7 +177,7 @@ def measure_nuclei(
         Side of one pixel in µm. When given, ``area_um2`` (= ``area_px * pixel_size**2``),
         ``equivalent_diameter_um`` and ``perimeter_um`` are added.
     confidence : (labels.max() + 1,) float array, optional
-        Each label value's mean P(nucleus) (:attr:`pipeline.model.segmenter.Segmentation.nucleus_confidence`);
+        Each label value's confidence (:attr:`pipeline.model.segmenter.Segmentation.nucleus_confidence`);
         the ``confidence`` column is empty (NaN) without it.
 
     Returns
@@ -210,7 +210,7 @@ def measure_nuclei(
         "equivalent_diameter_px": np.sqrt(4 * count / np.pi),
         "perimeter_px": perimeters(labels)[present],
         "eccentricity": moments.eccentricity()[present],
-        "solidity": count / np.array([convex_area(labels[boxes[v - 1]] == v) for v in present], dtype=np.float64),
+        "solidity": solidity(labels, boxes)[present],
         "mean_intensity": moments.intensity_sum[present] / count,
     })  # fmt: skip
     table["integrated_intensity"] = table["mean_intensity"] * table["area_px"]
@@ -508,6 +508,33 @@ def perimeters(labels: np.ndarray) -> np.ndarray:
                 code += weight * (border[rows + dy, cols + dx] & (around[rows + dy, cols + dx] == value))
         total += np.bincount(value, _PERIMETER_WEIGHTS[code], minlength=n)
     return total
+
+
+def solidity(labels: np.ndarray, boxes: list | None = None) -> np.ndarray:
+    """Each nucleus's solidity: its area over its convex hull's (:func:`convex_area`), as
+    ``skimage.measure.regionprops`` defines it.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    boxes : list of slice pairs, optional
+        ``scipy.ndimage.find_objects(labels)``, when the caller has it.
+
+    Returns
+    -------
+    solidity : (labels.max() + 1,) float64
+        Indexed by label value, in (0, 1]; NaN for 0 and for values not present.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0)) + 1
+    out = np.full(n, np.nan)
+    boxes = ndi.find_objects(labels) if boxes is None else boxes
+    area = np.bincount(labels.ravel(), minlength=n)
+    for value, box in enumerate(boxes, start=1):
+        if box is not None and area[value]:
+            out[value] = area[value] / convex_area(labels[box] == value)
+    return out
 
 
 #: Midpoints of a pixel's four edges, relative to its centre (skimage's ``convex_hull_image``).

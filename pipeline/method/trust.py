@@ -3,9 +3,11 @@ the words ``flag`` says them in.
 
 Each signal is a number computed from the normalised image, its labels and the diameter it was
 segmented for (and, for the scale signals, the network's answers at other scales, which the
-Segmenter computes: :meth:`pipeline.model.segmenter.Segmenter.scale_probes`). :func:`trust_flags`
-turns them into the phrases of ``flag``; ``benchmarks/validate_flags.py`` measures how often
-they are right.
+Segmenter computes: :meth:`pipeline.model.segmenter.Segmenter.scale_probes`). :func:`count_risk`
+weighs them with the confidence, and :func:`trust_flags` turns those over their limits into the
+phrases of ``flag`` when the risk is high. Each nucleus's confidence comes from the network's
+probabilities in and around it (:func:`nucleus_evidence`, :func:`nucleus_confidence`).
+``benchmarks/validate_flags.py`` fits the weights and measures how often they are right.
 
 Must not: run a network, read files or choose a diameter.
 """
@@ -65,6 +67,42 @@ RARE_BRIGHT = 0.05
 
 #: Images over this many pixels are measured on every n-th pixel (:func:`image_signals`).
 MAX_PIXELS = 4_000_000
+
+#: What an image's count risk is judged on (:func:`image_evidence`): its confidence and the signals.
+IMAGE_EVIDENCE = ("confidence", "larger_scale", "smaller_scale", "scale_drift", "fragmented", "uncovered",
+                  "saturated", "blurred")
+#: A signal not computed (or NaN) enters at its "not over" value.
+ABSENT = {"confidence": 1.0, "larger_scale": -0.3, "smaller_scale": -0.3, "scale_drift": 0.0, "fragmented": 0.0,
+          "uncovered": 0.0, "saturated": 0.0, "blurred": 0.0}
+#: The count risk (:func:`count_risk`): a logistic regression (classes balanced, intercept first) of
+#: a bad count (off by over 25 %, or a DSB2018 score under 0.30) on :data:`IMAGE_EVIDENCE`, fitted
+#: with the shipped model on every 8th image of grouped folds 1-4 of ``evaluation/sources.yaml``
+#: (129 images, 43 bad: ``python -m benchmarks.validate_flags --folds all --every 8 --fit``).
+IMAGE_WEIGHTS = (16.79, -18.71, 3.755, 0.0, 0.695, 0.8508, 0.0, 0.0, 0.0)
+#: The sense of each evidence in the count risk: its weight is held ≥ 0 (+1: the higher, the riskier)
+#: or ≤ 0 (−1) when it is fitted.
+RISK_SENSE = {"confidence": -1, "larger_scale": 1, "smaller_scale": 1, "scale_drift": 1, "fragmented": 1,
+              "uncovered": 1, "saturated": 1, "blurred": 1}
+#: The named failures are flagged only at or over this count risk: the threshold of the largest
+#: recall less false alarms on folds 1-4 (docs/validation.md gives fold 0 and each source left out).
+RISKY = 0.55
+#: The phrase of an image at risk whose signals name no failure.
+AT_RISK = "count uncertain (confidence and signals together): check the overlay"
+
+#: The evidence behind each nucleus's confidence (:func:`nucleus_evidence`), in this order.
+NUCLEUS_EVIDENCE = ("mask", "marker_peak", "halo", "inner_border", "smaller", "larger", "solidity")
+#: Each nucleus's confidence is P(it matches a true nucleus at IoU ≥ 0.5): a logistic regression on
+#: :data:`NUCLEUS_EVIDENCE` (intercept first), one per kind of image, fitted with the shipped model on
+#: every 8th image of grouped folds 1-4 of ``evaluation/sources.yaml`` (``python -m
+#: benchmarks.validate_flags --folds all --every 8 --fit``; docs/validation.md gives its
+#: fold-0 and leave-one-source-out AUCs: 0.81 and 0.79 pooled, against 0.75 for the mean P(nucleus)
+#: alone). Probabilities enter as logits.
+NUCLEUS_WEIGHTS = {
+    "fluorescence": (-12.949, 0.259, 0.767, -0.622, -0.013, 0.736, -0.685, 9.721),  # 5,355 nuclei
+    "histology": (-9.801, 1.826, -0.141, -0.714, -0.162, 1.374, -1.321, 7.623),  # 3,710 nuclei
+}
+#: Probabilities are clipped to [EPS, 1 - EPS] before their logit.
+EPS = 1e-3
 
 #: The phrases of ``flag``, by signal.
 PHRASES = {
@@ -237,8 +275,29 @@ def image_signals(image: np.ndarray, labels: np.ndarray, diameter: float, image_
             "blurred": edge_width(signal, labels, diameter)}
 
 
-def trust_flags(signals: dict[str, float]) -> list[str]:
-    """The phrases (:data:`PHRASES`) of the signals over their limits, in :data:`PHRASES` order."""
+def image_evidence(signals: dict[str, float], confidence: float) -> np.ndarray:
+    """(len(:data:`IMAGE_EVIDENCE`),) float64: an image's ``confidence`` and ``signals``
+    (:meth:`pipeline.model.segmenter.Segmenter.trust_signals`), absent ones at :data:`ABSENT`,
+    clipped to [-5, 50]."""
+    values = {**signals, "confidence": confidence}
+    raw = [values.get(k) for k in IMAGE_EVIDENCE]
+    filled = [ABSENT[k] if v is None or not np.isfinite(v) else float(v) for k, v in zip(IMAGE_EVIDENCE, raw, strict=True)]
+    return np.clip(filled, -5, 50)
+
+
+def count_risk(signals: dict[str, float], confidence: float) -> float:
+    """The risk (0-1) that an image's count is bad (off by over 25 %, or a DSB2018 score under
+    0.30), from its :func:`image_evidence` by :data:`IMAGE_WEIGHTS`."""
+    score = IMAGE_WEIGHTS[0] + image_evidence(signals, confidence) @ np.asarray(IMAGE_WEIGHTS[1:])
+    return float(1.0 / (1.0 + math.exp(-float(np.clip(score, -50, 50)))))
+
+
+def trust_flags(signals: dict[str, float], confidence: float | None = None) -> list[str]:
+    """The phrases (:data:`PHRASES`) of the signals over their limits, in :data:`PHRASES` order;
+    given the image's ``confidence``, only when its :func:`count_risk` is :data:`RISKY` or over
+    (then :data:`AT_RISK` when no signal is over its limit)."""
+    if confidence is not None and count_risk(signals, confidence) < RISKY:
+        return []
     over = {"larger_scale": signals.get("larger_scale", np.nan) >= -PROBE_MARGIN,
             "smaller_scale": signals.get("smaller_scale", np.nan) >= -PROBE_MARGIN,
             "scale_drift": signals.get("scale_drift", np.nan) > DRIFT,
@@ -246,4 +305,94 @@ def trust_flags(signals: dict[str, float]) -> list[str]:
             "uncovered": signals.get("uncovered", np.nan) > UNCOVERED,
             "saturated": signals.get("saturated", np.nan) > SATURATED_NUCLEI,
             "blurred": signals.get("blurred", np.nan) > BLURRED}
-    return [PHRASES[k] for k in PHRASES if over[k]]
+    phrases = [PHRASES[k] for k in PHRASES if over[k]]
+    return phrases or ([AT_RISK] if confidence is not None else [])
+
+
+def nucleus_evidence(mask: np.ndarray, marker: np.ndarray, labels: np.ndarray,
+                     diameter: float | None = None) -> np.ndarray:
+    """What each nucleus's confidence is judged on (:data:`NUCLEUS_EVIDENCE`).
+
+    Parameters
+    ----------
+    mask, marker : (H, W) float
+        P(nucleus) and P(marker) (:func:`pipeline.method.heads.mask_and_marker`) on the labels' grid.
+    labels : (H, W) int array
+        Instance labels, 0 = background.
+    diameter : float, optional
+        The nucleus diameter (px) the image was segmented for; None: the median nucleus's.
+
+    Returns
+    -------
+    evidence : (labels.max() + 1, 7) float64
+        Indexed by label value (NaN rows for 0 and values not present), columns
+        :data:`NUCLEUS_EVIDENCE`: the logits of the mean P(nucleus) over the nucleus (``mask``), of
+        its highest P(marker) (``marker_peak``: a nucleus the network never sees clear of a border),
+        of the mean P(nucleus) over the background within 2 px of it (``halo``: the nucleus goes on
+        beyond its outline, cut short or cut from a neighbour; none: −logit(EPS)), and of the mean
+        P(nucleus) − P(marker) over its pixels 2 px or more inside (``inner_border``: a border runs
+        through it, two merged; none: as ``halo``); ``smaller`` and ``larger``, the log of its area
+        over a disc's of ``diameter``, split at 0; and its ``solidity``.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import expand_labels
+
+    from pipeline.method.features import solidity
+
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0)) + 1
+    area = np.bincount(labels.ravel(), minlength=n).astype(np.float64)
+    present = area > 0
+    present[0] = False
+
+    near = np.where(labels == 0, expand_labels(labels, distance=2), 0)  # background within 2 px, by nearest nucleus
+    deep = np.where(ndimage.grey_erosion(labels, size=5) == labels, labels, 0)  # 2 px or more inside
+    peak = np.zeros(n)
+    if present.any():
+        peak[1:] = ndimage.maximum(marker, labels, index=np.arange(1, n))
+    inside_mean, halo = _label_means(mask, labels, n), _label_means(mask, near, n)
+    inner = _label_means(np.asarray(mask, np.float64) - marker, deep, n)
+    expected = np.pi / 4 * diameter**2 if diameter else (np.median(area[present]) if present.any() else 1.0)
+    ratio = np.log(np.where(present, area, 1) / expected)
+    evidence = np.column_stack([_logit(inside_mean), _logit(peak), _logit(halo), _logit(inner),
+                                np.minimum(ratio, 0), np.maximum(ratio, 0), solidity(labels)])
+    evidence[~present] = np.nan
+    return evidence
+
+
+def evidence_from_probabilities(probs: np.ndarray, head: str, labels: np.ndarray,
+                                diameter: float | None = None) -> np.ndarray:
+    """:func:`nucleus_evidence` of ``labels`` ((H, W) int), segmented for nuclei of ``diameter`` px,
+    from the probabilities they were made from ((C, h, w) float32 in ``head``'s layout, at any
+    scale: resized to the labels' grid as :func:`pipeline.method.watershed.postprocess_to_shape`
+    resizes them)."""
+    from pipeline.method.heads import mask_and_marker
+    from pipeline.method.scale import resize_probabilities
+
+    mask, marker = mask_and_marker(probs, head)
+    if mask.shape != labels.shape:
+        mask, marker = resize_probabilities(np.stack([mask, marker]), tuple(labels.shape))
+    return nucleus_evidence(mask, marker, labels, diameter)
+
+
+def nucleus_confidence(evidence: np.ndarray, image_type: str | None) -> np.ndarray:
+    """Each nucleus's confidence: P(it matches a true nucleus at IoU ≥ 0.5) from its
+    :func:`nucleus_evidence` ((N + 1, 7) float) by :data:`NUCLEUS_WEIGHTS` of the kind of
+    ``image_type`` (histology, else fluorescence). Returns (N + 1,) float32 in [0, 1], NaN where
+    the evidence is."""
+    weights = np.asarray(NUCLEUS_WEIGHTS["histology" if image_type == HISTOLOGY else "fluorescence"], np.float64)
+    score = weights[0] + np.asarray(evidence, np.float64) @ weights[1:]
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-score))).astype(np.float32)
+
+
+def _label_means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) mean of ``values`` over each label value of ``labels`` (0 where it has no pixel)."""
+    total = np.bincount(labels.ravel(), weights=np.asarray(values, np.float64).ravel(), minlength=n)
+    count = np.bincount(labels.ravel(), minlength=n)
+    return np.divide(total, count, out=np.zeros(n), where=count > 0)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))

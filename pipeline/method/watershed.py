@@ -426,37 +426,6 @@ def postprocess_to_shape(probs: np.ndarray, head: str, shape: tuple[int, int], s
     return remove_relatively_small(labels, fraction)
 
 
-def nucleus_probability(probs: np.ndarray, head: str, labels: np.ndarray) -> np.ndarray:
-    """Each nucleus's mean P(nucleus) over its pixels: how sure the network is of it.
-
-    Parameters
-    ----------
-    probs : (C, h, w) float32
-        The probabilities the labels were made from, at any scale (resized to the labels' grid
-        as :func:`postprocess_to_shape` resizes them).
-    head : str
-    labels : (H, W) int array
-        Instance labels, 0 = background.
-
-    Returns
-    -------
-    confidence : (labels.max() + 1,) float32
-        Indexed by label value, in [0, 1]; NaN for 0 and for values not present.
-    """
-    from pipeline.method.scale import resize_probabilities
-
-    mask = mask_and_marker(probs, head)[0]
-    if mask.shape != labels.shape:
-        mask = resize_probabilities(mask[None], tuple(labels.shape))[0]
-    flat = np.asarray(labels).ravel()
-    n = int(flat.max(initial=0)) + 1
-    count = np.bincount(flat, minlength=n)
-    total = np.bincount(flat, mask.ravel().astype(np.float64), minlength=n)
-    mean = np.divide(total, count, out=np.full(n, np.nan), where=count > 0)
-    mean[0] = np.nan
-    return np.clip(mean, 0, 1).astype(np.float32)
-
-
 def sizes_at_scale(kwargs: dict[str, Any], scale: float) -> dict[str, Any]:
     """:func:`postprocess` keywords with the sizes (px² at the network's scale, ``min_marker_size``,
     ``min_size``) converted to px² of the original image, which was resized by ``scale``."""

@@ -13,8 +13,9 @@ A :class:`Segmenter` owns everything between an image as read and its labels:
    converted to the image's pixels);
 6. a per-image confidence and a flag when the count should not be trusted, saying why in words
    (the signals of :mod:`pipeline.method.trust`, two of them from the network asked again at half and
-   twice the diameter in one window), and each nucleus's confidence (its mean P(nucleus),
-   :attr:`Segmentation.nucleus_confidence`, block by block).
+   twice the diameter in one window), and each nucleus's confidence (P(it is a true nucleus), from
+   the network's probabilities in and around it: :attr:`Segmentation.nucleus_confidence`, block by
+   block).
 
 A model folder may declare further networks (``networks`` in its config: model folders inside it,
 each with its rule; :mod:`pipeline.config.routing`). :meth:`Segmenter.network_for` asks the one rule
@@ -56,7 +57,14 @@ from pipeline.method.scale import (
     scale_factor,
     scaled_shape,
 )
-from pipeline.method.trust import MIN_CONFIDENCE, PROBE_FACTORS, image_signals, scale_signals, trust_flags
+from pipeline.method.trust import (
+    AT_RISK,
+    MIN_CONFIDENCE,
+    PROBE_FACTORS,
+    image_signals,
+    scale_signals,
+    trust_flags,
+)
 from pipeline.model.diameter import DiameterEstimator
 from pipeline.shipped import model_folder
 
@@ -97,8 +105,9 @@ class Segmentation:
         :func:`pipeline.method.image_types.image_type_of` the image ('fluo-small', 'fluo-large', 'histology' or
         'brightfield'): it decides the thresholds and whether the diameter is estimated.
     nucleus_confidence : (N + 1,) float32 or None
-        Each nucleus's mean P(nucleus) over its pixels (:func:`pipeline.method.watershed.nucleus_probability`),
-        indexed by label (NaN at 0), from the block that made it.
+        Each nucleus's confidence, P(it matches a true nucleus), from the network's probabilities
+        in and around it (:func:`pipeline.method.trust.nucleus_confidence`), indexed by label (NaN at
+        0), from the block that made it.
     signals : dict or None
         The trust signals behind ``flag`` (:meth:`Segmenter.trust_signals`: name → float), with the
         scale probes' own figures; empty for bright-field images.
@@ -119,8 +128,9 @@ def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter
             shape: tuple[int, ...] | None = None, signals: dict | None = None) -> str:
     """Why the count of an image of ``image_type`` segmented with ``confidence`` should not be
     trusted ('' when it can be): bright-field (the text depends on whether the diameter was
-    ``estimated``), low confidence, the named failures whose ``signals``
-    (:meth:`Segmenter.trust_signals`) are over their limits (:func:`pipeline.method.trust.trust_flags`),
+    ``estimated``), low confidence, and, when the ``signals`` (:meth:`Segmenter.trust_signals`) put
+    the count at risk, the named failures whose signals are over their limits
+    (:func:`pipeline.method.trust.trust_flags`),
     and, for a ``diameter`` (px) given for an image of ``shape`` (H, W), a diameter that cannot hold
     (:func:`pipeline.method.scale.diameter_problem`)."""
     flags = []
@@ -129,7 +139,8 @@ def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter
     elif confidence < MIN_CONFIDENCE:
         flags.append(f"low confidence ({confidence:.2f} < {MIN_CONFIDENCE}): check the overlay")
     if signals and image_type != BRIGHTFIELD:
-        flags.extend(trust_flags(signals))
+        named = trust_flags(signals, confidence)
+        flags.extend([] if flags and named == [AT_RISK] else named)  # low confidence says it already
     if diameter is not None and not estimated and shape is not None:
         flags.insert(0, diameter_problem(diameter, shape))
     return "; ".join(f for f in flags if f)
@@ -270,23 +281,32 @@ class Segmenter(DiameterEstimator):
 
     def _labels(self, image: np.ndarray, scale: float, image_type: str | None = None,
                 tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
-        """Labels (on the image's grid), confidence and each label's mean P(nucleus) of one
+        """Labels (on the image's grid), confidence and each label's confidence of one
         normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
-        from pipeline.method.watershed import (
-            nucleus_probability,
-            postprocess_to_shape,
-            remove_bright_fragments,
-        )
+        from pipeline.method.trust import evidence_from_probabilities, nucleus_confidence
+        from pipeline.method.watershed import postprocess_to_shape, remove_bright_fragments
 
+        probs, routed = self.probabilities(image, scale, image_type, tta)
+        labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)
+        if self.diameter and image_type not in (HISTOLOGY, BRIGHTFIELD):  # fluorescence: bright debris
+            labels = remove_bright_fragments(labels, image, self.diameter / scale)  # are no nuclei
+        canonical = self.config.diameter_for(image_type)  # over scale: the nuclei's size on the image's grid
+        evidence = evidence_from_probabilities(probs, routed.head, labels, canonical / scale if canonical else None)
+        nuclei = nucleus_confidence(evidence, image_type)
+        return labels, confidence(probs, routed.head), nuclei
+
+    def probabilities(self, image: np.ndarray, scale: float, image_type: str | None = None,
+                      tta: str | None = None) -> tuple[np.ndarray, Segmenter]:
+        """The (C, h, w) float32 probabilities a normalised image (or block) of ``image_type``
+        resized by ``scale`` is segmented from, and the network that gave them: this one, or the
+        one it routes the image to when the first pass finds it dense (:meth:`network_for_probs`,
+        run again); ``tta`` overrides the predictor's test-time augmentation."""
         resized = resize_image(image, scaled_shape(image.shape[:2], scale))
         probs = self.predictor.predict(resized, tta)
         routed = self.network_for_probs(probs, image_type)
         if routed is not self:
             probs = routed.predictor.predict(resized, tta)
-        labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)
-        if self.diameter and image_type not in (HISTOLOGY, BRIGHTFIELD):  # fluorescence: bright debris
-            labels = remove_bright_fragments(labels, image, self.diameter / scale)  # are no nuclei
-        return labels, confidence(probs, routed.head), nucleus_probability(probs, routed.head, labels)
+        return probs, routed
 
     def predict_scaled(self, image: np.ndarray, scale: float, tta: str | None = None,
                        image_type: str | None = None) -> np.ndarray:
@@ -440,7 +460,7 @@ class Segmenter(DiameterEstimator):
 
     def segment_block(self, image: np.ndarray, scale: float, image_type: str | None = None,
                       tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
-        """Labels (int32 (h, w), on the block's grid), confidence and each label's mean P(nucleus)
+        """Labels (int32 (h, w), on the block's grid), confidence and each label's confidence
         ((labels.max() + 1,) float32) of one normalised block of an image resized by ``scale``
         (:meth:`scale_for` the whole image) of ``image_type``; ``tta``: :meth:`tta_for` the whole image."""
         routed, image_type = self._routed(image, image_type)

@@ -91,11 +91,7 @@ def main(args: argparse.Namespace) -> int:
         image = segmenter.normalize(load())
         image_type = image_type_of(image)
         _, _, scale = segmenter.scale_for(image, image_type=image_type)
-        first = segmenter.network_for(image_type)
-        probs = first.predict_scaled(image, scale)
-        routed = first.network_for_probs(probs, image_type)  # run again when the model routes such images
-        if routed is not first:
-            probs = routed.predict_scaled(image, scale)
+        probs, routed = segmenter.network_for(image_type).probabilities(image, scale, image_type)
         write_prediction(out / f"{image_id}.npz", probs, routed.head, image.shape[:2], scale, image_type, routed.route)
     print(f"predict: {len(items)} images on {segmenter.device} (tta {segmenter.predictor.tta}) -> {out}")
     return 0

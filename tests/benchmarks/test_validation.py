@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,3 +76,23 @@ def test_validate_flags_scores_each_image_with_the_old_and_the_new_flag_and_the_
     ratio = table["diameter"].astype(float) / table["true_diameter"].astype(float)
     assert ratio.between(0.5, 2.0).all()
     assert "recall" in done.stdout and "within 25 %" in done.stdout
+
+
+def test_the_fitted_weights_are_sklearns_logistic_regression_and_keep_their_sense():
+    """validate_flags' fit (the weights of trust.IMAGE_WEIGHTS and NUCLEUS_WEIGHTS): unconstrained,
+    sklearn's L2 logistic regression on standardised inputs, given back on the raw ones; a weight
+    held to a sense the data contradicts stays at 0 and the others still rank."""
+    from sklearn.linear_model import LogisticRegression
+
+    from benchmarks.validate_flags import _logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal([1.0, 5.0, 0.0], [1.0, 3.0, 0.5], size=(400, 3))
+    y = (x[:, 0] - 0.5 * x[:, 1] + rng.normal(0, 1, 400)) > -1.5
+    mine = np.asarray(_logistic(x, y, C=0.3, balanced=True))
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    theirs = LogisticRegression(C=0.3, class_weight="balanced").fit((x - mean) / std, y)
+    np.testing.assert_allclose(mine[1:] * std, theirs.coef_[0], atol=1e-3)
+    np.testing.assert_allclose(mine[0] + mine[1:] @ mean, theirs.intercept_[0], atol=1e-3)
+    held = _logistic(x, y, C=0.3, balanced=True, signs=[1, 1, 0])
+    assert held[2] == 0 and held[1] > 0  # x1 lowers the odds: held at 0

@@ -143,3 +143,59 @@ def test_a_large_image_is_measured_on_every_nth_pixel_alike(monkeypatch):
     strided = trust.image_signals(image, spots, median_diameter(spots), "fluo-small")
     assert whole["fragmented"] > trust.FRAGMENTED and strided["fragmented"] > trust.FRAGMENTED
     assert set(whole) == set(strided)
+
+
+# --------------------------------------------------------------------------- each nucleus's confidence
+
+
+def nucleus_scene():
+    """Sigmoid-head probabilities ((2, H, W): P(nucleus), P(border)) of six nuclei of 9 px radius
+    and labels that get them right or wrong; returns (probs, labels, {case: label value})."""
+    shape = (120, 160)
+    mask, border, labels = np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(shape, np.int32)
+    cases = {}
+    for k, (name, (r, c)) in enumerate(zip(("whole", "whole2", "cut_short", "merged", "weak", "whole3"),
+                                           [(25, 25), (25, 75), (25, 125), (80, 40), (80, 110), (100, 140)], strict=True), 1):
+        rr, cc = disk((r, c), 9, shape=shape)
+        mask[rr, cc] = 0.97
+        labels[rr, cc] = k
+        cases[name] = k
+        if name == "cut_short":  # the network sees the whole nucleus; the label keeps 3/4 of its radius
+            labels[rr, cc] = 0
+            rr, cc = disk((r, c), 6.75, shape=shape)
+            labels[rr, cc] = k
+        if name == "merged":  # two nuclei side by side, a border between them, labelled as one
+            rr, cc = disk((r, c + 16), 9, shape=shape)
+            mask[rr, cc], labels[rr, cc] = 0.97, k
+            border[r - 8:r + 9, c + 7:c + 10] = 0.9
+        if name == "weak":
+            mask[rr, cc] = 0.6
+    return np.stack([mask, border]), labels, cases
+
+
+def test_nucleus_evidence_reads_what_went_wrong():
+    """The evidence of a nucleus cut short (the network's nucleus goes on beyond its outline), of two
+    nuclei merged (a border runs through), of a weak one and of sizes apart from the median."""
+    probs, labels, case = nucleus_scene()
+    evidence = trust.evidence_from_probabilities(probs, "sigmoid", labels)
+    column = {name: evidence[:, i] for i, name in enumerate(trust.NUCLEUS_EVIDENCE)}
+    assert evidence.shape == (labels.max() + 1, len(trust.NUCLEUS_EVIDENCE)) and np.isnan(evidence[0]).all()
+    whole = case["whole"]
+    assert column["halo"][case["cut_short"]] > column["halo"][whole] + 5  # logits: 0.97 beyond it, 0 beyond a whole one
+    assert column["inner_border"][case["merged"]] > column["inner_border"][whole] + 3
+    assert column["mask"][case["weak"]] < column["mask"][whole] - 2
+    assert column["larger"][case["merged"]] > 0.5 and column["smaller"][case["cut_short"]] < -0.4
+    assert column["solidity"][case["merged"]] < 0.95 < column["solidity"][whole]
+    np.testing.assert_allclose(evidence[whole], evidence[case["whole2"]])
+
+
+def test_nucleus_confidence_ranks_the_failures_below_whole_nuclei():
+    """With the shipped weights, of either kind of image, each failure scores under a whole nucleus;
+    the confidence is a probability, NaN at 0."""
+    probs, labels, case = nucleus_scene()
+    evidence = trust.evidence_from_probabilities(probs, "sigmoid", labels)
+    for image_type in ("fluo-small", HISTOLOGY):
+        conf = trust.nucleus_confidence(evidence, image_type)
+        assert conf.dtype == np.float32 and np.isnan(conf[0]) and ((conf[1:] >= 0) & (conf[1:] <= 1)).all()
+        for failure in ("cut_short", "merged", "weak"):
+            assert conf[case[failure]] < conf[case["whole"]], (image_type, failure)

@@ -764,12 +764,19 @@ def test_the_scale_probes_ask_the_network_at_other_scales_and_change_no_label():
     assert "probe_2_confidence" not in given.signals and given.flag == ""
 
 
-def test_flag_of_joins_the_named_signals_but_not_for_bright_field():
-    from pipeline.method.trust import PHRASES
+def test_flag_of_joins_the_named_signals_of_a_count_at_risk_but_not_for_bright_field():
+    """The named signals over their limits are said when the count risk is at or over RISKY (a
+    fragmented image at confidence 0.8), not for a confident one (0.95); an image at risk with none
+    over says so in general words, unless low confidence says it already."""
+    from pipeline.method.trust import AT_RISK, PHRASES, RISKY, count_risk
     from pipeline.model.segmenter import BRIGHTFIELD_FLAG, flag_of
 
     signals = {"fragmented": 0.8, "blurred": 0.1}
-    assert flag_of("fluo-small", 0.9, signals=signals) == PHRASES["fragmented"]
+    assert count_risk(signals, 0.8) >= RISKY > count_risk(signals, 0.95)
+    assert flag_of("fluo-small", 0.8, signals=signals) == PHRASES["fragmented"]
+    assert flag_of("fluo-small", 0.95, signals=signals) == ""
+    assert flag_of("fluo-small", 0.8, signals={"fragmented": 0.1}) == AT_RISK
+    assert flag_of("fluo-small", 0.5, signals={"fragmented": 0.1}) == "low confidence (0.50 < 0.78): check the overlay"
     assert flag_of("fluo-small", 0.5, signals=signals).startswith("low confidence (0.50 < 0.78)")
     assert flag_of("brightfield", 0.9, signals=signals) == BRIGHTFIELD_FLAG
     assert flag_of("fluo-small", 0.9) == ""
