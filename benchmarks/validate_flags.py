@@ -3,10 +3,10 @@
 ``evaluation/sources.yaml`` (``--folds all``: every fold), each segmented as ``nuclei segment`` does.
 
 A bad image is one whose count is off by more than 25 % or whose DSB2018 score is under 0.30. Per
-source and pooled: images, bad, flagged bad (recall) and flagged good (false alarms), today's flag
-(``baseline``: bright-field, low confidence) beside the flag with the named signals
-(:mod:`pipeline.method.trust`); the AUC of ``confidence`` (bad vs good) and of a score fitted on the
-signals (logistic, fitted on folds 1-4 and scored on fold 0 when they were run, and fitted on the other
+source and pooled: images, bad, flagged bad (recall) and flagged good (false alarms), the
+``baseline`` flag (bright-field, low confidence) beside the shipped one (and the named signals when
+the count risk is high: :mod:`pipeline.method.trust`); the AUC of ``confidence`` (bad vs good) and
+of the count risk refitted (on folds 1-4 and scored on fold 0 when they were run, and on the other
 sources for each source left out); the per-nucleus confidence's AUC (matched at IoU ≥ 0.5 vs not); the
 diameter table (estimate within 25 % of the true median diameter; every ``tissue_fluo_e2f`` image
 listed); the time per image with and without the scale probes.
