@@ -250,6 +250,8 @@ class AugmentConfig(Section):
     stain: bool | float = setting(True, switch)
     dab: bool | float = setting(False, switch)
     pale: bool | float = setting(False, switch)
+    chromo: bool | float = setting(False, switch)
+    debris: bool | float = setting(False, switch)
     noise: bool | float = setting(True, switch)
     low_bits: bool | float = setting(True, switch)
     jpeg: bool | float = setting(True, switch)

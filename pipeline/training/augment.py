@@ -27,6 +27,14 @@ Acquisition (the image only, on its raw values, in the order a microscope would 
   the inside of each nucleus (4-connected components of the nucleus mask) brought towards the
   optical density around it, keeping a share in [0.2, 0.6] of its excess, its rim (the outer
   fifth of its radius), nucleoli and grain kept (:func:`pale_nuclei`; p 0.3 when switched on);
+- ``chromo`` (default off): on a dark background, bright foci inside the nuclei (1–6 per nucleus,
+  0.1–0.25 of its diameter, 1.5–4 × its brightness: the chromocentres of mouse nuclei;
+  :func:`chromocentres`; p 0.3 when switched on);
+- ``debris`` (default off): on a dark background, bright objects that are not nuclei (blobs 1–2
+  diameters wide, or clusters of fragments), 5–50 × the nuclei's brightness on 0.5–3 % of the
+  pixels, never on a nucleus (:func:`bright_debris`), then clipped at 1 (a saturating camera) or
+  the crop divided by its maximum (one that does not), each half the time (p 0.3 when switched on).
+  Neither is a target: the network learns that they are not nuclei, nor the nuclei's size;
 - ``illumination`` (default off): uneven illumination, as an uncorrected wide-field microscope's:
   the crop times a vignette falling to 0.4–0.9 at a distance of one crop side from its centre
   (placed anywhere within half a crop of the crop's centre: a crop is a part of a larger field),
@@ -105,12 +113,15 @@ DEFAULT_P = {
     "stain": 0.5,
     "dab": 0.3,
     "pale": 0.3,
+    "chromo": 0.3,
+    "debris": 0.3,
     "noise": 0.3,
     "low_bits": 0.3,
     "jpeg": 0.2,
 }
 #: The acquisition steps of :func:`acquisition_shift`, in the order they are applied.
-ACQUISITION = ("pale", "illumination", "blur", "dim_saturate", "stain", "dab", "noise", "low_bits", "jpeg")
+ACQUISITION = ("pale", "chromo", "debris", "illumination", "blur", "dim_saturate", "stain", "dab", "noise", "low_bits",
+               "jpeg")
 #: Default range of the defocus σ, px (``augment.blur_sigma``, whose default it is).
 BLUR_SIGMA = tuple(AugmentConfig().blur_sigma)
 REFLECT = cv2.BORDER_REFLECT_101
@@ -366,6 +377,8 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     if colour and p.get("pale", 0) and rng.random() < p["pale"]:
         _, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
         image = pale_nuclei(image, components, rng.uniform(0.2, 0.6))
+    if dark_background and (p.get("chromo", 0) or p.get("debris", 0)):
+        image = _bright_objects(image, mask, rng, p)
     if p.get("illumination", 0) and rng.random() < p["illumination"]:
         image = np.clip(image * illumination_field(image.shape[:2], rng) + ramp(image, rng), 0.0, 1.0)
     if rng.random() < p.get("blur", 0):
@@ -398,6 +411,27 @@ def acquisition_shift(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
         ok, buf = cv2.imencode(".jpg", np.round(image * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
         image = cv2.imdecode(buf, cv2.IMREAD_COLOR).astype(np.float32) / np.float32(255.0)
     return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def _bright_objects(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, p: dict[str, float]) -> np.ndarray:
+    """The ``chromo`` and ``debris`` steps of :func:`acquisition_shift` (module docstring) on an
+    (H, W, 3) float32 image in [0, 1] whose nuclei are ``mask`` (H, W) 1; the same objects in every
+    channel. Drawn only for the steps switched on (the crops of other recipes stay the same)."""
+    from pipeline.training.shifts import DEBRIS
+
+    n, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
+    if n < 2:
+        return image
+    grey = image.mean(axis=2) * np.float32(255.0)  # the generators' floor of 1 grey level is 8-bit's
+    level = grey
+    if p.get("chromo", 0) and rng.random() < p["chromo"]:
+        level = chromocentres(level, components, rng)
+    if p.get("debris", 0) and rng.random() < p["debris"]:
+        share, brightness = (float(np.exp(rng.uniform(*np.log(DEBRIS[k])))) for k in ("share", "brightness"))
+        level = bright_debris(level, components, rng, share, brightness, fragments=bool(rng.random() < 0.5))
+        out = image + ((level - grey) / np.float32(255.0))[..., None]
+        return np.minimum(out, 1.0) if rng.random() < 0.5 else out / max(float(out.max()), 1.0)
+    return np.minimum(image + ((level - grey) / np.float32(255.0))[..., None], 1.0)
 
 
 class Augmentation:

@@ -381,3 +381,59 @@ def test_pale_makes_stained_nuclei_pale_and_vesicular_keeping_their_rim_and_text
     acquisition_shift(he, mask, rng_off, {"pale": 0})
     acquisition_shift(he, mask, rng_before, {})
     assert rng_off.random() == rng_before.random()  # off: no draw
+
+
+def nine_nuclei(level=0.3, background=0.05):
+    """A dark (200, 200, 3) float32 field of nine separate nuclei of radius 12 and its (H, W) uint8 mask."""
+    mask = np.zeros((200, 200), np.uint8)
+    image = np.full((200, 200, 3), background, np.float32)
+    yy, xx = np.mgrid[:200, :200]
+    for r in (40, 100, 160):
+        for c in (40, 100, 160):
+            disc = np.hypot(yy - r, xx - c) < 12
+            mask[disc] = 1
+            image[disc] = level
+    return image, mask
+
+
+def test_chromo_puts_bright_foci_inside_the_nuclei_only():
+    from pipeline.training.augment import acquisition_shift
+
+    image, mask = nine_nuclei()
+    for seed in range(4):
+        out = acquisition_shift(image, mask, np.random.default_rng(seed), {"chromo": 1.0})
+        changed = np.abs(out - image).max(axis=2) > 1e-4
+        assert changed.any() and not changed[mask == 0].any()  # foci, in nuclei only
+        assert out[mask == 1].max() > 0.3 + 1.4 * 0.25  # 1.5-4 x the nucleus's excess
+        assert np.mean(changed[mask == 1]) < 0.5  # spots, not the whole nucleus
+
+
+def test_debris_adds_bright_objects_off_the_nuclei_saturating_or_taking_the_range():
+    """5-50 x the nuclei's brightness on 0.5-3 % of the pixels, never on a nucleus; clipped at 1
+    (the nuclei keep their level) or the crop divided by its maximum (the nuclei dimmed)."""
+    from pipeline.training.augment import acquisition_shift
+
+    image, mask = nine_nuclei()
+    kinds = set()
+    for seed in range(8):
+        out = acquisition_shift(image, mask, np.random.default_rng(seed), {"debris": 1.0})
+        assert out.max() <= 1.0 and out.min() >= 0.0
+        nucleus = float(np.median(out[mask == 1, 0]))
+        kinds.add("clipped" if abs(nucleus - 0.3) < 1e-4 else "rescaled")
+        objects = (out[..., 0] > nucleus + 1e-3) & (mask == 0)
+        assert 0.002 < objects.mean() < 0.05 and out[objects, 0].max() > 3 * nucleus
+        off = (mask == 0) & ~objects
+        flat = np.abs(out[off, 0] - np.median(out[off, 0])) < 1e-3
+        assert flat.mean() > 0.97  # the background is left as it was, but for the objects' soft edges
+    assert kinds == {"clipped", "rescaled"}
+
+
+def test_chromo_and_debris_draw_nothing_while_off():
+    """Off, they leave the random stream as it was: every other recipe's crops stay the same."""
+    from pipeline.training.augment import acquisition_shift
+
+    image, mask = nine_nuclei()
+    p = {"blur": 1.0, "noise": 1.0}
+    a = acquisition_shift(image, mask, np.random.default_rng(3), p)
+    b = acquisition_shift(image, mask, np.random.default_rng(3), {**p, "chromo": 0.0, "debris": 0.0})
+    np.testing.assert_array_equal(a, b)
