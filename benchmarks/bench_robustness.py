@@ -46,7 +46,7 @@ and counting error are printed per source too. Conditions, applied to the image 
 - ``debris``: bright objects that are not nuclei on a fluorescence field's background
   (:func:`pipeline.training.augment.bright_debris`): a few blobs 1–2 diameters wide (even images)
   or clusters of fragments 0.2–0.4 of a diameter (odd images), 5–50 × the nuclei's brightness on
-  0.5–3 % of the pixels (``DEBRIS``), stored in 16 bits; stained and bright-field images are left
+  0.5–3 % of the pixels (``augment.DEBRIS``), stored in 16 bits; stained and bright-field images are left
   as they are. Whether dim nuclei survive bright debris (issue 88).
 - ``chromo``: 1–6 bright foci in every nucleus of a fluorescence field, 0.1–0.25 of its diameter
   across, 1.5–4 × its brightness (:func:`pipeline.training.augment.chromocentres`, the

@@ -417,8 +417,6 @@ def _bright_objects(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     """The ``chromo`` and ``debris`` steps of :func:`acquisition_shift` (module docstring) on an
     (H, W, 3) float32 image in [0, 1] whose nuclei are ``mask`` (H, W) 1; the same objects in every
     channel. Drawn only for the steps switched on (the crops of other recipes stay the same)."""
-    from pipeline.training.shifts import DEBRIS
-
     n, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
     if n < 2:
         return image
@@ -427,7 +425,7 @@ def _bright_objects(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     if p.get("chromo", 0) and rng.random() < p["chromo"]:
         level = chromocentres(level, components, rng)
     if p.get("debris", 0) and rng.random() < p["debris"]:
-        share, brightness = (float(np.exp(rng.uniform(*np.log(DEBRIS[k])))) for k in ("share", "brightness"))
+        share, brightness = debris_draw(rng)
         level = bright_debris(level, components, rng, share, brightness, fragments=bool(rng.random() < 0.5))
         out = image + ((level - grey) / np.float32(255.0))[..., None]
         return np.minimum(out, 1.0) if rng.random() < 0.5 else out / max(float(out.max()), 1.0)
@@ -561,6 +559,18 @@ def _discs(shape: tuple[int, int], centres: np.ndarray, radii: np.ndarray, level
     for (y, x), r, v in zip(np.rint(centres[order]).astype(int), radii[order], levels[order], strict=True):
         cv2.circle(out, (int(x), int(y)), max(1, int(round(r))), float(v), -1)
     return cv2.GaussianBlur(out, (0, 0), 0.5)
+
+
+#: Bright debris (``augment.debris``, ``bench_robustness.py``'s ``debris``): the share of pixels the
+#: objects cover and their brightness (a multiple of the nuclei's excess over the background), each
+#: drawn per image, log-uniform (:func:`debris_draw`).
+DEBRIS = {"share": (0.005, 0.03), "brightness": (5.0, 50.0)}
+
+
+def debris_draw(rng: np.random.Generator) -> tuple[float, float]:
+    """(share, brightness) of one image's debris, each log-uniform in :data:`DEBRIS`."""
+    share, brightness = (float(np.exp(rng.uniform(*np.log(DEBRIS[k])))) for k in ("share", "brightness"))
+    return share, brightness
 
 
 def bright_debris(level: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float,

@@ -30,9 +30,6 @@ TINT = np.array([1.0, 0.93, 0.78], np.float32)
 VIGNETTE, RAMP = 0.4, 0.3
 #: Tiles a side of the ``field8`` condition's mosaic.
 FIELD = 8
-#: The ``debris`` condition: the share of pixels the bright objects cover and their brightness (a
-#: multiple of the nuclei's excess over the background), each drawn per image (log-uniform).
-DEBRIS = {"share": (0.005, 0.03), "brightness": (5.0, 50.0)}
 #: Grey levels (8-bit) are stored ×DEPTH in 16 bits by ``debris`` and ``chromo``, so that objects
 #: brighter than the image's own maximum keep their level.
 DEPTH = 16
@@ -137,11 +134,11 @@ def shifted(condition: str, image: np.ndarray, labels: np.ndarray, seed: int) ->
     if condition in ("debris", "chromo"):
         if not labels.max() or np.ptp(image, axis=-1).any() or classify_image(image) == BRIGHTFIELD:
             return image, labels  # stained or bright-field: not a fluorescence field
-        from pipeline.training.augment import bright_debris, chromocentres
+        from pipeline.training.augment import bright_debris, chromocentres, debris_draw
 
         level = grey[..., 0]
         if condition == "debris":  # blobs (even seeds) or clusters of fragments (odd seeds)
-            share, brightness = (float(np.exp(rng.uniform(*np.log(DEBRIS[k])))) for k in ("share", "brightness"))
+            share, brightness = debris_draw(rng)
             level = bright_debris(level, labels, rng, share, brightness, fragments=bool(seed % 2))
         else:
             level = chromocentres(level, labels, rng)
