@@ -44,6 +44,7 @@ from pipeline.method.trust import (
     RISKY,
     image_evidence,
     image_signals,
+    logistic,
     scale_signals,
 )
 from pipeline.model.segmenter import Segmenter, flag_of
@@ -171,16 +172,13 @@ def _evidence(segmenter: Segmenter, image: np.ndarray, made: dict) -> np.ndarray
     """Each nucleus's :func:`pipeline.method.trust.nucleus_evidence` ((N + 1, k) float32), from the
     probabilities its image is segmented from (one more pass of the network)."""
     from pipeline.method.scale import scale_factor
-    from pipeline.method.trust import evidence_from_probabilities
 
     normalized, image_type = segmenter.normalize(image), made["image_type"]
     first, scale = segmenter.network_for(image_type), made.get("scale")
     if scale is None:  # cached before the scale was kept: as Segmenter.scale_for makes it
         scale = scale_factor(made["diameter"] or np.nan, first.config.diameter_for(image_type))
     probs, routed = first.probabilities(normalized, scale, image_type)
-    canonical = first.config.diameter_for(image_type)
-    return evidence_from_probabilities(probs, routed.head, made["labels"],
-                                       canonical / scale if canonical else None).astype(np.float32)
+    return first.nucleus_evidence(probs, routed.head, made["labels"], scale, image_type).astype(np.float32)
 
 
 def _one_image(segmenter: Segmenter, image: np.ndarray, true: np.ndarray, args, key: str):
@@ -269,8 +267,7 @@ def fitted_badness(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     """The count risk of ``test``'s images with weights fitted on ``train``'s (NaN: one class only)."""
     if train.bad.nunique() < 2:
         return np.full(len(test), np.nan)
-    weights = np.asarray(fit_image_weights(train))
-    return 1.0 / (1.0 + np.exp(-np.clip(weights[0] + _design(test) @ weights[1:], -50, 50)))
+    return logistic(fit_image_weights(train), _design(test))
 
 
 def _flag_rows(table: pd.DataFrame, nuclei: pd.DataFrame, view: str) -> pd.DataFrame:
@@ -332,9 +329,7 @@ def _refit_confidence(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     for histology in (False, True):
         fit, mine = train[train.histology == histology], (test.histology == histology).to_numpy()
         if mine.any() and fit.matched.nunique() == 2:
-            weights = fit_nucleus_weights(fit)
-            score = weights[0] + test.loc[mine, list(NUCLEUS_EVIDENCE)].to_numpy(np.float64) @ np.asarray(weights[1:])
-            out[mine] = score  # a logistic's rank is its score's
+            out[mine] = logistic(fit_nucleus_weights(fit), test.loc[mine, list(NUCLEUS_EVIDENCE)].to_numpy(np.float64))
     return out
 
 

@@ -288,8 +288,7 @@ def image_evidence(signals: dict[str, float], confidence: float) -> np.ndarray:
 def count_risk(signals: dict[str, float], confidence: float) -> float:
     """The risk (0-1) that an image's count is bad (off by over 25 %, or a DSB2018 score under
     0.30), from its :func:`image_evidence` by :data:`IMAGE_WEIGHTS`."""
-    score = IMAGE_WEIGHTS[0] + image_evidence(signals, confidence) @ np.asarray(IMAGE_WEIGHTS[1:])
-    return float(1.0 / (1.0 + math.exp(-float(np.clip(score, -50, 50)))))
+    return float(logistic(IMAGE_WEIGHTS, image_evidence(signals, confidence)))
 
 
 def trust_flags(signals: dict[str, float], confidence: float | None = None) -> list[str]:
@@ -380,10 +379,16 @@ def nucleus_confidence(evidence: np.ndarray, image_type: str | None) -> np.ndarr
     :func:`nucleus_evidence` ((N + 1, 7) float) by :data:`NUCLEUS_WEIGHTS` of the kind of
     ``image_type`` (histology, else fluorescence). Returns (N + 1,) float32 in [0, 1], NaN where
     the evidence is."""
-    weights = np.asarray(NUCLEUS_WEIGHTS["histology" if image_type == HISTOLOGY else "fluorescence"], np.float64)
+    return logistic(NUCLEUS_WEIGHTS["histology" if image_type == HISTOLOGY else "fluorescence"], evidence).astype(np.float32)
+
+
+def logistic(weights, evidence: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(−(w₀ + evidence · w))) of ``weights`` (intercept first: :data:`IMAGE_WEIGHTS`,
+    :data:`NUCLEUS_WEIGHTS`) and ``evidence`` ((..., k) float, the last axis the k weighed);
+    float64, NaN where the evidence is."""
+    weights = np.asarray(weights, np.float64)
     score = weights[0] + np.asarray(evidence, np.float64) @ weights[1:]
-    with np.errstate(over="ignore"):
-        return (1.0 / (1.0 + np.exp(-score))).astype(np.float32)
+    return 1.0 / (1.0 + np.exp(-np.clip(score, -50, 50)))
 
 
 def _label_means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

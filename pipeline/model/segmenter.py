@@ -283,17 +283,25 @@ class Segmenter(DiameterEstimator):
                 tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """Labels (on the image's grid), confidence and each label's confidence of one
         normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
-        from pipeline.method.trust import evidence_from_probabilities, nucleus_confidence
+        from pipeline.method.trust import nucleus_confidence
         from pipeline.method.watershed import postprocess_to_shape, remove_bright_fragments
 
         probs, routed = self.probabilities(image, scale, image_type, tta)
         labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)
         if self.diameter and image_type not in (HISTOLOGY, BRIGHTFIELD):  # fluorescence: bright debris
             labels = remove_bright_fragments(labels, image, self.diameter / scale)  # are no nuclei
-        canonical = self.config.diameter_for(image_type)  # over scale: the nuclei's size on the image's grid
-        evidence = evidence_from_probabilities(probs, routed.head, labels, canonical / scale if canonical else None)
-        nuclei = nucleus_confidence(evidence, image_type)
+        nuclei = nucleus_confidence(self.nucleus_evidence(probs, routed.head, labels, scale, image_type), image_type)
         return labels, confidence(probs, routed.head), nuclei
+
+    def nucleus_evidence(self, probs: np.ndarray, head: str, labels: np.ndarray, scale: float,
+                         image_type: str | None = None) -> np.ndarray:
+        """(N + 1, k) :func:`pipeline.method.trust.nucleus_evidence` of ``labels`` (on the image's
+        grid) made from ``probs`` (:meth:`probabilities`, in ``head``'s layout) of an image of
+        ``image_type`` resized by ``scale``: its nuclei sized as this model resizes them."""
+        from pipeline.method.trust import evidence_from_probabilities
+
+        canonical = self.config.diameter_for(image_type)  # over scale: the nuclei's size on the image's grid
+        return evidence_from_probabilities(probs, head, labels, canonical / scale if canonical else None)
 
     def probabilities(self, image: np.ndarray, scale: float, image_type: str | None = None,
                       tta: str | None = None) -> tuple[np.ndarray, Segmenter]:

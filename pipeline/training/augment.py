@@ -424,12 +424,14 @@ def _bright_objects(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     level = grey
     if p.get("chromo", 0) and rng.random() < p["chromo"]:
         level = chromocentres(level, components, rng)
-    if p.get("debris", 0) and rng.random() < p["debris"]:
+    debris = bool(p.get("debris", 0)) and rng.random() < p["debris"]
+    if debris:
         share, brightness = debris_draw(rng)
         level = bright_debris(level, components, rng, share, brightness, fragments=bool(rng.random() < 0.5))
-        out = image + ((level - grey) / np.float32(255.0))[..., None]
-        return np.minimum(out, 1.0) if rng.random() < 0.5 else out / max(float(out.max()), 1.0)
-    return np.minimum(image + ((level - grey) / np.float32(255.0))[..., None], 1.0)
+    out = image + ((level - grey) / np.float32(255.0))[..., None]
+    if debris and rng.random() >= 0.5:  # a camera that does not saturate: the crop over its maximum
+        return out / max(float(out.max()), 1.0)
+    return np.minimum(out, 1.0)
 
 
 class Augmentation:
