@@ -45,6 +45,7 @@ from pipeline.method.trust import (
     image_evidence,
     image_signals,
     logistic,
+    nuclei_signals,
     scale_signals,
 )
 from pipeline.model.segmenter import Segmenter, flag_of
@@ -185,6 +186,8 @@ def _one_image(segmenter: Segmenter, image: np.ndarray, true: np.ndarray, args, 
     """One image's row and its nuclei's (confidence, matched) table."""
     made = _segment_cached(segmenter, image, args, key)
     labels, signals = made["labels"], dict(made["signals"])
+    if made["image_type"] != "brightfield":  # the nuclei's signals, from the evidence (cached before they were kept)
+        signals |= nuclei_signals(made["evidence"])
     found = median_diameter(labels)
     if args.resignal and made["image_type"] != "brightfield" and np.isfinite(found):
         signals |= image_signals(segmenter.normalize(image), labels, found, made["image_type"])

@@ -168,7 +168,8 @@ def segment_in_blocks(
         Image height and width, px.
     labels_of : callable
         ``labels_of(outer)`` → the (h, w) int labels of the block ``outer``, its confidence and
-        each of its labels' own (a float array indexed by label value).
+        each of its labels' own figures (an (n + 1, ...) float array indexed by label value: a
+        confidence, or a row of evidence).
     block, margin : int
         px (:func:`block_geometry`).
     min_size : int
@@ -181,18 +182,20 @@ def segment_in_blocks(
         :func:`paste_nuclei`, numbered 1..N in that order.
     confidence : float
         The blocks' confidences weighted by their area.
-    nuclei : (N + 1,) float32
-        Each label's confidence, from the block that owns it (NaN for 0).
+    nuclei : (N + 1, ...) float32
+        Each label's figures, from the block that owns it (NaN for 0).
     """
     labels = np.zeros(shape, np.int32)
     n_labels, conf_sum, conf_weight = 0, 0.0, 0
-    nuclei = [np.full(1, np.nan, np.float32)]
+    nuclei = []
     for outer, core in iter_blocks(shape, block, margin):
         part, conf, per_label = labels_of(outer)
+        per_label = np.asarray(per_label, np.float32)
+        nuclei = nuclei or [np.full((1, *per_label.shape[1:]), np.nan, np.float32)]
         size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
         conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
         part, owned = owned_nuclei(part, core, return_kept=True)
         _, keep = paste_nuclei(labels[outer], part, n_labels, min_size)
-        nuclei.append(np.asarray(per_label, np.float32)[owned[keep - 1]])
+        nuclei.append(per_label[owned[keep - 1]])
         n_labels += keep.size
     return labels, conf_sum / max(conf_weight, 1), np.concatenate(nuclei)

@@ -68,21 +68,25 @@ RARE_BRIGHT = 0.05
 #: Images over this many pixels are measured on every n-th pixel (:func:`image_signals`).
 MAX_PIXELS = 4_000_000
 
-#: What an image's count risk is judged on (:func:`image_evidence`): its confidence and the signals.
+#: Probabilities are clipped to [EPS, 1 - EPS] before their logit.
+EPS = 1e-3
+
+#: What an image's count risk is judged on (:func:`image_evidence`): its confidence, the signals, and
+#: the mean inner border of its nuclei (:func:`nuclei_signals`).
 IMAGE_EVIDENCE = ("confidence", "larger_scale", "smaller_scale", "scale_drift", "fragmented", "uncovered",
-                  "saturated", "blurred")
-#: A signal not computed (or NaN) enters at its "not over" value.
+                  "saturated", "blurred", "inner_border")
+#: A signal not computed (or NaN) enters at its "not over" value (``inner_border``: no border inside).
 ABSENT = {"confidence": 1.0, "larger_scale": -0.3, "smaller_scale": -0.3, "scale_drift": 0.0, "fragmented": 0.0,
-          "uncovered": 0.0, "saturated": 0.0, "blurred": 0.0}
+          "uncovered": 0.0, "saturated": 0.0, "blurred": 0.0, "inner_border": math.log(EPS / (1 - EPS))}
 #: The count risk (:func:`count_risk`): a logistic regression (classes balanced, intercept first) of
 #: a bad count (off by over 25 %, or a DSB2018 score under 0.30) on :data:`IMAGE_EVIDENCE`, fitted
 #: with the shipped model on every 8th image of grouped folds 1-4 of ``evaluation/sources.yaml``
 #: (129 images, 43 bad: ``python -m benchmarks.validate_flags --folds all --every 8 --fit``).
-IMAGE_WEIGHTS = (16.79, -18.71, 3.755, 0.0, 0.695, 0.8508, 0.0, 0.0, 0.0)
+IMAGE_WEIGHTS = (21.57, -19.82, 5.791, 0.0, 0.0, 1.247, 0.09569, 0.0, 0.0, 0.5758)
 #: The sense of each evidence in the count risk: its weight is held ≥ 0 (+1: the higher, the riskier)
 #: or ≤ 0 (−1) when it is fitted.
 RISK_SENSE = {"confidence": -1, "larger_scale": 1, "smaller_scale": 1, "scale_drift": 1, "fragmented": 1,
-              "uncovered": 1, "saturated": 1, "blurred": 1}
+              "uncovered": 1, "saturated": 1, "blurred": 1, "inner_border": 1}
 #: The named failures are flagged only at or over this count risk: the threshold of the largest
 #: recall less false alarms on folds 1-4 (docs/validation.md gives fold 0 and each source left out).
 RISKY = 0.55
@@ -101,8 +105,6 @@ NUCLEUS_WEIGHTS = {
     "fluorescence": (-12.949, 0.259, 0.767, -0.622, -0.013, 0.736, -0.685, 9.721),  # 5,355 nuclei
     "histology": (-9.801, 1.826, -0.141, -0.714, -0.162, 1.374, -1.321, 7.623),  # 3,710 nuclei
 }
-#: Probabilities are clipped to [EPS, 1 - EPS] before their logit.
-EPS = 1e-3
 
 #: The phrases of ``flag``, by signal.
 PHRASES = {
@@ -278,11 +280,20 @@ def image_signals(image: np.ndarray, labels: np.ndarray, diameter: float, image_
 def image_evidence(signals: dict[str, float], confidence: float) -> np.ndarray:
     """(len(:data:`IMAGE_EVIDENCE`),) float64: an image's ``confidence`` and ``signals``
     (:meth:`pipeline.model.segmenter.Segmenter.trust_signals`), absent ones at :data:`ABSENT`,
-    clipped to [-5, 50]."""
+    clipped to [-10, 50]."""
     values = {**signals, "confidence": confidence}
     raw = [values.get(k) for k in IMAGE_EVIDENCE]
     filled = [ABSENT[k] if v is None or not np.isfinite(v) else float(v) for k, v in zip(IMAGE_EVIDENCE, raw, strict=True)]
-    return np.clip(filled, -5, 50)
+    return np.clip(filled, -10, 50)
+
+
+def nuclei_signals(evidence: np.ndarray) -> dict[str, float]:
+    """The image's signals from its nuclei's :func:`nucleus_evidence` ((N + 1, 7) float, NaN rows
+    for absent labels): ``inner_border``, the mean over the nuclei of their inner border's logit
+    (borders running through the nuclei found: merged, or cut unsure; NaN without nuclei)."""
+    column = np.asarray(evidence, np.float64)[:, NUCLEUS_EVIDENCE.index("inner_border")]
+    column = column[np.isfinite(column)]
+    return {"inner_border": float(column.mean()) if column.size else float("nan")}
 
 
 def count_risk(signals: dict[str, float], confidence: float) -> float:

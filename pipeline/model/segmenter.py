@@ -62,6 +62,8 @@ from pipeline.method.trust import (
     MIN_CONFIDENCE,
     PROBE_FACTORS,
     image_signals,
+    nuclei_signals,
+    nucleus_confidence,
     scale_signals,
     trust_flags,
 )
@@ -281,17 +283,17 @@ class Segmenter(DiameterEstimator):
 
     def _labels(self, image: np.ndarray, scale: float, image_type: str | None = None,
                 tta: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
-        """Labels (on the image's grid), confidence and each label's confidence of one
-        normalised image or block (``tta``: :meth:`tta_for` the whole image, for a block)."""
-        from pipeline.method.trust import nucleus_confidence
+        """Labels (on the image's grid), confidence and each label's evidence ((N + 1, k) float32:
+        :meth:`nucleus_evidence`) of one normalised image or block (``tta``: :meth:`tta_for` the
+        whole image, for a block)."""
         from pipeline.method.watershed import postprocess_to_shape, remove_bright_fragments
 
         probs, routed = self.probabilities(image, scale, image_type, tta)
         labels = postprocess_to_shape(probs, routed.head, image.shape[:2], scale, image_type, **routed.thresholds)
         if self.diameter and image_type not in (HISTOLOGY, BRIGHTFIELD):  # fluorescence: bright debris
             labels = remove_bright_fragments(labels, image, self.diameter / scale)  # are no nuclei
-        nuclei = nucleus_confidence(self.nucleus_evidence(probs, routed.head, labels, scale, image_type), image_type)
-        return labels, confidence(probs, routed.head), nuclei
+        evidence = self.nucleus_evidence(probs, routed.head, labels, scale, image_type).astype(np.float32)
+        return labels, confidence(probs, routed.head), evidence
 
     def nucleus_evidence(self, probs: np.ndarray, head: str, labels: np.ndarray, scale: float,
                          image_type: str | None = None) -> np.ndarray:
@@ -357,10 +359,11 @@ class Segmenter(DiameterEstimator):
             return routed.segment(image, diameter, normalized=True, image_type=image_type)
         diameter, estimated, scale = self.scale_for(image, diameter, image_type)
         probes = self.scale_probes(image, diameter) if self._probed(diameter, estimated, image_type) else None
-        labels, conf, nuclei = self._segment_blocks(image, scale, image_type)
-        signals = self.trust_signals(image, labels, diameter, image_type, probes, conf)
+        labels, conf, evidence = self._segment_blocks(image, scale, image_type)
+        signals = self.trust_signals(image, labels, diameter, image_type, probes, conf, evidence)
         flag = flag_of(image_type, conf, estimated, diameter, image.shape[:2], signals)
-        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type, nuclei, signals)
+        return Segmentation(labels, diameter, estimated, scale, conf, flag, image_type,
+                            nucleus_confidence(evidence, image_type), signals)
 
     def _probed(self, diameter: float | None, estimated: bool, image_type: str) -> bool:
         """Whether :meth:`segment` asks the network at other scales (:meth:`scale_probes`): an
@@ -369,10 +372,12 @@ class Segmenter(DiameterEstimator):
                     and image_type != BRIGHTFIELD)
 
     def trust_signals(self, image: np.ndarray, labels: np.ndarray, diameter: float | None, image_type: str,
-                      probes: dict | None = None, conf: float = 1.0) -> dict:
+                      probes: dict | None = None, conf: float = 1.0, evidence: np.ndarray | None = None) -> dict:
         """The signals of :mod:`pipeline.method.trust` for a normalised image and its ``labels``
         ((H, W) int) segmented for ``diameter`` px: the image's own (:func:`~pipeline.method.trust.image_signals`,
-        at the median diameter of the nuclei found; none without nuclei) and the scale signals of ``probes``
+        at the median diameter of the nuclei found; none without nuclei), its nuclei's
+        (:func:`~pipeline.method.trust.nuclei_signals` of their ``evidence``, (N + 1, k): :meth:`nucleus_evidence`)
+        and the scale signals of ``probes``
         (:meth:`scale_probes`' answer, :func:`~pipeline.method.trust.scale_signals`, against the image's
         confidence ``conf``), with the probes' own figures (``probe_<factor>_<diameter|confidence|count>``).
         Bright-field: none."""
@@ -380,6 +385,8 @@ class Segmenter(DiameterEstimator):
             return {}
         found = median_diameter(labels)
         signals = image_signals(image, labels, found, image_type) if np.isfinite(found) else {}
+        if evidence is not None:
+            signals |= nuclei_signals(evidence)
         if probes is not None:
             signals |= scale_signals(probes, conf, diameter)
             signals |= {f"probe_{f:g}_{k}": v for f, probe in probes.items()
@@ -434,7 +441,8 @@ class Segmenter(DiameterEstimator):
 
     def _segment_blocks(self, image: np.ndarray, scale: float,
                         image_type: str | None = None) -> tuple[np.ndarray, float, np.ndarray]:
-        """Labels (original grid), confidence and each label's; block by block when the image is large.
+        """Labels (original grid), confidence and each label's evidence (:meth:`_labels`); block by
+        block when the image is large.
 
         Blocks are cut in the image's pixels (:meth:`block_geometry`) and stitched by
         :func:`pipeline.method.blocks.segment_in_blocks`, by the rule a slide's blocks are
@@ -472,7 +480,8 @@ class Segmenter(DiameterEstimator):
         ((labels.max() + 1,) float32) of one normalised block of an image resized by ``scale``
         (:meth:`scale_for` the whole image) of ``image_type``; ``tta``: :meth:`tta_for` the whole image."""
         routed, image_type = self._routed(image, image_type)
-        return routed._labels(image, scale, image_type, tta)
+        labels, conf, evidence = routed._labels(image, scale, image_type, tta)
+        return labels, conf, nucleus_confidence(evidence, image_type)
 
 
 class RoutedNetwork:

@@ -457,7 +457,7 @@ def test_measure_keeps_label_ids_beyond_uint16_as_given(tmp_path):
 
 def test_each_nucleus_has_its_confidence_whole_or_in_blocks():
     """Segmentation.nucleus_confidence: each nucleus's, the same when the image is segmented in
-    blocks, and ranked as the network's certainty of it (the ideal predictor: P = the grey level;
+    blocks (and so the count risk's ``inner_border``, their mean), and ranked as the network's certainty of it (the ideal predictor: P = the grey level;
     the nuclei alike in all else)."""
     from scipy.stats import spearmanr
 
@@ -479,6 +479,7 @@ def test_each_nucleus_has_its_confidence_whole_or_in_blocks():
         assert spearmanr(confidences[-1], level[1:]).statistic > 0.9  # their areas differ a little too
     np.testing.assert_allclose(*confidences, atol=1e-5)
     assert whole.labels.max() == blocks.labels.max() == truth.max()  # numbered in block order: matched above
+    assert whole.signals["inner_border"] == pytest.approx(blocks.signals["inner_border"], abs=1e-4)  # the count risk's
 
 
 # --------------------------------------------------------------------------- empty images (issue 89)

@@ -199,3 +199,22 @@ def test_nucleus_confidence_ranks_the_failures_below_whole_nuclei():
         assert conf.dtype == np.float32 and np.isnan(conf[0]) and ((conf[1:] >= 0) & (conf[1:] <= 1)).all()
         for failure in ("cut_short", "merged", "weak"):
             assert conf[case[failure]] < conf[case["whole"]], (image_type, failure)
+
+
+def test_nuclei_signals_and_the_count_risk_rise_with_borders_inside_the_nuclei():
+    """``inner_border`` is the nuclei's mean inner-border logit (absent labels left out, NaN without
+    nuclei); nuclei merged across a border raise it, and with it the count risk at the same
+    confidence; without nuclei it enters at its "no border" value."""
+    probs, labels, case = nucleus_scene()
+    evidence = trust.evidence_from_probabilities(probs, "sigmoid", labels)
+    column = evidence[:, trust.NUCLEUS_EVIDENCE.index("inner_border")]
+    signals = trust.nuclei_signals(evidence)
+    assert signals["inner_border"] == pytest.approx(np.nanmean(column))
+    whole_only = evidence.copy()
+    whole_only[[case["merged"], case["cut_short"], case["weak"]]] = np.nan
+    clean = trust.nuclei_signals(whole_only)["inner_border"]
+    assert signals["inner_border"] > clean + 0.5
+    assert trust.count_risk(signals, 0.85) > trust.count_risk({"inner_border": clean}, 0.85)
+    assert np.isnan(trust.nuclei_signals(np.full((1, len(trust.NUCLEUS_EVIDENCE)), np.nan))["inner_border"])
+    assert trust.count_risk({"inner_border": float("nan")}, 0.9) == trust.count_risk({}, 0.9)
+    assert trust.image_evidence({}, 0.9)[trust.IMAGE_EVIDENCE.index("inner_border")] == trust.ABSENT["inner_border"]

@@ -775,8 +775,9 @@ def test_flag_of_joins_the_named_signals_of_a_count_at_risk_but_not_for_bright_f
     assert count_risk(signals, 0.8) >= RISKY > count_risk(signals, 0.95)
     assert flag_of("fluo-small", 0.8, signals=signals) == PHRASES["fragmented"]
     assert flag_of("fluo-small", 0.95, signals=signals) == ""
-    assert flag_of("fluo-small", 0.8, signals={"fragmented": 0.1}) == AT_RISK
-    assert flag_of("fluo-small", 0.5, signals={"fragmented": 0.1}) == "low confidence (0.50 < 0.78): check the overlay"
+    unsure = {"fragmented": 0.1, "inner_border": -4.0}  # borders inside the nuclei, none over its limit
+    assert flag_of("fluo-small", 0.8, signals=unsure) == AT_RISK
+    assert flag_of("fluo-small", 0.5, signals=unsure) == "low confidence (0.50 < 0.78): check the overlay"
     assert flag_of("fluo-small", 0.5, signals=signals).startswith("low confidence (0.50 < 0.78)")
     assert flag_of("brightfield", 0.9, signals=signals) == BRIGHTFIELD_FLAG
     assert flag_of("fluo-small", 0.9) == ""
