@@ -196,7 +196,7 @@ def flagged_first(counts: pd.DataFrame) -> pd.DataFrame:
     then the rest, each group in its own order (a stable sort): the rows to check lead the page."""
     failed = (counts["status"] != "ok").to_numpy() if "status" in counts else np.zeros(len(counts), bool)
     flag = counts["flag"] if "flag" in counts else pd.Series("", index=counts.index)
-    flagged = flag.fillna("").astype(str).str.len().to_numpy() > 0
+    flagged = flag.astype(object).fillna("").astype(str).str.len().to_numpy() > 0
     rank = np.where(failed, 0, np.where(flagged, 1, 2))
     return counts.iloc[np.argsort(rank, kind="stable")]
 
@@ -293,7 +293,7 @@ def render_report(
     counts = flagged_first(counts)
     ok = counts["status"] == "ok"
     n_nuclei = int(counts.loc[ok, "count"].sum())
-    n_flagged = int((ok & counts.get("flag", pd.Series("", index=counts.index)).fillna("").astype(str).ne("")).sum())
+    n_flagged = int((ok & counts.get("flag", pd.Series("", index=counts.index)).astype(object).fillna("").astype(str).ne("")).sum())
     summary = (
         f'<span>images <b id="n-images">{int(ok.sum())}</b></span>'
         f'<span>nuclei <b id="n-nuclei">{n_nuclei}</b></span>'
