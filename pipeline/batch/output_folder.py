@@ -50,7 +50,7 @@ from pipeline.method.overlay import thumbnail
 COUNT_COLUMNS = (
     "image", "source", "series", "plane", "height", "width", "pixel_type", "pixel_size_um", "orientation", "count",
     "median_area_px", "median_area_um2", "image_type", "diameter_px", "diameter_estimated", "scale",
-    "confidence", "flag", "status", "error", "labels_file", "overlay_file",
+    "confidence", "count_risk", "flag", "status", "error", "labels_file", "overlay_file",
     *(f.column for f in FORMATS.values()),  # with --export only
 )  # fmt: skip
 #: Sub-folders of the output folder that hold one file per image: label images, overlays.
@@ -372,7 +372,7 @@ class CountsRow:
     time-lapse's frame; the one place that says them (``nuclei segment`` and ``nuclei measure``).
 
     ``name``: output name (its ``labels_file`` and ``overlay_file``); ``count`` and ``median_area_px``
-    (NaN: none); ``image_type``, ``diameter`` (px), ``estimated``, ``scale``, ``confidence`` as
+    (NaN: none); ``image_type``, ``diameter`` (px), ``estimated``, ``scale``, ``confidence``, ``count_risk`` as
     :class:`pipeline.model.segmenter.Segmentation` has them (None for labels made elsewhere,
     ``nuclei measure``); ``flag``; ``pixel_size`` (µm) and ``median_area_um2`` (only with a pixel
     size); ``extra``: the fields that follow them, in order (files, channels, frame, ...). The caller
@@ -387,6 +387,7 @@ class CountsRow:
     estimated: bool | None = None
     scale: float | None = None
     confidence: float | None = None
+    count_risk: float | None = None
     flag: str = ""
     pixel_size: float | None = None
     median_area_um2: float | None = None
@@ -394,14 +395,15 @@ class CountsRow:
 
     @classmethod
     def segmented(cls, result: Any, **fields: Any) -> CountsRow:
-        """The row of an image segmented as ``result`` says (its image type, diameter, estimated, scale
-        and confidence; ``fields`` give the rest and may replace them)."""
-        made = {key: getattr(result, key, None) for key in ("image_type", "diameter", "estimated", "scale", "confidence")}
+        """The row of an image segmented as ``result`` says (its image type, diameter, estimated, scale,
+        confidence and count risk; ``fields`` give the rest and may replace them)."""
+        made = {key: getattr(result, key, None)
+                for key in ("image_type", "diameter", "estimated", "scale", "confidence", "count_risk")}
         return cls(**{**made, **fields})
 
     def fields(self) -> dict[str, Any]:
         """``count``, ``median_area_px``, ``image_type``, ``diameter_px`` (2 decimals),
-        ``diameter_estimated``, ``scale`` (4), ``confidence`` (3), ``flag``, ``status`` 'ok',
+        ``diameter_estimated``, ``scale`` (4), ``confidence`` (3), ``count_risk`` (3), ``flag``, ``status`` 'ok',
         ``labels_file``, ``overlay_file``; ``median_area_um2`` and ``pixel_size_um`` with a pixel
         size; then :attr:`extra`."""
         row = {
@@ -412,6 +414,7 @@ class CountsRow:
             "diameter_estimated": self.estimated,
             "scale": None if self.scale is None else round(self.scale, 4),
             "confidence": None if self.confidence is None else round(self.confidence, 3),
+            "count_risk": None if self.count_risk is None else round(self.count_risk, 3),
             "flag": self.flag,
             "status": "ok",
             "labels_file": labels_file(self.name),

@@ -242,7 +242,7 @@ def _frame_row(measured: Measured, t: int, stack: Stack, name: str, labels: np.n
     return CountsRow(
         name=name, count=len(table), median_area_px=table[size].median() if size == "area_px" else math.nan,
         image_type=info.get("image_type"), diameter=info.get("diameter"), estimated=info.get("estimated"),
-        scale=info.get("scale"), confidence=info.get("confidence"), flag="; ".join([*flags, *measured.flags]),
+        scale=info.get("scale"), confidence=info.get("confidence"), count_risk=info.get("count_risk"), flag="; ".join([*flags, *measured.flags]),
         pixel_size=pixel_size, median_area_um2=table["area_um2"].median() if "area_um2" in table else None,
         extra={**extra, **fields},
     ).fields()
@@ -345,7 +345,8 @@ def _segment_frames(frames: np.ndarray, segmenter, cfg: Settings,
         if t == 0:
             diameter = diameter or result.diameter
             info = {"diameter": result.diameter, "estimated": result.estimated, "scale": result.scale,
-                    "image_type": result.image_type, "confidence": result.confidence}
+                    "image_type": result.image_type, "confidence": result.confidence,
+                    "count_risk": result.count_risk}
             if result.flag:
                 flags.append(result.flag)
         labels[t], shown[t] = result.labels, display_uint8(network)

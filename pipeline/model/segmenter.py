@@ -61,6 +61,7 @@ from pipeline.method.trust import (
     AT_RISK,
     MIN_CONFIDENCE,
     PROBE_FACTORS,
+    count_risk,
     image_signals,
     nuclei_signals,
     nucleus_confidence,
@@ -112,7 +113,7 @@ class Segmentation:
         0), from the block that made it.
     signals : dict or None
         The trust signals behind ``flag`` (:meth:`Segmenter.trust_signals`: name → float), with the
-        scale probes' own figures; empty for bright-field images.
+        scale probes' own figures; empty for bright-field images. :attr:`count_risk` weighs them.
     """
 
     labels: np.ndarray
@@ -124,6 +125,12 @@ class Segmentation:
     image_type: str = ""
     nucleus_confidence: np.ndarray | None = None
     signals: dict | None = None
+
+    @property
+    def count_risk(self) -> float | None:
+        """The risk (0-1) that the count is bad (:func:`pipeline.method.trust.count_risk` of
+        :attr:`signals` and :attr:`confidence`); None without signals (bright-field)."""
+        return count_risk(self.signals, self.confidence) if self.signals else None
 
 
 def flag_of(image_type: str, confidence: float, estimated: bool = True, diameter: float | None = None,

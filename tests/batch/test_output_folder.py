@@ -193,16 +193,18 @@ def test_one_home_for_the_paths_and_the_counts_row():
     assert image_files("x") == ["labels/x.tif", "overlays/x.png", "tables/x.csv", "cells/x.tif", "spots/x.csv",
                                 "tracks/x.csv", "tracks/x.xml", "geojson/x.geojson", "rois/x.zip"]
     result = SimpleNamespace(image_type="fluo-small", diameter=17.123456, estimated=True, scale=1.1679999,
-                             confidence=0.98765)
+                             confidence=0.98765, count_risk=0.12345)
     row = CountsRow.segmented(result, name="x", count=3, median_area_px=12.5, pixel_size=0.5, median_area_um2=3.125,
                               extra={"cells_file": "cells/x.tif"}).fields()
     assert row == {"count": 3, "median_area_px": 12.5, "image_type": "fluo-small", "diameter_px": 17.12,
-                   "diameter_estimated": True, "scale": 1.168, "confidence": 0.988, "flag": "", "status": "ok",
+                   "diameter_estimated": True, "scale": 1.168, "confidence": 0.988, "count_risk": 0.123, "flag": "",
+                   "status": "ok",
                    "labels_file": "labels/x.tif", "overlay_file": "overlays/x.png", "median_area_um2": 3.125,
                    "pixel_size_um": 0.5, "cells_file": "cells/x.tif"}
     assert set(row) - {"cells_file"} <= set(COUNT_COLUMNS)
     unscaled = CountsRow(name="x", count=0, median_area_px=float("nan"), image_type="histology", estimated=False,
                          scale=1.0, confidence=1.0, flag="flag").fields()
     assert unscaled["diameter_px"] is None and "median_area_um2" not in unscaled and "pixel_size_um" not in unscaled
+    assert unscaled["count_risk"] is None  # labels made elsewhere, a slide: no signals to weigh
     with pytest.raises(TypeError):  # keywords only: no positional 11-argument call
         CountsRow("x", 0, 1.0)

@@ -27,6 +27,7 @@ from pipeline.files.io import read_labels
 from pipeline.method.blocks import iter_blocks
 from pipeline.method.features import measure_nuclei, measurement_columns
 from pipeline.method.overlay import PALETTE, draw_outlines
+from pipeline.method.trust import RISKY
 
 from ..conftest import counts_of, disks, grid_centres, run_cli
 
@@ -57,6 +58,7 @@ def test_outputs_counts_and_label_round_trip(tmp_path, model_dir, capsys):
     ]
     assert counts.loc["cells", "count"] == 3 and counts.loc["cells", "status"] == "ok"
     assert counts.loc["cells", "image_type"] == "fluo-small"  # grey, dark background, small
+    assert 0 <= counts.loc["cells", "count_risk"] < RISKY and pd.isna(counts.loc["cells", "flag"])  # 3 clear discs
     nuclei = pd.read_csv(out / "nuclei.csv")
     assert list(nuclei.columns) == ["image", *measurement_columns()]
     assert (nuclei["image"] == "cells").all() and sorted(nuclei["label"]) == [1, 2, 3]

@@ -781,3 +781,8 @@ def test_flag_of_joins_the_named_signals_of_a_count_at_risk_but_not_for_bright_f
     assert flag_of("fluo-small", 0.5, signals=signals).startswith("low confidence (0.50 < 0.78)")
     assert flag_of("brightfield", 0.9, signals=signals) == BRIGHTFIELD_FLAG
     assert flag_of("fluo-small", 0.9) == ""
+    from pipeline.model.segmenter import Segmentation  # counts.csv's count_risk: the same weighing
+
+    labels = np.zeros((4, 4), np.int32)
+    assert Segmentation(labels, 20.0, True, 1.0, 0.8, signals=signals).count_risk == count_risk(signals, 0.8)
+    assert Segmentation(labels, 20.0, True, 1.0, 0.8, image_type="brightfield", signals={}).count_risk is None
