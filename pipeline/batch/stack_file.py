@@ -242,7 +242,8 @@ def _frame_row(measured: Measured, t: int, stack: Stack, name: str, labels: np.n
     return CountsRow(
         name=name, count=len(table), median_area_px=table[size].median() if size == "area_px" else math.nan,
         image_type=info.get("image_type"), diameter=info.get("diameter"), estimated=info.get("estimated"),
-        scale=info.get("scale"), confidence=info.get("confidence"), count_risk=info.get("count_risk"), flag="; ".join([*flags, *measured.flags]),
+        scale=info.get("scale"), confidence=info.get("confidence"), count_risk=info.get("count_risk"),
+        flag="; ".join([*flags, *measured.flags]),
         pixel_size=pixel_size, median_area_um2=table["area_um2"].median() if "area_um2" in table else None,
         extra={**extra, **fields},
     ).fields()

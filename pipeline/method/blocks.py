@@ -191,7 +191,8 @@ def segment_in_blocks(
     for outer, core in iter_blocks(shape, block, margin):
         part, conf, per_label = labels_of(outer)
         per_label = np.asarray(per_label, np.float32)
-        nuclei = nuclei or [np.full((1, *per_label.shape[1:]), np.nan, np.float32)]
+        if not nuclei:  # label 0: a NaN row of the figures' shape
+            nuclei.append(np.full((1, *per_label.shape[1:]), np.nan, np.float32))
         size = (outer[0].stop - outer[0].start) * (outer[1].stop - outer[1].start)
         conf_sum, conf_weight = conf_sum + conf * size, conf_weight + size
         part, owned = owned_nuclei(part, core, return_kept=True)
