@@ -298,9 +298,9 @@ def _report(table: pd.DataFrame, nuclei: pd.DataFrame, args) -> None:
     if has_fold0 and (table.fold != 0).any():
         fold0["fitted"] = fitted_badness(table[table.fold != 0], fold0)
     loso = fold0.copy()
-    for source in loso.source.unique():
+    for source in loso.source.unique():  # fitted on every image of the other sources (as --fit's view)
         mine = loso.source == source
-        loso.loc[mine, "fitted"] = fitted_badness(fold0[~mine], fold0[mine])
+        loso.loc[mine, "fitted"] = fitted_badness(table[table.source != source], fold0[mine])
     pd.set_option("display.width", 200, "display.max_columns", 30, "display.max_rows", 200)
     which = "fold 0" if has_fold0 else "folds 1-4 (--folds others: no fold-0 view)"
     print(f"model {args.model}: {len(fold0)} images of {which} ({len(table) - len(fold0)} of folds 1-4 besides), "
