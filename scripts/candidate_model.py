@@ -18,6 +18,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from pipeline.config.model_folder import read_model_config
 from pipeline.config.routing import MAIN
 from pipeline.errors import NucleiError, run_main
 from pipeline.model.model_dir import load_model_dir, save_model_dir
@@ -38,24 +39,19 @@ def candidate_model(model: Path, weights: Path, out: Path, network: str = MAIN) 
     model, out = Path(model), Path(out)
     if out.exists():
         raise NucleiError(f"{out}: exists; give a new folder (a measured candidate is not overwritten)")
-    _, config = load_model_dir(model)
-    folders = {MAIN: "."} | {route.name: route.folder for route in config.routes}
+    folders = {MAIN: "."} | {route.name: route.folder for route in read_model_config(model).routes}
     if network not in folders:
         raise NucleiError(f"{model}: no network {network!r} (it has {', '.join(folders)})")
-    shutil.copytree(model, out)
-    target = out / folders[network]
-    net, net_config = load_model_dir(target)
-    if Path(weights).is_dir():
-        state = load_model_dir(weights)[0].state_dict()
-    else:
-        state = load_checkpoint(weights)["model"]
-    try:
-        net.load_state_dict(state)
+    net, net_config = load_model_dir(model / folders[network])
+    state = load_model_dir(weights)[0].state_dict() if Path(weights).is_dir() else load_checkpoint(weights).get("model")
+    try:  # checked before anything is written
+        net.load_state_dict(state or {})
     except RuntimeError as exc:
-        shutil.rmtree(out)
         raise NucleiError(f"{weights}: not the architecture of {model}'s {network} network "
                           f"({' '.join(str(exc).split())[:300]})") from None
-    if net_config.int8_network:
+    shutil.copytree(model, out)
+    target = out / folders[network]
+    if net_config.int8_network:  # made from the old weights
         (target / net_config.int8_network).unlink(missing_ok=True)
         (target / net_config.int8_network).with_suffix(".bin").unlink(missing_ok=True)
     tmp = out.parent / f".{out.name}.{network}.tmp"

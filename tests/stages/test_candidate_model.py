@@ -55,7 +55,7 @@ def test_one_network_takes_the_runs_weights_and_the_rest_stays(tmp_path):
     assert (tmp_path / "cand" / "network_int8.xml").exists()  # the stained candidate kept the main one's
 
 
-def test_refuses_an_existing_folder_an_unknown_network_and_another_architecture(tmp_path):
+def test_refuses_an_existing_folder_an_unknown_network_another_architecture_and_a_bad_file(tmp_path):
     folder = save_threshold_model(tmp_path / "model")
     ckpt = tmp_path / "last.ckpt"
     save_checkpoint(ckpt, {"model": _changed_state()})
@@ -68,4 +68,7 @@ def test_refuses_an_existing_folder_an_unknown_network_and_another_architecture(
     save_checkpoint(ckpt, {"model": other})
     with pytest.raises(NucleiError, match="not the architecture"):
         candidate_model(folder, ckpt, tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(NucleiError, match="unreadable checkpoint"):
+        candidate_model(folder, tmp_path / "bad.ckpt", tmp_path / "c")
+    assert not any((tmp_path / name).exists() for name in "abc")  # checked before anything is written
