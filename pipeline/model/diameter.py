@@ -70,11 +70,14 @@ ALONE = 0.5
 def without_bright_objects(image: np.ndarray) -> np.ndarray:
     """A normalised (H, W[, C]) float image with its clipped objects that stand alone (grey level at
     least :data:`pipeline.method.watershed.CLIPPED`, their ring under :data:`ALONE`; grown by 2 px)
-    set to its median, when clipped pixels are over :data:`pipeline.method.watershed.BRIGHT_SHARE`
-    of the image and the rest of it still reaches :data:`ALONE`; else ``image`` itself. Bright
-    debris left out of the range (:func:`pipeline.method.intensity.bright_objects`) clip, and give
-    the strongest scale-space response, and the network's refinement, at their own size."""
+    filled with the level around them (the median of the 2 px beyond, per channel), when clipped
+    pixels are over :data:`pipeline.method.watershed.BRIGHT_SHARE` of the image and the rest of it
+    still reaches :data:`ALONE`; else ``image`` itself. Bright debris left out of the range
+    (:func:`pipeline.method.intensity.bright_objects`) clip, and give the strongest scale-space
+    response, and the network's refinement, at their own size. Filled with the image's median
+    instead, they stay as flat discs of a nucleus's level wherever nuclei cover half the image."""
     import cv2
+    from scipy import ndimage as ndi
 
     from pipeline.method.watershed import bright_clipped
 
@@ -84,17 +87,28 @@ def without_bright_objects(image: np.ndarray) -> np.ndarray:
     grey, clipped = found
     n, objects = cv2.connectedComponents(clipped.astype(np.uint8), connectivity=8)
     kernel = np.ones((5, 5), np.uint8)
-    around = cv2.dilate(objects.astype(np.float32), kernel).astype(np.int64)  # each ring pixel's object
+
+    def grow(ids: np.ndarray) -> np.ndarray:  # each pixel within 2 px of an object: its (largest) id
+        return cv2.dilate(ids.astype(np.float32), kernel).astype(np.int64)
+
+    around = grow(objects)
     ring = (around > 0) & ~clipped
     level = np.bincount(around[ring], grey[ring], n) / np.maximum(np.bincount(around[ring], minlength=n), 1)
     alone = level < ALONE
     alone[0] = False
-    mask = cv2.dilate(alone[objects].astype(np.uint8), kernel).astype(bool)
+    grown = grow(np.where(alone, np.arange(n), 0)[objects])
+    mask = grown > 0
     if not mask.any() or mask.all() or np.percentile(grey[~mask], 99.8) < ALONE:
         return image
-    out = image.copy()
-    out[mask] = np.median(image[~mask], axis=0)
-    return out
+    beyond = np.where(mask | clipped, 0, grow(grown))
+    planes = image.reshape(*image.shape[:2], -1)
+    ids = np.arange(n)
+    fill = np.stack([ndi.median(planes[..., c], beyond, ids) for c in range(planes.shape[-1])], axis=-1)
+    none = np.bincount(beyond.ravel(), minlength=n) == 0  # nothing beyond (ndimage gives any value)
+    fill[none] = np.median(planes[~mask], axis=0)
+    out = planes.copy()
+    out[mask] = fill[grown[mask]].astype(image.dtype)
+    return out.reshape(image.shape)
 
 
 class DiameterEstimator:
