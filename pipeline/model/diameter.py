@@ -140,8 +140,10 @@ class DiameterEstimator:
           it confirms at least as confidently (:meth:`_larger_peak`: the specks of 20x H&E
           peak at a quarter of the nuclei's size), and to ``'search'``'s answer when the network
           finds no nucleus at all there (a sparse field whose haze peaks at 3-5 times its few
-          nuclei), and the canonical diameter when the search finds none either (an empty
-          field is not enlarged for its noise's grain); in stained images
+          nuclei) or when it finds one or two and is surer at the search's answer by
+          :data:`CONFIDENCE_GAIN` (a dense H&E field whose clumps peak at 3 times its nuclei),
+          and the canonical diameter when the search finds none either (an empty field is not
+          enlarged for its noise's grain); in stained images
           nuclei 2 and 3 times larger are probed (:data:`LARGER_PROBES`) and taken where the
           network finds nuclei of that size more confidently (large pale nuclei, whose specks
           and rims the prior finds, give no peak of their own);
@@ -259,8 +261,14 @@ class DiameterEstimator:
                 found, confidence = self._search_pass(image, scale_factor(estimate, self.diameter))
                 peak = self._larger_peak(image, scale_space, float(estimate), cap,
                                          lambda refined: self._probe(image, refined)[1] >= confidence)
-                if peak != estimate or found.size:
-                    return peak  # a larger peak confirmed, or nuclei at the prior too few to confirm it
+                if peak != estimate:
+                    return peak  # a larger peak confirmed
+                if found.size:  # nuclei at the prior too few to confirm it: kept unless the search finds
+                    # nuclei elsewhere more confidently (a clump-sized peak in a dense H&E field, 1-2 objects)
+                    searched = self._estimate_search(image)
+                    if searched is not None and self._probe(image, searched)[1] >= confidence + CONFIDENCE_GAIN:
+                        return searched
+                    return peak
             # no nucleus at all at the prior (haze around a sparse field peaks at 3-5 times its
             # nuclei), or a few nuclei filling a small image (a crop at 63x: no peak under the cap)
             return self._estimate_search(image) or min(self.diameter, cap)  # no nucleus at any scale: none enlarged

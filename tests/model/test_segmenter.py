@@ -100,7 +100,8 @@ def test_a_second_refinement_that_moves_the_estimate_further_than_the_first_is_n
 @pytest.mark.parametrize(("prior", "measured", "expected", "searched"), [
     (1000.0, None, 70.0, True),  # a few nuclei filling a small image: nothing under the cap confirmed
     (1000.0, 19.0, 19.0, False),  # the canonical start confirmed: no search
-    (30.0, None, 30.0, False),  # under the cap, nuclei found there but too few to confirm it: the prior stays
+    (30.0, None, 30.0, True),  # under the cap, nuclei found there but too few to confirm it: the prior stays,
+    # the search asked too and the network no surer at its answer
 ])
 def test_when_nothing_under_the_cap_is_confirmed_the_search_estimate_is_taken(monkeypatch, prior, measured,
                                                                               expected, searched):
@@ -119,26 +120,33 @@ def test_when_nothing_under_the_cap_is_confirmed_the_search_estimate_is_taken(mo
     assert bool(calls) == searched
 
 
-@pytest.mark.parametrize(("peaks", "refined_confidence", "found_at_prior", "searched", "expected"), [
-    ([4.0, 8.0], 0.81, 2, 12.0, 15.5),  # 20x H&E: specks at 4 px, nuclei at 16; the larger peak refined and taken
-    ([4.0, 8.0], 0.70, 2, 12.0, 4.0),  # found less confidently than the prior: the prior stays
-    ([4.0, 5.0], 0.81, 2, 12.0, 4.0),  # no peak beyond sqrt(2) x the prior: the prior stays
-    ([4.0, 5.0], 0.81, 0, 12.0, 12.0),  # no nucleus at all at the prior: the search's answer
-    ([4.0, 5.0], 0.81, 0, None, CANONICAL),  # nor does the search anywhere: the canonical size, nothing enlarged
+@pytest.mark.parametrize(("peaks", "refined_confidence", "found_at_prior", "searched", "search_confidence",
+                          "expected"), [
+    ([4.0, 8.0], 0.81, 2, 12.0, 0.74, 15.5),  # 20x H&E: specks at 4 px, nuclei at 16; the larger peak refined and taken
+    ([4.0, 8.0], 0.70, 2, 12.0, 0.74, 4.0),  # found less confidently than the prior: the prior stays
+    ([4.0, 5.0], 0.81, 2, 12.0, 0.80, 4.0),  # no peak beyond sqrt(2) x the prior, the search not surer: the prior stays
+    ([4.0, 5.0], 0.81, 2, 12.0, 0.85, 12.0),  # ... the search surer by CONFIDENCE_GAIN: its answer (a clump-sized prior)
+    ([4.0, 5.0], 0.81, 2, None, 0.85, 4.0),  # ... the search finds nothing: the prior stays
+    ([4.0, 5.0], 0.81, 0, 12.0, 0.74, 12.0),  # no nucleus at all at the prior: the search's answer
+    ([4.0, 5.0], 0.81, 0, None, 0.74, CANONICAL),  # nor does the search anywhere: the canonical size, nothing enlarged
 ])
 def test_an_unconfirmed_prior_gives_way_to_a_larger_peak_the_network_confirms(monkeypatch, peaks, refined_confidence,
-                                                                             found_at_prior, searched, expected):
+                                                                             found_at_prior, searched,
+                                                                             search_confidence, expected):
     """The prior (texture specks) finds under 3 nuclei; the nuclei's own peak, nearly as strong,
     refines 8 -> 11 -> 15.5 px and is confirmed: it replaces the unconfirmed prior when the network is
     at least as confident there. Where the network finds no nucleus at all at the prior (haze around
-    a sparse field peaks at 3-5 times its few nuclei), the multi-scale search answers."""
+    a sparse field peaks at 3-5 times its few nuclei), the multi-scale search answers; where it finds
+    one or two objects there (a clump-sized peak in dense H&E: 109 px for 31-px nuclei), the search's
+    answer replaces the prior only when the network is surer there by CONFIDENCE_GAIN (0.66 -> 0.85)."""
     seg = grey_segmenter()
     monkeypatch.setattr("pipeline.method.scale.strongest_blob", lambda *a, **k: 4.0)
     monkeypatch.setattr("pipeline.method.scale.blob_peaks", lambda *a, **k: np.array(peaks))
     answers = {4.0: None, 8.0: 11.0, 11.0: 15.5, 15.5: 15.6}  # elsewhere: under 3 nuclei
     monkeypatch.setattr(seg, "_measure", lambda image, diameter: answers.get(round(diameter, 1)))
+    confidences = {4.0: 0.74, searched: search_confidence}
     monkeypatch.setattr(seg, "_probe", lambda image, diameter: (answers.get(round(diameter, 1)),
-                                                                0.74 if diameter == 4.0 else refined_confidence))
+                                                                confidences.get(diameter, refined_confidence)))
     monkeypatch.setattr(seg, "_estimate_search", lambda image: searched)
     monkeypatch.setattr(seg, "_search_pass", lambda image, scale: (np.full(found_at_prior, 4.0), 0.74))
     image, _ = disc_image(16)
