@@ -48,11 +48,12 @@ def estimator_at(ref: str) -> type:
     """``DiameterEstimator`` as git revision ``ref`` of this repository defines it."""
     source = subprocess.run(["git", "show", f"{ref}:{ESTIMATOR}"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "diameter_at_ref.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("diameter_at_ref", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:  # the module runs from memory once loaded
+        path = Path(folder) / "diameter_at_ref.py"
+        path.write_text(source, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location("diameter_at_ref", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module.DiameterEstimator
 
 
