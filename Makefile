@@ -13,8 +13,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs,napari,gui-tests,dvc,export,openvino,quantise,bioimageio,validation]"
+	$(BIN)/python -m pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-cache-dir -e ".[dev,docs,napari,gui-tests,dvc,export,openvino,quantise,bioimageio,validation]"
 	touch $(STAMP)
 
 test: install
